@@ -1,0 +1,558 @@
+//! The v1 event catalogue and its validation: JSON in, a [`PreparedEvent`] (everything of the
+//! entry header except seq and receipt time, plus the verbatim payload) or an [`EventError`]
+//! naming the field out.
+//!
+//! Parsing borrows from the input: the top level is split into raw JSON values and only the
+//! fields the catalogue needs are decoded. The payload stored is the event's JSON text exactly
+//! as received (surrounding whitespace trimmed); the header carries the normalized id, times,
+//! kind, actor and subjects.
+//!
+//! **Invariant:** a `PreparedEvent` always satisfies its kind's requirements; nothing else
+//! constructs one outside this module except through [`PreparedEvent::from_parts`] for
+//! events the system writes itself, which are validated the same way.
+
+use crate::entry::{ActorType, EventId, SubjectField, MAX_ID_LEN, MAX_KIND_LEN};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use std::borrow::Cow;
+
+/// Largest event (one JSON document), in bytes.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// The lifecycle stage, the prefix of a kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stage {
+    Data,
+    Training,
+    Registry,
+    Operations,
+    Prediction,
+    Governance,
+    Custom,
+}
+
+impl Stage {
+    /// Every stage.
+    pub const ALL: [Stage; 7] = [
+        Stage::Data,
+        Stage::Training,
+        Stage::Registry,
+        Stage::Operations,
+        Stage::Prediction,
+        Stage::Governance,
+        Stage::Custom,
+    ];
+
+    /// The stage's name as written in kinds (`custom` for `x.*`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Data => "data",
+            Stage::Training => "training",
+            Stage::Registry => "registry",
+            Stage::Operations => "operations",
+            Stage::Prediction => "prediction",
+            Stage::Governance => "governance",
+            Stage::Custom => "custom",
+        }
+    }
+
+    /// Parses a stage name.
+    pub fn parse(name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// The stage of a kind, if the kind is in the catalogue or custom.
+    pub fn of_kind(kind: &str) -> Option<Stage> {
+        if kind.starts_with("x.") {
+            return Some(Stage::Custom);
+        }
+        spec(kind).map(|s| s.stage)
+    }
+}
+
+/// What an attribute's value must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attr {
+    /// Any JSON value but `null`.
+    Any,
+    /// A non-empty string.
+    Text,
+    /// A string with a URI scheme (`scheme:...`).
+    Uri,
+    /// 64 hex digits.
+    Sha256,
+    /// A JSON object.
+    Object,
+    /// A JSON array.
+    List,
+    /// A list of `dataset@version` strings.
+    DatasetRefs,
+    /// An integer.
+    Integer,
+    /// A number >= 0.
+    NonNegative,
+    /// A non-empty string or an object (an identity).
+    Identity,
+    /// A non-empty string or a number (a version).
+    VersionRef,
+    /// An object of version -> percent, summing to 100.
+    Split,
+    /// An object of key -> {"old": ..., "new": ...}.
+    Changes,
+    /// `granted` or `revoked`.
+    GrantOrRevoke,
+}
+
+/// One kind's requirements.
+#[derive(Debug)]
+struct KindSpec {
+    name: &'static str,
+    stage: Stage,
+    subjects: &'static [SubjectField],
+    attrs: &'static [(&'static str, Attr)],
+    optional: &'static [(&'static str, Attr)],
+}
+
+use SubjectField as S;
+
+const CATALOGUE: &[KindSpec] = &[
+    KindSpec { name: "data.source_accessed", stage: Stage::Data, subjects: &[S::Dataset], attrs: &[("source", Attr::Uri)], optional: &[] },
+    KindSpec { name: "data.transformation_applied", stage: Stage::Data, subjects: &[S::Dataset], attrs: &[("inputs", Attr::List), ("transformation", Attr::Any)], optional: &[("filter", Attr::Any)] },
+    KindSpec { name: "data.snapshot_created", stage: Stage::Data, subjects: &[S::Dataset, S::DatasetVersion], attrs: &[("content_sha256", Attr::Sha256)], optional: &[] },
+    KindSpec { name: "training.run_started", stage: Stage::Training, subjects: &[S::Run, S::Model], attrs: &[("hyperparameters", Attr::Object), ("random_seed", Attr::Integer), ("datasets", Attr::DatasetRefs)], optional: &[] },
+    KindSpec { name: "training.checkpoint_evaluated", stage: Stage::Training, subjects: &[S::Run], attrs: &[("step", Attr::Integer), ("metrics", Attr::Object)], optional: &[] },
+    KindSpec { name: "training.run_completed", stage: Stage::Training, subjects: &[S::Run], attrs: &[("status", Attr::Text), ("duration_s", Attr::NonNegative), ("compute", Attr::Object)], optional: &[] },
+    KindSpec { name: "registry.model_registered", stage: Stage::Registry, subjects: &[S::Model, S::Version, S::Run], attrs: &[("artifact_sha256", Attr::Sha256)], optional: &[] },
+    KindSpec { name: "registry.promotion_requested", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("to_stage", Attr::Text)], optional: &[] },
+    KindSpec { name: "registry.approval_granted", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("approver", Attr::Identity), ("reason", Attr::Text)], optional: &[] },
+    KindSpec { name: "registry.approval_rejected", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("approver", Attr::Identity), ("reason", Attr::Text)], optional: &[] },
+    KindSpec { name: "registry.stage_changed", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("from_stage", Attr::Text), ("to_stage", Attr::Text)], optional: &[] },
+    KindSpec { name: "registry.deployment_target_assigned", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("target", Attr::Identity)], optional: &[] },
+    KindSpec { name: "operations.deployed", stage: Stage::Operations, subjects: &[S::Deployment, S::Model, S::Version], attrs: &[("environment", Attr::Text)], optional: &[] },
+    KindSpec { name: "operations.traffic_routed", stage: Stage::Operations, subjects: &[S::Deployment], attrs: &[("split", Attr::Split)], optional: &[] },
+    KindSpec { name: "operations.rolled_back", stage: Stage::Operations, subjects: &[S::Deployment], attrs: &[("from_version", Attr::VersionRef), ("to_version", Attr::VersionRef), ("trigger", Attr::Text)], optional: &[] },
+    KindSpec { name: "operations.config_changed", stage: Stage::Operations, subjects: &[S::Deployment], attrs: &[("changes", Attr::Changes)], optional: &[] },
+    KindSpec { name: "prediction.served", stage: Stage::Prediction, subjects: &[S::Model, S::Version, S::Request], attrs: &[("inputs", Attr::Any), ("outputs", Attr::Any)], optional: &[("confidence", Attr::NonNegative), ("latency_ms", Attr::NonNegative), ("sample_rate", Attr::NonNegative)] },
+    KindSpec { name: "governance.policy_changed", stage: Stage::Governance, subjects: &[], attrs: &[("policy", Attr::Text), ("old", Attr::Any), ("new", Attr::Any)], optional: &[] },
+    KindSpec { name: "governance.access_changed", stage: Stage::Governance, subjects: &[], attrs: &[("principal", Attr::Text), ("role", Attr::Text), ("change", Attr::GrantOrRevoke)], optional: &[] },
+    KindSpec { name: "governance.audit_accessed", stage: Stage::Governance, subjects: &[], attrs: &[], optional: &[] },
+];
+
+fn spec(kind: &str) -> Option<&'static KindSpec> {
+    CATALOGUE.iter().find(|s| s.name == kind)
+}
+
+/// Every kind in the catalogue (without `x.*`).
+pub fn catalogue_kinds() -> impl Iterator<Item = &'static str> {
+    CATALOGUE.iter().map(|s| s.name)
+}
+
+/// Why an event was rejected. The message names the field.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventError {
+    /// Not a JSON object, or not valid JSON.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// The event is larger than [`MAX_EVENT_BYTES`].
+    #[error("event is {0} bytes; the limit is {MAX_EVENT_BYTES}")]
+    TooLarge(usize),
+    /// A top-level field is missing.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// A field has the wrong type or value.
+    #[error("{field} {problem}")]
+    Invalid { field: String, problem: String },
+    /// The kind is neither in the catalogue nor custom (`x.*`).
+    #[error("unknown kind {0:?}: use a catalogue kind or a custom kind x.<name>")]
+    UnknownKind(String),
+    /// A kind-specific requirement is not met.
+    #[error("{kind}: {field} {problem}")]
+    Requirement { kind: String, field: String, problem: String },
+}
+
+fn invalid(field: impl Into<String>, problem: impl Into<String>) -> EventError {
+    EventError::Invalid { field: field.into(), problem: problem.into() }
+}
+
+/// A validated event, ready for the log: all of the entry header but seq and receipt time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedEvent {
+    /// The client's id; `None` lets the store generate one.
+    pub id: Option<EventId>,
+    /// When it happened (unix ns); `None` means "at receipt".
+    pub event_time_ns: Option<i64>,
+    pub kind: String,
+    pub actor_type: ActorType,
+    pub actor_id: String,
+    /// Sorted by field, each at most once.
+    pub subjects: Vec<(SubjectField, String)>,
+    /// The authenticated principal that submitted it; set by the caller, never by the client.
+    pub principal: String,
+    /// The event's JSON text as received.
+    pub payload: Vec<u8>,
+    pub payload_sha256: [u8; 32],
+}
+
+impl PreparedEvent {
+    /// The stage of the event's kind.
+    pub fn stage(&self) -> Stage {
+        Stage::of_kind(&self.kind).unwrap_or(Stage::Custom)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    time: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    actor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    subject: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    attributes: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireActor<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WireSubject<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    version: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dataset: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    dataset_version: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    run: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pipeline_run: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    deployment: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    request: Option<&'a RawValue>,
+}
+
+/// Attributes as (key, raw value) pairs in document order; duplicate keys are rejected.
+struct Attrs<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Attrs<'a> {
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Attrs<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Attrs<'a>, M::Error> {
+                let mut out: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
+                while let Some(key) = map.next_key::<Cow<'a, str>>()? {
+                    if out.iter().any(|(k, _)| *k == key) {
+                        return Err(serde::de::Error::custom(format_args!("duplicate key {key:?}")));
+                    }
+                    let value: &'a RawValue = map.next_value()?;
+                    out.push((key, value));
+                }
+                Ok(Attrs(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+fn short(e: serde_json::Error) -> String {
+    // serde_json positions are relative to the fragment; they would mislead.
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+fn is_null(raw: &RawValue) -> bool {
+    raw.get() == "null"
+}
+
+/// A string or integer identifier (subject values, versions), as text.
+fn ident<'a>(raw: &'a RawValue, field: &str) -> Result<Cow<'a, str>, EventError> {
+    let text = raw.get();
+    let value: Cow<'a, str> = if text.starts_with('"') {
+        serde_json::from_str::<Cow<'a, str>>(text).map_err(|e| invalid(field, short(e)))?
+    } else if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') && !text.is_empty() {
+        Cow::Borrowed(text)
+    } else {
+        return Err(invalid(field, "must be a string"));
+    };
+    if value.is_empty() {
+        return Err(invalid(field, "must not be empty"));
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(invalid(field, format!("is longer than {MAX_ID_LEN} bytes")));
+    }
+    Ok(value)
+}
+
+fn string<'a>(raw: &'a RawValue, field: &str) -> Result<Cow<'a, str>, EventError> {
+    if !raw.get().starts_with('"') {
+        return Err(invalid(field, "must be a string"));
+    }
+    serde_json::from_str::<Cow<'a, str>>(raw.get()).map_err(|e| invalid(field, short(e)))
+}
+
+/// Parses an RFC 3339 time into unix nanoseconds.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos()).ok()
+}
+
+/// Formats unix nanoseconds as RFC 3339 in UTC (nanosecond precision where needed).
+pub fn format_time(unix_ns: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ns))
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| format!("@{unix_ns}ns"))
+}
+
+/// Parses and validates one event from its JSON text. `principal` is the authenticated
+/// submitter, recorded in the header.
+pub fn prepare(json: &str, principal: &str) -> Result<PreparedEvent, EventError> {
+    let json = json.trim();
+    if json.len() > MAX_EVENT_BYTES {
+        return Err(EventError::TooLarge(json.len()));
+    }
+    if !json.starts_with('{') {
+        return Err(EventError::Json("an event must be a JSON object".into()));
+    }
+    let wire: Wire = serde_json::from_str(json).map_err(|e| EventError::Json(e.to_string()))?;
+    let kind_raw = wire.kind.filter(|r| !is_null(r)).ok_or(EventError::Missing("kind"))?;
+    let kind = string(kind_raw, "kind")?;
+    if kind.len() > MAX_KIND_LEN {
+        return Err(invalid("kind", format!("is longer than {MAX_KIND_LEN} bytes")));
+    }
+    let spec = match spec(&kind) {
+        Some(spec) => Some(spec),
+        None if kind.starts_with("x.") && kind.len() > 2 => None,
+        None => return Err(EventError::UnknownKind(kind.into_owned())),
+    };
+    let id = match wire.id.filter(|r| !is_null(r)) {
+        None => None,
+        Some(raw) => {
+            let text = string(raw, "id")?;
+            Some(EventId::parse(&text).ok_or_else(|| invalid("id", "must be a UUID"))?)
+        }
+    };
+    let event_time_ns = match wire.time.filter(|r| !is_null(r)) {
+        None => None,
+        Some(raw) => {
+            let text = string(raw, "time")?;
+            Some(parse_time(&text).ok_or_else(|| invalid("time", "must be an RFC 3339 time such as 2026-01-31T12:00:00Z"))?)
+        }
+    };
+    let (actor_type, actor_id) = actor(wire.actor)?;
+    let subjects = subjects(wire.subject)?;
+    let attrs = match wire.attributes.filter(|r| !is_null(r)) {
+        None => Attrs(Vec::new()),
+        Some(raw) => {
+            if !raw.get().starts_with('{') {
+                return Err(invalid("attributes", "must be an object"));
+            }
+            serde_json::from_str::<Attrs>(raw.get()).map_err(|e| invalid("attributes", short(e)))?
+        }
+    };
+    if let Some(spec) = spec {
+        check_spec(spec, &subjects, &attrs)?;
+    }
+    let payload = json.as_bytes().to_vec();
+    let payload_sha256 = Sha256::digest(&payload).into();
+    Ok(PreparedEvent {
+        id,
+        event_time_ns,
+        kind: kind.into_owned(),
+        actor_type,
+        actor_id,
+        subjects,
+        principal: principal.to_owned(),
+        payload,
+        payload_sha256,
+    })
+}
+
+fn actor(raw: Option<&RawValue>) -> Result<(ActorType, String), EventError> {
+    let raw = raw.filter(|r| !is_null(r)).ok_or(EventError::Missing("actor"))?;
+    if !raw.get().starts_with('{') {
+        return Err(invalid("actor", "must be an object {\"id\": ..., \"type\": \"user\" | \"service\"}"));
+    }
+    let a: WireActor = serde_json::from_str(raw.get()).map_err(|e| invalid("actor", short(e)))?;
+    let id = a.id.filter(|s| !s.is_empty()).ok_or(EventError::Missing("actor.id"))?;
+    if id.len() > MAX_ID_LEN {
+        return Err(invalid("actor.id", format!("is longer than {MAX_ID_LEN} bytes")));
+    }
+    let t = match a.kind.as_deref() {
+        Some("user") => ActorType::User,
+        Some("service") => ActorType::Service,
+        Some(_) => return Err(invalid("actor.type", "must be \"user\" or \"service\"")),
+        None => return Err(EventError::Missing("actor.type")),
+    };
+    Ok((t, id.into_owned()))
+}
+
+fn subjects(raw: Option<&RawValue>) -> Result<Vec<(SubjectField, String)>, EventError> {
+    let Some(raw) = raw.filter(|r| !is_null(r)) else { return Ok(Vec::new()) };
+    if !raw.get().starts_with('{') {
+        return Err(invalid("subject", "must be an object"));
+    }
+    let w: WireSubject = serde_json::from_str(raw.get()).map_err(|e| invalid("subject", short(e)))?;
+    let fields = [
+        (S::Model, w.model),
+        (S::Version, w.version),
+        (S::Dataset, w.dataset),
+        (S::DatasetVersion, w.dataset_version),
+        (S::Run, w.run),
+        (S::PipelineRun, w.pipeline_run),
+        (S::Deployment, w.deployment),
+        (S::Request, w.request),
+    ];
+    let mut out = Vec::with_capacity(4);
+    for (field, value) in fields {
+        if let Some(v) = value.filter(|r| !is_null(r)) {
+            let name = format!("subject.{}", field.as_str());
+            out.push((field, ident(v, &name)?.into_owned()));
+        }
+    }
+    Ok(out)
+}
+
+fn check_spec(spec: &KindSpec, subjects: &[(SubjectField, String)], attrs: &Attrs) -> Result<(), EventError> {
+    let req = |field: String, problem: String| EventError::Requirement { kind: spec.name.to_owned(), field, problem };
+    for needed in spec.subjects {
+        if !subjects.iter().any(|(f, _)| f == needed) {
+            return Err(req(format!("subject.{}", needed.as_str()), "is required".into()));
+        }
+    }
+    for (name, attr) in spec.attrs {
+        let field = format!("attributes.{name}");
+        match attrs.get(name).filter(|r| !is_null(r)) {
+            None => return Err(req(field, "is required".into())),
+            Some(raw) => check_attr(*attr, raw).map_err(|p| req(field, p))?,
+        }
+    }
+    for (name, attr) in spec.optional {
+        if let Some(raw) = attrs.get(name).filter(|r| !is_null(r)) {
+            check_attr(*attr, raw).map_err(|p| req(format!("attributes.{name}"), p))?;
+        }
+    }
+    if spec.name == "prediction.served" {
+        if let Some(raw) = attrs.get("sample_rate").filter(|r| !is_null(r)) {
+            let rate: f64 = serde_json::from_str(raw.get()).map_err(|_| req("attributes.sample_rate".into(), "must be a number".into()))?;
+            if !(rate > 0.0 && rate <= 1.0) {
+                return Err(req("attributes.sample_rate".into(), "must be in (0, 1]".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks one attribute value; the error is the problem, without the field name.
+fn check_attr(attr: Attr, raw: &RawValue) -> Result<(), String> {
+    let text = raw.get();
+    let first = text.as_bytes().first().copied().unwrap_or(b' ');
+    let non_empty_string = || -> Result<String, String> {
+        if first != b'"' {
+            return Err("must be a string".into());
+        }
+        let s: String = serde_json::from_str(text).map_err(|e| short(e))?;
+        if s.is_empty() {
+            return Err("must not be empty".into());
+        }
+        Ok(s)
+    };
+    match attr {
+        Attr::Any => Ok(()),
+        Attr::Text => non_empty_string().map(drop),
+        Attr::Uri => {
+            let s = non_empty_string()?;
+            let scheme_ok = s.split_once(':').is_some_and(|(scheme, rest)| {
+                !rest.is_empty()
+                    && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            });
+            if scheme_ok { Ok(()) } else { Err("must be a URI with a scheme, such as s3://bucket/key".into()) }
+        }
+        Attr::Sha256 => {
+            let s = non_empty_string()?;
+            if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) { Ok(()) } else { Err("must be 64 hex digits (a SHA-256)".into()) }
+        }
+        Attr::Object => if first == b'{' { Ok(()) } else { Err("must be an object".into()) },
+        Attr::List => if first == b'[' { Ok(()) } else { Err("must be a list".into()) },
+        Attr::DatasetRefs => {
+            let list: Vec<Cow<str>> = serde_json::from_str(text).map_err(|_| "must be a list of \"dataset@version\" strings".to_owned())?;
+            match list.iter().find(|r| !r.split_once('@').is_some_and(|(d, v)| !d.is_empty() && !v.is_empty())) {
+                Some(bad) => Err(format!("entry {bad:?} is not of the form dataset@version")),
+                None => Ok(()),
+            }
+        }
+        Attr::Integer => serde_json::from_str::<i64>(text).map(drop).map_err(|_| "must be an integer".into()),
+        Attr::NonNegative => match serde_json::from_str::<f64>(text) {
+            Ok(v) if v >= 0.0 && v.is_finite() => Ok(()),
+            _ => Err("must be a number >= 0".into()),
+        },
+        Attr::Identity => {
+            if first == b'{' { Ok(()) } else { non_empty_string().map(drop).map_err(|_| "must be a non-empty string or an object".into()) }
+        }
+        Attr::VersionRef => ident(raw, "").map(drop).map_err(|_| "must be a version (string or integer)".into()),
+        Attr::Split => {
+            let split: Vec<(Cow<str>, f64)> = serde_json::from_str::<std::collections::BTreeMap<Cow<str>, f64>>(text)
+                .map_err(|_| "must be an object of version -> percent".to_owned())?
+                .into_iter()
+                .collect();
+            if split.is_empty() || split.iter().any(|(_, p)| !(0.0..=100.0).contains(p)) {
+                return Err("must map versions to percents between 0 and 100".into());
+            }
+            let sum: f64 = split.iter().map(|(_, p)| p).sum();
+            if (sum - 100.0).abs() > 1e-6 { Err(format!("percents sum to {sum}, not 100")) } else { Ok(()) }
+        }
+        Attr::Changes => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Change<'a> {
+                #[serde(borrow)]
+                old: Option<&'a RawValue>,
+                #[serde(borrow)]
+                new: Option<&'a RawValue>,
+            }
+            let changes: std::collections::BTreeMap<Cow<str>, Change> =
+                serde_json::from_str(text).map_err(|_| "must be an object of key -> {\"old\": ..., \"new\": ...}".to_owned())?;
+            match changes.iter().find(|(_, c)| c.old.is_none() || c.new.is_none()) {
+                Some((key, _)) => Err(format!("entry {key:?} needs both \"old\" and \"new\"")),
+                None if changes.is_empty() => Err("must list at least one change".into()),
+                None => Ok(()),
+            }
+        }
+        Attr::GrantOrRevoke => match non_empty_string()?.as_str() {
+            "granted" | "revoked" => Ok(()),
+            _ => Err("must be \"granted\" or \"revoked\"".into()),
+        },
+    }
+}
