@@ -150,7 +150,40 @@ pub struct Entry {
     pub subjects: Vec<(SubjectField, String)>,
 }
 
+/// The fields of an entry by reference, for encoding without copying strings.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryRef<'a> {
+    pub seq: u64,
+    pub event_time_ns: i64,
+    pub receipt_time_ns: i64,
+    pub id: EventId,
+    pub payload_sha256: &'a [u8; 32],
+    pub payload_len: u32,
+    pub actor_type: ActorType,
+    pub kind: &'a str,
+    pub actor_id: &'a str,
+    pub principal: &'a str,
+    pub subjects: &'a [(SubjectField, String)],
+}
+
 impl Entry {
+    /// Borrows the fields for [`encode_into`].
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            seq: self.seq,
+            event_time_ns: self.event_time_ns,
+            receipt_time_ns: self.receipt_time_ns,
+            id: self.id,
+            payload_sha256: &self.payload_sha256,
+            payload_len: self.payload_len,
+            actor_type: self.actor_type,
+            kind: &self.kind,
+            actor_id: &self.actor_id,
+            principal: &self.principal,
+            subjects: &self.subjects,
+        }
+    }
+
     /// The value of one subject field, if present.
     pub fn subject(&self, field: SubjectField) -> Option<&str> {
         self.subjects.iter().find(|(f, _)| *f == field).map(|(_, v)| v.as_str())
@@ -190,17 +223,17 @@ pub enum EntryError {
 /// Encodes an entry header. Fails only when a limit is exceeded or subjects are not canonical.
 pub fn encode(e: &Entry) -> Result<Vec<u8>, EntryError> {
     let mut out = Vec::with_capacity(96 + e.kind.len() + e.actor_id.len() + e.principal.len());
-    encode_into(e, &mut out)?;
+    encode_into(&e.as_ref(), &mut out)?;
     Ok(out)
 }
 
 /// Like [`encode`], appending to `out`.
-pub fn encode_into(e: &Entry, out: &mut Vec<u8>) -> Result<(), EntryError> {
+pub fn encode_into(e: &EntryRef<'_>, out: &mut Vec<u8>) -> Result<(), EntryError> {
     check_len("kind", e.kind.len(), MAX_KIND_LEN)?;
     check_len("actor id", e.actor_id.len(), MAX_ID_LEN)?;
     check_len("principal", e.principal.len(), MAX_ID_LEN)?;
     let mut last = 0u8;
-    for (field, value) in &e.subjects {
+    for (field, value) in e.subjects {
         check_len("subject value", value.len(), MAX_ID_LEN)?;
         if field.code() <= last {
             return Err(EntryError::SubjectOrder);
@@ -212,15 +245,15 @@ pub fn encode_into(e: &Entry, out: &mut Vec<u8>) -> Result<(), EntryError> {
     out.extend_from_slice(&e.event_time_ns.to_be_bytes());
     out.extend_from_slice(&e.receipt_time_ns.to_be_bytes());
     out.extend_from_slice(&e.id.0);
-    out.extend_from_slice(&e.payload_sha256);
+    out.extend_from_slice(e.payload_sha256);
     out.extend_from_slice(&e.payload_len.to_be_bytes());
     out.push(e.actor_type.code());
     out.push(e.kind.len() as u8); // checked above: <= MAX_KIND_LEN < 256
     out.extend_from_slice(e.kind.as_bytes());
-    put_str16(out, &e.actor_id);
-    put_str16(out, &e.principal);
+    put_str16(out, e.actor_id);
+    put_str16(out, e.principal);
     out.push(e.subjects.len() as u8); // at most 8: codes are strictly increasing in 1..=8
-    for (field, value) in &e.subjects {
+    for (field, value) in e.subjects {
         out.push(field.code());
         put_str16(out, value);
     }

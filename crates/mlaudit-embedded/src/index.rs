@@ -1,0 +1,269 @@
+//! The in-memory indexes of the embedded engine: id → seq, seq → record position and event time,
+//! and posting lists (ascending seqs) per kind, stage, actor and subject value.
+//!
+//! They are rebuilt at open from the persisted derived files (`offsets.bin`, `index.bin`,
+//! `terms.bin`, `checkpoints.bin`) and from the log records after the last watermark.
+//!
+//! **Invariant:** every posting list is strictly ascending, and `offsets`, `times` and the
+//! id map cover exactly seqs `0..size`.
+
+use mlaudit_core::entry::{EventId, SubjectField};
+use mlaudit_core::event::Stage;
+use mlaudit_store::Query;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// What a term names. The code is its tag byte in `terms.bin`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tag {
+    Kind = 0,
+    Actor = 1,
+    Model = 2,
+    Version = 3,
+    Run = 4,
+    Dataset = 5,
+    Deployment = 6,
+}
+
+/// Number of tags, and of term slots in an index record.
+pub const TAGS: usize = 7;
+
+impl Tag {
+    pub const ALL: [Tag; TAGS] = [Tag::Kind, Tag::Actor, Tag::Model, Tag::Version, Tag::Run, Tag::Dataset, Tag::Deployment];
+
+    pub fn from_code(code: u8) -> Option<Tag> {
+        Tag::ALL.get(usize::from(code)).copied()
+    }
+
+    /// The tag indexing a subject field, if that field is indexed.
+    pub fn for_subject(field: SubjectField) -> Option<Tag> {
+        match field {
+            SubjectField::Model => Some(Tag::Model),
+            SubjectField::Version => Some(Tag::Version),
+            SubjectField::Run => Some(Tag::Run),
+            SubjectField::Dataset => Some(Tag::Dataset),
+            SubjectField::Deployment => Some(Tag::Deployment),
+            SubjectField::DatasetVersion | SubjectField::PipelineRun | SubjectField::Request => None,
+        }
+    }
+}
+
+/// Event ids are random UUIDs (or client-chosen ones): hash them by folding their bytes.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+}
+
+type IdMap = HashMap<EventId, u64, BuildHasherDefault<IdHasher>>;
+
+/// The per-event record of `index.bin`: id, event time and one term id per tag (0 = none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexRecord {
+    pub id: EventId,
+    pub time_ns: i64,
+    pub terms: [u32; TAGS],
+}
+
+/// Size of an [`IndexRecord`] on disk.
+pub const INDEX_RECORD_LEN: usize = 16 + 8 + 4 * TAGS;
+
+impl IndexRecord {
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id.0);
+        out.extend_from_slice(&self.time_ns.to_be_bytes());
+        for t in self.terms {
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+    }
+
+    pub fn decode(b: &[u8; INDEX_RECORD_LEN]) -> IndexRecord {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[..16]);
+        let mut time = [0u8; 8];
+        time.copy_from_slice(&b[16..24]);
+        let mut terms = [0u32; TAGS];
+        for (i, t) in terms.iter_mut().enumerate() {
+            let at = 24 + 4 * i;
+            *t = u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        }
+        IndexRecord { id: EventId(id), time_ns: i64::from_be_bytes(time), terms }
+    }
+}
+
+/// The indexes, covering seqs `0..len()`.
+#[derive(Debug, Default)]
+pub struct Index {
+    pub offsets: Vec<u64>,
+    pub ids: IdMap,
+    pub times: Vec<i64>,
+    /// Per tag: value → term id (ids start at 1).
+    term_ids: Vec<HashMap<Box<str>, u32>>,
+    /// Term id → (tag, value); index 0 unused.
+    terms: Vec<(Tag, Box<str>)>,
+    /// Term id → ascending seqs; index 0 unused.
+    postings: Vec<Vec<u64>>,
+    stages: Vec<Vec<u64>>,
+    /// Kind term id → stage, cached.
+    kind_stage: HashMap<u32, Stage>,
+    /// (tree size, record position) of every checkpoint, in log order.
+    pub checkpoints: Vec<(u64, u64)>,
+}
+
+impl Index {
+    pub fn new() -> Index {
+        Index {
+            term_ids: (0..TAGS).map(|_| HashMap::new()).collect(),
+            terms: vec![(Tag::Kind, "".into())],
+            postings: vec![Vec::new()],
+            stages: (0..Stage::ALL.len()).map(|_| Vec::new()).collect(),
+            ..Index::default()
+        }
+    }
+
+    /// Number of indexed events.
+    pub fn len(&self) -> u64 {
+        self.offsets.len() as u64
+    }
+
+    /// Number of known terms (excluding the unused slot 0).
+    pub fn term_count(&self) -> u32 {
+        (self.terms.len() - 1) as u32
+    }
+
+    /// Adds a term read from `terms.bin`; it must get the next id.
+    pub fn load_term(&mut self, tag: Tag, value: &str) -> u32 {
+        let id = self.terms.len() as u32;
+        self.term_ids[tag as usize].insert(value.into(), id);
+        self.terms.push((tag, value.into()));
+        self.postings.push(Vec::new());
+        id
+    }
+
+    /// The term id of a value, creating it (and reporting it through `new_term`) if unknown.
+    pub fn intern(&mut self, tag: Tag, value: &str, new_term: &mut impl FnMut(Tag, &str)) -> u32 {
+        if let Some(id) = self.term_ids[tag as usize].get(value) {
+            return *id;
+        }
+        new_term(tag, value);
+        self.load_term(tag, value)
+    }
+
+    fn lookup(&self, tag: Tag, value: &str) -> Option<u32> {
+        self.term_ids[tag as usize].get(value).copied()
+    }
+
+    /// Adds the next event. `rec.terms` must name known terms.
+    pub fn push(&mut self, offset: u64, rec: &IndexRecord) {
+        let seq = self.offsets.len() as u64;
+        self.offsets.push(offset);
+        self.ids.insert(rec.id, seq);
+        self.times.push(rec.time_ns);
+        for t in rec.terms {
+            if let Some(list) = self.postings.get_mut(t as usize).filter(|_| t != 0) {
+                list.push(seq);
+            }
+        }
+        let kind = rec.terms[Tag::Kind as usize];
+        let stage = match self.kind_stage.get(&kind) {
+            Some(s) => *s,
+            None => {
+                let name = self.terms.get(kind as usize).map(|(_, v)| &**v).unwrap_or("");
+                let s = Stage::of_kind(name).unwrap_or(Stage::Custom);
+                self.kind_stage.insert(kind, s);
+                s
+            }
+        };
+        self.stages[stage as usize].push(seq);
+    }
+
+    /// The index record of an event, interning its terms.
+    pub fn record_for(
+        &mut self,
+        kind: &str,
+        actor: &str,
+        subjects: &[(SubjectField, String)],
+        id: EventId,
+        time_ns: i64,
+        new_term: &mut impl FnMut(Tag, &str),
+    ) -> IndexRecord {
+        let mut terms = [0u32; TAGS];
+        terms[Tag::Kind as usize] = self.intern(Tag::Kind, kind, new_term);
+        terms[Tag::Actor as usize] = self.intern(Tag::Actor, actor, new_term);
+        for (field, value) in subjects {
+            if let Some(tag) = Tag::for_subject(*field) {
+                terms[tag as usize] = self.intern(tag, value, new_term);
+            }
+        }
+        IndexRecord { id, time_ns, terms }
+    }
+
+    /// Evaluates a query over the indexes; never reads the log.
+    pub fn query(&self, q: &Query) -> Vec<u64> {
+        let mut lists: Vec<&[u64]> = Vec::new();
+        let filters = [
+            (Tag::Kind, &q.kind),
+            (Tag::Actor, &q.actor),
+            (Tag::Model, &q.model),
+            (Tag::Version, &q.version),
+            (Tag::Run, &q.run),
+            (Tag::Dataset, &q.dataset),
+            (Tag::Deployment, &q.deployment),
+        ];
+        for (tag, value) in filters {
+            if let Some(v) = value {
+                match self.lookup(tag, v) {
+                    Some(id) => lists.push(&self.postings[id as usize]),
+                    None => return Vec::new(),
+                }
+            }
+        }
+        if let Some(stage) = q.stage {
+            lists.push(&self.stages[stage as usize]);
+        }
+        let first = q.after_seq.map_or(0, |s| s.saturating_add(1));
+        let in_time = |seq: u64| {
+            let t = self.times[seq as usize];
+            q.since_ns.is_none_or(|s| t >= s) && q.until_ns.is_none_or(|u| t < u)
+        };
+        let mut out = Vec::new();
+        if q.limit == 0 {
+            return out;
+        }
+        lists.sort_by_key(|l| l.len());
+        match lists.split_first() {
+            None => {
+                for seq in first..self.len() {
+                    if in_time(seq) {
+                        out.push(seq);
+                        if out.len() == q.limit {
+                            break;
+                        }
+                    }
+                }
+            }
+            Some((smallest, rest)) => {
+                let from = smallest.partition_point(|s| *s < first);
+                for &seq in &smallest[from..] {
+                    if rest.iter().all(|l| l.binary_search(&seq).is_ok()) && in_time(seq) {
+                        out.push(seq);
+                        if out.len() == q.limit {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,252 @@
+//! The embedded storage engine: the default `mlaudit` store, needing no external service.
+//!
+//! On disk (see `docs/FORMAT.md`): append-only segment files `seg-<start>.log` holding framed
+//! event and checkpoint records ([`record`]), plus derived files ([`derived`]) that make proofs
+//! O(log n) reads and queries index lookups.
+//!
+//! **Invariants**
+//! * The segments are the only source of truth. Derived files are trusted up to the fsync'd
+//!   watermark in `derived.meta` and recomputed beyond it at open.
+//! * One writer thread appends; a group of concurrent batches shares one write and one
+//!   `fdatasync` of the segment (group commit). Every group ends with a signed checkpoint
+//!   record for the new size, so an acknowledged batch and its checkpoint are durable together.
+//! * Nothing is acknowledged before its `fdatasync` returns; after a failed write or sync the
+//!   writer stops for good (no retry of a failed fsync).
+//! * At open, an incomplete last record of the last segment (a torn, never-acknowledged tail)
+//!   is truncated and reported; any other damage refuses to open and names file and offset.
+
+pub mod derived;
+pub mod index;
+pub mod record;
+mod recover;
+mod writer;
+
+use index::Index;
+use mlaudit_core::event::PreparedEvent;
+use mlaudit_core::merkle::Hash;
+use mlaudit_core::note::NoteSigner;
+use mlaudit_core::EventId;
+use mlaudit_store::{AppendReceipt, Query, Store, StoreError, StoredEvent};
+use std::fs::File;
+use std::ops::ControlFlow;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use recover::{OpenError, OpenReport};
+
+/// A segment is closed for appends once it reaches this size.
+pub const SEGMENT_TARGET: u64 = 128 << 20;
+
+/// One segment file.
+#[derive(Debug, Clone)]
+pub(crate) struct Segment {
+    pub start: u64,
+    pub file: Arc<File>,
+    pub name: String,
+}
+
+/// The segment file name for a start position.
+pub(crate) fn segment_name(start: u64) -> String {
+    format!("seg-{start:020}.log")
+}
+
+/// State shared by readers and the writer.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub size: AtomicU64,
+    pub index: RwLock<Index>,
+    pub segments: RwLock<Vec<Segment>>,
+    pub levels: RwLock<Vec<Arc<File>>>,
+}
+
+/// The embedded store. Cheap to share behind an `Arc`; dropping it stops the writer cleanly and
+/// records the derived-file watermark.
+#[derive(Debug)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<writer::Handle>>,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+fn lock_poisoned() -> StoreError {
+    StoreError::WriterStopped("a thread panicked while holding the store's lock".into())
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`, recovering from any crash. Without a
+    /// signer the store is read-only.
+    pub fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(EmbeddedStore, OpenReport), OpenError> {
+        let (shared, state, report) = recover::open(dir, signer)?;
+        let shared = Arc::new(shared);
+        let handle = writer::spawn(shared.clone(), state);
+        Ok((EmbeddedStore { shared, writer: Mutex::new(Some(handle)) }, report))
+    }
+
+    /// The directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    fn segment_for(&self, pos: u64) -> Result<Segment, StoreError> {
+        let segs = self.shared.segments.read().map_err(|_| lock_poisoned())?;
+        let i = segs.partition_point(|s| s.start <= pos);
+        segs.get(i.wrapping_sub(1)).cloned().ok_or_else(|| StoreError::NotFound(format!("log position {pos}")))
+    }
+
+    fn read_record(&self, pos: u64) -> Result<(record::Header, Vec<u8>, Segment), StoreError> {
+        let seg = self.segment_for(pos)?;
+        let off = pos - seg.start;
+        let corrupt = |problem: String| StoreError::Corrupt { location: format!("{}:{off}", seg.name), problem };
+        let mut header = [0u8; record::HEADER_LEN];
+        seg.file.read_exact_at(&mut header, off).map_err(|e| corrupt(format!("cannot read record header: {e}")))?;
+        let h = record::parse_header(&header).map_err(|e| corrupt(e.to_string()))?;
+        let mut buf = vec![0u8; h.total_len() as usize];
+        seg.file.read_exact_at(&mut buf, off).map_err(|e| corrupt(format!("cannot read record: {e}")))?;
+        record::check_record(&h, &buf).map_err(|e| corrupt(e.to_string()))?;
+        Ok((h, buf, seg))
+    }
+
+    fn offset_of(&self, seq: u64) -> Result<u64, StoreError> {
+        let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+        index.offsets.get(seq as usize).copied().ok_or_else(|| StoreError::NotFound(format!("seq {seq}")))
+    }
+
+    fn writer(&self) -> Result<writer::Handle, StoreError> {
+        self.writer.lock().map_err(|_| lock_poisoned())?.clone().ok_or_else(|| StoreError::WriterStopped("store is closing".into()))
+    }
+
+    /// Stops the writer, waiting for queued appends, and records the watermark.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let handle = self.writer.lock().map_err(|_| lock_poisoned())?.take();
+        match handle {
+            Some(h) => h.shutdown(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn split_event(h: &record::Header, buf: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let a_end = record::HEADER_LEN + h.len_a as usize;
+    let b_end = a_end + h.len_b as usize;
+    (buf[record::HEADER_LEN..a_end].to_vec(), buf[a_end..b_end].to_vec())
+}
+
+impl Store for EmbeddedStore {
+    fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
+        self.writer()?.append(events)
+    }
+
+    fn tree_size(&self) -> u64 {
+        self.shared.size.load(Ordering::Acquire)
+    }
+
+    fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
+        if seq >= self.tree_size() {
+            return Err(StoreError::NotFound(format!("seq {seq}")));
+        }
+        let (h, buf, seg) = self.read_record(self.offset_of(seq)?)?;
+        if h.kind != record::EVENT {
+            return Err(StoreError::Corrupt { location: seg.name, problem: format!("seq {seq} points at a non-event record") });
+        }
+        let (entry, payload) = split_event(&h, &buf);
+        Ok(StoredEvent { seq, entry, payload: Some(payload) })
+    }
+
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
+        let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+        Ok(index.ids.get(id).copied().filter(|s| *s < self.tree_size()))
+    }
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        Ok(self.nodes(level, index, 1)?[0])
+    }
+
+    fn nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        let available = self.tree_size().checked_shr(level).unwrap_or(0);
+        if start.saturating_add(count) > available {
+            return Err(StoreError::NotFound(format!("tree nodes {start}..{} at level {level}", start + count)));
+        }
+        let file = self.shared.levels.read().map_err(|_| lock_poisoned())?.get(level as usize).cloned();
+        let file = file.ok_or_else(|| StoreError::NotFound(format!("tree level {level}")))?;
+        let mut buf = vec![0u8; count as usize * 32];
+        let name = derived::level_path(&self.shared.dir, level as usize).display().to_string();
+        file.read_exact_at(&mut buf, start * 32).map_err(io_err(format!("reading {name} at {}", start * 32)))?;
+        Ok(buf.chunks_exact(32).filter_map(Hash::from_slice).collect())
+    }
+
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        let pos = {
+            let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+            index.checkpoints.iter().rev().find(|(s, _)| *s == size).map(|(_, p)| *p)
+        };
+        let Some(pos) = pos else { return Ok(None) };
+        let (h, buf, seg) = self.read_record(pos)?;
+        let (note, _) = split_event(&h, &buf);
+        String::from_utf8(note).map(Some).map_err(|_| StoreError::Corrupt { location: format!("{}:{}", seg.name, pos - seg.start), problem: "checkpoint is not UTF-8".into() })
+    }
+
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
+        let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+        let mut sizes: Vec<u64> = index.checkpoints.iter().map(|(s, _)| *s).collect();
+        sizes.dedup();
+        Ok(sizes)
+    }
+
+    fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
+        let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+        Ok(index.query(q))
+    }
+
+    fn scan(&self, from: u64, visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>) -> Result<(), StoreError> {
+        let end = self.tree_size();
+        if from >= end {
+            return Ok(());
+        }
+        let start_pos = self.offset_of(from)?;
+        let segments = self.shared.segments.read().map_err(|_| lock_poisoned())?.clone();
+        let mut seq = from;
+        for seg in segments.iter().filter(|s| s.file.metadata().map(|m| s.start + m.len() > start_pos).unwrap_or(true)) {
+            let from_off = start_pos.saturating_sub(seg.start);
+            let len = seg.file.metadata().map_err(io_err(seg.name.clone()))?.len();
+            let mut buf = vec![0u8; (len - from_off.min(len)) as usize];
+            seg.file.read_exact_at(&mut buf, from_off).map_err(io_err(format!("reading {}", seg.name)))?;
+            let mut at = 0usize;
+            while at < buf.len() && seq < end {
+                let corrupt = |p: String| StoreError::Corrupt { location: format!("{}:{}", seg.name, from_off + at as u64), problem: p };
+                let header: &[u8; record::HEADER_LEN] = buf.get(at..at + record::HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or_else(|| corrupt("truncated record header".into()))?;
+                let h = record::parse_header(header).map_err(|e| corrupt(e.to_string()))?;
+                let rec = buf.get(at..at + h.total_len() as usize).ok_or_else(|| corrupt("truncated record".into()))?;
+                record::check_record(&h, rec).map_err(|e| corrupt(e.to_string()))?;
+                if h.kind == record::EVENT {
+                    let (entry, payload) = split_event(&h, rec);
+                    if visit(StoredEvent { seq, entry, payload: Some(payload) }).is_break() {
+                        return Ok(());
+                    }
+                    seq += 1;
+                }
+                at += h.total_len() as usize;
+            }
+        }
+        Ok(())
+    }
+
+    fn location(&self, seq: u64) -> String {
+        match self.offset_of(seq).and_then(|pos| Ok((pos, self.segment_for(pos)?))) {
+            Ok((pos, seg)) => format!("{}/{}:{}", self.shared.dir.display(), seg.name, pos - seg.start),
+            Err(_) => format!("seq {seq} (no stored position)"),
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Opening a store: lock the directory, load the derived state up to its watermark, replay the
+//! segments beyond it, and classify whatever ends the log.
+//!
+//! * A torn tail — the last segment ends inside a record whose header is intact or incomplete,
+//!   or in a run of zero bytes — was never acknowledged (acknowledgement follows the fsync of a
+//!   whole group): it is truncated and reported in [`OpenReport::truncated`].
+//! * Anything else that does not check out (a checksum, a header, a seq out of order, a
+//!   checkpoint that does not sign the recomputed root) is corruption: open fails with
+//!   [`OpenError::Corrupt`] naming the file and offset, and nothing is changed.
+
+use crate::derived::{self, Derived, Meta, Pending};
+use crate::index::Index;
+use crate::writer::State;
+use crate::{record, segment_name, Segment, Shared};
+use mlaudit_core::entry;
+use mlaudit_core::merkle::{leaf_hash, CompactRange, NodeSource};
+use mlaudit_core::note::{Checkpoint, NoteSigner};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Damage to something complete: the store refuses to open.
+    #[error("corruption in {file} at offset {offset}: {problem}")]
+    Corrupt { file: String, offset: u64, problem: String },
+    /// Another process has the store open.
+    #[error("{0} is in use by another mlaudit process")]
+    Locked(PathBuf),
+    /// I/O failed.
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// What opening found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    pub events: u64,
+    /// `(file, offset, bytes)` of a torn tail that was truncated.
+    pub truncated: Option<(String, u64, u64)>,
+    /// Events replayed from the segments beyond the derived watermark.
+    pub replayed: u64,
+    /// Set when the derived files were unusable and were rebuilt from the segments.
+    pub rebuilt: Option<String>,
+    /// Set when a checkpoint was signed at open for events after the last stored checkpoint.
+    pub signed_at_open: Option<u64>,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpenError {
+    let context = context.into();
+    move |source| OpenError::Io { context, source }
+}
+
+struct LevelFiles<'a>(&'a [Arc<File>]);
+
+impl NodeSource for LevelFiles<'_> {
+    type Error = OpenError;
+    fn node(&self, level: u32, index: u64) -> Result<mlaudit_core::Hash, OpenError> {
+        let mut buf = [0u8; 32];
+        let f = self.0.get(level as usize).ok_or_else(|| OpenError::Corrupt { file: format!("tree-{level:02}.hash"), offset: 0, problem: "missing".into() })?;
+        f.read_exact_at(&mut buf, index * 32).map_err(io(format!("reading tree-{level:02}.hash")))?;
+        Ok(mlaudit_core::Hash(buf))
+    }
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<Segment>, OpenError> {
+    let mut segs = Vec::new();
+    for ent in std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))? {
+        let ent = ent.map_err(io("listing segments"))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let Some(start) = name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<u64>().ok()) else { continue };
+        let file = OpenOptions::new().read(true).append(true).open(ent.path()).map_err(io(format!("opening {name}")))?;
+        segs.push(Segment { start, file: Arc::new(file), name });
+    }
+    segs.sort_by_key(|s| s.start);
+    Ok(segs)
+}
+
+/// Replay state while scanning segments.
+struct Replay {
+    index: Index,
+    range: CompactRange,
+    pending: Pending,
+    derived: Derived,
+    signer: Option<NoteSigner>,
+    replayed: u64,
+}
+
+impl Replay {
+    fn flush(&mut self) -> Result<(), OpenError> {
+        self.derived.write(&self.pending).map_err(io("writing derived files"))?;
+        self.pending = Pending::default();
+        Ok(())
+    }
+
+    fn apply(&mut self, h: &record::Header, a: &[u8], pos: u64) -> Result<(), String> {
+        let seq = self.index.len();
+        if h.kind == record::EVENT {
+            let e = entry::decode(a).map_err(|e| format!("entry: {e}"))?;
+            if e.seq != seq {
+                return Err(format!("entry has seq {} where seq {seq} was expected", e.seq));
+            }
+            let pending = &mut self.pending;
+            self.range.push(leaf_hash(a), |level, _, hash| pending.node(level, &hash.0));
+            let rec = self.index.record_for(&e.kind, &e.actor_id, &e.subjects, e.id, e.event_time_ns, &mut |t, v| pending.term(t, v));
+            pending.event(pos, &rec);
+            self.index.push(pos, &rec);
+            self.replayed += 1;
+        } else {
+            let note = std::str::from_utf8(a).map_err(|_| "checkpoint is not UTF-8".to_owned())?;
+            let body = note.split_once("\n\n").map(|(b, _)| format!("{b}\n")).unwrap_or_default();
+            let cp = Checkpoint::parse(&body).map_err(|e| format!("checkpoint: {e}"))?;
+            if cp.size != seq || cp.root != self.range.root() {
+                return Err(format!("checkpoint for size {} does not sign the log's root at size {seq}", cp.size));
+            }
+            if let Some(signer) = &self.signer {
+                signer.verifier().open(note).map_err(|e| format!("checkpoint signature: {e}"))?;
+            }
+            self.pending.checkpoint(cp.size, pos);
+            self.index.checkpoints.push((cp.size, pos));
+        }
+        if self.pending.offsets.len() > 1 << 20 {
+            self.flush().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// What ends a segment's bytes at `at`, when they stop parsing.
+fn is_torn(buf: &[u8], at: usize, last_segment: bool) -> bool {
+    if !last_segment {
+        return false;
+    }
+    let rest = &buf[at..];
+    if rest.iter().all(|b| *b == 0) {
+        return true;
+    }
+    if rest.len() < record::HEADER_LEN {
+        return true;
+    }
+    let header: Option<&[u8; record::HEADER_LEN]> = rest[..record::HEADER_LEN].try_into().ok();
+    matches!(header.map(record::parse_header), Some(Ok(h)) if h.total_len() > rest.len() as u64)
+}
+
+fn replay_segment(r: &mut Replay, seg: &Segment, from_off: u64, last: bool) -> Result<Option<(u64, u64)>, OpenError> {
+    let len = seg.file.metadata().map_err(io(seg.name.clone()))?.len();
+    let mut buf = vec![0u8; len.saturating_sub(from_off) as usize];
+    seg.file.read_exact_at(&mut buf, from_off).map_err(io(format!("reading {}", seg.name)))?;
+    let mut at = 0usize;
+    while at < buf.len() {
+        let offset = from_off + at as u64;
+        let corrupt = |problem: String| OpenError::Corrupt { file: seg.name.clone(), offset, problem };
+        let parsed = buf.get(at..at + record::HEADER_LEN).and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok()).map(record::parse_header);
+        let h = match parsed {
+            Some(Ok(h)) if at as u64 + h.total_len() <= buf.len() as u64 => h,
+            _ if is_torn(&buf, at, last) => return Ok(Some((offset, len - offset))),
+            Some(Err(e)) => return Err(corrupt(e.to_string())),
+            _ => return Err(corrupt("record runs past the end of a closed segment".into())),
+        };
+        let rec = &buf[at..at + h.total_len() as usize];
+        let (a, _) = match record::check_record(&h, rec) {
+            Ok(parts) => parts,
+            Err(_) if last && buf[at..].iter().all(|b| *b == 0) => return Ok(Some((offset, len - offset))),
+            Err(e) => return Err(corrupt(e.to_string())),
+        };
+        r.apply(&h, a, seg.start + offset).map_err(corrupt)?;
+        at += h.total_len() as usize;
+    }
+    Ok(None)
+}
+
+pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(Shared, State, OpenReport), OpenError> {
+    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(io("opening LOCK"))?;
+    if lock.try_lock().is_err() {
+        return Err(OpenError::Locked(dir.to_owned()));
+    }
+    let mut segments = list_segments(dir)?;
+    if segments.is_empty() {
+        let name = segment_name(0);
+        let file = OpenOptions::new().read(true).append(true).create(true).open(dir.join(&name)).map_err(io(format!("creating {name}")))?;
+        derived::sync_dir(dir).map_err(io("syncing directory"))?;
+        segments.push(Segment { start: 0, file: Arc::new(file), name });
+    }
+    for pair in segments.windows(2) {
+        let len = pair[0].file.metadata().map_err(io(pair[0].name.clone()))?.len();
+        if pair[0].start + len != pair[1].start {
+            return Err(OpenError::Corrupt { file: pair[1].name.clone(), offset: 0, problem: format!("segment does not start where {} ends", pair[0].name) });
+        }
+    }
+    let mut report = OpenReport::default();
+    let mut derived = Derived::open(dir).map_err(io("opening derived files"))?;
+    let mut index = Index::new();
+    let meta = match Derived::read_meta(dir) {
+        Some(m) if m.log_end >= segments[0].start => match derived.load(&m, &mut index) {
+            Ok(()) => m,
+            Err(why) => {
+                report.rebuilt = Some(why);
+                Meta::default()
+            }
+        },
+        Some(_) => {
+            report.rebuilt = Some("derived.meta points before the first segment".into());
+            Meta::default()
+        }
+        None => Meta::default(),
+    };
+    if meta.size == 0 {
+        index = Index::new();
+        derived.reset().map_err(io("resetting derived files"))?;
+    }
+    let log_start = if meta.size == 0 { segments[0].start } else { meta.log_end };
+    let range = CompactRange::from_source(&LevelFiles(&derived.levels), meta.size)?;
+    let mut r = Replay { index, range, pending: Pending::default(), derived, signer, replayed: 0 };
+    let last_i = segments.len() - 1;
+    for (i, seg) in segments.iter().enumerate() {
+        let len = seg.file.metadata().map_err(io(seg.name.clone()))?.len();
+        if seg.start + len <= log_start && i != last_i {
+            continue;
+        }
+        let from_off = log_start.saturating_sub(seg.start);
+        if let Some((offset, bytes)) = replay_segment(&mut r, seg, from_off, i == last_i)? {
+            seg.file.set_len(offset).map_err(io(format!("truncating {}", seg.name)))?;
+            seg.file.sync_all().map_err(io(format!("syncing {}", seg.name)))?;
+            report.truncated = Some((seg.name.clone(), offset, bytes));
+        }
+    }
+    r.flush()?;
+    let last = &segments[last_i];
+    let log_end = last.start + last.file.metadata().map_err(io(last.name.clone()))?.len();
+    let size = r.index.len();
+    report.events = size;
+    report.replayed = r.replayed;
+    let levels = r.derived.levels.clone();
+    let terms_bytes = r.derived.terms_bytes;
+    let meta = Meta { size, log_end, terms_bytes, term_count: r.index.term_count(), checkpoints: r.index.checkpoints.len() as u64 };
+    r.derived.commit_meta(&meta).map_err(io("recording the derived watermark"))?;
+    let shared = Shared {
+        dir: dir.to_owned(),
+        size: AtomicU64::new(size),
+        index: RwLock::new(r.index),
+        segments: RwLock::new(segments.clone()),
+        levels: RwLock::new(levels),
+    };
+    let mut state = State::new(last.clone(), log_end, r.derived, r.range, r.signer, meta, lock);
+    let signed = shared.index.read().ok().and_then(|i| i.checkpoints.last().copied());
+    if let Some((cp_size, pos)) = signed.filter(|(s, _)| *s == size) {
+        state.set_latest_note(Some(read_note(&segments, pos)?).filter(|_| cp_size == size));
+    } else if state.can_sign() {
+        state.sign_at_open(&shared).map_err(io("signing a checkpoint at open"))?;
+        report.signed_at_open = Some(size);
+    }
+    Ok((shared, state, report))
+}
+
+fn read_note(segments: &[Segment], pos: u64) -> Result<String, OpenError> {
+    let i = segments.partition_point(|s| s.start <= pos).saturating_sub(1);
+    let seg = &segments[i];
+    let off = pos - seg.start;
+    let corrupt = |problem: String| OpenError::Corrupt { file: seg.name.clone(), offset: off, problem };
+    let mut header = [0u8; record::HEADER_LEN];
+    seg.file.read_exact_at(&mut header, off).map_err(io(format!("reading {}", seg.name)))?;
+    let h = record::parse_header(&header).map_err(|e| corrupt(e.to_string()))?;
+    let mut buf = vec![0u8; h.total_len() as usize];
+    seg.file.read_exact_at(&mut buf, off).map_err(io(format!("reading {}", seg.name)))?;
+    let (a, _) = record::check_record(&h, &buf).map_err(|e| corrupt(e.to_string()))?;
+    String::from_utf8(a.to_vec()).map_err(|_| corrupt("checkpoint is not UTF-8".into()))
+}

@@ -1,0 +1,146 @@
+//! The storage interface of mlaudit and the ledger operations written once on top of it.
+//!
+//! * [`Store`] — what an engine must provide: durable, idempotent batch appends that also sign
+//!   and keep a checkpoint; reads by seq and by id; stored perfect-subtree hashes; checkpoints;
+//!   indexed queries. The embedded engine (`mlaudit-embedded`) implements it; a PostgreSQL engine
+//!   will.
+//! * [`proofs`], [`verify`], [`lineage`] — proof bundles, full verification and lineage, for any
+//!   engine.
+//!
+//! **Invariant:** this crate knows nothing of files, sockets or SQL; the trait speaks only of
+//! sequence numbers, ids, hashes and notes. Engines report where a fault lives through
+//! [`Store::location`].
+
+pub mod ingest;
+pub mod lineage;
+pub mod proofs;
+pub mod verify;
+
+use mlaudit_core::event::{PreparedEvent, Stage};
+use mlaudit_core::merkle::{Hash, NodeSource};
+use mlaudit_core::EventId;
+use std::ops::ControlFlow;
+
+/// One stored event: its entry header bytes and its payload (`None` once redacted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub entry: Vec<u8>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// The outcome of appending one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub id: EventId,
+    pub seq: u64,
+    /// `true` when the id was already in the log: nothing was written, `seq` is the original.
+    pub duplicate: bool,
+}
+
+/// The outcome of a durable batch append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendReceipt {
+    /// One per input event, in input order.
+    pub events: Vec<Appended>,
+    /// The tree size after the batch.
+    pub tree_size: u64,
+    /// The signed checkpoint note for `tree_size`.
+    pub checkpoint: String,
+}
+
+/// Filters for [`Store::query`]; all given filters must match. Results are in seq order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    pub stage: Option<Stage>,
+    pub kind: Option<String>,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub actor: Option<String>,
+    pub run: Option<String>,
+    pub dataset: Option<String>,
+    pub deployment: Option<String>,
+    /// Event time >= since (unix ns).
+    pub since_ns: Option<i64>,
+    /// Event time < until (unix ns).
+    pub until_ns: Option<i64>,
+    /// Only seqs greater than this (cursor pagination).
+    pub after_seq: Option<u64>,
+    /// At most this many results.
+    pub limit: usize,
+}
+
+/// A storage failure. Engines map their own errors into these.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Stored bytes are damaged; `location` names the place (e.g. file and offset).
+    #[error("corruption at {location}: {problem}")]
+    Corrupt { location: String, problem: String },
+    /// A seq beyond the tree, or a node that does not exist yet.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The store was opened without a signing key and cannot append.
+    #[error("this store was opened read-only (no signing key)")]
+    ReadOnly,
+    /// An event cannot be stored (a limit was exceeded).
+    #[error("event {index} of the batch cannot be stored: {problem}")]
+    Rejected { index: usize, problem: String },
+    /// The writer stopped after an earlier failure; reopen the store.
+    #[error("the store's writer has stopped: {0}")]
+    WriterStopped(String),
+    /// An I/O error from the engine.
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+/// A storage engine for the log.
+///
+/// **Contract:** `append` returns only after every new event *and* the checkpoint for the new
+/// size are durable; it is all-or-nothing per call; ids already in the log are not written
+/// again. Seqs are dense from 0. Checkpoints are never removed.
+pub trait Store: Send + Sync {
+    /// Appends a batch durably and signs a checkpoint for the new tree size.
+    fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError>;
+    /// The number of events in the log (all of them durable).
+    fn tree_size(&self) -> u64;
+    /// One event by seq.
+    fn event(&self, seq: u64) -> Result<StoredEvent, StoreError>;
+    /// The seq of an event id, if present.
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError>;
+    /// A stored perfect-subtree hash (see [`NodeSource`]).
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError>;
+    /// `count` consecutive stored hashes of one level from `start` (bulk reads for `verify`).
+    fn nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        (start..start + count).map(|i| self.node(level, i)).collect()
+    }
+    /// The stored signed checkpoint for exactly this tree size.
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError>;
+    /// Tree sizes of every stored checkpoint, ascending.
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError>;
+    /// Seqs of matching events, ascending, at most `limit`.
+    fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError>;
+    /// Visits events `from..tree_size()` in order, reading storage sequentially.
+    fn scan(&self, from: u64, visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>) -> Result<(), StoreError>;
+    /// Where an event is stored, for messages (e.g. `log/seg-…:1234`).
+    fn location(&self, seq: u64) -> String;
+}
+
+/// Adapts a store to the Merkle [`NodeSource`].
+#[derive(Debug)]
+pub struct Nodes<'a, S: ?Sized>(pub &'a S);
+
+impl<S: Store + ?Sized> NodeSource for Nodes<'_, S> {
+    type Error = StoreError;
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        self.0.node(level, index)
+    }
+}
+
+/// The latest checkpoint note, if any.
+pub fn latest_checkpoint(store: &dyn Store) -> Result<Option<String>, StoreError> {
+    match store.checkpoint_sizes()?.last() {
+        Some(size) => store.checkpoint(*size),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,106 @@
+//! Lineage: from any event to the model version it concerns, that version's registry history
+//! (registration, approvals, stage changes), the training run that produced it, and the datasets
+//! and data events behind that run — following subject links through indexed queries.
+
+use crate::{Query, Store, StoreError};
+use mlaudit_core::bundle::render_event;
+use mlaudit_core::entry::{self, Entry, SubjectField};
+use mlaudit_core::event::Stage;
+use serde::Serialize;
+use serde_json::Value;
+
+/// How many events each lineage step lists at most.
+const STEP_LIMIT: usize = 1000;
+
+/// The lineage of one event. Every listed event carries its `seq`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Lineage {
+    pub event: Value,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    /// Registry events of that model version: registration, promotion, approvals, stage changes.
+    pub registry: Vec<Value>,
+    /// Deployment events of that model version.
+    pub deployments: Vec<Value>,
+    /// The training run that produced the version.
+    pub run: Option<String>,
+    pub training: Vec<Value>,
+    /// Datasets the run used (`dataset@version`), each with its data events.
+    pub datasets: Vec<DatasetLineage>,
+}
+
+/// One dataset a training run used.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DatasetLineage {
+    pub dataset: String,
+    pub version: Option<String>,
+    pub events: Vec<Value>,
+}
+
+struct Loaded {
+    entry: Entry,
+    view: Value,
+}
+
+fn load(store: &dyn Store, seq: u64) -> Result<Loaded, StoreError> {
+    let ev = store.event(seq)?;
+    let entry = entry::decode(&ev.entry).map_err(|e| StoreError::Corrupt { location: store.location(seq), problem: e.to_string() })?;
+    let view = render_event(&entry, ev.payload.as_deref());
+    Ok(Loaded { entry, view })
+}
+
+fn find(store: &dyn Store, q: Query) -> Result<Vec<Loaded>, StoreError> {
+    let q = Query { limit: STEP_LIMIT, ..q };
+    store.query(&q)?.into_iter().map(|seq| load(store, seq)).collect()
+}
+
+/// The lineage of the event at `seq`.
+pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
+    let start = load(store, seq)?;
+    let subject = |f| start.entry.subject(f).map(str::to_owned);
+    let (mut model, mut version) = (subject(SubjectField::Model), subject(SubjectField::Version));
+    if let (None, Some(deployment)) = (&model, subject(SubjectField::Deployment)) {
+        let deployed = find(store, Query { kind: Some("operations.deployed".into()), deployment: Some(deployment), ..Query::default() })?;
+        if let Some(d) = deployed.iter().rev().find(|d| d.entry.seq <= seq).or(deployed.last()) {
+            model = d.entry.subject(SubjectField::Model).map(str::to_owned);
+            version = d.entry.subject(SubjectField::Version).map(str::to_owned);
+        }
+    }
+    let mut out = Lineage { event: start.view.clone(), model: model.clone(), version: version.clone(), registry: vec![], deployments: vec![], run: subject(SubjectField::Run), training: vec![], datasets: vec![] };
+    if let (Some(model), Some(version)) = (&model, &version) {
+        let by_version = |stage| Query { stage: Some(stage), model: Some(model.clone()), version: Some(version.clone()), ..Query::default() };
+        let registry = find(store, by_version(Stage::Registry))?;
+        if let Some(reg) = registry.iter().find(|r| r.entry.kind == "registry.model_registered") {
+            out.run = reg.entry.subject(SubjectField::Run).map(str::to_owned).or(out.run);
+        }
+        out.registry = registry.into_iter().map(|l| l.view).collect();
+        out.deployments = find(store, by_version(Stage::Operations))?.into_iter().map(|l| l.view).collect();
+    }
+    if let Some(run) = out.run.clone() {
+        let training = find(store, Query { stage: Some(Stage::Training), run: Some(run), ..Query::default() })?;
+        let refs: Vec<String> = training
+            .iter()
+            .filter(|t| t.entry.kind == "training.run_started")
+            .flat_map(|t| t.view["attributes"]["datasets"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        out.training = training.into_iter().map(|l| l.view).collect();
+        for r in refs {
+            let (dataset, version) = match r.split_once('@') {
+                Some((d, v)) => (d.to_owned(), Some(v.to_owned())),
+                None => (r.clone(), None),
+            };
+            let events = find(store, Query { stage: Some(Stage::Data), dataset: Some(dataset.clone()), ..Query::default() })?;
+            let events = events
+                .into_iter()
+                .filter(|l| match (l.entry.subject(SubjectField::DatasetVersion), &version) {
+                    (Some(have), Some(want)) => have == want,
+                    _ => true,
+                })
+                .map(|l| l.view)
+                .collect();
+            out.datasets.push(DatasetLineage { dataset, version, events });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,131 @@
+//! `mlaudit demo`: records a realistic credit-risk model lifecycle — data sourcing and
+//! preparation, a training run with evaluated checkpoints, registration, a named approver's
+//! approval, promotion and deployment, then sampled predictions — verifies the whole log, and
+//! shows one prediction's lineage and an offline check of its inclusion proof.
+
+use crate::append::{append_events, local_principal};
+use crate::ledger;
+use crate::output::Progress;
+use crate::proof::{check_bundle, verify_store};
+use crate::read::print_lineage;
+use anyhow::Result;
+use mlaudit_core::event::{format_time, prepare};
+use mlaudit_store::{lineage, proofs, Query, Store};
+use serde_json::{json, Value};
+use std::path::Path;
+
+struct Clock(i64);
+
+impl Clock {
+    fn tick(&mut self, seconds: i64) -> String {
+        self.0 += seconds * 1_000_000_000;
+        format_time(self.0)
+    }
+}
+
+fn ev(kind: &str, time: String, actor: (&str, &str), subject: Value, attributes: Value) -> Value {
+    json!({ "id": uuid::Uuid::new_v4().to_string(), "time": time, "kind": kind, "actor": { "id": actor.0, "type": actor.1 }, "subject": subject, "attributes": attributes })
+}
+
+/// A small deterministic generator for plausible feature values.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
+
+fn lifecycle(version: &str, run: &str, predictions: usize, clock: &mut Clock) -> Vec<Value> {
+    let (model, dataset, snapshot, deployment) = ("credit-risk", "credit-applications", "2026-10-31", "credit-scoring-prod");
+    let etl = ("etl-pipeline", "service");
+    let trainer = ("training-service", "service");
+    let mut out = vec![
+        ev("data.source_accessed", clock.tick(60), etl, json!({"dataset": dataset}), json!({"source": "s3://bank-data/raw/applications-2026-10.parquet", "rows": 120_000})),
+        ev("data.transformation_applied", clock.tick(300), etl, json!({"dataset": dataset}), json!({"inputs": ["s3://bank-data/raw/applications-2026-10.parquet"], "transformation": "drop_pii,impute_median,one_hot(region)", "filter": "application_date >= '2024-01-01'"})),
+        ev("data.snapshot_created", clock.tick(120), etl, json!({"dataset": dataset, "dataset_version": snapshot}), json!({"content_sha256": "9f2c5d1e8a7b6c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d", "rows": 118_432})),
+        ev("training.run_started", clock.tick(600), trainer, json!({"run": run, "model": model}), json!({"hyperparameters": {"learning_rate": 0.05, "max_depth": 6, "n_estimators": 400}, "random_seed": 42, "datasets": [format!("{dataset}@{snapshot}")], "code_version": "git:4e1f0c2"})),
+    ];
+    for step in 1..=5u64 {
+        let auc = 0.80 + 0.012 * step as f64;
+        out.push(ev("training.checkpoint_evaluated", clock.tick(900), trainer, json!({"run": run}), json!({"step": step * 80, "metrics": {"auc": auc, "logloss": 0.52 - 0.03 * step as f64}})));
+    }
+    out.extend([
+        ev("training.run_completed", clock.tick(60), trainer, json!({"run": run}), json!({"status": "succeeded", "duration_s": 4560, "compute": {"cpu_hours": 12.5, "gpu_hours": 0, "peak_memory_gb": 18}})),
+        ev("registry.model_registered", clock.tick(300), ("ml-engineer:jchen", "user"), json!({"model": model, "version": version, "run": run}), json!({"artifact_sha256": "4a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"})),
+        ev("registry.promotion_requested", clock.tick(600), ("ml-engineer:jchen", "user"), json!({"model": model, "version": version}), json!({"to_stage": "production", "ticket": "MRM-2291"})),
+        ev("registry.approval_granted", clock.tick(86_400), ("maria.gonzalez", "user"), json!({"model": model, "version": version}), json!({"approver": {"id": "maria.gonzalez", "role": "model-risk-officer"}, "reason": "Validation report MRM-2291 reviewed: AUC 0.86 on holdout, no disparate impact above threshold"})),
+        ev("registry.stage_changed", clock.tick(300), ("registry-service", "service"), json!({"model": model, "version": version}), json!({"from_stage": "staging", "to_stage": "production"})),
+        ev("registry.deployment_target_assigned", clock.tick(60), ("ml-engineer:jchen", "user"), json!({"model": model, "version": version}), json!({"target": "k8s/prod-eu/credit-scoring"})),
+        ev("operations.deployed", clock.tick(600), ("deploy-bot", "service"), json!({"deployment": deployment, "model": model, "version": version}), json!({"environment": "production", "image": "registry.example/credit-risk:7"})),
+        ev("operations.traffic_routed", clock.tick(60), ("deploy-bot", "service"), json!({"deployment": deployment}), json!({"split": {version: 100}})),
+        ev("governance.policy_changed", clock.tick(60), ("maria.gonzalez", "user"), json!({}), json!({"policy": "prediction_sampling/credit-risk", "old": {"risk": "low", "rate": 0.05}, "new": {"risk": "high", "rate": 1.0}})),
+    ]);
+    for i in 0..predictions {
+        let r = mix(i as u64);
+        let income = 20_000 + (r % 130_000);
+        let debt_ratio = (r >> 20) % 100;
+        let score = ((income as f64 / 150_000.0) * 0.6 + (1.0 - debt_ratio as f64 / 100.0) * 0.4).min(1.0);
+        out.push(ev(
+            "prediction.served",
+            clock.tick(2),
+            ("scoring-api", "service"),
+            json!({"model": model, "version": version, "request": format!("req-{run}-{i:06}"), "deployment": deployment}),
+            json!({"inputs": {"income": income, "debt_ratio": debt_ratio as f64 / 100.0, "region": REGIONS[(r % 4) as usize]}, "outputs": {"score": (score * 1000.0).round() / 1000.0, "decision": if score > 0.5 { "approve" } else { "refer" }}, "confidence": 0.9, "latency_ms": 3 + r % 9, "sample_rate": 1.0}),
+        ));
+    }
+    out
+}
+
+pub fn run(data: &Path, predictions: usize) -> Result<()> {
+    if ledger::signer(data).is_err() {
+        let mut tag = [0u8; 4];
+        getrandom::getrandom(&mut tag).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let origin = format!("mlaudit.local/demo-{}", mlaudit_core::merkle::hex(&tag));
+        let signer = ledger::init(data, &origin)?;
+        println!("initialized {} with origin {origin}", data.display());
+        println!("verifier key: {}", signer.verifier().to_text());
+    }
+    let key = ledger::signer(data)?.verifier();
+    let store = ledger::open(data)?;
+    let earlier = store.query(&Query { kind: Some("registry.model_registered".into()), model: Some("credit-risk".into()), limit: usize::MAX, ..Query::default() })?.len();
+    let version = (7 + earlier).to_string();
+    let run = format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64 - 3 * 86_400 * 1_000_000_000;
+    let events = lifecycle(&version, &run, predictions, &mut Clock(start));
+    let principal = local_principal();
+    let prepared = events.iter().map(|e| prepare(&e.to_string(), &principal)).collect::<Result<Vec<_>, _>>()?;
+    let before = store.tree_size();
+    let mut progress = Progress::new("appending", prepared.len() as u64);
+    let lifecycle_len = prepared.len() - predictions;
+    let mut prepared = prepared;
+    let predictions_batch = prepared.split_off(lifecycle_len);
+    let a = append_events(&store, prepared, 1000, &mut progress)?;
+    let b = append_events(&store, predictions_batch, 100, &mut progress)?;
+    progress.finish();
+    println!("\n== recorded model credit-risk version {version} (run {run}): {} lifecycle events and {} predictions, seq {before}..{}", a.new, b.new, store.tree_size() - 1);
+
+    println!("\n== verify: recomputing every leaf, payload digest, tree node and checkpoint");
+    let report = verify_store(&store, &key)?;
+    println!("intact: {} events, {} checkpoints, root {}", report.events, report.checkpoints, report.root.to_hex());
+
+    let pred_seq = b.first_seq.map(|s| s + (predictions as u64 / 2).min(b.new.saturating_sub(1))).unwrap_or(0);
+    println!("\n== lineage of the prediction at seq {pred_seq}");
+    print_lineage(&lineage::lineage(&store, pred_seq)?);
+
+    println!("\n== inclusion proof for seq {pred_seq}, checked offline with only the verifier key");
+    let bundle = proofs::inclusion_bundle(&store, pred_seq)?;
+    println!("bundle: leaf {} of tree size {}, {} path hashes", bundle.leaf_index, bundle.tree_size, bundle.inclusion_path.len());
+    println!("{}", check_bundle(&bundle, &key)?);
+    let sizes = store.checkpoint_sizes()?;
+    if let (Some(first), Some(last)) = (sizes.iter().find(|s| **s > 0), sizes.last()) {
+        let proof = proofs::consistency(&store, *first, *last)?;
+        proof.verify(&key).map_err(|e| crate::ledger::VerifyFailed(format!("consistency proof FAILED: {e}")))?;
+        println!("OK: checkpoint {first} is consistent with checkpoint {last} ({} hashes)", proof.proof.len());
+    }
+    println!("\nlatest checkpoint:\n{}", mlaudit_store::latest_checkpoint(&store)?.unwrap_or_default());
+    println!("try: mlaudit --data {} query --model credit-risk --stage registry", data.display());
+    store.close()?;
+    Ok(())
+}

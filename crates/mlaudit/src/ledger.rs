@@ -1,0 +1,99 @@
+//! The data directory: where the key and the log live, how they are created and opened.
+//!
+//! ```text
+//! <data>/key/signing.key    PRIVATE+KEY+<origin>+<id>+<base64>   (mode 0600)
+//! <data>/key/verifier.key   <origin>+<id>+<base64>
+//! <data>/log/               the embedded store
+//! ```
+
+use anyhow::{Context, Result};
+use mlaudit_core::note::NoteSigner;
+use mlaudit_embedded::{EmbeddedStore, OpenError};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A usage or input error: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+/// A verification failure: exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct VerifyFailed(pub String);
+
+/// Resolves `--data`, then `MLAUDIT_DATA`, then `./mlaudit-data`.
+pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("MLAUDIT_DATA").filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("mlaudit-data"))
+}
+
+fn signing_key_path(data: &Path) -> PathBuf {
+    data.join("key").join("signing.key")
+}
+
+/// The verifier key file.
+pub fn verifier_key_path(data: &Path) -> PathBuf {
+    data.join("key").join("verifier.key")
+}
+
+/// Creates the key and an empty log with its first (empty-tree) checkpoint.
+pub fn init(data: &Path, origin: &str) -> Result<NoteSigner> {
+    if signing_key_path(data).exists() {
+        return Err(InputError(format!("{} is already initialized (key at {})", data.display(), signing_key_path(data).display())).into());
+    }
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for the key: {e}"))?;
+    let signer = NoteSigner::from_seed(origin, seed).map_err(|e| InputError(format!("--origin {origin:?}: {e}")))?;
+    let key_dir = data.join("key");
+    std::fs::create_dir_all(&key_dir).with_context(|| format!("creating {}", key_dir.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(signing_key_path(data))
+        .with_context(|| format!("creating {}", signing_key_path(data).display()))?;
+    writeln!(f, "{}", signer.to_private_text())?;
+    f.sync_all()?;
+    std::fs::write(verifier_key_path(data), format!("{}\n", signer.verifier().to_text()))?;
+    drop(open_with(data, Some(signer.clone()))?);
+    Ok(signer)
+}
+
+/// Loads the signing key of an initialized data directory.
+pub fn signer(data: &Path) -> Result<NoteSigner> {
+    let path = signing_key_path(data);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(InputError(format!("{} is not initialized: run `mlaudit init --data {}`", data.display(), data.display())).into())
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    NoteSigner::parse(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Opens the log of an initialized data directory for reading and appending.
+pub fn open(data: &Path) -> Result<EmbeddedStore> {
+    let signer = signer(data)?;
+    open_with(data, Some(signer))
+}
+
+fn open_with(data: &Path, signer: Option<NoteSigner>) -> Result<EmbeddedStore> {
+    let (store, report) = match EmbeddedStore::open(&data.join("log"), signer) {
+        Ok(ok) => ok,
+        Err(e @ OpenError::Corrupt { .. }) => return Err(VerifyFailed(format!("the log is damaged and was not opened: {e}")).into()),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some((file, offset, bytes)) = &report.truncated {
+        eprintln!("mlaudit: recovered from a crash: removed a torn, never-acknowledged tail of {bytes} bytes from {file} at offset {offset}");
+    }
+    if let Some(why) = &report.rebuilt {
+        eprintln!("mlaudit: rebuilt the indexes from the log ({why})");
+    }
+    if let (Some(size), true) = (report.signed_at_open, report.events > 0 && report.truncated.is_some()) {
+        eprintln!("mlaudit: signed a checkpoint for the {size} events recovered");
+    }
+    Ok(store)
+}

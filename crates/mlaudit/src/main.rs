@@ -1,0 +1,147 @@
+//! `mlaudit`: the command-line interface to an mlaudit log.
+//!
+//! Arguments are parsed into plain values by clap first; each command then resolves the data
+//! directory and opens the store. `main` maps errors to exit codes: 0 ok, 1 verification
+//! failed, 2 usage, input or operational error.
+
+mod append;
+mod demo;
+mod ledger;
+mod output;
+mod proof;
+mod read;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ledger::{InputError, VerifyFailed};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// An immutable, cryptographically verifiable audit trail for machine-learning systems.
+#[derive(Debug, Parser)]
+#[command(name = "mlaudit", version, about, long_about = None)]
+struct Cli {
+    /// Data directory [default: $MLAUDIT_DATA, else ./mlaudit-data]
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+    Ndjson,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a signing key and an empty log.
+    Init {
+        /// The log's name (checkpoint origin and key name).
+        #[arg(long)]
+        origin: Option<String>,
+    },
+    /// Append NDJSON events from a file or standard input.
+    Append {
+        /// NDJSON file, or - for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// Events per durable batch.
+        #[arg(long, default_value_t = 1000)]
+        batch_size: usize,
+    },
+    /// Show one stored event, its seq and leaf hash.
+    Get {
+        /// Event id (UUID), or a seq number.
+        id: String,
+    },
+    /// Find events by stage, kind, subject, actor and time.
+    Query(read::QueryArgs),
+    /// Trace an event back to its model version, approvals, training run and datasets.
+    Lineage {
+        id: String,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Print the latest signed checkpoint, verbatim.
+    Checkpoint {
+        /// The checkpoint for this tree size instead of the latest.
+        #[arg(long)]
+        size: Option<u64>,
+        /// List the tree sizes of every stored checkpoint.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Recompute and check the whole log: entries, payloads, tree and every checkpoint.
+    Verify,
+    /// Write an inclusion proof bundle for one event.
+    Prove {
+        id: String,
+        /// Write the bundle here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a proof bundle offline with only the log's verifier key.
+    VerifyBundle {
+        file: PathBuf,
+        /// Verifier key text, or a file holding it.
+        #[arg(long)]
+        key: String,
+    },
+    /// Prove and check that one checkpoint's tree is a prefix of another's.
+    Consistency {
+        #[arg(long)]
+        from: u64,
+        /// [default: the latest checkpoint]
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Record a realistic ML lifecycle, verify it and show a prediction's lineage and proof.
+    Demo {
+        /// How many predictions to serve.
+        #[arg(long, default_value_t = 300)]
+        predictions: usize,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let data = ledger::data_dir(cli.data);
+    match cli.command {
+        Command::Init { origin } => read::init(&data, origin),
+        Command::Append { file, batch_size } => append::run(&data, &file, batch_size),
+        Command::Get { id } => read::get(&data, &id),
+        Command::Query(args) => read::query(&data, args),
+        Command::Lineage { id, format } => read::lineage(&data, &id, format == Format::Json),
+        Command::Checkpoint { size, list } => read::checkpoint(&data, size, list),
+        Command::Verify => proof::verify(&data),
+        Command::Prove { id, out } => proof::prove(&data, &id, out.as_deref()),
+        Command::VerifyBundle { file, key } => proof::verify_bundle(&file, &key),
+        Command::Consistency { from, to } => proof::consistency(&data, from, to),
+        Command::Demo { predictions } => demo::run(&data, predictions),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = if err.downcast_ref::<VerifyFailed>().is_some() {
+                1
+            } else {
+                2
+            };
+            if err.downcast_ref::<InputError>().is_some() || err.downcast_ref::<VerifyFailed>().is_some() {
+                eprintln!("mlaudit: {err}");
+            } else {
+                eprintln!("mlaudit: error: {err}");
+                for cause in err.chain().skip(1) {
+                    eprintln!("  caused by: {cause}");
+                }
+            }
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! Terminal output helpers: a progress bar on stderr (TTY only) and JSON printing.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// A progress bar drawn on stderr when it is a terminal; silent otherwise.
+#[derive(Debug)]
+pub struct Progress {
+    label: &'static str,
+    total: u64,
+    enabled: bool,
+    last: Instant,
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new(label: &'static str, total: u64) -> Progress {
+        let enabled = std::io::stderr().is_terminal() && total >= 10_000;
+        Progress { label, total, enabled, last: Instant::now() - Duration::from_secs(1), started: Instant::now() }
+    }
+
+    pub fn set(&mut self, done: u64) {
+        if !self.enabled || (self.last.elapsed() < Duration::from_millis(100) && done < self.total) {
+            return;
+        }
+        self.last = Instant::now();
+        let frac = if self.total == 0 { 1.0 } else { done as f64 / self.total as f64 };
+        let width = 30usize;
+        let filled = ((frac * width as f64) as usize).min(width);
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r{} [{}{}] {done}/{} ({:.0}/s)", self.label, "#".repeat(filled), " ".repeat(width - filled), self.total, rate);
+        let _ = err.flush();
+    }
+
+    pub fn finish(&mut self) {
+        if self.enabled {
+            self.set(self.total);
+            eprintln!();
+        }
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
