@@ -2,6 +2,8 @@
 //! entry header (`mlaudit_core::entry`), including deterministic random-input loops that must
 //! never panic.
 
+#![allow(clippy::needless_range_loop)]
+
 use mlaudit_core::entry::{self, ActorType, Entry, EntryError, EventId, SubjectField, MAX_ID_LEN, MAX_KIND_LEN};
 use mlaudit_core::event::{catalogue_kinds, format_time, parse_time, prepare, EventError, PreparedEvent, Stage, MAX_EVENT_BYTES};
 use serde_json::{json, Map, Value};

@@ -15,6 +15,8 @@
 //! index); they are converted to 0-based indices here and the original is kept in a comment.
 //! The corruption probes mirror `corruptInclusionProof` / `corruptConsistencyProof` there.
 
+#![allow(clippy::needless_range_loop)]
+
 use mlaudit_core::merkle::{
     consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, subtree_hash, verify_consistency,
     verify_inclusion, CompactRange, Hash, NodeSource, ProofError, ProofRequestError,
@@ -158,7 +160,7 @@ const CONSISTENCY: &[ConsistencyVector] = &[
 // ---------------------------------------------------------------------------------------------
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex {s:?}");
+    assert!(s.len() & 1 == 0, "odd hex {s:?}");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or_else(|_| panic!("bad hex {s:?}")))

@@ -6,6 +6,8 @@
 //! shares nothing with the code under test except `leaf_hash` and `node_hash`, whose outputs are
 //! pinned by `merkle_known_answer.rs`.
 
+#![allow(clippy::needless_range_loop)]
+
 use mlaudit_core::merkle::{
     consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, subtree_hash, verify_consistency,
     verify_inclusion, CompactRange, Hash, NodeSource, ProofError,
