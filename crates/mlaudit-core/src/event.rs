@@ -7,9 +7,8 @@
 //! as received (surrounding whitespace trimmed); the header carries the normalized id, times,
 //! kind, actor and subjects.
 //!
-//! **Invariant:** a `PreparedEvent` always satisfies its kind's requirements; nothing else
-//! constructs one outside this module except through [`PreparedEvent::from_parts`] for
-//! events the system writes itself, which are validated the same way.
+//! **Invariant:** a `PreparedEvent` made by [`prepare`] satisfies its kind's requirements and
+//! every entry-header limit, so the store can always encode it.
 
 use crate::entry::{ActorType, EventId, SubjectField, MAX_ID_LEN, MAX_KIND_LEN};
 use serde::Deserialize;
@@ -338,7 +337,10 @@ pub fn format_time(unix_ns: i64) -> String {
 /// Parses and validates one event from its JSON text. `principal` is the authenticated
 /// submitter, recorded in the header.
 pub fn prepare(json: &str, principal: &str) -> Result<PreparedEvent, EventError> {
-    let json = json.trim();
+    let json = json.trim_matches(|c: char| c.is_ascii_whitespace());
+    if principal.is_empty() || principal.len() > MAX_ID_LEN {
+        return Err(invalid("principal", format!("must be 1 to {MAX_ID_LEN} bytes")));
+    }
     if json.len() > MAX_EVENT_BYTES {
         return Err(EventError::TooLarge(json.len()));
     }
@@ -513,7 +515,10 @@ fn check_attr(attr: Attr, raw: &RawValue) -> Result<(), String> {
                 None => Ok(()),
             }
         }
-        Attr::Integer => serde_json::from_str::<i64>(text).map(drop).map_err(|_| "must be an integer".into()),
+        Attr::Integer => match serde_json::from_str::<serde_json::Number>(text) {
+            Ok(n) if n.is_i64() || n.is_u64() => Ok(()),
+            _ => Err("must be an integer".into()),
+        },
         Attr::NonNegative => match serde_json::from_str::<f64>(text) {
             Ok(v) if v >= 0.0 && v.is_finite() => Ok(()),
             _ => Err("must be a number >= 0".into()),
@@ -523,32 +528,38 @@ fn check_attr(attr: Attr, raw: &RawValue) -> Result<(), String> {
         }
         Attr::VersionRef => ident(raw, "").map(drop).map_err(|_| "must be a version (string or integer)".into()),
         Attr::Split => {
-            let split: Vec<(Cow<str>, f64)> = serde_json::from_str::<std::collections::BTreeMap<Cow<str>, f64>>(text)
-                .map_err(|_| "must be an object of version -> percent".to_owned())?
-                .into_iter()
-                .collect();
-            if split.is_empty() || split.iter().any(|(_, p)| !(0.0..=100.0).contains(p)) {
-                return Err("must map versions to percents between 0 and 100".into());
+            let shape = || "must be an object of version -> percent".to_owned();
+            let range = || "must map versions to percents between 0 and 100".to_owned();
+            let split = serde_json::from_str::<Attrs>(text).map_err(|_| shape())?;
+            let mut sum = 0.0;
+            for (_, raw) in &split.0 {
+                let p = serde_json::from_str::<f64>(raw.get()).map_err(|_| shape())?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(range());
+                }
+                sum += p;
             }
-            let sum: f64 = split.iter().map(|(_, p)| p).sum();
+            if split.0.is_empty() {
+                return Err(range());
+            }
             if (sum - 100.0).abs() > 1e-6 { Err(format!("percents sum to {sum}, not 100")) } else { Ok(()) }
         }
         Attr::Changes => {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Change<'a> {
-                #[serde(borrow)]
-                old: Option<&'a RawValue>,
-                #[serde(borrow)]
-                new: Option<&'a RawValue>,
+            let shape = || "must be an object of key -> {\"old\": ..., \"new\": ...}".to_owned();
+            let changes = serde_json::from_str::<Attrs>(text).map_err(|_| shape())?;
+            if changes.0.is_empty() {
+                return Err("must list at least one change".into());
             }
-            let changes: std::collections::BTreeMap<Cow<str>, Change> =
-                serde_json::from_str(text).map_err(|_| "must be an object of key -> {\"old\": ..., \"new\": ...}".to_owned())?;
-            match changes.iter().find(|(_, c)| c.old.is_none() || c.new.is_none()) {
-                Some((key, _)) => Err(format!("entry {key:?} needs both \"old\" and \"new\"")),
-                None if changes.is_empty() => Err("must list at least one change".into()),
-                None => Ok(()),
+            for (key, raw) in &changes.0 {
+                let change = serde_json::from_str::<Attrs>(raw.get()).map_err(|_| shape())?;
+                if change.0.iter().any(|(k, _)| k != "old" && k != "new") {
+                    return Err(shape());
+                }
+                if change.get("old").is_none() || change.get("new").is_none() {
+                    return Err(format!("entry {key:?} needs both \"old\" and \"new\""));
+                }
             }
+            Ok(())
         }
         Attr::GrantOrRevoke => match non_empty_string()?.as_str() {
             "granted" | "revoked" => Ok(()),

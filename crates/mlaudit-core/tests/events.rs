@@ -867,15 +867,13 @@ fn entry_limits_and_canonical_form() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Known problems in src/event.rs, kept as ignored tests until fixed
-// (run with `cargo test -p mlaudit-core --test events -- --ignored`).
+// Regressions: bugs found by this file's first review of src/event.rs.
 // ---------------------------------------------------------------------------------------------
 
 /// A configuration key that is added (or removed) has `null` as its old (or new) value, but
 /// `Attr::Changes` reads `old`/`new` as `Option<&RawValue>`, which serde turns into `None` for
 /// `null`, so the event is rejected with "needs both "old" and "new"" although both are present.
 #[test]
-#[ignore = "known bug: null old/new values in operations.config_changed are treated as missing"]
 fn config_change_may_add_or_remove_a_key() {
     for changes in [json!({"retries": {"old": null, "new": 3}}), json!({"retries": {"old": 3, "new": null}})] {
         let mut e = example("operations.config_changed", &["deployment"], &["changes"]);
@@ -889,7 +887,6 @@ fn config_change_may_add_or_remove_a_key() {
 /// `{"7": 0, "7": 100}` are accepted, and the verbatim payload stays ambiguous for readers that
 /// keep the first duplicate.
 #[test]
-#[ignore = "known bug: duplicate versions in operations.traffic_routed split are silently merged"]
 fn split_with_duplicate_versions_is_rejected() {
     for split in [r#"{"7":100,"7":100}"#, r#"{"7":0,"7":100}"#] {
         let json = format!(

@@ -16,7 +16,7 @@ use std::path::Path;
 
 /// The principal recorded for events appended from this command line.
 pub fn local_principal() -> String {
-    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "unknown".into());
+    let user = ["USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty())).unwrap_or_else(|| "unknown".into());
     format!("local:{user}")
 }
 

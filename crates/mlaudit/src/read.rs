@@ -142,7 +142,7 @@ fn print_table(rows: &[Value]) {
         let ev = &r["event"];
         println!(
             "{:>8}  {:<24}  {:<34}  {:<16}  {}",
-            r["seq"],
+            r["seq"].as_u64().unwrap_or_default(),
             ev["time"].as_str().unwrap_or(""),
             ev["kind"].as_str().unwrap_or(""),
             ev["actor"]["id"].as_str().unwrap_or(""),

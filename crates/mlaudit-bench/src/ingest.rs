@@ -1,0 +1,231 @@
+//! The ingest benchmark: durable appends of ~300-byte prediction events in batches of 1,000
+//! through the whole user path (parse, validate, encode, hash, write, fsync), against SQLite
+//! (WAL, SHA-256 hash chain column) and plain JSONL with an fsync per batch; then full verify
+//! throughput, inclusion proof latency at given tree sizes, and bytes on disk per event.
+
+use anyhow::{bail, Context, Result};
+use mlaudit_core::note::NoteSigner;
+use mlaudit_embedded::EmbeddedStore;
+use mlaudit_store::ingest::prepare_lines;
+use mlaudit_store::{proofs, verify, Store};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+const BATCH: usize = 1000;
+const PRODUCERS: usize = 2;
+
+struct Opts {
+    events: usize,
+    proof_sizes: Vec<usize>,
+    dir: PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts { events: 1_000_000, proof_sizes: vec![1_000_000, 10_000_000], dir: std::env::temp_dir().join(format!("mlaudit-bench-{}", std::process::id())) };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--events" => o.events = val()?.parse()?,
+            "--proof-sizes" => o.proof_sizes = val()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?,
+            "--dir" => o.dir = PathBuf::from(val()?),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(o)
+}
+
+fn emit(engine: &str, metric: &str, value: f64, extra: serde_json::Value) {
+    let mut line = json!({ "bench": "ingest", "engine": engine, "metric": metric, "value": (value * 1000.0).round() / 1000.0 });
+    if let (Some(l), Some(e)) = (line.as_object_mut(), extra.as_object()) {
+        l.extend(e.clone());
+    }
+    println!("{line}");
+}
+
+/// One realistic prediction event of about 300 bytes.
+fn event_line(i: usize) -> String {
+    let r = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    format!(
+        concat!(
+            r#"{{"id":"{}","time":"2026-11-26T12:{:02}:{:02}.{:03}Z","kind":"prediction.served","actor":{{"id":"scoring-api","type":"service"}},"#,
+            r#""subject":{{"model":"credit-risk","version":"7","request":"req-{:010}"}},"attributes":{{"inputs":{{"income":{},"debt_ratio":0.{:02},"region":"north"}},"#,
+            r#""outputs":{{"score":0.{:03},"decision":"approve"}},"confidence":0.91,"latency_ms":{},"sample_rate":1.0}}}}"#
+        ),
+        uuid::Uuid::from_u64_pair(r, i as u64),
+        (i / 60_000) % 60,
+        (i / 1000) % 60,
+        i % 1000,
+        i,
+        20_000 + r % 130_000,
+        r % 100,
+        r % 1000,
+        3 + r % 9
+    )
+}
+
+fn batches(from: usize, to: usize) -> Vec<Vec<String>> {
+    (from..to).step_by(BATCH).map(|s| (s..(s + BATCH).min(to)).map(event_line).collect()).collect()
+}
+
+/// Appends batches from `PRODUCERS` threads, each parsing and validating its batch, as
+/// concurrent clients would. Returns seconds.
+fn ingest_mlaudit(store: &EmbeddedStore, batches: &[Vec<String>]) -> Result<f64> {
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..PRODUCERS)
+            .map(|_| {
+                s.spawn(|| -> Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(batch) = batches.get(i) else { return Ok(()) };
+                        let lines: Vec<(usize, &str)> = batch.iter().enumerate().map(|(n, l)| (n + 1, l.as_str())).collect();
+                        let events = prepare_lines(&lines, "bench", 1).map_err(|e| anyhow::anyhow!("{:?}", e.first()))?;
+                        store.append(events)?;
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn ingest_jsonl(dir: &Path, batches: &[Vec<String>]) -> Result<f64> {
+    let path = dir.join("baseline.jsonl");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let t = Instant::now();
+    let mut buf = Vec::with_capacity(BATCH * 400);
+    for b in batches {
+        buf.clear();
+        for l in b {
+            buf.extend_from_slice(l.as_bytes());
+            buf.push(b'\n');
+        }
+        f.write_all(&buf)?;
+        f.sync_data()?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(path)?;
+    Ok(secs)
+}
+
+fn ingest_sqlite(dir: &Path, batches: &[Vec<String>]) -> Result<f64> {
+    let path = dir.join("baseline.sqlite");
+    let mut db = rusqlite::Connection::open(&path)?;
+    db.pragma_update(None, "journal_mode", "WAL")?;
+    db.pragma_update(None, "synchronous", "FULL")?;
+    db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, body TEXT NOT NULL, chain BLOB NOT NULL)", [])?;
+    let mut prev = [0u8; 32];
+    let t = Instant::now();
+    for b in batches {
+        let tx = db.transaction()?;
+        {
+            let mut st = tx.prepare_cached("INSERT INTO events (body, chain) VALUES (?1, ?2)")?;
+            for l in b {
+                let mut h = Sha256::new();
+                h.update(prev);
+                h.update(l.as_bytes());
+                prev = h.finalize().into();
+                st.execute(rusqlite::params![l, &prev[..]])?;
+            }
+        }
+        tx.commit()?;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    drop(db);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(secs)
+}
+
+fn dir_bytes(dir: &Path, only_segments: bool) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !only_segments || name.starts_with("seg-") {
+            total += e.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+fn proof_latency(store: &EmbeddedStore, size: usize) -> Result<()> {
+    let samples = 2000usize;
+    let mut lat = Vec::with_capacity(samples);
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..samples {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let seq = x % size as u64;
+        let t = Instant::now();
+        let b = proofs::inclusion_bundle(store, seq)?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        if b.tree_size != store.tree_size() {
+            bail!("bundle for the wrong size");
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let extra = json!({ "entries": size, "samples": samples, "includes": "event read, path, checkpoint" });
+    emit("mlaudit", "inclusion_proof_p50_us", pct(0.50), extra.clone());
+    emit("mlaudit", "inclusion_proof_p99_us", pct(0.99), extra);
+    Ok(())
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    std::fs::create_dir_all(&o.dir)?;
+    let store_dir = o.dir.join("log");
+    let _ = std::fs::remove_dir_all(&store_dir);
+    let signer = NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (store, _) = EmbeddedStore::open(&store_dir, Some(signer.clone()))?;
+    let input = batches(0, o.events);
+    let bytes: usize = input.iter().flatten().map(|l| l.len()).sum();
+    let ctx = json!({ "events": o.events, "batch": BATCH, "avg_event_bytes": bytes / o.events.max(1) });
+
+    let jsonl = o.events as f64 / ingest_jsonl(&o.dir, &input)?;
+    emit("jsonl", "events_per_s", jsonl, ctx.clone());
+    let sqlite_events = o.events.min(200_000);
+    let sqlite = sqlite_events as f64 / ingest_sqlite(&o.dir, &input[..sqlite_events.div_ceil(BATCH)])?;
+    emit("sqlite", "events_per_s", sqlite, json!({ "events": sqlite_events, "batch": BATCH }));
+    let ours = o.events as f64 / ingest_mlaudit(&store, &input)?;
+    emit("mlaudit", "events_per_s", ours, ctx.clone());
+    emit("mlaudit", "ratio_vs_jsonl", ours / jsonl, json!({}));
+    emit("mlaudit", "ratio_vs_sqlite", ours / sqlite, json!({}));
+    drop(input);
+
+    let disk = dir_bytes(&store_dir, false)? as f64 / o.events.max(1) as f64;
+    let seg = dir_bytes(&store_dir, true)? as f64 / o.events.max(1) as f64;
+    emit("mlaudit", "bytes_per_event", disk, json!({ "segments_only": (seg * 10.0).round() / 10.0, "json_bytes": bytes / o.events.max(1) }));
+
+    let key = signer.verifier();
+    let t = Instant::now();
+    let report = verify::verify(&store, &key, &mut |_, _| {}).map_err(|f| anyhow::anyhow!("{f}"))?;
+    emit("mlaudit", "verify_entries_per_s", report.events as f64 / t.elapsed().as_secs_f64(), json!({ "entries": report.events }));
+
+    let mut have = o.events;
+    for size in o.proof_sizes {
+        while have < size {
+            let to = (have + 100 * BATCH).min(size);
+            ingest_mlaudit(&store, &batches(have, to))?;
+            have = to;
+        }
+        proof_latency(&store, have)?;
+    }
+    store.close()?;
+    drop(store);
+    std::fs::remove_dir_all(&o.dir).with_context(|| format!("removing {}", o.dir.display()))?;
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! `mlaudit-bench`: measures mlaudit against baselines in the same run and prints one JSON line
+//! per figure (`bench`, `engine`, `metric`, `value`, plus context).
+//!
+//! `cargo run --release -p mlaudit-bench -- ingest [--events N] [--proof-sizes A,B] [--dir D]`
+
+mod ingest;
+
+use anyhow::{bail, Result};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ingest") => ingest::run(&args[1..]),
+        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR]"),
+    }
+}
