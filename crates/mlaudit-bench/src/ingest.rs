@@ -22,10 +22,11 @@ struct Opts {
     events: usize,
     proof_sizes: Vec<usize>,
     dir: PathBuf,
+    only_mlaudit: bool,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { events: 1_000_000, proof_sizes: vec![1_000_000, 10_000_000], dir: std::env::temp_dir().join(format!("mlaudit-bench-{}", std::process::id())) };
+    let mut o = Opts { events: 1_000_000, proof_sizes: vec![1_000_000, 10_000_000], dir: std::env::temp_dir().join(format!("mlaudit-bench-{}", std::process::id())), only_mlaudit: false };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
@@ -33,6 +34,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--events" => o.events = val()?.parse()?,
             "--proof-sizes" => o.proof_sizes = val()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?,
             "--dir" => o.dir = PathBuf::from(val()?),
+            "--only-mlaudit" => o.only_mlaudit = true,
             other => bail!("unknown option {other}"),
         }
     }
@@ -53,8 +55,8 @@ fn event_line(i: usize) -> String {
     format!(
         concat!(
             r#"{{"id":"{}","time":"2026-11-26T12:{:02}:{:02}.{:03}Z","kind":"prediction.served","actor":{{"id":"scoring-api","type":"service"}},"#,
-            r#""subject":{{"model":"credit-risk","version":"7","request":"req-{:010}"}},"attributes":{{"inputs":{{"income":{},"debt_ratio":0.{:02},"region":"north"}},"#,
-            r#""outputs":{{"score":0.{:03},"decision":"approve"}},"confidence":0.91,"latency_ms":{},"sample_rate":1.0}}}}"#
+            r#""subject":{{"model":"credit-risk","version":"7","request":"r{:08}"}},"attributes":{{"inputs":{{"income":{},"debt":0.{:02}}},"#,
+            r#""outputs":{{"score":0.{:03}}},"latency_ms":{},"sample_rate":1.0}}}}"#
         ),
         uuid::Uuid::from_u64_pair(r, i as u64),
         (i / 60_000) % 60,
@@ -195,6 +197,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let bytes: usize = input.iter().flatten().map(|l| l.len()).sum();
     let ctx = json!({ "events": o.events, "batch": BATCH, "avg_event_bytes": bytes / o.events.max(1) });
 
+    if o.only_mlaudit {
+        let t = ingest_mlaudit(&store, &input)?;
+        emit("mlaudit", "events_per_s", o.events as f64 / t, ctx);
+        return Ok(());
+    }
     let jsonl = o.events as f64 / ingest_jsonl(&o.dir, &input)?;
     emit("jsonl", "events_per_s", jsonl, ctx.clone());
     let sqlite_events = o.events.min(200_000);
@@ -227,5 +234,18 @@ pub fn run(args: &[String]) -> Result<()> {
     store.close()?;
     drop(store);
     std::fs::remove_dir_all(&o.dir).with_context(|| format!("removing {}", o.dir.display()))?;
+    Ok(())
+}
+
+/// Single-threaded validation cost per event (a diagnostic, not a headline figure).
+pub fn prepare_only() -> Result<()> {
+    let lines: Vec<String> = (0..200_000).map(event_line).collect();
+    let t = Instant::now();
+    let mut n = 0usize;
+    for l in &lines {
+        n += mlaudit_core::event::prepare(l, "bench").map(|e| e.payload.len()).unwrap_or(0);
+    }
+    let per = t.elapsed().as_secs_f64() / lines.len() as f64;
+    emit("mlaudit", "prepare_ns_per_event", per * 1e9, json!({ "bytes": n }));
     Ok(())
 }

@@ -5,12 +5,16 @@
 
 mod ingest;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{bail, Result};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ingest") => ingest::run(&args[1..]),
+        Some("prepare") => ingest::prepare_only(),
         _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR]"),
     }
 }

@@ -336,6 +336,9 @@ pub fn format_time(unix_ns: i64) -> String {
 
 /// Parses and validates one event from its JSON text. `principal` is the authenticated
 /// submitter, recorded in the header.
+///
+/// Valid events take one typed, borrowing pass over the JSON; an event that does not fit that
+/// shape is re-read field by field so that the error names the field at fault.
 pub fn prepare(json: &str, principal: &str) -> Result<PreparedEvent, EventError> {
     let json = json.trim_matches(|c: char| c.is_ascii_whitespace());
     if principal.is_empty() || principal.len() > MAX_ID_LEN {
@@ -347,31 +350,223 @@ pub fn prepare(json: &str, principal: &str) -> Result<PreparedEvent, EventError>
     if !json.starts_with('{') {
         return Err(EventError::Json("an event must be a JSON object".into()));
     }
+    let parts = match serde_json::from_str::<FastWire>(json) {
+        Ok(wire) => wire.into_parts()?,
+        Err(fast) => {
+            slow_parts(json)?;
+            return Err(EventError::Json(fast.to_string()));
+        }
+    };
+    finish(json, principal, parts)
+}
+
+/// The fields of an event after the syntactic pass.
+struct Parts<'a> {
+    kind: Cow<'a, str>,
+    id: Option<Cow<'a, str>>,
+    time: Option<Cow<'a, str>>,
+    actor_type: ActorType,
+    actor_id: Cow<'a, str>,
+    subjects: Vec<(SubjectField, String)>,
+    attrs: Attrs<'a>,
+}
+
+fn finish(json: &str, principal: &str, p: Parts<'_>) -> Result<PreparedEvent, EventError> {
+    if p.kind.len() > MAX_KIND_LEN {
+        return Err(invalid("kind", format!("is longer than {MAX_KIND_LEN} bytes")));
+    }
+    let spec = match spec(&p.kind) {
+        Some(spec) => Some(spec),
+        None if p.kind.starts_with("x.") && p.kind.len() > 2 => None,
+        None => return Err(EventError::UnknownKind(p.kind.into_owned())),
+    };
+    let id = match &p.id {
+        None => None,
+        Some(text) => Some(EventId::parse(text).ok_or_else(|| invalid("id", "must be a UUID"))?),
+    };
+    let event_time_ns = match &p.time {
+        None => None,
+        Some(text) => Some(parse_time(text).ok_or_else(|| invalid("time", "must be an RFC 3339 time such as 2026-01-31T12:00:00Z"))?),
+    };
+    if p.actor_id.is_empty() {
+        return Err(EventError::Missing("actor.id"));
+    }
+    if p.actor_id.len() > MAX_ID_LEN {
+        return Err(invalid("actor.id", format!("is longer than {MAX_ID_LEN} bytes")));
+    }
+    if let Some(spec) = spec {
+        check_spec(spec, &p.subjects, &p.attrs)?;
+    }
+    let payload = json.as_bytes().to_vec();
+    let payload_sha256 = Sha256::digest(&payload).into();
+    Ok(PreparedEvent {
+        id,
+        event_time_ns,
+        kind: p.kind.into_owned(),
+        actor_type: p.actor_type,
+        actor_id: p.actor_id.into_owned(),
+        subjects: p.subjects,
+        principal: principal.to_owned(),
+        payload,
+        payload_sha256,
+    })
+}
+
+/// A subject value: a string or an integer, kept as text.
+struct Ident<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Ident<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Ident<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Ident<'a>, E> {
+                Ok(Ident(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Ident<'a>, E> {
+                Ok(Ident(Cow::Owned(v.to_owned())))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Ident<'a>, E> {
+                Ok(Ident(Cow::Owned(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Ident<'a>, E> {
+                Ok(Ident(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastWire<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    time: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    actor: FastActor<'a>,
+    #[serde(borrow, default)]
+    subject: Option<FastSubject<'a>>,
+    #[serde(borrow, default)]
+    attributes: Option<Attrs<'a>>,
+}
+
+/// `{"id": ..., "type": ...}`, as a map only (serde's derive would also accept an array).
+struct FastActor<'a> {
+    id: Cow<'a, str>,
+    kind: ActorType,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FastActor<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = FastActor<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an actor object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<FastActor<'a>, M::Error> {
+                use serde::de::Error;
+                let (mut id, mut kind) = (None, None);
+                while let Some(key) = map.next_key::<Cow<'a, str>>()? {
+                    match &*key {
+                        "id" if id.is_none() => id = Some(map.next_value::<Cow<'a, str>>()?),
+                        "type" if kind.is_none() => {
+                            kind = Some(match &*map.next_value::<Cow<'a, str>>()? {
+                                "user" => ActorType::User,
+                                "service" => ActorType::Service,
+                                _ => return Err(M::Error::custom("bad actor type")),
+                            })
+                        }
+                        _ => return Err(M::Error::custom("unexpected actor field")),
+                    }
+                }
+                match (id, kind) {
+                    (Some(id), Some(kind)) => Ok(FastActor { id, kind }),
+                    _ => Err(M::Error::custom("incomplete actor")),
+                }
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// The subject object, as (field, value) pairs sorted by field; a map only.
+struct FastSubject<'a>(Vec<(SubjectField, Cow<'a, str>)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FastSubject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = FastSubject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a subject object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<FastSubject<'a>, M::Error> {
+                use serde::de::Error;
+                let mut out: Vec<(SubjectField, Cow<'a, str>)> = Vec::with_capacity(4);
+                let mut seen = 0u16;
+                while let Some(key) = map.next_key::<Cow<'a, str>>()? {
+                    let field = SubjectField::ALL.into_iter().find(|f| f.as_str() == key).ok_or_else(|| M::Error::custom("unknown subject field"))?;
+                    if seen & (1 << field.code()) != 0 {
+                        return Err(M::Error::custom("duplicate subject field"));
+                    }
+                    seen |= 1 << field.code();
+                    if let Some(Ident(v)) = map.next_value::<Option<Ident<'a>>>()? {
+                        out.push((field, v));
+                    }
+                }
+                out.sort_by_key(|(f, _)| *f);
+                Ok(FastSubject(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl<'a> FastWire<'a> {
+    fn into_parts(self) -> Result<Parts<'a>, EventError> {
+        let mut subjects = Vec::with_capacity(4);
+        for (field, v) in self.subject.map(|s| s.0).unwrap_or_default() {
+            check_ident(field, &v)?;
+            subjects.push((field, v.into_owned()));
+        }
+        let actor_type = self.actor.kind;
+        Ok(Parts {
+            kind: self.kind,
+            id: self.id,
+            time: self.time,
+            actor_type,
+            actor_id: self.actor.id,
+            subjects,
+            attrs: self.attributes.unwrap_or(Attrs(Vec::new())),
+        })
+    }
+}
+
+fn check_ident(field: SubjectField, v: &str) -> Result<(), EventError> {
+    if v.is_empty() {
+        return Err(invalid(format!("subject.{}", field.as_str()), "must not be empty"));
+    }
+    if v.len() > MAX_ID_LEN {
+        return Err(invalid(format!("subject.{}", field.as_str()), format!("is longer than {MAX_ID_LEN} bytes")));
+    }
+    Ok(())
+}
+
+/// The field-by-field reading used to explain why the fast pass failed.
+fn slow_parts(json: &str) -> Result<Parts<'_>, EventError> {
     let wire: Wire = serde_json::from_str(json).map_err(|e| EventError::Json(e.to_string()))?;
     let kind_raw = wire.kind.filter(|r| !is_null(r)).ok_or(EventError::Missing("kind"))?;
     let kind = string(kind_raw, "kind")?;
-    if kind.len() > MAX_KIND_LEN {
-        return Err(invalid("kind", format!("is longer than {MAX_KIND_LEN} bytes")));
-    }
-    let spec = match spec(&kind) {
-        Some(spec) => Some(spec),
-        None if kind.starts_with("x.") && kind.len() > 2 => None,
-        None => return Err(EventError::UnknownKind(kind.into_owned())),
-    };
-    let id = match wire.id.filter(|r| !is_null(r)) {
-        None => None,
-        Some(raw) => {
-            let text = string(raw, "id")?;
-            Some(EventId::parse(&text).ok_or_else(|| invalid("id", "must be a UUID"))?)
-        }
-    };
-    let event_time_ns = match wire.time.filter(|r| !is_null(r)) {
-        None => None,
-        Some(raw) => {
-            let text = string(raw, "time")?;
-            Some(parse_time(&text).ok_or_else(|| invalid("time", "must be an RFC 3339 time such as 2026-01-31T12:00:00Z"))?)
-        }
-    };
+    let id = wire.id.filter(|r| !is_null(r)).map(|raw| string(raw, "id")).transpose()?;
+    let time = wire.time.filter(|r| !is_null(r)).map(|raw| string(raw, "time")).transpose()?;
     let (actor_type, actor_id) = actor(wire.actor)?;
     let subjects = subjects(wire.subject)?;
     let attrs = match wire.attributes.filter(|r| !is_null(r)) {
@@ -383,22 +578,7 @@ pub fn prepare(json: &str, principal: &str) -> Result<PreparedEvent, EventError>
             serde_json::from_str::<Attrs>(raw.get()).map_err(|e| invalid("attributes", short(e)))?
         }
     };
-    if let Some(spec) = spec {
-        check_spec(spec, &subjects, &attrs)?;
-    }
-    let payload = json.as_bytes().to_vec();
-    let payload_sha256 = Sha256::digest(&payload).into();
-    Ok(PreparedEvent {
-        id,
-        event_time_ns,
-        kind: kind.into_owned(),
-        actor_type,
-        actor_id,
-        subjects,
-        principal: principal.to_owned(),
-        payload,
-        payload_sha256,
-    })
+    Ok(Parts { kind, id, time, actor_type, actor_id: Cow::Owned(actor_id), subjects, attrs })
 }
 
 fn actor(raw: Option<&RawValue>) -> Result<(ActorType, String), EventError> {
@@ -439,8 +619,9 @@ fn subjects(raw: Option<&RawValue>) -> Result<Vec<(SubjectField, String)>, Event
     let mut out = Vec::with_capacity(4);
     for (field, value) in fields {
         if let Some(v) = value.filter(|r| !is_null(r)) {
-            let name = format!("subject.{}", field.as_str());
-            out.push((field, ident(v, &name)?.into_owned()));
+            let v = ident(v, &format!("subject.{}", field.as_str()))?;
+            check_ident(field, &v)?;
+            out.push((field, v.into_owned()));
         }
     }
     Ok(out)
@@ -454,10 +635,9 @@ fn check_spec(spec: &KindSpec, subjects: &[(SubjectField, String)], attrs: &Attr
         }
     }
     for (name, attr) in spec.attrs {
-        let field = format!("attributes.{name}");
         match attrs.get(name).filter(|r| !is_null(r)) {
-            None => return Err(req(field, "is required".into())),
-            Some(raw) => check_attr(*attr, raw).map_err(|p| req(field, p))?,
+            None => return Err(req(format!("attributes.{name}"), "is required".into())),
+            Some(raw) => check_attr(*attr, raw).map_err(|p| req(format!("attributes.{name}"), p))?,
         }
     }
     for (name, attr) in spec.optional {

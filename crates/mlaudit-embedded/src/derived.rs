@@ -77,6 +77,8 @@ pub struct Derived {
     terms: File,
     checkpoints: File,
     pub terms_bytes: u64,
+    /// Terms written to `terms.bin`.
+    pub term_count: u32,
 }
 
 fn open_rw(path: &Path) -> std::io::Result<File> {
@@ -95,6 +97,7 @@ pub struct Pending {
     pub offsets: Vec<u8>,
     pub index: Vec<u8>,
     pub terms: Vec<u8>,
+    pub term_count: u32,
     pub checkpoints: Vec<u8>,
 }
 
@@ -114,6 +117,7 @@ impl Pending {
         self.terms.push(tag as u8);
         self.terms.extend_from_slice(&(value.len() as u16).to_be_bytes()); // values are <= MAX_ID_LEN
         self.terms.extend_from_slice(value.as_bytes());
+        self.term_count += 1;
     }
     pub fn checkpoint(&mut self, size: u64, pos: u64) {
         self.checkpoints.extend_from_slice(&size.to_be_bytes());
@@ -139,6 +143,7 @@ impl Derived {
             terms: open_rw(&dir.join("terms.bin"))?,
             checkpoints: open_rw(&dir.join("checkpoints.bin"))?,
             terms_bytes: 0,
+            term_count: 0,
         })
     }
 
@@ -176,6 +181,7 @@ impl Derived {
             f.set_len(0).map_err(io)?;
         }
         self.terms_bytes = meta.terms_bytes;
+        self.term_count = meta.term_count;
         let terms = read_all(&self.terms)?;
         let mut at = 0usize;
         while at < terms.len() {
@@ -197,7 +203,7 @@ impl Derived {
             if rec.terms.iter().any(|t| *t > meta.term_count) {
                 return Err("index.bin names an unknown term".into());
             }
-            index.push(off, &rec);
+            index.push(off, &rec, true);
         }
         let cps = read_all(&self.checkpoints)?;
         for c in cps.chunks_exact(16) {
@@ -214,6 +220,7 @@ impl Derived {
             f.set_len(0)?;
         }
         self.terms_bytes = 0;
+        self.term_count = 0;
         Ok(())
     }
 
@@ -230,6 +237,7 @@ impl Derived {
         (&self.terms).write_all(&p.terms)?;
         (&self.checkpoints).write_all(&p.checkpoints)?;
         self.terms_bytes += p.terms.len() as u64;
+        self.term_count += p.term_count;
         Ok(())
     }
 

@@ -67,6 +67,30 @@ impl Hasher for IdHasher {
 
 type IdMap = HashMap<EventId, u64, BuildHasherDefault<IdHasher>>;
 
+/// A fast non-cryptographic hasher for term strings (FxHash's multiply-rotate). Terms come from
+/// authenticated writers; the maps only speed up lookups and stay correct under collisions.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct TermHasher(u64);
+
+impl Hasher for TermHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+        for b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+}
+
+type TermMap = HashMap<Box<str>, u32, BuildHasherDefault<TermHasher>>;
+
 /// The per-event record of `index.bin`: id, event time and one term id per tag (0 = none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexRecord {
@@ -108,14 +132,16 @@ pub struct Index {
     pub ids: IdMap,
     pub times: Vec<i64>,
     /// Per tag: value → term id (ids start at 1).
-    term_ids: Vec<HashMap<Box<str>, u32>>,
+    term_ids: Vec<TermMap>,
+    /// Per tag: the last term interned, a cheap hit for runs of similar events.
+    last_term: Vec<u32>,
     /// Term id → (tag, value); index 0 unused.
     terms: Vec<(Tag, Box<str>)>,
     /// Term id → ascending seqs; index 0 unused.
     postings: Vec<Vec<u64>>,
     stages: Vec<Vec<u64>>,
-    /// Kind term id → stage, cached.
-    kind_stage: HashMap<u32, Stage>,
+    /// Term id → stage, for kind terms.
+    kind_stage: Vec<Option<Stage>>,
     /// (tree size, record position) of every checkpoint, in log order.
     pub checkpoints: Vec<(u64, u64)>,
 }
@@ -123,9 +149,11 @@ pub struct Index {
 impl Index {
     pub fn new() -> Index {
         Index {
-            term_ids: (0..TAGS).map(|_| HashMap::new()).collect(),
+            term_ids: (0..TAGS).map(|_| TermMap::default()).collect(),
+            last_term: vec![0; TAGS],
             terms: vec![(Tag::Kind, "".into())],
             postings: vec![Vec::new()],
+            kind_stage: vec![None],
             stages: (0..Stage::ALL.len()).map(|_| Vec::new()).collect(),
             ..Index::default()
         }
@@ -147,44 +175,54 @@ impl Index {
         self.term_ids[tag as usize].insert(value.into(), id);
         self.terms.push((tag, value.into()));
         self.postings.push(Vec::new());
+        self.kind_stage.push((tag == Tag::Kind).then(|| Stage::of_kind(value).unwrap_or(Stage::Custom)));
         id
     }
 
     /// The term id of a value, creating it (and reporting it through `new_term`) if unknown.
     pub fn intern(&mut self, tag: Tag, value: &str, new_term: &mut impl FnMut(Tag, &str)) -> u32 {
-        if let Some(id) = self.term_ids[tag as usize].get(value) {
-            return *id;
+        let last = self.last_term[tag as usize];
+        if last != 0 && &*self.terms[last as usize].1 == value {
+            return last;
         }
-        new_term(tag, value);
-        self.load_term(tag, value)
+        let id = match self.term_ids[tag as usize].get(value) {
+            Some(id) => *id,
+            None => {
+                new_term(tag, value);
+                self.load_term(tag, value)
+            }
+        };
+        self.last_term[tag as usize] = id;
+        id
     }
 
     fn lookup(&self, tag: Tag, value: &str) -> Option<u32> {
         self.term_ids[tag as usize].get(value).copied()
     }
 
-    /// Adds the next event. `rec.terms` must name known terms.
-    pub fn push(&mut self, offset: u64, rec: &IndexRecord) {
+    /// Adds the next event. `rec.terms` must name known terms. With `with_id` false the id was
+    /// already reserved through [`Index::reserve_id`].
+    pub fn push(&mut self, offset: u64, rec: &IndexRecord, with_id: bool) {
         let seq = self.offsets.len() as u64;
         self.offsets.push(offset);
-        self.ids.insert(rec.id, seq);
+        if with_id {
+            self.ids.insert(rec.id, seq);
+        }
         self.times.push(rec.time_ns);
         for t in rec.terms {
             if let Some(list) = self.postings.get_mut(t as usize).filter(|_| t != 0) {
                 list.push(seq);
             }
         }
-        let kind = rec.terms[Tag::Kind as usize];
-        let stage = match self.kind_stage.get(&kind) {
-            Some(s) => *s,
-            None => {
-                let name = self.terms.get(kind as usize).map(|(_, v)| &**v).unwrap_or("");
-                let s = Stage::of_kind(name).unwrap_or(Stage::Custom);
-                self.kind_stage.insert(kind, s);
-                s
-            }
-        };
+        let kind = rec.terms[Tag::Kind as usize] as usize;
+        let stage = self.kind_stage.get(kind).copied().flatten().unwrap_or(Stage::Custom);
         self.stages[stage as usize].push(seq);
+    }
+
+    /// Reserves an id for a seq that is being written but not yet published. Readers never
+    /// see it before publication: lookups are filtered by the published tree size.
+    pub fn reserve_id(&mut self, id: EventId, seq: u64) {
+        self.ids.insert(id, seq);
     }
 
     /// The index record of an event, interning its terms.

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub index: RwLock<Index>,
     pub segments: RwLock<Vec<Segment>>,
     pub levels: RwLock<Vec<Arc<File>>>,
+    /// Set when a sync failed: the committer stops writing.
+    pub failed: std::sync::atomic::AtomicBool,
 }
 
 /// The embedded store. Cheap to share behind an `Arc`; dropping it stops the writer cleanly and

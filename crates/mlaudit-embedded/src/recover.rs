@@ -108,7 +108,7 @@ impl Replay {
             self.range.push(leaf_hash(a), |level, _, hash| pending.node(level, &hash.0));
             let rec = self.index.record_for(&e.kind, &e.actor_id, &e.subjects, e.id, e.event_time_ns, &mut |t, v| pending.term(t, v));
             pending.event(pos, &rec);
-            self.index.push(pos, &rec);
+            self.index.push(pos, &rec, true);
             self.replayed += 1;
         } else {
             let note = std::str::from_utf8(a).map_err(|_| "checkpoint is not UTF-8".to_owned())?;
@@ -237,7 +237,7 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(Shared, St
     report.replayed = r.replayed;
     let levels = r.derived.levels.clone();
     let terms_bytes = r.derived.terms_bytes;
-    let meta = Meta { size, log_end, terms_bytes, term_count: r.index.term_count(), checkpoints: r.index.checkpoints.len() as u64 };
+    let meta = Meta { size, log_end, terms_bytes, term_count: r.derived.term_count, checkpoints: r.index.checkpoints.len() as u64 };
     r.derived.commit_meta(&meta).map_err(io("recording the derived watermark"))?;
     let shared = Shared {
         dir: dir.to_owned(),
@@ -245,6 +245,7 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(Shared, St
         index: RwLock::new(r.index),
         segments: RwLock::new(segments.clone()),
         levels: RwLock::new(levels),
+        failed: std::sync::atomic::AtomicBool::new(false),
     };
     let mut state = State::new(last.clone(), log_end, r.derived, r.range, r.signer, meta, lock);
     let signed = shared.index.read().ok().and_then(|i| i.checkpoints.last().copied());

@@ -1,29 +1,34 @@
-//! The single writer thread and its group commit.
+//! The writer: a two-stage pipeline with group commit.
 //!
-//! Appenders send batches over a bounded channel and wait for their reply. The writer takes
-//! one batch, drains whatever else is queued (up to [`MAX_GROUP_EVENTS`]), and commits them as
-//! one group:
+//! Appenders send batches over a bounded channel and wait for their reply.
 //!
-//! 1. dedup by id against the index and within the group; assign seqs and one receipt time;
-//! 2. encode entries, hash leaves and frame records (on two threads for large groups);
-//! 3. extend the tree, sign a checkpoint for the new size, frame it after the events;
-//! 4. write the group to the current segment and `fdatasync` it — the durability point;
-//! 5. write derived files, publish to readers, reply to every batch.
+//! **Committer thread.** Takes one batch, drains whatever else is queued (up to
+//! [`MAX_GROUP_EVENTS`]) and, for the group:
+//! 1. dedups ids against the index (including ids reserved by groups still in flight) and within
+//!    the group, assigns seqs and one receipt time, interns index terms;
+//! 2. encodes entries, hashes leaves and frames records (on two threads for large groups);
+//! 3. extends the tree, signs a checkpoint for the new size, frames it after the events;
+//! 4. writes the group to the current segment (page cache) and hands it to the syncer.
 //!
-//! A failed write or sync stops the writer for good: every later append fails until reopen,
-//! which truncates whatever torn tail the failure left.
+//! **Syncer thread.** For each handed-over group, in order: `fdatasync` of the segment unless
+//! an earlier sync already covered the group's end — *the durability point* — then writes the
+//! derived files, publishes to readers and replies. While the syncer waits on the disk, the
+//! committer prepares and writes the next group, so CPU work and disk flushes overlap.
+//!
+//! Nothing is acknowledged, and nothing is visible to readers, before its sync. A failed write
+//! or sync stops the writer for good: every later append fails until reopen, which truncates
+//! whatever torn tail the failure left. Groups with only duplicates also wait for a sync, so a
+//! retry is never acknowledged before the original is durable.
 
 use crate::derived::{Derived, Meta, Pending};
-use crate::index::{IdHasher, IndexRecord};
+use crate::index::IndexRecord;
 use crate::{lock_poisoned, record, segment_name, Segment, Shared, SEGMENT_TARGET};
 use mlaudit_core::entry::{self, EntryRef, EventId, MAX_ID_LEN};
 use mlaudit_core::event::{PreparedEvent, MAX_EVENT_BYTES};
 use mlaudit_core::merkle::{leaf_hash, CompactRange, Hash};
 use mlaudit_core::note::{Checkpoint, NoteSigner};
 use mlaudit_store::{AppendReceipt, Appended, StoreError};
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::hash::BuildHasherDefault;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
@@ -32,7 +37,9 @@ use std::thread::JoinHandle;
 /// A group stops growing once it holds this many events.
 pub const MAX_GROUP_EVENTS: usize = 1 << 16;
 /// Groups at least this large are encoded and hashed on two threads.
-const PARALLEL_MIN: usize = 512;
+const PARALLEL_MIN: usize = 4096;
+/// Larger record buffers are freed rather than kept for reuse.
+const SPARE_MAX: usize = 64 << 20;
 /// The derived watermark is advanced after this many events.
 const META_EVERY: u64 = 1 << 20;
 
@@ -43,16 +50,36 @@ enum Msg {
     Shutdown(mpsc::Sender<Result<(), StoreError>>),
 }
 
-/// A cloneable handle to the writer thread.
-#[derive(Clone, Debug)]
-pub(crate) struct Handle {
-    tx: mpsc::SyncSender<Msg>,
-    join: Arc<Mutex<Option<JoinHandle<()>>>>,
+/// A group written to the page cache, on its way to the syncer.
+struct Written {
+    file: Arc<File>,
+    end: u64,
+    size: u64,
+    note: String,
+    pending: Pending,
+    positions: Vec<u64>,
+    records: Vec<IndexRecord>,
+    cp_pos: Option<u64>,
+    replies: Vec<(Reply, Result<Vec<Appended>, StoreError>)>,
 }
 
-impl std::fmt::Debug for Msg {
+enum ToSyncer {
+    Group(Box<Written>),
+    /// The committer failed: refuse these and everything after.
+    Failed(String, Vec<Reply>),
+    Shutdown(mpsc::Sender<Result<(), StoreError>>),
+}
+
+/// A cloneable handle to the writer.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    tx: mpsc::SyncSender<Msg>,
+    join: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Msg")
+        f.write_str("writer::Handle")
     }
 }
 
@@ -73,37 +100,59 @@ impl Handle {
             Ok(()) => rx.recv().map_err(|_| stopped()).and_then(|r| r),
             Err(_) => Ok(()),
         };
-        if let Some(join) = self.join.lock().map_err(|_| lock_poisoned())?.take() {
-            join.join().map_err(|_| StoreError::WriterStopped("the writer thread panicked".into()))?;
+        let joins = std::mem::take(&mut *self.join.lock().map_err(|_| lock_poisoned())?);
+        for join in joins {
+            join.join().map_err(|_| StoreError::WriterStopped("a writer thread panicked".into()))?;
         }
         result
     }
 }
 
-pub(crate) fn spawn(shared: Arc<Shared>, mut state: State) -> Handle {
+pub(crate) fn spawn(shared: Arc<Shared>, state: State) -> Handle {
     let (tx, rx) = mpsc::sync_channel::<Msg>(1024);
-    let join = std::thread::Builder::new()
-        .name("mlaudit-writer".into())
-        .spawn(move || state.run(&shared, rx))
-        .ok();
-    Handle { tx, join: Arc::new(Mutex::new(join)) }
+    let (sync_tx, sync_rx) = mpsc::sync_channel::<ToSyncer>(4);
+    let State { committer, mut syncer } = state;
+    let mut joins = Vec::new();
+    let s2 = shared.clone();
+    if let Ok(j) = std::thread::Builder::new().name("mlaudit-syncer".into()).spawn(move || syncer.run(&s2, sync_rx)) {
+        joins.push(j);
+    }
+    let mut committer = committer;
+    if let Ok(j) = std::thread::Builder::new().name("mlaudit-writer".into()).spawn(move || committer.run(&shared, rx, sync_tx)) {
+        joins.push(j);
+    }
+    Handle { tx, join: Arc::new(Mutex::new(joins)) }
 }
 
-/// The writer's private state.
+/// The writer's state, split between its two threads.
 #[derive(Debug)]
 pub(crate) struct State {
+    committer: Committer,
+    syncer: Syncer,
+}
+
+#[derive(Debug)]
+struct Committer {
     segment: Segment,
     log_end: u64,
-    derived: Derived,
     range: CompactRange,
     signer: Option<NoteSigner>,
-    meta: Meta,
     latest_note: Option<String>,
+    failed: Option<String>,
+    /// Record buffers kept for the next group.
+    spare: Vec<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct Syncer {
+    derived: Derived,
+    synced_end: u64,
+    meta: Meta,
     failed: Option<String>,
     _lock: File,
 }
 
-/// One group's records, built by one thread.
+/// One thread's share of a group's records.
 struct Built {
     buf: Vec<u8>,
     leaves: Vec<Hash>,
@@ -138,8 +187,9 @@ fn limit_problem(events: &[PreparedEvent]) -> Option<(usize, String)> {
     })
 }
 
-fn build(items: &[NewEvent<'_>], receipt_ns: i64) -> Result<Built, String> {
-    let mut out = Built { buf: Vec::with_capacity(items.len() * 512), leaves: Vec::with_capacity(items.len()), rel: Vec::with_capacity(items.len()) };
+fn build(items: &[NewEvent<'_>], receipt_ns: i64, mut buf: Vec<u8>) -> Result<Built, String> {
+    buf.clear();
+    let mut out = Built { buf, leaves: Vec::with_capacity(items.len()), rel: Vec::with_capacity(items.len()) };
     let mut entry_buf = Vec::with_capacity(256);
     for it in items {
         entry_buf.clear();
@@ -164,36 +214,54 @@ fn build(items: &[NewEvent<'_>], receipt_ns: i64) -> Result<Built, String> {
     Ok(out)
 }
 
-fn build_parallel(items: &[NewEvent<'_>], receipt_ns: i64) -> Result<Vec<Built>, String> {
+/// Builds the group's records, on two threads when it is large. `spare` holds buffers from
+/// earlier groups, reused to avoid fresh (page-faulting) allocations.
+fn build_parallel(items: &[NewEvent<'_>], receipt_ns: i64, spare: &mut Vec<Vec<u8>>) -> Result<Vec<Built>, String> {
+    let first_buf = spare.pop().unwrap_or_default();
     if items.len() < PARALLEL_MIN {
-        return Ok(vec![build(items, receipt_ns)?]);
+        return Ok(vec![build(items, receipt_ns, first_buf)?]);
     }
+    let second_buf = spare.pop().unwrap_or_default();
     let (a, b) = items.split_at(items.len() / 2);
     std::thread::scope(|s| {
-        let second = s.spawn(|| build(b, receipt_ns));
-        let first = build(a, receipt_ns)?;
+        let second = s.spawn(|| build(b, receipt_ns, second_buf));
+        let first = build(a, receipt_ns, first_buf)?;
         let second = second.join().map_err(|_| "encoding thread panicked".to_owned())??;
         Ok(vec![first, second])
     })
 }
 
+fn io_other(what: &str) -> std::io::Error {
+    std::io::Error::other(what.to_owned())
+}
+
 impl State {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(segment: Segment, log_end: u64, derived: Derived, range: CompactRange, signer: Option<NoteSigner>, meta: Meta, lock: File) -> State {
-        State { segment, log_end, derived, range, signer, meta, latest_note: None, failed: None, _lock: lock }
+        State {
+            committer: Committer { segment, log_end, range, signer, latest_note: None, failed: None, spare: Vec::new() },
+            syncer: Syncer { derived, synced_end: log_end, meta, failed: None, _lock: lock },
+        }
     }
 
     pub fn can_sign(&self) -> bool {
-        self.signer.is_some()
+        self.committer.signer.is_some()
     }
 
-    /// Signs and durably stores a checkpoint for the current size (recovery of an unsigned tail,
-    /// or the empty tree of a new log).
+    /// Loads the latest stored note.
+    pub fn set_latest_note(&mut self, note: Option<String>) {
+        self.committer.latest_note = note;
+    }
+
+    /// Signs and durably stores a checkpoint for the current size, synchronously (recovery of
+    /// an unsigned tail, or the empty tree of a new log).
     pub fn sign_at_open(&mut self, shared: &Shared) -> std::io::Result<()> {
-        self.write_group(shared, &[], now_ns()).map(drop)
+        let written = self.committer.write_group(shared, Vec::new(), &[], now_ns())?;
+        self.syncer.finish(shared, written)
     }
+}
 
-    fn run(&mut self, shared: &Shared, rx: mpsc::Receiver<Msg>) {
+impl Committer {
+    fn run(&mut self, shared: &Shared, rx: mpsc::Receiver<Msg>, to_syncer: mpsc::SyncSender<ToSyncer>) {
         while let Ok(msg) = rx.recv() {
             let mut group = Vec::new();
             let mut shutdown = None;
@@ -216,61 +284,39 @@ impl State {
                 }
             }
             if !group.is_empty() {
-                self.commit(shared, group);
+                let msg = self.commit(shared, group);
+                if to_syncer.send(msg).is_err() {
+                    return;
+                }
             }
             if let Some(tx) = shutdown {
-                let _ = tx.send(self.close(shared));
+                let _ = to_syncer.send(ToSyncer::Shutdown(tx));
                 return;
             }
         }
-        let _ = self.close(shared);
     }
 
-    fn close(&mut self, shared: &Shared) -> Result<(), StoreError> {
-        if self.failed.is_some() {
-            return Ok(());
-        }
-        self.commit_meta(shared).map_err(|source| StoreError::Io { context: "recording the derived watermark".into(), source })
-    }
-
-    fn commit_meta(&mut self, shared: &Shared) -> std::io::Result<()> {
-        let index = shared.index.read().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-        let meta = Meta {
-            size: index.len(),
-            log_end: self.log_end,
-            terms_bytes: self.derived.terms_bytes,
-            term_count: index.term_count(),
-            checkpoints: index.checkpoints.len() as u64,
-        };
-        drop(index);
-        if meta != self.meta {
-            self.derived.commit_meta(&meta)?;
-            self.meta = meta;
-        }
-        Ok(())
-    }
-
-    fn commit(&mut self, shared: &Shared, group: Vec<(Vec<PreparedEvent>, Reply)>) {
-        let refuse = |group: Vec<(Vec<PreparedEvent>, Reply)>, err: &dyn Fn() -> StoreError| {
-            for (_, reply) in group {
-                let _ = reply.send(Err(err()));
-            }
-        };
+    fn commit(&mut self, shared: &Shared, group: Vec<(Vec<PreparedEvent>, Reply)>) -> ToSyncer {
+        let refuse = |group: Vec<(Vec<PreparedEvent>, Reply)>, why: String| ToSyncer::Failed(why, group.into_iter().map(|(_, r)| r).collect());
         if let Some(why) = self.failed.clone() {
-            return refuse(group, &|| StoreError::WriterStopped(why.clone()));
+            return refuse(group, why);
+        }
+        if shared.failed.load(Ordering::Acquire) {
+            return refuse(group, "an earlier sync failed; reopen the store".into());
         }
         if self.signer.is_none() {
-            return refuse(group, &|| StoreError::ReadOnly);
+            return refuse(group, "this store was opened read-only (no signing key)".into());
         }
         let receipt_ns = now_ns();
         let mut outcomes: Vec<Result<Vec<Appended>, StoreError>> = Vec::with_capacity(group.len());
         let mut new: Vec<NewEvent<'_>> = Vec::new();
+        let mut records = Vec::new();
+        let mut terms = Pending::default();
         {
-            let Ok(index) = shared.index.read() else {
-                return refuse(group, &lock_poisoned);
+            let Ok(mut index) = shared.index.write() else {
+                return refuse(group, "the index lock is poisoned".into());
             };
-            let mut in_group: HashMap<EventId, u64, BuildHasherDefault<IdHasher>> = HashMap::default();
-            let mut next = index.len();
+            let mut next = self.range.size();
             for (events, _) in &group {
                 if let Some((i, problem)) = limit_problem(events) {
                     outcomes.push(Err(StoreError::Rejected { index: i, problem }));
@@ -279,41 +325,58 @@ impl State {
                 let mut results = Vec::with_capacity(events.len());
                 for ev in events {
                     let id = ev.id.unwrap_or_else(|| EventId(*uuid::Uuid::new_v4().as_bytes()));
-                    if let Some(seq) = index.ids.get(&id).or_else(|| in_group.get(&id)) {
+                    if let Some(seq) = index.ids.get(&id) {
                         results.push(Appended { id, seq: *seq, duplicate: true });
                         continue;
                     }
-                    in_group.insert(id, next);
+                    index.reserve_id(id, next);
                     results.push(Appended { id, seq: next, duplicate: false });
-                    new.push(NewEvent { ev, id, seq: next, time_ns: ev.event_time_ns.unwrap_or(receipt_ns) });
+                    let time_ns = ev.event_time_ns.unwrap_or(receipt_ns);
+                    records.push(index.record_for(&ev.kind, &ev.actor_id, &ev.subjects, id, time_ns, &mut |t, v| terms.term(t, v)));
+                    new.push(NewEvent { ev, id, seq: next, time_ns });
                     next += 1;
                 }
                 outcomes.push(Ok(results));
             }
         }
+        let replies: Vec<(Reply, Result<Vec<Appended>, StoreError>)> = Vec::new();
         let written = if new.is_empty() && self.latest_note.is_some() {
-            Ok((self.range.size(), self.latest_note.clone().unwrap_or_default()))
+            Ok(Written {
+                file: self.segment.file.clone(),
+                end: self.log_end,
+                size: self.range.size(),
+                note: self.latest_note.clone().unwrap_or_default(),
+                pending: Pending::default(),
+                positions: Vec::new(),
+                records: Vec::new(),
+                cp_pos: None,
+                replies,
+            })
         } else {
-            self.write_group(shared, &new, receipt_ns)
+            self.write_group(shared, records, &new, receipt_ns).map(|mut w| {
+                w.pending.terms = terms.terms;
+                w.pending.term_count = terms.term_count;
+                w
+            })
         };
+        drop(new);
         match written {
-            Ok((tree_size, checkpoint)) => {
-                for ((_, reply), outcome) in group.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome.map(|events| AppendReceipt { events, tree_size, checkpoint: checkpoint.clone() }));
-                }
+            Ok(mut w) => {
+                w.replies = group.into_iter().map(|(_, reply)| reply).zip(outcomes).collect();
+                ToSyncer::Group(Box::new(w))
             }
             Err(e) => {
                 let why = format!("write failed: {e}");
                 self.failed = Some(why.clone());
-                refuse(group, &|| StoreError::WriterStopped(why.clone()));
+                refuse(group, why)
             }
         }
     }
 
-    /// Writes events and a checkpoint as one durable group, then publishes them.
-    fn write_group(&mut self, shared: &Shared, new: &[NewEvent<'_>], receipt_ns: i64) -> std::io::Result<(u64, String)> {
-        let signer = self.signer.clone().ok_or_else(|| std::io::Error::other("read-only store"))?;
-        let chunks = build_parallel(new, receipt_ns).map_err(std::io::Error::other)?;
+    /// Frames events and a checkpoint and writes them to the segment (not yet synced).
+    fn write_group(&mut self, shared: &Shared, records: Vec<IndexRecord>, new: &[NewEvent<'_>], receipt_ns: i64) -> std::io::Result<Written> {
+        let signer = self.signer.clone().ok_or_else(|| io_other("read-only store"))?;
+        let chunks = build_parallel(new, receipt_ns, &mut self.spare).map_err(std::io::Error::other)?;
         let mut pending = Pending::default();
         let mut positions = Vec::with_capacity(new.len());
         let mut pos = self.log_end;
@@ -330,64 +393,160 @@ impl State {
         let mut cp_buf = Vec::with_capacity(note.len() + 32);
         record::encode_into(&mut cp_buf, record::CHECKPOINT, note.as_bytes(), &[]);
         let cp_pos = pos;
-        // Intern terms and build index records before the sync; publication waits until after.
-        let records: Vec<IndexRecord> = {
-            let mut index = shared.index.write().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-            new.iter()
-                .map(|n| index.record_for(&n.ev.kind, &n.ev.actor_id, &n.ev.subjects, n.id, n.time_ns, &mut |t, v| pending.term(t, v)))
-                .collect()
-        };
-        let seg = &*self.segment.file;
-        let mut w = seg;
+        let mut w = &*self.segment.file;
         for c in &chunks {
             w.write_all(&c.buf)?;
         }
         w.write_all(&cp_buf)?;
-        seg.sync_data()?;
-        // Durable. Everything below only derives from it.
         self.log_end = cp_pos + cp_buf.len() as u64;
-        for (offset, rec) in positions.iter().zip(&records) {
-            pending.event(*offset, rec);
-        }
-        pending.checkpoint(size, cp_pos);
-        self.derived.write(&pending)?;
-        {
-            let mut levels = shared.levels.write().map_err(|_| std::io::Error::other("levels lock poisoned"))?;
-            if levels.len() < self.derived.levels.len() {
-                *levels = self.derived.levels.clone();
-            }
-        }
-        {
-            let mut index = shared.index.write().map_err(|_| std::io::Error::other("index lock poisoned"))?;
-            for (offset, rec) in positions.iter().zip(&records) {
-                index.push(*offset, rec);
-            }
-            index.checkpoints.push((size, cp_pos));
-            shared.size.store(size, Ordering::Release);
-        }
+        self.spare.extend(chunks.into_iter().map(|c| c.buf).filter(|b| b.capacity() <= SPARE_MAX));
         self.latest_note = Some(note.clone());
-        if size - self.meta.size >= META_EVERY {
-            self.commit_meta(shared)?;
-        }
+        let written = Written {
+            file: self.segment.file.clone(),
+            end: self.log_end,
+            size,
+            note,
+            pending,
+            positions,
+            records,
+            cp_pos: Some(cp_pos),
+            replies: Vec::new(),
+        };
         if self.log_end - self.segment.start >= SEGMENT_TARGET {
             self.roll_segment(shared)?;
         }
-        Ok((size, note))
+        Ok(written)
     }
 
-    /// Starts a new segment at the current end of the log.
+    /// Starts a new segment at the current end of the log. The old one is synced by the
+    /// syncer for the groups it holds.
     fn roll_segment(&mut self, shared: &Shared) -> std::io::Result<()> {
         let name = segment_name(self.log_end);
         let file = OpenOptions::new().read(true).append(true).create_new(true).open(shared.dir.join(&name))?;
         crate::derived::sync_dir(&shared.dir)?;
         let seg = Segment { start: self.log_end, file: Arc::new(file), name };
-        shared.segments.write().map_err(|_| std::io::Error::other("segments lock poisoned"))?.push(seg.clone());
+        shared.segments.write().map_err(|_| io_other("segments lock poisoned"))?.push(seg.clone());
         self.segment = seg;
         Ok(())
     }
+}
 
-    /// Loads the latest stored note so that an all-duplicate group can answer without writing.
-    pub fn set_latest_note(&mut self, note: Option<String>) {
-        self.latest_note = note;
+impl Syncer {
+    fn run(&mut self, shared: &Shared, rx: mpsc::Receiver<ToSyncer>) {
+        while let Ok(msg) = rx.recv() {
+            match msg {
+                ToSyncer::Group(w) => {
+                    let mut w = *w;
+                    let replies = std::mem::take(&mut w.replies);
+                    let result = match &self.failed {
+                        Some(why) => Err(why.clone()),
+                        None => self.finish(shared, w.clone_header()).map(|()| (w.size, w.note)).map_err(|e| {
+                            let why = format!("sync failed: {e}");
+                            self.failed = Some(why.clone());
+                            shared.failed.store(true, Ordering::Release);
+                            why
+                        }),
+                    };
+                    for (reply, outcome) in replies {
+                        let answer = match &result {
+                            Ok((size, note)) => outcome.map(|events| AppendReceipt { events, tree_size: *size, checkpoint: note.clone() }),
+                            Err(why) => Err(StoreError::WriterStopped(why.clone())),
+                        };
+                        let _ = reply.send(answer);
+                    }
+                }
+                ToSyncer::Failed(why, replies) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::WriterStopped(why.clone())));
+                    }
+                }
+                ToSyncer::Shutdown(tx) => {
+                    let _ = tx.send(self.close(shared));
+                    return;
+                }
+            }
+        }
+        let _ = self.close(shared);
+    }
+
+    fn close(&mut self, shared: &Shared) -> Result<(), StoreError> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        self.commit_meta(shared).map_err(|source| StoreError::Io { context: "recording the derived watermark".into(), source })
+    }
+
+    fn commit_meta(&mut self, shared: &Shared) -> std::io::Result<()> {
+        let index = shared.index.read().map_err(|_| io_other("index lock poisoned"))?;
+        let meta = Meta {
+            size: index.len(),
+            log_end: self.synced_end,
+            terms_bytes: self.derived.terms_bytes,
+            term_count: self.derived.term_count,
+            checkpoints: index.checkpoints.len() as u64,
+        };
+        drop(index);
+        if meta != self.meta {
+            self.derived.commit_meta(&meta)?;
+            self.meta = meta;
+        }
+        Ok(())
+    }
+
+    /// Makes a written group durable, then writes its derived files and publishes it.
+    fn finish(&mut self, shared: &Shared, w: Written) -> std::io::Result<()> {
+        if w.end > self.synced_end {
+            w.file.sync_data()?;
+            self.synced_end = w.end;
+        }
+        // Durable. Everything below only derives from it.
+        let mut pending = w.pending;
+        for (offset, rec) in w.positions.iter().zip(&w.records) {
+            pending.event(*offset, rec);
+        }
+        if let Some(cp_pos) = w.cp_pos {
+            pending.checkpoint(w.size, cp_pos);
+        }
+        if pending.is_empty() && pending.terms.is_empty() {
+            return Ok(());
+        }
+        self.derived.write(&pending)?;
+        {
+            let mut levels = shared.levels.write().map_err(|_| io_other("levels lock poisoned"))?;
+            if levels.len() < self.derived.levels.len() {
+                *levels = self.derived.levels.clone();
+            }
+        }
+        {
+            let mut index = shared.index.write().map_err(|_| io_other("index lock poisoned"))?;
+            for (offset, rec) in w.positions.iter().zip(&w.records) {
+                index.push(*offset, rec, false);
+            }
+            if let Some(cp_pos) = w.cp_pos {
+                index.checkpoints.push((w.size, cp_pos));
+            }
+            shared.size.store(w.size, Ordering::Release);
+        }
+        if w.size - self.meta.size >= META_EVERY {
+            self.commit_meta(shared)?;
+        }
+        Ok(())
+    }
+}
+
+impl Written {
+    /// Moves everything but the replies out (the replies stay with the caller).
+    fn clone_header(&mut self) -> Written {
+        Written {
+            file: self.file.clone(),
+            end: self.end,
+            size: self.size,
+            note: self.note.clone(),
+            pending: std::mem::take(&mut self.pending),
+            positions: std::mem::take(&mut self.positions),
+            records: std::mem::take(&mut self.records),
+            cp_pos: self.cp_pos,
+            replies: Vec::new(),
+        }
     }
 }
