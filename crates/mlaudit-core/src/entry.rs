@@ -295,19 +295,64 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, EntryError> {
         Ok(self.array::<1>()?[0])
     }
-    fn string(&mut self, len: usize, field: &'static str, max: usize) -> Result<String, EntryError> {
+    fn string(&mut self, len: usize, field: &'static str, max: usize) -> Result<&'a str, EntryError> {
         check_len(field, len, max)?;
         let raw = self.take(len)?;
-        std::str::from_utf8(raw).map(str::to_owned).map_err(|_| EntryError::NotUtf8(field))
+        std::str::from_utf8(raw).map_err(|_| EntryError::NotUtf8(field))
     }
-    fn str16(&mut self, field: &'static str) -> Result<String, EntryError> {
+    fn str16(&mut self, field: &'static str) -> Result<&'a str, EntryError> {
         let len = u16::from_be_bytes(self.array()?) as usize;
         self.string(len, field, MAX_ID_LEN)
     }
 }
 
+/// A decoded entry header borrowing its strings from the bytes (no allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryView<'a> {
+    pub seq: u64,
+    pub event_time_ns: i64,
+    pub receipt_time_ns: i64,
+    pub id: EventId,
+    pub payload_sha256: [u8; 32],
+    pub payload_len: u32,
+    pub actor_type: ActorType,
+    pub kind: &'a str,
+    pub actor_id: &'a str,
+    pub principal: &'a str,
+    subjects: [Option<&'a str>; 8],
+}
+
+impl<'a> EntryView<'a> {
+    /// The value of one subject field, if present.
+    pub fn subject(&self, field: SubjectField) -> Option<&'a str> {
+        self.subjects[field as usize]
+    }
+
+    /// An owned [`Entry`].
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            seq: self.seq,
+            event_time_ns: self.event_time_ns,
+            receipt_time_ns: self.receipt_time_ns,
+            id: self.id,
+            payload_sha256: self.payload_sha256,
+            payload_len: self.payload_len,
+            actor_type: self.actor_type,
+            kind: self.kind.to_owned(),
+            actor_id: self.actor_id.to_owned(),
+            principal: self.principal.to_owned(),
+            subjects: SubjectField::ALL.iter().filter_map(|f| self.subject(*f).map(|v| (*f, v.to_owned()))).collect(),
+        }
+    }
+}
+
 /// Decodes an entry header, rejecting anything [`encode`] would not have produced.
 pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {
+    decode_view(bytes).map(|v| v.to_entry())
+}
+
+/// Like [`decode`], borrowing strings from `bytes`.
+pub fn decode_view(bytes: &[u8]) -> Result<EntryView<'_>, EntryError> {
     let mut r = Reader { bytes, pos: 0 };
     let version = r.u8()?;
     if version != ENTRY_VERSION {
@@ -326,7 +371,7 @@ pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {
     let actor_id = r.str16("actor id")?;
     let principal = r.str16("principal")?;
     let count = r.u8()?;
-    let mut subjects = Vec::with_capacity(usize::from(count.min(8)));
+    let mut subjects = [None; 8];
     let mut last = 0u8;
     for _ in 0..count {
         let code = r.u8()?;
@@ -335,24 +380,12 @@ pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {
             return Err(EntryError::SubjectOrder);
         }
         last = code;
-        subjects.push((field, r.str16("subject value")?));
+        subjects[field as usize] = Some(r.str16("subject value")?);
     }
     if r.pos != bytes.len() {
         return Err(EntryError::TrailingBytes(bytes.len() - r.pos));
     }
-    Ok(Entry {
-        seq,
-        event_time_ns,
-        receipt_time_ns,
-        id,
-        payload_sha256,
-        payload_len,
-        actor_type,
-        kind,
-        actor_id,
-        principal,
-        subjects,
-    })
+    Ok(EntryView { seq, event_time_ns, receipt_time_ns, id, payload_sha256, payload_len, actor_type, kind, actor_id, principal, subjects })
 }
 
 #[cfg(test)]

@@ -226,20 +226,20 @@ impl Index {
     }
 
     /// The index record of an event, interning its terms.
-    pub fn record_for(
+    pub fn record_for<'v>(
         &mut self,
-        kind: &str,
-        actor: &str,
-        subjects: &[(SubjectField, String)],
         id: EventId,
         time_ns: i64,
+        kind: &str,
+        actor: &str,
+        subjects: impl Iterator<Item = (SubjectField, &'v str)>,
         new_term: &mut impl FnMut(Tag, &str),
     ) -> IndexRecord {
         let mut terms = [0u32; TAGS];
         terms[Tag::Kind as usize] = self.intern(Tag::Kind, kind, new_term);
         terms[Tag::Actor as usize] = self.intern(Tag::Actor, actor, new_term);
         for (field, value) in subjects {
-            if let Some(tag) = Tag::for_subject(*field) {
+            if let Some(tag) = Tag::for_subject(field) {
                 terms[tag as usize] = self.intern(tag, value, new_term);
             }
         }

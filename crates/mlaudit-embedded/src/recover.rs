@@ -12,7 +12,7 @@ use crate::derived::{self, Derived, Meta, Pending};
 use crate::index::Index;
 use crate::writer::State;
 use crate::{record, segment_name, Segment, Shared};
-use mlaudit_core::entry;
+use mlaudit_core::entry::{self, SubjectField};
 use mlaudit_core::merkle::{leaf_hash, CompactRange, NodeSource};
 use mlaudit_core::note::{Checkpoint, NoteSigner};
 use std::fs::{File, OpenOptions};
@@ -100,13 +100,14 @@ impl Replay {
     fn apply(&mut self, h: &record::Header, a: &[u8], pos: u64) -> Result<(), String> {
         let seq = self.index.len();
         if h.kind == record::EVENT {
-            let e = entry::decode(a).map_err(|e| format!("entry: {e}"))?;
+            let e = entry::decode_view(a).map_err(|e| format!("entry: {e}"))?;
             if e.seq != seq {
                 return Err(format!("entry has seq {} where seq {seq} was expected", e.seq));
             }
             let pending = &mut self.pending;
             self.range.push(leaf_hash(a), |level, _, hash| pending.node(level, &hash.0));
-            let rec = self.index.record_for(&e.kind, &e.actor_id, &e.subjects, e.id, e.event_time_ns, &mut |t, v| pending.term(t, v));
+            let subjects = SubjectField::ALL.into_iter().filter_map(|f| e.subject(f).map(|v| (f, v)));
+            let rec = self.index.record_for(e.id, e.event_time_ns, e.kind, e.actor_id, subjects, &mut |t, v| pending.term(t, v));
             pending.event(pos, &rec);
             self.index.push(pos, &rec, true);
             self.replayed += 1;

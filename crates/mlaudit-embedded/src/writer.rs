@@ -332,7 +332,8 @@ impl Committer {
                     index.reserve_id(id, next);
                     results.push(Appended { id, seq: next, duplicate: false });
                     let time_ns = ev.event_time_ns.unwrap_or(receipt_ns);
-                    records.push(index.record_for(&ev.kind, &ev.actor_id, &ev.subjects, id, time_ns, &mut |t, v| terms.term(t, v)));
+                    let subjects = ev.subjects.iter().map(|(f, v)| (*f, v.as_str()));
+                    records.push(index.record_for(id, time_ns, &ev.kind, &ev.actor_id, subjects, &mut |t, v| terms.term(t, v)));
                     new.push(NewEvent { ev, id, seq: next, time_ns });
                     next += 1;
                 }

@@ -13,6 +13,8 @@ use mlaudit_core::note::{open_checkpoint, NoteVerifier};
 use mlaudit_core::merkle::sha256;
 use std::ops::ControlFlow;
 
+/// Events checked together (their per-event work split over two threads).
+const CHUNK: usize = 1 << 14;
 /// How many leaves are recomputed between bulk comparisons with stored nodes.
 const NODE_BATCH: u64 = 1 << 16;
 
@@ -55,39 +57,63 @@ impl Verifier<'_> {
         VerifyFailure { seq, location, problem: problem.into() }
     }
 
-    fn check_event(&mut self, seq: u64, ev: &crate::StoredEvent) -> Result<(), VerifyFailure> {
+    /// Checks one event on its own: its place, its entry and its payload. Returns its leaf hash.
+    fn check_alone(seq: u64, ev: &crate::StoredEvent) -> Result<(Hash, bool), String> {
         if ev.seq != seq {
-            return Err(self.fail(Some(seq), format!("storage returned seq {} in place of {seq}", ev.seq)));
+            return Err(format!("storage returned seq {} in place of {seq}", ev.seq));
         }
-        let e = entry::decode(&ev.entry).map_err(|err| self.fail(Some(seq), format!("entry does not decode: {err}")))?;
+        let e = entry::decode_view(&ev.entry).map_err(|err| format!("entry does not decode: {err}"))?;
         if e.seq != seq {
-            return Err(self.fail(Some(seq), format!("entry claims seq {} (moved, inserted or reordered)", e.seq)));
+            return Err(format!("entry claims seq {} (moved, inserted or reordered)", e.seq));
         }
-        match &ev.payload {
-            None => self.redacted += 1,
-            Some(p) => {
-                if sha256(p) != e.payload_sha256 || p.len() as u64 != u64::from(e.payload_len) {
-                    return Err(self.fail(Some(seq), "payload does not match the SHA-256 its entry commits to"));
+        if let Some(p) = &ev.payload {
+            if p.len() as u64 != u64::from(e.payload_len) || sha256(p) != e.payload_sha256 {
+                return Err("payload does not match the SHA-256 its entry commits to".into());
+            }
+        }
+        Ok((merkle::leaf_hash(&ev.entry), ev.payload.is_none()))
+    }
+
+    /// Checks a run of consecutive events starting at `first`: the per-event work on two threads,
+    /// then the tree and the checkpoints in order.
+    fn check_chunk(&mut self, first: u64, events: &[crate::StoredEvent]) -> Result<(), VerifyFailure> {
+        let check = |base: u64, evs: &[crate::StoredEvent]| -> Vec<Result<(Hash, bool), String>> {
+            evs.iter().enumerate().map(|(i, ev)| Self::check_alone(base + i as u64, ev)).collect()
+        };
+        let results = if events.len() >= 1024 {
+            let (a, b) = events.split_at(events.len() / 2);
+            let mid = first + a.len() as u64;
+            std::thread::scope(|s| {
+                let second = s.spawn(|| check(mid, b));
+                let mut out = check(first, a);
+                out.extend(second.join().unwrap_or_else(|_| vec![Err("verification thread panicked".into())]));
+                out
+            })
+        } else {
+            check(first, events)
+        };
+        for (i, result) in results.into_iter().enumerate() {
+            let seq = first + i as u64;
+            let (leaf, redacted) = result.map_err(|p| self.fail(Some(seq), p))?;
+            self.redacted += u64::from(redacted);
+            let pending = &mut self.pending;
+            self.range.push(leaf, |level, index, hash| {
+                let level = level as usize;
+                if pending.len() <= level {
+                    pending.resize_with(level + 1, || (index, Vec::new()));
                 }
+                if pending[level].1.is_empty() {
+                    pending[level].0 = index;
+                }
+                pending[level].1.push(*hash);
+            });
+            while self.sizes.get(self.next_checkpoint) == Some(&self.range.size()) {
+                self.check_checkpoint(self.range.size(), seq)?;
+                self.next_checkpoint += 1;
             }
-        }
-        let pending = &mut self.pending;
-        self.range.push(merkle::leaf_hash(&ev.entry), |level, index, hash| {
-            let level = level as usize;
-            if pending.len() <= level {
-                pending.resize_with(level + 1, || (index, Vec::new()));
+            if self.range.size() % NODE_BATCH == 0 {
+                self.compare_nodes()?;
             }
-            if pending[level].1.is_empty() {
-                pending[level].0 = index;
-            }
-            pending[level].1.push(*hash);
-        });
-        while self.sizes.get(self.next_checkpoint) == Some(&self.range.size()) {
-            self.check_checkpoint(self.range.size(), seq)?;
-            self.next_checkpoint += 1;
-        }
-        if self.range.size() % NODE_BATCH == 0 {
-            self.compare_nodes()?;
         }
         Ok(())
     }
@@ -153,17 +179,26 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
     }
     let mut failure = None;
     let mut seq = 0u64;
+    let mut chunk: Vec<crate::StoredEvent> = Vec::with_capacity(CHUNK);
     let scanned = store.scan(0, &mut |ev| {
-        if let Err(f) = v.check_event(seq, &ev) {
-            failure = Some(f);
-            return ControlFlow::Break(());
-        }
-        seq += 1;
-        if seq % NODE_BATCH == 0 {
+        chunk.push(ev);
+        if chunk.len() == CHUNK {
+            if let Err(f) = v.check_chunk(seq, &chunk) {
+                failure = Some(f);
+                return ControlFlow::Break(());
+            }
+            seq += chunk.len() as u64;
+            chunk.clear();
             progress(seq, total);
         }
         ControlFlow::Continue(())
     });
+    if failure.is_none() && !chunk.is_empty() {
+        if let Err(f) = v.check_chunk(seq, &chunk) {
+            failure = Some(f);
+        }
+        seq += chunk.len() as u64;
+    }
     if let Some(f) = failure {
         return Err(f);
     }
