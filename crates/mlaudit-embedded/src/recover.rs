@@ -194,6 +194,18 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(Shared, St
         }
     }
     let mut report = OpenReport::default();
+    let last_seg = &segments[segments.len() - 1];
+    let actual_end = last_seg.start + last_seg.file.metadata().map_err(io(last_seg.name.clone()))?.len();
+    if let Some(meta) = Derived::read_meta(dir).filter(|m| m.log_end > actual_end) {
+        return Err(OpenError::Corrupt {
+            file: last_seg.name.clone(),
+            offset: actual_end - last_seg.start,
+            problem: format!(
+                "the log ends at position {actual_end}, but {} events up to position {} were recorded as durable (derived.meta): acknowledged events are missing",
+                meta.size, meta.log_end
+            ),
+        });
+    }
     let mut derived = Derived::open(dir).map_err(io("opening derived files"))?;
     let mut index = Index::new();
     let meta = match Derived::read_meta(dir) {

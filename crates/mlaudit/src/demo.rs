@@ -110,8 +110,12 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
     let report = verify_store(&store, &key)?;
     println!("intact: {} events, {} checkpoints, root {}", report.events, report.checkpoints, report.root.to_hex());
 
-    let pred_seq = b.first_seq.map(|s| s + (predictions as u64 / 2).min(b.new.saturating_sub(1))).unwrap_or(0);
-    println!("\n== lineage of the prediction at seq {pred_seq}");
+    let (pred_seq, what) = match (b.first_seq, a.last_seq) {
+        (Some(first), _) => (first + (predictions as u64 / 2).min(b.new.saturating_sub(1)), "the prediction"),
+        (None, Some(last)) => (last, "the last lifecycle event"),
+        (None, None) => (store.tree_size().saturating_sub(1), "the last event"),
+    };
+    println!("\n== lineage of {what} at seq {pred_seq}");
     print_lineage(&lineage::lineage(&store, pred_seq)?);
 
     println!("\n== inclusion proof for seq {pred_seq}, checked offline with only the verifier key");
