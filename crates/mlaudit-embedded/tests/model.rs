@@ -1,0 +1,381 @@
+//! Property test of the embedded store against a reference model: a deterministic PRNG drives
+//! random batches (random kinds, subjects, actors, times and ~10% repeated ids); a plain `Vec`
+//! of what should be stored is checked against every read path of the store after every batch
+//! and across reopens; at the end `verify` and inclusion/consistency proofs must check out.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{open, run_verify, verifier, Rng, Spec, TempDir, KINDS};
+use mlaudit_core::entry::{self, ActorType, EventId, SubjectField};
+use mlaudit_core::event::Stage;
+use mlaudit_core::merkle::{self, leaf_hash, sha256, CompactRange, Hash};
+use mlaudit_core::note::open_checkpoint;
+use mlaudit_embedded::EmbeddedStore;
+use mlaudit_store::proofs::{consistency, inclusion_bundle};
+use mlaudit_store::{Nodes, Query, Store};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+const MODELS: &[&str] = &["m-credit", "m-fraud", "m-churn"];
+const VERSIONS: &[&str] = &["1", "2", "17", "v3-beta"];
+const ACTORS: &[&str] = &["alice", "bob", "ci-bot"];
+const RUNS: &[&str] = &["run-a", "run-b", "run-c"];
+const DATASETS: &[&str] = &["ds-loans", "ds-clicks"];
+const DEPLOYMENTS: &[&str] = &["dep-eu", "dep-us"];
+/// 2026-01-01T00:00:00Z.
+const BASE_NS: i64 = 1_767_225_600_000_000_000;
+/// Event times fall in [BASE_NS, BASE_NS + SPAN_NS).
+const SPAN_NS: i64 = 1000 * 1_000_000_000;
+
+/// One event the model expects the store to hold.
+#[derive(Debug, Clone)]
+struct MEvent {
+    seq: u64,
+    id: EventId,
+    kind: String,
+    actor_id: String,
+    actor_type: ActorType,
+    subjects: Vec<(SubjectField, String)>,
+    time_ns: i64,
+    payload: Vec<u8>,
+}
+
+impl MEvent {
+    fn subject(&self, f: SubjectField) -> Option<&str> {
+        self.subjects.iter().find(|(g, _)| *g == f).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    events: Vec<MEvent>,
+    ids: HashMap<EventId, u64>,
+    /// Every checkpoint size the store must list, ascending.
+    checkpoints: Vec<u64>,
+}
+
+impl Model {
+    fn len(&self) -> u64 {
+        self.events.len() as u64
+    }
+
+    /// The naive answer to a query.
+    fn query(&self, q: &Query) -> Vec<u64> {
+        let eq = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+        self.events
+            .iter()
+            .filter(|e| q.stage.is_none_or(|s| Stage::of_kind(&e.kind).unwrap_or(Stage::Custom) == s))
+            .filter(|e| eq(&q.kind, Some(&e.kind)))
+            .filter(|e| eq(&q.actor, Some(&e.actor_id)))
+            .filter(|e| eq(&q.model, e.subject(SubjectField::Model)))
+            .filter(|e| eq(&q.version, e.subject(SubjectField::Version)))
+            .filter(|e| eq(&q.run, e.subject(SubjectField::Run)))
+            .filter(|e| eq(&q.dataset, e.subject(SubjectField::Dataset)))
+            .filter(|e| eq(&q.deployment, e.subject(SubjectField::Deployment)))
+            .filter(|e| q.since_ns.is_none_or(|s| e.time_ns >= s))
+            .filter(|e| q.until_ns.is_none_or(|u| e.time_ns < u))
+            .filter(|e| q.after_seq.is_none_or(|a| e.seq > a))
+            .map(|e| e.seq)
+            .take(q.limit)
+            .collect()
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+}
+
+fn pool_value(rng: &mut Rng, field: SubjectField, n: u64) -> String {
+    match field {
+        SubjectField::Model => rng.pick(MODELS).to_string(),
+        SubjectField::Version => rng.pick(VERSIONS).to_string(),
+        SubjectField::Run => rng.pick(RUNS).to_string(),
+        SubjectField::Dataset => rng.pick(DATASETS).to_string(),
+        SubjectField::Deployment => rng.pick(DEPLOYMENTS).to_string(),
+        other => format!("{}-{n}", other.as_str()),
+    }
+}
+
+fn random_spec(rng: &mut Rng, n: u64, earlier: &[EventId], in_batch: &[EventId]) -> Spec {
+    let r = rng.below(100);
+    let id = if r < 5 && !earlier.is_empty() {
+        Some(*rng.pick(earlier))
+    } else if r < 10 && !in_batch.is_empty() {
+        Some(*rng.pick(in_batch))
+    } else if r < 13 {
+        None // the store generates one
+    } else {
+        Some(rng.id())
+    };
+    let time_ns = if rng.chance(95) { Some(BASE_NS + rng.below(SPAN_NS as u64) as i64) } else { None };
+    let kind = rng.pick(KINDS).to_string();
+    let required = common::required_subjects(&kind);
+    let mut subjects = Vec::new();
+    for field in [SubjectField::Model, SubjectField::Version, SubjectField::Dataset, SubjectField::Run, SubjectField::Deployment, SubjectField::Request] {
+        if required.contains(&field) || rng.chance(35) {
+            let value = pool_value(rng, field, n);
+            let numeric = value.bytes().all(|b| b.is_ascii_digit()) && rng.chance(50);
+            subjects.push((field, value, numeric));
+        }
+    }
+    subjects.sort_by_key(|(f, _, _)| *f);
+    let actor_type = if rng.chance(50) { ActorType::User } else { ActorType::Service };
+    Spec { id, time_ns, kind, actor_id: rng.pick(ACTORS).to_string(), actor_type, subjects, n }
+}
+
+fn random_query(rng: &mut Rng, model: &Model) -> Query {
+    let mut q = Query::default();
+    let maybe = |rng: &mut Rng, pool: &[&str]| -> Option<String> {
+        if rng.chance(25) {
+            // Now and then a value nobody used.
+            Some(if rng.chance(10) { "no-such-value".to_owned() } else { rng.pick(pool).to_string() })
+        } else {
+            None
+        }
+    };
+    q.kind = maybe(rng, KINDS);
+    q.actor = maybe(rng, ACTORS);
+    q.model = maybe(rng, MODELS);
+    q.version = maybe(rng, VERSIONS);
+    q.run = maybe(rng, RUNS);
+    q.dataset = maybe(rng, DATASETS);
+    q.deployment = maybe(rng, DEPLOYMENTS);
+    if rng.chance(25) {
+        q.stage = Some(*rng.pick(&Stage::ALL));
+    }
+    if rng.chance(30) {
+        q.since_ns = Some(BASE_NS + rng.below(SPAN_NS as u64) as i64);
+    }
+    if rng.chance(30) {
+        q.until_ns = Some(BASE_NS + rng.below(SPAN_NS as u64) as i64);
+    }
+    if rng.chance(30) {
+        q.after_seq = Some(rng.below(model.len() + 3));
+    }
+    q.limit = *rng.pick(&[0usize, 1, 2, 5, 20, 100, usize::MAX, usize::MAX]);
+    q
+}
+
+fn check_entry(store: &EmbeddedStore, e: &MEvent) {
+    let stored = store.event(e.seq).unwrap();
+    assert_eq!(stored.seq, e.seq);
+    let entry = entry::decode(&stored.entry).unwrap();
+    assert_eq!(entry.seq, e.seq);
+    assert_eq!(entry.id, e.id, "seq {}", e.seq);
+    assert_eq!(entry.kind, e.kind, "seq {}", e.seq);
+    assert_eq!(entry.actor_id, e.actor_id, "seq {}", e.seq);
+    assert_eq!(entry.actor_type, e.actor_type, "seq {}", e.seq);
+    assert_eq!(entry.principal, "test", "seq {}", e.seq);
+    assert_eq!(entry.subjects, e.subjects, "seq {}", e.seq);
+    assert_eq!(entry.event_time_ns, e.time_ns, "seq {}", e.seq);
+    assert_eq!(entry.payload_sha256, sha256(&e.payload), "seq {}", e.seq);
+    assert_eq!(entry.payload_len as usize, e.payload.len(), "seq {}", e.seq);
+    assert_eq!(stored.payload.as_deref(), Some(&e.payload[..]), "payload of seq {}", e.seq);
+    // The entry bytes are canonical: re-encoding the decoded entry gives them back.
+    assert_eq!(entry::encode(&entry).unwrap(), stored.entry, "seq {}", e.seq);
+}
+
+/// Checks every read path of the store against the model. Returns how many of the random
+/// queries had a non-empty answer (so the test can make sure it tests something).
+fn check_all(store: &EmbeddedStore, model: &Model, rng: &mut Rng) -> usize {
+    assert_eq!(store.tree_size(), model.len());
+    assert_eq!(store.checkpoint_sizes().unwrap(), model.checkpoints);
+    for e in &model.events {
+        assert_eq!(store.seq_of(&e.id).unwrap(), Some(e.seq), "seq_of {}", e.id);
+        check_entry(store, e);
+    }
+    for _ in 0..3 {
+        let unknown = rng.id();
+        assert_eq!(store.seq_of(&unknown).unwrap(), None);
+    }
+    assert!(matches!(store.event(model.len()), Err(mlaudit_store::StoreError::NotFound(_))));
+    let mut nonempty = 0;
+    for _ in 0..25 {
+        let q = random_query(rng, model);
+        let want = model.query(&q);
+        nonempty += usize::from(!want.is_empty());
+        assert_eq!(store.query(&q).unwrap(), want, "query {q:?}");
+    }
+    // A query with no filter and an unlimited limit lists everything.
+    let all = Query { limit: usize::MAX, ..Query::default() };
+    assert_eq!(store.query(&all).unwrap(), (0..model.len()).collect::<Vec<_>>());
+    // Scans from a random start yield exactly the events from there, in order.
+    let from = rng.below(model.len() + 1);
+    let mut seen = Vec::new();
+    store
+        .scan(from, &mut |ev| {
+            seen.push((ev.seq, ev.payload.unwrap()));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    let want: Vec<(u64, Vec<u8>)> = model.events[from as usize..].iter().map(|e| (e.seq, e.payload.clone())).collect();
+    assert_eq!(seen, want, "scan from {from}");
+    nonempty
+}
+
+/// Appends one random batch and checks its receipt; returns the number of repeated ids.
+fn append_batch(store: &EmbeddedStore, model: &mut Model, rng: &mut Rng, counter: &mut u64) -> usize {
+    let n = rng.range(1, 51);
+    let earlier: Vec<EventId> = model.events.iter().map(|e| e.id).collect();
+    let mut specs = Vec::new();
+    let mut in_batch = Vec::new();
+    for _ in 0..n {
+        *counter += 1;
+        let spec = random_spec(rng, *counter, &earlier, &in_batch);
+        if let Some(id) = spec.id {
+            in_batch.push(id);
+        }
+        specs.push(spec);
+    }
+    let prepared: Vec<_> = specs.iter().map(Spec::prepare).collect();
+    for (s, p) in specs.iter().zip(&prepared) {
+        assert_eq!(p.payload, s.json().into_bytes());
+        assert_eq!(p.event_time_ns, s.time_ns);
+        assert_eq!(p.subjects, s.header_subjects());
+    }
+    let before = now_ns();
+    let receipt = store.append(prepared).unwrap();
+    let after = now_ns();
+    assert_eq!(receipt.events.len(), specs.len());
+    let mut wrote_any = false;
+    let mut repeats = 0;
+    let mut receipt_times = Vec::new();
+    for (spec, got) in specs.iter().zip(&receipt.events) {
+        if let Some(&seq) = spec.id.and_then(|id| model.ids.get(&id)) {
+            assert_eq!(*got, mlaudit_store::Appended { id: spec.id.unwrap(), seq, duplicate: true }, "a repeated id reports the original seq");
+            repeats += 1;
+            continue;
+        }
+        let seq = model.len();
+        assert_eq!(got.seq, seq);
+        assert!(!got.duplicate);
+        match spec.id {
+            Some(id) => assert_eq!(got.id, id),
+            None => assert!(!model.ids.contains_key(&got.id), "a generated id collides"),
+        }
+        wrote_any = true;
+        let time_ns = match spec.time_ns {
+            Some(t) => t,
+            None => {
+                // "At receipt": the store uses its receipt time, taken during the append.
+                let entry = entry::decode(&store.event(seq).unwrap().entry).unwrap();
+                assert_eq!(entry.event_time_ns, entry.receipt_time_ns);
+                assert!(before <= entry.receipt_time_ns && entry.receipt_time_ns <= after);
+                entry.event_time_ns
+            }
+        };
+        receipt_times.push(entry::decode(&store.event(seq).unwrap().entry).unwrap().receipt_time_ns);
+        model.ids.insert(got.id, seq);
+        model.events.push(MEvent {
+            seq,
+            id: got.id,
+            kind: spec.kind.clone(),
+            actor_id: spec.actor_id.clone(),
+            actor_type: spec.actor_type,
+            subjects: spec.header_subjects(),
+            time_ns,
+            payload: spec.json().into_bytes(),
+        });
+    }
+    // One batch appended alone is one group: one receipt time for all its events.
+    receipt_times.dedup();
+    assert!(receipt_times.len() <= 1, "one group, one receipt time: {receipt_times:?}");
+    if wrote_any {
+        model.checkpoints.push(model.len());
+    }
+    assert_eq!(receipt.tree_size, model.len());
+    let cp = open_checkpoint(&verifier(), &receipt.checkpoint).unwrap();
+    assert_eq!(cp.size, model.len(), "the receipt's checkpoint is for the new size");
+    repeats
+}
+
+fn checkpoint_root(store: &EmbeddedStore, size: u64) -> Hash {
+    let note = store.checkpoint(size).unwrap().unwrap();
+    let cp = open_checkpoint(&verifier(), &note).unwrap();
+    assert_eq!(cp.size, size);
+    cp.root
+}
+
+#[test]
+fn random_batches_match_the_reference_model() {
+    let dir = TempDir::new("model");
+    let mut rng = Rng::new(0x5eed_0001);
+    let mut model = Model::default();
+    let (mut store, report) = open(dir.path());
+    // A new log signs the empty tree at open.
+    assert_eq!(report.signed_at_open, Some(0));
+    model.checkpoints.push(0);
+    let mut counter = 0u64;
+    let (mut repeats, mut nonempty) = (0, 0);
+    for round in 0..30 {
+        repeats += append_batch(&store, &mut model, &mut rng, &mut counter);
+        nonempty += check_all(&store, &model, &mut rng);
+        if round % 4 == 3 {
+            drop(store);
+            let (s, report) = open(dir.path());
+            store = s;
+            assert_eq!(report.events, model.len());
+            assert_eq!(report.truncated, None);
+            assert_eq!(report.rebuilt, None);
+            assert_eq!(report.replayed, 0, "a clean close leaves nothing to replay");
+            assert_eq!(report.signed_at_open, None, "the latest checkpoint covers everything");
+            nonempty += check_all(&store, &model, &mut rng);
+        }
+    }
+    assert!(repeats >= 30, "only {repeats} repeated ids were tried");
+    assert!(nonempty >= 200, "only {nonempty} random queries had matches");
+    assert!(model.len() > 300, "the test exercised a sizeable log ({} events)", model.len());
+    assert!(model.ids.len() as u64 == model.len());
+
+    // Full verification, and the recomputed root is the latest checkpoint's.
+    let report = run_verify(&store).unwrap();
+    assert_eq!(report.events, model.len());
+    assert_eq!(report.checkpoints, model.checkpoints.len() as u64);
+    assert_eq!(report.unsigned_tail, 0);
+    assert_eq!(report.redacted, 0);
+    assert_eq!(report.root, checkpoint_root(&store, model.len()));
+
+    // Every checkpoint signs the root of the prefix recomputed here from the stored entries.
+    let mut range = CompactRange::new();
+    let mut roots = HashMap::new();
+    roots.insert(0u64, range.root());
+    for e in &model.events {
+        range.push(leaf_hash(&store.event(e.seq).unwrap().entry), |_, _, _| {});
+        roots.insert(range.size(), range.root());
+    }
+    for &size in &model.checkpoints {
+        assert_eq!(checkpoint_root(&store, size), roots[&size], "checkpoint {size}");
+    }
+
+    // Inclusion bundles against the latest checkpoint, and raw inclusion proofs against random
+    // earlier checkpoints.
+    let key = verifier();
+    for _ in 0..40 {
+        let seq = rng.below(model.len());
+        let bundle = inclusion_bundle(&store, seq).unwrap();
+        let v = bundle.verify(&key).unwrap();
+        assert_eq!(v.entry.seq, seq);
+        assert_eq!(v.entry.id, model.events[seq as usize].id);
+        assert_eq!(v.root, roots[&model.len()]);
+        let covering: Vec<u64> = model.checkpoints.iter().copied().filter(|s| *s > seq).collect();
+        let size = *rng.pick(&covering);
+        let path = merkle::inclusion_proof(&Nodes(&store), seq, size).unwrap().unwrap();
+        let leaf = leaf_hash(&store.event(seq).unwrap().entry);
+        merkle::verify_inclusion(seq, size, &leaf, &path, &checkpoint_root(&store, size)).unwrap();
+        // The same path does not prove another leaf.
+        let other = leaf_hash(&store.event((seq + 1) % model.len()).unwrap().entry);
+        assert!(merkle::verify_inclusion(seq, size, &other, &path, &checkpoint_root(&store, size)).is_err());
+    }
+    let nonzero: Vec<u64> = model.checkpoints.iter().copied().filter(|s| *s > 0).collect();
+    for _ in 0..40 {
+        let a = *rng.pick(&nonzero);
+        let b = *rng.pick(&nonzero);
+        let (from, to) = (a.min(b), a.max(b));
+        let proof = consistency(&store, from, to).unwrap();
+        let (old, new) = proof.verify(&key).unwrap();
+        assert_eq!((old.size, new.size), (from, to));
+        assert_eq!((old.root, new.root), (roots[&from], roots[&to]));
+    }
+}
