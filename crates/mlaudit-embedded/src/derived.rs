@@ -4,8 +4,9 @@
 //! * `tree-LL.hash` — level `LL` of the tree: the hash of every complete perfect subtree of
 //!   `2^LL` leaves, 32 bytes each, in order (level 00 holds the leaf hashes).
 //! * `offsets.bin` — u64 log position of each event's record.
-//! * `index.bin` — one [`IndexRecord`] per event.
-//! * `terms.bin` — the term dictionary: `u8 tag, u16 length, bytes` per term; term ids count from 1.
+//! * `index.bin` — one [`IndexRecord`] per event, with a CRC-32C each.
+//! * `terms.bin` — the term dictionary: `u8 tag, u16 length, bytes, u32 CRC-32C` per term;
+//!   term ids count from 1.
 //! * `checkpoints.bin` — `u64 tree size, u64 log position` per checkpoint record.
 //! * `derived.meta` — the watermark: all of the above are complete and fsync'd for the first
 //!   `size` events (the log up to `log_end`). Written atomically (temp file, fsync, rename,
@@ -114,9 +115,12 @@ impl Pending {
         rec.encode_into(&mut self.index);
     }
     pub fn term(&mut self, tag: Tag, value: &str) {
+        let start = self.terms.len();
         self.terms.push(tag as u8);
         self.terms.extend_from_slice(&(value.len() as u16).to_be_bytes()); // values are <= MAX_ID_LEN
         self.terms.extend_from_slice(value.as_bytes());
+        let crc = crc32c::crc32c(&self.terms[start..]);
+        self.terms.extend_from_slice(&crc.to_be_bytes());
         self.term_count += 1;
     }
     pub fn checkpoint(&mut self, size: u64, pos: u64) {
@@ -131,9 +135,12 @@ impl Pending {
 impl Derived {
     /// Opens (creating) the derived files of `dir`.
     pub fn open(dir: &Path) -> std::io::Result<Derived> {
-        let mut levels = Vec::new();
-        while level_path(dir, levels.len()).exists() {
-            levels.push(std::sync::Arc::new(open_rw(&level_path(dir, levels.len()))?));
+        // Open (creating any gap) every level up to the highest one present, so that a reset
+        // empties them all even when a lower level file was deleted.
+        let present = (0..64usize).filter(|l| level_path(dir, *l).exists()).max().map_or(0, |l| l + 1);
+        let mut levels = Vec::with_capacity(present);
+        for level in 0..present {
+            levels.push(std::sync::Arc::new(open_rw(&level_path(dir, level))?));
         }
         Ok(Derived {
             dir: dir.to_owned(),
@@ -189,8 +196,12 @@ impl Derived {
             let tag = Tag::from_code(terms[at]).ok_or_else(bad)?;
             let len = u16::from_be_bytes(terms.get(at + 1..at + 3).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
             let value = std::str::from_utf8(terms.get(at + 3..at + 3 + len).ok_or_else(bad)?).map_err(|_| bad())?;
+            let crc = terms.get(at + 3 + len..at + 7 + len).ok_or_else(bad)?;
+            if crc32c::crc32c(&terms[at..at + 3 + len]).to_be_bytes() != crc {
+                return Err(format!("terms.bin term {} is damaged", index.term_count() + 1));
+            }
             index.load_term(tag, value);
-            at += 3 + len;
+            at += 7 + len;
         }
         if index.term_count() != meta.term_count {
             return Err("terms.bin disagrees with the watermark".into());
@@ -199,7 +210,7 @@ impl Derived {
         let records = read_all(&self.index)?;
         for (off, rec) in offsets.chunks_exact(8).zip(records.chunks_exact(INDEX_RECORD_LEN)) {
             let off = u64::from_be_bytes(off.try_into().map_err(|_| "offsets.bin")?);
-            let rec = IndexRecord::decode(rec.try_into().map_err(|_| "index.bin")?);
+            let rec = IndexRecord::decode(rec.try_into().map_err(|_| "index.bin")?).ok_or_else(|| format!("index.bin record {} is damaged", index.len()))?;
             if rec.terms.iter().any(|t| *t > meta.term_count) {
                 return Err("index.bin names an unknown term".into());
             }

@@ -99,19 +99,31 @@ pub struct IndexRecord {
     pub terms: [u32; TAGS],
 }
 
-/// Size of an [`IndexRecord`] on disk.
-pub const INDEX_RECORD_LEN: usize = 16 + 8 + 4 * TAGS;
+/// Size of an [`IndexRecord`] on disk, with its trailing CRC-32C.
+pub const INDEX_RECORD_LEN: usize = 16 + 8 + 4 * TAGS + 4;
 
 impl IndexRecord {
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
         out.extend_from_slice(&self.id.0);
         out.extend_from_slice(&self.time_ns.to_be_bytes());
         for t in self.terms {
             out.extend_from_slice(&t.to_be_bytes());
         }
+        let crc = crc32c::crc32c(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
     }
 
-    pub fn decode(b: &[u8; INDEX_RECORD_LEN]) -> IndexRecord {
+    /// Decodes a record; `None` when its checksum does not match.
+    pub fn decode(b: &[u8; INDEX_RECORD_LEN]) -> Option<IndexRecord> {
+        let body = INDEX_RECORD_LEN - 4;
+        if crc32c::crc32c(&b[..body]).to_be_bytes() != b[body..] {
+            return None;
+        }
+        Some(Self::decode_body(b))
+    }
+
+    fn decode_body(b: &[u8; INDEX_RECORD_LEN]) -> IndexRecord {
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[..16]);
         let mut time = [0u8; 8];
@@ -244,6 +256,27 @@ impl Index {
             }
         }
         IndexRecord { id, time_ns, terms }
+    }
+
+    /// Checks that every index lists event `seq` as its entry says (used by `verify`).
+    pub fn check(&self, seq: u64, e: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String> {
+        if self.times.get(seq as usize) != Some(&e.event_time_ns) {
+            return Err(format!("index.bin holds another event time for seq {seq}"));
+        }
+        let listed = |list: &[u64]| list.binary_search(&seq).is_ok();
+        let mut values: Vec<(Tag, &str)> = vec![(Tag::Kind, e.kind), (Tag::Actor, e.actor_id)];
+        values.extend(SubjectField::ALL.into_iter().filter_map(|f| Some((Tag::for_subject(f)?, e.subject(f)?))));
+        for (tag, value) in values {
+            match self.lookup(tag, value) {
+                Some(t) if listed(&self.postings[t as usize]) => {}
+                _ => return Err(format!("the {tag:?} index does not list seq {seq} under {value:?}")),
+            }
+        }
+        let stage = Stage::of_kind(e.kind).unwrap_or(Stage::Custom);
+        if !listed(&self.stages[stage as usize]) {
+            return Err(format!("the stage index does not list seq {seq} under {}", stage.as_str()));
+        }
+        Ok(())
     }
 
     /// Evaluates a query over the indexes; never reads the log.

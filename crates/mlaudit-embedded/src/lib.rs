@@ -164,6 +164,10 @@ impl Store for EmbeddedStore {
             return Err(StoreError::Corrupt { location: seg.name, problem: format!("seq {seq} points at a non-event record") });
         }
         let (entry, payload) = split_event(&h, &buf);
+        let stored_seq = entry.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        if stored_seq != Some(seq) {
+            return Err(StoreError::Corrupt { location: format!("offsets.bin entry for seq {seq}"), problem: format!("points at the record of seq {stored_seq:?}") });
+        }
         Ok(StoredEvent { seq, entry, payload: Some(payload) })
     }
 
@@ -233,6 +237,10 @@ impl Store for EmbeddedStore {
                 let rec = buf.get(at..at + h.total_len() as usize).ok_or_else(|| corrupt("truncated record".into()))?;
                 record::check_record(&h, rec).map_err(|e| corrupt(e.to_string()))?;
                 if h.kind == record::EVENT {
+                    let pos = seg.start + from_off + at as u64;
+                    if self.offset_of(seq)? != pos {
+                        return Err(StoreError::Corrupt { location: format!("offsets.bin entry for seq {seq}"), problem: format!("does not point at its record (log position {pos})") });
+                    }
                     let (entry, payload) = split_event(&h, rec);
                     if visit(StoredEvent { seq, entry, payload: Some(payload) }).is_break() {
                         return Ok(());
@@ -243,6 +251,11 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(())
+    }
+
+    fn check_indexes(&self, seq: u64, e: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String> {
+        let index = self.shared.index.read().map_err(|_| "index lock poisoned".to_owned())?;
+        index.check(seq, e)
     }
 
     fn location(&self, seq: u64) -> String {

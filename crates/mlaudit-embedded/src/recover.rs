@@ -147,6 +147,14 @@ fn is_torn(buf: &[u8], at: usize, last_segment: bool) -> bool {
     matches!(header.map(record::parse_header), Some(Ok(h)) if h.total_len() > rest.len() as u64)
 }
 
+/// Whether `tail` (a record of `record_len` bytes and everything after it) is zero from some
+/// point inside the record through its end and beyond: at least the record's last 8 bytes,
+/// checksum included, so that a damaged complete record is never taken for a torn one.
+fn zero_from_inside(tail: &[u8], record_len: usize) -> bool {
+    let nonzero_end = tail.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
+    record_len >= 8 && nonzero_end <= record_len - 8
+}
+
 fn replay_segment(r: &mut Replay, seg: &Segment, from_off: u64, last: bool) -> Result<Option<(u64, u64)>, OpenError> {
     let len = seg.file.metadata().map_err(io(seg.name.clone()))?.len();
     let mut buf = vec![0u8; len.saturating_sub(from_off) as usize];
@@ -165,7 +173,9 @@ fn replay_segment(r: &mut Replay, seg: &Segment, from_off: u64, last: bool) -> R
         let rec = &buf[at..at + h.total_len() as usize];
         let (a, _) = match record::check_record(&h, rec) {
             Ok(parts) => parts,
-            Err(_) if last && buf[at..].iter().all(|b| *b == 0) => return Ok(Some((offset, len - offset))),
+            // The header reached the disk but the end of the record did not (the size was
+            // extended first): zeros from inside the record through the end of the file.
+            Err(_) if last && zero_from_inside(&buf[at..], h.total_len() as usize) => return Ok(Some((offset, len - offset))),
             Err(e) => return Err(corrupt(e.to_string())),
         };
         r.apply(&h, a, seg.start + offset).map_err(corrupt)?;

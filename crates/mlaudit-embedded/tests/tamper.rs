@@ -188,7 +188,7 @@ fn a_flipped_byte_in_a_checkpoint_note_is_caught() {
 }
 
 #[test]
-#[ignore = "bug: verify skips the stored checkpoint of size 0, so damage to it is never reported; see the final report"]
+
 fn a_flipped_byte_in_the_empty_tree_checkpoint_is_caught() {
     let base = build_base("note0");
     let (size, rec) = base.checkpoints[0];
@@ -245,7 +245,7 @@ fn a_flipped_byte_in_the_first_offset_is_caught() {
 }
 
 #[test]
-#[ignore = "bug: verify reads the log by scanning from offsets[0] and never checks offsets.bin entries of later seqs, which event(), proofs and bundles use; see the final report"]
+
 fn a_flipped_byte_in_a_later_offset_is_caught() {
     let base = build_base("offsets");
     for seq in [1u64, 7, base.total() - 1] {
@@ -258,8 +258,8 @@ fn a_flipped_byte_in_a_later_offset_is_caught() {
         std::fs::write(&path, b).unwrap();
         {
             let (store, _) = open(copy.path());
-            let served = entry::decode(&store.event(seq).unwrap().entry).unwrap();
-            assert_ne!(served.seq, seq, "event(seq) now serves another event");
+            let served = store.event(seq);
+            assert!(matches!(served, Err(mlaudit_store::StoreError::Corrupt { .. })), "event({seq}) must refuse to serve another event's record: {served:?}");
         }
         match outcome(copy.path()) {
             Caught::Verify { seq: s, .. } => assert_eq!(s, Some(seq)),
@@ -276,24 +276,25 @@ fn a_flipped_byte_in_a_later_offset_is_caught() {
 }
 
 #[test]
-#[ignore = "bug: index.bin has no checksum and nothing re-checks it against the log; a flipped id byte makes seq_of miss the event and a retry is stored twice; see the final report"]
+
 fn a_flipped_byte_in_an_index_id_is_caught() {
+    // Regression: index.bin had no checksum, so a flipped id byte made `seq_of` miss the event
+    // and a retry was stored twice. Each index record now carries a CRC-32C; a damaged record
+    // is noticed at open, which rebuilds the derived files from the segments.
     let base = build_base("index");
     let seq = 5u64;
     let copy = TempDir::copy_of(base.dir.path(), "index");
     flip(&copy.path().join("index.bin"), seq * mlaudit_embedded::index::INDEX_RECORD_LEN as u64 + 3, 0x01);
-    {
-        let (store, _) = open(copy.path());
-        let id = base.ids[seq as usize];
-        let found = store.seq_of(&id).unwrap();
-        if found != Some(seq) {
-            // Show the consequence: a retry of the event is appended as new.
-            let retry = Spec::simple(id, "x.retry", 77).prepare();
-            let r = store.append(vec![retry]).unwrap();
-            assert!(r.events[0].duplicate, "event {id} is now stored twice: seqs {seq} and {}", r.events[0].seq);
-        }
-    }
-    assert!(!matches!(outcome(copy.path()), Caught::Not), "index.bin damage went unnoticed by open and verify");
+    let (store, report) = open(copy.path());
+    let why = report.rebuilt.clone().unwrap_or_default();
+    assert!(why.contains("index.bin record 5 is damaged"), "open must notice the damaged record: {report:?}");
+    let id = base.ids[seq as usize];
+    assert_eq!(store.seq_of(&id).unwrap(), Some(seq));
+    let retry = Spec::simple(id, "x.retry", 77).prepare();
+    let r = store.append(vec![retry]).unwrap();
+    assert!(r.events[0].duplicate, "event {id} is now stored twice: seqs {seq} and {}", r.events[0].seq);
+    assert_eq!(r.events[0].seq, seq);
+    assert!(run_verify(&store).is_ok());
 }
 
 // ---------------------------------------------------------------------------------------------

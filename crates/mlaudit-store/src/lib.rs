@@ -124,6 +124,12 @@ pub trait Store: Send + Sync {
     fn scan(&self, from: u64, visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>) -> Result<(), StoreError>;
     /// Where an event is stored, for messages (e.g. `log/seg-…:1234`).
     fn location(&self, seq: u64) -> String;
+    /// Checks the engine's own indexes for one event against its entry (called by `verify`);
+    /// the error says which index disagrees. Engines without derived indexes keep the default.
+    fn check_indexes(&self, seq: u64, entry: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String> {
+        let _ = (seq, entry);
+        Ok(())
+    }
 }
 
 /// Adapts a store to the Merkle [`NodeSource`].

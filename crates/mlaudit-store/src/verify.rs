@@ -49,6 +49,8 @@ struct Verifier<'a> {
     /// Recomputed nodes not yet compared, per level: (first index, hashes).
     pending: Vec<(u64, Vec<Hash>)>,
     redacted: u64,
+    /// The first index disagreement, reported after the Merkle checks.
+    index_problem: Option<(u64, String)>,
 }
 
 impl Verifier<'_> {
@@ -58,7 +60,9 @@ impl Verifier<'_> {
     }
 
     /// Checks one event on its own: its place, its entry and its payload. Returns its leaf hash.
-    fn check_alone(seq: u64, ev: &crate::StoredEvent) -> Result<(Hash, bool), String> {
+    /// Also returns any disagreement of the engine's indexes with the entry, reported only if
+    /// the Merkle layer finds nothing worse.
+    fn check_alone(store: &dyn Store, seq: u64, ev: &crate::StoredEvent) -> Result<(Hash, bool, Option<String>), String> {
         if ev.seq != seq {
             return Err(format!("storage returned seq {} in place of {seq}", ev.seq));
         }
@@ -71,14 +75,20 @@ impl Verifier<'_> {
                 return Err("payload does not match the SHA-256 its entry commits to".into());
             }
         }
-        Ok((merkle::leaf_hash(&ev.entry), ev.payload.is_none()))
+        let index_problem = match store.seq_of(&e.id) {
+            Ok(Some(s)) if s == seq => store.check_indexes(seq, &e).err().map(|p| format!("index: {p}")),
+            Ok(found) => Some(format!("the id index maps event {} to {found:?}, not to this seq", e.id)),
+            Err(err) => Some(format!("the id index: {err}")),
+        };
+        Ok((merkle::leaf_hash(&ev.entry), ev.payload.is_none(), index_problem))
     }
 
     /// Checks a run of consecutive events starting at `first`: the per-event work on two threads,
     /// then the tree and the checkpoints in order.
     fn check_chunk(&mut self, first: u64, events: &[crate::StoredEvent]) -> Result<(), VerifyFailure> {
-        let check = |base: u64, evs: &[crate::StoredEvent]| -> Vec<Result<(Hash, bool), String>> {
-            evs.iter().enumerate().map(|(i, ev)| Self::check_alone(base + i as u64, ev)).collect()
+        let store = self.store;
+        let check = |base: u64, evs: &[crate::StoredEvent]| -> Vec<Result<(Hash, bool, Option<String>), String>> {
+            evs.iter().enumerate().map(|(i, ev)| Self::check_alone(store, base + i as u64, ev)).collect()
         };
         let results = if events.len() >= 1024 {
             let (a, b) = events.split_at(events.len() / 2);
@@ -94,8 +104,11 @@ impl Verifier<'_> {
         };
         for (i, result) in results.into_iter().enumerate() {
             let seq = first + i as u64;
-            let (leaf, redacted) = result.map_err(|p| self.fail(Some(seq), p))?;
+            let (leaf, redacted, index_problem) = result.map_err(|p| self.fail(Some(seq), p))?;
             self.redacted += u64::from(redacted);
+            if let (None, Some(p)) = (&self.index_problem, index_problem) {
+                self.index_problem = Some((seq, p));
+            }
             let pending = &mut self.pending;
             self.range.push(leaf, |level, index, hash| {
                 let level = level as usize;
@@ -173,8 +186,9 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
             problem: format!("a checkpoint signs {beyond} events but the log holds only {total}: events were removed"),
         });
     }
-    let mut v = Verifier { store, key, range: CompactRange::new(), sizes, next_checkpoint: 0, pending: Vec::new(), redacted: 0 };
+    let mut v = Verifier { store, key, range: CompactRange::new(), sizes, next_checkpoint: 0, pending: Vec::new(), redacted: 0, index_problem: None };
     while v.sizes.get(v.next_checkpoint) == Some(&0) {
+        v.check_checkpoint(0, 0)?;
         v.next_checkpoint += 1;
     }
     let mut failure = None;
@@ -209,6 +223,9 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
         return Err(v.fail(Some(seq), format!("storage yielded {seq} events but reports {total}")));
     }
     v.compare_nodes()?;
+    if let Some((seq, problem)) = v.index_problem.take() {
+        return Err(v.fail(Some(seq), problem));
+    }
     progress(total, total);
     let signed = v.sizes.last().copied().unwrap_or(0);
     Ok(VerifyReport { events: total, checkpoints: v.sizes.len() as u64, root: v.range.root(), redacted: v.redacted, unsigned_tail: total - signed })
