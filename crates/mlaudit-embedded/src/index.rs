@@ -258,27 +258,6 @@ impl Index {
         IndexRecord { id, time_ns, terms }
     }
 
-    /// Checks that every index lists event `seq` as its entry says (used by `verify`).
-    pub fn check(&self, seq: u64, e: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String> {
-        if self.times.get(seq as usize) != Some(&e.event_time_ns) {
-            return Err(format!("index.bin holds another event time for seq {seq}"));
-        }
-        let listed = |list: &[u64]| list.binary_search(&seq).is_ok();
-        let mut values: Vec<(Tag, &str)> = vec![(Tag::Kind, e.kind), (Tag::Actor, e.actor_id)];
-        values.extend(SubjectField::ALL.into_iter().filter_map(|f| Some((Tag::for_subject(f)?, e.subject(f)?))));
-        for (tag, value) in values {
-            match self.lookup(tag, value) {
-                Some(t) if listed(&self.postings[t as usize]) => {}
-                _ => return Err(format!("the {tag:?} index does not list seq {seq} under {value:?}")),
-            }
-        }
-        let stage = Stage::of_kind(e.kind).unwrap_or(Stage::Custom);
-        if !listed(&self.stages[stage as usize]) {
-            return Err(format!("the stage index does not list seq {seq} under {}", stage.as_str()));
-        }
-        Ok(())
-    }
-
     /// Evaluates a query over the indexes; never reads the log.
     pub fn query(&self, q: &Query) -> Vec<u64> {
         let mut lists: Vec<&[u64]> = Vec::new();
@@ -336,5 +315,85 @@ impl Index {
             }
         }
         out
+    }
+}
+
+/// Checks the indexes against entries visited in seq order: each posting list must hold exactly
+/// the seqs whose entries carry its term, in order, which cursors check in O(1) per term.
+#[derive(Debug)]
+pub struct Checker<'a> {
+    index: &'a std::sync::RwLock<Index>,
+    /// Per term id: how many of its postings have been matched.
+    cursors: Vec<usize>,
+    stage_cursors: Vec<usize>,
+    /// Per tag: the last term id seen, to skip hashing runs of equal values.
+    last: [u32; TAGS],
+}
+
+impl<'a> Checker<'a> {
+    pub fn new(index: &'a std::sync::RwLock<Index>) -> Checker<'a> {
+        Checker { index, cursors: Vec::new(), stage_cursors: vec![0; Stage::ALL.len()], last: [0; TAGS] }
+    }
+}
+
+fn advance(list: &[u64], cursor: &mut usize, seq: u64) -> bool {
+    let ok = list.get(*cursor) == Some(&seq);
+    *cursor += 1;
+    ok
+}
+
+impl mlaudit_store::IndexCheck for Checker<'_> {
+    fn check(&mut self, seq: u64, e: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String> {
+        let index = self.index.read().map_err(|_| "index lock poisoned".to_owned())?;
+        if index.times.get(seq as usize) != Some(&e.event_time_ns) {
+            return Err(format!("index.bin holds another event time for seq {seq}"));
+        }
+        if index.offsets.len() as u64 <= seq {
+            return Err(format!("the offsets index stops before seq {seq}"));
+        }
+
+        let mut values: [Option<(Tag, &str)>; TAGS] = [None; TAGS];
+        values[0] = Some((Tag::Kind, e.kind));
+        values[1] = Some((Tag::Actor, e.actor_id));
+        for (slot, field) in values[2..].iter_mut().zip([SubjectField::Model, SubjectField::Version, SubjectField::Run, SubjectField::Dataset, SubjectField::Deployment]) {
+            *slot = e.subject(field).and_then(|v| Some((Tag::for_subject(field)?, v)));
+        }
+        for (tag, value) in values.into_iter().flatten() {
+            let last = self.last[tag as usize];
+            let term = if last != 0 && index.terms.get(last as usize).is_some_and(|(_, v)| &**v == value) {
+                last
+            } else {
+                index.lookup(tag, value).ok_or_else(|| format!("the {tag:?} index has no term {value:?} (seq {seq})"))?
+            };
+            self.last[tag as usize] = term;
+            if self.cursors.len() <= term as usize {
+                self.cursors.resize(term as usize + 1, 0);
+            }
+            if !advance(&index.postings[term as usize], &mut self.cursors[term as usize], seq) {
+                return Err(format!("the {tag:?} index does not list seq {seq} under {value:?} in order"));
+            }
+        }
+        let stage = Stage::of_kind(e.kind).unwrap_or(Stage::Custom);
+        if !advance(&index.stages[stage as usize], &mut self.stage_cursors[stage as usize], seq) {
+            return Err(format!("the stage index does not list seq {seq} under {} in order", stage.as_str()));
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, n: u64) -> Result<(), String> {
+        let index = self.index.read().map_err(|_| "index lock poisoned".to_owned())?;
+        let below = |list: &[u64]| list.partition_point(|s| *s < n);
+        for (term, list) in index.postings.iter().enumerate().skip(1) {
+            if self.cursors.get(term).copied().unwrap_or(0) != below(list) {
+                let (tag, value) = &index.terms[term];
+                return Err(format!("the {tag:?} index lists events under {value:?} that do not carry it"));
+            }
+        }
+        for (stage, list) in index.stages.iter().enumerate() {
+            if self.stage_cursors[stage] != below(list) {
+                return Err(format!("the stage index lists events under {} that are not of that stage", Stage::ALL[stage].as_str()));
+            }
+        }
+        Ok(())
     }
 }

@@ -36,6 +36,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use recover::{OpenError, OpenReport};
 
+/// Bytes read at a time when scanning segments.
+const SCAN_CHUNK: usize = 8 << 20;
+
 /// A segment is closed for appends once it reaches this size.
 pub const SEGMENT_TARGET: u64 = 128 << 20;
 
@@ -224,20 +227,47 @@ impl Store for EmbeddedStore {
         let start_pos = self.offset_of(from)?;
         let segments = self.shared.segments.read().map_err(|_| lock_poisoned())?.clone();
         let mut seq = from;
-        for seg in segments.iter().filter(|s| s.file.metadata().map(|m| s.start + m.len() > start_pos).unwrap_or(true)) {
-            let from_off = start_pos.saturating_sub(seg.start);
+        let mut buf: Vec<u8> = Vec::with_capacity(SCAN_CHUNK);
+        for seg in &segments {
             let len = seg.file.metadata().map_err(io_err(seg.name.clone()))?.len();
-            let mut buf = vec![0u8; (len - from_off.min(len)) as usize];
-            seg.file.read_exact_at(&mut buf, from_off).map_err(io_err(format!("reading {}", seg.name)))?;
+            if seg.start + len <= start_pos {
+                continue;
+            }
+            // `buf` holds the segment's bytes from file offset `base`; records are parsed at `at`.
+            let mut base = start_pos.saturating_sub(seg.start);
             let mut at = 0usize;
-            while at < buf.len() && seq < end {
-                let corrupt = |p: String| StoreError::Corrupt { location: format!("{}:{}", seg.name, from_off + at as u64), problem: p };
-                let header: &[u8; record::HEADER_LEN] = buf.get(at..at + record::HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or_else(|| corrupt("truncated record header".into()))?;
-                let h = record::parse_header(header).map_err(|e| corrupt(e.to_string()))?;
-                let rec = buf.get(at..at + h.total_len() as usize).ok_or_else(|| corrupt("truncated record".into()))?;
-                record::check_record(&h, rec).map_err(|e| corrupt(e.to_string()))?;
+            buf.clear();
+            while seq < end {
+                let corrupt = |off: u64, p: String| StoreError::Corrupt { location: format!("{}:{off}", seg.name), problem: p };
+                let avail = buf.len() - at;
+                let need = match buf.get(at..at + record::HEADER_LEN).and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok()) {
+                    Some(header) => record::parse_header(header).map_err(|e| corrupt(base + at as u64, e.to_string()))?.total_len() as usize,
+                    None => record::HEADER_LEN,
+                };
+                if avail < need {
+                    let file_pos = base + buf.len() as u64;
+                    if file_pos >= len {
+                        if avail == 0 {
+                            break;
+                        }
+                        return Err(corrupt(base + at as u64, "truncated record".into()));
+                    }
+                    buf.drain(..at);
+                    base += at as u64;
+                    at = 0;
+                    let add = (need.max(SCAN_CHUNK).saturating_sub(buf.len()) as u64).min(len - file_pos) as usize;
+                    let old = buf.len();
+                    buf.resize(old + add, 0);
+                    seg.file.read_exact_at(&mut buf[old..], file_pos).map_err(io_err(format!("reading {}", seg.name)))?;
+                    continue;
+                }
+                let rec = &buf[at..at + need];
+                let off = base + at as u64;
+                let header: &[u8; record::HEADER_LEN] = rec[..record::HEADER_LEN].try_into().map_err(|_| corrupt(off, "truncated record header".into()))?;
+                let h = record::parse_header(header).map_err(|e| corrupt(off, e.to_string()))?;
+                record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
                 if h.kind == record::EVENT {
-                    let pos = seg.start + from_off + at as u64;
+                    let pos = seg.start + off;
                     if self.offset_of(seq)? != pos {
                         return Err(StoreError::Corrupt { location: format!("offsets.bin entry for seq {seq}"), problem: format!("does not point at its record (log position {pos})") });
                     }
@@ -247,15 +277,14 @@ impl Store for EmbeddedStore {
                     }
                     seq += 1;
                 }
-                at += h.total_len() as usize;
+                at += need;
             }
         }
         Ok(())
     }
 
-    fn check_indexes(&self, seq: u64, e: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String> {
-        let index = self.shared.index.read().map_err(|_| "index lock poisoned".to_owned())?;
-        index.check(seq, e)
+    fn index_check(&self) -> Option<Box<dyn mlaudit_store::IndexCheck + '_>> {
+        Some(Box::new(index::Checker::new(&self.shared.index)))
     }
 
     fn location(&self, seq: u64) -> String {

@@ -124,12 +124,19 @@ pub trait Store: Send + Sync {
     fn scan(&self, from: u64, visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>) -> Result<(), StoreError>;
     /// Where an event is stored, for messages (e.g. `log/seg-…:1234`).
     fn location(&self, seq: u64) -> String;
-    /// Checks the engine's own indexes for one event against its entry (called by `verify`);
-    /// the error says which index disagrees. Engines without derived indexes keep the default.
-    fn check_indexes(&self, seq: u64, entry: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String> {
-        let _ = (seq, entry);
-        Ok(())
+    /// A checker of the engine's own indexes against the entries, which `verify` feeds every
+    /// event in seq order. Engines without derived indexes keep the default (none).
+    fn index_check(&self) -> Option<Box<dyn IndexCheck + '_>> {
+        None
     }
+}
+
+/// Checks derived indexes against entries visited in seq order `0..n`.
+pub trait IndexCheck {
+    /// Checks that every index lists event `seq` as its entry says.
+    fn check(&mut self, seq: u64, entry: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String>;
+    /// After the last event `n - 1`: checks that the indexes list nothing more below `n`.
+    fn finish(&mut self, n: u64) -> Result<(), String>;
 }
 
 /// Adapts a store to the Merkle [`NodeSource`].

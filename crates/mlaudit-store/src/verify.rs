@@ -51,6 +51,7 @@ struct Verifier<'a> {
     redacted: u64,
     /// The first index disagreement, reported after the Merkle checks.
     index_problem: Option<(u64, String)>,
+    index_check: Option<Box<dyn crate::IndexCheck + 'a>>,
 }
 
 impl Verifier<'_> {
@@ -76,7 +77,7 @@ impl Verifier<'_> {
             }
         }
         let index_problem = match store.seq_of(&e.id) {
-            Ok(Some(s)) if s == seq => store.check_indexes(seq, &e).err().map(|p| format!("index: {p}")),
+            Ok(Some(s)) if s == seq => None,
             Ok(found) => Some(format!("the id index maps event {} to {found:?}, not to this seq", e.id)),
             Err(err) => Some(format!("the id index: {err}")),
         };
@@ -104,8 +105,14 @@ impl Verifier<'_> {
         };
         for (i, result) in results.into_iter().enumerate() {
             let seq = first + i as u64;
-            let (leaf, redacted, index_problem) = result.map_err(|p| self.fail(Some(seq), p))?;
+            let (leaf, redacted, mut index_problem) = result.map_err(|p| self.fail(Some(seq), p))?;
             self.redacted += u64::from(redacted);
+            if let (None, Some(checker)) = (&index_problem, self.index_check.as_mut()) {
+                // The entry decoded in `check_alone`; decoding borrows and does not allocate.
+                if let Ok(e) = entry::decode_view(&events[i].entry) {
+                    index_problem = checker.check(seq, &e).err().map(|p| format!("index: {p}"));
+                }
+            }
             if let (None, Some(p)) = (&self.index_problem, index_problem) {
                 self.index_problem = Some((seq, p));
             }
@@ -186,33 +193,41 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
             problem: format!("a checkpoint signs {beyond} events but the log holds only {total}: events were removed"),
         });
     }
-    let mut v = Verifier { store, key, range: CompactRange::new(), sizes, next_checkpoint: 0, pending: Vec::new(), redacted: 0, index_problem: None };
+    let mut v = Verifier { store, key, range: CompactRange::new(), sizes, next_checkpoint: 0, pending: Vec::new(), redacted: 0, index_problem: None, index_check: store.index_check() };
     while v.sizes.get(v.next_checkpoint) == Some(&0) {
         v.check_checkpoint(0, 0)?;
         v.next_checkpoint += 1;
     }
+    // The scan runs on its own thread and hands over chunks; this thread checks them.
     let mut failure = None;
     let mut seq = 0u64;
-    let mut chunk: Vec<crate::StoredEvent> = Vec::with_capacity(CHUNK);
-    let scanned = store.scan(0, &mut |ev| {
-        chunk.push(ev);
-        if chunk.len() == CHUNK {
+    let scanned = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<crate::StoredEvent>>(2);
+        let scanner = s.spawn(move || {
+            let mut chunk = Vec::with_capacity(CHUNK);
+            let result = store.scan(0, &mut |ev| {
+                chunk.push(ev);
+                if chunk.len() == CHUNK && tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))).is_err() {
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            });
+            if !chunk.is_empty() {
+                let _ = tx.send(chunk);
+            }
+            result
+        });
+        for chunk in rx.iter() {
             if let Err(f) = v.check_chunk(seq, &chunk) {
                 failure = Some(f);
-                return ControlFlow::Break(());
+                break;
             }
             seq += chunk.len() as u64;
-            chunk.clear();
             progress(seq, total);
         }
-        ControlFlow::Continue(())
+        drop(rx);
+        scanner.join().unwrap_or_else(|_| Err(StoreError::NotFound("the scanning thread panicked".into())))
     });
-    if failure.is_none() && !chunk.is_empty() {
-        if let Err(f) = v.check_chunk(seq, &chunk) {
-            failure = Some(f);
-        }
-        seq += chunk.len() as u64;
-    }
     if let Some(f) = failure {
         return Err(f);
     }
@@ -223,6 +238,11 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
         return Err(v.fail(Some(seq), format!("storage yielded {seq} events but reports {total}")));
     }
     v.compare_nodes()?;
+    if let (None, Some(checker)) = (&v.index_problem, v.index_check.as_mut()) {
+        if let Err(p) = checker.finish(total) {
+            v.index_problem = Some((total.saturating_sub(1), format!("index: {p}")));
+        }
+    }
     if let Some((seq, problem)) = v.index_problem.take() {
         return Err(v.fail(Some(seq), problem));
     }

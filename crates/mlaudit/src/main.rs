@@ -12,6 +12,10 @@ mod proof;
 mod read;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// Ingest allocates many small, short-lived objects; mimalloc keeps that cheap.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use ledger::{InputError, VerifyFailed};
 use std::path::PathBuf;
 use std::process::ExitCode;
