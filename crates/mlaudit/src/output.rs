@@ -16,7 +16,8 @@ pub struct Progress {
 impl Progress {
     pub fn new(label: &'static str, total: u64) -> Progress {
         let enabled = std::io::stderr().is_terminal() && total >= 10_000;
-        Progress { label, total, enabled, last: Instant::now() - Duration::from_secs(1), started: Instant::now() }
+        let now = Instant::now();
+        Progress { label, total, enabled, last: now.checked_sub(Duration::from_secs(1)).unwrap_or(now), started: now }
     }
 
     pub fn set(&mut self, done: u64) {
