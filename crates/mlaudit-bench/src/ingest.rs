@@ -237,9 +237,11 @@ pub fn run(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Single-threaded validation cost per event (a diagnostic, not a headline figure).
-pub fn prepare_only() -> Result<()> {
-    let lines: Vec<String> = (0..200_000).map(event_line).collect();
+/// Single-threaded validation cost per event and its components, beside a `serde_json::Value`
+/// parse of the same lines (a diagnostic for the ingest figure).
+pub fn prepare_only(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let lines: Vec<String> = (0..o.events.min(1_000_000)).map(event_line).collect();
     let t = Instant::now();
     let mut n = 0usize;
     for l in &lines {
@@ -247,5 +249,25 @@ pub fn prepare_only() -> Result<()> {
     }
     let per = t.elapsed().as_secs_f64() / lines.len() as f64;
     emit("mlaudit", "prepare_ns_per_event", per * 1e9, json!({ "bytes": n }));
+    // Components, for diagnosis.
+    let t = Instant::now();
+    let mut acc = 0u8;
+    for l in &lines {
+        acc ^= mlaudit_core::merkle::sha256(l.as_bytes())[0];
+    }
+    emit("mlaudit", "sha256_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": acc }));
+    let t = Instant::now();
+    let mut k = 0usize;
+    for l in &lines {
+        k += serde_json::from_str::<serde_json::Value>(l).map(|v| v.as_object().map_or(0, |o| o.len())).unwrap_or(0);
+    }
+    emit("serde_json_value", "parse_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": k }));
+    let times: Vec<String> = (0..3600).map(|i| format!("2026-11-26T12:{:02}:{:02}.123Z", i / 60, i % 60)).collect();
+    let t = Instant::now();
+    let mut k = 0i64;
+    for i in 0..lines.len() {
+        k += mlaudit_core::event::parse_time(&times[i % times.len()]).unwrap_or(0) % 7;
+    }
+    emit("time_rfc3339", "parse_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": k }));
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! per figure (`bench`, `engine`, `metric`, `value`, plus context).
 //!
 //! `cargo run --release -p mlaudit-bench -- ingest [--events N] [--proof-sizes A,B] [--dir D]`
+//! `cargo run --release -p mlaudit-bench -- prepare [--events N]` (validation cost, diagnostic)
 
 mod ingest;
 
@@ -14,7 +15,7 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("ingest") => ingest::run(&args[1..]),
-        Some("prepare") => ingest::prepare_only(),
-        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR]"),
+        Some("prepare") => ingest::prepare_only(&args[1..]),
+        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR] [--only-mlaudit]\n       mlaudit-bench prepare [--events N]"),
     }
 }
