@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod lineage;
 pub mod proofs;
 pub mod verify;
+pub mod view;
 
 use mlaudit_core::event::{PreparedEvent, Stage};
 use mlaudit_core::merkle::{Hash, NodeSource};

@@ -3,12 +3,9 @@
 use crate::ledger::{self, InputError};
 use crate::output::print_json;
 use anyhow::Result;
-use mlaudit_core::bundle::render_event;
-use mlaudit_core::entry::{self, EventId};
 use mlaudit_core::event::{parse_time, Stage};
-use mlaudit_core::merkle::leaf_hash;
-use mlaudit_store::{lineage as lin, Query, Store};
-use serde_json::{json, Value};
+use mlaudit_store::{lineage as lin, view, Query, Store};
+use serde_json::Value;
 use std::path::Path;
 
 pub fn init(data: &Path, origin: Option<String>) -> Result<()> {
@@ -29,25 +26,15 @@ pub fn init(data: &Path, origin: Option<String>) -> Result<()> {
 
 /// Resolves an event id (UUID) or a bare seq number to a seq.
 pub fn resolve(store: &dyn Store, id: &str) -> Result<u64> {
-    if let Some(eid) = EventId::parse(id) {
-        return store.seq_of(&eid)?.ok_or_else(|| InputError(format!("no event with id {eid}")).into());
-    }
-    match id.parse::<u64>() {
-        Ok(seq) if seq < store.tree_size() => Ok(seq),
-        Ok(seq) => Err(InputError(format!("no event with seq {seq}; the log holds {}", store.tree_size())).into()),
-        Err(_) => Err(InputError(format!("{id:?} is neither an event id (UUID) nor a seq number")).into()),
-    }
+    view::resolve(store, id).map_err(|e| match e {
+        view::LookupError::Store(e) => anyhow::Error::from(e),
+        other => InputError(other.to_string()).into(),
+    })
 }
 
 /// The JSON view of a stored event with its seq and leaf hash.
 pub fn event_json(store: &dyn Store, seq: u64) -> Result<Value> {
-    let ev = store.event(seq)?;
-    let e = entry::decode(&ev.entry).map_err(|err| anyhow::anyhow!("entry at seq {seq} does not decode: {err}"))?;
-    Ok(json!({
-        "seq": seq,
-        "leaf_hash": leaf_hash(&ev.entry).to_hex(),
-        "event": render_event(&e, ev.payload.as_deref()),
-    }))
+    Ok(view::event_json(store, seq)?)
 }
 
 pub fn get(data: &Path, id: &str) -> Result<()> {
