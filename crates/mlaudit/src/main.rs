@@ -10,6 +10,7 @@ mod ledger;
 mod output;
 mod proof;
 mod read;
+mod serve;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -102,6 +103,16 @@ enum Command {
         #[arg(long)]
         to: Option<u64>,
     },
+    /// Run the HTTP API (see docs/API.md).
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Serve without authentication: every request acts as one anonymous principal.
+        /// For local trials only.
+        #[arg(long)]
+        danger_no_auth: bool,
+    },
     /// Record a realistic ML lifecycle, verify it and show a prediction's lineage and proof.
     Demo {
         /// How many predictions to serve.
@@ -124,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VerifyBundle { file, key } => proof::verify_bundle(&file, &key),
         Command::Consistency { from, to } => proof::consistency(&data, from, to),
         Command::Demo { predictions } => demo::run(&data, predictions),
+        Command::Serve { listen, danger_no_auth } => serve::run(&data, &listen, danger_no_auth),
     }
 }
 

@@ -1,0 +1,68 @@
+//! The one error type of the HTTP API: a status and a JSON body for the client
+//! (`{"error": {"code", "message", "details"?}}`), full detail in the server log.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use mlaudit_store::StoreError;
+use serde_json::{json, Value};
+
+/// An API error. Every variant maps to one status and a stable `code`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// Malformed request: bad JSON, bad UTF-8, bad parameter.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The requested event, checkpoint or route does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The body's content type is not one the endpoint takes.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A size limit was exceeded; `limit` names it.
+    #[error("{message}")]
+    TooLarge { limit: &'static str, max: u64, message: String },
+    /// Events that failed validation: nothing of the batch was written.
+    #[error("{count} invalid event(s); nothing was written")]
+    Invalid { count: usize, errors: Vec<Value> },
+    /// The store failed; the client sees a generic message.
+    #[error("storage error: {0}")]
+    Store(#[from] StoreError),
+    /// Anything else on our side.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
+            ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_events"),
+            ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Store(_) | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+            "the server could not complete the request; see its log".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut error = json!({ "code": code, "message": message });
+        match &self {
+            ApiError::Invalid { errors, .. } => error["details"] = Value::Array(errors.clone()),
+            ApiError::TooLarge { limit, max, .. } => error["details"] = json!({ "limit": limit, "max": max }),
+            _ => {}
+        }
+        (status, Json(json!({ "error": error }))).into_response()
+    }
+}

@@ -1,0 +1,106 @@
+//! `POST /v1/events`: one JSON event, a JSON array of events, or NDJSON
+//! (`application/x-ndjson`), optionally gzip-compressed (`Content-Encoding: gzip`).
+//!
+//! A batch is all-or-nothing: every event is validated first; if any is invalid the response is
+//! 422 listing each by index with its reason and nothing is written. Otherwise the batch is
+//! appended and the response (200) comes only after it is durable, with each event's id, seq and
+//! whether it was already in the log.
+
+use crate::error::ApiError;
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+use mlaudit_core::event::{prepare, PreparedEvent};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use std::io::Read;
+
+/// The body's shape, from its content type.
+enum Shape {
+    Json,
+    Ndjson,
+}
+
+fn shape(headers: &HeaderMap) -> Result<Shape, ApiError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(Shape::Json),
+        "application/x-ndjson" | "application/ndjson" => Ok(Shape::Ndjson),
+        "" => Err(ApiError::UnsupportedMediaType("a Content-Type is required: application/json or application/x-ndjson".into())),
+        other => Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Type {other:?}: use application/json or application/x-ndjson"))),
+    }
+}
+
+/// Decompresses a gzip body, refusing to inflate past `max` bytes.
+fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    let mut reader = flate2::read::GzDecoder::new(body).take(max + 1);
+    reader.read_to_end(&mut out).map_err(|e| ApiError::BadRequest(format!("the gzip body does not decompress: {e}")))?;
+    if out.len() as u64 > max {
+        return Err(ApiError::TooLarge { limit: "max_body_bytes", max, message: format!("the decompressed body exceeds {max} bytes") });
+    }
+    Ok(out)
+}
+
+/// The body's event texts, each with its index in the batch.
+fn split<'a>(shape: &Shape, text: &'a str) -> Result<Vec<&'a str>, ApiError> {
+    match shape {
+        Shape::Ndjson => Ok(text.lines().filter(|l| !l.trim().is_empty()).collect()),
+        Shape::Json => {
+            let trimmed = text.trim_start();
+            if trimmed.starts_with('[') {
+                let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| ApiError::BadRequest(format!("invalid JSON array: {e}")))?;
+                Ok(items.into_iter().map(RawValue::get).collect())
+            } else {
+                Ok(vec![text])
+            }
+        }
+    }
+}
+
+pub async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+    let limits = state.limits;
+    let body = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge { limit: "max_body_bytes", max: limits.max_body_bytes, message: format!("the body exceeds {} bytes", limits.max_body_bytes) },
+        _ => ApiError::BadRequest(format!("cannot read the body: {r}")),
+    })?;
+    let shape = shape(&headers)?;
+    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let raw = match encoding.as_deref() {
+        None | Some("identity") => body.to_vec(),
+        Some("gzip") => gunzip(&body, limits.max_body_bytes)?,
+        Some(other) => return Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Encoding {other:?}: only gzip"))),
+    };
+    let text = std::str::from_utf8(&raw).map_err(|e| ApiError::BadRequest(format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+    let texts = if text.trim().is_empty() { Vec::new() } else { split(&shape, text)? };
+    if texts.is_empty() {
+        return Err(ApiError::BadRequest("the body holds no event".into()));
+    }
+    if texts.len() > limits.max_events_per_batch {
+        return Err(ApiError::TooLarge {
+            limit: "max_events_per_batch",
+            max: limits.max_events_per_batch as u64,
+            message: format!("{} events in one batch; the limit is {}", texts.len(), limits.max_events_per_batch),
+        });
+    }
+    let principal = state.principal.clone();
+    let mut events: Vec<PreparedEvent> = Vec::with_capacity(texts.len());
+    let mut errors = Vec::new();
+    for (index, t) in texts.iter().enumerate() {
+        match prepare(t, &principal) {
+            Ok(e) => events.push(e),
+            Err(e) => errors.push(json!({ "index": index, "error": e.to_string() })),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid { count: errors.len(), errors });
+    }
+    let store = state.store.clone();
+    let receipt = tokio::task::spawn_blocking(move || store.append(events)).await.map_err(|e| ApiError::Internal(format!("append task failed: {e}")))??;
+    let events: Vec<Value> = receipt.events.iter().map(|a| json!({ "id": a.id.to_string(), "seq": a.seq, "duplicate": a.duplicate })).collect();
+    Ok(Json(json!({ "events": events, "tree_size": receipt.tree_size, "checkpoint": receipt.checkpoint })))
+}

@@ -1,0 +1,257 @@
+//! Handler tests without sockets (`Router::oneshot`) over a real embedded store: every ingest
+//! shape, all-or-nothing batches, idempotent retries, limits and bad input (each a 4xx JSON
+//! error with the store unchanged), and the read endpoints.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use mlaudit_core::note::NoteSigner;
+use mlaudit_embedded::EmbeddedStore;
+use mlaudit_server::{router, AppState, Limits};
+use mlaudit_store::Store;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+struct Fixture {
+    dir: std::path::PathBuf,
+    store: Arc<EmbeddedStore>,
+    state: AppState,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = self.store.close();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn fixture(name: &str, limits: Limits) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("mlaudit-server-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let signer = NoteSigner::from_seed("test.mlaudit/server", [5; 32]).unwrap();
+    let (store, _) = EmbeddedStore::open(&dir, Some(signer.clone())).unwrap();
+    let store = Arc::new(store);
+    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits, principal: "test-principal".into() };
+    Fixture { dir, store, state }
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).unwrap()
+    }
+}
+
+async fn call(f: &Fixture, req: Request<Body>) -> Reply {
+    let resp = router(f.state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let content_type = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+    Reply { status, content_type, body }
+}
+
+async fn get(f: &Fixture, uri: &str) -> Reply {
+    call(f, Request::get(uri).body(Body::empty()).unwrap()).await
+}
+
+async fn post(f: &Fixture, content_type: &str, body: impl Into<Body>) -> Reply {
+    call(f, Request::post("/v1/events").header("content-type", content_type).body(body.into()).unwrap()).await
+}
+
+fn event(i: usize) -> Value {
+    json!({
+        "id": format!("00000000-0000-4000-8000-{i:012}"),
+        "time": "2026-11-20T10:00:00Z",
+        "kind": "prediction.served",
+        "actor": {"id": "scoring-api", "type": "service"},
+        "subject": {"model": "credit-risk", "version": "7", "request": format!("r{i}")},
+        "attributes": {"inputs": {"x": i}, "outputs": {"score": 0.5}}
+    })
+}
+
+fn ndjson(events: &[Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
+
+/// The 4xx contract: a JSON error body, and nothing written.
+fn assert_rejected(f: &Fixture, r: &Reply, status: StatusCode, code: &str, size_before: u64) {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.content_type.starts_with("application/json"), "{}", r.content_type);
+    let body = r.json();
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert_eq!(f.store.tree_size(), size_before, "a rejected request wrote something");
+}
+
+#[tokio::test]
+async fn ingests_one_object_an_array_and_ndjson() {
+    let f = fixture("shapes", Limits::default());
+    let r = post(&f, "application/json", event(0).to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["events"][0]["seq"], 0);
+    assert_eq!(body["events"][0]["id"], "00000000-0000-4000-8000-000000000000");
+    assert_eq!(body["events"][0]["duplicate"], false);
+    assert_eq!(body["tree_size"], 1);
+    assert!(body["checkpoint"].as_str().unwrap().starts_with("test.mlaudit/server\n1\n"));
+
+    let r = post(&f, "application/json", json!([event(1), event(2)]).to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+
+    let r = post(&f, "application/x-ndjson; charset=utf-8", ndjson(&[event(3), event(4), event(5)])).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["tree_size"], 6);
+    assert_eq!(f.store.tree_size(), 6);
+    let e = get(&f, "/v1/events/4").await.json();
+    assert_eq!(e["event"]["principal"], "test-principal", "the server records its own principal");
+}
+
+#[tokio::test]
+async fn gzip_bodies_are_accepted() {
+    let f = fixture("gzip", Limits::default());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(ndjson(&[event(0), event(1)]).as_bytes()).unwrap();
+    let body = gz.finish().unwrap();
+    let req = Request::post("/v1/events").header("content-type", "application/x-ndjson").header("content-encoding", "gzip").body(Body::from(body)).unwrap();
+    let r = call(&f, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(f.store.tree_size(), 2);
+    let req = Request::post("/v1/events").header("content-type", "application/json").header("content-encoding", "gzip").body(Body::from("not gzip")).unwrap();
+    assert_rejected(&f, &call(&f, req).await, StatusCode::BAD_REQUEST, "bad_request", 2);
+    let req = Request::post("/v1/events").header("content-type", "application/json").header("content-encoding", "br").body(Body::from("{}")).unwrap();
+    assert_rejected(&f, &call(&f, req).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", 2);
+}
+
+#[tokio::test]
+async fn a_batch_with_an_invalid_event_writes_nothing_and_names_each_by_index() {
+    let f = fixture("all-or-nothing", Limits::default());
+    let mut bad = event(1);
+    bad["kind"] = json!("registry.approval_granted");
+    let mut unknown = event(3);
+    unknown["kind"] = json!("no.such_kind");
+    let r = post(&f, "application/json", json!([event(0), bad, event(2), unknown]).to_string()).await;
+    assert_rejected(&f, &r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_events", 0);
+    let details = r.json()["error"]["details"].clone();
+    assert_eq!(details.as_array().unwrap().len(), 2, "{details}");
+    assert_eq!(details[0]["index"], 1);
+    assert_eq!(details[0]["error"], "registry.approval_granted: attributes.approver is required");
+    assert_eq!(details[1]["index"], 3);
+    assert!(details[1]["error"].as_str().unwrap().contains("unknown kind"), "{details}");
+}
+
+#[tokio::test]
+async fn retrying_an_id_returns_the_original_seq_and_writes_nothing() {
+    let f = fixture("idempotent", Limits::default());
+    post(&f, "application/json", json!([event(0), event(1)]).to_string()).await;
+    let r = post(&f, "application/json", json!([event(1), event(2)]).to_string()).await;
+    let body = r.json();
+    assert_eq!(body["events"][0], json!({"id": "00000000-0000-4000-8000-000000000001", "seq": 1, "duplicate": true}));
+    assert_eq!(body["events"][1]["seq"], 2);
+    assert_eq!(f.store.tree_size(), 3);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
+    let f = fixture("bad-input", Limits { max_body_bytes: 4096, max_events_per_batch: 3 });
+    post(&f, "application/json", event(0).to_string()).await;
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        ("application/json", b"{not json".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_events"),
+        ("application/json", b"[1, 2".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
+        ("application/json", vec![b'{', 0xff, 0xfe, b'}'], StatusCode::BAD_REQUEST, "bad_request"),
+        ("application/json", b"".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
+        ("application/json", b"[]".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
+        ("text/plain", event(1).to_string().into_bytes(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("", event(1).to_string().into_bytes(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        ("application/x-ndjson", ndjson(&[event(1), event(2), event(3), event(4)]).into_bytes(), StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
+        ("application/json", vec![b' '; 5000], StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
+    ];
+    for (ct, body, status, code) in cases {
+        let mut req = Request::post("/v1/events");
+        if !ct.is_empty() {
+            req = req.header("content-type", ct);
+        }
+        let r = call(&f, req.body(Body::from(body.clone())).unwrap()).await;
+        assert_rejected(&f, &r, status, code, 1);
+    }
+    let r = post(&f, "application/x-ndjson", ndjson(&[event(1), event(2), event(3), event(4)])).await;
+    assert_eq!(r.json()["error"]["details"], json!({"limit": "max_events_per_batch", "max": 3}));
+    let report = mlaudit_store::verify::verify(&*f.store, &f.state.verifier, &mut |_, _| {}).unwrap();
+    assert_eq!(report.events, 1);
+}
+
+#[tokio::test]
+async fn read_endpoints() {
+    let f = fixture("read", Limits::default());
+    post(&f, "application/x-ndjson", ndjson(&(0..2).map(event).collect::<Vec<_>>())).await;
+    post(&f, "application/x-ndjson", ndjson(&(2..5).map(event).collect::<Vec<_>>())).await;
+
+    let r = get(&f, "/v1/events/00000000-0000-4000-8000-000000000003").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let e = r.json();
+    assert_eq!(e["seq"], 3);
+    assert_eq!(e["leaf_hash"].as_str().unwrap().len(), 64);
+    assert_eq!(get(&f, "/v1/events/3").await.json(), e);
+    assert_eq!(get(&f, "/v1/events/00000000-0000-4000-8000-000000000099").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(get(&f, "/v1/events/garbage").await.status, StatusCode::BAD_REQUEST);
+
+    let page = get(&f, "/v1/events?model=credit-risk&limit=2").await.json();
+    assert_eq!(page["events"].as_array().unwrap().len(), 2);
+    assert_eq!(page["next_cursor"], "1");
+    let page2 = get(&f, "/v1/events?model=credit-risk&limit=2&cursor=1").await.json();
+    assert_eq!(page2["events"][0]["seq"], 2);
+    let last = get(&f, "/v1/events?model=credit-risk&limit=2&cursor=3").await.json();
+    assert_eq!(last["events"].as_array().unwrap().len(), 1);
+    assert_eq!(last["next_cursor"], Value::Null);
+    assert_eq!(get(&f, "/v1/events?stage=prediction&kind=prediction.served&version=7&actor=scoring-api&since=2026-01-01T00:00:00Z&until=2027-01-01T00:00:00Z").await.json()["events"].as_array().unwrap().len(), 5);
+    assert_eq!(get(&f, "/v1/events?model=other").await.json()["events"].as_array().unwrap().len(), 0);
+    for bad in ["/v1/events?limit=0", "/v1/events?limit=x", "/v1/events?since=yesterday", "/v1/events?stage=nope", "/v1/events?cursor=x", "/v1/events?bogus=1"] {
+        let r = get(&f, bad).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "bad_request");
+    }
+
+    let l = get(&f, "/v1/lineage/2").await.json();
+    assert_eq!(l["model"], "credit-risk");
+    assert_eq!(l["event"]["seq"], 2);
+
+    let cp = get(&f, "/v1/checkpoint").await;
+    assert!(cp.content_type.starts_with("text/plain"));
+    assert!(cp.text().starts_with("test.mlaudit/server\n5\n"));
+    let key = get(&f, "/v1/verifier-key").await.text();
+    assert_eq!(key.trim(), f.state.verifier.to_text());
+
+    let bundle: mlaudit_core::bundle::ProofBundle = serde_json::from_slice(&get(&f, "/v1/proof/inclusion/00000000-0000-4000-8000-000000000002").await.body).unwrap();
+    assert_eq!(bundle.leaf_index, 2);
+    bundle.verify(&f.state.verifier).unwrap();
+
+    assert_eq!(f.store.checkpoint_sizes().unwrap(), vec![0, 2, 5]);
+    let c = get(&f, "/v1/proof/consistency?from=2&to=5").await;
+    assert_eq!(c.status, StatusCode::OK, "{}", c.text());
+    let proof: Value = c.json();
+    assert_eq!(proof["from"], 2);
+    assert_eq!(proof["to"], 5);
+    let old = mlaudit_core::note::open_checkpoint(&f.state.verifier, proof["from_checkpoint"].as_str().unwrap()).unwrap();
+    let new = mlaudit_core::note::open_checkpoint(&f.state.verifier, proof["to_checkpoint"].as_str().unwrap()).unwrap();
+    let hashes: Vec<mlaudit_core::Hash> = proof["proof"].as_array().unwrap().iter().map(|h| mlaudit_core::Hash::from_slice(&mlaudit_core::b64::decode(h.as_str().unwrap()).unwrap()).unwrap()).collect();
+    mlaudit_core::merkle::verify_consistency(2, 5, &old.root, &new.root, &hashes).unwrap();
+    assert_eq!(get(&f, "/v1/proof/consistency?from=2").await.json()["to"], 5, "to defaults to the latest checkpoint");
+    assert_eq!(get(&f, "/v1/proof/consistency?from=3").await.status, StatusCode::NOT_FOUND, "no checkpoint at size 3");
+    assert_eq!(get(&f, "/v1/proof/consistency").await.status, StatusCode::BAD_REQUEST);
+
+    assert_eq!(get(&f, "/healthz").await.json()["status"], "ok");
+    assert_eq!(get(&f, "/readyz").await.json()["tree_size"], 5);
+    let r = get(&f, "/v1/nope").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+}
