@@ -59,6 +59,20 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
+/// Every route of the API as (method, path) — the OpenAPI document must describe exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/events"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/events/{id}"),
+    ("GET", "/v1/lineage/{id}"),
+    ("GET", "/v1/checkpoint"),
+    ("GET", "/v1/verifier-key"),
+    ("GET", "/v1/proof/inclusion/{id}"),
+    ("GET", "/v1/proof/consistency"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+];
+
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = usize::try_from(state.limits.max_body_bytes).unwrap_or(usize::MAX);
