@@ -14,6 +14,15 @@ pub enum ApiError {
     /// Malformed request: bad JSON, bad UTF-8, bad parameter.
     #[error("{0}")]
     BadRequest(String),
+    /// No valid bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The token's role does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request conflicts with the current state (e.g. a token name in use).
+    #[error("{0}")]
+    Conflict(String),
     /// The requested event, checkpoint or route does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -39,6 +48,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_events"),
@@ -63,6 +75,10 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge { limit, max, .. } => error["details"] = json!({ "limit": limit, "max": max }),
             _ => {}
         }
-        (status, Json(json!({ "error": error }))).into_response()
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

@@ -7,7 +7,9 @@
 //! whether it was already in the log.
 
 use crate::error::ApiError;
+use crate::auth::Principal;
 use crate::AppState;
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
@@ -62,7 +64,12 @@ fn split<'a>(shape: &Shape, text: &'a str) -> Result<Vec<&'a str>, ApiError> {
     }
 }
 
-pub async fn post_events(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn post_events(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
     let limits = state.limits;
     let body = body.map_err(|r| match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge { limit: "max_body_bytes", max: limits.max_body_bytes, message: format!("the body exceeds {} bytes", limits.max_body_bytes) },
@@ -87,7 +94,7 @@ pub async fn post_events(State(state): State<AppState>, headers: HeaderMap, body
             message: format!("{} events in one batch; the limit is {}", texts.len(), limits.max_events_per_batch),
         });
     }
-    let principal = state.principal.clone();
+    let principal = principal.name;
     let mut events: Vec<PreparedEvent> = Vec::with_capacity(texts.len());
     let mut errors = Vec::new();
     for (index, t) in texts.iter().enumerate() {

@@ -9,17 +9,23 @@
 //! operations of `mlaudit-store`; it knows nothing of files or engines. The principal recorded
 //! on every event comes from the server, never from the request body.
 
+pub mod auth;
 pub mod error;
 mod ingest;
 mod read;
+mod tokens;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
 use mlaudit_core::note::NoteVerifier;
+use auth::{Access, Principal, Tokens};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use mlaudit_store::Store;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 pub use read::MAX_PAGE;
 
@@ -44,9 +50,11 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub verifier: NoteVerifier,
     pub limits: Limits,
-    /// The principal recorded on ingested events. Until authentication exists this is the
-    /// single principal of an unauthenticated (`--danger-no-auth`) server.
-    pub principal: String,
+    /// The token file; `None` serves without authentication (`--danger-no-auth`).
+    pub tokens: Option<Arc<RwLock<Tokens>>>,
+    /// Checkpoints, the verifier key and proofs need no token (inclusion bundles then omit the
+    /// payload for anonymous callers).
+    pub public_proofs: bool,
 }
 
 impl std::fmt::Debug for AppState {
@@ -71,6 +79,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/proof/consistency"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/v1/tokens"),
+    ("POST", "/v1/tokens"),
+    ("PUT", "/v1/tokens/{name}"),
+    ("DELETE", "/v1/tokens/{name}"),
 ];
 
 /// The API's routes.
@@ -86,9 +98,54 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/proof/consistency", get(read::get_consistency))
         .route("/healthz", get(read::healthz))
         .route("/readyz", get(read::readyz))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{name}", axum::routing::put(tokens::set_role).delete(tokens::revoke))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Authenticates the bearer token (401 when missing or wrong), checks the route's access
+/// against the token's role (403), and hands the [`Principal`] to the handler.
+async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let access = match auth::required(req.method().as_str(), req.uri().path()) {
+        Access::ProofMaterial if state.public_proofs => Access::Public,
+        Access::ProofMaterial => Access::Read,
+        other => other,
+    };
+    let principal = match &state.tokens {
+        None => Principal { name: "anonymous (danger-no-auth)".into(), role: Some(auth::Role::Admin) },
+        Some(tokens) => {
+            let found = match (bearer(&req), tokens.read()) {
+                (Some(token), Ok(tokens)) => tokens.authenticate(token).ok_or("the bearer token is not valid"),
+                (None, _) if access == Access::Public => Ok(Principal::anonymous()),
+                (None, _) => Err("this endpoint needs a bearer token (Authorization: Bearer mla_...)"),
+                (_, Err(_)) => return ApiError::Internal("the token table lock is poisoned".into()).into_response(),
+            };
+            match found {
+                Ok(p) => p,
+                Err(why) => return ApiError::Unauthorized(why.into()).into_response(),
+            }
+        }
+    };
+    let allowed = match principal.role {
+        _ if state.tokens.is_none() => true,
+        Some(role) => role.allows(access),
+        None => access == Access::Public,
+    };
+    if !allowed {
+        let role = principal.role.map_or("anonymous", |r| r.as_str());
+        return ApiError::Forbidden(format!("the {role} role may not {} {}", req.method(), req.uri().path())).into_response();
+    }
+    req.extensions_mut().insert(principal);
+    next.run(req).await
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.

@@ -1,8 +1,11 @@
 //! The read endpoints: events by id, indexed queries with cursor pagination, lineage,
 //! checkpoints, proofs and the verifier key.
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::AppState;
+use axum::extract::OriginalUri;
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
@@ -45,12 +48,32 @@ async fn blocking<T: Send + 'static>(state: &AppState, f: impl FnOnce(&dyn Store
     tokio::task::spawn_blocking(move || f(&*store)).await.map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
 }
 
-pub async fn get_event(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    blocking(&state, move |store| {
+/// Records a read by an authenticated principal as a `governance.audit_accessed` event,
+/// durably, before the response is sent. Anonymous reads of public proof material are not
+/// reads of the trail's content and are not recorded.
+async fn audit(state: &AppState, principal: &Principal, uri: &OriginalUri, results: usize) -> Result<(), ApiError> {
+    if principal.role.is_none() {
+        return Ok(());
+    }
+    let event = json!({
+        "kind": "governance.audit_accessed",
+        "actor": { "id": principal.name, "type": "service" },
+        "attributes": { "request": format!("GET {}", uri.0), "results": results }
+    });
+    let event = mlaudit_core::event::prepare(&event.to_string(), &principal.name).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || store.append(vec![event])).await.map_err(|e| ApiError::Internal(format!("task failed: {e}")))??;
+    Ok(())
+}
+
+pub async fn get_event(State(state): State<AppState>, Extension(who): Extension<Principal>, uri: OriginalUri, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let found = blocking(&state, move |store| {
         let seq = view::resolve(store, &id)?;
         Ok(Json(view::event_json(store, seq)?))
     })
-    .await
+    .await?;
+    audit(&state, &who, &uri, 1).await?;
+    Ok(found)
 }
 
 /// Query parameters of `GET /v1/events`.
@@ -75,7 +98,12 @@ fn time_param(name: &str, value: Option<String>) -> Result<Option<i64>, ApiError
     value.map(|v| parse_time(&v).ok_or_else(|| ApiError::BadRequest(format!("{name}={v:?} is not an RFC 3339 time")))).transpose()
 }
 
-pub async fn list_events(State(state): State<AppState>, q: Result<Query<EventsQuery>, QueryRejection>) -> Result<Json<Value>, ApiError> {
+pub async fn list_events(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    uri: OriginalUri,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
     let stage = q.stage.map(|s| Stage::parse(&s).ok_or_else(|| ApiError::BadRequest(format!("stage={s:?} is not a stage")))).transpose()?;
     let limit = q.limit.unwrap_or(100);
@@ -97,22 +125,27 @@ pub async fn list_events(State(state): State<AppState>, q: Result<Query<EventsQu
         after_seq,
         limit,
     };
-    blocking(&state, move |store| {
+    let (page, count) = blocking(&state, move |store| {
         let seqs = store.query(&query)?;
         let events = seqs.iter().map(|s| view::event_json(store, *s)).collect::<Result<Vec<_>, _>>()?;
         let next = if seqs.len() == limit { seqs.last().map(|s| s.to_string()) } else { None };
-        Ok(Json(json!({ "events": events, "next_cursor": next })))
+        Ok((Json(json!({ "events": events, "next_cursor": next })), seqs.len()))
     })
-    .await
+    .await?;
+    audit(&state, &who, &uri, count).await?;
+    Ok(page)
 }
 
-pub async fn get_lineage(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    blocking(&state, move |store| {
+pub async fn get_lineage(State(state): State<AppState>, Extension(who): Extension<Principal>, uri: OriginalUri, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (found, count) = blocking(&state, move |store| {
         let seq = view::resolve(store, &id)?;
         let l = lineage::lineage(store, seq)?;
-        serde_json::to_value(l).map(Json).map_err(|e| ApiError::Internal(e.to_string()))
+        let count = 1 + l.registry.len() + l.deployments.len() + l.training.len() + l.datasets.iter().map(|d| d.events.len()).sum::<usize>();
+        serde_json::to_value(l).map(|v| (Json(v), count)).map_err(|e| ApiError::Internal(e.to_string()))
     })
-    .await
+    .await?;
+    audit(&state, &who, &uri, count).await?;
+    Ok(found)
 }
 
 fn text(body: String) -> Response {
@@ -129,13 +162,22 @@ pub async fn get_verifier_key(State(state): State<AppState>) -> Response {
     text(format!("{}\n", state.verifier.to_text()))
 }
 
-pub async fn get_inclusion(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    blocking(&state, move |store| {
+/// The inclusion bundle of one event. Anonymous callers (public proofs) get it without the
+/// payload, which still verifies: the entry commits to the payload's digest only.
+pub async fn get_inclusion(State(state): State<AppState>, Extension(who): Extension<Principal>, uri: OriginalUri, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let anonymous = who.role.is_none();
+    let bundle = blocking(&state, move |store| {
         let seq = view::resolve(store, &id)?;
-        let bundle = proofs::inclusion_bundle(store, seq)?;
+        let mut bundle = proofs::inclusion_bundle(store, seq)?;
+        if anonymous {
+            bundle.payload = None;
+            bundle.event["attributes"] = Value::String("[withheld: authenticate as a reader to see the payload]".into());
+        }
         serde_json::to_value(bundle).map(Json).map_err(|e| ApiError::Internal(e.to_string()))
     })
-    .await
+    .await?;
+    audit(&state, &who, &uri, 1).await?;
+    Ok(bundle)
 }
 
 /// Query parameters of `GET /v1/proof/consistency`.

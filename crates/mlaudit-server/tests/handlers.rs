@@ -7,17 +7,21 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
+use mlaudit_server::auth::{Role, Tokens};
 use mlaudit_server::{router, AppState, Limits};
 use mlaudit_store::Store;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use tower::ServiceExt;
 
 struct Fixture {
     dir: std::path::PathBuf,
     store: Arc<EmbeddedStore>,
     state: AppState,
+    writer: String,
+    reader: String,
+    admin: String,
 }
 
 impl Drop for Fixture {
@@ -33,8 +37,12 @@ fn fixture(name: &str, limits: Limits) -> Fixture {
     let signer = NoteSigner::from_seed("test.mlaudit/server", [5; 32]).unwrap();
     let (store, _) = EmbeddedStore::open(&dir, Some(signer.clone())).unwrap();
     let store = Arc::new(store);
-    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits, principal: "test-principal".into() };
-    Fixture { dir, store, state }
+    let mut tokens = Tokens::load(&dir.join("tokens.json")).unwrap();
+    let writer = tokens.create("writer", Role::Writer, "2026-11-27T00:00:00Z").unwrap();
+    let reader = tokens.create("reader", Role::Reader, "2026-11-27T00:00:00Z").unwrap();
+    let admin = tokens.create("admin", Role::Admin, "2026-11-27T00:00:00Z").unwrap();
+    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits, tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true };
+    Fixture { dir, store, state, writer, reader, admin }
 }
 
 struct Reply {
@@ -60,12 +68,18 @@ async fn call(f: &Fixture, req: Request<Body>) -> Reply {
     Reply { status, content_type, body }
 }
 
-async fn get(f: &Fixture, uri: &str) -> Reply {
-    call(f, Request::get(uri).body(Body::empty()).unwrap()).await
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
 }
 
+/// A GET as the reader.
+async fn get(f: &Fixture, uri: &str) -> Reply {
+    call(f, Request::get(uri).header("authorization", bearer(&f.reader)).body(Body::empty()).unwrap()).await
+}
+
+/// A POST of events as the writer.
 async fn post(f: &Fixture, content_type: &str, body: impl Into<Body>) -> Reply {
-    call(f, Request::post("/v1/events").header("content-type", content_type).body(body.into()).unwrap()).await
+    call(f, Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", content_type).body(body.into()).unwrap()).await
 }
 
 fn event(i: usize) -> Value {
@@ -114,7 +128,7 @@ async fn ingests_one_object_an_array_and_ndjson() {
     assert_eq!(r.json()["tree_size"], 6);
     assert_eq!(f.store.tree_size(), 6);
     let e = get(&f, "/v1/events/4").await.json();
-    assert_eq!(e["event"]["principal"], "test-principal", "the server records its own principal");
+    assert_eq!(e["event"]["principal"], "token:writer", "the server records the authenticated principal");
 }
 
 #[tokio::test]
@@ -123,13 +137,13 @@ async fn gzip_bodies_are_accepted() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(ndjson(&[event(0), event(1)]).as_bytes()).unwrap();
     let body = gz.finish().unwrap();
-    let req = Request::post("/v1/events").header("content-type", "application/x-ndjson").header("content-encoding", "gzip").body(Body::from(body)).unwrap();
+    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/x-ndjson").header("content-encoding", "gzip").body(Body::from(body)).unwrap();
     let r = call(&f, req).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(f.store.tree_size(), 2);
-    let req = Request::post("/v1/events").header("content-type", "application/json").header("content-encoding", "gzip").body(Body::from("not gzip")).unwrap();
+    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/json").header("content-encoding", "gzip").body(Body::from("not gzip")).unwrap();
     assert_rejected(&f, &call(&f, req).await, StatusCode::BAD_REQUEST, "bad_request", 2);
-    let req = Request::post("/v1/events").header("content-type", "application/json").header("content-encoding", "br").body(Body::from("{}")).unwrap();
+    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/json").header("content-encoding", "br").body(Body::from("{}")).unwrap();
     assert_rejected(&f, &call(&f, req).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", 2);
 }
 
@@ -177,7 +191,7 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
         ("application/json", vec![b' '; 5000], StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
     ];
     for (ct, body, status, code) in cases {
-        let mut req = Request::post("/v1/events");
+        let mut req = Request::post("/v1/events").header("authorization", bearer(&f.writer));
         if !ct.is_empty() {
             req = req.header("content-type", ct);
         }
@@ -195,6 +209,7 @@ async fn read_endpoints() {
     let f = fixture("read", Limits::default());
     post(&f, "application/x-ndjson", ndjson(&(0..2).map(event).collect::<Vec<_>>())).await;
     post(&f, "application/x-ndjson", ndjson(&(2..5).map(event).collect::<Vec<_>>())).await;
+    assert_eq!(f.store.checkpoint_sizes().unwrap(), vec![0, 2, 5]);
 
     let r = get(&f, "/v1/events/00000000-0000-4000-8000-000000000003").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -227,7 +242,7 @@ async fn read_endpoints() {
 
     let cp = get(&f, "/v1/checkpoint").await;
     assert!(cp.content_type.starts_with("text/plain"));
-    assert!(cp.text().starts_with("test.mlaudit/server\n5\n"));
+    assert!(cp.text().starts_with(&format!("test.mlaudit/server\n{}\n", f.store.tree_size())), "reads are audited, so the log grew: {}", cp.text());
     let key = get(&f, "/v1/verifier-key").await.text();
     assert_eq!(key.trim(), f.state.verifier.to_text());
 
@@ -235,7 +250,6 @@ async fn read_endpoints() {
     assert_eq!(bundle.leaf_index, 2);
     bundle.verify(&f.state.verifier).unwrap();
 
-    assert_eq!(f.store.checkpoint_sizes().unwrap(), vec![0, 2, 5]);
     let c = get(&f, "/v1/proof/consistency?from=2&to=5").await;
     assert_eq!(c.status, StatusCode::OK, "{}", c.text());
     let proof: Value = c.json();
@@ -245,13 +259,140 @@ async fn read_endpoints() {
     let new = mlaudit_core::note::open_checkpoint(&f.state.verifier, proof["to_checkpoint"].as_str().unwrap()).unwrap();
     let hashes: Vec<mlaudit_core::Hash> = proof["proof"].as_array().unwrap().iter().map(|h| mlaudit_core::Hash::from_slice(&mlaudit_core::b64::decode(h.as_str().unwrap()).unwrap()).unwrap()).collect();
     mlaudit_core::merkle::verify_consistency(2, 5, &old.root, &new.root, &hashes).unwrap();
-    assert_eq!(get(&f, "/v1/proof/consistency?from=2").await.json()["to"], 5, "to defaults to the latest checkpoint");
+    let latest = *f.store.checkpoint_sizes().unwrap().last().unwrap();
+    assert_eq!(get(&f, "/v1/proof/consistency?from=2").await.json()["to"], latest, "to defaults to the latest checkpoint");
     assert_eq!(get(&f, "/v1/proof/consistency?from=3").await.status, StatusCode::NOT_FOUND, "no checkpoint at size 3");
     assert_eq!(get(&f, "/v1/proof/consistency").await.status, StatusCode::BAD_REQUEST);
 
     assert_eq!(get(&f, "/healthz").await.json()["status"], "ok");
-    assert_eq!(get(&f, "/readyz").await.json()["tree_size"], 5);
+    assert_eq!(get(&f, "/readyz").await.json()["tree_size"], f.store.tree_size());
     let r = get(&f, "/v1/nope").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.json()["error"]["code"], "not_found");
+}
+
+/// Who calls: no token, a wrong token, or one of the three roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Nobody,
+    Wrong,
+    Writer,
+    Reader,
+    Admin,
+}
+
+fn token_of(f: &Fixture, c: Caller) -> Option<String> {
+    match c {
+        Caller::Nobody => None,
+        Caller::Wrong => Some("mla_0000000000000000000000000000000000000000000000000000000000000000".into()),
+        Caller::Writer => Some(f.writer.clone()),
+        Caller::Reader => Some(f.reader.clone()),
+        Caller::Admin => Some(f.admin.clone()),
+    }
+}
+
+async fn call_as(f: &Fixture, c: Caller, method: &str, uri: &str, content_type: &str, body: String) -> Reply {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(t) = token_of(f, c) {
+        req = req.header("authorization", bearer(&t));
+    }
+    if !content_type.is_empty() {
+        req = req.header("content-type", content_type);
+    }
+    call(f, req.body(Body::from(body)).unwrap()).await
+}
+
+#[tokio::test]
+async fn role_matrix_every_endpoint_by_every_caller() {
+    use Caller::*;
+    for public_proofs in [true, false] {
+        let mut f = fixture(if public_proofs { "matrix-public" } else { "matrix-private" }, Limits::default());
+        f.state.public_proofs = public_proofs;
+        post(&f, "application/json", json!([event(0), event(1)]).to_string()).await;
+        let proof_ok: &[Caller] = if public_proofs { &[Nobody, Writer, Reader, Admin] } else { &[Reader, Admin] };
+        let routes: Vec<(&str, String, &str, String, &[Caller])> = vec![
+            ("POST", "/v1/events".into(), "application/json", event(9).to_string(), &[Writer]),
+            ("GET", "/v1/events".into(), "", String::new(), &[Reader, Admin]),
+            ("GET", "/v1/events/0".into(), "", String::new(), &[Reader, Admin]),
+            ("GET", "/v1/lineage/0".into(), "", String::new(), &[Reader, Admin]),
+            ("GET", "/v1/checkpoint".into(), "", String::new(), proof_ok),
+            ("GET", "/v1/verifier-key".into(), "", String::new(), proof_ok),
+            ("GET", "/v1/proof/inclusion/0".into(), "", String::new(), proof_ok),
+            ("GET", "/v1/proof/consistency?from=2".into(), "", String::new(), proof_ok),
+            ("GET", "/healthz".into(), "", String::new(), &[Nobody, Writer, Reader, Admin]),
+            ("GET", "/readyz".into(), "", String::new(), &[Nobody, Writer, Reader, Admin]),
+            ("GET", "/v1/tokens".into(), "", String::new(), &[Admin]),
+            ("POST", "/v1/tokens".into(), "application/json", json!({"name": "made-by-matrix", "role": "reader"}).to_string(), &[Admin]),
+            ("PUT", "/v1/tokens/made-by-matrix".into(), "application/json", json!({"role": "writer"}).to_string(), &[Admin]),
+            ("DELETE", "/v1/tokens/made-by-matrix".into(), "", String::new(), &[Admin]),
+        ];
+        for (method, uri, ct, body, allowed) in routes {
+            for caller in [Nobody, Wrong, Writer, Reader, Admin] {
+                let r = call_as(&f, caller, method, &uri, ct, body.clone()).await;
+                let expected = if caller == Wrong {
+                    StatusCode::UNAUTHORIZED
+                } else if allowed.contains(&caller) {
+                    r.status // checked below: not 401/403
+                } else if caller == Nobody {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                assert_eq!(r.status, expected, "{method} {uri} as {caller:?} (public proofs {public_proofs}): {}", r.text());
+                if allowed.contains(&caller) {
+                    assert!(r.status.is_success(), "{method} {uri} as {caller:?}: {} {}", r.status, r.text());
+                } else {
+                    assert_eq!(r.json()["error"]["code"], if expected == StatusCode::UNAUTHORIZED { "unauthorized" } else { "forbidden" });
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn anonymous_bundles_leave_the_payload_out_and_still_verify() {
+    let f = fixture("anon-bundle", Limits::default());
+    post(&f, "application/json", event(0).to_string()).await;
+    let anon = call_as(&f, Caller::Nobody, "GET", "/v1/proof/inclusion/0", "", String::new()).await;
+    let bundle: mlaudit_core::bundle::ProofBundle = serde_json::from_slice(&anon.body).unwrap();
+    assert_eq!(bundle.payload, None);
+    assert!(!anon.text().contains("credit-risk\",\"version\":\"7\",\"request\":\"r0\"},\"attributes\":{\"inputs\""));
+    bundle.verify(&f.state.verifier).unwrap();
+    let full: mlaudit_core::bundle::ProofBundle = serde_json::from_slice(&get(&f, "/v1/proof/inclusion/0").await.body).unwrap();
+    assert!(full.payload.is_some());
+}
+
+#[tokio::test]
+async fn reads_are_audited_and_token_changes_are_recorded() {
+    let f = fixture("audit", Limits::default());
+    post(&f, "application/json", json!([event(0), event(1)]).to_string()).await;
+    assert_eq!(get(&f, "/v1/events?model=credit-risk").await.status, StatusCode::OK);
+    let audits = mlaudit_store::Query { kind: Some("governance.audit_accessed".into()), limit: 10, ..Default::default() };
+    let seqs = f.store.query(&audits).unwrap();
+    assert_eq!(seqs.len(), 1);
+    let a = mlaudit_store::view::event_json(&*f.store, seqs[0]).unwrap();
+    assert_eq!(a["event"]["actor"]["id"], "token:reader");
+    assert_eq!(a["event"]["principal"], "token:reader");
+    assert_eq!(a["event"]["attributes"]["request"], "GET /v1/events?model=credit-risk");
+    assert_eq!(a["event"]["attributes"]["results"], 2);
+
+    let r = call_as(&f, Caller::Admin, "POST", "/v1/tokens", "application/json", json!({"name": "scorer", "role": "writer"}).to_string()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let listed = call_as(&f, Caller::Admin, "GET", "/v1/tokens", "", String::new()).await;
+    assert!(!listed.text().contains(&token) && !listed.text().contains("sha256"), "tokens are never shown again: {}", listed.text());
+    let ok = call(&f, Request::post("/v1/events").header("authorization", bearer(&token)).header("content-type", "application/json").body(Body::from(event(5).to_string())).unwrap()).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let dup = call_as(&f, Caller::Admin, "POST", "/v1/tokens", "application/json", json!({"name": "scorer", "role": "reader"}).to_string()).await;
+    assert_eq!(dup.status, StatusCode::CONFLICT);
+    assert_eq!(call_as(&f, Caller::Admin, "DELETE", "/v1/tokens/scorer", "", String::new()).await.status, StatusCode::OK);
+    let denied = call(&f, Request::post("/v1/events").header("authorization", bearer(&token)).header("content-type", "application/json").body(Body::from(event(6).to_string())).unwrap()).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+
+    let changes = mlaudit_store::Query { kind: Some("governance.access_changed".into()), limit: 10, ..Default::default() };
+    let changes: Vec<Value> = f.store.query(&changes).unwrap().into_iter().map(|s| mlaudit_store::view::event_json(&*f.store, s).unwrap()).collect();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["event"]["attributes"], json!({"principal": "token:scorer", "role": "writer", "change": "granted"}));
+    assert_eq!(changes[0]["event"]["actor"]["id"], "token:admin");
+    assert_eq!(changes[1]["event"]["attributes"]["change"], "revoked");
 }
