@@ -84,6 +84,9 @@ fn open_with(data: &Path, signer: Option<NoteSigner>) -> Result<EmbeddedStore> {
     let (store, report) = match EmbeddedStore::open(&data.join("log"), signer) {
         Ok(ok) => ok,
         Err(e @ OpenError::Corrupt { .. }) => return Err(VerifyFailed(format!("the log is damaged and was not opened: {e}")).into()),
+        Err(OpenError::Locked(dir)) => {
+            return Err(InputError(format!("{} is in use by another mlaudit process (a running `mlaudit serve`?): stop it, or go through its HTTP API", dir.display())).into())
+        }
         Err(e) => return Err(e.into()),
     };
     if let Some((file, offset, bytes)) = &report.truncated {

@@ -11,6 +11,7 @@ mod output;
 mod proof;
 mod read;
 mod serve;
+mod token;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -104,15 +105,10 @@ enum Command {
         to: Option<u64>,
     },
     /// Run the HTTP API (see docs/API.md).
-    Serve {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: String,
-        /// Serve without authentication: every request acts as one anonymous principal.
-        /// For local trials only.
-        #[arg(long)]
-        danger_no_auth: bool,
-    },
+    Serve(serve::ServeArgs),
+    /// Manage API tokens (offline: stop the server first, or use the admin API).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Record a realistic ML lifecycle, verify it and show a prediction's lineage and proof.
     Demo {
         /// How many predictions to serve.
@@ -135,7 +131,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::VerifyBundle { file, key } => proof::verify_bundle(&file, &key),
         Command::Consistency { from, to } => proof::consistency(&data, from, to),
         Command::Demo { predictions } => demo::run(&data, predictions),
-        Command::Serve { listen, danger_no_auth } => serve::run(&data, &listen, danger_no_auth),
+        Command::Serve(args) => serve::run(&data, args),
+        Command::Token(cmd) => token::run(&data, cmd),
     }
 }
 
