@@ -65,6 +65,31 @@ pub(crate) struct Shared {
     pub levels: RwLock<Vec<Arc<File>>>,
     /// Set when a sync failed: the committer stops writing.
     pub failed: std::sync::atomic::AtomicBool,
+    /// Monitoring counters, updated by the syncer.
+    pub stats: Mutex<SyncStats>,
+}
+
+/// Upper bounds of the events-per-sync histogram.
+pub(crate) const SYNC_SIZE_BOUNDS: [u64; 6] = [1, 10, 100, 1_000, 10_000, u64::MAX];
+
+/// What the syncer has made durable since open.
+#[derive(Debug, Default)]
+pub(crate) struct SyncStats {
+    pub syncs: u64,
+    pub events: u64,
+    pub buckets: [u64; SYNC_SIZE_BOUNDS.len()],
+    pub log_bytes: u64,
+}
+
+impl SyncStats {
+    pub fn record(&mut self, events: u64, log_bytes: u64) {
+        self.syncs += 1;
+        self.events += events;
+        if let Some(i) = SYNC_SIZE_BOUNDS.iter().position(|b| events <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.log_bytes = log_bytes;
+    }
 }
 
 /// The embedded store. Cheap to share behind an `Arc`; dropping it stops the writer cleanly and
@@ -281,6 +306,20 @@ impl Store for EmbeddedStore {
             }
         }
         Ok(())
+    }
+
+    fn stats(&self) -> mlaudit_store::StoreStats {
+        let Ok(s) = self.shared.stats.lock() else { return mlaudit_store::StoreStats::default() };
+        let mut cumulative = 0;
+        let sync_sizes = SYNC_SIZE_BOUNDS
+            .iter()
+            .zip(s.buckets)
+            .map(|(bound, n)| {
+                cumulative += n;
+                (*bound, cumulative)
+            })
+            .collect();
+        mlaudit_store::StoreStats { syncs: s.syncs, synced_events: s.events, sync_sizes, log_bytes: s.log_bytes }
     }
 
     fn index_check(&self) -> Option<Box<dyn mlaudit_store::IndexCheck + '_>> {

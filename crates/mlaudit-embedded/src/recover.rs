@@ -269,6 +269,7 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(Shared, St
         segments: RwLock::new(segments.clone()),
         levels: RwLock::new(levels),
         failed: std::sync::atomic::AtomicBool::new(false),
+        stats: std::sync::Mutex::new(crate::SyncStats { log_bytes: log_end, ..Default::default() }),
     };
     let mut state = State::new(last.clone(), log_end, r.derived, r.range, r.signer, meta, lock);
     let signed = shared.index.read().ok().and_then(|i| i.checkpoints.last().copied());

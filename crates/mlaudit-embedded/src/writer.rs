@@ -499,6 +499,9 @@ impl Syncer {
         if w.end > self.synced_end {
             w.file.sync_data()?;
             self.synced_end = w.end;
+            if let Ok(mut stats) = shared.stats.lock() {
+                stats.record(w.positions.len() as u64, w.end);
+            }
         }
         // Durable. Everything below only derives from it.
         let mut pending = w.pending;

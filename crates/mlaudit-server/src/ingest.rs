@@ -106,8 +106,14 @@ pub async fn post_events(
     if !errors.is_empty() {
         return Err(ApiError::Invalid { count: errors.len(), errors });
     }
+    let stages: Vec<mlaudit_core::event::Stage> = events.iter().map(PreparedEvent::stage).collect();
     let store = state.store.clone();
     let receipt = tokio::task::spawn_blocking(move || store.append(events)).await.map_err(|e| ApiError::Internal(format!("append task failed: {e}")))??;
+    for (stage, appended) in stages.iter().zip(&receipt.events) {
+        if !appended.duplicate {
+            state.metrics.ingested(*stage, 1);
+        }
+    }
     let events: Vec<Value> = receipt.events.iter().map(|a| json!({ "id": a.id.to_string(), "seq": a.seq, "duplicate": a.duplicate })).collect();
     Ok(Json(json!({ "events": events, "tree_size": receipt.tree_size, "checkpoint": receipt.checkpoint })))
 }

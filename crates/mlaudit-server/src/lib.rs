@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod error;
 mod ingest;
+pub mod metrics;
 mod read;
 mod tokens;
 
@@ -55,6 +56,8 @@ pub struct AppState {
     /// Checkpoints, the verifier key and proofs need no token (inclusion bundles then omit the
     /// payload for anonymous callers).
     pub public_proofs: bool,
+    /// The server's counters for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -79,6 +82,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/proof/consistency"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/v1/tokens"),
     ("POST", "/v1/tokens"),
     ("PUT", "/v1/tokens/{name}"),
@@ -98,10 +102,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/proof/consistency", get(read::get_consistency))
         .route("/healthz", get(read::healthz))
         .route("/readyz", get(read::readyz))
+        .route("/metrics", get(metrics::serve))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", axum::routing::put(tokens::set_role).delete(tokens::revoke))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }

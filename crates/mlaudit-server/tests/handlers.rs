@@ -41,7 +41,7 @@ fn fixture(name: &str, limits: Limits) -> Fixture {
     let writer = tokens.create("writer", Role::Writer, "2026-11-27T00:00:00Z").unwrap();
     let reader = tokens.create("reader", Role::Reader, "2026-11-27T00:00:00Z").unwrap();
     let admin = tokens.create("admin", Role::Admin, "2026-11-27T00:00:00Z").unwrap();
-    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits, tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true };
+    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits, tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
     Fixture { dir, store, state, writer, reader, admin }
 }
 
@@ -395,4 +395,30 @@ async fn reads_are_audited_and_token_changes_are_recorded() {
     assert_eq!(changes[0]["event"]["attributes"], json!({"principal": "token:scorer", "role": "writer", "change": "granted"}));
     assert_eq!(changes[0]["event"]["actor"]["id"], "token:admin");
     assert_eq!(changes[1]["event"]["attributes"]["change"], "revoked");
+}
+
+#[tokio::test]
+async fn metrics_count_ingest_latency_syncs_and_size() {
+    let f = fixture("metrics", Limits::default());
+    post(&f, "application/json", json!([event(0), event(1), event(2)]).to_string()).await;
+    post(&f, "application/json", json!([event(2)]).to_string()).await;
+    let r = get(&f, "/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.content_type.starts_with("text/plain; version=0.0.4"));
+    let text = r.text();
+    assert!(text.contains("mlaudit_events_ingested_total{stage=\"prediction\"} 3\n"), "duplicates are not counted: {text}");
+    assert!(text.contains("mlaudit_events_ingested_total{stage=\"governance\"} 0\n"), "{text}");
+    assert!(text.contains("mlaudit_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/events\",status=\"200\"} 2\n"), "{text}");
+    assert!(text.contains("mlaudit_http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/events\",status=\"200\",le=\"+Inf\"} 2\n"), "{text}");
+    assert!(text.contains(&format!("mlaudit_tree_size {}\n", f.store.tree_size())), "{text}");
+    let syncs = text.lines().find_map(|l| l.strip_prefix("mlaudit_sync_batch_events_count ")).unwrap().parse::<u64>().unwrap();
+    assert!(syncs >= 1, "{text}");
+    assert!(text.contains("mlaudit_sync_batch_events_bucket{le=\"+Inf\"}"), "{text}");
+    let bytes = text.lines().find_map(|l| l.strip_prefix("mlaudit_log_bytes ")).unwrap().parse::<u64>().unwrap();
+    assert!(bytes > 1000, "{text}");
+    // No raw ids in labels: the route template is used.
+    get(&f, "/v1/events/00000000-0000-4000-8000-000000000001").await;
+    let text = get(&f, "/metrics").await.text();
+    assert!(text.contains("route=\"/v1/events/{id}\""), "{text}");
+    assert!(!text.contains("00000000-0000-4000-8000-000000000001"), "{text}");
 }

@@ -125,11 +125,29 @@ pub trait Store: Send + Sync {
     fn scan(&self, from: u64, visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>) -> Result<(), StoreError>;
     /// Where an event is stored, for messages (e.g. `log/seg-…:1234`).
     fn location(&self, seq: u64) -> String;
+    /// Counters for monitoring; engines that keep none return the default.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
     /// A checker of the engine's own indexes against the entries, which `verify` feeds every
     /// event in seq order. Engines without derived indexes keep the default (none).
     fn index_check(&self) -> Option<Box<dyn IndexCheck + '_>> {
         None
     }
+}
+
+/// Monitoring counters of a store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Durable syncs (group commits) since the store was opened.
+    pub syncs: u64,
+    /// Events made durable by those syncs.
+    pub synced_events: u64,
+    /// Histogram of events per sync: (upper bound, cumulative count), ascending, last is +Inf
+    /// (`u64::MAX`).
+    pub sync_sizes: Vec<(u64, u64)>,
+    /// Bytes of the log (source of truth) on disk.
+    pub log_bytes: u64,
 }
 
 /// Checks derived indexes against entries visited in seq order `0..n`.

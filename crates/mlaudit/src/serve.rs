@@ -107,7 +107,7 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
     let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init();
     let verifier = ledger::signer(data)?.verifier();
     let store = Arc::new(ledger::open(data)?);
-    let state = AppState { store: store.clone(), verifier, limits: settings.limits, tokens, public_proofs: settings.public_proofs };
+    let state = AppState { store: store.clone(), verifier, limits: settings.limits, tokens, public_proofs: settings.public_proofs, metrics: Default::default() };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| InputError(format!("cannot listen on {listen}: {e}")))?;

@@ -1,0 +1,108 @@
+//! `GET /metrics`: Prometheus text exposition (format 0.0.4) of ingested events by stage,
+//! request latency histograms by route, events per durable sync, tree size and log bytes.
+//! Hand-written: the format is small and a dependency would not make it clearer.
+
+use crate::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use mlaudit_core::event::Stage;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Upper bounds (seconds) of the request latency histogram.
+const LATENCY_BOUNDS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    buckets: [u64; LATENCY_BOUNDS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The server's own counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    ingested: [AtomicU64; Stage::ALL.len()],
+    /// (method, route, status) → latency histogram.
+    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+}
+
+impl Metrics {
+    /// Counts appended (not duplicate) events of a stage.
+    pub fn ingested(&self, stage: Stage, n: u64) {
+        self.ingested[stage as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let Ok(mut map) = self.requests.lock() else { return };
+        let h = map.entry((method.to_owned(), route.to_owned(), status)).or_default();
+        if let Some(i) = LATENCY_BOUNDS.iter().position(|b| seconds <= *b) {
+            h.buckets[i] += 1;
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+}
+
+/// Times every request by its route template (never the raw path: ids would explode the labels).
+pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    state.metrics.observe(&method, &route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    response
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Renders every metric.
+pub fn render(state: &AppState) -> String {
+    let mut out = String::new();
+    let m = &state.metrics;
+    out.push_str("# HELP mlaudit_events_ingested_total Events appended through the API (duplicates excluded), by stage.\n");
+    out.push_str("# TYPE mlaudit_events_ingested_total counter\n");
+    for stage in Stage::ALL {
+        let _ = writeln!(out, "mlaudit_events_ingested_total{{stage=\"{}\"}} {}", stage.as_str(), m.ingested[stage as usize].load(Ordering::Relaxed));
+    }
+    out.push_str("# HELP mlaudit_http_request_duration_seconds Request latency by method, route and status.\n");
+    out.push_str("# TYPE mlaudit_http_request_duration_seconds histogram\n");
+    if let Ok(map) = m.requests.lock() {
+        for ((method, route, status), h) in map.iter() {
+            let labels = format!("method=\"{}\",route=\"{}\",status=\"{status}\"", escape(method), escape(route));
+            let mut cumulative = 0;
+            for (bound, n) in LATENCY_BOUNDS.iter().zip(h.buckets) {
+                cumulative += n;
+                let _ = writeln!(out, "mlaudit_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "mlaudit_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "mlaudit_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
+            let _ = writeln!(out, "mlaudit_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+        }
+    }
+    let stats = state.store.stats();
+    out.push_str("# HELP mlaudit_sync_batch_events Events made durable per fsync (group commit size).\n");
+    out.push_str("# TYPE mlaudit_sync_batch_events histogram\n");
+    for (bound, cumulative) in &stats.sync_sizes {
+        let le = if *bound == u64::MAX { "+Inf".to_owned() } else { bound.to_string() };
+        let _ = writeln!(out, "mlaudit_sync_batch_events_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = writeln!(out, "mlaudit_sync_batch_events_sum {}", stats.synced_events);
+    let _ = writeln!(out, "mlaudit_sync_batch_events_count {}", stats.syncs);
+    out.push_str("# HELP mlaudit_tree_size Events in the log.\n# TYPE mlaudit_tree_size gauge\n");
+    let _ = writeln!(out, "mlaudit_tree_size {}", state.store.tree_size());
+    out.push_str("# HELP mlaudit_log_bytes Bytes of the log on disk.\n# TYPE mlaudit_log_bytes gauge\n");
+    let _ = writeln!(out, "mlaudit_log_bytes {}", stats.log_bytes);
+    out
+}
+
+pub async fn serve(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&state)).into_response()
+}
