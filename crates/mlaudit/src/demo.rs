@@ -1,18 +1,22 @@
 //! `mlaudit demo`: records a realistic credit-risk model lifecycle — data sourcing and
 //! preparation, a training run with evaluated checkpoints, registration, a named approver's
-//! approval, promotion and deployment, then sampled predictions — verifies the whole log, and
-//! shows one prediction's lineage and an offline check of its inclusion proof.
+//! approval, promotion and deployment, then sampled predictions — by sending it over HTTP to a
+//! real `mlaudit serve` on a free loopback port; then verifies the whole log, and shows one
+//! prediction's lineage and an offline check of its inclusion proof (also fetched over HTTP).
 
-use crate::append::{append_events, local_principal};
+use crate::http;
 use crate::ledger;
-use crate::output::Progress;
 use crate::proof::{check_bundle, verify_store};
 use crate::read::print_lineage;
 use anyhow::Result;
-use mlaudit_core::event::{format_time, prepare};
+use mlaudit_core::bundle::ProofBundle;
+use mlaudit_core::event::format_time;
+use mlaudit_server::auth::{Role, Tokens};
+use mlaudit_server::{AppState, Limits};
 use mlaudit_store::{lineage, proofs, Query, Store};
 use serde_json::{json, Value};
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 struct Clock(i64);
 
@@ -94,20 +98,16 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
     let run = format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64 - 3 * 86_400 * 1_000_000_000;
     let events = lifecycle(&version, &run, predictions, &mut Clock(start));
-    let principal = local_principal();
-    let prepared = events.iter().map(|e| prepare(&e.to_string(), &principal)).collect::<Result<Vec<_>, _>>()?;
     let before = store.tree_size();
-    let mut progress = Progress::new("appending", prepared.len() as u64);
-    let lifecycle_len = prepared.len() - predictions;
-    let mut prepared = prepared;
-    let predictions_batch = prepared.split_off(lifecycle_len);
-    let a = append_events(&store, prepared, 1000, &mut progress)?;
-    let b = append_events(&store, predictions_batch, 100, &mut progress)?;
-    progress.finish();
-    println!("\n== recorded model credit-risk version {version} (run {run}): {} lifecycle events and {} predictions, seq {before}..{}", a.new, b.new, store.tree_size() - 1);
+    let lifecycle_len = events.len() - predictions;
+    let store = Arc::new(store);
+    let server = DemoServer::start(store.clone(), key.clone())?;
+    println!("\n== sending the lifecycle to a local `mlaudit serve` at http://{} (bearer token of a writer)", server.addr);
+    let (a, b) = (server.post(&events[..lifecycle_len], 1000)?, server.post(&events[lifecycle_len..], 100)?);
+    println!("== recorded model credit-risk version {version} (run {run}): {} lifecycle events and {} predictions over HTTP, seq {before}..{}", a.new, b.new, store.tree_size() - 1);
 
     println!("\n== verify: recomputing every leaf, payload digest, tree node and checkpoint");
-    let report = verify_store(&store, &key)?;
+    let report = verify_store(&*store, &key)?;
     println!("intact: {} events, {} checkpoints, root {}", report.events, report.checkpoints, report.root.to_hex());
 
     let (pred_seq, what) = match (b.first_seq, a.last_seq) {
@@ -116,20 +116,105 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
         (None, None) => (store.tree_size().saturating_sub(1), "the last event"),
     };
     println!("\n== lineage of {what} at seq {pred_seq}");
-    print_lineage(&lineage::lineage(&store, pred_seq)?);
+    print_lineage(&lineage::lineage(&*store, pred_seq)?);
 
     println!("\n== inclusion proof for seq {pred_seq}, checked offline with only the verifier key");
-    let bundle = proofs::inclusion_bundle(&store, pred_seq)?;
+    let bundle = proofs::inclusion_bundle(&*store, pred_seq)?;
     println!("bundle: leaf {} of tree size {}, {} path hashes", bundle.leaf_index, bundle.tree_size, bundle.inclusion_path.len());
     println!("{}", check_bundle(&bundle, &key)?);
+    let public: ProofBundle = serde_json::from_value(server.get(&format!("/v1/proof/inclusion/{pred_seq}"))?)?;
+    println!("the same proof fetched anonymously over HTTP (payload withheld, digest still committed):");
+    println!("{}", check_bundle(&public, &key)?);
     let sizes = store.checkpoint_sizes()?;
     if let (Some(first), Some(last)) = (sizes.iter().find(|s| **s > 0), sizes.last()) {
-        let proof = proofs::consistency(&store, *first, *last)?;
+        let proof = proofs::consistency(&*store, *first, *last)?;
         proof.verify(&key).map_err(|e| crate::ledger::VerifyFailed(format!("consistency proof FAILED: {e}")))?;
         println!("OK: checkpoint {first} is consistent with checkpoint {last} ({} hashes)", proof.proof.len());
     }
-    println!("\nlatest checkpoint:\n{}", mlaudit_store::latest_checkpoint(&store)?.unwrap_or_default());
+    println!("\nlatest checkpoint:\n{}", mlaudit_store::latest_checkpoint(&*store)?.unwrap_or_default());
     println!("try: mlaudit --data {} query --model credit-risk --stage registry", data.display());
+    server.stop()?;
     store.close()?;
     Ok(())
+}
+
+/// An in-process `mlaudit serve` on a free loopback port, with one writer token that lives only
+/// as long as the demo (its token table is a temporary file, not the data directory's).
+struct DemoServer {
+    addr: std::net::SocketAddr,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    tokens_dir: std::path::PathBuf,
+}
+
+/// What a batch of posts appended.
+struct Posted {
+    new: u64,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+}
+
+impl DemoServer {
+    fn start(store: Arc<mlaudit_embedded::EmbeddedStore>, verifier: mlaudit_core::note::NoteVerifier) -> Result<DemoServer> {
+        let tokens_dir = std::env::temp_dir().join(format!("mlaudit-demo-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&tokens_dir)?;
+        let mut tokens = Tokens::load(&tokens_dir.join("tokens.json"))?;
+        let token = tokens.create("demo-writer", Role::Writer, &format_time(0))?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let state = AppState { store, verifier, limits: Limits::default(), tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || -> std::io::Result<()> {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                mlaudit_server::serve(listener, state, async move {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        Ok(DemoServer { addr, token, stop: Some(stop), thread: Some(thread), tokens_dir })
+    }
+
+    fn post(&self, events: &[Value], batch: usize) -> Result<Posted> {
+        let mut out = Posted { new: 0, first_seq: None, last_seq: None };
+        let auth = format!("Bearer {}", self.token);
+        for chunk in events.chunks(batch.max(1)) {
+            let body: String = chunk.iter().map(|e| format!("{e}\n")).collect();
+            let reply = http::request(self.addr, "POST", "/v1/events", &[("Content-Type", "application/x-ndjson"), ("Authorization", &auth)], body.as_bytes())?.json()?;
+            for e in reply["events"].as_array().into_iter().flatten().filter(|e| e["duplicate"] == false) {
+                let seq = e["seq"].as_u64();
+                out.new += 1;
+                out.first_seq = out.first_seq.or(seq);
+                out.last_seq = seq;
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&self, path: &str) -> Result<Value> {
+        http::request(self.addr, "GET", path, &[], &[])?.json()
+    }
+
+    fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().map_err(|_| anyhow::anyhow!("the demo server thread panicked"))??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DemoServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.tokens_dir);
+    }
 }

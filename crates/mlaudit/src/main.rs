@@ -6,6 +6,7 @@
 
 mod append;
 mod demo;
+mod http;
 mod ledger;
 mod output;
 mod proof;

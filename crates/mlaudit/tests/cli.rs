@@ -982,7 +982,8 @@ fn demo_runs_twice() {
     let out = mlaudit(&dir.path, ["demo", "--data", "D", "--predictions", "40"]).run().ok();
     let s = &out.stdout;
     assert!(s.contains("== recorded model credit-risk version 7 "), "{s}");
-    assert!(s.contains("18 lifecycle events and 40 predictions, seq 0..57"), "{s}");
+    assert!(s.contains("18 lifecycle events and 40 predictions over HTTP, seq 0..57"), "{s}");
+    assert!(s.contains("== sending the lifecycle to a local `mlaudit serve` at http://127.0.0.1:"), "{s}");
     assert!(s.contains("\nintact: 58 events, 3 checkpoints, root "), "{s}");
     assert!(s.contains("== lineage of the prediction at seq 38\n"), "{s}");
     assert!(s.contains("model      credit-risk version 7\n"), "{s}");
@@ -993,6 +994,8 @@ fn demo_runs_twice() {
     assert!(ok.contains("(prediction.served) is leaf 38 of the log mlaudit.local/demo-"), "{ok}");
     assert!(ok.contains(" at tree size 58, root "), "{ok}");
     assert!(ok.ends_with("payload matches its digest"), "{ok}");
+    let anon = s.lines().filter(|l| l.starts_with("OK: event ")).nth(1).unwrap_or_else(|| panic!("no second OK line: {s}"));
+    assert!(anon.contains("is leaf 38 of") && anon.ends_with("payload redacted"), "the anonymous HTTP bundle: {anon}");
 
     let out = mlaudit(&dir.path, ["demo", "--data", "D", "--predictions", "40"]).run().ok();
     let s = &out.stdout;
