@@ -13,6 +13,7 @@ pub mod auth;
 pub mod error;
 mod ingest;
 pub mod metrics;
+pub mod tls;
 mod read;
 mod tokens;
 

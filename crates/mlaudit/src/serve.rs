@@ -23,6 +23,12 @@ pub struct ServeArgs {
     /// right. For local trials only.
     #[arg(long)]
     danger_no_auth: bool,
+    /// PEM certificate chain for TLS [env: MLAUDIT_TLS_CERT; config: tls_cert]
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS [env: MLAUDIT_TLS_KEY; config: tls_key]
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The config file (all optional).
@@ -34,6 +40,8 @@ struct FileConfig {
     public_proofs: Option<bool>,
     max_body_bytes: Option<u64>,
     max_events_per_batch: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// The resolved settings.
@@ -42,6 +50,8 @@ struct Settings {
     listen: String,
     public_proofs: bool,
     limits: Limits,
+    /// (certificate, key) PEM files.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -61,7 +71,15 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         None => FileConfig::default(),
     };
     let defaults = Limits::default();
+    let tls_cert = args.tls_cert.clone().or_else(|| env("MLAUDIT_TLS_CERT").map(PathBuf::from)).or(file.tls_cert);
+    let tls_key = args.tls_key.clone().or_else(|| env("MLAUDIT_TLS_KEY").map(PathBuf::from)).or(file.tls_key);
+    let tls = match (tls_cert, tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err(InputError("TLS needs both a certificate (tls_cert) and a private key (tls_key)".into()).into()),
+    };
     Ok(Settings {
+        tls,
         listen: args.listen.clone().or_else(|| env("MLAUDIT_LISTEN")).or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
         public_proofs: env_parse("MLAUDIT_PUBLIC_PROOFS")?.or(file.public_proofs).unwrap_or(true),
         limits: Limits {
@@ -116,8 +134,17 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
             tracing::warn!("authentication is OFF (--danger-no-auth): anyone who can reach {addr} can read and write this log");
         }
         tracing::info!(%addr, data = %data.display(), "mlaudit serving");
-        eprintln!("mlaudit: listening on http://{addr}");
-        mlaudit_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
+        match &settings.tls {
+            Some((cert, key)) => {
+                let config = mlaudit_server::tls::load_config(cert, key).map_err(|e| InputError(e.to_string()))?;
+                eprintln!("mlaudit: listening on https://{addr}");
+                mlaudit_server::tls::serve_tls(listener, state, config, shutdown_signal()).await.context("serving")?;
+            }
+            None => {
+                eprintln!("mlaudit: listening on http://{addr}");
+                mlaudit_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
+            }
+        }
         anyhow::Ok(())
     })?;
     store.close()?;
