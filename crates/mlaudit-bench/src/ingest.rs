@@ -41,8 +41,13 @@ fn parse(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-fn emit(engine: &str, metric: &str, value: f64, extra: serde_json::Value) {
-    let mut line = json!({ "bench": "ingest", "engine": engine, "metric": metric, "value": (value * 1000.0).round() / 1000.0 });
+pub fn emit_ingest(engine: &str, metric: &str, value: f64, extra: serde_json::Value) {
+    emit("ingest", engine, metric, value, extra);
+}
+
+/// Prints one figure as a JSON line.
+pub fn emit(bench: &str, engine: &str, metric: &str, value: f64, extra: serde_json::Value) {
+    let mut line = json!({ "bench": bench, "engine": engine, "metric": metric, "value": (value * 1000.0).round() / 1000.0 });
     if let (Some(l), Some(e)) = (line.as_object_mut(), extra.as_object()) {
         l.extend(e.clone());
     }
@@ -50,7 +55,7 @@ fn emit(engine: &str, metric: &str, value: f64, extra: serde_json::Value) {
 }
 
 /// One realistic prediction event of about 300 bytes.
-fn event_line(i: usize) -> String {
+pub fn event_line(i: usize) -> String {
     let r = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     format!(
         concat!(
@@ -76,7 +81,7 @@ fn batches(from: usize, to: usize) -> Vec<Vec<String>> {
 
 /// Appends batches from `PRODUCERS` threads, each parsing and validating its batch, as
 /// concurrent clients would. Returns seconds.
-fn ingest_mlaudit(store: &EmbeddedStore, batches: &[Vec<String>]) -> Result<f64> {
+pub fn ingest_store(store: &EmbeddedStore, batches: &[Vec<String>]) -> Result<f64> {
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     std::thread::scope(|s| -> Result<()> {
@@ -181,8 +186,8 @@ fn proof_latency(store: &EmbeddedStore, size: usize) -> Result<()> {
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     let extra = json!({ "entries": size, "samples": samples, "includes": "event read, path, checkpoint" });
-    emit("mlaudit", "inclusion_proof_p50_us", pct(0.50), extra.clone());
-    emit("mlaudit", "inclusion_proof_p99_us", pct(0.99), extra);
+    emit_ingest("mlaudit", "inclusion_proof_p50_us", pct(0.50), extra.clone());
+    emit_ingest("mlaudit", "inclusion_proof_p99_us", pct(0.99), extra);
     Ok(())
 }
 
@@ -198,35 +203,35 @@ pub fn run(args: &[String]) -> Result<()> {
     let ctx = json!({ "events": o.events, "batch": BATCH, "avg_event_bytes": bytes / o.events.max(1) });
 
     if o.only_mlaudit {
-        let t = ingest_mlaudit(&store, &input)?;
-        emit("mlaudit", "events_per_s", o.events as f64 / t, ctx);
+        let t = ingest_store(&store, &input)?;
+        emit_ingest("mlaudit", "events_per_s", o.events as f64 / t, ctx);
         return Ok(());
     }
     let jsonl = o.events as f64 / ingest_jsonl(&o.dir, &input)?;
-    emit("jsonl", "events_per_s", jsonl, ctx.clone());
+    emit_ingest("jsonl", "events_per_s", jsonl, ctx.clone());
     let sqlite_events = o.events.min(200_000);
     let sqlite = sqlite_events as f64 / ingest_sqlite(&o.dir, &input[..sqlite_events.div_ceil(BATCH)])?;
-    emit("sqlite", "events_per_s", sqlite, json!({ "events": sqlite_events, "batch": BATCH }));
-    let ours = o.events as f64 / ingest_mlaudit(&store, &input)?;
-    emit("mlaudit", "events_per_s", ours, ctx.clone());
-    emit("mlaudit", "ratio_vs_jsonl", ours / jsonl, json!({}));
-    emit("mlaudit", "ratio_vs_sqlite", ours / sqlite, json!({}));
+    emit_ingest("sqlite", "events_per_s", sqlite, json!({ "events": sqlite_events, "batch": BATCH }));
+    let ours = o.events as f64 / ingest_store(&store, &input)?;
+    emit_ingest("mlaudit", "events_per_s", ours, ctx.clone());
+    emit_ingest("mlaudit", "ratio_vs_jsonl", ours / jsonl, json!({}));
+    emit_ingest("mlaudit", "ratio_vs_sqlite", ours / sqlite, json!({}));
     drop(input);
 
     let disk = dir_bytes(&store_dir, false)? as f64 / o.events.max(1) as f64;
     let seg = dir_bytes(&store_dir, true)? as f64 / o.events.max(1) as f64;
-    emit("mlaudit", "bytes_per_event", disk, json!({ "segments_only": (seg * 10.0).round() / 10.0, "json_bytes": bytes / o.events.max(1) }));
+    emit_ingest("mlaudit", "bytes_per_event", disk, json!({ "segments_only": (seg * 10.0).round() / 10.0, "json_bytes": bytes / o.events.max(1) }));
 
     let key = signer.verifier();
     let t = Instant::now();
     let report = verify::verify(&store, &key, &mut |_, _| {}).map_err(|f| anyhow::anyhow!("{f}"))?;
-    emit("mlaudit", "verify_entries_per_s", report.events as f64 / t.elapsed().as_secs_f64(), json!({ "entries": report.events }));
+    emit_ingest("mlaudit", "verify_entries_per_s", report.events as f64 / t.elapsed().as_secs_f64(), json!({ "entries": report.events }));
 
     let mut have = o.events;
     for size in o.proof_sizes {
         while have < size {
             let to = (have + 100 * BATCH).min(size);
-            ingest_mlaudit(&store, &batches(have, to))?;
+            ingest_store(&store, &batches(have, to))?;
             have = to;
         }
         proof_latency(&store, have)?;
@@ -248,26 +253,26 @@ pub fn prepare_only(args: &[String]) -> Result<()> {
         n += mlaudit_core::event::prepare(l, "bench").map(|e| e.payload.len()).unwrap_or(0);
     }
     let per = t.elapsed().as_secs_f64() / lines.len() as f64;
-    emit("mlaudit", "prepare_ns_per_event", per * 1e9, json!({ "bytes": n }));
+    emit_ingest("mlaudit", "prepare_ns_per_event", per * 1e9, json!({ "bytes": n }));
     // Components, for diagnosis.
     let t = Instant::now();
     let mut acc = 0u8;
     for l in &lines {
         acc ^= mlaudit_core::merkle::sha256(l.as_bytes())[0];
     }
-    emit("mlaudit", "sha256_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": acc }));
+    emit_ingest("mlaudit", "sha256_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": acc }));
     let t = Instant::now();
     let mut k = 0usize;
     for l in &lines {
         k += serde_json::from_str::<serde_json::Value>(l).map(|v| v.as_object().map_or(0, |o| o.len())).unwrap_or(0);
     }
-    emit("serde_json_value", "parse_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": k }));
+    emit_ingest("serde_json_value", "parse_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": k }));
     let times: Vec<String> = (0..3600).map(|i| format!("2026-11-26T12:{:02}:{:02}.123Z", i / 60, i % 60)).collect();
     let t = Instant::now();
     let mut k = 0i64;
     for i in 0..lines.len() {
         k += mlaudit_core::event::parse_time(&times[i % times.len()]).unwrap_or(0) % 7;
     }
-    emit("time_rfc3339", "parse_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": k }));
+    emit_ingest("time_rfc3339", "parse_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": k }));
     Ok(())
 }

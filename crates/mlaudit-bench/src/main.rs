@@ -3,7 +3,9 @@
 //!
 //! `cargo run --release -p mlaudit-bench -- ingest [--events N] [--proof-sizes A,B] [--dir D]`
 //! `cargo run --release -p mlaudit-bench -- prepare [--events N]` (validation cost, diagnostic)
+//! `cargo run --release -p mlaudit-bench -- http [--events N] [--single-requests N]`
 
+mod http;
 mod ingest;
 
 #[global_allocator]
@@ -16,6 +18,7 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ingest") => ingest::run(&args[1..]),
         Some("prepare") => ingest::prepare_only(&args[1..]),
-        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR] [--only-mlaudit]\n       mlaudit-bench prepare [--events N]"),
+        Some("http") => http::run(&args[1..]),
+        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR] [--only-mlaudit]\n       mlaudit-bench prepare [--events N]\n       mlaudit-bench http [--events N] [--single-requests N]"),
     }
 }

@@ -77,13 +77,30 @@ pub async fn post_events(
     })?;
     let shape = shape(&headers)?;
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    let raw = match encoding.as_deref() {
-        None | Some("identity") => body.to_vec(),
-        Some("gzip") => gunzip(&body, limits.max_body_bytes)?,
+    let gzip = match encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip") => true,
         Some(other) => return Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Encoding {other:?}: only gzip"))),
     };
-    let text = std::str::from_utf8(&raw).map_err(|e| ApiError::BadRequest(format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
-    let texts = if text.trim().is_empty() { Vec::new() } else { split(&shape, text)? };
+    // Decompression, parsing, validation and the durable append are CPU or disk work: they run
+    // on a blocking thread so that the async workers keep serving other connections.
+    let state2 = state.clone();
+    tokio::task::spawn_blocking(move || ingest(&state2, &principal.name, &shape, gzip, &body))
+        .await
+        .map_err(|e| ApiError::Internal(format!("ingest task failed: {e}")))?
+}
+
+fn ingest(state: &AppState, principal: &str, shape: &Shape, gzip: bool, body: &[u8]) -> Result<Json<Value>, ApiError> {
+    let limits = state.limits;
+    let inflated;
+    let raw = if gzip {
+        inflated = gunzip(body, limits.max_body_bytes)?;
+        &inflated[..]
+    } else {
+        body
+    };
+    let text = std::str::from_utf8(raw).map_err(|e| ApiError::BadRequest(format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+    let texts = if text.trim().is_empty() { Vec::new() } else { split(shape, text)? };
     if texts.is_empty() {
         return Err(ApiError::BadRequest("the body holds no event".into()));
     }
@@ -94,11 +111,10 @@ pub async fn post_events(
             message: format!("{} events in one batch; the limit is {}", texts.len(), limits.max_events_per_batch),
         });
     }
-    let principal = principal.name;
     let mut events: Vec<PreparedEvent> = Vec::with_capacity(texts.len());
     let mut errors = Vec::new();
     for (index, t) in texts.iter().enumerate() {
-        match prepare(t, &principal) {
+        match prepare(t, principal) {
             Ok(e) => events.push(e),
             Err(e) => errors.push(json!({ "index": index, "error": e.to_string() })),
         }
@@ -107,8 +123,7 @@ pub async fn post_events(
         return Err(ApiError::Invalid { count: errors.len(), errors });
     }
     let stages: Vec<mlaudit_core::event::Stage> = events.iter().map(PreparedEvent::stage).collect();
-    let store = state.store.clone();
-    let receipt = tokio::task::spawn_blocking(move || store.append(events)).await.map_err(|e| ApiError::Internal(format!("append task failed: {e}")))??;
+    let receipt = state.store.append(events)?;
     for (stage, appended) in stages.iter().zip(&receipt.events) {
         if !appended.duplicate {
             state.metrics.ingested(*stage, 1);

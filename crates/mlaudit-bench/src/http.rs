@@ -1,0 +1,181 @@
+//! The HTTP ingest benchmark: an in-process `mlaudit serve` (embedded store, bearer-token auth)
+//! on a loopback port, fed by 1, 16 and 64 concurrent keep-alive clients with batches of 1 and
+//! of 1,000 prediction events (NDJSON); events/s and acknowledgement latency p50/p99, beside the
+//! in-process store append of the same events measured in the same run (the ratio is the
+//! server's overhead).
+
+use crate::ingest::{emit, event_line, ingest_store};
+use anyhow::{anyhow, bail, Context, Result};
+use mlaudit_core::note::NoteSigner;
+use mlaudit_embedded::EmbeddedStore;
+use mlaudit_server::auth::{Role, Tokens};
+use mlaudit_server::{AppState, Limits};
+use serde_json::json;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    events: usize,
+    single_requests: usize,
+    dir: PathBuf,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts { events: 200_000, single_requests: 20_000, dir: std::env::temp_dir().join(format!("mlaudit-bench-http-{}", std::process::id())) };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--events" => o.events = val()?.parse()?,
+            "--single-requests" => o.single_requests = val()?.parse()?,
+            "--dir" => o.dir = PathBuf::from(val()?),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(o)
+}
+
+/// A keep-alive HTTP/1.1 connection that posts NDJSON bodies.
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    auth: String,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, token: &str) -> Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        Ok(Client { reader: BufReader::new(stream.try_clone()?), writer: stream, auth: format!("Bearer {token}") })
+    }
+
+    fn post(&mut self, body: &[u8]) -> Result<()> {
+        let head = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: bench\r\nAuthorization: {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
+            self.auth,
+            body.len()
+        );
+        self.writer.write_all(head.as_bytes())?;
+        self.writer.write_all(body)?;
+        let mut status = String::new();
+        self.reader.read_line(&mut status)?;
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body)?;
+        if !status.contains(" 200 ") {
+            bail!("HTTP error: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    }
+}
+
+/// Sends `bodies` from `clients` concurrent connections; returns (seconds, sorted latencies in s).
+fn drive(addr: SocketAddr, token: &str, clients: usize, bodies: &[Vec<u8>]) -> Result<(f64, Vec<f64>)> {
+    let next = AtomicUsize::new(0);
+    let start = Instant::now();
+    let mut latencies = std::thread::scope(|s| -> Result<Vec<f64>> {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                s.spawn(|| -> Result<Vec<f64>> {
+                    let mut c = Client::connect(addr, token)?;
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(body) = bodies.get(i) else { return Ok(lat) };
+                        let t = Instant::now();
+                        c.post(body)?;
+                        lat.push(t.elapsed().as_secs_f64());
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.join().map_err(|_| anyhow!("client panicked"))??);
+        }
+        Ok(all)
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    Ok((secs, latencies))
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0.0)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let _ = std::fs::remove_dir_all(&o.dir);
+    std::fs::create_dir_all(&o.dir)?;
+    let signer = NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow!("{e}"))?;
+
+    // Baseline: the in-process append of the same kind of events, in its own store.
+    let (base_store, _) = EmbeddedStore::open(&o.dir.join("inproc"), Some(signer.clone()))?;
+    let base_batches: Vec<Vec<String>> = (0..o.events).step_by(1000).map(|s| (s..(s + 1000).min(o.events)).map(event_line).collect()).collect();
+    let inproc = o.events as f64 / ingest_store(&base_store, &base_batches)?;
+    emit("http", "inproc", "events_per_s", inproc, json!({ "events": o.events, "batch": 1000 }));
+    base_store.close()?;
+    drop(base_store);
+
+    let (store, _) = EmbeddedStore::open(&o.dir.join("log"), Some(signer.clone()))?;
+    let store = Arc::new(store);
+    let mut tokens = Tokens::load(&o.dir.join("tokens.json"))?;
+    let token = tokens.create("bench", Role::Writer, "2026-11-27T00:00:00Z")?;
+    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits: Limits::default(), tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            mlaudit_server::serve(listener, state, async move {
+                let _ = stopped.await;
+            })
+            .await
+        })
+    });
+
+    let mut seq = o.events; // distinct ids across all runs
+    for batch in [1000usize, 1] {
+        for clients in [1usize, 16, 64] {
+            let requests = if batch == 1 { o.single_requests } else { (o.events / batch).max(clients) };
+            let bodies: Vec<Vec<u8>> = (0..requests)
+                .map(|r| (0..batch).map(|k| event_line(seq + r * batch + k) + "\n").collect::<String>().into_bytes())
+                .collect();
+            seq += requests * batch;
+            let (secs, lat) = drive(addr, &token, clients, &bodies)?;
+            let events = (requests * batch) as f64;
+            let ctx = json!({ "clients": clients, "batch": batch, "requests": requests });
+            emit("http", "mlaudit", "events_per_s", events / secs, ctx.clone());
+            emit("http", "mlaudit", "ack_p50_ms", pct(&lat, 0.50) * 1e3, ctx.clone());
+            emit("http", "mlaudit", "ack_p99_ms", pct(&lat, 0.99) * 1e3, ctx.clone());
+            if batch == 1000 {
+                emit("http", "mlaudit", "ratio_vs_inproc", events / secs / inproc, ctx);
+            }
+        }
+    }
+    let _ = stop.send(());
+    server.join().map_err(|_| anyhow!("server thread panicked"))??;
+    store.close()?;
+    drop(store);
+    std::fs::remove_dir_all(&o.dir)?;
+    Ok(())
+}
