@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
 use mlaudit_server::auth::{Role, Tokens};
-use mlaudit_server::{AppState, Limits};
+use mlaudit_server::{AppState, BackgroundServer, Limits};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -138,20 +138,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut tokens = Tokens::load(&o.dir.join("tokens.json"))?;
     let token = tokens.create("bench", Role::Writer, "2026-11-27T00:00:00Z")?;
     let state = AppState { store: store.clone(), verifier: signer.verifier(), limits: Limits::default(), tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || -> std::io::Result<()> {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            mlaudit_server::serve(listener, state, async move {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    });
+    let server = BackgroundServer::start("127.0.0.1:0", state)?;
+    let addr = server.addr();
 
     let mut seq = o.events; // distinct ids across all runs
     for batch in [1000usize, 1] {
@@ -172,8 +160,7 @@ pub fn run(args: &[String]) -> Result<()> {
             }
         }
     }
-    let _ = stop.send(());
-    server.join().map_err(|_| anyhow!("server thread panicked"))??;
+    server.stop()?;
     store.close()?;
     drop(store);
     std::fs::remove_dir_all(&o.dir)?;

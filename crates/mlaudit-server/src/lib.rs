@@ -10,6 +10,7 @@
 //! on every event comes from the server, never from the request body.
 
 pub mod auth;
+mod background;
 pub mod error;
 mod ingest;
 pub mod metrics;
@@ -29,6 +30,7 @@ use axum::response::{IntoResponse, Response};
 use mlaudit_store::Store;
 use std::sync::{Arc, RwLock};
 
+pub use background::BackgroundServer;
 pub use read::MAX_PAGE;
 
 /// Explicit request limits.

@@ -12,7 +12,7 @@ use anyhow::Result;
 use mlaudit_core::bundle::ProofBundle;
 use mlaudit_core::event::format_time;
 use mlaudit_server::auth::{Role, Tokens};
-use mlaudit_server::{AppState, Limits};
+use mlaudit_server::{AppState, BackgroundServer, Limits};
 use mlaudit_store::{lineage, proofs, Query, Store};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -143,8 +143,7 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
 struct DemoServer {
     addr: std::net::SocketAddr,
     token: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    server: Option<BackgroundServer>,
     tokens_dir: std::path::PathBuf,
 }
 
@@ -161,22 +160,9 @@ impl DemoServer {
         std::fs::create_dir_all(&tokens_dir)?;
         let mut tokens = Tokens::load(&tokens_dir.join("tokens.json"))?;
         let token = tokens.create("demo-writer", Role::Writer, &format_time(0))?;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let state = AppState { store, verifier, limits: Limits::default(), tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || -> std::io::Result<()> {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                mlaudit_server::serve(listener, state, async move {
-                    let _ = stopped.await;
-                })
-                .await
-            })
-        });
-        Ok(DemoServer { addr, token, stop: Some(stop), thread: Some(thread), tokens_dir })
+        let server = BackgroundServer::start("127.0.0.1:0", state)?;
+        Ok(DemoServer { addr: server.addr(), token, server: Some(server), tokens_dir })
     }
 
     fn post(&self, events: &[Value], batch: usize) -> Result<Posted> {
@@ -200,21 +186,16 @@ impl DemoServer {
     }
 
     fn stop(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        match self.server.take() {
+            Some(server) => Ok(server.stop()?),
+            None => Ok(()),
         }
-        if let Some(thread) = self.thread.take() {
-            thread.join().map_err(|_| anyhow::anyhow!("the demo server thread panicked"))??;
-        }
-        Ok(())
     }
 }
 
 impl Drop for DemoServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        drop(self.server.take());
         let _ = std::fs::remove_dir_all(&self.tokens_dir);
     }
 }
