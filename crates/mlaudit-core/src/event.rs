@@ -664,7 +664,7 @@ fn check_attr(attr: Attr, raw: &RawValue) -> Result<(), String> {
         if first != b'"' {
             return Err("must be a string".into());
         }
-        let s: String = serde_json::from_str(text).map_err(|e| short(e))?;
+        let s: String = serde_json::from_str(text).map_err(short)?;
         if s.is_empty() {
             return Err("must not be empty".into());
         }

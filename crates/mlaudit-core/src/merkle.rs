@@ -125,7 +125,7 @@ pub fn subtree_hash<S: NodeSource>(src: &S, start: u64, end: u64) -> Result<Hash
     if size == 0 {
         return Ok(empty_root());
     }
-    if size.is_power_of_two() && start % size == 0 {
+    if size.is_power_of_two() && start.is_multiple_of(size) {
         let level = size.trailing_zeros();
         return src.node(level, start >> level);
     }

@@ -176,6 +176,11 @@ impl Index {
         self.offsets.len() as u64
     }
 
+    /// Whether no event is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_empty()
+    }
+
     /// Number of known terms (excluding the unused slot 0).
     pub fn term_count(&self) -> u32 {
         (self.terms.len() - 1) as u32

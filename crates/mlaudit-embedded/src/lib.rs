@@ -15,6 +15,8 @@
 //! * At open, an incomplete last record of the last segment (a torn, never-acknowledged tail)
 //!   is truncated and reported; any other damage refuses to open and names file and offset.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, reason = "a unit test fails loudly on any unexpected error"))]
+
 pub mod derived;
 pub mod index;
 pub mod record;

@@ -9,6 +9,8 @@
 //! operations of `mlaudit-store`; it knows nothing of files or engines. The principal recorded
 //! on every event comes from the server, never from the request body.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, reason = "a unit test fails loudly on any unexpected error"))]
+
 pub mod auth;
 mod background;
 pub mod error;

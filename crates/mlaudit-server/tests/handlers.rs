@@ -2,6 +2,8 @@
 //! shape, all-or-nothing batches, idempotent retries, limits and bad input (each a 4xx JSON
 //! error with the store unchanged), and the read endpoints.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;

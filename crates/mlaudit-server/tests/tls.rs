@@ -1,6 +1,8 @@
 //! TLS: the API answers over TLS with a certificate from PEM files, refuses plaintext on the TLS
 //! port, and stops gracefully; unusable certificate or key files are clear errors.
 
+#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
 use mlaudit_server::auth::{Role, Tokens};

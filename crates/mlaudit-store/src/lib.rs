@@ -11,6 +11,8 @@
 //! sequence numbers, ids, hashes and notes. Engines report where a fault lives through
 //! [`Store::location`].
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, reason = "a unit test fails loudly on any unexpected error"))]
+
 pub mod ingest;
 pub mod lineage;
 pub mod proofs;

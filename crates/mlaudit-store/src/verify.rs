@@ -18,6 +18,10 @@ const CHUNK: usize = 1 << 14;
 /// How many leaves are recomputed between bulk comparisons with stored nodes.
 const NODE_BATCH: u64 = 1 << 16;
 
+/// One event checked on its own: its leaf hash, whether its payload was absent, and any
+/// disagreement of the id index.
+type Checked = (Hash, bool, Option<String>);
+
 /// What a successful verification covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -63,7 +67,7 @@ impl Verifier<'_> {
     /// Checks one event on its own: its place, its entry and its payload. Returns its leaf hash.
     /// Also returns any disagreement of the engine's indexes with the entry, reported only if
     /// the Merkle layer finds nothing worse.
-    fn check_alone(store: &dyn Store, seq: u64, ev: &crate::StoredEvent) -> Result<(Hash, bool, Option<String>), String> {
+    fn check_alone(store: &dyn Store, seq: u64, ev: &crate::StoredEvent) -> Result<Checked, String> {
         if ev.seq != seq {
             return Err(format!("storage returned seq {} in place of {seq}", ev.seq));
         }
@@ -88,7 +92,7 @@ impl Verifier<'_> {
     /// then the tree and the checkpoints in order.
     fn check_chunk(&mut self, first: u64, events: &[crate::StoredEvent]) -> Result<(), VerifyFailure> {
         let store = self.store;
-        let check = |base: u64, evs: &[crate::StoredEvent]| -> Vec<Result<(Hash, bool, Option<String>), String>> {
+        let check = |base: u64, evs: &[crate::StoredEvent]| -> Vec<Result<Checked, String>> {
             evs.iter().enumerate().map(|(i, ev)| Self::check_alone(store, base + i as u64, ev)).collect()
         };
         let results = if events.len() >= 1024 {
@@ -131,7 +135,7 @@ impl Verifier<'_> {
                 self.check_checkpoint(self.range.size(), seq)?;
                 self.next_checkpoint += 1;
             }
-            if self.range.size() % NODE_BATCH == 0 {
+            if self.range.size().is_multiple_of(NODE_BATCH) {
                 self.compare_nodes()?;
             }
         }
