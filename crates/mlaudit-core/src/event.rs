@@ -18,6 +18,10 @@ use std::borrow::Cow;
 
 /// Largest event (one JSON document), in bytes.
 pub const MAX_EVENT_BYTES: usize = 1 << 20;
+/// Deepest nesting of objects and arrays inside `attributes` (the attributes object is level 1).
+pub const MAX_ATTRIBUTE_DEPTH: usize = 32;
+/// Largest `attributes` (keys and values), in bytes.
+pub const MAX_ATTRIBUTES_BYTES: usize = 256 << 10;
 
 /// The lifecycle stage, the prefix of a kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,6 +170,9 @@ pub enum EventError {
     /// The kind is neither in the catalogue nor custom (`x.*`).
     #[error("unknown kind {0:?}: use a catalogue kind or a custom kind x.<name>")]
     UnknownKind(String),
+    /// A size or depth limit is exceeded; `limit` names it.
+    #[error("{field} {problem} (limit {limit})")]
+    Limit { field: &'static str, problem: String, limit: &'static str },
     /// A kind-specific requirement is not met.
     #[error("{kind}: {field} {problem}")]
     Requirement { kind: String, field: String, problem: String },
@@ -394,6 +401,7 @@ fn finish(json: &str, principal: &str, p: Parts<'_>) -> Result<PreparedEvent, Ev
     if p.actor_id.len() > MAX_ID_LEN {
         return Err(invalid("actor.id", format!("is longer than {MAX_ID_LEN} bytes")));
     }
+    check_attribute_limits(&p.attrs)?;
     if let Some(spec) = spec {
         check_spec(spec, &p.subjects, &p.attrs)?;
     }
@@ -579,6 +587,51 @@ fn slow_parts(json: &str) -> Result<Parts<'_>, EventError> {
         }
     };
     Ok(Parts { kind, id, time, actor_type, actor_id: Cow::Owned(actor_id), subjects, attrs })
+}
+
+/// Nesting depth of a JSON text (1 for a flat object or array, 0 for a scalar), counting only
+/// brackets outside strings. The text is valid JSON (the parser accepted it).
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+fn check_attribute_limits(attrs: &Attrs) -> Result<(), EventError> {
+    let mut bytes = 0usize;
+    for (key, value) in &attrs.0 {
+        bytes += key.len() + value.get().len();
+        if 1 + json_depth(value.get()) > MAX_ATTRIBUTE_DEPTH {
+            return Err(EventError::Limit {
+                field: "attributes",
+                problem: format!("nest deeper than {MAX_ATTRIBUTE_DEPTH} levels (under {key:?})"),
+                limit: "max_attribute_depth",
+            });
+        }
+    }
+    if bytes > MAX_ATTRIBUTES_BYTES {
+        return Err(EventError::Limit { field: "attributes", problem: format!("are {bytes} bytes; the limit is {MAX_ATTRIBUTES_BYTES}"), limit: "max_attributes_bytes" });
+    }
+    Ok(())
 }
 
 fn actor(raw: Option<&RawValue>) -> Result<(ActorType, String), EventError> {

@@ -5,7 +5,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use mlaudit_core::entry::{self, ActorType, Entry, EntryError, EventId, SubjectField, MAX_ID_LEN, MAX_KIND_LEN};
-use mlaudit_core::event::{catalogue_kinds, format_time, parse_time, prepare, EventError, PreparedEvent, Stage, MAX_EVENT_BYTES};
+use mlaudit_core::event::{catalogue_kinds, format_time, parse_time, prepare, EventError, PreparedEvent, Stage, MAX_ATTRIBUTES_BYTES, MAX_EVENT_BYTES};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -458,10 +458,17 @@ fn malformed_documents_give_clear_errors() {
     // Size limit (after trimming surrounding whitespace).
     let big = format!(r#"{{{base},"attributes":{{"blob":"{}"}}}}"#, "a".repeat(MAX_EVENT_BYTES));
     assert_eq!(err(&big).to_string(), format!("event is {} bytes; the limit is {MAX_EVENT_BYTES}", big.len()));
+    // An event of exactly the limit is within the event limit; its bulk must then sit outside
+    // `attributes`, whose own limit is smaller: so it is refused for that limit, by name.
     let pad = MAX_EVENT_BYTES - format!(r#"{{{base},"attributes":{{"blob":""}}}}"#).len();
     let exact = format!(r#"{{{base},"attributes":{{"blob":"{}"}}}}"#, "a".repeat(pad));
     assert_eq!(exact.len(), MAX_EVENT_BYTES);
-    assert_eq!(must_prepare(&format!("  \n{exact}\n ")).payload.len(), MAX_EVENT_BYTES);
+    assert!(matches!(err(&format!("  \n{exact}\n ")), EventError::Limit { limit: "max_attributes_bytes", .. }));
+    // Attributes of exactly their limit (key bytes + value bytes, quotes included) are accepted.
+    let at_limit = format!(r#"{{{base},"attributes":{{"blob":"{}"}}}}"#, "a".repeat(MAX_ATTRIBUTES_BYTES - "blob".len() - 2));
+    assert_eq!(must_prepare(&format!("  \n{at_limit}\n ")).payload.len(), at_limit.len());
+    let over = format!(r#"{{{base},"attributes":{{"blob":"{}"}}}}"#, "a".repeat(MAX_ATTRIBUTES_BYTES - "blob".len() - 1));
+    assert!(matches!(err(&over), EventError::Limit { limit: "max_attributes_bytes", .. }));
 }
 
 #[test]
@@ -894,4 +901,21 @@ fn split_with_duplicate_versions_is_rejected() {
         );
         assert!(prepare(&json, "p").is_err(), "accepted {split}");
     }
+}
+
+#[test]
+fn attribute_depth_and_size_limits_name_the_limit() {
+    use mlaudit_core::event::{EventError, MAX_ATTRIBUTES_BYTES, MAX_ATTRIBUTE_DEPTH};
+    let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    let event = |attrs: String| format!(r#"{{"kind":"x.limits","actor":{{"id":"a","type":"user"}},"attributes":{attrs}}}"#);
+    // The attributes object is level 1: a value nested MAX - 1 deep is the deepest allowed.
+    assert!(prepare(&event(format!(r#"{{"v":{}}}"#, nested(MAX_ATTRIBUTE_DEPTH - 1))), "p").is_ok());
+    let err = prepare(&event(format!(r#"{{"v":{}}}"#, nested(MAX_ATTRIBUTE_DEPTH))), "p").unwrap_err();
+    assert!(matches!(&err, EventError::Limit { limit: "max_attribute_depth", .. }), "{err}");
+    assert!(err.to_string().contains("max_attribute_depth"), "{err}");
+    // Brackets inside strings do not count.
+    assert!(prepare(&event(format!(r#"{{"v":"{}"}}"#, "[".repeat(100))), "p").is_ok());
+    let big = "x".repeat(MAX_ATTRIBUTES_BYTES);
+    let err = prepare(&event(format!(r#"{{"v":"{big}"}}"#)), "p").unwrap_err();
+    assert!(matches!(&err, EventError::Limit { limit: "max_attributes_bytes", .. }), "{err}");
 }
