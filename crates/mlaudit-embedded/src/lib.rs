@@ -164,6 +164,31 @@ impl EmbeddedStore {
     }
 }
 
+/// A copy of a run of `offsets`, so that a scan takes the index lock once per 64k events rather
+/// than once per event.
+#[derive(Default)]
+struct OffsetWindow {
+    first: u64,
+    offsets: Vec<u64>,
+}
+
+impl OffsetWindow {
+    const SPAN: usize = 1 << 16;
+
+    fn at(&mut self, store: &EmbeddedStore, seq: u64) -> Result<u64, StoreError> {
+        let hit = seq.checked_sub(self.first).and_then(|i| self.offsets.get(i as usize).copied());
+        if let Some(pos) = hit {
+            return Ok(pos);
+        }
+        let index = store.shared.index.read().map_err(|_| lock_poisoned())?;
+        let start = (seq as usize).min(index.offsets.len());
+        let end = (start + Self::SPAN).min(index.offsets.len());
+        self.first = seq;
+        self.offsets = index.offsets[start..end].to_vec();
+        self.offsets.first().copied().ok_or_else(|| StoreError::NotFound(format!("seq {seq}")))
+    }
+}
+
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         let _ = self.close();
@@ -254,6 +279,7 @@ impl Store for EmbeddedStore {
         let start_pos = self.offset_of(from)?;
         let segments = self.shared.segments.read().map_err(|_| lock_poisoned())?.clone();
         let mut seq = from;
+        let mut offsets = OffsetWindow::default();
         let mut buf: Vec<u8> = Vec::with_capacity(SCAN_CHUNK);
         for seg in &segments {
             let len = seg.file.metadata().map_err(io_err(seg.name.clone()))?.len();
@@ -295,7 +321,7 @@ impl Store for EmbeddedStore {
                 record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
                 if h.kind == record::EVENT {
                     let pos = seg.start + off;
-                    if self.offset_of(seq)? != pos {
+                    if offsets.at(self, seq)? != pos {
                         return Err(StoreError::Corrupt { location: format!("offsets.bin entry for seq {seq}"), problem: format!("does not point at its record (log position {pos})") });
                     }
                     let (entry, payload) = split_event(&h, rec);
