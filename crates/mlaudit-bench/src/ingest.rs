@@ -276,3 +276,23 @@ pub fn prepare_only(args: &[String]) -> Result<()> {
     emit_ingest("time_rfc3339", "parse_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": k }));
     Ok(())
 }
+
+/// Verify throughput alone (a diagnostic): ingest `--events` untimed, then verify three times.
+pub fn verify_only(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let dir = o.dir.join("log");
+    let _ = std::fs::remove_dir_all(&o.dir);
+    let signer = NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (store, _) = EmbeddedStore::open(&dir, Some(signer.clone()))?;
+    ingest_store(&store, &batches(0, o.events))?;
+    eprintln!("ingested {}; verifying", o.events);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let report = verify::verify(&store, &signer.verifier(), &mut |_, _| {}).map_err(|f| anyhow::anyhow!("{f}"))?;
+        emit_ingest("mlaudit", "verify_entries_per_s", report.events as f64 / t.elapsed().as_secs_f64(), json!({ "entries": report.events }));
+    }
+    store.close()?;
+    drop(store);
+    std::fs::remove_dir_all(&o.dir)?;
+    Ok(())
+}
