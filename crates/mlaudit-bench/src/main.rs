@@ -20,6 +20,6 @@ fn main() -> Result<()> {
         Some("prepare") => ingest::prepare_only(&args[1..]),
         Some("http") => http::run(&args[1..]),
         Some("verify") => ingest::verify_only(&args[1..]),
-        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR] [--only-mlaudit]\n       mlaudit-bench prepare [--events N]\n       mlaudit-bench http [--events N] [--single-requests N]"),
+        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR] [--only-mlaudit]\n       mlaudit-bench prepare [--events N]\n       mlaudit-bench http [--events N] [--single-requests N]\n       mlaudit-bench verify [--events N]"),
     }
 }
