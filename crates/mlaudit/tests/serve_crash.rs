@@ -34,7 +34,7 @@ fn free_port() -> u16 {
 fn start(data: &Path) -> (Child, SocketAddr) {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = Command::new(BIN)
+    let mut child = Command::new(BIN)
         .arg("--data")
         .arg(data)
         .args(["serve", "--listen", &addr.to_string()])
@@ -54,6 +54,8 @@ fn start(data: &Path) -> (Child, SocketAddr) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the server did not become ready");
 }
 
