@@ -16,6 +16,7 @@ mod background;
 pub mod error;
 mod ingest;
 pub mod metrics;
+pub mod openapi;
 pub mod tls;
 mod read;
 mod tokens;
@@ -88,6 +89,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
     ("GET", "/v1/tokens"),
     ("POST", "/v1/tokens"),
     ("PUT", "/v1/tokens/{name}"),
@@ -108,6 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(read::healthz))
         .route("/readyz", get(read::readyz))
         .route("/metrics", get(metrics::serve))
+        .route("/openapi.json", get(openapi::serve))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", axum::routing::put(tokens::set_role).delete(tokens::revoke))
         .fallback(not_found)
