@@ -150,7 +150,9 @@ async fn real_responses_match_their_schemas() {
         }
     };
     let event = |i: u32| json!({"id": format!("00000000-0000-4000-a000-{i:012}"), "kind": "registry.model_registered", "actor": {"id": "ci", "type": "service"}, "subject": {"model": "m", "version": "1", "run": "r"}, "attributes": {"artifact_sha256": "a".repeat(64)}});
-    let cases: Vec<(&str, String, &str, Option<Value>, &str, u16)> = vec![
+    // (method, uri, token, body, documented path, expected status)
+    type Case<'a> = (&'a str, String, &'a str, Option<Value>, &'a str, u16);
+    let cases: Vec<Case> = vec![
         ("POST", "/v1/events".into(), &writer, Some(json!([event(0), event(1)])), "/v1/events", 200),
         ("POST", "/v1/events".into(), &writer, Some(json!({"kind": "nope"})), "/v1/events", 422),
         ("GET", "/v1/events?model=m".into(), &admin, None, "/v1/events", 200),
