@@ -333,6 +333,14 @@ pub fn parse_time(text: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos()).ok()
 }
 
+/// Parses an RFC 3339 time for use as a query bound: times outside the range of unix
+/// nanoseconds in an `i64` (before 1677 or after 2262) clamp to its ends.
+pub fn parse_time_bound(text: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let ns = t.unix_timestamp_nanos();
+    Some(i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX }))
+}
+
 /// Formats unix nanoseconds as RFC 3339 in UTC (nanosecond precision where needed).
 pub fn format_time(unix_ns: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ns))

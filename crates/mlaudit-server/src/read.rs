@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use mlaudit_core::event::{parse_time, Stage};
+use mlaudit_core::event::{parse_time_bound, Stage};
 use mlaudit_store::view::{self, LookupError};
 use mlaudit_store::{lineage, proofs, Store};
 use serde::Deserialize;
@@ -25,7 +25,7 @@ impl From<LookupError> for ApiError {
     fn from(e: LookupError) -> ApiError {
         match e {
             LookupError::Store(e) => ApiError::Store(e),
-            LookupError::Malformed(_) => ApiError::BadRequest(e.to_string()),
+            // Anything that does not name an event is "not found", malformed or not.
             other => ApiError::NotFound(other.to_string()),
         }
     }
@@ -36,7 +36,8 @@ impl From<proofs::ProveError> for ApiError {
         match e {
             proofs::ProveError::Store(e) => ApiError::Store(e),
             proofs::ProveError::NotCheckpointed(_) | proofs::ProveError::NoCheckpoint(_) => ApiError::NotFound(e.to_string()),
-            proofs::ProveError::BadRequest(_) => ApiError::BadRequest(e.to_string()),
+            // No consistency proof exists from a larger tree to a smaller one (or from size 0).
+            proofs::ProveError::BadRequest(_) => ApiError::NotFound(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -95,7 +96,7 @@ pub struct EventsQuery {
 }
 
 fn time_param(name: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
-    value.map(|v| parse_time(&v).ok_or_else(|| ApiError::BadRequest(format!("{name}={v:?} is not an RFC 3339 time")))).transpose()
+    value.map(|v| parse_time_bound(&v).ok_or_else(|| ApiError::BadRequest(format!("{name}={v:?} is not an RFC 3339 time")))).transpose()
 }
 
 pub async fn list_events(

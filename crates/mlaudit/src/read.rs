@@ -3,7 +3,7 @@
 use crate::ledger::{self, InputError};
 use crate::output::print_json;
 use anyhow::Result;
-use mlaudit_core::event::{parse_time, Stage};
+use mlaudit_core::event::{parse_time_bound, Stage};
 use mlaudit_store::{lineage as lin, view, Query, Store};
 use serde_json::Value;
 use std::path::Path;
@@ -81,7 +81,7 @@ pub struct QueryArgs {
 
 fn time_flag(name: &str, value: Option<String>) -> Result<Option<i64>> {
     value
-        .map(|v| parse_time(&v).ok_or_else(|| InputError(format!("--{name} {v:?} is not an RFC 3339 time (e.g. 2026-01-31T00:00:00Z)")).into()))
+        .map(|v| parse_time_bound(&v).ok_or_else(|| InputError(format!("--{name} {v:?} is not an RFC 3339 time (e.g. 2026-01-31T00:00:00Z)")).into()))
         .transpose()
 }
 
