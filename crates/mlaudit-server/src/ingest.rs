@@ -24,6 +24,7 @@ use std::io::Read;
 enum Shape {
     Json,
     Ndjson,
+    Protobuf,
 }
 
 fn shape(headers: &HeaderMap) -> Result<Shape, ApiError> {
@@ -32,8 +33,9 @@ fn shape(headers: &HeaderMap) -> Result<Shape, ApiError> {
     match mime.as_str() {
         "application/json" => Ok(Shape::Json),
         "application/x-ndjson" | "application/ndjson" => Ok(Shape::Ndjson),
-        "" => Err(ApiError::UnsupportedMediaType("a Content-Type is required: application/json or application/x-ndjson".into())),
-        other => Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Type {other:?}: use application/json or application/x-ndjson"))),
+        "application/x-protobuf" | "application/protobuf" => Ok(Shape::Protobuf),
+        "" => Err(ApiError::UnsupportedMediaType("a Content-Type is required: application/json, application/x-ndjson or application/x-protobuf".into())),
+        other => Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Type {other:?}: use application/json, application/x-ndjson or application/x-protobuf"))),
     }
 }
 
@@ -51,6 +53,7 @@ fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
 /// The body's event texts, each with its index in the batch.
 fn split<'a>(shape: &Shape, text: &'a str) -> Result<Vec<&'a str>, ApiError> {
     match shape {
+        Shape::Protobuf => Err(ApiError::Internal("protobuf bodies are decoded before splitting".into())),
         Shape::Ndjson => Ok(text.lines().filter(|l| !l.trim().is_empty()).collect()),
         Shape::Json => {
             let trimmed = text.trim_start();
@@ -99,8 +102,17 @@ fn ingest(state: &AppState, principal: &str, shape: &Shape, gzip: bool, body: &[
     } else {
         body
     };
-    let text = std::str::from_utf8(raw).map_err(|e| ApiError::BadRequest(format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
-    let texts = if text.trim().is_empty() { Vec::new() } else { split(shape, text)? };
+    let decoded: Vec<String>;
+    let texts: Vec<&str> = match shape {
+        Shape::Protobuf => {
+            decoded = crate::protobuf::decode_batch(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            decoded.iter().map(String::as_str).collect()
+        }
+        _ => {
+            let text = std::str::from_utf8(raw).map_err(|e| ApiError::BadRequest(format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
+            if text.trim().is_empty() { Vec::new() } else { split(shape, text)? }
+        }
+    };
     if texts.is_empty() {
         return Err(ApiError::BadRequest("the body holds no event".into()));
     }

@@ -17,6 +17,7 @@ pub mod error;
 mod ingest;
 pub mod metrics;
 pub mod openapi;
+pub mod protobuf;
 pub mod tls;
 mod read;
 mod tokens;
