@@ -325,6 +325,7 @@ async fn role_matrix_every_endpoint_by_every_caller() {
             ("GET", "/healthz".into(), "", String::new(), &[Nobody, Wrong, Writer, Reader, Admin]),
             ("GET", "/readyz".into(), "", String::new(), &[Nobody, Wrong, Writer, Reader, Admin]),
             ("GET", "/openapi.json".into(), "", String::new(), &[Nobody, Wrong, Writer, Reader, Admin]),
+            ("GET", "/metrics".into(), "", String::new(), &[Reader, Admin]),
             ("GET", "/v1/tokens".into(), "", String::new(), &[Admin]),
             ("POST", "/v1/tokens".into(), "application/json", json!({"name": "made-by-matrix", "role": "reader"}).to_string(), &[Admin]),
             ("PUT", "/v1/tokens/made-by-matrix".into(), "application/json", json!({"role": "writer"}).to_string(), &[Admin]),
