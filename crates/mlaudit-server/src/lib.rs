@@ -116,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/{name}", axum::routing::put(tokens::set_role).delete(tokens::revoke))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_declared_oversize))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -125,6 +126,21 @@ fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Answers 413 at once when the declared `Content-Length` is over the body limit, instead of
+/// waiting for bytes that would be refused anyway.
+async fn refuse_declared_oversize(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(len) if len > state.limits.max_body_bytes => ApiError::TooLarge {
+            limit: "max_body_bytes",
+            max: state.limits.max_body_bytes,
+            message: format!("the declared body of {len} bytes exceeds {} bytes", state.limits.max_body_bytes),
+        }
+        .into_response(),
+        _ => next.run(req).await,
+    }
 }
 
 /// Authenticates the bearer token (401 when missing or wrong), checks the route's access
