@@ -60,7 +60,23 @@ fn every_ref_resolves() {
     walk(&d, &d);
 }
 
-/// A checker for the subset of JSON Schema the document uses.
+/// The literal a pattern of the form `^literal` (with `\` escapes) requires a string to start
+/// with; `None` for any other pattern, which the checker below does not evaluate.
+fn literal_prefix(pattern: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut chars = pattern.strip_prefix('^')?.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?),
+            c if "[](){}*+?.|$^".contains(c) => return None,
+            c => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// A checker for the subset of JSON Schema the document uses (`format` is not checked, nor a
+/// `pattern` other than a literal prefix).
 fn check(d: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     if let Some(r) = schema["$ref"].as_str() {
         return check(d, resolve(d, r), v, at);
@@ -90,6 +106,22 @@ fn check(d: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     if !ok {
         return Err(format!("{at}: {v} is not a {}", schema["type"]));
     }
+    if let Some(s) = v.as_str() {
+        let len = s.chars().count() as u64;
+        if schema["minLength"].as_u64().is_some_and(|min| len < min) || schema["maxLength"].as_u64().is_some_and(|max| len > max) {
+            return Err(format!("{at}: {v} has a length out of bounds"));
+        }
+        if let Some(prefix) = schema["pattern"].as_str().and_then(literal_prefix) {
+            if !s.starts_with(&prefix) {
+                return Err(format!("{at}: {v} does not start with {prefix:?}"));
+            }
+        }
+    }
+    if let (Some(min), Some(arr)) = (schema["minItems"].as_u64(), v.as_array()) {
+        if (arr.len() as u64) < min {
+            return Err(format!("{at}: fewer than {min} items"));
+        }
+    }
     if let Some(obj) = v.as_object() {
         for req in schema["required"].as_array().into_iter().flatten() {
             if !obj.contains_key(req.as_str().unwrap()) {
@@ -111,6 +143,39 @@ fn check(d: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn request_schema(d: &Value) -> &Value {
+    &d["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+}
+
+#[test]
+fn the_event_schema_has_a_branch_for_every_catalogue_kind() {
+    let d = doc();
+    let branches = d["components"]["schemas"]["Event"]["oneOf"].as_array().unwrap();
+    let mut documented = BTreeSet::new();
+    let mut custom = 0;
+    for b in branches {
+        let kind = &resolve(&d, b["$ref"].as_str().unwrap())["properties"]["kind"];
+        match kind["enum"].as_array() {
+            Some(one) => {
+                assert_eq!(one.len(), 1, "{b}");
+                documented.insert(one[0].as_str().unwrap().to_owned());
+            }
+            None => {
+                assert_eq!(kind["pattern"], "^x\\.", "{b}");
+                custom += 1;
+            }
+        }
+    }
+    let catalogue: BTreeSet<String> = mlaudit_core::event::catalogue_kinds().map(str::to_owned).collect();
+    assert_eq!(documented, catalogue);
+    assert_eq!(custom, 1);
+    // The branches are told apart by their kind alone: one event matches exactly one.
+    let event = json!({"kind": "x.thing", "actor": {"id": "a", "type": "user"}, "attributes": {"n": 1}});
+    check(&d, request_schema(&d), &event, "custom").unwrap();
+    check(&d, request_schema(&d), &json!([event]), "custom batch").unwrap();
+    assert!(check(&d, request_schema(&d), &json!({"kind": "training.unknown", "actor": {"id": "a", "type": "user"}}), "unknown").is_err());
 }
 
 fn response_schema<'a>(d: &'a Value, method: &str, path: &str, status: u16) -> &'a Value {
@@ -170,6 +235,10 @@ async fn real_responses_match_their_schemas() {
         ("GET", "/readyz".into(), &admin, None, "/readyz", 200),
     ];
     for (method, uri, token, body, path, expected) in cases {
+        if let (Some(body), "/v1/events") = (&body, path) {
+            // What the server accepts validates against the request schema, and what it rejects does not.
+            assert_eq!(check(&d, request_schema(&d), body, "request").is_ok(), expected == 200, "{body}");
+        }
         let (status, value) = call(method, &uri, token, body).await;
         assert_eq!(status, StatusCode::from_u16(expected).unwrap(), "{method} {uri}: {value}");
         let schema = response_schema(&d, method, path, expected);
