@@ -1,0 +1,380 @@
+//! [`AuditLogger`]: the caller's side. `log()` never blocks and never fails.
+//!
+//! **Paths an event takes.** `log()` samples (predictions only), stamps the time, and
+//! `try_send`s onto a bounded queue. The background sender (`sender.rs`) takes it from there.
+//! If the queue is full, the caller takes the spool lock, moves every event still queued into
+//! the spool, then appends its own, and switches the logger to spooling: disk work on the
+//! caller, but no waiting for the network.
+//!
+//! **Order.** Events one thread logs reach the server in the order it logged them: the queue
+//! and the spool are FIFOs; only one party at a time (under the spool lock) moves queued events
+//! into the spool, always all of them, before anything newer; a batch that fails while the
+//! spool fills is put *ahead* of the spool (`Spool::prepend`); and the logger leaves spooling
+//! mode only when the spool is empty, checked under the lock, when everything still queued is
+//! newer than everything sent.
+
+use crate::encode::{encode_event, Ids};
+use crate::event::Event;
+use crate::sampling::{keeps, Sampling};
+use crate::sender::SenderLoop;
+use crate::spool::Spool;
+use crate::stats::{Counters, Stats};
+use crate::transport::Transport;
+use crate::Actor;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Why a logger could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The spool directory cannot be opened, read or locked.
+    #[error("spool {dir}: {source}")]
+    Spool { dir: PathBuf, source: std::io::Error },
+    /// Another logger (in this or another process) has the spool directory.
+    #[error("spool {0} is in use by another logger")]
+    SpoolInUse(PathBuf),
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
+    /// The background thread could not be started.
+    #[error("cannot start the sender thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Why [`AuditLogger::flush`] returned before everything was delivered.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlushError {
+    /// The timeout passed first. With `durable`, everything logged before the flush is
+    /// delivered or on the spool on disk (it will be sent when the server is back, by this
+    /// logger or by the next one on the same spool); without, some of it was still in memory.
+    #[error("not everything was delivered in time ({})", if *durable { "the rest is on the spool on disk" } else { "some is still in memory" })]
+    Timeout { durable: bool },
+    /// The sender thread is gone (it panicked).
+    #[error("the logger's sender thread has stopped")]
+    Stopped,
+}
+
+/// How far a flush has got, as the sender reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Everything before the flush is delivered or durably spooled.
+    Durable,
+    /// Everything before the flush is delivered.
+    Delivered,
+}
+
+/// What travels on the queue.
+/// (Events travel unboxed: an allocation per `log()` would cost more than copying them.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Msg {
+    Event(Event),
+    Flush(std::sync::mpsc::Sender<Phase>),
+    Shutdown(Instant),
+}
+
+/// The spool and the id source of the paths that write to it.
+#[derive(Debug)]
+pub(crate) struct SpoolSide {
+    pub(crate) spool: Spool,
+    pub(crate) ids: Ids,
+}
+
+/// State shared by the callers and the sender.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) tx: Sender<Msg>,
+    pub(crate) rx: Receiver<Msg>,
+    /// Flush and shutdown markers that a caller took off the queue while moving it into the
+    /// spool; the sender handles them as if it had read them itself.
+    pub(crate) control_tx: Sender<Msg>,
+    pub(crate) control_rx: Receiver<Msg>,
+    pub(crate) spooling: AtomicBool,
+    pub(crate) spool: Mutex<SpoolSide>,
+    pub(crate) counters: Counters,
+    pub(crate) actor: Actor,
+    pub(crate) spool_max_bytes: u64,
+    /// The spool directory's lock file, held while the logger lives.
+    pub(crate) _lock: std::fs::File,
+}
+
+impl Shared {
+    pub(crate) fn spool(&self) -> MutexGuard<'_, SpoolSide> {
+        // A panic while holding the lock leaves the spool as consistent as any crash would.
+        self.spool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Moves everything queued into the spool (in order) and returns the markers met, in
+    /// order. Call with the spool locked.
+    pub(crate) fn queue_to_spool(&self, side: &mut SpoolSide, first: Option<Event>, controls: &mut Vec<Msg>) {
+        let mut records = Vec::new();
+        let push = |side: &mut SpoolSide, records: &mut Vec<Vec<u8>>| {
+            if records.is_empty() {
+                return;
+            }
+            let wanted = records.len() as u64;
+            let stored = side.spool.append(records.iter().map(Vec::as_slice)).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "mlaudit: cannot write to the spool");
+                0
+            });
+            Counters::add(&self.counters.spooled, stored);
+            if stored < wanted {
+                Counters::add(&self.counters.dropped, wanted - stored);
+                tracing::error!(dropped = wanted - stored, limit_bytes = self.spool_max_bytes, "mlaudit: audit events DROPPED: the spool is at its disk limit and the server cannot be reached");
+            }
+            records.clear();
+        };
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Event(e) => records.push(encode_event(e, &self.actor, &mut side.ids)),
+                marker => {
+                    push(side, &mut records);
+                    controls.push(marker);
+                }
+            }
+        }
+        if let Some(e) = first {
+            records.push(encode_event(e, &self.actor, &mut side.ids));
+        }
+        push(side, &mut records);
+        self.spooling.store(true, Ordering::Release);
+    }
+}
+
+/// Settings of a logger; see [`AuditLogger::builder`].
+#[derive(Clone, Debug)]
+pub struct Builder {
+    url: String,
+    token: String,
+    actor: Actor,
+    spool_dir: PathBuf,
+    pub(crate) queue_capacity: usize,
+    pub(crate) max_batch: usize,
+    pub(crate) linger: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) direct_attempts: u32,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    spool_max_bytes: u64,
+    sampling: Sampling,
+}
+
+impl Builder {
+    /// The on-disk spool's directory (default `./mlaudit-spool`). One logger at a time may
+    /// use a directory; a later logger on it delivers what an earlier one left.
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Builder {
+        self.spool_dir = dir.into();
+        self
+    }
+
+    /// How many events the in-memory queue holds (default 10,000) before `log()` spools.
+    pub fn queue_capacity(mut self, n: usize) -> Builder {
+        self.queue_capacity = n;
+        self
+    }
+
+    /// Most events per request (default 1,000; the server's default limit is 10,000).
+    pub fn max_batch(mut self, n: usize) -> Builder {
+        self.max_batch = n;
+        self
+    }
+
+    /// How long a partial batch waits for more events (default 20 ms).
+    pub fn linger(mut self, d: Duration) -> Builder {
+        self.linger = d;
+        self
+    }
+
+    /// Timeout of one HTTP request (default 10 s).
+    pub fn timeout(mut self, d: Duration) -> Builder {
+        self.timeout = d;
+        self
+    }
+
+    /// Attempts at a batch before it goes to the spool (default 3), and the backoff between
+    /// attempts: exponential from `base`, capped at `max`, with full jitter (defaults 50 ms and
+    /// 5 s). While the server stays unreachable the spool is retried with the same backoff.
+    pub fn retries(mut self, attempts: u32, base: Duration, max: Duration) -> Builder {
+        self.direct_attempts = attempts;
+        self.backoff_base = base;
+        self.backoff_max = max;
+        self
+    }
+
+    /// The spool's disk limit (default 1 GiB). Past it events are dropped, counted and logged
+    /// at error level.
+    pub fn spool_max_bytes(mut self, n: u64) -> Builder {
+        self.spool_max_bytes = n;
+        self
+    }
+
+    /// The per-model sampling policy (default: keep every prediction).
+    pub fn sampling(mut self, sampling: Sampling) -> Builder {
+        self.sampling = sampling;
+        self
+    }
+
+    /// Opens the spool and starts the sender thread. Events a previous logger left in the
+    /// spool are delivered first.
+    pub fn start(self) -> Result<AuditLogger, StartError> {
+        if self.queue_capacity == 0 || self.max_batch == 0 || self.direct_attempts == 0 {
+            return Err(StartError::Config("queue_capacity, max_batch and retry attempts must be at least 1".into()));
+        }
+        let dir = self.spool_dir.clone();
+        let io = |source| StartError::Spool { dir: dir.clone(), source };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StartError::SpoolInUse(dir)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let (spool, opened) = Spool::open(&dir, self.spool_max_bytes).map_err(io)?;
+        if opened.torn_bytes > 0 {
+            tracing::warn!(bytes = opened.torn_bytes, "mlaudit: cut a torn record off the spool's end (a crash while it was written)");
+        }
+        if opened.corrupt_bytes > 0 {
+            tracing::error!(bytes = opened.corrupt_bytes, "mlaudit: spool records failed their checksum and cannot be sent");
+        }
+        if opened.pending > 0 {
+            tracing::info!(events = opened.pending, "mlaudit: delivering events a previous logger left in the spool");
+        }
+        let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            tx,
+            rx,
+            control_tx,
+            control_rx,
+            spooling: AtomicBool::new(opened.pending > 0),
+            spool: Mutex::new(SpoolSide { spool, ids: Ids::default() }),
+            counters: Counters::default(),
+            actor: self.actor.clone(),
+            spool_max_bytes: self.spool_max_bytes,
+            _lock: lock,
+        });
+        let transport = Transport::new(&self.url, &self.token, self.timeout);
+        let sender = SenderLoop::new(shared.clone(), transport, &self);
+        let thread = std::thread::Builder::new().name("mlaudit-logger".into()).spawn(move || sender.run()).map_err(StartError::Thread)?;
+        Ok(AuditLogger { shared, thread: Some(thread), sampling: self.sampling })
+    }
+}
+
+/// A non-blocking audit logger: see the crate docs.
+#[derive(Debug)]
+pub struct AuditLogger {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    sampling: Sampling,
+}
+
+/// How long [`Drop`] lets a logger try to deliver what it still holds.
+pub const DROP_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl AuditLogger {
+    /// Settings for a logger that sends to the server at `url` (e.g. `http://127.0.0.1:8080`)
+    /// with a writer `token`; `actor` is every event's actor unless the event names its own.
+    pub fn builder(url: impl Into<String>, token: impl Into<String>, actor: Actor) -> Builder {
+        Builder {
+            url: url.into(),
+            token: token.into(),
+            actor,
+            spool_dir: PathBuf::from("mlaudit-spool"),
+            queue_capacity: 10_000,
+            max_batch: 1_000,
+            linger: Duration::from_millis(20),
+            timeout: Duration::from_secs(10),
+            direct_attempts: 3,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            spool_max_bytes: 1 << 30,
+            sampling: Sampling::default(),
+        }
+    }
+
+    /// Records an event: samples it (predictions only), stamps its time if it has none, and
+    /// queues it. Never blocks on the network and never fails; when the queue is full the
+    /// event (and everything queued before it) goes to the spool on disk.
+    pub fn log(&self, mut event: Event) {
+        if event.kind.starts_with("prediction.") {
+            let rate = self.sampling.rate_for(event.subject.model.as_deref());
+            if rate < 1.0 && event.subject.request.as_deref().is_some_and(|r| !keeps(r, rate)) {
+                Counters::add(&self.shared.counters.sampled_out, 1);
+                return;
+            }
+            match &mut event.prediction {
+                Some(p) => p.sample_rate = Some(rate),
+                None => drop(event.attributes.insert("sample_rate".into(), rate.into())),
+            }
+        }
+        if event.time.is_none() {
+            event.time = Some(SystemTime::now());
+        }
+        let event = match self.shared.tx.try_send(Msg::Event(event)) {
+            Ok(()) => return,
+            Err(TrySendError::Full(Msg::Event(e)) | TrySendError::Disconnected(Msg::Event(e))) => e,
+            Err(_) => return,
+        };
+        let mut side = self.shared.spool();
+        let mut controls = Vec::new();
+        self.shared.queue_to_spool(&mut side, Some(event), &mut controls);
+        for c in controls {
+            let _ = self.shared.control_tx.send(c);
+        }
+    }
+
+    /// Waits until everything logged before this call is delivered, for at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
+        let deadline = Instant::now() + timeout;
+        let (reply, phases) = std::sync::mpsc::channel();
+        if self.shared.tx.send_deadline(Msg::Flush(reply), deadline).is_err() {
+            return Err(FlushError::Timeout { durable: false });
+        }
+        let mut durable = false;
+        loop {
+            match phases.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(Phase::Delivered) => return Ok(()),
+                Ok(Phase::Durable) => durable = true,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Err(FlushError::Timeout { durable }),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(FlushError::Stopped),
+            }
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Events on the spool not yet acknowledged.
+    pub fn spooled_pending(&self) -> u64 {
+        self.shared.spool().spool.pending()
+    }
+
+    /// Stops the logger: delivers what it holds for at most `timeout`, spools (durably) what
+    /// it could not deliver, and returns the final counters.
+    pub fn close(mut self, timeout: Duration) -> Stats {
+        self.stop(timeout);
+        self.stats()
+    }
+
+    fn stop(&mut self, timeout: Duration) {
+        let Some(thread) = self.thread.take() else { return };
+        // A full queue: the marker waits its turn (the sender keeps draining).
+        if self.shared.tx.send(Msg::Shutdown(Instant::now() + timeout)).is_ok() && thread.join().is_err() {
+            tracing::error!("mlaudit: the logger's sender thread panicked");
+        }
+    }
+}
+
+impl Drop for AuditLogger {
+    /// A logger dropped without [`AuditLogger::close`] closes with [`DROP_TIMEOUT`].
+    fn drop(&mut self) {
+        self.stop(DROP_TIMEOUT);
+    }
+}

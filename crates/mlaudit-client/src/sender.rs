@@ -1,0 +1,343 @@
+//! The background sender: batches queued events, sends them, retries, and drains the spool.
+//!
+//! Two modes (`Shared::spooling`):
+//! - **direct** — the spool is empty. Batches come off the queue (up to `max_batch`, or what
+//!   arrived within `linger` of the first) and are sent, with up to `direct_attempts` tries.
+//!   A batch that still fails is put ahead of the spool and the mode becomes spooling.
+//! - **spooling** — everything queued is moved to the spool tail (fsync'd once per round),
+//!   and batches are read from the spool head, sent, and consumed only once the server
+//!   acknowledged them, with exponential backoff and full jitter between failures. When the
+//!   spool is empty (checked under its lock) the mode returns to direct.
+//!
+//! Flush markers travel the queue with the events, so a flush is answered once everything
+//! before it is durable (phase `Durable`) and delivered (`Delivered`). A shutdown marker
+//! makes the loop deliver what it can until its deadline, then spool the rest and stop.
+
+use crate::encode::{batch_body, encode_event, encoded_id, Ids};
+use crate::logger::{Builder, Msg, Phase, Shared};
+use crate::spool::Pos;
+use crate::stats::Counters;
+use crate::transport::{Outcome, Transport};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Most payload bytes read from the spool for one request (the server's default body limit
+/// is 16 MiB).
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// How often an idle sender looks at the mode and the shutdown deadline.
+const IDLE_WAKE: Duration = Duration::from_millis(50);
+/// Least time between two warnings about the same kind of failure.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Exponential backoff with full jitter.
+#[derive(Debug)]
+struct Backoff {
+    base: Duration,
+    max: Duration,
+    failures: u32,
+    until: Option<Instant>,
+    rng: u64,
+}
+
+impl Backoff {
+    fn delay(&mut self) -> Duration {
+        // xorshift64*: jitter only, not security.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let cap = self.base.saturating_mul(1u32 << self.failures.min(20)).min(self.max);
+        cap.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
+    }
+
+    fn failed(&mut self) -> Duration {
+        let d = self.delay();
+        self.failures = self.failures.saturating_add(1);
+        self.until = Some(Instant::now() + d);
+        d
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+        self.until = None;
+    }
+}
+
+/// The sender thread's state.
+#[derive(Debug)]
+pub(crate) struct SenderLoop {
+    shared: Arc<Shared>,
+    transport: Transport,
+    ids: Ids,
+    max_batch: usize,
+    linger: Duration,
+    direct_attempts: u32,
+    backoff: Backoff,
+    /// Flushes answered `Durable`, waiting for the spool to drain.
+    waiting: Vec<mpsc::Sender<Phase>>,
+    shutdown: Option<Instant>,
+    /// The spool head being sent: what is left of it, where it ends, how many records it had.
+    inflight: Option<(Vec<Vec<u8>>, Pos, u64)>,
+    /// Events read from the spool per request (halved after a 413).
+    spool_batch: usize,
+    last_warning: Option<Instant>,
+}
+
+impl SenderLoop {
+    pub(crate) fn new(shared: Arc<Shared>, transport: Transport, b: &Builder) -> SenderLoop {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::getrandom(&mut seed);
+        SenderLoop {
+            shared,
+            transport,
+            ids: Ids::default(),
+            max_batch: b.max_batch,
+            linger: b.linger,
+            direct_attempts: b.direct_attempts,
+            backoff: Backoff { base: b.backoff_base, max: b.backoff_max, failures: 0, until: None, rng: u64::from_le_bytes(seed) | 1 },
+            waiting: Vec::new(),
+            shutdown: None,
+            inflight: None,
+            spool_batch: b.max_batch,
+            last_warning: None,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        loop {
+            let stop = if self.shared.spooling.load(Ordering::Acquire) { self.spool_round() } else { self.direct_round() };
+            if stop {
+                break;
+            }
+        }
+        self.finish();
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.shutdown.is_some_and(|d| Instant::now() >= d)
+    }
+
+    // --- direct mode ---
+
+    fn direct_round(&mut self) -> bool {
+        let mut batch = Vec::new();
+        let mut markers = Vec::new();
+        let (rx, control) = (self.shared.rx.clone(), self.shared.control_rx.clone());
+        crossbeam_channel::select! {
+            recv(rx) -> m => match m {
+                Ok(Msg::Event(e)) => batch.push(encode_event(e, &self.shared.actor, &mut self.ids)),
+                Ok(marker) => markers.push(marker),
+                Err(_) => return true,
+            },
+            recv(control) -> m => markers.extend(m.ok()),
+            default(IDLE_WAKE) => {},
+        }
+        if !batch.is_empty() {
+            let deadline = Instant::now() + self.linger;
+            while batch.len() < self.max_batch {
+                match rx.recv_deadline(deadline) {
+                    Ok(Msg::Event(e)) => batch.push(encode_event(e, &self.shared.actor, &mut self.ids)),
+                    Ok(marker) => {
+                        markers.push(marker);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.deliver_direct(batch);
+        }
+        self.handle_markers(markers);
+        if self.shutdown.is_some() && !self.shared.spooling.load(Ordering::Acquire) {
+            return (rx.is_empty() && control.is_empty()) || self.past_deadline();
+        }
+        false
+    }
+
+    /// Sends a batch taken off the queue; if it cannot be delivered, puts it ahead of the
+    /// spool and switches to spooling.
+    fn deliver_direct(&mut self, mut records: Vec<Vec<u8>>) {
+        let mut attempts = 0;
+        loop {
+            match self.post(&mut records) {
+                Ok(()) => {
+                    self.backoff.reset();
+                    return;
+                }
+                Err(()) => {
+                    attempts += 1;
+                    if attempts >= self.direct_attempts || self.past_deadline() {
+                        break;
+                    }
+                    Counters::add(&self.shared.counters.retried, records.len() as u64);
+                    std::thread::sleep(self.backoff.failed());
+                }
+            }
+        }
+        let mut side = self.shared.spool();
+        match side.spool.prepend(&records) {
+            Ok(()) => Counters::add(&self.shared.counters.spooled, records.len() as u64),
+            Err(e) => {
+                Counters::add(&self.shared.counters.dropped, records.len() as u64);
+                tracing::error!(error = %e, events = records.len(), "mlaudit: audit events DROPPED: the server is unreachable and the spool cannot be written");
+            }
+        }
+        self.shared.spooling.store(true, Ordering::Release);
+    }
+
+    // --- spooling mode ---
+
+    fn spool_round(&mut self) -> bool {
+        let mut markers = Vec::new();
+        {
+            let mut side = self.shared.spool();
+            self.shared.queue_to_spool(&mut side, None, &mut markers);
+            if let Err(e) = side.spool.sync() {
+                tracing::error!(error = %e, "mlaudit: cannot fsync the spool");
+            }
+        }
+        markers.extend(self.shared.control_rx.try_iter());
+        self.handle_markers(markers);
+        if self.past_deadline() {
+            return true;
+        }
+        if let Some(until) = self.backoff.until {
+            let now = Instant::now();
+            if now < until {
+                std::thread::sleep((until - now).min(Duration::from_millis(20)));
+                return false;
+            }
+        }
+        if self.inflight.is_none() {
+            let mut side = self.shared.spool();
+            match side.spool.read_head(self.spool_batch, MAX_BATCH_BYTES) {
+                Ok(head) if head.records.is_empty() => {
+                    if side.spool.pending() == 0 {
+                        self.shared.spooling.store(false, Ordering::Release);
+                        drop(side);
+                        for w in self.waiting.drain(..) {
+                            let _ = w.send(Phase::Delivered);
+                        }
+                    }
+                    return false;
+                }
+                Ok(head) => {
+                    let count = head.records.len() as u64;
+                    self.inflight = Some((head.records, head.end, count));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "mlaudit: cannot read the spool");
+                    self.backoff.failed();
+                    return false;
+                }
+            }
+        }
+        let Some((mut records, end, count)) = self.inflight.take() else { return false };
+        match self.post(&mut records) {
+            Ok(()) => {
+                self.backoff.reset();
+                self.spool_batch = self.max_batch;
+                if let Err(e) = self.shared.spool().spool.consume(end, count) {
+                    tracing::error!(error = %e, "mlaudit: cannot move the spool's cursor (the batch will be sent again and answered as duplicate)");
+                }
+            }
+            Err(()) => {
+                Counters::add(&self.shared.counters.retried, records.len() as u64);
+                self.backoff.failed();
+                self.inflight = Some((records, end, count));
+            }
+        }
+        false
+    }
+
+    // --- both ---
+
+    /// Tries once to deliver every record: removes those the server acknowledged or refused
+    /// as invalid, splits on 413. `Err` leaves the undelivered ones in `records`.
+    fn post(&mut self, records: &mut Vec<Vec<u8>>) -> Result<(), ()> {
+        let mut chunk = records.len();
+        while !records.is_empty() {
+            let n = chunk.min(records.len());
+            let body = batch_body(records[..n].iter().map(Vec::as_slice));
+            match self.transport.send(&body) {
+                Outcome::Delivered { duplicates } => {
+                    Counters::add(&self.shared.counters.sent, n as u64);
+                    Counters::add(&self.shared.counters.duplicates, duplicates);
+                    records.drain(..n);
+                }
+                Outcome::Invalid(mut invalid) => {
+                    invalid.retain(|(i, _)| *i < n);
+                    if invalid.is_empty() {
+                        self.warn("the server answered 422 about events not in the batch", true);
+                        return Err(());
+                    }
+                    invalid.sort_by(|a, b| b.0.cmp(&a.0));
+                    invalid.dedup_by_key(|(i, _)| *i);
+                    for (i, reason) in invalid {
+                        let event = records.remove(i);
+                        Counters::add(&self.shared.counters.rejected, 1);
+                        tracing::error!(id = %encoded_id(&event), %reason, "mlaudit: the server REJECTED an audit event as invalid; it is not retried");
+                    }
+                }
+                Outcome::TooLarge if n == 1 => {
+                    let event = records.remove(0);
+                    Counters::add(&self.shared.counters.rejected, 1);
+                    tracing::error!(id = %encoded_id(&event), bytes = event.len(), "mlaudit: the server REJECTED an audit event over its body limit");
+                }
+                Outcome::TooLarge => chunk = n / 2,
+                Outcome::Retry { reason, config } => {
+                    self.warn(&reason, config);
+                    return Err(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn warn(&mut self, reason: &str, config: bool) {
+        if config {
+            tracing::error!(%reason, "mlaudit: the server refuses the logger's requests; events are kept in the spool until this is fixed");
+        } else if self.last_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            self.last_warning = Some(Instant::now());
+            tracing::warn!(%reason, "mlaudit: cannot reach the audit server; events are spooled and retried");
+        }
+    }
+
+    fn handle_markers(&mut self, markers: Vec<Msg>) {
+        for marker in markers {
+            match marker {
+                Msg::Flush(reply) => {
+                    if self.shared.spooling.load(Ordering::Acquire) {
+                        if let Err(e) = self.shared.spool().spool.sync() {
+                            tracing::error!(error = %e, "mlaudit: cannot fsync the spool");
+                            self.waiting.push(reply);
+                            continue;
+                        }
+                        let _ = reply.send(Phase::Durable);
+                        self.waiting.push(reply);
+                    } else {
+                        let _ = reply.send(Phase::Delivered);
+                    }
+                }
+                Msg::Shutdown(deadline) => self.shutdown = Some(self.shutdown.map_or(deadline, |d| d.min(deadline))),
+                Msg::Event(_) => {}
+            }
+        }
+    }
+
+    /// On the way out: whatever is still queued goes to the spool, durably.
+    fn finish(&mut self) {
+        let mut side = self.shared.spool();
+        let mut markers = Vec::new();
+        if !self.shared.rx.is_empty() {
+            self.shared.queue_to_spool(&mut side, None, &mut markers);
+        }
+        if let Err(e) = side.spool.sync() {
+            tracing::error!(error = %e, "mlaudit: cannot fsync the spool at shutdown");
+        }
+        let pending = side.spool.pending();
+        if pending > 0 {
+            tracing::warn!(events = pending, "mlaudit: logger stopped with events on the spool; the next logger on this spool directory delivers them");
+        }
+    }
+}
