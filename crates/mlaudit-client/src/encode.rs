@@ -107,3 +107,12 @@ pub(crate) fn batch_body<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<
 pub(crate) fn encoded_id(event: &[u8]) -> String {
     proto::Event::decode(event).map(|e| e.id).unwrap_or_default()
 }
+
+/// The `EventBatch` body a logger would send for these events: ids drawn and times stamped
+/// where missing, `default_actor` where an event names none. For tools and tests; a logger
+/// does this itself.
+pub fn encode_batch(events: impl IntoIterator<Item = Event>, default_actor: &Actor) -> Vec<u8> {
+    let mut ids = Ids::default();
+    let encoded: Vec<Vec<u8>> = events.into_iter().map(|e| encode_event(e, default_actor, &mut ids)).collect();
+    batch_body(encoded.iter().map(Vec::as_slice))
+}

@@ -47,6 +47,7 @@ mod spool;
 mod stats;
 mod transport;
 
+pub use encode::encode_batch;
 pub use event::{AccessChange, Actor, ActorKind, Event, Object, Sha256, Subject};
 pub use logger::{AuditLogger, Builder, FlushError, StartError, DROP_TIMEOUT};
 pub use sampling::{keeps, RateError, Risk, Sampling};
