@@ -16,8 +16,8 @@ Invariants:
   increasing segment-number order, each segment read from its cursor offset (0 when the
   cursor has no entry for it). ``append`` writes to the highest-numbered segment, ``prepend``
   creates a segment numbered below every existing one.
-* **Torn tails.** A record whose header or body is incomplete, or whose CRC does not match,
-  ends its segment: it and anything after it in that segment are ignored (reported once).
+* **Torn tails.** A record whose header or body is incomplete, whose length is 0 (a
+  zero-filled tail) or whose CRC does not match, ends its segment: it and anything after it in that segment are ignored (reported once).
   A process never appends to a segment that a previous process wrote: it starts a new one,
   so a torn tail can never hide records written after it.
 * **Cursor.** The cursor only moves forward within a segment and is persisted with
@@ -81,7 +81,8 @@ def read_records(path: str, offset: int, end: int, max_records: int,
         if len(data) - pos < _HDR.size:
             return bodies, offset + pos, True
         length, crc = _HDR.unpack_from(data, pos)
-        if length > MAX_RECORD or len(data) - pos - _HDR.size < length:
+        # A zero length is a zero-filled tail (the size reached the disk before the data).
+        if length == 0 or length > MAX_RECORD or len(data) - pos - _HDR.size < length:
             return bodies, offset + pos, True
         body = data[pos + _HDR.size: pos + _HDR.size + length]
         if zlib.crc32(body) & 0xFFFFFFFF != crc:

@@ -1,0 +1,262 @@
+"""Delivery against real `mlaudit serve` processes: exactly once, order across outages,
+spooling instead of blocking, spool hand-over between processes, torn tails, limits."""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import make_logger
+from mlaudit import AuditLogger, LoggerClosedError, SpoolInUseError
+from server import CLIENT_DIR
+
+
+def seq_of(events, kind):
+    """The ``i`` attribute of each stored event of ``kind``, in server seq order."""
+    return [e["event"]["attributes"]["i"] for e in events if e["event"]["kind"] == kind]
+
+
+def test_delivers_in_order_with_time_id_and_actor(server, tmp_path):
+    lg = make_logger(server, tmp_path / "spool")
+    for i in range(1200):
+        lg.log({"kind": "x.basic", "attributes": {"i": i}})
+    assert lg.flush(30) is True
+    st = lg.stats()
+    assert (st["sent"], st["spooled"], st["dropped"], st["rejected"]) == (1200, 0, 0, 0)
+    events = server.query(kind="x.basic")
+    assert seq_of(events, "x.basic") == list(range(1200))
+    seqs = [e["seq"] for e in events]
+    assert seqs == sorted(seqs)
+    ev = events[0]["event"]
+    assert ev["actor"] == {"id": "test-suite", "type": "service"}
+    assert ev["time"].endswith("Z") and len(ev["time"]) == len("2026-11-27T03:00:00.123456Z")
+    assert len({e["event"]["id"] for e in events}) == 1200
+    assert lg.close() is True
+    with pytest.raises(LoggerClosedError):
+        lg.log({"kind": "x.basic"})
+
+
+def test_resend_after_cursor_rollback_is_idempotent(offline_server, tmp_path):
+    """Ids are fixed before the first attempt and kept in the spool: replaying a spool that
+    was already delivered (as after a crash before the cursor was persisted) yields
+    duplicate:true for every event and no second copy."""
+    srv, spool = offline_server, tmp_path / "spool"
+    lg = make_logger(srv, spool)
+    for i in range(300):
+        lg.log({"kind": "x.replay", "attributes": {"i": i}})
+    assert lg.close(timeout=10) is False  # server down: spooled
+    assert lg.stats()["spooled"] == 300
+    shutil.copytree(spool, tmp_path / "spool-copy")
+
+    srv.start()
+    lg = make_logger(srv, spool)
+    assert lg.flush(30) is True
+    assert (lg.stats()["sent"], lg.stats()["duplicates"]) == (300, 0)
+    lg.close()
+
+    shutil.rmtree(spool)
+    shutil.copytree(tmp_path / "spool-copy", spool)  # the cursor rolled back to the start
+    lg = make_logger(srv, spool)
+    assert lg.flush(30) is True
+    assert (lg.stats()["sent"], lg.stats()["duplicates"]) == (300, 300)
+    lg.close()
+    events = srv.query(kind="x.replay")
+    assert seq_of(events, "x.replay") == list(range(300))
+
+
+def test_server_killed_and_restarted_mid_stream_loses_nothing_keeps_order(offline_server,
+                                                                          tmp_path):
+    """One thread logs 3,000 numbered events; the server is SIGKILLed after the 1,000th and
+    restarted (same port and data) after the 2,000th. Every event arrives exactly once and
+    the server's seq order is the log() order."""
+    srv = offline_server
+    srv.start()
+    lg = make_logger(srv, tmp_path / "spool", batch_size=100, linger_s=0.01)
+    n = 3000
+    for i in range(n):
+        lg.log({"kind": "x.order", "attributes": {"i": i}})
+        if i % 50 == 49:
+            time.sleep(0.005)
+        if i == 1000:
+            srv.kill()
+        if i == 2000:
+            time.sleep(0.3)  # let the sender hit the outage
+            srv.start()
+    assert lg.flush(60) is True
+    st = lg.stats()
+    lg.close()
+    assert st["spooled"] > 0 and st["retried"] > 0, st  # the outage was seen
+    assert seq_of(srv.query(kind="x.order"), "x.order") == list(range(n))
+
+
+def test_full_queue_spools_instead_of_blocking(offline_server, tmp_path):
+    """queue_size=10 and nothing listening: 10,000 log() calls return without waiting for
+    the network (a loose bound), everything is spooled, then delivered in order."""
+    srv, spool = offline_server, tmp_path / "spool"
+    lg = make_logger(srv, spool, queue_size=10, batch_size=5)
+    t0 = time.monotonic()
+    for i in range(10_000):
+        lg.log({"kind": "x.full", "attributes": {"i": i}})
+    elapsed = time.monotonic() - t0
+    assert elapsed < 5.0, f"10,000 log() calls took {elapsed:.2f} s with the server down"
+    assert lg.close(timeout=10) is False
+    st = lg.stats()
+    assert (st["spooled"], st["dropped"], st["sent"]) == (10_000, 0, 0)
+
+    srv.start()
+    lg = make_logger(srv, spool)
+    assert lg.flush(60) is True
+    lg.close()
+    assert seq_of(srv.query(kind="x.full"), "x.full") == list(range(10_000))
+
+
+def test_a_later_process_delivers_what_an_earlier_one_left(offline_server, tmp_path):
+    """A child process logs 500 events while the server is down and exits (atexit closes
+    the logger). A new logger on the same spool_dir delivers them first, then its own."""
+    srv, spool = offline_server, tmp_path / "spool"
+    script = textwrap.dedent(f"""
+        import mlaudit
+        lg = mlaudit.AuditLogger({srv.url!r}, {srv.writer!r}, {str(spool)!r},
+                                 actor={{"id": "batch-job", "type": "service"}},
+                                 backoff_cap_s=0.2)
+        for i in range(500):
+            lg.log({{"kind": "x.handover", "attributes": {{"i": i}}}})
+        # no close(): the atexit hook spools what is left
+    """)
+    env = dict(os.environ, PYTHONPATH=CLIENT_DIR)
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert any(n.startswith("seg-") for n in os.listdir(spool))
+
+    srv.start()
+    lg = make_logger(srv, spool)
+    for i in range(500, 600):
+        lg.log({"kind": "x.handover", "attributes": {"i": i}})
+    assert lg.flush(30) is True
+    lg.close()
+    events = srv.query(kind="x.handover")
+    assert seq_of(events, "x.handover") == list(range(600))
+    assert events[0]["event"]["actor"]["id"] == "batch-job"
+
+
+@pytest.mark.parametrize("damage", ["cut", "zeros", "garbage"])
+def test_torn_spool_tail_is_skipped(offline_server, tmp_path, caplog, damage):
+    """A spool whose last record was torn (process died mid-write; the size reached the
+    disk before the data; garbage): the intact records are delivered, the torn one is
+    skipped with a warning, and new events follow in order."""
+    srv, spool = offline_server, tmp_path / "spool"
+    lg = make_logger(srv, spool)
+    for i in range(100):
+        lg.log({"kind": "x.torn", "attributes": {"i": i}})
+    lg.close(timeout=10)
+    segs = sorted(n for n in os.listdir(spool) if n.startswith("seg-"))
+    last = os.path.join(spool, segs[-1])
+    size = os.path.getsize(last)
+    with open(last, "r+b") as f:
+        if damage == "cut":
+            f.truncate(size - 5)
+        elif damage == "zeros":
+            f.seek(size)
+            f.write(b"\0" * 64)
+        else:
+            f.seek(size - 3)
+            f.write(b"\xff\xfe\xfd")
+    expected = list(range(100)) if damage == "zeros" else list(range(99))
+
+    srv.start()
+    caplog.set_level(logging.WARNING, logger="mlaudit")
+    lg = make_logger(srv, spool)
+    for i in range(100, 110):
+        lg.log({"kind": "x.torn", "attributes": {"i": i}})
+    assert lg.flush(30) is True
+    lg.close()
+    assert seq_of(srv.query(kind="x.torn"), "x.torn") == expected + list(range(100, 110))
+    assert "torn or damaged record" in caplog.text
+
+
+def test_spool_limit_drops_loudly(offline_server, tmp_path, caplog):
+    srv = offline_server
+    caplog.set_level(logging.ERROR, logger="mlaudit")
+    lg = make_logger(srv, tmp_path / "spool", queue_size=10, spool_max_bytes=20_000)
+    with pytest.warns(RuntimeWarning, match="dropped"):
+        for i in range(1000):
+            lg.log({"kind": "x.limit", "attributes": {"i": i, "pad": "p" * 100}})
+    lg.close(timeout=10)
+    st = lg.stats()
+    assert st["dropped"] > 0 and st["spooled"] > 0
+    assert st["dropped"] + st["spooled"] == 1000
+    assert "DROPPED" in caplog.text
+
+    srv.start()
+    lg = make_logger(srv, tmp_path / "spool")
+    assert lg.flush(30) is True
+    lg.close()
+    assert len(srv.query(kind="x.limit")) == st["spooled"]
+
+
+def test_one_logger_per_spool_dir(offline_server, tmp_path):
+    lg = make_logger(offline_server, tmp_path / "spool")
+    with pytest.raises(SpoolInUseError):
+        make_logger(offline_server, tmp_path / "spool")
+    lg.close(timeout=5)
+    make_logger(offline_server, tmp_path / "spool").close(timeout=5)  # released
+
+
+def test_invalid_events_are_rejected_and_the_rest_delivered(shared_server, tmp_path, caplog):
+    """A 422 names the bad indices: those are dropped (counted, logged at error level)
+    and the rest of the batch is resent."""
+    caplog.set_level(logging.ERROR, logger="mlaudit")
+    lg = make_logger(shared_server, tmp_path / "spool", linger_s=0.2)
+    bad_id = "00000000-0000-4000-8000-00000000bad1"
+    for i in range(20):
+        lg.log({"kind": "x.reject", "attributes": {"i": i}})
+        if i == 7:
+            lg.log({"id": bad_id, "kind": "registry.approval_granted",
+                    "subject": {"model": "m", "version": "1"}, "attributes": {"reason": "ok"}})
+    assert lg.flush(30) is True
+    st = lg.stats()
+    lg.close()
+    assert (st["rejected"], st["sent"]) == (1, 20)
+    assert seq_of(shared_server.query(kind="x.reject"), "x.reject") == list(range(20))
+    assert bad_id in caplog.text and "attributes.approver is required" in caplog.text
+
+
+def test_bad_token_spools_instead_of_dropping(server, tmp_path, caplog):
+    """401 is a configuration error: the events stay in the spool (never dropped) until a
+    logger with a valid token delivers them."""
+    caplog.set_level(logging.ERROR, logger="mlaudit")
+    lg = AuditLogger(server.url, "mla_not_a_token", str(tmp_path / "spool"),
+                     actor={"id": "t", "type": "service"}, register_atexit=False,
+                     backoff_cap_s=0.2)
+    for i in range(50):
+        lg.log({"kind": "x.auth", "attributes": {"i": i}})
+    assert lg.flush(15) is False
+    lg.close(timeout=5)
+    st = lg.stats()
+    assert (st["dropped"], st["rejected"], st["sent"], st["spooled"]) == (0, 0, 0, 50)
+    assert "refused the token" in caplog.text
+
+    lg = make_logger(server, tmp_path / "spool")
+    assert lg.flush(30) is True
+    lg.close()
+    assert seq_of(server.query(kind="x.auth"), "x.auth") == list(range(50))
+
+
+def test_log_validates_its_input(offline_server, tmp_path):
+    lg = make_logger(offline_server, tmp_path / "spool", actor=None)
+    with pytest.raises(ValueError, match="actor"):
+        lg.log({"kind": "x.a"})
+    with pytest.raises(ValueError, match="kind"):
+        lg.log({"actor": {"id": "a", "type": "user"}})
+    with pytest.raises(ValueError):
+        lg.log(["not", "a", "dict"])
+    with pytest.raises(ValueError):
+        AuditLogger(offline_server.url, spool_dir=str(tmp_path / "s2"),
+                    actor={"id": "a", "type": "robot"}, register_atexit=False)
+    lg.close(timeout=5)
