@@ -31,7 +31,7 @@ def dumps(event: Any) -> bytes:
 def json_safe(value: Any, _depth: int = 0) -> Any:
     """A JSON-safe copy of ``value`` that never raises.
 
-    dict keys become strings; tuples, lists, sets and iterables of known kinds become lists;
+    dict keys become strings (``str`` of numbers, else ``repr``); tuples, lists, sets and iterables of known kinds become lists;
     objects with ``tolist()`` (numpy arrays and scalars) or ``item()`` are converted;
     NaN and infinities become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``;
     bytes become ``{"bytes_hex": ...}`` (truncated); anything else becomes its ``repr``
@@ -56,8 +56,7 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
                 if i >= _MAX_ITEMS:
                     out["..."] = f"{len(value) - i} more"
                     break
-                out[k if isinstance(k, str) else str(json_safe(k, _depth + 1))] = \
-                    json_safe(v, _depth + 1)
+                out[_key(k)] = json_safe(v, _depth + 1)
             return out
         if isinstance(value, (list, tuple, set, frozenset)):
             seq = list(value)[:_MAX_ITEMS]
@@ -74,6 +73,14 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
         return _repr(value)
     except Exception:
         return _repr(value)
+
+
+def _key(k: Any) -> str:
+    if isinstance(k, str):
+        return k
+    if k is None or isinstance(k, (bool, int, float)):
+        return str(k)
+    return _repr(k)
 
 
 def _repr(value: Any) -> str:

@@ -197,7 +197,8 @@ def prediction_decorator(logger, *, model: str, version: str,
     reaches the caller — it is swallowed and counted in ``stats()["errors"]``.
 
     The event: subject ``{model, version, request}``, attributes ``inputs`` (``args`` and
-    ``kwargs``, JSON-safe), ``outputs`` (the result, JSON-safe), ``latency_ms`` (the
+    ``kwargs``, JSON-safe), ``outputs`` (the result, JSON-safe; ``None`` is recorded as
+    ``{"value": null}`` since the catalogue requires outputs), ``latency_ms`` (the
     function alone) and ``sample_rate``. Inputs and outputs are encoded only for calls
     that are sampled in.
     """
@@ -234,9 +235,11 @@ def _log_prediction(logger, model, version, request_id, actor, args, kwargs, res
     inputs: Dict[str, Any] = {"args": json_safe(list(args))}
     if kwargs:
         inputs["kwargs"] = json_safe(kwargs)
+    # The catalogue requires a non-null outputs: a None result is recorded as {"value": null}.
+    outputs = json_safe(result) if result is not None else {"value": None}
     ev: Dict[str, Any] = {"kind": "prediction.served",
                           "subject": {"model": model, "version": version, "request": rid},
-                          "attributes": {"inputs": inputs, "outputs": json_safe(result),
+                          "attributes": {"inputs": inputs, "outputs": outputs,
                                          "latency_ms": round(latency_ms, 4)}}
     if actor is not None:
         ev["actor"] = dict(actor)

@@ -1,0 +1,155 @@
+"""The prediction decorator never changes a result and never raises into the caller."""
+
+import math
+
+import pytest
+
+from conftest import make_logger
+
+
+class Opaque:
+    def __repr__(self):
+        return "<Opaque thing>"
+
+
+class BadRepr:
+    def __repr__(self):
+        raise RuntimeError("repr explodes")
+
+
+RESULTS = [None, 0, 1.5, "yes", (1, 2), [0.1, 0.9], {"p": 0.3}, Opaque(), b"\x00\x01",
+           {1, 2}, float("nan"), BadRepr()]
+
+
+def test_results_are_returned_unchanged_and_logged(shared_server, tmp_path):
+    lg = make_logger(shared_server, tmp_path / "spool")
+
+    @lg.predictions(model="deco-model", version="3", risk="high")
+    def predict(x, *, request_id=None):
+        return x
+
+    for i, r in enumerate(RESULTS):
+        assert predict(r, request_id=f"deco-{i}") is r
+    assert lg.flush(30) is True
+    st = lg.stats()
+    lg.close()
+    assert st["errors"] == 0 and st["rejected"] == 0
+    got = {e["event"]["subject"]["request"]: e["event"]
+           for e in shared_server.query(model="deco-model", kind="prediction.served")}
+    assert sorted(got) == sorted(f"deco-{i}" for i in range(len(RESULTS)))
+    ev = got["deco-6"]
+    assert ev["subject"] == {"model": "deco-model", "version": "3", "request": "deco-6"}
+    assert ev["attributes"]["outputs"] == {"p": 0.3}
+    assert ev["attributes"]["inputs"] == {"args": [{"p": 0.3}], "kwargs": {"request_id": "deco-6"}}
+    assert ev["attributes"]["sample_rate"] == 1.0
+    assert ev["attributes"]["latency_ms"] >= 0
+    assert got["deco-7"]["attributes"]["outputs"] == "<Opaque thing>"
+    assert got["deco-8"]["attributes"]["outputs"] == {"bytes_hex": "0001", "length": 2}
+    assert got["deco-10"]["attributes"]["outputs"] == "NaN"
+    assert "unrepresentable BadRepr" in got["deco-11"]["attributes"]["outputs"]
+
+
+def test_unserialisable_inputs(shared_server, tmp_path):
+    lg = make_logger(shared_server, tmp_path / "spool")
+    calls = []
+
+    @lg.predictions(model="deco-inputs", version="1",
+                    request_id=lambda *a, **k: f"in-{len(calls)}")
+    def predict(*args, **kwargs):
+        calls.append(1)
+        return len(args)
+
+    loop = []
+    loop.append(loop)
+    odd = [object(), {("tuple", "key"): 1, 2: "int key"}, float("inf"), loop, {1, 2, 3},
+           2**80, Opaque(), BadRepr(), bytearray(b"abc"), math.pi]
+    assert predict(*odd, extra=Opaque()) == len(odd)
+    try:
+        import numpy as np
+        assert predict(np.arange(6).reshape(2, 3), np.float32(0.5)) == 2
+        n = 2
+    except ImportError:
+        n = 1
+    assert lg.flush(30) is True
+    lg.close()
+    events = shared_server.query(model="deco-inputs")
+    assert len(events) == n
+    args = events[0]["event"]["attributes"]["inputs"]["args"]
+    assert args[1] == {"('tuple', 'key')": 1, "2": "int key"}
+    assert args[2] == "Infinity" and args[5] == str(2**80) and args[6] == "<Opaque thing>"
+    assert events[0]["event"]["attributes"]["inputs"]["kwargs"] == {"extra": "<Opaque thing>"}
+    if n == 2:
+        assert events[1]["event"]["attributes"]["inputs"]["args"] == [[[0, 1, 2], [3, 4, 5]], 0.5]
+
+
+def test_the_functions_exception_propagates_unchanged(offline_server, tmp_path):
+    lg = make_logger(offline_server, tmp_path / "spool")
+    boom = ValueError("bad input", 42)
+
+    @lg.predictions(model="m", version="1")
+    def predict(x):
+        raise boom
+
+    with pytest.raises(ValueError) as info:
+        predict(1)
+    assert info.value is boom and info.value.args == ("bad input", 42)
+
+    class Custom(BaseException):
+        pass
+
+    @lg.predictions(model="m", version="1")
+    def interrupted():
+        raise Custom()
+
+    with pytest.raises(Custom):
+        interrupted()
+    assert lg.stats()["queued"] == 0  # nothing logged for failed calls
+    lg.close(timeout=5)
+
+
+def test_a_broken_or_closed_logger_never_reaches_the_caller(offline_server, tmp_path):
+    lg = make_logger(offline_server, tmp_path / "spool")  # server unreachable
+
+    @lg.predictions(model="m", version="1")
+    def predict(x):
+        return x * 2
+
+    assert predict(21) == 42  # unreachable server: logged to the queue, never waited on
+
+    def explode(event):
+        raise RuntimeError("logger bug")
+
+    lg.log = explode  # a broken logging path
+    assert predict(2) == 4
+    assert lg.stats()["errors"] == 1
+    del lg.log
+    lg.close(timeout=5)
+    assert predict(3) == 6  # closed: log() raises inside, swallowed
+    assert lg.stats()["errors"] == 2
+
+    @lg.predictions(model="m", version="1", request_id=lambda x: 1 / 0)
+    def bad_request_id(x):
+        return x
+
+    assert bad_request_id("same") == "same"
+    assert lg.stats()["errors"] == 3
+
+
+def test_low_risk_predictions_are_sampled_by_request_id(shared_server, tmp_path):
+    from mlaudit.sampling import sampled_in
+    lg = make_logger(shared_server, tmp_path / "spool")
+
+    @lg.predictions(model="deco-low", version="1", risk=("low", 0.1))
+    def predict(x, request_id):
+        return x
+
+    rids = [f"low-{i}" for i in range(300)]
+    for rid in rids:
+        assert predict(1, request_id=rid) == 1
+    assert lg.flush(30)
+    lg.close()
+    got = shared_server.query(model="deco-low")
+    assert sorted(e["event"]["subject"]["request"] for e in got) == \
+        sorted(r for r in rids if sampled_in(r, 0.1))
+    assert {e["event"]["attributes"]["sample_rate"] for e in got} == {0.1}
+    assert lg.stats()["sampled_out"] == 300 - len(got)
