@@ -325,7 +325,11 @@ class AuditLogger:
     # -- spool helpers (caller holds the lock) -------------------------------------------
 
     def _spool_append_locked(self, bodies: List[bytes]) -> None:
-        n = self.spool.append(bodies)
+        try:
+            n = self.spool.append(bodies)
+        except OSError as e:  # disk full, I/O error: never raise into log()
+            log.error("mlaudit: cannot write to the spool %s: %s", self.spool.dir, e)
+            n = 0
         self._counts["spooled"] += n
         if n < len(bodies):
             self._report_drop(len(bodies) - n)
@@ -437,7 +441,11 @@ class AuditLogger:
         # Undeliverable now: these are older than anything the spool holds.
         with self._lock:
             self._counts["retried"] += 1
-            n = self.spool.prepend(bodies)
+            try:
+                n = self.spool.prepend(bodies)
+            except OSError as e:
+                log.error("mlaudit: cannot write to the spool %s: %s", self.spool.dir, e)
+                n = 0
             self._counts["spooled"] += n
             if n < len(bodies):
                 self._report_drop(len(bodies) - n)

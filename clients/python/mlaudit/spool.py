@@ -93,6 +93,12 @@ def read_records(path: str, offset: int, end: int, max_records: int,
     return bodies, offset + pos, False
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -165,7 +171,7 @@ class Spool:
         data = json.dumps({"offsets": {str(k): v for k, v in offsets.items()}}).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -203,7 +209,7 @@ class Spool:
             if (self._tail_fd is None or self._tail_no != max(self._sizes)
                     or self._sizes[self._tail_no] >= self.segment_bytes):
                 self._open_new_tail()
-            os.write(self._tail_fd, rec)  # O_APPEND
+            _write_all(self._tail_fd, rec)  # O_APPEND
             self._sizes[self._tail_no] += len(rec)
             self._dirty_fds[self._tail_no] = self._tail_fd
             written += 1
@@ -246,10 +252,14 @@ class Spool:
         no = min(self._sizes) - 1 if self._sizes else FIRST_SEGMENT
         fd = os.open(self._path(no), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            os.unlink(self._path(no))  # all or nothing
+            raise
         _fsync_dir(self.dir)
         self._sizes[no] = len(data)
         return n
