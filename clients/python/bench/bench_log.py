@@ -1,0 +1,298 @@
+#!/usr/bin/env python3
+"""What logging costs the caller: mlaudit's Python SDK beside two baselines, in one run.
+
+    python clients/python/bench/bench_log.py                                   # full: 1,000,000 calls
+    python clients/python/bench/bench_log.py --calls 2000 --predict-seconds 0.5   # tiny (CI)
+
+Figures (one JSON line each: bench, engine, metric, value, plus context):
+
+* ``log``: the time of one call on the caller's thread, ``time.perf_counter_ns`` around each
+  call, p50/p99/p99.9 over ``--calls`` calls of
+  - ``mlaudit-python``: ``AuditLogger.log(event)`` of a ``prediction.served`` event (a high-risk
+    model, so the sampling hash and ``sample_rate`` are computed) to a real ``mlaudit serve``;
+    the sender thread delivers meanwhile, in the same process (it competes for the GIL);
+  - ``http-sync``: one synchronous ``urllib`` POST of the same event per call, waiting for the
+    durable 200 — ``--calls / 100`` calls (it is that slow);
+  - ``logging-file``: the standard ``logging`` module, a ``FileHandler``, the event as one JSON
+    line (``json.dumps`` on the caller, as a structured log would).
+  The mlaudit run ends with ``flush()``; its time and the SDK's counters are reported.
+* ``predict``: a ~0.2 ms pure-Python predict function called at 1,000 calls/s for
+  ``--predict-seconds``, without and then with ``@logger.predictions`` (high risk: every call
+  logged); p50/p99 of each call's latency as the caller sees it, and the p99 ratio.
+
+The server is started here (``mlaudit init`` in a temporary directory, ``mlaudit serve`` on a
+free port; binary from ``$MLAUDIT_BIN``, else target/release, else target/debug) unless
+``--url`` and ``--token`` are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+try:
+    import mlaudit
+except ImportError:
+    sys.path.insert(0, os.path.dirname(HERE))
+    import mlaudit
+
+
+def emit(bench: str, engine: str, metric: str, value, **ctx) -> None:
+    print(json.dumps(dict(bench=bench, engine=engine, metric=metric, value=value, **ctx),
+                     sort_keys=True), flush=True)
+
+
+def percentiles(samples):
+    s = sorted(samples)
+
+    def at(q):
+        return s[min(len(s) - 1, int(q * len(s)))]
+    return {"p50": at(0.50), "p99": at(0.99), "p99.9": at(0.999), "max": s[-1]}
+
+
+def find_binary() -> str:
+    env = os.environ.get("MLAUDIT_BIN")
+    if env:
+        return env
+    for rel in ("target/release/mlaudit", "target/debug/mlaudit"):
+        p = os.path.join(REPO, rel)
+        if os.path.exists(p):
+            return p
+    raise SystemExit("no mlaudit binary: set MLAUDIT_BIN or build target/release/mlaudit")
+
+
+class LocalServer:
+    def __init__(self) -> None:
+        self.bin = find_binary()
+        self.dir = tempfile.mkdtemp(prefix="mlaudit-bench-")
+        self.data = os.path.join(self.dir, "data")
+        self._cli("init", "--origin", "bench.example")
+        self.token = self._cli("token", "create", "--role", "writer", "--name", "bench")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([self.bin, "--data", self.data, "serve", "--listen",
+                                      f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(self.dir, "serve.log"), "ab"))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=1).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("mlaudit serve did not start")
+                time.sleep(0.05)
+
+    def _cli(self, *args):
+        return subprocess.run([self.bin, "--data", self.data, *args], capture_output=True,
+                              text=True, check=True).stdout.strip().splitlines()[-1]
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def event(i: int) -> dict:
+    return {"kind": "prediction.served",
+            "subject": {"model": "credit-risk", "version": "7", "request": f"req-{i}"},
+            "attributes": {"inputs": {"income": 52000 + i % 1000, "age": 41, "term_months": 36,
+                                      "debt_ratio": 0.31},
+                           "outputs": {"default_probability": 0.071}, "latency_ms": 0.21}}
+
+
+def bench_mlaudit(url, token, calls, work):
+    events = [event(i) for i in range(calls)]
+    lg = mlaudit.AuditLogger(url, token, os.path.join(work, "spool"),
+                             actor={"id": "bench", "type": "service"}, register_atexit=False)
+    samples = [0] * calls
+    clock = time.perf_counter_ns
+    log = lg.log
+    gc.disable()
+    t_start = clock()
+    for i in range(calls):
+        ev = events[i]
+        t0 = clock()
+        log(ev)
+        samples[i] = clock() - t0
+    t_loop = clock() - t_start
+    gc.enable()
+    t0 = clock()
+    delivered = lg.flush(600)
+    t_flush = clock() - t0
+    st = lg.stats()
+    lg.close()
+    p = percentiles(samples)
+    ctx = dict(calls=calls, queue_size=lg.queue_size, batch_size=lg.batch_size)
+    for name in ("p50", "p99", "p99.9"):
+        emit("log", "mlaudit-python", f"log_{name.replace('.', '_')}_ns", p[name], **ctx)
+    emit("log", "mlaudit-python", "log_max_ns", p["max"], **ctx)
+    emit("log", "mlaudit-python", "caller_calls_per_s", round(calls / (t_loop / 1e9)), **ctx)
+    emit("log", "mlaudit-python", "flush_after_loop_ms", round(t_flush / 1e6, 1),
+         delivered=delivered, **ctx)
+    emit("log", "mlaudit-python", "delivered_events_per_s",
+         round(st["sent"] / ((t_loop + t_flush) / 1e9)),
+         note="from the first log() to the end of flush()", **ctx)
+    emit("log", "mlaudit-python", "spooled_events", st["spooled"],
+         note="events the full queue sent through the disk spool", **ctx)
+    return delivered and st["sent"] == calls
+
+
+def bench_http_sync(url, token, calls):
+    import mlaudit._http as h
+    from mlaudit.encode import dumps
+    import uuid
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    bodies = []
+    for i in range(calls):
+        ev = event(i)
+        ev.update(id=str(uuid.uuid4()), actor={"id": "bench", "type": "service"})
+        bodies.append(dumps(ev))
+    samples = []
+    for b in bodies:
+        t0 = time.perf_counter_ns()
+        status, _, err = h.post_json_array(url + "/v1/events", [b], headers, 30)
+        samples.append(time.perf_counter_ns() - t0)
+        if status != 200:
+            raise SystemExit(f"http-sync: HTTP {status}: {err}")
+    p = percentiles(samples)
+    for name in ("p50", "p99", "p99.9"):
+        emit("log", "http-sync", f"log_{name.replace('.', '_')}_ns", p[name], calls=calls,
+             note="one synchronous POST per event, until the durable 200")
+
+
+def bench_logging_file(calls, work):
+    flog = logging.getLogger("bench-file")
+    flog.propagate = False
+    flog.setLevel(logging.INFO)
+    handler = logging.FileHandler(os.path.join(work, "events.log"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    flog.addHandler(handler)
+    events = [event(i) for i in range(calls)]
+    samples = [0] * calls
+    dumps = json.dumps
+    clock = time.perf_counter_ns
+    gc.disable()
+    for i in range(calls):
+        ev = events[i]
+        t0 = clock()
+        flog.info(dumps(ev))
+        samples[i] = clock() - t0
+    gc.enable()
+    handler.close()
+    flog.removeHandler(handler)
+    p = percentiles(samples)
+    for name in ("p50", "p99", "p99.9"):
+        emit("log", "logging-file", f"log_{name.replace('.', '_')}_ns", p[name], calls=calls,
+             note="logging.FileHandler, json.dumps of the event per call")
+
+
+def predict_work(features, n=0):
+    """~0.2 ms of pure-Python arithmetic (calibrated at start)."""
+    acc = 0.0
+    for i in range(PREDICT_LOOPS):
+        acc += features[i % len(features)] * 1.0001
+    return {"score": acc}
+
+
+PREDICT_LOOPS = 1000
+
+
+def calibrate():
+    global PREDICT_LOOPS
+    feats = [0.1, 0.2, 0.3, 0.4]
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        for _ in range(50):
+            predict_work(feats)
+        per = (time.perf_counter_ns() - t0) / 50
+        PREDICT_LOOPS = max(10, int(PREDICT_LOOPS * 200_000 / per))
+
+
+def paced(fn, seconds, rate=1000):
+    """Call fn at ``rate`` calls/s for ``seconds``; latency of each call in ns."""
+    feats = [0.1, 0.2, 0.3, 0.4]
+    n = max(1, int(seconds * rate))
+    samples = []
+    period = 1e9 / rate
+    start = time.perf_counter_ns()
+    for i in range(n):
+        target = start + i * period
+        while True:
+            now = time.perf_counter_ns()
+            if now >= target:
+                break
+            if target - now > 300_000:
+                time.sleep((target - now - 200_000) / 1e9)
+        t0 = time.perf_counter_ns()
+        fn(feats, request_id=f"p-{i}")
+        samples.append(time.perf_counter_ns() - t0)
+    return samples
+
+
+def bench_predict(url, token, seconds, work):
+    calibrate()
+    lg = mlaudit.AuditLogger(url, token, os.path.join(work, "spool-predict"),
+                             actor={"id": "bench", "type": "service"}, register_atexit=False)
+
+    def plain(features, request_id):
+        return predict_work(features)
+
+    decorated = lg.predictions(model="credit-risk", version="7", risk="high")(plain)
+    paced(plain, min(seconds, 0.5))  # warm up
+    without = percentiles(paced(plain, seconds))
+    with_ = percentiles(paced(decorated, seconds))
+    delivered = lg.flush(120)
+    st = lg.stats()
+    lg.close()
+    ctx = dict(rate_per_s=1000, seconds=seconds, calls=int(seconds * 1000))
+    emit("predict", "mlaudit-python", "predict_p50_ns_without", without["p50"], **ctx)
+    emit("predict", "mlaudit-python", "predict_p99_ns_without", without["p99"], **ctx)
+    emit("predict", "mlaudit-python", "predict_p50_ns_with_decorator", with_["p50"], **ctx)
+    emit("predict", "mlaudit-python", "predict_p99_ns_with_decorator", with_["p99"], **ctx)
+    emit("predict", "mlaudit-python", "predict_p99_ratio", round(with_["p99"] / without["p99"], 3),
+         logged=st["sent"], delivered=delivered, **ctx)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="log() cost vs baselines; predict latency")
+    ap.add_argument("--calls", type=int, default=1_000_000)
+    ap.add_argument("--predict-seconds", type=float, default=5.0)
+    ap.add_argument("--url")
+    ap.add_argument("--token", help="writer token (with --url)")
+    args = ap.parse_args()
+    server = None
+    if not (args.url and args.token):
+        server = LocalServer()
+        args.url, args.token = server.url, server.token
+    work = tempfile.mkdtemp(prefix="mlaudit-bench-work-")
+    try:
+        ok = bench_mlaudit(args.url, args.token, args.calls, work)
+        bench_http_sync(args.url, args.token, max(10, args.calls // 100))
+        bench_logging_file(args.calls, work)
+        if args.predict_seconds > 0:
+            bench_predict(args.url, args.token, args.predict_seconds, work)
+        return 0 if ok else 1
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
