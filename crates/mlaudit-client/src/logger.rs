@@ -1,17 +1,21 @@
 //! [`AuditLogger`]: the caller's side. `log()` never blocks and never fails.
 //!
-//! **Paths an event takes.** `log()` samples (predictions only), stamps the time, and
-//! `try_send`s onto a bounded queue. The background sender (`sender.rs`) takes it from there.
-//! If the queue is full, the caller takes the spool lock, moves every event still queued into
-//! the spool, then appends its own, and switches the logger to spooling: disk work on the
-//! caller, but no waiting for the network.
+//! **Paths an event takes.** `log()` samples (predictions only), stamps the time, and pushes
+//! the event onto a bounded queue (a `VecDeque` behind a mutex: the lock is held for a push).
+//! The background sender (`sender.rs`) takes it from there. If the queue is full, the caller —
+//! still holding the queue lock, then taking the spool lock — moves every queued event into
+//! the spool, appends its own, and switches the logger to spooling: disk work on the caller's
+//! thread (buffered writes, no fsync), but never a wait for the network.
 //!
 //! **Order.** Events one thread logs reach the server in the order it logged them: the queue
-//! and the spool are FIFOs; only one party at a time (under the spool lock) moves queued events
-//! into the spool, always all of them, before anything newer; a batch that fails while the
-//! spool fills is put *ahead* of the spool (`Spool::prepend`); and the logger leaves spooling
-//! mode only when the spool is empty, checked under the lock, when everything still queued is
-//! newer than everything sent.
+//! and the spool are FIFOs; the spool lock is only ever taken while holding the queue lock
+//! (lock order: queue, then spool) by whoever moves queued events into the spool, so events
+//! enter the spool in queue order; a batch the sender took off the queue and then failed to
+//! deliver is older than anything spilled after it, and is put *ahead* of the spool
+//! (`Spool::prepend`); the logger leaves spooling mode only when the spool is empty (checked
+//! under both locks), when everything still queued is newer than everything delivered. Flush
+//! and shutdown markers stay in the queue when events are spilled around them: a marker means
+//! "everything before me is sent or spooled".
 
 use crate::encode::{encode_event, Ids};
 use crate::event::Event;
@@ -21,10 +25,10 @@ use crate::spool::Spool;
 use crate::stats::{Counters, Stats};
 use crate::transport::Transport;
 use crate::Actor;
-use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Why a logger could not start.
@@ -85,15 +89,24 @@ pub(crate) struct SpoolSide {
     pub(crate) ids: Ids,
 }
 
+/// The queue behind [`Shared::queue`].
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    pub(crate) items: VecDeque<Msg>,
+    /// Events in `items` (markers do not count against the capacity).
+    pub(crate) events: usize,
+    /// The sender is waiting for work (callers wake it only when that matters).
+    pub(crate) sender_waiting: bool,
+}
+
 /// State shared by the callers and the sender.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) tx: Sender<Msg>,
-    pub(crate) rx: Receiver<Msg>,
-    /// Flush and shutdown markers that a caller took off the queue while moving it into the
-    /// spool; the sender handles them as if it had read them itself.
-    pub(crate) control_tx: Sender<Msg>,
-    pub(crate) control_rx: Receiver<Msg>,
+    pub(crate) queue: Mutex<Queue>,
+    /// Wakes the sender: a marker was queued, the queue is half full, or it overflowed.
+    pub(crate) wake: Condvar,
+    pub(crate) capacity: usize,
+    /// Set when the spool holds events not yet delivered; changed only under both locks.
     pub(crate) spooling: AtomicBool,
     pub(crate) spool: Mutex<SpoolSide>,
     pub(crate) counters: Counters,
@@ -104,44 +117,42 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Lock the queue first (see the module docs).
     pub(crate) fn spool(&self) -> MutexGuard<'_, SpoolSide> {
         // A panic while holding the lock leaves the spool as consistent as any crash would.
         self.spool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Moves everything queued into the spool (in order) and returns the markers met, in
-    /// order. Call with the spool locked.
-    pub(crate) fn queue_to_spool(&self, side: &mut SpoolSide, first: Option<Event>, controls: &mut Vec<Msg>) {
-        let mut records = Vec::new();
-        let push = |side: &mut SpoolSide, records: &mut Vec<Vec<u8>>| {
-            if records.is_empty() {
-                return;
-            }
-            let wanted = records.len() as u64;
-            let stored = side.spool.append(records.iter().map(Vec::as_slice)).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "mlaudit: cannot write to the spool");
-                0
-            });
-            Counters::add(&self.counters.spooled, stored);
-            if stored < wanted {
-                Counters::add(&self.counters.dropped, wanted - stored);
-                tracing::error!(dropped = wanted - stored, limit_bytes = self.spool_max_bytes, "mlaudit: audit events DROPPED: the spool is at its disk limit and the server cannot be reached");
-            }
-            records.clear();
-        };
-        while let Ok(msg) = self.rx.try_recv() {
+    /// Moves every queued event (then `last`, if any) into the spool, in order, leaving the
+    /// markers queued, and switches to spooling. Call with both locks held.
+    pub(crate) fn spill(&self, q: &mut Queue, side: &mut SpoolSide, last: Option<Event>) {
+        let mut records = Vec::with_capacity(q.events + 1);
+        let mut markers = VecDeque::new();
+        for msg in q.items.drain(..) {
             match msg {
                 Msg::Event(e) => records.push(encode_event(e, &self.actor, &mut side.ids)),
-                marker => {
-                    push(side, &mut records);
-                    controls.push(marker);
-                }
+                marker => markers.push_back(marker),
             }
         }
-        if let Some(e) = first {
+        q.items = markers;
+        q.events = 0;
+        if let Some(e) = last {
             records.push(encode_event(e, &self.actor, &mut side.ids));
         }
-        push(side, &mut records);
+        let wanted = records.len() as u64;
+        let stored = side.spool.append(records.iter().map(Vec::as_slice)).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "mlaudit: cannot write to the spool");
+            0
+        });
+        Counters::add(&self.counters.spooled, stored);
+        if stored < wanted {
+            Counters::add(&self.counters.dropped, wanted - stored);
+            tracing::error!(dropped = wanted - stored, limit_bytes = self.spool_max_bytes, "mlaudit: audit events DROPPED: the spool is at its disk limit and the server cannot be reached");
+        }
         self.spooling.store(true, Ordering::Release);
     }
 }
@@ -244,13 +255,10 @@ impl Builder {
         if opened.pending > 0 {
             tracing::info!(events = opened.pending, "mlaudit: delivering events a previous logger left in the spool");
         }
-        let (tx, rx) = crossbeam_channel::bounded(self.queue_capacity);
-        let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
-            tx,
-            rx,
-            control_tx,
-            control_rx,
+            queue: Mutex::new(Queue { items: VecDeque::with_capacity(self.queue_capacity.min(1 << 16)), ..Queue::default() }),
+            wake: Condvar::new(),
+            capacity: self.queue_capacity,
             spooling: AtomicBool::new(opened.pending > 0),
             spool: Mutex::new(SpoolSide { spool, ids: Ids::default() }),
             counters: Counters::default(),
@@ -298,7 +306,7 @@ impl AuditLogger {
     }
 
     /// Records an event: samples it (predictions only), stamps its time if it has none, and
-    /// queues it. Never blocks on the network and never fails; when the queue is full the
+    /// queues it. Never waits for the network and never fails; when the queue is full the
     /// event (and everything queued before it) goes to the spool on disk.
     pub fn log(&self, mut event: Event) {
         if event.kind.starts_with("prediction.") {
@@ -315,26 +323,32 @@ impl AuditLogger {
         if event.time.is_none() {
             event.time = Some(SystemTime::now());
         }
-        let event = match self.shared.tx.try_send(Msg::Event(event)) {
-            Ok(()) => return,
-            Err(TrySendError::Full(Msg::Event(e)) | TrySendError::Disconnected(Msg::Event(e))) => e,
-            Err(_) => return,
-        };
-        let mut side = self.shared.spool();
-        let mut controls = Vec::new();
-        self.shared.queue_to_spool(&mut side, Some(event), &mut controls);
-        for c in controls {
-            let _ = self.shared.control_tx.send(c);
+        let mut q = self.shared.queue();
+        if q.events < self.shared.capacity {
+            q.items.push_back(Msg::Event(event));
+            q.events += 1;
+            if q.sender_waiting && q.events == self.shared.capacity.div_ceil(2) {
+                self.shared.wake.notify_one();
+            }
+            return;
         }
+        let mut side = self.shared.spool();
+        self.shared.spill(&mut q, &mut side, Some(event));
+        drop(side);
+        drop(q);
+        self.shared.wake.notify_one();
+    }
+
+    fn push_marker(&self, marker: Msg) {
+        self.shared.queue().items.push_back(marker);
+        self.shared.wake.notify_one();
     }
 
     /// Waits until everything logged before this call is delivered, for at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
         let deadline = Instant::now() + timeout;
         let (reply, phases) = std::sync::mpsc::channel();
-        if self.shared.tx.send_deadline(Msg::Flush(reply), deadline).is_err() {
-            return Err(FlushError::Timeout { durable: false });
-        }
+        self.push_marker(Msg::Flush(reply));
         let mut durable = false;
         loop {
             match phases.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
@@ -365,8 +379,8 @@ impl AuditLogger {
 
     fn stop(&mut self, timeout: Duration) {
         let Some(thread) = self.thread.take() else { return };
-        // A full queue: the marker waits its turn (the sender keeps draining).
-        if self.shared.tx.send(Msg::Shutdown(Instant::now() + timeout)).is_ok() && thread.join().is_err() {
+        self.push_marker(Msg::Shutdown(Instant::now() + timeout));
+        if thread.join().is_err() {
             tracing::error!("mlaudit: the logger's sender thread panicked");
         }
     }

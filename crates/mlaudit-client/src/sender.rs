@@ -1,8 +1,8 @@
 //! The background sender: batches queued events, sends them, retries, and drains the spool.
 //!
 //! Two modes (`Shared::spooling`):
-//! - **direct** — the spool is empty. Batches come off the queue (up to `max_batch`, or what
-//!   arrived within `linger` of the first) and are sent, with up to `direct_attempts` tries.
+//! - **direct** — the spool is empty. Batches come off the queue (up to `max_batch`; an idle
+//!   sender looks again every `linger`, or when the queue is half full) and are sent, with up to `direct_attempts` tries.
 //!   A batch that still fails is put ahead of the spool and the mode becomes spooling.
 //! - **spooling** — everything queued is moved to the spool tail (fsync'd once per round),
 //!   and batches are read from the spool head, sent, and consumed only once the server
@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 /// Most payload bytes read from the spool for one request (the server's default body limit
 /// is 16 MiB).
 const MAX_BATCH_BYTES: usize = 8 << 20;
-/// How often an idle sender looks at the mode and the shutdown deadline.
-const IDLE_WAKE: Duration = Duration::from_millis(50);
 /// Least time between two warnings about the same kind of failure.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -123,33 +121,37 @@ impl SenderLoop {
     fn direct_round(&mut self) -> bool {
         let mut batch = Vec::new();
         let mut markers = Vec::new();
-        let (rx, control) = (self.shared.rx.clone(), self.shared.control_rx.clone());
-        crossbeam_channel::select! {
-            recv(rx) -> m => match m {
-                Ok(Msg::Event(e)) => batch.push(encode_event(e, &self.shared.actor, &mut self.ids)),
-                Ok(marker) => markers.push(marker),
-                Err(_) => return true,
-            },
-            recv(control) -> m => markers.extend(m.ok()),
-            default(IDLE_WAKE) => {},
-        }
-        if !batch.is_empty() {
-            let deadline = Instant::now() + self.linger;
+        {
+            let mut q = self.shared.queue();
+            if q.items.is_empty() {
+                q.sender_waiting = true;
+                q = self.shared.wake.wait_timeout(q, self.linger).map(|(q, _)| q).unwrap_or_else(|p| p.into_inner().0);
+                q.sender_waiting = false;
+            }
+            if self.shared.spooling.load(Ordering::Acquire) {
+                return false; // a caller spilled the queue: what is left is newer than the spool
+            }
             while batch.len() < self.max_batch {
-                match rx.recv_deadline(deadline) {
-                    Ok(Msg::Event(e)) => batch.push(encode_event(e, &self.shared.actor, &mut self.ids)),
-                    Ok(marker) => {
+                match q.items.pop_front() {
+                    Some(Msg::Event(e)) => {
+                        q.events -= 1;
+                        batch.push(e);
+                    }
+                    Some(marker) => {
                         markers.push(marker);
                         break;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
-            self.deliver_direct(batch);
+        }
+        if !batch.is_empty() {
+            let records = batch.into_iter().map(|e| encode_event(e, &self.shared.actor, &mut self.ids)).collect();
+            self.deliver_direct(records);
         }
         self.handle_markers(markers);
         if self.shutdown.is_some() && !self.shared.spooling.load(Ordering::Acquire) {
-            return (rx.is_empty() && control.is_empty()) || self.past_deadline();
+            return self.shared.queue().events == 0 || self.past_deadline();
         }
         false
     }
@@ -188,15 +190,17 @@ impl SenderLoop {
     // --- spooling mode ---
 
     fn spool_round(&mut self) -> bool {
-        let mut markers = Vec::new();
-        {
+        let markers: Vec<Msg> = {
+            let mut q = self.shared.queue();
             let mut side = self.shared.spool();
-            self.shared.queue_to_spool(&mut side, None, &mut markers);
+            if q.events > 0 {
+                self.shared.spill(&mut q, &mut side, None);
+            }
             if let Err(e) = side.spool.sync() {
                 tracing::error!(error = %e, "mlaudit: cannot fsync the spool");
             }
-        }
-        markers.extend(self.shared.control_rx.try_iter());
+            q.items.drain(..).collect()
+        };
         self.handle_markers(markers);
         if self.past_deadline() {
             return true;
@@ -209,12 +213,14 @@ impl SenderLoop {
             }
         }
         if self.inflight.is_none() {
+            let q = self.shared.queue();
             let mut side = self.shared.spool();
             match side.spool.read_head(self.spool_batch, MAX_BATCH_BYTES) {
                 Ok(head) if head.records.is_empty() => {
-                    if side.spool.pending() == 0 {
+                    if side.spool.pending() == 0 && q.events == 0 {
                         self.shared.spooling.store(false, Ordering::Release);
                         drop(side);
+                        drop(q);
                         for w in self.waiting.drain(..) {
                             let _ = w.send(Phase::Delivered);
                         }
@@ -222,6 +228,7 @@ impl SenderLoop {
                     return false;
                 }
                 Ok(head) => {
+                    drop(q);
                     let count = head.records.len() as u64;
                     self.inflight = Some((head.records, head.end, count));
                 }
@@ -327,10 +334,10 @@ impl SenderLoop {
 
     /// On the way out: whatever is still queued goes to the spool, durably.
     fn finish(&mut self) {
+        let mut q = self.shared.queue();
         let mut side = self.shared.spool();
-        let mut markers = Vec::new();
-        if !self.shared.rx.is_empty() {
-            self.shared.queue_to_spool(&mut side, None, &mut markers);
+        if q.events > 0 {
+            self.shared.spill(&mut q, &mut side, None);
         }
         if let Err(e) = side.spool.sync() {
             tracing::error!(error = %e, "mlaudit: cannot fsync the spool at shutdown");

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::serve::{gzip_stored, raw_exchange, request, Response, Server};
-use support::{Log, ORIGIN};
+use support::{create_token, stored, verify, Log, ORIGIN};
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -36,13 +36,6 @@ struct Tokens {
 
 /// Events the token creation adds to a fresh log.
 const TOKEN_EVENTS: u64 = 3;
-
-fn create_token(log: &Log, role: &str, name: &str) -> String {
-    let out = log.run(&["token", "create", "--role", role, "--name", name]).ok();
-    let token = out.stdout.lines().last().unwrap_or_else(|| panic!("token create printed nothing:\n{}", out.stderr)).trim().to_owned();
-    assert!(token.starts_with("mla_") && token.len() == 68, "not a token: {token:?}");
-    token
-}
 
 fn setup(name: &str) -> (Log, Tokens) {
     let log = Log::new(name);
@@ -96,28 +89,6 @@ fn receipt(r: &Response) -> Vec<(String, u64, bool)> {
         .iter()
         .map(|e| (e["id"].as_str().unwrap().to_owned(), e["seq"].as_u64().unwrap(), e["duplicate"].as_bool().unwrap()))
         .collect()
-}
-
-/// Every stored event of `kind` as id → seq, read with the CLI (the server must be stopped).
-#[track_caller]
-fn stored(log: &Log, kind: &str) -> HashMap<String, u64> {
-    let out = log.run(&["query", "--kind", kind, "--format", "ndjson", "--limit", "1000000"]).ok();
-    out.stdout
-        .lines()
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("query line is not JSON ({e}): {l}"));
-            (v["event"]["id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap())
-        })
-        .collect()
-}
-
-/// Runs `mlaudit verify` (exit 0) and returns the event count it reports.
-#[track_caller]
-fn verify(log: &Log) -> u64 {
-    let out = log.run(&["verify"]).ok();
-    let first = out.stdout.lines().next().unwrap_or("");
-    assert!(first.ends_with("checkpoints: intact"), "verify: {}", out.stdout);
-    first.strip_prefix("verified ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("verify printed {first:?}"))
 }
 
 /// A small xorshift generator; the tests print the seed they use.

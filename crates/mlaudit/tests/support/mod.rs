@@ -7,6 +7,7 @@
 pub mod serve;
 
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -384,4 +385,35 @@ pub fn copy_dir(from: &Path, to: &Path) {
 pub fn append_bytes(path: &Path, bytes: &[u8]) {
     let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("opening for append");
     f.write_all(bytes).expect("appending");
+}
+
+/// Creates a token with the CLI and returns it (printed alone on the last line).
+#[track_caller]
+pub fn create_token(log: &Log, role: &str, name: &str) -> String {
+    let out = log.run(&["token", "create", "--role", role, "--name", name]).ok();
+    let token = out.stdout.lines().last().unwrap_or_else(|| panic!("token create printed nothing:\n{}", out.stderr)).trim().to_owned();
+    assert!(token.starts_with("mla_") && token.len() == 68, "not a token: {token:?}");
+    token
+}
+
+/// Every stored event of `kind` as id → seq, read with the CLI (the server must be stopped).
+#[track_caller]
+pub fn stored(log: &Log, kind: &str) -> HashMap<String, u64> {
+    let out = log.run(&["query", "--kind", kind, "--format", "ndjson", "--limit", "1000000"]).ok();
+    out.stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("query line is not JSON ({e}): {l}"));
+            (v["event"]["id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// Runs `mlaudit verify` (exit 0) and returns the event count it reports.
+#[track_caller]
+pub fn verify(log: &Log) -> u64 {
+    let out = log.run(&["verify"]).ok();
+    let first = out.stdout.lines().next().unwrap_or("");
+    assert!(first.ends_with("checkpoints: intact"), "verify: {}", out.stdout);
+    first.strip_prefix("verified ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("verify printed {first:?}"))
 }

@@ -39,9 +39,15 @@ impl Server {
     /// (at most [`READY_TIMEOUT`]) until `/healthz` answers 200. If the port was taken in the
     /// meantime the server exits at once; then another port is tried (at most 5 times).
     pub fn start(data: &Path, extra: &[&str]) -> Server {
+        Server::start_on(data, None, extra)
+    }
+
+    /// As [`Server::start`], on `port` if given (e.g. to restart a server where its clients
+    /// expect it; a port still held is retried for a second).
+    pub fn start_on(data: &Path, port: Option<u16>, extra: &[&str]) -> Server {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         for _attempt in 0..5 {
-            let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port()));
+            let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port.unwrap_or_else(free_port)));
             let log = data.with_file_name(format!("serve-{}-{}.stderr", addr.port(), NEXT.fetch_add(1, Ordering::Relaxed)));
             let stderr = std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
             let mut cmd = Command::new(BIN);
@@ -57,7 +63,10 @@ impl Server {
                     server.exited = Some(status);
                     let stderr = server.stderr();
                     if stderr.contains("cannot listen") {
-                        break; // the port was taken between our probe and the bind: try another
+                        // The port was taken between our probe and the bind: try another (or,
+                        // for a fixed port, the same one a moment later).
+                        std::thread::sleep(Duration::from_millis(200));
+                        break;
                     }
                     panic!("the server exited during startup with {status}:\n{stderr}");
                 }
