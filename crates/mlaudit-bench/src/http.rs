@@ -115,8 +115,20 @@ fn drive(addr: SocketAddr, token: &str, clients: usize, bodies: &[Vec<u8>]) -> R
     Ok((secs, latencies))
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted.get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0.0)
+}
+
+/// An in-process `mlaudit serve` (embedded store in `dir/log`, token auth) on a loopback port,
+/// with a writer token.
+pub fn serve(dir: &std::path::Path, signer: &NoteSigner) -> Result<(BackgroundServer, String, Arc<EmbeddedStore>)> {
+    let (store, _) = EmbeddedStore::open(&dir.join("log"), Some(signer.clone()))?;
+    let store = Arc::new(store);
+    let mut tokens = Tokens::load(&dir.join("tokens.json"))?;
+    let token = tokens.create("bench", Role::Writer, "2026-11-27T00:00:00Z")?;
+    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits: Limits::default(), tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
+    let server = BackgroundServer::start("127.0.0.1:0", state)?;
+    Ok((server, token, store))
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -133,12 +145,7 @@ pub fn run(args: &[String]) -> Result<()> {
     base_store.close()?;
     drop(base_store);
 
-    let (store, _) = EmbeddedStore::open(&o.dir.join("log"), Some(signer.clone()))?;
-    let store = Arc::new(store);
-    let mut tokens = Tokens::load(&o.dir.join("tokens.json"))?;
-    let token = tokens.create("bench", Role::Writer, "2026-11-27T00:00:00Z")?;
-    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits: Limits::default(), tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
-    let server = BackgroundServer::start("127.0.0.1:0", state)?;
+    let (server, token, store) = serve(&o.dir, &signer)?;
     let addr = server.addr();
 
     let mut seq = o.events; // distinct ids across all runs

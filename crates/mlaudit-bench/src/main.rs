@@ -4,7 +4,9 @@
 //! `cargo run --release -p mlaudit-bench -- ingest [--events N] [--proof-sizes A,B] [--dir D]`
 //! `cargo run --release -p mlaudit-bench -- prepare [--events N]` (validation cost, diagnostic)
 //! `cargo run --release -p mlaudit-bench -- http [--events N] [--single-requests N]`
+//! `cargo run --release -p mlaudit-bench -- client [--calls N] [--rate R] [--predict-seconds S]` (Rust SDK)
 
+mod client;
 mod http;
 mod ingest;
 
@@ -20,6 +22,7 @@ fn main() -> Result<()> {
         Some("prepare") => ingest::prepare_only(&args[1..]),
         Some("http") => http::run(&args[1..]),
         Some("verify") => ingest::verify_only(&args[1..]),
-        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR] [--only-mlaudit]\n       mlaudit-bench prepare [--events N]\n       mlaudit-bench http [--events N] [--single-requests N]\n       mlaudit-bench verify [--events N]"),
+        Some("client") => client::run(&args[1..]),
+        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR] [--only-mlaudit]\n       mlaudit-bench prepare [--events N]\n       mlaudit-bench http [--events N] [--single-requests N]\n       mlaudit-bench verify [--events N]\n       mlaudit-bench client [--calls N] [--rate R] [--predict-seconds S]"),
     }
 }

@@ -77,6 +77,9 @@ pub(crate) struct SenderLoop {
     shutdown: Option<Instant>,
     /// The spool head being sent: what is left of it, where it ends, how many records it had.
     inflight: Option<(Vec<Vec<u8>>, Pos, u64)>,
+    /// Messages taken off the queue in one swap, not yet handled (its capacity is swapped
+    /// back to the callers next time).
+    taken: std::collections::VecDeque<Msg>,
     /// Events read from the spool per request (halved after a 413).
     spool_batch: usize,
     last_warning: Option<Instant>,
@@ -98,6 +101,7 @@ impl SenderLoop {
             shutdown: None,
             inflight: None,
             spool_batch: b.max_batch,
+            taken: std::collections::VecDeque::with_capacity(b.queue_capacity.min(1 << 16)),
             last_warning: None,
         }
     }
@@ -119,8 +123,6 @@ impl SenderLoop {
     // --- direct mode ---
 
     fn direct_round(&mut self) -> bool {
-        let mut batch = Vec::new();
-        let mut markers = Vec::new();
         {
             let mut q = self.shared.queue();
             if q.items.is_empty() {
@@ -131,50 +133,79 @@ impl SenderLoop {
             if self.shared.spooling.load(Ordering::Acquire) {
                 return false; // a caller spilled the queue: what is left is newer than the spool
             }
+            // O(1) under the lock: the callers keep pushing into the spare's capacity.
+            std::mem::swap(&mut q.items, &mut self.taken);
+            q.events = 0;
+        }
+        while !self.taken.is_empty() {
+            if self.shared.spooling.load(Ordering::Acquire) {
+                self.spool_taken(Vec::new());
+                break;
+            }
+            let mut batch = Vec::new();
             while batch.len() < self.max_batch {
-                match q.items.pop_front() {
-                    Some(Msg::Event(e)) => {
-                        q.events -= 1;
-                        batch.push(e);
+                match self.taken.front() {
+                    Some(Msg::Event(_)) => {
+                        if let Some(Msg::Event(e)) = self.taken.pop_front() {
+                            batch.push(encode_event(e, &self.shared.actor, &mut self.ids));
+                        }
                     }
-                    Some(marker) => {
-                        markers.push(marker);
-                        break;
-                    }
-                    None => break,
+                    _ => break,
                 }
             }
+            if !batch.is_empty() {
+                if let Err(undelivered) = self.deliver_direct(batch) {
+                    // Older than everything still taken, which is older than the spool.
+                    self.spool_taken(undelivered);
+                    break;
+                }
+            } else if let Some(marker) = self.taken.pop_front() {
+                self.handle_markers(vec![marker]);
+            }
         }
-        if !batch.is_empty() {
-            let records = batch.into_iter().map(|e| encode_event(e, &self.shared.actor, &mut self.ids)).collect();
-            self.deliver_direct(records);
-        }
-        self.handle_markers(markers);
         if self.shutdown.is_some() && !self.shared.spooling.load(Ordering::Acquire) {
             return self.shared.queue().events == 0 || self.past_deadline();
         }
         false
     }
 
-    /// Sends a batch taken off the queue; if it cannot be delivered, puts it ahead of the
-    /// spool and switches to spooling.
-    fn deliver_direct(&mut self, mut records: Vec<Vec<u8>>) {
+    /// Puts `records` and then every event still taken ahead of the spool, in that order: a
+    /// caller spilled the queue while this sender held them, or a batch failed, and they are
+    /// older than anything spilled. The markers among them then count as spooled.
+    fn spool_taken(&mut self, mut records: Vec<Vec<u8>>) {
+        let mut markers = Vec::new();
+        for msg in self.taken.drain(..) {
+            match msg {
+                Msg::Event(e) => records.push(encode_event(e, &self.shared.actor, &mut self.ids)),
+                marker => markers.push(marker),
+            }
+        }
+        self.prepend(records);
+        self.handle_markers(markers);
+    }
+
+    /// Sends a batch taken off the queue, with up to `direct_attempts` tries; gives back what
+    /// could not be delivered.
+    fn deliver_direct(&mut self, mut records: Vec<Vec<u8>>) -> Result<(), Vec<Vec<u8>>> {
         let mut attempts = 0;
         loop {
-            match self.post(&mut records) {
-                Ok(()) => {
-                    self.backoff.reset();
-                    return;
-                }
-                Err(()) => {
-                    attempts += 1;
-                    if attempts >= self.direct_attempts || self.past_deadline() {
-                        break;
-                    }
-                    Counters::add(&self.shared.counters.retried, records.len() as u64);
-                    std::thread::sleep(self.backoff.failed());
-                }
+            if self.post(&mut records).is_ok() {
+                self.backoff.reset();
+                return Ok(());
             }
+            attempts += 1;
+            if attempts >= self.direct_attempts || self.past_deadline() {
+                return Err(records);
+            }
+            Counters::add(&self.shared.counters.retried, records.len() as u64);
+            std::thread::sleep(self.backoff.failed());
+        }
+    }
+
+    /// Puts records ahead of the spool, durably, and switches to spooling.
+    fn prepend(&mut self, records: Vec<Vec<u8>>) {
+        if records.is_empty() {
+            return;
         }
         let mut side = self.shared.spool();
         match side.spool.prepend(&records) {
@@ -193,13 +224,17 @@ impl SenderLoop {
         let markers: Vec<Msg> = {
             let mut q = self.shared.queue();
             let mut side = self.shared.spool();
-            if q.events > 0 {
+            // Queued events are newer than the spool and may wait in memory while it drains
+            // (as in direct mode); they go to disk when the server is failing, the queue is
+            // half full, or the logger is stopping.
+            let failing = self.backoff.until.is_some();
+            if q.events > 0 && (failing || self.shutdown.is_some() || q.events >= self.shared.capacity.div_ceil(2)) {
                 self.shared.spill(&mut q, &mut side, None);
             }
             if let Err(e) = side.spool.sync() {
                 tracing::error!(error = %e, "mlaudit: cannot fsync the spool");
             }
-            q.items.drain(..).collect()
+            if q.events == 0 { q.items.drain(..).collect() } else { Vec::new() }
         };
         self.handle_markers(markers);
         if self.past_deadline() {
@@ -217,7 +252,7 @@ impl SenderLoop {
             let mut side = self.shared.spool();
             match side.spool.read_head(self.spool_batch, MAX_BATCH_BYTES) {
                 Ok(head) if head.records.is_empty() => {
-                    if side.spool.pending() == 0 && q.events == 0 {
+                    if side.spool.pending() == 0 {
                         self.shared.spooling.store(false, Ordering::Release);
                         drop(side);
                         drop(q);
