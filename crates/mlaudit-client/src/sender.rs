@@ -313,7 +313,7 @@ impl SenderLoop {
                         self.warn("the server answered 422 about events not in the batch", true);
                         return Err(());
                     }
-                    invalid.sort_by(|a, b| b.0.cmp(&a.0));
+                    invalid.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
                     invalid.dedup_by_key(|(i, _)| *i);
                     for (i, reason) in invalid {
                         let event = records.remove(i);
