@@ -16,9 +16,16 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
   - ``logging-file``: the standard ``logging`` module, a ``FileHandler``, the event as one JSON
     line (``json.dumps`` on the caller, as a structured log would).
   The mlaudit run ends with ``flush()``; its time and the SDK's counters are reported.
+  The unpaced loop offers events far faster than one Python process can encode and send
+  them (~0.3 M calls/s vs. some tens of thousands delivered per second), so it measures the
+  overload path too: the queue fills, hand-offs go to the spool, and once per queue-full a
+  ``log()`` call spills the backlog to disk itself (``spooled_events`` says how many).
+* ``log_paced``: ``log()`` at a steady ``--paced-rate`` (10,000/s) for ``--calls / 10``
+  calls, which the sender keeps up with: the cost in the steady state.
 * ``predict``: a ~0.2 ms pure-Python predict function called at 1,000 calls/s for
-  ``--predict-seconds``, without and then with ``@logger.predictions`` (high risk: every call
-  logged); p50/p99 of each call's latency as the caller sees it, and the p99 ratio.
+  ``--predict-seconds`` in each condition, without and with ``@logger.predictions`` (high
+  risk: every call logged), in alternating 0.5 s blocks; p50/p99 of each call's latency as
+  the caller sees it, and the p99 ratio.
 
 The server is started here (``mlaudit init`` in a temporary directory, ``mlaudit serve`` on a
 free port; binary from ``$MLAUDIT_BIN``, else target/release, else target/debug) unless
@@ -153,6 +160,39 @@ def bench_mlaudit(url, token, calls, work):
     return delivered and st["sent"] == calls
 
 
+def bench_mlaudit_paced(url, token, calls, rate, work):
+    """log() at a steady ``rate`` calls/s (busy-wait between calls): the cost when the
+    sender keeps up, i.e. without the overload of the unpaced loop."""
+    events = [event(i) for i in range(calls)]
+    lg = mlaudit.AuditLogger(url, token, os.path.join(work, "spool-paced"),
+                             actor={"id": "bench", "type": "service"}, register_atexit=False)
+    samples = [0] * calls
+    clock = time.perf_counter_ns
+    log = lg.log
+    period = 1e9 / rate
+    gc.disable()
+    start = clock()
+    for i in range(calls):
+        target = start + i * period
+        while clock() < target:
+            pass
+        ev = events[i]
+        t0 = clock()
+        log(ev)
+        samples[i] = clock() - t0
+    gc.enable()
+    delivered = lg.flush(600)
+    st = lg.stats()
+    lg.close()
+    p = percentiles(samples)
+    ctx = dict(calls=calls, rate_per_s=rate)
+    for name in ("p50", "p99", "p99.9"):
+        emit("log_paced", "mlaudit-python", f"log_{name.replace('.', '_')}_ns", p[name], **ctx)
+    emit("log_paced", "mlaudit-python", "log_max_ns", p["max"], **ctx)
+    emit("log_paced", "mlaudit-python", "spooled_events", st["spooled"], delivered=delivered,
+         **ctx)
+
+
 def bench_http_sync(url, token, calls):
     import mlaudit._http as h
     from mlaudit.encode import dumps
@@ -255,12 +295,40 @@ def bench_predict(url, token, seconds, work):
 
     decorated = lg.predictions(model="credit-risk", version="7", risk="high")(plain)
     paced(plain, min(seconds, 0.5))  # warm up
-    without = percentiles(paced(plain, seconds))
-    with_ = percentiles(paced(decorated, seconds))
+    # Alternate 0.25 s blocks without and with the decorator, so that both see the same
+    # machine (this VM's noise drifts over seconds); pool each condition's samples.
+    without_s, with_s = [], []
+    blocks = max(1, int(round(seconds / 0.25)))
+    for _ in range(blocks):
+        without_s += paced(plain, seconds / blocks)
+        with_s += paced(decorated, seconds / blocks)
+    without, with_ = percentiles(without_s), percentiles(with_s)
+    # The decorator's own cost on the caller's thread, without the predict work: a no-op
+    # function with and without it, back to back, 20,000 calls each.
+    def noop(features, request_id):
+        return {"score": 0.5}
+
+    noop_dec = lg.predictions(model="credit-risk-noop", version="7", risk="high")(noop)
+    rids = [f"n-{i}" for i in range(20_000)]
+    feats = [0.1, 0.2, 0.3, 0.4]
+    over = {}
+    for name, fn in (("plain", noop), ("decorated", noop_dec)):
+        t = []
+        for rid in rids:
+            t0 = time.perf_counter_ns()
+            fn(feats, request_id=rid)
+            t.append(time.perf_counter_ns() - t0)
+        over[name] = percentiles(t)
     delivered = lg.flush(120)
     st = lg.stats()
     lg.close()
-    ctx = dict(rate_per_s=1000, seconds=seconds, calls=int(seconds * 1000))
+    emit("predict", "mlaudit-python", "decorator_overhead_p50_ns",
+         over["decorated"]["p50"] - over["plain"]["p50"], calls=len(rids),
+         note="decorated minus plain no-op call, caller's thread, unpaced")
+    emit("predict", "mlaudit-python", "decorator_overhead_p99_ns",
+         over["decorated"]["p99"] - over["plain"]["p99"], calls=len(rids))
+    ctx = dict(rate_per_s=1000, seconds=seconds, calls=len(with_s),
+               predict_work_loops=PREDICT_LOOPS)
     emit("predict", "mlaudit-python", "predict_p50_ns_without", without["p50"], **ctx)
     emit("predict", "mlaudit-python", "predict_p99_ns_without", without["p99"], **ctx)
     emit("predict", "mlaudit-python", "predict_p50_ns_with_decorator", with_["p50"], **ctx)
@@ -273,6 +341,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="log() cost vs baselines; predict latency")
     ap.add_argument("--calls", type=int, default=1_000_000)
     ap.add_argument("--predict-seconds", type=float, default=5.0)
+    ap.add_argument("--paced-rate", type=float, default=10_000,
+                    help="calls/s of the paced log() run (calls/10 calls; 0 to skip)")
     ap.add_argument("--url")
     ap.add_argument("--token", help="writer token (with --url)")
     args = ap.parse_args()
@@ -283,6 +353,9 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="mlaudit-bench-work-")
     try:
         ok = bench_mlaudit(args.url, args.token, args.calls, work)
+        if args.paced_rate > 0:
+            bench_mlaudit_paced(args.url, args.token, max(100, args.calls // 10),
+                                args.paced_rate, work)
         bench_http_sync(args.url, args.token, max(10, args.calls // 100))
         bench_logging_file(args.calls, work)
         if args.predict_seconds > 0:

@@ -4,28 +4,135 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
-from typing import Any
+from typing import Any, Dict
 
 _MAX_DEPTH = 16
 _MAX_REPR = 256
 _MAX_ITEMS = 10_000
 
 
+_sec_cache = [(None, "")]  # one (second, formatted) tuple, swapped atomically
+
+
 def timestamp(t_ns: int) -> str:
     """RFC 3339 UTC with microseconds and ``Z``: ``2026-11-27T03:00:00.123456Z``."""
     sec, ns = divmod(t_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + ".%06dZ" % (ns // 1000)
+    cached = _sec_cache[0]
+    if cached[0] != sec:
+        cached = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+        _sec_cache[0] = cached
+    return "%s.%06dZ" % (cached[1], ns // 1000)
 
 
-def dumps(event: Any) -> bytes:
-    """Compact UTF-8 JSON; values JSON cannot hold are made safe with :func:`json_safe`."""
+def _default(o: Any) -> Any:
+    """What the encoder does with a value JSON has no type for (called from C)."""
     try:
-        return json.dumps(event, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError):
-        return json.dumps(json_safe(event), separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode("utf-8")
+        tolist = getattr(o, "tolist", None)  # numpy arrays and scalars
+        if callable(tolist):
+            return tolist()
+        item = getattr(o, "item", None)
+        if callable(item):
+            return item()
+        to_dict = getattr(o, "to_dict", None)  # pandas DataFrame / Series
+        if callable(to_dict):
+            try:
+                return to_dict(orient="list")
+            except TypeError:
+                return to_dict()
+        if isinstance(o, (set, frozenset)):
+            return list(o)
+        if isinstance(o, (bytes, bytearray, memoryview)):
+            b = bytes(o)
+            return {"bytes_hex": b[:_MAX_REPR].hex(), "length": len(b)}
+    except Exception:
+        pass
+    return _repr(o)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                            default=_default)
+
+
+def _make_fast_encode():
+    """The C encoder built once (``JSONEncoder.encode`` rebuilds it on every call, about a
+    microsecond). No circular-reference markers, so that it can be shared between threads:
+    a cycle is a RecursionError, handled by :func:`encode_value`'s fallback. Checked against
+    ``JSONEncoder`` at import; the plain encoder is used if this Python differs."""
+    try:
+        from json.encoder import c_make_encoder, encode_basestring
+        if c_make_encoder is None:
+            raise ImportError
+        c = c_make_encoder(None, _default, encode_basestring, None, ":", ",", False, False,
+                           False)
+
+        def fast(o: Any) -> str:
+            return "".join(c(o, 0))
+
+        probe = {"a": [1, 2.5, "é\"\n", None, True, {"b": []}], "c": 10**20}
+        if fast(probe) != _ENCODER.encode(probe):
+            raise ValueError
+        return fast
+    except Exception:
+        return _ENCODER.encode
+
+
+_encode = _make_fast_encode()
+
+
+def encode_value(value: Any) -> str:
+    """JSON text of any value, never raising: the C encoder with a hook for numpy values,
+    sets, bytes and unknown objects (their ``repr``); :func:`json_safe` when that fails
+    (NaN, infinities, cycles, non-string keys)."""
+    try:
+        return _encode(value)
+    except Exception:  # NaN, cycles, non-string keys, a hook that raised
+        return _ENCODER.encode(json_safe(value))
+
+
+def dumps(event: Dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON of an event (see :func:`encode_value`)."""
+    return encode_value(event).encode("utf-8")
+
+
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+_is_scalar_type = _SCALARS.__contains__
+
+
+def snapshot(value: Any, _depth: int = 0) -> Any:
+    """A copy of ``value`` that later mutation by the caller cannot change, as cheaply as
+    possible (it runs on the caller's thread; JSON encoding happens later, on the sender's):
+    scalars as they are; lists, tuples and dicts copied (recursively where they hold
+    containers); numpy arrays and pandas objects through their ``copy()``; sets and
+    bytearrays as immutable copies. Other objects are kept by reference and recorded as
+    their ``repr`` when the event is encoded."""
+    t = type(value)
+    if t in _SCALARS:
+        return value
+    if _depth >= _MAX_DEPTH:
+        return _repr(value)
+    if t is list or t is tuple:
+        if all(map(_is_scalar_type, map(type, value))):  # C-level loop: the common case
+            return tuple(value) if t is list else value
+        return [snapshot(x, _depth + 1) for x in value]
+    if t is dict:
+        if all(map(_is_scalar_type, map(type, value.values()))):
+            return dict(value)
+        return {k: snapshot(x, _depth + 1) for k, x in value.items()}
+    if isinstance(value, (str, int, float, bytes, frozenset)):
+        return value
+    if isinstance(value, (set, bytearray)):
+        return frozenset(value) if isinstance(value, set) else bytes(value)
+    copy = getattr(value, "copy", None)
+    if callable(copy) and (hasattr(value, "tolist") or hasattr(value, "to_dict")):
+        try:
+            return copy()
+        except Exception:
+            return _repr(value)
+    if isinstance(value, (list, tuple, dict)):  # subclasses
+        return snapshot(list(value) if not isinstance(value, dict) else dict(value), _depth)
+    return value
 
 
 def json_safe(value: Any, _depth: int = 0) -> Any:
@@ -40,9 +147,6 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
     """
     try:
         if value is None or isinstance(value, (bool, str, int)):
-            if isinstance(value, int) and not isinstance(value, bool) and \
-                    abs(value) >= 1 << 63:
-                return str(value)
             return value
         if isinstance(value, float):
             if math.isfinite(value):

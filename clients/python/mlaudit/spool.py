@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import struct
+import time
 import zlib
 from typing import Dict, List, Optional, Tuple
 
@@ -78,6 +79,8 @@ def read_records(path: str, offset: int, end: int, max_records: int,
         data = f.read(max(0, end - offset)) if end > offset else b""
     pos = 0
     while pos < len(data) and len(bodies) < max_records and total < max_bytes:
+        if len(bodies) & 63 == 63:
+            time.sleep(0)  # offer the GIL (see logger._finalize_many)
         if len(data) - pos < _HDR.size:
             return bodies, offset + pos, True
         length, crc = _HDR.unpack_from(data, pos)
@@ -133,7 +136,10 @@ class Spool:
             if m:
                 self._sizes[int(m.group(1))] = os.path.getsize(os.path.join(self.dir, name))
         self._offsets: Dict[int, int] = {}
+        self._used = set(self._sizes)  # widened to every number used (see _new_number)
         self._load_cursor()
+        self._lo = min(self._used) if self._used else FIRST_SEGMENT
+        self._hi = max(self._used) if self._used else FIRST_SEGMENT - 1
         self._tail_no: Optional[int] = None  # the segment this process appends to
         self._tail_fd: Optional[int] = None
         self._dirty_fds: Dict[int, int] = {}  # segment number -> fd with unsynced writes
@@ -150,8 +156,10 @@ class Spool:
         try:
             with open(path, "rb") as f:
                 doc = json.loads(f.read().decode("utf-8"))
-            self._offsets = {int(k): int(v) for k, v in doc.get("offsets", {}).items()
-                             if int(k) in self._sizes}
+            offsets = {int(k): int(v) for k, v in doc.get("offsets", {}).items()}
+            # Never reuse a number the persisted cursor names (see _new_number).
+            self._used |= set(offsets)
+            self._offsets = {k: v for k, v in offsets.items() if k in self._sizes}
         except FileNotFoundError:
             self._offsets = {}
         except (ValueError, OSError, AttributeError) as e:
@@ -202,25 +210,34 @@ class Spool:
         counts them as dropped). Written but not yet fsync'd: see ``fsync_handles``.
         """
         written = 0
+        pending: List[bytes] = []
+        size = 0
         for body in bodies:
             rec = encode_record(body)
-            if not self._room(len(rec)):
+            if not self._room(len(rec) + size):
                 break
-            if (self._tail_fd is None or self._tail_no != max(self._sizes)
-                    or self._sizes[self._tail_no] >= self.segment_bytes):
+            if self._tail_fd is None or self._sizes[self._tail_no] + size >= self.segment_bytes:
+                self._write_tail(pending, size)
+                pending, size = [], 0
                 self._open_new_tail()
-            _write_all(self._tail_fd, rec)  # O_APPEND
-            self._sizes[self._tail_no] += len(rec)
-            self._dirty_fds[self._tail_no] = self._tail_fd
+            pending.append(rec)
+            size += len(rec)
             written += 1
+        self._write_tail(pending, size)
         return written
+
+    def _write_tail(self, records: List[bytes], size: int) -> None:
+        if records:
+            _write_all(self._tail_fd, b"".join(records))  # O_APPEND, one write per call
+            self._sizes[self._tail_no] += size
+            self._dirty_fds[self._tail_no] = self._tail_fd
 
     def _open_new_tail(self) -> None:
         if self._tail_fd is not None:
             # The fd may still be listed as dirty: keep it open until synced.
             if self._tail_no not in self._dirty_fds:
                 os.close(self._tail_fd)
-        no = max(self._sizes) + 1 if self._sizes else FIRST_SEGMENT
+        no = self._new_number(tail=True)
         self._tail_fd = os.open(self._path(no), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._tail_no = no
         self._sizes[no] = 0
@@ -249,7 +266,7 @@ class Spool:
             n = len(bodies)
         if n == 0:
             return 0
-        no = min(self._sizes) - 1 if self._sizes else FIRST_SEGMENT
+        no = self._new_number(tail=False)
         fd = os.open(self._path(no), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             try:
@@ -263,6 +280,20 @@ class Spool:
         _fsync_dir(self.dir)
         self._sizes[no] = len(data)
         return n
+
+    def _new_number(self, tail: bool) -> int:
+        """A segment number above (tail) or below (prepend) every number ever used here or
+        named by the persisted cursor, so that a stale cursor entry can never apply to a
+        new segment."""
+        if tail:
+            self._hi += 1
+            if self._hi < self._lo:
+                self._lo = self._hi
+            return self._hi
+        self._lo -= 1
+        if self._hi < self._lo:
+            self._hi = self._lo
+        return self._lo
 
     def fsync_handles(self) -> Tuple[List[int], bool]:
         """Under the lock: dup the fds with unsynced writes; the caller fsyncs and closes

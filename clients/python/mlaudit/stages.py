@@ -12,7 +12,8 @@ import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
-from .encode import json_safe
+from .encode import json_safe, snapshot
+from .logger import LoggerClosedError
 
 Actor = Optional[Mapping[str, str]]
 
@@ -197,10 +198,13 @@ def prediction_decorator(logger, *, model: str, version: str,
     reaches the caller — it is swallowed and counted in ``stats()["errors"]``.
 
     The event: subject ``{model, version, request}``, attributes ``inputs`` (``args`` and
-    ``kwargs``, JSON-safe), ``outputs`` (the result, JSON-safe; ``None`` is recorded as
-    ``{"value": null}`` since the catalogue requires outputs), ``latency_ms`` (the
-    function alone) and ``sample_rate``. Inputs and outputs are encoded only for calls
-    that are sampled in.
+    ``kwargs``), ``outputs`` (the result; ``None`` is recorded as ``{"value": null}`` since
+    the catalogue requires outputs), ``latency_ms`` (the function alone) and
+    ``sample_rate``. For calls sampled in, inputs and outputs are copied on the caller's
+    thread right after the call (:func:`mlaudit.encode.snapshot`: containers, numpy arrays
+    and pandas objects; other objects by reference) and encoded to JSON on the sender
+    thread (numpy through ``tolist()``, pandas through ``to_dict``, unknown objects as
+    their ``repr``).
     """
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -223,24 +227,30 @@ def prediction_decorator(logger, *, model: str, version: str,
 
 def _log_prediction(logger, model, version, request_id, actor, args, kwargs, result,
                     latency_ms) -> None:
+    if logger._closing:
+        raise LoggerClosedError("prediction after close()")
     if request_id is not None:
         rid = request_id(*args, **kwargs)
     else:
         rid = kwargs.get("request_id")
     rid = str(uuid.uuid4()) if rid is None else str(rid)
-    keep, _rate = logger.sampler.decide(model, rid)
+    keep, rate = logger.sampler.decide(model, rid)
     if not keep:
         logger._count("sampled_out")
         return
-    inputs: Dict[str, Any] = {"args": json_safe(list(args))}
+    # A cheap copy here (so that the record is what the call saw and returned, whatever
+    # the caller mutates afterwards); JSON encoding happens on the sender thread.
+    inputs = {"args": snapshot(args)}
     if kwargs:
-        inputs["kwargs"] = json_safe(kwargs)
+        inputs["kwargs"] = snapshot(kwargs)
     # The catalogue requires a non-null outputs: a None result is recorded as {"value": null}.
-    outputs = json_safe(result) if result is not None else {"value": None}
-    ev: Dict[str, Any] = {"kind": "prediction.served",
-                          "subject": {"model": model, "version": version, "request": rid},
-                          "attributes": {"inputs": inputs, "outputs": outputs,
-                                         "latency_ms": round(latency_ms, 4)}}
-    if actor is not None:
-        ev["actor"] = dict(actor)
-    logger.log(ev)  # samples again (same answer) and records sample_rate
+    outputs = snapshot(result) if result is not None else {"value": None}
+    if actor is None:
+        actor = logger.actor
+        if actor is None:
+            raise ValueError("prediction.served: no actor (give the logger or the decorator one)")
+    ev = {"kind": "prediction.served", "actor": actor,
+          "subject": {"model": model, "version": version, "request": rid},
+          "attributes": {"inputs": inputs, "outputs": outputs,
+                         "latency_ms": round(latency_ms, 4), "sample_rate": rate}}
+    logger._enqueue(ev, time.time_ns())

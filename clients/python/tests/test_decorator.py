@@ -76,7 +76,7 @@ def test_unserialisable_inputs(shared_server, tmp_path):
     assert len(events) == n
     args = events[0]["event"]["attributes"]["inputs"]["args"]
     assert args[1] == {"('tuple', 'key')": 1, "2": "int key"}
-    assert args[2] == "Infinity" and args[5] == str(2**80) and args[6] == "<Opaque thing>"
+    assert args[2] == "Infinity" and args[5] == 2**80 and args[6] == "<Opaque thing>"
     assert events[0]["event"]["attributes"]["inputs"]["kwargs"] == {"extra": "<Opaque thing>"}
     if n == 2:
         assert events[1]["event"]["attributes"]["inputs"]["args"] == [[[0, 1, 2], [3, 4, 5]], 0.5]
@@ -116,13 +116,13 @@ def test_a_broken_or_closed_logger_never_reaches_the_caller(offline_server, tmp_
 
     assert predict(21) == 42  # unreachable server: logged to the queue, never waited on
 
-    def explode(event):
+    def explode(*args):
         raise RuntimeError("logger bug")
 
-    lg.log = explode  # a broken logging path
+    lg._enqueue = explode  # a broken logging path
     assert predict(2) == 4
     assert lg.stats()["errors"] == 1
-    del lg.log
+    del lg._enqueue
     lg.close(timeout=5)
     assert predict(3) == 6  # closed: log() raises inside, swallowed
     assert lg.stats()["errors"] == 2
@@ -153,3 +153,37 @@ def test_low_risk_predictions_are_sampled_by_request_id(shared_server, tmp_path)
         sorted(r for r in rids if sampled_in(r, 0.1))
     assert {e["event"]["attributes"]["sample_rate"] for e in got} == {0.1}
     assert lg.stats()["sampled_out"] == 300 - len(got)
+
+
+def test_the_record_is_what_the_call_saw(shared_server, tmp_path):
+    """Inputs and outputs are copied at call time: mutating them afterwards (a reused
+    buffer, a cached dict) does not change the recorded event."""
+    lg = make_logger(shared_server, tmp_path / "spool", linger_s=0.5)
+    cache = {"score": 0.25, "explanation": ["income"]}
+
+    @lg.predictions(model="deco-snapshot", version="1")
+    def predict(features, request_id):
+        return cache
+
+    features = [1.0, 2.0, {"nested": [3.0]}]
+    predict(features, request_id="snap-1")
+    features[0] = -1.0
+    features[2]["nested"].append(99)
+    cache["score"] = 0.99
+    cache["explanation"].append("age")
+    try:
+        import numpy as np
+        buf = np.array([1.5, 2.5])
+        predict(buf, request_id="snap-2")
+        buf[:] = 0
+        numpy = True
+    except ImportError:
+        numpy = False
+    assert lg.flush(30)
+    lg.close()
+    got = {e["event"]["subject"]["request"]: e["event"]["attributes"]
+           for e in shared_server.query(model="deco-snapshot")}
+    assert got["snap-1"]["inputs"]["args"] == [[1.0, 2.0, {"nested": [3.0]}]]
+    assert got["snap-1"]["outputs"] == {"score": 0.25, "explanation": ["income"]}
+    if numpy:
+        assert got["snap-2"]["inputs"]["args"] == [[1.5, 2.5]]

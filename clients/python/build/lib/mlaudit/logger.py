@@ -1,0 +1,618 @@
+"""AuditLogger: non-blocking, batching, spooling delivery of audit events.
+
+Invariants (what the tests check):
+
+* **Never blocks a caller on the network.** ``log()`` takes one in-process lock for an
+  append to a bounded in-memory queue. Only when the queue is full does it write to the
+  local spool file (no fsync, no network).
+* **Order.** Events logged by one thread reach the server in ``log()`` order, across spool
+  transitions. The sender is in one of two modes, switched only under the lock:
+
+  - DIRECT (spool empty): the sender takes a batch from the queue and sends it. If the
+    batch cannot be delivered it is *prepended* to the spool (it is older than anything
+    the spool may have received meanwhile) and the mode becomes SPOOLING.
+  - SPOOLING: the sender moves queue items to the spool tail and sends from the spool
+    head. When the spool is drained (checked under the lock) the mode returns to DIRECT;
+    whatever is in the queue then is newer than everything delivered.
+
+  When ``log()`` finds the queue full it moves the queue's items to the spool tail, appends
+  its own event, and sets SPOOLING. The queue is a ``deque`` guarded by the same lock as
+  the mode and the spool (``queue.Queue`` semantics, but one lock makes the mode switch and
+  the queue hand-off atomic, which is what keeps the order).
+* **Idempotency.** An event's ``id`` (uuid4) and ``time`` are fixed before its first send
+  attempt and travel with its JSON bytes through every retry and the spool; the server
+  answers ``duplicate: true`` for an id it already has and writes nothing.
+* **Durability.** An event is durable once the server acknowledged it (200) or once it
+  is in the spool and fsync'd (the sender fsyncs spool writes in batches, ``flush()`` and
+  ``close()`` wait for it). Events still in the memory queue when the process is killed
+  (SIGKILL, power loss) are lost; ``close()`` runs at exit to spool them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import functools
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+import warnings
+import weakref
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from . import _http
+from .encode import dumps, timestamp
+from .sampling import HIGH, DEFAULT_LOW_RATE, Policy, Sampler
+from .spool import Spool, read_records
+
+log = logging.getLogger("mlaudit")
+
+DIRECT, SPOOLING = "direct", "spooling"
+
+
+class LoggerClosedError(RuntimeError):
+    """``log()`` was called after ``close()``."""
+
+
+class AuditLogger:
+    """Send audit events to an ``mlaudit serve`` without ever blocking the caller.
+
+    Args:
+        url: base URL of the server, e.g. ``http://127.0.0.1:8080``.
+        token: a writer token (``Authorization: Bearer``).
+        spool_dir: directory of the local spool (one live logger per directory).
+            Default: ``$MLAUDIT_SPOOL_DIR``, else ``~/.mlaudit/spool``.
+        actor: default actor for events without one, e.g.
+            ``{"id": "scoring-api", "type": "service"}``.
+        queue_size: capacity of the in-memory queue; beyond it ``log()`` spools.
+        batch_size: most events per POST.
+        linger_s: how long the sender waits to fill a batch.
+        timeout_s: HTTP timeout per request.
+        max_attempts: attempts per batch in DIRECT mode before it is spooled.
+        backoff_base_s, backoff_cap_s: exponential backoff with full jitter between
+            attempts: ``uniform(0, min(cap, base * 2**attempt))``.
+        spool_max_bytes: disk limit of the spool; events beyond it are dropped, counted
+            in ``stats()["dropped"]`` and reported at error level.
+        sampling: per-model policy for ``prediction.*`` events: ``{"credit-risk": "high",
+            "churn": ("low", 0.05)}``; ``default_risk`` applies to other models and
+            ``low_rate`` to a bare ``"low"``. See :mod:`mlaudit.sampling`.
+        register_atexit: close the logger at interpreter exit.
+        spool_batch_size: most events per POST when draining the spool.
+        cursor_interval_s: how often, at most, the spool cursor is persisted while draining.
+    """
+
+    def __init__(self, url: str, token: Optional[str] = None, spool_dir: Optional[str] = None,
+                 *, actor: Optional[Mapping[str, str]] = None, queue_size: int = 10_000,
+                 batch_size: int = 500, linger_s: float = 0.05, timeout_s: float = 5.0,
+                 max_attempts: int = 4, backoff_base_s: float = 0.05,
+                 backoff_cap_s: float = 2.0, spool_max_bytes: int = 1 << 30,
+                 sampling: Optional[Mapping[str, Policy]] = None, default_risk: Policy = HIGH,
+                 low_rate: float = DEFAULT_LOW_RATE, register_atexit: bool = True,
+                 spool_batch_size: int = 2000, cursor_interval_s: float = 0.2) -> None:
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be at least 1")
+        if actor is not None:
+            _check_actor(actor)
+        self.url = url.rstrip("/")
+        self._headers = {"Content-Type": "application/json"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self.actor = dict(actor) if actor is not None else None
+        self.queue_size, self.batch_size, self.linger_s = queue_size, batch_size, linger_s
+        self.timeout_s, self.max_attempts = timeout_s, max_attempts
+        self.spool_batch_size, self.cursor_interval_s = max(spool_batch_size, 1), cursor_interval_s
+        self.backoff_base_s, self.backoff_cap_s = backoff_base_s, backoff_cap_s
+        self.sampler = Sampler(sampling, default_risk, low_rate)
+        spool_dir = spool_dir or os.environ.get("MLAUDIT_SPOOL_DIR") or os.path.join(
+            os.path.expanduser("~"), ".mlaudit", "spool")
+        self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
+
+        # Lock order: _spool_lock, then _lock. _lock guards the queue, the overflow
+        # hand-offs, the mode, flush bookkeeping and counters; _spool_lock guards the spool
+        # and orders writes to it (whoever takes events from the queue to the spool holds
+        # it from the take to the write).
+        self._lock = threading.Lock()
+        self._spool_lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)      # sender waits for work here
+        self._wake = threading.Event()                   # interrupts the sender's backoff
+        self._buf: collections.deque = collections.deque()  # (event, time_ns) pairs
+        self._overflow: List[collections.deque] = []  # full queues handed to the sender
+        self._cursor_saved_at = 0.0
+        self._cursor_dirty = False
+        self._mode = DIRECT if self.spool.is_empty() else SPOOLING
+        self._closing = self._closed = False
+        self._flush_req = self._flush_done = 0
+        self._flush_delivered = True
+        self._counts = dict(sent=0, duplicates=0, spooled=0, retried=0, dropped=0,
+                            rejected=0, sampled_out=0, errors=0)
+        self._drop_warned = False
+        self._auth_error_logged = False
+        self._thread = threading.Thread(target=self._run, name="mlaudit-sender", daemon=True)
+        self._thread.start()
+        if register_atexit:
+            ref = weakref.ref(self)
+            self._atexit = lambda: (ref() is not None and ref().close())
+            atexit.register(self._atexit)
+        else:
+            self._atexit = None
+
+    # -- the caller's side ------------------------------------------------------------
+
+    def log(self, event: Dict[str, Any]) -> None:
+        """Queue ``event`` for delivery and return at once.
+
+        ``event`` is a dict in the catalogue's JSON shape. ``time`` is stamped now (RFC 3339
+        UTC, microseconds) if absent, ``actor`` is the logger's default if absent, and
+        ``id`` is a uuid4 assigned before the first send attempt if absent. The dict is
+        shallow-copied; do not mutate its nested values afterwards.
+
+        ``prediction.*`` events are sampled (see :mod:`mlaudit.sampling`); a kept one gets
+        ``attributes.sample_rate``. Raises ``ValueError`` for a non-dict, a missing
+        ``kind`` or actor, and :class:`LoggerClosedError` after ``close()``.
+        """
+        t_ns = time.time_ns()
+        if self._closing:
+            raise LoggerClosedError("AuditLogger.log() after close(): the event was not recorded")
+        if type(event) is not dict and not isinstance(event, Mapping):
+            raise ValueError(f"an event is a dict, not {type(event).__name__}")
+        ev = dict(event)
+        kind = ev.get("kind")
+        if type(kind) is not str or not kind:
+            raise ValueError("event has no 'kind'")
+        if "actor" not in ev:
+            if self.actor is None:
+                raise ValueError(f"{kind}: event has no 'actor' and the logger has no default actor")
+            ev["actor"] = self.actor
+        if kind.startswith("prediction."):
+            subject = ev.get("subject") or {}
+            keep, rate = self.sampler.decide(subject.get("model"), subject.get("request"))
+            if not keep:
+                with self._lock:
+                    self._counts["sampled_out"] += 1
+                return
+            attrs = dict(ev.get("attributes") or {})
+            attrs["sample_rate"] = rate
+            ev["attributes"] = attrs
+        self._enqueue(ev, t_ns)
+
+    def _enqueue(self, ev: Dict[str, Any], t_ns: int) -> None:
+        with self._lock:
+            buf = self._buf
+            if len(buf) < self.queue_size:
+                buf.append((ev, t_ns))
+                if len(buf) == 1 or len(buf) == self.batch_size:
+                    self._cv.notify()
+                return
+            if not self._overflow:
+                # Full: hand the whole queue to the sender to spool (O(1) here); the mode
+                # switch makes the sender move it to the spool before anything newer.
+                self._overflow.append(buf)
+                self._buf = collections.deque([(ev, t_ns)])
+                self._mode = SPOOLING
+                self._cv.notify()
+                return
+        # Full again before the sender spooled the last hand-off (it is stuck or slower
+        # than this caller): spool here, on this thread — a disk write, never the network.
+        with self._spool_lock:
+            with self._lock:
+                items = self._take_all_locked()
+                self._mode = SPOOLING
+            items.append((ev, t_ns))
+            self._spool_items(items)
+        with self._lock:
+            self._cv.notify()
+
+    def stats(self) -> Dict[str, int]:
+        """Counters since start: ``sent`` (acknowledged by the server, duplicates
+        included), ``duplicates`` (ids the server already had), ``spooled`` (written to the
+        spool), ``retried`` (failed send attempts that were retried or spooled),
+        ``dropped`` (over ``spool_max_bytes``), ``rejected`` (refused with 422),
+        ``sampled_out``, ``errors`` (exceptions swallowed by the decorator); plus
+        ``queued`` and ``spool_pending_bytes`` now."""
+        with self._lock:
+            out = dict(self._counts)
+            out["queued"] = len(self._buf)
+            out["spool_pending_bytes"] = self.spool.pending_bytes()
+            out["mode"] = self._mode  # type: ignore[assignment]
+        return out
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until every event logged before this call is delivered or durably spooled.
+
+        Returns True when all of them were acknowledged by the server (or rejected with
+        422, or sampled out); False when the timeout expired first, or when the server
+        could not be reached and some are in the spool, fsync'd (they are delivered later,
+        by this logger or by the next one started on the same ``spool_dir``). Never raises
+        on timeout.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            if self._closed:
+                return self._mode == DIRECT and not self._buf
+            self._flush_req += 1
+            req = self._flush_req
+            self._cv.notify()
+            self._wake.set()
+            while self._flush_done < req:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if not self._thread.is_alive():
+                    return False
+                self._cv.wait(0.1 if remaining is None else min(remaining, 0.1))
+            return self._flush_delivered
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Deliver what can be delivered within ``timeout``, spool and fsync the rest,
+        stop the sender thread and release the spool. Idempotent. Returns what
+        ``flush`` would. ``log()`` after ``close()`` raises :class:`LoggerClosedError`."""
+        with self._lock:
+            if self._closed:
+                return self._mode == DIRECT and not self._buf
+            already_closing = self._closing
+            self._closing = True
+        if already_closing:
+            self._thread.join(timeout)
+            return self._mode == DIRECT
+        ok = self.flush(timeout)
+        with self._lock:
+            self._closed = True
+            self._cv.notify()
+        self._wake.set()
+        self._thread.join(self.timeout_s + 5)
+        with self._spool_lock:
+            # Whatever is still in memory (timeout, dead thread) goes to the spool.
+            with self._lock:
+                items = self._take_all_locked()
+                if items:
+                    self._mode = SPOOLING
+                    ok = False
+            if items:
+                self._spool_items(items)
+            self.spool.persist_cursor(self.spool.cursor_snapshot())
+            self.spool.close()
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+        return ok
+
+    def __enter__(self) -> "AuditLogger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- helpers for the other stages --------------------------------------------------
+
+    def emit(self, kind: str, *, subject: Optional[Mapping[str, Any]] = None,
+             attributes: Optional[Mapping[str, Any]] = None,
+             actor: Optional[Mapping[str, str]] = None, id: Optional[str] = None,
+             time: Optional[str] = None) -> str:
+        """Build and ``log()`` one event; returns its id (assigned here)."""
+        ev: Dict[str, Any] = {"id": id or str(uuid.uuid4()), "kind": kind,
+                              "subject": {k: v for k, v in (subject or {}).items() if v is not None},
+                              "attributes": dict(attributes or {})}
+        if time is not None:
+            ev["time"] = time
+        if actor is not None:
+            _check_actor(actor)
+            ev["actor"] = dict(actor)
+        self.log(ev)
+        return ev["id"]
+
+    @property
+    def data(self):
+        from .stages import Data
+        return Data(self)
+
+    @property
+    def registry(self):
+        from .stages import Registry
+        return Registry(self)
+
+    @property
+    def operations(self):
+        from .stages import Operations
+        return Operations(self)
+
+    @property
+    def governance(self):
+        from .stages import Governance
+        return Governance(self)
+
+    def training_run(self, **kwargs):
+        """``with logger.training_run(run=..., model=..., hyperparameters=...,
+        random_seed=..., datasets=[...]) as run: run.checkpoint(step, metrics)`` — see
+        :class:`mlaudit.stages.TrainingRun`."""
+        from .stages import TrainingRun
+        return TrainingRun(self, **kwargs)
+
+    def predictions(self, *, model: str, version: str, risk: Optional[Policy] = None,
+                    request_id: Optional[Callable[..., Any]] = None,
+                    actor: Optional[Mapping[str, str]] = None) -> Callable:
+        """Decorator recording each call as a ``prediction.served`` event.
+
+        ``risk`` ("high", "low" or ("low", rate)) sets this model's sampling policy.
+        The request id is ``request_id(*args, **kwargs)`` if given, else the call's
+        ``request_id`` keyword argument, else a new uuid4. See
+        :func:`mlaudit.stages.prediction_decorator` for the guarantees.
+        """
+        from .stages import prediction_decorator
+        if risk is not None:
+            self.sampler.set(model, risk)
+        return prediction_decorator(self, model=model, version=str(version),
+                                    request_id=request_id, actor=actor)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    # -- spool helpers ---------------------------------------------------------------------
+
+    def _take_all_locked(self) -> List[Tuple[dict, int]]:
+        """Under _lock: every queued event, oldest first (hand-offs, then the queue)."""
+        items: List[Tuple[dict, int]] = []
+        for chunk in self._overflow:
+            items.extend(chunk)
+        self._overflow.clear()
+        items.extend(self._buf)
+        self._buf.clear()
+        return items
+
+    def _spool_items(self, items: List[Tuple[dict, int]]) -> None:
+        """Under _spool_lock (not _lock): encode and append at the spool tail."""
+        bodies = _finalize_many(items)
+        try:
+            n = self.spool.append(bodies)
+        except OSError as e:  # disk full, I/O error: never raise into log()
+            log.error("mlaudit: cannot write to the spool %s: %s", self.spool.dir, e)
+            n = 0
+        with self._lock:
+            self._counts["spooled"] += n
+            if n < len(bodies):
+                self._report_drop(len(bodies) - n)
+
+    def _report_drop(self, n: int) -> None:
+        self._counts["dropped"] += n
+        log.error("mlaudit: spool %s is full (spool_max_bytes=%d): DROPPED %d event(s); "
+                  "%d dropped so far", self.spool.dir, self.spool.max_bytes, n,
+                  self._counts["dropped"])
+        if not self._drop_warned:
+            self._drop_warned = True
+            warnings.warn(f"mlaudit: audit events are being dropped: spool {self.spool.dir} "
+                          f"reached spool_max_bytes={self.spool.max_bytes}", RuntimeWarning,
+                          stacklevel=3)
+
+    # -- the sender thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0  # consecutive failures while SPOOLING (for backoff)
+        while True:
+            try:
+                with self._lock:
+                    if self._closed:
+                        return
+                    mode = self._mode
+                    batch = self._take_batch_locked() if mode == DIRECT else None
+                if mode == DIRECT:
+                    if batch is not None:
+                        self._send_direct(batch)
+                    continue
+                # SPOOLING: queued events to the spool tail (in order), fsync, send the head.
+                with self._spool_lock:
+                    with self._lock:
+                        items = self._take_all_locked()
+                        flush_req = self._flush_req
+                    if items:
+                        self._spool_items(items)
+                    dups, dir_dirty = self.spool.fsync_handles()
+                    head = self.spool.head()
+                self.spool.sync_dups(dups, dir_dirty)
+                if head is None:
+                    with self._spool_lock:
+                        with self._lock:
+                            # Drained: whatever is queued now is newer than everything
+                            # delivered (hand-offs would be older than the queue: wait).
+                            if self.spool.is_empty() and not self._overflow:
+                                self.spool.reset_if_empty()
+                                self._mode = DIRECT
+                                attempt = 0
+                    continue
+                if self._send_spool_head(head, flush_req):
+                    attempt = 0
+                    continue
+                # Unreachable: everything logged before flush_req is durable now.
+                with self._lock:
+                    if self._flush_done < flush_req:
+                        self._flush_done, self._flush_delivered = flush_req, False
+                        self._cv.notify_all()
+                    if self._closing:
+                        self._closed = True
+                        self._cv.notify_all()
+                        return
+                self._backoff(attempt)
+                attempt += 1
+            except Exception:  # never let the sender die silently
+                log.exception("mlaudit: sender thread error (retrying)")
+                self._backoff(attempt)
+                attempt += 1
+
+    def _take_batch_locked(self) -> Optional[List[Tuple[dict, int]]]:
+        """Wait for events and linger to fill a batch; None when there is nothing to send
+        (flushes are answered here: nothing queued, nothing in hand, spool empty)."""
+        if not self._buf:
+            if self._flush_done < self._flush_req:
+                self._flush_done, self._flush_delivered = self._flush_req, True
+                self._cv.notify_all()
+            if self._closing:
+                self._closed = True
+                self._cv.notify_all()
+                return None
+            self._cv.wait(0.5)
+            return None
+        if len(self._buf) < self.batch_size and self._flush_done >= self._flush_req \
+                and not self._closing:
+            deadline = time.monotonic() + self.linger_s
+            while len(self._buf) < self.batch_size and self._mode == DIRECT:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._flush_done < self._flush_req or self._closing:
+                    break
+                self._cv.wait(remaining)
+            if self._mode != DIRECT:
+                return None
+        n = min(self.batch_size, len(self._buf))
+        return [self._buf.popleft() for _ in range(n)]
+
+    def _send_direct(self, items: List[Tuple[dict, int]]) -> None:
+        bodies = _finalize_many(items)
+        for attempt in range(self.max_attempts):
+            result = self._post(bodies)
+            if not result:
+                return
+            bodies = result
+            if attempt + 1 < self.max_attempts:
+                self._count("retried")
+                if self._closing:
+                    break
+                self._backoff(attempt)
+        # Undeliverable now: these are older than anything the spool holds.
+        with self._spool_lock:
+            try:
+                n = self.spool.prepend(bodies)
+            except OSError as e:
+                log.error("mlaudit: cannot write to the spool %s: %s", self.spool.dir, e)
+                n = 0
+            with self._lock:
+                self._counts["retried"] += 1
+                self._counts["spooled"] += n
+                if n < len(bodies):
+                    self._report_drop(len(bodies) - n)
+                self._mode = SPOOLING
+
+    def _send_spool_head(self, head: Tuple[int, str, int, int], flush_req: int) -> bool:
+        """Send one batch from the spool head; advance the cursor on success. The cursor is
+        persisted at most every ``cursor_interval_s`` (and on flush/close): a crash can only
+        re-send acknowledged events, which the server de-duplicates by id."""
+        no, path, offset, end = head
+        bodies, next_off, torn = read_records(path, offset, end, self.spool_batch_size, 8 << 20)
+        if bodies and self._post(bodies):
+            self._count("retried")
+            return False
+        with self._spool_lock:
+            if torn:
+                self.spool.mark_torn(no, next_off)
+            else:
+                self.spool.advance(no, next_off)
+            self._cursor_dirty = True
+            now = time.monotonic()
+            if (now - self._cursor_saved_at >= self.cursor_interval_s or self._closing
+                    or flush_req > self._flush_done or self.spool.is_empty()):
+                snapshot = self.spool.cursor_snapshot()
+                self._cursor_saved_at, self._cursor_dirty = now, False
+            else:
+                snapshot = None
+        if snapshot is not None:
+            self.spool.persist_cursor(snapshot)
+        return True
+
+    def _post(self, bodies: List[bytes]) -> Optional[List[bytes]]:
+        """POST ``bodies`` (with 422 removal and 413 splitting).
+
+        Returns None when every event was acknowledged or rejected, else the events that
+        are still to be sent (a transient failure: unreachable, timeout, 5xx, 401/403).
+        """
+        while True:
+            status, doc, err = _http.post_json_array(self.url + "/v1/events", bodies,
+                                                     self._headers, self.timeout_s)
+            if status == 200:
+                events = doc.get("events", []) if isinstance(doc, dict) else []
+                dups = sum(1 for e in events if isinstance(e, dict) and e.get("duplicate"))
+                with self._lock:
+                    self._counts["sent"] += len(bodies)
+                    self._counts["duplicates"] += dups
+                self._auth_error_logged = False
+                return None
+            if status == 422:
+                bad = _bad_indices(doc, len(bodies))
+                if not bad:
+                    bad = {i: "rejected (no details)" for i in range(len(bodies))}
+                for i, why in sorted(bad.items()):
+                    log.error("mlaudit: the server rejected event %s: %s",
+                              _describe(bodies[i]), why)
+                self._count("rejected", len(bad))
+                bodies = [b for i, b in enumerate(bodies) if i not in bad]
+                if not bodies:
+                    return None
+                continue
+            if status in (400, 413) or (status is not None and 400 <= status < 500
+                                        and status not in (401, 403, 408, 425, 429)):
+                if len(bodies) > 1:
+                    mid = len(bodies) // 2
+                    first = self._post(bodies[:mid])
+                    if first:  # transient failure in the first half: keep the order
+                        return first + bodies[mid:]
+                    return self._post(bodies[mid:])
+                log.error("mlaudit: the server refused event %s with HTTP %s: %s",
+                          _describe(bodies[0]), status, err)
+                self._count("rejected")
+                return None
+            if status in (401, 403):
+                if not self._auth_error_logged:
+                    self._auth_error_logged = True
+                    log.error("mlaudit: the server refused the token (HTTP %s: %s); events "
+                              "are kept in the spool %s until a valid writer token is "
+                              "configured", status, err, self.spool.dir)
+            else:
+                log.debug("mlaudit: send failed (%s); will retry", err or status)
+            return bodies
+
+    def _backoff(self, attempt: int) -> None:
+        """Full-jitter exponential backoff; returns early on flush/close."""
+        delay = random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** attempt))
+        self._wake.wait(delay)
+        self._wake.clear()
+
+
+def _check_actor(actor: Mapping[str, str]) -> None:
+    if not isinstance(actor, Mapping) or not actor.get("id") or \
+            actor.get("type") not in ("user", "service"):
+        raise ValueError(f"actor must be {{'id': ..., 'type': 'user'|'service'}}, got {actor!r}")
+
+
+def _finalize_many(items: List[Tuple[Dict[str, Any], int]]) -> List[bytes]:
+    """Fix each event's id and time (before its first send attempt) and encode it."""
+    need = sum(1 for ev, _ in items if "id" not in ev)
+    rnd = os.urandom(16 * need) if need else b""
+    j = 0
+    out = []
+    for ev, t_ns in items:
+        if "id" not in ev:
+            ev["id"] = str(uuid.UUID(bytes=rnd[j:j + 16], version=4))
+            j += 16
+        if "time" not in ev:
+            ev["time"] = timestamp(t_ns)
+        out.append(dumps(ev))
+    return out
+
+
+def _bad_indices(doc: Any, n: int) -> Dict[int, str]:
+    out: Dict[int, str] = {}
+    try:
+        for d in doc["error"]["details"]:
+            i = d.get("index")
+            if isinstance(i, int) and 0 <= i < n:
+                out[i] = str(d.get("error"))
+    except (KeyError, TypeError, AttributeError):
+        pass
+    return out
+
+
+def _describe(body: bytes) -> str:
+    try:
+        d = json.loads(body)
+        return f"{d.get('id')} ({d.get('kind')})"
+    except Exception:
+        return repr(body[:80])
