@@ -117,16 +117,28 @@ class AuditLogger:
         # it from the take to the write).
         self._lock = threading.Lock()
         self._spool_lock = threading.Lock()
-        self._cv = threading.Condition(self._lock)      # sender waits for work here
+        self._cv = threading.Condition(self._lock)        # the sender waits for work here
+        self._progress = threading.Condition(self._lock)  # flush() waits for progress here
         self._wake = threading.Event()                   # interrupts the sender's backoff
         self._buf: collections.deque = collections.deque()  # (event, time_ns) pairs
         self._overflow: List[collections.deque] = []  # full queues handed to the sender
         self._cursor_saved_at = 0.0
-        self._cursor_dirty = False
         self._mode = DIRECT if self.spool.is_empty() else SPOOLING
         self._closing = self._closed = False
-        self._flush_req = self._flush_done = 0
-        self._flush_delivered = True
+        # Flush bookkeeping: every queued event gets the next index; events reach the
+        # server in index order, so two watermarks say how far delivery has got.
+        self._next_idx = 0        # index of the next event _enqueue accepts
+        self._delivered_upto = 0  # every lower index: acknowledged (or rejected, dropped)
+        self._durable_upto = 0    # every lower index: acknowledged or fsync'd in the spool
+        self._spooled_upto = 0    # [_spool_lock] every lower index: written to the spool
+        self._marks: collections.deque = collections.deque()  # [_spool_lock] see _spool_items
+        self._stalled = False     # the last send attempt failed
+        self._flush_waiters = 0
+        if self._mode == SPOOLING:
+            # What an earlier process left counts as one event logged before any flush.
+            last = max(self.spool._sizes)
+            self._marks.append((last, self.spool._sizes[last], 1))
+            self._next_idx = self._spooled_upto = self._durable_upto = 1
         self._counts = dict(sent=0, duplicates=0, spooled=0, retried=0, dropped=0,
                             rejected=0, sampled_out=0, errors=0)
         self._drop_warned = False
@@ -181,9 +193,11 @@ class AuditLogger:
 
     def _enqueue(self, ev: Dict[str, Any], t_ns: int) -> None:
         with self._lock:
+            idx = self._next_idx
+            self._next_idx = idx + 1
             buf = self._buf
             if len(buf) < self.queue_size:
-                buf.append((ev, t_ns))
+                buf.append((ev, t_ns, idx))
                 if len(buf) == 1 or len(buf) == self.batch_size:
                     self._cv.notify()
                 return
@@ -191,7 +205,7 @@ class AuditLogger:
                 # Full: hand the whole queue to the sender to spool (O(1) here); the mode
                 # switch makes the sender move it to the spool before anything newer.
                 self._overflow.append(buf)
-                self._buf = collections.deque([(ev, t_ns)])
+                self._buf = collections.deque([(ev, t_ns, idx)])
                 self._mode = SPOOLING
                 self._cv.notify()
                 return
@@ -201,7 +215,7 @@ class AuditLogger:
             with self._lock:
                 items = self._take_all_locked()
                 self._mode = SPOOLING
-            items.append((ev, t_ns))
+            items.append((ev, t_ns, idx))
             self._spool_items(items)
         with self._lock:
             self._cv.notify()
@@ -225,26 +239,31 @@ class AuditLogger:
 
         Returns True when all of them were acknowledged by the server (or rejected with
         422, or sampled out); False when the timeout expired first, or when the server
-        could not be reached and some are in the spool, fsync'd (they are delivered later,
-        by this logger or by the next one started on the same ``spool_dir``). Never raises
-        on timeout.
+        could not be reached and all of them are in the spool, fsync'd (they are delivered
+        later, by this logger or by the next one started on the same ``spool_dir``). Never
+        raises on timeout. Events logged meanwhile by other threads do not delay it. What
+        an earlier process left in the spool counts as logged before the first call.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            target = self._next_idx
             if self._closed:
-                return self._mode == DIRECT and not self._buf
-            self._flush_req += 1
-            req = self._flush_req
+                return self._delivered_upto >= target
+            self._flush_waiters += 1
             self._cv.notify()
             self._wake.set()
-            while self._flush_done < req:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                if not self._thread.is_alive():
-                    return False
-                self._cv.wait(0.1 if remaining is None else min(remaining, 0.1))
-            return self._flush_delivered
+            try:
+                while True:
+                    if self._delivered_upto >= target:
+                        return True
+                    if self._stalled and self._durable_upto >= target:
+                        return False
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if (remaining is not None and remaining <= 0) or not self._thread.is_alive():
+                        return False
+                    self._progress.wait(0.1 if remaining is None else min(remaining, 0.1))
+            finally:
+                self._flush_waiters -= 1
 
     def close(self, timeout: float = 30.0) -> bool:
         """Deliver what can be delivered within ``timeout``, spool and fsync the rest,
@@ -252,12 +271,12 @@ class AuditLogger:
         ``flush`` would. ``log()`` after ``close()`` raises :class:`LoggerClosedError`."""
         with self._lock:
             if self._closed:
-                return self._mode == DIRECT and not self._buf
+                return self._delivered_upto >= self._next_idx
             already_closing = self._closing
             self._closing = True
         if already_closing:
             self._thread.join(timeout)
-            return self._mode == DIRECT
+            return self._delivered_upto >= self._next_idx
         ok = self.flush(timeout)
         with self._lock:
             self._closed = True
@@ -352,9 +371,22 @@ class AuditLogger:
 
     # -- spool helpers ---------------------------------------------------------------------
 
-    def _take_all_locked(self) -> List[Tuple[dict, int]]:
+    def _progress_locked(self, delivered: int = 0, durable: int = 0,
+                         stalled: Optional[bool] = None) -> None:
+        """Under _lock: move the watermarks (never back) and wake flush() callers."""
+        if delivered > self._delivered_upto:
+            self._delivered_upto = delivered
+        durable = max(durable, delivered)
+        if durable > self._durable_upto:
+            self._durable_upto = durable
+        if stalled is not None:
+            self._stalled = stalled
+        if self._flush_waiters:
+            self._progress.notify_all()
+
+    def _take_all_locked(self) -> List[Tuple[dict, int, int]]:
         """Under _lock: every queued event, oldest first (hand-offs, then the queue)."""
-        items: List[Tuple[dict, int]] = []
+        items: List[Tuple[dict, int, int]] = []
         for chunk in self._overflow:
             items.extend(chunk)
         self._overflow.clear()
@@ -362,14 +394,21 @@ class AuditLogger:
         self._buf.clear()
         return items
 
-    def _spool_items(self, items: List[Tuple[dict, int]]) -> None:
-        """Under _spool_lock (not _lock): encode and append at the spool tail."""
+    def _spool_items(self, items: List[Tuple[dict, int, int]]) -> None:
+        """Under _spool_lock (not _lock): encode and append at the spool tail.
+
+        A mark (segment, end offset, index after the last event) is kept for each write,
+        in drain order, so that the sender knows which indices a cursor move delivered."""
         bodies = _finalize_many(items)
         try:
             n = self.spool.append(bodies)
         except OSError as e:  # disk full, I/O error: never raise into log()
             log.error("mlaudit: cannot write to the spool %s: %s", self.spool.dir, e)
             n = 0
+        upto = items[-1][2] + 1
+        self._spooled_upto = max(self._spooled_upto, upto)
+        if n and self.spool.tail is not None:
+            self._marks.append((*self.spool.tail, upto))
         with self._lock:
             self._counts["spooled"] += n
             if n < len(bodies):
@@ -405,12 +444,14 @@ class AuditLogger:
                 with self._spool_lock:
                     with self._lock:
                         items = self._take_all_locked()
-                        flush_req = self._flush_req
                     if items:
                         self._spool_items(items)
                     dups, dir_dirty = self.spool.fsync_handles()
+                    spooled = self._spooled_upto
                     head = self.spool.head()
                 self.spool.sync_dups(dups, dir_dirty)
+                with self._lock:
+                    self._progress_locked(durable=spooled)
                 if head is None:
                     with self._spool_lock:
                         with self._lock:
@@ -418,20 +459,20 @@ class AuditLogger:
                             # delivered (hand-offs would be older than the queue: wait).
                             if self.spool.is_empty() and not self._overflow:
                                 self.spool.reset_if_empty()
+                                self._marks.clear()
                                 self._mode = DIRECT
+                                self._progress_locked(delivered=self._spooled_upto)
                                 attempt = 0
                     continue
-                if self._send_spool_head(head, flush_req):
+                if self._send_spool_head(head):
                     attempt = 0
                     continue
-                # Unreachable: everything logged before flush_req is durable now.
+                # Unreachable: what was queued is durable now (flush() may answer False).
                 with self._lock:
-                    if self._flush_done < flush_req:
-                        self._flush_done, self._flush_delivered = flush_req, False
-                        self._cv.notify_all()
+                    self._progress_locked(stalled=True)
                     if self._closing:
                         self._closed = True
-                        self._cv.notify_all()
+                        self._progress.notify_all()
                         return
                 self._backoff(attempt)
                 attempt += 1
@@ -440,25 +481,21 @@ class AuditLogger:
                 self._backoff(attempt)
                 attempt += 1
 
-    def _take_batch_locked(self) -> Optional[List[Tuple[dict, int]]]:
-        """Wait for events and linger to fill a batch; None when there is nothing to send
-        (flushes are answered here: nothing queued, nothing in hand, spool empty)."""
+    def _take_batch_locked(self) -> Optional[List[Tuple[dict, int, int]]]:
+        """Wait for events and linger to fill a batch (not while someone flushes or
+        closes); None when there is nothing to send."""
         if not self._buf:
-            if self._flush_done < self._flush_req:
-                self._flush_done, self._flush_delivered = self._flush_req, True
-                self._cv.notify_all()
             if self._closing:
                 self._closed = True
-                self._cv.notify_all()
+                self._progress.notify_all()
                 return None
             self._cv.wait(0.5)
             return None
-        if len(self._buf) < self.batch_size and self._flush_done >= self._flush_req \
-                and not self._closing:
+        if len(self._buf) < self.batch_size and not self._flush_waiters and not self._closing:
             deadline = time.monotonic() + self.linger_s
             while len(self._buf) < self.batch_size and self._mode == DIRECT:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._flush_done < self._flush_req or self._closing:
+                if remaining <= 0 or self._flush_waiters or self._closing:
                     break
                 self._cv.wait(remaining)
             if self._mode != DIRECT:
@@ -466,11 +503,14 @@ class AuditLogger:
         n = min(self.batch_size, len(self._buf))
         return [self._buf.popleft() for _ in range(n)]
 
-    def _send_direct(self, items: List[Tuple[dict, int]]) -> None:
+    def _send_direct(self, items: List[Tuple[dict, int, int]]) -> None:
+        upto = items[-1][2] + 1
         bodies = _finalize_many(items)
         for attempt in range(self.max_attempts):
             result = self._post(bodies)
             if not result:
+                with self._lock:
+                    self._progress_locked(delivered=upto, stalled=False)
                 return
             bodies = result
             if attempt + 1 < self.max_attempts:
@@ -481,21 +521,26 @@ class AuditLogger:
         # Undeliverable now: these are older than anything the spool holds.
         with self._spool_lock:
             try:
-                n = self.spool.prepend(bodies)
+                n, no, size = self.spool.prepend(bodies)
             except OSError as e:
                 log.error("mlaudit: cannot write to the spool %s: %s", self.spool.dir, e)
                 n = 0
+            if n:
+                self._marks.appendleft((no, size, upto))  # drains before everything else
+            self._spooled_upto = max(self._spooled_upto, upto)
             with self._lock:
                 self._counts["retried"] += 1
                 self._counts["spooled"] += n
                 if n < len(bodies):
                     self._report_drop(len(bodies) - n)
                 self._mode = SPOOLING
+                self._progress_locked(durable=upto, stalled=True)  # prepend fsyncs
 
-    def _send_spool_head(self, head: Tuple[int, str, int, int], flush_req: int) -> bool:
+    def _send_spool_head(self, head: Tuple[int, str, int, int]) -> bool:
         """Send one batch from the spool head; advance the cursor on success. The cursor is
-        persisted at most every ``cursor_interval_s`` (and on flush/close): a crash can only
-        re-send acknowledged events, which the server de-duplicates by id."""
+        persisted at most every ``cursor_interval_s`` (and when flushing, closing or
+        drained): a crash can only re-send acknowledged events, which the server
+        de-duplicates by id."""
         no, path, offset, end = head
         bodies, next_off, torn = read_records(path, offset, end, self.spool_batch_size, 8 << 20)
         if bodies and self._post(bodies):
@@ -506,14 +551,18 @@ class AuditLogger:
                 self.spool.mark_torn(no, next_off)
             else:
                 self.spool.advance(no, next_off)
-            self._cursor_dirty = True
+            delivered = 0
+            while self._marks and not self.spool.pending_through(*self._marks[0][:2]):
+                delivered = self._marks.popleft()[2]
             now = time.monotonic()
             if (now - self._cursor_saved_at >= self.cursor_interval_s or self._closing
-                    or flush_req > self._flush_done or self.spool.is_empty()):
+                    or self._flush_waiters or self.spool.is_empty()):
                 snapshot = self.spool.cursor_snapshot()
-                self._cursor_saved_at, self._cursor_dirty = now, False
+                self._cursor_saved_at = now
             else:
                 snapshot = None
+        with self._lock:
+            self._progress_locked(delivered=delivered, stalled=False)
         if snapshot is not None:
             self.spool.persist_cursor(snapshot)
         return True
@@ -582,17 +631,17 @@ def _check_actor(actor: Mapping[str, str]) -> None:
         raise ValueError(f"actor must be {{'id': ..., 'type': 'user'|'service'}}, got {actor!r}")
 
 
-def _finalize_many(items: List[Tuple[Dict[str, Any], int]]) -> List[bytes]:
+def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]]) -> List[bytes]:
     """Fix each event's id and time (before its first send attempt) and encode it.
 
     Every few events the GIL is offered to other threads (``time.sleep(0)``): without it a
     thread waking up to serve a prediction can wait for the whole batch (up to the 5 ms
     switch interval); with it, for one slice."""
-    need = sum(1 for ev, _ in items if "id" not in ev)
+    need = sum(1 for ev, _, _ in items if "id" not in ev)
     rnd = os.urandom(16 * need) if need else b""
     j = 0
     out = []
-    for i, (ev, t_ns) in enumerate(items):
+    for i, (ev, t_ns, _) in enumerate(items):
         if i & 7 == 7:
             time.sleep(0)
         if "id" not in ev:

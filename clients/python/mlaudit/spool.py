@@ -195,6 +195,15 @@ class Spool:
         """True when no segment has bytes past its cursor offset."""
         return all(self._offsets.get(no, 0) >= size for no, size in self._sizes.items())
 
+    @property
+    def tail(self) -> Optional[Tuple[int, int]]:
+        """(segment number, size) of the segment appends go to, or None."""
+        return None if self._tail_no is None else (self._tail_no, self._sizes[self._tail_no])
+
+    def pending_through(self, no: int, end: int) -> bool:
+        """True while bytes of segment ``no`` before ``end`` are not yet delivered."""
+        return no in self._sizes and self._offsets.get(no, 0) < end
+
     def pending_bytes(self) -> int:
         return sum(max(0, size - self._offsets.get(no, 0)) for no, size in self._sizes.items())
 
@@ -248,7 +257,8 @@ class Spool:
 
         Used when a batch taken from the memory queue could not be delivered: those events
         were logged before anything already in the spool, so they must be drained first.
-        Returns how many were written (all or none, subject to ``max_bytes``).
+        Returns (how many were written — the oldest that fit under ``max_bytes``, segment
+        number, its size).
         """
         data = b"".join(encode_record(b) for b in bodies)
         if not self._room(len(data)):
@@ -265,7 +275,7 @@ class Spool:
         else:
             n = len(bodies)
         if n == 0:
-            return 0
+            return 0, None, 0
         no = self._new_number(tail=False)
         fd = os.open(self._path(no), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -279,7 +289,7 @@ class Spool:
             raise
         _fsync_dir(self.dir)
         self._sizes[no] = len(data)
-        return n
+        return n, no, len(data)
 
     def _new_number(self, tail: bool) -> int:
         """A segment number above (tail) or below (prepend) every number ever used here or

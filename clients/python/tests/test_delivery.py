@@ -269,3 +269,32 @@ def test_log_validates_its_input(offline_server, tmp_path):
         AuditLogger(offline_server.url, spool_dir=str(tmp_path / "s2"),
                     actor={"id": "a", "type": "robot"}, register_atexit=False)
     lg.close(timeout=5)
+
+
+def test_flush_is_not_starved_by_other_threads_logging(shared_server, tmp_path):
+    """flush() waits for the events logged before it, not for a queue that other threads
+    keep filling."""
+    import threading
+    lg = make_logger(shared_server, tmp_path / "spool")
+    stop = threading.Event()
+
+    def chatter():
+        i = 0
+        while not stop.is_set():
+            lg.log({"kind": "x.chatter", "attributes": {"i": i}})
+            i += 1
+            time.sleep(0.0001)  # a steady few thousand events/s: the queue is never empty
+
+    t = threading.Thread(target=chatter)
+    t.start()
+    try:
+        time.sleep(0.2)
+        for i in range(100):
+            lg.log({"kind": "x.flush-target", "attributes": {"i": i}})
+        assert lg.flush(5) is True  # (loose: it takes a batch or two)
+        assert seq_of(shared_server.query(kind="x.flush-target"), "x.flush-target") == \
+            list(range(100))
+    finally:
+        stop.set()
+        t.join()
+        lg.close()
