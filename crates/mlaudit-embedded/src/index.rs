@@ -333,11 +333,39 @@ pub struct Checker<'a> {
     stage_cursors: Vec<usize>,
     /// Per tag: the last term id seen, to skip hashing runs of equal values.
     last: [u32; TAGS],
+    /// The ids of the entries, by seq, and their multiset digest (see [`id_digest`]).
+    ids: Vec<EventId>,
+    id_sum: u128,
+}
+
+/// One `(id, seq)` pair's share of a multiset digest: two 64-bit finalizer mixes.
+///
+/// The id index is proved right by comparing the wrapping sum of these over the entries with
+/// the sum over the map (and the map's size with the count): sequential passes instead of one
+/// random lookup per event. The index is derived data, not a trust boundary (the Merkle tree
+/// and checkpoints are), so a non-cryptographic digest is enough to catch damage; on any
+/// difference the checker falls back to looking every id up, to name the first bad seq.
+fn id_digest(id: &EventId, seq: u64) -> u128 {
+    fn mix(mut x: u64) -> u64 {
+        x ^= x >> 30;
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x ^= x >> 27;
+        x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+    let mut half = [0u8; 8];
+    half.copy_from_slice(&id.0[..8]);
+    let a = u64::from_le_bytes(half);
+    half.copy_from_slice(&id.0[8..]);
+    let b = u64::from_le_bytes(half);
+    let hi = mix(a ^ mix(seq ^ 0x9e37_79b9_7f4a_7c15));
+    let lo = mix(b ^ mix(hi ^ seq));
+    (u128::from(hi) << 64) | u128::from(lo)
 }
 
 impl<'a> Checker<'a> {
     pub fn new(index: &'a std::sync::RwLock<Index>) -> Checker<'a> {
-        Checker { index, cursors: Vec::new(), stage_cursors: vec![0; Stage::ALL.len()], last: [0; TAGS] }
+        Checker { index, cursors: Vec::new(), stage_cursors: vec![0; Stage::ALL.len()], last: [0; TAGS], ids: Vec::new(), id_sum: 0 }
     }
 }
 
@@ -382,11 +410,40 @@ impl mlaudit_store::IndexCheck for Checker<'_> {
         if !advance(&index.stages[stage as usize], &mut self.stage_cursors[stage as usize], seq) {
             return Err(format!("the stage index does not list seq {seq} under {} in order", stage.as_str()));
         }
+        self.ids.push(e.id);
+        self.id_sum = self.id_sum.wrapping_add(id_digest(&e.id, seq));
         Ok(())
     }
 
-    fn finish(&mut self, n: u64) -> Result<(), String> {
-        let index = self.index.read().map_err(|_| "index lock poisoned".to_owned())?;
+    fn checks_ids(&self) -> bool {
+        true
+    }
+
+    fn finish(&mut self, n: u64) -> Result<(), (Option<u64>, String)> {
+        let index = self.index.read().map_err(|_| (None, "index lock poisoned".to_owned()))?;
+        let (mut count, mut sum) = (0u64, 0u128);
+        for (id, &seq) in &index.ids {
+            if seq < n {
+                count += 1;
+                sum = sum.wrapping_add(id_digest(id, seq));
+            }
+        }
+        if count != n || sum != self.id_sum || self.ids.len() as u64 != n {
+            // Something differs: find the first seq whose id does not map back to it.
+            for (seq, id) in self.ids.iter().enumerate() {
+                let found = index.ids.get(id).copied().filter(|s| *s < n);
+                if found != Some(seq as u64) {
+                    return Err((Some(seq as u64), format!("the id index maps event {id} to {found:?}, not to this seq")));
+                }
+            }
+            return Err((None, format!("the id index holds {count} ids below seq {n}, which are not the entries' ids")));
+        }
+        self.finish_postings(&index, n).map_err(|p| (None, p))
+    }
+}
+
+impl Checker<'_> {
+    fn finish_postings(&self, index: &Index, n: u64) -> Result<(), String> {
         let below = |list: &[u64]| list.partition_point(|s| *s < n);
         for (term, list) in index.postings.iter().enumerate().skip(1) {
             if self.cursors.get(term).copied().unwrap_or(0) != below(list) {

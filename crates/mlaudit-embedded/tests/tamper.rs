@@ -297,6 +297,37 @@ fn a_flipped_byte_in_an_index_id_is_caught() {
     assert!(run_verify(&store).is_ok());
 }
 
+/// Rewrites index.bin record `seq` with `id` and a valid CRC, as a bug in the writer (not a
+/// flipped bit) would: open accepts it, so `verify` must notice.
+fn rewrite_index_id(dir: &Path, seq: u64, id: &mlaudit_core::EventId) {
+    let len = mlaudit_embedded::index::INDEX_RECORD_LEN;
+    let path = dir.join("index.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = seq as usize * len;
+    bytes[at..at + 16].copy_from_slice(&id.0);
+    let crc = crc32c::crc32c(&bytes[at..at + len - 4]);
+    bytes[at + len - 4..at + len].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[test]
+fn an_id_index_that_disagrees_with_the_entries_fails_verify_at_the_first_bad_seq() {
+    let base = build_base("index-id");
+    for (seq, id) in [(5u64, mlaudit_core::EventId([0xab; 16])), (7, base.ids[3])] {
+        let copy = TempDir::copy_of(base.dir.path(), "index-id");
+        rewrite_index_id(copy.path(), seq, &id);
+        match outcome(copy.path()) {
+            Caught::Verify { seq: s, problem, .. } => {
+                assert!(problem.contains("id index"), "{problem}");
+                // A duplicate id maps to one of its two seqs: the first that does not map back.
+                let first = if id == base.ids[3] { 3 } else { seq };
+                assert_eq!(s, Some(first), "{problem}");
+            }
+            other => panic!("index id of seq {seq} replaced: {other:?}"),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Whole records removed, duplicated or swapped
 // ---------------------------------------------------------------------------------------------

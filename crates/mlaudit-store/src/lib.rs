@@ -157,7 +157,13 @@ pub trait IndexCheck {
     /// Checks that every index lists event `seq` as its entry says.
     fn check(&mut self, seq: u64, entry: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String>;
     /// After the last event `n - 1`: checks that the indexes list nothing more below `n`.
-    fn finish(&mut self, n: u64) -> Result<(), String>;
+    /// An error may name the first seq it concerns.
+    fn finish(&mut self, n: u64) -> Result<(), (Option<u64>, String)>;
+    /// Whether this checker also proves the id index (`seq_of`) right for every event, so that
+    /// `verify` need not look each id up.
+    fn checks_ids(&self) -> bool {
+        false
+    }
 }
 
 /// Adapts a store to the Merkle [`NodeSource`].
