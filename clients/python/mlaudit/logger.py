@@ -132,7 +132,7 @@ class AuditLogger:
         self._durable_upto = 0    # every lower index: acknowledged or fsync'd in the spool
         self._spooled_upto = 0    # [_spool_lock] every lower index: written to the spool
         self._marks: collections.deque = collections.deque()  # [_spool_lock] see _spool_items
-        self._stalled = False     # the last send attempt failed
+        self._failures = 0        # failed send attempts so far (a flush compares epochs)
         self._flush_waiters = 0
         if self._mode == SPOOLING:
             # What an earlier process left counts as one event logged before any flush.
@@ -249,14 +249,16 @@ class AuditLogger:
             target = self._next_idx
             if self._closed:
                 return self._delivered_upto >= target
+            failures = self._failures
             self._flush_waiters += 1
             self._cv.notify()
-            self._wake.set()
+            self._wake.set()  # retry now rather than at the end of a backoff
             try:
                 while True:
                     if self._delivered_upto >= target:
                         return True
-                    if self._stalled and self._durable_upto >= target:
+                    # Durable, and an attempt made since this call began failed.
+                    if self._failures > failures and self._durable_upto >= target:
                         return False
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if (remaining is not None and remaining <= 0) or not self._thread.is_alive():
@@ -372,15 +374,15 @@ class AuditLogger:
     # -- spool helpers ---------------------------------------------------------------------
 
     def _progress_locked(self, delivered: int = 0, durable: int = 0,
-                         stalled: Optional[bool] = None) -> None:
+                         failed: bool = False) -> None:
         """Under _lock: move the watermarks (never back) and wake flush() callers."""
         if delivered > self._delivered_upto:
             self._delivered_upto = delivered
         durable = max(durable, delivered)
         if durable > self._durable_upto:
             self._durable_upto = durable
-        if stalled is not None:
-            self._stalled = stalled
+        if failed:
+            self._failures += 1
         if self._flush_waiters:
             self._progress.notify_all()
 
@@ -469,7 +471,7 @@ class AuditLogger:
                     continue
                 # Unreachable: what was queued is durable now (flush() may answer False).
                 with self._lock:
-                    self._progress_locked(stalled=True)
+                    self._progress_locked(failed=True)
                     if self._closing:
                         self._closed = True
                         self._progress.notify_all()
@@ -510,7 +512,7 @@ class AuditLogger:
             result = self._post(bodies)
             if not result:
                 with self._lock:
-                    self._progress_locked(delivered=upto, stalled=False)
+                    self._progress_locked(delivered=upto)
                 return
             bodies = result
             if attempt + 1 < self.max_attempts:
@@ -534,7 +536,7 @@ class AuditLogger:
                 if n < len(bodies):
                     self._report_drop(len(bodies) - n)
                 self._mode = SPOOLING
-                self._progress_locked(durable=upto, stalled=True)  # prepend fsyncs
+                self._progress_locked(durable=upto, failed=True)  # prepend fsyncs
 
     def _send_spool_head(self, head: Tuple[int, str, int, int]) -> bool:
         """Send one batch from the spool head; advance the cursor on success. The cursor is
@@ -562,7 +564,7 @@ class AuditLogger:
             else:
                 snapshot = None
         with self._lock:
-            self._progress_locked(delivered=delivered, stalled=False)
+            self._progress_locked(delivered=delivered)
         if snapshot is not None:
             self.spool.persist_cursor(snapshot)
         return True
