@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import functools
 import json
 import logging
 import os

@@ -7,7 +7,6 @@ kept as they are), ``id=`` and ``time=``.
 from __future__ import annotations
 
 import functools
-import os
 import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
