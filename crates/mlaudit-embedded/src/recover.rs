@@ -268,6 +268,7 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(Shared, St
         index: RwLock::new(r.index),
         segments: RwLock::new(segments.clone()),
         levels: RwLock::new(levels),
+        upper_nodes: RwLock::new(Vec::new()),
         failed: std::sync::atomic::AtomicBool::new(false),
         stats: std::sync::Mutex::new(crate::SyncStats { log_bytes: log_end, ..Default::default() }),
     };

@@ -194,7 +194,7 @@ pub async fn get_consistency(State(state): State<AppState>, q: Result<Query<Cons
     blocking(&state, move |store| {
         let to = match q.to {
             Some(t) => t,
-            None => *store.checkpoint_sizes()?.last().ok_or_else(|| ApiError::NotFound("the log has no checkpoint yet".into()))?,
+            None => store.latest_checkpoint_size()?.ok_or_else(|| ApiError::NotFound("the log has no checkpoint yet".into()))?,
         };
         let proof = proofs::consistency(store, q.from, to)?;
         serde_json::to_value(proof).map(Json).map_err(|e| ApiError::Internal(e.to_string()))

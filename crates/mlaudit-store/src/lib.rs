@@ -121,6 +121,10 @@ pub trait Store: Send + Sync {
     fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError>;
     /// Tree sizes of every stored checkpoint, ascending.
     fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError>;
+    /// The tree size of the latest stored checkpoint (what proofs are made against).
+    fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.checkpoint_sizes()?.last().copied())
+    }
     /// Seqs of matching events, ascending, at most `limit`.
     fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError>;
     /// Visits events `from..tree_size()` in order, reading storage sequentially.
@@ -179,8 +183,8 @@ impl<S: Store + ?Sized> NodeSource for Nodes<'_, S> {
 
 /// The latest checkpoint note, if any.
 pub fn latest_checkpoint(store: &dyn Store) -> Result<Option<String>, StoreError> {
-    match store.checkpoint_sizes()?.last() {
-        Some(size) => store.checkpoint(*size),
+    match store.latest_checkpoint_size()? {
+        Some(size) => store.checkpoint(size),
         None => Ok(None),
     }
 }

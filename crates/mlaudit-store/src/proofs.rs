@@ -33,8 +33,7 @@ pub enum ProveError {
 
 /// The inclusion proof bundle of event `seq`, against the latest checkpoint.
 pub fn inclusion_bundle(store: &dyn Store, seq: u64) -> Result<ProofBundle, ProveError> {
-    let sizes = store.checkpoint_sizes()?;
-    let size = *sizes.last().filter(|s| **s > seq).ok_or(ProveError::NotCheckpointed(seq))?;
+    let size = store.latest_checkpoint_size()?.filter(|s| *s > seq).ok_or(ProveError::NotCheckpointed(seq))?;
     let note = store.checkpoint(size)?.ok_or(ProveError::NoCheckpoint(size))?;
     let event = store.event(seq)?;
     let path = merkle::inclusion_proof(&Nodes(store), seq, size)??;
