@@ -69,7 +69,9 @@ class AuditLogger:
             ``{"id": "scoring-api", "type": "service"}``.
         queue_size: capacity of the in-memory queue; beyond it ``log()`` spools.
         batch_size: most events per POST.
-        linger_s: how long the sender waits to fill a batch.
+        linger_s: how long the sender waits to fill a batch (not while a flush waits).
+            Fewer, larger batches mean fewer bursts of HTTP work competing for the GIL
+            with the threads that serve predictions.
         timeout_s: HTTP timeout per request.
         max_attempts: attempts per batch in DIRECT mode before it is spooled.
         backoff_base_s, backoff_cap_s: exponential backoff with full jitter between
@@ -86,7 +88,7 @@ class AuditLogger:
 
     def __init__(self, url: str, token: Optional[str] = None, spool_dir: Optional[str] = None,
                  *, actor: Optional[Mapping[str, str]] = None, queue_size: int = 10_000,
-                 batch_size: int = 500, linger_s: float = 0.05, timeout_s: float = 5.0,
+                 batch_size: int = 500, linger_s: float = 0.2, timeout_s: float = 5.0,
                  max_attempts: int = 4, backoff_base_s: float = 0.05,
                  backoff_cap_s: float = 2.0, spool_max_bytes: int = 1 << 30,
                  sampling: Optional[Mapping[str, Policy]] = None, default_risk: Policy = HIGH,

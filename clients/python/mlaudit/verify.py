@@ -136,6 +136,8 @@ def verify_note(note: str, key: VerifierKey) -> bytes:
     if i < 0:
         raise VerificationError("checkpoint: no blank line between body and signatures")
     body, sigs = note[: i + 1], note[i + 2:]
+    if not sigs:
+        raise VerificationError("checkpoint: no signature lines")
     if not sigs.endswith("\n"):
         raise VerificationError("checkpoint: the signature block does not end with a newline")
     pub = Ed25519PublicKey.from_public_bytes(key.public_key)

@@ -175,6 +175,8 @@ TAMPERS = {
     "checkpoint root": lambda b: _tamper_checkpoint_line(b, 2, lambda s: _flip_b64(s, 3)),
     "checkpoint size": lambda b: _tamper_checkpoint_line(b, 1, lambda s: str(int(s) + 1)),
     "checkpoint signature": _tamper_sig,
+    "checkpoint signature removed": lambda b: b.__setitem__(
+        "checkpoint", b["checkpoint"].rsplit("\n\n", 1)[0] + "\n\n"),
     "leaf_index": lambda b: b.__setitem__("leaf_index", b["leaf_index"] + 1),
     "tree_size": lambda b: b.__setitem__("tree_size", b["tree_size"] + 1),
     "format": lambda b: b.__setitem__("format", "mlaudit-proof-bundle/v0"),
@@ -195,6 +197,15 @@ def test_rejects_tampered_bundles(bundles, what, tmp_path):
     assert "FAILED" in p.stderr
     # A second opinion: the Rust verifier rejects it too.
     assert rust_verify(path, key).returncode == 1, what
+
+
+def test_other_signers_are_ignored(bundles):
+    """A cosignature by another key (a witness) does not affect the result."""
+    d, key, out = bundles
+    b = copy.deepcopy(out["reader"])
+    blob = base64.b64encode(b"\x01\x02\x03\x04" + bytes(64)).decode()
+    b["checkpoint"] += f"\u2014 witness.example {blob}\n"
+    assert verify_bundle(b, key).ok
 
 
 def test_rejects_a_wrong_key(bundles, tmp_path):
