@@ -115,11 +115,81 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreErr
     move |source| StoreError::Io { context, source }
 }
 
+/// Receives (seq, entry, payload) of each event a scan reads.
+type SliceVisitor<'a> = &'a mut dyn FnMut(u64, &[u8], &[u8]) -> ControlFlow<()>;
+
 fn lock_poisoned() -> StoreError {
     StoreError::WriterStopped("a thread panicked while holding the store's lock".into())
 }
 
 impl EmbeddedStore {
+    /// Visits events `from..tree_size()` in order, as borrowed (seq, entry, payload) slices:
+    /// the one sequential reader behind [`Store::scan`] and [`Store::scan_runs`].
+    fn scan_slices(&self, from: u64, visit: SliceVisitor<'_>) -> Result<(), StoreError> {
+        let end = self.tree_size();
+        if from >= end {
+            return Ok(());
+        }
+        let start_pos = self.offset_of(from)?;
+        let segments = self.shared.segments.read().map_err(|_| lock_poisoned())?.clone();
+        let mut seq = from;
+        let mut offsets = OffsetWindow::default();
+        let mut buf: Vec<u8> = Vec::with_capacity(SCAN_CHUNK);
+        for seg in &segments {
+            let len = seg.file.metadata().map_err(io_err(seg.name.clone()))?.len();
+            if seg.start + len <= start_pos {
+                continue;
+            }
+            // `buf` holds the segment's bytes from file offset `base`; records are parsed at `at`.
+            let mut base = start_pos.saturating_sub(seg.start);
+            let mut at = 0usize;
+            buf.clear();
+            while seq < end {
+                let corrupt = |off: u64, p: String| StoreError::Corrupt { location: format!("{}:{off}", seg.name), problem: p };
+                let avail = buf.len() - at;
+                let need = match buf.get(at..at + record::HEADER_LEN).and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok()) {
+                    Some(header) => record::parse_header(header).map_err(|e| corrupt(base + at as u64, e.to_string()))?.total_len() as usize,
+                    None => record::HEADER_LEN,
+                };
+                if avail < need {
+                    let file_pos = base + buf.len() as u64;
+                    if file_pos >= len {
+                        if avail == 0 {
+                            break;
+                        }
+                        return Err(corrupt(base + at as u64, "truncated record".into()));
+                    }
+                    buf.drain(..at);
+                    base += at as u64;
+                    at = 0;
+                    let add = (need.max(SCAN_CHUNK).saturating_sub(buf.len()) as u64).min(len - file_pos) as usize;
+                    let old = buf.len();
+                    buf.resize(old + add, 0);
+                    seg.file.read_exact_at(&mut buf[old..], file_pos).map_err(io_err(format!("reading {}", seg.name)))?;
+                    continue;
+                }
+                let rec = &buf[at..at + need];
+                let off = base + at as u64;
+                let header: &[u8; record::HEADER_LEN] = rec[..record::HEADER_LEN].try_into().map_err(|_| corrupt(off, "truncated record header".into()))?;
+                let h = record::parse_header(header).map_err(|e| corrupt(off, e.to_string()))?;
+                record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
+                if h.kind == record::EVENT {
+                    let pos = seg.start + off;
+                    if offsets.at(self, seq)? != pos {
+                        return Err(StoreError::Corrupt { location: format!("offsets.bin entry for seq {seq}"), problem: format!("does not point at its record (log position {pos})") });
+                    }
+                    let (entry, payload) = event_slices(&h, rec);
+                    if visit(seq, entry, payload).is_break() {
+                        return Ok(());
+                    }
+                    seq += 1;
+                }
+                at += need;
+            }
+        }
+        Ok(())
+    }
+
     /// `count` hashes of `level` from `start`, read from the level's file.
     fn read_nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
         let file = self.shared.levels.read().map_err(|_| lock_poisoned())?.get(level as usize).cloned();
@@ -237,9 +307,14 @@ impl Drop for EmbeddedStore {
 }
 
 fn split_event(h: &record::Header, buf: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (a, b) = event_slices(h, buf);
+    (a.to_vec(), b.to_vec())
+}
+
+fn event_slices<'a>(h: &record::Header, buf: &'a [u8]) -> (&'a [u8], &'a [u8]) {
     let a_end = record::HEADER_LEN + h.len_a as usize;
     let b_end = a_end + h.len_b as usize;
-    (buf[record::HEADER_LEN..a_end].to_vec(), buf[a_end..b_end].to_vec())
+    (&buf[record::HEADER_LEN..a_end], &buf[a_end..b_end])
 }
 
 impl Store for EmbeddedStore {
@@ -315,68 +390,11 @@ impl Store for EmbeddedStore {
     }
 
     fn scan(&self, from: u64, visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>) -> Result<(), StoreError> {
-        let end = self.tree_size();
-        if from >= end {
-            return Ok(());
-        }
-        let start_pos = self.offset_of(from)?;
-        let segments = self.shared.segments.read().map_err(|_| lock_poisoned())?.clone();
-        let mut seq = from;
-        let mut offsets = OffsetWindow::default();
-        let mut buf: Vec<u8> = Vec::with_capacity(SCAN_CHUNK);
-        for seg in &segments {
-            let len = seg.file.metadata().map_err(io_err(seg.name.clone()))?.len();
-            if seg.start + len <= start_pos {
-                continue;
-            }
-            // `buf` holds the segment's bytes from file offset `base`; records are parsed at `at`.
-            let mut base = start_pos.saturating_sub(seg.start);
-            let mut at = 0usize;
-            buf.clear();
-            while seq < end {
-                let corrupt = |off: u64, p: String| StoreError::Corrupt { location: format!("{}:{off}", seg.name), problem: p };
-                let avail = buf.len() - at;
-                let need = match buf.get(at..at + record::HEADER_LEN).and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok()) {
-                    Some(header) => record::parse_header(header).map_err(|e| corrupt(base + at as u64, e.to_string()))?.total_len() as usize,
-                    None => record::HEADER_LEN,
-                };
-                if avail < need {
-                    let file_pos = base + buf.len() as u64;
-                    if file_pos >= len {
-                        if avail == 0 {
-                            break;
-                        }
-                        return Err(corrupt(base + at as u64, "truncated record".into()));
-                    }
-                    buf.drain(..at);
-                    base += at as u64;
-                    at = 0;
-                    let add = (need.max(SCAN_CHUNK).saturating_sub(buf.len()) as u64).min(len - file_pos) as usize;
-                    let old = buf.len();
-                    buf.resize(old + add, 0);
-                    seg.file.read_exact_at(&mut buf[old..], file_pos).map_err(io_err(format!("reading {}", seg.name)))?;
-                    continue;
-                }
-                let rec = &buf[at..at + need];
-                let off = base + at as u64;
-                let header: &[u8; record::HEADER_LEN] = rec[..record::HEADER_LEN].try_into().map_err(|_| corrupt(off, "truncated record header".into()))?;
-                let h = record::parse_header(header).map_err(|e| corrupt(off, e.to_string()))?;
-                record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
-                if h.kind == record::EVENT {
-                    let pos = seg.start + off;
-                    if offsets.at(self, seq)? != pos {
-                        return Err(StoreError::Corrupt { location: format!("offsets.bin entry for seq {seq}"), problem: format!("does not point at its record (log position {pos})") });
-                    }
-                    let (entry, payload) = split_event(&h, rec);
-                    if visit(StoredEvent { seq, entry, payload: Some(payload) }).is_break() {
-                        return Ok(());
-                    }
-                    seq += 1;
-                }
-                at += need;
-            }
-        }
-        Ok(())
+        self.scan_slices(from, &mut |seq, entry, payload| visit(StoredEvent { seq, entry: entry.to_vec(), payload: Some(payload.to_vec()) }))
+    }
+
+    fn scan_runs(&self, from: u64, run_len: usize, visit: &mut dyn FnMut(mlaudit_store::EventRun) -> ControlFlow<()>) -> Result<(), StoreError> {
+        mlaudit_store::group_runs(from, run_len, visit, |push| self.scan_slices(from, &mut |_, entry, payload| push(entry, Some(payload))))
     }
 
     fn stats(&self) -> mlaudit_store::StoreStats {

@@ -67,15 +67,12 @@ impl Verifier<'_> {
     /// Checks one event on its own: its place, its entry and its payload. Returns its leaf hash.
     /// Also returns any disagreement of the engine's indexes with the entry, reported only if
     /// the Merkle layer finds nothing worse.
-    fn check_alone(store: &dyn Store, ids_checked: bool, seq: u64, ev: &crate::StoredEvent) -> Result<Checked, String> {
-        if ev.seq != seq {
-            return Err(format!("storage returned seq {} in place of {seq}", ev.seq));
-        }
-        let e = entry::decode_view(&ev.entry).map_err(|err| format!("entry does not decode: {err}"))?;
+    fn check_alone(store: &dyn Store, ids_checked: bool, seq: u64, entry_bytes: &[u8], payload: Option<&[u8]>) -> Result<Checked, String> {
+        let e = entry::decode_view(entry_bytes).map_err(|err| format!("entry does not decode: {err}"))?;
         if e.seq != seq {
             return Err(format!("entry claims seq {} (moved, inserted or reordered)", e.seq));
         }
-        if let Some(p) = &ev.payload {
+        if let Some(p) = payload {
             if p.len() as u64 != u64::from(e.payload_len) || sha256(p) != e.payload_sha256 {
                 return Err("payload does not match the SHA-256 its entry commits to".into());
             }
@@ -89,28 +86,33 @@ impl Verifier<'_> {
                 Err(err) => Some(format!("the id index: {err}")),
             }
         };
-        Ok((merkle::leaf_hash(&ev.entry), ev.payload.is_none(), index_problem))
+        Ok((merkle::leaf_hash(entry_bytes), payload.is_none(), index_problem))
     }
 
     /// Checks a run of consecutive events starting at `first`: the per-event work on two threads,
     /// then the tree and the checkpoints in order.
-    fn check_chunk(&mut self, first: u64, events: &[crate::StoredEvent]) -> Result<(), VerifyFailure> {
+    fn check_chunk(&mut self, run: &crate::EventRun) -> Result<(), VerifyFailure> {
         let store = self.store;
+        let first = run.first;
         let ids_checked = self.index_check.as_ref().is_some_and(|c| c.checks_ids());
-        let check = |base: u64, evs: &[crate::StoredEvent]| -> Vec<Result<Checked, String>> {
-            evs.iter().enumerate().map(|(i, ev)| Self::check_alone(store, ids_checked, base + i as u64, ev)).collect()
+        let check = |range: std::ops::Range<usize>| -> Vec<Result<Checked, String>> {
+            range
+                .map(|i| match run.get(i) {
+                    Some((seq, entry_bytes, payload)) => Self::check_alone(store, ids_checked, seq, entry_bytes, payload),
+                    None => Err("the run ended early".into()),
+                })
+                .collect()
         };
-        let results = if events.len() >= 1024 {
-            let (a, b) = events.split_at(events.len() / 2);
-            let mid = first + a.len() as u64;
+        let n = run.len();
+        let results = if n >= 1024 {
             std::thread::scope(|s| {
-                let second = s.spawn(|| check(mid, b));
-                let mut out = check(first, a);
+                let second = s.spawn(|| check(n / 2..n));
+                let mut out = check(0..n / 2);
                 out.extend(second.join().unwrap_or_else(|_| vec![Err("verification thread panicked".into())]));
                 out
             })
         } else {
-            check(first, events)
+            check(0..n)
         };
         for (i, result) in results.into_iter().enumerate() {
             let seq = first + i as u64;
@@ -118,7 +120,7 @@ impl Verifier<'_> {
             self.redacted += u64::from(redacted);
             if let (None, Some(checker)) = (&index_problem, self.index_check.as_mut()) {
                 // The entry decoded in `check_alone`; decoding borrows and does not allocate.
-                if let Ok(e) = entry::decode_view(&events[i].entry) {
+                if let Some(Ok(e)) = run.get(i).map(|(_, bytes, _)| entry::decode_view(bytes)) {
                     index_problem = checker.check(seq, &e).err().map(|p| format!("index: {p}"));
                 }
             }
@@ -211,27 +213,18 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
     let mut failure = None;
     let mut seq = 0u64;
     let scanned = std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<crate::StoredEvent>>(2);
-        let scanner = s.spawn(move || {
-            let mut chunk = Vec::with_capacity(CHUNK);
-            let result = store.scan(0, &mut |ev| {
-                chunk.push(ev);
-                if chunk.len() == CHUNK && tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))).is_err() {
-                    return ControlFlow::Break(());
-                }
-                ControlFlow::Continue(())
-            });
-            if !chunk.is_empty() {
-                let _ = tx.send(chunk);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<crate::EventRun>(2);
+        let scanner = s.spawn(move || store.scan_runs(0, CHUNK, &mut |run| if tx.send(run).is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }));
+        for run in rx.iter() {
+            if run.first != seq {
+                failure = Some(v.fail(Some(seq), format!("storage returned seq {} in place of {seq}", run.first)));
+                break;
             }
-            result
-        });
-        for chunk in rx.iter() {
-            if let Err(f) = v.check_chunk(seq, &chunk) {
+            if let Err(f) = v.check_chunk(&run) {
                 failure = Some(f);
                 break;
             }
-            seq += chunk.len() as u64;
+            seq += run.len() as u64;
             progress(seq, total);
         }
         drop(rx);
