@@ -3,22 +3,26 @@
 Invariants (what the tests check):
 
 * **Never blocks a caller on the network.** ``log()`` takes one in-process lock for an
-  append to a bounded in-memory queue. Only when the queue is full does it write to the
-  local spool file (no fsync, no network).
+  append to a bounded in-memory queue. When the queue is full it hands the whole queue to
+  the sender (O(1)); only if it fills again before the sender took that hand-off does
+  ``log()`` write the backlog to the local spool itself (no fsync, no network).
 * **Order.** Events logged by one thread reach the server in ``log()`` order, across spool
-  transitions. The sender is in one of two modes, switched only under the lock:
+  transitions. The sender is in one of two modes, switched only under the queue lock:
 
   - DIRECT (spool empty): the sender takes a batch from the queue and sends it. If the
     batch cannot be delivered it is *prepended* to the spool (it is older than anything
     the spool may have received meanwhile) and the mode becomes SPOOLING.
-  - SPOOLING: the sender moves queue items to the spool tail and sends from the spool
-    head. When the spool is drained (checked under the lock) the mode returns to DIRECT;
-    whatever is in the queue then is newer than everything delivered.
+  - SPOOLING: the sender moves hand-offs and queue items to the spool tail and sends from
+    the spool head. When the spool is drained and no hand-off waits (checked under both
+    locks) the mode returns to DIRECT; whatever is queued then is newer than everything
+    delivered.
 
-  When ``log()`` finds the queue full it moves the queue's items to the spool tail, appends
-  its own event, and sets SPOOLING. The queue is a ``deque`` guarded by the same lock as
-  the mode and the spool (``queue.Queue`` semantics, but one lock makes the mode switch and
-  the queue hand-off atomic, which is what keeps the order).
+  A full queue sets SPOOLING together with the hand-off. Whoever moves events from memory
+  to the spool holds the spool lock from taking them (oldest first, under the queue lock)
+  until they are written, so spool writes happen in log order.
+* **Flush.** Each queued event gets an index; since delivery follows index order, two
+  watermarks (every lower index delivered / durable) answer ``flush()`` for exactly the
+  events logged before it.
 * **Idempotency.** An event's ``id`` (uuid4) and ``time`` are fixed before its first send
   attempt and travel with its JSON bytes through every retry and the spool; the server
   answers ``duplicate: true`` for an id it already has and writes nothing.

@@ -298,3 +298,35 @@ def test_flush_is_not_starved_by_other_threads_logging(shared_server, tmp_path):
         stop.set()
         t.join()
         lg.close()
+
+
+def test_many_threads_small_queue_outage_keeps_each_threads_order(offline_server, tmp_path):
+    """Four threads log through a tiny queue (hand-offs and spills on the callers' threads)
+    while the server is down, then up: every event arrives once, each thread's in order."""
+    import threading
+    srv = offline_server
+    lg = make_logger(srv, tmp_path / "spool", queue_size=50, batch_size=40, linger_s=0.005)
+    n, threads = 1500, 4
+    started = threading.Barrier(threads + 1)
+
+    def worker(t):
+        started.wait()
+        for i in range(n):
+            lg.log({"kind": "x.threads", "attributes": {"t": t, "i": i}})
+            if i == n // 3 and t == 0:
+                srv.start()  # the server comes up while everyone is logging
+
+    ws = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for w in ws:
+        w.start()
+    started.wait()
+    for w in ws:
+        w.join()
+    assert lg.flush(60) is True
+    st = lg.stats()
+    lg.close()
+    events = [e["event"]["attributes"] for e in srv.query(kind="x.threads")]
+    assert len(events) == n * threads
+    for t in range(threads):
+        assert [e["i"] for e in events if e["t"] == t] == list(range(n)), t
+    assert st["spooled"] > 0
