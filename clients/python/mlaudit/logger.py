@@ -214,16 +214,18 @@ class AuditLogger:
                 self._mode = SPOOLING
                 self._cv.notify()
                 return
-        # Full again before the sender spooled the last hand-off (it is stuck or slower
-        # than this caller): spool here, on this thread — a disk write, never the network.
+        # Full again before the sender took the last hand-off (it is busy sending, stuck, or
+        # slower than this caller): write that hand-off to the spool here, on this thread —
+        # a disk write, never the network — and hand off the full queue in its place.
         with self._spool_lock:
             with self._lock:
-                items = self._take_all_locked()
+                pending, self._overflow = self._overflow, [self._buf]  # O(1)
+                self._buf = collections.deque([(ev, t_ns, idx)])
                 self._mode = SPOOLING
-            items.append((ev, t_ns, idx))
-            self._spool_items(items)
-        with self._lock:
-            self._cv.notify()
+                self._cv.notify()
+            items = [item for chunk in pending for item in chunk]
+            if items:  # (empty if the sender took the hand-off while this thread waited)
+                self._spool_items(items)
 
     def stats(self) -> Dict[str, int]:
         """Counters since start: ``sent`` (acknowledged by the server, duplicates
@@ -641,15 +643,15 @@ def _check_actor(actor: Mapping[str, str]) -> None:
 def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]]) -> List[bytes]:
     """Fix each event's id and time (before its first send attempt) and encode it.
 
-    Every few events the GIL is offered to other threads (``time.sleep(0)``): without it a
-    thread waking up to serve a prediction can wait for the whole batch (up to the 5 ms
-    switch interval); with it, for one slice."""
+    Every 32 events (a few hundred microseconds) the GIL is offered to other threads
+    (``time.sleep(0)``): without it a thread waking up to serve a prediction can wait for
+    the whole batch (up to the 5 ms switch interval); with it, for one slice."""
     need = sum(1 for ev, _, _ in items if "id" not in ev)
     rnd = os.urandom(16 * need) if need else b""
     j = 0
     out = []
     for i, (ev, t_ns, _) in enumerate(items):
-        if i & 7 == 7:
+        if i & 31 == 31:
             time.sleep(0)
         if "id" not in ev:
             ev["id"] = str(uuid.UUID(bytes=rnd[j:j + 16], version=4))
