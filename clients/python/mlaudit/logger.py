@@ -369,6 +369,8 @@ class AuditLogger:
         :func:`mlaudit.stages.prediction_decorator` for the guarantees.
         """
         from .stages import prediction_decorator
+        if actor is not None:
+            _check_actor(actor)
         if risk is not None:
             self.sampler.set(model, risk)
         return prediction_decorator(self, model=model, version=str(version),

@@ -7,6 +7,7 @@ kept as they are), ``id=`` and ``time=``.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
@@ -180,9 +181,16 @@ class TrainingRun:
                  "duration_s": measured["wall_clock_s"], "compute": measured}
         if exc_type is not None:
             attrs["error"] = f"{exc_type.__name__}: {exc}"[:1000]
-        self.completed_id = self._logger.emit("training.run_completed",
-                                              subject={"run": self.run, "model": self.model},
-                                              attributes=attrs, actor=self._actor)
+        try:
+            self.completed_id = self._logger.emit(
+                "training.run_completed", subject={"run": self.run, "model": self.model},
+                attributes=attrs, actor=self._actor)
+        except Exception:
+            if exc_type is None:
+                raise
+            # The training code's exception matters more than this one: keep it.
+            logging.getLogger("mlaudit").exception(
+                "mlaudit: could not record training.run_completed for %s", self.run)
         return False  # never swallow the training code's exception
 
 
