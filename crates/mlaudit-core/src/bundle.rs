@@ -98,6 +98,9 @@ impl ProofBundle {
         }
         if let Some(p) = &self.payload {
             let payload = b64::decode(p).map_err(|_| bad("payload", "not base64"))?;
+            if payload.len() as u64 != u64::from(entry.payload_len) {
+                return Err(bad("payload", "is not as long as the entry's payload length"));
+            }
             let actual: [u8; 32] = Sha256::digest(&payload).into();
             if actual != entry.payload_sha256 {
                 return Err(BundleError::PayloadDigest { expected: merkle::hex(&entry.payload_sha256), actual: merkle::hex(&actual) });
