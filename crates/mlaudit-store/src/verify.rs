@@ -13,7 +13,7 @@ use mlaudit_core::note::{open_checkpoint, NoteVerifier};
 use mlaudit_core::merkle::sha256;
 use std::ops::ControlFlow;
 
-/// Events checked together (their per-event work split over two threads).
+/// Events per run: the unit the scanner deals to the two checker threads.
 const CHUNK: usize = 1 << 14;
 /// How many leaves are recomputed between bulk comparisons with stored nodes.
 const NODE_BATCH: u64 = 1 << 16;
@@ -89,37 +89,25 @@ impl Verifier<'_> {
         Ok((merkle::leaf_hash(entry_bytes), payload.is_none(), index_problem))
     }
 
-    /// Checks a run of consecutive events starting at `first`: the per-event work on two threads,
-    /// then the tree and the checkpoints in order.
-    fn check_chunk(&mut self, run: &crate::EventRun) -> Result<(), VerifyFailure> {
-        let store = self.store;
-        let first = run.first;
-        let ids_checked = self.index_check.as_ref().is_some_and(|c| c.checks_ids());
-        let check = |range: std::ops::Range<usize>| -> Vec<Result<Checked, String>> {
-            range
-                .map(|i| match run.get(i) {
-                    Some((seq, entry_bytes, payload)) => Self::check_alone(store, ids_checked, seq, entry_bytes, payload),
-                    None => Err("the run ended early".into()),
-                })
-                .collect()
-        };
-        let n = run.len();
-        let results = if n >= 1024 {
-            std::thread::scope(|s| {
-                let second = s.spawn(|| check(n / 2..n));
-                let mut out = check(0..n / 2);
-                out.extend(second.join().unwrap_or_else(|_| vec![Err("verification thread panicked".into())]));
-                out
+    /// The per-event checks of a run (any thread).
+    fn check_run(store: &dyn Store, ids_checked: bool, run: &crate::EventRun) -> Vec<Result<Checked, String>> {
+        (0..run.len())
+            .map(|i| match run.get(i) {
+                Some((seq, entry_bytes, payload)) => Self::check_alone(store, ids_checked, seq, entry_bytes, payload),
+                None => Err("the run ended early".into()),
             })
-        } else {
-            check(0..n)
-        };
+            .collect()
+    }
+
+    /// Takes a checked run in seq order: the indexes, the tree and the checkpoints.
+    fn absorb(&mut self, run: &crate::EventRun, results: Vec<Result<Checked, String>>) -> Result<(), VerifyFailure> {
+        let first = run.first;
         for (i, result) in results.into_iter().enumerate() {
             let seq = first + i as u64;
             let (leaf, redacted, mut index_problem) = result.map_err(|p| self.fail(Some(seq), p))?;
             self.redacted += u64::from(redacted);
             if let (None, Some(checker)) = (&index_problem, self.index_check.as_mut()) {
-                // The entry decoded in `check_alone`; decoding borrows and does not allocate.
+                // Decoded again here (it decoded in `check_alone`): borrowing, no allocation.
                 if let Some(Ok(e)) = run.get(i).map(|(_, bytes, _)| entry::decode_view(bytes)) {
                     index_problem = checker.check(seq, &e).err().map(|p| format!("index: {p}"));
                 }
@@ -209,25 +197,54 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
         v.check_checkpoint(0, 0)?;
         v.next_checkpoint += 1;
     }
-    // The scan runs on its own thread and hands over chunks; this thread checks them.
+    // Four stages: one thread scans and deals runs alternately to two checker threads (the
+    // per-event work); this thread takes their results back in the same alternation, so in seq
+    // order, for the sequential work. Dropping a receiver stops the stages before it.
     let mut failure = None;
     let mut seq = 0u64;
+    let ids_checked = v.index_check.as_ref().is_some_and(|c| c.checks_ids());
     let scanned = std::thread::scope(|s| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<crate::EventRun>(2);
-        let scanner = s.spawn(move || store.scan_runs(0, CHUNK, &mut |run| if tx.send(run).is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }));
-        for run in rx.iter() {
+        let (to_a, runs_a) = std::sync::mpsc::sync_channel::<crate::EventRun>(1);
+        let (to_b, runs_b) = std::sync::mpsc::sync_channel::<crate::EventRun>(1);
+        let scanner = s.spawn(move || {
+            let mut turn = false;
+            store.scan_runs(0, CHUNK, &mut |run| {
+                turn = !turn;
+                let sent = if turn { to_a.send(run) } else { to_b.send(run) };
+                if sent.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            })
+        });
+        type Checked2 = (crate::EventRun, Vec<Result<Checked, String>>);
+        let checker = |runs: std::sync::mpsc::Receiver<crate::EventRun>, out: std::sync::mpsc::SyncSender<Checked2>| {
+            move || {
+                for run in runs {
+                    let results = Verifier::check_run(store, ids_checked, &run);
+                    if out.send((run, results)).is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        let (out_a, checked_a) = std::sync::mpsc::sync_channel::<Checked2>(1);
+        let (out_b, checked_b) = std::sync::mpsc::sync_channel::<Checked2>(1);
+        s.spawn(checker(runs_a, out_a));
+        s.spawn(checker(runs_b, out_b));
+        let mut turn = false;
+        loop {
+            turn = !turn;
+            let Ok((run, results)) = (if turn { checked_a.recv() } else { checked_b.recv() }) else { break };
             if run.first != seq {
                 failure = Some(v.fail(Some(seq), format!("storage returned seq {} in place of {seq}", run.first)));
                 break;
             }
-            if let Err(f) = v.check_chunk(&run) {
+            if let Err(f) = v.absorb(&run, results) {
                 failure = Some(f);
                 break;
             }
             seq += run.len() as u64;
             progress(seq, total);
         }
-        drop(rx);
+        drop((checked_a, checked_b));
         scanner.join().unwrap_or_else(|_| Err(StoreError::NotFound("the scanning thread panicked".into())))
     });
     if let Some(f) = failure {
