@@ -81,6 +81,48 @@ pub(crate) struct Shared {
 /// the tree grows (a level at a time, on first use) and never invalidated.
 pub(crate) const CACHED_FROM_LEVEL: u32 = 4;
 
+/// Events read together for an inclusion proof: the aligned block holding the event, whose
+/// entries give the path's nodes below [`CACHED_FROM_LEVEL`] (the rest come from memory), so
+/// that a proof costs one read of storage.
+const PROOF_BLOCK: u64 = 1 << CACHED_FROM_LEVEL;
+
+/// An event's entry and payload bytes.
+type EventBytes = (Vec<u8>, Vec<u8>);
+
+/// Perfect-subtree hashes inside one block, recomputed from its entries; every other node from
+/// the store.
+struct BlockNodes<'a> {
+    store: &'a EmbeddedStore,
+    block: u64,
+    /// `levels[l][i]`: the node of level `l` whose first leaf is `block + (i << l)`.
+    levels: Vec<Vec<Hash>>,
+}
+
+impl BlockNodes<'_> {
+    fn new<'a>(store: &'a EmbeddedStore, block: u64, entries: &[EventBytes]) -> BlockNodes<'a> {
+        let mut levels = vec![entries.iter().map(|(e, _)| mlaudit_core::merkle::leaf_hash(e)).collect::<Vec<Hash>>()];
+        while levels.last().is_some_and(|l| l.len() > 1) {
+            let below = levels.last().map(Vec::as_slice).unwrap_or_default();
+            let up = below.chunks_exact(2).map(|p| mlaudit_core::merkle::node_hash(&p[0], &p[1])).collect();
+            levels.push(up);
+        }
+        BlockNodes { store, block, levels }
+    }
+}
+
+impl mlaudit_core::merkle::NodeSource for BlockNodes<'_> {
+    type Error = StoreError;
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        let first = index << level;
+        if first >= self.block && first + (1 << level) <= self.block + PROOF_BLOCK {
+            if let Some(h) = self.levels.get(level as usize).and_then(|l| l.get(((first - self.block) >> level) as usize)) {
+                return Ok(*h);
+            }
+        }
+        self.store.node(level, index)
+    }
+}
+
 /// Upper bounds of the events-per-sync histogram.
 pub(crate) const SYNC_SIZE_BOUNDS: [u64; 6] = [1, 10, 100, 1_000, 10_000, u64::MAX];
 
@@ -258,6 +300,42 @@ impl EmbeddedStore {
         Ok((h, buf, seg))
     }
 
+    /// The entries and payloads of events `block..block + PROOF_BLOCK` from one read, when the
+    /// run lies in one segment and ends before the tree does; `None` to take the slower path.
+    fn read_block(&self, block: u64) -> Result<Option<Vec<EventBytes>>, StoreError> {
+        let end = block + PROOF_BLOCK;
+        if end >= self.tree_size() {
+            return Ok(None);
+        }
+        let (start, stop) = (self.offset_of(block)?, self.offset_of(end)?);
+        let seg = self.segment_for(start)?;
+        if stop <= start || self.segment_for(stop - 1)?.start != seg.start {
+            return Ok(None);
+        }
+        let mut buf = vec![0u8; (stop - start) as usize];
+        let corrupt = |off: u64, problem: String| StoreError::Corrupt { location: format!("{}:{off}", seg.name), problem };
+        seg.file.read_exact_at(&mut buf, start - seg.start).map_err(|e| corrupt(start - seg.start, format!("cannot read records: {e}")))?;
+        let mut events = Vec::with_capacity(PROOF_BLOCK as usize);
+        let mut at = 0usize;
+        while at < buf.len() {
+            let off = start - seg.start + at as u64;
+            let header: &[u8; record::HEADER_LEN] = buf.get(at..at + record::HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or_else(|| corrupt(off, "truncated record header".into()))?;
+            let h = record::parse_header(header).map_err(|e| corrupt(off, e.to_string()))?;
+            let rec = buf.get(at..at + h.total_len() as usize).ok_or_else(|| corrupt(off, "truncated record".into()))?;
+            record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
+            if h.kind == record::EVENT {
+                let (entry, payload) = event_slices(&h, rec);
+                let seq = block + events.len() as u64;
+                if entry.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) != Some(seq) {
+                    return Err(StoreError::Corrupt { location: format!("offsets.bin entries for seqs {block}..{end}"), problem: format!("the record at {}:{off} is not seq {seq}", seg.name) });
+                }
+                events.push((entry.to_vec(), payload.to_vec()));
+            }
+            at += h.total_len() as usize;
+        }
+        Ok((events.len() as u64 == PROOF_BLOCK).then_some(events))
+    }
+
     fn offset_of(&self, seq: u64) -> Result<u64, StoreError> {
         let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
         index.offsets.get(seq as usize).copied().ok_or_else(|| StoreError::NotFound(format!("seq {seq}")))
@@ -372,6 +450,20 @@ impl Store for EmbeddedStore {
         let (h, buf, seg) = self.read_record(pos)?;
         let (note, _) = split_event(&h, &buf);
         String::from_utf8(note).map(Some).map_err(|_| StoreError::Corrupt { location: format!("{}:{}", seg.name, pos - seg.start), problem: "checkpoint is not UTF-8".into() })
+    }
+
+    fn inclusion_material(&self, seq: u64, size: u64) -> Result<mlaudit_store::InclusionMaterial, StoreError> {
+        let block = seq & !(PROOF_BLOCK - 1);
+        if seq < size && block + PROOF_BLOCK <= size {
+            if let Some(mut events) = self.read_block(block)? {
+                let path = mlaudit_core::merkle::inclusion_proof(&BlockNodes::new(self, block, &events), seq, size)?;
+                let (entry, payload) = events.swap_remove((seq - block) as usize);
+                return Ok((StoredEvent { seq, entry, payload: Some(payload) }, path));
+            }
+        }
+        let event = self.event(seq)?;
+        let path = mlaudit_core::merkle::inclusion_proof(&mlaudit_store::Nodes(self), seq, size)?;
+        Ok((event, path))
     }
 
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {

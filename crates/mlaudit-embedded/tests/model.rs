@@ -412,9 +412,13 @@ fn cached_upper_tree_levels_stay_equal_to_the_recomputed_tree_as_the_log_grows()
             }
         }
         let root = checkpoint_root(&store, size);
-        for seq in [0, size / 3, size - 1] {
+        for seq in [0, 15, 16, size / 3, size - 17, size - 16, size - 1] {
             let path = merkle::inclusion_proof(&Nodes(&store), seq, size).unwrap().unwrap();
             assert!(merkle::verify_inclusion(seq, size, &leaves[seq as usize], &path, &root).is_ok(), "seq {seq} at size {size}");
+            // The engine's own path (one read of the event's 16-event block) is the same path.
+            let (event, engine_path) = store.inclusion_material(seq, size).unwrap();
+            assert_eq!((event.seq, engine_path.unwrap()), (seq, path), "seq {seq} at size {size}");
+            assert_eq!(leaf_hash(&event.entry), leaves[seq as usize]);
         }
     }
     assert!(n >= 8 * 1024);

@@ -32,6 +32,10 @@ pub struct StoredEvent {
     pub payload: Option<Vec<u8>>,
 }
 
+/// An event and its inclusion path (or why that path cannot exist), from
+/// [`Store::inclusion_material`].
+pub type InclusionMaterial = (StoredEvent, Result<Vec<Hash>, mlaudit_core::merkle::ProofRequestError>);
+
 /// One event of an [`EventRun`]: its seq, entry bytes and payload (`None` once redacted).
 pub type RunEvent<'a> = (u64, &'a [u8], Option<&'a [u8]>);
 
@@ -199,6 +203,13 @@ pub trait Store: Send + Sync {
     fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError>;
     /// Tree sizes of every stored checkpoint, ascending.
     fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError>;
+    /// The event at `seq` and its inclusion path in the tree of `size` (RFC 9162 order): what
+    /// a proof bundle needs from storage. Engines may read both at once.
+    fn inclusion_material(&self, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {
+        let event = self.event(seq)?;
+        let path = mlaudit_core::merkle::inclusion_proof(&Nodes(self), seq, size)?;
+        Ok((event, path))
+    }
     /// The tree size of the latest stored checkpoint (what proofs are made against).
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
         Ok(self.checkpoint_sizes()?.last().copied())

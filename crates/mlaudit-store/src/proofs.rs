@@ -35,8 +35,8 @@ pub enum ProveError {
 pub fn inclusion_bundle(store: &dyn Store, seq: u64) -> Result<ProofBundle, ProveError> {
     let size = store.latest_checkpoint_size()?.filter(|s| *s > seq).ok_or(ProveError::NotCheckpointed(seq))?;
     let note = store.checkpoint(size)?.ok_or(ProveError::NoCheckpoint(size))?;
-    let event = store.event(seq)?;
-    let path = merkle::inclusion_proof(&Nodes(store), seq, size)??;
+    let (event, path) = store.inclusion_material(seq, size)?;
+    let path = path?;
     Ok(ProofBundle::new(&event.entry, event.payload.as_deref(), seq, size, &path, note))
 }
 
