@@ -37,10 +37,21 @@ impl Ids {
     }
 }
 
-/// RFC 3339 in UTC, to the nanosecond.
+/// Nanoseconds since the Unix epoch, if `t` is within what the log stores (an `i64`: the
+/// years 1677 to 2262).
+pub(crate) fn unix_nanos(t: SystemTime) -> Option<i64> {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_nanos()).ok(),
+        Err(before) => i64::try_from(before.duration().as_nanos()).ok().map(|n| -n),
+    }
+}
+
+/// RFC 3339 in UTC, to the nanosecond. Never panics: a time outside the log's range (which
+/// `log()` refuses) would be written as the epoch.
 pub(crate) fn format_time(t: SystemTime) -> String {
     use time::format_description::well_known::Rfc3339;
-    time::OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
+    let nanos = unix_nanos(t).unwrap_or(0);
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).ok().and_then(|d| d.format(&Rfc3339).ok()).unwrap_or_default()
 }
 
 fn json_text(v: &Value) -> String {

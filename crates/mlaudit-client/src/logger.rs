@@ -21,7 +21,7 @@ use crate::encode::{encode_event, Ids};
 use crate::event::Event;
 use crate::sampling::{keeps, Sampling};
 use crate::sender::SenderLoop;
-use crate::spool::Spool;
+use crate::spool::{Spool, MAX_RECORD_BYTES};
 use crate::stats::{Counters, Stats};
 use crate::transport::Transport;
 use crate::Actor;
@@ -79,7 +79,7 @@ pub(crate) enum Phase {
 pub(crate) enum Msg {
     Event(Event),
     Flush(std::sync::mpsc::Sender<Phase>),
-    Shutdown(Instant),
+    Shutdown(Option<Instant>),
 }
 
 /// The spool and the id source of the paths that write to it.
@@ -112,6 +112,9 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) actor: Actor,
     pub(crate) spool_max_bytes: u64,
+    /// Set by `close()`/`Drop` at once (the queued marker may sit behind a batch in flight):
+    /// the sender gives up on the network at this instant and spools what it holds.
+    pub(crate) shutdown_at: Mutex<Option<Instant>>,
     /// The spool directory's lock file, held while the logger lives.
     pub(crate) _lock: std::fs::File,
 }
@@ -125,6 +128,19 @@ impl Shared {
     pub(crate) fn spool(&self) -> MutexGuard<'_, SpoolSide> {
         // A panic while holding the lock leaves the spool as consistent as any crash would.
         self.spool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes out the records the spool cannot hold (over [`MAX_RECORD_BYTES`]; the server's
+    /// own limit per event is far lower, so they could never be delivered): counted as
+    /// rejected and logged.
+    pub(crate) fn drop_oversize(&self, records: &mut Vec<Vec<u8>>) {
+        let before = records.len();
+        records.retain(|r| r.len() <= MAX_RECORD_BYTES);
+        let removed = (before - records.len()) as u64;
+        if removed > 0 {
+            Counters::add(&self.counters.rejected, removed);
+            tracing::error!(events = removed, limit_bytes = MAX_RECORD_BYTES, "mlaudit: REJECTED audit events too large to spool or send");
+        }
     }
 
     /// Moves every queued event (then `last`, if any) into the spool, in order, leaving the
@@ -143,6 +159,7 @@ impl Shared {
         if let Some(e) = last {
             records.push(encode_event(e, &self.actor, &mut side.ids));
         }
+        self.drop_oversize(&mut records);
         let wanted = records.len() as u64;
         let stored = side.spool.append(records.iter().map(Vec::as_slice)).unwrap_or_else(|e| {
             tracing::error!(error = %e, "mlaudit: cannot write to the spool");
@@ -264,6 +281,7 @@ impl Builder {
             counters: Counters::default(),
             actor: self.actor.clone(),
             spool_max_bytes: self.spool_max_bytes,
+            shutdown_at: Mutex::new(None),
             _lock: lock,
         });
         let transport = Transport::new(&self.url, &self.token, self.timeout);
@@ -320,8 +338,14 @@ impl AuditLogger {
                 None => drop(event.attributes.insert("sample_rate".into(), rate.into())),
             }
         }
-        if event.time.is_none() {
-            event.time = Some(SystemTime::now());
+        match event.time {
+            None => event.time = Some(SystemTime::now()),
+            Some(t) if crate::encode::unix_nanos(t).is_none() => {
+                Counters::add(&self.shared.counters.rejected, 1);
+                tracing::error!(kind = %event.kind, "mlaudit: REJECTED an audit event whose time is outside the years 1677-2262");
+                return;
+            }
+            Some(_) => {}
         }
         let mut q = self.shared.queue();
         if q.events < self.shared.capacity {
@@ -346,12 +370,14 @@ impl AuditLogger {
 
     /// Waits until everything logged before this call is delivered, for at most `timeout`.
     pub fn flush(&self, timeout: Duration) -> Result<(), FlushError> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let (reply, phases) = std::sync::mpsc::channel();
         self.push_marker(Msg::Flush(reply));
         let mut durable = false;
         loop {
-            match phases.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            let wait = deadline.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(Instant::now()));
+            match phases.recv_timeout(wait) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if deadline.is_none() => continue,
                 Ok(Phase::Delivered) => return Ok(()),
                 Ok(Phase::Durable) => durable = true,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Err(FlushError::Timeout { durable }),
@@ -371,7 +397,10 @@ impl AuditLogger {
     }
 
     /// Stops the logger: delivers what it holds for at most `timeout`, spools (durably) what
-    /// it could not deliver, and returns the final counters.
+    /// it could not deliver, and returns the final counters. No request starts after the
+    /// deadline and none is given longer than the time left, but a request already in flight
+    /// when `close` is called runs to its own timeout (the builder's `timeout`, 10 s by
+    /// default) if the server does not answer.
     pub fn close(mut self, timeout: Duration) -> Stats {
         self.stop(timeout);
         self.stats()
@@ -379,7 +408,10 @@ impl AuditLogger {
 
     fn stop(&mut self, timeout: Duration) {
         let Some(thread) = self.thread.take() else { return };
-        self.push_marker(Msg::Shutdown(Instant::now() + timeout));
+        // No deadline (a timeout too large for an Instant): deliver everything, however long.
+        let deadline = Instant::now().checked_add(timeout);
+        *self.shared.shutdown_at.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+        self.push_marker(Msg::Shutdown(deadline));
         if thread.join().is_err() {
             tracing::error!("mlaudit: the logger's sender thread panicked");
         }

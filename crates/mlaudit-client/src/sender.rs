@@ -74,13 +74,16 @@ pub(crate) struct SenderLoop {
     backoff: Backoff,
     /// Flushes answered `Durable`, waiting for the spool to drain.
     waiting: Vec<mpsc::Sender<Phase>>,
-    shutdown: Option<Instant>,
+    /// Set once a shutdown marker was handled (with its deadline, if any).
+    shutdown: Option<Option<Instant>>,
+    /// The configured timeout of one request.
+    timeout: Duration,
     /// The spool head being sent: what is left of it, where it ends, how many records it had.
     inflight: Option<(Vec<Vec<u8>>, Pos, u64)>,
     /// Messages taken off the queue in one swap, not yet handled (its capacity is swapped
     /// back to the callers next time).
     taken: std::collections::VecDeque<Msg>,
-    /// Events read from the spool per request (halved after a 413).
+    /// Events read from the spool per request.
     spool_batch: usize,
     last_warning: Option<Instant>,
 }
@@ -99,6 +102,7 @@ impl SenderLoop {
             backoff: Backoff { base: b.backoff_base, max: b.backoff_max, failures: 0, until: None, rng: u64::from_le_bytes(seed) | 1 },
             waiting: Vec::new(),
             shutdown: None,
+            timeout: b.timeout,
             inflight: None,
             spool_batch: b.max_batch,
             taken: std::collections::VecDeque::with_capacity(b.queue_capacity.min(1 << 16)),
@@ -116,8 +120,15 @@ impl SenderLoop {
         self.finish();
     }
 
+    /// The instant to give up on the network: set by `close()`/`Drop` (at once, through
+    /// `Shared`, or by the marker). `None`: no deadline.
+    fn deadline(&self) -> Option<Instant> {
+        let shared = *self.shared.shutdown_at.lock().unwrap_or_else(|p| p.into_inner());
+        shared.or(self.shutdown.flatten())
+    }
+
     fn past_deadline(&self) -> bool {
-        self.shutdown.is_some_and(|d| Instant::now() >= d)
+        self.deadline().is_some_and(|d| Instant::now() >= d)
     }
 
     // --- direct mode ---
@@ -198,12 +209,14 @@ impl SenderLoop {
                 return Err(records);
             }
             Counters::add(&self.shared.counters.retried, records.len() as u64);
-            std::thread::sleep(self.backoff.failed());
+            let pause = self.backoff.failed();
+            std::thread::sleep(self.deadline().map_or(pause, |d| pause.min(d.saturating_duration_since(Instant::now()))));
         }
     }
 
     /// Puts records ahead of the spool, durably, and switches to spooling.
-    fn prepend(&mut self, records: Vec<Vec<u8>>) {
+    fn prepend(&mut self, mut records: Vec<Vec<u8>>) {
+        self.shared.drop_oversize(&mut records);
         if records.is_empty() {
             return;
         }
@@ -228,7 +241,8 @@ impl SenderLoop {
             // (as in direct mode); they go to disk when the server is failing, the queue is
             // half full, or the logger is stopping.
             let failing = self.backoff.until.is_some();
-            if q.events > 0 && (failing || self.shutdown.is_some() || q.events >= self.shared.capacity.div_ceil(2)) {
+            let markers_queued = q.items.len() > q.events;
+            if q.events > 0 && (failing || markers_queued || self.shutdown.is_some() || q.events >= self.shared.capacity.div_ceil(2)) {
                 self.shared.spill(&mut q, &mut side, None);
             }
             if let Err(e) = side.spool.sync() {
@@ -252,6 +266,18 @@ impl SenderLoop {
             let mut side = self.shared.spool();
             match side.spool.read_head(self.spool_batch, MAX_BATCH_BYTES) {
                 Ok(head) if head.records.is_empty() => {
+                    let unreadable = side.spool.pending();
+                    if unreadable > 0 {
+                        // Records counted as pending that cannot be read back (damaged since
+                        // they were written): report them lost rather than spin on them.
+                        Counters::add(&self.shared.counters.dropped, unreadable);
+                        tracing::error!(events = unreadable, "mlaudit: audit events LOST: spool records cannot be read back");
+                        if let Err(e) = side.spool.consume(head.end, unreadable) {
+                            tracing::error!(error = %e, "mlaudit: cannot move the spool's cursor");
+                            self.backoff.failed();
+                            return false;
+                        }
+                    }
                     if side.spool.pending() == 0 {
                         self.shared.spooling.store(false, Ordering::Release);
                         drop(side);
@@ -301,7 +327,13 @@ impl SenderLoop {
         while !records.is_empty() {
             let n = chunk.min(records.len());
             let body = batch_body(records[..n].iter().map(Vec::as_slice));
-            match self.transport.send(&body) {
+            // Never past the shutdown deadline: a server that accepts and never answers must
+            // not hold up `close()`.
+            let timeout = self.deadline().map_or(self.timeout, |d| d.saturating_duration_since(Instant::now()).min(self.timeout));
+            if timeout.is_zero() {
+                return Err(());
+            }
+            match self.transport.send(&body, n, timeout) {
                 Outcome::Delivered { duplicates } => {
                     Counters::add(&self.shared.counters.sent, n as u64);
                     Counters::add(&self.shared.counters.duplicates, duplicates);
@@ -361,7 +393,7 @@ impl SenderLoop {
                         let _ = reply.send(Phase::Delivered);
                     }
                 }
-                Msg::Shutdown(deadline) => self.shutdown = Some(self.shutdown.map_or(deadline, |d| d.min(deadline))),
+                Msg::Shutdown(deadline) => self.shutdown = Some(deadline),
                 Msg::Event(_) => {}
             }
         }

@@ -239,8 +239,10 @@ impl Spool {
             size += (HEADER + r.len()) as u64;
             out.write_all(r)
         };
-        for r in records {
+        let mut written = 0u64;
+        for r in records.iter().filter(|r| !r.is_empty() && r.len() <= MAX_RECORD_BYTES) {
             write(&mut out, r)?;
+            written += 1;
         }
         // A partly consumed head segment: its unread rest moves into the new segment, so that
         // the cursor can point at the new segment's start.
@@ -258,7 +260,7 @@ impl Spool {
         sync_dir(&self.dir)?;
         self.segments.insert(segment);
         self.disk_bytes += size;
-        self.pending += records.len() as u64;
+        self.pending += written;
         self.write_cursor(Pos { segment, offset: 0 })?;
         if let Some(old) = partial {
             if self.tail.as_ref().is_some_and(|t| t.segment == old) {
@@ -322,24 +324,31 @@ impl Spool {
     /// them, durably, and deletes the segments it left behind. With nothing left, the tail is
     /// closed and removed too, so that later records start a fresh segment.
     pub(crate) fn consume(&mut self, end: Pos, count: u64) -> io::Result<()> {
-        self.pending = self.pending.saturating_sub(count);
-        let mut end = end;
-        let done: Vec<u64> = self.segments.range(..end.segment).copied().collect();
-        if self.pending == 0 {
-            // Everything acknowledged: drop every segment, restart after the last one.
-            self.tail = None;
+        // Nothing changes in memory until the cursor is durable: a failed write leaves the
+        // spool as it was, and the batch is simply sent again (answered as duplicates).
+        let pending = self.pending.saturating_sub(count);
+        let cursor = if pending == 0 {
+            // Everything acknowledged: every segment goes, and later records start after them.
             let last = self.segments.last().copied().unwrap_or(end.segment);
-            end = Pos { segment: last.max(end.segment), offset: u64::MAX };
-        }
-        self.write_cursor(end)?;
-        let remove: Vec<u64> = if self.pending == 0 { self.segments.iter().copied().collect() } else { done };
+            Pos { segment: last.max(end.segment), offset: u64::MAX }
+        } else {
+            end
+        };
+        self.write_cursor(cursor)?;
+        self.pending = pending;
+        let remove: Vec<u64> = if pending == 0 {
+            self.tail = None;
+            self.segments.iter().copied().collect()
+        } else {
+            self.segments.range(..end.segment).copied().collect()
+        };
         for n in remove {
             let path = self.path(n);
             self.disk_bytes = self.disk_bytes.saturating_sub(fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
             fs::remove_file(&path)?;
             self.segments.remove(&n);
         }
-        if self.pending == 0 {
+        if pending == 0 {
             self.disk_bytes = 0;
         }
         Ok(())

@@ -32,14 +32,23 @@ const MAX_ANSWER_BYTES: u64 = 16 << 20;
 
 impl Transport {
     pub(crate) fn new(base_url: &str, token: &str, timeout: Duration) -> Transport {
-        let agent = ureq::AgentBuilder::new().timeout_connect(timeout.min(Duration::from_secs(5))).timeout(timeout).build();
+        // No redirects: a batch counts as delivered only on the server's own 200.
+        let agent = ureq::AgentBuilder::new().timeout_connect(timeout.min(Duration::from_secs(5))).timeout(timeout).redirects(0).build();
         Transport { agent, url: format!("{}/v1/events", base_url.trim_end_matches('/')), authorization: format!("Bearer {token}") }
     }
 
-    pub(crate) fn send(&self, body: &[u8]) -> Outcome {
-        let answer = self.agent.post(&self.url).set("Content-Type", "application/x-protobuf").set("Authorization", &self.authorization).send_bytes(body);
-        match answer {
-            Ok(response) => Outcome::Delivered { duplicates: read_body(response).map(|b| count_duplicates(&b)).unwrap_or(0) },
+    /// Sends a batch of `events` events, waiting at most `timeout` for the answer.
+    pub(crate) fn send(&self, body: &[u8], events: usize, timeout: Duration) -> Outcome {
+        let request = self.agent.post(&self.url).timeout(timeout).set("Content-Type", "application/x-protobuf").set("Authorization", &self.authorization);
+        match request.send_bytes(body) {
+            Ok(response) if response.status() == 200 => {
+                let text = read_body(response).unwrap_or_default();
+                match receipts(&text) {
+                    Some((n, duplicates)) if n == events => Outcome::Delivered { duplicates },
+                    _ => Outcome::Retry { reason: format!("a 200 answer that does not acknowledge the {events} events sent"), config: true },
+                }
+            }
+            Ok(response) => Outcome::Retry { reason: format!("HTTP {} where 200 was expected (a proxy or a redirect?)", response.status()), config: true },
             Err(ureq::Error::Status(status, response)) => {
                 let text = read_body(response).unwrap_or_default();
                 classify(status, &text)
@@ -56,9 +65,11 @@ fn read_body(response: ureq::Response) -> Option<String> {
     Some(text)
 }
 
-fn count_duplicates(body: &str) -> u64 {
-    let parsed: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    parsed["events"].as_array().map_or(0, |events| events.iter().filter(|e| e["duplicate"] == true).count() as u64)
+/// How many events a 200 answer acknowledges, and how many of them were duplicates.
+fn receipts(body: &str) -> Option<(usize, u64)> {
+    let parsed: serde_json::Value = serde_json::from_str(body).ok()?;
+    let events = parsed["events"].as_array()?;
+    Some((events.len(), events.iter().filter(|e| e["duplicate"] == true).count() as u64))
 }
 
 fn classify(status: u16, body: &str) -> Outcome {
