@@ -245,10 +245,14 @@ impl SenderLoop {
             if q.events > 0 && (failing || markers_queued || self.shutdown.is_some() || q.events >= self.shared.capacity.div_ceil(2)) {
                 self.shared.spill(&mut q, &mut side, None);
             }
+            let markers = if q.events == 0 { q.items.drain(..).collect() } else { Vec::new() };
+            // The fsync under the spool lock only: callers pushing onto the queue never wait
+            // for it (a caller spilling does, as it must, to stay behind these records).
+            drop(q);
             if let Err(e) = side.spool.sync() {
                 tracing::error!(error = %e, "mlaudit: cannot fsync the spool");
             }
-            if q.events == 0 { q.items.drain(..).collect() } else { Vec::new() }
+            markers
         };
         self.handle_markers(markers);
         if self.past_deadline() {
@@ -262,7 +266,8 @@ impl SenderLoop {
             }
         }
         if self.inflight.is_none() {
-            let q = self.shared.queue();
+            // Read under the spool lock alone; the queue lock (taken first, as always) only
+            // to leave spooling mode.
             let mut side = self.shared.spool();
             match side.spool.read_head(self.spool_batch, MAX_BATCH_BYTES) {
                 Ok(head) if head.records.is_empty() => {
@@ -278,6 +283,10 @@ impl SenderLoop {
                             return false;
                         }
                     }
+                    drop(side);
+                    let q = self.shared.queue();
+                    let side = self.shared.spool();
+                    // A caller may have spilled in between: leave only if still empty.
                     if side.spool.pending() == 0 {
                         self.shared.spooling.store(false, Ordering::Release);
                         drop(side);
@@ -289,7 +298,6 @@ impl SenderLoop {
                     return false;
                 }
                 Ok(head) => {
-                    drop(q);
                     let count = head.records.len() as u64;
                     self.inflight = Some((head.records, head.end, count));
                 }
