@@ -326,7 +326,7 @@ impl EmbeddedStore {
             if h.kind == record::EVENT {
                 let (entry, payload) = event_slices(&h, rec);
                 let seq = block + events.len() as u64;
-                if entry.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes) != Some(seq) {
+                if entry_seq(entry) != Some(seq) {
                     return Err(StoreError::Corrupt { location: format!("offsets.bin entries for seqs {block}..{end}"), problem: format!("the record at {}:{off} is not seq {seq}", seg.name) });
                 }
                 events.push((entry.to_vec(), payload.to_vec()));
@@ -391,6 +391,12 @@ fn split_event(h: &record::Header, buf: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (a.to_vec(), b.to_vec())
 }
 
+/// The seq an entry header claims (bytes 1..9, big-endian; docs/FORMAT.md §1), without
+/// decoding the rest.
+fn entry_seq(entry: &[u8]) -> Option<u64> {
+    entry.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+}
+
 fn event_slices<'a>(h: &record::Header, buf: &'a [u8]) -> (&'a [u8], &'a [u8]) {
     let a_end = record::HEADER_LEN + h.len_a as usize;
     let b_end = a_end + h.len_b as usize;
@@ -415,7 +421,7 @@ impl Store for EmbeddedStore {
             return Err(StoreError::Corrupt { location: seg.name, problem: format!("seq {seq} points at a non-event record") });
         }
         let (entry, payload) = split_event(&h, &buf);
-        let stored_seq = entry.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        let stored_seq = entry_seq(&entry);
         if stored_seq != Some(seq) {
             return Err(StoreError::Corrupt { location: format!("offsets.bin entry for seq {seq}"), problem: format!("points at the record of seq {stored_seq:?}") });
         }
@@ -461,9 +467,7 @@ impl Store for EmbeddedStore {
                 return Ok((StoredEvent { seq, entry, payload: Some(payload) }, path));
             }
         }
-        let event = self.event(seq)?;
-        let path = mlaudit_core::merkle::inclusion_proof(&mlaudit_store::Nodes(self), seq, size)?;
-        Ok((event, path))
+        mlaudit_store::event_and_path(self, seq, size)
     }
 
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {

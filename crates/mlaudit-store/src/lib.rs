@@ -36,6 +36,14 @@ pub struct StoredEvent {
 /// [`Store::inclusion_material`].
 pub type InclusionMaterial = (StoredEvent, Result<Vec<Hash>, mlaudit_core::merkle::ProofRequestError>);
 
+/// [`Store::inclusion_material`] from `event` and stored nodes, one read each: the default,
+/// and what an engine with a faster path falls back to.
+pub fn event_and_path<S: Store + ?Sized>(store: &S, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {
+    let event = store.event(seq)?;
+    let path = mlaudit_core::merkle::inclusion_proof(&Nodes(store), seq, size)?;
+    Ok((event, path))
+}
+
 /// One event of an [`EventRun`]: its seq, entry bytes and payload (`None` once redacted).
 pub type RunEvent<'a> = (u64, &'a [u8], Option<&'a [u8]>);
 
@@ -206,9 +214,7 @@ pub trait Store: Send + Sync {
     /// The event at `seq` and its inclusion path in the tree of `size` (RFC 9162 order): what
     /// a proof bundle needs from storage. Engines may read both at once.
     fn inclusion_material(&self, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {
-        let event = self.event(seq)?;
-        let path = mlaudit_core::merkle::inclusion_proof(&Nodes(self), seq, size)?;
-        Ok((event, path))
+        event_and_path(self, seq, size)
     }
     /// The tree size of the latest stored checkpoint (what proofs are made against).
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
