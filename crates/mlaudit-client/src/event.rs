@@ -101,11 +101,11 @@ fn text(s: impl Into<String>) -> Value {
 }
 
 impl Event {
-    fn new(kind: &'static str) -> Event {
+    fn new(kind: impl Into<Cow<'static, str>>) -> Event {
         Event {
             id: None,
             time: None,
-            kind: Cow::Borrowed(kind),
+            kind: kind.into(),
             actor: None,
             subject: Subject::default(),
             attributes: Object::new(),
@@ -282,9 +282,7 @@ impl Event {
 
     /// A custom `x.<name>` event: nothing is required.
     pub fn custom(name: &str) -> Event {
-        let mut e = Event::new("x.custom");
-        e.kind = Cow::Owned(format!("x.{}", name.strip_prefix("x.").unwrap_or(name)));
-        e
+        Event::new(format!("x.{}", name.strip_prefix("x.").unwrap_or(name)))
     }
 
     // --- optional fields ---

@@ -130,6 +130,19 @@ impl Shared {
         self.spool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Encodes the events among `msgs` onto `records`, in order, and returns the markers
+    /// among them, in order.
+    pub(crate) fn encode_events(&self, msgs: impl IntoIterator<Item = Msg>, ids: &mut Ids, records: &mut Vec<Vec<u8>>) -> VecDeque<Msg> {
+        let mut markers = VecDeque::new();
+        for msg in msgs {
+            match msg {
+                Msg::Event(e) => records.push(encode_event(e, &self.actor, ids)),
+                marker => markers.push_back(marker),
+            }
+        }
+        markers
+    }
+
     /// Takes out the records the spool cannot hold (over [`MAX_RECORD_BYTES`]; the server's
     /// own limit per event is far lower, so they could never be delivered): counted as
     /// rejected and logged.
@@ -147,14 +160,8 @@ impl Shared {
     /// markers queued, and switches to spooling. Call with both locks held.
     pub(crate) fn spill(&self, q: &mut Queue, side: &mut SpoolSide, last: Option<Event>) {
         let mut records = Vec::with_capacity(q.events + 1);
-        let mut markers = VecDeque::new();
-        for msg in q.items.drain(..) {
-            match msg {
-                Msg::Event(e) => records.push(encode_event(e, &self.actor, &mut side.ids)),
-                marker => markers.push_back(marker),
-            }
-        }
-        q.items = markers;
+        let queued = std::mem::take(&mut q.items);
+        q.items = self.encode_events(queued, &mut side.ids, &mut records);
         q.events = 0;
         if let Some(e) = last {
             records.push(encode_event(e, &self.actor, &mut side.ids));

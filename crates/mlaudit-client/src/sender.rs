@@ -184,13 +184,8 @@ impl SenderLoop {
     /// caller spilled the queue while this sender held them, or a batch failed, and they are
     /// older than anything spilled. The markers among them then count as spooled.
     fn spool_taken(&mut self, mut records: Vec<Vec<u8>>) {
-        let mut markers = Vec::new();
-        for msg in self.taken.drain(..) {
-            match msg {
-                Msg::Event(e) => records.push(encode_event(e, &self.shared.actor, &mut self.ids)),
-                marker => markers.push(marker),
-            }
-        }
+        // Drained, not taken: its capacity goes back to the callers at the next swap.
+        let markers = self.shared.encode_events(self.taken.drain(..), &mut self.ids, &mut records);
         self.prepend(records);
         self.handle_markers(markers);
     }
@@ -385,7 +380,7 @@ impl SenderLoop {
         }
     }
 
-    fn handle_markers(&mut self, markers: Vec<Msg>) {
+    fn handle_markers(&mut self, markers: impl IntoIterator<Item = Msg>) {
         for marker in markers {
             match marker {
                 Msg::Flush(reply) => {
