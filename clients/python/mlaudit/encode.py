@@ -96,7 +96,7 @@ def dumps(event: Dict[str, Any]) -> bytes:
 
 
 _SCALARS = frozenset((str, int, float, bool, type(None)))
-_is_scalar_type = _SCALARS.__contains__
+_only_scalar_types = _SCALARS.issuperset  # over map(type, ...): a C-level loop
 
 
 def snapshot(value: Any, _depth: int = 0) -> Any:
@@ -112,11 +112,11 @@ def snapshot(value: Any, _depth: int = 0) -> Any:
     if _depth >= _MAX_DEPTH:
         return _repr(value)
     if t is list or t is tuple:
-        if all(map(_is_scalar_type, map(type, value))):  # C-level loop: the common case
+        if _only_scalar_types(map(type, value)):  # the common case
             return tuple(value) if t is list else value
         return [snapshot(x, _depth + 1) for x in value]
     if t is dict:
-        if all(map(_is_scalar_type, map(type, value.values()))):
+        if _only_scalar_types(map(type, value.values())):
             return dict(value)
         return {k: snapshot(x, _depth + 1) for k, x in value.items()}
     if isinstance(value, (str, int, float, bytes, frozenset)):
@@ -192,3 +192,22 @@ def _repr(value: Any) -> str:
     except Exception:
         r = f"<unrepresentable {type(value).__name__}>"
     return r if len(r) <= _MAX_REPR else r[:_MAX_REPR] + "..."
+
+
+#: The first field of a prediction queued by the decorator as a tuple (the event dict is
+#: built from it on the sender thread, by :func:`build_prediction`).
+PREDICTION = "prediction.served"
+
+
+def build_prediction(item: tuple) -> Dict[str, Any]:
+    """The ``prediction.served`` event dict of a tuple queued by the decorator."""
+    _, model, version, rid, actor, args, kwargs, result, latency_ns, rate = item
+    inputs: Dict[str, Any] = {"args": args}
+    if kwargs is not None:
+        inputs["kwargs"] = kwargs
+    # The catalogue requires a non-null outputs: a None result is recorded as {"value": null}.
+    outputs = result if result is not None else {"value": None}
+    return {"kind": PREDICTION, "actor": actor,
+            "subject": {"model": model, "version": version, "request": rid},
+            "attributes": {"inputs": inputs, "outputs": outputs,
+                           "latency_ms": round(latency_ns / 1e6, 4), "sample_rate": rate}}

@@ -48,7 +48,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import _http
-from .encode import dumps, timestamp
+from .encode import build_prediction, dumps, timestamp
 from .sampling import HIGH, DEFAULT_LOW_RATE, Policy, Sampler
 from .spool import Spool, read_records
 
@@ -649,19 +649,22 @@ _GIL_PAUSE_S = 50e-6
 
 
 def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]]) -> List[bytes]:
-    """Fix each event's id and time (before its first send attempt) and encode it.
+    """Fix each event's id and time (before its first send attempt) and encode it. An item
+    queued as a tuple by the prediction decorator becomes its event dict here.
 
     Every 16 events (about a hundred microseconds) the sender sleeps ``_GIL_PAUSE_S``, which
     lets a thread waiting for the GIL (one waking up to serve a prediction) take it: without
     it that thread can wait for the whole batch (up to the 5 ms switch interval); with it, for
     one slice."""
-    need = sum(1 for ev, _, _ in items if "id" not in ev)
+    need = sum(1 for ev, _, _ in items if type(ev) is tuple or "id" not in ev)
     rnd = os.urandom(16 * need) if need else b""
     j = 0
     out = []
     for i, (ev, t_ns, _) in enumerate(items):
         if i & 15 == 15:
             time.sleep(_GIL_PAUSE_S)
+        if type(ev) is tuple:  # queued by the prediction decorator
+            ev = build_prediction(ev)
         if "id" not in ev:
             ev["id"] = str(uuid.UUID(bytes=rnd[j:j + 16], version=4))
             j += 16
