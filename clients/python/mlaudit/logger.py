@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import json
 import logging
 import os
@@ -148,8 +149,13 @@ class AuditLogger:
                             rejected=0, sampled_out=0, errors=0)
         self._drop_warned = False
         self._auth_error_logged = False
+        self._pid = os.getpid()
+        self._forked = False
         self._thread = threading.Thread(target=self._run, name="mlaudit-sender", daemon=True)
         self._thread.start()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=functools.partial(_disown_in_child,
+                                                                 weakref.ref(self)))
         if register_atexit:
             ref = weakref.ref(self)
             self._atexit = lambda: (ref() is not None and ref().close())
@@ -173,6 +179,8 @@ class AuditLogger:
         """
         t_ns = time.time_ns()
         if self._closing:
+            if self._forked:
+                raise LoggerClosedError(self._forked_message())
             raise LoggerClosedError("AuditLogger.log() after close(): the event was not recorded")
         if type(event) is not dict and not isinstance(event, Mapping):
             raise ValueError(f"an event is a dict, not {type(event).__name__}")
@@ -375,6 +383,41 @@ class AuditLogger:
             self.sampler.set(model, risk)
         return prediction_decorator(self, model=model, version=str(version),
                                     request_id=request_id, actor=actor)
+
+    # -- fork safety -------------------------------------------------------------------
+
+    def _disown_after_fork(self) -> None:
+        """In a child process forked from the one that created this logger.
+
+        The sender thread did not survive the fork, and the spool and the queued events
+        belong to the parent, which still delivers them. Two processes writing one spool
+        would corrupt it, and a queue nobody sends would lose events silently, so this copy
+        is closed: ``log()`` raises :class:`LoggerClosedError` saying so (the decorator
+        swallows it and counts it in ``stats()["errors"]``), ``flush``/``close`` return at
+        once. Locks are new: the parent's sender may have held one at the fork. The child
+        creates its own ``AuditLogger``, with its own ``spool_dir`` (gunicorn: in a
+        ``post_fork`` hook, or without ``--preload``)."""
+        self._forked = True
+        self._lock = threading.Lock()
+        self._spool_lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._progress = threading.Condition(self._lock)
+        self._buf = collections.deque()
+        self._overflow = []
+        self._marks = collections.deque()
+        self._next_idx = self._delivered_upto = self._durable_upto = 0
+        self._flush_waiters = 0
+        self._closing = self._closed = True
+        self._fork_error_logged = False
+
+    def _forked_message(self) -> str:
+        msg = (f"this AuditLogger was created in process {self._pid}, before a fork; this "
+               f"process ({os.getpid()}) must create its own, with its own spool_dir: "
+               "the event was not recorded")
+        if not self._fork_error_logged:
+            self._fork_error_logged = True
+            log.error("mlaudit: %s", msg)
+        return msg
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -672,6 +715,13 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]]) -> List[bytes]:
             ev["time"] = timestamp(t_ns)
         out.append(dumps(ev))
     return out
+
+
+def _disown_in_child(ref: "weakref.ref[AuditLogger]") -> None:
+    """``os.register_at_fork`` hook (it holds only a weak reference to the logger)."""
+    lg = ref()
+    if lg is not None:
+        lg._disown_after_fork()
 
 
 def _bad_indices(doc: Any, n: int) -> Dict[int, str]:

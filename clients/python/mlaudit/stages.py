@@ -228,7 +228,8 @@ def prediction_decorator(logger, *, model: str, version: str,
             # The event dict is built, and encoded, on the sender thread (build_prediction).
             try:
                 if logger._closing:
-                    raise LoggerClosedError("prediction after close()")
+                    raise LoggerClosedError(logger._forked_message() if logger._forked
+                                            else "prediction after close()")
                 if request_id is not None:
                     rid = request_id(*args, **kwargs)
                 else:

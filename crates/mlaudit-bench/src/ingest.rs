@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 const BATCH: usize = 1000;
+/// Concurrent clients, by default (`--clients`).
 const PRODUCERS: usize = 2;
 
 struct Opts {
@@ -23,10 +24,11 @@ struct Opts {
     proof_sizes: Vec<usize>,
     dir: PathBuf,
     only_mlaudit: bool,
+    clients: usize,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { events: 1_000_000, proof_sizes: vec![1_000_000, 10_000_000], dir: std::env::temp_dir().join(format!("mlaudit-bench-{}", std::process::id())), only_mlaudit: false };
+    let mut o = Opts { events: 1_000_000, proof_sizes: vec![1_000_000, 10_000_000], dir: std::env::temp_dir().join(format!("mlaudit-bench-{}", std::process::id())), only_mlaudit: false, clients: PRODUCERS };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
@@ -35,6 +37,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--proof-sizes" => o.proof_sizes = val()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?,
             "--dir" => o.dir = PathBuf::from(val()?),
             "--only-mlaudit" => o.only_mlaudit = true,
+            "--clients" => o.clients = val()?.parse::<usize>()?.max(1),
             other => bail!("unknown option {other}"),
         }
     }
@@ -79,13 +82,18 @@ fn batches(from: usize, to: usize) -> Vec<Vec<String>> {
     (from..to).step_by(BATCH).map(|s| (s..(s + BATCH).min(to)).map(event_line).collect()).collect()
 }
 
-/// Appends batches from `PRODUCERS` threads, each parsing and validating its batch, as
+/// Appends batches from [`PRODUCERS`] threads, each parsing and validating its batch, as
 /// concurrent clients would. Returns seconds.
 pub fn ingest_store(store: &EmbeddedStore, batches: &[Vec<String>]) -> Result<f64> {
+    ingest_store_with(store, batches, PRODUCERS)
+}
+
+/// [`ingest_store`] from `clients` threads.
+pub fn ingest_store_with(store: &EmbeddedStore, batches: &[Vec<String>], clients: usize) -> Result<f64> {
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     std::thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..PRODUCERS)
+        let workers: Vec<_> = (0..clients)
             .map(|_| {
                 s.spawn(|| -> Result<()> {
                     loop {
@@ -203,8 +211,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let ctx = json!({ "events": o.events, "batch": BATCH, "avg_event_bytes": bytes / o.events.max(1) });
 
     if o.only_mlaudit {
-        let t = ingest_store(&store, &input)?;
-        emit_ingest("mlaudit", "events_per_s", o.events as f64 / t, ctx);
+        let t = ingest_store_with(&store, &input, o.clients)?;
+        emit_ingest("mlaudit", "events_per_s", o.events as f64 / t, json!({ "clients": o.clients, "events": o.events, "batch": BATCH }));
         return Ok(());
     }
     let jsonl = o.events as f64 / ingest_jsonl(&o.dir, &input)?;
@@ -212,8 +220,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let sqlite_events = o.events.min(200_000);
     let sqlite = sqlite_events as f64 / ingest_sqlite(&o.dir, &input[..sqlite_events.div_ceil(BATCH)])?;
     emit_ingest("sqlite", "events_per_s", sqlite, json!({ "events": sqlite_events, "batch": BATCH }));
-    let ours = o.events as f64 / ingest_store(&store, &input)?;
-    emit_ingest("mlaudit", "events_per_s", ours, ctx.clone());
+    let ours = o.events as f64 / ingest_store_with(&store, &input, o.clients)?;
+    emit_ingest("mlaudit", "events_per_s", ours, json!({ "clients": o.clients, "events": o.events, "batch": BATCH, "avg_event_bytes": bytes / o.events.max(1) }));
     emit_ingest("mlaudit", "ratio_vs_jsonl", ours / jsonl, json!({}));
     emit_ingest("mlaudit", "ratio_vs_sqlite", ours / sqlite, json!({}));
     drop(input);
