@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import functools
 import json
 import logging
 import os
@@ -151,11 +150,9 @@ class AuditLogger:
         self._auth_error_logged = False
         self._pid = os.getpid()
         self._forked = False
+        _LIVE.add(self)  # before the sender starts: a fork from now on disowns this copy
         self._thread = threading.Thread(target=self._run, name="mlaudit-sender", daemon=True)
         self._thread.start()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=functools.partial(_disown_in_child,
-                                                                 weakref.ref(self)))
         if register_atexit:
             ref = weakref.ref(self)
             self._atexit = lambda: (ref() is not None and ref().close())
@@ -398,6 +395,7 @@ class AuditLogger:
         creates its own ``AuditLogger``, with its own ``spool_dir`` (gunicorn: in a
         ``post_fork`` hook, or without ``--preload``)."""
         self._forked = True
+        self.spool.forget_after_fork()
         self._lock = threading.Lock()
         self._spool_lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
@@ -409,6 +407,7 @@ class AuditLogger:
         self._flush_waiters = 0
         self._closing = self._closed = True
         self._fork_error_logged = False
+        self._counts = {name: 0 for name in self._counts}  # this process's, not the parent's
 
     def _forked_message(self) -> str:
         msg = (f"this AuditLogger was created in process {self._pid}, before a fork; this "
@@ -717,11 +716,18 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]]) -> List[bytes]:
     return out
 
 
-def _disown_in_child(ref: "weakref.ref[AuditLogger]") -> None:
-    """``os.register_at_fork`` hook (it holds only a weak reference to the logger)."""
-    lg = ref()
-    if lg is not None:
+#: Every logger alive in this process (weakly held), for the after-fork hook.
+_LIVE: "weakref.WeakSet[AuditLogger]" = weakref.WeakSet()
+
+
+def _disown_in_child() -> None:
+    """``os.register_at_fork`` hook, registered once: closes every inherited logger."""
+    for lg in list(_LIVE):
         lg._disown_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_in_child)
 
 
 def _bad_indices(doc: Any, n: int) -> Dict[int, str]:

@@ -387,3 +387,19 @@ class Spool:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close this process's copies of the spool's descriptors, without
+        syncing, writing or deleting anything. The flock is on the open file description the
+        parent shares, so the parent keeps it; the child just stops holding it open (which
+        would keep the spool locked, and deleted segments on disk, until the child exits)."""
+        fds = set(self._dirty_fds.values())
+        fds.update(fd for fd in (self._tail_fd, self._lock_fd) if fd is not None)
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._dirty_fds = {}
+        self._tail_fd = self._tail_no = None
+        self._lock_fd = None

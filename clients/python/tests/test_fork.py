@@ -29,7 +29,7 @@ def child_checks(lg) -> int:
     if predict(1, request_id="fork-child") != 2:
         return 12
     st = lg.stats()
-    if st["errors"] != 1 or st["queued"] != 0:
+    if st["errors"] != 1 or st["queued"] != 0 or st["sent"] != 0:  # this process's counts
         return 13
     if lg.flush(1) is not True or lg.close(1) is not True:
         return 14
@@ -39,20 +39,34 @@ def child_checks(lg) -> int:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_refuses_and_the_parent_delivers(shared_server, tmp_path):
     lg = make_logger(shared_server, tmp_path / "spool", linger_s=0.5)
+    broken = lg.predictions(model="fork-model", version="1", request_id=lambda: 1 / 0)(lambda: 0)
+    broken()  # the parent's own error count is 1 at the fork
     for i in range(50):
         lg.log(event(i))  # queued (the sender lingers) when the fork happens
+    hold_r, hold_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         status = 1
         try:
+            os.close(hold_w)
             status = child_checks(lg)
+            os.read(hold_r, 1)  # stay alive until the parent has reopened the spool
         finally:
             os._exit(status)
-    _, status = os.waitpid(pid, 0)
+    os.close(hold_r)
+    try:
+        for i in range(50, 60):
+            lg.log(event(i))
+        assert lg.flush(30) is True
+        lg.close()
+        # The child is still alive and must not hold the spool's lock.
+        again = make_logger(shared_server, tmp_path / "spool")
+        again.log(event(60))
+        assert again.flush(30) is True
+        again.close()
+    finally:
+        os.close(hold_w)
+        _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
-    for i in range(50, 60):
-        lg.log(event(i))
-    assert lg.flush(30) is True
-    lg.close()
     got = sorted(e["event"]["subject"]["request"] for e in shared_server.query(model="fork-model"))
-    assert got == sorted(f"fork-{i}" for i in range(60))
+    assert got == sorted(f"fork-{i}" for i in range(61))
