@@ -408,6 +408,13 @@ impl Store for EmbeddedStore {
         self.writer()?.append(events)
     }
 
+    fn submit(&self, events: Vec<PreparedEvent>, done: mlaudit_store::AppendDone) {
+        match self.writer() {
+            Ok(writer) => writer.submit(events, done),
+            Err(e) => done(Err(e)),
+        }
+    }
+
     fn tree_size(&self) -> u64 {
         self.shared.size.load(Ordering::Acquire)
     }

@@ -27,7 +27,7 @@ use mlaudit_core::entry::{self, EntryRef, EventId, MAX_ID_LEN};
 use mlaudit_core::event::{PreparedEvent, MAX_EVENT_BYTES};
 use mlaudit_core::merkle::{leaf_hash, CompactRange, Hash};
 use mlaudit_core::note::{Checkpoint, NoteSigner};
-use mlaudit_store::{AppendReceipt, Appended, StoreError};
+use mlaudit_store::{AppendDone, AppendReceipt, Appended, StoreError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -47,7 +47,29 @@ const META_EVERY: u64 = 1 << 20;
 /// allocated them (with mimalloc a free from another thread is slower, and memory freed where
 /// it was allocated is reused while still mapped and in cache: +11 % ingest, measured).
 type Answer = (Result<AppendReceipt, StoreError>, Vec<PreparedEvent>);
-type Reply = mpsc::Sender<Answer>;
+
+/// Where an append's outcome goes.
+enum Reply {
+    /// A thread blocked in [`Handle::append`].
+    Wait(mpsc::Sender<Answer>),
+    /// A callback from [`Handle::submit`] (it runs on the syncer thread; the events are freed
+    /// there).
+    Call(AppendDone),
+}
+
+impl Reply {
+    fn send(self, answer: Result<AppendReceipt, StoreError>, events: Vec<PreparedEvent>) {
+        match self {
+            Reply::Wait(tx) => {
+                let _ = tx.send((answer, events));
+            }
+            Reply::Call(done) => {
+                drop(events);
+                done(answer);
+            }
+        }
+    }
+}
 
 enum Msg {
     Append(Vec<PreparedEvent>, Reply),
@@ -94,10 +116,18 @@ fn stopped() -> StoreError {
 impl Handle {
     pub fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
         let (tx, rx) = mpsc::channel();
-        self.tx.send(Msg::Append(events, tx)).map_err(|_| stopped())?;
+        self.tx.send(Msg::Append(events, Reply::Wait(tx))).map_err(|_| stopped())?;
         let (answer, events) = rx.recv().map_err(|_| stopped())?;
         drop(events);
         answer
+    }
+
+    /// Queues a batch; `done` gets the outcome once it is durable or refused. Blocks only
+    /// while the queue to the committer is full (backpressure).
+    pub fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
+        if let Err(mpsc::SendError(Msg::Append(events, reply))) = self.tx.send(Msg::Append(events, Reply::Call(done))) {
+            reply.send(Err(stopped()), events);
+        }
     }
 
     pub fn shutdown(self) -> Result<(), StoreError> {
@@ -459,12 +489,12 @@ impl Syncer {
                             Ok((size, note)) => outcome.map(|events| AppendReceipt { events, tree_size: *size, checkpoint: note.clone() }),
                             Err(why) => Err(StoreError::WriterStopped(why.clone())),
                         };
-                        let _ = reply.send((answer, events));
+                        reply.send(answer, events);
                     }
                 }
                 ToSyncer::Failed(why, replies) => {
                     for (reply, events) in replies {
-                        let _ = reply.send((Err(StoreError::WriterStopped(why.clone())), events));
+                        reply.send(Err(StoreError::WriterStopped(why.clone())), events);
                     }
                 }
                 ToSyncer::Shutdown(tx) => {

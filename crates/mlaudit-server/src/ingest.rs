@@ -16,6 +16,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use mlaudit_core::event::{prepare, PreparedEvent};
+use mlaudit_store::AppendReceipt;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use std::io::Read;
@@ -85,15 +86,33 @@ pub async fn post_events(
         Some("gzip") => true,
         Some(other) => return Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Encoding {other:?}: only gzip"))),
     };
-    // Decompression, parsing, validation and the durable append are CPU or disk work: they run
-    // on a blocking thread so that the async workers keep serving other connections.
-    let state2 = state.clone();
-    tokio::task::spawn_blocking(move || ingest(&state2, &principal.name, &shape, gzip, &body))
-        .await
-        .map_err(|e| ApiError::Internal(format!("ingest task failed: {e}")))?
+    // Decompression, parsing and validation are CPU work: a large or compressed body is
+    // handled on a blocking thread so that the async workers keep serving other connections;
+    // a small one here (a blocking-pool hand-off costs more than parsing it). The append is
+    // then submitted to the store, and this task waits for durability without holding a thread.
+    let principal = principal.name;
+    let events = if !gzip && body.len() <= INLINE_PARSE_MAX_BYTES {
+        parse_batch(&state, &principal, &shape, false, &body)?
+    } else {
+        let state2 = state.clone();
+        tokio::task::spawn_blocking(move || parse_batch(&state2, &principal, &shape, gzip, &body))
+            .await
+            .map_err(|e| ApiError::Internal(format!("ingest task failed: {e}")))??
+    };
+    let stages: Vec<mlaudit_core::event::Stage> = events.iter().map(PreparedEvent::stage).collect();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.store.submit(events, Box::new(move |outcome| {
+        let _ = tx.send(outcome);
+    }));
+    let receipt = rx.await.map_err(|_| ApiError::Internal("the store dropped the append".into()))??;
+    Ok(receipt_json(&state, &stages, &receipt))
 }
 
-fn ingest(state: &AppState, principal: &str, shape: &Shape, gzip: bool, body: &[u8]) -> Result<Json<Value>, ApiError> {
+/// Bodies up to this size (uncompressed) are parsed on the async worker itself.
+const INLINE_PARSE_MAX_BYTES: usize = 64 << 10;
+
+/// Decodes and validates a batch: all-or-nothing, a 422 listing every invalid event.
+fn parse_batch(state: &AppState, principal: &str, shape: &Shape, gzip: bool, body: &[u8]) -> Result<Vec<PreparedEvent>, ApiError> {
     let limits = state.limits;
     let inflated;
     let raw = if gzip {
@@ -134,13 +153,16 @@ fn ingest(state: &AppState, principal: &str, shape: &Shape, gzip: bool, body: &[
     if !errors.is_empty() {
         return Err(ApiError::Invalid { count: errors.len(), errors });
     }
-    let stages: Vec<mlaudit_core::event::Stage> = events.iter().map(PreparedEvent::stage).collect();
-    let receipt = state.store.append(events)?;
+    Ok(events)
+}
+
+/// The 200 body for a durable batch; counts the new events in the metrics.
+fn receipt_json(state: &AppState, stages: &[mlaudit_core::event::Stage], receipt: &AppendReceipt) -> Json<Value> {
     for (stage, appended) in stages.iter().zip(&receipt.events) {
         if !appended.duplicate {
             state.metrics.ingested(*stage, 1);
         }
     }
     let events: Vec<Value> = receipt.events.iter().map(|a| json!({ "id": a.id.to_string(), "seq": a.seq, "duplicate": a.duplicate })).collect();
-    Ok(Json(json!({ "events": events, "tree_size": receipt.tree_size, "checkpoint": receipt.checkpoint })))
+    Json(json!({ "events": events, "tree_size": receipt.tree_size, "checkpoint": receipt.checkpoint }))
 }

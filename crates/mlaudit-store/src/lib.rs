@@ -187,6 +187,9 @@ pub enum StoreError {
     Io { context: String, source: std::io::Error },
 }
 
+/// Called with the outcome of an append submitted with [`Store::submit`].
+pub type AppendDone = Box<dyn FnOnce(Result<AppendReceipt, StoreError>) + Send>;
+
 /// A storage engine for the log.
 ///
 /// **Contract:** `append` returns only after every new event *and* the checkpoint for the new
@@ -195,6 +198,13 @@ pub enum StoreError {
 pub trait Store: Send + Sync {
     /// Appends a batch durably and signs a checkpoint for the new tree size.
     fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError>;
+    /// Submits a batch and calls `done` with what [`Store::append`] would return, once the
+    /// batch is durable or refused, possibly on another thread: it lets an async server wait
+    /// for durability without holding a thread per request. `done` must be quick (it may run
+    /// on the writer's own thread). The default appends on the calling thread.
+    fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
+        done(self.append(events))
+    }
     /// The number of events in the log (all of them durable).
     fn tree_size(&self) -> u64;
     /// One event by seq.
