@@ -415,6 +415,10 @@ impl Store for EmbeddedStore {
         }
     }
 
+    fn submit_is_queued(&self) -> bool {
+        true
+    }
+
     fn tree_size(&self) -> u64 {
         self.shared.size.load(Ordering::Acquire)
     }

@@ -101,9 +101,16 @@ pub async fn post_events(
     };
     let stages: Vec<mlaudit_core::event::Stage> = events.iter().map(PreparedEvent::stage).collect();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    state.store.submit(events, Box::new(move |outcome| {
+    let done: mlaudit_store::AppendDone = Box::new(move |outcome| {
         let _ = tx.send(outcome);
-    }));
+    });
+    if state.store.submit_is_queued() {
+        state.store.submit(events, done);
+    } else {
+        // An engine whose submit waits for the disk: not on an async worker.
+        let store = state.store.clone();
+        tokio::task::spawn_blocking(move || store.submit(events, done));
+    }
     let receipt = rx.await.map_err(|_| ApiError::Internal("the store dropped the append".into()))??;
     Ok(receipt_json(&state, &stages, &receipt))
 }

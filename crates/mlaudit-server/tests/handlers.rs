@@ -465,3 +465,70 @@ async fn protobuf_batches_are_ingested_like_json() {
         let _ = decode_batch(&bytes);
     }
 }
+
+/// An engine that keeps the default, blocking `Store::submit`; its `append` waits for a permit
+/// that only an async task on the test's single-threaded runtime can give.
+struct BlockingEngine {
+    inner: Arc<EmbeddedStore>,
+    permit: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Store for BlockingEngine {
+    fn append(&self, events: Vec<mlaudit_core::event::PreparedEvent>) -> Result<mlaudit_store::AppendReceipt, mlaudit_store::StoreError> {
+        let got = self.permit.lock().unwrap().recv_timeout(std::time::Duration::from_secs(10));
+        if got.is_err() {
+            return Err(mlaudit_store::StoreError::WriterStopped("append ran on the async worker: the permit task never ran".into()));
+        }
+        self.inner.append(events)
+    }
+    fn tree_size(&self) -> u64 {
+        self.inner.tree_size()
+    }
+    fn event(&self, seq: u64) -> Result<mlaudit_store::StoredEvent, mlaudit_store::StoreError> {
+        self.inner.event(seq)
+    }
+    fn seq_of(&self, id: &mlaudit_core::entry::EventId) -> Result<Option<u64>, mlaudit_store::StoreError> {
+        self.inner.seq_of(id)
+    }
+    fn node(&self, level: u32, index: u64) -> Result<mlaudit_core::merkle::Hash, mlaudit_store::StoreError> {
+        self.inner.node(level, index)
+    }
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, mlaudit_store::StoreError> {
+        self.inner.checkpoint(size)
+    }
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, mlaudit_store::StoreError> {
+        self.inner.checkpoint_sizes()
+    }
+    fn query(&self, q: &mlaudit_store::Query) -> Result<Vec<u64>, mlaudit_store::StoreError> {
+        self.inner.query(q)
+    }
+    fn scan(&self, from: u64, visit: &mut dyn FnMut(mlaudit_store::StoredEvent) -> std::ops::ControlFlow<()>) -> Result<(), mlaudit_store::StoreError> {
+        self.inner.scan(from, visit)
+    }
+    fn location(&self, seq: u64) -> String {
+        self.inner.location(seq)
+    }
+}
+
+/// With an engine whose `submit` blocks, ingest calls it off the async worker: on this
+/// single-threaded runtime, an `append` on the worker would wait for a permit that the
+/// permit task, needing that same worker, could never send.
+#[tokio::test(flavor = "current_thread")]
+async fn a_blocking_engine_is_never_called_on_the_async_worker() {
+    let f = fixture("blocking-engine", Limits::default());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = Arc::new(BlockingEngine { inner: f.store.clone(), permit: std::sync::Mutex::new(rx) });
+    assert!(!engine.submit_is_queued() && f.store.submit_is_queued());
+    let state = AppState { store: engine, ..f.state.clone() };
+    let permit = tokio::spawn(async move {
+        tokio::task::yield_now().await;
+        tx.send(()).unwrap();
+    });
+    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/json").body(Body::from(event(0).to_string())).unwrap();
+    let resp = router(state).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    permit.await.unwrap();
+    assert_eq!(f.store.tree_size(), 1);
+}

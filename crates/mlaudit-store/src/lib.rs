@@ -205,6 +205,12 @@ pub trait Store: Send + Sync {
     fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
         done(self.append(events))
     }
+    /// Whether [`Store::submit`] returns without waiting for the disk (engines that override
+    /// it with a queue say so). An async caller may call `submit` on its own worker only then;
+    /// otherwise it must call it where blocking is allowed.
+    fn submit_is_queued(&self) -> bool {
+        false
+    }
     /// The number of events in the log (all of them durable).
     fn tree_size(&self) -> u64;
     /// One event by seq.
