@@ -76,6 +76,10 @@ enum Msg {
     Shutdown(mpsc::Sender<Result<(), StoreError>>),
 }
 
+/// A batch of the group: where its answer goes, its outcome (the seqs it got, or why it was
+/// refused) and its events (returned with the answer).
+type Waiting = (Reply, Result<Vec<Appended>, StoreError>, Vec<PreparedEvent>);
+
 /// A group written to the page cache, on its way to the syncer.
 struct Written {
     file: Arc<File>,
@@ -86,7 +90,7 @@ struct Written {
     positions: Vec<u64>,
     records: Vec<IndexRecord>,
     cp_pos: Option<u64>,
-    replies: Vec<(Reply, Result<Vec<Appended>, StoreError>, Vec<PreparedEvent>)>,
+    replies: Vec<Waiting>,
 }
 
 enum ToSyncer {
