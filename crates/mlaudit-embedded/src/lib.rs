@@ -415,8 +415,14 @@ impl Store for EmbeddedStore {
         }
     }
 
-    fn submit_is_queued(&self) -> bool {
-        true
+    fn try_submit(&self, events: Vec<PreparedEvent>, done: mlaudit_store::AppendDone) -> Result<(), (Vec<PreparedEvent>, mlaudit_store::AppendDone)> {
+        match self.writer() {
+            Ok(writer) => writer.try_submit(events, done),
+            Err(e) => {
+                done(Err(e));
+                Ok(())
+            }
+        }
     }
 
     fn tree_size(&self) -> u64 {

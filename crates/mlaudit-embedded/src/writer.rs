@@ -54,7 +54,7 @@ enum Reply {
     Wait(mpsc::Sender<Answer>),
     /// A callback from [`Handle::submit`] (it runs on the syncer thread; the events are freed
     /// there).
-    Call(AppendDone),
+    Call(Callback),
 }
 
 impl Reply {
@@ -63,11 +63,31 @@ impl Reply {
             Reply::Wait(tx) => {
                 let _ = tx.send((answer, events));
             }
-            Reply::Call(done) => {
+            Reply::Call(mut done) => {
                 drop(events);
-                done(answer);
+                done.call(answer);
             }
         }
+    }
+}
+
+/// A submitted batch's callback, called exactly once: with the outcome, or, if the batch is
+/// dropped unanswered (a writer thread that panicked or exited with batches still queued),
+/// with `WriterStopped` when this is dropped. A callback that panics is contained, so that
+/// it cannot take the syncer, and every batch behind it, down.
+struct Callback(Option<AppendDone>);
+
+impl Callback {
+    fn call(&mut self, answer: Result<AppendReceipt, StoreError>) {
+        if let Some(done) = self.0.take() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(answer)));
+        }
+    }
+}
+
+impl Drop for Callback {
+    fn drop(&mut self) {
+        self.call(Err(stopped()));
     }
 }
 
@@ -129,8 +149,24 @@ impl Handle {
     /// Queues a batch; `done` gets the outcome once it is durable or refused. Blocks only
     /// while the queue to the committer is full (backpressure).
     pub fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
-        if let Err(mpsc::SendError(Msg::Append(events, reply))) = self.tx.send(Msg::Append(events, Reply::Call(done))) {
+        if let Err(mpsc::SendError(Msg::Append(events, reply))) = self.tx.send(Msg::Append(events, Reply::Call(Callback(Some(done))))) {
             reply.send(Err(stopped()), events);
+        }
+    }
+
+    /// [`Handle::submit`] without ever blocking: a full queue hands the batch back.
+    pub fn try_submit(&self, events: Vec<PreparedEvent>, done: AppendDone) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
+        match self.tx.try_send(Msg::Append(events, Reply::Call(Callback(Some(done))))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::TrySendError::Full(Msg::Append(events, Reply::Call(mut callback)))) => match callback.0.take() {
+                Some(done) => Err((events, done)),
+                None => Ok(()),
+            },
+            Err(mpsc::TrySendError::Disconnected(Msg::Append(events, reply))) => {
+                reply.send(Err(stopped()), events);
+                Ok(())
+            }
+            Err(_) => Ok(()), // only Append is sent here
         }
     }
 

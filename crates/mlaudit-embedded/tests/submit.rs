@@ -50,3 +50,21 @@ fn submitted_batches_are_answered_once_durable_and_in_queue_order() {
     store.submit(vec![late], Box::new(move |outcome| tx.send(outcome).unwrap()));
     assert!(matches!(rx.recv().unwrap(), Err(StoreError::WriterStopped(_))));
 }
+
+#[test]
+fn a_panicking_callback_does_not_stop_the_writer_and_try_submit_queues() {
+    let dir = TempDir::new("submit-panic");
+    let (store, _) = open(dir.path());
+    let mut rng = Rng::new(0x5eed_0043);
+    let first = Spec::simple(rng.id(), "registry.promotion_requested", 1).prepare();
+    store.submit(vec![first], Box::new(|_| panic!("a careless callback")));
+    let (tx, rx) = mpsc::channel();
+    let second = Spec::simple(rng.id(), "registry.promotion_requested", 2).prepare();
+    let queued = store.try_submit(vec![second], Box::new(move |outcome| tx.send(outcome).unwrap()));
+    assert!(queued.is_ok(), "an idle writer's queue has room");
+    let receipt = rx.recv().unwrap().expect("the writer survived the panic");
+    assert_eq!((receipt.events[0].seq, receipt.tree_size), (1, 2));
+    let third = Spec::simple(rng.id(), "registry.promotion_requested", 3).prepare();
+    assert_eq!(store.append(vec![third]).unwrap().tree_size, 3);
+    run_verify(&store).expect("the log verifies");
+}

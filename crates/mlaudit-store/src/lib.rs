@@ -200,16 +200,17 @@ pub trait Store: Send + Sync {
     fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError>;
     /// Submits a batch and calls `done` with what [`Store::append`] would return, once the
     /// batch is durable or refused, possibly on another thread: it lets an async server wait
-    /// for durability without holding a thread per request. `done` must be quick (it may run
-    /// on the writer's own thread). The default appends on the calling thread.
+    /// for durability without holding a thread per request. `done` must be quick and must
+    /// neither block nor call the store (it may run on the writer's own thread). The default
+    /// appends on the calling thread.
     fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
         done(self.append(events))
     }
-    /// Whether [`Store::submit`] returns without waiting for the disk (engines that override
-    /// it with a queue say so). An async caller may call `submit` on its own worker only then;
-    /// otherwise it must call it where blocking is allowed.
-    fn submit_is_queued(&self) -> bool {
-        false
+    /// [`Store::submit`] if it can be done without blocking; otherwise the batch and the
+    /// callback come back, for the caller to submit where blocking is allowed. An async
+    /// caller uses this on its own worker. The default never queues.
+    fn try_submit(&self, events: Vec<PreparedEvent>, done: AppendDone) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
+        Err((events, done))
     }
     /// The number of events in the log (all of them durable).
     fn tree_size(&self) -> u64;
