@@ -15,7 +15,6 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from .encode import PREDICTION, json_safe, snapshot
 from .logger import LoggerClosedError
-from .sampling import sampled_in
 
 Actor = Optional[Mapping[str, str]]
 
@@ -235,8 +234,8 @@ def prediction_decorator(logger, *, model: str, version: str,
                 else:
                     rid = kwargs.get("request_id")
                 rid = str(uuid.uuid4()) if rid is None else str(rid)
-                rate = sampler.rate_for(model)
-                if rate < 1.0 and not sampled_in(rid, rate):
+                keep, rate = sampler.decide(model, rid)
+                if not keep:
                     logger._count("sampled_out")
                     return result
                 who = actor if actor is not None else logger.actor

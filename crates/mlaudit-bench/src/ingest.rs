@@ -209,10 +209,12 @@ pub fn run(args: &[String]) -> Result<()> {
     let input = batches(0, o.events);
     let bytes: usize = input.iter().flatten().map(|l| l.len()).sum();
     let ctx = json!({ "events": o.events, "batch": BATCH, "avg_event_bytes": bytes / o.events.max(1) });
+    let mut ours_ctx = ctx.clone();
+    ours_ctx["clients"] = o.clients.into();
 
     if o.only_mlaudit {
         let t = ingest_store_with(&store, &input, o.clients)?;
-        emit_ingest("mlaudit", "events_per_s", o.events as f64 / t, json!({ "clients": o.clients, "events": o.events, "batch": BATCH }));
+        emit_ingest("mlaudit", "events_per_s", o.events as f64 / t, ours_ctx);
         return Ok(());
     }
     let jsonl = o.events as f64 / ingest_jsonl(&o.dir, &input)?;
@@ -221,7 +223,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let sqlite = sqlite_events as f64 / ingest_sqlite(&o.dir, &input[..sqlite_events.div_ceil(BATCH)])?;
     emit_ingest("sqlite", "events_per_s", sqlite, json!({ "events": sqlite_events, "batch": BATCH }));
     let ours = o.events as f64 / ingest_store_with(&store, &input, o.clients)?;
-    emit_ingest("mlaudit", "events_per_s", ours, json!({ "clients": o.clients, "events": o.events, "batch": BATCH, "avg_event_bytes": bytes / o.events.max(1) }));
+    emit_ingest("mlaudit", "events_per_s", ours, ours_ctx);
     emit_ingest("mlaudit", "ratio_vs_jsonl", ours / jsonl, json!({}));
     emit_ingest("mlaudit", "ratio_vs_sqlite", ours / sqlite, json!({}));
     drop(input);
