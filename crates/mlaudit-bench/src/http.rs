@@ -11,8 +11,9 @@ use mlaudit_embedded::EmbeddedStore;
 use mlaudit_server::auth::{Role, Tokens};
 use mlaudit_server::{AppState, BackgroundServer, Limits};
 use serde_json::json;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -22,10 +23,13 @@ struct Opts {
     events: usize,
     single_requests: usize,
     dir: PathBuf,
+    batch_sizes: Vec<usize>,
+    client_counts: Vec<usize>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { events: 200_000, single_requests: 20_000, dir: std::env::temp_dir().join(format!("mlaudit-bench-http-{}", std::process::id())) };
+    let mut o = Opts { events: 200_000, single_requests: 20_000, dir: std::env::temp_dir().join(format!("mlaudit-bench-http-{}", std::process::id())), batch_sizes: vec![1000, 1], client_counts: vec![1, 16, 64] };
+    let list = |v: String| v.split(',').map(|s| s.trim().parse::<usize>().map(|n| n.max(1))).collect::<Result<Vec<_>, _>>();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
@@ -33,6 +37,8 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--events" => o.events = val()?.parse()?,
             "--single-requests" => o.single_requests = val()?.parse()?,
             "--dir" => o.dir = PathBuf::from(val()?),
+            "--batches" => o.batch_sizes = list(val()?)?,
+            "--clients" => o.client_counts = list(val()?)?,
             other => bail!("unknown option {other}"),
         }
     }
@@ -41,78 +47,99 @@ fn parse(args: &[String]) -> Result<Opts> {
 
 /// A keep-alive HTTP/1.1 connection that posts NDJSON bodies.
 struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    stream: TcpStream,
     auth: String,
+    /// Response bytes read so far.
+    buf: Vec<u8>,
 }
 
 impl Client {
-    fn connect(addr: SocketAddr, token: &str) -> Result<Client> {
-        let stream = TcpStream::connect(addr)?;
+    async fn connect(addr: SocketAddr, token: &str) -> Result<Client> {
+        let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-        Ok(Client { reader: BufReader::new(stream.try_clone()?), writer: stream, auth: format!("Bearer {token}") })
+        Ok(Client { stream, auth: format!("Bearer {token}"), buf: Vec::with_capacity(4096) })
     }
 
-    fn post(&mut self, body: &[u8]) -> Result<()> {
-        let head = format!(
+    async fn post(&mut self, body: &[u8]) -> Result<()> {
+        let mut request = format!(
             "POST /v1/events HTTP/1.1\r\nHost: bench\r\nAuthorization: {}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n",
             self.auth,
             body.len()
-        );
-        self.writer.write_all(head.as_bytes())?;
-        self.writer.write_all(body)?;
-        let mut status = String::new();
-        self.reader.read_line(&mut status)?;
-        let mut length = 0usize;
-        loop {
-            let mut line = String::new();
-            self.reader.read_line(&mut line)?;
-            if line == "\r\n" || line.is_empty() {
-                break;
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        self.stream.write_all(&request).await?;
+        self.buf.clear();
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
             }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse()?;
-            }
+            self.fill().await?;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+            .context("a response without Content-Length")?
+            .parse()?;
+        while self.buf.len() < head_end + length {
+            self.fill().await?;
         }
-        let mut body = vec![0u8; length];
-        self.reader.read_exact(&mut body)?;
-        if !status.contains(" 200 ") {
-            bail!("HTTP error: {status} {}", String::from_utf8_lossy(&body));
+        if !head.starts_with("HTTP/1.1 200 ") {
+            bail!("HTTP error: {} {}", head.lines().next().unwrap_or(""), String::from_utf8_lossy(&self.buf[head_end..]));
         }
+        Ok(())
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(60), self.stream.read(&mut chunk)).await.context("no response in 60 s")??;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 }
 
-/// Sends `bodies` from `clients` concurrent connections; returns (seconds, sorted latencies in s).
+/// Sends `bodies` from `clients` concurrent keep-alive connections, multiplexed on one thread
+/// (as wrk or oha do: a thread per connection would take a third of the two cores and add
+/// its own scheduling delays to every latency); returns (seconds, sorted latencies in s).
 fn drive(addr: SocketAddr, token: &str, clients: usize, bodies: &[Vec<u8>]) -> Result<(f64, Vec<f64>)> {
-    let next = AtomicUsize::new(0);
-    let start = Instant::now();
-    let mut latencies = std::thread::scope(|s| -> Result<Vec<f64>> {
-        let handles: Vec<_> = (0..clients)
-            .map(|_| {
-                s.spawn(|| -> Result<Vec<f64>> {
-                    let mut c = Client::connect(addr, token)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(bodies.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let token = token.to_owned();
+    runtime.block_on(async move {
+        let mut connections = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            connections.push(Client::connect(addr, &token).await?);
+        }
+        let start = Instant::now();
+        let tasks: Vec<_> = connections
+            .into_iter()
+            .map(|mut c| {
+                let (bodies, next) = (bodies.clone(), next.clone());
+                tokio::spawn(async move {
                     let mut lat = Vec::new();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(body) = bodies.get(i) else { return Ok(lat) };
+                        let Some(body) = bodies.get(i) else { return Ok::<_, anyhow::Error>(lat) };
                         let t = Instant::now();
-                        c.post(body)?;
+                        c.post(body).await?;
                         lat.push(t.elapsed().as_secs_f64());
                     }
                 })
             })
             .collect();
-        let mut all = Vec::new();
-        for h in handles {
-            all.extend(h.join().map_err(|_| anyhow!("client panicked"))??);
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await.map_err(|e| anyhow!("client task: {e}"))??);
         }
-        Ok(all)
-    })?;
-    let secs = start.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    Ok((secs, latencies))
+        let secs = start.elapsed().as_secs_f64();
+        latencies.sort_by(f64::total_cmp);
+        Ok((secs, latencies))
+    })
 }
 
 pub fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -149,8 +176,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let addr = server.addr();
 
     let mut seq = o.events; // distinct ids across all runs
-    for batch in [1000usize, 1] {
-        for clients in [1usize, 16, 64] {
+    for &batch in &o.batch_sizes {
+        for &clients in &o.client_counts {
             let requests = if batch == 1 { o.single_requests } else { (o.events / batch).max(clients) };
             let bodies: Vec<Vec<u8>> = (0..requests)
                 .map(|r| (0..batch).map(|k| event_line(seq + r * batch + k) + "\n").collect::<String>().into_bytes())
@@ -162,7 +189,7 @@ pub fn run(args: &[String]) -> Result<()> {
             emit("http", "mlaudit", "events_per_s", events / secs, ctx.clone());
             emit("http", "mlaudit", "ack_p50_ms", pct(&lat, 0.50) * 1e3, ctx.clone());
             emit("http", "mlaudit", "ack_p99_ms", pct(&lat, 0.99) * 1e3, ctx.clone());
-            if batch == 1000 {
+            if batch > 1 {
                 emit("http", "mlaudit", "ratio_vs_inproc", events / secs / inproc, ctx);
             }
         }

@@ -130,6 +130,20 @@ impl Pending {
     pub fn is_empty(&self) -> bool {
         self.offsets.is_empty() && self.checkpoints.is_empty()
     }
+    /// Appends `other`'s bytes after this one's, file by file.
+    pub fn append(&mut self, other: &Pending) {
+        if self.levels.len() < other.levels.len() {
+            self.levels.resize_with(other.levels.len(), Vec::new);
+        }
+        for (mine, theirs) in self.levels.iter_mut().zip(&other.levels) {
+            mine.extend_from_slice(theirs);
+        }
+        self.offsets.extend_from_slice(&other.offsets);
+        self.index.extend_from_slice(&other.index);
+        self.terms.extend_from_slice(&other.terms);
+        self.term_count += other.term_count;
+        self.checkpoints.extend_from_slice(&other.checkpoints);
+    }
 }
 
 impl Derived {

