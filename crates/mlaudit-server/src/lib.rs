@@ -119,7 +119,23 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_declared_oversize))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(contain_panics))
         .with_state(state)
+}
+
+/// A panic while handling a request (a bug: on the async worker, say in an engine's
+/// `try_submit`) answers 500 with the usual JSON error body, and is logged, instead of
+/// dropping the connection without a word.
+async fn contain_panics(req: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+        Ok(response) => response,
+        Err(panic) => {
+            let what = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            tracing::error!(panic = %what, "a request handler panicked");
+            ApiError::Internal("the server failed while handling this request (a bug, logged on the server)".into()).into_response()
+        }
+    }
 }
 
 fn bearer(req: &Request) -> Option<&str> {

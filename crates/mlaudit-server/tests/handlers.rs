@@ -466,20 +466,34 @@ async fn protobuf_batches_are_ingested_like_json() {
     }
 }
 
-/// An engine that keeps the default, blocking `Store::submit`; its `append` waits for a permit
-/// that only an async task on the test's single-threaded runtime can give.
-struct BlockingEngine {
-    inner: Arc<EmbeddedStore>,
-    permit: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+/// What a [`QuirkyEngine`] does differently from the embedded store it wraps.
+enum Quirk {
+    /// It keeps the default, blocking `Store::submit`; its `append` waits for a permit that
+    /// only an async task on the test's single-threaded runtime can give.
+    NeedsPermit(std::sync::Mutex<std::sync::mpsc::Receiver<()>>),
+    /// Its `try_submit` (called on the async worker) panics: a bug in an engine.
+    PanicsOnSubmit,
 }
 
-impl Store for BlockingEngine {
+struct QuirkyEngine {
+    inner: Arc<EmbeddedStore>,
+    quirk: Quirk,
+}
+
+impl Store for QuirkyEngine {
     fn append(&self, events: Vec<mlaudit_core::event::PreparedEvent>) -> Result<mlaudit_store::AppendReceipt, mlaudit_store::StoreError> {
-        let got = self.permit.lock().unwrap().recv_timeout(std::time::Duration::from_secs(10));
-        if got.is_err() {
-            return Err(mlaudit_store::StoreError::WriterStopped("append ran on the async worker: the permit task never ran".into()));
+        if let Quirk::NeedsPermit(permit) = &self.quirk {
+            if permit.lock().unwrap().recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+                return Err(mlaudit_store::StoreError::WriterStopped("append ran on the async worker: the permit task never ran".into()));
+            }
         }
         self.inner.append(events)
+    }
+    fn try_submit(&self, events: Vec<mlaudit_core::event::PreparedEvent>, done: mlaudit_store::AppendDone) -> Result<(), (Vec<mlaudit_core::event::PreparedEvent>, mlaudit_store::AppendDone)> {
+        match self.quirk {
+            Quirk::PanicsOnSubmit => panic!("a bug in the engine"),
+            Quirk::NeedsPermit(_) => Err((events, done)),
+        }
     }
     fn tree_size(&self) -> u64 {
         self.inner.tree_size()
@@ -517,7 +531,7 @@ impl Store for BlockingEngine {
 async fn a_blocking_engine_is_never_called_on_the_async_worker() {
     let f = fixture("blocking-engine", Limits::default());
     let (tx, rx) = std::sync::mpsc::channel();
-    let engine = Arc::new(BlockingEngine { inner: f.store.clone(), permit: std::sync::Mutex::new(rx) });
+    let engine = Arc::new(QuirkyEngine { inner: f.store.clone(), quirk: Quirk::NeedsPermit(std::sync::Mutex::new(rx)) });
     let state = AppState { store: engine, ..f.state.clone() };
     let permit = tokio::spawn(async move {
         tokio::task::yield_now().await;
@@ -530,4 +544,21 @@ async fn a_blocking_engine_is_never_called_on_the_async_worker() {
     assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     permit.await.unwrap();
     assert_eq!(f.store.tree_size(), 1);
+}
+
+/// A panic on the async worker answers 500 with a JSON error, and the server goes on serving.
+#[tokio::test]
+async fn a_panicking_handler_answers_500_json_and_the_server_goes_on() {
+    let f = fixture("panicking-engine", Limits::default());
+    let engine = Arc::new(QuirkyEngine { inner: f.store.clone(), quirk: Quirk::PanicsOnSubmit });
+    let app = router(AppState { store: engine, ..f.state.clone() });
+    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/json").body(Body::from(event(0).to_string())).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    let health = app.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(f.store.tree_size(), 0);
 }
