@@ -6,14 +6,16 @@
 //!
 //! A kill -9 leaves the page cache intact, so this exercises torn writes between the writer's
 //! `write` calls (events without their checkpoint, half-written groups) and recovery, not
-//! power loss.
+//! power loss. Every other round the child starts a new segment after every 64 KiB, so that
+//! kills also land around segment rolls, and the log ends up spread over many segments.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{open, run_verify, Rng, Spec, TempDir, KINDS};
+use common::{open, run_verify, segments, signer, Rng, Spec, TempDir, KINDS};
 use mlaudit_core::entry::EventId;
+use mlaudit_embedded::{EmbeddedStore, Options};
 use mlaudit_store::Store;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -31,7 +33,8 @@ const ROUNDS: u64 = 20;
 fn crash_child() {
     let Some(dir) = std::env::var_os(DIR_VAR) else { return };
     let seed: u64 = std::env::var(SEED_VAR).ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let (store, report) = open(std::path::Path::new(&dir));
+    let options = if seed % 2 == 0 { Options { segment_target: 64 << 10 } } else { Options::default() };
+    let (store, report) = EmbeddedStore::open_with(std::path::Path::new(&dir), Some(signer()), options).unwrap();
     let mut rng = Rng::new(seed);
     let stdout = std::io::stdout();
     {
@@ -166,9 +169,11 @@ fn kill_9_never_loses_an_acknowledged_event() {
         drop(store);
     }
     assert!(acked.len() > 200, "only {} events were acknowledged", acked.len());
+    let segment_count = segments(dir.path()).len();
+    assert!(segment_count > 1, "the small-segment rounds rolled no segment");
     // Tell the story when run with --nocapture.
     println!(
-        "{ROUNDS} kills, {} acknowledged events, {truncations} torn tails truncated, {signed_at_open} checkpoints signed at open, {:?}",
+        "{ROUNDS} kills, {} acknowledged events in {segment_count} segments, {truncations} torn tails truncated, {signed_at_open} checkpoints signed at open, {:?}",
         acked.len(),
         started.elapsed()
     );
