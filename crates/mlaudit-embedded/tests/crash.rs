@@ -33,7 +33,7 @@ const ROUNDS: u64 = 20;
 fn crash_child() {
     let Some(dir) = std::env::var_os(DIR_VAR) else { return };
     let seed: u64 = std::env::var(SEED_VAR).ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let options = if seed % 2 == 0 { Options { segment_target: 64 << 10 } } else { Options::default() };
+    let options = if seed.is_multiple_of(2) { Options { segment_target: 64 << 10 } } else { Options::default() };
     let (store, report) = EmbeddedStore::open_with(std::path::Path::new(&dir), Some(signer()), options).unwrap();
     let mut rng = Rng::new(seed);
     let stdout = std::io::stdout();
