@@ -84,6 +84,8 @@ pub(crate) struct Shared {
     pub upper_nodes: RwLock<Vec<Vec<Hash>>>,
     /// Set when a sync failed: the committer stops writing.
     pub failed: std::sync::atomic::AtomicBool,
+    /// Held across every segment `fdatasync` (see `writer::sync_segment`).
+    pub sync_lock: Mutex<()>,
     /// Monitoring counters, updated by the syncer.
     pub stats: Mutex<SyncStats>,
     pub options: Options,

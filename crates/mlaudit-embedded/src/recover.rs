@@ -270,6 +270,7 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>, options: crate::Optio
         levels: RwLock::new(levels),
         upper_nodes: RwLock::new(Vec::new()),
         failed: std::sync::atomic::AtomicBool::new(false),
+        sync_lock: std::sync::Mutex::new(()),
         stats: std::sync::Mutex::new(crate::SyncStats { log_bytes: log_end, ..Default::default() }),
         options,
     };

@@ -10,7 +10,7 @@
 //! 3. extends the tree, signs a checkpoint for the new size, frames it after the events;
 //! 4. writes the group to the current segment (page cache) and hands it to the syncer.
 //!
-//! **Syncer thread.** Takes every group handed over so far (up to [`MAX_SYNC_GROUPS`]) and,
+//! **Syncer thread.** Takes every group handed over so far (at most [`SYNC_QUEUE`] wait) and,
 //! in log order: one `fdatasync` per segment they were written to, unless an earlier sync
 //! already covered their end — *the durability point* — then one write per derived file for
 //! all of them, publishes them to readers and replies. While the syncer waits on the disk, the
@@ -43,8 +43,8 @@ pub const MAX_GROUP_EVENTS: usize = 1 << 16;
 const PARALLEL_MIN: usize = 4096;
 /// Larger record buffers are freed rather than kept for reuse.
 const SPARE_MAX: usize = 64 << 20;
-/// The syncer makes at most this many handed-over groups durable together.
-const MAX_SYNC_GROUPS: usize = 64;
+/// Groups written and waiting for the syncer (the syncer makes all of them durable together).
+const SYNC_QUEUE: usize = 4;
 /// The derived watermark is advanced after this many events.
 const META_EVERY: u64 = 1 << 20;
 
@@ -191,7 +191,7 @@ impl Handle {
 
 pub(crate) fn spawn(shared: Arc<Shared>, state: State) -> Handle {
     let (tx, rx) = mpsc::sync_channel::<Msg>(1024);
-    let (sync_tx, sync_rx) = mpsc::sync_channel::<ToSyncer>(4);
+    let (sync_tx, sync_rx) = mpsc::sync_channel::<ToSyncer>(SYNC_QUEUE);
     let State { committer, mut syncer } = state;
     let mut joins = Vec::new();
     let s2 = shared.clone();
@@ -504,7 +504,7 @@ impl Committer {
     /// that a later segment never holds data while an earlier one could still lose its tail
     /// (recovery accepts a torn tail only in the last segment).
     fn roll_segment(&mut self, shared: &Shared) -> std::io::Result<()> {
-        self.segment.file.sync_data()?;
+        sync_segment(shared, &self.segment.file)?;
         let name = segment_name(self.log_end);
         let file = OpenOptions::new().read(true).append(true).create_new(true).open(shared.dir.join(&name))?;
         crate::derived::sync_dir(&shared.dir)?;
@@ -513,6 +513,23 @@ impl Committer {
         self.segment = seg;
         Ok(())
     }
+}
+
+/// `fdatasync` of a segment, by either thread (the syncer for groups, the committer before a
+/// roll). Linux reports a writeback error to one `fsync` of an open file only, so a sync that
+/// returns 0 after another thread's sync failed proves nothing: the failure is recorded in
+/// `shared.failed` under a lock held across the sync, and every sync checks the flag after
+/// its own, under the same lock.
+fn sync_segment(shared: &Shared, file: &File) -> std::io::Result<()> {
+    let _serial = shared.sync_lock.lock().map_err(|_| io_other("sync lock poisoned"))?;
+    if let Err(e) = file.sync_data() {
+        shared.failed.store(true, Ordering::Release);
+        return Err(e);
+    }
+    if shared.failed.load(Ordering::Acquire) {
+        return Err(io_other("an earlier sync failed"));
+    }
+    Ok(())
 }
 
 impl Syncer {
@@ -526,7 +543,7 @@ impl Syncer {
                     let mut groups = vec![*w];
                     loop {
                         match rx.try_recv() {
-                            Ok(ToSyncer::Group(w)) if groups.len() < MAX_SYNC_GROUPS => groups.push(*w),
+                            Ok(ToSyncer::Group(w)) => groups.push(*w),
                             Ok(other) => {
                                 next = Some(other);
                                 break;
@@ -612,7 +629,7 @@ impl Syncer {
             let mut synced: Vec<&Arc<File>> = Vec::new();
             for w in groups.iter().filter(|w| w.end > self.synced_end) {
                 if !synced.iter().any(|f| Arc::ptr_eq(f, &w.file)) {
-                    w.file.sync_data()?;
+                    sync_segment(shared, &w.file)?;
                     synced.push(&w.file);
                 }
             }
