@@ -458,6 +458,11 @@ impl Committer {
     /// Frames events and a checkpoint and writes them to the segment (not yet synced).
     fn write_group(&mut self, shared: &Shared, records: Vec<IndexRecord>, new: &[NewEvent<'_>], receipt_ns: i64) -> std::io::Result<Written> {
         let signer = self.signer.clone().ok_or_else(|| io_other("read-only store"))?;
+        // A full segment is closed before the group, not after it: a roll that fails then
+        // leaves nothing of the group written (and the group is refused).
+        if self.log_end - self.segment.start >= shared.options.segment_target {
+            self.roll_segment(shared)?;
+        }
         let chunks = build_parallel(new, receipt_ns, &mut self.spare).map_err(std::io::Error::other)?;
         let mut pending = Pending::default();
         let mut positions = Vec::with_capacity(new.len());
@@ -494,9 +499,6 @@ impl Committer {
             cp_pos: Some(cp_pos),
             replies: Vec::new(),
         };
-        if self.log_end - self.segment.start >= shared.options.segment_target {
-            self.roll_segment(shared)?;
-        }
         Ok(written)
     }
 
