@@ -1,18 +1,20 @@
 //! `mlaudit append`: validate every line first, then append in durable batches.
 //!
-//! Nothing is written unless every line is valid; each batch is then atomic and durable before
-//! the next is sent, and ids make a re-run after an interruption safe (already-stored events
-//! are reported as duplicates, not written twice). Parsing of the next batch overlaps the
-//! durable append of the current one.
+//! Nothing is written unless every line is valid; the batches are then submitted in order, a
+//! few at a time so that the store commits one while it syncs another, and each is atomic and
+//! durable when it is answered. Ids make a re-run after an interruption safe (already-stored
+//! events are reported as duplicates, not written twice).
 
 use crate::ledger::{self, InputError};
 use crate::output::Progress;
 use anyhow::{Context, Result};
 use mlaudit_core::event::PreparedEvent;
 use mlaudit_store::ingest::{ndjson_lines, prepare_lines};
-use mlaudit_store::Store;
+use mlaudit_store::{AppendReceipt, Store, StoreError};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
+use std::sync::mpsc;
 
 /// The principal recorded for events appended from this command line.
 pub fn local_principal() -> String {
@@ -44,28 +46,50 @@ pub struct Appended {
     pub checkpoint: String,
 }
 
-/// Appends validated events in durable batches of `batch_size`.
+/// Batches submitted and not yet answered: the store commits the next while the previous one
+/// syncs, and merges queued batches into larger groups.
+const IN_FLIGHT: usize = 4;
+
+/// Appends validated events in durable batches of `batch_size`, up to [`IN_FLIGHT`] at a
+/// time. Each batch is atomic and durable when answered; answers are taken in order and the
+/// first failure is returned (batches already submitted after it may still be written: the
+/// events' ids make a re-run safe).
 pub fn append_events(store: &dyn Store, events: Vec<PreparedEvent>, batch_size: usize, progress: &mut Progress) -> Result<Appended> {
     let mut out = Appended::default();
     let mut done = 0u64;
-    let mut rest = events;
-    while !rest.is_empty() {
-        let tail = rest.split_off(batch_size.min(rest.len()));
-        let receipt = store.append(std::mem::replace(&mut rest, tail))?;
-        for e in &receipt.events {
-            if e.duplicate {
-                out.duplicates += 1;
-            } else {
-                out.new += 1;
-                out.first_seq.get_or_insert(e.seq);
-                out.last_seq = Some(e.seq);
-            }
+    let mut events = events.into_iter().peekable();
+    let (tx, rx) = mpsc::channel::<(usize, Result<AppendReceipt, StoreError>)>();
+    let mut answers: BTreeMap<usize, Result<AppendReceipt, StoreError>> = BTreeMap::new();
+    let (mut sent, mut taken) = (0usize, 0usize);
+    loop {
+        while sent - taken < IN_FLIGHT && events.peek().is_some() {
+            let batch: Vec<PreparedEvent> = events.by_ref().take(batch_size).collect();
+            let (tx, k) = (tx.clone(), sent);
+            store.submit(batch, Box::new(move |outcome| drop(tx.send((k, outcome)))));
+            sent += 1;
         }
-        done += receipt.events.len() as u64;
-        progress.set(done);
-        out.checkpoint = receipt.checkpoint;
+        if taken == sent {
+            return Ok(out);
+        }
+        let (k, outcome) = rx.recv().context("the store dropped a batch unanswered")?;
+        answers.insert(k, outcome);
+        while let Some(outcome) = answers.remove(&taken) {
+            let receipt = outcome?;
+            taken += 1;
+            for e in &receipt.events {
+                if e.duplicate {
+                    out.duplicates += 1;
+                } else {
+                    out.new += 1;
+                    out.first_seq.get_or_insert(e.seq);
+                    out.last_seq = Some(e.seq);
+                }
+            }
+            done += receipt.events.len() as u64;
+            progress.set(done);
+            out.checkpoint = receipt.checkpoint;
+        }
     }
-    Ok(out)
 }
 
 pub fn run(data: &Path, file: &Path, batch_size: usize) -> Result<()> {

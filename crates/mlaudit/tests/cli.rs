@@ -173,12 +173,25 @@ fn append_from_stdin_dash_and_default() {
 }
 
 #[test]
-fn append_batches_sign_a_checkpoint_each() {
+fn append_batches_are_atomic_and_every_checkpoint_closes_a_batch() {
     let log = Log::with_fixture("append-batches");
     assert_eq!(log.checkpoint_list(), vec![0, 5, 10, 15]);
+    // One append of 30 events in batches of 4, submitted a few at a time: the store may merge
+    // queued batches into one group, but never splits one, so every checkpoint closes a batch.
+    let more: Vec<Value> = (0..30).map(|i| custom_event(&fixture_id(20 + i))).collect();
+    let out = log.run(&["append", "--batch-size", "4", &log.write("more.ndjson", ndjson(&more))]).ok();
+    assert!(out.stdout.starts_with("appended 30 events, seq 15..=44\n"), "{}", out.stdout);
+    let sizes = log.checkpoint_list();
+    assert_eq!(sizes.last(), Some(&45));
+    assert!(sizes.iter().all(|s| *s <= 15 || (s - 15) % 4 == 0 || *s == 45), "a checkpoint inside a batch: {sizes:?}");
+    for (i, e) in more.iter().enumerate() {
+        let got = log.run(&["get", e["id"].as_str().unwrap()]).ok().json();
+        assert_eq!(got["seq"], 15 + i as u64, "events keep the file's order");
+    }
+    log.run(&["verify"]).ok();
     let out = log.run(&["append", "--batch-size", "0", &log.write("x.ndjson", ndjson(&[custom_event(&fixture_id(50))]))]).code(2);
     assert!(out.stderr.contains("--batch-size"), "{}", out.stderr);
-    assert_eq!(log.tree_size(), 15);
+    assert_eq!(log.tree_size(), 45);
 }
 
 #[test]

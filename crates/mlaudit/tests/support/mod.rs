@@ -183,11 +183,17 @@ impl Log {
 
     /// Initializes a log and appends the known data set in batches of 5 (checkpoints at 0, 5,
     /// 10, 15).
+    /// A log holding the fixture's 15 events in three groups of five, each with its
+    /// checkpoint (three appends: one append may merge its batches into fewer groups).
     pub fn with_fixture(name: &str) -> Log {
         let log = Log::new(name);
-        let file = log.write("fixture.ndjson", fixture_ndjson());
-        let out = log.run(&["append", &file, "--batch-size", "5"]).ok();
-        assert!(out.stdout.starts_with("appended 15 events, seq 0..=14\n"), "{}", out.stdout);
+        let events = fixture();
+        for (k, part) in events.chunks(5).enumerate() {
+            let file = log.write(&format!("fixture-{k}.ndjson"), ndjson(part));
+            let out = log.run(&["append", &file]).ok();
+            let want = format!("appended 5 events, seq {}..={}\n", k * 5, k * 5 + 4);
+            assert!(out.stdout.starts_with(&want), "{}", out.stdout);
+        }
         log
     }
 }
