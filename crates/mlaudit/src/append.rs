@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use mlaudit_core::event::PreparedEvent;
 use mlaudit_store::ingest::{ndjson_lines, prepare_lines};
 use mlaudit_store::{AppendReceipt, Store, StoreError};
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::io::Read;
 use std::path::Path;
 use std::sync::mpsc;
@@ -51,44 +51,38 @@ pub struct Appended {
 const IN_FLIGHT: usize = 4;
 
 /// Appends validated events in durable batches of `batch_size`, up to [`IN_FLIGHT`] at a
-/// time. Each batch is atomic and durable when answered; answers are taken in order and the
-/// first failure is returned (batches already submitted after it may still be written: the
-/// events' ids make a re-run safe).
+/// time. Each batch is atomic and durable when answered; answers are taken in submission
+/// order, and the first failure is returned (batches still in flight may be written after it:
+/// the events' ids make a re-run safe).
 pub fn append_events(store: &dyn Store, events: Vec<PreparedEvent>, batch_size: usize, progress: &mut Progress) -> Result<Appended> {
+    let batch_size = batch_size.max(1);
     let mut out = Appended::default();
     let mut done = 0u64;
     let mut events = events.into_iter().peekable();
-    let (tx, rx) = mpsc::channel::<(usize, Result<AppendReceipt, StoreError>)>();
-    let mut answers: BTreeMap<usize, Result<AppendReceipt, StoreError>> = BTreeMap::new();
-    let (mut sent, mut taken) = (0usize, 0usize);
+    // One channel per batch: a store that dropped a callback unanswered ends the wait with an
+    // error instead of a hang.
+    let mut in_flight: VecDeque<mpsc::Receiver<Result<AppendReceipt, StoreError>>> = VecDeque::new();
     loop {
-        while sent - taken < IN_FLIGHT && events.peek().is_some() {
+        while in_flight.len() < IN_FLIGHT && events.peek().is_some() {
             let batch: Vec<PreparedEvent> = events.by_ref().take(batch_size).collect();
-            let (tx, k) = (tx.clone(), sent);
-            store.submit(batch, Box::new(move |outcome| drop(tx.send((k, outcome)))));
-            sent += 1;
+            let (tx, rx) = mpsc::channel();
+            store.submit(batch, Box::new(move |outcome| drop(tx.send(outcome))));
+            in_flight.push_back(rx);
         }
-        if taken == sent {
-            return Ok(out);
-        }
-        let (k, outcome) = rx.recv().context("the store dropped a batch unanswered")?;
-        answers.insert(k, outcome);
-        while let Some(outcome) = answers.remove(&taken) {
-            let receipt = outcome?;
-            taken += 1;
-            for e in &receipt.events {
-                if e.duplicate {
-                    out.duplicates += 1;
-                } else {
-                    out.new += 1;
-                    out.first_seq.get_or_insert(e.seq);
-                    out.last_seq = Some(e.seq);
-                }
+        let Some(oldest) = in_flight.pop_front() else { return Ok(out) };
+        let receipt = oldest.recv().context("the store dropped a batch unanswered")??;
+        for e in &receipt.events {
+            if e.duplicate {
+                out.duplicates += 1;
+            } else {
+                out.new += 1;
+                out.first_seq.get_or_insert(e.seq);
+                out.last_seq = Some(e.seq);
             }
-            done += receipt.events.len() as u64;
-            progress.set(done);
-            out.checkpoint = receipt.checkpoint;
         }
+        done += receipt.events.len() as u64;
+        progress.set(done);
+        out.checkpoint = receipt.checkpoint;
     }
 }
 

@@ -173,7 +173,7 @@ fn append_from_stdin_dash_and_default() {
 }
 
 #[test]
-fn append_batches_are_atomic_and_every_checkpoint_closes_a_batch() {
+fn a_pipelined_append_keeps_file_order_and_every_checkpoint_closes_a_batch() {
     let log = Log::with_fixture("append-batches");
     assert_eq!(log.checkpoint_list(), vec![0, 5, 10, 15]);
     // One append of 30 events in batches of 4, submitted a few at a time: the store may merge

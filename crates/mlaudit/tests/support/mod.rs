@@ -181,8 +181,6 @@ impl Log {
         self.data.join("key").join("verifier.key").to_str().expect("utf-8 path").to_owned()
     }
 
-    /// Initializes a log and appends the known data set in batches of 5 (checkpoints at 0, 5,
-    /// 10, 15).
     /// A log holding the fixture's 15 events in three groups of five, each with its
     /// checkpoint (three appends: one append may merge its batches into fewer groups).
     pub fn with_fixture(name: &str) -> Log {
