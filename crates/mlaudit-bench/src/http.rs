@@ -105,9 +105,9 @@ impl Client {
 /// Sends `bodies` from `clients` concurrent keep-alive connections, multiplexed on one thread
 /// (as wrk or oha do: a thread per connection would take a third of the two cores and add
 /// its own scheduling delays to every latency); returns (seconds, sorted latencies in s).
-fn drive(addr: SocketAddr, token: &str, clients: usize, bodies: &[Vec<u8>]) -> Result<(f64, Vec<f64>)> {
+fn drive(addr: SocketAddr, token: &str, clients: usize, bodies: Vec<Vec<u8>>) -> Result<(f64, Vec<f64>)> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(bodies.to_vec());
+    let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
     let token = token.to_owned();
     runtime.block_on(async move {
@@ -183,7 +183,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 .map(|r| (0..batch).map(|k| event_line(seq + r * batch + k) + "\n").collect::<String>().into_bytes())
                 .collect();
             seq += requests * batch;
-            let (secs, lat) = drive(addr, &token, clients, &bodies)?;
+            let (secs, lat) = drive(addr, &token, clients, bodies)?;
             let events = (requests * batch) as f64;
             let ctx = json!({ "clients": clients, "batch": batch, "requests": requests });
             emit("http", "mlaudit", "events_per_s", events / secs, ctx.clone());
