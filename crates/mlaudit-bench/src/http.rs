@@ -4,7 +4,7 @@
 //! in-process store append of the same events measured in the same run (the ratio is the
 //! server's overhead).
 
-use crate::ingest::{emit, event_line, ingest_store};
+use crate::ingest::{cpu_us_per_event, emit, event_line, ingest_store, process_cpu_seconds};
 use anyhow::{anyhow, bail, Context, Result};
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
@@ -167,8 +167,10 @@ pub fn run(args: &[String]) -> Result<()> {
     // Baseline: the in-process append of the same kind of events, in its own store.
     let (base_store, _) = EmbeddedStore::open(&o.dir.join("inproc"), Some(signer.clone()))?;
     let base_batches: Vec<Vec<String>> = (0..o.events).step_by(1000).map(|s| (s..(s + 1000).min(o.events)).map(event_line).collect()).collect();
+    let cpu = process_cpu_seconds();
     let inproc = o.events as f64 / ingest_store(&base_store, &base_batches)?;
     emit("http", "inproc", "events_per_s", inproc, json!({ "events": o.events, "batch": 1000 }));
+    emit("http", "inproc", "cpu_us_per_event", cpu_us_per_event(cpu, o.events), json!({ "events": o.events, "batch": 1000 }));
     base_store.close()?;
     drop(base_store);
 
@@ -183,10 +185,12 @@ pub fn run(args: &[String]) -> Result<()> {
                 .map(|r| (0..batch).map(|k| event_line(seq + r * batch + k) + "\n").collect::<String>().into_bytes())
                 .collect();
             seq += requests * batch;
+            let cpu = process_cpu_seconds();
             let (secs, lat) = drive(addr, &token, clients, bodies)?;
             let events = (requests * batch) as f64;
             let ctx = json!({ "clients": clients, "batch": batch, "requests": requests });
             emit("http", "mlaudit", "events_per_s", events / secs, ctx.clone());
+            emit("http", "mlaudit", "cpu_us_per_event", cpu_us_per_event(cpu, requests * batch), ctx.clone());
             emit("http", "mlaudit", "ack_p50_ms", pct(&lat, 0.50) * 1e3, ctx.clone());
             emit("http", "mlaudit", "ack_p99_ms", pct(&lat, 0.99) * 1e3, ctx.clone());
             if batch > 1 {

@@ -57,6 +57,25 @@ pub fn emit(bench: &str, engine: &str, metric: &str, value: f64, extra: serde_js
     println!("{line}");
 }
 
+/// CPU seconds this process has used so far, all threads, user and system (from
+/// `/proc/self/stat`, in ticks of 1/100 s); `None` where that file cannot be read.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let mut rest = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let utime: u64 = rest.nth(11)?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// CPU microseconds per event between two [`process_cpu_seconds`] readings.
+pub fn cpu_us_per_event(before: Option<f64>, events: usize) -> f64 {
+    match (before, process_cpu_seconds()) {
+        (Some(b), Some(a)) if events > 0 => (a - b) * 1e6 / events as f64,
+        _ => f64::NAN,
+    }
+}
+
 /// One realistic prediction event of about 300 bytes.
 pub fn event_line(i: usize) -> String {
     let r = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -128,6 +147,35 @@ fn ingest_jsonl(dir: &Path, batches: &[Vec<String>]) -> Result<f64> {
         f.write_all(&buf)?;
         f.sync_data()?;
     }
+    let secs = t.elapsed().as_secs_f64();
+    std::fs::remove_file(path)?;
+    Ok(secs)
+}
+
+/// The disk's ceiling for a log that stores `bytes_per_event` per event: batches of that many
+/// bytes of nothing (no parsing, hashing or indexing) written by one thread while another
+/// `fdatasync`s without pause, so that the disk is never idle waiting for the CPU. No design
+/// that writes as many bytes durably can append faster on this disk. Returns seconds.
+fn disk_ceiling(dir: &Path, bytes_per_event: usize, events: usize) -> Result<f64> {
+    let path = dir.join("ceiling.bin");
+    let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
+    let chunk: Vec<u8> = (0..bytes_per_event.max(1) * BATCH).map(|i| (i * 31 % 251) as u8).collect();
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    let t = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let syncer = s.spawn(|| -> std::io::Result<()> {
+            while writing.load(Ordering::Relaxed) {
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+        let wrote = (0..events.div_ceil(BATCH)).try_for_each(|_| (&file).write_all(&chunk));
+        writing.store(false, Ordering::Relaxed);
+        syncer.join().map_err(|_| anyhow::anyhow!("syncer panicked"))??;
+        wrote?;
+        file.sync_data()?;
+        Ok(())
+    })?;
     let secs = t.elapsed().as_secs_f64();
     std::fs::remove_file(path)?;
     Ok(secs)
@@ -213,8 +261,10 @@ pub fn run(args: &[String]) -> Result<()> {
     ours_ctx["clients"] = o.clients.into();
 
     if o.only_mlaudit {
+        let cpu = process_cpu_seconds();
         let t = ingest_store_with(&store, &input, o.clients)?;
-        emit_ingest("mlaudit", "events_per_s", o.events as f64 / t, ours_ctx);
+        emit_ingest("mlaudit", "events_per_s", o.events as f64 / t, ours_ctx.clone());
+        emit_ingest("mlaudit", "cpu_us_per_event", cpu_us_per_event(cpu, o.events), ours_ctx);
         return Ok(());
     }
     let jsonl = o.events as f64 / ingest_jsonl(&o.dir, &input)?;
@@ -222,8 +272,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let sqlite_events = o.events.min(200_000);
     let sqlite = sqlite_events as f64 / ingest_sqlite(&o.dir, &input[..sqlite_events.div_ceil(BATCH)])?;
     emit_ingest("sqlite", "events_per_s", sqlite, json!({ "events": sqlite_events, "batch": BATCH }));
+    let cpu = process_cpu_seconds();
     let ours = o.events as f64 / ingest_store_with(&store, &input, o.clients)?;
-    emit_ingest("mlaudit", "events_per_s", ours, ours_ctx);
+    emit_ingest("mlaudit", "events_per_s", ours, ours_ctx.clone());
+    emit_ingest("mlaudit", "cpu_us_per_event", cpu_us_per_event(cpu, o.events), ours_ctx);
     emit_ingest("mlaudit", "ratio_vs_jsonl", ours / jsonl, json!({}));
     emit_ingest("mlaudit", "ratio_vs_sqlite", ours / sqlite, json!({}));
     drop(input);
@@ -231,6 +283,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let disk = dir_bytes(&store_dir, false)? as f64 / o.events.max(1) as f64;
     let seg = dir_bytes(&store_dir, true)? as f64 / o.events.max(1) as f64;
     emit_ingest("mlaudit", "bytes_per_event", disk, json!({ "segments_only": (seg * 10.0).round() / 10.0, "json_bytes": bytes / o.events.max(1) }));
+    let ceiling = o.events as f64 / disk_ceiling(&o.dir, disk.round() as usize, o.events)?;
+    emit_ingest("disk_ceiling", "events_per_s", ceiling, json!({ "events": o.events, "batch": BATCH, "bytes_per_event": disk.round() }));
 
     let key = signer.verifier();
     let t = Instant::now();

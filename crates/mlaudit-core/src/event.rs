@@ -274,7 +274,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
             }
             fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Attrs<'a>, M::Error> {
                 let mut out: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'a, str>>()? {
+                while let Some(Str(key)) = map.next_key::<Str<'a>>()? {
                     if out.iter().any(|(k, _)| *k == key) {
                         return Err(serde::de::Error::custom(format_args!("duplicate key {key:?}")));
                     }
@@ -428,6 +428,29 @@ fn finish(json: &str, principal: &str, p: Parts<'_>) -> Result<PreparedEvent, Ev
     })
 }
 
+/// A JSON string, borrowed from the input unless it holds escapes. (serde's own
+/// `Deserialize for Cow<str>` always allocates; only derived fields marked `borrow` borrow.)
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Str<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Str<'a>, E> {
+                Ok(Str(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
 /// A subject value: a string or an integer, kept as text.
 struct Ident<'a>(Cow<'a, str>);
 
@@ -490,11 +513,11 @@ impl<'de: 'a, 'a> Deserialize<'de> for FastActor<'a> {
             fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<FastActor<'a>, M::Error> {
                 use serde::de::Error;
                 let (mut id, mut kind) = (None, None);
-                while let Some(key) = map.next_key::<Cow<'a, str>>()? {
+                while let Some(Str(key)) = map.next_key::<Str<'a>>()? {
                     match &*key {
-                        "id" if id.is_none() => id = Some(map.next_value::<Cow<'a, str>>()?),
+                        "id" if id.is_none() => id = Some(map.next_value::<Str<'a>>()?.0),
                         "type" if kind.is_none() => {
-                            kind = Some(match &*map.next_value::<Cow<'a, str>>()? {
+                            kind = Some(match &*map.next_value::<Str<'a>>()?.0 {
                                 "user" => ActorType::User,
                                 "service" => ActorType::Service,
                                 _ => return Err(M::Error::custom("bad actor type")),
@@ -528,7 +551,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for FastSubject<'a> {
                 use serde::de::Error;
                 let mut out: Vec<(SubjectField, Cow<'a, str>)> = Vec::with_capacity(4);
                 let mut seen = 0u16;
-                while let Some(key) = map.next_key::<Cow<'a, str>>()? {
+                while let Some(Str(key)) = map.next_key::<Str<'a>>()? {
                     let field = SubjectField::ALL.into_iter().find(|f| f.as_str() == key).ok_or_else(|| M::Error::custom("unknown subject field"))?;
                     if seen & (1 << field.code()) != 0 {
                         return Err(M::Error::custom("duplicate subject field"));

@@ -455,6 +455,16 @@ fn malformed_documents_give_clear_errors() {
     );
     assert!(err(&format!(r#"{{{base},"subject":{{"model":"a","model":"b"}}}}"#)).to_string().starts_with("subject duplicate field `model`"));
     assert!(err(r#"{"kind":"x.foo","actor":{"id":"a","id":"b","type":"user"}}"#).to_string().starts_with("actor duplicate field `id`"));
+    // Keys written with escapes are the same keys (they are decoded, not compared as text).
+    assert_eq!(
+        err(&format!(r#"{{{base},"attributes":{{"reason":"a","re\u0061son":"b"}}}}"#)).to_string(),
+        "attributes duplicate key \"reason\""
+    );
+    let escaped = must_prepare(r#"{"kind":"registry.approval_granted","actor":{"\u0069d":"b\u00f6b","typ\u0065":"user"},"subject":{"m\u006fdel":"m","version":"7"},"attributes":{"appr\u006fver":"bob","re\u0061son":"ok"}}"#);
+    assert_eq!(escaped.actor_id, "b\u{f6}b");
+    assert_eq!(escaped.subjects, vec![(SubjectField::Model, "m".to_owned()), (SubjectField::Version, "7".to_owned())]);
+    let e = err(r#"{"kind":"registry.approval_granted","actor":{"id":"a","type":"user"},"subject":{"model":"m","version":"7"},"attributes":{"appr\u006fverx":"bob","reason":"ok"}}"#);
+    assert_eq!(e.to_string(), "registry.approval_granted: attributes.approver is required");
     // Size limit (after trimming surrounding whitespace).
     let big = format!(r#"{{{base},"attributes":{{"blob":"{}"}}}}"#, "a".repeat(MAX_EVENT_BYTES));
     assert_eq!(err(&big).to_string(), format!("event is {} bytes; the limit is {MAX_EVENT_BYTES}", big.len()));
