@@ -114,7 +114,7 @@ impl NoteSigner {
 
     /// The matching verifier.
     pub fn verifier(&self) -> NoteVerifier {
-        NoteVerifier { name: self.name.clone(), id: self.id, key: self.key.verifying_key() }
+        NoteVerifier { name: self.name.as_str().into(), id: self.id, key: self.key.verifying_key() }
     }
 
     /// Signs `text` (which must end in a newline) and returns the whole signed note.
@@ -156,7 +156,8 @@ fn check_text(text: &str) -> Result<(), NoteError> {
 /// A note verifier key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoteVerifier {
-    name: String,
+    /// Shared: a server clones its verifier for every request.
+    name: std::sync::Arc<str>,
     id: [u8; 4],
     key: VerifyingKey,
 }
@@ -174,7 +175,7 @@ impl NoteVerifier {
             return Err(NoteError::KeyIdMismatch);
         }
         let key = VerifyingKey::from_bytes(&public).map_err(|_| NoteError::MalformedKey("not a valid Ed25519 public key"))?;
-        Ok(NoteVerifier { name: name.to_owned(), id, key })
+        Ok(NoteVerifier { name: name.into(), id, key })
     }
 
     /// The key's name.
@@ -206,7 +207,7 @@ impl NoteVerifier {
             let body = line.strip_prefix(SIG_PREFIX).ok_or(NoteError::MalformedNote("signature line must start with an em dash and a space"))?;
             let (name, blob) = body.split_once(' ').ok_or(NoteError::MalformedNote("signature line needs a name and a signature"))?;
             let blob = b64::decode(blob).map_err(|_| NoteError::MalformedNote("signature is not base64"))?;
-            if name != self.name || blob.len() < 4 || blob[..4] != self.id {
+            if name != &*self.name || blob.len() < 4 || blob[..4] != self.id {
                 continue;
             }
             let sig = ed25519_dalek::Signature::from_slice(&blob[4..]).map_err(|_| NoteError::BadSignature(self.to_text()))?;
