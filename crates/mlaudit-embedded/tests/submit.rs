@@ -14,7 +14,7 @@ fn submitted_batches_are_answered_once_durable_and_in_queue_order() {
     let dir = TempDir::new("submit");
     let (store, _) = open(dir.path());
     let mut rng = Rng::new(0x5eed_0042);
-    let (tx, rx) = mpsc::channel::<(usize, Result<AppendReceipt, StoreError>, usize)>();
+    let (tx, rx) = mpsc::channel::<(usize, Result<AppendReceipt, StoreError>)>();
     let mut ids = Vec::new();
     for b in 0..40usize {
         let batch: Vec<_> = (0..25u64)
