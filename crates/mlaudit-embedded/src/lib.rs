@@ -433,7 +433,7 @@ impl Store for EmbeddedStore {
     fn submit(&self, events: Vec<PreparedEvent>, done: mlaudit_store::AppendDone) {
         match self.writer() {
             Ok(writer) => writer.submit(events, done),
-            Err(e) => done(Err(e), events),
+            Err(e) => done(Err(e)),
         }
     }
 
@@ -441,7 +441,7 @@ impl Store for EmbeddedStore {
         match self.writer() {
             Ok(writer) => writer.try_submit(events, done),
             Err(e) => {
-                done(Err(e), events);
+                done(Err(e));
                 Ok(())
             }
         }

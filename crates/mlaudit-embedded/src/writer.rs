@@ -58,8 +58,8 @@ type Answer = (Result<AppendReceipt, StoreError>, Vec<PreparedEvent>);
 enum Reply {
     /// A thread blocked in [`Handle::append`].
     Wait(mpsc::Sender<Answer>),
-    /// A callback from [`Handle::submit`] (it runs on the syncer thread and gets the events
-    /// back).
+    /// A callback from [`Handle::submit`] (it runs on the syncer thread; the events are freed
+    /// there).
     Call(Callback),
 }
 
@@ -69,7 +69,10 @@ impl Reply {
             Reply::Wait(tx) => {
                 let _ = tx.send((answer, events));
             }
-            Reply::Call(mut done) => done.call(answer, events),
+            Reply::Call(mut done) => {
+                drop(events);
+                done.call(answer);
+            }
         }
     }
 }
@@ -81,16 +84,16 @@ impl Reply {
 struct Callback(Option<AppendDone>);
 
 impl Callback {
-    fn call(&mut self, answer: Result<AppendReceipt, StoreError>, events: Vec<PreparedEvent>) {
+    fn call(&mut self, answer: Result<AppendReceipt, StoreError>) {
         if let Some(done) = self.0.take() {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(answer, events)));
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || done(answer)));
         }
     }
 }
 
 impl Drop for Callback {
     fn drop(&mut self) {
-        self.call(Err(stopped()), Vec::new());
+        self.call(Err(stopped()));
     }
 }
 

@@ -25,16 +25,10 @@ fn submitted_batches_are_answered_once_durable_and_in_queue_order() {
             })
             .collect();
         let tx = tx.clone();
-        store.submit(batch, Box::new(move |outcome, back| tx.send((b, outcome, back.len())).unwrap()));
+        store.submit(batch, Box::new(move |outcome| tx.send((b, outcome)).unwrap()));
     }
     drop(tx);
-    let mut answers: Vec<(usize, AppendReceipt)> = rx
-        .iter()
-        .map(|(b, r, back)| {
-            assert_eq!(back, 25, "the callback gets the batch's events back");
-            (b, r.expect("append failed"))
-        })
-        .collect();
+    let mut answers: Vec<(usize, AppendReceipt)> = rx.iter().map(|(b, r)| (b, r.expect("append failed"))).collect();
     assert_eq!(answers.len(), 40);
     answers.sort_by_key(|(b, _)| *b);
     for (b, receipt) in &answers {
@@ -53,7 +47,7 @@ fn submitted_batches_are_answered_once_durable_and_in_queue_order() {
     store.close().unwrap();
     let (tx, rx) = mpsc::channel();
     let late = Spec::simple(rng.id(), "registry.promotion_requested", 5000).prepare();
-    store.submit(vec![late], Box::new(move |outcome, _| tx.send(outcome).unwrap()));
+    store.submit(vec![late], Box::new(move |outcome| tx.send(outcome).unwrap()));
     assert!(matches!(rx.recv().unwrap(), Err(StoreError::WriterStopped(_))));
 }
 
@@ -63,10 +57,10 @@ fn a_panicking_callback_does_not_stop_the_writer_and_try_submit_queues() {
     let (store, _) = open(dir.path());
     let mut rng = Rng::new(0x5eed_0043);
     let first = Spec::simple(rng.id(), "registry.promotion_requested", 1).prepare();
-    store.submit(vec![first], Box::new(|_, _| panic!("a careless callback")));
+    store.submit(vec![first], Box::new(|_| panic!("a careless callback")));
     let (tx, rx) = mpsc::channel();
     let second = Spec::simple(rng.id(), "registry.promotion_requested", 2).prepare();
-    let queued = store.try_submit(vec![second], Box::new(move |outcome, _| tx.send(outcome).unwrap()));
+    let queued = store.try_submit(vec![second], Box::new(move |outcome| tx.send(outcome).unwrap()));
     assert!(queued.is_ok(), "an idle writer's queue has room");
     let receipt = rx.recv().unwrap().expect("the writer survived the panic");
     assert_eq!((receipt.events[0].seq, receipt.tree_size), (1, 2));

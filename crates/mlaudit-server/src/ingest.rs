@@ -104,11 +104,11 @@ pub async fn post_events(
     let metrics = state.metrics.clone();
     // Counted here, not after the await: a client that disconnects while waiting does not
     // make its durable events go uncounted.
-    let done: mlaudit_store::AppendDone = Box::new(move |outcome, events| {
+    let done: mlaudit_store::AppendDone = Box::new(move |outcome| {
         if let Ok(receipt) = &outcome {
             count_ingested(&metrics, &stages, receipt);
         }
-        let _ = tx.send((outcome, events));
+        let _ = tx.send(outcome);
     });
     if let Err((events, done)) = state.store.try_submit(events, done) {
         // The store's queue is full, or the engine's submit waits for the disk: not on an
@@ -116,9 +116,7 @@ pub async fn post_events(
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.submit(events, done));
     }
-    let (outcome, events_back) = rx.await.map_err(|_| ApiError::Internal("the store dropped the append".into()))?;
-    drop(events_back); // here, on an async worker: where they were allocated, for a small batch
-    let receipt = outcome?;
+    let receipt = rx.await.map_err(|_| ApiError::Internal("the store dropped the append".into()))??;
     Ok(receipt_json(&receipt))
 }
 

@@ -187,11 +187,8 @@ pub enum StoreError {
     Io { context: String, source: std::io::Error },
 }
 
-/// Called with the outcome of an append submitted with [`Store::submit`], and with the
-/// batch's events handed back so that the caller frees them where it allocated them (with
-/// mimalloc, memory freed by another thread costs more and comes back to its owner later);
-/// an engine that no longer holds them hands back an empty `Vec`.
-pub type AppendDone = Box<dyn FnOnce(Result<AppendReceipt, StoreError>, Vec<PreparedEvent>) + Send>;
+/// Called with the outcome of an append submitted with [`Store::submit`].
+pub type AppendDone = Box<dyn FnOnce(Result<AppendReceipt, StoreError>) + Send>;
 
 /// A storage engine for the log.
 ///
@@ -207,7 +204,7 @@ pub trait Store: Send + Sync {
     /// neither block nor call the store (it may run on the writer's own thread). The default
     /// appends on the calling thread.
     fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
-        done(self.append(events), Vec::new())
+        done(self.append(events))
     }
     /// [`Store::submit`] if it can be done without blocking; otherwise the batch and the
     /// callback come back, for the caller to submit where blocking is allowed. An async

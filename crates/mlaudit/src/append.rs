@@ -61,18 +61,16 @@ pub fn append_events(store: &dyn Store, events: Vec<PreparedEvent>, batch_size: 
     let mut events = events.into_iter().peekable();
     // One channel per batch: a store that dropped a callback unanswered ends the wait with an
     // error instead of a hang.
-    let mut in_flight: VecDeque<mpsc::Receiver<(Result<AppendReceipt, StoreError>, Vec<PreparedEvent>)>> = VecDeque::new();
+    let mut in_flight: VecDeque<mpsc::Receiver<Result<AppendReceipt, StoreError>>> = VecDeque::new();
     loop {
         while in_flight.len() < IN_FLIGHT && events.peek().is_some() {
             let batch: Vec<PreparedEvent> = events.by_ref().take(batch_size).collect();
             let (tx, rx) = mpsc::channel();
-            store.submit(batch, Box::new(move |outcome, events| drop(tx.send((outcome, events)))));
+            store.submit(batch, Box::new(move |outcome| drop(tx.send(outcome))));
             in_flight.push_back(rx);
         }
         let Some(oldest) = in_flight.pop_front() else { return Ok(out) };
-        let (outcome, events_back) = oldest.recv().context("the store dropped a batch unanswered")?;
-        drop(events_back);
-        let receipt = outcome?;
+        let receipt = oldest.recv().context("the store dropped a batch unanswered")??;
         for e in &receipt.events {
             if e.duplicate {
                 out.duplicates += 1;
