@@ -115,8 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{name}", axum::routing::put(tokens::set_role).delete(tokens::revoke))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), refuse_declared_oversize))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn(contain_panics))
@@ -144,24 +143,30 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Answers 413 at once when the declared `Content-Length` is over the body limit, instead of
-/// waiting for bytes that would be refused anyway.
-async fn refuse_declared_oversize(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
-        Some(len) if len > state.limits.max_body_bytes => ApiError::TooLarge {
-            limit: "max_body_bytes",
-            max: state.limits.max_body_bytes,
-            message: format!("the declared body of {len} bytes exceeds {} bytes", state.limits.max_body_bytes),
-        }
-        .into_response(),
-        _ => next.run(req).await,
+/// Every request's checks before its handler, in one middleware layer (each layer clones the
+/// state and the inner service per request): [`refuse_declared_oversize`], then
+/// [`authorize`].
+async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(refusal) = refuse_declared_oversize(&state, &req) {
+        return refusal.into_response();
     }
+    authorize(&state, req, next).await
+}
+
+/// 413 at once when the declared `Content-Length` is over the body limit, instead of waiting
+/// for bytes that would be refused anyway.
+fn refuse_declared_oversize(state: &AppState, req: &Request) -> Option<ApiError> {
+    let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())?;
+    (declared > state.limits.max_body_bytes).then(|| ApiError::TooLarge {
+        limit: "max_body_bytes",
+        max: state.limits.max_body_bytes,
+        message: format!("the declared body of {declared} bytes exceeds {} bytes", state.limits.max_body_bytes),
+    })
 }
 
 /// Authenticates the bearer token (401 when missing or wrong), checks the route's access
 /// against the token's role (403), and hands the [`Principal`] to the handler.
-async fn authorize(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn authorize(state: &AppState, mut req: Request, next: Next) -> Response {
     let access = match auth::required(req.method().as_str(), req.uri().path()) {
         Access::ProofMaterial if state.public_proofs => Access::Public,
         Access::ProofMaterial => Access::Read,

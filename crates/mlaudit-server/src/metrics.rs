@@ -40,7 +40,13 @@ impl Metrics {
 
     fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let Ok(mut map) = self.requests.lock() else { return };
-        let h = map.entry((method.to_owned(), route.to_owned(), status)).or_default();
+        // The keys are few (routes × methods × statuses seen): a scan finds an existing one
+        // without allocating its strings, as `entry` would on every request.
+        let is_key = |(m, r, s): &(String, String, u16)| m == method && r == route && *s == status;
+        if !map.keys().any(is_key) {
+            map.insert((method.to_owned(), route.to_owned(), status), Histogram::default());
+        }
+        let Some(h) = map.iter_mut().find(|(k, _)| is_key(k)).map(|(_, h)| h) else { return };
         if let Some(i) = LATENCY_BOUNDS.iter().position(|b| seconds <= *b) {
             h.buckets[i] += 1;
         }
@@ -51,11 +57,12 @@ impl Metrics {
 
 /// Times every request by its route template (never the raw path: ids would explode the labels).
 pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().as_str().to_owned();
-    let route = req.extensions().get::<MatchedPath>().map_or("unmatched", |m| m.as_str()).to_owned();
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let start = Instant::now();
     let response = next.run(req).await;
-    state.metrics.observe(&method, &route, response.status().as_u16(), start.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    state.metrics.observe(method.as_str(), route, response.status().as_u16(), start.elapsed().as_secs_f64());
     response
 }
 
