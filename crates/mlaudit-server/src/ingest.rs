@@ -9,9 +9,8 @@
 use crate::error::ApiError;
 use crate::auth::Principal;
 use crate::AppState;
-use axum::Extension;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -68,19 +67,18 @@ fn split<'a>(shape: &Shape, text: &'a str) -> Result<Vec<&'a str>, ApiError> {
     }
 }
 
-pub async fn post_events(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+pub async fn post_events(State(state): State<AppState>, mut req: Request) -> Result<Response, ApiError> {
     let limits = state.limits;
-    let body = body.map_err(|r| match r.status() {
+    // Taken from the request rather than through the `Extension` and `HeaderMap` extractors,
+    // which clone the principal and the whole header map on every request.
+    let principal = req.extensions_mut().remove::<Principal>().ok_or_else(|| ApiError::Internal("the request reached ingest without a principal".into()))?;
+    let shape = shape(req.headers());
+    let encoding = req.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let body = Bytes::from_request(req, &state).await.map_err(|r: BytesRejection| match r.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge { limit: "max_body_bytes", max: limits.max_body_bytes, message: format!("the body exceeds {} bytes", limits.max_body_bytes) },
         _ => ApiError::BadRequest(format!("cannot read the body: {r}")),
     })?;
-    let shape = shape(&headers)?;
-    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let shape = shape?;
     let gzip = match encoding.as_deref() {
         None | Some("identity") => false,
         Some("gzip") => true,

@@ -116,18 +116,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tokens/{name}", axum::routing::put(tokens::set_role).delete(tokens::revoke))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(axum::middleware::from_fn(contain_panics))
         .with_state(state)
 }
 
 /// A panic while handling a request (a bug: on the async worker, say in an engine's
 /// `try_submit`) answers 500 with the usual JSON error body, and is logged, instead of
 /// dropping the connection without a word.
-async fn contain_panics(req: Request, next: Next) -> Response {
+async fn contain_panics(work: impl std::future::Future<Output = Response>) -> Response {
     use futures_util::FutureExt;
-    match std::panic::AssertUnwindSafe(next.run(req)).catch_unwind().await {
+    match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
             let what = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
@@ -143,14 +141,26 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Every request's checks before its handler, in one middleware layer (each layer clones the
-/// state and the inner service per request): [`refuse_declared_oversize`], then
-/// [`authorize`].
+/// Every request's work around its handler, in one middleware layer (each layer clones the
+/// app state and the inner service stack per request): [`refuse_declared_oversize`], then
+/// [`authorize`], with panics contained ([`contain_panics`]), timed for the latency metric of
+/// the route template (never the raw path: ids would explode the labels; requests that match
+/// no route are not timed).
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(refusal) = refuse_declared_oversize(&state, &req) {
-        return refusal.into_response();
+    let method = req.method().clone();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
+    let start = std::time::Instant::now();
+    let response = contain_panics(async {
+        match refuse_declared_oversize(&state, &req) {
+            Some(refusal) => refusal.into_response(),
+            None => authorize(&state, req, next).await,
+        }
+    })
+    .await;
+    if let Some(route) = route {
+        state.metrics.observe(method.as_str(), route.as_str(), response.status().as_u16(), start.elapsed().as_secs_f64());
     }
-    authorize(&state, req, next).await
+    response
 }
 
 /// 413 at once when the declared `Content-Length` is over the body limit, instead of waiting

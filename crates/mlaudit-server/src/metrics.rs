@@ -3,16 +3,14 @@
 //! Hand-written: the format is small and a dependency would not make it clearer.
 
 use crate::AppState;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use mlaudit_core::event::Stage;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
 
 /// Upper bounds (seconds) of the request latency histogram.
 const LATENCY_BOUNDS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -38,7 +36,8 @@ impl Metrics {
         self.ingested[stage as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    /// Counts one request's latency under (method, route template, status).
+    pub(crate) fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let Ok(mut map) = self.requests.lock() else { return };
         // The keys are few (routes × methods × statuses seen): a scan finds an existing one
         // without allocating its strings, as `entry` would on every request.
@@ -55,16 +54,6 @@ impl Metrics {
     }
 }
 
-/// Times every request by its route template (never the raw path: ids would explode the labels).
-pub async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let start = Instant::now();
-    let response = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    state.metrics.observe(method.as_str(), route, response.status().as_u16(), start.elapsed().as_secs_f64());
-    response
-}
 
 fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
