@@ -29,11 +29,12 @@ enum Shape {
 
 fn shape(headers: &HeaderMap) -> Result<Shape, ApiError> {
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match mime.as_str() {
-        "application/json" => Ok(Shape::Json),
-        "application/x-ndjson" | "application/ndjson" => Ok(Shape::Ndjson),
-        "application/x-protobuf" | "application/protobuf" => Ok(Shape::Protobuf),
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    let is = |name: &str| mime.eq_ignore_ascii_case(name);
+    match mime {
+        _ if is("application/json") => Ok(Shape::Json),
+        _ if is("application/x-ndjson") || is("application/ndjson") => Ok(Shape::Ndjson),
+        _ if is("application/x-protobuf") || is("application/protobuf") => Ok(Shape::Protobuf),
         "" => Err(ApiError::UnsupportedMediaType("a Content-Type is required: application/json, application/x-ndjson or application/x-protobuf".into())),
         other => Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Type {other:?}: use application/json, application/x-ndjson or application/x-protobuf"))),
     }

@@ -64,6 +64,9 @@ pub async fn serve_tls(
                         continue;
                     }
                 };
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
+                }
                 let acceptor = acceptor.clone();
                 let service = TowerToHyperService::new(app.clone());
                 let watcher = graceful.watcher();
