@@ -143,11 +143,13 @@ fn bearer(req: &Request) -> Option<&str> {
 
 /// Every request's work around its handler, in one middleware layer (each layer clones the
 /// app state and the inner service stack per request): [`refuse_declared_oversize`], then
-/// [`authorize`], with panics contained ([`contain_panics`]), timed for the latency metric of
-/// the route template (never the raw path: ids would explode the labels; requests that match
-/// no route are not timed).
+/// [`authorize`], with panics contained ([`contain_panics`]), timed for the latency metric by
+/// method, route template and status. Every label comes from a bounded set, so that clients
+/// cannot grow the metric: the route template, never the raw path (ids would explode the
+/// labels); a method the standard does not name is `other`; requests that match no route are
+/// not timed (a 405 on a route's path is).
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let method = req.method().clone();
+    let method = method_label(req.method());
     let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
     let start = std::time::Instant::now();
     let response = contain_panics(async {
@@ -158,9 +160,17 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     })
     .await;
     if let Some(route) = route {
-        state.metrics.observe(method.as_str(), route.as_str(), response.status().as_u16(), start.elapsed().as_secs_f64());
+        state.metrics.observe(method, route.as_str(), response.status().as_u16(), start.elapsed().as_secs_f64());
     }
     response
+}
+
+/// The metric's method label: a method the standard names, else `other` (any token is a
+/// valid HTTP method, and a client's own would otherwise become a label).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    static KNOWN: [Method; 9] = [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS, Method::TRACE, Method::CONNECT];
+    KNOWN.iter().find(|m| *m == method).map_or("other", |m| m.as_str())
 }
 
 /// 413 at once when the declared `Content-Length` is over the body limit, instead of waiting

@@ -424,6 +424,17 @@ async fn metrics_count_ingest_latency_syncs_and_size() {
     let text = get(&f, "/metrics").await.text();
     assert!(text.contains("route=\"/v1/events/{id}\""), "{text}");
     assert!(!text.contains("00000000-0000-4000-8000-000000000001"), "{text}");
+    // Nor methods of the client's invention: every label comes from a bounded set.
+    for made_up in ["XYZ123", "ANOTHERONE"] {
+        let r = call(&f, Request::builder().method(made_up).uri("/healthz").body(Body::empty()).unwrap()).await;
+        assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let r = call(&f, Request::builder().method("XYZ123").uri("/no/such/route").body(Body::empty()).unwrap()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "an unknown path needs a token like any other");
+    let text = get(&f, "/metrics").await.text();
+    assert!(!text.contains("XYZ123") && !text.contains("ANOTHERONE"), "{text}");
+    assert!(text.contains("mlaudit_http_request_duration_seconds_count{method=\"other\",route=\"/healthz\",status=\"405\"} 2\n"), "{text}");
+    assert!(!text.contains("/no/such/route"), "{text}");
 }
 
 #[tokio::test]
