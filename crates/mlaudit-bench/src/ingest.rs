@@ -248,6 +248,16 @@ fn proof_latency(store: &EmbeddedStore, size: usize, round: u64) -> Result<()> {
     Ok(())
 }
 
+/// Appends `input` from `o.clients` threads and prints mlaudit's events/s and CPU per event;
+/// returns events/s.
+fn measure_mlaudit(store: &EmbeddedStore, input: &[Vec<String>], o: &Opts, ctx: serde_json::Value) -> Result<f64> {
+    let cpu = process_cpu_seconds();
+    let rate = o.events as f64 / ingest_store_with(store, input, o.clients)?;
+    emit_ingest("mlaudit", "events_per_s", rate, ctx.clone());
+    emit_ingest("mlaudit", "cpu_us_per_event", cpu_us_per_event(cpu, o.events), ctx);
+    Ok(rate)
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     std::fs::create_dir_all(&o.dir)?;
@@ -262,10 +272,7 @@ pub fn run(args: &[String]) -> Result<()> {
     ours_ctx["clients"] = o.clients.into();
 
     if o.only_mlaudit {
-        let cpu = process_cpu_seconds();
-        let t = ingest_store_with(&store, &input, o.clients)?;
-        emit_ingest("mlaudit", "events_per_s", o.events as f64 / t, ours_ctx.clone());
-        emit_ingest("mlaudit", "cpu_us_per_event", cpu_us_per_event(cpu, o.events), ours_ctx);
+        measure_mlaudit(&store, &input, &o, ours_ctx)?;
         return Ok(());
     }
     let jsonl = o.events as f64 / ingest_jsonl(&o.dir, &input)?;
@@ -273,10 +280,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let sqlite_events = o.events.min(200_000);
     let sqlite = sqlite_events as f64 / ingest_sqlite(&o.dir, &input[..sqlite_events.div_ceil(BATCH)])?;
     emit_ingest("sqlite", "events_per_s", sqlite, json!({ "events": sqlite_events, "batch": BATCH }));
-    let cpu = process_cpu_seconds();
-    let ours = o.events as f64 / ingest_store_with(&store, &input, o.clients)?;
-    emit_ingest("mlaudit", "events_per_s", ours, ours_ctx.clone());
-    emit_ingest("mlaudit", "cpu_us_per_event", cpu_us_per_event(cpu, o.events), ours_ctx);
+    let ours = measure_mlaudit(&store, &input, &o, ours_ctx)?;
     emit_ingest("mlaudit", "ratio_vs_jsonl", ours / jsonl, json!({}));
     emit_ingest("mlaudit", "ratio_vs_sqlite", ours / sqlite, json!({}));
     drop(input);
