@@ -10,6 +10,8 @@ mod client;
 mod http;
 mod ingest;
 
+/// The server's allocator, built the same way (`no_thp`, see `crates/mlaudit/src/main.rs`), so
+/// that the in-process server measured here is the one `mlaudit serve` runs.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
