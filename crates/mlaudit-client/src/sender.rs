@@ -105,7 +105,7 @@ impl SenderLoop {
             timeout: b.timeout,
             inflight: None,
             spool_batch: b.max_batch,
-            taken: std::collections::VecDeque::with_capacity(b.queue_capacity.min(1 << 16)),
+            taken: crate::logger::prefaulted_queue(b.queue_capacity),
             last_warning: None,
         }
     }
