@@ -27,7 +27,8 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
   the decorator, without it again (an A/A control: two identical conditions, whose p99 ratio
   is what this machine's noise alone produces), and with ``@logger.predictions`` (high risk:
   every call logged, the sender delivering meanwhile); p50/p99 of each call's latency as the
-  caller sees it, the decorated/plain p99 ratio and the A/A p99 ratio.
+  caller sees it, the decorated/plain p99 ratio and the A/A p99 ratio, each with a 95 %
+  block-bootstrap interval (``predict_p99_ratio_ci95_low``/``_high``).
 
 The server is started here (``mlaudit init`` in a temporary directory, ``mlaudit serve`` on a
 free port; binary from ``$MLAUDIT_BIN``, else target/release, else target/debug) unless
@@ -319,13 +320,14 @@ def bench_predict(url, token, seconds, work):
     # (this VM's noise drifts over seconds); pool each condition's samples. The order rotates
     # from round to round, so that the sender's leftover work after a decorated block falls
     # on each undecorated condition equally often.
-    samples = {"without": [], "again": [], "with": []}
+    per_block = {"without": [], "again": [], "with": []}
     fns = {"without": plain, "again": plain_again, "with": decorated}
     order = list(fns)
     blocks = max(1, int(round(seconds / 0.25)))
     for b in range(blocks):
         for name in order[b % 3:] + order[:b % 3]:
-            samples[name] += paced(fns[name], seconds / blocks)
+            per_block[name].append(paced(fns[name], seconds / blocks))
+    samples = {name: [x for blk in bl for x in blk] for name, bl in per_block.items()}
     without_s, again_s, with_s = samples["without"], samples["again"], samples["with"]
     without, again, with_ = percentiles(without_s), percentiles(again_s), percentiles(with_s)
     # The decorator's own cost on the caller's thread, without the predict work: a no-op
@@ -362,6 +364,30 @@ def bench_predict(url, token, seconds, work):
          logged=st["sent"], delivered=delivered, **ctx)
     emit("predict", "plain-again", "predict_p99_ratio", round(again["p99"] / without["p99"], 3),
          note="A/A control: the undecorated function against itself", **ctx)
+    for engine, name in (("mlaudit-python", "with"), ("plain-again", "again")):
+        low, high = p99_ratio_interval(per_block["without"], per_block[name])
+        emit("predict", engine, "predict_p99_ratio_ci95_low", low, **ctx)
+        emit("predict", engine, "predict_p99_ratio_ci95_high", high, **ctx,
+             note="block bootstrap: the 0.25 s blocks of each condition resampled with "
+                  "replacement, 500 times")
+
+
+def p99_ratio_interval(base_blocks, other_blocks, rounds=500, seed=1):
+    """A 95 % interval for p99(other) / p99(base): each condition's 0.25 s blocks resampled
+    with replacement (blocks, not single calls, since the machine's noise comes in spells
+    that span many consecutive calls). If the interval holds 1, this run cannot tell the two
+    conditions' p99 apart."""
+    import random
+    rng = random.Random(seed)
+
+    def p99(blocks):
+        s = sorted(x for blk in blocks for x in blk)
+        return s[min(len(s) - 1, int(0.99 * len(s)))]
+
+    ratios = sorted(p99([rng.choice(other_blocks) for _ in other_blocks])
+                    / p99([rng.choice(base_blocks) for _ in base_blocks])
+                    for _ in range(rounds))
+    return round(ratios[int(0.025 * rounds)], 3), round(ratios[int(0.975 * rounds) - 1], 3)
 
 
 def main() -> int:
