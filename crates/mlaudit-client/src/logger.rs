@@ -38,7 +38,8 @@ pub enum StartError {
     /// The spool directory cannot be opened, read or locked.
     #[error("spool {dir}: {source}")]
     Spool { dir: PathBuf, source: std::io::Error },
-    /// Another logger (in this or another process) has the spool directory.
+    /// Another logger (in this or another process) has the spool directory (still, after
+    /// half a second of waiting for it).
     #[error("spool {0} is in use by another logger")]
     SpoolInUse(PathBuf),
     /// A setting is out of range.
@@ -82,15 +83,23 @@ pub(crate) enum Msg {
     Shutdown(Option<Instant>),
 }
 
+/// How long `start` waits for the spool directory's lock before answering `SpoolInUse`. A
+/// dropped logger releases the lock at once, unless another thread of the process is forking
+/// a child at that moment: the child holds a copy of the lock's descriptor (an `flock` is
+/// released only when every copy is closed) until it execs, for a few milliseconds at most.
+const SPOOL_LOCK_GRACE: Duration = Duration::from_millis(500);
+
 /// Most slots a queue buffer reserves up front (more are allocated as the queue grows).
 const PREALLOCATED_SLOTS: usize = 1 << 16;
 
 /// An empty queue buffer whose reserved slots are already in memory. `with_capacity` only
 /// reserves address space: the first push into each 4 KiB page would take a page fault on
-/// the caller's thread (1-2 µs on a VM, about one `log()` call in ten for the first
-/// `capacity` calls, since a slot is ~430 bytes). Writing every slot once here moves those
-/// faults to the logger's start. There are two such buffers (the callers' and the sender's,
-/// swapped), ~4 MiB each at the default capacity of 10,000.
+/// the caller's thread (1-2 µs on a VM; a slot is 424 bytes, so about one `log()` call in ten
+/// until both buffers had been filled once, i.e. for the first 2 × capacity calls). Writing
+/// every slot once here moves those faults to the logger's start. There are two such buffers
+/// (the callers' and the sender's, swapped), resident from the start: ~4 MiB each at the
+/// default capacity of 10,000, at most ~26.5 MiB each (65,536 slots; a larger queue grows
+/// beyond that as it fills).
 pub(crate) fn prefaulted_queue(capacity: usize) -> VecDeque<Msg> {
     let slots = capacity.min(PREALLOCATED_SLOTS);
     let mut q = VecDeque::with_capacity(slots);
@@ -227,6 +236,9 @@ impl Builder {
     }
 
     /// How many events the in-memory queue holds (default 10,000) before `log()` spools.
+    /// Two buffers of up to 65,536 slots of 424 bytes each are allocated and written when
+    /// the logger starts (about 8 MiB resident at the default), so that `log()` never takes
+    /// a first-touch page fault in them.
     pub fn queue_capacity(mut self, n: usize) -> Builder {
         self.queue_capacity = n;
         self
@@ -283,10 +295,14 @@ impl Builder {
         let io = |source| StartError::Spool { dir: dir.clone(), source };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(StartError::SpoolInUse(dir)),
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        let lock_deadline = Instant::now() + SPOOL_LOCK_GRACE;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < lock_deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(std::fs::TryLockError::WouldBlock) => return Err(StartError::SpoolInUse(dir)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+            }
         }
         let (spool, opened) = Spool::open(&dir, self.spool_max_bytes).map_err(io)?;
         if opened.torn_bytes > 0 {
@@ -455,10 +471,15 @@ impl Drop for AuditLogger {
 mod tests {
     use super::*;
 
-    /// A spill (the queue full) leaves the callers' buffer with its capacity: a fresh
-    /// `VecDeque` would be regrown by doubling, copying up to megabytes inside `log()`.
+    fn event(i: usize) -> Msg {
+        Msg::Event(Event::prediction_served("m", "1", format!("r{i}"), serde_json::json!({}), serde_json::json!({})))
+    }
+
+    /// A spill (the queue full) leaves the callers' buffer with its capacity, and the markers
+    /// queued among the events, in order: a fresh `VecDeque` would be regrown by doubling,
+    /// copying up to megabytes inside `log()`.
     #[test]
-    fn a_spill_keeps_the_queue_buffer() {
+    fn a_spill_keeps_the_queue_buffer_and_its_markers() {
         let dir = std::env::temp_dir().join(format!("mlaudit-client-spill-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         // Port 9 (discard) on loopback: nothing listens, so nothing is delivered.
@@ -466,15 +487,35 @@ mod tests {
             .spool_dir(&dir)
             .queue_capacity(100)
             .linger(Duration::from_secs(60))
+            .timeout(Duration::from_millis(100))
             .start()
             .unwrap();
-        let capacity = logger.shared.queue().items.capacity();
-        assert!(capacity >= 100, "the queue buffer is reserved up front ({capacity})");
-        for i in 0..250 {
-            logger.log(Event::prediction_served("m", "1", format!("r{i}"), serde_json::json!({}), serde_json::json!({})));
+        {
+            let shared = &logger.shared;
+            let mut q = shared.queue(); // the sender cannot swap buffers while this is held
+            let capacity = q.items.capacity();
+            assert!(capacity >= 100, "the queue buffer is reserved up front ({capacity})");
+            let (first, _first_phases) = std::sync::mpsc::channel();
+            let (second, second_phases) = std::sync::mpsc::channel();
+            for i in 0..50 {
+                q.items.push_back(event(i));
+            }
+            q.items.push_back(Msg::Flush(first));
+            q.items.push_back(Msg::Flush(second));
+            for i in 50..60 {
+                q.items.push_back(event(i));
+            }
+            q.events = 60;
+            let mut side = shared.spool();
+            shared.spill(&mut q, &mut side, Some(Event::prediction_served("m", "1", "last", serde_json::json!({}), serde_json::json!({}))));
+            assert_eq!(q.items.capacity(), capacity, "a spill keeps the buffer");
+            assert_eq!(q.events, 0);
+            assert_eq!(q.items.len(), 2, "the markers stay queued");
+            let (Msg::Flush(_), Msg::Flush(tail)) = (&q.items[0], &q.items[1]) else { panic!("the markers are not the two flushes") };
+            tail.send(Phase::Durable).unwrap();
+            assert!(second_phases.try_recv().is_ok(), "the markers keep their order");
         }
-        assert!(logger.stats().spooled > 0, "the queue overflowed into the spool");
-        assert!(logger.shared.queue().items.capacity() >= 100, "a spill keeps the buffer's capacity");
+        assert_eq!(logger.stats().spooled, 61, "every event went to the spool");
         logger.close(Duration::from_millis(200));
         let _ = std::fs::remove_dir_all(&dir);
     }
