@@ -28,7 +28,7 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
   is what this machine's noise alone produces), and with ``@logger.predictions`` (high risk:
   every call logged, the sender delivering meanwhile); p50/p99 of each call's latency as the
   caller sees it, the decorated/plain p99 ratio and the A/A p99 ratio, each with a 95 %
-  block-bootstrap interval (``predict_p99_ratio_ci95_low``/``_high``).
+  paired block-bootstrap interval (``predict_p99_ratio_ci95_low``/``_high``).
 
 The server is started here (``mlaudit init`` in a temporary directory, ``mlaudit serve`` on a
 free port; binary from ``$MLAUDIT_BIN``, else target/release, else target/debug) unless
@@ -208,7 +208,7 @@ def bench_mlaudit_paced(url, token, calls, rate, work):
         emit("log_paced", "mlaudit-python", f"log_{name.replace('.', '_')}_ns", p[name], **ctx)
     emit("log_paced", "mlaudit-python", "log_max_ns", p["max"], **ctx)
     emit("log_paced", "mlaudit-python", "spooled_events", st["spooled"], delivered=delivered,
-         **ctx)
+         retried=st["retried"], **ctx)
 
 
 def bench_http_sync(url, token, calls):
@@ -364,30 +364,36 @@ def bench_predict(url, token, seconds, work):
          logged=st["sent"], delivered=delivered, **ctx)
     emit("predict", "plain-again", "predict_p99_ratio", round(again["p99"] / without["p99"], 3),
          note="A/A control: the undecorated function against itself", **ctx)
+    note = ("paired block bootstrap: rounds of interleaved 0.25 s blocks resampled with "
+            "replacement, 500 times")
     for engine, name in (("mlaudit-python", "with"), ("plain-again", "again")):
         low, high = p99_ratio_interval(per_block["without"], per_block[name])
-        emit("predict", engine, "predict_p99_ratio_ci95_low", low, **ctx)
-        emit("predict", engine, "predict_p99_ratio_ci95_high", high, **ctx,
-             note="block bootstrap: the 0.25 s blocks of each condition resampled with "
-                  "replacement, 500 times")
+        emit("predict", engine, "predict_p99_ratio_ci95_low", low, note=note, **ctx)
+        emit("predict", engine, "predict_p99_ratio_ci95_high", high, note=note, **ctx)
 
 
 def p99_ratio_interval(base_blocks, other_blocks, rounds=500, seed=1):
-    """A 95 % interval for p99(other) / p99(base): each condition's 0.25 s blocks resampled
-    with replacement (blocks, not single calls, since the machine's noise comes in spells
-    that span many consecutive calls). If the interval holds 1, this run cannot tell the two
-    conditions' p99 apart."""
+    """A 95 % interval for p99(other) / p99(base). Block ``i`` of each condition ran in the
+    same round, back to back, so the rounds are resampled with replacement and each drawn
+    round contributes its block of both conditions: the pairing keeps what the interleaving
+    was for (both conditions see the same spells of machine noise), and whole blocks are
+    drawn, not single calls, since those spells span many consecutive calls. If the interval
+    holds 1, this run cannot tell the two conditions' p99 apart."""
     import random
     rng = random.Random(seed)
+    n = min(len(base_blocks), len(other_blocks))
 
     def p99(blocks):
         s = sorted(x for blk in blocks for x in blk)
         return s[min(len(s) - 1, int(0.99 * len(s)))]
 
-    ratios = sorted(p99([rng.choice(other_blocks) for _ in other_blocks])
-                    / p99([rng.choice(base_blocks) for _ in base_blocks])
-                    for _ in range(rounds))
-    return round(ratios[int(0.025 * rounds)], 3), round(ratios[int(0.975 * rounds) - 1], 3)
+    ratios = []
+    for _ in range(rounds):
+        drawn = [rng.randrange(n) for _ in range(n)]
+        ratios.append(p99([other_blocks[i] for i in drawn]) / p99([base_blocks[i] for i in drawn]))
+    ratios.sort()
+    tail = int(0.025 * rounds)
+    return round(ratios[tail], 3), round(ratios[rounds - 1 - tail], 3)
 
 
 def main() -> int:

@@ -17,9 +17,11 @@ mod token;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// Ingest allocates many small, short-lived objects; mimalloc keeps that cheap. It is built
-/// with `no_thp` (Cargo.toml): otherwise it asks for transparent huge pages on its arenas, and
-/// every 2 MiB page it purges and touches again is zeroed whole by the kernel, which took the
-/// HTTP batch ingest from about 3.5 to 5.5 CPU-µs per event (BENCHMARKS.md).
+/// with `no_thp` (Cargo.toml): otherwise it asks for transparent huge pages on its arenas
+/// (`madvise`), and every 2 MiB page it purges and touches again is zeroed whole by the
+/// kernel, which took the HTTP batch ingest from about 3.5 to 5.5 CPU-µs per event
+/// (BENCHMARKS.md). On a kernel whose THP mode is `always` rather than `madvise` this build
+/// option makes no difference.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use ledger::{InputError, VerifyFailed};
