@@ -368,6 +368,11 @@ impl AuditLogger {
     /// Records an event: samples it (predictions only), stamps its time if it has none, and
     /// queues it. Never waits for the network and never fails; when the queue is full the
     /// event (and everything queued before it) goes to the spool on disk.
+    //
+    // `#[inline]` (into the caller's code), with the rare paths (a rejected time, a spill) out
+    // of line in `#[cold]` functions: a `log()` called now and then runs with its code out of
+    // the caches, and fetching that code is most of what it costs then (BENCHMARKS.md).
+    #[inline]
     pub fn log(&self, mut event: Event) {
         if event.kind.starts_with("prediction.") {
             let rate = self.sampling.rate_for(event.subject.model.as_deref());
@@ -382,11 +387,7 @@ impl AuditLogger {
         }
         match event.time {
             None => event.time = Some(SystemTime::now()),
-            Some(t) if crate::encode::unix_nanos(t).is_none() => {
-                Counters::add(&self.shared.counters.rejected, 1);
-                tracing::error!(kind = %event.kind, "mlaudit: REJECTED an audit event whose time is outside the years 1677-2262");
-                return;
-            }
+            Some(t) if crate::encode::unix_nanos(t).is_none() => return self.reject_time(&event),
             Some(_) => {}
         }
         let mut q = self.shared.queue();
@@ -398,11 +399,25 @@ impl AuditLogger {
             }
             return;
         }
+        self.spill_from_log(q, event);
+    }
+
+    /// The queue is full: `event` and everything queued go to the spool, on this thread.
+    #[cold]
+    #[inline(never)]
+    fn spill_from_log(&self, mut q: MutexGuard<'_, Queue>, event: Event) {
         let mut side = self.shared.spool();
         self.shared.spill(&mut q, &mut side, Some(event));
         drop(side);
         drop(q);
         self.shared.wake.notify_one();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn reject_time(&self, event: &Event) {
+        Counters::add(&self.shared.counters.rejected, 1);
+        tracing::error!(kind = %event.kind, "mlaudit: REJECTED an audit event whose time is outside the years 1677-2262");
     }
 
     fn push_marker(&self, marker: Msg) {

@@ -82,6 +82,7 @@ impl Sampling {
     }
 
     /// The rate that applies to a prediction of `model`.
+    #[inline]
     pub fn rate_for(&self, model: Option<&str>) -> f64 {
         model.and_then(|m| self.models.get(m)).copied().unwrap_or(self.default).rate()
     }
