@@ -452,7 +452,7 @@ class AuditLogger:
 
         A mark (segment, end offset, index after the last event) is kept for each write,
         in drain order, so that the sender knows which indices a cursor move delivered."""
-        bodies = _finalize_many(items)
+        bodies = _finalize_many(items, pause=len(items) < self.batch_size)
         try:
             n = self.spool.append(bodies)
         except OSError as e:  # disk full, I/O error: never raise into log()
@@ -558,7 +558,7 @@ class AuditLogger:
 
     def _send_direct(self, items: List[Tuple[dict, int, int]]) -> None:
         upto = items[-1][2] + 1
-        bodies = _finalize_many(items)
+        bodies = _finalize_many(items, pause=len(items) < self.batch_size)
         for attempt in range(self.max_attempts):
             result = self._post(bodies)
             if not result:
@@ -690,20 +690,24 @@ def _check_actor(actor: Mapping[str, str]) -> None:
 _GIL_PAUSE_S = 50e-6
 
 
-def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]]) -> List[bytes]:
+def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) -> List[bytes]:
     """Fix each event's id and time (before its first send attempt) and encode it. An item
     queued as a tuple by the prediction decorator becomes its event dict here.
 
-    Every 16 events (about a hundred microseconds) the sender sleeps ``_GIL_PAUSE_S``, which
-    lets a thread waiting for the GIL (one waking up to serve a prediction) take it: without
-    it that thread can wait for the whole batch (up to the 5 ms switch interval); with it, for
-    one slice."""
+    With ``pause``, every 16 events (about a hundred microseconds) the sender sleeps
+    ``_GIL_PAUSE_S``, which lets a thread waiting for the GIL (one waking up to serve a
+    prediction) take it: without it that thread can wait for the whole batch (up to the 5 ms
+    switch interval); with it, for one slice. Callers pause only for a batch smaller than
+    ``batch_size``, i.e. while the sender keeps up. A full batch means a backlog: then each
+    pause could cost the sender a whole switch interval to get the GIL back from a busy
+    caller (16 events per 5 ms, far below what it must deliver), and on a caller's own
+    thread (a spill) a pause would only delay that caller."""
     need = sum(1 for ev, _, _ in items if type(ev) is tuple or "id" not in ev)
     rnd = os.urandom(16 * need) if need else b""
     j = 0
     out = []
     for i, (ev, t_ns, _) in enumerate(items):
-        if i & 15 == 15:
+        if pause and i & 15 == 15:
             time.sleep(_GIL_PAUSE_S)
         if type(ev) is tuple:  # queued by the prediction decorator
             ev = build_prediction(ev)

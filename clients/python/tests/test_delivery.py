@@ -330,3 +330,51 @@ def test_many_threads_small_queue_outage_keeps_each_threads_order(offline_server
     for t in range(threads):
         assert [e["i"] for e in events if e["t"] == t] == list(range(n)), t
     assert st["spooled"] > 0
+
+
+def test_the_sender_pauses_for_the_gil_only_while_it_keeps_up(shared_server, tmp_path,
+                                                              monkeypatch):
+    """A batch smaller than batch_size is encoded in slices with GIL pauses (a waking
+    prediction waits for one slice, not the batch); a full batch, i.e. a backlog, is encoded
+    without them, so that a busy caller cannot hold the sender to a slice per switch
+    interval and push everything into the spool."""
+    import mlaudit.logger as ml
+    seen = []
+    real = ml._finalize_many
+
+    def spy(items, pause):
+        seen.append((len(items), pause))
+        return real(items, pause)
+
+    monkeypatch.setattr(ml, "_finalize_many", spy)
+    lg = make_logger(shared_server, tmp_path / "spool", batch_size=40, linger_s=5.0)
+    for i in range(40):
+        lg.log({"kind": "x.pause", "attributes": {"i": i}})
+    assert lg.flush(30) is True
+    for i in range(5):
+        lg.log({"kind": "x.pause", "attributes": {"i": 40 + i}})
+    assert lg.flush(30) is True
+    lg.close()
+    assert seen and all(pause == (n < 40) for n, pause in seen), seen
+    assert (40, False) in seen and (5, True) in seen, seen
+    assert lg.stats()["spooled"] == 0
+
+
+def test_finalize_pauses_every_sixteen_events_only_when_asked(monkeypatch):
+    import mlaudit.logger as ml
+    slept = []
+    real_time = ml.time
+
+    class OnlySleepRecorded:  # the module's other clocks stay real (other threads use them)
+        sleep = staticmethod(slept.append)
+
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+    monkeypatch.setattr(ml, "time", OnlySleepRecorded())
+    items = [({"kind": "x.k", "id": f"id-{i}", "time": "2026-11-27T00:00:00Z"}, 0, i)
+             for i in range(40)]
+    assert len(ml._finalize_many(items, pause=True)) == 40
+    assert len(slept) == 2
+    ml._finalize_many(items, pause=False)
+    assert len(slept) == 2
