@@ -137,6 +137,8 @@ class AuditLogger:
         self._durable_upto = 0    # every lower index: acknowledged or fsync'd in the spool
         self._spooled_upto = 0    # [_spool_lock] every lower index: written to the spool
         self._marks: collections.deque = collections.deque()  # [_spool_lock] see _spool_items
+        # [sender] whether a full batch was still queued behind the batch just taken
+        self._behind = False
         self._failures = 0        # failed send attempts so far (a flush compares epochs)
         self._flush_waiters = 0
         if self._mode == SPOOLING:
@@ -230,7 +232,7 @@ class AuditLogger:
                 self._cv.notify()
             items = [item for chunk in pending for item in chunk]
             if items:  # (empty if the sender took the hand-off while this thread waited)
-                self._spool_items(items)
+                self._spool_items(items, pause=False)  # the caller's thread: no GIL pauses
 
     def stats(self) -> Dict[str, int]:
         """Counters since start: ``sent`` (acknowledged by the server, duplicates
@@ -305,7 +307,7 @@ class AuditLogger:
                     self._mode = SPOOLING
                     ok = False
             if items:
-                self._spool_items(items)
+                self._spool_items(items, pause=False)
             self.spool.persist_cursor(self.spool.cursor_snapshot())
             self.spool.close()
         if self._atexit is not None:
@@ -447,12 +449,13 @@ class AuditLogger:
         self._buf.clear()
         return items
 
-    def _spool_items(self, items: List[Tuple[dict, int, int]]) -> None:
-        """Under _spool_lock (not _lock): encode and append at the spool tail.
+    def _spool_items(self, items: List[Tuple[dict, int, int]], pause: bool) -> None:
+        """Under _spool_lock (not _lock): encode and append at the spool tail (``pause``:
+        see :func:`_finalize_many`).
 
         A mark (segment, end offset, index after the last event) is kept for each write,
         in drain order, so that the sender knows which indices a cursor move delivered."""
-        bodies = _finalize_many(items, pause=len(items) < self.batch_size)
+        bodies = _finalize_many(items, pause)
         try:
             n = self.spool.append(bodies)
         except OSError as e:  # disk full, I/O error: never raise into log()
@@ -497,8 +500,8 @@ class AuditLogger:
                 with self._spool_lock:
                     with self._lock:
                         items = self._take_all_locked()
-                    if items:
-                        self._spool_items(items)
+                    if items:  # everything queued: a backlog if it is a batch or more
+                        self._spool_items(items, pause=len(items) < self.batch_size)
                     dups, dir_dirty = self.spool.fsync_handles()
                     spooled = self._spooled_upto
                     head = self.spool.head()
@@ -554,11 +557,13 @@ class AuditLogger:
             if self._mode != DIRECT:
                 return None
         n = min(self.batch_size, len(self._buf))
-        return [self._buf.popleft() for _ in range(n)]
+        batch = [self._buf.popleft() for _ in range(n)]
+        self._behind = len(self._buf) >= self.batch_size
+        return batch
 
     def _send_direct(self, items: List[Tuple[dict, int, int]]) -> None:
         upto = items[-1][2] + 1
-        bodies = _finalize_many(items, pause=len(items) < self.batch_size)
+        bodies = _finalize_many(items, pause=not self._behind)
         for attempt in range(self.max_attempts):
             result = self._post(bodies)
             if not result:
@@ -697,11 +702,12 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
     With ``pause``, every 16 events (about a hundred microseconds) the sender sleeps
     ``_GIL_PAUSE_S``, which lets a thread waiting for the GIL (one waking up to serve a
     prediction) take it: without it that thread can wait for the whole batch (up to the 5 ms
-    switch interval); with it, for one slice. Callers pause only for a batch smaller than
-    ``batch_size``, i.e. while the sender keeps up. A full batch means a backlog: then each
-    pause could cost the sender a whole switch interval to get the GIL back from a busy
-    caller (16 events per 5 ms, far below what it must deliver), and on a caller's own
-    thread (a spill) a pause would only delay that caller."""
+    switch interval); with it, for one slice. The sender pauses only while it keeps up: not
+    when a full batch or more is still queued behind what it encodes (a backlog). Then each
+    pause could cost it a whole switch interval to get the GIL back from a busy caller
+    (about 16 events per 5 ms, far below what it must deliver), and a waking prediction may
+    wait up to one switch interval instead. A caller's own spill never pauses: a pause
+    there would only delay that caller."""
     need = sum(1 for ev, _, _ in items if type(ev) is tuple or "id" not in ev)
     rnd = os.urandom(16 * need) if need else b""
     j = 0

@@ -334,30 +334,58 @@ def test_many_threads_small_queue_outage_keeps_each_threads_order(offline_server
 
 def test_the_sender_pauses_for_the_gil_only_while_it_keeps_up(shared_server, tmp_path,
                                                               monkeypatch):
-    """A batch smaller than batch_size is encoded in slices with GIL pauses (a waking
-    prediction waits for one slice, not the batch); a full batch, i.e. a backlog, is encoded
-    without them, so that a busy caller cannot hold the sender to a slice per switch
-    interval and push everything into the spool."""
+    """A batch with less than a batch queued behind it is encoded in slices with GIL pauses
+    (a waking prediction waits for one slice, not the batch); with a full batch or more
+    behind it (a backlog) it is encoded without them, so that a busy caller cannot hold the
+    sender to a slice per switch interval and push everything into the spool."""
+    import threading
     import mlaudit.logger as ml
     seen = []
     real = ml._finalize_many
 
     def spy(items, pause):
-        seen.append((len(items), pause))
+        seen.append((len(items), pause, threading.current_thread().name))
         return real(items, pause)
 
     monkeypatch.setattr(ml, "_finalize_many", spy)
     lg = make_logger(shared_server, tmp_path / "spool", batch_size=40, linger_s=5.0)
-    for i in range(40):
-        lg.log({"kind": "x.pause", "attributes": {"i": i}})
-    assert lg.flush(30) is True
-    for i in range(5):
-        lg.log({"kind": "x.pause", "attributes": {"i": 40 + i}})
-    assert lg.flush(30) is True
-    lg.close()
-    assert seen and all(pause == (n < 40) for n, pause in seen), seen
-    assert (40, False) in seen and (5, True) in seen, seen
+    try:
+        # 400 events logged back to back (the sender gets the GIL at the end, or at a switch
+        # interval): batches with others queued behind them, then the last ones alone.
+        for i in range(400):
+            lg.log({"kind": "x.pause", "attributes": {"i": i}})
+        assert lg.flush(30) is True
+        for i in range(5):
+            lg.log({"kind": "x.pause", "attributes": {"i": 400 + i}})
+        assert lg.flush(30) is True
+    finally:
+        lg.close()
+    assert any(not pause for _, pause, _ in seen), seen
+    assert seen[-1][:2] == (5, True), seen
     assert lg.stats()["spooled"] == 0
+
+
+def test_a_callers_own_spill_never_pauses(offline_server, tmp_path, monkeypatch):
+    """With the server down and a queue smaller than a batch, log() spills on the caller's
+    thread; that encoding must not sleep for the GIL (it would only delay the caller)."""
+    import threading
+    import mlaudit.logger as ml
+    seen = []
+    real = ml._finalize_many
+
+    def spy(items, pause):
+        seen.append((threading.current_thread() is threading.main_thread(), pause))
+        return real(items, pause)
+
+    monkeypatch.setattr(ml, "_finalize_many", spy)
+    lg = make_logger(offline_server, tmp_path / "spool", queue_size=10, batch_size=500)
+    try:
+        for i in range(100):
+            lg.log({"kind": "x.spill", "attributes": {"i": i}})
+    finally:
+        lg.close(timeout=1)
+    on_caller = [pause for is_main, pause in seen if is_main]
+    assert on_caller and not any(on_caller), seen
 
 
 def test_finalize_pauses_every_sixteen_events_only_when_asked(monkeypatch):
