@@ -332,22 +332,27 @@ def test_many_threads_small_queue_outage_keeps_each_threads_order(offline_server
     assert st["spooled"] > 0
 
 
+def spy_on_finalize(monkeypatch, describe):
+    """Records ``describe(items, pause)`` for every encoding of a batch; returns the list."""
+    import mlaudit.logger as ml
+    seen = []
+    real = ml._finalize_many
+
+    def spy(items, pause):
+        seen.append(describe(items, pause))
+        return real(items, pause)
+
+    monkeypatch.setattr(ml, "_finalize_many", spy)
+    return seen
+
+
 def test_the_sender_pauses_for_the_gil_only_while_it_keeps_up(shared_server, tmp_path,
                                                               monkeypatch):
     """A batch with less than a batch queued behind it is encoded in slices with GIL pauses
     (a waking prediction waits for one slice, not the batch); with a full batch or more
     behind it (a backlog) it is encoded without them, so that a busy caller cannot hold the
     sender to a slice per switch interval and push everything into the spool."""
-    import threading
-    import mlaudit.logger as ml
-    seen = []
-    real = ml._finalize_many
-
-    def spy(items, pause):
-        seen.append((len(items), pause, threading.current_thread().name))
-        return real(items, pause)
-
-    monkeypatch.setattr(ml, "_finalize_many", spy)
+    seen = spy_on_finalize(monkeypatch, lambda items, pause: (len(items), pause))
     lg = make_logger(shared_server, tmp_path / "spool", batch_size=40, linger_s=5.0)
     try:
         # 400 events logged back to back (the sender gets the GIL at the end, or at a switch
@@ -360,8 +365,8 @@ def test_the_sender_pauses_for_the_gil_only_while_it_keeps_up(shared_server, tmp
         assert lg.flush(30) is True
     finally:
         lg.close()
-    assert any(not pause for _, pause, _ in seen), seen
-    assert seen[-1][:2] == (5, True), seen
+    assert any(not pause for _, pause in seen), seen
+    assert seen[-1] == (5, True), seen
     assert lg.stats()["spooled"] == 0
 
 
@@ -369,15 +374,8 @@ def test_a_callers_own_spill_never_pauses(offline_server, tmp_path, monkeypatch)
     """With the server down and a queue smaller than a batch, log() spills on the caller's
     thread; that encoding must not sleep for the GIL (it would only delay the caller)."""
     import threading
-    import mlaudit.logger as ml
-    seen = []
-    real = ml._finalize_many
-
-    def spy(items, pause):
-        seen.append((threading.current_thread() is threading.main_thread(), pause))
-        return real(items, pause)
-
-    monkeypatch.setattr(ml, "_finalize_many", spy)
+    seen = spy_on_finalize(monkeypatch, lambda items, pause: (
+        threading.current_thread() is threading.main_thread(), pause))
     lg = make_logger(offline_server, tmp_path / "spool", queue_size=10, batch_size=500)
     try:
         for i in range(100):
