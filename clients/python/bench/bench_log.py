@@ -384,8 +384,7 @@ def p99_ratio_interval(base_blocks, other_blocks, rounds=500, seed=1):
     n = min(len(base_blocks), len(other_blocks))
 
     def p99(blocks):
-        s = sorted(x for blk in blocks for x in blk)
-        return s[min(len(s) - 1, int(0.99 * len(s)))]
+        return percentiles([x for blk in blocks for x in blk])["p99"]
 
     ratios = []
     for _ in range(rounds):

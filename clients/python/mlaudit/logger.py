@@ -137,8 +137,6 @@ class AuditLogger:
         self._durable_upto = 0    # every lower index: acknowledged or fsync'd in the spool
         self._spooled_upto = 0    # [_spool_lock] every lower index: written to the spool
         self._marks: collections.deque = collections.deque()  # [_spool_lock] see _spool_items
-        # [sender] whether a full batch was still queued behind the batch just taken
-        self._behind = False
         self._failures = 0        # failed send attempts so far (a flush compares epochs)
         self._flush_waiters = 0
         if self._mode == SPOOLING:
@@ -492,9 +490,11 @@ class AuditLogger:
                         return
                     mode = self._mode
                     batch = self._take_batch_locked() if mode == DIRECT else None
+                    # A full batch or more still queued behind this one: a backlog.
+                    behind = len(self._buf) >= self.batch_size
                 if mode == DIRECT:
                     if batch is not None:
-                        self._send_direct(batch)
+                        self._send_direct(batch, pause=not behind)
                     continue
                 # SPOOLING: queued events to the spool tail (in order), fsync, send the head.
                 with self._spool_lock:
@@ -557,13 +557,12 @@ class AuditLogger:
             if self._mode != DIRECT:
                 return None
         n = min(self.batch_size, len(self._buf))
-        batch = [self._buf.popleft() for _ in range(n)]
-        self._behind = len(self._buf) >= self.batch_size
-        return batch
+        return [self._buf.popleft() for _ in range(n)]
 
-    def _send_direct(self, items: List[Tuple[dict, int, int]]) -> None:
+    def _send_direct(self, items: List[Tuple[dict, int, int]], pause: bool) -> None:
+        """``pause``: see :func:`_finalize_many`."""
         upto = items[-1][2] + 1
-        bodies = _finalize_many(items, pause=not self._behind)
+        bodies = _finalize_many(items, pause)
         for attempt in range(self.max_attempts):
             result = self._post(bodies)
             if not result:
