@@ -22,13 +22,17 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
   ``log()`` call spills the backlog to disk itself (``spooled_events`` says how many).
 * ``log_paced``: ``log()`` at a steady ``--paced-rate`` (10,000/s) for ``--calls / 10``
   calls, which the sender keeps up with: the cost in the steady state.
-* ``predict``: a ~0.2 ms pure-Python predict function called at 1,000 calls/s for
+* ``predict``: a ~0.2 ms pure-Python predict function serving 1,000 requests/s for
   ``--predict-seconds`` in each of three conditions, in interleaved 0.25 s blocks: without
   the decorator, without it again (an A/A control: two identical conditions, whose p99 ratio
   is what this machine's noise alone produces), and with ``@logger.predictions`` (high risk:
-  every call logged, the sender delivering meanwhile); p50/p99 of each call's latency as the
-  caller sees it, the decorated/plain p99 ratio and the A/A p99 ratio, each with a 95 %
-  paired block-bootstrap interval (``predict_p99_ratio_ci95_low``/``_high``).
+  every call logged, the sender delivering meanwhile). The requests come from another
+  process, which writes each one's arrival time to a pipe every millisecond; the predict
+  thread blocks reading it (the GIL released, as a server thread waiting on its socket).
+  Two latencies per request: ``call`` (``predict_*``: the decorated call alone) and
+  ``response`` (``predict_response_*``: from the arrival to the return, so waking up and
+  waiting for the GIL, which the sender thread may hold, count too). For each: p50/p99 without
+  and with the decorator, the decorated/plain p99 ratio and the A/A ratio, each with a 95 % paired block-bootstrap interval (``ci95_low``/``ci95_high``).
 
 The server is started here (``mlaudit init`` in a temporary directory, ``mlaudit serve`` on a
 free port; binary from ``$MLAUDIT_BIN``, else target/release, else target/debug) unless
@@ -269,6 +273,7 @@ def predict_work(features, n=0):
 
 
 PREDICT_LOOPS = 1000
+PREDICT_RATE = 1000  # predictions per second
 
 
 def calibrate():
@@ -282,25 +287,57 @@ def calibrate():
         PREDICT_LOOPS = max(10, int(PREDICT_LOOPS * 200_000 / per))
 
 
-def paced(fn, seconds, rate=1000):
-    """Call fn at ``rate`` calls/s for ``seconds``; latency of each call in ns."""
+#: The arrival process, run as a separate Python process: every 1/rate s it writes the
+#: time (CLOCK_MONOTONIC, which ``perf_counter_ns`` reads in every process on Linux) as 8
+#: bytes to the pipe the predict thread reads, like a request reaching a server's socket.
+ARRIVALS = r"""
+import os, struct, sys, time
+fd, period = int(sys.argv[1]), 1e9 / float(sys.argv[2])
+due = time.perf_counter_ns()
+while True:
+    due += period
+    wait = due - time.perf_counter_ns()
+    if wait > 0:
+        time.sleep(wait / 1e9)
+    os.write(fd, struct.pack("<q", time.perf_counter_ns()))
+"""
+
+
+class Arrivals:
+    """Requests at ``rate``/s from another process: ``next()`` blocks (the GIL released, as
+    a server thread waiting on its socket) and returns the request's arrival time."""
+
+    def __init__(self, rate: float) -> None:
+        import struct
+        self._unpack = struct.Struct("<q").unpack
+        self._r, w = os.pipe()
+        self._proc = subprocess.Popen([sys.executable, "-c", ARRIVALS, str(w), str(rate)],
+                                      pass_fds=(w,))
+        os.close(w)
+
+    def next(self) -> int:
+        return self._unpack(os.read(self._r, 8))[0]
+
+    def close(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+        os.close(self._r)
+
+
+def serve_block(arrivals, fn, n, first):
+    """Serve ``n`` requests with ``fn``: per request, (response, call) latency in ns —
+    response from the arrival to the return (waking up and getting the GIL included),
+    call from the start of the call to its return."""
     feats = [0.1, 0.2, 0.3, 0.4]
-    n = max(1, int(seconds * rate))
-    samples = []
-    period = 1e9 / rate
-    start = time.perf_counter_ns()
-    for i in range(n):
-        target = start + i * period
-        while True:
-            now = time.perf_counter_ns()
-            if now >= target:
-                break
-            if target - now > 300_000:
-                time.sleep((target - now - 200_000) / 1e9)
+    response, call = [], []
+    for i in range(first, first + n):
+        arrived = arrivals.next()
         t0 = time.perf_counter_ns()
         fn(feats, request_id=f"p-{i}")
-        samples.append(time.perf_counter_ns() - t0)
-    return samples
+        t1 = time.perf_counter_ns()
+        response.append(t1 - arrived)
+        call.append(t1 - t0)
+    return response, call
 
 
 def bench_predict(url, token, seconds, work):
@@ -315,21 +352,29 @@ def bench_predict(url, token, seconds, work):
         return predict_work(features)
 
     decorated = lg.predictions(model="credit-risk", version="7", risk="high")(plain)
-    paced(plain, min(seconds, 0.5))  # warm up
-    # Interleave 0.25 s blocks of the three conditions, so that all see the same machine
-    # (this VM's noise drifts over seconds); pool each condition's samples. The order rotates
-    # from round to round, so that the sender's leftover work after a decorated block falls
-    # on each undecorated condition equally often.
-    per_block = {"without": [], "again": [], "with": []}
-    fns = {"without": plain, "again": plain_again, "with": decorated}
-    order = list(fns)
-    blocks = max(1, int(round(seconds / 0.25)))
-    for b in range(blocks):
-        for name in order[b % 3:] + order[:b % 3]:
-            per_block[name].append(paced(fns[name], seconds / blocks))
-    samples = {name: [x for blk in bl for x in blk] for name, bl in per_block.items()}
-    without_s, again_s, with_s = samples["without"], samples["again"], samples["with"]
-    without, again, with_ = percentiles(without_s), percentiles(again_s), percentiles(with_s)
+    arrivals = Arrivals(PREDICT_RATE)
+    try:
+        serve_block(arrivals, plain, int(min(seconds, 0.5) * PREDICT_RATE), 0)  # warm up
+        # Interleave 0.25 s blocks of the three conditions, so that all see the same machine
+        # (this VM's noise drifts over seconds); pool each condition's samples. The order
+        # rotates from round to round, so that the sender's leftover work after a decorated
+        # block falls on each undecorated condition equally often.
+        per_block = {m: {"without": [], "again": [], "with": []} for m in ("response", "call")}
+        fns = {"without": plain, "again": plain_again, "with": decorated}
+        order = list(fns)
+        blocks = max(1, int(round(seconds / 0.25)))
+        per = max(1, int(seconds * PREDICT_RATE / blocks))
+        served = 0
+        for b in range(blocks):
+            for name in order[b % 3:] + order[:b % 3]:
+                response, call = serve_block(arrivals, fns[name], per, served)
+                served += per
+                per_block["response"][name].append(response)
+                per_block["call"][name].append(call)
+    finally:
+        arrivals.close()
+    serving_flushed = lg.flush(120)
+    serving = lg.stats()
     # The decorator's own cost on the caller's thread, without the predict work: a no-op
     # function with and without it, back to back, 20,000 calls each.
     def noop(features, request_id):
@@ -354,22 +399,31 @@ def bench_predict(url, token, seconds, work):
          note="decorated minus plain no-op call, caller's thread, unpaced")
     emit("predict", "mlaudit-python", "decorator_overhead_p99_ns",
          over["decorated"]["p99"] - over["plain"]["p99"], calls=len(rids))
-    ctx = dict(rate_per_s=1000, seconds=seconds, calls=len(with_s),
-               predict_work_loops=PREDICT_LOOPS)
-    emit("predict", "mlaudit-python", "predict_p50_ns_without", without["p50"], **ctx)
-    emit("predict", "mlaudit-python", "predict_p99_ns_without", without["p99"], **ctx)
-    emit("predict", "mlaudit-python", "predict_p50_ns_with_decorator", with_["p50"], **ctx)
-    emit("predict", "mlaudit-python", "predict_p99_ns_with_decorator", with_["p99"], **ctx)
-    emit("predict", "mlaudit-python", "predict_p99_ratio", round(with_["p99"] / without["p99"], 3),
-         logged=st["sent"], delivered=delivered, **ctx)
-    emit("predict", "plain-again", "predict_p99_ratio", round(again["p99"] / without["p99"], 3),
-         note="A/A control: the undecorated function against itself", **ctx)
-    note = ("paired block bootstrap: rounds of interleaved 0.25 s blocks resampled with "
-            "replacement, 500 times")
-    for engine, name in (("mlaudit-python", "with"), ("plain-again", "again")):
-        low, high = p99_ratio_interval(per_block["without"], per_block[name])
-        emit("predict", engine, "predict_p99_ratio_ci95_low", low, note=note, **ctx)
-        emit("predict", engine, "predict_p99_ratio_ci95_high", high, note=note, **ctx)
+    ctx = dict(rate_per_s=PREDICT_RATE, seconds=seconds, predict_work_loops=PREDICT_LOOPS)
+    emit("predict", "mlaudit-python", "events_delivered_while_serving", serving["sent"],
+         all_flushed=serving_flushed, spooled=serving["spooled"], **ctx)
+    emit("predict", "mlaudit-python", "events_delivered", st["sent"], all_flushed=delivered,
+         spooled=st["spooled"], note="serving, then the unpaced no-op loop (which overflows "
+         "the queue into the spool)", **ctx)
+    notes = {"call": "the decorated call alone: from calling the function to its return",
+             "response": "from the request's arrival (written by another process) to the "
+                         "return: waking up and waiting for the GIL included"}
+    for metric, blocks_of in per_block.items():
+        pooled = {name: percentiles([x for blk in bl for x in blk])
+                  for name, bl in blocks_of.items()}
+        prefix = "predict" if metric == "call" else "predict_response"
+        c = dict(ctx, calls=sum(map(len, blocks_of["with"])), note=notes[metric])
+        for name, label in (("without", "without"), ("with", "with_decorator")):
+            for q in ("p50", "p99"):
+                emit("predict", "mlaudit-python", f"{prefix}_{q}_ns_{label}", pooled[name][q], **c)
+        for engine, name in (("mlaudit-python", "with"), ("plain-again", "again")):
+            low, high = p99_ratio_interval(blocks_of["without"], blocks_of[name])
+            emit("predict", engine, f"{prefix}_p99_ratio",
+                 round(pooled[name]["p99"] / pooled["without"]["p99"], 3),
+                 ci95_low=low, ci95_high=high,
+                 note=("A/A control: the undecorated function against itself; "
+                       if engine == "plain-again" else "") +
+                 "95 % paired block-bootstrap interval", **ctx)
 
 
 def p99_ratio_interval(base_blocks, other_blocks, rounds=500, seed=1):

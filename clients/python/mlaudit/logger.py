@@ -48,7 +48,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import _http
-from .encode import build_prediction, dumps, timestamp
+from .encode import build_prediction, dumps, timestamp, uuid4_text
 from .sampling import HIGH, DEFAULT_LOW_RATE, Policy, Sampler
 from .spool import Spool, read_records
 
@@ -139,6 +139,11 @@ class AuditLogger:
         self._marks: collections.deque = collections.deque()  # [_spool_lock] see _spool_items
         self._failures = 0        # failed send attempts so far (a flush compares epochs)
         self._flush_waiters = 0
+        # The sender's chunking (see _take_chunk_locked): log() wakes it when the queue
+        # reaches _notify_at events; _held events are taken and encoded but not yet sent.
+        self._notify_at = 1
+        self._held = 0
+        self._batch_due: Optional[float] = None
         if self._mode == SPOOLING:
             # What an earlier process left counts as one event logged before any flush.
             last = max(self.spool._sizes)
@@ -208,7 +213,8 @@ class AuditLogger:
             buf = self._buf
             if len(buf) < self.queue_size:
                 buf.append((ev, t_ns, idx))
-                if len(buf) == 1 or len(buf) == self.batch_size:
+                n = len(buf)
+                if n == self._notify_at or n == self.batch_size:
                     self._cv.notify()
                 return
             if not self._overflow:
@@ -241,7 +247,7 @@ class AuditLogger:
         ``queued`` and ``spool_pending_bytes`` now."""
         with self._lock:
             out = dict(self._counts)
-            out["queued"] = len(self._buf)
+            out["queued"] = len(self._buf) + self._held
             out["spool_pending_bytes"] = self.spool.pending_bytes()
             out["mode"] = self._mode  # type: ignore[assignment]
         return out
@@ -404,7 +410,7 @@ class AuditLogger:
         self._overflow = []
         self._marks = collections.deque()
         self._next_idx = self._delivered_upto = self._durable_upto = 0
-        self._flush_waiters = 0
+        self._flush_waiters = self._held = 0
         self._closing = self._closed = True
         self._fork_error_logged = False
         self._counts = {name: 0 for name in self._counts}  # this process's, not the parent's
@@ -483,18 +489,28 @@ class AuditLogger:
 
     def _run(self) -> None:
         attempt = 0  # consecutive failures while SPOOLING (for backoff)
+        held: List[bytes] = []  # taken from the queue and encoded, not yet sent
+        held_upto = 0           # index after the last held event
         while True:
             try:
                 with self._lock:
-                    if self._closed:
+                    if self._closed and not held:
                         return
                     mode = self._mode
-                    batch = self._take_batch_locked() if mode == DIRECT else None
-                    # A full batch or more still queued behind this one: a backlog.
-                    behind = len(self._buf) >= self.batch_size
-                if mode == DIRECT:
-                    if batch is not None:
-                        self._send_direct(batch, pause=not behind)
+                    if mode == DIRECT or held:
+                        chunk, send = self._take_chunk_locked(len(held))
+                        # A full batch or more still queued behind this chunk: a backlog.
+                        behind = len(self._buf) >= self.batch_size
+                if mode == DIRECT or held:
+                    if chunk:
+                        held.extend(_finalize_many(chunk, pause=not behind))
+                        held_upto = chunk[-1][2] + 1
+                        del chunk  # the queued objects die now, not after the POST
+                    if held and send:
+                        self._send_direct(held, held_upto)
+                        held = []
+                        with self._lock:
+                            self._held = 0
                     continue
                 # SPOOLING: queued events to the spool tail (in order), fsync, send the head.
                 with self._spool_lock:
@@ -537,32 +553,58 @@ class AuditLogger:
                 self._backoff(attempt)
                 attempt += 1
 
-    def _take_batch_locked(self) -> Optional[List[Tuple[dict, int, int]]]:
-        """Wait for events and linger to fill a batch (not while someone flushes or
-        closes); None when there is nothing to send."""
-        if not self._buf:
+    def _take_chunk_locked(self, held: int) -> Tuple[Optional[List[Tuple[dict, int, int]]], bool]:
+        """Under _lock, on the sender: wait for queued events and take the next chunk to
+        encode. Returns ``(chunk or None, send)``; ``send`` says that the held events and
+        this chunk are to be POSTed now: a full batch, the batch lingered ``linger_s``, a
+        flush or close waits, or the mode left DIRECT (held events are older than any
+        hand-off and go first).
+
+        Events are encoded in chunks soon after they are queued (up to ``_ENCODE_CHUNK``
+        or every ``_ENCODE_EVERY_S``) rather than once per batch, so that the caller's
+        objects they hold die within milliseconds: kept queued for the whole linger, a
+        batch's worth of them pushes CPython's cyclic garbage collector into collections
+        that run on whichever thread allocates next, a predict call included."""
+        buf = self._buf
+        if self._mode != DIRECT or self._closed:
+            self._batch_due = None
+            return None, True
+        if not buf and not held:
             if self._closing:
                 self._closed = True
                 self._progress.notify_all()
-                return None
+                return None, False
+            self._batch_due = None
+            self._notify_at = 1
             self._cv.wait(0.5)
-            return None
-        if len(self._buf) < self.batch_size and not self._flush_waiters and not self._closing:
-            deadline = time.monotonic() + self.linger_s
-            while len(self._buf) < self.batch_size and self._mode == DIRECT:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._flush_waiters or self._closing:
-                    break
-                self._cv.wait(remaining)
-            if self._mode != DIRECT:
-                return None
-        n = min(self.batch_size, len(self._buf))
-        return [self._buf.popleft() for _ in range(n)]
+            return None, False
+        now = time.monotonic()
+        if self._batch_due is None:
+            self._batch_due = now + self.linger_s
+        room = self.batch_size - held
+        want = min(room, _ENCODE_CHUNK)
+        wake = min(self._batch_due, now + _ENCODE_EVERY_S)
+        while (len(buf) < want and self._mode == DIRECT and not self._flush_waiters
+               and not self._closing):
+            remaining = wake - time.monotonic()
+            if remaining <= 0:
+                break
+            self._notify_at = want
+            self._cv.wait(remaining)
+        if self._mode != DIRECT:
+            self._batch_due = None
+            return None, True
+        chunk = [buf.popleft() for _ in range(min(room, len(buf)))]
+        self._held = held + len(chunk)
+        send = (self._held >= self.batch_size or time.monotonic() >= self._batch_due
+                or bool(self._flush_waiters) or self._closing)
+        if send:
+            self._batch_due = None
+        return chunk, send
 
-    def _send_direct(self, items: List[Tuple[dict, int, int]], pause: bool) -> None:
-        """``pause``: see :func:`_finalize_many`."""
-        upto = items[-1][2] + 1
-        bodies = _finalize_many(items, pause)
+    def _send_direct(self, bodies: List[bytes], upto: int) -> None:
+        """POST encoded events (every index below ``upto`` that is not in the spool) with
+        retries; spool them at the head if they cannot be delivered."""
         for attempt in range(self.max_attempts):
             result = self._post(bodies)
             if not result:
@@ -692,32 +734,41 @@ def _check_actor(actor: Mapping[str, str]) -> None:
 #: but takes it straight back before a waiting thread wakes up (which then waits for the
 #: 5 ms switch interval); a real sleep lets it in.
 _GIL_PAUSE_S = 50e-6
+#: How long the sender encodes between two pauses (about three events).
+_GIL_SLICE_NS = 30_000
+
+#: The sender encodes queued events when this many are queued, or this often (see
+#: AuditLogger._take_chunk_locked), and sends them once a batch is full or has lingered.
+_ENCODE_CHUNK = 32
+_ENCODE_EVERY_S = 0.025
 
 
 def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) -> List[bytes]:
     """Fix each event's id and time (before its first send attempt) and encode it. An item
     queued as a tuple by the prediction decorator becomes its event dict here.
 
-    With ``pause``, every 16 events (about a hundred microseconds) the sender sleeps
-    ``_GIL_PAUSE_S``, which lets a thread waiting for the GIL (one waking up to serve a
-    prediction) take it: without it that thread can wait for the whole batch (up to the 5 ms
-    switch interval); with it, for one slice. The sender pauses only while it keeps up: not
-    when a full batch or more is still queued behind what it encodes (a backlog). Then each
-    pause could cost it a whole switch interval to get the GIL back from a busy caller
-    (about 16 events per 5 ms, far below what it must deliver), and a waking prediction may
-    wait up to one switch interval instead. A caller's own spill never pauses: a pause
-    there would only delay that caller."""
+    With ``pause``, the sender sleeps ``_GIL_PAUSE_S`` whenever it has encoded for
+    ``_GIL_SLICE_NS`` (a few events) since the last pause, which lets a thread waiting for
+    the GIL (one woken to serve a prediction) take it: without the pauses that thread waits
+    for the whole chunk (up to the 5 ms switch interval); with them, for one slice. The
+    sender pauses only while it keeps up: not when a full batch or more is still queued
+    behind what it encodes (a backlog). Then each pause could cost it a whole switch
+    interval to get the GIL back from a busy caller, far below what it must deliver, and a
+    waking prediction may wait up to one switch interval instead. A caller's own spill
+    never pauses: a pause there would only delay that caller."""
     need = sum(1 for ev, _, _ in items if type(ev) is tuple or "id" not in ev)
     rnd = os.urandom(16 * need) if need else b""
     j = 0
     out = []
-    for i, (ev, t_ns, _) in enumerate(items):
-        if pause and i & 15 == 15:
+    slice_start = time.perf_counter_ns()
+    for ev, t_ns, _ in items:
+        if pause and time.perf_counter_ns() - slice_start >= _GIL_SLICE_NS:
             time.sleep(_GIL_PAUSE_S)
+            slice_start = time.perf_counter_ns()
         if type(ev) is tuple:  # queued by the prediction decorator
             ev = build_prediction(ev)
         if "id" not in ev:
-            ev["id"] = str(uuid.UUID(bytes=rnd[j:j + 16], version=4))
+            ev["id"] = uuid4_text(rnd[j:j + 16])
             j += 16
         if "time" not in ev:
             ev["time"] = timestamp(t_ns)

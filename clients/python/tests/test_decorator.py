@@ -187,3 +187,43 @@ def test_the_record_is_what_the_call_saw(shared_server, tmp_path):
     assert got["snap-1"]["outputs"] == {"score": 0.25, "explanation": ["income"]}
     if numpy:
         assert got["snap-2"]["inputs"]["args"] == [[1.5, 2.5]]
+
+
+def test_a_predictions_objects_are_released_long_before_its_batch_is_sent(shared_server,
+                                                                         tmp_path):
+    """The sender encodes queued predictions within milliseconds and keeps only their bytes
+    for the batch: the caller's objects do not stay alive for the whole linger (a batch's
+    worth of live objects drives CPython's garbage collector into collections that run on
+    the predict thread)."""
+    import gc
+    import time
+    import weakref
+
+    class Output:  # recorded by reference (its repr), and weakly referenceable
+        def __repr__(self):
+            return "Output()"
+
+    lg = make_logger(shared_server, tmp_path / "spool", linger_s=5.0)
+    refs = []
+
+    @lg.predictions(model="deco-release", version="1")
+    def predict(features, request_id):
+        out = Output()
+        refs.append(weakref.ref(out))
+        return out
+
+    try:
+        for i in range(5):
+            predict([1.0], request_id=f"rel-{i}")
+        deadline = time.monotonic() + 2.0  # far below the 5 s linger
+        while any(r() is not None for r in refs) and time.monotonic() < deadline:
+            gc.collect()  # only to rule out a cycle keeping them: none is expected
+            time.sleep(0.005)
+        assert all(r() is None for r in refs), "queued objects outlived their encoding"
+        assert lg.stats()["sent"] == 0  # the batch is still lingering
+        assert lg.stats()["queued"] == 5  # held (encoded) events count as queued
+        assert lg.flush(30)
+    finally:
+        lg.close()
+    got = shared_server.query(model="deco-release")
+    assert sorted(e["event"]["attributes"]["outputs"] for e in got) == ["Output()"] * 5

@@ -386,7 +386,7 @@ def test_a_callers_own_spill_never_pauses(offline_server, tmp_path, monkeypatch)
     assert on_caller and not any(on_caller), seen
 
 
-def test_finalize_pauses_every_sixteen_events_only_when_asked(monkeypatch):
+def test_finalize_pauses_after_each_slice_only_when_asked(monkeypatch):
     import mlaudit.logger as ml
     slept = []
     real_time = ml.time
@@ -400,7 +400,11 @@ def test_finalize_pauses_every_sixteen_events_only_when_asked(monkeypatch):
     monkeypatch.setattr(ml, "time", OnlySleepRecorded())
     items = [({"kind": "x.k", "id": f"id-{i}", "time": "2026-11-27T00:00:00Z"}, 0, i)
              for i in range(40)]
+    monkeypatch.setattr(ml, "_GIL_SLICE_NS", 0)  # every event is a slice
     assert len(ml._finalize_many(items, pause=True)) == 40
-    assert len(slept) == 2
+    assert len(slept) == 40
     ml._finalize_many(items, pause=False)
-    assert len(slept) == 2
+    assert len(slept) == 40
+    monkeypatch.setattr(ml, "_GIL_SLICE_NS", 10**12)  # one slice for the whole chunk
+    ml._finalize_many(items, pause=True)
+    assert len(slept) == 40
