@@ -9,6 +9,10 @@ import urllib.error
 import urllib.request
 from typing import Any, Dict, List, Optional, Tuple
 
+#: How the error text of a request that could not even be sent (a configuration error,
+#: not the network) begins.
+REQUEST_ERROR = "the request could not be sent"
+
 
 def post_json_array(url: str, bodies: List[bytes], headers: Dict[str, str],
                     timeout: float) -> Tuple[Optional[int], Any, str]:
@@ -30,6 +34,8 @@ def post_json_array(url: str, bodies: List[bytes], headers: Dict[str, str],
         status = e.code
     except (urllib.error.URLError, OSError, socket.timeout, http.client.HTTPException) as e:
         return None, None, f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+    except Exception as e:  # a malformed URL, a header that is not Latin-1, ...
+        return None, None, f"{REQUEST_ERROR} ({type(e).__name__}: {e})"
     try:
         doc = json.loads(raw) if raw else None
     except ValueError:

@@ -499,8 +499,8 @@ class AuditLogger:
                     mode = self._mode
                     if mode == DIRECT or held:
                         chunk, send = self._take_chunk_locked(len(held))
-                        # A full batch or more still queued behind this chunk: a backlog.
-                        behind = len(self._buf) >= self.batch_size
+                        # A chunk or more still queued behind this one: a backlog.
+                        behind = len(self._buf) >= _ENCODE_CHUNK
                 if mode == DIRECT or held:
                     if chunk:
                         held.extend(_finalize_many(chunk, pause=not behind))
@@ -508,9 +508,7 @@ class AuditLogger:
                         del chunk  # the queued objects die now, not after the POST
                     if held and send:
                         self._send_direct(held, held_upto)
-                        held = []
-                        with self._lock:
-                            self._held = 0
+                        held = []  # (kept until then: an exception spools them, below)
                     continue
                 # SPOOLING: queued events to the spool tail (in order), fsync, send the head.
                 with self._spool_lock:
@@ -550,6 +548,9 @@ class AuditLogger:
                 attempt += 1
             except Exception:  # never let the sender die silently
                 log.exception("mlaudit: sender thread error (retrying)")
+                if held:  # never keep them in memory across an error: spool them
+                    bodies, held = held, []
+                    self._spool_undelivered(bodies, held_upto)
                 self._backoff(attempt)
                 attempt += 1
 
@@ -594,10 +595,12 @@ class AuditLogger:
         if self._mode != DIRECT:
             self._batch_due = None
             return None, True
-        chunk = [buf.popleft() for _ in range(min(room, len(buf)))]
+        urgent = self._flush_waiters or self._closing
+        take = min(room, len(buf)) if urgent else min(room, len(buf), _ENCODE_CHUNK)
+        chunk = [buf.popleft() for _ in range(take)]
         self._held = held + len(chunk)
         send = (self._held >= self.batch_size or time.monotonic() >= self._batch_due
-                or bool(self._flush_waiters) or self._closing)
+                or bool(urgent))
         if send:
             self._batch_due = None
         return chunk, send
@@ -609,6 +612,7 @@ class AuditLogger:
             result = self._post(bodies)
             if not result:
                 with self._lock:
+                    self._held = 0
                     self._progress_locked(delivered=upto)
                 return
             bodies = result
@@ -617,7 +621,11 @@ class AuditLogger:
                 if self._closing:
                     break
                 self._backoff(attempt)
-        # Undeliverable now: these are older than anything the spool holds.
+        self._spool_undelivered(bodies, upto)
+
+    def _spool_undelivered(self, bodies: List[bytes], upto: int) -> None:
+        """Encoded events taken from the queue that could not be delivered: prepend them to
+        the spool (they are older than anything it holds) and switch to SPOOLING."""
         with self._spool_lock:
             try:
                 n, no, size = self.spool.prepend(bodies)
@@ -630,6 +638,7 @@ class AuditLogger:
             with self._lock:
                 self._counts["retried"] += 1
                 self._counts["spooled"] += n
+                self._held = 0
                 if n < len(bodies):
                     self._report_drop(len(bodies) - n)
                 self._mode = SPOOLING
@@ -713,6 +722,11 @@ class AuditLogger:
                     log.error("mlaudit: the server refused the token (HTTP %s: %s); events "
                               "are kept in the spool %s until a valid writer token is "
                               "configured", status, err, self.spool.dir)
+            elif status is None and err.startswith(_http.REQUEST_ERROR):
+                if not self._auth_error_logged:  # a configuration error, like a bad token
+                    self._auth_error_logged = True
+                    log.error("mlaudit: %s to %s; events are kept in the spool %s until the "
+                              "logger is configured correctly", err, self.url, self.spool.dir)
             else:
                 log.debug("mlaudit: send failed (%s); will retry", err or status)
             return bodies
@@ -751,8 +765,8 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
     ``_GIL_SLICE_NS`` (a few events) since the last pause, which lets a thread waiting for
     the GIL (one woken to serve a prediction) take it: without the pauses that thread waits
     for the whole chunk (up to the 5 ms switch interval); with them, for one slice. The
-    sender pauses only while it keeps up: not when a full batch or more is still queued
-    behind what it encodes (a backlog). Then each pause could cost it a whole switch
+    sender pauses only while it keeps up: not when a chunk (``_ENCODE_CHUNK`` events) or
+    more is still queued behind what it encodes (a backlog). Then each pause could cost it a whole switch
     interval to get the GIL back from a busy caller, far below what it must deliver, and a
     waking prediction may wait up to one switch interval instead. A caller's own spill
     never pauses: a pause there would only delay that caller."""
@@ -762,7 +776,7 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
     out = []
     slice_start = time.perf_counter_ns()
     for ev, t_ns, _ in items:
-        if pause and time.perf_counter_ns() - slice_start >= _GIL_SLICE_NS:
+        if pause and out and time.perf_counter_ns() - slice_start >= _GIL_SLICE_NS:
             time.sleep(_GIL_PAUSE_S)
             slice_start = time.perf_counter_ns()
         if type(ev) is tuple:  # queued by the prediction decorator
