@@ -236,50 +236,35 @@ def test_invalid_events_are_rejected_and_the_rest_delivered(shared_server, tmp_p
     assert bad_id in caplog.text and "attributes.approver is required" in caplog.text
 
 
-def test_bad_token_spools_instead_of_dropping(server, tmp_path, caplog):
-    """401 is a configuration error: the events stay in the spool (never dropped) until a
-    logger with a valid token delivers them."""
+@pytest.mark.parametrize("token, kind, message", [
+    ("mla_not_a_token", "x.auth", "refused the token"),  # the server answers 401
+    ("mla_\u200btoken", "x.unsendable", "could not be sent"),  # not Latin-1: never sent
+])
+def test_a_misconfigured_token_spools_until_a_valid_logger_delivers(server, tmp_path, caplog,
+                                                                   token, kind, message):
+    """A token the server refuses (401) and one that cannot go in an HTTP header at all are
+    configuration errors, logged at error level: the events stay in the spool (never
+    dropped), close() returns within its timeout with the sender stopped, and a logger with
+    a valid token delivers them."""
     caplog.set_level(logging.ERROR, logger="mlaudit")
-    lg = AuditLogger(server.url, "mla_not_a_token", str(tmp_path / "spool"),
+    lg = AuditLogger(server.url, token, str(tmp_path / "spool"),
                      actor={"id": "t", "type": "service"}, register_atexit=False,
                      backoff_cap_s=0.2)
     for i in range(50):
-        lg.log({"kind": "x.auth", "attributes": {"i": i}})
+        lg.log({"kind": kind, "attributes": {"i": i}})
     assert lg.flush(15) is False
-    lg.close(timeout=5)
-    st = lg.stats()
-    assert (st["dropped"], st["rejected"], st["sent"], st["spooled"]) == (0, 0, 0, 50)
-    assert "refused the token" in caplog.text
-
-    lg = make_logger(server, tmp_path / "spool")
-    assert lg.flush(30) is True
-    lg.close()
-    assert seq_of(server.query(kind="x.auth"), "x.auth") == list(range(50))
-
-
-def test_a_request_that_cannot_be_sent_spools_and_close_returns(server, tmp_path, caplog):
-    """A token that cannot go in an HTTP header (not Latin-1) makes every request fail before
-    it is sent: a configuration error, logged at error level. The events go to the spool and
-    close() returns within its timeout, the sender stopped; a correctly configured logger
-    then delivers them."""
-    caplog.set_level(logging.ERROR, logger="mlaudit")
-    lg = AuditLogger(server.url, "mla_\u200btoken", str(tmp_path / "spool"),
-                     actor={"id": "t", "type": "service"}, register_atexit=False,
-                     backoff_cap_s=0.2)
-    for i in range(10):
-        lg.log({"kind": "x.unsendable", "attributes": {"i": i}})
     t0 = time.monotonic()
     assert lg.close(timeout=1) is False
-    assert time.monotonic() - t0 < 5
-    assert not lg._thread.is_alive()
+    assert time.monotonic() - t0 < 5 and not lg._thread.is_alive()
     st = lg.stats()
-    assert (st["dropped"], st["sent"], st["spooled"], st["queued"]) == (0, 0, 10, 0)
-    assert "could not be sent" in caplog.text
+    assert (st["dropped"], st["rejected"], st["sent"], st["spooled"], st["queued"]) == \
+        (0, 0, 0, 50, 0)
+    assert message in caplog.text
 
     lg = make_logger(server, tmp_path / "spool")
     assert lg.flush(30) is True
     lg.close()
-    assert seq_of(server.query(kind="x.unsendable"), "x.unsendable") == list(range(10))
+    assert seq_of(server.query(kind=kind), kind) == list(range(50))
 
 
 def test_an_error_in_the_sender_spools_what_it_held(offline_server, tmp_path, monkeypatch):
