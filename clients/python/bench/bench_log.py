@@ -2,7 +2,7 @@
 """What logging costs the caller: mlaudit's Python SDK beside two baselines, in one run.
 
     python clients/python/bench/bench_log.py                                   # full: 1,000,000 calls
-    python clients/python/bench/bench_log.py --calls 2000 --predict-seconds 0.5   # tiny (CI)
+    python clients/python/bench/bench_log.py --calls 20000 --predict-seconds 1    # tiny (CI)
 
 Figures (one JSON line each: bench, engine, metric, value, plus context):
 
@@ -32,7 +32,13 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
   Two latencies per request: ``call`` (``predict_*``: the decorated call alone) and
   ``response`` (``predict_response_*``: from the arrival to the return, so waking up and
   waiting for the GIL, which the sender thread may hold, count too). For each: p50/p99 without
-  and with the decorator, the decorated/plain p99 ratio and the A/A ratio, each with a 95 % paired block-bootstrap interval (``ci95_low``/``ci95_high``).
+  and with the decorator, the decorated/plain p99 ratio and the A/A ratio, each with a 95 %
+  paired block-bootstrap interval (``ci95_low``/``ci95_high``). Each block begins with a few
+  unmeasured requests, the logger is flushed (unmeasured) after each decorated block, and
+  the block order cycles through all six orders (see ``bench_predict``). Also
+  ``events_delivered_while_serving`` (with how many were spooled: 0 when the sender keeps
+  up) and ``decorator_overhead_*`` (a no-op function with and without the decorator in a
+  hot loop of 20,000 calls, which overflows the queue into the spool: ``events_delivered``).
 
 The server is started here (``mlaudit init`` in a temporary directory, ``mlaudit serve`` on a
 free port; binary from ``$MLAUDIT_BIN``, else target/release, else target/debug) unless
@@ -274,6 +280,10 @@ def predict_work(features, n=0):
 
 PREDICT_LOOPS = 1000
 PREDICT_RATE = 1000  # predictions per second
+LEAD_IN = 25  # unmeasured requests at the start of each block
+ROUNDS = [("without", "again", "with"), ("without", "with", "again"),
+          ("again", "without", "with"), ("again", "with", "without"),
+          ("with", "without", "again"), ("with", "again", "without")]
 
 
 def calibrate():
@@ -316,7 +326,10 @@ class Arrivals:
         os.close(w)
 
     def next(self) -> int:
-        return self._unpack(os.read(self._r, 8))[0]
+        record = os.read(self._r, 8)  # 8-byte writes to a pipe are atomic: 8 bytes or EOF
+        if len(record) != 8:
+            raise SystemExit(f"the arrivals process ended (exit status {self._proc.poll()})")
+        return self._unpack(record)[0]
 
     def close(self) -> None:
         self._proc.kill()
@@ -356,21 +369,27 @@ def bench_predict(url, token, seconds, work):
     try:
         serve_block(arrivals, plain, int(min(seconds, 0.5) * PREDICT_RATE), 0)  # warm up
         # Interleave 0.25 s blocks of the three conditions, so that all see the same machine
-        # (this VM's noise drifts over seconds); pool each condition's samples. The order
-        # rotates from round to round, so that the sender's leftover work after a decorated
-        # block falls on each undecorated condition equally often.
+        # (this VM's noise drifts over seconds); pool each condition's samples. Each block
+        # starts with LEAD_IN requests that are not measured (they serve what arrived while
+        # the previous block ended). After a decorated block the logger is flushed, unmeasured,
+        # so that its last batch is not sent during the next block; the decorated blocks thus
+        # see the POST work of one batch per 0.25 s, not the 1,000/s steady state's 1.25.
+        # The six rounds cover every order once: each condition holds each place twice, and
+        # a decorated block is followed as often by "without" as by "again".
         per_block = {m: {"without": [], "again": [], "with": []} for m in ("response", "call")}
         fns = {"without": plain, "again": plain_again, "with": decorated}
-        order = list(fns)
         blocks = max(1, int(round(seconds / 0.25)))
         per = max(1, int(seconds * PREDICT_RATE / blocks))
         served = 0
         for b in range(blocks):
-            for name in order[b % 3:] + order[:b % 3]:
-                response, call = serve_block(arrivals, fns[name], per, served)
-                served += per
+            for name in ROUNDS[b % len(ROUNDS)]:
+                serve_block(arrivals, fns[name], LEAD_IN, served)
+                response, call = serve_block(arrivals, fns[name], per, served + LEAD_IN)
+                served += LEAD_IN + per
                 per_block["response"][name].append(response)
                 per_block["call"][name].append(call)
+                if name == "with":
+                    lg.flush(30)
     finally:
         arrivals.close()
     serving_flushed = lg.flush(120)

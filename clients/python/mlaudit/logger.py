@@ -9,8 +9,9 @@ Invariants (what the tests check):
 * **Order.** Events logged by one thread reach the server in ``log()`` order, across spool
   transitions. The sender is in one of two modes, switched only under the queue lock:
 
-  - DIRECT (spool empty): the sender takes a batch from the queue and sends it. If the
-    batch cannot be delivered it is *prepended* to the spool (it is older than anything
+  - DIRECT (spool empty): the sender takes events from the queue in chunks, encodes them
+    at once and sends them as a batch (see ``_take_chunk_locked``). If the batch cannot
+    be delivered it is *prepended* to the spool (it is older than anything
     the spool may have received meanwhile) and the mode becomes SPOOLING.
   - SPOOLING: the sender moves hand-offs and queue items to the spool tail and sends from
     the spool head. When the spool is drained and no hand-off waits (checked under both
@@ -242,7 +243,7 @@ class AuditLogger:
         """Counters since start: ``sent`` (acknowledged by the server, duplicates
         included), ``duplicates`` (ids the server already had), ``spooled`` (written to the
         spool), ``retried`` (failed send attempts that were retried or spooled),
-        ``dropped`` (over ``spool_max_bytes``), ``rejected`` (refused with 422),
+        ``dropped`` (over ``spool_max_bytes``), ``rejected`` (refused with 422, or not encodable),
         ``sampled_out``, ``errors`` (exceptions swallowed by the decorator); plus
         ``queued`` and ``spool_pending_bytes`` now."""
         with self._lock:
@@ -459,7 +460,7 @@ class AuditLogger:
 
         A mark (segment, end offset, index after the last event) is kept for each write,
         in drain order, so that the sender knows which indices a cursor move delivered."""
-        bodies = _finalize_many(items, pause)
+        bodies = self._encode(items, pause)
         try:
             n = self.spool.append(bodies)
         except OSError as e:  # disk full, I/O error: never raise into log()
@@ -473,6 +474,15 @@ class AuditLogger:
             self._counts["spooled"] += n
             if n < len(bodies):
                 self._report_drop(len(bodies) - n)
+
+    def _encode(self, items: List[Tuple[Any, int, int]], pause: bool) -> List[bytes]:
+        """:func:`_finalize_many`, pausing for the GIL (if ``pause``) only for a chunk of at
+        most ``_ENCODE_CHUNK`` events: a longer one is a backlog, or a flush or close that
+        wants it sent. An event that cannot be encoded is counted as rejected."""
+        bodies = _finalize_many(items, pause and len(items) <= _ENCODE_CHUNK)
+        if len(bodies) < len(items):
+            self._count("rejected", len(items) - len(bodies))
+        return bodies
 
     def _report_drop(self, n: int) -> None:
         self._counts["dropped"] += n
@@ -503,7 +513,7 @@ class AuditLogger:
                         behind = len(self._buf) >= _ENCODE_CHUNK
                 if mode == DIRECT or held:
                     if chunk:
-                        held.extend(_finalize_many(chunk, pause=not behind))
+                        held.extend(self._encode(chunk, pause=not behind))
                         held_upto = chunk[-1][2] + 1
                         del chunk  # the queued objects die now, not after the POST
                     if held and send:
@@ -514,8 +524,8 @@ class AuditLogger:
                 with self._spool_lock:
                     with self._lock:
                         items = self._take_all_locked()
-                    if items:  # everything queued: a backlog if it is a batch or more
-                        self._spool_items(items, pause=len(items) < self.batch_size)
+                    if items:  # everything queued: a backlog if more than a chunk
+                        self._spool_items(items, pause=True)
                     dups, dir_dirty = self.spool.fsync_handles()
                     spooled = self._spooled_upto
                     head = self.spool.head()
@@ -766,9 +776,10 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
     the GIL (one woken to serve a prediction) take it: without the pauses that thread waits
     for the whole chunk (up to the 5 ms switch interval); with them, for one slice. The
     sender pauses only while it keeps up: not when a chunk (``_ENCODE_CHUNK`` events) or
-    more is still queued behind what it encodes (a backlog). Then each pause could cost it a whole switch
-    interval to get the GIL back from a busy caller, far below what it must deliver, and a
-    waking prediction may wait up to one switch interval instead. A caller's own spill
+    more is still queued behind what it encodes (a backlog). Then each pause could cost it a
+    whole switch interval to get the GIL back from a busy caller (a few events per 5 ms, far
+    below what it must deliver), and a waking prediction may wait up to one switch interval
+    instead. A caller's own spill
     never pauses: a pause there would only delay that caller."""
     need = sum(1 for ev, _, _ in items if type(ev) is tuple or "id" not in ev)
     rnd = os.urandom(16 * need) if need else b""
@@ -779,14 +790,17 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
         if pause and out and time.perf_counter_ns() - slice_start >= _GIL_SLICE_NS:
             time.sleep(_GIL_PAUSE_S)
             slice_start = time.perf_counter_ns()
-        if type(ev) is tuple:  # queued by the prediction decorator
-            ev = build_prediction(ev)
-        if "id" not in ev:
-            ev["id"] = uuid4_text(rnd[j:j + 16])
-            j += 16
-        if "time" not in ev:
-            ev["time"] = timestamp(t_ns)
-        out.append(dumps(ev))
+        try:
+            if type(ev) is tuple:  # queued by the prediction decorator
+                ev = build_prediction(ev)
+            if "id" not in ev:
+                ev["id"] = uuid4_text(rnd[j:j + 16])
+                j += 16
+            if "time" not in ev:
+                ev["time"] = timestamp(t_ns)
+            out.append(dumps(ev))
+        except Exception:  # not expected (encoding never raises): never lose the others
+            log.exception("mlaudit: REJECTED an event that could not be encoded: %.200r", ev)
     return out
 
 

@@ -285,6 +285,31 @@ def test_an_error_in_the_sender_spools_what_it_held(offline_server, tmp_path, mo
     assert (st["dropped"], st["sent"], st["spooled"], st["queued"]) == (0, 0, 10, 0)
 
 
+def test_an_event_that_cannot_be_encoded_is_rejected_and_the_rest_delivered(
+        shared_server, tmp_path, monkeypatch, caplog):
+    """Encoding is not expected to fail; if it does for one event, that event is reported
+    (error log, ``rejected``) and the events taken with it are still delivered."""
+    import mlaudit.logger as ml
+    real = ml.dumps
+
+    def dumps(ev):
+        if ev.get("attributes", {}).get("i") == 3:
+            raise RuntimeError("cannot encode this one")
+        return real(ev)
+
+    monkeypatch.setattr(ml, "dumps", dumps)
+    caplog.set_level(logging.ERROR, logger="mlaudit")
+    lg = make_logger(shared_server, tmp_path / "spool")
+    for i in range(10):
+        lg.log({"kind": "x.unencodable", "attributes": {"i": i}})
+    assert lg.flush(30) is True
+    lg.close()
+    assert seq_of(shared_server.query(kind="x.unencodable"), "x.unencodable") == \
+        [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert lg.stats()["rejected"] == 1
+    assert "could not be encoded" in caplog.text
+
+
 def test_log_validates_its_input(offline_server, tmp_path):
     lg = make_logger(offline_server, tmp_path / "spool", actor=None)
     with pytest.raises(ValueError, match="actor"):
