@@ -57,6 +57,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -318,7 +319,6 @@ class Arrivals:
     a server thread waiting on its socket) and returns the request's arrival time."""
 
     def __init__(self, rate: float) -> None:
-        import struct
         self._unpack = struct.Struct("<q").unpack
         self._r, w = os.pipe()
         self._proc = subprocess.Popen([sys.executable, "-c", ARRIVALS, str(w), str(rate)],

@@ -153,7 +153,7 @@ class AuditLogger:
         self._counts = dict(sent=0, duplicates=0, spooled=0, retried=0, dropped=0,
                             rejected=0, sampled_out=0, errors=0)
         self._drop_warned = False
-        self._auth_error_logged = False
+        self._config_error_logged = False  # a refused token or an unsendable request, once
         self._pid = os.getpid()
         self._forked = False
         _LIVE.add(self)  # before the sender starts: a fork from now on disowns this copy
@@ -243,8 +243,8 @@ class AuditLogger:
         """Counters since start: ``sent`` (acknowledged by the server, duplicates
         included), ``duplicates`` (ids the server already had), ``spooled`` (written to the
         spool), ``retried`` (failed send attempts that were retried or spooled),
-        ``dropped`` (over ``spool_max_bytes``), ``rejected`` (refused with 422, or not encodable),
-        ``sampled_out``, ``errors`` (exceptions swallowed by the decorator); plus
+        ``dropped`` (over ``spool_max_bytes``), ``rejected`` (refused with 422, or not
+        encodable), ``sampled_out``, ``errors`` (exceptions swallowed by the decorator); plus
         ``queued`` and ``spool_pending_bytes`` now."""
         with self._lock:
             out = dict(self._counts)
@@ -700,7 +700,7 @@ class AuditLogger:
                 with self._lock:
                     self._counts["sent"] += len(bodies)
                     self._counts["duplicates"] += dups
-                self._auth_error_logged = False
+                self._config_error_logged = False
                 return None
             if status == 422:
                 bad = _bad_indices(doc, len(bodies))
@@ -727,14 +727,14 @@ class AuditLogger:
                 self._count("rejected")
                 return None
             if status in (401, 403):
-                if not self._auth_error_logged:
-                    self._auth_error_logged = True
+                if not self._config_error_logged:
+                    self._config_error_logged = True
                     log.error("mlaudit: the server refused the token (HTTP %s: %s); events "
                               "are kept in the spool %s until a valid writer token is "
                               "configured", status, err, self.spool.dir)
             elif status is None and err.startswith(_http.REQUEST_ERROR):
-                if not self._auth_error_logged:  # a configuration error, like a bad token
-                    self._auth_error_logged = True
+                if not self._config_error_logged:
+                    self._config_error_logged = True
                     log.error("mlaudit: %s to %s; events are kept in the spool %s until the "
                               "logger is configured correctly", err, self.url, self.spool.dir)
             else:
@@ -779,8 +779,8 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
     more is still queued behind what it encodes (a backlog). Then each pause could cost it a
     whole switch interval to get the GIL back from a busy caller (a few events per 5 ms, far
     below what it must deliver), and a waking prediction may wait up to one switch interval
-    instead. A caller's own spill
-    never pauses: a pause there would only delay that caller."""
+    instead. A caller's own spill never pauses: a pause there would only delay that
+    caller."""
     need = sum(1 for ev, _, _ in items if type(ev) is tuple or "id" not in ev)
     rnd = os.urandom(16 * need) if need else b""
     j = 0
