@@ -91,6 +91,14 @@ class AuditLogger:
         cursor_interval_s: how often, at most, the spool cursor is persisted while draining.
     """
 
+    def __new__(cls, *args: Any, delivery: str = "thread", **kwargs: Any) -> "AuditLogger":
+        if delivery not in ("thread", "process"):
+            raise ValueError(f"delivery must be 'thread' or 'process', not {delivery!r}")
+        if delivery == "process" and cls is AuditLogger:
+            from .agent import ProcessAuditLogger
+            cls = ProcessAuditLogger
+        return super().__new__(cls)
+
     def __init__(self, url: str, token: Optional[str] = None, spool_dir: Optional[str] = None,
                  *, actor: Optional[Mapping[str, str]] = None, queue_size: int = 10_000,
                  batch_size: int = 500, linger_s: float = 0.2, timeout_s: float = 5.0,
@@ -98,7 +106,8 @@ class AuditLogger:
                  backoff_cap_s: float = 2.0, spool_max_bytes: int = 1 << 30,
                  sampling: Optional[Mapping[str, Policy]] = None, default_risk: Policy = HIGH,
                  low_rate: float = DEFAULT_LOW_RATE, register_atexit: bool = True,
-                 spool_batch_size: int = 2000, cursor_interval_s: float = 0.2) -> None:
+                 spool_batch_size: int = 2000, cursor_interval_s: float = 0.2,
+                 delivery: str = "thread") -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
         if actor is not None:
@@ -115,7 +124,6 @@ class AuditLogger:
         self.sampler = Sampler(sampling, default_risk, low_rate)
         spool_dir = spool_dir or os.environ.get("MLAUDIT_SPOOL_DIR") or os.path.join(
             os.path.expanduser("~"), ".mlaudit", "spool")
-        self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
 
         # Lock order: _spool_lock, then _lock. _lock guards the queue, the overflow
         # hand-offs, the mode, flush bookkeeping and counters; _spool_lock guards the spool
@@ -129,7 +137,7 @@ class AuditLogger:
         self._buf: collections.deque = collections.deque()  # (event, time_ns) pairs
         self._overflow: List[collections.deque] = []  # full queues handed to the sender
         self._cursor_saved_at = 0.0
-        self._mode = DIRECT if self.spool.is_empty() else SPOOLING
+        self._mode = DIRECT
         self._closing = self._closed = False
         # Flush bookkeeping: every queued event gets the next index; events reach the
         # server in index order, so two watermarks say how far delivery has got.
@@ -145,17 +153,13 @@ class AuditLogger:
         self._notify_at = 1
         self._held = 0
         self._batch_due: Optional[float] = None
-        if self._mode == SPOOLING:
-            # What an earlier process left counts as one event logged before any flush.
-            last = max(self.spool._sizes)
-            self._marks.append((last, self.spool._sizes[last], 1))
-            self._next_idx = self._spooled_upto = self._durable_upto = 1
         self._counts = dict(sent=0, duplicates=0, spooled=0, retried=0, dropped=0,
                             rejected=0, sampled_out=0, errors=0)
         self._drop_warned = False
         self._config_error_logged = False  # a refused token or an unsendable request, once
         self._pid = os.getpid()
         self._forked = False
+        self._open_delivery(spool_dir, spool_max_bytes)
         _LIVE.add(self)  # before the sender starts: a fork from now on disowns this copy
         self._thread = threading.Thread(target=self._run, name="mlaudit-sender", daemon=True)
         self._thread.start()
@@ -165,6 +169,17 @@ class AuditLogger:
             atexit.register(self._atexit)
         else:
             self._atexit = None
+
+    def _open_delivery(self, spool_dir: str, spool_max_bytes: int) -> None:
+        """Delivery by a thread of this process, which owns the spool (see
+        :class:`mlaudit.agent.ProcessAuditLogger` for the other way)."""
+        self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
+        if not self.spool.is_empty():
+            self._mode = SPOOLING
+            # What an earlier process left counts as one event logged before any flush.
+            last = max(self.spool._sizes)
+            self._marks.append((last, self.spool._sizes[last], 1))
+            self._next_idx = self._spooled_upto = self._durable_upto = 1
 
     # -- the caller's side ------------------------------------------------------------
 
@@ -402,7 +417,7 @@ class AuditLogger:
         creates its own ``AuditLogger``, with its own ``spool_dir`` (gunicorn: in a
         ``post_fork`` hook, or without ``--preload``)."""
         self._forked = True
-        self.spool.forget_after_fork()
+        self._forget_delivery_after_fork()
         self._lock = threading.Lock()
         self._spool_lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
@@ -415,6 +430,9 @@ class AuditLogger:
         self._closing = self._closed = True
         self._fork_error_logged = False
         self._counts = {name: 0 for name in self._counts}  # this process's, not the parent's
+
+    def _forget_delivery_after_fork(self) -> None:
+        self.spool.forget_after_fork()
 
     def _forked_message(self) -> str:
         msg = (f"this AuditLogger was created in process {self._pid}, before a fork; this "
@@ -781,7 +799,7 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
     below what it must deliver), and a waking prediction may wait up to one switch interval
     instead. A caller's own spill never pauses: a pause there would only delay that
     caller."""
-    need = sum(1 for ev, _, _ in items if type(ev) is tuple or "id" not in ev)
+    need = sum(1 for ev, _, _ in items if type(ev) is tuple or (type(ev) is dict and "id" not in ev))
     rnd = os.urandom(16 * need) if need else b""
     j = 0
     out = []
@@ -790,6 +808,9 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
         if pause and out and time.perf_counter_ns() - slice_start >= _GIL_SLICE_NS:
             time.sleep(_GIL_PAUSE_S)
             slice_start = time.perf_counter_ns()
+        if type(ev) is bytes:  # encoded already (by a process delivering through an agent)
+            out.append(ev)
+            continue
         try:
             if type(ev) is tuple:  # queued by the prediction decorator
                 ev = build_prediction(ev)
