@@ -23,10 +23,12 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
 * ``log_paced``: ``log()`` at a steady ``--paced-rate`` (10,000/s) for ``--calls / 10``
   calls, which the sender keeps up with: the cost in the steady state.
 * ``predict``: a ~0.2 ms pure-Python predict function serving 1,000 requests/s for
-  ``--predict-seconds`` in each of three conditions, in interleaved 0.25 s blocks: without
+  ``--predict-seconds`` in each of four conditions, in interleaved 0.25 s blocks: without
   the decorator, without it again (an A/A control: two identical conditions, whose p99 ratio
-  is what this machine's noise alone produces), and with ``@logger.predictions`` (high risk:
-  every call logged, the sender delivering meanwhile). The requests come from another
+  is what this machine's noise alone produces), with ``@logger.predictions`` (high risk:
+  every call logged, the sender thread delivering meanwhile; engine ``mlaudit-python``), and
+  with the decorator of a logger built with ``delivery="process"`` (engine
+  ``mlaudit-python-process``: a child process encodes and sends). The requests come from another
   process, which writes each one's arrival time to a pipe every millisecond; the predict
   thread blocks reading it (the GIL released, as a server thread waiting on its socket).
   Two latencies per request: ``call`` (``predict_*``: the decorated call alone) and
@@ -35,7 +37,7 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
   and with the decorator, the decorated/plain p99 ratio and the A/A ratio, each with a 95 %
   paired block-bootstrap interval (``ci95_low``/``ci95_high``). Each block begins with a few
   unmeasured requests, the logger is flushed (unmeasured) after each decorated block, and
-  the block order cycles through all six orders (see ``bench_predict``). Also
+  the block order cycles through every order of the four (see ``bench_predict``). Also
   ``events_delivered_while_serving`` (with how many were spooled: 0 when the sender keeps
   up) and ``decorator_overhead_*`` (a no-op function with and without the decorator in a
   hot loop of 20,000 calls, which overflows the queue into the spool: ``events_delivered``).
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import logging
 import os
@@ -282,9 +285,9 @@ def predict_work(features, n=0):
 PREDICT_LOOPS = 1000
 PREDICT_RATE = 1000  # predictions per second
 LEAD_IN = 25  # unmeasured requests at the start of each block
-ROUNDS = [("without", "again", "with"), ("without", "with", "again"),
-          ("again", "without", "with"), ("again", "with", "without"),
-          ("with", "without", "again"), ("with", "again", "without")]
+#: The conditions of the predict phase, and every order of them (cycled block by block).
+CONDITIONS = ("without", "again", "with", "with_process")
+ROUNDS = list(itertools.permutations(CONDITIONS))
 
 
 def calibrate():
@@ -331,6 +334,11 @@ class Arrivals:
             raise SystemExit(f"the arrivals process ended (exit status {self._proc.poll()})")
         return self._unpack(record)[0]
 
+    def skip_backlog(self) -> None:
+        """Drop the requests that arrived more than 0.5 ms ago (while a logger flushed)."""
+        while time.perf_counter_ns() - self.next() > 500_000:
+            pass
+
     def close(self) -> None:
         self._proc.kill()
         self._proc.wait()
@@ -365,35 +373,45 @@ def bench_predict(url, token, seconds, work):
         return predict_work(features)
 
     decorated = lg.predictions(model="credit-risk", version="7", risk="high")(plain)
+    lgp = mlaudit.AuditLogger(url, token, os.path.join(work, "spool-predict-process"),
+                              actor={"id": "bench", "type": "service"}, register_atexit=False,
+                              delivery="process")
+    decorated_p = lgp.predictions(model="credit-risk", version="7", risk="high")(plain)
+    loggers = {"with": lg, "with_process": lgp}
     arrivals = Arrivals(PREDICT_RATE)
     try:
         serve_block(arrivals, plain, int(min(seconds, 0.5) * PREDICT_RATE), 0)  # warm up
-        # Interleave 0.25 s blocks of the three conditions, so that all see the same machine
+        # Interleave 0.25 s blocks of the four conditions, so that all see the same machine
         # (this VM's noise drifts over seconds); pool each condition's samples. Each block
         # starts with LEAD_IN requests that are not measured (they serve what arrived while
-        # the previous block ended). After a decorated block the logger is flushed, unmeasured,
-        # so that its last batch is not sent during the next block; the decorated blocks thus
-        # see the POST work of one batch per 0.25 s, not the 1,000/s steady state's 1.25.
-        # The six rounds cover every order once: each condition holds each place twice, and
-        # a decorated block is followed as often by "without" as by "again".
-        per_block = {m: {"without": [], "again": [], "with": []} for m in ("response", "call")}
-        fns = {"without": plain, "again": plain_again, "with": decorated}
+        # the previous block ended, after skipping any backlog). After a decorated block its
+        # logger is flushed, unmeasured, so that its last batch is not sent during the next
+        # block; the decorated blocks thus see the POST work of one batch per 0.25 s, not the
+        # 1,000/s steady state's 1.25. The rounds cycle through every order of the four, so
+        # that each condition follows each other one equally often.
+        per_block = {m: {c: [] for c in CONDITIONS} for m in ("response", "call")}
+        fns = {"without": plain, "again": plain_again, "with": decorated,
+               "with_process": decorated_p}
         blocks = max(1, int(round(seconds / 0.25)))
         per = max(1, int(seconds * PREDICT_RATE / blocks))
         served = 0
         for b in range(blocks):
             for name in ROUNDS[b % len(ROUNDS)]:
+                arrivals.skip_backlog()
                 serve_block(arrivals, fns[name], LEAD_IN, served)
                 response, call = serve_block(arrivals, fns[name], per, served + LEAD_IN)
                 served += LEAD_IN + per
                 per_block["response"][name].append(response)
                 per_block["call"][name].append(call)
-                if name == "with":
-                    lg.flush(30)
+                if name in loggers:
+                    loggers[name].flush(30)
     finally:
         arrivals.close()
     serving_flushed = lg.flush(120)
     serving = lg.stats()
+    process_flushed = lgp.flush(120)
+    serving_p = lgp.stats()
+    lgp.close()
     # The decorator's own cost on the caller's thread, without the predict work: a no-op
     # function with and without it, back to back, 20,000 calls each.
     def noop(features, request_id):
@@ -421,6 +439,8 @@ def bench_predict(url, token, seconds, work):
     ctx = dict(rate_per_s=PREDICT_RATE, seconds=seconds, predict_work_loops=PREDICT_LOOPS)
     emit("predict", "mlaudit-python", "events_delivered_while_serving", serving["sent"],
          all_flushed=serving_flushed, spooled=serving["spooled"], **ctx)
+    emit("predict", "mlaudit-python-process", "events_delivered_while_serving",
+         serving_p["sent"], all_flushed=process_flushed, spooled=serving_p["spooled"], **ctx)
     emit("predict", "mlaudit-python", "events_delivered", st["sent"], all_flushed=delivered,
          spooled=st["spooled"], note="serving, then the unpaced no-op loop (which overflows "
          "the queue into the spool)", **ctx)
@@ -432,10 +452,13 @@ def bench_predict(url, token, seconds, work):
                   for name, bl in blocks_of.items()}
         prefix = "predict" if metric == "call" else "predict_response"
         c = dict(ctx, calls=sum(map(len, blocks_of["with"])), note=notes[metric])
-        for name, label in (("without", "without"), ("with", "with_decorator")):
+        for engine, name, label in (("mlaudit-python", "without", "without"),
+                                    ("mlaudit-python", "with", "with_decorator"),
+                                    ("mlaudit-python-process", "with_process", "with_decorator")):
             for q in ("p50", "p99"):
-                emit("predict", "mlaudit-python", f"{prefix}_{q}_ns_{label}", pooled[name][q], **c)
-        for engine, name in (("mlaudit-python", "with"), ("plain-again", "again")):
+                emit("predict", engine, f"{prefix}_{q}_ns_{label}", pooled[name][q], **c)
+        for engine, name in (("mlaudit-python", "with"), ("mlaudit-python-process", "with_process"),
+                             ("plain-again", "again")):
             low, high = p99_ratio_interval(blocks_of["without"], blocks_of[name])
             emit("predict", engine, f"{prefix}_p99_ratio",
                  round(pooled[name]["p99"] / pooled["without"]["p99"], 3),

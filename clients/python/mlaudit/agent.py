@@ -50,6 +50,7 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from .logger import AuditLogger, _finalize_many, _ENCODE_CHUNK, _ENCODE_EVERY_S
+from .spool import SpoolInUseError
 
 log = logging.getLogger("mlaudit")
 
@@ -143,6 +144,7 @@ class ProcessAuditLogger(AuditLogger):
         self._seq = 0
         self._restarts = 0
         self._close_ok: Optional[bool] = None
+        self._agent_stats_at_close: Dict[str, Any] = {}
         self._proc: Optional[subprocess.Popen] = None
         self._start_agent()
 
@@ -168,9 +170,11 @@ class ProcessAuditLogger(AuditLogger):
             proc.wait()
             proc.stdin.close()  # type: ignore[union-attr]
             proc.stdout.close()  # type: ignore[union-attr]
-            why = (answer[1] if isinstance(answer, tuple) and len(answer) > 1
+            why = (str(answer[1]) if isinstance(answer, tuple) and len(answer) > 1
                    else f"it exited with status {status}" if status is not None
                    else f"no answer within {_START_TIMEOUT_S:.0f} s")
+            if why.startswith("SpoolInUseError: "):
+                raise SpoolInUseError(why[len("SpoolInUseError: "):])
             raise AgentError(f"mlaudit: the delivery agent did not start: {why}")
         self._proc, self._to_agent, self._from_agent = proc, to_agent, from_agent
 
@@ -231,16 +235,17 @@ class ProcessAuditLogger(AuditLogger):
     def _spool_items(self, items: List[Tuple[Any, int, int]], pause: bool) -> None:
         """Under _spool_lock: hand ``items`` to the agent (in the thread delivery this
         writes them to the spool; here the agent does)."""
-        pairs = [(ev, t) for ev, t, _ in items]
+        pairs = _pack(items)
+        if len(pairs) < len(items):
+            self._count("rejected", len(items) - len(pairs))
+        if not pairs:
+            return
         try:
             data = marshal.dumps(("events", pairs))
-        except ValueError:  # something marshal cannot write: see _pack_slowly
-            pairs = _pack_slowly(items)
-            if len(pairs) < len(items):
-                self._count("rejected", len(items) - len(pairs))
+        except ValueError:  # nested too deeply for marshal: encode them all here
+            pairs = _pack([(ev, t, i) for ev, t, i in items], encode_all=True)
             data = marshal.dumps(("events", pairs))
-        if pairs:
-            self._send(data, len(pairs))
+        self._send(data, len(pairs))
 
     def _send(self, data: bytes, events: int = 0) -> bool:
         """Under _spool_lock: write a marshalled message; if the agent is gone, start
@@ -343,7 +348,8 @@ class ProcessAuditLogger(AuditLogger):
             mine = dict(self._counts)
             queued = len(self._buf) + sum(len(c) for c in self._overflow)
             closed = self._closed
-        theirs = {} if closed else (self._request("stats", timeout=_STATS_TIMEOUT_S) or {})
+        theirs = self._agent_stats_at_close if closed else (
+            self._request("stats", timeout=_STATS_TIMEOUT_S) or {})
         out = {k: mine[k] + int(theirs.get(k, 0)) for k in mine}
         out["queued"] = queued + int(theirs.get("queued", 0))
         out["spool_pending_bytes"] = int(theirs.get("spool_pending_bytes", 0))
@@ -362,7 +368,10 @@ class ProcessAuditLogger(AuditLogger):
         if already_closing:
             self._thread.join(timeout)
             return bool(self._close_ok)
-        ok = bool(self._request("close", timeout, timeout=timeout + self.timeout_s + 10))
+        answer = self._request("close", timeout, timeout=timeout + self.timeout_s + 10)
+        ok = bool(answer and answer[0])
+        if answer:
+            self._agent_stats_at_close = answer[1]
         with self._lock:
             self._close_ok = ok
             self._closed = True
@@ -389,17 +398,38 @@ class ProcessAuditLogger(AuditLogger):
 _NOTHING_YET = object()
 
 
-def _pack_slowly(items: List[Tuple[Any, int, int]]) -> List[Tuple[Any, int]]:
-    """``(event, time_ns)`` pairs that ``marshal`` can write. An event holding something it
-    cannot (a numpy array, an object) is encoded to JSON here instead (``_finalize_many``:
-    its id and time fixed); one that cannot be encoded either is left out (counted as
-    rejected by the caller)."""
+#: The types ``marshal`` writes and reads back as themselves. (It also writes any object
+#: with the buffer protocol, a numpy array say, but reads it back as ``bytes``.)
+_PLAIN = frozenset((str, int, float, bool, type(None), bytes))
+_PLAIN_DEPTH = 20
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """Whether ``value`` survives ``marshal`` unchanged: only the types above, in tuples,
+    lists, sets and dicts (flat containers are checked in one C-level pass)."""
+    t = type(value)
+    if t in _PLAIN:
+        return True
+    if depth >= _PLAIN_DEPTH:
+        return False
+    if t is tuple or t is list or t is frozenset or t is set:
+        return _PLAIN.issuperset(map(type, value)) or all(_plain(v, depth + 1) for v in value)
+    if t is dict:
+        return ((_PLAIN.issuperset(map(type, value)) or all(_plain(k, depth + 1) for k in value))
+                and (_PLAIN.issuperset(map(type, value.values()))
+                     or all(_plain(v, depth + 1) for v in value.values())))
+    return False
+
+
+def _pack(items: List[Tuple[Any, int, int]], encode_all: bool = False) -> List[Tuple[Any, int]]:
+    """``(event, time_ns)`` pairs to marshal. An event holding anything else (a numpy array,
+    an object) is encoded to JSON here instead (``_finalize_many``: its id and time fixed);
+    one that cannot be encoded either is left out (the caller counts it as rejected)."""
     out: List[Tuple[Any, int]] = []
     for ev, t, idx in items:
-        try:
-            marshal.dumps(ev)
+        if not encode_all and _plain(ev):
             out.append((ev, t))
-        except ValueError:
+        else:
             out.extend((body, t) for body in _finalize_many([(ev, t, idx)], False))
     return out
 
@@ -435,6 +465,7 @@ class _Agent:
         except Exception as e:
             self.reply(("error", f"{type(e).__name__}: {e}"))
             return False
+        self.logger._gil_pauses = False
         self.reply(("ready", os.getpid()))
         return True
 
@@ -459,7 +490,8 @@ class _Agent:
                 self.reply(("stats", msg[1], lg.stats()))
             elif op == "close":
                 _, seq, timeout = msg
-                self.reply(("closed", seq, lg.close(timeout)))
+                ok = lg.close(timeout)
+                self.reply(("closed", seq, (ok, lg.stats())))
                 return
             else:
                 raise ValueError(f"unknown request {op!r}")

@@ -152,6 +152,9 @@ class AuditLogger:
         # reaches _notify_at events; _held events are taken and encoded but not yet sent.
         self._notify_at = 1
         self._held = 0
+        # Whether the sender pauses for the GIL while it encodes (see _finalize_many): not
+        # in a delivery agent, whose process serves nothing else.
+        self._gil_pauses = True
         self._batch_due: Optional[float] = None
         self._counts = dict(sent=0, duplicates=0, spooled=0, retried=0, dropped=0,
                             rejected=0, sampled_out=0, errors=0)
@@ -497,7 +500,7 @@ class AuditLogger:
         """:func:`_finalize_many`, pausing for the GIL (if ``pause``) only for a chunk of at
         most ``_ENCODE_CHUNK`` events: a longer one is a backlog, or a flush or close that
         wants it sent. An event that cannot be encoded is counted as rejected."""
-        bodies = _finalize_many(items, pause and len(items) <= _ENCODE_CHUNK)
+        bodies = _finalize_many(items, pause and self._gil_pauses and len(items) <= _ENCODE_CHUNK)
         if len(bodies) < len(items):
             self._count("rejected", len(items) - len(bodies))
         return bodies

@@ -38,6 +38,12 @@ def offline_server(tmp_path):
     s.stop()
 
 
+@pytest.fixture(params=["thread", "process"])
+def delivery(request):
+    """Both deliveries: a sender thread in this process, or a child process (the agent)."""
+    return request.param
+
+
 def make_logger(server, spool_dir, **kw):
     from mlaudit import AuditLogger
     kw.setdefault("actor", {"id": "test-suite", "type": "service"})

@@ -21,10 +21,11 @@ RESULTS = [None, 0, 1.5, "yes", (1, 2), [0.1, 0.9], {"p": 0.3}, Opaque(), b"\x00
            {1, 2}, float("nan"), BadRepr()]
 
 
-def test_results_are_returned_unchanged_and_logged(shared_server, tmp_path):
-    lg = make_logger(shared_server, tmp_path / "spool")
+def test_results_are_returned_unchanged_and_logged(shared_server, tmp_path, delivery):
+    lg = make_logger(shared_server, tmp_path / "spool", delivery=delivery)
+    model = f"deco-model-{delivery}"
 
-    @lg.predictions(model="deco-model", version="3", risk="high")
+    @lg.predictions(model=model, version="3", risk="high")
     def predict(x, *, request_id=None):
         return x
 
@@ -35,10 +36,10 @@ def test_results_are_returned_unchanged_and_logged(shared_server, tmp_path):
     lg.close()
     assert st["errors"] == 0 and st["rejected"] == 0
     got = {e["event"]["subject"]["request"]: e["event"]
-           for e in shared_server.query(model="deco-model", kind="prediction.served")}
+           for e in shared_server.query(model=model, kind="prediction.served")}
     assert sorted(got) == sorted(f"deco-{i}" for i in range(len(RESULTS)))
     ev = got["deco-6"]
-    assert ev["subject"] == {"model": "deco-model", "version": "3", "request": "deco-6"}
+    assert ev["subject"] == {"model": model, "version": "3", "request": "deco-6"}
     assert ev["attributes"]["outputs"] == {"p": 0.3}
     assert ev["attributes"]["inputs"] == {"args": [{"p": 0.3}], "kwargs": {"request_id": "deco-6"}}
     assert ev["attributes"]["sample_rate"] == 1.0
@@ -49,11 +50,11 @@ def test_results_are_returned_unchanged_and_logged(shared_server, tmp_path):
     assert "unrepresentable BadRepr" in got["deco-11"]["attributes"]["outputs"]
 
 
-def test_unserialisable_inputs(shared_server, tmp_path):
-    lg = make_logger(shared_server, tmp_path / "spool")
+def test_unserialisable_inputs(shared_server, tmp_path, delivery):
+    lg = make_logger(shared_server, tmp_path / "spool", delivery=delivery)
     calls = []
 
-    @lg.predictions(model="deco-inputs", version="1",
+    @lg.predictions(model=f"deco-inputs-{delivery}", version="1",
                     request_id=lambda *a, **k: f"in-{len(calls)}")
     def predict(*args, **kwargs):
         calls.append(1)
@@ -72,7 +73,7 @@ def test_unserialisable_inputs(shared_server, tmp_path):
         n = 1
     assert lg.flush(30) is True
     lg.close()
-    events = shared_server.query(model="deco-inputs")
+    events = shared_server.query(model=f"deco-inputs-{delivery}")
     assert len(events) == n
     args = events[0]["event"]["attributes"]["inputs"]["args"]
     assert args[1] == {"('tuple', 'key')": 1, "2": "int key"}
@@ -155,13 +156,13 @@ def test_low_risk_predictions_are_sampled_by_request_id(shared_server, tmp_path)
     assert lg.stats()["sampled_out"] == 300 - len(got)
 
 
-def test_the_record_is_what_the_call_saw(shared_server, tmp_path):
+def test_the_record_is_what_the_call_saw(shared_server, tmp_path, delivery):
     """Inputs and outputs are copied at call time: mutating them afterwards (a reused
     buffer, a cached dict) does not change the recorded event."""
-    lg = make_logger(shared_server, tmp_path / "spool", linger_s=0.5)
+    lg = make_logger(shared_server, tmp_path / "spool", linger_s=0.5, delivery=delivery)
     cache = {"score": 0.25, "explanation": ["income"]}
 
-    @lg.predictions(model="deco-snapshot", version="1")
+    @lg.predictions(model=f"deco-snapshot-{delivery}", version="1")
     def predict(features, request_id):
         return cache
 
@@ -182,7 +183,7 @@ def test_the_record_is_what_the_call_saw(shared_server, tmp_path):
     assert lg.flush(30)
     lg.close()
     got = {e["event"]["subject"]["request"]: e["event"]["attributes"]
-           for e in shared_server.query(model="deco-snapshot")}
+           for e in shared_server.query(model=f"deco-snapshot-{delivery}")}
     assert got["snap-1"]["inputs"]["args"] == [[1.0, 2.0, {"nested": [3.0]}]]
     assert got["snap-1"]["outputs"] == {"score": 0.25, "explanation": ["income"]}
     if numpy:

@@ -24,8 +24,8 @@ def seq_of(events, kind):
     return [e["event"]["attributes"]["i"] for e in events if e["event"]["kind"] == kind]
 
 
-def test_delivers_in_order_with_time_id_and_actor(server, tmp_path):
-    lg = make_logger(server, tmp_path / "spool")
+def test_delivers_in_order_with_time_id_and_actor(server, tmp_path, delivery):
+    lg = make_logger(server, tmp_path / "spool", delivery=delivery)
     for i in range(1200):
         lg.log({"kind": "x.basic", "attributes": {"i": i}})
     assert lg.flush(30) is True
@@ -79,13 +79,13 @@ def test_resend_after_cursor_rollback_is_idempotent(offline_server, tmp_path):
 
 
 def test_server_killed_and_restarted_mid_stream_loses_nothing_keeps_order(offline_server,
-                                                                          tmp_path):
+                                                                          tmp_path, delivery):
     """One thread logs 3,000 numbered events; the server is SIGKILLed after the 1,000th and
     restarted (same port and data) after the 2,000th. Every event arrives exactly once and
     the server's seq order is the log() order."""
     srv = offline_server
     srv.start()
-    lg = make_logger(srv, tmp_path / "spool", batch_size=100, linger_s=0.01)
+    lg = make_logger(srv, tmp_path / "spool", batch_size=100, linger_s=0.01, delivery=delivery)
     n = 3000
     for i in range(n):
         lg.log({"kind": "x.order", "attributes": {"i": i}})
@@ -103,11 +103,11 @@ def test_server_killed_and_restarted_mid_stream_loses_nothing_keeps_order(offlin
     assert seq_of(srv.query(kind="x.order"), "x.order") == list(range(n))
 
 
-def test_full_queue_spools_instead_of_blocking(offline_server, tmp_path):
+def test_full_queue_spools_instead_of_blocking(offline_server, tmp_path, delivery):
     """queue_size=10 and nothing listening: 10,000 log() calls return without waiting for
     the network (a loose bound), everything is spooled, then delivered in order."""
     srv, spool = offline_server, tmp_path / "spool"
-    lg = make_logger(srv, spool, queue_size=10, batch_size=5)
+    lg = make_logger(srv, spool, queue_size=10, batch_size=5, delivery=delivery)
     t0 = time.monotonic()
     for i in range(10_000):
         lg.log({"kind": "x.full", "attributes": {"i": i}})
@@ -124,7 +124,7 @@ def test_full_queue_spools_instead_of_blocking(offline_server, tmp_path):
     assert seq_of(srv.query(kind="x.full"), "x.full") == list(range(10_000))
 
 
-def test_a_later_process_delivers_what_an_earlier_one_left(offline_server, tmp_path):
+def test_a_later_process_delivers_what_an_earlier_one_left(offline_server, tmp_path, delivery):
     """A child process logs 500 events while the server is down and exits (atexit closes
     the logger). A new logger on the same spool_dir delivers them first, then its own."""
     srv, spool = offline_server, tmp_path / "spool"
@@ -132,7 +132,7 @@ def test_a_later_process_delivers_what_an_earlier_one_left(offline_server, tmp_p
         import mlaudit
         lg = mlaudit.AuditLogger({srv.url!r}, {srv.writer!r}, {str(spool)!r},
                                  actor={{"id": "batch-job", "type": "service"}},
-                                 backoff_cap_s=0.2)
+                                 backoff_cap_s=0.2, delivery={delivery!r})
         for i in range(500):
             lg.log({{"kind": "x.handover", "attributes": {{"i": i}}}})
         # no close(): the atexit hook spools what is left
@@ -144,7 +144,7 @@ def test_a_later_process_delivers_what_an_earlier_one_left(offline_server, tmp_p
     assert any(n.startswith("seg-") for n in os.listdir(spool))
 
     srv.start()
-    lg = make_logger(srv, spool)
+    lg = make_logger(srv, spool, delivery=delivery)
     for i in range(500, 600):
         lg.log({"kind": "x.handover", "attributes": {"i": i}})
     assert lg.flush(30) is True
@@ -209,10 +209,10 @@ def test_spool_limit_drops_loudly(offline_server, tmp_path, caplog):
     assert len(srv.query(kind="x.limit")) == st["spooled"]
 
 
-def test_one_logger_per_spool_dir(offline_server, tmp_path):
-    lg = make_logger(offline_server, tmp_path / "spool")
+def test_one_logger_per_spool_dir(offline_server, tmp_path, delivery):
+    lg = make_logger(offline_server, tmp_path / "spool", delivery=delivery)
     with pytest.raises(SpoolInUseError):
-        make_logger(offline_server, tmp_path / "spool")
+        make_logger(offline_server, tmp_path / "spool", delivery=delivery)
     lg.close(timeout=5)
     make_logger(offline_server, tmp_path / "spool").close(timeout=5)  # released
 
@@ -353,12 +353,14 @@ def test_flush_is_not_starved_by_other_threads_logging(shared_server, tmp_path):
         lg.close()
 
 
-def test_many_threads_small_queue_outage_keeps_each_threads_order(offline_server, tmp_path):
+def test_many_threads_small_queue_outage_keeps_each_threads_order(offline_server, tmp_path,
+                                                                 delivery):
     """Four threads log through a tiny queue (hand-offs and spills on the callers' threads)
     while the server is down, then up: every event arrives once, each thread's in order."""
     import threading
     srv = offline_server
-    lg = make_logger(srv, tmp_path / "spool", queue_size=50, batch_size=40, linger_s=0.005)
+    lg = make_logger(srv, tmp_path / "spool", queue_size=50, batch_size=40, linger_s=0.005,
+                     delivery=delivery)
     n, threads = 1500, 4
     started = threading.Barrier(threads + 1)
 

@@ -1,0 +1,155 @@
+"""``AuditLogger(..., delivery="process")``: what the delivery agent adds to the guarantees
+the shared tests (test_delivery.py, test_decorator.py, parametrized over both deliveries)
+already check."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import make_logger
+from mlaudit.agent import MAX_FRAME, ProcessAuditLogger, read_frame, write_frame
+from server import CLIENT_DIR
+
+
+def seq_of(events):
+    return [e["event"]["attributes"]["i"] for e in events]
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_events_handed_to_the_agent_survive_the_serving_process_being_killed(offline_server,
+                                                                            tmp_path):
+    """The serving process logs 2,000 events while the server is down, waits until its
+    queue is empty and the agent has answered a question asked after the last event
+    (everything handed over), and is SIGKILLed: no atexit, no close.
+    The agent sees the pipe end, spools what it holds and exits; a later logger delivers
+    all 2,000 in order."""
+    srv, spool = offline_server, tmp_path / "spool"
+    script = textwrap.dedent(f"""
+        import os, signal, time, mlaudit
+        lg = mlaudit.AuditLogger({srv.url!r}, {srv.writer!r}, {str(spool)!r},
+                                 actor={{"id": "killed", "type": "service"}},
+                                 backoff_cap_s=0.2, delivery="process")
+        for i in range(2000):
+            lg.log({{"kind": "x.agent-kill", "attributes": {{"i": i}}}})
+        while lg._buf or lg._overflow:
+            time.sleep(0.01)
+        # stats() forwards anything queued, then asks the agent: once it answers, the agent
+        # has queued every event written before the question.
+        print(lg.stats()["agent_pid"], flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    env = dict(os.environ, PYTHONPATH=CLIENT_DIR)
+    p = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    agent_pid = int(p.stdout.split()[0])
+    wait_until(lambda: not os.path.exists(f"/proc/{agent_pid}"), 30)
+
+    srv.start()
+    lg = make_logger(srv, spool)
+    assert lg.flush(30) is True
+    lg.close()
+    assert seq_of(srv.query(kind="x.agent-kill")) == list(range(2000))
+
+
+def test_a_killed_agent_is_replaced_loudly_and_later_events_are_delivered(server, tmp_path,
+                                                                          caplog):
+    lg = make_logger(server, tmp_path / "spool", delivery="process")
+    for i in range(100):
+        lg.log({"kind": "x.agent-replaced", "attributes": {"i": i}})
+    assert lg.flush(30) is True
+    first = lg.stats()["agent_pid"]
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: lg._proc.poll() is not None)
+    with caplog.at_level(logging.ERROR, logger="mlaudit"):
+        for i in range(100, 200):
+            lg.log({"kind": "x.agent-replaced", "attributes": {"i": i}})
+        assert lg.flush(30) is True
+    st = lg.stats()
+    assert st["agent_restarts"] == 1 and st["agent_pid"] not in (0, first), st
+    assert "delivery agent" in caplog.text and "LOST" in caplog.text
+    assert lg.close() is True
+    assert seq_of(server.query(kind="x.agent-replaced")) == list(range(200))
+
+
+def test_close_reports_the_agents_final_counts_and_ends_it(offline_server, tmp_path):
+    lg = make_logger(offline_server, tmp_path / "spool", delivery="process")
+    for i in range(50):
+        lg.log({"kind": "x.agent-close", "attributes": {"i": i}})
+    proc = lg._proc
+    assert lg.close(timeout=5) is False  # server down: spooled, not delivered
+    st = lg.stats()
+    assert (st["spooled"], st["sent"], st["queued"]) == (50, 0, 0), st
+    assert proc.poll() == 0
+
+
+def test_an_agent_that_cannot_start_is_a_clear_error(offline_server, tmp_path):
+    (tmp_path / "not-a-dir").write_text("x")
+    with pytest.raises(Exception) as err:
+        make_logger(offline_server, tmp_path / "not-a-dir" / "spool", delivery="process")
+    assert "delivery agent did not start" in str(err.value)
+
+
+def test_a_forked_child_of_a_process_delivery_refuses_and_the_parent_delivers(shared_server,
+                                                                             tmp_path):
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork")
+    lg = make_logger(shared_server, tmp_path / "spool", delivery="process")
+    lg.log({"kind": "x.agent-fork", "attributes": {"i": 0}})
+    pid = os.fork()
+    if pid == 0:  # the child: its copy is closed, and has let go of the pipe
+        code = 0
+        try:
+            lg.log({"kind": "x.agent-fork", "attributes": {"i": -1}})
+            code = 3
+        except Exception:
+            code = 0 if lg._proc is None and lg.flush(1) is True else 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    lg.log({"kind": "x.agent-fork", "attributes": {"i": 1}})
+    assert lg.flush(30) is True
+    lg.close()
+    assert seq_of(shared_server.query(kind="x.agent-fork")) == [0, 1]
+
+
+def test_frames_round_trip_and_bad_frames_are_errors():
+    r, w = os.pipe()
+    try:
+        write_frame(w, ("events", [({"kind": "k"}, 1)]))
+        assert read_frame(r) == ("events", [({"kind": "k"}, 1)])
+        os.write(w, (MAX_FRAME + 1).to_bytes(4, "little"))
+        with pytest.raises(ValueError, match="limit"):
+            read_frame(r)
+        os.write(w, (3).to_bytes(4, "little") + b"\xff\xff\xff")
+        with pytest.raises(ValueError, match="does not decode"):
+            read_frame(r)
+        os.write(w, (10).to_bytes(4, "little") + b"abc")
+        os.close(w)
+        w = -1
+        assert read_frame(r) is None  # end of file in the middle of a frame
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_the_process_delivery_is_an_audit_logger(offline_server, tmp_path):
+    from mlaudit import AuditLogger
+    lg = make_logger(offline_server, tmp_path / "spool", delivery="process")
+    assert isinstance(lg, AuditLogger) and isinstance(lg, ProcessAuditLogger)
+    lg.close(timeout=1)
+    with pytest.raises(ValueError, match="delivery"):
+        make_logger(offline_server, tmp_path / "spool2", delivery="carrier-pigeon")
