@@ -1,6 +1,7 @@
 """mlaudit: Python client for the mlaudit audit trail.
 
 * :class:`AuditLogger` — non-blocking, batching, spooling delivery of audit events.
+* :mod:`mlaudit.agent` — ``AuditLogger(..., delivery="process")``: delivery by a child process.
 * :mod:`mlaudit.sampling` — the deterministic per-model sampling rule (shared with Rust).
 * :mod:`mlaudit.verify` — an independent proof-bundle verifier (``python -m mlaudit.verify``).
 """

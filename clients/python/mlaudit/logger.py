@@ -89,6 +89,8 @@ class AuditLogger:
         register_atexit: close the logger at interpreter exit.
         spool_batch_size: most events per POST when draining the spool.
         cursor_interval_s: how often, at most, the spool cursor is persisted while draining.
+        delivery: ``"thread"`` (a sender thread of this process) or ``"process"`` (a child
+            process, the delivery agent: see :mod:`mlaudit.agent`).
     """
 
     def __new__(cls, *args: Any, delivery: str = "thread", **kwargs: Any) -> "AuditLogger":
@@ -802,7 +804,8 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
     below what it must deliver), and a waking prediction may wait up to one switch interval
     instead. A caller's own spill never pauses: a pause there would only delay that
     caller."""
-    need = sum(1 for ev, _, _ in items if type(ev) is tuple or (type(ev) is dict and "id" not in ev))
+    need = sum(1 for ev, _, _ in items
+               if type(ev) is tuple or (type(ev) is dict and "id" not in ev))
     rnd = os.urandom(16 * need) if need else b""
     j = 0
     out = []
