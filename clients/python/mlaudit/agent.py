@@ -66,6 +66,9 @@ _AGENT_SETTINGS = ("queue_size", "batch_size", "linger_s", "timeout_s", "max_att
 #: takes the spool's lock) and for an answer to ``stats()``.
 _START_TIMEOUT_S = 30.0
 _STATS_TIMEOUT_S = 5.0
+#: After a failed start of a replacement agent, how long events are counted as dropped
+#: before the next start is tried.
+_RESTART_BACKOFF_S = 1.0
 
 
 class AgentError(RuntimeError):
@@ -144,6 +147,8 @@ class ProcessAuditLogger(AuditLogger):
         self._seq = 0
         self._restarts = 0
         self._close_ok: Optional[bool] = None
+        self._generation = 0  # counts agents: an answer is awaited from one of them
+        self._next_start_at = 0.0
         self._agent_stats_at_close: Dict[str, Any] = {}
         self._proc: Optional[subprocess.Popen] = None
         self._start_agent()
@@ -181,7 +186,9 @@ class ProcessAuditLogger(AuditLogger):
     @staticmethod
     def _read_reply(fd: int, timeout: Optional[float]) -> Any:
         """The next frame; None at end of file, ``_NOTHING_YET`` after ``timeout``."""
-        ready, _, _ = select.select([fd], [], [], timeout)
+        poller = select.poll()  # not select(): it fails for descriptors of 1024 and more
+        poller.register(fd, select.POLLIN)
+        ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
         return read_frame(fd) if ready else _NOTHING_YET
 
     def _forget_delivery_after_fork(self) -> None:
@@ -245,7 +252,12 @@ class ProcessAuditLogger(AuditLogger):
         except ValueError:  # nested too deeply for marshal: encode them all here
             pairs = _pack([(ev, t, i) for ev, t, i in items], encode_all=True)
             data = marshal.dumps(("events", pairs))
-        self._send(data, len(pairs))
+        try:
+            self._send(data, len(pairs))
+        except Exception:  # never into log(), never lose them uncounted
+            log.exception("mlaudit: cannot hand events to the delivery agent")
+            with self._lock:
+                self._report_drop(len(pairs))
 
     def _send(self, data: bytes, events: int = 0) -> bool:
         """Under _spool_lock: write a marshalled message; if the agent is gone, start
@@ -258,7 +270,7 @@ class ProcessAuditLogger(AuditLogger):
                     return True
                 except OSError:
                     pass
-            if attempt == 0 and not self._forked:
+            if attempt == 0 and not (self._forked or self._closing):
                 self._replace_agent()
         if events:
             with self._lock:
@@ -278,13 +290,16 @@ class ProcessAuditLogger(AuditLogger):
             except Exception:
                 pass
         self._proc = None
-        with self._reply_lock:
-            self._replies.clear()
+        self._generation += 1  # requests waiting for the old agent's answer get None
+        now = time.monotonic()
+        if now < self._next_start_at:  # the last start failed just now: do not spin
+            return
         try:
             self._start_agent()
             self._restarts += 1
-        except AgentError as e:
-            log.error("%s", e)
+        except Exception as e:  # AgentError, SpoolInUseError, OSError from Popen, ...
+            self._next_start_at = now + _RESTART_BACKOFF_S
+            log.error("mlaudit: no new delivery agent: %s", e)
 
     def _report_drop(self, n: int) -> None:
         self._counts["dropped"] += n
@@ -305,9 +320,10 @@ class ProcessAuditLogger(AuditLogger):
             seq = self._seq
             if self._proc is None or not self._send(marshal.dumps((op, seq) + args)):
                 return None
-        return self._await(seq, timeout)
+            generation = self._generation
+        return self._await(seq, timeout, generation)
 
-    def _await(self, seq: int, timeout: Optional[float]) -> Optional[Any]:
+    def _await(self, seq: int, timeout: Optional[float], generation: int) -> Optional[Any]:
         """The agent's answer to request ``seq``, or None (timeout, or the agent gone).
         Whoever holds ``_reply_lock`` reads one frame (waiting at most 0.1 s) and files it
         under its request's number, so that concurrent requests each get their own."""
@@ -317,7 +333,8 @@ class ProcessAuditLogger(AuditLogger):
                 if seq in self._replies:
                     return self._replies.pop(seq)
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if (remaining is not None and remaining <= 0) or self._proc is None:
+                if ((remaining is not None and remaining <= 0) or self._proc is None
+                        or self._generation != generation):
                     return None
                 try:
                     reply = self._read_reply(self._from_agent, min(remaining or 0.1, 0.1))
@@ -369,15 +386,20 @@ class ProcessAuditLogger(AuditLogger):
             self._thread.join(timeout)
             return bool(self._close_ok)
         answer = self._request("close", timeout, timeout=timeout + self.timeout_s + 10)
-        ok = bool(answer and answer[0])
-        if answer:
+        ok = isinstance(answer, tuple) and bool(answer[0])
+        if ok or isinstance(answer, tuple):
             self._agent_stats_at_close = answer[1]
         with self._lock:
             self._close_ok = ok
             self._closed = True
             self._cv.notify()
+            # A log() that passed its closing check just before close() began, and queued
+            # after the last hand-over: the agent has closed, nobody can deliver these.
+            late = len(self._take_all_locked())
+            if late:
+                self._report_drop(late)
         self._thread.join(5)
-        proc = self._proc
+        proc, self._proc = self._proc, None
         if proc is not None:
             for f in (proc.stdin, proc.stdout):
                 try:
@@ -450,8 +472,16 @@ class _Agent:
         self.logger: Optional[AuditLogger] = None
 
     def reply(self, message: Any) -> None:
-        with self.write_lock:
-            write_frame(self.out, message)
+        """Answer the serving process; if it is gone, there is nobody to answer."""
+        try:
+            with self.write_lock:
+                write_frame(self.out, message)
+        except OSError:
+            pass
+
+    def flush_and_reply(self, seq: int, timeout: Optional[float]) -> None:
+        assert self.logger is not None
+        self.reply(("flushed", seq, self.logger.flush(timeout)))
 
     def start(self) -> bool:
         msg = read_frame(self.inp)
@@ -483,9 +513,7 @@ class _Agent:
                 for ev, t in msg[1]:
                     enqueue(ev, t)
             elif op == "flush":  # answered by a thread, so that reading goes on meanwhile
-                _, seq, timeout = msg
-                threading.Thread(target=lambda: self.reply(("flushed", seq, lg.flush(timeout))),
-                                 daemon=True).start()
+                threading.Thread(target=self.flush_and_reply, args=msg[1:3], daemon=True).start()
             elif op == "stats":
                 self.reply(("stats", msg[1], lg.stats()))
             elif op == "close":
@@ -509,11 +537,12 @@ def main() -> int:
         if not agent.start():
             return 2
         agent.serve()
-    except ValueError as e:
-        log.error("mlaudit: the delivery agent stops: %s", e)
-        if agent.logger is not None:
-            agent.logger.close()
+    except Exception as e:  # a bug: say so, and still deliver or spool what was received
+        log.exception("mlaudit: the delivery agent stops: %s", e)
         return 2
+    finally:
+        if agent.logger is not None:
+            agent.logger.close()  # (idempotent: a no-op after a close request)
     return 0
 
 

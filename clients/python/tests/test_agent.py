@@ -153,3 +153,53 @@ def test_the_process_delivery_is_an_audit_logger(offline_server, tmp_path):
     lg.close(timeout=1)
     with pytest.raises(ValueError, match="delivery"):
         make_logger(offline_server, tmp_path / "spool2", delivery="carrier-pigeon")
+
+
+def test_only_values_marshal_reads_back_unchanged_are_marshalled():
+    import array
+    from mlaudit.agent import _plain
+    assert _plain({"a": [1, 2.5, None, True, b"x", ("t", frozenset({1}))], 2: {"k": "v"}})
+    assert not _plain({"a": array.array("d", [1.5])})  # marshal would make it bytes
+    assert not _plain([object()])
+    deep = cur = []
+    for _ in range(30):
+        cur.append([])
+        cur = cur[0]
+    assert not _plain(deep)
+
+
+def test_a_buffer_object_is_recorded_as_its_values(shared_server, tmp_path, delivery):
+    import array
+    lg = make_logger(shared_server, tmp_path / "spool", delivery=delivery)
+    model = f"agent-buffer-{delivery}"
+
+    @lg.predictions(model=model, version="1")
+    def predict(features, request_id):
+        return {"ok": True}
+
+    predict(array.array("d", [1.5, 2.5]), request_id="buf-1")
+    assert lg.flush(30) is True
+    lg.close()
+    (ev,) = shared_server.query(model=model)
+    assert ev["event"]["attributes"]["inputs"]["args"] == [[1.5, 2.5]]
+
+
+def test_concurrent_flushes_each_get_their_own_answer(shared_server, tmp_path):
+    import threading
+    lg = make_logger(shared_server, tmp_path / "spool", delivery="process")
+    results = []
+
+    def worker(t):
+        for i in range(200):
+            lg.log({"kind": "x.agent-flushes", "attributes": {"t": t, "i": i}})
+            if i % 50 == 49:
+                results.append(lg.flush(30))
+
+    ws = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for w in ws:
+        w.start()
+    for w in ws:
+        w.join(60)
+    assert results == [True] * 16
+    assert lg.close() is True
+    assert len(shared_server.query(kind="x.agent-flushes")) == 800
