@@ -47,7 +47,9 @@ def test_events_handed_to_the_agent_survive_the_serving_process_being_killed(off
             time.sleep(0.01)
         # stats() forwards anything queued, then asks the agent: once it answers, the agent
         # has queued every event written before the question.
-        print(lg.stats()["agent_pid"], flush=True)
+        st = lg.stats()
+        assert st["agent_pid"] and st["mode"] != "unknown", st  # the agent answered
+        print(st["agent_pid"], flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     """)
     env = dict(os.environ, PYTHONPATH=CLIENT_DIR)
@@ -108,20 +110,35 @@ def test_a_forked_child_of_a_process_delivery_refuses_and_the_parent_delivers(sh
         pytest.skip("needs fork")
     lg = make_logger(shared_server, tmp_path / "spool", delivery="process")
     lg.log({"kind": "x.agent-fork", "attributes": {"i": 0}})
+    r, w = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its copy is closed, and has let go of the pipe
+    if pid == 0:  # the child: its copy is closed, and has let go of the pipe to the agent
         code = 0
         try:
             lg.log({"kind": "x.agent-fork", "attributes": {"i": -1}})
             code = 3
         except Exception:
             code = 0 if lg._proc is None and lg.flush(1) is True else 4
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WEXITSTATUS(status) == 0
-    lg.log({"kind": "x.agent-fork", "attributes": {"i": 1}})
-    assert lg.flush(30) is True
-    lg.close()
+        os.write(w, bytes([code]))
+        time.sleep(30)  # alive, holding whatever it did not let go of
+        os._exit(0)
+    os.close(w)
+    try:
+        assert os.read(r, 1) == b"\0"
+        lg.log({"kind": "x.agent-fork", "attributes": {"i": 1}})
+        assert lg.flush(30) is True
+        # End the pipe from the parent's side only: the agent sees its end (and exits after
+        # delivering) only if the living child holds no copy of it.
+        proc = lg._proc
+        proc.stdin.close()
+        proc.wait(10)
+        assert proc.returncode == 0
+        lg._proc = None  # gone: close() has nothing to ask
+        lg.close(timeout=1)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
     assert seq_of(shared_server.query(kind="x.agent-fork")) == [0, 1]
 
 
