@@ -15,16 +15,34 @@ mod ingest;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::{bail, Result};
+use std::process::ExitCode;
 
-fn main() -> Result<()> {
+const USAGE: &str = "usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR] [--only-mlaudit] [--clients N]
+       mlaudit-bench prepare [--events N]
+       mlaudit-bench http [--events N] [--single-requests N] [--batches A,B] [--clients A,B] [--dir DIR]
+       mlaudit-bench verify [--events N]
+       mlaudit-bench client [--calls N] [--rate R] [--predict-seconds S] [--dir DIR]";
+
+/// Runs the named benchmark; errors are one line on stderr and exit status 2 (no backtrace).
+fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let result = match args.first().map(String::as_str) {
         Some("ingest") => ingest::run(&args[1..]),
         Some("prepare") => ingest::prepare_only(&args[1..]),
         Some("http") => http::run(&args[1..]),
         Some("verify") => ingest::verify_only(&args[1..]),
         Some("client") => client::run(&args[1..]),
-        _ => bail!("usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M] [--dir DIR] [--only-mlaudit]\n       mlaudit-bench prepare [--events N]\n       mlaudit-bench http [--events N] [--single-requests N]\n       mlaudit-bench verify [--events N]\n       mlaudit-bench client [--calls N] [--rate R] [--predict-seconds S]"),
+        _ => Err(anyhow::anyhow!("{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mlaudit-bench: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
