@@ -23,12 +23,14 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
 * ``log_paced``: ``log()`` at a steady ``--paced-rate`` (10,000/s) for ``--calls / 10``
   calls, which the sender keeps up with: the cost in the steady state.
 * ``predict``: a ~0.2 ms pure-Python predict function serving 1,000 requests/s for
-  ``--predict-seconds`` in each of four conditions, in interleaved 0.25 s blocks: without
+  ``--predict-seconds`` in each of five conditions, in interleaved 0.25 s blocks: without
   the decorator, without it again (an A/A control: two identical conditions, whose p99 ratio
   is what this machine's noise alone produces), with ``@logger.predictions`` (high risk:
   every call logged, the sender thread delivering meanwhile; engine ``mlaudit-python``), and
   with the decorator of a logger built with ``delivery="process"`` (engine
-  ``mlaudit-python-process``: a child process encodes and sends). The requests come from another
+  ``mlaudit-python-process``: a child process encodes and sends), and, as a diagnostic, the
+  decorator alone (engine ``decorator-only``: its events are dropped in groups of 32, as a
+  sender would take them, and never delivered: what the decorator's own work costs). The requests come from another
   process, which writes each one's arrival time to a pipe every millisecond; the predict
   thread blocks reading it (the GIL released, as a server thread waiting on its socket).
   Two latencies per request: ``call`` (``predict_*``: the decorated call alone) and
@@ -37,7 +39,7 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
   and with the decorator, the decorated/plain p99 ratio and the A/A ratio, each with a 95 %
   paired block-bootstrap interval (``ci95_low``/``ci95_high``). Each block begins with a few
   unmeasured requests, the logger is flushed (unmeasured) after each decorated block, and
-  the block order cycles through every order of the four (see ``bench_predict``). Also
+  the blocks follow the orders of the five conditions, shuffled (see ``bench_predict``). Also
   ``events_delivered_while_serving`` (with how many were spooled: 0 when the sender keeps
   up) and ``decorator_overhead_*`` (a no-op function with and without the decorator in a
   hot loop of 20,000 calls, which overflows the queue into the spool: ``events_delivered``).
@@ -57,6 +59,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -285,9 +288,12 @@ def predict_work(features, n=0):
 PREDICT_LOOPS = 1000
 PREDICT_RATE = 1000  # predictions per second
 LEAD_IN = 25  # unmeasured requests at the start of each block
-#: The conditions of the predict phase, and every order of them (cycled block by block).
-CONDITIONS = ("without", "again", "with", "with_process")
+#: The conditions of the predict phase, and every order of them, shuffled once (a run uses
+#: the first ``seconds / 0.25``: a prefix of the lexicographic order would put "without"
+#: first in every block of its first 24).
+CONDITIONS = ("without", "again", "with", "with_process", "decorator_only")
 ROUNDS = list(itertools.permutations(CONDITIONS))
+random.Random(1).shuffle(ROUNDS)
 
 
 def calibrate():
@@ -377,21 +383,35 @@ def bench_predict(url, token, seconds, work):
                               actor={"id": "bench", "type": "service"}, register_atexit=False,
                               delivery="process")
     decorated_p = lgp.predictions(model="credit-risk", version="7", risk="high")(plain)
+    # The decorator's own work alone (a diagnostic): its events go to a list emptied every
+    # 32 events, as the sender or forwarder would take them, and are not delivered.
+    lgd = mlaudit.AuditLogger(url, token, os.path.join(work, "spool-predict-nodelivery"),
+                              actor={"id": "bench", "type": "service"}, register_atexit=False)
+    held = []
+
+    def hold(ev, t_ns):
+        held.append((ev, t_ns))
+        if len(held) >= 32:
+            held.clear()
+
+    lgd._enqueue = hold
+    decorated_d = lgd.predictions(model="credit-risk", version="7", risk="high")(plain)
     loggers = {"with": lg, "with_process": lgp}
     arrivals = Arrivals(PREDICT_RATE)
     try:
         serve_block(arrivals, plain, int(min(seconds, 0.5) * PREDICT_RATE), 0)  # warm up
-        # Interleave 0.25 s blocks of the four conditions, so that all see the same machine
+        # Interleave 0.25 s blocks of the five conditions, so that all see the same machine
         # (this VM's noise drifts over seconds); pool each condition's samples. Each block
         # starts with LEAD_IN requests that are not measured (they serve what arrived while
         # the previous block ended, after skipping any backlog). After a decorated block its
         # logger is flushed, unmeasured, so that its last batch is not sent during the next
         # block; the decorated blocks thus see the POST work of one batch per 0.25 s, not the
-        # 1,000/s steady state's 1.25. The rounds cycle through every order of the four, so
-        # that each condition follows each other one equally often.
+        # 1,000/s steady state's 1.25. The rounds follow the orders of the five in a shuffled
+        # sequence (ROUNDS), so that over a run each condition holds each place, and follows
+        # each other one, about equally often.
         per_block = {m: {c: [] for c in CONDITIONS} for m in ("response", "call")}
         fns = {"without": plain, "again": plain_again, "with": decorated,
-               "with_process": decorated_p}
+               "with_process": decorated_p, "decorator_only": decorated_d}
         blocks = max(1, int(round(seconds / 0.25)))
         per = max(1, int(seconds * PREDICT_RATE / blocks))
         served = 0
@@ -412,6 +432,7 @@ def bench_predict(url, token, seconds, work):
     process_flushed = lgp.flush(120)
     serving_p = lgp.stats()
     lgp.close()
+    lgd.close()
     # The decorator's own cost on the caller's thread, without the predict work: a no-op
     # function with and without it, back to back, 20,000 calls each.
     def noop(features, request_id):
@@ -454,11 +475,12 @@ def bench_predict(url, token, seconds, work):
         c = dict(ctx, calls=sum(map(len, blocks_of["with"])), note=notes[metric])
         for engine, name, label in (("mlaudit-python", "without", "without"),
                                     ("mlaudit-python", "with", "with_decorator"),
-                                    ("mlaudit-python-process", "with_process", "with_decorator")):
+                                    ("mlaudit-python-process", "with_process", "with_decorator"),
+                                    ("decorator-only", "decorator_only", "with_decorator")):
             for q in ("p50", "p99"):
                 emit("predict", engine, f"{prefix}_{q}_ns_{label}", pooled[name][q], **c)
         for engine, name in (("mlaudit-python", "with"), ("mlaudit-python-process", "with_process"),
-                             ("plain-again", "again")):
+                             ("decorator-only", "decorator_only"), ("plain-again", "again")):
             low, high = p99_ratio_interval(blocks_of["without"], blocks_of[name])
             emit("predict", engine, f"{prefix}_p99_ratio",
                  round(pooled[name]["p99"] / pooled["without"]["p99"], 3),
