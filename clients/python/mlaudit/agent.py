@@ -71,6 +71,14 @@ _STATS_TIMEOUT_S = 5.0
 _RESTART_BACKOFF_S = 1.0
 
 
+#: How the agent starts: it imports this very copy of the package (the directory that holds
+#: it is first on its path unless it is already on it, as site-packages is, behind the
+#: standard library), never one found in its working directory.
+_BOOT = ("import sys; here = sys.argv[1]; sys.path[:] = [p for p in sys.path if p not in "
+         "('', '.')]; here in sys.path or sys.path.insert(0, here); "
+         "from mlaudit.agent import main; sys.exit(main())")
+
+
 class AgentError(RuntimeError):
     """The delivery agent could not be started, or refused its configuration."""
 
@@ -157,11 +165,11 @@ class ProcessAuditLogger(AuditLogger):
         """Start the agent and wait for it to answer ``ready``; raises :class:`AgentError`."""
         if not sys.executable:
             raise AgentError("delivery='process' needs sys.executable (a Python interpreter)")
-        env = dict(os.environ)
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-        proc = subprocess.Popen([sys.executable, "-m", "mlaudit.agent"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env, start_new_session=True)
+        flags = getattr(subprocess, "_args_from_interpreter_flags", list)()  # -X, -O, ...
+        proc = subprocess.Popen([sys.executable, *flags, "-c", _BOOT, here],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                start_new_session=True)
         to_agent, from_agent = proc.stdin.fileno(), proc.stdout.fileno()  # type: ignore
         try:
             write_frame(to_agent, ("config", self._agent_url, self._agent_token or "",
