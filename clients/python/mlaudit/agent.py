@@ -69,6 +69,8 @@ _STATS_TIMEOUT_S = 5.0
 #: After a failed start of a replacement agent, how long events are counted as dropped
 #: before the next start is tried.
 _RESTART_BACKOFF_S = 1.0
+#: The clock of the restart back-off (a seam for its test).
+_now = time.monotonic
 
 
 #: How the agent starts: it imports this very copy of the package (the directory that holds
@@ -157,6 +159,7 @@ class ProcessAuditLogger(AuditLogger):
         self._close_ok: Optional[bool] = None
         self._generation = 0  # counts agents: an answer is awaited from one of them
         self._next_start_at = 0.0
+        self._close_sent = False  # [_spool_lock] the agent reads nothing after it
         self._agent_stats_at_close: Dict[str, Any] = {}
         self._proc: Optional[subprocess.Popen] = None
         self._start_agent()
@@ -249,7 +252,12 @@ class ProcessAuditLogger(AuditLogger):
 
     def _spool_items(self, items: List[Tuple[Any, int, int]], pause: bool) -> None:
         """Under _spool_lock: hand ``items`` to the agent (in the thread delivery this
-        writes them to the spool; here the agent does)."""
+        writes them to the spool; here the agent does). After the close request the agent
+        reads nothing more: events queued in a race with close() are counted as dropped."""
+        if self._close_sent:
+            with self._lock:
+                self._report_drop(len(items))
+            return
         pairs = _pack(items)
         if len(pairs) < len(items):
             self._count("rejected", len(items) - len(pairs))
@@ -286,27 +294,34 @@ class ProcessAuditLogger(AuditLogger):
         return False
 
     def _replace_agent(self) -> None:
+        """Under _spool_lock: the agent is gone (a write failed): say so, let go of it, and
+        start a new one, unless the last start failed less than ``_RESTART_BACKOFF_S`` ago."""
         old = self._proc
-        status = old.poll() if old is not None else None
-        log.error("mlaudit: the delivery agent (pid %s) is gone (exit status %s); events it "
-                  "had received but not yet delivered or spooled are LOST; starting a new "
-                  "one on %s", old.pid if old else "?", status, self._spool_dir)
         if old is not None:
+            log.error("mlaudit: the delivery agent (pid %d) is gone (exit status %s); events "
+                      "it had received but not yet delivered or spooled are LOST; starting a "
+                      "new one on %s", old.pid, old.poll(), self._spool_dir)
             try:
                 old.kill()
                 old.wait(5)
             except Exception:
                 pass
-        self._proc = None
-        self._generation += 1  # requests waiting for the old agent's answer get None
-        now = time.monotonic()
-        if now < self._next_start_at:  # the last start failed just now: do not spin
+            with self._reply_lock:  # no waiter is reading it now; each checks the generation
+                self._proc = None
+                self._generation += 1  # requests waiting for the old agent's answer get None
+                for f in (old.stdin, old.stdout):
+                    try:
+                        f.close()  # type: ignore[union-attr]
+                    except OSError:
+                        pass
+        if _now() < self._next_start_at:  # the last start failed just now
             return
         try:
             self._start_agent()
             self._restarts += 1
         except Exception as e:  # AgentError, SpoolInUseError, OSError from Popen, ...
-            self._next_start_at = now + _RESTART_BACKOFF_S
+            self._next_start_at = _now() + _RESTART_BACKOFF_S  # after the attempt: it can
+            # take _START_TIMEOUT_S
             log.error("mlaudit: no new delivery agent: %s", e)
 
     def _report_drop(self, n: int) -> None:
@@ -328,6 +343,8 @@ class ProcessAuditLogger(AuditLogger):
             seq = self._seq
             if self._proc is None or not self._send(marshal.dumps((op, seq) + args)):
                 return None
+            if op == "close":
+                self._close_sent = True
             generation = self._generation
         return self._await(seq, timeout, generation)
 

@@ -113,17 +113,21 @@ def test_a_forked_child_of_a_process_delivery_refuses_and_the_parent_delivers(sh
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its copy is closed, and has let go of the pipe to the agent
-        code = 0
+        code = 5
         try:
-            lg.log({"kind": "x.agent-fork", "attributes": {"i": -1}})
-            code = 3
-        except Exception:
-            code = 0 if lg._proc is None and lg.flush(1) is True else 4
-        os.write(w, bytes([code]))
-        time.sleep(30)  # alive, holding whatever it did not let go of
-        os._exit(0)
+            try:
+                lg.log({"kind": "x.agent-fork", "attributes": {"i": -1}})
+                code = 3
+            except Exception:
+                code = 0 if lg._proc is None and lg.flush(1) is True else 4
+            os.write(w, bytes([code]))
+            time.sleep(30)  # alive, holding whatever it did not let go of
+        finally:
+            os._exit(code)
     os.close(w)
     try:
+        import select
+        assert select.select([r], [], [], 10)[0], "the child did not answer"
         assert os.read(r, 1) == b"\0"
         lg.log({"kind": "x.agent-fork", "attributes": {"i": 1}})
         assert lg.flush(30) is True
@@ -133,6 +137,7 @@ def test_a_forked_child_of_a_process_delivery_refuses_and_the_parent_delivers(sh
         proc.stdin.close()
         proc.wait(10)
         assert proc.returncode == 0
+        proc.stdout.close()
         lg._proc = None  # gone: close() has nothing to ask
         lg.close(timeout=1)
     finally:
@@ -220,3 +225,48 @@ def test_concurrent_flushes_each_get_their_own_answer(shared_server, tmp_path):
     assert results == [True] * 16
     assert lg.close() is True
     assert len(shared_server.query(kind="x.agent-flushes")) == 800
+
+
+def test_events_queued_after_the_close_request_are_counted_as_dropped(server, tmp_path):
+    """A log() that passed its closing check just before close() began can queue after the
+    close request was written: the agent reads nothing more, so the event is counted as
+    dropped, not written into a pipe nobody reads (or handed to a new agent)."""
+    lg = make_logger(server, tmp_path / "spool", delivery="process")
+    lg.log({"kind": "x.agent-late", "attributes": {"i": 0}})
+    answer = lg._request("close", 10, timeout=30)  # what close() asks first
+    assert answer and answer[0] is True
+    lg._proc.wait(10)
+    with lg._spool_lock:  # the late event, handed over as the forwarder would
+        lg._spool_items([({"kind": "x.agent-late", "attributes": {"i": 1}}, 0, 1)], False)
+    assert lg._counts["dropped"] == 1 and lg._restarts == 0
+    lg.close(timeout=1)
+    assert [e["event"]["attributes"]["i"] for e in server.query(kind="x.agent-late")] == [0]
+
+
+def test_a_failed_restart_is_not_retried_for_a_while(offline_server, tmp_path, monkeypatch,
+                                                     caplog):
+    """A start that fails after its whole timeout (30 s, simulated by the clock) is not
+    retried for every chunk that follows: one try, then the back-off counts from its end."""
+    import mlaudit.agent as agent
+    lg = make_logger(offline_server, tmp_path / "spool", delivery="process")
+    clock = [1000.0]
+    monkeypatch.setattr(agent, "_now", lambda: clock[0])
+    starts = []
+
+    def failing_start():
+        starts.append(1)
+        clock[0] += agent._START_TIMEOUT_S
+        raise agent.AgentError("no agent today")
+
+    monkeypatch.setattr(lg, "_start_agent", failing_start)
+    os.kill(lg._proc.pid, signal.SIGKILL)
+    lg._proc.wait(10)
+    with caplog.at_level(logging.ERROR, logger="mlaudit"):
+        for i in range(5):
+            with lg._spool_lock:
+                lg._spool_items([({"kind": "x.agent-restart", "attributes": {"i": i}}, 0, i)],
+                                False)
+    assert len(starts) == 1
+    assert lg.stats()["dropped"] == 5
+    assert caplog.text.count("is gone") == 1 and "no agent today" in caplog.text
+    lg.close(timeout=1)
