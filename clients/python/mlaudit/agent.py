@@ -1,15 +1,14 @@
 """Delivery by a separate process: ``AuditLogger(..., delivery="process")``.
 
 Why: in the default delivery a thread of the serving process encodes events to JSON and
-POSTs them. Its work holds the GIL and runs on the serving process's cores: at 1,000
-predictions/s it raised the p99 of a 0.2 ms pure-Python predict function by 10-25 % in
-``clients/python/bench/bench_log.py``, while the same work done by another process left it
-unchanged (BENCHMARKS.md). With ``delivery="process"`` the serving process keeps only the
-cheap part: the sampling decision, the copies of inputs and outputs, and a ``marshal`` of
-each chunk of queued events (C code, about a microsecond per event) written to a pipe. A
-child process, the *agent* (``python -m mlaudit.agent``, started by the logger), runs an
-ordinary thread-delivery :class:`~mlaudit.AuditLogger` on the same ``spool_dir`` and does
-the rest: encoding, batching, retries, the spool.
+POSTs them, holding the GIL. Here the serving process keeps only the cheap part: the
+sampling decision, the copies of inputs and outputs, and a ``marshal`` of each chunk of
+queued events (C code, about 0.2 µs per event) written to a pipe. A child process, the
+*agent* (:func:`main`, started by the logger), runs an ordinary thread-delivery
+:class:`~mlaudit.AuditLogger` on the same ``spool_dir`` and does the rest: encoding,
+batching, retries, the spool. Events handed to it survive the serving process's death.
+What it does for a predict function's p99 was measured only on the project's 2-vCPU VM,
+where it was not lower than with the thread delivery (BENCHMARKS.md, eighth session).
 
 Invariants:
 
