@@ -30,8 +30,8 @@ Figures (one JSON line each: bench, engine, metric, value, plus context):
   with the decorator of a logger built with ``delivery="process"`` (engine
   ``mlaudit-python-process``: a child process encodes and sends), and, as a diagnostic, the
   decorator alone (engine ``decorator-only``: its events are dropped in groups of 32, as a
-  sender would take them, and never delivered: what the decorator's own work costs). The requests come from another
-  process, which writes each one's arrival time to a pipe every millisecond; the predict
+  sender would take them, and never delivered: what the decorator's own work costs). The
+  requests come from another process, which writes each one's arrival time to a pipe every millisecond; the predict
   thread blocks reading it (the GIL released, as a server thread waiting on its socket).
   Two latencies per request: ``call`` (``predict_*``: the decorated call alone) and
   ``response`` (``predict_response_*``: from the arrival to the return, so waking up and
@@ -369,8 +369,11 @@ def serve_block(arrivals, fn, n, first):
 
 def bench_predict(url, token, seconds, work):
     calibrate()
-    lg = mlaudit.AuditLogger(url, token, os.path.join(work, "spool-predict"),
-                             actor={"id": "bench", "type": "service"}, register_atexit=False)
+    def logger(spool, **kw):
+        return mlaudit.AuditLogger(url, token, os.path.join(work, spool), register_atexit=False,
+                                   actor={"id": "bench", "type": "service"}, **kw)
+
+    lg = logger("spool-predict")
 
     def plain(features, request_id):
         return predict_work(features)
@@ -379,16 +382,13 @@ def bench_predict(url, token, seconds, work):
         return predict_work(features)
 
     decorated = lg.predictions(model="credit-risk", version="7", risk="high")(plain)
-    lgp = mlaudit.AuditLogger(url, token, os.path.join(work, "spool-predict-process"),
-                              actor={"id": "bench", "type": "service"}, register_atexit=False,
-                              delivery="process")
+    lgp = logger("spool-predict-process", delivery="process")
     decorated_p = lgp.predictions(model="credit-risk", version="7", risk="high")(plain)
     # The decorator's own work alone (a diagnostic): its events go to a list emptied every
     # 32 events, as the sender or forwarder would take them, and are not delivered. (This
     # skips the queue's lock and its wake-up of the sender: slightly less than the real
     # decorator's own work.)
-    lgd = mlaudit.AuditLogger(url, token, os.path.join(work, "spool-predict-nodelivery"),
-                              actor={"id": "bench", "type": "service"}, register_atexit=False)
+    lgd = logger("spool-predict-nodelivery")
     held = []
 
     def hold(ev, t_ns):

@@ -133,6 +133,15 @@ def read_frame(fd: int) -> Optional[Any]:
         raise ValueError(f"a frame that does not decode: {e}") from None
 
 
+def _close_pipes(proc: subprocess.Popen) -> None:
+    """Close this process's ends of the pipes to an agent (the agent sees end of file)."""
+    for f in (proc.stdin, proc.stdout):
+        try:
+            f.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+
+
 # -- the serving process's side ----------------------------------------------------------
 
 
@@ -183,8 +192,7 @@ class ProcessAuditLogger(AuditLogger):
             status = proc.poll()
             proc.kill()
             proc.wait()
-            proc.stdin.close()  # type: ignore[union-attr]
-            proc.stdout.close()  # type: ignore[union-attr]
+            _close_pipes(proc)
             why = (str(answer[1]) if isinstance(answer, tuple) and len(answer) > 1
                    else f"it exited with status {status}" if status is not None
                    else f"no answer within {_START_TIMEOUT_S:.0f} s")
@@ -203,11 +211,8 @@ class ProcessAuditLogger(AuditLogger):
 
     def _forget_delivery_after_fork(self) -> None:
         # The child's copies of the pipe would keep the agent from seeing the parent end.
-        for f in (self._proc.stdin, self._proc.stdout) if self._proc else ():
-            try:
-                f.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
+        if self._proc is not None:
+            _close_pipes(self._proc)
         self._proc = None
 
     # -- forwarding ------------------------------------------------------------------------
@@ -265,7 +270,7 @@ class ProcessAuditLogger(AuditLogger):
         try:
             data = marshal.dumps(("events", pairs))
         except ValueError:  # nested too deeply for marshal: encode them all here
-            pairs = _pack([(ev, t, i) for ev, t, i in items], encode_all=True)
+            pairs = _pack(items, encode_all=True)
             data = marshal.dumps(("events", pairs))
         try:
             self._send(data, len(pairs))
@@ -308,19 +313,15 @@ class ProcessAuditLogger(AuditLogger):
             with self._reply_lock:  # no waiter is reading it now; each checks the generation
                 self._proc = None
                 self._generation += 1  # requests waiting for the old agent's answer get None
-                for f in (old.stdin, old.stdout):
-                    try:
-                        f.close()  # type: ignore[union-attr]
-                    except OSError:
-                        pass
+                _close_pipes(old)
         if _now() < self._next_start_at:  # the last start failed just now
             return
         try:
             self._start_agent()
             self._restarts += 1
         except Exception as e:  # AgentError, SpoolInUseError, OSError from Popen, ...
-            self._next_start_at = _now() + _RESTART_BACKOFF_S  # after the attempt: it can
-            # take _START_TIMEOUT_S
+            # From the end of the attempt, which can take _START_TIMEOUT_S.
+            self._next_start_at = _now() + _RESTART_BACKOFF_S
             log.error("mlaudit: no new delivery agent: %s", e)
 
     def _report_drop(self, n: int) -> None:
@@ -411,7 +412,7 @@ class ProcessAuditLogger(AuditLogger):
             return bool(self._close_ok)
         answer = self._request("close", timeout, timeout=timeout + self.timeout_s + 10)
         ok = isinstance(answer, tuple) and bool(answer[0])
-        if ok or isinstance(answer, tuple):
+        if isinstance(answer, tuple):
             self._agent_stats_at_close = answer[1]
         with self._lock:
             self._close_ok = ok
@@ -425,11 +426,7 @@ class ProcessAuditLogger(AuditLogger):
         self._thread.join(5)
         proc, self._proc = self._proc, None
         if proc is not None:
-            for f in (proc.stdin, proc.stdout):
-                try:
-                    f.close()  # type: ignore[union-attr]  # end of file: the agent exits
-                except OSError:
-                    pass
+            _close_pipes(proc)  # end of file: the agent exits
             try:
                 proc.wait(self.timeout_s + 10)
             except subprocess.TimeoutExpired:
