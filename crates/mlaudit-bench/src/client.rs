@@ -25,10 +25,19 @@ struct Opts {
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { calls: 1_000_000, rate: 20_000.0, predict_seconds: 5.0, dir: std::env::temp_dir().join(format!("mlaudit-bench-client-{}", std::process::id())) };
+    let mut o = Opts {
+        calls: 1_000_000,
+        rate: 20_000.0,
+        predict_seconds: 5.0,
+        dir: std::env::temp_dir().join(format!("mlaudit-bench-client-{}", std::process::id())),
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
         match a.as_str() {
             "--calls" => o.calls = val()?.parse()?,
             "--rate" => o.rate = val()?.parse()?,
@@ -41,14 +50,28 @@ fn parse(args: &[String]) -> Result<Opts> {
 }
 
 fn prediction(i: usize) -> Event {
-    Event::prediction_served("credit-risk", "7", format!("r{i:09}"), json!({"income": 40_000 + i % 50_000, "debt": 0.3, "age": 20 + i % 50}), json!({"score": 0.031, "decision": "approve"})).latency_ms(2.5).confidence(0.97)
+    Event::prediction_served(
+        "credit-risk",
+        "7",
+        format!("r{i:09}"),
+        json!({"income": 40_000 + i % 50_000, "debt": 0.3, "age": 20 + i % 50}),
+        json!({"score": 0.031, "decision": "approve"}),
+    )
+    .latency_ms(2.5)
+    .confidence(0.97)
 }
 
 /// Nanosecond percentiles of `samples` as JSON lines.
 fn emit_percentiles(engine: &str, what: &str, samples: &mut [f64], ctx: serde_json::Value) {
     samples.sort_by(f64::total_cmp);
     for (name, p) in [("p50", 0.50), ("p99", 0.99), ("p999", 0.999)] {
-        emit("client", engine, &format!("{what}_{name}_ns"), pct(samples, p), ctx.clone());
+        emit(
+            "client",
+            engine,
+            &format!("{what}_{name}_ns"),
+            pct(samples, p),
+            ctx.clone(),
+        );
     }
 }
 
@@ -77,14 +100,22 @@ fn time_log(logger: &AuditLogger, calls: usize, first: usize, rate: f64) -> Vec<
 fn predict(x: u64) -> u64 {
     let mut h = x | 1;
     for _ in 0..40_000 {
-        h = std::hint::black_box(h.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407));
+        h = std::hint::black_box(
+            h.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
     }
     h
 }
 
 /// p99-relevant latencies (ns) of `predict` called at 1,000/s for `seconds`, with or without
 /// logging each prediction.
-fn predict_loop(logger: Option<&AuditLogger>, seconds: f64, first: usize, log_calls: &mut Vec<f64>) -> Vec<f64> {
+fn predict_loop(
+    logger: Option<&AuditLogger>,
+    seconds: f64,
+    first: usize,
+    log_calls: &mut Vec<f64>,
+) -> Vec<f64> {
     let n = (seconds * 1000.0) as usize;
     let start = Instant::now();
     let mut samples = Vec::with_capacity(n);
@@ -96,7 +127,14 @@ fn predict_loop(logger: Option<&AuditLogger>, seconds: f64, first: usize, log_ca
         let t = Instant::now();
         let y = predict(i as u64);
         if let Some(logger) = logger {
-            let event = Event::prediction_served("credit-risk", "7", format!("p{}", first + i), json!({"x": i}), json!({"y": y % 100})).latency_ms(t.elapsed().as_secs_f64() * 1e3);
+            let event = Event::prediction_served(
+                "credit-risk",
+                "7",
+                format!("p{}", first + i),
+                json!({"x": i}),
+                json!({"y": y % 100}),
+            )
+            .latency_ms(t.elapsed().as_secs_f64() * 1e3);
             let l = Instant::now();
             logger.log(event);
             log_calls.push(l.elapsed().as_nanos() as f64);
@@ -108,13 +146,20 @@ fn predict_loop(logger: Option<&AuditLogger>, seconds: f64, first: usize, log_ca
 
 /// A synchronous POST of one event per call (the baseline): latency per call.
 fn sync_posts(url: &str, token: &str, calls: usize, first: usize) -> Result<Vec<f64>> {
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
     let actor = Actor::service("scoring-api");
     let mut samples = Vec::with_capacity(calls);
     for i in 0..calls {
         let body = mlaudit_client::encode_batch([prediction(first + i)], &actor);
         let t = Instant::now();
-        agent.post(&format!("{url}/v1/events")).set("Content-Type", "application/x-protobuf").set("Authorization", &format!("Bearer {token}")).send_bytes(&body).map_err(|e| anyhow!("sync POST: {e}"))?;
+        agent
+            .post(&format!("{url}/v1/events"))
+            .set("Content-Type", "application/x-protobuf")
+            .set("Authorization", &format!("Bearer {token}"))
+            .send_bytes(&body)
+            .map_err(|e| anyhow!("sync POST: {e}"))?;
         samples.push(t.elapsed().as_nanos() as f64);
     }
     Ok(samples)
@@ -124,7 +169,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let _ = std::fs::remove_dir_all(&o.dir);
     std::fs::create_dir_all(&o.dir)?;
-    let signer = NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow!("{e}"))?;
+    let signer =
+        NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow!("{e}"))?;
     let (server, token, store) = serve(&o.dir, &signer)?;
     let url = format!("http://{}", server.addr());
 
@@ -135,29 +181,78 @@ pub fn run(args: &[String]) -> Result<()> {
         })
         .collect();
     overhead.sort_by(f64::total_cmp);
-    emit("client", "timer", "timer_overhead_ns", pct(&overhead, 0.5), json!({}));
+    emit(
+        "client",
+        "timer",
+        "timer_overhead_ns",
+        pct(&overhead, 0.5),
+        json!({}),
+    );
 
-    let logger = AuditLogger::builder(&url, &token, Actor::service("scoring-api")).spool_dir(o.dir.join("spool")).start()?;
+    let logger = AuditLogger::builder(&url, &token, Actor::service("scoring-api"))
+        .spool_dir(o.dir.join("spool"))
+        .start()?;
     let ctx = json!({ "calls": o.calls, "rate_per_s": o.rate });
     let mut paced = time_log(&logger, o.calls, 0, o.rate);
     emit_percentiles("mlaudit-rust", "log", &mut paced, ctx.clone());
-    emit("client", "mlaudit-rust", "events_spooled", logger.stats().spooled as f64, ctx);
+    emit(
+        "client",
+        "mlaudit-rust",
+        "events_spooled",
+        logger.stats().spooled as f64,
+        ctx,
+    );
     let mut burst = time_log(&logger, o.calls, o.calls, 0.0);
-    emit_percentiles("mlaudit-rust", "log", &mut burst, json!({ "calls": o.calls, "rate_per_s": "unpaced" }));
+    emit_percentiles(
+        "mlaudit-rust",
+        "log",
+        &mut burst,
+        json!({ "calls": o.calls, "rate_per_s": "unpaced" }),
+    );
     let flushed = Instant::now();
-    logger.flush(Duration::from_secs(600)).map_err(|e| anyhow!("flush: {e}"))?;
+    logger
+        .flush(Duration::from_secs(600))
+        .map_err(|e| anyhow!("flush: {e}"))?;
     let stats = logger.close(Duration::from_secs(10));
-    emit("client", "mlaudit-rust", "flush_s", flushed.elapsed().as_secs_f64(), json!({}));
-    ensure!(stats.sent == 2 * o.calls as u64 && stats.dropped == 0, "not every event was delivered: {stats:?}");
-    emit("client", "mlaudit-rust", "events_spooled", stats.spooled as f64, json!({ "sent": stats.sent, "retried": stats.retried, "after": "both runs" }));
+    emit(
+        "client",
+        "mlaudit-rust",
+        "flush_s",
+        flushed.elapsed().as_secs_f64(),
+        json!({}),
+    );
+    ensure!(
+        stats.sent == 2 * o.calls as u64 && stats.dropped == 0,
+        "not every event was delivered: {stats:?}"
+    );
+    emit(
+        "client",
+        "mlaudit-rust",
+        "events_spooled",
+        stats.spooled as f64,
+        json!({ "sent": stats.sent, "retried": stats.retried, "after": "both runs" }),
+    );
 
     let sync_calls = (o.calls / 100).max(200);
     let mut sync = sync_posts(&url, &token, sync_calls, 2 * o.calls)?;
-    emit_percentiles("http-sync", "log", &mut sync, json!({ "calls": sync_calls }));
+    emit_percentiles(
+        "http-sync",
+        "log",
+        &mut sync,
+        json!({ "calls": sync_calls }),
+    );
     let ratio = pct(&sync, 0.99) / pct(&paced, 0.99).max(1.0);
-    emit("client", "mlaudit-rust", "p99_ratio_sync_over_log", ratio, json!({}));
+    emit(
+        "client",
+        "mlaudit-rust",
+        "p99_ratio_sync_over_log",
+        ratio,
+        json!({}),
+    );
 
-    let predict_logger = AuditLogger::builder(&url, &token, Actor::service("scoring-api")).spool_dir(o.dir.join("spool-predict")).start()?;
+    let predict_logger = AuditLogger::builder(&url, &token, Actor::service("scoring-api"))
+        .spool_dir(o.dir.join("spool-predict"))
+        .start()?;
     let mut log_calls = Vec::new();
     let mut bare = predict_loop(None, o.predict_seconds, 0, &mut log_calls);
     let mut logged = predict_loop(Some(&predict_logger), o.predict_seconds, 0, &mut log_calls);
@@ -166,7 +261,13 @@ pub fn run(args: &[String]) -> Result<()> {
     emit_percentiles("predict-bare", "predict", &mut bare, ctx.clone());
     emit_percentiles("predict-logged", "predict", &mut logged, ctx.clone());
     emit_percentiles("mlaudit-rust", "predict_log_call", &mut log_calls, ctx);
-    emit("client", "mlaudit-rust", "predict_p99_ratio_logged_over_bare", pct(&logged, 0.99) / pct(&bare, 0.99).max(1.0), json!({}));
+    emit(
+        "client",
+        "mlaudit-rust",
+        "predict_p99_ratio_logged_over_bare",
+        pct(&logged, 0.99) / pct(&bare, 0.99).max(1.0),
+        json!({}),
+    );
 
     server.stop()?;
     store.close()?;

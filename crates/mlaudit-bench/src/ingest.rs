@@ -28,13 +28,28 @@ struct Opts {
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
-    let mut o = Opts { events: 1_000_000, proof_sizes: vec![1_000_000, 10_000_000], dir: std::env::temp_dir().join(format!("mlaudit-bench-{}", std::process::id())), only_mlaudit: false, clients: PRODUCERS };
+    let mut o = Opts {
+        events: 1_000_000,
+        proof_sizes: vec![1_000_000, 10_000_000],
+        dir: std::env::temp_dir().join(format!("mlaudit-bench-{}", std::process::id())),
+        only_mlaudit: false,
+        clients: PRODUCERS,
+    };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
         match a.as_str() {
             "--events" => o.events = val()?.parse()?,
-            "--proof-sizes" => o.proof_sizes = val()?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?,
+            "--proof-sizes" => {
+                o.proof_sizes = val()?
+                    .split(',')
+                    .map(|s| s.trim().parse())
+                    .collect::<Result<_, _>>()?
+            }
             "--dir" => o.dir = PathBuf::from(val()?),
             "--only-mlaudit" => o.only_mlaudit = true,
             "--clients" => o.clients = val()?.parse::<usize>()?.max(1),
@@ -98,7 +113,10 @@ pub fn event_line(i: usize) -> String {
 }
 
 fn batches(from: usize, to: usize) -> Vec<Vec<String>> {
-    (from..to).step_by(BATCH).map(|s| (s..(s + BATCH).min(to)).map(event_line).collect()).collect()
+    (from..to)
+        .step_by(BATCH)
+        .map(|s| (s..(s + BATCH).min(to)).map(event_line).collect())
+        .collect()
 }
 
 /// Appends batches from [`PRODUCERS`] threads, each parsing and validating its batch, as
@@ -108,7 +126,11 @@ pub fn ingest_store(store: &EmbeddedStore, batches: &[Vec<String>]) -> Result<f6
 }
 
 /// [`ingest_store`] from `clients` threads.
-pub fn ingest_store_with(store: &EmbeddedStore, batches: &[Vec<String>], clients: usize) -> Result<f64> {
+pub fn ingest_store_with(
+    store: &EmbeddedStore,
+    batches: &[Vec<String>],
+    clients: usize,
+) -> Result<f64> {
     let next = AtomicUsize::new(0);
     let t = Instant::now();
     std::thread::scope(|s| -> Result<()> {
@@ -117,16 +139,24 @@ pub fn ingest_store_with(store: &EmbeddedStore, batches: &[Vec<String>], clients
                 s.spawn(|| -> Result<()> {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(batch) = batches.get(i) else { return Ok(()) };
-                        let lines: Vec<(usize, &str)> = batch.iter().enumerate().map(|(n, l)| (n + 1, l.as_str())).collect();
-                        let events = prepare_lines(&lines, "bench", 1).map_err(|e| anyhow::anyhow!("{:?}", e.first()))?;
+                        let Some(batch) = batches.get(i) else {
+                            return Ok(());
+                        };
+                        let lines: Vec<(usize, &str)> = batch
+                            .iter()
+                            .enumerate()
+                            .map(|(n, l)| (n + 1, l.as_str()))
+                            .collect();
+                        let events = prepare_lines(&lines, "bench", 1)
+                            .map_err(|e| anyhow::anyhow!("{:?}", e.first()))?;
                         store.append(events)?;
                     }
                 })
             })
             .collect();
         for w in workers {
-            w.join().map_err(|_| anyhow::anyhow!("producer panicked"))??;
+            w.join()
+                .map_err(|_| anyhow::anyhow!("producer panicked"))??;
         }
         Ok(())
     })?;
@@ -135,7 +165,10 @@ pub fn ingest_store_with(store: &EmbeddedStore, batches: &[Vec<String>], clients
 
 fn ingest_jsonl(dir: &Path, batches: &[Vec<String>]) -> Result<f64> {
     let path = dir.join("baseline.jsonl");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
     let t = Instant::now();
     let mut buf = Vec::with_capacity(BATCH * 400);
     for b in batches {
@@ -159,8 +192,14 @@ fn ingest_jsonl(dir: &Path, batches: &[Vec<String>]) -> Result<f64> {
 /// is one sequential file and one way of syncing. Returns seconds.
 fn disk_ceiling(dir: &Path, bytes_per_event: usize, events: usize) -> Result<f64> {
     let path = dir.join("ceiling.bin");
-    let file = std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
-    let chunk: Vec<u8> = (0..bytes_per_event.max(1) * BATCH).map(|i| (i * 31 % 251) as u8).collect();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&path)?;
+    let chunk: Vec<u8> = (0..bytes_per_event.max(1) * BATCH)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
     let writing = std::sync::atomic::AtomicBool::new(true);
     let t = Instant::now();
     std::thread::scope(|s| -> Result<()> {
@@ -172,7 +211,9 @@ fn disk_ceiling(dir: &Path, bytes_per_event: usize, events: usize) -> Result<f64
         });
         let wrote = (0..events.div_ceil(BATCH)).try_for_each(|_| (&file).write_all(&chunk));
         writing.store(false, Ordering::Relaxed);
-        syncer.join().map_err(|_| anyhow::anyhow!("syncer panicked"))??;
+        syncer
+            .join()
+            .map_err(|_| anyhow::anyhow!("syncer panicked"))??;
         wrote?;
         file.sync_data()?;
         Ok(())
@@ -187,7 +228,10 @@ fn ingest_sqlite(dir: &Path, batches: &[Vec<String>]) -> Result<f64> {
     let mut db = rusqlite::Connection::open(&path)?;
     db.pragma_update(None, "journal_mode", "WAL")?;
     db.pragma_update(None, "synchronous", "FULL")?;
-    db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, body TEXT NOT NULL, chain BLOB NOT NULL)", [])?;
+    db.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, body TEXT NOT NULL, chain BLOB NOT NULL)",
+        [],
+    )?;
     let mut prev = [0u8; 32];
     let t = Instant::now();
     for b in batches {
@@ -243,18 +287,33 @@ fn proof_latency(store: &EmbeddedStore, size: usize, round: u64) -> Result<()> {
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     let extra = json!({ "entries": size, "samples": samples, "round": round, "includes": "event read, path, checkpoint" });
-    emit_ingest("mlaudit", "inclusion_proof_p50_us", pct(0.50), extra.clone());
+    emit_ingest(
+        "mlaudit",
+        "inclusion_proof_p50_us",
+        pct(0.50),
+        extra.clone(),
+    );
     emit_ingest("mlaudit", "inclusion_proof_p99_us", pct(0.99), extra);
     Ok(())
 }
 
 /// Appends `input` from `o.clients` threads and prints mlaudit's events/s and CPU per event;
 /// returns events/s.
-fn measure_mlaudit(store: &EmbeddedStore, input: &[Vec<String>], o: &Opts, ctx: serde_json::Value) -> Result<f64> {
+fn measure_mlaudit(
+    store: &EmbeddedStore,
+    input: &[Vec<String>],
+    o: &Opts,
+    ctx: serde_json::Value,
+) -> Result<f64> {
     let cpu = process_cpu_seconds();
     let rate = o.events as f64 / ingest_store_with(store, input, o.clients)?;
     emit_ingest("mlaudit", "events_per_s", rate, ctx.clone());
-    emit_ingest("mlaudit", "cpu_us_per_event", cpu_us_per_event(cpu, o.events), ctx);
+    emit_ingest(
+        "mlaudit",
+        "cpu_us_per_event",
+        cpu_us_per_event(cpu, o.events),
+        ctx,
+    );
     Ok(rate)
 }
 
@@ -263,11 +322,13 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&o.dir)?;
     let store_dir = o.dir.join("log");
     let _ = std::fs::remove_dir_all(&store_dir);
-    let signer = NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let signer = NoteSigner::from_seed("bench.mlaudit.local", [7; 32])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (store, _) = EmbeddedStore::open(&store_dir, Some(signer.clone()))?;
     let input = batches(0, o.events);
     let bytes: usize = input.iter().flatten().map(|l| l.len()).sum();
-    let ctx = json!({ "events": o.events, "batch": BATCH, "avg_event_bytes": bytes / o.events.max(1) });
+    let ctx =
+        json!({ "events": o.events, "batch": BATCH, "avg_event_bytes": bytes / o.events.max(1) });
     let mut ours_ctx = ctx.clone();
     ours_ctx["clients"] = o.clients.into();
 
@@ -278,8 +339,14 @@ pub fn run(args: &[String]) -> Result<()> {
     let jsonl = o.events as f64 / ingest_jsonl(&o.dir, &input)?;
     emit_ingest("jsonl", "events_per_s", jsonl, ctx.clone());
     let sqlite_events = o.events.min(200_000);
-    let sqlite = sqlite_events as f64 / ingest_sqlite(&o.dir, &input[..sqlite_events.div_ceil(BATCH)])?;
-    emit_ingest("sqlite", "events_per_s", sqlite, json!({ "events": sqlite_events, "batch": BATCH }));
+    let sqlite =
+        sqlite_events as f64 / ingest_sqlite(&o.dir, &input[..sqlite_events.div_ceil(BATCH)])?;
+    emit_ingest(
+        "sqlite",
+        "events_per_s",
+        sqlite,
+        json!({ "events": sqlite_events, "batch": BATCH }),
+    );
     let ours = measure_mlaudit(&store, &input, &o, ours_ctx)?;
     emit_ingest("mlaudit", "ratio_vs_jsonl", ours / jsonl, json!({}));
     emit_ingest("mlaudit", "ratio_vs_sqlite", ours / sqlite, json!({}));
@@ -287,20 +354,40 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let disk = dir_bytes(&store_dir, false)? as f64 / o.events.max(1) as f64;
     let seg = dir_bytes(&store_dir, true)? as f64 / o.events.max(1) as f64;
-    emit_ingest("mlaudit", "bytes_per_event", disk, json!({ "segments_only": (seg * 10.0).round() / 10.0, "json_bytes": bytes / o.events.max(1) }));
+    emit_ingest(
+        "mlaudit",
+        "bytes_per_event",
+        disk,
+        json!({ "segments_only": (seg * 10.0).round() / 10.0, "json_bytes": bytes / o.events.max(1) }),
+    );
     // The store's derived files are written back lazily: let the disk finish them first, so
     // that the ceiling is not measured against that writeback.
     let _ = std::process::Command::new("sync").status();
     std::thread::sleep(std::time::Duration::from_secs(1));
-    for (bytes_per_event, what) in [(disk, "all of the log's bytes"), (seg, "segment bytes only")] {
-        let ceiling = o.events as f64 / disk_ceiling(&o.dir, bytes_per_event.round() as usize, o.events)?;
-        emit_ingest("disk_ceiling", "events_per_s", ceiling, json!({ "events": o.events, "batch": BATCH, "bytes_per_event": bytes_per_event.round(), "bytes": what }));
+    for (bytes_per_event, what) in [
+        (disk, "all of the log's bytes"),
+        (seg, "segment bytes only"),
+    ] {
+        let ceiling =
+            o.events as f64 / disk_ceiling(&o.dir, bytes_per_event.round() as usize, o.events)?;
+        emit_ingest(
+            "disk_ceiling",
+            "events_per_s",
+            ceiling,
+            json!({ "events": o.events, "batch": BATCH, "bytes_per_event": bytes_per_event.round(), "bytes": what }),
+        );
     }
 
     let key = signer.verifier();
     let t = Instant::now();
-    let report = verify::verify(&store, &key, &mut |_, _| {}).map_err(|f| anyhow::anyhow!("{f}"))?;
-    emit_ingest("mlaudit", "verify_entries_per_s", report.events as f64 / t.elapsed().as_secs_f64(), json!({ "entries": report.events }));
+    let report =
+        verify::verify(&store, &key, &mut |_, _| {}).map_err(|f| anyhow::anyhow!("{f}"))?;
+    emit_ingest(
+        "mlaudit",
+        "verify_entries_per_s",
+        report.events as f64 / t.elapsed().as_secs_f64(),
+        json!({ "entries": report.events }),
+    );
 
     let mut have = o.events;
     for size in o.proof_sizes {
@@ -329,30 +416,56 @@ pub fn prepare_only(args: &[String]) -> Result<()> {
     let t = Instant::now();
     let mut n = 0usize;
     for l in &lines {
-        n += mlaudit_core::event::prepare(l, "bench").map(|e| e.payload.len()).unwrap_or(0);
+        n += mlaudit_core::event::prepare(l, "bench")
+            .map(|e| e.payload.len())
+            .unwrap_or(0);
     }
     let per = t.elapsed().as_secs_f64() / lines.len() as f64;
-    emit_ingest("mlaudit", "prepare_ns_per_event", per * 1e9, json!({ "bytes": n }));
+    emit_ingest(
+        "mlaudit",
+        "prepare_ns_per_event",
+        per * 1e9,
+        json!({ "bytes": n }),
+    );
     // Components, for diagnosis.
     let t = Instant::now();
     let mut acc = 0u8;
     for l in &lines {
         acc ^= mlaudit_core::merkle::sha256(l.as_bytes())[0];
     }
-    emit_ingest("mlaudit", "sha256_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": acc }));
+    emit_ingest(
+        "mlaudit",
+        "sha256_ns_per_event",
+        t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9,
+        json!({ "x": acc }),
+    );
     let t = Instant::now();
     let mut k = 0usize;
     for l in &lines {
-        k += serde_json::from_str::<serde_json::Value>(l).map(|v| v.as_object().map_or(0, |o| o.len())).unwrap_or(0);
+        k += serde_json::from_str::<serde_json::Value>(l)
+            .map(|v| v.as_object().map_or(0, |o| o.len()))
+            .unwrap_or(0);
     }
-    emit_ingest("serde_json_value", "parse_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": k }));
-    let times: Vec<String> = (0..3600).map(|i| format!("2026-11-26T12:{:02}:{:02}.123Z", i / 60, i % 60)).collect();
+    emit_ingest(
+        "serde_json_value",
+        "parse_ns_per_event",
+        t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9,
+        json!({ "x": k }),
+    );
+    let times: Vec<String> = (0..3600)
+        .map(|i| format!("2026-11-26T12:{:02}:{:02}.123Z", i / 60, i % 60))
+        .collect();
     let t = Instant::now();
     let mut k = 0i64;
     for i in 0..lines.len() {
         k += mlaudit_core::event::parse_time(&times[i % times.len()]).unwrap_or(0) % 7;
     }
-    emit_ingest("time_rfc3339", "parse_ns_per_event", t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9, json!({ "x": k }));
+    emit_ingest(
+        "time_rfc3339",
+        "parse_ns_per_event",
+        t.elapsed().as_secs_f64() / lines.len() as f64 * 1e9,
+        json!({ "x": k }),
+    );
     Ok(())
 }
 
@@ -361,14 +474,21 @@ pub fn verify_only(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let dir = o.dir.join("log");
     let _ = std::fs::remove_dir_all(&o.dir);
-    let signer = NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let signer = NoteSigner::from_seed("bench.mlaudit.local", [7; 32])
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (store, _) = EmbeddedStore::open(&dir, Some(signer.clone()))?;
     ingest_store(&store, &batches(0, o.events))?;
     eprintln!("ingested {}; verifying", o.events);
     for _ in 0..3 {
         let t = Instant::now();
-        let report = verify::verify(&store, &signer.verifier(), &mut |_, _| {}).map_err(|f| anyhow::anyhow!("{f}"))?;
-        emit_ingest("mlaudit", "verify_entries_per_s", report.events as f64 / t.elapsed().as_secs_f64(), json!({ "entries": report.events }));
+        let report = verify::verify(&store, &signer.verifier(), &mut |_, _| {})
+            .map_err(|f| anyhow::anyhow!("{f}"))?;
+        emit_ingest(
+            "mlaudit",
+            "verify_entries_per_s",
+            report.events as f64 / t.elapsed().as_secs_f64(),
+            json!({ "entries": report.events }),
+        );
     }
     store.close()?;
     drop(store);

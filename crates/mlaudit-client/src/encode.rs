@@ -51,7 +51,10 @@ pub(crate) fn unix_nanos(t: SystemTime) -> Option<i64> {
 pub(crate) fn format_time(t: SystemTime) -> String {
     use time::format_description::well_known::Rfc3339;
     let nanos = unix_nanos(t).unwrap_or(0);
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).ok().and_then(|d| d.format(&Rfc3339).ok()).unwrap_or_default()
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos))
+        .ok()
+        .and_then(|d| d.format(&Rfc3339).ok())
+        .unwrap_or_default()
 }
 
 fn json_text(v: &Value) -> String {
@@ -92,7 +95,11 @@ pub(crate) fn encode_event(event: Event, default_actor: &Actor, ids: &mut Ids) -
             },
         }),
         subject: Some(subject),
-        attributes_json: if event.attributes.is_empty() { String::new() } else { json_text(&Value::Object(event.attributes)) },
+        attributes_json: if event.attributes.is_empty() {
+            String::new()
+        } else {
+            json_text(&Value::Object(event.attributes))
+        },
         prediction,
     };
     message.encode_to_vec()
@@ -116,7 +123,9 @@ pub(crate) fn batch_body<'a>(events: impl IntoIterator<Item = &'a [u8]>) -> Vec<
 
 /// The id of an encoded event (for logs of rejected events).
 pub(crate) fn encoded_id(event: &[u8]) -> String {
-    proto::Event::decode(event).map(|e| e.id).unwrap_or_default()
+    proto::Event::decode(event)
+        .map(|e| e.id)
+        .unwrap_or_default()
 }
 
 /// The `EventBatch` body a logger would send for these events: ids drawn and times stamped
@@ -124,6 +133,9 @@ pub(crate) fn encoded_id(event: &[u8]) -> String {
 /// does this itself.
 pub fn encode_batch(events: impl IntoIterator<Item = Event>, default_actor: &Actor) -> Vec<u8> {
     let mut ids = Ids::default();
-    let encoded: Vec<Vec<u8>> = events.into_iter().map(|e| encode_event(e, default_actor, &mut ids)).collect();
+    let encoded: Vec<Vec<u8>> = events
+        .into_iter()
+        .map(|e| encode_event(e, default_actor, &mut ids))
+        .collect();
     batch_body(encoded.iter().map(Vec::as_slice))
 }

@@ -35,12 +35,18 @@ pub enum ActorKind {
 impl Actor {
     /// A person, by a stable identity (an email, an employee id).
     pub fn user(id: impl Into<String>) -> Actor {
-        Actor { id: id.into(), kind: ActorKind::User }
+        Actor {
+            id: id.into(),
+            kind: ActorKind::User,
+        }
     }
 
     /// A program, by its name.
     pub fn service(id: impl Into<String>) -> Actor {
-        Actor { id: id.into(), kind: ActorKind::Service }
+        Actor {
+            id: id.into(),
+            kind: ActorKind::Service,
+        }
     }
 }
 
@@ -118,7 +124,11 @@ impl Event {
         self
     }
 
-    fn model_version(kind: &'static str, model: impl Into<String>, version: impl Into<String>) -> Event {
+    fn model_version(
+        kind: &'static str,
+        model: impl Into<String>,
+        version: impl Into<String>,
+    ) -> Event {
         let mut e = Event::new(kind);
         e.subject.model = Some(model.into());
         e.subject.version = Some(version.into());
@@ -152,13 +162,23 @@ impl Event {
 
     /// `data.transformation_applied`: `transformation` turned `inputs` into the dataset.
     /// Filter criteria, if any, go in [`Event::attribute`]`("filter", …)`.
-    pub fn transformation_applied<I: Into<String>>(dataset: impl Into<String>, inputs: impl IntoIterator<Item = I>, transformation: impl Into<Value>) -> Event {
+    pub fn transformation_applied<I: Into<String>>(
+        dataset: impl Into<String>,
+        inputs: impl IntoIterator<Item = I>,
+        transformation: impl Into<Value>,
+    ) -> Event {
         let inputs = inputs.into_iter().map(|i| text(i)).collect();
-        Event::on_dataset("data.transformation_applied", dataset).with("inputs", Value::Array(inputs)).with("transformation", transformation.into())
+        Event::on_dataset("data.transformation_applied", dataset)
+            .with("inputs", Value::Array(inputs))
+            .with("transformation", transformation.into())
     }
 
     /// `data.snapshot_created`: an immutable version of a dataset, with its content digest.
-    pub fn snapshot_created(dataset: impl Into<String>, dataset_version: impl Into<String>, content: Sha256) -> Event {
+    pub fn snapshot_created(
+        dataset: impl Into<String>,
+        dataset_version: impl Into<String>,
+        content: Sha256,
+    ) -> Event {
         let mut e = Event::on_dataset("data.snapshot_created", dataset);
         e.subject.dataset_version = Some(dataset_version.into());
         e.with("content_sha256", text(content.hex()))
@@ -167,82 +187,170 @@ impl Event {
     // --- training ---
 
     /// `training.run_started`; `datasets` are `dataset@version` references.
-    pub fn run_started<D: Into<String>>(run: impl Into<String>, model: impl Into<String>, hyperparameters: Object, random_seed: i64, datasets: impl IntoIterator<Item = D>) -> Event {
+    pub fn run_started<D: Into<String>>(
+        run: impl Into<String>,
+        model: impl Into<String>,
+        hyperparameters: Object,
+        random_seed: i64,
+        datasets: impl IntoIterator<Item = D>,
+    ) -> Event {
         let mut e = Event::on_run("training.run_started", run);
         e.subject.model = Some(model.into());
         let datasets = datasets.into_iter().map(|d| text(d)).collect();
-        e.with("hyperparameters", Value::Object(hyperparameters)).with("random_seed", random_seed.into()).with("datasets", Value::Array(datasets))
+        e.with("hyperparameters", Value::Object(hyperparameters))
+            .with("random_seed", random_seed.into())
+            .with("datasets", Value::Array(datasets))
     }
 
     /// `training.checkpoint_evaluated`: metrics at a training step.
     pub fn checkpoint_evaluated(run: impl Into<String>, step: u64, metrics: Object) -> Event {
-        Event::on_run("training.checkpoint_evaluated", run).with("step", step.into()).with("metrics", Value::Object(metrics))
+        Event::on_run("training.checkpoint_evaluated", run)
+            .with("step", step.into())
+            .with("metrics", Value::Object(metrics))
     }
 
     /// `training.run_completed`: `status` (e.g. `succeeded`), wall time and resources consumed.
-    pub fn run_completed(run: impl Into<String>, status: impl Into<String>, duration_s: f64, compute: Object) -> Event {
-        let duration = serde_json::Number::from_f64(duration_s.max(0.0)).map_or(Value::from(0), Value::Number);
-        Event::on_run("training.run_completed", run).with("status", text(status)).with("duration_s", duration).with("compute", Value::Object(compute))
+    pub fn run_completed(
+        run: impl Into<String>,
+        status: impl Into<String>,
+        duration_s: f64,
+        compute: Object,
+    ) -> Event {
+        let duration =
+            serde_json::Number::from_f64(duration_s.max(0.0)).map_or(Value::from(0), Value::Number);
+        Event::on_run("training.run_completed", run)
+            .with("status", text(status))
+            .with("duration_s", duration)
+            .with("compute", Value::Object(compute))
     }
 
     // --- registry ---
 
     /// `registry.model_registered`: `model@version`, produced by `run`, with its artifact digest.
-    pub fn model_registered(model: impl Into<String>, version: impl Into<String>, run: impl Into<String>, artifact: Sha256) -> Event {
+    pub fn model_registered(
+        model: impl Into<String>,
+        version: impl Into<String>,
+        run: impl Into<String>,
+        artifact: Sha256,
+    ) -> Event {
         let mut e = Event::model_version("registry.model_registered", model, version);
         e.subject.run = Some(run.into());
         e.with("artifact_sha256", text(artifact.hex()))
     }
 
     /// `registry.promotion_requested` to a stage (`staging`, `production`, …).
-    pub fn promotion_requested(model: impl Into<String>, version: impl Into<String>, to_stage: impl Into<String>) -> Event {
-        Event::model_version("registry.promotion_requested", model, version).with("to_stage", text(to_stage))
+    pub fn promotion_requested(
+        model: impl Into<String>,
+        version: impl Into<String>,
+        to_stage: impl Into<String>,
+    ) -> Event {
+        Event::model_version("registry.promotion_requested", model, version)
+            .with("to_stage", text(to_stage))
     }
 
     /// `registry.approval_granted` by a named approver, with the reason.
-    pub fn approval_granted(model: impl Into<String>, version: impl Into<String>, approver: impl Into<String>, reason: impl Into<String>) -> Event {
-        Event::model_version("registry.approval_granted", model, version).with("approver", text(approver)).with("reason", text(reason))
+    pub fn approval_granted(
+        model: impl Into<String>,
+        version: impl Into<String>,
+        approver: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Event {
+        Event::model_version("registry.approval_granted", model, version)
+            .with("approver", text(approver))
+            .with("reason", text(reason))
     }
 
     /// `registry.approval_rejected` by a named approver, with the reason.
-    pub fn approval_rejected(model: impl Into<String>, version: impl Into<String>, approver: impl Into<String>, reason: impl Into<String>) -> Event {
-        Event::model_version("registry.approval_rejected", model, version).with("approver", text(approver)).with("reason", text(reason))
+    pub fn approval_rejected(
+        model: impl Into<String>,
+        version: impl Into<String>,
+        approver: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Event {
+        Event::model_version("registry.approval_rejected", model, version)
+            .with("approver", text(approver))
+            .with("reason", text(reason))
     }
 
     /// `registry.stage_changed` from one stage to another.
-    pub fn stage_changed(model: impl Into<String>, version: impl Into<String>, from_stage: impl Into<String>, to_stage: impl Into<String>) -> Event {
-        Event::model_version("registry.stage_changed", model, version).with("from_stage", text(from_stage)).with("to_stage", text(to_stage))
+    pub fn stage_changed(
+        model: impl Into<String>,
+        version: impl Into<String>,
+        from_stage: impl Into<String>,
+        to_stage: impl Into<String>,
+    ) -> Event {
+        Event::model_version("registry.stage_changed", model, version)
+            .with("from_stage", text(from_stage))
+            .with("to_stage", text(to_stage))
     }
 
     /// `registry.deployment_target_assigned`: where this version is to run.
-    pub fn deployment_target_assigned(model: impl Into<String>, version: impl Into<String>, target: impl Into<String>) -> Event {
-        Event::model_version("registry.deployment_target_assigned", model, version).with("target", text(target))
+    pub fn deployment_target_assigned(
+        model: impl Into<String>,
+        version: impl Into<String>,
+        target: impl Into<String>,
+    ) -> Event {
+        Event::model_version("registry.deployment_target_assigned", model, version)
+            .with("target", text(target))
     }
 
     // --- operations ---
 
     /// `operations.deployed`: `model@version` went live as `deployment` in `environment`.
-    pub fn deployed(deployment: impl Into<String>, model: impl Into<String>, version: impl Into<String>, environment: impl Into<String>) -> Event {
+    pub fn deployed(
+        deployment: impl Into<String>,
+        model: impl Into<String>,
+        version: impl Into<String>,
+        environment: impl Into<String>,
+    ) -> Event {
         let mut e = Event::model_version("operations.deployed", model, version);
         e.subject.deployment = Some(deployment.into());
         e.with("environment", text(environment))
     }
 
     /// `operations.traffic_routed`: version → percent of traffic (the percents must sum to 100).
-    pub fn traffic_routed<V: Into<String>>(deployment: impl Into<String>, split: impl IntoIterator<Item = (V, f64)>) -> Event {
-        let split: Object = split.into_iter().map(|(v, p)| (v.into(), serde_json::Number::from_f64(p).map_or(Value::Null, Value::Number))).collect();
-        Event::on_deployment("operations.traffic_routed", deployment).with("split", Value::Object(split))
+    pub fn traffic_routed<V: Into<String>>(
+        deployment: impl Into<String>,
+        split: impl IntoIterator<Item = (V, f64)>,
+    ) -> Event {
+        let split: Object = split
+            .into_iter()
+            .map(|(v, p)| {
+                (
+                    v.into(),
+                    serde_json::Number::from_f64(p).map_or(Value::Null, Value::Number),
+                )
+            })
+            .collect();
+        Event::on_deployment("operations.traffic_routed", deployment)
+            .with("split", Value::Object(split))
     }
 
     /// `operations.rolled_back` from one version to another, and what triggered it.
-    pub fn rolled_back(deployment: impl Into<String>, from_version: impl Into<String>, to_version: impl Into<String>, trigger: impl Into<String>) -> Event {
-        Event::on_deployment("operations.rolled_back", deployment).with("from_version", text(from_version)).with("to_version", text(to_version)).with("trigger", text(trigger))
+    pub fn rolled_back(
+        deployment: impl Into<String>,
+        from_version: impl Into<String>,
+        to_version: impl Into<String>,
+        trigger: impl Into<String>,
+    ) -> Event {
+        Event::on_deployment("operations.rolled_back", deployment)
+            .with("from_version", text(from_version))
+            .with("to_version", text(to_version))
+            .with("trigger", text(trigger))
     }
 
     /// `operations.config_changed`: one `(key, old, new)` per change (at least one).
-    pub fn config_changed<K: Into<String>>(deployment: impl Into<String>, first: (K, Value, Value), more: impl IntoIterator<Item = (K, Value, Value)>) -> Event {
-        let changes: Object = std::iter::once(first).chain(more).map(|(k, old, new)| (k.into(), serde_json::json!({ "old": old, "new": new }))).collect();
-        Event::on_deployment("operations.config_changed", deployment).with("changes", Value::Object(changes))
+    pub fn config_changed<K: Into<String>>(
+        deployment: impl Into<String>,
+        first: (K, Value, Value),
+        more: impl IntoIterator<Item = (K, Value, Value)>,
+    ) -> Event {
+        let changes: Object = std::iter::once(first)
+            .chain(more)
+            .map(|(k, old, new)| (k.into(), serde_json::json!({ "old": old, "new": new })))
+            .collect();
+        Event::on_deployment("operations.config_changed", deployment)
+            .with("changes", Value::Object(changes))
     }
 
     // --- prediction ---
@@ -250,10 +358,22 @@ impl Event {
     /// `prediction.served`: one prediction of `model@version` for `request`, with its inputs
     /// and outputs. Confidence and latency are optional; the sample rate is set by the logger's
     /// sampling policy.
-    pub fn prediction_served(model: impl Into<String>, version: impl Into<String>, request: impl Into<String>, inputs: Value, outputs: Value) -> Event {
+    pub fn prediction_served(
+        model: impl Into<String>,
+        version: impl Into<String>,
+        request: impl Into<String>,
+        inputs: Value,
+        outputs: Value,
+    ) -> Event {
         let mut e = Event::model_version("prediction.served", model, version);
         e.subject.request = Some(request.into());
-        e.prediction = Some(Prediction { inputs, outputs, confidence: None, latency_ms: None, sample_rate: None });
+        e.prediction = Some(Prediction {
+            inputs,
+            outputs,
+            confidence: None,
+            latency_ms: None,
+            sample_rate: None,
+        });
         e
     }
 
@@ -261,16 +381,26 @@ impl Event {
 
     /// `governance.policy_changed`: a named policy went from `old` to `new`. Never sampled.
     pub fn policy_changed(policy: impl Into<String>, old: Value, new: Value) -> Event {
-        Event::new("governance.policy_changed").with("policy", text(policy)).with("old", old).with("new", new)
+        Event::new("governance.policy_changed")
+            .with("policy", text(policy))
+            .with("old", old)
+            .with("new", new)
     }
 
     /// `governance.access_changed`: a principal was granted or revoked a role. Never sampled.
-    pub fn access_changed(principal: impl Into<String>, role: impl Into<String>, change: AccessChange) -> Event {
+    pub fn access_changed(
+        principal: impl Into<String>,
+        role: impl Into<String>,
+        change: AccessChange,
+    ) -> Event {
         let change = match change {
             AccessChange::Granted => "granted",
             AccessChange::Revoked => "revoked",
         };
-        Event::new("governance.access_changed").with("principal", text(principal)).with("role", text(role)).with("change", text(change))
+        Event::new("governance.access_changed")
+            .with("principal", text(principal))
+            .with("role", text(role))
+            .with("change", text(change))
     }
 
     /// `governance.audit_accessed`: the trail was read or exported. The server writes these

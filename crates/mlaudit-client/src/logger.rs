@@ -25,9 +25,9 @@ use crate::spool::{Spool, MAX_RECORD_BYTES};
 use crate::stats::{Counters, Stats};
 use crate::transport::Transport;
 use crate::Actor;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -37,7 +37,10 @@ use std::time::{Duration, Instant, SystemTime};
 pub enum StartError {
     /// The spool directory cannot be opened, read or locked.
     #[error("spool {dir}: {source}")]
-    Spool { dir: PathBuf, source: std::io::Error },
+    Spool {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     /// Another logger (in this or another process) has the spool directory (still, after
     /// half a second of waiting for it).
     #[error("spool {0} is in use by another logger")]
@@ -147,18 +150,27 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Lock the queue first (see the module docs).
     pub(crate) fn spool(&self) -> MutexGuard<'_, SpoolSide> {
         // A panic while holding the lock leaves the spool as consistent as any crash would.
-        self.spool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.spool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Encodes the events among `msgs` onto `records`, in order, and returns the markers
     /// among them, in order.
-    pub(crate) fn encode_events(&self, msgs: impl IntoIterator<Item = Msg>, ids: &mut Ids, records: &mut Vec<Vec<u8>>) -> VecDeque<Msg> {
+    pub(crate) fn encode_events(
+        &self,
+        msgs: impl IntoIterator<Item = Msg>,
+        ids: &mut Ids,
+        records: &mut Vec<Vec<u8>>,
+    ) -> VecDeque<Msg> {
         let mut markers = VecDeque::new();
         for msg in msgs {
             match msg {
@@ -178,7 +190,11 @@ impl Shared {
         let removed = (before - records.len()) as u64;
         if removed > 0 {
             Counters::add(&self.counters.rejected, removed);
-            tracing::error!(events = removed, limit_bytes = MAX_RECORD_BYTES, "mlaudit: REJECTED audit events too large to spool or send");
+            tracing::error!(
+                events = removed,
+                limit_bytes = MAX_RECORD_BYTES,
+                "mlaudit: REJECTED audit events too large to spool or send"
+            );
         }
     }
 
@@ -196,10 +212,13 @@ impl Shared {
         }
         self.drop_oversize(&mut records);
         let wanted = records.len() as u64;
-        let stored = side.spool.append(records.iter().map(Vec::as_slice)).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "mlaudit: cannot write to the spool");
-            0
-        });
+        let stored = side
+            .spool
+            .append(records.iter().map(Vec::as_slice))
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "mlaudit: cannot write to the spool");
+                0
+            });
         Counters::add(&self.counters.spooled, stored);
         if stored < wanted {
             Counters::add(&self.counters.dropped, wanted - stored);
@@ -289,37 +308,64 @@ impl Builder {
     /// spool are delivered first.
     pub fn start(self) -> Result<AuditLogger, StartError> {
         if self.queue_capacity == 0 || self.max_batch == 0 || self.direct_attempts == 0 {
-            return Err(StartError::Config("queue_capacity, max_batch and retry attempts must be at least 1".into()));
+            return Err(StartError::Config(
+                "queue_capacity, max_batch and retry attempts must be at least 1".into(),
+            ));
         }
         let dir = self.spool_dir.clone();
-        let io = |source| StartError::Spool { dir: dir.clone(), source };
+        let io = |source| StartError::Spool {
+            dir: dir.clone(),
+            source,
+        };
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).map_err(io)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(io)?;
         let lock_deadline = Instant::now() + SPOOL_LOCK_GRACE;
         loop {
             match lock.try_lock() {
                 Ok(()) => break,
-                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < lock_deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < lock_deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
                 Err(std::fs::TryLockError::WouldBlock) => return Err(StartError::SpoolInUse(dir)),
                 Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
             }
         }
         let (spool, opened) = Spool::open(&dir, self.spool_max_bytes).map_err(io)?;
         if opened.torn_bytes > 0 {
-            tracing::warn!(bytes = opened.torn_bytes, "mlaudit: cut a torn record off the spool's end (a crash while it was written)");
+            tracing::warn!(
+                bytes = opened.torn_bytes,
+                "mlaudit: cut a torn record off the spool's end (a crash while it was written)"
+            );
         }
         if opened.corrupt_bytes > 0 {
-            tracing::error!(bytes = opened.corrupt_bytes, "mlaudit: spool records failed their checksum and cannot be sent");
+            tracing::error!(
+                bytes = opened.corrupt_bytes,
+                "mlaudit: spool records failed their checksum and cannot be sent"
+            );
         }
         if opened.pending > 0 {
-            tracing::info!(events = opened.pending, "mlaudit: delivering events a previous logger left in the spool");
+            tracing::info!(
+                events = opened.pending,
+                "mlaudit: delivering events a previous logger left in the spool"
+            );
         }
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { items: prefaulted_queue(self.queue_capacity), ..Queue::default() }),
+            queue: Mutex::new(Queue {
+                items: prefaulted_queue(self.queue_capacity),
+                ..Queue::default()
+            }),
             wake: Condvar::new(),
             capacity: self.queue_capacity,
             spooling: AtomicBool::new(opened.pending > 0),
-            spool: Mutex::new(SpoolSide { spool, ids: Ids::default() }),
+            spool: Mutex::new(SpoolSide {
+                spool,
+                ids: Ids::default(),
+            }),
             counters: Counters::default(),
             actor: self.actor.clone(),
             spool_max_bytes: self.spool_max_bytes,
@@ -328,8 +374,15 @@ impl Builder {
         });
         let transport = Transport::new(&self.url, &self.token, self.timeout);
         let sender = SenderLoop::new(shared.clone(), transport, &self);
-        let thread = std::thread::Builder::new().name("mlaudit-logger".into()).spawn(move || sender.run()).map_err(StartError::Thread)?;
-        Ok(AuditLogger { shared, thread: Some(thread), sampling: self.sampling })
+        let thread = std::thread::Builder::new()
+            .name("mlaudit-logger".into())
+            .spawn(move || sender.run())
+            .map_err(StartError::Thread)?;
+        Ok(AuditLogger {
+            shared,
+            thread: Some(thread),
+            sampling: self.sampling,
+        })
     }
 }
 
@@ -376,7 +429,13 @@ impl AuditLogger {
     pub fn log(&self, mut event: Event) {
         if event.kind.starts_with("prediction.") {
             let rate = self.sampling.rate_for(event.subject.model.as_deref());
-            if rate < 1.0 && event.subject.request.as_deref().is_some_and(|r| !keeps(r, rate)) {
+            if rate < 1.0
+                && event
+                    .subject
+                    .request
+                    .as_deref()
+                    .is_some_and(|r| !keeps(r, rate))
+            {
                 Counters::add(&self.shared.counters.sampled_out, 1);
                 return;
             }
@@ -432,13 +491,19 @@ impl AuditLogger {
         self.push_marker(Msg::Flush(reply));
         let mut durable = false;
         loop {
-            let wait = deadline.map_or(Duration::from_secs(3600), |d| d.saturating_duration_since(Instant::now()));
+            let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
             match phases.recv_timeout(wait) {
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) if deadline.is_none() => continue,
                 Ok(Phase::Delivered) => return Ok(()),
                 Ok(Phase::Durable) => durable = true,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Err(FlushError::Timeout { durable }),
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(FlushError::Stopped),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(FlushError::Timeout { durable })
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(FlushError::Stopped)
+                }
             }
         }
     }
@@ -464,10 +529,16 @@ impl AuditLogger {
     }
 
     fn stop(&mut self, timeout: Duration) {
-        let Some(thread) = self.thread.take() else { return };
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
         // No deadline (a timeout too large for an Instant): deliver everything, however long.
         let deadline = Instant::now().checked_add(timeout);
-        *self.shared.shutdown_at.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+        *self
+            .shared
+            .shutdown_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = deadline;
         self.push_marker(Msg::Shutdown(deadline));
         if thread.join().is_err() {
             tracing::error!("mlaudit: the logger's sender thread panicked");
@@ -487,7 +558,13 @@ mod tests {
     use super::*;
 
     fn event(i: usize) -> Msg {
-        Msg::Event(Event::prediction_served("m", "1", format!("r{i}"), serde_json::json!({}), serde_json::json!({})))
+        Msg::Event(Event::prediction_served(
+            "m",
+            "1",
+            format!("r{i}"),
+            serde_json::json!({}),
+            serde_json::json!({}),
+        ))
     }
 
     /// A spill (the queue full) leaves the callers' buffer with its capacity, and the markers
@@ -509,7 +586,10 @@ mod tests {
             let shared = &logger.shared;
             let mut q = shared.queue(); // the sender cannot swap buffers while this is held
             let capacity = q.items.capacity();
-            assert!(capacity >= 100, "the queue buffer is reserved up front ({capacity})");
+            assert!(
+                capacity >= 100,
+                "the queue buffer is reserved up front ({capacity})"
+            );
             let (first, _first_phases) = std::sync::mpsc::channel();
             let (second, second_phases) = std::sync::mpsc::channel();
             for i in 0..50 {
@@ -522,13 +602,28 @@ mod tests {
             }
             q.events = 60;
             let mut side = shared.spool();
-            shared.spill(&mut q, &mut side, Some(Event::prediction_served("m", "1", "last", serde_json::json!({}), serde_json::json!({}))));
+            shared.spill(
+                &mut q,
+                &mut side,
+                Some(Event::prediction_served(
+                    "m",
+                    "1",
+                    "last",
+                    serde_json::json!({}),
+                    serde_json::json!({}),
+                )),
+            );
             assert_eq!(q.items.capacity(), capacity, "a spill keeps the buffer");
             assert_eq!(q.events, 0);
             assert_eq!(q.items.len(), 2, "the markers stay queued");
-            let (Msg::Flush(_), Msg::Flush(tail)) = (&q.items[0], &q.items[1]) else { panic!("the markers are not the two flushes") };
+            let (Msg::Flush(_), Msg::Flush(tail)) = (&q.items[0], &q.items[1]) else {
+                panic!("the markers are not the two flushes")
+            };
             tail.send(Phase::Durable).unwrap();
-            assert!(second_phases.try_recv().is_ok(), "the markers keep their order");
+            assert!(
+                second_phases.try_recv().is_ok(),
+                "the markers keep their order"
+            );
         }
         assert_eq!(logger.stats().spooled, 61, "every event went to the spool");
         logger.close(Duration::from_millis(200));

@@ -59,7 +59,10 @@ pub struct Sampling {
 impl Default for Sampling {
     /// Every model high-risk: nothing is sampled out until a model is declared low-risk.
     fn default() -> Sampling {
-        Sampling { models: HashMap::new(), default: Risk::High }
+        Sampling {
+            models: HashMap::new(),
+            default: Risk::High,
+        }
     }
 }
 
@@ -84,7 +87,11 @@ impl Sampling {
     /// The rate that applies to a prediction of `model`.
     #[inline]
     pub fn rate_for(&self, model: Option<&str>) -> f64 {
-        model.and_then(|m| self.models.get(m)).copied().unwrap_or(self.default).rate()
+        model
+            .and_then(|m| self.models.get(m))
+            .copied()
+            .unwrap_or(self.default)
+            .rate()
     }
 }
 

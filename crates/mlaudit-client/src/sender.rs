@@ -45,7 +45,10 @@ impl Backoff {
         self.rng ^= self.rng << 25;
         self.rng ^= self.rng >> 27;
         let r = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        let cap = self.base.saturating_mul(1u32 << self.failures.min(20)).min(self.max);
+        let cap = self
+            .base
+            .saturating_mul(1u32 << self.failures.min(20))
+            .min(self.max);
         cap.mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
     }
 
@@ -99,7 +102,13 @@ impl SenderLoop {
             max_batch: b.max_batch,
             linger: b.linger,
             direct_attempts: b.direct_attempts,
-            backoff: Backoff { base: b.backoff_base, max: b.backoff_max, failures: 0, until: None, rng: u64::from_le_bytes(seed) | 1 },
+            backoff: Backoff {
+                base: b.backoff_base,
+                max: b.backoff_max,
+                failures: 0,
+                until: None,
+                rng: u64::from_le_bytes(seed) | 1,
+            },
             waiting: Vec::new(),
             shutdown: None,
             timeout: b.timeout,
@@ -112,7 +121,11 @@ impl SenderLoop {
 
     pub(crate) fn run(mut self) {
         loop {
-            let stop = if self.shared.spooling.load(Ordering::Acquire) { self.spool_round() } else { self.direct_round() };
+            let stop = if self.shared.spooling.load(Ordering::Acquire) {
+                self.spool_round()
+            } else {
+                self.direct_round()
+            };
             if stop {
                 break;
             }
@@ -123,7 +136,11 @@ impl SenderLoop {
     /// The instant to give up on the network: set by `close()`/`Drop` (at once, through
     /// `Shared`, or by the marker). `None`: no deadline.
     fn deadline(&self) -> Option<Instant> {
-        let shared = *self.shared.shutdown_at.lock().unwrap_or_else(|p| p.into_inner());
+        let shared = *self
+            .shared
+            .shutdown_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         shared.or(self.shutdown.flatten())
     }
 
@@ -138,7 +155,12 @@ impl SenderLoop {
             let mut q = self.shared.queue();
             if q.items.is_empty() {
                 q.sender_waiting = true;
-                q = self.shared.wake.wait_timeout(q, self.linger).map(|(q, _)| q).unwrap_or_else(|p| p.into_inner().0);
+                q = self
+                    .shared
+                    .wake
+                    .wait_timeout(q, self.linger)
+                    .map(|(q, _)| q)
+                    .unwrap_or_else(|p| p.into_inner().0);
                 q.sender_waiting = false;
             }
             if self.shared.spooling.load(Ordering::Acquire) {
@@ -185,7 +207,9 @@ impl SenderLoop {
     /// older than anything spilled. The markers among them then count as spooled.
     fn spool_taken(&mut self, mut records: Vec<Vec<u8>>) {
         // Drained, not taken: its capacity goes back to the callers at the next swap.
-        let markers = self.shared.encode_events(self.taken.drain(..), &mut self.ids, &mut records);
+        let markers = self
+            .shared
+            .encode_events(self.taken.drain(..), &mut self.ids, &mut records);
         self.prepend(records);
         self.handle_markers(markers);
     }
@@ -205,7 +229,9 @@ impl SenderLoop {
             }
             Counters::add(&self.shared.counters.retried, records.len() as u64);
             let pause = self.backoff.failed();
-            std::thread::sleep(self.deadline().map_or(pause, |d| pause.min(d.saturating_duration_since(Instant::now()))));
+            std::thread::sleep(self.deadline().map_or(pause, |d| {
+                pause.min(d.saturating_duration_since(Instant::now()))
+            }));
         }
     }
 
@@ -237,10 +263,19 @@ impl SenderLoop {
             // half full, or the logger is stopping.
             let failing = self.backoff.until.is_some();
             let markers_queued = q.items.len() > q.events;
-            if q.events > 0 && (failing || markers_queued || self.shutdown.is_some() || q.events >= self.shared.capacity.div_ceil(2)) {
+            if q.events > 0
+                && (failing
+                    || markers_queued
+                    || self.shutdown.is_some()
+                    || q.events >= self.shared.capacity.div_ceil(2))
+            {
                 self.shared.spill(&mut q, &mut side, None);
             }
-            let markers = if q.events == 0 { q.items.drain(..).collect() } else { Vec::new() };
+            let markers = if q.events == 0 {
+                q.items.drain(..).collect()
+            } else {
+                Vec::new()
+            };
             // The fsync under the spool lock only: callers pushing onto the queue never wait
             // for it (a caller spilling does, as it must, to stay behind these records).
             drop(q);
@@ -271,7 +306,10 @@ impl SenderLoop {
                         // Records counted as pending that cannot be read back (damaged since
                         // they were written): report them lost rather than spin on them.
                         Counters::add(&self.shared.counters.dropped, unreadable);
-                        tracing::error!(events = unreadable, "mlaudit: audit events LOST: spool records cannot be read back");
+                        tracing::error!(
+                            events = unreadable,
+                            "mlaudit: audit events LOST: spool records cannot be read back"
+                        );
                         if let Err(e) = side.spool.consume(head.end, unreadable) {
                             tracing::error!(error = %e, "mlaudit: cannot move the spool's cursor");
                             self.backoff.failed();
@@ -303,7 +341,9 @@ impl SenderLoop {
                 }
             }
         }
-        let Some((mut records, end, count)) = self.inflight.take() else { return false };
+        let Some((mut records, end, count)) = self.inflight.take() else {
+            return false;
+        };
         match self.post(&mut records) {
             Ok(()) => {
                 self.backoff.reset();
@@ -332,7 +372,10 @@ impl SenderLoop {
             let body = batch_body(records[..n].iter().map(Vec::as_slice));
             // Never past the shutdown deadline: a server that accepts and never answers must
             // not hold up `close()`.
-            let timeout = self.deadline().map_or(self.timeout, |d| d.saturating_duration_since(Instant::now()).min(self.timeout));
+            let timeout = self.deadline().map_or(self.timeout, |d| {
+                d.saturating_duration_since(Instant::now())
+                    .min(self.timeout)
+            });
             if timeout.is_zero() {
                 return Err(());
             }
@@ -345,7 +388,10 @@ impl SenderLoop {
                 Outcome::Invalid(mut invalid) => {
                     invalid.retain(|(i, _)| *i < n);
                     if invalid.is_empty() {
-                        self.warn("the server answered 422 about events not in the batch", true);
+                        self.warn(
+                            "the server answered 422 about events not in the batch",
+                            true,
+                        );
                         return Err(());
                     }
                     invalid.sort_by_key(|(i, _)| std::cmp::Reverse(*i));

@@ -81,7 +81,10 @@ fn segment_name(n: u64) -> String {
 }
 
 fn parse_segment(name: &str) -> Option<u64> {
-    name.strip_prefix("spool-")?.strip_suffix(".seg")?.parse().ok()
+    name.strip_prefix("spool-")?
+        .strip_suffix(".seg")?
+        .parse()
+        .ok()
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -96,19 +99,31 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     while got < HEADER {
         match r.read(&mut header[got..])? {
             0 if got == 0 => return Ok(None),
-            0 => return Err(io::Error::new(io::ErrorKind::InvalidData, "a torn record header")),
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a torn record header",
+                ))
+            }
             n => got += n,
         }
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if len == 0 || len > MAX_RECORD_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a record length of {len}")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a record length of {len}"),
+        ));
     }
     let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a torn record"))?;
+    r.read_exact(&mut payload)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a torn record"))?;
     if crc32c::crc32c(&payload) != crc {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "a record that fails its checksum"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a record that fails its checksum",
+        ));
     }
     Ok(Some(payload))
 }
@@ -135,8 +150,21 @@ impl Spool {
                 segments.insert(n);
             }
         }
-        let cursor = read_cursor(&dir.join("cursor"))?.unwrap_or(Pos { segment: segments.first().copied().unwrap_or(FIRST_SEGMENT), offset: 0 });
-        let mut spool = Spool { dir: dir.to_owned(), cursor, segments: BTreeSet::new(), tail: None, disk_bytes: 0, max_bytes, pending: 0, unsynced: false, dir_unsynced: false };
+        let cursor = read_cursor(&dir.join("cursor"))?.unwrap_or(Pos {
+            segment: segments.first().copied().unwrap_or(FIRST_SEGMENT),
+            offset: 0,
+        });
+        let mut spool = Spool {
+            dir: dir.to_owned(),
+            cursor,
+            segments: BTreeSet::new(),
+            tail: None,
+            disk_bytes: 0,
+            max_bytes,
+            pending: 0,
+            unsynced: false,
+            dir_unsynced: false,
+        };
         let mut opened = Opened::default();
         let last = segments.last().copied();
         for n in segments {
@@ -145,7 +173,11 @@ impl Spool {
                 fs::remove_file(&path)?;
                 continue;
             }
-            let start = if n == cursor.segment { cursor.offset } else { 0 };
+            let start = if n == cursor.segment {
+                cursor.offset
+            } else {
+                0
+            };
             let len = fs::metadata(&path)?.len();
             let (count, end) = scan(&path, start.min(len))?;
             if end < len {
@@ -180,15 +212,30 @@ impl Spool {
         }
         if self.tail.is_none() {
             // Always a new segment: one found at open may hold a torn or consumed end.
-            let segment = self.segments.last().copied().unwrap_or(0).max(self.cursor.segment) + 1;
-            let file = OpenOptions::new().create(true).append(true).open(self.path(segment))?;
+            let segment = self
+                .segments
+                .last()
+                .copied()
+                .unwrap_or(0)
+                .max(self.cursor.segment)
+                + 1;
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.path(segment))?;
             let len = file.metadata()?.len();
             if self.segments.insert(segment) {
                 self.dir_unsynced = true;
             }
-            self.tail = Some(Tail { segment, file: BufWriter::with_capacity(256 << 10, file), len });
+            self.tail = Some(Tail {
+                segment,
+                file: BufWriter::with_capacity(256 << 10, file),
+                len,
+            });
         }
-        self.tail.as_mut().ok_or_else(|| io::Error::other("no tail segment"))
+        self.tail
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no tail segment"))
     }
 
     fn close_tail(&mut self) -> io::Result<()> {
@@ -201,11 +248,17 @@ impl Spool {
 
     /// Appends records at the tail (buffered; durable after [`Spool::sync`]). Returns how many
     /// were stored; the rest would pass the disk limit and are not written.
-    pub(crate) fn append<'a>(&mut self, records: impl IntoIterator<Item = &'a [u8]>) -> io::Result<u64> {
+    pub(crate) fn append<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = &'a [u8]>,
+    ) -> io::Result<u64> {
         let mut stored = 0;
         for record in records {
             let size = (HEADER + record.len()) as u64;
-            if record.is_empty() || record.len() > MAX_RECORD_BYTES || self.disk_bytes + size > self.max_bytes {
+            if record.is_empty()
+                || record.len() > MAX_RECORD_BYTES
+                || self.disk_bytes + size > self.max_bytes
+            {
                 continue;
             }
             let tail = self.tail()?;
@@ -228,7 +281,12 @@ impl Spool {
             return Ok(());
         }
         self.sync()?;
-        let head = self.segments.first().copied().unwrap_or(self.cursor.segment + 1).min(self.cursor.segment);
+        let head = self
+            .segments
+            .first()
+            .copied()
+            .unwrap_or(self.cursor.segment + 1)
+            .min(self.cursor.segment);
         let segment = head - 1;
         let path = self.path(segment);
         let mut out = BufWriter::new(File::create(&path)?);
@@ -240,13 +298,17 @@ impl Spool {
             out.write_all(r)
         };
         let mut written = 0u64;
-        for r in records.iter().filter(|r| !r.is_empty() && r.len() <= MAX_RECORD_BYTES) {
+        for r in records
+            .iter()
+            .filter(|r| !r.is_empty() && r.len() <= MAX_RECORD_BYTES)
+        {
             write(&mut out, r)?;
             written += 1;
         }
         // A partly consumed head segment: its unread rest moves into the new segment, so that
         // the cursor can point at the new segment's start.
-        let partial = (self.cursor.offset > 0 && self.segments.contains(&self.cursor.segment)).then_some(self.cursor.segment);
+        let partial = (self.cursor.offset > 0 && self.segments.contains(&self.cursor.segment))
+            .then_some(self.cursor.segment);
         if let Some(old) = partial {
             let mut r = io::BufReader::new(File::open(self.path(old))?);
             r.seek(SeekFrom::Start(self.cursor.offset))?;
@@ -266,7 +328,9 @@ impl Spool {
             if self.tail.as_ref().is_some_and(|t| t.segment == old) {
                 self.tail = None;
             }
-            self.disk_bytes = self.disk_bytes.saturating_sub(fs::metadata(self.path(old))?.len());
+            self.disk_bytes = self
+                .disk_bytes
+                .saturating_sub(fs::metadata(self.path(old))?.len());
             fs::remove_file(self.path(old))?;
             self.segments.remove(&old);
         }
@@ -300,12 +364,18 @@ impl Spool {
         let mut bytes = 0usize;
         let mut end = self.cursor;
         for &segment in self.segments.range(self.cursor.segment..) {
-            let offset = if segment == self.cursor.segment { self.cursor.offset } else { 0 };
+            let offset = if segment == self.cursor.segment {
+                self.cursor.offset
+            } else {
+                0
+            };
             let mut r = io::BufReader::new(File::open(self.path(segment))?);
             r.seek(SeekFrom::Start(offset))?;
             end = Pos { segment, offset };
             while records.len() < max {
-                let Ok(Some(record)) = read_record(&mut r) else { break };
+                let Ok(Some(record)) = read_record(&mut r) else {
+                    break;
+                };
                 if !records.is_empty() && bytes + record.len() > max_bytes {
                     return Ok(Head { records, end });
                 }
@@ -330,7 +400,10 @@ impl Spool {
         let cursor = if pending == 0 {
             // Everything acknowledged: every segment goes, and later records start after them.
             let last = self.segments.last().copied().unwrap_or(end.segment);
-            Pos { segment: last.max(end.segment), offset: u64::MAX }
+            Pos {
+                segment: last.max(end.segment),
+                offset: u64::MAX,
+            }
         } else {
             end
         };
@@ -344,7 +417,9 @@ impl Spool {
         };
         for n in remove {
             let path = self.path(n);
-            self.disk_bytes = self.disk_bytes.saturating_sub(fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
+            self.disk_bytes = self
+                .disk_bytes
+                .saturating_sub(fs::metadata(&path).map(|m| m.len()).unwrap_or(0));
             fs::remove_file(&path)?;
             self.segments.remove(&n);
         }
@@ -379,14 +454,23 @@ fn read_cursor(path: &Path) -> io::Result<Option<Pos>> {
     };
     let valid = bytes.len() == 20 && crc32c::crc32c(&bytes[..16]).to_le_bytes() == bytes[16..20];
     if !valid {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} is damaged; the spool cannot tell which records were delivered", path.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is damaged; the spool cannot tell which records were delivered",
+                path.display()
+            ),
+        ));
     }
     let word = |i: usize| {
         let mut w = [0u8; 8];
         w.copy_from_slice(&bytes[i..i + 8]);
         u64::from_le_bytes(w)
     };
-    Ok(Some(Pos { segment: word(0), offset: word(8) }))
+    Ok(Some(Pos {
+        segment: word(0),
+        offset: word(8),
+    }))
 }
 
 #[cfg(test)]
@@ -396,7 +480,8 @@ mod tests {
     struct Dir(PathBuf);
     impl Dir {
         fn new(name: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("mlaudit-spool-test-{}-{name}", std::process::id()));
+            let p = std::env::temp_dir()
+                .join(format!("mlaudit-spool-test-{}-{name}", std::process::id()));
             let _ = fs::remove_dir_all(&p);
             Dir(p)
         }
@@ -440,7 +525,18 @@ mod tests {
         assert_eq!(drain(&mut s, 7), all[30..]);
         assert_eq!(s.pending(), 0);
         // Everything consumed: no segment is left, and new records start a fresh one.
-        assert_eq!(fs::read_dir(&d.0).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg")).count(), 0);
+        assert_eq!(
+            fs::read_dir(&d.0)
+                .unwrap()
+                .filter(|e| e
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".seg"))
+                .count(),
+            0
+        );
         s.append([b"later".as_slice()]).unwrap();
         s.sync().unwrap();
         drop(s);
@@ -453,7 +549,14 @@ mod tests {
     fn prepended_records_come_first_even_with_a_partly_consumed_head() {
         let d = Dir::new("prepend");
         let (mut s, _) = Spool::open(&d.0, u64::MAX).unwrap();
-        s.append((10..20).map(rec).collect::<Vec<_>>().iter().map(Vec::as_slice)).unwrap();
+        s.append(
+            (10..20)
+                .map(rec)
+                .collect::<Vec<_>>()
+                .iter()
+                .map(Vec::as_slice),
+        )
+        .unwrap();
         let head = s.read_head(3, usize::MAX).unwrap();
         s.consume(head.end, 3).unwrap();
         s.prepend(&(0..5).map(rec).collect::<Vec<_>>()).unwrap();
@@ -473,10 +576,21 @@ mod tests {
     fn a_torn_tail_at_every_byte_is_cut_and_earlier_records_survive() {
         let d = Dir::new("torn");
         let (mut s, _) = Spool::open(&d.0, u64::MAX).unwrap();
-        s.append((0..3).map(rec).collect::<Vec<_>>().iter().map(Vec::as_slice)).unwrap();
+        s.append(
+            (0..3)
+                .map(rec)
+                .collect::<Vec<_>>()
+                .iter()
+                .map(Vec::as_slice),
+        )
+        .unwrap();
         s.sync().unwrap();
         drop(s);
-        let seg = fs::read_dir(&d.0).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "seg")).unwrap();
+        let seg = fs::read_dir(&d.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
         let full = fs::read(&seg).unwrap();
         let record = HEADER + rec(0).len();
         for cut in 0..full.len() {
@@ -485,8 +599,16 @@ mod tests {
             let (mut s, opened) = Spool::open(&d.0, u64::MAX).unwrap();
             let whole = cut / record;
             assert_eq!(opened.pending, whole as u64, "cut at {cut}");
-            assert_eq!(opened.torn_bytes, (cut - whole * record) as u64, "cut at {cut}");
-            assert_eq!(drain(&mut s, 10), (0..whole as u32).map(rec).collect::<Vec<_>>(), "cut at {cut}");
+            assert_eq!(
+                opened.torn_bytes,
+                (cut - whole * record) as u64,
+                "cut at {cut}"
+            );
+            assert_eq!(
+                drain(&mut s, 10),
+                (0..whole as u32).map(rec).collect::<Vec<_>>(),
+                "cut at {cut}"
+            );
             drop(s);
             for e in fs::read_dir(&d.0).unwrap() {
                 let p = e.unwrap().path();
@@ -502,10 +624,21 @@ mod tests {
     fn a_flipped_byte_is_never_sent_and_is_reported() {
         let d = Dir::new("flip");
         let (mut s, _) = Spool::open(&d.0, u64::MAX).unwrap();
-        s.append((0..3).map(rec).collect::<Vec<_>>().iter().map(Vec::as_slice)).unwrap();
+        s.append(
+            (0..3)
+                .map(rec)
+                .collect::<Vec<_>>()
+                .iter()
+                .map(Vec::as_slice),
+        )
+        .unwrap();
         s.sync().unwrap();
         drop(s);
-        let seg = fs::read_dir(&d.0).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|x| x == "seg")).unwrap();
+        let seg = fs::read_dir(&d.0)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
         let mut bytes = fs::read(&seg).unwrap();
         let record = HEADER + rec(0).len();
         bytes[record + HEADER + 2] ^= 0x20;
@@ -521,10 +654,24 @@ mod tests {
         let d = Dir::new("limit");
         let record = (HEADER + rec(0).len()) as u64;
         let (mut s, _) = Spool::open(&d.0, record * 4).unwrap();
-        assert_eq!(s.append((0..10).map(rec).collect::<Vec<_>>().iter().map(Vec::as_slice)).unwrap(), 4);
+        assert_eq!(
+            s.append(
+                (0..10)
+                    .map(rec)
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(Vec::as_slice)
+            )
+            .unwrap(),
+            4
+        );
         assert_eq!(s.pending(), 4);
         assert_eq!(drain(&mut s, 3), (0..4).map(rec).collect::<Vec<_>>());
-        assert_eq!(s.append([rec(7).as_slice()]).unwrap(), 1, "room again once drained");
+        assert_eq!(
+            s.append([rec(7).as_slice()]).unwrap(),
+            1,
+            "room again once drained"
+        );
     }
 
     #[test]
@@ -546,7 +693,11 @@ mod tests {
     /// `VecDeque` model: the spool always yields exactly the model's records, in its order.
     #[test]
     fn matches_a_queue_model_under_random_operations() {
-        let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1;
         println!("seed {seed}");
         let mut next = move |n: u64| {
             seed ^= seed << 13;
@@ -562,13 +713,23 @@ mod tests {
             match next(6) {
                 0 | 1 => {
                     let n = next(20);
-                    let recs: Vec<Vec<u8>> = (0..n).map(|_| { label += 1; rec(label) }).collect();
+                    let recs: Vec<Vec<u8>> = (0..n)
+                        .map(|_| {
+                            label += 1;
+                            rec(label)
+                        })
+                        .collect();
                     s.append(recs.iter().map(Vec::as_slice)).unwrap();
                     model.extend(recs);
                 }
                 2 => {
                     let n = next(5) + 1;
-                    let recs: Vec<Vec<u8>> = (0..n).map(|_| { label += 1; rec(label) }).collect();
+                    let recs: Vec<Vec<u8>> = (0..n)
+                        .map(|_| {
+                            label += 1;
+                            rec(label)
+                        })
+                        .collect();
                     s.prepend(&recs).unwrap();
                     for r in recs.into_iter().rev() {
                         model.push_front(r);
@@ -577,7 +738,10 @@ mod tests {
                 3 => {
                     let head = s.read_head(next(30) as usize + 1, usize::MAX).unwrap();
                     let n = head.records.len();
-                    assert_eq!(head.records, model.iter().take(n).cloned().collect::<Vec<_>>());
+                    assert_eq!(
+                        head.records,
+                        model.iter().take(n).cloned().collect::<Vec<_>>()
+                    );
                     if n > 0 {
                         s.consume(head.end, n as u64).unwrap();
                         model.drain(..n);

@@ -33,27 +33,54 @@ const MAX_ANSWER_BYTES: u64 = 16 << 20;
 impl Transport {
     pub(crate) fn new(base_url: &str, token: &str, timeout: Duration) -> Transport {
         // No redirects: a batch counts as delivered only on the server's own 200.
-        let agent = ureq::AgentBuilder::new().timeout_connect(timeout.min(Duration::from_secs(5))).timeout(timeout).redirects(0).build();
-        Transport { agent, url: format!("{}/v1/events", base_url.trim_end_matches('/')), authorization: format!("Bearer {token}") }
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(timeout.min(Duration::from_secs(5)))
+            .timeout(timeout)
+            .redirects(0)
+            .build();
+        Transport {
+            agent,
+            url: format!("{}/v1/events", base_url.trim_end_matches('/')),
+            authorization: format!("Bearer {token}"),
+        }
     }
 
     /// Sends a batch of `events` events, waiting at most `timeout` for the answer.
     pub(crate) fn send(&self, body: &[u8], events: usize, timeout: Duration) -> Outcome {
-        let request = self.agent.post(&self.url).timeout(timeout).set("Content-Type", "application/x-protobuf").set("Authorization", &self.authorization);
+        let request = self
+            .agent
+            .post(&self.url)
+            .timeout(timeout)
+            .set("Content-Type", "application/x-protobuf")
+            .set("Authorization", &self.authorization);
         match request.send_bytes(body) {
             Ok(response) if response.status() == 200 => {
                 let text = read_body(response).unwrap_or_default();
                 match receipts(&text) {
                     Some((n, duplicates)) if n == events => Outcome::Delivered { duplicates },
-                    _ => Outcome::Retry { reason: format!("a 200 answer that does not acknowledge the {events} events sent"), config: true },
+                    _ => Outcome::Retry {
+                        reason: format!(
+                            "a 200 answer that does not acknowledge the {events} events sent"
+                        ),
+                        config: true,
+                    },
                 }
             }
-            Ok(response) => Outcome::Retry { reason: format!("HTTP {} where 200 was expected (a proxy or a redirect?)", response.status()), config: true },
+            Ok(response) => Outcome::Retry {
+                reason: format!(
+                    "HTTP {} where 200 was expected (a proxy or a redirect?)",
+                    response.status()
+                ),
+                config: true,
+            },
             Err(ureq::Error::Status(status, response)) => {
                 let text = read_body(response).unwrap_or_default();
                 classify(status, &text)
             }
-            Err(ureq::Error::Transport(t)) => Outcome::Retry { reason: t.to_string(), config: false },
+            Err(ureq::Error::Transport(t)) => Outcome::Retry {
+                reason: t.to_string(),
+                config: false,
+            },
         }
     }
 }
@@ -61,7 +88,11 @@ impl Transport {
 fn read_body(response: ureq::Response) -> Option<String> {
     use std::io::Read;
     let mut text = String::new();
-    response.into_reader().take(MAX_ANSWER_BYTES).read_to_string(&mut text).ok()?;
+    response
+        .into_reader()
+        .take(MAX_ANSWER_BYTES)
+        .read_to_string(&mut text)
+        .ok()?;
     Some(text)
 }
 
@@ -69,24 +100,50 @@ fn read_body(response: ureq::Response) -> Option<String> {
 fn receipts(body: &str) -> Option<(usize, u64)> {
     let parsed: serde_json::Value = serde_json::from_str(body).ok()?;
     let events = parsed["events"].as_array()?;
-    Some((events.len(), events.iter().filter(|e| e["duplicate"] == true).count() as u64))
+    Some((
+        events.len(),
+        events.iter().filter(|e| e["duplicate"] == true).count() as u64,
+    ))
 }
 
 fn classify(status: u16, body: &str) -> Outcome {
     let parsed: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    let message = parsed["error"]["message"].as_str().unwrap_or(body).to_owned();
+    let message = parsed["error"]["message"]
+        .as_str()
+        .unwrap_or(body)
+        .to_owned();
     match status {
         422 => {
-            let details = parsed["error"]["details"].as_array().cloned().unwrap_or_default();
-            let invalid = details.iter().filter_map(|d| Some((usize::try_from(d["index"].as_u64()?).ok()?, d["error"].as_str().unwrap_or("invalid").to_owned()))).collect::<Vec<_>>();
+            let details = parsed["error"]["details"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let invalid = details
+                .iter()
+                .filter_map(|d| {
+                    Some((
+                        usize::try_from(d["index"].as_u64()?).ok()?,
+                        d["error"].as_str().unwrap_or("invalid").to_owned(),
+                    ))
+                })
+                .collect::<Vec<_>>();
             if invalid.is_empty() {
-                Outcome::Retry { reason: format!("422 without event details: {message}"), config: true }
+                Outcome::Retry {
+                    reason: format!("422 without event details: {message}"),
+                    config: true,
+                }
             } else {
                 Outcome::Invalid(invalid)
             }
         }
         413 => Outcome::TooLarge,
-        400 | 401 | 403 | 404 | 405 | 415 => Outcome::Retry { reason: format!("HTTP {status}: {message}"), config: true },
-        _ => Outcome::Retry { reason: format!("HTTP {status}: {message}"), config: false },
+        400 | 401 | 403 | 404 | 405 | 415 => Outcome::Retry {
+            reason: format!("HTTP {status}: {message}"),
+            config: true,
+        },
+        _ => Outcome::Retry {
+            reason: format!("HTTP {status}: {message}"),
+            config: false,
+        },
     }
 }

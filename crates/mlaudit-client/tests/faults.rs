@@ -2,7 +2,11 @@
 //! delivery, a server that never answers does not hold `close()` past its deadline, and an
 //! event whose time cannot be stored is rejected by `log()` instead of panicking.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 use mlaudit_client::{Actor, AuditLogger, Builder, Event, FlushError};
 use std::io::{Read, Write};
@@ -13,7 +17,10 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 struct Dir(PathBuf);
 impl Dir {
     fn new(name: &str) -> Dir {
-        let p = std::env::temp_dir().join(format!("mlaudit-client-faults-{}-{name}", std::process::id()));
+        let p = std::env::temp_dir().join(format!(
+            "mlaudit-client-faults-{}-{name}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&p);
         Dir(p)
     }
@@ -53,7 +60,11 @@ fn fake_server(answer: Option<&'static str>) -> String {
 }
 
 fn logger(url: &str, dir: &Dir) -> Builder {
-    AuditLogger::builder(url, "t", Actor::service("faults")).spool_dir(&dir.0).linger(Duration::from_millis(5)).retries(2, Duration::from_millis(5), Duration::from_millis(20)).timeout(Duration::from_secs(30))
+    AuditLogger::builder(url, "t", Actor::service("faults"))
+        .spool_dir(&dir.0)
+        .linger(Duration::from_millis(5))
+        .retries(2, Duration::from_millis(5), Duration::from_millis(20))
+        .timeout(Duration::from_secs(30))
 }
 
 #[test]
@@ -64,18 +75,30 @@ fn a_redirect_is_not_a_delivery() {
     for n in 0..10 {
         l.log(Event::custom("a").attribute("n", n));
     }
-    assert_eq!(l.flush(Duration::from_millis(500)), Err(FlushError::Timeout { durable: true }));
+    assert_eq!(
+        l.flush(Duration::from_millis(500)),
+        Err(FlushError::Timeout { durable: true })
+    );
     let stats = l.close(Duration::from_millis(50));
-    assert_eq!((stats.sent, stats.spooled, stats.dropped), (0, 10, 0), "{stats:?}");
+    assert_eq!(
+        (stats.sent, stats.spooled, stats.dropped),
+        (0, 10, 0),
+        "{stats:?}"
+    );
 }
 
 #[test]
 fn a_200_that_does_not_acknowledge_the_batch_is_not_a_delivery() {
-    let url = fake_server(Some("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<html></html>"));
+    let url = fake_server(Some(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<html></html>",
+    ));
     let dir = Dir::new("not-ours");
     let l = logger(&url, &dir).start().unwrap();
     l.log(Event::custom("a"));
-    assert_eq!(l.flush(Duration::from_millis(500)), Err(FlushError::Timeout { durable: true }));
+    assert_eq!(
+        l.flush(Duration::from_millis(500)),
+        Err(FlushError::Timeout { durable: true })
+    );
     let stats = l.close(Duration::from_millis(50));
     assert_eq!((stats.sent, stats.spooled), (0, 1), "{stats:?}");
 }
@@ -84,7 +107,11 @@ fn a_200_that_does_not_acknowledge_the_batch_is_not_a_delivery() {
 fn a_server_that_never_answers_does_not_hold_close_past_its_deadline() {
     let url = fake_server(None);
     let dir = Dir::new("silent");
-    let l = logger(&url, &dir).timeout(Duration::from_secs(3)).retries(5, Duration::from_millis(5), Duration::from_millis(20)).start().unwrap();
+    let l = logger(&url, &dir)
+        .timeout(Duration::from_secs(3))
+        .retries(5, Duration::from_millis(5), Duration::from_millis(20))
+        .start()
+        .unwrap();
     for n in 0..5 {
         l.log(Event::custom("a").attribute("n", n));
     }
@@ -94,8 +121,16 @@ fn a_server_that_never_answers_does_not_hold_close_past_its_deadline() {
     // A request in flight runs to its own timeout (3 s); after it no attempt starts past
     // the deadline, where before close waited for all 5 attempts (15 s and more). A loose
     // bound: it fails only if close kept retrying.
-    assert!(started.elapsed() < Duration::from_secs(9), "close took {:?}", started.elapsed());
-    assert_eq!((stats.sent, stats.spooled, stats.dropped), (0, 5, 0), "{stats:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "close took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        (stats.sent, stats.spooled, stats.dropped),
+        (0, 5, 0),
+        "{stats:?}"
+    );
 }
 
 #[test]

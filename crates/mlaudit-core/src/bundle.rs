@@ -42,7 +42,10 @@ pub struct ProofBundle {
 pub enum BundleError {
     /// A field could not be decoded.
     #[error("bundle field {field}: {problem}")]
-    Malformed { field: &'static str, problem: String },
+    Malformed {
+        field: &'static str,
+        problem: String,
+    },
     /// The payload's SHA-256 differs from the digest the entry commits to.
     #[error("payload SHA-256 {actual} does not match the entry's {expected}")]
     PayloadDigest { expected: String, actual: String },
@@ -71,8 +74,17 @@ pub struct VerifiedBundle {
 
 impl ProofBundle {
     /// Builds a bundle from stored parts.
-    pub fn new(entry: &[u8], payload: Option<&[u8]>, leaf_index: u64, tree_size: u64, path: &[Hash], checkpoint: String) -> ProofBundle {
-        let event = entry::decode(entry).map(|e| render_event(&e, payload)).unwrap_or(serde_json::Value::Null);
+    pub fn new(
+        entry: &[u8],
+        payload: Option<&[u8]>,
+        leaf_index: u64,
+        tree_size: u64,
+        path: &[Hash],
+        checkpoint: String,
+    ) -> ProofBundle {
+        let event = entry::decode(entry)
+            .map(|e| render_event(&e, payload))
+            .unwrap_or(serde_json::Value::Null);
         ProofBundle {
             format: BUNDLE_FORMAT.to_owned(),
             entry: b64::encode(entry),
@@ -87,23 +99,38 @@ impl ProofBundle {
 
     /// Verifies the bundle offline with only the log's verifier key.
     pub fn verify(&self, key: &NoteVerifier) -> Result<VerifiedBundle, BundleError> {
-        let bad = |field: &'static str, problem: &str| BundleError::Malformed { field, problem: problem.to_owned() };
+        let bad = |field: &'static str, problem: &str| BundleError::Malformed {
+            field,
+            problem: problem.to_owned(),
+        };
         if self.format != BUNDLE_FORMAT {
             return Err(bad("format", "unknown bundle format"));
         }
         let entry_bytes = b64::decode(&self.entry).map_err(|_| bad("entry", "not base64"))?;
-        let entry = entry::decode(&entry_bytes).map_err(|e| BundleError::Malformed { field: "entry", problem: e.to_string() })?;
+        let entry = entry::decode(&entry_bytes).map_err(|e| BundleError::Malformed {
+            field: "entry",
+            problem: e.to_string(),
+        })?;
         if entry.seq != self.leaf_index {
-            return Err(BundleError::SeqMismatch { seq: entry.seq, leaf_index: self.leaf_index });
+            return Err(BundleError::SeqMismatch {
+                seq: entry.seq,
+                leaf_index: self.leaf_index,
+            });
         }
         if let Some(p) = &self.payload {
             let payload = b64::decode(p).map_err(|_| bad("payload", "not base64"))?;
             if payload.len() as u64 != u64::from(entry.payload_len) {
-                return Err(bad("payload", "is not as long as the entry's payload length"));
+                return Err(bad(
+                    "payload",
+                    "is not as long as the entry's payload length",
+                ));
             }
             let actual: [u8; 32] = Sha256::digest(&payload).into();
             if actual != entry.payload_sha256 {
-                return Err(BundleError::PayloadDigest { expected: merkle::hex(&entry.payload_sha256), actual: merkle::hex(&actual) });
+                return Err(BundleError::PayloadDigest {
+                    expected: merkle::hex(&entry.payload_sha256),
+                    actual: merkle::hex(&actual),
+                });
             }
         }
         if self.inclusion_path.len() > MAX_PATH {
@@ -117,11 +144,25 @@ impl ProofBundle {
             .ok_or_else(|| bad("inclusion_path", "every element must be base64 of 32 bytes"))?;
         let checkpoint = open_checkpoint(key, &self.checkpoint)?;
         if checkpoint.size != self.tree_size {
-            return Err(BundleError::SizeMismatch { checkpoint: checkpoint.size, bundle: self.tree_size });
+            return Err(BundleError::SizeMismatch {
+                checkpoint: checkpoint.size,
+                bundle: self.tree_size,
+            });
         }
         let leaf_hash = merkle::leaf_hash(&entry_bytes);
-        merkle::verify_inclusion(self.leaf_index, self.tree_size, &leaf_hash, &path, &checkpoint.root)?;
-        Ok(VerifiedBundle { entry, leaf_hash, root: checkpoint.root, payload_present: self.payload.is_some() })
+        merkle::verify_inclusion(
+            self.leaf_index,
+            self.tree_size,
+            &leaf_hash,
+            &path,
+            &checkpoint.root,
+        )?;
+        Ok(VerifiedBundle {
+            entry,
+            leaf_hash,
+            root: checkpoint.root,
+            payload_present: self.payload.is_some(),
+        })
     }
 }
 
@@ -133,7 +174,11 @@ pub fn render_event(e: &Entry, payload: Option<&[u8]>) -> serde_json::Value {
         subject.insert(field.as_str().to_owned(), Value::String(value.clone()));
     }
     let parsed: Option<Value> = payload.and_then(|p| serde_json::from_slice(p).ok());
-    let attributes = parsed.as_ref().and_then(|v| v.get("attributes")).cloned().unwrap_or(Value::Null);
+    let attributes = parsed
+        .as_ref()
+        .and_then(|v| v.get("attributes"))
+        .cloned()
+        .unwrap_or(Value::Null);
     json!({
         "seq": e.seq,
         "id": e.id.to_string(),

@@ -35,7 +35,9 @@ pub struct EventId(pub [u8; 16]);
 impl EventId {
     /// Parses any textual UUID form (hyphenated, simple, braced, urn).
     pub fn parse(text: &str) -> Option<EventId> {
-        uuid::Uuid::try_parse(text).ok().map(|u| EventId(*u.as_bytes()))
+        uuid::Uuid::try_parse(text)
+            .ok()
+            .map(|u| EventId(*u.as_bytes()))
     }
 }
 
@@ -130,7 +132,9 @@ impl SubjectField {
 
     /// The field for a header code.
     pub fn from_code(code: u8) -> Option<SubjectField> {
-        SubjectField::ALL.get(usize::from(code).checked_sub(1)?).copied()
+        SubjectField::ALL
+            .get(usize::from(code).checked_sub(1)?)
+            .copied()
     }
 }
 
@@ -186,7 +190,10 @@ impl Entry {
 
     /// The value of one subject field, if present.
     pub fn subject(&self, field: SubjectField) -> Option<&str> {
-        self.subjects.iter().find(|(f, _)| *f == field).map(|(_, v)| v.as_str())
+        self.subjects
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -214,7 +221,11 @@ pub enum EntryError {
     NotUtf8(&'static str),
     /// A string exceeds its limit.
     #[error("{field} is {len} bytes; the limit is {max}")]
-    TooLong { field: &'static str, len: usize, max: usize },
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
     /// Bytes remain after the header.
     #[error("{0} trailing bytes after the entry")]
     TrailingBytes(usize),
@@ -282,7 +293,10 @@ impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], EntryError> {
         let rest = &self.bytes[self.pos..];
         if rest.len() < n {
-            return Err(EntryError::Truncated { offset: self.pos, needed: n - rest.len() });
+            return Err(EntryError::Truncated {
+                offset: self.pos,
+                needed: n - rest.len(),
+            });
         }
         self.pos += n;
         Ok(&rest[..n])
@@ -295,7 +309,12 @@ impl<'a> Reader<'a> {
     fn u8(&mut self) -> Result<u8, EntryError> {
         Ok(self.array::<1>()?[0])
     }
-    fn string(&mut self, len: usize, field: &'static str, max: usize) -> Result<&'a str, EntryError> {
+    fn string(
+        &mut self,
+        len: usize,
+        field: &'static str,
+        max: usize,
+    ) -> Result<&'a str, EntryError> {
         check_len(field, len, max)?;
         let raw = self.take(len)?;
         std::str::from_utf8(raw).map_err(|_| EntryError::NotUtf8(field))
@@ -341,7 +360,10 @@ impl<'a> EntryView<'a> {
             kind: self.kind.to_owned(),
             actor_id: self.actor_id.to_owned(),
             principal: self.principal.to_owned(),
-            subjects: SubjectField::ALL.iter().filter_map(|f| self.subject(*f).map(|v| (*f, v.to_owned()))).collect(),
+            subjects: SubjectField::ALL
+                .iter()
+                .filter_map(|f| self.subject(*f).map(|v| (*f, v.to_owned())))
+                .collect(),
         }
     }
 }
@@ -365,7 +387,8 @@ pub fn decode_view(bytes: &[u8]) -> Result<EntryView<'_>, EntryError> {
     let payload_sha256 = r.array()?;
     let payload_len = u32::from_be_bytes(r.array()?);
     let actor_code = r.u8()?;
-    let actor_type = ActorType::from_code(actor_code).ok_or(EntryError::UnknownActorType(actor_code))?;
+    let actor_type =
+        ActorType::from_code(actor_code).ok_or(EntryError::UnknownActorType(actor_code))?;
     let kind_len = r.u8()? as usize;
     let kind = r.string(kind_len, "kind", MAX_KIND_LEN)?;
     let actor_id = r.str16("actor id")?;
@@ -385,7 +408,19 @@ pub fn decode_view(bytes: &[u8]) -> Result<EntryView<'_>, EntryError> {
     if r.pos != bytes.len() {
         return Err(EntryError::TrailingBytes(bytes.len() - r.pos));
     }
-    Ok(EntryView { seq, event_time_ns, receipt_time_ns, id, payload_sha256, payload_len, actor_type, kind, actor_id, principal, subjects })
+    Ok(EntryView {
+        seq,
+        event_time_ns,
+        receipt_time_ns,
+        id,
+        payload_sha256,
+        payload_len,
+        actor_type,
+        kind,
+        actor_id,
+        principal,
+        subjects,
+    })
 }
 
 #[cfg(test)]
@@ -423,7 +458,10 @@ mod tests {
     fn every_truncation_and_extension_is_rejected() {
         let bytes = encode(&sample()).unwrap();
         for cut in 0..bytes.len() {
-            assert!(matches!(decode(&bytes[..cut]), Err(EntryError::Truncated { .. })), "cut {cut}");
+            assert!(
+                matches!(decode(&bytes[..cut]), Err(EntryError::Truncated { .. })),
+                "cut {cut}"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);

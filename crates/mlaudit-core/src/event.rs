@@ -120,26 +120,170 @@ struct KindSpec {
 use SubjectField as S;
 
 const CATALOGUE: &[KindSpec] = &[
-    KindSpec { name: "data.source_accessed", stage: Stage::Data, subjects: &[S::Dataset], attrs: &[("source", Attr::Uri)], optional: &[] },
-    KindSpec { name: "data.transformation_applied", stage: Stage::Data, subjects: &[S::Dataset], attrs: &[("inputs", Attr::List), ("transformation", Attr::Any)], optional: &[("filter", Attr::Any)] },
-    KindSpec { name: "data.snapshot_created", stage: Stage::Data, subjects: &[S::Dataset, S::DatasetVersion], attrs: &[("content_sha256", Attr::Sha256)], optional: &[] },
-    KindSpec { name: "training.run_started", stage: Stage::Training, subjects: &[S::Run, S::Model], attrs: &[("hyperparameters", Attr::Object), ("random_seed", Attr::Integer), ("datasets", Attr::DatasetRefs)], optional: &[] },
-    KindSpec { name: "training.checkpoint_evaluated", stage: Stage::Training, subjects: &[S::Run], attrs: &[("step", Attr::Integer), ("metrics", Attr::Object)], optional: &[] },
-    KindSpec { name: "training.run_completed", stage: Stage::Training, subjects: &[S::Run], attrs: &[("status", Attr::Text), ("duration_s", Attr::NonNegative), ("compute", Attr::Object)], optional: &[] },
-    KindSpec { name: "registry.model_registered", stage: Stage::Registry, subjects: &[S::Model, S::Version, S::Run], attrs: &[("artifact_sha256", Attr::Sha256)], optional: &[] },
-    KindSpec { name: "registry.promotion_requested", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("to_stage", Attr::Text)], optional: &[] },
-    KindSpec { name: "registry.approval_granted", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("approver", Attr::Identity), ("reason", Attr::Text)], optional: &[] },
-    KindSpec { name: "registry.approval_rejected", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("approver", Attr::Identity), ("reason", Attr::Text)], optional: &[] },
-    KindSpec { name: "registry.stage_changed", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("from_stage", Attr::Text), ("to_stage", Attr::Text)], optional: &[] },
-    KindSpec { name: "registry.deployment_target_assigned", stage: Stage::Registry, subjects: &[S::Model, S::Version], attrs: &[("target", Attr::Identity)], optional: &[] },
-    KindSpec { name: "operations.deployed", stage: Stage::Operations, subjects: &[S::Deployment, S::Model, S::Version], attrs: &[("environment", Attr::Text)], optional: &[] },
-    KindSpec { name: "operations.traffic_routed", stage: Stage::Operations, subjects: &[S::Deployment], attrs: &[("split", Attr::Split)], optional: &[] },
-    KindSpec { name: "operations.rolled_back", stage: Stage::Operations, subjects: &[S::Deployment], attrs: &[("from_version", Attr::VersionRef), ("to_version", Attr::VersionRef), ("trigger", Attr::Text)], optional: &[] },
-    KindSpec { name: "operations.config_changed", stage: Stage::Operations, subjects: &[S::Deployment], attrs: &[("changes", Attr::Changes)], optional: &[] },
-    KindSpec { name: "prediction.served", stage: Stage::Prediction, subjects: &[S::Model, S::Version, S::Request], attrs: &[("inputs", Attr::Any), ("outputs", Attr::Any)], optional: &[("confidence", Attr::NonNegative), ("latency_ms", Attr::NonNegative), ("sample_rate", Attr::NonNegative)] },
-    KindSpec { name: "governance.policy_changed", stage: Stage::Governance, subjects: &[], attrs: &[("policy", Attr::Text), ("old", Attr::Any), ("new", Attr::Any)], optional: &[] },
-    KindSpec { name: "governance.access_changed", stage: Stage::Governance, subjects: &[], attrs: &[("principal", Attr::Text), ("role", Attr::Text), ("change", Attr::GrantOrRevoke)], optional: &[] },
-    KindSpec { name: "governance.audit_accessed", stage: Stage::Governance, subjects: &[], attrs: &[], optional: &[] },
+    KindSpec {
+        name: "data.source_accessed",
+        stage: Stage::Data,
+        subjects: &[S::Dataset],
+        attrs: &[("source", Attr::Uri)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "data.transformation_applied",
+        stage: Stage::Data,
+        subjects: &[S::Dataset],
+        attrs: &[("inputs", Attr::List), ("transformation", Attr::Any)],
+        optional: &[("filter", Attr::Any)],
+    },
+    KindSpec {
+        name: "data.snapshot_created",
+        stage: Stage::Data,
+        subjects: &[S::Dataset, S::DatasetVersion],
+        attrs: &[("content_sha256", Attr::Sha256)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "training.run_started",
+        stage: Stage::Training,
+        subjects: &[S::Run, S::Model],
+        attrs: &[
+            ("hyperparameters", Attr::Object),
+            ("random_seed", Attr::Integer),
+            ("datasets", Attr::DatasetRefs),
+        ],
+        optional: &[],
+    },
+    KindSpec {
+        name: "training.checkpoint_evaluated",
+        stage: Stage::Training,
+        subjects: &[S::Run],
+        attrs: &[("step", Attr::Integer), ("metrics", Attr::Object)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "training.run_completed",
+        stage: Stage::Training,
+        subjects: &[S::Run],
+        attrs: &[
+            ("status", Attr::Text),
+            ("duration_s", Attr::NonNegative),
+            ("compute", Attr::Object),
+        ],
+        optional: &[],
+    },
+    KindSpec {
+        name: "registry.model_registered",
+        stage: Stage::Registry,
+        subjects: &[S::Model, S::Version, S::Run],
+        attrs: &[("artifact_sha256", Attr::Sha256)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "registry.promotion_requested",
+        stage: Stage::Registry,
+        subjects: &[S::Model, S::Version],
+        attrs: &[("to_stage", Attr::Text)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "registry.approval_granted",
+        stage: Stage::Registry,
+        subjects: &[S::Model, S::Version],
+        attrs: &[("approver", Attr::Identity), ("reason", Attr::Text)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "registry.approval_rejected",
+        stage: Stage::Registry,
+        subjects: &[S::Model, S::Version],
+        attrs: &[("approver", Attr::Identity), ("reason", Attr::Text)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "registry.stage_changed",
+        stage: Stage::Registry,
+        subjects: &[S::Model, S::Version],
+        attrs: &[("from_stage", Attr::Text), ("to_stage", Attr::Text)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "registry.deployment_target_assigned",
+        stage: Stage::Registry,
+        subjects: &[S::Model, S::Version],
+        attrs: &[("target", Attr::Identity)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "operations.deployed",
+        stage: Stage::Operations,
+        subjects: &[S::Deployment, S::Model, S::Version],
+        attrs: &[("environment", Attr::Text)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "operations.traffic_routed",
+        stage: Stage::Operations,
+        subjects: &[S::Deployment],
+        attrs: &[("split", Attr::Split)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "operations.rolled_back",
+        stage: Stage::Operations,
+        subjects: &[S::Deployment],
+        attrs: &[
+            ("from_version", Attr::VersionRef),
+            ("to_version", Attr::VersionRef),
+            ("trigger", Attr::Text),
+        ],
+        optional: &[],
+    },
+    KindSpec {
+        name: "operations.config_changed",
+        stage: Stage::Operations,
+        subjects: &[S::Deployment],
+        attrs: &[("changes", Attr::Changes)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "prediction.served",
+        stage: Stage::Prediction,
+        subjects: &[S::Model, S::Version, S::Request],
+        attrs: &[("inputs", Attr::Any), ("outputs", Attr::Any)],
+        optional: &[
+            ("confidence", Attr::NonNegative),
+            ("latency_ms", Attr::NonNegative),
+            ("sample_rate", Attr::NonNegative),
+        ],
+    },
+    KindSpec {
+        name: "governance.policy_changed",
+        stage: Stage::Governance,
+        subjects: &[],
+        attrs: &[
+            ("policy", Attr::Text),
+            ("old", Attr::Any),
+            ("new", Attr::Any),
+        ],
+        optional: &[],
+    },
+    KindSpec {
+        name: "governance.access_changed",
+        stage: Stage::Governance,
+        subjects: &[],
+        attrs: &[
+            ("principal", Attr::Text),
+            ("role", Attr::Text),
+            ("change", Attr::GrantOrRevoke),
+        ],
+        optional: &[],
+    },
+    KindSpec {
+        name: "governance.audit_accessed",
+        stage: Stage::Governance,
+        subjects: &[],
+        attrs: &[],
+        optional: &[],
+    },
 ];
 
 fn spec(kind: &str) -> Option<&'static KindSpec> {
@@ -172,14 +316,25 @@ pub enum EventError {
     UnknownKind(String),
     /// A size or depth limit is exceeded; `limit` names it.
     #[error("{field} {problem} (limit {limit})")]
-    Limit { field: &'static str, problem: String, limit: &'static str },
+    Limit {
+        field: &'static str,
+        problem: String,
+        limit: &'static str,
+    },
     /// A kind-specific requirement is not met.
     #[error("{kind}: {field} {problem}")]
-    Requirement { kind: String, field: String, problem: String },
+    Requirement {
+        kind: String,
+        field: String,
+        problem: String,
+    },
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> EventError {
-    EventError::Invalid { field: field.into(), problem: problem.into() }
+    EventError::Invalid {
+        field: field.into(),
+        problem: problem.into(),
+    }
 }
 
 /// A validated event, ready for the log: all of the entry header but seq and receipt time.
@@ -272,11 +427,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object")
             }
-            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<Attrs<'a>, M::Error> {
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Attrs<'a>, M::Error> {
                 let mut out: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
                 while let Some(Str(key)) = map.next_key::<Str<'a>>()? {
                     if out.iter().any(|(k, _)| *k == key) {
-                        return Err(serde::de::Error::custom(format_args!("duplicate key {key:?}")));
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate key {key:?}"
+                        )));
                     }
                     let value: &'a RawValue = map.next_value()?;
                     out.push((key, value));
@@ -329,14 +489,16 @@ fn string<'a>(raw: &'a RawValue, field: &str) -> Result<Cow<'a, str>, EventError
 
 /// Parses an RFC 3339 time into unix nanoseconds.
 pub fn parse_time(text: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos()).ok()
 }
 
 /// Parses an RFC 3339 time for use as a query bound: times outside the range of unix
 /// nanoseconds in an `i64` (before 1677 or after 2262) clamp to its ends.
 pub fn parse_time_bound(text: &str) -> Option<i64> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     let ns = t.unix_timestamp_nanos();
     Some(i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX }))
 }
@@ -345,7 +507,10 @@ pub fn parse_time_bound(text: &str) -> Option<i64> {
 pub fn format_time(unix_ns: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ns))
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| format!("@{unix_ns}ns"))
 }
 
@@ -357,7 +522,10 @@ pub fn format_time(unix_ns: i64) -> String {
 pub fn prepare(json: &str, principal: &str) -> Result<PreparedEvent, EventError> {
     let json = json.trim_matches(|c: char| c.is_ascii_whitespace());
     if principal.is_empty() || principal.len() > MAX_ID_LEN {
-        return Err(invalid("principal", format!("must be 1 to {MAX_ID_LEN} bytes")));
+        return Err(invalid(
+            "principal",
+            format!("must be 1 to {MAX_ID_LEN} bytes"),
+        ));
     }
     if json.len() > MAX_EVENT_BYTES {
         return Err(EventError::TooLarge(json.len()));
@@ -388,7 +556,10 @@ struct Parts<'a> {
 
 fn finish(json: &str, principal: &str, p: Parts<'_>) -> Result<PreparedEvent, EventError> {
     if p.kind.len() > MAX_KIND_LEN {
-        return Err(invalid("kind", format!("is longer than {MAX_KIND_LEN} bytes")));
+        return Err(invalid(
+            "kind",
+            format!("is longer than {MAX_KIND_LEN} bytes"),
+        ));
     }
     let spec = match spec(&p.kind) {
         Some(spec) => Some(spec),
@@ -401,13 +572,21 @@ fn finish(json: &str, principal: &str, p: Parts<'_>) -> Result<PreparedEvent, Ev
     };
     let event_time_ns = match &p.time {
         None => None,
-        Some(text) => Some(parse_time(text).ok_or_else(|| invalid("time", "must be an RFC 3339 time such as 2026-01-31T12:00:00Z"))?),
+        Some(text) => Some(parse_time(text).ok_or_else(|| {
+            invalid(
+                "time",
+                "must be an RFC 3339 time such as 2026-01-31T12:00:00Z",
+            )
+        })?),
     };
     if p.actor_id.is_empty() {
         return Err(EventError::Missing("actor.id"));
     }
     if p.actor_id.len() > MAX_ID_LEN {
-        return Err(invalid("actor.id", format!("is longer than {MAX_ID_LEN} bytes")));
+        return Err(invalid(
+            "actor.id",
+            format!("is longer than {MAX_ID_LEN} bytes"),
+        ));
     }
     check_attribute_limits(&p.attrs)?;
     if let Some(spec) = spec {
@@ -510,7 +689,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for FastActor<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an actor object")
             }
-            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<FastActor<'a>, M::Error> {
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<FastActor<'a>, M::Error> {
                 use serde::de::Error;
                 let (mut id, mut kind) = (None, None);
                 while let Some(Str(key)) = map.next_key::<Str<'a>>()? {
@@ -547,12 +729,18 @@ impl<'de: 'a, 'a> Deserialize<'de> for FastSubject<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a subject object")
             }
-            fn visit_map<M: serde::de::MapAccess<'de>>(self, mut map: M) -> Result<FastSubject<'a>, M::Error> {
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<FastSubject<'a>, M::Error> {
                 use serde::de::Error;
                 let mut out: Vec<(SubjectField, Cow<'a, str>)> = Vec::with_capacity(4);
                 let mut seen = 0u16;
                 while let Some(Str(key)) = map.next_key::<Str<'a>>()? {
-                    let field = SubjectField::ALL.into_iter().find(|f| f.as_str() == key).ok_or_else(|| M::Error::custom("unknown subject field"))?;
+                    let field = SubjectField::ALL
+                        .into_iter()
+                        .find(|f| f.as_str() == key)
+                        .ok_or_else(|| M::Error::custom("unknown subject field"))?;
                     if seen & (1 << field.code()) != 0 {
                         return Err(M::Error::custom("duplicate subject field"));
                     }
@@ -591,10 +779,16 @@ impl<'a> FastWire<'a> {
 
 fn check_ident(field: SubjectField, v: &str) -> Result<(), EventError> {
     if v.is_empty() {
-        return Err(invalid(format!("subject.{}", field.as_str()), "must not be empty"));
+        return Err(invalid(
+            format!("subject.{}", field.as_str()),
+            "must not be empty",
+        ));
     }
     if v.len() > MAX_ID_LEN {
-        return Err(invalid(format!("subject.{}", field.as_str()), format!("is longer than {MAX_ID_LEN} bytes")));
+        return Err(invalid(
+            format!("subject.{}", field.as_str()),
+            format!("is longer than {MAX_ID_LEN} bytes"),
+        ));
     }
     Ok(())
 }
@@ -602,10 +796,21 @@ fn check_ident(field: SubjectField, v: &str) -> Result<(), EventError> {
 /// The field-by-field reading used to explain why the fast pass failed.
 fn slow_parts(json: &str) -> Result<Parts<'_>, EventError> {
     let wire: Wire = serde_json::from_str(json).map_err(|e| EventError::Json(e.to_string()))?;
-    let kind_raw = wire.kind.filter(|r| !is_null(r)).ok_or(EventError::Missing("kind"))?;
+    let kind_raw = wire
+        .kind
+        .filter(|r| !is_null(r))
+        .ok_or(EventError::Missing("kind"))?;
     let kind = string(kind_raw, "kind")?;
-    let id = wire.id.filter(|r| !is_null(r)).map(|raw| string(raw, "id")).transpose()?;
-    let time = wire.time.filter(|r| !is_null(r)).map(|raw| string(raw, "time")).transpose()?;
+    let id = wire
+        .id
+        .filter(|r| !is_null(r))
+        .map(|raw| string(raw, "id"))
+        .transpose()?;
+    let time = wire
+        .time
+        .filter(|r| !is_null(r))
+        .map(|raw| string(raw, "time"))
+        .transpose()?;
     let (actor_type, actor_id) = actor(wire.actor)?;
     let subjects = subjects(wire.subject)?;
     let attrs = match wire.attributes.filter(|r| !is_null(r)) {
@@ -617,7 +822,15 @@ fn slow_parts(json: &str) -> Result<Parts<'_>, EventError> {
             serde_json::from_str::<Attrs>(raw.get()).map_err(|e| invalid("attributes", short(e)))?
         }
     };
-    Ok(Parts { kind, id, time, actor_type, actor_id: Cow::Owned(actor_id), subjects, attrs })
+    Ok(Parts {
+        kind,
+        id,
+        time,
+        actor_type,
+        actor_id: Cow::Owned(actor_id),
+        subjects,
+        attrs,
+    })
 }
 
 /// Nesting depth of a JSON text (1 for a flat object or array, 0 for a scalar), counting only
@@ -660,20 +873,34 @@ fn check_attribute_limits(attrs: &Attrs) -> Result<(), EventError> {
         }
     }
     if bytes > MAX_ATTRIBUTES_BYTES {
-        return Err(EventError::Limit { field: "attributes", problem: format!("are {bytes} bytes; the limit is {MAX_ATTRIBUTES_BYTES}"), limit: "max_attributes_bytes" });
+        return Err(EventError::Limit {
+            field: "attributes",
+            problem: format!("are {bytes} bytes; the limit is {MAX_ATTRIBUTES_BYTES}"),
+            limit: "max_attributes_bytes",
+        });
     }
     Ok(())
 }
 
 fn actor(raw: Option<&RawValue>) -> Result<(ActorType, String), EventError> {
-    let raw = raw.filter(|r| !is_null(r)).ok_or(EventError::Missing("actor"))?;
+    let raw = raw
+        .filter(|r| !is_null(r))
+        .ok_or(EventError::Missing("actor"))?;
     if !raw.get().starts_with('{') {
-        return Err(invalid("actor", "must be an object {\"id\": ..., \"type\": \"user\" | \"service\"}"));
+        return Err(invalid(
+            "actor",
+            "must be an object {\"id\": ..., \"type\": \"user\" | \"service\"}",
+        ));
     }
     let a: WireActor = serde_json::from_str(raw.get()).map_err(|e| invalid("actor", short(e)))?;
-    let id = a.id.filter(|s| !s.is_empty()).ok_or(EventError::Missing("actor.id"))?;
+    let id =
+        a.id.filter(|s| !s.is_empty())
+            .ok_or(EventError::Missing("actor.id"))?;
     if id.len() > MAX_ID_LEN {
-        return Err(invalid("actor.id", format!("is longer than {MAX_ID_LEN} bytes")));
+        return Err(invalid(
+            "actor.id",
+            format!("is longer than {MAX_ID_LEN} bytes"),
+        ));
     }
     let t = match a.kind.as_deref() {
         Some("user") => ActorType::User,
@@ -685,11 +912,14 @@ fn actor(raw: Option<&RawValue>) -> Result<(ActorType, String), EventError> {
 }
 
 fn subjects(raw: Option<&RawValue>) -> Result<Vec<(SubjectField, String)>, EventError> {
-    let Some(raw) = raw.filter(|r| !is_null(r)) else { return Ok(Vec::new()) };
+    let Some(raw) = raw.filter(|r| !is_null(r)) else {
+        return Ok(Vec::new());
+    };
     if !raw.get().starts_with('{') {
         return Err(invalid("subject", "must be an object"));
     }
-    let w: WireSubject = serde_json::from_str(raw.get()).map_err(|e| invalid("subject", short(e)))?;
+    let w: WireSubject =
+        serde_json::from_str(raw.get()).map_err(|e| invalid("subject", short(e)))?;
     let fields = [
         (S::Model, w.model),
         (S::Version, w.version),
@@ -711,17 +941,30 @@ fn subjects(raw: Option<&RawValue>) -> Result<Vec<(SubjectField, String)>, Event
     Ok(out)
 }
 
-fn check_spec(spec: &KindSpec, subjects: &[(SubjectField, String)], attrs: &Attrs) -> Result<(), EventError> {
-    let req = |field: String, problem: String| EventError::Requirement { kind: spec.name.to_owned(), field, problem };
+fn check_spec(
+    spec: &KindSpec,
+    subjects: &[(SubjectField, String)],
+    attrs: &Attrs,
+) -> Result<(), EventError> {
+    let req = |field: String, problem: String| EventError::Requirement {
+        kind: spec.name.to_owned(),
+        field,
+        problem,
+    };
     for needed in spec.subjects {
         if !subjects.iter().any(|(f, _)| f == needed) {
-            return Err(req(format!("subject.{}", needed.as_str()), "is required".into()));
+            return Err(req(
+                format!("subject.{}", needed.as_str()),
+                "is required".into(),
+            ));
         }
     }
     for (name, attr) in spec.attrs {
         match attrs.get(name).filter(|r| !is_null(r)) {
             None => return Err(req(format!("attributes.{name}"), "is required".into())),
-            Some(raw) => check_attr(*attr, raw).map_err(|p| req(format!("attributes.{name}"), p))?,
+            Some(raw) => {
+                check_attr(*attr, raw).map_err(|p| req(format!("attributes.{name}"), p))?
+            }
         }
     }
     for (name, attr) in spec.optional {
@@ -731,9 +974,13 @@ fn check_spec(spec: &KindSpec, subjects: &[(SubjectField, String)], attrs: &Attr
     }
     if spec.name == "prediction.served" {
         if let Some(raw) = attrs.get("sample_rate").filter(|r| !is_null(r)) {
-            let rate: f64 = serde_json::from_str(raw.get()).map_err(|_| req("attributes.sample_rate".into(), "must be a number".into()))?;
+            let rate: f64 = serde_json::from_str(raw.get())
+                .map_err(|_| req("attributes.sample_rate".into(), "must be a number".into()))?;
             if !(rate > 0.0 && rate <= 1.0) {
-                return Err(req("attributes.sample_rate".into(), "must be in (0, 1]".into()));
+                return Err(req(
+                    "attributes.sample_rate".into(),
+                    "must be in (0, 1]".into(),
+                ));
             }
         }
     }
@@ -761,20 +1008,49 @@ fn check_attr(attr: Attr, raw: &RawValue) -> Result<(), String> {
             let s = non_empty_string()?;
             let scheme_ok = s.split_once(':').is_some_and(|(scheme, rest)| {
                 !rest.is_empty()
-                    && scheme.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                    && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                    && scheme
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic())
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
             });
-            if scheme_ok { Ok(()) } else { Err("must be a URI with a scheme, such as s3://bucket/key".into()) }
+            if scheme_ok {
+                Ok(())
+            } else {
+                Err("must be a URI with a scheme, such as s3://bucket/key".into())
+            }
         }
         Attr::Sha256 => {
             let s = non_empty_string()?;
-            if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) { Ok(()) } else { Err("must be 64 hex digits (a SHA-256)".into()) }
+            if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(())
+            } else {
+                Err("must be 64 hex digits (a SHA-256)".into())
+            }
         }
-        Attr::Object => if first == b'{' { Ok(()) } else { Err("must be an object".into()) },
-        Attr::List => if first == b'[' { Ok(()) } else { Err("must be a list".into()) },
+        Attr::Object => {
+            if first == b'{' {
+                Ok(())
+            } else {
+                Err("must be an object".into())
+            }
+        }
+        Attr::List => {
+            if first == b'[' {
+                Ok(())
+            } else {
+                Err("must be a list".into())
+            }
+        }
         Attr::DatasetRefs => {
-            let list: Vec<Cow<str>> = serde_json::from_str(text).map_err(|_| "must be a list of \"dataset@version\" strings".to_owned())?;
-            match list.iter().find(|r| !r.split_once('@').is_some_and(|(d, v)| !d.is_empty() && !v.is_empty())) {
+            let list: Vec<Cow<str>> = serde_json::from_str(text)
+                .map_err(|_| "must be a list of \"dataset@version\" strings".to_owned())?;
+            match list.iter().find(|r| {
+                !r.split_once('@')
+                    .is_some_and(|(d, v)| !d.is_empty() && !v.is_empty())
+            }) {
                 Some(bad) => Err(format!("entry {bad:?} is not of the form dataset@version")),
                 None => Ok(()),
             }
@@ -788,9 +1064,17 @@ fn check_attr(attr: Attr, raw: &RawValue) -> Result<(), String> {
             _ => Err("must be a number >= 0".into()),
         },
         Attr::Identity => {
-            if first == b'{' { Ok(()) } else { non_empty_string().map(drop).map_err(|_| "must be a non-empty string or an object".into()) }
+            if first == b'{' {
+                Ok(())
+            } else {
+                non_empty_string()
+                    .map(drop)
+                    .map_err(|_| "must be a non-empty string or an object".into())
+            }
         }
-        Attr::VersionRef => ident(raw, "").map(drop).map_err(|_| "must be a version (string or integer)".into()),
+        Attr::VersionRef => ident(raw, "")
+            .map(drop)
+            .map_err(|_| "must be a version (string or integer)".into()),
         Attr::Split => {
             let shape = || "must be an object of version -> percent".to_owned();
             let range = || "must map versions to percents between 0 and 100".to_owned();
@@ -806,7 +1090,11 @@ fn check_attr(attr: Attr, raw: &RawValue) -> Result<(), String> {
             if split.0.is_empty() {
                 return Err(range());
             }
-            if (sum - 100.0).abs() > 1e-6 { Err(format!("percents sum to {sum}, not 100")) } else { Ok(()) }
+            if (sum - 100.0).abs() > 1e-6 {
+                Err(format!("percents sum to {sum}, not 100"))
+            } else {
+                Ok(())
+            }
         }
         Attr::Changes => {
             let shape = || "must be an object of key -> {\"old\": ..., \"new\": ...}".to_owned();

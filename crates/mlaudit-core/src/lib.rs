@@ -10,7 +10,14 @@
 //! **Invariant:** this crate does no I/O, spawns no threads and never reads the system clock;
 //! callers pass times in. Every decoder returns a `Result` and rejects trailing bytes.
 
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, reason = "a unit test fails loudly on any unexpected error"))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        reason = "a unit test fails loudly on any unexpected error"
+    )
+)]
 
 pub mod b64;
 pub mod bundle;

@@ -129,7 +129,11 @@ pub fn subtree_hash<S: NodeSource>(src: &S, start: u64, end: u64) -> Result<Hash
         let level = size.trailing_zeros();
         return src.node(level, start >> level);
     }
-    let k = if size.is_power_of_two() { size / 2 } else { split_point(size) };
+    let k = if size.is_power_of_two() {
+        size / 2
+    } else {
+        split_point(size)
+    };
     let left = subtree_hash(src, start, start + k)?;
     let right = subtree_hash(src, start + k, end)?;
     Ok(node_hash(&left, &right))
@@ -282,7 +286,11 @@ pub fn verify_consistency(
         if !proof.is_empty() {
             return Err(ProofError::WrongLength);
         }
-        return if old_root.ct_eq(new_root) { Ok(()) } else { Err(ProofError::RootMismatch) };
+        return if old_root.ct_eq(new_root) {
+            Ok(())
+        } else {
+            Err(ProofError::RootMismatch)
+        };
     }
     if proof.is_empty() {
         return Err(ProofError::WrongLength);
@@ -385,7 +393,9 @@ impl CompactRange {
     /// The root of the absorbed tree.
     pub fn root(&self) -> Hash {
         let mut iter = self.stack.iter().rev();
-        let Some(first) = iter.next() else { return empty_root() };
+        let Some(first) = iter.next() else {
+            return empty_root();
+        };
         iter.fold(*first, |acc, left| node_hash(left, &acc))
     }
 }

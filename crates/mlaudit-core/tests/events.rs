@@ -4,8 +4,13 @@
 
 #![allow(clippy::needless_range_loop)]
 
-use mlaudit_core::entry::{self, ActorType, Entry, EntryError, EventId, SubjectField, MAX_ID_LEN, MAX_KIND_LEN};
-use mlaudit_core::event::{catalogue_kinds, format_time, parse_time, prepare, EventError, PreparedEvent, Stage, MAX_ATTRIBUTES_BYTES, MAX_EVENT_BYTES};
+use mlaudit_core::entry::{
+    self, ActorType, Entry, EntryError, EventId, SubjectField, MAX_ID_LEN, MAX_KIND_LEN,
+};
+use mlaudit_core::event::{
+    catalogue_kinds, format_time, parse_time, prepare, EventError, PreparedEvent, Stage,
+    MAX_ATTRIBUTES_BYTES, MAX_EVENT_BYTES,
+};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -17,24 +22,84 @@ use std::collections::BTreeSet;
 /// (kind, required subjects, required attributes), in the order the catalogue checks them.
 const SPEC: &[(&str, &[&str], &[&str])] = &[
     ("data.source_accessed", &["dataset"], &["source"]),
-    ("data.transformation_applied", &["dataset"], &["inputs", "transformation"]),
-    ("data.snapshot_created", &["dataset", "dataset_version"], &["content_sha256"]),
-    ("training.run_started", &["run", "model"], &["hyperparameters", "random_seed", "datasets"]),
-    ("training.checkpoint_evaluated", &["run"], &["step", "metrics"]),
-    ("training.run_completed", &["run"], &["status", "duration_s", "compute"]),
-    ("registry.model_registered", &["model", "version", "run"], &["artifact_sha256"]),
-    ("registry.promotion_requested", &["model", "version"], &["to_stage"]),
-    ("registry.approval_granted", &["model", "version"], &["approver", "reason"]),
-    ("registry.approval_rejected", &["model", "version"], &["approver", "reason"]),
-    ("registry.stage_changed", &["model", "version"], &["from_stage", "to_stage"]),
-    ("registry.deployment_target_assigned", &["model", "version"], &["target"]),
-    ("operations.deployed", &["deployment", "model", "version"], &["environment"]),
+    (
+        "data.transformation_applied",
+        &["dataset"],
+        &["inputs", "transformation"],
+    ),
+    (
+        "data.snapshot_created",
+        &["dataset", "dataset_version"],
+        &["content_sha256"],
+    ),
+    (
+        "training.run_started",
+        &["run", "model"],
+        &["hyperparameters", "random_seed", "datasets"],
+    ),
+    (
+        "training.checkpoint_evaluated",
+        &["run"],
+        &["step", "metrics"],
+    ),
+    (
+        "training.run_completed",
+        &["run"],
+        &["status", "duration_s", "compute"],
+    ),
+    (
+        "registry.model_registered",
+        &["model", "version", "run"],
+        &["artifact_sha256"],
+    ),
+    (
+        "registry.promotion_requested",
+        &["model", "version"],
+        &["to_stage"],
+    ),
+    (
+        "registry.approval_granted",
+        &["model", "version"],
+        &["approver", "reason"],
+    ),
+    (
+        "registry.approval_rejected",
+        &["model", "version"],
+        &["approver", "reason"],
+    ),
+    (
+        "registry.stage_changed",
+        &["model", "version"],
+        &["from_stage", "to_stage"],
+    ),
+    (
+        "registry.deployment_target_assigned",
+        &["model", "version"],
+        &["target"],
+    ),
+    (
+        "operations.deployed",
+        &["deployment", "model", "version"],
+        &["environment"],
+    ),
     ("operations.traffic_routed", &["deployment"], &["split"]),
-    ("operations.rolled_back", &["deployment"], &["from_version", "to_version", "trigger"]),
+    (
+        "operations.rolled_back",
+        &["deployment"],
+        &["from_version", "to_version", "trigger"],
+    ),
     ("operations.config_changed", &["deployment"], &["changes"]),
-    ("prediction.served", &["model", "version", "request"], &["inputs", "outputs"]),
+    (
+        "prediction.served",
+        &["model", "version", "request"],
+        &["inputs", "outputs"],
+    ),
     ("governance.policy_changed", &[], &["policy", "old", "new"]),
-    ("governance.access_changed", &[], &["principal", "role", "change"]),
+    (
+        "governance.access_changed",
+        &[],
+        &["principal", "role", "change"],
+    ),
     ("governance.audit_accessed", &[], &[]),
 ];
 
@@ -96,7 +161,10 @@ fn attribute_value(kind: &str, name: &str) -> Value {
 }
 
 fn field(name: &str) -> SubjectField {
-    SubjectField::ALL.into_iter().find(|f| f.as_str() == name).unwrap_or_else(|| panic!("no subject field {name}"))
+    SubjectField::ALL
+        .into_iter()
+        .find(|f| f.as_str() == name)
+        .unwrap_or_else(|| panic!("no subject field {name}"))
 }
 
 /// A complete valid event of `kind`, as a JSON object.
@@ -105,7 +173,10 @@ fn example(kind: &str, subjects: &[&str], attrs: &[&str]) -> Map<String, Value> 
     e.insert("id".into(), json!(ID));
     e.insert("time".into(), json!(TIME));
     e.insert("kind".into(), json!(kind));
-    e.insert("actor".into(), json!({"id": "pipeline@ci", "type": "service"}));
+    e.insert(
+        "actor".into(),
+        json!({"id": "pipeline@ci", "type": "service"}),
+    );
     let mut s = Map::new();
     for name in subjects {
         s.insert((*name).into(), subject_value(name));
@@ -120,9 +191,15 @@ fn example(kind: &str, subjects: &[&str], attrs: &[&str]) -> Map<String, Value> 
 }
 
 fn examples() -> Vec<(&'static str, Map<String, Value>)> {
-    let mut out: Vec<_> = SPEC.iter().map(|(k, s, a)| (*k, example(k, s, a))).collect();
+    let mut out: Vec<_> = SPEC
+        .iter()
+        .map(|(k, s, a)| (*k, example(k, s, a)))
+        .collect();
     let mut custom = example("x.foo", &["model", "pipeline_run"], &[]);
-    custom.insert("attributes".into(), json!({"anything": [1, 2, {"goes": null}]}));
+    custom.insert(
+        "attributes".into(),
+        json!({"anything": [1, 2, {"goes": null}]}),
+    );
     out.push(("x.foo", custom));
     out
 }
@@ -161,27 +238,58 @@ fn entry_of(p: &PreparedEvent, seq: u64) -> Entry {
 
 /// Everything a `PreparedEvent` promises, checked on any accepted input.
 fn check_invariants(input: &str, p: &PreparedEvent) {
-    assert_eq!(p.payload, input.trim().as_bytes(), "payload is the input, trimmed");
-    assert_eq!(p.payload_sha256, <[u8; 32]>::from(Sha256::digest(&p.payload)), "payload hash");
+    assert_eq!(
+        p.payload,
+        input.trim().as_bytes(),
+        "payload is the input, trimmed"
+    );
+    assert_eq!(
+        p.payload_sha256,
+        <[u8; 32]>::from(Sha256::digest(&p.payload)),
+        "payload hash"
+    );
     assert!(p.payload.len() <= MAX_EVENT_BYTES);
-    assert!(!p.kind.is_empty() && p.kind.len() <= MAX_KIND_LEN, "kind {:?}", p.kind);
-    assert!(catalogue_kinds().any(|k| k == p.kind) || (p.kind.starts_with("x.") && p.kind.len() > 2), "kind {:?}", p.kind);
+    assert!(
+        !p.kind.is_empty() && p.kind.len() <= MAX_KIND_LEN,
+        "kind {:?}",
+        p.kind
+    );
+    assert!(
+        catalogue_kinds().any(|k| k == p.kind) || (p.kind.starts_with("x.") && p.kind.len() > 2),
+        "kind {:?}",
+        p.kind
+    );
     assert_eq!(Stage::of_kind(&p.kind), Some(p.stage()));
-    assert!(!p.actor_id.is_empty() && p.actor_id.len() <= MAX_ID_LEN, "actor id");
+    assert!(
+        !p.actor_id.is_empty() && p.actor_id.len() <= MAX_ID_LEN,
+        "actor id"
+    );
     for w in p.subjects.windows(2) {
-        assert!(w[0].0 < w[1].0, "subjects not strictly sorted: {:?}", p.subjects);
+        assert!(
+            w[0].0 < w[1].0,
+            "subjects not strictly sorted: {:?}",
+            p.subjects
+        );
     }
     for (f, v) in &p.subjects {
-        assert!(!v.is_empty() && v.len() <= MAX_ID_LEN, "subject {f:?} = {v:?}");
+        assert!(
+            !v.is_empty() && v.len() <= MAX_ID_LEN,
+            "subject {f:?} = {v:?}"
+        );
     }
     if let Some((_, subjects, _)) = SPEC.iter().find(|(k, _, _)| *k == p.kind) {
         for s in *subjects {
-            assert!(p.subjects.iter().any(|(f, _)| f.as_str() == *s), "{}: accepted without subject.{s}", p.kind);
+            assert!(
+                p.subjects.iter().any(|(f, _)| f.as_str() == *s),
+                "{}: accepted without subject.{s}",
+                p.kind
+            );
         }
     }
     // A prepared event always fits in an entry header.
     let e = entry_of(p, 9);
-    let bytes = entry::encode(&e).unwrap_or_else(|err| panic!("prepared event does not encode: {err}\n{p:?}"));
+    let bytes = entry::encode(&e)
+        .unwrap_or_else(|err| panic!("prepared event does not encode: {err}\n{p:?}"));
     assert_eq!(entry::decode(&bytes), Ok(e));
 }
 
@@ -218,14 +326,28 @@ fn every_kind_has_a_valid_example() {
         assert_eq!(p.actor_type, ActorType::Service);
         assert_eq!(p.actor_id, "pipeline@ci");
         assert_eq!(p.principal, "token:ingest");
-        let subject = e["subject"].as_object().unwrap_or_else(|| panic!("no subject"));
+        let subject = e["subject"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no subject"));
         let mut want: Vec<(SubjectField, String)> = subject
             .iter()
-            .map(|(k, v)| (field(k), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .map(|(k, v)| {
+                (
+                    field(k),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                )
+            })
             .collect();
         want.sort();
         assert_eq!(p.subjects, want, "{kind}");
-        assert_eq!(p.stage().as_str(), if kind.starts_with("x.") { "custom" } else { kind.split('.').next().unwrap_or("") });
+        assert_eq!(
+            p.stage().as_str(),
+            if kind.starts_with("x.") {
+                "custom"
+            } else {
+                kind.split('.').next().unwrap_or("")
+            }
+        );
     }
 }
 
@@ -235,30 +357,54 @@ fn optional_parts_may_be_absent_or_null() {
     let p = must_prepare(r#"{"kind":"x.foo","actor":{"id":"a","type":"user"}}"#);
     assert_eq!((p.id, p.event_time_ns, p.subjects.len()), (None, None, 0));
     assert_eq!(p.actor_type, ActorType::User);
-    let p = must_prepare(r#"{"id":null,"time":null,"kind":"x.foo","actor":{"id":"a","type":"user"},"subject":null,"attributes":null}"#);
+    let p = must_prepare(
+        r#"{"id":null,"time":null,"kind":"x.foo","actor":{"id":"a","type":"user"},"subject":null,"attributes":null}"#,
+    );
     assert_eq!((p.id, p.event_time_ns), (None, None));
-    must_prepare(r#"{"kind":"governance.audit_accessed","actor":{"id":"a","type":"user"},"subject":{},"attributes":{}}"#);
+    must_prepare(
+        r#"{"kind":"governance.audit_accessed","actor":{"id":"a","type":"user"},"subject":{},"attributes":{}}"#,
+    );
     // Identity attributes may be strings; versions may be strings or integers.
-    let mut e = example("registry.approval_rejected", &["model", "version"], &["approver", "reason"]);
+    let mut e = example(
+        "registry.approval_rejected",
+        &["model", "version"],
+        &["approver", "reason"],
+    );
     e["attributes"]["approver"] = json!("bob@example.com");
     must_prepare(&text(&e));
-    let mut e = example("operations.rolled_back", &["deployment"], &["from_version", "to_version", "trigger"]);
+    let mut e = example(
+        "operations.rolled_back",
+        &["deployment"],
+        &["from_version", "to_version", "trigger"],
+    );
     e["attributes"]["from_version"] = json!("v8");
     e["attributes"]["to_version"] = json!(7);
     must_prepare(&text(&e));
     // Optional prediction attributes, valid values.
-    let mut e = example("prediction.served", &["model", "version", "request"], &["inputs", "outputs"]);
+    let mut e = example(
+        "prediction.served",
+        &["model", "version", "request"],
+        &["inputs", "outputs"],
+    );
     e["attributes"]["confidence"] = json!(0.97);
     e["attributes"]["latency_ms"] = json!(12);
     e["attributes"]["sample_rate"] = json!(1);
     must_prepare(&text(&e));
     // Other UUID forms are accepted and normalized.
-    for form in ["6F9619FF8B86D011B42D00C04FC964FF", "{6f9619ff-8b86-d011-b42d-00c04fc964ff}", "urn:uuid:6f9619ff-8b86-d011-b42d-00c04fc964ff"] {
-        let p = must_prepare(&format!(r#"{{"id":"{form}","kind":"x.foo","actor":{{"id":"a","type":"user"}}}}"#));
+    for form in [
+        "6F9619FF8B86D011B42D00C04FC964FF",
+        "{6f9619ff-8b86-d011-b42d-00c04fc964ff}",
+        "urn:uuid:6f9619ff-8b86-d011-b42d-00c04fc964ff",
+    ] {
+        let p = must_prepare(&format!(
+            r#"{{"id":"{form}","kind":"x.foo","actor":{{"id":"a","type":"user"}}}}"#
+        ));
         assert_eq!(p.id.map(|i| i.to_string()).as_deref(), Some(ID), "{form}");
     }
     // Time offsets are normalized to UTC nanoseconds.
-    let p = must_prepare(r#"{"time":"2026-01-31T13:00:00.5+01:00","kind":"x.foo","actor":{"id":"a","type":"user"}}"#);
+    let p = must_prepare(
+        r#"{"time":"2026-01-31T13:00:00.5+01:00","kind":"x.foo","actor":{"id":"a","type":"user"}}"#,
+    );
     assert_eq!(p.event_time_ns, Some(TIME_NS + 500_000_000));
     assert_eq!(parse_time(TIME), Some(TIME_NS));
     assert_eq!(format_time(TIME_NS), TIME);
@@ -280,7 +426,11 @@ fn removing_any_requirement_names_it() {
             assert_eq!(err(&text(&e)).to_string(), want, "null counts as absent");
             assert_eq!(
                 err(&text(&e)),
-                EventError::Requirement { kind: (*kind).into(), field: format!("subject.{s}"), problem: "is required".into() }
+                EventError::Requirement {
+                    kind: (*kind).into(),
+                    field: format!("subject.{s}"),
+                    problem: "is required".into()
+                }
             );
         }
         for a in *attrs {
@@ -296,18 +446,33 @@ fn removing_any_requirement_names_it() {
         if let Some(first) = subjects.first() {
             let mut e = full.clone();
             e.remove("subject");
-            assert_eq!(err(&text(&e)).to_string(), format!("{kind}: subject.{first} is required"));
+            assert_eq!(
+                err(&text(&e)).to_string(),
+                format!("{kind}: subject.{first} is required")
+            );
         }
         if let Some(first) = attrs.first() {
             let mut e = full.clone();
             e.remove("attributes");
-            assert_eq!(err(&text(&e)).to_string(), format!("{kind}: attributes.{first} is required"));
+            assert_eq!(
+                err(&text(&e)).to_string(),
+                format!("{kind}: attributes.{first} is required")
+            );
         }
     }
     // The example from the specification of this test.
-    let mut e = example("registry.approval_granted", &["model", "version"], &["approver", "reason"]);
-    e["attributes"].as_object_mut().map(|o| o.remove("approver"));
-    assert_eq!(err(&text(&e)).to_string(), "registry.approval_granted: attributes.approver is required");
+    let mut e = example(
+        "registry.approval_granted",
+        &["model", "version"],
+        &["approver", "reason"],
+    );
+    e["attributes"]
+        .as_object_mut()
+        .map(|o| o.remove("approver"));
+    assert_eq!(
+        err(&text(&e)).to_string(),
+        "registry.approval_granted: attributes.approver is required"
+    );
     // Top-level requirements.
     for (remove, want) in [("kind", "kind is required"), ("actor", "actor is required")] {
         let mut e = example("x.foo", &[], &[]);
@@ -319,7 +484,11 @@ fn removing_any_requirement_names_it() {
 /// Replaces one part of a valid event of `kind` and expects exactly `want` (or, when `want`
 /// ends in `…`, a message starting with it).
 fn expect_invalid(kind: &str, path: &[&str], value: Value, want: &str) {
-    let (_, subjects, attrs) = SPEC.iter().find(|(k, _, _)| *k == kind).copied().unwrap_or(("x.foo", &[], &[]));
+    let (_, subjects, attrs) = SPEC
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .copied()
+        .unwrap_or(("x.foo", &[], &[]));
     let mut e = Value::Object(example(kind, subjects, attrs));
     let mut slot = &mut e;
     for p in path {
@@ -338,147 +507,496 @@ fn expect_invalid(kind: &str, path: &[&str], value: Value, want: &str) {
 fn malformed_values_give_clear_errors() {
     let split = ["attributes", "split"];
     let tr = "operations.traffic_routed";
-    expect_invalid(tr, &split, json!({"7": 90, "8": 5}), "operations.traffic_routed: attributes.split percents sum to 95, not 100");
-    expect_invalid(tr, &split, json!({"7": 60, "8": 50}), "operations.traffic_routed: attributes.split percents sum to 110, not 100");
+    expect_invalid(
+        tr,
+        &split,
+        json!({"7": 90, "8": 5}),
+        "operations.traffic_routed: attributes.split percents sum to 95, not 100",
+    );
+    expect_invalid(
+        tr,
+        &split,
+        json!({"7": 60, "8": 50}),
+        "operations.traffic_routed: attributes.split percents sum to 110, not 100",
+    );
     expect_invalid(tr, &split, json!({}), "operations.traffic_routed: attributes.split must map versions to percents between 0 and 100");
     expect_invalid(tr, &split, json!({"7": 150, "8": -50}), "operations.traffic_routed: attributes.split must map versions to percents between 0 and 100");
-    expect_invalid(tr, &split, json!({"7": "100"}), "operations.traffic_routed: attributes.split must be an object of version -> percent");
-    expect_invalid(tr, &split, json!([100]), "operations.traffic_routed: attributes.split must be an object of version -> percent");
+    expect_invalid(
+        tr,
+        &split,
+        json!({"7": "100"}),
+        "operations.traffic_routed: attributes.split must be an object of version -> percent",
+    );
+    expect_invalid(
+        tr,
+        &split,
+        json!([100]),
+        "operations.traffic_routed: attributes.split must be an object of version -> percent",
+    );
 
     let sha = ["attributes", "content_sha256"];
     let sc = "data.snapshot_created";
-    let bad_sha = "data.snapshot_created: attributes.content_sha256 must be 64 hex digits (a SHA-256)";
+    let bad_sha =
+        "data.snapshot_created: attributes.content_sha256 must be 64 hex digits (a SHA-256)";
     expect_invalid(sc, &sha, json!("abc"), bad_sha);
     expect_invalid(sc, &sha, json!(&SHA[..63]), bad_sha);
     expect_invalid(sc, &sha, json!(format!("{SHA}0")), bad_sha);
     expect_invalid(sc, &sha, json!(format!("{}g", &SHA[..63])), bad_sha);
-    expect_invalid(sc, &sha, json!(42), "data.snapshot_created: attributes.content_sha256 must be a string");
-    expect_invalid(sc, &sha, json!(""), "data.snapshot_created: attributes.content_sha256 must not be empty");
-    expect_invalid("registry.model_registered", &["attributes", "artifact_sha256"], json!("sha256:abc"), "registry.model_registered: attributes.artifact_sha256 must be 64 hex digits (a SHA-256)");
+    expect_invalid(
+        sc,
+        &sha,
+        json!(42),
+        "data.snapshot_created: attributes.content_sha256 must be a string",
+    );
+    expect_invalid(
+        sc,
+        &sha,
+        json!(""),
+        "data.snapshot_created: attributes.content_sha256 must not be empty",
+    );
+    expect_invalid(
+        "registry.model_registered",
+        &["attributes", "artifact_sha256"],
+        json!("sha256:abc"),
+        "registry.model_registered: attributes.artifact_sha256 must be 64 hex digits (a SHA-256)",
+    );
 
     let bad_time = "time must be an RFC 3339 time such as 2026-01-31T12:00:00Z";
-    for t in ["yesterday", "2026-01-31", "2026-01-31T12:00:00", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "", "9999-12-31T23:59:59Z"] {
+    for t in [
+        "yesterday",
+        "2026-01-31",
+        "2026-01-31T12:00:00",
+        "2026-13-01T00:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "",
+        "9999-12-31T23:59:59Z",
+    ] {
         expect_invalid("x.foo", &["time"], json!(t), bad_time);
     }
-    expect_invalid("x.foo", &["time"], json!(1769860800), "time must be a string");
+    expect_invalid(
+        "x.foo",
+        &["time"],
+        json!(1769860800),
+        "time must be a string",
+    );
 
-    for id in ["not-a-uuid", "", "6f9619ff-8b86-d011-b42d-00c04fc964f", "6f9619ff-8b86-d011-b42d-00c04fc964ffff", "zf9619ff-8b86-d011-b42d-00c04fc964ff"] {
+    for id in [
+        "not-a-uuid",
+        "",
+        "6f9619ff-8b86-d011-b42d-00c04fc964f",
+        "6f9619ff-8b86-d011-b42d-00c04fc964ffff",
+        "zf9619ff-8b86-d011-b42d-00c04fc964ff",
+    ] {
         expect_invalid("x.foo", &["id"], json!(id), "id must be a UUID");
     }
     expect_invalid("x.foo", &["id"], json!(42), "id must be a string");
 
-    expect_invalid("x.foo", &["actor", "type"], json!("robot"), "actor.type must be \"user\" or \"service\"");
-    expect_invalid("x.foo", &["actor", "type"], json!("User"), "actor.type must be \"user\" or \"service\"");
-    expect_invalid("x.foo", &["actor", "type"], Value::Null, "actor.type is required");
+    expect_invalid(
+        "x.foo",
+        &["actor", "type"],
+        json!("robot"),
+        "actor.type must be \"user\" or \"service\"",
+    );
+    expect_invalid(
+        "x.foo",
+        &["actor", "type"],
+        json!("User"),
+        "actor.type must be \"user\" or \"service\"",
+    );
+    expect_invalid(
+        "x.foo",
+        &["actor", "type"],
+        Value::Null,
+        "actor.type is required",
+    );
     expect_invalid("x.foo", &["actor", "id"], json!(""), "actor.id is required");
-    expect_invalid("x.foo", &["actor", "id"], Value::Null, "actor.id is required");
-    expect_invalid("x.foo", &["actor", "id"], json!("a".repeat(MAX_ID_LEN + 1)), "actor.id is longer than 1024 bytes");
+    expect_invalid(
+        "x.foo",
+        &["actor", "id"],
+        Value::Null,
+        "actor.id is required",
+    );
+    expect_invalid(
+        "x.foo",
+        &["actor", "id"],
+        json!("a".repeat(MAX_ID_LEN + 1)),
+        "actor.id is longer than 1024 bytes",
+    );
     expect_invalid("x.foo", &["actor", "id"], json!(7), "actor invalid type…");
-    expect_invalid("x.foo", &["actor", "team"], json!("x"), "actor unknown field `team`…");
-    expect_invalid("x.foo", &["actor"], json!("alice"), "actor must be an object {\"id\": ..., \"type\": \"user\" | \"service\"}");
+    expect_invalid(
+        "x.foo",
+        &["actor", "team"],
+        json!("x"),
+        "actor unknown field `team`…",
+    );
+    expect_invalid(
+        "x.foo",
+        &["actor"],
+        json!("alice"),
+        "actor must be an object {\"id\": ..., \"type\": \"user\" | \"service\"}",
+    );
 
     expect_invalid("x.foo", &["kind"], json!(5), "kind must be a string");
-    expect_invalid("x.foo", &["kind"], json!("data.unknown"), "unknown kind \"data.unknown\": use a catalogue kind or a custom kind x.<name>");
-    expect_invalid("x.foo", &["kind"], json!("x."), "unknown kind \"x.\": use a catalogue kind or a custom kind x.<name>");
-    expect_invalid("x.foo", &["kind"], json!(""), "unknown kind \"\": use a catalogue kind or a custom kind x.<name>");
-    expect_invalid("x.foo", &["kind"], json!("Data.Source_Accessed"), "unknown kind \"Data.Source_Accessed\"…");
-    expect_invalid("x.foo", &["kind"], json!(format!("x.{}", "k".repeat(MAX_KIND_LEN - 1))), "kind is longer than 128 bytes");
+    expect_invalid(
+        "x.foo",
+        &["kind"],
+        json!("data.unknown"),
+        "unknown kind \"data.unknown\": use a catalogue kind or a custom kind x.<name>",
+    );
+    expect_invalid(
+        "x.foo",
+        &["kind"],
+        json!("x."),
+        "unknown kind \"x.\": use a catalogue kind or a custom kind x.<name>",
+    );
+    expect_invalid(
+        "x.foo",
+        &["kind"],
+        json!(""),
+        "unknown kind \"\": use a catalogue kind or a custom kind x.<name>",
+    );
+    expect_invalid(
+        "x.foo",
+        &["kind"],
+        json!("Data.Source_Accessed"),
+        "unknown kind \"Data.Source_Accessed\"…",
+    );
+    expect_invalid(
+        "x.foo",
+        &["kind"],
+        json!(format!("x.{}", "k".repeat(MAX_KIND_LEN - 1))),
+        "kind is longer than 128 bytes",
+    );
     must_prepare(&json!({"kind": format!("x.{}", "k".repeat(MAX_KIND_LEN - 2)), "actor": {"id": "a", "type": "user"}}).to_string());
 
-    expect_invalid("x.foo", &["subject"], json!("credit-risk"), "subject must be an object");
-    expect_invalid("x.foo", &["subject"], json!(["credit-risk"]), "subject must be an object");
-    expect_invalid("x.foo", &["subject", "model"], json!(""), "subject.model must not be empty");
-    expect_invalid("x.foo", &["subject", "model"], json!({"name": "m"}), "subject.model must be a string");
-    expect_invalid("x.foo", &["subject", "model"], json!(1.5), "subject.model must be a string");
-    expect_invalid("x.foo", &["subject", "model"], json!(true), "subject.model must be a string");
-    expect_invalid("x.foo", &["subject", "model"], json!("m".repeat(MAX_ID_LEN + 1)), "subject.model is longer than 1024 bytes");
-    expect_invalid("x.foo", &["subject", "team"], json!("risk"), "subject unknown field `team`…");
-    expect_invalid("x.foo", &["attributes"], json!([1, 2]), "attributes must be an object");
-    expect_invalid("x.foo", &["attributes"], json!("a=b"), "attributes must be an object");
+    expect_invalid(
+        "x.foo",
+        &["subject"],
+        json!("credit-risk"),
+        "subject must be an object",
+    );
+    expect_invalid(
+        "x.foo",
+        &["subject"],
+        json!(["credit-risk"]),
+        "subject must be an object",
+    );
+    expect_invalid(
+        "x.foo",
+        &["subject", "model"],
+        json!(""),
+        "subject.model must not be empty",
+    );
+    expect_invalid(
+        "x.foo",
+        &["subject", "model"],
+        json!({"name": "m"}),
+        "subject.model must be a string",
+    );
+    expect_invalid(
+        "x.foo",
+        &["subject", "model"],
+        json!(1.5),
+        "subject.model must be a string",
+    );
+    expect_invalid(
+        "x.foo",
+        &["subject", "model"],
+        json!(true),
+        "subject.model must be a string",
+    );
+    expect_invalid(
+        "x.foo",
+        &["subject", "model"],
+        json!("m".repeat(MAX_ID_LEN + 1)),
+        "subject.model is longer than 1024 bytes",
+    );
+    expect_invalid(
+        "x.foo",
+        &["subject", "team"],
+        json!("risk"),
+        "subject unknown field `team`…",
+    );
+    expect_invalid(
+        "x.foo",
+        &["attributes"],
+        json!([1, 2]),
+        "attributes must be an object",
+    );
+    expect_invalid(
+        "x.foo",
+        &["attributes"],
+        json!("a=b"),
+        "attributes must be an object",
+    );
 
     let ps = "prediction.served";
-    expect_invalid(ps, &["attributes", "sample_rate"], json!(0), "prediction.served: attributes.sample_rate must be in (0, 1]");
-    expect_invalid(ps, &["attributes", "sample_rate"], json!(1.5), "prediction.served: attributes.sample_rate must be in (0, 1]");
-    expect_invalid(ps, &["attributes", "sample_rate"], json!("all"), "prediction.served: attributes.sample_rate must be a number >= 0");
-    expect_invalid(ps, &["attributes", "confidence"], json!(-0.5), "prediction.served: attributes.confidence must be a number >= 0");
-    expect_invalid(ps, &["attributes", "latency_ms"], json!("12ms"), "prediction.served: attributes.latency_ms must be a number >= 0");
+    expect_invalid(
+        ps,
+        &["attributes", "sample_rate"],
+        json!(0),
+        "prediction.served: attributes.sample_rate must be in (0, 1]",
+    );
+    expect_invalid(
+        ps,
+        &["attributes", "sample_rate"],
+        json!(1.5),
+        "prediction.served: attributes.sample_rate must be in (0, 1]",
+    );
+    expect_invalid(
+        ps,
+        &["attributes", "sample_rate"],
+        json!("all"),
+        "prediction.served: attributes.sample_rate must be a number >= 0",
+    );
+    expect_invalid(
+        ps,
+        &["attributes", "confidence"],
+        json!(-0.5),
+        "prediction.served: attributes.confidence must be a number >= 0",
+    );
+    expect_invalid(
+        ps,
+        &["attributes", "latency_ms"],
+        json!("12ms"),
+        "prediction.served: attributes.latency_ms must be a number >= 0",
+    );
 
     let rs = "training.run_started";
     expect_invalid(rs, &["attributes", "datasets"], json!(["loans"]), "training.run_started: attributes.datasets entry \"loans\" is not of the form dataset@version");
-    expect_invalid(rs, &["attributes", "datasets"], json!(["@3"]), "training.run_started: attributes.datasets entry \"@3\" is not of the form dataset@version");
-    expect_invalid(rs, &["attributes", "datasets"], json!("loans@3"), "training.run_started: attributes.datasets must be a list of \"dataset@version\" strings");
-    expect_invalid(rs, &["attributes", "random_seed"], json!(1.5), "training.run_started: attributes.random_seed must be an integer");
-    expect_invalid(rs, &["attributes", "random_seed"], json!("42"), "training.run_started: attributes.random_seed must be an integer");
-    expect_invalid(rs, &["attributes", "hyperparameters"], json!([]), "training.run_started: attributes.hyperparameters must be an object");
-    expect_invalid("data.transformation_applied", &["attributes", "inputs"], json!({}), "data.transformation_applied: attributes.inputs must be a list");
-    expect_invalid("training.run_completed", &["attributes", "duration_s"], json!(-1), "training.run_completed: attributes.duration_s must be a number >= 0");
-    expect_invalid("training.run_completed", &["attributes", "status"], json!(""), "training.run_completed: attributes.status must not be empty");
+    expect_invalid(
+        rs,
+        &["attributes", "datasets"],
+        json!(["@3"]),
+        "training.run_started: attributes.datasets entry \"@3\" is not of the form dataset@version",
+    );
+    expect_invalid(
+        rs,
+        &["attributes", "datasets"],
+        json!("loans@3"),
+        "training.run_started: attributes.datasets must be a list of \"dataset@version\" strings",
+    );
+    expect_invalid(
+        rs,
+        &["attributes", "random_seed"],
+        json!(1.5),
+        "training.run_started: attributes.random_seed must be an integer",
+    );
+    expect_invalid(
+        rs,
+        &["attributes", "random_seed"],
+        json!("42"),
+        "training.run_started: attributes.random_seed must be an integer",
+    );
+    expect_invalid(
+        rs,
+        &["attributes", "hyperparameters"],
+        json!([]),
+        "training.run_started: attributes.hyperparameters must be an object",
+    );
+    expect_invalid(
+        "data.transformation_applied",
+        &["attributes", "inputs"],
+        json!({}),
+        "data.transformation_applied: attributes.inputs must be a list",
+    );
+    expect_invalid(
+        "training.run_completed",
+        &["attributes", "duration_s"],
+        json!(-1),
+        "training.run_completed: attributes.duration_s must be a number >= 0",
+    );
+    expect_invalid(
+        "training.run_completed",
+        &["attributes", "status"],
+        json!(""),
+        "training.run_completed: attributes.status must not be empty",
+    );
     expect_invalid("data.source_accessed", &["attributes", "source"], json!("/data/raw"), "data.source_accessed: attributes.source must be a URI with a scheme, such as s3://bucket/key");
     expect_invalid("data.source_accessed", &["attributes", "source"], json!("s3:"), "data.source_accessed: attributes.source must be a URI with a scheme, such as s3://bucket/key");
-    expect_invalid("registry.approval_granted", &["attributes", "approver"], json!(""), "registry.approval_granted: attributes.approver must be a non-empty string or an object");
-    expect_invalid("registry.approval_granted", &["attributes", "approver"], json!(7), "registry.approval_granted: attributes.approver must be a non-empty string or an object");
-    expect_invalid("operations.rolled_back", &["attributes", "from_version"], json!({"v": 8}), "operations.rolled_back: attributes.from_version must be a version (string or integer)");
-    expect_invalid("operations.rolled_back", &["attributes", "to_version"], json!(7.5), "operations.rolled_back: attributes.to_version must be a version (string or integer)");
+    expect_invalid(
+        "registry.approval_granted",
+        &["attributes", "approver"],
+        json!(""),
+        "registry.approval_granted: attributes.approver must be a non-empty string or an object",
+    );
+    expect_invalid(
+        "registry.approval_granted",
+        &["attributes", "approver"],
+        json!(7),
+        "registry.approval_granted: attributes.approver must be a non-empty string or an object",
+    );
+    expect_invalid(
+        "operations.rolled_back",
+        &["attributes", "from_version"],
+        json!({"v": 8}),
+        "operations.rolled_back: attributes.from_version must be a version (string or integer)",
+    );
+    expect_invalid(
+        "operations.rolled_back",
+        &["attributes", "to_version"],
+        json!(7.5),
+        "operations.rolled_back: attributes.to_version must be a version (string or integer)",
+    );
     let cc = "operations.config_changed";
-    expect_invalid(cc, &["attributes", "changes"], json!({}), "operations.config_changed: attributes.changes must list at least one change");
+    expect_invalid(
+        cc,
+        &["attributes", "changes"],
+        json!({}),
+        "operations.config_changed: attributes.changes must list at least one change",
+    );
     expect_invalid(cc, &["attributes", "changes"], json!({"timeout_ms": {"old": 1}}), "operations.config_changed: attributes.changes entry \"timeout_ms\" needs both \"old\" and \"new\"");
     expect_invalid(cc, &["attributes", "changes"], json!({"timeout_ms": {"old": 1, "new": 2, "why": 3}}), "operations.config_changed: attributes.changes must be an object of key -> {\"old\": ..., \"new\": ...}");
     expect_invalid(cc, &["attributes", "changes"], json!([1]), "operations.config_changed: attributes.changes must be an object of key -> {\"old\": ..., \"new\": ...}");
-    expect_invalid("governance.access_changed", &["attributes", "change"], json!("maybe"), "governance.access_changed: attributes.change must be \"granted\" or \"revoked\"");
-    expect_invalid("governance.access_changed", &["attributes", "change"], json!(true), "governance.access_changed: attributes.change must be a string");
+    expect_invalid(
+        "governance.access_changed",
+        &["attributes", "change"],
+        json!("maybe"),
+        "governance.access_changed: attributes.change must be \"granted\" or \"revoked\"",
+    );
+    expect_invalid(
+        "governance.access_changed",
+        &["attributes", "change"],
+        json!(true),
+        "governance.access_changed: attributes.change must be a string",
+    );
 }
 
 #[test]
 fn malformed_documents_give_clear_errors() {
     let not_object = "invalid JSON: an event must be a JSON object";
-    for doc in ["", "   ", "[]", "42", "\"event\"", "null", "true", "[{\"kind\":\"x.foo\"}]"] {
+    for doc in [
+        "",
+        "   ",
+        "[]",
+        "42",
+        "\"event\"",
+        "null",
+        "true",
+        "[{\"kind\":\"x.foo\"}]",
+    ] {
         assert_eq!(err(doc).to_string(), not_object, "{doc:?}");
         assert!(matches!(err(doc), EventError::Json(_)));
     }
-    for doc in ["{", "{\"kind\":}", "{\"kind\":\"x.foo\",}", "{\"kind\":\"x.foo\"} trailing", "{'kind':'x.foo'}"] {
+    for doc in [
+        "{",
+        "{\"kind\":}",
+        "{\"kind\":\"x.foo\",}",
+        "{\"kind\":\"x.foo\"} trailing",
+        "{'kind':'x.foo'}",
+    ] {
         let e = err(doc);
         assert!(matches!(e, EventError::Json(_)), "{doc:?}: {e:?}");
         assert!(e.to_string().starts_with("invalid JSON: "), "{doc:?}: {e}");
     }
     // A lone surrogate passes the raw split but not the decoding of the field; it is named.
     let e = err(r#"{"kind":"x.\ud800","actor":{"id":"a","type":"user"}}"#);
-    assert!(matches!(&e, EventError::Invalid { field, .. } if field == "kind"), "{e:?}");
+    assert!(
+        matches!(&e, EventError::Invalid { field, .. } if field == "kind"),
+        "{e:?}"
+    );
     let e = err(r#"{"kind":"x.foo","actor":{"id":"\udc00","type":"user"}}"#);
     assert!(e.to_string().starts_with("actor "), "{e:?}");
     let base = r#""kind":"x.foo","actor":{"id":"a","type":"user"}"#;
-    assert!(err(&format!(r#"{{{base},"foo":1}}"#)).to_string().starts_with("invalid JSON: unknown field `foo`"));
-    assert!(err(&format!(r#"{{{base},"Kind":"x.bar"}}"#)).to_string().starts_with("invalid JSON: unknown field `Kind`"));
-    assert!(err(&format!(r#"{{{base},"kind":"x.bar"}}"#)).to_string().starts_with("invalid JSON: duplicate field `kind`"));
+    assert!(err(&format!(r#"{{{base},"foo":1}}"#))
+        .to_string()
+        .starts_with("invalid JSON: unknown field `foo`"));
+    assert!(err(&format!(r#"{{{base},"Kind":"x.bar"}}"#))
+        .to_string()
+        .starts_with("invalid JSON: unknown field `Kind`"));
+    assert!(err(&format!(r#"{{{base},"kind":"x.bar"}}"#))
+        .to_string()
+        .starts_with("invalid JSON: duplicate field `kind`"));
     assert_eq!(
-        err(&format!(r#"{{{base},"attributes":{{"reason":"a","reason":"b"}}}}"#)).to_string(),
+        err(&format!(
+            r#"{{{base},"attributes":{{"reason":"a","reason":"b"}}}}"#
+        ))
+        .to_string(),
         "attributes duplicate key \"reason\""
     );
-    assert!(err(&format!(r#"{{{base},"subject":{{"model":"a","model":"b"}}}}"#)).to_string().starts_with("subject duplicate field `model`"));
-    assert!(err(r#"{"kind":"x.foo","actor":{"id":"a","id":"b","type":"user"}}"#).to_string().starts_with("actor duplicate field `id`"));
+    assert!(err(&format!(
+        r#"{{{base},"subject":{{"model":"a","model":"b"}}}}"#
+    ))
+    .to_string()
+    .starts_with("subject duplicate field `model`"));
+    assert!(
+        err(r#"{"kind":"x.foo","actor":{"id":"a","id":"b","type":"user"}}"#)
+            .to_string()
+            .starts_with("actor duplicate field `id`")
+    );
     // Keys written with escapes are the same keys (they are decoded, not compared as text).
     assert_eq!(
-        err(&format!(r#"{{{base},"attributes":{{"reason":"a","re\u0061son":"b"}}}}"#)).to_string(),
+        err(&format!(
+            r#"{{{base},"attributes":{{"reason":"a","re\u0061son":"b"}}}}"#
+        ))
+        .to_string(),
         "attributes duplicate key \"reason\""
     );
-    let escaped = must_prepare(r#"{"kind":"registry.approval_granted","actor":{"\u0069d":"b\u00f6b","typ\u0065":"user"},"subject":{"m\u006fdel":"m","version":"7"},"attributes":{"appr\u006fver":"bob","re\u0061son":"ok"}}"#);
+    let escaped = must_prepare(
+        r#"{"kind":"registry.approval_granted","actor":{"\u0069d":"b\u00f6b","typ\u0065":"user"},"subject":{"m\u006fdel":"m","version":"7"},"attributes":{"appr\u006fver":"bob","re\u0061son":"ok"}}"#,
+    );
     assert_eq!(escaped.actor_id, "b\u{f6}b");
-    assert_eq!(escaped.subjects, vec![(SubjectField::Model, "m".to_owned()), (SubjectField::Version, "7".to_owned())]);
-    let e = err(r#"{"kind":"registry.approval_granted","actor":{"id":"a","type":"user"},"subject":{"model":"m","version":"7"},"attributes":{"appr\u006fverx":"bob","reason":"ok"}}"#);
-    assert_eq!(e.to_string(), "registry.approval_granted: attributes.approver is required");
+    assert_eq!(
+        escaped.subjects,
+        vec![
+            (SubjectField::Model, "m".to_owned()),
+            (SubjectField::Version, "7".to_owned())
+        ]
+    );
+    let e = err(
+        r#"{"kind":"registry.approval_granted","actor":{"id":"a","type":"user"},"subject":{"model":"m","version":"7"},"attributes":{"appr\u006fverx":"bob","reason":"ok"}}"#,
+    );
+    assert_eq!(
+        e.to_string(),
+        "registry.approval_granted: attributes.approver is required"
+    );
     // Size limit (after trimming surrounding whitespace).
-    let big = format!(r#"{{{base},"attributes":{{"blob":"{}"}}}}"#, "a".repeat(MAX_EVENT_BYTES));
-    assert_eq!(err(&big).to_string(), format!("event is {} bytes; the limit is {MAX_EVENT_BYTES}", big.len()));
+    let big = format!(
+        r#"{{{base},"attributes":{{"blob":"{}"}}}}"#,
+        "a".repeat(MAX_EVENT_BYTES)
+    );
+    assert_eq!(
+        err(&big).to_string(),
+        format!(
+            "event is {} bytes; the limit is {MAX_EVENT_BYTES}",
+            big.len()
+        )
+    );
     // An event of exactly the limit is within the event limit; its bulk must then sit outside
     // `attributes`, whose own limit is smaller: so it is refused for that limit, by name.
     let pad = MAX_EVENT_BYTES - format!(r#"{{{base},"attributes":{{"blob":""}}}}"#).len();
-    let exact = format!(r#"{{{base},"attributes":{{"blob":"{}"}}}}"#, "a".repeat(pad));
+    let exact = format!(
+        r#"{{{base},"attributes":{{"blob":"{}"}}}}"#,
+        "a".repeat(pad)
+    );
     assert_eq!(exact.len(), MAX_EVENT_BYTES);
-    assert!(matches!(err(&format!("  \n{exact}\n ")), EventError::Limit { limit: "max_attributes_bytes", .. }));
+    assert!(matches!(
+        err(&format!("  \n{exact}\n ")),
+        EventError::Limit {
+            limit: "max_attributes_bytes",
+            ..
+        }
+    ));
     // Attributes of exactly their limit (key bytes + value bytes, quotes included) are accepted.
-    let at_limit = format!(r#"{{{base},"attributes":{{"blob":"{}"}}}}"#, "a".repeat(MAX_ATTRIBUTES_BYTES - "blob".len() - 2));
-    assert_eq!(must_prepare(&format!("  \n{at_limit}\n ")).payload.len(), at_limit.len());
-    let over = format!(r#"{{{base},"attributes":{{"blob":"{}"}}}}"#, "a".repeat(MAX_ATTRIBUTES_BYTES - "blob".len() - 1));
-    assert!(matches!(err(&over), EventError::Limit { limit: "max_attributes_bytes", .. }));
+    let at_limit = format!(
+        r#"{{{base},"attributes":{{"blob":"{}"}}}}"#,
+        "a".repeat(MAX_ATTRIBUTES_BYTES - "blob".len() - 2)
+    );
+    assert_eq!(
+        must_prepare(&format!("  \n{at_limit}\n ")).payload.len(),
+        at_limit.len()
+    );
+    let over = format!(
+        r#"{{{base},"attributes":{{"blob":"{}"}}}}"#,
+        "a".repeat(MAX_ATTRIBUTES_BYTES - "blob".len() - 1)
+    );
+    assert!(matches!(
+        err(&over),
+        EventError::Limit {
+            limit: "max_attributes_bytes",
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -487,10 +1005,24 @@ fn unknown_attributes_are_kept_verbatim() {
     let p = must_prepare(json);
     check_invariants(json, &p);
     assert_eq!(p.payload, json.trim().as_bytes());
-    assert_eq!(p.actor_id, "b\u{f6}b", "escapes in the header fields are decoded");
-    assert_eq!(p.subjects, vec![(SubjectField::Model, "credit-risk".to_owned()), (SubjectField::Version, "7".to_owned())]);
+    assert_eq!(
+        p.actor_id, "b\u{f6}b",
+        "escapes in the header fields are decoded"
+    );
+    assert_eq!(
+        p.subjects,
+        vec![
+            (SubjectField::Model, "credit-risk".to_owned()),
+            (SubjectField::Version, "7".to_owned())
+        ]
+    );
     let payload = std::str::from_utf8(&p.payload).unwrap_or_else(|e| panic!("{e}"));
-    for kept in ["\"ticket\": \"JIRA-1\"", "2.50, 1e3", "\\u2603", "\"z\": [1"] {
+    for kept in [
+        "\"ticket\": \"JIRA-1\"",
+        "2.50, 1e3",
+        "\\u2603",
+        "\"z\": [1",
+    ] {
         assert!(payload.contains(kept), "payload lost {kept:?}");
     }
     // Extra attributes on every catalogue kind.
@@ -498,7 +1030,11 @@ fn unknown_attributes_are_kept_verbatim() {
         e["attributes"]["x_extra"] = json!({"any": ["thing", 1, null]});
         let json = text(&e);
         let p = must_prepare(&json);
-        assert!(std::str::from_utf8(&p.payload).is_ok_and(|t| t.contains(r#""x_extra":{"any":["thing",1,null]}"#)), "{kind}");
+        assert!(
+            std::str::from_utf8(&p.payload)
+                .is_ok_and(|t| t.contains(r#""x_extra":{"any":["thing",1,null]}"#)),
+            "{kind}"
+        );
     }
 }
 
@@ -531,10 +1067,48 @@ impl Rng {
 }
 
 const TOKENS: &[&str] = &[
-    "{", "}", "[", "]", ":", ",", "\"", "\\", "\\u", "\\ud800", "null", "true", "false", "0", "-1", "1e999", "1.5", "100",
-    "\"kind\"", "\"actor\"", "\"subject\"", "\"attributes\"", "\"id\"", "\"type\"", "\"time\"", "\"user\"", "\"service\"",
-    "\"x.foo\"", "\"x.\"", "\"registry.approval_granted\"", "\"split\"", "\"model\"", "\"version\"", " ", "\n", "\u{0}", "é", "\u{2603}",
-    "\u{feff}", "\u{a0}", "\"2026-01-31T12:00:00Z\"", "\"6f9619ff-8b86-d011-b42d-00c04fc964ff\"",
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    ",",
+    "\"",
+    "\\",
+    "\\u",
+    "\\ud800",
+    "null",
+    "true",
+    "false",
+    "0",
+    "-1",
+    "1e999",
+    "1.5",
+    "100",
+    "\"kind\"",
+    "\"actor\"",
+    "\"subject\"",
+    "\"attributes\"",
+    "\"id\"",
+    "\"type\"",
+    "\"time\"",
+    "\"user\"",
+    "\"service\"",
+    "\"x.foo\"",
+    "\"x.\"",
+    "\"registry.approval_granted\"",
+    "\"split\"",
+    "\"model\"",
+    "\"version\"",
+    " ",
+    "\n",
+    "\u{0}",
+    "é",
+    "\u{2603}",
+    "\u{feff}",
+    "\u{a0}",
+    "\"2026-01-31T12:00:00Z\"",
+    "\"6f9619ff-8b86-d011-b42d-00c04fc964ff\"",
 ];
 
 fn random_json_value(rng: &mut Rng, depth: usize) -> Value {
@@ -543,12 +1117,37 @@ fn random_json_value(rng: &mut Rng, depth: usize) -> Value {
         1 => json!(rng.chance(2)),
         2 => json!(rng.next() as i64 >> rng.below(64)),
         3 => json!((rng.next() as i64 as f64) / 1e6),
-        4 => json!(*rng.pick(&["", "x", "s3://b/k", "a@1", "granted", "user", SHA, "7", "\u{0}\u{2603}"])),
+        4 => json!(*rng.pick(&[
+            "",
+            "x",
+            "s3://b/k",
+            "a@1",
+            "granted",
+            "user",
+            SHA,
+            "7",
+            "\u{0}\u{2603}"
+        ])),
         5 => json!("z".repeat(rng.below(1100))),
-        6 => Value::Array((0..rng.below(4)).map(|_| random_json_value(rng, depth + 1)).collect()),
+        6 => Value::Array(
+            (0..rng.below(4))
+                .map(|_| random_json_value(rng, depth + 1))
+                .collect(),
+        ),
         _ => {
-            let keys = ["old", "new", "id", "type", "model", "7", "8", "a", "split", "source"];
-            Value::Object((0..rng.below(4)).map(|_| ((*rng.pick(&keys)).to_owned(), random_json_value(rng, depth + 1))).collect())
+            let keys = [
+                "old", "new", "id", "type", "model", "7", "8", "a", "split", "source",
+            ];
+            Value::Object(
+                (0..rng.below(4))
+                    .map(|_| {
+                        (
+                            (*rng.pick(&keys)).to_owned(),
+                            random_json_value(rng, depth + 1),
+                        )
+                    })
+                    .collect(),
+            )
         }
     }
 }
@@ -564,8 +1163,20 @@ fn mutate_value(rng: &mut Rng, v: &mut Value, depth: usize) {
                     map.remove(&key);
                 }
                 1 => {
-                    let names = ["foo", "kind", "sample_rate", "confidence", "subject", "x_extra", "pipeline_run", "request"];
-                    map.insert((*rng.pick(&names)).to_owned(), random_json_value(rng, depth + 1));
+                    let names = [
+                        "foo",
+                        "kind",
+                        "sample_rate",
+                        "confidence",
+                        "subject",
+                        "x_extra",
+                        "pipeline_run",
+                        "request",
+                    ];
+                    map.insert(
+                        (*rng.pick(&names)).to_owned(),
+                        random_json_value(rng, depth + 1),
+                    );
                 }
                 _ => {
                     if let Some(child) = map.get_mut(&key) {
@@ -684,7 +1295,22 @@ fn random_inputs_never_panic() {
 // ---------------------------------------------------------------------------------------------
 
 fn random_string(rng: &mut Rng, max_bytes: usize) -> String {
-    const CHARS: &[char] = &['a', 'Z', '0', '.', '-', ' ', '\u{0}', '\u{7f}', 'é', '\u{2603}', '\u{10348}', '\u{feff}', '"', '\\'];
+    const CHARS: &[char] = &[
+        'a',
+        'Z',
+        '0',
+        '.',
+        '-',
+        ' ',
+        '\u{0}',
+        '\u{7f}',
+        'é',
+        '\u{2603}',
+        '\u{10348}',
+        '\u{feff}',
+        '"',
+        '\\',
+    ];
     let target = match rng.below(5) {
         0 => 0,
         1 => max_bytes,
@@ -725,7 +1351,11 @@ fn random_entry(rng: &mut Rng) -> Entry {
         id: EventId(id),
         payload_sha256: sha,
         payload_len: rng.next() as u32,
-        actor_type: if rng.chance(2) { ActorType::User } else { ActorType::Service },
+        actor_type: if rng.chance(2) {
+            ActorType::User
+        } else {
+            ActorType::Service
+        },
         kind: random_string(rng, MAX_KIND_LEN),
         actor_id: random_string(rng, MAX_ID_LEN),
         principal: random_string(rng, MAX_ID_LEN),
@@ -734,8 +1364,21 @@ fn random_entry(rng: &mut Rng) -> Entry {
 }
 
 fn encoded_len(e: &Entry) -> usize {
-    1 + 8 + 8 + 8 + 16 + 32 + 4 + 1 + (1 + e.kind.len()) + (2 + e.actor_id.len()) + (2 + e.principal.len()) + 1
-        + e.subjects.iter().map(|(_, v)| 1 + 2 + v.len()).sum::<usize>()
+    1 + 8
+        + 8
+        + 8
+        + 16
+        + 32
+        + 4
+        + 1
+        + (1 + e.kind.len())
+        + (2 + e.actor_id.len())
+        + (2 + e.principal.len())
+        + 1
+        + e.subjects
+            .iter()
+            .map(|(_, v)| 1 + 2 + v.len())
+            .sum::<usize>()
 }
 
 #[test]
@@ -770,7 +1413,11 @@ fn entries_round_trip_and_mutations_never_panic() {
             match entry::decode(&m) {
                 Ok(d) => {
                     mutated_ok += 1;
-                    assert_eq!(entry::encode(&d).as_deref(), Ok(&m[..]), "decode accepted non-canonical bytes");
+                    assert_eq!(
+                        entry::encode(&d).as_deref(),
+                        Ok(&m[..]),
+                        "decode accepted non-canonical bytes"
+                    );
                 }
                 Err(err) => {
                     mutated_err += 1;
@@ -779,7 +1426,10 @@ fn entries_round_trip_and_mutations_never_panic() {
             }
         }
     }
-    assert!(mutated_ok > 100 && mutated_err > 1_000, "{mutated_ok} / {mutated_err}");
+    assert!(
+        mutated_ok > 100 && mutated_err > 1_000,
+        "{mutated_ok} / {mutated_err}"
+    );
     // Pure garbage.
     for _ in 0..20_000 {
         let n = rng.below(200);
@@ -805,7 +1455,10 @@ fn sample_entry() -> Entry {
         kind: "x.foo".into(),
         actor_id: "alice".into(),
         principal: "token:a".into(),
-        subjects: vec![(SubjectField::Model, "m".into()), (SubjectField::Request, "r".into())],
+        subjects: vec![
+            (SubjectField::Model, "m".into()),
+            (SubjectField::Request, "r".into()),
+        ],
     }
 }
 
@@ -818,17 +1471,43 @@ fn entry_limits_and_canonical_form() {
     let too_long = |f: &dyn Fn(&mut Entry), field: &'static str, len: usize, max: usize| {
         let mut e = sample_entry();
         f(&mut e);
-        assert_eq!(entry::encode(&e), Err(EntryError::TooLong { field, len, max }));
+        assert_eq!(
+            entry::encode(&e),
+            Err(EntryError::TooLong { field, len, max })
+        );
     };
-    too_long(&|e| e.kind = "k".repeat(MAX_KIND_LEN + 1), "kind", MAX_KIND_LEN + 1, MAX_KIND_LEN);
-    too_long(&|e| e.actor_id = "a".repeat(MAX_ID_LEN + 1), "actor id", MAX_ID_LEN + 1, MAX_ID_LEN);
-    too_long(&|e| e.principal = "p".repeat(MAX_ID_LEN + 1), "principal", MAX_ID_LEN + 1, MAX_ID_LEN);
-    too_long(&|e| e.subjects[1].1 = "r".repeat(MAX_ID_LEN + 1), "subject value", MAX_ID_LEN + 1, MAX_ID_LEN);
+    too_long(
+        &|e| e.kind = "k".repeat(MAX_KIND_LEN + 1),
+        "kind",
+        MAX_KIND_LEN + 1,
+        MAX_KIND_LEN,
+    );
+    too_long(
+        &|e| e.actor_id = "a".repeat(MAX_ID_LEN + 1),
+        "actor id",
+        MAX_ID_LEN + 1,
+        MAX_ID_LEN,
+    );
+    too_long(
+        &|e| e.principal = "p".repeat(MAX_ID_LEN + 1),
+        "principal",
+        MAX_ID_LEN + 1,
+        MAX_ID_LEN,
+    );
+    too_long(
+        &|e| e.subjects[1].1 = "r".repeat(MAX_ID_LEN + 1),
+        "subject value",
+        MAX_ID_LEN + 1,
+        MAX_ID_LEN,
+    );
     let mut at_limit = sample_entry();
     at_limit.kind = "\u{2603}".repeat(MAX_KIND_LEN / 3) + &"k".repeat(MAX_KIND_LEN % 3);
     at_limit.actor_id = "a".repeat(MAX_ID_LEN);
     at_limit.principal = "p".repeat(MAX_ID_LEN);
-    at_limit.subjects = SubjectField::ALL.iter().map(|f| (*f, "s".repeat(MAX_ID_LEN))).collect();
+    at_limit.subjects = SubjectField::ALL
+        .iter()
+        .map(|f| (*f, "s".repeat(MAX_ID_LEN)))
+        .collect();
     assert_eq!(at_limit.kind.len(), MAX_KIND_LEN);
     let b = entry::encode(&at_limit).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(entry::decode(&b), Ok(at_limit));
@@ -837,7 +1516,10 @@ fn entry_limits_and_canonical_form() {
     unsorted.subjects.reverse();
     assert_eq!(entry::encode(&unsorted), Err(EntryError::SubjectOrder));
     let mut dup = sample_entry();
-    dup.subjects = vec![(SubjectField::Model, "a".into()), (SubjectField::Model, "b".into())];
+    dup.subjects = vec![
+        (SubjectField::Model, "a".into()),
+        (SubjectField::Model, "b".into()),
+    ];
     assert_eq!(entry::encode(&dup), Err(EntryError::SubjectOrder));
 
     // Decoder errors at known offsets: version 0, actor type at 77, kind length at 78.
@@ -851,7 +1533,14 @@ fn entry_limits_and_canonical_form() {
     }
     let mut b = bytes.clone();
     b[78] = (MAX_KIND_LEN + 1) as u8;
-    assert_eq!(entry::decode(&b), Err(EntryError::TooLong { field: "kind", len: MAX_KIND_LEN + 1, max: MAX_KIND_LEN }));
+    assert_eq!(
+        entry::decode(&b),
+        Err(EntryError::TooLong {
+            field: "kind",
+            len: MAX_KIND_LEN + 1,
+            max: MAX_KIND_LEN
+        })
+    );
     let mut b = bytes.clone();
     b[79] = 0xff; // first byte of the kind
     assert_eq!(entry::decode(&b), Err(EntryError::NotUtf8("kind")));
@@ -861,18 +1550,30 @@ fn entry_limits_and_canonical_form() {
     for code in [0u8, 9, 200] {
         let mut b = bytes.clone();
         b[count_at + 1] = code;
-        assert_eq!(entry::decode(&b), Err(EntryError::UnknownSubjectField(code)));
+        assert_eq!(
+            entry::decode(&b),
+            Err(EntryError::UnknownSubjectField(code))
+        );
     }
     let mut b = bytes.clone();
     b[count_at + 1] = SubjectField::Request.code();
     assert_eq!(entry::decode(&b), Err(EntryError::SubjectOrder));
     let mut b = bytes.clone();
     b[count_at] = 3;
-    assert!(matches!(entry::decode(&b), Err(EntryError::Truncated { .. })));
+    assert!(matches!(
+        entry::decode(&b),
+        Err(EntryError::Truncated { .. })
+    ));
     let mut b = bytes.clone();
     b[count_at] = 1;
     assert_eq!(entry::decode(&b), Err(EntryError::TrailingBytes(1 + 2 + 1)));
-    assert!(matches!(entry::decode(&[]), Err(EntryError::Truncated { offset: 0, needed: 1 })));
+    assert!(matches!(
+        entry::decode(&[]),
+        Err(EntryError::Truncated {
+            offset: 0,
+            needed: 1
+        })
+    ));
 
     for f in SubjectField::ALL {
         assert_eq!(SubjectField::from_code(f.code()), Some(f));
@@ -892,7 +1593,10 @@ fn entry_limits_and_canonical_form() {
 /// `null`, so the event is rejected with "needs both "old" and "new"" although both are present.
 #[test]
 fn config_change_may_add_or_remove_a_key() {
-    for changes in [json!({"retries": {"old": null, "new": 3}}), json!({"retries": {"old": 3, "new": null}})] {
+    for changes in [
+        json!({"retries": {"old": null, "new": 3}}),
+        json!({"retries": {"old": 3, "new": null}}),
+    ] {
         let mut e = example("operations.config_changed", &["deployment"], &["changes"]);
         e["attributes"]["changes"] = changes;
         must_prepare(&text(&e));
@@ -917,15 +1621,43 @@ fn split_with_duplicate_versions_is_rejected() {
 fn attribute_depth_and_size_limits_name_the_limit() {
     use mlaudit_core::event::{EventError, MAX_ATTRIBUTES_BYTES, MAX_ATTRIBUTE_DEPTH};
     let nested = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
-    let event = |attrs: String| format!(r#"{{"kind":"x.limits","actor":{{"id":"a","type":"user"}},"attributes":{attrs}}}"#);
+    let event = |attrs: String| {
+        format!(r#"{{"kind":"x.limits","actor":{{"id":"a","type":"user"}},"attributes":{attrs}}}"#)
+    };
     // The attributes object is level 1: a value nested MAX - 1 deep is the deepest allowed.
-    assert!(prepare(&event(format!(r#"{{"v":{}}}"#, nested(MAX_ATTRIBUTE_DEPTH - 1))), "p").is_ok());
-    let err = prepare(&event(format!(r#"{{"v":{}}}"#, nested(MAX_ATTRIBUTE_DEPTH))), "p").unwrap_err();
-    assert!(matches!(&err, EventError::Limit { limit: "max_attribute_depth", .. }), "{err}");
+    assert!(prepare(
+        &event(format!(r#"{{"v":{}}}"#, nested(MAX_ATTRIBUTE_DEPTH - 1))),
+        "p"
+    )
+    .is_ok());
+    let err = prepare(
+        &event(format!(r#"{{"v":{}}}"#, nested(MAX_ATTRIBUTE_DEPTH))),
+        "p",
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            EventError::Limit {
+                limit: "max_attribute_depth",
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("max_attribute_depth"), "{err}");
     // Brackets inside strings do not count.
     assert!(prepare(&event(format!(r#"{{"v":"{}"}}"#, "[".repeat(100))), "p").is_ok());
     let big = "x".repeat(MAX_ATTRIBUTES_BYTES);
     let err = prepare(&event(format!(r#"{{"v":"{big}"}}"#)), "p").unwrap_err();
-    assert!(matches!(&err, EventError::Limit { limit: "max_attributes_bytes", .. }), "{err}");
+    assert!(
+        matches!(
+            &err,
+            EventError::Limit {
+                limit: "max_attributes_bytes",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -18,8 +18,9 @@
 #![allow(clippy::needless_range_loop)]
 
 use mlaudit_core::merkle::{
-    consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, subtree_hash, verify_consistency,
-    verify_inclusion, CompactRange, Hash, NodeSource, ProofError, ProofRequestError,
+    consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, subtree_hash,
+    verify_consistency, verify_inclusion, CompactRange, Hash, NodeSource, ProofError,
+    ProofRequestError,
 };
 use std::collections::HashMap;
 
@@ -70,7 +71,11 @@ struct InclusionVector {
 /// separately in `invalid_requests_are_refused`).
 const INCLUSION: &[InclusionVector] = &[
     // {1, 1, nil}
-    InclusionVector { index: 0, size: 1, proof: &[] },
+    InclusionVector {
+        index: 0,
+        size: 1,
+        proof: &[],
+    },
     // {1, 8, ...}
     InclusionVector {
         index: 0,
@@ -117,7 +122,11 @@ struct ConsistencyVector {
 
 /// `consistencyProofs` in verify_test.go.
 const CONSISTENCY: &[ConsistencyVector] = &[
-    ConsistencyVector { old: 1, new: 1, proof: &[] },
+    ConsistencyVector {
+        old: 1,
+        new: 1,
+        proof: &[],
+    },
     ConsistencyVector {
         old: 1,
         new: 8,
@@ -218,9 +227,16 @@ impl NodeSource for Limited<'_> {
     fn node(&self, level: u32, index: u64) -> Result<Hash, String> {
         let end = (index + 1) << level;
         if end > self.size {
-            return Err(format!("node ({level}, {index}) reaches leaf {end}, beyond tree size {}", self.size));
+            return Err(format!(
+                "node ({level}, {index}) reaches leaf {end}, beyond tree size {}",
+                self.size
+            ));
         }
-        self.src.nodes.get(&(level, index)).copied().ok_or_else(|| format!("node ({level}, {index}) missing"))
+        self.src
+            .nodes
+            .get(&(level, index))
+            .copied()
+            .ok_or_else(|| format!("node ({level}, {index}) missing"))
     }
 }
 
@@ -238,7 +254,11 @@ fn hashing_matches_rfc6962_test_data() {
     assert_eq!(empty_root(), h(EMPTY_ROOT));
     assert_eq!(leaf_hash(b""), h(EMPTY_LEAF_HASH));
     assert_eq!(leaf_hash(b"L123456"), h(L123456_LEAF_HASH));
-    assert_ne!(leaf_hash(b""), empty_root(), "the empty leaf is not the empty tree");
+    assert_ne!(
+        leaf_hash(b""),
+        empty_root(),
+        "the empty leaf is not the empty tree"
+    );
     assert_eq!(h(EMPTY_ROOT).to_hex(), EMPTY_ROOT);
     assert!(Hash::from_slice(&[0u8; 31]).is_none());
     assert!(Hash::from_slice(&[0u8; 33]).is_none());
@@ -266,10 +286,19 @@ fn subtree_hash_roots_match_published_roots() {
     assert_eq!(subtree_hash(&src.limited(0), 0, 0), Ok(h(EMPTY_ROOT)));
     for size in 1..=8u64 {
         let view = src.limited(size);
-        assert_eq!(subtree_hash(&view, 0, size), Ok(root(size)), "subtree_hash of size {size}");
-        let rebuilt = CompactRange::from_source(&view, size).unwrap_or_else(|e| panic!("from_source({size}): {e}"));
+        assert_eq!(
+            subtree_hash(&view, 0, size),
+            Ok(root(size)),
+            "subtree_hash of size {size}"
+        );
+        let rebuilt = CompactRange::from_source(&view, size)
+            .unwrap_or_else(|e| panic!("from_source({size}): {e}"));
         assert_eq!(rebuilt.size(), size);
-        assert_eq!(rebuilt.root(), root(size), "from_source root of size {size}");
+        assert_eq!(
+            rebuilt.root(),
+            root(size),
+            "from_source root of size {size}"
+        );
     }
 }
 
@@ -278,14 +307,26 @@ fn compact_range_can_resume_from_source() {
     let leaves = leaf_hashes();
     let src = MemSource::from_leaves(&leaves);
     for start in 0..=8u64 {
-        let mut cr = CompactRange::from_source(&src.limited(start), start).unwrap_or_else(|e| panic!("{e}"));
+        let mut cr =
+            CompactRange::from_source(&src.limited(start), start).unwrap_or_else(|e| panic!("{e}"));
         let mut reported = Vec::new();
         for (i, leaf) in leaves.iter().enumerate().skip(start as usize) {
-            cr.push(*leaf, |level, index, hash| reported.push((level, index, *hash)));
-            assert_eq!(cr.root(), root(i as u64 + 1), "resumed at {start}, size {}", i + 1);
+            cr.push(*leaf, |level, index, hash| {
+                reported.push((level, index, *hash))
+            });
+            assert_eq!(
+                cr.root(),
+                root(i as u64 + 1),
+                "resumed at {start}, size {}",
+                i + 1
+            );
         }
         for (level, index, hash) in reported {
-            assert_eq!(src.nodes.get(&(level, index)), Some(&hash), "node ({level}, {index}) after resume at {start}");
+            assert_eq!(
+                src.nodes.get(&(level, index)),
+                Some(&hash),
+                "node ({level}, {index}) after resume at {start}"
+            );
         }
     }
 }
@@ -301,7 +342,13 @@ fn generated_inclusion_proofs_equal_published_ones() {
         let got = inclusion_proof(&src.limited(v.size), v.index, v.size)
             .unwrap_or_else(|e| panic!("storage error: {e}"))
             .unwrap_or_else(|e| panic!("request error: {e}"));
-        assert_eq!(got, hs(v.proof), "inclusion proof of leaf {} in tree of {}", v.index, v.size);
+        assert_eq!(
+            got,
+            hs(v.proof),
+            "inclusion proof of leaf {} in tree of {}",
+            v.index,
+            v.size
+        );
     }
 }
 
@@ -310,7 +357,13 @@ fn published_inclusion_proofs_verify() {
     let leaves = leaf_hashes();
     for v in INCLUSION {
         let leaf = leaves[v.index as usize];
-        assert_eq!(verify_inclusion(v.index, v.size, &leaf, &hs(v.proof), &root(v.size)), Ok(()), "leaf {} size {}", v.index, v.size);
+        assert_eq!(
+            verify_inclusion(v.index, v.size, &leaf, &hs(v.proof), &root(v.size)),
+            Ok(()),
+            "leaf {} size {}",
+            v.index,
+            v.size
+        );
     }
 }
 
@@ -328,7 +381,10 @@ fn corrupted_inclusion_proofs_are_rejected() {
         let leaf = leaves[index as usize];
         let ctx = format!("leaf {index} size {size}");
         let reject = |i: u64, s: u64, lf: &Hash, p: &[Hash], r: &Hash, what: &str| {
-            assert!(verify_inclusion(i, s, lf, p, r).is_err(), "{ctx}: accepted with {what}");
+            assert!(
+                verify_inclusion(i, s, lf, p, r).is_err(),
+                "{ctx}: accepted with {what}"
+            );
         };
         let with = |f: &dyn Fn(&mut Vec<Hash>)| {
             let mut p = proof.clone();
@@ -337,7 +393,14 @@ fn corrupted_inclusion_proofs_are_rejected() {
         };
 
         // Wrong leaf index (wrapping like the Go uint64 arithmetic).
-        reject(index.wrapping_sub(1), size, &leaf, &proof, &root, "index - 1");
+        reject(
+            index.wrapping_sub(1),
+            size,
+            &leaf,
+            &proof,
+            &root,
+            "index - 1",
+        );
         reject(index + 1, size, &leaf, &proof, &root, "index + 1");
         reject(index ^ 2, size, &leaf, &proof, &root, "index ^ 2");
         for other in 0..size.max(16) {
@@ -352,45 +415,140 @@ fn corrupted_inclusion_proofs_are_rejected() {
         // Size +- 1, against the real root of that size (see
         // `verification_binds_the_shape_not_the_size` for why not the same root).
         for s in [size - 1, size + 1] {
-            let r = if (1..=8).contains(&s) { self::root(s) } else { root };
-            reject(index, s, &leaf, &proof, &r, &format!("size {s} with its own root"));
+            let r = if (1..=8).contains(&s) {
+                self::root(s)
+            } else {
+                root
+            };
+            reject(
+                index,
+                s,
+                &leaf,
+                &proof,
+                &r,
+                &format!("size {s} with its own root"),
+            );
         }
         reject(index, u64::MAX, &leaf, &proof, &root, "size u64::MAX");
         // Wrong leaf or root.
-        reject(index, size, &leaf_hash(b"WrongLeaf"), &proof, &root, "wrong leaf");
+        reject(
+            index,
+            size,
+            &leaf_hash(b"WrongLeaf"),
+            &proof,
+            &root,
+            "wrong leaf",
+        );
         reject(index, size, &leaf, &proof, &h(EMPTY_ROOT), "empty root");
         reject(index, size, &leaf, &proof, &some, "random root");
         if leaf != root {
             reject(index, size, &root, &proof, &leaf, "leaf and root swapped");
         }
         // Garbage at the end and at the front.
-        reject(index, size, &leaf, &with(&|p| p.push(garbage)), &root, "trailing garbage");
-        reject(index, size, &leaf, &with(&|p| p.push(root)), &root, "trailing root");
-        reject(index, size, &leaf, &with(&|p| p.insert(0, garbage)), &root, "preceding garbage");
-        reject(index, size, &leaf, &with(&|p| p.insert(0, root)), &root, "preceding root");
+        reject(
+            index,
+            size,
+            &leaf,
+            &with(&|p| p.push(garbage)),
+            &root,
+            "trailing garbage",
+        );
+        reject(
+            index,
+            size,
+            &leaf,
+            &with(&|p| p.push(root)),
+            &root,
+            "trailing root",
+        );
+        reject(
+            index,
+            size,
+            &leaf,
+            &with(&|p| p.insert(0, garbage)),
+            &root,
+            "preceding garbage",
+        );
+        reject(
+            index,
+            size,
+            &leaf,
+            &with(&|p| p.insert(0, root)),
+            &root,
+            "preceding root",
+        );
         // Removed / inserted / reordered components.
         for i in 0..proof.len() {
-            reject(index, size, &leaf, &with(&|p| {
-                p.remove(i);
-            }), &root, &format!("proof[{i}] removed"));
-            reject(index, size, &leaf, &with(&|p| p.insert(i, some)), &root, &format!("some hash inserted at {i}"));
-            reject(index, size, &leaf, &with(&|p| p.insert(i, proof[i])), &root, &format!("proof[{i}] duplicated"));
+            reject(
+                index,
+                size,
+                &leaf,
+                &with(&|p| {
+                    p.remove(i);
+                }),
+                &root,
+                &format!("proof[{i}] removed"),
+            );
+            reject(
+                index,
+                size,
+                &leaf,
+                &with(&|p| p.insert(i, some)),
+                &root,
+                &format!("some hash inserted at {i}"),
+            );
+            reject(
+                index,
+                size,
+                &leaf,
+                &with(&|p| p.insert(i, proof[i])),
+                &root,
+                &format!("proof[{i}] duplicated"),
+            );
         }
         if proof.len() > 1 {
-            reject(index, size, &leaf, &with(&|p| p.swap(0, 1)), &root, "proof[0] and proof[1] swapped");
+            reject(
+                index,
+                size,
+                &leaf,
+                &with(&|p| p.swap(0, 1)),
+                &root,
+                "proof[0] and proof[1] swapped",
+            );
         }
         // Every single-bit flip of every proof hash, of the leaf and of the root.
         for i in 0..proof.len() {
             for byte in 0..32 {
                 for bit in 0..8 {
-                    reject(index, size, &leaf, &with(&|p| p[i] = flip(p[i], byte, bit)), &root, &format!("proof[{i}] byte {byte} bit {bit}"));
+                    reject(
+                        index,
+                        size,
+                        &leaf,
+                        &with(&|p| p[i] = flip(p[i], byte, bit)),
+                        &root,
+                        &format!("proof[{i}] byte {byte} bit {bit}"),
+                    );
                 }
             }
         }
         for byte in 0..32 {
             for bit in 0..8 {
-                reject(index, size, &flip(leaf, byte, bit), &proof, &root, &format!("leaf byte {byte} bit {bit}"));
-                reject(index, size, &leaf, &proof, &flip(root, byte, bit), &format!("root byte {byte} bit {bit}"));
+                reject(
+                    index,
+                    size,
+                    &flip(leaf, byte, bit),
+                    &proof,
+                    &root,
+                    &format!("leaf byte {byte} bit {bit}"),
+                );
+                reject(
+                    index,
+                    size,
+                    &leaf,
+                    &proof,
+                    &flip(root, byte, bit),
+                    &format!("root byte {byte} bit {bit}"),
+                );
             }
         }
     }
@@ -402,8 +560,14 @@ fn every_inclusion_proof_in_the_reference_tree_verifies() {
     let src = MemSource::from_leaves(&leaves);
     for size in 1..=8u64 {
         for index in 0..size {
-            let proof = inclusion_proof(&src.limited(size), index, size).unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(verify_inclusion(index, size, &leaves[index as usize], &proof, &root(size)), Ok(()), "leaf {index} size {size}");
+            let proof = inclusion_proof(&src.limited(size), index, size)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                verify_inclusion(index, size, &leaves[index as usize], &proof, &root(size)),
+                Ok(()),
+                "leaf {index} size {size}"
+            );
         }
     }
 }
@@ -414,9 +578,18 @@ fn every_inclusion_proof_in_the_reference_tree_verifies() {
 fn single_entry_inclusion() {
     let hash = leaf_hash(b"data");
     assert_eq!(verify_inclusion(0, 1, &hash, &[], &hash), Ok(()));
-    assert_eq!(verify_inclusion(0, 1, &hash, &[], &empty_root()), Err(ProofError::RootMismatch));
-    assert_eq!(verify_inclusion(0, 1, &empty_root(), &[], &hash), Err(ProofError::RootMismatch));
-    assert_eq!(verify_inclusion(0, 1, &hash, &[hash], &hash), Err(ProofError::WrongLength));
+    assert_eq!(
+        verify_inclusion(0, 1, &hash, &[], &empty_root()),
+        Err(ProofError::RootMismatch)
+    );
+    assert_eq!(
+        verify_inclusion(0, 1, &empty_root(), &[], &hash),
+        Err(ProofError::RootMismatch)
+    );
+    assert_eq!(
+        verify_inclusion(0, 1, &hash, &[hash], &hash),
+        Err(ProofError::WrongLength)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,7 +632,10 @@ fn corrupted_consistency_proofs_are_rejected() {
         let (r1, r2) = (root(old), root(new));
         let ctx = format!("consistency {old} -> {new}");
         let reject = |o: u64, n: u64, a: &Hash, b: &Hash, p: &[Hash], what: &str| {
-            assert!(verify_consistency(o, n, a, b, p).is_err(), "{ctx}: accepted with {what}");
+            assert!(
+                verify_consistency(o, n, a, b, p).is_err(),
+                "{ctx}: accepted with {what}"
+            );
         };
         let with = |f: &dyn Fn(&mut Vec<Hash>)| {
             let mut p = proof.clone();
@@ -478,13 +654,27 @@ fn corrupted_consistency_proofs_are_rejected() {
         // `verification_binds_the_shape_not_the_size`); with the real roots it must not.
         for n in [new - 1, new + 1] {
             let r = if n <= 8 { root(n) } else { r2 };
-            reject(old, n, &r1, &r, &proof, &format!("new {n} with its own root"));
+            reject(
+                old,
+                n,
+                &r1,
+                &r,
+                &proof,
+                &format!("new {n} with its own root"),
+            );
         }
         // Every other pair of sizes of the reference tree, each with its own real roots.
         for n in 1..=8u64 {
             for o in 1..=n {
                 if (o, n) != (old, new) {
-                    reject(o, n, &root(o), &root(n), &proof, &format!("sizes {o} -> {n} with their roots"));
+                    reject(
+                        o,
+                        n,
+                        &root(o),
+                        &root(n),
+                        &proof,
+                        &format!("sizes {o} -> {n} with their roots"),
+                    );
                 }
             }
         }
@@ -495,32 +685,116 @@ fn corrupted_consistency_proofs_are_rejected() {
         // Empty proof.
         reject(old, new, &r1, &r2, &[], "empty proof");
         // Garbage at the end and at the front.
-        reject(old, new, &r1, &r2, &with(&|p| p.push(garbage)), "trailing garbage");
-        reject(old, new, &r1, &r2, &with(&|p| p.push(r1)), "trailing old root");
-        reject(old, new, &r1, &r2, &with(&|p| p.push(r2)), "trailing new root");
-        reject(old, new, &r1, &r2, &with(&|p| p.insert(0, garbage)), "preceding garbage");
-        reject(old, new, &r1, &r2, &with(&|p| p.insert(0, r1)), "preceding old root");
-        reject(old, new, &r1, &r2, &with(&|p| p.insert(0, r2)), "preceding new root");
-        reject(old, new, &r1, &r2, &with(&|p| p.insert(0, proof[0])), "preceding proof[0]");
+        reject(
+            old,
+            new,
+            &r1,
+            &r2,
+            &with(&|p| p.push(garbage)),
+            "trailing garbage",
+        );
+        reject(
+            old,
+            new,
+            &r1,
+            &r2,
+            &with(&|p| p.push(r1)),
+            "trailing old root",
+        );
+        reject(
+            old,
+            new,
+            &r1,
+            &r2,
+            &with(&|p| p.push(r2)),
+            "trailing new root",
+        );
+        reject(
+            old,
+            new,
+            &r1,
+            &r2,
+            &with(&|p| p.insert(0, garbage)),
+            "preceding garbage",
+        );
+        reject(
+            old,
+            new,
+            &r1,
+            &r2,
+            &with(&|p| p.insert(0, r1)),
+            "preceding old root",
+        );
+        reject(
+            old,
+            new,
+            &r1,
+            &r2,
+            &with(&|p| p.insert(0, r2)),
+            "preceding new root",
+        );
+        reject(
+            old,
+            new,
+            &r1,
+            &r2,
+            &with(&|p| p.insert(0, proof[0])),
+            "preceding proof[0]",
+        );
         // Removed / inserted components.
         for i in 0..proof.len() {
-            reject(old, new, &r1, &r2, &with(&|p| {
-                p.remove(i);
-            }), &format!("proof[{i}] removed"));
-            reject(old, new, &r1, &r2, &with(&|p| p.insert(i, some)), &format!("some hash inserted at {i}"));
+            reject(
+                old,
+                new,
+                &r1,
+                &r2,
+                &with(&|p| {
+                    p.remove(i);
+                }),
+                &format!("proof[{i}] removed"),
+            );
+            reject(
+                old,
+                new,
+                &r1,
+                &r2,
+                &with(&|p| p.insert(i, some)),
+                &format!("some hash inserted at {i}"),
+            );
         }
         // Every single-bit flip.
         for i in 0..proof.len() {
             for byte in 0..32 {
                 for bit in 0..8 {
-                    reject(old, new, &r1, &r2, &with(&|p| p[i] = flip(p[i], byte, bit)), &format!("proof[{i}] byte {byte} bit {bit}"));
+                    reject(
+                        old,
+                        new,
+                        &r1,
+                        &r2,
+                        &with(&|p| p[i] = flip(p[i], byte, bit)),
+                        &format!("proof[{i}] byte {byte} bit {bit}"),
+                    );
                 }
             }
         }
         for byte in 0..32 {
             for bit in 0..8 {
-                reject(old, new, &flip(r1, byte, bit), &r2, &proof, &format!("old root byte {byte} bit {bit}"));
-                reject(old, new, &r1, &flip(r2, byte, bit), &proof, &format!("new root byte {byte} bit {bit}"));
+                reject(
+                    old,
+                    new,
+                    &flip(r1, byte, bit),
+                    &r2,
+                    &proof,
+                    &format!("old root byte {byte} bit {bit}"),
+                );
+                reject(
+                    old,
+                    new,
+                    &r1,
+                    &flip(r2, byte, bit),
+                    &proof,
+                    &format!("new root byte {byte} bit {bit}"),
+                );
             }
         }
     }
@@ -532,14 +806,32 @@ fn corrupted_consistency_proofs_are_rejected() {
 fn equal_sizes_and_time_travel() {
     let (r1, r2) = (leaf_hash(b"don't care 1"), leaf_hash(b"don't care 2"));
     let empty = h(EMPTY_ROOT);
-    assert_eq!(verify_consistency(1, 1, &r1, &r2, &[]), Err(ProofError::RootMismatch));
+    assert_eq!(
+        verify_consistency(1, 1, &r1, &r2, &[]),
+        Err(ProofError::RootMismatch)
+    );
     assert_eq!(verify_consistency(1, 1, &r2, &r2, &[]), Ok(()));
-    assert_eq!(verify_consistency(2, 1, &r1, &r2, &[]), Err(ProofError::BadSizes { old: 2, new: 1 }));
-    assert_eq!(verify_consistency(1, 2, &r1, &r2, &[]), Err(ProofError::WrongLength));
-    assert_eq!(verify_consistency(1, 1, &empty, &r2, &[]), Err(ProofError::RootMismatch));
-    assert_eq!(verify_consistency(1, 1, &empty, &empty, &[empty]), Err(ProofError::WrongLength));
+    assert_eq!(
+        verify_consistency(2, 1, &r1, &r2, &[]),
+        Err(ProofError::BadSizes { old: 2, new: 1 })
+    );
+    assert_eq!(
+        verify_consistency(1, 2, &r1, &r2, &[]),
+        Err(ProofError::WrongLength)
+    );
+    assert_eq!(
+        verify_consistency(1, 1, &empty, &r2, &[]),
+        Err(ProofError::RootMismatch)
+    );
+    assert_eq!(
+        verify_consistency(1, 1, &empty, &empty, &[empty]),
+        Err(ProofError::WrongLength)
+    );
     for size in 1..=8u64 {
-        assert_eq!(verify_consistency(size, size, &root(size), &root(size), &[]), Ok(()));
+        assert_eq!(
+            verify_consistency(size, size, &root(size), &root(size), &[]),
+            Ok(())
+        );
         assert!(verify_consistency(size, size, &root(size), &root(size), &[root(size)]).is_err());
     }
 }
@@ -549,8 +841,14 @@ fn every_consistency_proof_in_the_reference_tree_verifies() {
     let src = MemSource::from_leaves(&leaf_hashes());
     for new in 1..=8u64 {
         for old in 1..=new {
-            let proof = consistency_proof(&src.limited(new), old, new).unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(verify_consistency(old, new, &root(old), &root(new), &proof), Ok(()), "{old} -> {new}");
+            let proof = consistency_proof(&src.limited(new), old, new)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                verify_consistency(old, new, &root(old), &root(new), &proof),
+                Ok(()),
+                "{old} -> {new}"
+            );
             if old == new {
                 assert!(proof.is_empty());
             }
@@ -563,15 +861,35 @@ fn invalid_requests_are_refused() {
     let src = MemSource::from_leaves(&leaf_hashes());
     let view = src.limited(8);
     // verify_test.go `{0, 0, nil}` and TestInclusion's error cases.
-    for (index, size) in [(0u64, 0u64), (1, 0), (2, 1), (3, 0), (8, 7), (8, 8), (u64::MAX, 8)] {
-        assert_eq!(inclusion_proof(&view, index, size), Ok(Err(ProofRequestError::IndexOutOfRange { index, size })));
+    for (index, size) in [
+        (0u64, 0u64),
+        (1, 0),
+        (2, 1),
+        (3, 0),
+        (8, 7),
+        (8, 8),
+        (u64::MAX, 8),
+    ] {
+        assert_eq!(
+            inclusion_proof(&view, index, size),
+            Ok(Err(ProofRequestError::IndexOutOfRange { index, size }))
+        );
         let leaf = leaf_hash(b"");
-        assert_eq!(verify_inclusion(index, size, &leaf, &[], &leaf), Err(ProofError::IndexOutOfRange { index, size }));
+        assert_eq!(
+            verify_inclusion(index, size, &leaf, &[], &leaf),
+            Err(ProofError::IndexOutOfRange { index, size })
+        );
     }
     // TestConsistency's error cases, and size 0 (outside 0 < old <= new here).
     for (old, new) in [(5u64, 0u64), (9, 8), (0, 0), (0, 1), (0, 8), (2, 1)] {
-        assert_eq!(consistency_proof(&view, old, new), Ok(Err(ProofRequestError::BadSizes { from: old, to: new })));
-        assert_eq!(verify_consistency(old, new, &empty_root(), &empty_root(), &[]), Err(ProofError::BadSizes { old, new }));
+        assert_eq!(
+            consistency_proof(&view, old, new),
+            Ok(Err(ProofRequestError::BadSizes { from: old, to: new }))
+        );
+        assert_eq!(
+            verify_consistency(old, new, &empty_root(), &empty_root(), &[]),
+            Err(ProofError::BadSizes { old, new })
+        );
     }
     // Error messages name the numbers.
     assert_eq!(
@@ -590,7 +908,16 @@ fn node_hash_orders_children() {
     let leaves = leaf_hashes();
     assert_eq!(node_hash(&leaves[0], &leaves[1]), root(2));
     assert_ne!(node_hash(&leaves[1], &leaves[0]), root(2));
-    assert_eq!(node_hash(&root(4), &node_hash(&node_hash(&leaves[4], &leaves[5]), &node_hash(&leaves[6], &leaves[7]))), root(8));
+    assert_eq!(
+        node_hash(
+            &root(4),
+            &node_hash(
+                &node_hash(&leaves[4], &leaves[5]),
+                &node_hash(&leaves[6], &leaves[7])
+            )
+        ),
+        root(8)
+    );
 }
 
 /// The RFC 9162 verification algorithms bind a proof to the *shape* of the path that `index` and
@@ -604,15 +931,26 @@ fn verification_binds_the_shape_not_the_size() {
     let v = &INCLUSION[1]; // leaf 0 in the tree of 8
     let proof = hs(v.proof);
     for size in 5..=8 {
-        assert_eq!(verify_inclusion(0, size, &leaves[0], &proof, &root(8)), Ok(()), "size {size}");
+        assert_eq!(
+            verify_inclusion(0, size, &leaves[0], &proof, &root(8)),
+            Ok(()),
+            "size {size}"
+        );
         // ...but never with the real root of that size (other than 8).
         if size != 8 {
-            assert_eq!(verify_inclusion(0, size, &leaves[0], &proof, &root(size)), Err(ProofError::RootMismatch));
+            assert_eq!(
+                verify_inclusion(0, size, &leaves[0], &proof, &root(size)),
+                Err(ProofError::RootMismatch)
+            );
         }
     }
     let c = &CONSISTENCY[1]; // 1 -> 8
     let proof = hs(c.proof);
     for new in 5..=8 {
-        assert_eq!(verify_consistency(1, new, &root(1), &root(8), &proof), Ok(()), "1 -> {new}");
+        assert_eq!(
+            verify_consistency(1, new, &root(1), &root(8), &proof),
+            Ok(()),
+            "1 -> {new}"
+        );
     }
 }

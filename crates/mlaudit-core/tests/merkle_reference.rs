@@ -9,8 +9,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use mlaudit_core::merkle::{
-    consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, subtree_hash, verify_consistency,
-    verify_inclusion, CompactRange, Hash, NodeSource, ProofError,
+    consistency_proof, empty_root, inclusion_proof, leaf_hash, node_hash, subtree_hash,
+    verify_consistency, verify_inclusion, CompactRange, Hash, NodeSource, ProofError,
 };
 
 const MAX: usize = 300;
@@ -102,7 +102,9 @@ struct Tree {
 
 impl Tree {
     fn build(n: usize) -> Tree {
-        let leaves: Vec<Hash> = (0..n as u64).map(|i| leaf_hash(format!("leaf {i}").as_bytes())).collect();
+        let leaves: Vec<Hash> = (0..n as u64)
+            .map(|i| leaf_hash(format!("leaf {i}").as_bytes()))
+            .collect();
         let mut levels: Vec<Vec<Hash>> = Vec::new();
         let mut roots = vec![CompactRange::new().root()];
         let mut cr = CompactRange::new();
@@ -110,13 +112,21 @@ impl Tree {
             let mut last_level = None;
             cr.push(*leaf, |level, index, hash| {
                 // Lowest level first, each level once, every node exactly once and in order.
-                assert_eq!(last_level.map_or(0, |l: u32| l + 1), level, "push {i}: levels out of order");
+                assert_eq!(
+                    last_level.map_or(0, |l: u32| l + 1),
+                    level,
+                    "push {i}: levels out of order"
+                );
                 last_level = Some(level);
                 let level = level as usize;
                 if levels.len() == level {
                     levels.push(Vec::new());
                 }
-                assert_eq!(levels[level].len() as u64, index, "push {i}: node ({level}, {index}) out of order");
+                assert_eq!(
+                    levels[level].len() as u64,
+                    index,
+                    "push {i}: node ({level}, {index}) out of order"
+                );
                 levels[level].push(*hash);
             });
             // A push completes exactly the subtrees whose size divides the new size.
@@ -124,7 +134,11 @@ impl Tree {
             assert_eq!(last_level, Some(size.trailing_zeros()), "push {i}");
             roots.push(cr.root());
         }
-        Tree { leaves, levels, roots }
+        Tree {
+            leaves,
+            levels,
+            roots,
+        }
     }
 
     fn view(&self, size: u64) -> View<'_> {
@@ -142,7 +156,10 @@ impl NodeSource for View<'_> {
     type Error = String;
     fn node(&self, level: u32, index: u64) -> Result<Hash, String> {
         if (index + 1) << level > self.size {
-            return Err(format!("asked for node ({level}, {index}) outside a tree of {}", self.size));
+            return Err(format!(
+                "asked for node ({level}, {index}) outside a tree of {}",
+                self.size
+            ));
         }
         self.tree
             .levels
@@ -183,8 +200,13 @@ fn roots_and_subtree_hashes_match_mth() {
         let want = mth(&tree.leaves[..n]);
         assert_eq!(tree.roots[n], want, "CompactRange root of {n}");
         let view = tree.view(n as u64);
-        assert_eq!(subtree_hash(&view, 0, n as u64), Ok(want), "subtree_hash(0, {n})");
-        let rebuilt = CompactRange::from_source(&view, n as u64).unwrap_or_else(|e| panic!("from_source({n}): {e}"));
+        assert_eq!(
+            subtree_hash(&view, 0, n as u64),
+            Ok(want),
+            "subtree_hash(0, {n})"
+        );
+        let rebuilt = CompactRange::from_source(&view, n as u64)
+            .unwrap_or_else(|e| panic!("from_source({n}): {e}"));
         assert_eq!(rebuilt.size(), n as u64);
         assert_eq!(rebuilt.root(), want, "from_source({n}).root()");
     }
@@ -192,11 +214,28 @@ fn roots_and_subtree_hashes_match_mth() {
     let view = tree.view(MAX as u64);
     for a in 0..=100usize {
         for b in a..=100usize {
-            assert_eq!(subtree_hash(&view, a as u64, b as u64), Ok(mth(&tree.leaves[a..b])), "subtree_hash({a}, {b})");
+            assert_eq!(
+                subtree_hash(&view, a as u64, b as u64),
+                Ok(mth(&tree.leaves[a..b])),
+                "subtree_hash({a}, {b})"
+            );
         }
     }
-    for (a, b) in [(0usize, MAX), (1, MAX), (17, 299), (128, 256), (129, 255), (255, 300), (299, 300), (300, 300)] {
-        assert_eq!(subtree_hash(&view, a as u64, b as u64), Ok(mth(&tree.leaves[a..b])), "subtree_hash({a}, {b})");
+    for (a, b) in [
+        (0usize, MAX),
+        (1, MAX),
+        (17, 299),
+        (128, 256),
+        (129, 255),
+        (255, 300),
+        (299, 300),
+        (300, 300),
+    ] {
+        assert_eq!(
+            subtree_hash(&view, a as u64, b as u64),
+            Ok(mth(&tree.leaves[a..b])),
+            "subtree_hash({a}, {b})"
+        );
     }
 }
 
@@ -208,9 +247,20 @@ fn every_inclusion_proof_matches_path_and_verifies() {
         let root = tree.roots[n];
         let view = tree.view(n as u64);
         for m in 0..n {
-            let got = ok(inclusion_proof(&view, m as u64, n as u64), &format!("inclusion_proof({m}, {n})"));
-            assert_eq!(got, path(m, d), "inclusion proof of leaf {m} in tree of {n}");
-            assert_eq!(verify_inclusion(m as u64, n as u64, &d[m], &got, &root), Ok(()), "verify leaf {m} size {n}");
+            let got = ok(
+                inclusion_proof(&view, m as u64, n as u64),
+                &format!("inclusion_proof({m}, {n})"),
+            );
+            assert_eq!(
+                got,
+                path(m, d),
+                "inclusion proof of leaf {m} in tree of {n}"
+            );
+            assert_eq!(
+                verify_inclusion(m as u64, n as u64, &d[m], &got, &root),
+                Ok(()),
+                "verify leaf {m} size {n}"
+            );
         }
     }
 }
@@ -223,42 +273,93 @@ fn inclusion_proofs_fail_for_wrong_index_size_or_root() {
         let root = tree.roots[n];
         let view = tree.view(n as u64);
         for m in 0..n {
-            let p = ok(inclusion_proof(&view, m as u64, n as u64), "inclusion_proof");
+            let p = ok(
+                inclusion_proof(&view, m as u64, n as u64),
+                "inclusion_proof",
+            );
             let leaf = &d[m];
             // Wrong index.
             let mut wrong: Vec<usize> = if n <= EVERY_OTHER_INDEX_UP_TO {
                 (0..n + 2).collect()
             } else {
                 let top = 1usize << (usize::BITS - 1 - n.leading_zeros());
-                vec![0, 1, m.wrapping_sub(1), m + 1, m ^ 1, m ^ 2, m ^ 4, m ^ top, n - 1, n - 2, n, n + 1, (m * 7 + 13) % n, (m * 31 + 101) % n]
+                vec![
+                    0,
+                    1,
+                    m.wrapping_sub(1),
+                    m + 1,
+                    m ^ 1,
+                    m ^ 2,
+                    m ^ 4,
+                    m ^ top,
+                    n - 1,
+                    n - 2,
+                    n,
+                    n + 1,
+                    (m * 7 + 13) % n,
+                    (m * 31 + 101) % n,
+                ]
             };
             wrong.retain(|&j| j != m);
             for j in wrong {
-                assert!(verify_inclusion(j as u64, n as u64, leaf, &p, &root).is_err(), "leaf {m} size {n} accepted at index {j}");
+                assert!(
+                    verify_inclusion(j as u64, n as u64, leaf, &p, &root).is_err(),
+                    "leaf {m} size {n} accepted at index {j}"
+                );
             }
             // Wrong size, paired with the real root of that size.
             if n > 1 {
-                assert!(verify_inclusion(m as u64, n as u64 - 1, leaf, &p, &tree.roots[n - 1]).is_err(), "leaf {m} size {n} accepted at size {}", n - 1);
+                assert!(
+                    verify_inclusion(m as u64, n as u64 - 1, leaf, &p, &tree.roots[n - 1]).is_err(),
+                    "leaf {m} size {n} accepted at size {}",
+                    n - 1
+                );
             }
-            assert!(verify_inclusion(m as u64, n as u64 + 1, leaf, &p, &tree.roots[n + 1]).is_err(), "leaf {m} size {n} accepted at size {}", n + 1);
+            assert!(
+                verify_inclusion(m as u64, n as u64 + 1, leaf, &p, &tree.roots[n + 1]).is_err(),
+                "leaf {m} size {n} accepted at size {}",
+                n + 1
+            );
             // Mutated root, mutated leaf.
-            assert_eq!(verify_inclusion(m as u64, n as u64, leaf, &p, &mutate(&root, m + n)), Err(ProofError::RootMismatch), "leaf {m} size {n}: mutated root");
-            assert_eq!(verify_inclusion(m as u64, n as u64, &mutate(leaf, m), &p, &root), Err(ProofError::RootMismatch), "leaf {m} size {n}: mutated leaf");
+            assert_eq!(
+                verify_inclusion(m as u64, n as u64, leaf, &p, &mutate(&root, m + n)),
+                Err(ProofError::RootMismatch),
+                "leaf {m} size {n}: mutated root"
+            );
+            assert_eq!(
+                verify_inclusion(m as u64, n as u64, &mutate(leaf, m), &p, &root),
+                Err(ProofError::RootMismatch),
+                "leaf {m} size {n}: mutated leaf"
+            );
             // Mutated proof element, one too few and one too many.
             if !p.is_empty() {
                 let mut q = p.clone();
                 let i = (m + n) % q.len();
                 q[i] = mutate(&q[i], m);
-                assert!(verify_inclusion(m as u64, n as u64, leaf, &q, &root).is_err(), "leaf {m} size {n}: mutated proof[{i}]");
-                assert_eq!(verify_inclusion(m as u64, n as u64, leaf, &p[..p.len() - 1], &root), Err(ProofError::WrongLength), "leaf {m} size {n}: truncated");
+                assert!(
+                    verify_inclusion(m as u64, n as u64, leaf, &q, &root).is_err(),
+                    "leaf {m} size {n}: mutated proof[{i}]"
+                );
+                assert_eq!(
+                    verify_inclusion(m as u64, n as u64, leaf, &p[..p.len() - 1], &root),
+                    Err(ProofError::WrongLength),
+                    "leaf {m} size {n}: truncated"
+                );
             }
             let mut longer = p.clone();
             longer.push(root);
-            assert_eq!(verify_inclusion(m as u64, n as u64, leaf, &longer, &root), Err(ProofError::WrongLength), "leaf {m} size {n}: extended");
+            assert_eq!(
+                verify_inclusion(m as u64, n as u64, leaf, &longer, &root),
+                Err(ProofError::WrongLength),
+                "leaf {m} size {n}: extended"
+            );
         }
         assert_eq!(
             verify_inclusion(n as u64, n as u64, &d[0], &[], &root),
-            Err(ProofError::IndexOutOfRange { index: n as u64, size: n as u64 })
+            Err(ProofError::IndexOutOfRange {
+                index: n as u64,
+                size: n as u64
+            })
         );
     }
 }
@@ -271,34 +372,85 @@ fn every_consistency_proof_matches_proof_and_verifies() {
         let view = tree.view(n as u64);
         let new_root = tree.roots[n];
         for m in 1..=n {
-            let got = ok(consistency_proof(&view, m as u64, n as u64), &format!("consistency_proof({m}, {n})"));
+            let got = ok(
+                consistency_proof(&view, m as u64, n as u64),
+                &format!("consistency_proof({m}, {n})"),
+            );
             assert_eq!(got, proof(m, d), "consistency proof {m} -> {n}");
             let old_root = tree.roots[m];
-            assert_eq!(verify_consistency(m as u64, n as u64, &old_root, &new_root, &got), Ok(()), "verify {m} -> {n}");
+            assert_eq!(
+                verify_consistency(m as u64, n as u64, &old_root, &new_root, &got),
+                Ok(()),
+                "verify {m} -> {n}"
+            );
 
             // Wrong sizes, each paired with the real root of that size.
             if m > 1 {
-                assert!(verify_consistency(m as u64 - 1, n as u64, &tree.roots[m - 1], &new_root, &got).is_err(), "{m} -> {n} accepted as {} -> {n}", m - 1);
+                assert!(
+                    verify_consistency(m as u64 - 1, n as u64, &tree.roots[m - 1], &new_root, &got)
+                        .is_err(),
+                    "{m} -> {n} accepted as {} -> {n}",
+                    m - 1
+                );
             }
             if m < n {
-                assert!(verify_consistency(m as u64 + 1, n as u64, &tree.roots[m + 1], &new_root, &got).is_err(), "{m} -> {n} accepted as {} -> {n}", m + 1);
-                assert!(verify_consistency(m as u64, n as u64 - 1, &old_root, &tree.roots[n - 1], &got).is_err(), "{m} -> {n} accepted as {m} -> {}", n - 1);
+                assert!(
+                    verify_consistency(m as u64 + 1, n as u64, &tree.roots[m + 1], &new_root, &got)
+                        .is_err(),
+                    "{m} -> {n} accepted as {} -> {n}",
+                    m + 1
+                );
+                assert!(
+                    verify_consistency(m as u64, n as u64 - 1, &old_root, &tree.roots[n - 1], &got)
+                        .is_err(),
+                    "{m} -> {n} accepted as {m} -> {}",
+                    n - 1
+                );
             }
-            assert!(verify_consistency(m as u64, n as u64 + 1, &old_root, &tree.roots[n + 1], &got).is_err(), "{m} -> {n} accepted as {m} -> {}", n + 1);
+            assert!(
+                verify_consistency(m as u64, n as u64 + 1, &old_root, &tree.roots[n + 1], &got)
+                    .is_err(),
+                "{m} -> {n} accepted as {m} -> {}",
+                n + 1
+            );
             // Mutated roots.
-            assert_eq!(verify_consistency(m as u64, n as u64, &mutate(&old_root, m), &new_root, &got), Err(ProofError::RootMismatch), "{m} -> {n}: mutated old root");
-            assert_eq!(verify_consistency(m as u64, n as u64, &old_root, &mutate(&new_root, n), &got), Err(ProofError::RootMismatch), "{m} -> {n}: mutated new root");
+            assert_eq!(
+                verify_consistency(m as u64, n as u64, &mutate(&old_root, m), &new_root, &got),
+                Err(ProofError::RootMismatch),
+                "{m} -> {n}: mutated old root"
+            );
+            assert_eq!(
+                verify_consistency(m as u64, n as u64, &old_root, &mutate(&new_root, n), &got),
+                Err(ProofError::RootMismatch),
+                "{m} -> {n}: mutated new root"
+            );
             // Mutated, missing and extra proof elements.
             if !got.is_empty() {
                 let mut q = got.clone();
                 let i = (m + n) % q.len();
                 q[i] = mutate(&q[i], m + n);
-                assert!(verify_consistency(m as u64, n as u64, &old_root, &new_root, &q).is_err(), "{m} -> {n}: mutated proof[{i}]");
-                assert!(verify_consistency(m as u64, n as u64, &old_root, &new_root, &got[..got.len() - 1]).is_err(), "{m} -> {n}: truncated");
+                assert!(
+                    verify_consistency(m as u64, n as u64, &old_root, &new_root, &q).is_err(),
+                    "{m} -> {n}: mutated proof[{i}]"
+                );
+                assert!(
+                    verify_consistency(
+                        m as u64,
+                        n as u64,
+                        &old_root,
+                        &new_root,
+                        &got[..got.len() - 1]
+                    )
+                    .is_err(),
+                    "{m} -> {n}: truncated"
+                );
             }
             let mut longer = got.clone();
             longer.push(new_root);
-            assert!(verify_consistency(m as u64, n as u64, &old_root, &new_root, &longer).is_err(), "{m} -> {n}: extended");
+            assert!(
+                verify_consistency(m as u64, n as u64, &old_root, &new_root, &longer).is_err(),
+                "{m} -> {n}: extended"
+            );
         }
     }
 }

@@ -54,7 +54,9 @@ impl Meta {
             return None;
         }
         let crc = u32::from_be_bytes(b[META_LEN - 4..].try_into().ok()?);
-        if crc32c::crc32c(&b[..META_LEN - 4]) != crc || u32::from_be_bytes(b[8..12].try_into().ok()?) != META_VERSION {
+        if crc32c::crc32c(&b[..META_LEN - 4]) != crc
+            || u32::from_be_bytes(b[8..12].try_into().ok()?) != META_VERSION
+        {
             return None;
         }
         let u64_at = |at: usize| b[at..at + 8].try_into().ok().map(u64::from_be_bytes);
@@ -83,7 +85,11 @@ pub struct Derived {
 }
 
 fn open_rw(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).append(true).create(true).open(path)
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
 }
 
 /// The path of a tree level file.
@@ -117,7 +123,8 @@ impl Pending {
     pub fn term(&mut self, tag: Tag, value: &str) {
         let start = self.terms.len();
         self.terms.push(tag as u8);
-        self.terms.extend_from_slice(&(value.len() as u16).to_be_bytes()); // values are <= MAX_ID_LEN
+        self.terms
+            .extend_from_slice(&(value.len() as u16).to_be_bytes()); // values are <= MAX_ID_LEN
         self.terms.extend_from_slice(value.as_bytes());
         let crc = crc32c::crc32c(&self.terms[start..]);
         self.terms.extend_from_slice(&crc.to_be_bytes());
@@ -151,7 +158,10 @@ impl Derived {
     pub fn open(dir: &Path) -> std::io::Result<Derived> {
         // Open (creating any gap) every level up to the highest one present, so that a reset
         // empties them all even when a lower level file was deleted.
-        let present = (0..64usize).filter(|l| level_path(dir, *l).exists()).max().map_or(0, |l| l + 1);
+        let present = (0..64usize)
+            .filter(|l| level_path(dir, *l).exists())
+            .max()
+            .map_or(0, |l| l + 1);
         let mut levels = Vec::with_capacity(present);
         for level in 0..present {
             levels.push(std::sync::Arc::new(open_rw(&level_path(dir, level))?));
@@ -171,7 +181,10 @@ impl Derived {
     /// Reads the watermark; `None` if absent or damaged.
     pub fn read_meta(dir: &Path) -> Option<Meta> {
         let mut buf = Vec::new();
-        File::open(dir.join("derived.meta")).ok()?.read_to_end(&mut buf).ok()?;
+        File::open(dir.join("derived.meta"))
+            .ok()?
+            .read_to_end(&mut buf)
+            .ok()?;
         Meta::decode(&buf)
     }
 
@@ -182,12 +195,18 @@ impl Derived {
         let want = |f: &File, len: u64, name: &str| -> Result<(), String> {
             let have = f.metadata().map_err(io)?.len();
             if have < len {
-                return Err(format!("{name} holds {have} bytes, the watermark needs {len}"));
+                return Err(format!(
+                    "{name} holds {have} bytes, the watermark needs {len}"
+                ));
             }
             f.set_len(len).map_err(io)
         };
         want(&self.offsets, meta.size * 8, "offsets.bin")?;
-        want(&self.index, meta.size * INDEX_RECORD_LEN as u64, "index.bin")?;
+        want(
+            &self.index,
+            meta.size * INDEX_RECORD_LEN as u64,
+            "index.bin",
+        )?;
         want(&self.terms, meta.terms_bytes, "terms.bin")?;
         want(&self.checkpoints, meta.checkpoints * 16, "checkpoints.bin")?;
         for level in 0..64usize {
@@ -195,10 +214,17 @@ impl Derived {
             if count == 0 {
                 break;
             }
-            let f = self.levels.get(level).ok_or_else(|| format!("tree level {level} is missing"))?;
+            let f = self
+                .levels
+                .get(level)
+                .ok_or_else(|| format!("tree level {level} is missing"))?;
             want(f, count * 32, &format!("tree-{level:02}.hash"))?;
         }
-        for f in self.levels.iter().skip((64 - meta.size.leading_zeros()) as usize) {
+        for f in self
+            .levels
+            .iter()
+            .skip((64 - meta.size.leading_zeros()) as usize)
+        {
             f.set_len(0).map_err(io)?;
         }
         self.terms_bytes = meta.terms_bytes;
@@ -208,11 +234,21 @@ impl Derived {
         while at < terms.len() {
             let bad = || "terms.bin is malformed".to_owned();
             let tag = Tag::from_code(terms[at]).ok_or_else(bad)?;
-            let len = u16::from_be_bytes(terms.get(at + 1..at + 3).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
-            let value = std::str::from_utf8(terms.get(at + 3..at + 3 + len).ok_or_else(bad)?).map_err(|_| bad())?;
+            let len = u16::from_be_bytes(
+                terms
+                    .get(at + 1..at + 3)
+                    .ok_or_else(bad)?
+                    .try_into()
+                    .map_err(|_| bad())?,
+            ) as usize;
+            let value = std::str::from_utf8(terms.get(at + 3..at + 3 + len).ok_or_else(bad)?)
+                .map_err(|_| bad())?;
             let crc = terms.get(at + 3 + len..at + 7 + len).ok_or_else(bad)?;
             if crc32c::crc32c(&terms[at..at + 3 + len]).to_be_bytes() != crc {
-                return Err(format!("terms.bin term {} is damaged", index.term_count() + 1));
+                return Err(format!(
+                    "terms.bin term {} is damaged",
+                    index.term_count() + 1
+                ));
             }
             index.load_term(tag, value);
             at += 7 + len;
@@ -222,9 +258,13 @@ impl Derived {
         }
         let offsets = read_all(&self.offsets)?;
         let records = read_all(&self.index)?;
-        for (off, rec) in offsets.chunks_exact(8).zip(records.chunks_exact(INDEX_RECORD_LEN)) {
+        for (off, rec) in offsets
+            .chunks_exact(8)
+            .zip(records.chunks_exact(INDEX_RECORD_LEN))
+        {
             let off = u64::from_be_bytes(off.try_into().map_err(|_| "offsets.bin")?);
-            let rec = IndexRecord::decode(rec.try_into().map_err(|_| "index.bin")?).ok_or_else(|| format!("index.bin record {} is damaged", index.len()))?;
+            let rec = IndexRecord::decode(rec.try_into().map_err(|_| "index.bin")?)
+                .ok_or_else(|| format!("index.bin record {} is damaged", index.len()))?;
             if rec.terms.iter().any(|t| *t > meta.term_count) {
                 return Err("index.bin names an unknown term".into());
             }
@@ -241,7 +281,12 @@ impl Derived {
 
     /// Empties every derived file (full rebuild).
     pub fn reset(&mut self) -> std::io::Result<()> {
-        for f in self.levels.iter().map(|a| &**a).chain([&self.offsets, &self.index, &self.terms, &self.checkpoints]) {
+        for f in self.levels.iter().map(|a| &**a).chain([
+            &self.offsets,
+            &self.index,
+            &self.terms,
+            &self.checkpoints,
+        ]) {
             f.set_len(0)?;
         }
         self.terms_bytes = 0;
@@ -252,7 +297,10 @@ impl Derived {
     /// Appends one group's derived bytes (no fsync).
     pub fn write(&mut self, p: &Pending) -> std::io::Result<()> {
         while self.levels.len() < p.levels.len() {
-            self.levels.push(std::sync::Arc::new(open_rw(&level_path(&self.dir, self.levels.len()))?));
+            self.levels.push(std::sync::Arc::new(open_rw(&level_path(
+                &self.dir,
+                self.levels.len(),
+            ))?));
         }
         for (file, bytes) in self.levels.iter().zip(&p.levels) {
             (&**file).write_all(bytes)?;
@@ -268,7 +316,12 @@ impl Derived {
 
     /// Makes every derived file durable, then records the watermark atomically.
     pub fn commit_meta(&self, meta: &Meta) -> std::io::Result<()> {
-        for f in self.levels.iter().map(|a| &**a).chain([&self.offsets, &self.index, &self.terms, &self.checkpoints]) {
+        for f in self.levels.iter().map(|a| &**a).chain([
+            &self.offsets,
+            &self.index,
+            &self.terms,
+            &self.checkpoints,
+        ]) {
             f.sync_data()?;
         }
         let tmp = self.dir.join("derived.meta.tmp");

@@ -29,7 +29,15 @@ pub enum Tag {
 pub const TAGS: usize = 7;
 
 impl Tag {
-    pub const ALL: [Tag; TAGS] = [Tag::Kind, Tag::Actor, Tag::Model, Tag::Version, Tag::Run, Tag::Dataset, Tag::Deployment];
+    pub const ALL: [Tag; TAGS] = [
+        Tag::Kind,
+        Tag::Actor,
+        Tag::Model,
+        Tag::Version,
+        Tag::Run,
+        Tag::Dataset,
+        Tag::Deployment,
+    ];
 
     pub fn from_code(code: u8) -> Option<Tag> {
         Tag::ALL.get(usize::from(code)).copied()
@@ -43,7 +51,9 @@ impl Tag {
             SubjectField::Run => Some(Tag::Run),
             SubjectField::Dataset => Some(Tag::Dataset),
             SubjectField::Deployment => Some(Tag::Deployment),
-            SubjectField::DatasetVersion | SubjectField::PipelineRun | SubjectField::Request => None,
+            SubjectField::DatasetVersion | SubjectField::PipelineRun | SubjectField::Request => {
+                None
+            }
         }
     }
 }
@@ -60,7 +70,8 @@ impl Hasher for IdHasher {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
 }
@@ -81,10 +92,12 @@ impl Hasher for TermHasher {
         for c in &mut chunks {
             let mut w = [0u8; 8];
             w.copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
         for b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 =
+                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
 }
@@ -133,7 +146,11 @@ impl IndexRecord {
             let at = 24 + 4 * i;
             *t = u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         }
-        IndexRecord { id: EventId(id), time_ns: i64::from_be_bytes(time), terms }
+        IndexRecord {
+            id: EventId(id),
+            time_ns: i64::from_be_bytes(time),
+            terms,
+        }
     }
 }
 
@@ -192,7 +209,8 @@ impl Index {
         self.term_ids[tag as usize].insert(value.into(), id);
         self.terms.push((tag, value.into()));
         self.postings.push(Vec::new());
-        self.kind_stage.push((tag == Tag::Kind).then(|| Stage::of_kind(value).unwrap_or(Stage::Custom)));
+        self.kind_stage
+            .push((tag == Tag::Kind).then(|| Stage::of_kind(value).unwrap_or(Stage::Custom)));
         id
     }
 
@@ -232,7 +250,12 @@ impl Index {
             }
         }
         let kind = rec.terms[Tag::Kind as usize] as usize;
-        let stage = self.kind_stage.get(kind).copied().flatten().unwrap_or(Stage::Custom);
+        let stage = self
+            .kind_stage
+            .get(kind)
+            .copied()
+            .flatten()
+            .unwrap_or(Stage::Custom);
         self.stages[stage as usize].push(seq);
     }
 
@@ -365,7 +388,14 @@ fn id_digest(id: &EventId, seq: u64) -> u128 {
 
 impl<'a> Checker<'a> {
     pub fn new(index: &'a std::sync::RwLock<Index>) -> Checker<'a> {
-        Checker { index, cursors: Vec::new(), stage_cursors: vec![0; Stage::ALL.len()], last: [0; TAGS], ids: Vec::new(), id_sum: 0 }
+        Checker {
+            index,
+            cursors: Vec::new(),
+            stage_cursors: vec![0; Stage::ALL.len()],
+            last: [0; TAGS],
+            ids: Vec::new(),
+            id_sum: 0,
+        }
     }
 }
 
@@ -377,7 +407,10 @@ fn advance(list: &[u64], cursor: &mut usize, seq: u64) -> bool {
 
 impl mlaudit_store::IndexCheck for Checker<'_> {
     fn check(&mut self, seq: u64, e: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String> {
-        let index = self.index.read().map_err(|_| "index lock poisoned".to_owned())?;
+        let index = self
+            .index
+            .read()
+            .map_err(|_| "index lock poisoned".to_owned())?;
         if index.times.get(seq as usize) != Some(&e.event_time_ns) {
             return Err(format!("index.bin holds another event time for seq {seq}"));
         }
@@ -388,27 +421,55 @@ impl mlaudit_store::IndexCheck for Checker<'_> {
         let mut values: [Option<(Tag, &str)>; TAGS] = [None; TAGS];
         values[0] = Some((Tag::Kind, e.kind));
         values[1] = Some((Tag::Actor, e.actor_id));
-        for (slot, field) in values[2..].iter_mut().zip([SubjectField::Model, SubjectField::Version, SubjectField::Run, SubjectField::Dataset, SubjectField::Deployment]) {
-            *slot = e.subject(field).and_then(|v| Some((Tag::for_subject(field)?, v)));
+        for (slot, field) in values[2..].iter_mut().zip([
+            SubjectField::Model,
+            SubjectField::Version,
+            SubjectField::Run,
+            SubjectField::Dataset,
+            SubjectField::Deployment,
+        ]) {
+            *slot = e
+                .subject(field)
+                .and_then(|v| Some((Tag::for_subject(field)?, v)));
         }
         for (tag, value) in values.into_iter().flatten() {
             let last = self.last[tag as usize];
-            let term = if last != 0 && index.terms.get(last as usize).is_some_and(|(_, v)| &**v == value) {
+            let term = if last != 0
+                && index
+                    .terms
+                    .get(last as usize)
+                    .is_some_and(|(_, v)| &**v == value)
+            {
                 last
             } else {
-                index.lookup(tag, value).ok_or_else(|| format!("the {tag:?} index has no term {value:?} (seq {seq})"))?
+                index
+                    .lookup(tag, value)
+                    .ok_or_else(|| format!("the {tag:?} index has no term {value:?} (seq {seq})"))?
             };
             self.last[tag as usize] = term;
             if self.cursors.len() <= term as usize {
                 self.cursors.resize(term as usize + 1, 0);
             }
-            if !advance(&index.postings[term as usize], &mut self.cursors[term as usize], seq) {
-                return Err(format!("the {tag:?} index does not list seq {seq} under {value:?} in order"));
+            if !advance(
+                &index.postings[term as usize],
+                &mut self.cursors[term as usize],
+                seq,
+            ) {
+                return Err(format!(
+                    "the {tag:?} index does not list seq {seq} under {value:?} in order"
+                ));
             }
         }
         let stage = Stage::of_kind(e.kind).unwrap_or(Stage::Custom);
-        if !advance(&index.stages[stage as usize], &mut self.stage_cursors[stage as usize], seq) {
-            return Err(format!("the stage index does not list seq {seq} under {} in order", stage.as_str()));
+        if !advance(
+            &index.stages[stage as usize],
+            &mut self.stage_cursors[stage as usize],
+            seq,
+        ) {
+            return Err(format!(
+                "the stage index does not list seq {seq} under {} in order",
+                stage.as_str()
+            ));
         }
         self.ids.push(e.id);
         self.id_sum = self.id_sum.wrapping_add(id_digest(&e.id, seq));
@@ -420,7 +481,10 @@ impl mlaudit_store::IndexCheck for Checker<'_> {
     }
 
     fn finish(&mut self, n: u64) -> Result<(), (Option<u64>, String)> {
-        let index = self.index.read().map_err(|_| (None, "index lock poisoned".to_owned()))?;
+        let index = self
+            .index
+            .read()
+            .map_err(|_| (None, "index lock poisoned".to_owned()))?;
         let (mut count, mut sum) = (0u64, 0u128);
         for (id, &seq) in &index.ids {
             if seq < n {
@@ -433,10 +497,18 @@ impl mlaudit_store::IndexCheck for Checker<'_> {
             for (seq, id) in self.ids.iter().enumerate() {
                 let found = index.ids.get(id).copied().filter(|s| *s < n);
                 if found != Some(seq as u64) {
-                    return Err((Some(seq as u64), format!("the id index maps event {id} to {found:?}, not to this seq")));
+                    return Err((
+                        Some(seq as u64),
+                        format!("the id index maps event {id} to {found:?}, not to this seq"),
+                    ));
                 }
             }
-            return Err((None, format!("the id index holds {count} ids below seq {n}, which are not the entries' ids")));
+            return Err((
+                None,
+                format!(
+                    "the id index holds {count} ids below seq {n}, which are not the entries' ids"
+                ),
+            ));
         }
         self.finish_postings(&index, n).map_err(|p| (None, p))
     }
@@ -448,12 +520,17 @@ impl Checker<'_> {
         for (term, list) in index.postings.iter().enumerate().skip(1) {
             if self.cursors.get(term).copied().unwrap_or(0) != below(list) {
                 let (tag, value) = &index.terms[term];
-                return Err(format!("the {tag:?} index lists events under {value:?} that do not carry it"));
+                return Err(format!(
+                    "the {tag:?} index lists events under {value:?} that do not carry it"
+                ));
             }
         }
         for (stage, list) in index.stages.iter().enumerate() {
             if self.stage_cursors[stage] != below(list) {
-                return Err(format!("the stage index lists events under {} that are not of that stage", Stage::ALL[stage].as_str()));
+                return Err(format!(
+                    "the stage index lists events under {} that are not of that stage",
+                    Stage::ALL[stage].as_str()
+                ));
             }
         }
         Ok(())

@@ -15,7 +15,14 @@
 //! * At open, an incomplete last record of the last segment (a torn, never-acknowledged tail)
 //!   is truncated and reported; any other damage refuses to open and names file and offset.
 
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, reason = "a unit test fails loudly on any unexpected error"))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        reason = "a unit test fails loudly on any unexpected error"
+    )
+)]
 
 pub mod derived;
 pub mod index;
@@ -54,7 +61,9 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Options {
-        Options { segment_target: SEGMENT_TARGET }
+        Options {
+            segment_target: SEGMENT_TARGET,
+        }
     }
 }
 
@@ -117,13 +126,23 @@ struct BlockNodes<'a> {
 
 impl BlockNodes<'_> {
     fn new<'a>(store: &'a EmbeddedStore, block: u64, entries: &[EventBytes]) -> BlockNodes<'a> {
-        let mut levels = vec![entries.iter().map(|(e, _)| mlaudit_core::merkle::leaf_hash(e)).collect::<Vec<Hash>>()];
+        let mut levels = vec![entries
+            .iter()
+            .map(|(e, _)| mlaudit_core::merkle::leaf_hash(e))
+            .collect::<Vec<Hash>>()];
         while levels.last().is_some_and(|l| l.len() > 1) {
             let below = levels.last().map(Vec::as_slice).unwrap_or_default();
-            let up = below.chunks_exact(2).map(|p| mlaudit_core::merkle::node_hash(&p[0], &p[1])).collect();
+            let up = below
+                .chunks_exact(2)
+                .map(|p| mlaudit_core::merkle::node_hash(&p[0], &p[1]))
+                .collect();
             levels.push(up);
         }
-        BlockNodes { store, block, levels }
+        BlockNodes {
+            store,
+            block,
+            levels,
+        }
     }
 }
 
@@ -132,7 +151,11 @@ impl mlaudit_core::merkle::NodeSource for BlockNodes<'_> {
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
         let first = index << level;
         if first >= self.block && first + (1 << level) <= self.block + PROOF_BLOCK {
-            if let Some(h) = self.levels.get(level as usize).and_then(|l| l.get(((first - self.block) >> level) as usize)) {
+            if let Some(h) = self
+                .levels
+                .get(level as usize)
+                .and_then(|l| l.get(((first - self.block) >> level) as usize))
+            {
                 return Ok(*h);
             }
         }
@@ -192,7 +215,12 @@ impl EmbeddedStore {
             return Ok(());
         }
         let start_pos = self.offset_of(from)?;
-        let segments = self.shared.segments.read().map_err(|_| lock_poisoned())?.clone();
+        let segments = self
+            .shared
+            .segments
+            .read()
+            .map_err(|_| lock_poisoned())?
+            .clone();
         let mut seq = from;
         let mut offsets = OffsetWindow::default();
         let mut buf: Vec<u8> = Vec::with_capacity(SCAN_CHUNK);
@@ -206,10 +234,18 @@ impl EmbeddedStore {
             let mut at = 0usize;
             buf.clear();
             while seq < end {
-                let corrupt = |off: u64, p: String| StoreError::Corrupt { location: format!("{}:{off}", seg.name), problem: p };
+                let corrupt = |off: u64, p: String| StoreError::Corrupt {
+                    location: format!("{}:{off}", seg.name),
+                    problem: p,
+                };
                 let avail = buf.len() - at;
-                let need = match buf.get(at..at + record::HEADER_LEN).and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok()) {
-                    Some(header) => record::parse_header(header).map_err(|e| corrupt(base + at as u64, e.to_string()))?.total_len() as usize,
+                let need = match buf
+                    .get(at..at + record::HEADER_LEN)
+                    .and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok())
+                {
+                    Some(header) => record::parse_header(header)
+                        .map_err(|e| corrupt(base + at as u64, e.to_string()))?
+                        .total_len() as usize,
                     None => record::HEADER_LEN,
                 };
                 if avail < need {
@@ -223,21 +259,29 @@ impl EmbeddedStore {
                     buf.drain(..at);
                     base += at as u64;
                     at = 0;
-                    let add = (need.max(SCAN_CHUNK).saturating_sub(buf.len()) as u64).min(len - file_pos) as usize;
+                    let add = (need.max(SCAN_CHUNK).saturating_sub(buf.len()) as u64)
+                        .min(len - file_pos) as usize;
                     let old = buf.len();
                     buf.resize(old + add, 0);
-                    seg.file.read_exact_at(&mut buf[old..], file_pos).map_err(io_err(format!("reading {}", seg.name)))?;
+                    seg.file
+                        .read_exact_at(&mut buf[old..], file_pos)
+                        .map_err(io_err(format!("reading {}", seg.name)))?;
                     continue;
                 }
                 let rec = &buf[at..at + need];
                 let off = base + at as u64;
-                let header: &[u8; record::HEADER_LEN] = rec[..record::HEADER_LEN].try_into().map_err(|_| corrupt(off, "truncated record header".into()))?;
+                let header: &[u8; record::HEADER_LEN] = rec[..record::HEADER_LEN]
+                    .try_into()
+                    .map_err(|_| corrupt(off, "truncated record header".into()))?;
                 let h = record::parse_header(header).map_err(|e| corrupt(off, e.to_string()))?;
                 record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
                 if h.kind == record::EVENT {
                     let pos = seg.start + off;
                     if offsets.at(self, seq)? != pos {
-                        return Err(StoreError::Corrupt { location: format!("offsets.bin entry for seq {seq}"), problem: format!("does not point at its record (log position {pos})") });
+                        return Err(StoreError::Corrupt {
+                            location: format!("offsets.bin entry for seq {seq}"),
+                            problem: format!("does not point at its record (log position {pos})"),
+                        });
                     }
                     let (entry, payload) = event_slices(&h, rec);
                     if visit(seq, entry, payload).is_break() {
@@ -253,26 +297,51 @@ impl EmbeddedStore {
 
     /// `count` hashes of `level` from `start`, read from the level's file.
     fn read_nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
-        let file = self.shared.levels.read().map_err(|_| lock_poisoned())?.get(level as usize).cloned();
+        let file = self
+            .shared
+            .levels
+            .read()
+            .map_err(|_| lock_poisoned())?
+            .get(level as usize)
+            .cloned();
         let file = file.ok_or_else(|| StoreError::NotFound(format!("tree level {level}")))?;
         let mut buf = vec![0u8; count as usize * 32];
-        file.read_exact_at(&mut buf, start * 32).map_err(|source| StoreError::Io {
-            context: format!("reading {} at {}", derived::level_path(&self.shared.dir, level as usize).display(), start * 32),
-            source,
-        })?;
+        file.read_exact_at(&mut buf, start * 32)
+            .map_err(|source| StoreError::Io {
+                context: format!(
+                    "reading {} at {}",
+                    derived::level_path(&self.shared.dir, level as usize).display(),
+                    start * 32
+                ),
+                source,
+            })?;
         Ok(buf.chunks_exact(32).filter_map(Hash::from_slice).collect())
     }
 
     /// Hashes of a cached upper level: from memory, after reading whatever the tree grew by.
-    fn upper_nodes(&self, level: u32, start: u64, count: u64, available: u64) -> Result<Vec<Hash>, StoreError> {
+    fn upper_nodes(
+        &self,
+        level: u32,
+        start: u64,
+        count: u64,
+        available: u64,
+    ) -> Result<Vec<Hash>, StoreError> {
         let (lvl, range) = (level as usize, start as usize..(start + count) as usize);
         {
-            let cache = self.shared.upper_nodes.read().map_err(|_| lock_poisoned())?;
+            let cache = self
+                .shared
+                .upper_nodes
+                .read()
+                .map_err(|_| lock_poisoned())?;
             if let Some(hashes) = cache.get(lvl).and_then(|l| l.get(range.clone())) {
                 return Ok(hashes.to_vec());
             }
         }
-        let mut cache = self.shared.upper_nodes.write().map_err(|_| lock_poisoned())?;
+        let mut cache = self
+            .shared
+            .upper_nodes
+            .write()
+            .map_err(|_| lock_poisoned())?;
         if cache.len() <= lvl {
             cache.resize_with(lvl + 1, Vec::new);
         }
@@ -281,21 +350,39 @@ impl EmbeddedStore {
             let more = self.read_nodes(level, have, available - have)?;
             cache[lvl].extend(more);
         }
-        cache[lvl].get(range).map(<[Hash]>::to_vec).ok_or_else(|| StoreError::NotFound(format!("tree nodes {start}..{} at level {level}", start + count)))
+        cache[lvl].get(range).map(<[Hash]>::to_vec).ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "tree nodes {start}..{} at level {level}",
+                start + count
+            ))
+        })
     }
 
     /// Opens (creating if needed) the store in `dir`, recovering from any crash. Without a
     /// signer the store is read-only.
-    pub fn open(dir: &Path, signer: Option<NoteSigner>) -> Result<(EmbeddedStore, OpenReport), OpenError> {
+    pub fn open(
+        dir: &Path,
+        signer: Option<NoteSigner>,
+    ) -> Result<(EmbeddedStore, OpenReport), OpenError> {
         EmbeddedStore::open_with(dir, signer, Options::default())
     }
 
     /// [`EmbeddedStore::open`] with explicit options.
-    pub fn open_with(dir: &Path, signer: Option<NoteSigner>, options: Options) -> Result<(EmbeddedStore, OpenReport), OpenError> {
+    pub fn open_with(
+        dir: &Path,
+        signer: Option<NoteSigner>,
+        options: Options,
+    ) -> Result<(EmbeddedStore, OpenReport), OpenError> {
         let (shared, state, report) = recover::open(dir, signer, options)?;
         let shared = Arc::new(shared);
         let handle = writer::spawn(shared.clone(), state);
-        Ok((EmbeddedStore { shared, writer: Mutex::new(Some(handle)) }, report))
+        Ok((
+            EmbeddedStore {
+                shared,
+                writer: Mutex::new(Some(handle)),
+            },
+            report,
+        ))
     }
 
     /// The directory this store lives in.
@@ -306,18 +393,27 @@ impl EmbeddedStore {
     fn segment_for(&self, pos: u64) -> Result<Segment, StoreError> {
         let segs = self.shared.segments.read().map_err(|_| lock_poisoned())?;
         let i = segs.partition_point(|s| s.start <= pos);
-        segs.get(i.wrapping_sub(1)).cloned().ok_or_else(|| StoreError::NotFound(format!("log position {pos}")))
+        segs.get(i.wrapping_sub(1))
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("log position {pos}")))
     }
 
     fn read_record(&self, pos: u64) -> Result<(record::Header, Vec<u8>, Segment), StoreError> {
         let seg = self.segment_for(pos)?;
         let off = pos - seg.start;
-        let corrupt = |problem: String| StoreError::Corrupt { location: format!("{}:{off}", seg.name), problem };
+        let corrupt = |problem: String| StoreError::Corrupt {
+            location: format!("{}:{off}", seg.name),
+            problem,
+        };
         let mut header = [0u8; record::HEADER_LEN];
-        seg.file.read_exact_at(&mut header, off).map_err(|e| corrupt(format!("cannot read record header: {e}")))?;
+        seg.file
+            .read_exact_at(&mut header, off)
+            .map_err(|e| corrupt(format!("cannot read record header: {e}")))?;
         let h = record::parse_header(&header).map_err(|e| corrupt(e.to_string()))?;
         let mut buf = vec![0u8; h.total_len() as usize];
-        seg.file.read_exact_at(&mut buf, off).map_err(|e| corrupt(format!("cannot read record: {e}")))?;
+        seg.file
+            .read_exact_at(&mut buf, off)
+            .map_err(|e| corrupt(format!("cannot read record: {e}")))?;
         record::check_record(&h, &buf).map_err(|e| corrupt(e.to_string()))?;
         Ok((h, buf, seg))
     }
@@ -335,21 +431,34 @@ impl EmbeddedStore {
             return Ok(None);
         }
         let mut buf = vec![0u8; (stop - start) as usize];
-        let corrupt = |off: u64, problem: String| StoreError::Corrupt { location: format!("{}:{off}", seg.name), problem };
-        seg.file.read_exact_at(&mut buf, start - seg.start).map_err(|e| corrupt(start - seg.start, format!("cannot read records: {e}")))?;
+        let corrupt = |off: u64, problem: String| StoreError::Corrupt {
+            location: format!("{}:{off}", seg.name),
+            problem,
+        };
+        seg.file
+            .read_exact_at(&mut buf, start - seg.start)
+            .map_err(|e| corrupt(start - seg.start, format!("cannot read records: {e}")))?;
         let mut events = Vec::with_capacity(PROOF_BLOCK as usize);
         let mut at = 0usize;
         while at < buf.len() {
             let off = start - seg.start + at as u64;
-            let header: &[u8; record::HEADER_LEN] = buf.get(at..at + record::HEADER_LEN).and_then(|h| h.try_into().ok()).ok_or_else(|| corrupt(off, "truncated record header".into()))?;
+            let header: &[u8; record::HEADER_LEN] = buf
+                .get(at..at + record::HEADER_LEN)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| corrupt(off, "truncated record header".into()))?;
             let h = record::parse_header(header).map_err(|e| corrupt(off, e.to_string()))?;
-            let rec = buf.get(at..at + h.total_len() as usize).ok_or_else(|| corrupt(off, "truncated record".into()))?;
+            let rec = buf
+                .get(at..at + h.total_len() as usize)
+                .ok_or_else(|| corrupt(off, "truncated record".into()))?;
             record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
             if h.kind == record::EVENT {
                 let (entry, payload) = event_slices(&h, rec);
                 let seq = block + events.len() as u64;
                 if entry_seq(entry) != Some(seq) {
-                    return Err(StoreError::Corrupt { location: format!("offsets.bin entries for seqs {block}..{end}"), problem: format!("the record at {}:{off} is not seq {seq}", seg.name) });
+                    return Err(StoreError::Corrupt {
+                        location: format!("offsets.bin entries for seqs {block}..{end}"),
+                        problem: format!("the record at {}:{off} is not seq {seq}", seg.name),
+                    });
                 }
                 events.push((entry.to_vec(), payload.to_vec()));
             }
@@ -360,11 +469,19 @@ impl EmbeddedStore {
 
     fn offset_of(&self, seq: u64) -> Result<u64, StoreError> {
         let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-        index.offsets.get(seq as usize).copied().ok_or_else(|| StoreError::NotFound(format!("seq {seq}")))
+        index
+            .offsets
+            .get(seq as usize)
+            .copied()
+            .ok_or_else(|| StoreError::NotFound(format!("seq {seq}")))
     }
 
     fn writer(&self) -> Result<writer::Handle, StoreError> {
-        self.writer.lock().map_err(|_| lock_poisoned())?.clone().ok_or_else(|| StoreError::WriterStopped("store is closing".into()))
+        self.writer
+            .lock()
+            .map_err(|_| lock_poisoned())?
+            .clone()
+            .ok_or_else(|| StoreError::WriterStopped("store is closing".into()))
     }
 
     /// Stops the writer, waiting for queued appends, and records the watermark.
@@ -389,7 +506,9 @@ impl OffsetWindow {
     const SPAN: usize = 1 << 16;
 
     fn at(&mut self, store: &EmbeddedStore, seq: u64) -> Result<u64, StoreError> {
-        let hit = seq.checked_sub(self.first).and_then(|i| self.offsets.get(i as usize).copied());
+        let hit = seq
+            .checked_sub(self.first)
+            .and_then(|i| self.offsets.get(i as usize).copied());
         if let Some(pos) = hit {
             return Ok(pos);
         }
@@ -398,7 +517,10 @@ impl OffsetWindow {
         let end = (start + Self::SPAN).min(index.offsets.len());
         self.first = seq;
         self.offsets = index.offsets[start..end].to_vec();
-        self.offsets.first().copied().ok_or_else(|| StoreError::NotFound(format!("seq {seq}")))
+        self.offsets
+            .first()
+            .copied()
+            .ok_or_else(|| StoreError::NotFound(format!("seq {seq}")))
     }
 }
 
@@ -416,7 +538,10 @@ fn split_event(h: &record::Header, buf: &[u8]) -> (Vec<u8>, Vec<u8>) {
 /// The seq an entry header claims (bytes 1..9, big-endian; docs/FORMAT.md §1), without
 /// decoding the rest.
 fn entry_seq(entry: &[u8]) -> Option<u64> {
-    entry.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
+    entry
+        .get(1..9)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
 }
 
 fn event_slices<'a>(h: &record::Header, buf: &'a [u8]) -> (&'a [u8], &'a [u8]) {
@@ -437,7 +562,11 @@ impl Store for EmbeddedStore {
         }
     }
 
-    fn try_submit(&self, events: Vec<PreparedEvent>, done: mlaudit_store::AppendDone) -> Result<(), (Vec<PreparedEvent>, mlaudit_store::AppendDone)> {
+    fn try_submit(
+        &self,
+        events: Vec<PreparedEvent>,
+        done: mlaudit_store::AppendDone,
+    ) -> Result<(), (Vec<PreparedEvent>, mlaudit_store::AppendDone)> {
         match self.writer() {
             Ok(writer) => writer.try_submit(events, done),
             Err(e) => {
@@ -457,14 +586,24 @@ impl Store for EmbeddedStore {
         }
         let (h, buf, seg) = self.read_record(self.offset_of(seq)?)?;
         if h.kind != record::EVENT {
-            return Err(StoreError::Corrupt { location: seg.name, problem: format!("seq {seq} points at a non-event record") });
+            return Err(StoreError::Corrupt {
+                location: seg.name,
+                problem: format!("seq {seq} points at a non-event record"),
+            });
         }
         let (entry, payload) = split_event(&h, &buf);
         let stored_seq = entry_seq(&entry);
         if stored_seq != Some(seq) {
-            return Err(StoreError::Corrupt { location: format!("offsets.bin entry for seq {seq}"), problem: format!("points at the record of seq {stored_seq:?}") });
+            return Err(StoreError::Corrupt {
+                location: format!("offsets.bin entry for seq {seq}"),
+                problem: format!("points at the record of seq {stored_seq:?}"),
+            });
         }
-        Ok(StoredEvent { seq, entry, payload: Some(payload) })
+        Ok(StoredEvent {
+            seq,
+            entry,
+            payload: Some(payload),
+        })
     }
 
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
@@ -479,7 +618,10 @@ impl Store for EmbeddedStore {
     fn nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
         let available = self.tree_size().checked_shr(level).unwrap_or(0);
         if start.saturating_add(count) > available {
-            return Err(StoreError::NotFound(format!("tree nodes {start}..{} at level {level}", start + count)));
+            return Err(StoreError::NotFound(format!(
+                "tree nodes {start}..{} at level {level}",
+                start + count
+            )));
         }
         if level >= CACHED_FROM_LEVEL {
             return self.upper_nodes(level, start, count, available);
@@ -489,21 +631,46 @@ impl Store for EmbeddedStore {
     fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
         let pos = {
             let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-            index.checkpoints.iter().rev().find(|(s, _)| *s == size).map(|(_, p)| *p)
+            index
+                .checkpoints
+                .iter()
+                .rev()
+                .find(|(s, _)| *s == size)
+                .map(|(_, p)| *p)
         };
         let Some(pos) = pos else { return Ok(None) };
         let (h, buf, seg) = self.read_record(pos)?;
         let (note, _) = split_event(&h, &buf);
-        String::from_utf8(note).map(Some).map_err(|_| StoreError::Corrupt { location: format!("{}:{}", seg.name, pos - seg.start), problem: "checkpoint is not UTF-8".into() })
+        String::from_utf8(note)
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt {
+                location: format!("{}:{}", seg.name, pos - seg.start),
+                problem: "checkpoint is not UTF-8".into(),
+            })
     }
 
-    fn inclusion_material(&self, seq: u64, size: u64) -> Result<mlaudit_store::InclusionMaterial, StoreError> {
+    fn inclusion_material(
+        &self,
+        seq: u64,
+        size: u64,
+    ) -> Result<mlaudit_store::InclusionMaterial, StoreError> {
         let block = seq & !(PROOF_BLOCK - 1);
         if seq < size && block + PROOF_BLOCK <= size {
             if let Some(mut events) = self.read_block(block)? {
-                let path = mlaudit_core::merkle::inclusion_proof(&BlockNodes::new(self, block, &events), seq, size)?;
+                let path = mlaudit_core::merkle::inclusion_proof(
+                    &BlockNodes::new(self, block, &events),
+                    seq,
+                    size,
+                )?;
                 let (entry, payload) = events.swap_remove((seq - block) as usize);
-                return Ok((StoredEvent { seq, entry, payload: Some(payload) }, path));
+                return Ok((
+                    StoredEvent {
+                        seq,
+                        entry,
+                        payload: Some(payload),
+                    },
+                    path,
+                ));
             }
         }
         mlaudit_store::event_and_path(self, seq, size)
@@ -526,16 +693,35 @@ impl Store for EmbeddedStore {
         Ok(index.query(q))
     }
 
-    fn scan(&self, from: u64, visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>) -> Result<(), StoreError> {
-        self.scan_slices(from, &mut |seq, entry, payload| visit(StoredEvent { seq, entry: entry.to_vec(), payload: Some(payload.to_vec()) }))
+    fn scan(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.scan_slices(from, &mut |seq, entry, payload| {
+            visit(StoredEvent {
+                seq,
+                entry: entry.to_vec(),
+                payload: Some(payload.to_vec()),
+            })
+        })
     }
 
-    fn scan_runs(&self, from: u64, run_len: usize, visit: &mut dyn FnMut(mlaudit_store::EventRun) -> ControlFlow<()>) -> Result<(), StoreError> {
-        mlaudit_store::group_runs(from, run_len, visit, |push| self.scan_slices(from, &mut |_, entry, payload| push(entry, Some(payload))))
+    fn scan_runs(
+        &self,
+        from: u64,
+        run_len: usize,
+        visit: &mut dyn FnMut(mlaudit_store::EventRun) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        mlaudit_store::group_runs(from, run_len, visit, |push| {
+            self.scan_slices(from, &mut |_, entry, payload| push(entry, Some(payload)))
+        })
     }
 
     fn stats(&self) -> mlaudit_store::StoreStats {
-        let Ok(s) = self.shared.stats.lock() else { return mlaudit_store::StoreStats::default() };
+        let Ok(s) = self.shared.stats.lock() else {
+            return mlaudit_store::StoreStats::default();
+        };
         let mut cumulative = 0;
         let sync_sizes = SYNC_SIZE_BOUNDS
             .iter()
@@ -545,7 +731,12 @@ impl Store for EmbeddedStore {
                 (*bound, cumulative)
             })
             .collect();
-        mlaudit_store::StoreStats { syncs: s.syncs, synced_events: s.events, sync_sizes, log_bytes: s.log_bytes }
+        mlaudit_store::StoreStats {
+            syncs: s.syncs,
+            synced_events: s.events,
+            sync_sizes,
+            log_bytes: s.log_bytes,
+        }
     }
 
     fn index_check(&self) -> Option<Box<dyn mlaudit_store::IndexCheck + '_>> {
@@ -553,8 +744,16 @@ impl Store for EmbeddedStore {
     }
 
     fn location(&self, seq: u64) -> String {
-        match self.offset_of(seq).and_then(|pos| Ok((pos, self.segment_for(pos)?))) {
-            Ok((pos, seg)) => format!("{}/{}:{}", self.shared.dir.display(), seg.name, pos - seg.start),
+        match self
+            .offset_of(seq)
+            .and_then(|pos| Ok((pos, self.segment_for(pos)?)))
+        {
+            Ok((pos, seg)) => format!(
+                "{}/{}:{}",
+                self.shared.dir.display(),
+                seg.name,
+                pos - seg.start
+            ),
             Err(_) => format!("seq {seq} (no stored position)"),
         }
     }

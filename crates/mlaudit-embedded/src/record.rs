@@ -87,7 +87,12 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Header, FrameError> {
 /// Checks a whole record (header + body + trailer) and returns its two parts.
 pub fn check_record<'a>(h: &Header, record: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), FrameError> {
     let body_end = record.len() - TRAILER_LEN;
-    let crc = u32::from_be_bytes([record[body_end], record[body_end + 1], record[body_end + 2], record[body_end + 3]]);
+    let crc = u32::from_be_bytes([
+        record[body_end],
+        record[body_end + 1],
+        record[body_end + 2],
+        record[body_end + 3],
+    ]);
     if crc32c::crc32c(&record[..body_end]) != crc {
         return Err(FrameError::Checksum);
     }
@@ -106,7 +111,10 @@ mod tests {
         let header: [u8; HEADER_LEN] = buf[..HEADER_LEN].try_into().unwrap();
         let h = parse_header(&header).unwrap();
         assert_eq!(h.total_len(), buf.len() as u64);
-        assert_eq!(check_record(&h, &buf).unwrap(), (&b"entry"[..], &b"payload"[..]));
+        assert_eq!(
+            check_record(&h, &buf).unwrap(),
+            (&b"entry"[..], &b"payload"[..])
+        );
         for i in 0..buf.len() {
             let mut bad = buf.clone();
             bad[i] ^= 0x20;

@@ -27,13 +27,20 @@ use std::sync::{Arc, RwLock};
 pub enum OpenError {
     /// Damage to something complete: the store refuses to open.
     #[error("corruption in {file} at offset {offset}: {problem}")]
-    Corrupt { file: String, offset: u64, problem: String },
+    Corrupt {
+        file: String,
+        offset: u64,
+        problem: String,
+    },
     /// Another process has the store open.
     #[error("{0} is in use by another mlaudit process")]
     Locked(PathBuf),
     /// I/O failed.
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 /// What opening found and did.
@@ -61,8 +68,16 @@ impl NodeSource for LevelFiles<'_> {
     type Error = OpenError;
     fn node(&self, level: u32, index: u64) -> Result<mlaudit_core::Hash, OpenError> {
         let mut buf = [0u8; 32];
-        let f = self.0.get(level as usize).ok_or_else(|| OpenError::Corrupt { file: format!("tree-{level:02}.hash"), offset: 0, problem: "missing".into() })?;
-        f.read_exact_at(&mut buf, index * 32).map_err(io(format!("reading tree-{level:02}.hash")))?;
+        let f = self
+            .0
+            .get(level as usize)
+            .ok_or_else(|| OpenError::Corrupt {
+                file: format!("tree-{level:02}.hash"),
+                offset: 0,
+                problem: "missing".into(),
+            })?;
+        f.read_exact_at(&mut buf, index * 32)
+            .map_err(io(format!("reading tree-{level:02}.hash")))?;
         Ok(mlaudit_core::Hash(buf))
     }
 }
@@ -72,9 +87,23 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, OpenError> {
     for ent in std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))? {
         let ent = ent.map_err(io("listing segments"))?;
         let name = ent.file_name().to_string_lossy().into_owned();
-        let Some(start) = name.strip_prefix("seg-").and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse::<u64>().ok()) else { continue };
-        let file = OpenOptions::new().read(true).append(true).open(ent.path()).map_err(io(format!("opening {name}")))?;
-        segs.push(Segment { start, file: Arc::new(file), name });
+        let Some(start) = name
+            .strip_prefix("seg-")
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(ent.path())
+            .map_err(io(format!("opening {name}")))?;
+        segs.push(Segment {
+            start,
+            file: Arc::new(file),
+            name,
+        });
     }
     segs.sort_by_key(|s| s.start);
     Ok(segs)
@@ -92,7 +121,9 @@ struct Replay {
 
 impl Replay {
     fn flush(&mut self) -> Result<(), OpenError> {
-        self.derived.write(&self.pending).map_err(io("writing derived files"))?;
+        self.derived
+            .write(&self.pending)
+            .map_err(io("writing derived files"))?;
         self.pending = Pending::default();
         Ok(())
     }
@@ -102,24 +133,46 @@ impl Replay {
         if h.kind == record::EVENT {
             let e = entry::decode_view(a).map_err(|e| format!("entry: {e}"))?;
             if e.seq != seq {
-                return Err(format!("entry has seq {} where seq {seq} was expected", e.seq));
+                return Err(format!(
+                    "entry has seq {} where seq {seq} was expected",
+                    e.seq
+                ));
             }
             let pending = &mut self.pending;
-            self.range.push(leaf_hash(a), |level, _, hash| pending.node(level, &hash.0));
-            let subjects = SubjectField::ALL.into_iter().filter_map(|f| e.subject(f).map(|v| (f, v)));
-            let rec = self.index.record_for(e.id, e.event_time_ns, e.kind, e.actor_id, subjects, &mut |t, v| pending.term(t, v));
+            self.range
+                .push(leaf_hash(a), |level, _, hash| pending.node(level, &hash.0));
+            let subjects = SubjectField::ALL
+                .into_iter()
+                .filter_map(|f| e.subject(f).map(|v| (f, v)));
+            let rec = self.index.record_for(
+                e.id,
+                e.event_time_ns,
+                e.kind,
+                e.actor_id,
+                subjects,
+                &mut |t, v| pending.term(t, v),
+            );
             pending.event(pos, &rec);
             self.index.push(pos, &rec, true);
             self.replayed += 1;
         } else {
             let note = std::str::from_utf8(a).map_err(|_| "checkpoint is not UTF-8".to_owned())?;
-            let body = note.split_once("\n\n").map(|(b, _)| format!("{b}\n")).unwrap_or_default();
+            let body = note
+                .split_once("\n\n")
+                .map(|(b, _)| format!("{b}\n"))
+                .unwrap_or_default();
             let cp = Checkpoint::parse(&body).map_err(|e| format!("checkpoint: {e}"))?;
             if cp.size != seq || cp.root != self.range.root() {
-                return Err(format!("checkpoint for size {} does not sign the log's root at size {seq}", cp.size));
+                return Err(format!(
+                    "checkpoint for size {} does not sign the log's root at size {seq}",
+                    cp.size
+                ));
             }
             if let Some(signer) = &self.signer {
-                signer.verifier().open(note).map_err(|e| format!("checkpoint signature: {e}"))?;
+                signer
+                    .verifier()
+                    .open(note)
+                    .map_err(|e| format!("checkpoint signature: {e}"))?;
             }
             self.pending.checkpoint(cp.size, pos);
             self.index.checkpoints.push((cp.size, pos));
@@ -155,27 +208,47 @@ fn zero_from_inside(tail: &[u8], record_len: usize) -> bool {
     record_len >= 8 && nonzero_end <= record_len - 8
 }
 
-fn replay_segment(r: &mut Replay, seg: &Segment, from_off: u64, last: bool) -> Result<Option<(u64, u64)>, OpenError> {
+fn replay_segment(
+    r: &mut Replay,
+    seg: &Segment,
+    from_off: u64,
+    last: bool,
+) -> Result<Option<(u64, u64)>, OpenError> {
     let len = seg.file.metadata().map_err(io(seg.name.clone()))?.len();
     let mut buf = vec![0u8; len.saturating_sub(from_off) as usize];
-    seg.file.read_exact_at(&mut buf, from_off).map_err(io(format!("reading {}", seg.name)))?;
+    seg.file
+        .read_exact_at(&mut buf, from_off)
+        .map_err(io(format!("reading {}", seg.name)))?;
     let mut at = 0usize;
     while at < buf.len() {
         let offset = from_off + at as u64;
-        let corrupt = |problem: String| OpenError::Corrupt { file: seg.name.clone(), offset, problem };
-        let parsed = buf.get(at..at + record::HEADER_LEN).and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok()).map(record::parse_header);
+        let corrupt = |problem: String| OpenError::Corrupt {
+            file: seg.name.clone(),
+            offset,
+            problem,
+        };
+        let parsed = buf
+            .get(at..at + record::HEADER_LEN)
+            .and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok())
+            .map(record::parse_header);
         let h = match parsed {
             Some(Ok(h)) if at as u64 + h.total_len() <= buf.len() as u64 => h,
             _ if is_torn(&buf, at, last) => return Ok(Some((offset, len - offset))),
             Some(Err(e)) => return Err(corrupt(e.to_string())),
-            _ => return Err(corrupt("record runs past the end of a closed segment".into())),
+            _ => {
+                return Err(corrupt(
+                    "record runs past the end of a closed segment".into(),
+                ))
+            }
         };
         let rec = &buf[at..at + h.total_len() as usize];
         let (a, _) = match record::check_record(&h, rec) {
             Ok(parts) => parts,
             // The header reached the disk but the end of the record did not (the size was
             // extended first): zeros from inside the record through the end of the file.
-            Err(_) if last && zero_from_inside(&buf[at..], h.total_len() as usize) => return Ok(Some((offset, len - offset))),
+            Err(_) if last && zero_from_inside(&buf[at..], h.total_len() as usize) => {
+                return Ok(Some((offset, len - offset)))
+            }
             Err(e) => return Err(corrupt(e.to_string())),
         };
         r.apply(&h, a, seg.start + offset).map_err(corrupt)?;
@@ -184,28 +257,59 @@ fn replay_segment(r: &mut Replay, seg: &Segment, from_off: u64, last: bool) -> R
     Ok(None)
 }
 
-pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>, options: crate::Options) -> Result<(Shared, State, OpenReport), OpenError> {
+pub(crate) fn open(
+    dir: &Path,
+    signer: Option<NoteSigner>,
+    options: crate::Options,
+) -> Result<(Shared, State, OpenReport), OpenError> {
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("LOCK")).map_err(io("opening LOCK"))?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(io("opening LOCK"))?;
     if lock.try_lock().is_err() {
         return Err(OpenError::Locked(dir.to_owned()));
     }
     let mut segments = list_segments(dir)?;
     if segments.is_empty() {
         let name = segment_name(0);
-        let file = OpenOptions::new().read(true).append(true).create(true).open(dir.join(&name)).map_err(io(format!("creating {name}")))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(dir.join(&name))
+            .map_err(io(format!("creating {name}")))?;
         derived::sync_dir(dir).map_err(io("syncing directory"))?;
-        segments.push(Segment { start: 0, file: Arc::new(file), name });
+        segments.push(Segment {
+            start: 0,
+            file: Arc::new(file),
+            name,
+        });
     }
     for pair in segments.windows(2) {
-        let len = pair[0].file.metadata().map_err(io(pair[0].name.clone()))?.len();
+        let len = pair[0]
+            .file
+            .metadata()
+            .map_err(io(pair[0].name.clone()))?
+            .len();
         if pair[0].start + len != pair[1].start {
-            return Err(OpenError::Corrupt { file: pair[1].name.clone(), offset: 0, problem: format!("segment does not start where {} ends", pair[0].name) });
+            return Err(OpenError::Corrupt {
+                file: pair[1].name.clone(),
+                offset: 0,
+                problem: format!("segment does not start where {} ends", pair[0].name),
+            });
         }
     }
     let mut report = OpenReport::default();
     let last_seg = &segments[segments.len() - 1];
-    let actual_end = last_seg.start + last_seg.file.metadata().map_err(io(last_seg.name.clone()))?.len();
+    let actual_end = last_seg.start
+        + last_seg
+            .file
+            .metadata()
+            .map_err(io(last_seg.name.clone()))?
+            .len();
     if let Some(meta) = Derived::read_meta(dir).filter(|m| m.log_end > actual_end) {
         return Err(OpenError::Corrupt {
             file: last_seg.name.clone(),
@@ -236,9 +340,20 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>, options: crate::Optio
         index = Index::new();
         derived.reset().map_err(io("resetting derived files"))?;
     }
-    let log_start = if meta.size == 0 { segments[0].start } else { meta.log_end };
+    let log_start = if meta.size == 0 {
+        segments[0].start
+    } else {
+        meta.log_end
+    };
     let range = CompactRange::from_source(&LevelFiles(&derived.levels), meta.size)?;
-    let mut r = Replay { index, range, pending: Pending::default(), derived, signer, replayed: 0 };
+    let mut r = Replay {
+        index,
+        range,
+        pending: Pending::default(),
+        derived,
+        signer,
+        replayed: 0,
+    };
     let last_i = segments.len() - 1;
     for (i, seg) in segments.iter().enumerate() {
         let len = seg.file.metadata().map_err(io(seg.name.clone()))?.len();
@@ -247,8 +362,12 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>, options: crate::Optio
         }
         let from_off = log_start.saturating_sub(seg.start);
         if let Some((offset, bytes)) = replay_segment(&mut r, seg, from_off, i == last_i)? {
-            seg.file.set_len(offset).map_err(io(format!("truncating {}", seg.name)))?;
-            seg.file.sync_all().map_err(io(format!("syncing {}", seg.name)))?;
+            seg.file
+                .set_len(offset)
+                .map_err(io(format!("truncating {}", seg.name)))?;
+            seg.file
+                .sync_all()
+                .map_err(io(format!("syncing {}", seg.name)))?;
             report.truncated = Some((seg.name.clone(), offset, bytes));
         }
     }
@@ -260,8 +379,16 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>, options: crate::Optio
     report.replayed = r.replayed;
     let levels = r.derived.levels.clone();
     let terms_bytes = r.derived.terms_bytes;
-    let meta = Meta { size, log_end, terms_bytes, term_count: r.derived.term_count, checkpoints: r.index.checkpoints.len() as u64 };
-    r.derived.commit_meta(&meta).map_err(io("recording the derived watermark"))?;
+    let meta = Meta {
+        size,
+        log_end,
+        terms_bytes,
+        term_count: r.derived.term_count,
+        checkpoints: r.index.checkpoints.len() as u64,
+    };
+    r.derived
+        .commit_meta(&meta)
+        .map_err(io("recording the derived watermark"))?;
     let shared = Shared {
         dir: dir.to_owned(),
         size: AtomicU64::new(size),
@@ -271,30 +398,57 @@ pub(crate) fn open(dir: &Path, signer: Option<NoteSigner>, options: crate::Optio
         upper_nodes: RwLock::new(Vec::new()),
         failed: std::sync::atomic::AtomicBool::new(false),
         sync_lock: std::sync::Mutex::new(()),
-        stats: std::sync::Mutex::new(crate::SyncStats { log_bytes: log_end, ..Default::default() }),
+        stats: std::sync::Mutex::new(crate::SyncStats {
+            log_bytes: log_end,
+            ..Default::default()
+        }),
         options,
     };
-    let mut state = State::new(last.clone(), log_end, r.derived, r.range, r.signer, meta, lock);
-    let signed = shared.index.read().ok().and_then(|i| i.checkpoints.last().copied());
+    let mut state = State::new(
+        last.clone(),
+        log_end,
+        r.derived,
+        r.range,
+        r.signer,
+        meta,
+        lock,
+    );
+    let signed = shared
+        .index
+        .read()
+        .ok()
+        .and_then(|i| i.checkpoints.last().copied());
     if let Some((cp_size, pos)) = signed.filter(|(s, _)| *s == size) {
         state.set_latest_note(Some(read_note(&segments, pos)?).filter(|_| cp_size == size));
     } else if state.can_sign() {
-        state.sign_at_open(&shared).map_err(io("signing a checkpoint at open"))?;
+        state
+            .sign_at_open(&shared)
+            .map_err(io("signing a checkpoint at open"))?;
         report.signed_at_open = Some(size);
     }
     Ok((shared, state, report))
 }
 
 fn read_note(segments: &[Segment], pos: u64) -> Result<String, OpenError> {
-    let i = segments.partition_point(|s| s.start <= pos).saturating_sub(1);
+    let i = segments
+        .partition_point(|s| s.start <= pos)
+        .saturating_sub(1);
     let seg = &segments[i];
     let off = pos - seg.start;
-    let corrupt = |problem: String| OpenError::Corrupt { file: seg.name.clone(), offset: off, problem };
+    let corrupt = |problem: String| OpenError::Corrupt {
+        file: seg.name.clone(),
+        offset: off,
+        problem,
+    };
     let mut header = [0u8; record::HEADER_LEN];
-    seg.file.read_exact_at(&mut header, off).map_err(io(format!("reading {}", seg.name)))?;
+    seg.file
+        .read_exact_at(&mut header, off)
+        .map_err(io(format!("reading {}", seg.name)))?;
     let h = record::parse_header(&header).map_err(|e| corrupt(e.to_string()))?;
     let mut buf = vec![0u8; h.total_len() as usize];
-    seg.file.read_exact_at(&mut buf, off).map_err(io(format!("reading {}", seg.name)))?;
+    seg.file
+        .read_exact_at(&mut buf, off)
+        .map_err(io(format!("reading {}", seg.name)))?;
     let (a, _) = record::check_record(&h, &buf).map_err(|e| corrupt(e.to_string()))?;
     String::from_utf8(a.to_vec()).map_err(|_| corrupt("checkpoint is not UTF-8".into()))
 }

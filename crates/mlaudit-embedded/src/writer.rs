@@ -146,7 +146,9 @@ fn stopped() -> StoreError {
 impl Handle {
     pub fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
         let (tx, rx) = mpsc::channel();
-        self.tx.send(Msg::Append(events, Reply::Wait(tx))).map_err(|_| stopped())?;
+        self.tx
+            .send(Msg::Append(events, Reply::Wait(tx)))
+            .map_err(|_| stopped())?;
         let (answer, events) = rx.recv().map_err(|_| stopped())?;
         drop(events);
         answer
@@ -155,19 +157,31 @@ impl Handle {
     /// Queues a batch; `done` gets the outcome once it is durable or refused. Blocks only
     /// while the queue to the committer is full (backpressure).
     pub fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
-        if let Err(mpsc::SendError(Msg::Append(events, reply))) = self.tx.send(Msg::Append(events, Reply::Call(Callback(Some(done))))) {
+        if let Err(mpsc::SendError(Msg::Append(events, reply))) = self
+            .tx
+            .send(Msg::Append(events, Reply::Call(Callback(Some(done)))))
+        {
             reply.send(Err(stopped()), events);
         }
     }
 
     /// [`Handle::submit`] without ever blocking: a full queue hands the batch back.
-    pub fn try_submit(&self, events: Vec<PreparedEvent>, done: AppendDone) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
-        match self.tx.try_send(Msg::Append(events, Reply::Call(Callback(Some(done))))) {
+    pub fn try_submit(
+        &self,
+        events: Vec<PreparedEvent>,
+        done: AppendDone,
+    ) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
+        match self
+            .tx
+            .try_send(Msg::Append(events, Reply::Call(Callback(Some(done)))))
+        {
             Ok(()) => Ok(()),
-            Err(mpsc::TrySendError::Full(Msg::Append(events, Reply::Call(mut callback)))) => match callback.0.take() {
-                Some(done) => Err((events, done)),
-                None => Ok(()),
-            },
+            Err(mpsc::TrySendError::Full(Msg::Append(events, Reply::Call(mut callback)))) => {
+                match callback.0.take() {
+                    Some(done) => Err((events, done)),
+                    None => Ok(()),
+                }
+            }
             Err(mpsc::TrySendError::Disconnected(Msg::Append(events, reply))) => {
                 reply.send(Err(stopped()), events);
                 Ok(())
@@ -184,7 +198,8 @@ impl Handle {
         };
         let joins = std::mem::take(&mut *self.join.lock().map_err(|_| lock_poisoned())?);
         for join in joins {
-            join.join().map_err(|_| StoreError::WriterStopped("a writer thread panicked".into()))?;
+            join.join()
+                .map_err(|_| StoreError::WriterStopped("a writer thread panicked".into()))?;
         }
         result
     }
@@ -193,17 +208,29 @@ impl Handle {
 pub(crate) fn spawn(shared: Arc<Shared>, state: State) -> Handle {
     let (tx, rx) = mpsc::sync_channel::<Msg>(1024);
     let (sync_tx, sync_rx) = mpsc::sync_channel::<ToSyncer>(SYNC_QUEUE);
-    let State { committer, mut syncer } = state;
+    let State {
+        committer,
+        mut syncer,
+    } = state;
     let mut joins = Vec::new();
     let s2 = shared.clone();
-    if let Ok(j) = std::thread::Builder::new().name("mlaudit-syncer".into()).spawn(move || syncer.run(&s2, sync_rx)) {
+    if let Ok(j) = std::thread::Builder::new()
+        .name("mlaudit-syncer".into())
+        .spawn(move || syncer.run(&s2, sync_rx))
+    {
         joins.push(j);
     }
     let mut committer = committer;
-    if let Ok(j) = std::thread::Builder::new().name("mlaudit-writer".into()).spawn(move || committer.run(&shared, rx, sync_tx)) {
+    if let Ok(j) = std::thread::Builder::new()
+        .name("mlaudit-writer".into())
+        .spawn(move || committer.run(&shared, rx, sync_tx))
+    {
         joins.push(j);
     }
-    Handle { tx, join: Arc::new(Mutex::new(joins)) }
+    Handle {
+        tx,
+        join: Arc::new(Mutex::new(joins)),
+    }
 }
 
 /// The writer's state, split between its two threads.
@@ -271,7 +298,11 @@ fn limit_problem(events: &[PreparedEvent]) -> Option<(usize, String)> {
 
 fn build(items: &[NewEvent<'_>], receipt_ns: i64, mut buf: Vec<u8>) -> Result<Built, String> {
     buf.clear();
-    let mut out = Built { buf, leaves: Vec::with_capacity(items.len()), rel: Vec::with_capacity(items.len()) };
+    let mut out = Built {
+        buf,
+        leaves: Vec::with_capacity(items.len()),
+        rel: Vec::with_capacity(items.len()),
+    };
     let mut entry_buf = Vec::with_capacity(256);
     for it in items {
         entry_buf.clear();
@@ -298,7 +329,11 @@ fn build(items: &[NewEvent<'_>], receipt_ns: i64, mut buf: Vec<u8>) -> Result<Bu
 
 /// Builds the group's records, on two threads when it is large. `spare` holds buffers from
 /// earlier groups, reused to avoid fresh (page-faulting) allocations.
-fn build_parallel(items: &[NewEvent<'_>], receipt_ns: i64, spare: &mut Vec<Vec<u8>>) -> Result<Vec<Built>, String> {
+fn build_parallel(
+    items: &[NewEvent<'_>],
+    receipt_ns: i64,
+    spare: &mut Vec<Vec<u8>>,
+) -> Result<Vec<Built>, String> {
     let first_buf = spare.pop().unwrap_or_default();
     if items.len() < PARALLEL_MIN {
         return Ok(vec![build(items, receipt_ns, first_buf)?]);
@@ -308,7 +343,9 @@ fn build_parallel(items: &[NewEvent<'_>], receipt_ns: i64, spare: &mut Vec<Vec<u
     std::thread::scope(|s| {
         let second = s.spawn(|| build(b, receipt_ns, second_buf));
         let first = build(a, receipt_ns, first_buf)?;
-        let second = second.join().map_err(|_| "encoding thread panicked".to_owned())??;
+        let second = second
+            .join()
+            .map_err(|_| "encoding thread panicked".to_owned())??;
         Ok(vec![first, second])
     })
 }
@@ -318,10 +355,32 @@ fn io_other(what: &str) -> std::io::Error {
 }
 
 impl State {
-    pub fn new(segment: Segment, log_end: u64, derived: Derived, range: CompactRange, signer: Option<NoteSigner>, meta: Meta, lock: File) -> State {
+    pub fn new(
+        segment: Segment,
+        log_end: u64,
+        derived: Derived,
+        range: CompactRange,
+        signer: Option<NoteSigner>,
+        meta: Meta,
+        lock: File,
+    ) -> State {
         State {
-            committer: Committer { segment, log_end, range, signer, latest_note: None, failed: None, spare: Vec::new() },
-            syncer: Syncer { derived, synced_end: log_end, meta, failed: None, _lock: lock },
+            committer: Committer {
+                segment,
+                log_end,
+                range,
+                signer,
+                latest_note: None,
+                failed: None,
+                spare: Vec::new(),
+            },
+            syncer: Syncer {
+                derived,
+                synced_end: log_end,
+                meta,
+                failed: None,
+                _lock: lock,
+            },
         }
     }
 
@@ -337,13 +396,20 @@ impl State {
     /// Signs and durably stores a checkpoint for the current size, synchronously (recovery of
     /// an unsigned tail, or the empty tree of a new log).
     pub fn sign_at_open(&mut self, shared: &Shared) -> std::io::Result<()> {
-        let written = self.committer.write_group(shared, Vec::new(), &[], now_ns())?;
+        let written = self
+            .committer
+            .write_group(shared, Vec::new(), &[], now_ns())?;
         self.syncer.finish(shared, std::slice::from_ref(&written))
     }
 }
 
 impl Committer {
-    fn run(&mut self, shared: &Shared, rx: mpsc::Receiver<Msg>, to_syncer: mpsc::SyncSender<ToSyncer>) {
+    fn run(
+        &mut self,
+        shared: &Shared,
+        rx: mpsc::Receiver<Msg>,
+        to_syncer: mpsc::SyncSender<ToSyncer>,
+    ) {
         while let Ok(msg) = rx.recv() {
             let mut group = Vec::new();
             let mut shutdown = None;
@@ -379,7 +445,15 @@ impl Committer {
     }
 
     fn commit(&mut self, shared: &Shared, group: Vec<(Vec<PreparedEvent>, Reply)>) -> ToSyncer {
-        let refuse = |group: Vec<(Vec<PreparedEvent>, Reply)>, why: String| ToSyncer::Failed(why, group.into_iter().map(|(events, reply)| (reply, events)).collect());
+        let refuse = |group: Vec<(Vec<PreparedEvent>, Reply)>, why: String| {
+            ToSyncer::Failed(
+                why,
+                group
+                    .into_iter()
+                    .map(|(events, reply)| (reply, events))
+                    .collect(),
+            )
+        };
         if let Some(why) = self.failed.clone() {
             return refuse(group, why);
         }
@@ -387,7 +461,10 @@ impl Committer {
             return refuse(group, "an earlier sync failed; reopen the store".into());
         }
         if self.signer.is_none() {
-            return refuse(group, "this store was opened read-only (no signing key)".into());
+            return refuse(
+                group,
+                "this store was opened read-only (no signing key)".into(),
+            );
         }
         let receipt_ns = now_ns();
         let mut outcomes: Vec<Result<Vec<Appended>, StoreError>> = Vec::with_capacity(group.len());
@@ -406,17 +483,39 @@ impl Committer {
                 }
                 let mut results = Vec::with_capacity(events.len());
                 for ev in events {
-                    let id = ev.id.unwrap_or_else(|| EventId(*uuid::Uuid::new_v4().as_bytes()));
+                    let id = ev
+                        .id
+                        .unwrap_or_else(|| EventId(*uuid::Uuid::new_v4().as_bytes()));
                     if let Some(seq) = index.ids.get(&id) {
-                        results.push(Appended { id, seq: *seq, duplicate: true });
+                        results.push(Appended {
+                            id,
+                            seq: *seq,
+                            duplicate: true,
+                        });
                         continue;
                     }
                     index.reserve_id(id, next);
-                    results.push(Appended { id, seq: next, duplicate: false });
+                    results.push(Appended {
+                        id,
+                        seq: next,
+                        duplicate: false,
+                    });
                     let time_ns = ev.event_time_ns.unwrap_or(receipt_ns);
                     let subjects = ev.subjects.iter().map(|(f, v)| (*f, v.as_str()));
-                    records.push(index.record_for(id, time_ns, &ev.kind, &ev.actor_id, subjects, &mut |t, v| terms.term(t, v)));
-                    new.push(NewEvent { ev, id, seq: next, time_ns });
+                    records.push(index.record_for(
+                        id,
+                        time_ns,
+                        &ev.kind,
+                        &ev.actor_id,
+                        subjects,
+                        &mut |t, v| terms.term(t, v),
+                    ));
+                    new.push(NewEvent {
+                        ev,
+                        id,
+                        seq: next,
+                        time_ns,
+                    });
                     next += 1;
                 }
                 outcomes.push(Ok(results));
@@ -436,16 +535,21 @@ impl Committer {
                 replies,
             })
         } else {
-            self.write_group(shared, records, &new, receipt_ns).map(|mut w| {
-                w.pending.terms = terms.terms;
-                w.pending.term_count = terms.term_count;
-                w
-            })
+            self.write_group(shared, records, &new, receipt_ns)
+                .map(|mut w| {
+                    w.pending.terms = terms.terms;
+                    w.pending.term_count = terms.term_count;
+                    w
+                })
         };
         drop(new);
         match written {
             Ok(mut w) => {
-                w.replies = group.into_iter().zip(outcomes).map(|((events, reply), outcome)| (reply, outcome, events)).collect();
+                w.replies = group
+                    .into_iter()
+                    .zip(outcomes)
+                    .map(|((events, reply), outcome)| (reply, outcome, events))
+                    .collect();
                 ToSyncer::Group(Box::new(w))
             }
             Err(e) => {
@@ -457,26 +561,41 @@ impl Committer {
     }
 
     /// Frames events and a checkpoint and writes them to the segment (not yet synced).
-    fn write_group(&mut self, shared: &Shared, records: Vec<IndexRecord>, new: &[NewEvent<'_>], receipt_ns: i64) -> std::io::Result<Written> {
-        let signer = self.signer.clone().ok_or_else(|| io_other("read-only store"))?;
+    fn write_group(
+        &mut self,
+        shared: &Shared,
+        records: Vec<IndexRecord>,
+        new: &[NewEvent<'_>],
+        receipt_ns: i64,
+    ) -> std::io::Result<Written> {
+        let signer = self
+            .signer
+            .clone()
+            .ok_or_else(|| io_other("read-only store"))?;
         // A full segment is closed before the group, not after it: a roll that fails then
         // leaves nothing of the group written (and the group is refused).
         if self.log_end - self.segment.start >= shared.options.segment_target {
             self.roll_segment(shared)?;
         }
-        let chunks = build_parallel(new, receipt_ns, &mut self.spare).map_err(std::io::Error::other)?;
+        let chunks =
+            build_parallel(new, receipt_ns, &mut self.spare).map_err(std::io::Error::other)?;
         let mut pending = Pending::default();
         let mut positions = Vec::with_capacity(new.len());
         let mut pos = self.log_end;
         for c in &chunks {
             for (leaf, rel) in c.leaves.iter().zip(&c.rel) {
-                self.range.push(*leaf, |level, _, hash| pending.node(level, &hash.0));
+                self.range
+                    .push(*leaf, |level, _, hash| pending.node(level, &hash.0));
                 positions.push(pos + rel);
             }
             pos += c.buf.len() as u64;
         }
         let size = self.range.size();
-        let cp = Checkpoint { origin: signer.name().to_owned(), size, root: self.range.root() };
+        let cp = Checkpoint {
+            origin: signer.name().to_owned(),
+            size,
+            root: self.range.root(),
+        };
         let note = signer.sign(&cp.to_text()).map_err(std::io::Error::other)?;
         let mut cp_buf = Vec::with_capacity(note.len() + 32);
         record::encode_into(&mut cp_buf, record::CHECKPOINT, note.as_bytes(), &[]);
@@ -487,7 +606,12 @@ impl Committer {
         }
         w.write_all(&cp_buf)?;
         self.log_end = cp_pos + cp_buf.len() as u64;
-        self.spare.extend(chunks.into_iter().map(|c| c.buf).filter(|b| b.capacity() <= SPARE_MAX));
+        self.spare.extend(
+            chunks
+                .into_iter()
+                .map(|c| c.buf)
+                .filter(|b| b.capacity() <= SPARE_MAX),
+        );
         self.latest_note = Some(note.clone());
         let written = Written {
             file: self.segment.file.clone(),
@@ -509,10 +633,22 @@ impl Committer {
     fn roll_segment(&mut self, shared: &Shared) -> std::io::Result<()> {
         sync_segment(shared, &self.segment.file)?;
         let name = segment_name(self.log_end);
-        let file = OpenOptions::new().read(true).append(true).create_new(true).open(shared.dir.join(&name))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(shared.dir.join(&name))?;
         crate::derived::sync_dir(&shared.dir)?;
-        let seg = Segment { start: self.log_end, file: Arc::new(file), name };
-        shared.segments.write().map_err(|_| io_other("segments lock poisoned"))?.push(seg.clone());
+        let seg = Segment {
+            start: self.log_end,
+            file: Arc::new(file),
+            name,
+        };
+        shared
+            .segments
+            .write()
+            .map_err(|_| io_other("segments lock poisoned"))?
+            .push(seg.clone());
         self.segment = seg;
         Ok(())
     }
@@ -524,7 +660,10 @@ impl Committer {
 /// `shared.failed` under a lock held across the sync, and every sync checks the flag after
 /// its own, under the same lock.
 fn sync_segment(shared: &Shared, file: &File) -> std::io::Result<()> {
-    let _serial = shared.sync_lock.lock().map_err(|_| io_other("sync lock poisoned"))?;
+    let _serial = shared
+        .sync_lock
+        .lock()
+        .map_err(|_| io_other("sync lock poisoned"))?;
     if let Err(e) = file.sync_data() {
         shared.failed.store(true, Ordering::Release);
         return Err(e);
@@ -587,7 +726,11 @@ impl Syncer {
         for w in groups {
             for (reply, outcome, events) in w.replies {
                 let answer = match &result {
-                    Ok(()) => outcome.map(|events| AppendReceipt { events, tree_size: w.size, checkpoint: w.note.clone() }),
+                    Ok(()) => outcome.map(|events| AppendReceipt {
+                        events,
+                        tree_size: w.size,
+                        checkpoint: w.note.clone(),
+                    }),
                     Err(why) => Err(StoreError::WriterStopped(why.clone())),
                 };
                 reply.send(answer, events);
@@ -599,11 +742,17 @@ impl Syncer {
         if self.failed.is_some() {
             return Ok(());
         }
-        self.commit_meta(shared).map_err(|source| StoreError::Io { context: "recording the derived watermark".into(), source })
+        self.commit_meta(shared).map_err(|source| StoreError::Io {
+            context: "recording the derived watermark".into(),
+            source,
+        })
     }
 
     fn commit_meta(&mut self, shared: &Shared) -> std::io::Result<()> {
-        let index = shared.index.read().map_err(|_| io_other("index lock poisoned"))?;
+        let index = shared
+            .index
+            .read()
+            .map_err(|_| io_other("index lock poisoned"))?;
         let meta = Meta {
             size: index.len(),
             log_end: self.synced_end,
@@ -622,7 +771,9 @@ impl Syncer {
     /// Makes written groups durable with one sync, then writes their derived files and
     /// publishes them, in order.
     fn finish(&mut self, shared: &Shared, groups: &[Written]) -> std::io::Result<()> {
-        let Some(last) = groups.last() else { return Ok(()) };
+        let Some(last) = groups.last() else {
+            return Ok(());
+        };
         let (end, size) = (last.end, last.size);
         if end > self.synced_end {
             // The groups were written in log order, and a segment is synced before the next
@@ -650,13 +801,19 @@ impl Syncer {
         }
         self.derived.write(&pending)?;
         {
-            let mut levels = shared.levels.write().map_err(|_| io_other("levels lock poisoned"))?;
+            let mut levels = shared
+                .levels
+                .write()
+                .map_err(|_| io_other("levels lock poisoned"))?;
             if levels.len() < self.derived.levels.len() {
                 *levels = self.derived.levels.clone();
             }
         }
         {
-            let mut index = shared.index.write().map_err(|_| io_other("index lock poisoned"))?;
+            let mut index = shared
+                .index
+                .write()
+                .map_err(|_| io_other("index lock poisoned"))?;
             for w in groups {
                 for (offset, rec) in w.positions.iter().zip(&w.records) {
                     index.push(*offset, rec, false);
@@ -673,4 +830,3 @@ impl Syncer {
         Ok(())
     }
 }
-

@@ -31,10 +31,22 @@ const ROUNDS: u64 = 20;
 /// The child: does nothing unless started by `kill_9_never_loses_an_acknowledged_event`.
 #[test]
 fn crash_child() {
-    let Some(dir) = std::env::var_os(DIR_VAR) else { return };
-    let seed: u64 = std::env::var(SEED_VAR).ok().and_then(|s| s.parse().ok()).unwrap_or(1);
-    let options = if seed.is_multiple_of(2) { Options { segment_target: 64 << 10 } } else { Options::default() };
-    let (store, report) = EmbeddedStore::open_with(std::path::Path::new(&dir), Some(signer()), options).unwrap();
+    let Some(dir) = std::env::var_os(DIR_VAR) else {
+        return;
+    };
+    let seed: u64 = std::env::var(SEED_VAR)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let options = if seed.is_multiple_of(2) {
+        Options {
+            segment_target: 64 << 10,
+        }
+    } else {
+        Options::default()
+    };
+    let (store, report) =
+        EmbeddedStore::open_with(std::path::Path::new(&dir), Some(signer()), options).unwrap();
     let mut rng = Rng::new(seed);
     let stdout = std::io::stdout();
     {
@@ -56,7 +68,9 @@ fn crash_child() {
                 Spec::simple(rng.id(), KINDS[rng.below(KINDS.len() as u64) as usize], n)
             })
             .collect();
-        let receipt = store.append(specs.iter().map(Spec::prepare).collect()).unwrap();
+        let receipt = store
+            .append(specs.iter().map(Spec::prepare).collect())
+            .unwrap();
         // Acknowledge only what append returned for.
         let mut text = String::new();
         for a in &receipt.events {
@@ -131,17 +145,26 @@ fn kill_9_never_loses_an_acknowledged_event() {
                 }
             }
         };
-        assert!(events_at_open >= acked.len() as u64, "round {round}: the child opened a log that lost acknowledged events");
+        assert!(
+            events_at_open >= acked.len() as u64,
+            "round {round}: the child opened a log that lost acknowledged events"
+        );
         std::thread::sleep(Duration::from_millis(rng.range(20, 150)));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
         reader.join().unwrap();
         let errors = errors.join().unwrap();
-        assert_eq!(status.signal(), Some(9), "round {round}: the child ended by itself: {status:?}\n{errors}");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "round {round}: the child ended by itself: {status:?}\n{errors}"
+        );
         let mut this_round = 0;
         lines.extend(rx.try_iter());
         for line in lines {
-            let Some(rest) = line.strip_prefix("ACK ") else { continue };
+            let Some(rest) = line.strip_prefix("ACK ") else {
+                continue;
+            };
             let (id, seq) = rest.split_once(' ').unwrap();
             let id = EventId::parse(id).unwrap();
             let seq: u64 = seq.parse().unwrap();
@@ -156,21 +179,40 @@ fn kill_9_never_loses_an_acknowledged_event() {
         signed_at_open += usize::from(report.signed_at_open.is_some());
         let size = store.tree_size();
         for (id, seq) in &acked {
-            assert_eq!(store.seq_of(id).unwrap(), Some(*seq), "round {round}: acknowledged event {id} is not at seq {seq} (report {report:?})");
+            assert_eq!(
+                store.seq_of(id).unwrap(),
+                Some(*seq),
+                "round {round}: acknowledged event {id} is not at seq {seq} (report {report:?})"
+            );
             assert!(*seq < size);
         }
         let v = match run_verify(&store) {
             Ok(v) => v,
-            Err(f) => panic!("round {round}: verify failed after the crash: {f} (report {report:?})"),
+            Err(f) => {
+                panic!("round {round}: verify failed after the crash: {f} (report {report:?})")
+            }
         };
         assert_eq!(v.events, size);
-        assert_eq!(v.unsigned_tail, 0, "recovery signs whatever the crash left unsigned");
-        assert!(this_round > 0 || round > 0, "round {round}: the child acknowledged nothing");
+        assert_eq!(
+            v.unsigned_tail, 0,
+            "recovery signs whatever the crash left unsigned"
+        );
+        assert!(
+            this_round > 0 || round > 0,
+            "round {round}: the child acknowledged nothing"
+        );
         drop(store);
     }
-    assert!(acked.len() > 200, "only {} events were acknowledged", acked.len());
+    assert!(
+        acked.len() > 200,
+        "only {} events were acknowledged",
+        acked.len()
+    );
     let segment_count = segments(dir.path()).len();
-    assert!(segment_count > 1, "the small-segment rounds rolled no segment");
+    assert!(
+        segment_count > 1,
+        "the small-segment rounds rolled no segment"
+    );
     // Tell the story when run with --nocapture.
     println!(
         "{ROUNDS} kills, {} acknowledged events in {segment_count} segments, {truncations} torn tails truncated, {signed_at_open} checkpoints signed at open, {:?}",

@@ -28,7 +28,9 @@ const FIXTURE: &str = "golden-v1";
 const REGENERATE_VAR: &str = "MLAUDIT_REGENERATE_GOLDEN";
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }
 
 fn golden_signer() -> NoteSigner {
@@ -69,7 +71,10 @@ fn generate_golden_fixture() {
     let signer = golden_signer();
     let (store, _) = EmbeddedStore::open(tmp.path(), Some(signer.clone())).unwrap();
     for batch in BATCHES {
-        let events = batch.iter().map(|j| mlaudit_core::event::prepare(j, "golden-principal").unwrap()).collect();
+        let events = batch
+            .iter()
+            .map(|j| mlaudit_core::event::prepare(j, "golden-principal").unwrap())
+            .collect();
         store.append(events).unwrap();
     }
     let size = store.tree_size();
@@ -92,7 +97,11 @@ fn generate_golden_fixture() {
     });
     drop(store);
     copy_dir(tmp.path(), &out);
-    std::fs::write(fixtures().join(format!("{FIXTURE}.json")), serde_json::to_string_pretty(&expected).unwrap() + "\n").unwrap();
+    std::fs::write(
+        fixtures().join(format!("{FIXTURE}.json")),
+        serde_json::to_string_pretty(&expected).unwrap() + "\n",
+    )
+    .unwrap();
 }
 
 fn expected() -> Value {
@@ -101,17 +110,28 @@ fn expected() -> Value {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn u64s(v: &Value) -> Vec<u64> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
 }
 
 /// A temp copy of the committed fixture (the tests never write to the fixture itself).
 fn fixture_copy() -> TempDir {
     let src = fixtures().join(FIXTURE);
-    assert!(src.join("derived.meta").exists(), "the committed fixture is missing: {}", src.display());
+    assert!(
+        src.join("derived.meta").exists(),
+        "the committed fixture is missing: {}",
+        src.display()
+    );
     TempDir::copy_of(&src, "golden")
 }
 
@@ -120,21 +140,44 @@ fn golden_fixture_opens_with_the_expected_contents_and_verifies() {
     let want = expected();
     let signer = golden_signer();
     assert_eq!(want["origin"], signer.name());
-    assert_eq!(want["verifier_key"], signer.verifier().to_text(), "key derivation from the seed changed");
+    assert_eq!(
+        want["verifier_key"],
+        signer.verifier().to_text(),
+        "key derivation from the seed changed"
+    );
     let copy = fixture_copy();
     // Read-only: no key needed to read and verify.
     let (store, report) = EmbeddedStore::open(copy.path(), None).unwrap();
     let size = want["tree_size"].as_u64().unwrap();
     assert_eq!(report.events, size);
-    assert_eq!((report.truncated.clone(), report.rebuilt.clone(), report.replayed, report.signed_at_open), (None, None, 0, None), "{report:?}");
+    assert_eq!(
+        (
+            report.truncated.clone(),
+            report.rebuilt.clone(),
+            report.replayed,
+            report.signed_at_open
+        ),
+        (None, None, 0, None),
+        "{report:?}"
+    );
     assert_eq!(store.tree_size(), size);
-    assert_eq!(store.checkpoint_sizes().unwrap(), u64s(&want["checkpoint_sizes"]));
+    assert_eq!(
+        store.checkpoint_sizes().unwrap(),
+        u64s(&want["checkpoint_sizes"])
+    );
     let root = Hash::from_slice(&unhex(want["root_hex"].as_str().unwrap())).unwrap();
     let v = verify(&store, &signer.verifier(), &mut |_, _| {}).unwrap();
     assert_eq!(v.root, root);
     assert_eq!(v.events, size);
-    assert_eq!(v.checkpoints, want["checkpoint_sizes"].as_array().unwrap().len() as u64);
-    let latest = open_checkpoint(&signer.verifier(), &store.checkpoint(size).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        v.checkpoints,
+        want["checkpoint_sizes"].as_array().unwrap().len() as u64
+    );
+    let latest = open_checkpoint(
+        &signer.verifier(),
+        &store.checkpoint(size).unwrap().unwrap(),
+    )
+    .unwrap();
     assert_eq!(latest.root, root);
     let events = want["events"].as_array().unwrap();
     assert_eq!(events.len() as u64, size);
@@ -144,47 +187,88 @@ fn golden_fixture_opens_with_the_expected_contents_and_verifies() {
         assert_eq!(store.seq_of(&id).unwrap(), Some(seq));
         let stored = store.event(seq).unwrap();
         let leaf = leaf_hash(&stored.entry);
-        assert_eq!(leaf.to_hex(), e["leaf_hash_hex"].as_str().unwrap(), "leaf of seq {seq}");
-        assert_eq!(store.node(0, seq).unwrap(), leaf, "stored leaf of seq {seq}");
+        assert_eq!(
+            leaf.to_hex(),
+            e["leaf_hash_hex"].as_str().unwrap(),
+            "leaf of seq {seq}"
+        );
+        assert_eq!(
+            store.node(0, seq).unwrap(),
+            leaf,
+            "stored leaf of seq {seq}"
+        );
         // The payload is the event's JSON exactly as submitted.
-        let batch_json = BATCHES.iter().flat_map(|b| b.iter()).nth(seq as usize).unwrap();
+        let batch_json = BATCHES
+            .iter()
+            .flat_map(|b| b.iter())
+            .nth(seq as usize)
+            .unwrap();
         assert_eq!(stored.payload.as_deref(), Some(batch_json.as_bytes()));
     }
-    assert_eq!(hex(&store.event(0).unwrap().entry), want["first_entry_hex"].as_str().unwrap());
+    assert_eq!(
+        hex(&store.event(0).unwrap().entry),
+        want["first_entry_hex"].as_str().unwrap()
+    );
     // The derived indexes answer queries over the fixture as they did when it was written.
     let q = |f: fn(&mut mlaudit_store::Query)| {
-        let mut q = mlaudit_store::Query { limit: usize::MAX, ..Default::default() };
+        let mut q = mlaudit_store::Query {
+            limit: usize::MAX,
+            ..Default::default()
+        };
         f(&mut q);
         store.query(&q).unwrap()
     };
     assert_eq!(q(|q| q.model = Some("credit".into())), vec![1, 2, 3, 4, 5]);
     assert_eq!(q(|q| q.version = Some("1".into())), vec![2, 3, 4, 5]);
     assert_eq!(q(|q| q.actor = Some("alice".into())), vec![1, 2]);
-    assert_eq!(q(|q| q.stage = Some(mlaudit_core::event::Stage::Custom)), vec![6]);
-    assert_eq!(q(|q| q.since_ns = mlaudit_core::event::parse_time("2026-01-01T01:00:00Z")), vec![2, 3, 4, 5, 6]);
+    assert_eq!(
+        q(|q| q.stage = Some(mlaudit_core::event::Stage::Custom)),
+        vec![6]
+    );
+    assert_eq!(
+        q(|q| q.since_ns = mlaudit_core::event::parse_time("2026-01-01T01:00:00Z")),
+        vec![2, 3, 4, 5, 6]
+    );
 }
 
 #[test]
 fn golden_segment_frames_the_first_entry_byte_for_byte() {
     let want = expected();
     let first = unhex(want["first_entry_hex"].as_str().unwrap());
-    let seg = std::fs::read(fixtures().join(FIXTURE).join("seg-00000000000000000000.log")).unwrap();
+    let seg = std::fs::read(
+        fixtures()
+            .join(FIXTURE)
+            .join("seg-00000000000000000000.log"),
+    )
+    .unwrap();
     let recs = records(&seg);
     // The empty tree's checkpoint, then the first event.
     assert_eq!(recs[0].kind, record::CHECKPOINT);
     assert_eq!(recs[1].kind, record::EVENT);
     assert_eq!(&seg[recs[1].a()], &first[..]);
-    assert_eq!(recs.iter().filter(|r| r.kind == record::EVENT).count() as u64, want["tree_size"].as_u64().unwrap());
+    assert_eq!(
+        recs.iter().filter(|r| r.kind == record::EVENT).count() as u64,
+        want["tree_size"].as_u64().unwrap()
+    );
     // Decoding and re-encoding the committed entry reproduces it exactly.
     let e = entry::decode(&first).unwrap();
     assert_eq!(entry::encode(&e).unwrap(), first);
     assert_eq!(e.seq, 0);
-    assert_eq!(e.id, EventId::parse("00000000-0000-4000-8000-000000000001").unwrap());
+    assert_eq!(
+        e.id,
+        EventId::parse("00000000-0000-4000-8000-000000000001").unwrap()
+    );
     assert_eq!(e.kind, "data.source_accessed");
     assert_eq!(e.actor_id, "etl");
     assert_eq!(e.principal, "golden-principal");
-    assert_eq!(e.subjects, vec![(SubjectField::Dataset, "loans".to_owned())]);
-    assert_eq!(e.event_time_ns, mlaudit_core::event::parse_time("2026-01-01T00:00:00Z").unwrap());
+    assert_eq!(
+        e.subjects,
+        vec![(SubjectField::Dataset, "loans".to_owned())]
+    );
+    assert_eq!(
+        e.event_time_ns,
+        mlaudit_core::event::parse_time("2026-01-01T00:00:00Z").unwrap()
+    );
     assert_eq!(e.payload_len as usize, BATCHES[0][0].len());
     // And re-framing the record reproduces the committed record bytes.
     let again = common::reframe(record::EVENT, &seg[recs[1].a()], &seg[recs[1].b()]);
@@ -196,18 +280,28 @@ fn golden_copy_with_a_flipped_payload_byte_fails() {
     let copy = fixture_copy();
     let seg_path = copy.path().join("seg-00000000000000000000.log");
     let seg = std::fs::read(&seg_path).unwrap();
-    let events: Vec<_> = records(&seg).into_iter().filter(|r| r.kind == record::EVENT).collect();
+    let events: Vec<_> = records(&seg)
+        .into_iter()
+        .filter(|r| r.kind == record::EVENT)
+        .collect();
     let rec = events[3];
     common::flip(&seg_path, rec.b().start as u64 + 10, 0x01);
     match EmbeddedStore::open(copy.path(), None) {
         Err(OpenError::Corrupt { file, offset, .. }) => {
-            assert_eq!((file.as_str(), offset), ("seg-00000000000000000000.log", rec.off));
+            assert_eq!(
+                (file.as_str(), offset),
+                ("seg-00000000000000000000.log", rec.off)
+            );
         }
         Err(e) => panic!("unexpected open error {e}"),
         Ok((store, _)) => {
             let f = verify(&store, &golden_signer().verifier(), &mut |_, _| {}).unwrap_err();
             assert_eq!(f.seq, Some(3), "{f}");
-            assert!(f.location.contains(&format!("seg-00000000000000000000.log:{}", rec.off)), "{f}");
+            assert!(
+                f.location
+                    .contains(&format!("seg-00000000000000000000.log:{}", rec.off)),
+                "{f}"
+            );
         }
     }
 }

@@ -44,7 +44,10 @@ struct MEvent {
 
 impl MEvent {
     fn subject(&self, f: SubjectField) -> Option<&str> {
-        self.subjects.iter().find(|(g, _)| *g == f).map(|(_, v)| v.as_str())
+        self.subjects
+            .iter()
+            .find(|(g, _)| *g == f)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -63,10 +66,15 @@ impl Model {
 
     /// The naive answer to a query.
     fn query(&self, q: &Query) -> Vec<u64> {
-        let eq = |want: &Option<String>, have: Option<&str>| want.as_deref().is_none_or(|w| have == Some(w));
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        };
         self.events
             .iter()
-            .filter(|e| q.stage.is_none_or(|s| Stage::of_kind(&e.kind).unwrap_or(Stage::Custom) == s))
+            .filter(|e| {
+                q.stage
+                    .is_none_or(|s| Stage::of_kind(&e.kind).unwrap_or(Stage::Custom) == s)
+            })
             .filter(|e| eq(&q.kind, Some(&e.kind)))
             .filter(|e| eq(&q.actor, Some(&e.actor_id)))
             .filter(|e| eq(&q.model, e.subject(SubjectField::Model)))
@@ -84,7 +92,10 @@ impl Model {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
 }
 
 fn pool_value(rng: &mut Rng, field: SubjectField, n: u64) -> String {
@@ -109,11 +120,22 @@ fn random_spec(rng: &mut Rng, n: u64, earlier: &[EventId], in_batch: &[EventId])
     } else {
         Some(rng.id())
     };
-    let time_ns = if rng.chance(95) { Some(BASE_NS + rng.below(SPAN_NS as u64) as i64) } else { None };
+    let time_ns = if rng.chance(95) {
+        Some(BASE_NS + rng.below(SPAN_NS as u64) as i64)
+    } else {
+        None
+    };
     let kind = rng.pick(KINDS).to_string();
     let required = common::required_subjects(&kind);
     let mut subjects = Vec::new();
-    for field in [SubjectField::Model, SubjectField::Version, SubjectField::Dataset, SubjectField::Run, SubjectField::Deployment, SubjectField::Request] {
+    for field in [
+        SubjectField::Model,
+        SubjectField::Version,
+        SubjectField::Dataset,
+        SubjectField::Run,
+        SubjectField::Deployment,
+        SubjectField::Request,
+    ] {
         if required.contains(&field) || rng.chance(35) {
             let value = pool_value(rng, field, n);
             let numeric = value.bytes().all(|b| b.is_ascii_digit()) && rng.chance(50);
@@ -121,8 +143,20 @@ fn random_spec(rng: &mut Rng, n: u64, earlier: &[EventId], in_batch: &[EventId])
         }
     }
     subjects.sort_by_key(|(f, _, _)| *f);
-    let actor_type = if rng.chance(50) { ActorType::User } else { ActorType::Service };
-    Spec { id, time_ns, kind, actor_id: rng.pick(ACTORS).to_string(), actor_type, subjects, n }
+    let actor_type = if rng.chance(50) {
+        ActorType::User
+    } else {
+        ActorType::Service
+    };
+    Spec {
+        id,
+        time_ns,
+        kind,
+        actor_id: rng.pick(ACTORS).to_string(),
+        actor_type,
+        subjects,
+        n,
+    }
 }
 
 fn random_query(rng: &mut Rng, model: &Model) -> Query {
@@ -130,7 +164,11 @@ fn random_query(rng: &mut Rng, model: &Model) -> Query {
     let maybe = |rng: &mut Rng, pool: &[&str]| -> Option<String> {
         if rng.chance(25) {
             // Now and then a value nobody used.
-            Some(if rng.chance(10) { "no-such-value".to_owned() } else { rng.pick(pool).to_string() })
+            Some(if rng.chance(10) {
+                "no-such-value".to_owned()
+            } else {
+                rng.pick(pool).to_string()
+            })
         } else {
             None
         }
@@ -172,9 +210,19 @@ fn check_entry(store: &EmbeddedStore, e: &MEvent) {
     assert_eq!(entry.event_time_ns, e.time_ns, "seq {}", e.seq);
     assert_eq!(entry.payload_sha256, sha256(&e.payload), "seq {}", e.seq);
     assert_eq!(entry.payload_len as usize, e.payload.len(), "seq {}", e.seq);
-    assert_eq!(stored.payload.as_deref(), Some(&e.payload[..]), "payload of seq {}", e.seq);
+    assert_eq!(
+        stored.payload.as_deref(),
+        Some(&e.payload[..]),
+        "payload of seq {}",
+        e.seq
+    );
     // The entry bytes are canonical: re-encoding the decoded entry gives them back.
-    assert_eq!(entry::encode(&entry).unwrap(), stored.entry, "seq {}", e.seq);
+    assert_eq!(
+        entry::encode(&entry).unwrap(),
+        stored.entry,
+        "seq {}",
+        e.seq
+    );
 }
 
 /// Checks every read path of the store against the model. Returns how many of the random
@@ -190,7 +238,10 @@ fn check_all(store: &EmbeddedStore, model: &Model, rng: &mut Rng) -> usize {
         let unknown = rng.id();
         assert_eq!(store.seq_of(&unknown).unwrap(), None);
     }
-    assert!(matches!(store.event(model.len()), Err(mlaudit_store::StoreError::NotFound(_))));
+    assert!(matches!(
+        store.event(model.len()),
+        Err(mlaudit_store::StoreError::NotFound(_))
+    ));
     let mut nonempty = 0;
     for _ in 0..25 {
         let q = random_query(rng, model);
@@ -199,8 +250,14 @@ fn check_all(store: &EmbeddedStore, model: &Model, rng: &mut Rng) -> usize {
         assert_eq!(store.query(&q).unwrap(), want, "query {q:?}");
     }
     // A query with no filter and an unlimited limit lists everything.
-    let all = Query { limit: usize::MAX, ..Query::default() };
-    assert_eq!(store.query(&all).unwrap(), (0..model.len()).collect::<Vec<_>>());
+    let all = Query {
+        limit: usize::MAX,
+        ..Query::default()
+    };
+    assert_eq!(
+        store.query(&all).unwrap(),
+        (0..model.len()).collect::<Vec<_>>()
+    );
     // Scans from a random start yield exactly the events from there, in order.
     let from = rng.below(model.len() + 1);
     let mut seen = Vec::new();
@@ -210,13 +267,21 @@ fn check_all(store: &EmbeddedStore, model: &Model, rng: &mut Rng) -> usize {
             ControlFlow::Continue(())
         })
         .unwrap();
-    let want: Vec<(u64, Vec<u8>)> = model.events[from as usize..].iter().map(|e| (e.seq, e.payload.clone())).collect();
+    let want: Vec<(u64, Vec<u8>)> = model.events[from as usize..]
+        .iter()
+        .map(|e| (e.seq, e.payload.clone()))
+        .collect();
     assert_eq!(seen, want, "scan from {from}");
     nonempty
 }
 
 /// Appends one random batch and checks its receipt; returns the number of repeated ids.
-fn append_batch(store: &EmbeddedStore, model: &mut Model, rng: &mut Rng, counter: &mut u64) -> usize {
+fn append_batch(
+    store: &EmbeddedStore,
+    model: &mut Model,
+    rng: &mut Rng,
+    counter: &mut u64,
+) -> usize {
     let n = rng.range(1, 51);
     let earlier: Vec<EventId> = model.events.iter().map(|e| e.id).collect();
     let mut specs = Vec::new();
@@ -244,7 +309,15 @@ fn append_batch(store: &EmbeddedStore, model: &mut Model, rng: &mut Rng, counter
     let mut receipt_times = Vec::new();
     for (spec, got) in specs.iter().zip(&receipt.events) {
         if let Some(&seq) = spec.id.and_then(|id| model.ids.get(&id)) {
-            assert_eq!(*got, mlaudit_store::Appended { id: spec.id.unwrap(), seq, duplicate: true }, "a repeated id reports the original seq");
+            assert_eq!(
+                *got,
+                mlaudit_store::Appended {
+                    id: spec.id.unwrap(),
+                    seq,
+                    duplicate: true
+                },
+                "a repeated id reports the original seq"
+            );
             repeats += 1;
             continue;
         }
@@ -266,7 +339,11 @@ fn append_batch(store: &EmbeddedStore, model: &mut Model, rng: &mut Rng, counter
                 entry.event_time_ns
             }
         };
-        receipt_times.push(entry::decode(&store.event(seq).unwrap().entry).unwrap().receipt_time_ns);
+        receipt_times.push(
+            entry::decode(&store.event(seq).unwrap().entry)
+                .unwrap()
+                .receipt_time_ns,
+        );
         model.ids.insert(got.id, seq);
         model.events.push(MEvent {
             seq,
@@ -281,13 +358,20 @@ fn append_batch(store: &EmbeddedStore, model: &mut Model, rng: &mut Rng, counter
     }
     // One batch appended alone is one group: one receipt time for all its events.
     receipt_times.dedup();
-    assert!(receipt_times.len() <= 1, "one group, one receipt time: {receipt_times:?}");
+    assert!(
+        receipt_times.len() <= 1,
+        "one group, one receipt time: {receipt_times:?}"
+    );
     if wrote_any {
         model.checkpoints.push(model.len());
     }
     assert_eq!(receipt.tree_size, model.len());
     let cp = open_checkpoint(&verifier(), &receipt.checkpoint).unwrap();
-    assert_eq!(cp.size, model.len(), "the receipt's checkpoint is for the new size");
+    assert_eq!(
+        cp.size,
+        model.len(),
+        "the receipt's checkpoint is for the new size"
+    );
     repeats
 }
 
@@ -320,13 +404,23 @@ fn random_batches_match_the_reference_model() {
             assert_eq!(report.truncated, None);
             assert_eq!(report.rebuilt, None);
             assert_eq!(report.replayed, 0, "a clean close leaves nothing to replay");
-            assert_eq!(report.signed_at_open, None, "the latest checkpoint covers everything");
+            assert_eq!(
+                report.signed_at_open, None,
+                "the latest checkpoint covers everything"
+            );
             nonempty += check_all(&store, &model, &mut rng);
         }
     }
     assert!(repeats >= 30, "only {repeats} repeated ids were tried");
-    assert!(nonempty >= 200, "only {nonempty} random queries had matches");
-    assert!(model.len() > 300, "the test exercised a sizeable log ({} events)", model.len());
+    assert!(
+        nonempty >= 200,
+        "only {nonempty} random queries had matches"
+    );
+    assert!(
+        model.len() > 300,
+        "the test exercised a sizeable log ({} events)",
+        model.len()
+    );
     assert!(model.ids.len() as u64 == model.len());
 
     // Full verification, and the recomputed root is the latest checkpoint's.
@@ -346,7 +440,11 @@ fn random_batches_match_the_reference_model() {
         roots.insert(range.size(), range.root());
     }
     for &size in &model.checkpoints {
-        assert_eq!(checkpoint_root(&store, size), roots[&size], "checkpoint {size}");
+        assert_eq!(
+            checkpoint_root(&store, size),
+            roots[&size],
+            "checkpoint {size}"
+        );
     }
 
     // Inclusion bundles against the latest checkpoint, and raw inclusion proofs against random
@@ -359,16 +457,31 @@ fn random_batches_match_the_reference_model() {
         assert_eq!(v.entry.seq, seq);
         assert_eq!(v.entry.id, model.events[seq as usize].id);
         assert_eq!(v.root, roots[&model.len()]);
-        let covering: Vec<u64> = model.checkpoints.iter().copied().filter(|s| *s > seq).collect();
+        let covering: Vec<u64> = model
+            .checkpoints
+            .iter()
+            .copied()
+            .filter(|s| *s > seq)
+            .collect();
         let size = *rng.pick(&covering);
-        let path = merkle::inclusion_proof(&Nodes(&store), seq, size).unwrap().unwrap();
+        let path = merkle::inclusion_proof(&Nodes(&store), seq, size)
+            .unwrap()
+            .unwrap();
         let leaf = leaf_hash(&store.event(seq).unwrap().entry);
         merkle::verify_inclusion(seq, size, &leaf, &path, &checkpoint_root(&store, size)).unwrap();
         // The same path does not prove another leaf.
         let other = leaf_hash(&store.event((seq + 1) % model.len()).unwrap().entry);
-        assert!(merkle::verify_inclusion(seq, size, &other, &path, &checkpoint_root(&store, size)).is_err());
+        assert!(
+            merkle::verify_inclusion(seq, size, &other, &path, &checkpoint_root(&store, size))
+                .is_err()
+        );
     }
-    let nonzero: Vec<u64> = model.checkpoints.iter().copied().filter(|s| *s > 0).collect();
+    let nonzero: Vec<u64> = model
+        .checkpoints
+        .iter()
+        .copied()
+        .filter(|s| *s > 0)
+        .collect();
     for _ in 0..40 {
         let a = *rng.pick(&nonzero);
         let b = *rng.pick(&nonzero);
@@ -390,10 +503,17 @@ fn cached_upper_tree_levels_stay_equal_to_the_recomputed_tree_as_the_log_grows()
     let mut leaves = Vec::new();
     let mut n = 0u64;
     for round in 0..12u64 {
-        let batch: Vec<_> = (0..700).map(|_| {
-            n += 1;
-            Spec::simple(EventId(uuid::Uuid::from_u64_pair(0xcafe, n).into_bytes()), "x.grow", n).prepare()
-        }).collect();
+        let batch: Vec<_> = (0..700)
+            .map(|_| {
+                n += 1;
+                Spec::simple(
+                    EventId(uuid::Uuid::from_u64_pair(0xcafe, n).into_bytes()),
+                    "x.grow",
+                    n,
+                )
+                .prepare()
+            })
+            .collect();
         store.append(batch).unwrap();
         if round == 6 {
             drop(store);
@@ -408,16 +528,29 @@ fn cached_upper_tree_levels_stay_equal_to_the_recomputed_tree_as_the_log_grows()
             let stored = store.nodes(level, 0, count).unwrap();
             for (i, h) in stored.iter().enumerate() {
                 let span = 1usize << level;
-                assert_eq!(*h, root_of(&leaves[i * span..(i + 1) * span]), "level {level} node {i} at size {size}");
+                assert_eq!(
+                    *h,
+                    root_of(&leaves[i * span..(i + 1) * span]),
+                    "level {level} node {i} at size {size}"
+                );
             }
         }
         let root = checkpoint_root(&store, size);
         for seq in [0, 15, 16, size / 3, size - 17, size - 16, size - 1] {
-            let path = merkle::inclusion_proof(&Nodes(&store), seq, size).unwrap().unwrap();
-            assert!(merkle::verify_inclusion(seq, size, &leaves[seq as usize], &path, &root).is_ok(), "seq {seq} at size {size}");
+            let path = merkle::inclusion_proof(&Nodes(&store), seq, size)
+                .unwrap()
+                .unwrap();
+            assert!(
+                merkle::verify_inclusion(seq, size, &leaves[seq as usize], &path, &root).is_ok(),
+                "seq {seq} at size {size}"
+            );
             // The engine's own path (one read of the event's 16-event block) is the same path.
             let (event, engine_path) = store.inclusion_material(seq, size).unwrap();
-            assert_eq!((event.seq, engine_path.unwrap()), (seq, path), "seq {seq} at size {size}");
+            assert_eq!(
+                (event.seq, engine_path.unwrap()),
+                (seq, path),
+                "seq {seq} at size {size}"
+            );
             assert_eq!(leaf_hash(&event.entry), leaves[seq as usize]);
         }
     }

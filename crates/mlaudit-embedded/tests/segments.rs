@@ -13,7 +13,9 @@ use mlaudit_store::{AppendReceipt, Store};
 #[test]
 fn a_log_of_many_segments_verifies_and_reopens() {
     let dir = TempDir::new("segments");
-    let small = Options { segment_target: 4096 };
+    let small = Options {
+        segment_target: 4096,
+    };
     let (store, _) = EmbeddedStore::open_with(dir.path(), Some(signer()), small).unwrap();
     let mut rng = Rng::new(0x5eed_0051);
     let mut ids = Vec::new();
@@ -36,21 +38,40 @@ fn a_log_of_many_segments_verifies_and_reopens() {
     }
     let mut receipts: Vec<AppendReceipt> = Vec::new();
     std::thread::scope(|s| {
-        let handles: Vec<_> = per_thread.into_iter().map(|bs| s.spawn(|| bs.into_iter().map(|b| store.append(b).expect("append failed")).collect::<Vec<_>>())).collect();
+        let handles: Vec<_> = per_thread
+            .into_iter()
+            .map(|bs| {
+                s.spawn(|| {
+                    bs.into_iter()
+                        .map(|b| store.append(b).expect("append failed"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
         for h in handles {
             receipts.extend(h.join().unwrap());
         }
     });
     assert_eq!(receipts.len(), 120);
-    let mut seqs: Vec<u64> = receipts.iter().flat_map(|r| r.events.iter().map(|a| a.seq)).collect();
+    let mut seqs: Vec<u64> = receipts
+        .iter()
+        .flat_map(|r| r.events.iter().map(|a| a.seq))
+        .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (0..ids.len() as u64).collect::<Vec<_>>());
     let total = ids.len() as u64;
     assert_eq!(store.tree_size(), total);
     let segs = segments(dir.path());
-    assert!(segs.len() >= 10, "{} segments for {total} events", segs.len());
+    assert!(
+        segs.len() >= 10,
+        "{} segments for {total} events",
+        segs.len()
+    );
     for id in &ids {
-        let seq = store.seq_of(id).unwrap().expect("every acknowledged id is found");
+        let seq = store
+            .seq_of(id)
+            .unwrap()
+            .expect("every acknowledged id is found");
         assert_eq!(store.event(seq).unwrap().seq, seq);
     }
     assert_eq!(run_verify(&store).expect("the log verifies").events, total);
@@ -62,6 +83,15 @@ fn a_log_of_many_segments_verifies_and_reopens() {
     assert_eq!(store.tree_size(), total);
     let more = Spec::simple(rng.id(), "registry.promotion_requested", 9999).prepare();
     assert_eq!(store.append(vec![more]).unwrap().events[0].seq, total);
-    assert_eq!(segments(dir.path()).len(), segs.len(), "the reopened store appends to its last segment");
-    assert_eq!(run_verify(&store).expect("the reopened log verifies").events, total + 1);
+    assert_eq!(
+        segments(dir.path()).len(),
+        segs.len(),
+        "the reopened store appends to its last segment"
+    );
+    assert_eq!(
+        run_verify(&store)
+            .expect("the reopened log verifies")
+            .events,
+        total + 1
+    );
 }

@@ -25,16 +25,26 @@ fn submitted_batches_are_answered_once_durable_and_in_queue_order() {
             })
             .collect();
         let tx = tx.clone();
-        store.submit(batch, Box::new(move |outcome| tx.send((b, outcome)).unwrap()));
+        store.submit(
+            batch,
+            Box::new(move |outcome| tx.send((b, outcome)).unwrap()),
+        );
     }
     drop(tx);
-    let mut answers: Vec<(usize, AppendReceipt)> = rx.iter().map(|(b, r)| (b, r.expect("append failed"))).collect();
+    let mut answers: Vec<(usize, AppendReceipt)> = rx
+        .iter()
+        .map(|(b, r)| (b, r.expect("append failed")))
+        .collect();
     assert_eq!(answers.len(), 40);
     answers.sort_by_key(|(b, _)| *b);
     for (b, receipt) in &answers {
         // Durable before the answer: the receipt's tree covers the batch.
         let seqs: Vec<u64> = receipt.events.iter().map(|a| a.seq).collect();
-        assert_eq!(seqs, (*b as u64 * 25..*b as u64 * 25 + 25).collect::<Vec<_>>(), "batch {b}");
+        assert_eq!(
+            seqs,
+            (*b as u64 * 25..*b as u64 * 25 + 25).collect::<Vec<_>>(),
+            "batch {b}"
+        );
         assert!(receipt.tree_size >= *b as u64 * 25 + 25);
         assert!(receipt.events.iter().all(|a| !a.duplicate));
     }
@@ -47,8 +57,14 @@ fn submitted_batches_are_answered_once_durable_and_in_queue_order() {
     store.close().unwrap();
     let (tx, rx) = mpsc::channel();
     let late = Spec::simple(rng.id(), "registry.promotion_requested", 5000).prepare();
-    store.submit(vec![late], Box::new(move |outcome| tx.send(outcome).unwrap()));
-    assert!(matches!(rx.recv().unwrap(), Err(StoreError::WriterStopped(_))));
+    store.submit(
+        vec![late],
+        Box::new(move |outcome| tx.send(outcome).unwrap()),
+    );
+    assert!(matches!(
+        rx.recv().unwrap(),
+        Err(StoreError::WriterStopped(_))
+    ));
 }
 
 #[test]
@@ -60,7 +76,10 @@ fn a_panicking_callback_does_not_stop_the_writer_and_try_submit_queues() {
     store.submit(vec![first], Box::new(|_| panic!("a careless callback")));
     let (tx, rx) = mpsc::channel();
     let second = Spec::simple(rng.id(), "registry.promotion_requested", 2).prepare();
-    let queued = store.try_submit(vec![second], Box::new(move |outcome| tx.send(outcome).unwrap()));
+    let queued = store.try_submit(
+        vec![second],
+        Box::new(move |outcome| tx.send(outcome).unwrap()),
+    );
     assert!(queued.is_ok(), "an idle writer's queue has room");
     let receipt = rx.recv().unwrap().expect("the writer survived the panic");
     assert_eq!((receipt.events[0].seq, receipt.tree_size), (1, 2));

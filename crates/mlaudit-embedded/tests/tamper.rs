@@ -11,7 +11,10 @@
 
 mod common;
 
-use common::{file_name, flip, only_segment, open, records, reframe, run_verify, try_open, Rec, Spec, TempDir, KINDS};
+use common::{
+    file_name, flip, only_segment, open, records, reframe, run_verify, try_open, Rec, Spec,
+    TempDir, KINDS,
+};
 use mlaudit_core::entry::{self, EventId};
 use mlaudit_embedded::{record, OpenError};
 use mlaudit_store::Store;
@@ -37,7 +40,12 @@ impl Base {
     }
     /// The first seq of the group that ends with the checkpoint of size `size`.
     fn group_start(&self, size: u64) -> u64 {
-        self.checkpoints.iter().map(|(s, _)| *s).filter(|s| *s < size).max().unwrap_or(0)
+        self.checkpoints
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| *s < size)
+            .max()
+            .unwrap_or(0)
     }
     /// The checkpoint that closes the group holding `seq`.
     fn checkpoint_after(&self, seq: u64) -> (u64, Rec) {
@@ -57,7 +65,9 @@ fn build_base(tag: &str) -> Base {
                 Spec::simple(EventId([n as u8; 16]), KINDS[n as usize % KINDS.len()], n)
             })
             .collect();
-        let r = store.append(specs.iter().map(Spec::prepare).collect()).unwrap();
+        let r = store
+            .append(specs.iter().map(Spec::prepare).collect())
+            .unwrap();
         ids.extend(r.events.iter().map(|a| a.id));
     }
     run_verify(&store).unwrap();
@@ -74,24 +84,51 @@ fn build_base(tag: &str) -> Base {
         }
     }
     assert_eq!(checkpoints.len(), GROUPS.len() + 1);
-    Base { dir, seg_name: file_name(&seg), bytes, events, checkpoints, ids }
+    Base {
+        dir,
+        seg_name: file_name(&seg),
+        bytes,
+        events,
+        checkpoints,
+        ids,
+    }
 }
 
 /// How damage was caught.
 #[derive(Debug)]
 enum Caught {
-    Open { file: String, offset: u64, problem: String },
+    Open {
+        file: String,
+        offset: u64,
+        problem: String,
+    },
     OpenOther(String),
-    Verify { seq: Option<u64>, location: String, problem: String },
+    Verify {
+        seq: Option<u64>,
+        location: String,
+        problem: String,
+    },
     Not,
 }
 
 fn outcome(dir: &Path) -> Caught {
     match try_open(dir) {
-        Err(OpenError::Corrupt { file, offset, problem }) => Caught::Open { file, offset, problem },
+        Err(OpenError::Corrupt {
+            file,
+            offset,
+            problem,
+        }) => Caught::Open {
+            file,
+            offset,
+            problem,
+        },
         Err(e) => Caught::OpenOther(e.to_string()),
         Ok((store, _)) => match run_verify(&store) {
-            Err(f) => Caught::Verify { seq: f.seq, location: f.location, problem: f.problem },
+            Err(f) => Caught::Verify {
+                seq: f.seq,
+                location: f.location,
+                problem: f.problem,
+            },
             Ok(_) => Caught::Not,
         },
     }
@@ -114,17 +151,33 @@ fn damaged_copy(base: &Base, seg: &[u8], replay: bool) -> TempDir {
 fn assert_caught_at_record(base: &Base, seg: &[u8], rec: Rec, verify_seq: u64, what: &str) {
     let closed = damaged_copy(base, seg, false);
     match outcome(closed.path()) {
-        Caught::Verify { seq, location, problem } => {
-            assert_eq!(seq, Some(verify_seq), "{what}: verify names the wrong seq ({problem} at {location})");
+        Caught::Verify {
+            seq,
+            location,
+            problem,
+        } => {
+            assert_eq!(
+                seq,
+                Some(verify_seq),
+                "{what}: verify names the wrong seq ({problem} at {location})"
+            );
         }
         Caught::Open { file, offset, .. } => {
-            assert_eq!((file.as_str(), offset), (base.seg_name.as_str(), rec.off), "{what}");
+            assert_eq!(
+                (file.as_str(), offset),
+                (base.seg_name.as_str(), rec.off),
+                "{what}"
+            );
         }
         other => panic!("{what}: not caught as closed: {other:?}"),
     }
     let replay = damaged_copy(base, seg, true);
     match outcome(replay.path()) {
-        Caught::Open { file, offset, .. } => assert_eq!((file.as_str(), offset), (base.seg_name.as_str(), rec.off), "{what} (replay)"),
+        Caught::Open { file, offset, .. } => assert_eq!(
+            (file.as_str(), offset),
+            (base.seg_name.as_str(), rec.off),
+            "{what} (replay)"
+        ),
         other => panic!("{what}: replay did not refuse to open at the record: {other:?}"),
     }
 }
@@ -137,7 +190,13 @@ fn a_flipped_byte_in_an_entry_is_caught_at_its_seq() {
         for at in [0usize, 5, 30, 90] {
             let mut seg = base.bytes.clone();
             seg[rec.a().start + at] ^= 0x04;
-            assert_caught_at_record(&base, &seg, rec, seq, &format!("entry byte {at} of seq {seq}"));
+            assert_caught_at_record(
+                &base,
+                &seg,
+                rec,
+                seq,
+                &format!("entry byte {at} of seq {seq}"),
+            );
         }
     }
 }
@@ -150,7 +209,13 @@ fn a_flipped_byte_in_a_payload_is_caught_at_its_seq() {
         for at in [0usize, rec.len_b as usize / 2, rec.len_b as usize - 1] {
             let mut seg = base.bytes.clone();
             seg[rec.b().start + at] ^= 0x10;
-            assert_caught_at_record(&base, &seg, rec, seq, &format!("payload byte {at} of seq {seq}"));
+            assert_caught_at_record(
+                &base,
+                &seg,
+                rec,
+                seq,
+                &format!("payload byte {at} of seq {seq}"),
+            );
         }
     }
 }
@@ -163,7 +228,13 @@ fn a_flipped_byte_in_a_record_length_is_caught() {
         for at in [1usize, 4, 6, 8] {
             let mut seg = base.bytes.clone();
             seg[rec.off as usize + at] ^= 0x01;
-            assert_caught_at_record(&base, &seg, rec, seq, &format!("length byte {at} of seq {seq}"));
+            assert_caught_at_record(
+                &base,
+                &seg,
+                rec,
+                seq,
+                &format!("length byte {at} of seq {seq}"),
+            );
         }
     }
     // The length of a checkpoint record: verify reads that checkpoint when it reaches its size
@@ -171,7 +242,13 @@ fn a_flipped_byte_in_a_record_length_is_caught() {
     for &(size, rec) in &base.checkpoints[1..] {
         let mut seg = base.bytes.clone();
         seg[rec.off as usize + 3] ^= 0x01;
-        assert_caught_at_record(&base, &seg, rec, base.group_start(size), &format!("length of checkpoint {size}"));
+        assert_caught_at_record(
+            &base,
+            &seg,
+            rec,
+            base.group_start(size),
+            &format!("length of checkpoint {size}"),
+        );
     }
 }
 
@@ -182,7 +259,13 @@ fn a_flipped_byte_in_a_checkpoint_note_is_caught() {
         for at in [0usize, rec.len_a as usize / 2, rec.len_a as usize - 2] {
             let mut seg = base.bytes.clone();
             seg[rec.a().start + at] ^= 0x02;
-            assert_caught_at_record(&base, &seg, rec, base.group_start(size), &format!("note byte {at} of checkpoint {size}"));
+            assert_caught_at_record(
+                &base,
+                &seg,
+                rec,
+                base.group_start(size),
+                &format!("note byte {at} of checkpoint {size}"),
+            );
         }
     }
 }
@@ -198,7 +281,10 @@ fn a_flipped_byte_in_the_empty_tree_checkpoint_is_caught() {
     let copy = damaged_copy(&base, &seg, false);
     let (store, _) = open(copy.path());
     assert!(store.checkpoint(0).is_err(), "the stored record is damaged");
-    assert!(run_verify(&store).is_err(), "verify passes although a listed checkpoint is unreadable");
+    assert!(
+        run_verify(&store).is_err(),
+        "verify passes although a listed checkpoint is unreadable"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,11 +299,22 @@ fn a_flipped_byte_in_a_tree_level_is_caught_in_its_leaf_range() {
         let count = total >> level;
         for index in [0, count / 2, count - 1] {
             let copy = TempDir::copy_of(base.dir.path(), "tree");
-            flip(&copy.path().join(format!("tree-{level:02}.hash")), index * 32 + 7, 0x80);
+            flip(
+                &copy.path().join(format!("tree-{level:02}.hash")),
+                index * 32 + 7,
+                0x80,
+            );
             match outcome(copy.path()) {
                 Caught::Verify { seq, problem, .. } => {
-                    assert_eq!(seq, Some(index << level), "level {level} index {index}: {problem}");
-                    assert!(problem.contains(&format!("level {level}, index {index}")), "{problem}");
+                    assert_eq!(
+                        seq,
+                        Some(index << level),
+                        "level {level} index {index}: {problem}"
+                    );
+                    assert!(
+                        problem.contains(&format!("level {level}, index {index}")),
+                        "{problem}"
+                    );
                 }
                 other => panic!("tree-{level:02}.hash node {index}: {other:?}"),
             }
@@ -259,7 +356,10 @@ fn a_flipped_byte_in_a_later_offset_is_caught() {
         {
             let (store, _) = open(copy.path());
             let served = store.event(seq);
-            assert!(matches!(served, Err(mlaudit_store::StoreError::Corrupt { .. })), "event({seq}) must refuse to serve another event's record: {served:?}");
+            assert!(
+                matches!(served, Err(mlaudit_store::StoreError::Corrupt { .. })),
+                "event({seq}) must refuse to serve another event's record: {served:?}"
+            );
         }
         match outcome(copy.path()) {
             Caught::Verify { seq: s, .. } => assert_eq!(s, Some(seq)),
@@ -284,15 +384,26 @@ fn a_flipped_byte_in_an_index_id_is_caught() {
     let base = build_base("index");
     let seq = 5u64;
     let copy = TempDir::copy_of(base.dir.path(), "index");
-    flip(&copy.path().join("index.bin"), seq * mlaudit_embedded::index::INDEX_RECORD_LEN as u64 + 3, 0x01);
+    flip(
+        &copy.path().join("index.bin"),
+        seq * mlaudit_embedded::index::INDEX_RECORD_LEN as u64 + 3,
+        0x01,
+    );
     let (store, report) = open(copy.path());
     let why = report.rebuilt.clone().unwrap_or_default();
-    assert!(why.contains("index.bin record 5 is damaged"), "open must notice the damaged record: {report:?}");
+    assert!(
+        why.contains("index.bin record 5 is damaged"),
+        "open must notice the damaged record: {report:?}"
+    );
     let id = base.ids[seq as usize];
     assert_eq!(store.seq_of(&id).unwrap(), Some(seq));
     let retry = Spec::simple(id, "x.retry", 77).prepare();
     let r = store.append(vec![retry]).unwrap();
-    assert!(r.events[0].duplicate, "event {id} is now stored twice: seqs {seq} and {}", r.events[0].seq);
+    assert!(
+        r.events[0].duplicate,
+        "event {id} is now stored twice: seqs {seq} and {}",
+        r.events[0].seq
+    );
     assert_eq!(r.events[0].seq, seq);
     assert!(run_verify(&store).is_ok());
 }
@@ -317,7 +428,9 @@ fn an_id_index_that_disagrees_with_the_entries_fails_verify_at_the_first_bad_seq
         let copy = TempDir::copy_of(base.dir.path(), "index-id");
         rewrite_index_id(copy.path(), seq, &id);
         match outcome(copy.path()) {
-            Caught::Verify { seq: s, problem, .. } => {
+            Caught::Verify {
+                seq: s, problem, ..
+            } => {
                 assert!(problem.contains("id index"), "{problem}");
                 // A duplicate id maps to one of its two seqs: the first that does not map back.
                 let first = if id == base.ids[3] { 3 } else { seq };
@@ -337,11 +450,21 @@ fn assert_structure_caught(base: &Base, seg: &[u8], seq: u64, what: &str) {
     for replay in [false, true] {
         let copy = damaged_copy(base, seg, replay);
         match outcome(copy.path()) {
-            Caught::Verify { seq: s, location, problem } => {
-                assert_eq!(s, Some(seq), "{what} (replay: {replay}): {problem} at {location}");
+            Caught::Verify {
+                seq: s,
+                location,
+                problem,
+            } => {
+                assert_eq!(
+                    s,
+                    Some(seq),
+                    "{what} (replay: {replay}): {problem} at {location}"
+                );
             }
             Caught::Open { file, .. } => assert_eq!(file, base.seg_name, "{what}"),
-            Caught::OpenOther(e) => panic!("{what} (replay: {replay}): open failed, but not as corruption: {e}"),
+            Caught::OpenOther(e) => {
+                panic!("{what} (replay: {replay}): open failed, but not as corruption: {e}")
+            }
             Caught::Not => panic!("{what} (replay: {replay}): not caught"),
         }
     }
@@ -374,7 +497,9 @@ fn a_log_shorter_than_its_watermark_is_reported_as_corruption() {
         let seg = splice(&base.bytes, rec.range(), &[]);
         let copy = damaged_copy(&base, &seg, false);
         match outcome(copy.path()) {
-            Caught::Open { file, offset, .. } => assert_eq!((file, offset), (base.seg_name.clone(), seg.len() as u64)),
+            Caught::Open { file, offset, .. } => {
+                assert_eq!((file, offset), (base.seg_name.clone(), seg.len() as u64))
+            }
             other => panic!("seq {seq} deleted from a closed store: {other:?}"),
         }
     }
@@ -386,7 +511,11 @@ fn a_duplicated_event_record_is_caught() {
     for seq in [0u64, 4, 9, base.total() - 1] {
         let rec = base.events[seq as usize];
         let copy_of_rec = base.bytes[rec.range()].to_vec();
-        let seg = splice(&base.bytes, rec.end() as usize..rec.end() as usize, &copy_of_rec);
+        let seg = splice(
+            &base.bytes,
+            rec.end() as usize..rec.end() as usize,
+            &copy_of_rec,
+        );
         assert_structure_caught(&base, &seg, seq + 1, &format!("seq {seq} duplicated"));
     }
 }
@@ -400,7 +529,12 @@ fn swapped_adjacent_event_records_are_caught() {
         let mut swapped = base.bytes[b.range()].to_vec();
         swapped.extend_from_slice(&base.bytes[a.range()]);
         let seg = splice(&base.bytes, a.off as usize..b.end() as usize, &swapped);
-        assert_structure_caught(&base, &seg, seq, &format!("seqs {seq} and {} swapped", seq + 1));
+        assert_structure_caught(
+            &base,
+            &seg,
+            seq,
+            &format!("seqs {seq} and {} swapped", seq + 1),
+        );
     }
 }
 
@@ -412,7 +546,11 @@ fn swapped_adjacent_event_records_are_caught() {
 fn reframed(base: &Base, seq: u64, entry: &[u8], payload: &[u8]) -> Vec<u8> {
     let rec = base.events[seq as usize];
     let new = reframe(record::EVENT, entry, payload);
-    assert_eq!(new.len() as u64, rec.total(), "same length, so no offset moves");
+    assert_eq!(
+        new.len() as u64,
+        rec.total(),
+        "same length, so no offset moves"
+    );
     splice(&base.bytes, rec.range(), &new)
 }
 
@@ -424,7 +562,11 @@ fn a_reframed_payload_change_is_caught_by_verify_at_its_seq() {
         let entry_bytes = &base.bytes[rec.a()];
         let mut payload = base.bytes[rec.b()].to_vec();
         let at = payload.iter().position(|b| b.is_ascii_digit()).unwrap();
-        payload[at] = if payload[at] == b'9' { b'0' } else { payload[at] + 1 };
+        payload[at] = if payload[at] == b'9' {
+            b'0'
+        } else {
+            payload[at] + 1
+        };
         let seg = reframed(&base, seq, entry_bytes, &payload);
         for replay in [false, true] {
             let copy = damaged_copy(&base, &seg, replay);
@@ -433,9 +575,17 @@ fn a_reframed_payload_change_is_caught_by_verify_at_its_seq() {
                 Err(e) => panic!("payload of seq {seq} (replay {replay}): the framing is valid, open must succeed: {e}"),
             };
             let f = run_verify(&store).unwrap_err();
-            assert_eq!(f.seq, Some(seq), "payload of seq {seq} (replay {replay}): {f}");
+            assert_eq!(
+                f.seq,
+                Some(seq),
+                "payload of seq {seq} (replay {replay}): {f}"
+            );
             assert!(f.problem.contains("SHA-256"), "{f}");
-            assert!(f.location.ends_with(&format!("{}:{}", base.seg_name, rec.off)), "{f}");
+            assert!(
+                f.location
+                    .ends_with(&format!("{}:{}", base.seg_name, rec.off)),
+                "{f}"
+            );
         }
     }
 }
@@ -459,18 +609,32 @@ fn a_reframed_entry_change_is_caught_by_the_merkle_layer() {
         let (store, _) = open(copy.path());
         let f = run_verify(&store).unwrap_err();
         let s = f.seq.unwrap();
-        assert!(s <= seq && seq < size && s >= first, "entry of seq {seq}: verify names {s}, outside group {first}..{size}: {f}");
+        assert!(
+            s <= seq && seq < size && s >= first,
+            "entry of seq {seq}: verify names {s}, outside group {first}..{size}: {f}"
+        );
         if seq == first {
             assert_eq!(s, seq);
         }
-        assert!(f.problem.contains("root") || f.problem.contains("tree node"), "{f}");
+        assert!(
+            f.problem.contains("root") || f.problem.contains("tree node"),
+            "{f}"
+        );
         drop(store);
         // Without the watermark: the replay recomputes the root and the group's checkpoint does
         // not sign it.
         let copy = damaged_copy(&base, &seg, true);
         match outcome(copy.path()) {
-            Caught::Open { file, offset, problem } => {
-                assert_eq!((file.as_str(), offset), (base.seg_name.as_str(), cp.off), "entry of seq {seq}: {problem}");
+            Caught::Open {
+                file,
+                offset,
+                problem,
+            } => {
+                assert_eq!(
+                    (file.as_str(), offset),
+                    (base.seg_name.as_str(), cp.off),
+                    "entry of seq {seq}: {problem}"
+                );
             }
             other => panic!("entry of seq {seq} (replay): {other:?}"),
         }
@@ -479,7 +643,11 @@ fn a_reframed_entry_change_is_caught_by_the_merkle_layer() {
         let copy = damaged_copy(&base, &seg, false);
         let (store, _) = open(copy.path());
         let stored = store.node(0, seq).unwrap();
-        assert_ne!(stored, mlaudit_core::merkle::leaf_hash(&new_entry), "the stored leaf is the original one");
+        assert_ne!(
+            stored,
+            mlaudit_core::merkle::leaf_hash(&new_entry),
+            "the stored leaf is the original one"
+        );
     }
 }
 
@@ -490,6 +658,11 @@ fn a_reframed_entry_with_a_wrong_seq_is_caught() {
     let rec = base.events[seq as usize];
     let mut e = entry::decode(&base.bytes[rec.a()]).unwrap();
     e.seq += 1;
-    let seg = reframed(&base, seq, &entry::encode(&e).unwrap(), &base.bytes[rec.b()]);
+    let seg = reframed(
+        &base,
+        seq,
+        &entry::encode(&e).unwrap(),
+        &base.bytes[rec.b()],
+    );
     assert_structure_caught(&base, &seg, seq, "entry seq rewritten");
 }

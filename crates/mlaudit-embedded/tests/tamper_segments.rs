@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::{file_name, flip, records, run_verify, segments, signer, try_open, Spec, TempDir, KINDS};
+use common::{
+    file_name, flip, records, run_verify, segments, signer, try_open, Spec, TempDir, KINDS,
+};
 use mlaudit_core::entry::EventId;
 use mlaudit_embedded::{record, EmbeddedStore, OpenError, Options};
 use mlaudit_store::Store;
@@ -22,7 +24,14 @@ const PER_GROUP: usize = 5;
 /// are of equal length.
 fn build(tag: &str) -> (TempDir, Vec<PathBuf>) {
     let dir = TempDir::new(tag);
-    let (store, _) = EmbeddedStore::open_with(dir.path(), Some(signer()), Options { segment_target: 1024 }).unwrap();
+    let (store, _) = EmbeddedStore::open_with(
+        dir.path(),
+        Some(signer()),
+        Options {
+            segment_target: 1024,
+        },
+    )
+    .unwrap();
     let mut n = 100u64;
     for _ in 0..GROUPS {
         let specs: Vec<Spec> = (0..PER_GROUP)
@@ -31,7 +40,9 @@ fn build(tag: &str) -> (TempDir, Vec<PathBuf>) {
                 Spec::simple(EventId([n as u8; 16]), KINDS[0], n)
             })
             .collect();
-        store.append(specs.iter().map(Spec::prepare).collect()).unwrap();
+        store
+            .append(specs.iter().map(Spec::prepare).collect())
+            .unwrap();
     }
     run_verify(&store).unwrap();
     store.close().unwrap();
@@ -80,7 +91,9 @@ fn a_removed_middle_segment_is_refused_at_open() {
     let (base, segs) = build("seg-removed");
     let victim = &segs[segs.len() / 2];
     let next = file_name(&segs[segs.len() / 2 + 1]);
-    for out in damaged(base.path(), |c| std::fs::remove_file(in_copy(c, victim)).unwrap()) {
+    for out in damaged(base.path(), |c| {
+        std::fs::remove_file(in_copy(c, victim)).unwrap()
+    }) {
         let (file, problem) = out.expect_err("a missing segment must not open");
         assert_eq!(file, next, "{problem}");
         assert!(problem.contains("does not start where"), "{problem}");
@@ -92,7 +105,10 @@ fn a_middle_segment_cut_short_is_refused_at_open() {
     let (base, segs) = build("seg-cut");
     let victim = segs[3].clone();
     for out in damaged(base.path(), |c| {
-        let f = std::fs::OpenOptions::new().write(true).open(in_copy(c, &victim)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(in_copy(c, &victim))
+            .unwrap();
         let len = f.metadata().unwrap().len();
         f.set_len(len - 7).unwrap();
     }) {
@@ -110,7 +126,10 @@ fn the_last_segments_removed_are_refused_while_the_watermark_says_they_were_dura
         }
     });
     let (_, problem) = closed.expect_err("a log shorter than its watermark must not open");
-    assert!(problem.contains("acknowledged events are missing"), "{problem}");
+    assert!(
+        problem.contains("acknowledged events are missing"),
+        "{problem}"
+    );
 }
 
 #[test]
@@ -119,7 +138,10 @@ fn two_segments_of_equal_length_swapped_are_caught() {
     // Two segments of groups 1 to 11 of equal length: they still abut after the swap, so only
     // their contents can tell.
     let len = |k: usize| std::fs::metadata(&segs[k]).unwrap().len();
-    let (i, j) = (1..GROUPS).flat_map(|i| (i + 1..GROUPS).map(move |j| (i, j))).find(|&(i, j)| len(i) == len(j)).expect("two segments of equal length");
+    let (i, j) = (1..GROUPS)
+        .flat_map(|i| (i + 1..GROUPS).map(move |j| (i, j)))
+        .find(|&(i, j)| len(i) == len(j))
+        .expect("two segments of equal length");
     let [closed, replayed] = damaged(base.path(), |c| {
         let (a, b) = (in_copy(c, &segs[i]), in_copy(c, &segs[j]));
         let tmp = c.join("swap.tmp");
@@ -127,7 +149,11 @@ fn two_segments_of_equal_length_swapped_are_caught() {
         std::fs::rename(&b, &a).unwrap();
         std::fs::rename(&tmp, &b).unwrap();
     });
-    assert_eq!(closed, Ok(Some(first_seq_of(i))), "as closed, verify names the first event of the first swapped segment");
+    assert_eq!(
+        closed,
+        Ok(Some(first_seq_of(i))),
+        "as closed, verify names the first event of the first swapped segment"
+    );
     let (file, problem) = replayed.expect_err("replay must refuse the swapped segments");
     assert_eq!(file, file_name(&segs[i]), "{problem}");
 }
@@ -137,10 +163,20 @@ fn a_flipped_byte_in_a_middle_segment_is_caught_at_its_seq() {
     let (base, segs) = build("seg-flip");
     let k = segs.len() / 2;
     let bytes = std::fs::read(&segs[k]).unwrap();
-    let rec = records(&bytes).into_iter().filter(|r| r.kind == record::EVENT).nth(2).unwrap();
+    let rec = records(&bytes)
+        .into_iter()
+        .filter(|r| r.kind == record::EVENT)
+        .nth(2)
+        .unwrap();
     let seq = first_seq_of(k) + 2;
-    let [closed, replayed] = damaged(base.path(), |c| flip(&in_copy(c, &segs[k]), rec.b().start as u64 + 5, 0x20));
-    assert_eq!(closed, Ok(Some(seq)), "as closed, verify names the event's seq");
+    let [closed, replayed] = damaged(base.path(), |c| {
+        flip(&in_copy(c, &segs[k]), rec.b().start as u64 + 5, 0x20)
+    });
+    assert_eq!(
+        closed,
+        Ok(Some(seq)),
+        "as closed, verify names the event's seq"
+    );
     let (file, problem) = replayed.expect_err("replay must refuse the damaged record");
     assert_eq!(file, file_name(&segs[k]), "{problem}");
 }

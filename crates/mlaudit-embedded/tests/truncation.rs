@@ -54,29 +54,51 @@ fn build_base(tag: &str) -> Base {
                 Spec::simple(EventId([n as u8; 16]), KINDS[n as usize % KINDS.len()], n)
             })
             .collect();
-        let receipt = store.append(specs.iter().map(Spec::prepare).collect()).unwrap();
-        groups.push(specs.iter().zip(&receipt.events).map(|(s, a)| (a.id, a.seq, s.json().into_bytes())).collect());
+        let receipt = store
+            .append(specs.iter().map(Spec::prepare).collect())
+            .unwrap();
+        groups.push(
+            specs
+                .iter()
+                .zip(&receipt.events)
+                .map(|(s, a)| (a.id, a.seq, s.json().into_bytes()))
+                .collect(),
+        );
         drop(store);
     }
     let (store, _) = open(dir.path());
     let root = run_verify(&store).unwrap().root;
     drop(store);
-    Base { dir, groups, meta_before_last, root }
+    Base {
+        dir,
+        groups,
+        meta_before_last,
+        root,
+    }
 }
 
 /// Every event in `expect` is stored at its seq with its payload, the store holds exactly
 /// `size` events, and `verify` passes with every checkpoint checked.
 fn check_store(dir: &Path, expect: &[&(EventId, u64, Vec<u8>)], size: u64) {
     let (store, report) = open(dir);
-    assert_eq!(report.truncated, None, "a second open finds nothing more to cut");
+    assert_eq!(
+        report.truncated, None,
+        "a second open finds nothing more to cut"
+    );
     assert_eq!(store.tree_size(), size);
     for (id, seq, payload) in expect {
         assert_eq!(store.seq_of(id).unwrap(), Some(*seq));
-        assert_eq!(store.event(*seq).unwrap().payload.as_deref(), Some(&payload[..]));
+        assert_eq!(
+            store.event(*seq).unwrap().payload.as_deref(),
+            Some(&payload[..])
+        );
     }
     let v = run_verify(&store).unwrap();
     assert_eq!(v.events, size);
-    assert_eq!(v.unsigned_tail, 0, "recovery signs a checkpoint for what it kept");
+    assert_eq!(
+        v.unsigned_tail, 0,
+        "recovery signs a checkpoint for what it kept"
+    );
     assert_eq!(store.checkpoint_sizes().unwrap().last(), Some(&size));
 }
 
@@ -97,29 +119,54 @@ fn cut_every_offset(base: &Base) {
         let copy = TempDir::copy_of(base.dir.path(), "cut");
         std::fs::write(copy.path().join("derived.meta"), &base.meta_before_last).unwrap();
         let path = copy.path().join(&name);
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
         let (store, report) = match try_open(copy.path()) {
             Ok(x) => x,
-            Err(e) => panic!("cut at {cut} (event record at {}, checkpoint at {}): open failed: {e}", ev.off, cp.off),
+            Err(e) => panic!(
+                "cut at {cut} (event record at {}, checkpoint at {}): open failed: {e}",
+                ev.off, cp.off
+            ),
         };
         // What survives: everything but the final event when the cut is inside its record.
         let keeps_last = cut >= cp.off;
         let size = if keeps_last { total } else { total - 1 };
         let boundary = if keeps_last { cp.off } else { ev.off };
         if cut == boundary {
-            assert_eq!(report.truncated, None, "a cut at a record boundary leaves no torn record");
+            assert_eq!(
+                report.truncated, None,
+                "a cut at a record boundary leaves no torn record"
+            );
         } else {
-            assert_eq!(report.truncated, Some((name.clone(), boundary, cut - boundary)), "cut at {cut}");
+            assert_eq!(
+                report.truncated,
+                Some((name.clone(), boundary, cut - boundary)),
+                "cut at {cut}"
+            );
         }
         assert_eq!(report.events, size, "cut at {cut}");
-        assert_eq!(report.signed_at_open, Some(size), "the lost checkpoint is replaced at open");
+        assert_eq!(
+            report.signed_at_open,
+            Some(size),
+            "the lost checkpoint is replaced at open"
+        );
         assert_eq!(store.tree_size(), size);
         for (id, seq, payload) in base.all().filter(|(_, s, _)| *s < size) {
             assert_eq!(store.seq_of(id).unwrap(), Some(*seq), "cut at {cut}");
-            assert_eq!(store.event(*seq).unwrap().payload.as_deref(), Some(&payload[..]));
+            assert_eq!(
+                store.event(*seq).unwrap().payload.as_deref(),
+                Some(&payload[..])
+            );
         }
         let last = base.groups.last().unwrap().last().unwrap();
-        assert_eq!(store.seq_of(&last.0).unwrap(), if keeps_last { Some(last.1) } else { None });
+        assert_eq!(
+            store.seq_of(&last.0).unwrap(),
+            if keeps_last { Some(last.1) } else { None }
+        );
         let v = match run_verify(&store) {
             Ok(v) => v,
             Err(f) => panic!("cut at {cut}: verify failed: {f}"),
@@ -128,7 +175,11 @@ fn cut_every_offset(base: &Base) {
         if keeps_last {
             assert_eq!(v.root, base.root);
         }
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), boundary + store_growth(&store, size), "cut at {cut}: the torn bytes are gone and the new checkpoint follows");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            boundary + store_growth(&store, size),
+            "cut at {cut}: the torn bytes are gone and the new checkpoint follows"
+        );
         drop(store);
         // Now and then: reopen (nothing more to cut), append, verify again.
         if cut % 23 == 0 || cut == boundary {
@@ -173,18 +224,42 @@ fn every_cut_below_a_clean_watermark_is_refused_as_corruption() {
     for cut in ev.off..bytes.len() as u64 {
         let copy = TempDir::copy_of(base.dir.path(), "cut-closed");
         let path = copy.path().join(&name);
-        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
         let meta = std::fs::read(copy.path().join("derived.meta")).unwrap();
         match try_open(copy.path()) {
-            Err(OpenError::Corrupt { file, offset, problem }) => {
-                assert_eq!((file.as_str(), offset), (name.as_str(), cut), "cut at {cut}: {problem}");
+            Err(OpenError::Corrupt {
+                file,
+                offset,
+                problem,
+            }) => {
+                assert_eq!(
+                    (file.as_str(), offset),
+                    (name.as_str(), cut),
+                    "cut at {cut}: {problem}"
+                );
                 assert!(problem.contains("derived.meta"), "{problem}");
             }
             Err(e) => panic!("cut at {cut}: refused, but not as corruption: {e}"),
-            Ok((store, report)) => panic!("cut at {cut}: opened with {} events ({report:?})", store.tree_size()),
+            Ok((store, report)) => panic!(
+                "cut at {cut}: opened with {} events ({report:?})",
+                store.tree_size()
+            ),
         }
-        assert_eq!(std::fs::read(&path).unwrap(), bytes[..cut as usize], "cut at {cut}: a refused open changed the segment");
-        assert_eq!(std::fs::read(copy.path().join("derived.meta")).unwrap(), meta, "cut at {cut}: a refused open changed the watermark");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes[..cut as usize],
+            "cut at {cut}: a refused open changed the segment"
+        );
+        assert_eq!(
+            std::fs::read(copy.path().join("derived.meta")).unwrap(),
+            meta,
+            "cut at {cut}: a refused open changed the watermark"
+        );
     }
 }
 
@@ -201,9 +276,18 @@ fn a_zero_filled_tail_is_truncated() {
                 std::fs::write(copy.path().join("derived.meta"), &base.meta_before_last).unwrap();
             }
             let path = copy.path().join(&name);
-            std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len + zeros).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(len + zeros)
+                .unwrap();
             let (store, report) = open(copy.path());
-            assert_eq!(report.truncated, Some((name.clone(), len, zeros)), "{zeros} zeros (crash meta: {crash_meta})");
+            assert_eq!(
+                report.truncated,
+                Some((name.clone(), len, zeros)),
+                "{zeros} zeros (crash meta: {crash_meta})"
+            );
             assert_eq!(report.signed_at_open, None, "the last checkpoint survived");
             assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
             assert_eq!(run_verify(&store).unwrap().root, base.root);
@@ -225,7 +309,11 @@ fn a_last_record_zeroed_through_the_end_is_a_torn_tail() {
     let bytes = std::fs::read(&seg).unwrap();
     let recs = records(&bytes);
     let (ev, cp) = (recs[recs.len() - 2], recs[recs.len() - 1]);
-    for from in [ev.off + record::HEADER_LEN as u64, ev.off + 40, cp.off + record::HEADER_LEN as u64 + 3] {
+    for from in [
+        ev.off + record::HEADER_LEN as u64,
+        ev.off + 40,
+        cp.off + record::HEADER_LEN as u64 + 3,
+    ] {
         let copy = TempDir::copy_of(base.dir.path(), "zero-body");
         std::fs::write(copy.path().join("derived.meta"), &base.meta_before_last).unwrap();
         let mut b = bytes.clone();
@@ -233,10 +321,16 @@ fn a_last_record_zeroed_through_the_end_is_a_torn_tail() {
         std::fs::write(copy.path().join(&name), &b).unwrap();
         let (store, report) = match try_open(copy.path()) {
             Ok(x) => x,
-            Err(e) => panic!("zeros from {from} (event at {}, checkpoint at {}): {e}", ev.off, cp.off),
+            Err(e) => panic!(
+                "zeros from {from} (event at {}, checkpoint at {}): {e}",
+                ev.off, cp.off
+            ),
         };
         let boundary = if from >= cp.off { cp.off } else { ev.off };
-        assert_eq!(report.truncated, Some((name.clone(), boundary, bytes.len() as u64 - boundary)));
+        assert_eq!(
+            report.truncated,
+            Some((name.clone(), boundary, bytes.len() as u64 - boundary))
+        );
         run_verify(&store).unwrap();
     }
 }
@@ -253,18 +347,44 @@ fn answers(dir: &Path, base: &Base) -> Answers {
     let (store, _) = open(dir);
     let root = run_verify(&store).unwrap().root;
     let queries = [
-        Query { limit: usize::MAX, ..Query::default() },
-        Query { kind: Some(KINDS[1].into()), limit: usize::MAX, ..Query::default() },
-        Query { actor: Some("actor-1".into()), limit: usize::MAX, ..Query::default() },
-        Query { model: Some("model-2".into()), limit: usize::MAX, ..Query::default() },
-        Query { since_ns: Some(1_767_225_600_000_000_000 + 5_000_000_000), limit: 4, ..Query::default() },
+        Query {
+            limit: usize::MAX,
+            ..Query::default()
+        },
+        Query {
+            kind: Some(KINDS[1].into()),
+            limit: usize::MAX,
+            ..Query::default()
+        },
+        Query {
+            actor: Some("actor-1".into()),
+            limit: usize::MAX,
+            ..Query::default()
+        },
+        Query {
+            model: Some("model-2".into()),
+            limit: usize::MAX,
+            ..Query::default()
+        },
+        Query {
+            since_ns: Some(1_767_225_600_000_000_000 + 5_000_000_000),
+            limit: 4,
+            ..Query::default()
+        },
     ];
     let q = queries.iter().map(|q| store.query(q).unwrap()).collect();
-    let ids = base.all().map(|(id, _, _)| store.seq_of(id).unwrap()).collect();
+    let ids = base
+        .all()
+        .map(|(id, _, _)| store.seq_of(id).unwrap())
+        .collect();
     (root, store.checkpoint_sizes().unwrap(), q, ids)
 }
 
-fn damage_and_reopen(base: &Base, what: &str, damage: impl Fn(&Path)) -> mlaudit_embedded::OpenReport {
+fn damage_and_reopen(
+    base: &Base,
+    what: &str,
+    damage: impl Fn(&Path),
+) -> mlaudit_embedded::OpenReport {
     let want = answers(base.dir.path(), base);
     let copy = TempDir::copy_of(base.dir.path(), "derived");
     damage(copy.path());
@@ -283,17 +403,28 @@ fn damage_and_reopen(base: &Base, what: &str, damage: impl Fn(&Path)) -> mlaudit
 
 fn shorten(path: &Path, by: u64) {
     let len = std::fs::metadata(path).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len.saturating_sub(by)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len.saturating_sub(by))
+        .unwrap();
 }
 
 #[test]
 fn missing_or_damaged_watermark_replays_everything() {
     let base = build_base("meta");
-    let r = damage_and_reopen(&base, "derived.meta deleted", |d| std::fs::remove_file(d.join("derived.meta")).unwrap());
+    let r = damage_and_reopen(&base, "derived.meta deleted", |d| {
+        std::fs::remove_file(d.join("derived.meta")).unwrap()
+    });
     assert_eq!(r.replayed, base.total());
-    let r = damage_and_reopen(&base, "derived.meta garbled", |d| common::flip(&d.join("derived.meta"), 20, 0x01));
+    let r = damage_and_reopen(&base, "derived.meta garbled", |d| {
+        common::flip(&d.join("derived.meta"), 20, 0x01)
+    });
     assert_eq!(r.replayed, base.total());
-    let r = damage_and_reopen(&base, "derived.meta truncated", |d| shorten(&d.join("derived.meta"), 3));
+    let r = damage_and_reopen(&base, "derived.meta truncated", |d| {
+        shorten(&d.join("derived.meta"), 3)
+    });
     assert_eq!(r.replayed, base.total());
     // Every derived file gone: the segments alone rebuild everything.
     let r = damage_and_reopen(&base, "all derived files deleted", |d| {
@@ -310,10 +441,23 @@ fn missing_or_damaged_watermark_replays_everything() {
 #[test]
 fn shortened_derived_files_are_rebuilt() {
     let base = build_base("short");
-    for file in ["index.bin", "offsets.bin", "tree-00.hash", "tree-01.hash", "tree-02.hash", "checkpoints.bin", "terms.bin"] {
+    for file in [
+        "index.bin",
+        "offsets.bin",
+        "tree-00.hash",
+        "tree-01.hash",
+        "tree-02.hash",
+        "checkpoints.bin",
+        "terms.bin",
+    ] {
         for by in [1u64, 8, 1000] {
-            let r = damage_and_reopen(&base, &format!("{file} shortened by {by}"), |d| shorten(&d.join(file), by));
-            assert!(r.rebuilt.is_some(), "{file} shortened by {by}: expected a rebuild, got {r:?}");
+            let r = damage_and_reopen(&base, &format!("{file} shortened by {by}"), |d| {
+                shorten(&d.join(file), by)
+            });
+            assert!(
+                r.rebuilt.is_some(),
+                "{file} shortened by {by}: expected a rebuild, got {r:?}"
+            );
             assert_eq!(r.replayed, base.total());
         }
     }
@@ -325,10 +469,17 @@ fn delete_tree_level_then_append(base: &Base, level: u32) {
     let copy = TempDir::copy_of(base.dir.path(), "del-tree");
     std::fs::remove_file(copy.path().join(format!("tree-{level:02}.hash"))).unwrap();
     let (store, report) = open(copy.path());
-    assert!(report.rebuilt.is_some(), "tree-{level:02}.hash deleted: {report:?}");
+    assert!(
+        report.rebuilt.is_some(),
+        "tree-{level:02}.hash deleted: {report:?}"
+    );
     assert_eq!(run_verify(&store).unwrap().root, base.root);
-    let specs: Vec<Spec> = (0..9u8).map(|i| Spec::simple(EventId([0xd0 + i; 16]), "x.more", 500 + u64::from(i))).collect();
-    store.append(specs.iter().map(Spec::prepare).collect()).unwrap();
+    let specs: Vec<Spec> = (0..9u8)
+        .map(|i| Spec::simple(EventId([0xd0 + i; 16]), "x.more", 500 + u64::from(i)))
+        .collect();
+    store
+        .append(specs.iter().map(Spec::prepare).collect())
+        .unwrap();
     if let Err(f) = run_verify(&store) {
         panic!("tree-{level:02}.hash deleted, rebuilt, 9 events appended: {f}");
     }
@@ -342,8 +493,13 @@ fn delete_tree_level_then_append(base: &Base, level: u32) {
 #[test]
 fn deleted_top_tree_level_is_rebuilt() {
     let base = build_base("del-top");
-    let top = (0..64).take_while(|l| base.dir.path().join(format!("tree-{l:02}.hash")).exists()).last().unwrap();
-    let r = damage_and_reopen(&base, "top tree level deleted", |d| std::fs::remove_file(d.join(format!("tree-{top:02}.hash"))).unwrap());
+    let top = (0..64)
+        .take_while(|l| base.dir.path().join(format!("tree-{l:02}.hash")).exists())
+        .last()
+        .unwrap();
+    let r = damage_and_reopen(&base, "top tree level deleted", |d| {
+        std::fs::remove_file(d.join(format!("tree-{top:02}.hash"))).unwrap()
+    });
     assert!(r.rebuilt.is_some());
     delete_tree_level_then_append(&base, top);
 }
@@ -375,7 +531,9 @@ fn derived_files_beyond_the_watermark_are_replaced() {
     });
     // And a crash-time watermark with the derived files already extended by the last group:
     // the group is replayed from the segment.
-    let r = damage_and_reopen(&base, "stale watermark", |d| std::fs::write(d.join("derived.meta"), &base.meta_before_last).unwrap());
+    let r = damage_and_reopen(&base, "stale watermark", |d| {
+        std::fs::write(d.join("derived.meta"), &base.meta_before_last).unwrap()
+    });
     assert_eq!(r.replayed, *GROUPS.last().unwrap() as u64);
     assert_eq!(r.rebuilt, None);
 }

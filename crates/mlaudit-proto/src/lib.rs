@@ -123,8 +123,16 @@ fn from_json(v: &Value) -> Event {
     });
     let mut attributes = v["attributes"].as_object().cloned().unwrap_or_default();
     let mut prediction = None;
-    if v["kind"] == "prediction.served" && attributes.contains_key("inputs") && attributes.contains_key("outputs") {
-        let mut text = |k: &str| attributes.remove(k).map(|x| x.to_string()).unwrap_or_default();
+    if v["kind"] == "prediction.served"
+        && attributes.contains_key("inputs")
+        && attributes.contains_key("outputs")
+    {
+        let mut text = |k: &str| {
+            attributes
+                .remove(k)
+                .map(|x| x.to_string())
+                .unwrap_or_default()
+        };
         let (inputs_json, outputs_json) = (text("inputs"), text("outputs"));
         // A number moves to its typed field; anything else stays in attributes_json as it is.
         let mut number = |k: &str| {
@@ -146,7 +154,11 @@ fn from_json(v: &Value) -> Event {
         kind: text("kind"),
         actor: Some(actor),
         subject,
-        attributes_json: if attributes.is_empty() { String::new() } else { Value::Object(attributes).to_string() },
+        attributes_json: if attributes.is_empty() {
+            String::new()
+        } else {
+            Value::Object(attributes).to_string()
+        },
         prediction,
     }
 }

@@ -47,7 +47,10 @@ impl Role {
     pub fn allows(self, access: Access) -> bool {
         matches!(
             (self, access),
-            (_, Access::Public) | (Role::Writer, Access::Write) | (Role::Reader | Role::Admin, Access::Read) | (Role::Admin, Access::Admin)
+            (_, Access::Public)
+                | (Role::Writer, Access::Write)
+                | (Role::Reader | Role::Admin, Access::Read)
+                | (Role::Admin, Access::Admin)
         )
     }
 }
@@ -68,7 +71,9 @@ pub enum Access {
 pub fn required(method: &str, path: &str) -> Access {
     match (method, path) {
         (_, "/healthz" | "/readyz" | "/openapi.json") => Access::Public,
-        (_, "/v1/checkpoint" | "/v1/verifier-key" | "/v1/proof/consistency") => Access::ProofMaterial,
+        (_, "/v1/checkpoint" | "/v1/verifier-key" | "/v1/proof/consistency") => {
+            Access::ProofMaterial
+        }
         (_, p) if p.starts_with("/v1/proof/inclusion/") => Access::ProofMaterial,
         ("POST", "/v1/events") => Access::Write,
         (_, p) if p == "/v1/tokens" || p.starts_with("/v1/tokens/") => Access::Admin,
@@ -87,7 +92,10 @@ pub struct Principal {
 
 impl Principal {
     pub fn anonymous() -> Principal {
-        Principal { name: "anonymous".into(), role: None }
+        Principal {
+            name: "anonymous".into(),
+            role: None,
+        }
     }
 }
 
@@ -133,11 +141,17 @@ pub struct Tokens {
 }
 
 fn file_err(path: &Path, problem: impl std::fmt::Display) -> TokenError {
-    TokenError::File { path: path.display().to_string(), problem: problem.to_string() }
+    TokenError::File {
+        path: path.display().to_string(),
+        problem: problem.to_string(),
+    }
 }
 
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 impl Tokens {
@@ -148,18 +162,37 @@ impl Tokens {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
             Err(e) => return Err(file_err(path, e)),
         };
-        let mut t = Tokens { path: path.to_owned(), file, active: Vec::new() };
+        let mut t = Tokens {
+            path: path.to_owned(),
+            file,
+            active: Vec::new(),
+        };
         t.reindex()?;
         Ok(t)
     }
 
     fn reindex(&mut self) -> Result<(), TokenError> {
         self.active.clear();
-        for (i, rec) in self.file.tokens.iter().enumerate().filter(|(_, r)| r.revoked.is_none()) {
+        for (i, rec) in self
+            .file
+            .tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.revoked.is_none())
+        {
             let bytes = (0..rec.sha256.len() / 2)
-                .map(|j| rec.sha256.get(2 * j..2 * j + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+                .map(|j| {
+                    rec.sha256
+                        .get(2 * j..2 * j + 2)
+                        .and_then(|h| u8::from_str_radix(h, 16).ok())
+                })
                 .collect::<Option<Vec<u8>>>();
-            let hash = bytes.as_deref().and_then(Hash::from_slice).ok_or_else(|| file_err(&self.path, format!("token {:?} has a malformed hash", rec.name)))?;
+            let hash = bytes.as_deref().and_then(Hash::from_slice).ok_or_else(|| {
+                file_err(
+                    &self.path,
+                    format!("token {:?} has a malformed hash", rec.name),
+                )
+            })?;
             self.active.push((hash, i));
         }
         Ok(())
@@ -170,10 +203,14 @@ impl Tokens {
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(&self.file).map_err(|e| file_err(&self.path, e))?;
         let mut f = std::fs::File::create(&tmp).map_err(|e| file_err(&tmp, e))?;
-        f.write_all(&text).and_then(|()| f.sync_all()).map_err(|e| file_err(&tmp, e))?;
+        f.write_all(&text)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| file_err(&tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| file_err(&self.path, e))?;
         if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| file_err(dir, e))?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| file_err(dir, e))?;
         }
         Ok(())
     }
@@ -189,7 +226,10 @@ impl Tokens {
             }
         }
         let rec = &self.file.tokens[found?];
-        Some(Principal { name: format!("token:{}", rec.name), role: Some(rec.role) })
+        Some(Principal {
+            name: format!("token:{}", rec.name),
+            role: Some(rec.role),
+        })
     }
 
     /// Creates a token; returns the token text (shown once).
@@ -197,13 +237,24 @@ impl Tokens {
         if !valid_name(name) {
             return Err(TokenError::BadName(name.to_owned()));
         }
-        if self.file.tokens.iter().any(|t| t.name == name && t.revoked.is_none()) {
+        if self
+            .file
+            .tokens
+            .iter()
+            .any(|t| t.name == name && t.revoked.is_none())
+        {
             return Err(TokenError::Exists(name.to_owned()));
         }
         let mut secret = [0u8; 32];
         getrandom::getrandom(&mut secret).map_err(|e| TokenError::Random(e.to_string()))?;
         let token = format!("mla_{}", hex(&secret));
-        self.file.tokens.push(TokenRecord { name: name.to_owned(), role, sha256: hex(&sha256(token.as_bytes())), created: now.to_owned(), revoked: None });
+        self.file.tokens.push(TokenRecord {
+            name: name.to_owned(),
+            role,
+            sha256: hex(&sha256(token.as_bytes())),
+            created: now.to_owned(),
+            revoked: None,
+        });
         self.reindex()?;
         self.save()?;
         Ok(token)
@@ -211,7 +262,12 @@ impl Tokens {
 
     /// Revokes the active token `name`; returns its role.
     pub fn revoke(&mut self, name: &str, now: &str) -> Result<Role, TokenError> {
-        let rec = self.file.tokens.iter_mut().find(|t| t.name == name && t.revoked.is_none()).ok_or_else(|| TokenError::Unknown(name.to_owned()))?;
+        let rec = self
+            .file
+            .tokens
+            .iter_mut()
+            .find(|t| t.name == name && t.revoked.is_none())
+            .ok_or_else(|| TokenError::Unknown(name.to_owned()))?;
         rec.revoked = Some(now.to_owned());
         let role = rec.role;
         self.reindex()?;
@@ -221,7 +277,12 @@ impl Tokens {
 
     /// Changes the role of the active token `name`; returns the old role.
     pub fn set_role(&mut self, name: &str, role: Role) -> Result<Role, TokenError> {
-        let rec = self.file.tokens.iter_mut().find(|t| t.name == name && t.revoked.is_none()).ok_or_else(|| TokenError::Unknown(name.to_owned()))?;
+        let rec = self
+            .file
+            .tokens
+            .iter_mut()
+            .find(|t| t.name == name && t.revoked.is_none())
+            .ok_or_else(|| TokenError::Unknown(name.to_owned()))?;
         let old = std::mem::replace(&mut rec.role, role);
         self.save()?;
         Ok(old)
@@ -234,7 +295,12 @@ impl Tokens {
 }
 
 /// The `governance.access_changed` event recording a token change, as JSON text.
-pub fn access_changed_event(actor: &Principal, token_name: &str, role: Role, change: &str) -> String {
+pub fn access_changed_event(
+    actor: &Principal,
+    token_name: &str,
+    role: Role,
+    change: &str,
+) -> String {
     serde_json::json!({
         "kind": "governance.access_changed",
         "actor": { "id": actor.name, "type": "user" },
@@ -250,9 +316,17 @@ mod tests {
     #[test]
     fn role_matrix() {
         use Access::*;
-        for (role, allowed) in [(Role::Writer, vec![Public, Write]), (Role::Reader, vec![Public, Read]), (Role::Admin, vec![Public, Read, Admin])] {
+        for (role, allowed) in [
+            (Role::Writer, vec![Public, Write]),
+            (Role::Reader, vec![Public, Read]),
+            (Role::Admin, vec![Public, Read, Admin]),
+        ] {
             for access in [Public, Write, Read, Admin] {
-                assert_eq!(role.allows(access), allowed.contains(&access), "{role:?} {access:?}");
+                assert_eq!(
+                    role.allows(access),
+                    allowed.contains(&access),
+                    "{role:?} {access:?}"
+                );
             }
         }
     }
@@ -264,16 +338,40 @@ mod tests {
         let path = dir.join("tokens.json");
         let _ = std::fs::remove_file(&path);
         let mut t = Tokens::load(&path).unwrap();
-        let token = t.create("ingest", Role::Writer, "2026-11-27T00:00:00Z").unwrap();
+        let token = t
+            .create("ingest", Role::Writer, "2026-11-27T00:00:00Z")
+            .unwrap();
         assert!(token.starts_with("mla_") && token.len() == 68);
-        assert!(!std::fs::read_to_string(&path).unwrap().contains(&token), "the token itself is never stored");
+        assert!(
+            !std::fs::read_to_string(&path).unwrap().contains(&token),
+            "the token itself is never stored"
+        );
         let p = Tokens::load(&path).unwrap().authenticate(&token).unwrap();
-        assert_eq!(p, Principal { name: "token:ingest".into(), role: Some(Role::Writer) });
+        assert_eq!(
+            p,
+            Principal {
+                name: "token:ingest".into(),
+                role: Some(Role::Writer)
+            }
+        );
         assert!(t.authenticate("mla_wrong").is_none());
-        assert!(matches!(t.create("ingest", Role::Reader, "x"), Err(TokenError::Exists(_))));
-        assert!(matches!(t.create("bad name", Role::Reader, "x"), Err(TokenError::BadName(_))));
+        assert!(matches!(
+            t.create("ingest", Role::Reader, "x"),
+            Err(TokenError::Exists(_))
+        ));
+        assert!(matches!(
+            t.create("bad name", Role::Reader, "x"),
+            Err(TokenError::BadName(_))
+        ));
         assert_eq!(t.set_role("ingest", Role::Reader).unwrap(), Role::Writer);
-        assert_eq!(Tokens::load(&path).unwrap().authenticate(&token).unwrap().role, Some(Role::Reader));
+        assert_eq!(
+            Tokens::load(&path)
+                .unwrap()
+                .authenticate(&token)
+                .unwrap()
+                .role,
+            Some(Role::Reader)
+        );
         t.revoke("ingest", "2026-11-27T01:00:00Z").unwrap();
         assert!(Tokens::load(&path).unwrap().authenticate(&token).is_none());
         std::fs::remove_dir_all(&dir).unwrap();

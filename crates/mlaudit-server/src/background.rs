@@ -20,17 +20,26 @@ impl BackgroundServer {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("mlaudit-http".into()).spawn(move || -> std::io::Result<()> {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                serve(listener, state, async move {
-                    let _ = stopped.await;
+        let thread = std::thread::Builder::new()
+            .name("mlaudit-http".into())
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    serve(listener, state, async move {
+                        let _ = stopped.await;
+                    })
+                    .await
                 })
-                .await
-            })
-        })?;
-        Ok(BackgroundServer { addr, stop: Some(stop), thread: Some(thread) })
+            })?;
+        Ok(BackgroundServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 
     /// Where it listens.
@@ -48,7 +57,9 @@ impl BackgroundServer {
             let _ = stop.send(());
         }
         match self.thread.take() {
-            Some(t) => t.join().map_err(|_| std::io::Error::other("the server thread panicked"))?,
+            Some(t) => t
+                .join()
+                .map_err(|_| std::io::Error::other("the server thread panicked"))?,
             None => Ok(()),
         }
     }

@@ -31,7 +31,11 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// A size limit was exceeded; `limit` names it.
     #[error("{message}")]
-    TooLarge { limit: &'static str, max: u64, message: String },
+    TooLarge {
+        limit: &'static str,
+        max: u64,
+        message: String,
+    },
     /// Events that failed validation: nothing of the batch was written.
     #[error("{count} invalid event(s); nothing was written")]
     Invalid { count: usize, errors: Vec<Value> },
@@ -51,11 +55,15 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_events"),
             ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Store(_) | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Store(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         }
     }
 }
@@ -72,12 +80,17 @@ impl IntoResponse for ApiError {
         let mut error = json!({ "code": code, "message": message });
         match &self {
             ApiError::Invalid { errors, .. } => error["details"] = Value::Array(errors.clone()),
-            ApiError::TooLarge { limit, max, .. } => error["details"] = json!({ "limit": limit, "max": max }),
+            ApiError::TooLarge { limit, max, .. } => {
+                error["details"] = json!({ "limit": limit, "max": max })
+            }
             _ => {}
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
         }
         response
     }

@@ -6,18 +6,18 @@
 //! appended and the response (200) comes only after it is durable, with each event's id, seq and
 //! whether it was already in the log.
 
-use crate::error::ApiError;
 use crate::auth::Principal;
+use crate::error::ApiError;
 use crate::AppState;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mlaudit_core::event::{prepare, PreparedEvent};
 use mlaudit_store::AppendReceipt;
-use serde_json::value::RawValue;
 use serde_json::json;
+use serde_json::value::RawValue;
 use std::io::Read;
 
 /// The body's shape, from its content type.
@@ -28,7 +28,10 @@ enum Shape {
 }
 
 fn shape(headers: &HeaderMap) -> Result<Shape, ApiError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     let is = |name: &str| mime.eq_ignore_ascii_case(name);
     match mime {
@@ -44,9 +47,15 @@ fn shape(headers: &HeaderMap) -> Result<Shape, ApiError> {
 fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     let mut reader = flate2::read::GzDecoder::new(body).take(max + 1);
-    reader.read_to_end(&mut out).map_err(|e| ApiError::BadRequest(format!("the gzip body does not decompress: {e}")))?;
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::BadRequest(format!("the gzip body does not decompress: {e}")))?;
     if out.len() as u64 > max {
-        return Err(ApiError::TooLarge { limit: "max_body_bytes", max, message: format!("the decompressed body exceeds {max} bytes") });
+        return Err(ApiError::TooLarge {
+            limit: "max_body_bytes",
+            max,
+            message: format!("the decompressed body exceeds {max} bytes"),
+        });
     }
     Ok(out)
 }
@@ -54,12 +63,15 @@ fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
 /// The body's event texts, each with its index in the batch.
 fn split<'a>(shape: &Shape, text: &'a str) -> Result<Vec<&'a str>, ApiError> {
     match shape {
-        Shape::Protobuf => Err(ApiError::Internal("protobuf bodies are decoded before splitting".into())),
+        Shape::Protobuf => Err(ApiError::Internal(
+            "protobuf bodies are decoded before splitting".into(),
+        )),
         Shape::Ndjson => Ok(text.lines().filter(|l| !l.trim().is_empty()).collect()),
         Shape::Json => {
             let trimmed = text.trim_start();
             if trimmed.starts_with('[') {
-                let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| ApiError::BadRequest(format!("invalid JSON array: {e}")))?;
+                let items: Vec<&RawValue> = serde_json::from_str(text)
+                    .map_err(|e| ApiError::BadRequest(format!("invalid JSON array: {e}")))?;
                 Ok(items.into_iter().map(RawValue::get).collect())
             } else {
                 Ok(vec![text])
@@ -68,22 +80,40 @@ fn split<'a>(shape: &Shape, text: &'a str) -> Result<Vec<&'a str>, ApiError> {
     }
 }
 
-pub async fn post_events(State(state): State<AppState>, mut req: Request) -> Result<Response, ApiError> {
+pub async fn post_events(
+    State(state): State<AppState>,
+    mut req: Request,
+) -> Result<Response, ApiError> {
     let limits = state.limits;
     // Taken from the request rather than through the `Extension` and `HeaderMap` extractors,
     // which clone the principal and the whole header map on every request.
-    let principal = req.extensions_mut().remove::<Principal>().ok_or_else(|| ApiError::Internal("the request reached ingest without a principal".into()))?;
-    let shape = shape(req.headers());
-    let encoding = req.headers().get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    let body = Bytes::from_request(req, &state).await.map_err(|r: BytesRejection| match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge { limit: "max_body_bytes", max: limits.max_body_bytes, message: format!("the body exceeds {} bytes", limits.max_body_bytes) },
-        _ => ApiError::BadRequest(format!("cannot read the body: {r}")),
+    let principal = req.extensions_mut().remove::<Principal>().ok_or_else(|| {
+        ApiError::Internal("the request reached ingest without a principal".into())
     })?;
+    let shape = shape(req.headers());
+    let encoding = req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let body = Bytes::from_request(req, &state)
+        .await
+        .map_err(|r: BytesRejection| match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+                limit: "max_body_bytes",
+                max: limits.max_body_bytes,
+                message: format!("the body exceeds {} bytes", limits.max_body_bytes),
+            },
+            _ => ApiError::BadRequest(format!("cannot read the body: {r}")),
+        })?;
     let shape = shape?;
     let gzip = match encoding.as_deref() {
         None | Some("identity") => false,
         Some("gzip") => true,
-        Some(other) => return Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Encoding {other:?}: only gzip"))),
+        Some(other) => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "unsupported Content-Encoding {other:?}: only gzip"
+            )))
+        }
     };
     // Decompression, parsing and validation are CPU work: a large or compressed body is
     // handled on a blocking thread so that the async workers keep serving other connections;
@@ -115,7 +145,9 @@ pub async fn post_events(State(state): State<AppState>, mut req: Request) -> Res
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.submit(events, done));
     }
-    let receipt = rx.await.map_err(|_| ApiError::Internal("the store dropped the append".into()))??;
+    let receipt = rx
+        .await
+        .map_err(|_| ApiError::Internal("the store dropped the append".into()))??;
     Ok(receipt_json(&receipt))
 }
 
@@ -124,7 +156,13 @@ pub async fn post_events(State(state): State<AppState>, mut req: Request) -> Res
 const INLINE_PARSE_MAX_BYTES: usize = 16 << 10;
 
 /// Decodes and validates a batch: all-or-nothing, a 422 listing every invalid event.
-fn parse_batch(state: &AppState, principal: &str, shape: &Shape, gzip: bool, body: &[u8]) -> Result<Vec<PreparedEvent>, ApiError> {
+fn parse_batch(
+    state: &AppState,
+    principal: &str,
+    shape: &Shape,
+    gzip: bool,
+    body: &[u8],
+) -> Result<Vec<PreparedEvent>, ApiError> {
     let limits = state.limits;
     let inflated;
     let raw = if gzip {
@@ -136,12 +174,22 @@ fn parse_batch(state: &AppState, principal: &str, shape: &Shape, gzip: bool, bod
     let decoded: Vec<String>;
     let texts: Vec<&str> = match shape {
         Shape::Protobuf => {
-            decoded = crate::protobuf::decode_batch(raw).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            decoded = crate::protobuf::decode_batch(raw)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             decoded.iter().map(String::as_str).collect()
         }
         _ => {
-            let text = std::str::from_utf8(raw).map_err(|e| ApiError::BadRequest(format!("the body is not valid UTF-8 (at byte {})", e.valid_up_to())))?;
-            if text.trim().is_empty() { Vec::new() } else { split(shape, text)? }
+            let text = std::str::from_utf8(raw).map_err(|e| {
+                ApiError::BadRequest(format!(
+                    "the body is not valid UTF-8 (at byte {})",
+                    e.valid_up_to()
+                ))
+            })?;
+            if text.trim().is_empty() {
+                Vec::new()
+            } else {
+                split(shape, text)?
+            }
         }
     };
     if texts.is_empty() {
@@ -151,7 +199,11 @@ fn parse_batch(state: &AppState, principal: &str, shape: &Shape, gzip: bool, bod
         return Err(ApiError::TooLarge {
             limit: "max_events_per_batch",
             max: limits.max_events_per_batch as u64,
-            message: format!("{} events in one batch; the limit is {}", texts.len(), limits.max_events_per_batch),
+            message: format!(
+                "{} events in one batch; the limit is {}",
+                texts.len(),
+                limits.max_events_per_batch
+            ),
         });
     }
     let mut events: Vec<PreparedEvent> = Vec::with_capacity(texts.len());
@@ -163,12 +215,19 @@ fn parse_batch(state: &AppState, principal: &str, shape: &Shape, gzip: bool, bod
         }
     }
     if !errors.is_empty() {
-        return Err(ApiError::Invalid { count: errors.len(), errors });
+        return Err(ApiError::Invalid {
+            count: errors.len(),
+            errors,
+        });
     }
     Ok(events)
 }
 
-fn count_ingested(metrics: &crate::metrics::Metrics, stages: &[mlaudit_core::event::Stage], receipt: &AppendReceipt) {
+fn count_ingested(
+    metrics: &crate::metrics::Metrics,
+    stages: &[mlaudit_core::event::Stage],
+    receipt: &AppendReceipt,
+) {
     for (stage, appended) in stages.iter().zip(&receipt.events) {
         if !appended.duplicate {
             metrics.ingested(*stage, 1);
@@ -193,11 +252,22 @@ fn receipt_json(receipt: &AppendReceipt) -> Response {
         seq: u64,
         duplicate: bool,
     }
-    fn display<S: serde::Serializer>(id: &mlaudit_core::entry::EventId, s: S) -> Result<S::Ok, S::Error> {
+    fn display<S: serde::Serializer>(
+        id: &mlaudit_core::entry::EventId,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_str(id)
     }
     let body = Body {
-        events: receipt.events.iter().map(|a| Event { id: a.id, seq: a.seq, duplicate: a.duplicate }).collect(),
+        events: receipt
+            .events
+            .iter()
+            .map(|a| Event {
+                id: a.id,
+                seq: a.seq,
+                duplicate: a.duplicate,
+            })
+            .collect(),
         tree_size: receipt.tree_size,
         checkpoint: &receipt.checkpoint,
     };

@@ -9,7 +9,14 @@
 //! operations of `mlaudit-store`; it knows nothing of files or engines. The principal recorded
 //! on every event comes from the server, never from the request body.
 
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, reason = "a unit test fails loudly on any unexpected error"))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        reason = "a unit test fails loudly on any unexpected error"
+    )
+)]
 
 pub mod auth;
 mod background;
@@ -18,19 +25,19 @@ mod ingest;
 pub mod metrics;
 pub mod openapi;
 pub mod protobuf;
-pub mod tls;
 mod read;
+pub mod tls;
 mod tokens;
 
+use auth::{Access, Principal, Tokens};
 use axum::extract::DefaultBodyLimit;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use error::ApiError;
 use mlaudit_core::note::NoteVerifier;
-use auth::{Access, Principal, Tokens};
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use mlaudit_store::Store;
 use std::sync::{Arc, RwLock};
 
@@ -48,7 +55,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { max_body_bytes: 16 << 20, max_events_per_batch: 10_000 }
+        Limits {
+            max_body_bytes: 16 << 20,
+            max_events_per_batch: 10_000,
+        }
     }
 }
 
@@ -69,7 +79,10 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("verifier", &self.verifier).field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("verifier", &self.verifier)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -101,7 +114,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn router(state: AppState) -> Router {
     let body_limit = usize::try_from(state.limits.max_body_bytes).unwrap_or(usize::MAX);
     Router::new()
-        .route("/v1/events", post(ingest::post_events).get(read::list_events))
+        .route(
+            "/v1/events",
+            post(ingest::post_events).get(read::list_events),
+        )
         .route("/v1/events/{id}", get(read::get_event))
         .route("/v1/lineage/{id}", get(read::get_lineage))
         .route("/v1/checkpoint", get(read::get_checkpoint))
@@ -113,7 +129,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::serve))
         .route("/openapi.json", get(openapi::serve))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
-        .route("/v1/tokens/{name}", axum::routing::put(tokens::set_role).delete(tokens::revoke))
+        .route(
+            "/v1/tokens/{name}",
+            axum::routing::put(tokens::set_role).delete(tokens::revoke),
+        )
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -128,15 +147,27 @@ async fn contain_panics(work: impl std::future::Future<Output = Response>) -> Re
     match std::panic::AssertUnwindSafe(work).catch_unwind().await {
         Ok(response) => response,
         Err(panic) => {
-            let what = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
             tracing::error!(panic = %what, "a request handler panicked");
-            ApiError::Internal("the server failed while handling this request (a bug, logged on the server)".into()).into_response()
+            ApiError::Internal(
+                "the server failed while handling this request (a bug, logged on the server)"
+                    .into(),
+            )
+            .into_response()
         }
     }
 }
 
 fn bearer(req: &Request) -> Option<&str> {
-    let value = req.headers().get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -150,7 +181,10 @@ fn bearer(req: &Request) -> Option<&str> {
 /// not timed (a 405 on a route's path is).
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = method_label(req.method());
-    let route = req.extensions().get::<axum::extract::MatchedPath>().cloned();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
     let start = std::time::Instant::now();
     let response = contain_panics(async {
         match refuse_declared_oversize(&state, &req) {
@@ -160,7 +194,12 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
     })
     .await;
     if let Some(route) = route {
-        state.metrics.observe(method, route.as_str(), response.status().as_u16(), start.elapsed().as_secs_f64());
+        state.metrics.observe(
+            method,
+            route.as_str(),
+            response.status().as_u16(),
+            start.elapsed().as_secs_f64(),
+        );
     }
     response
 }
@@ -169,18 +208,38 @@ async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Respo
 /// valid HTTP method, and a client's own would otherwise become a label).
 fn method_label(method: &axum::http::Method) -> &'static str {
     use axum::http::Method;
-    static KNOWN: [Method; 9] = [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::PATCH, Method::OPTIONS, Method::TRACE, Method::CONNECT];
-    KNOWN.iter().find(|m| *m == method).map_or("other", |m| m.as_str())
+    static KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    KNOWN
+        .iter()
+        .find(|m| *m == method)
+        .map_or("other", |m| m.as_str())
 }
 
 /// 413 at once when the declared `Content-Length` is over the body limit, instead of waiting
 /// for bytes that would be refused anyway.
 fn refuse_declared_oversize(state: &AppState, req: &Request) -> Option<ApiError> {
-    let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok())?;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())?;
     (declared > state.limits.max_body_bytes).then(|| ApiError::TooLarge {
         limit: "max_body_bytes",
         max: state.limits.max_body_bytes,
-        message: format!("the declared body of {declared} bytes exceeds {} bytes", state.limits.max_body_bytes),
+        message: format!(
+            "the declared body of {declared} bytes exceeds {} bytes",
+            state.limits.max_body_bytes
+        ),
     })
 }
 
@@ -195,14 +254,24 @@ async fn authorize(state: &AppState, mut req: Request, next: Next) -> Response {
     // Health, readiness and the API document answer anyone, whatever Authorization they carry.
     let fully_public = auth::required(req.method().as_str(), req.uri().path()) == Access::Public;
     let principal = match &state.tokens {
-        None => Principal { name: "anonymous (danger-no-auth)".into(), role: Some(auth::Role::Admin) },
+        None => Principal {
+            name: "anonymous (danger-no-auth)".into(),
+            role: Some(auth::Role::Admin),
+        },
         Some(_) if fully_public => Principal::anonymous(),
         Some(tokens) => {
             let found = match (bearer(&req), tokens.read()) {
-                (Some(token), Ok(tokens)) => tokens.authenticate(token).ok_or("the bearer token is not valid"),
+                (Some(token), Ok(tokens)) => tokens
+                    .authenticate(token)
+                    .ok_or("the bearer token is not valid"),
                 (None, _) if access == Access::Public => Ok(Principal::anonymous()),
-                (None, _) => Err("this endpoint needs a bearer token (Authorization: Bearer mla_...)"),
-                (_, Err(_)) => return ApiError::Internal("the token table lock is poisoned".into()).into_response(),
+                (None, _) => {
+                    Err("this endpoint needs a bearer token (Authorization: Bearer mla_...)")
+                }
+                (_, Err(_)) => {
+                    return ApiError::Internal("the token table lock is poisoned".into())
+                        .into_response()
+                }
             };
             match found {
                 Ok(p) => p,
@@ -217,7 +286,12 @@ async fn authorize(state: &AppState, mut req: Request, next: Next) -> Response {
     };
     if !allowed {
         let role = principal.role.map_or("anonymous", |r| r.as_str());
-        return ApiError::Forbidden(format!("the {role} role may not {} {}", req.method(), req.uri().path())).into_response();
+        return ApiError::Forbidden(format!(
+            "the {role} role may not {} {}",
+            req.method(),
+            req.uri().path()
+        ))
+        .into_response();
     }
     req.extensions_mut().insert(principal);
     next.run(req).await
@@ -226,12 +300,18 @@ async fn authorize(state: &AppState, mut req: Request, next: Next) -> Response {
 /// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
 /// Connections are `TCP_NODELAY`: a response written in more than one piece is not held back
 /// by Nagle's algorithm waiting for the client's delayed ACK.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
         }
     });
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// Upper bounds (seconds) of the request latency histogram.
-const LATENCY_BOUNDS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const LATENCY_BOUNDS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 #[derive(Debug, Default, Clone)]
 struct Histogram {
@@ -38,14 +40,21 @@ impl Metrics {
 
     /// Counts one request's latency under (method, route template, status).
     pub(crate) fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let Ok(mut map) = self.requests.lock() else { return };
+        let Ok(mut map) = self.requests.lock() else {
+            return;
+        };
         // The keys are few (routes × methods × statuses seen): a scan finds an existing one
         // without allocating its strings, as `entry` would on every request.
         let is_key = |(m, r, s): &(String, String, u16)| m == method && r == route && *s == status;
         if !map.keys().any(is_key) {
-            map.insert((method.to_owned(), route.to_owned(), status), Histogram::default());
+            map.insert(
+                (method.to_owned(), route.to_owned(), status),
+                Histogram::default(),
+            );
         }
-        let Some(h) = map.iter_mut().find(|(k, _)| is_key(k)).map(|(_, h)| h) else { return };
+        let Some(h) = map.iter_mut().find(|(k, _)| is_key(k)).map(|(_, h)| h) else {
+            return;
+        };
         if let Some(i) = LATENCY_BOUNDS.iter().position(|b| seconds <= *b) {
             h.buckets[i] += 1;
         }
@@ -54,9 +63,11 @@ impl Metrics {
     }
 }
 
-
 fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Renders every metric.
@@ -66,39 +77,78 @@ pub fn render(state: &AppState) -> String {
     out.push_str("# HELP mlaudit_events_ingested_total Events appended through the API (duplicates excluded), by stage.\n");
     out.push_str("# TYPE mlaudit_events_ingested_total counter\n");
     for stage in Stage::ALL {
-        let _ = writeln!(out, "mlaudit_events_ingested_total{{stage=\"{}\"}} {}", stage.as_str(), m.ingested[stage as usize].load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "mlaudit_events_ingested_total{{stage=\"{}\"}} {}",
+            stage.as_str(),
+            m.ingested[stage as usize].load(Ordering::Relaxed)
+        );
     }
     out.push_str("# HELP mlaudit_http_request_duration_seconds Request latency by method, route and status.\n");
     out.push_str("# TYPE mlaudit_http_request_duration_seconds histogram\n");
     if let Ok(map) = m.requests.lock() {
         for ((method, route, status), h) in map.iter() {
-            let labels = format!("method=\"{}\",route=\"{}\",status=\"{status}\"", escape(method), escape(route));
+            let labels = format!(
+                "method=\"{}\",route=\"{}\",status=\"{status}\"",
+                escape(method),
+                escape(route)
+            );
             let mut cumulative = 0;
             for (bound, n) in LATENCY_BOUNDS.iter().zip(h.buckets) {
                 cumulative += n;
                 let _ = writeln!(out, "mlaudit_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
             }
-            let _ = writeln!(out, "mlaudit_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "mlaudit_http_request_duration_seconds_sum{{{labels}}} {}", h.sum);
-            let _ = writeln!(out, "mlaudit_http_request_duration_seconds_count{{{labels}}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "mlaudit_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "mlaudit_http_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "mlaudit_http_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
         }
     }
     let stats = state.store.stats();
-    out.push_str("# HELP mlaudit_sync_batch_events Events made durable per fsync (group commit size).\n");
+    out.push_str(
+        "# HELP mlaudit_sync_batch_events Events made durable per fsync (group commit size).\n",
+    );
     out.push_str("# TYPE mlaudit_sync_batch_events histogram\n");
     for (bound, cumulative) in &stats.sync_sizes {
-        let le = if *bound == u64::MAX { "+Inf".to_owned() } else { bound.to_string() };
-        let _ = writeln!(out, "mlaudit_sync_batch_events_bucket{{le=\"{le}\"}} {cumulative}");
+        let le = if *bound == u64::MAX {
+            "+Inf".to_owned()
+        } else {
+            bound.to_string()
+        };
+        let _ = writeln!(
+            out,
+            "mlaudit_sync_batch_events_bucket{{le=\"{le}\"}} {cumulative}"
+        );
     }
     let _ = writeln!(out, "mlaudit_sync_batch_events_sum {}", stats.synced_events);
     let _ = writeln!(out, "mlaudit_sync_batch_events_count {}", stats.syncs);
     out.push_str("# HELP mlaudit_tree_size Events in the log.\n# TYPE mlaudit_tree_size gauge\n");
     let _ = writeln!(out, "mlaudit_tree_size {}", state.store.tree_size());
-    out.push_str("# HELP mlaudit_log_bytes Bytes of the log on disk.\n# TYPE mlaudit_log_bytes gauge\n");
+    out.push_str(
+        "# HELP mlaudit_log_bytes Bytes of the log on disk.\n# TYPE mlaudit_log_bytes gauge\n",
+    );
     let _ = writeln!(out, "mlaudit_log_bytes {}", stats.log_bytes);
     out
 }
 
 pub async fn serve(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&state)).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&state),
+    )
+        .into_response()
 }

@@ -7,7 +7,9 @@ use serde_json::{Map, Value};
 /// Most events one protobuf batch may hold (the server's batch limit applies as well).
 pub const MAX_PROTO_EVENTS: usize = 100_000;
 
-pub use mlaudit_proto::{encode_batch, Actor, ActorType, Event, EventBatch, PredictionAttributes, Subject};
+pub use mlaudit_proto::{
+    encode_batch, Actor, ActorType, Event, EventBatch, PredictionAttributes, Subject,
+};
 
 /// Why a protobuf batch was rejected. The message names the event (its index in the batch) and
 /// the field whenever there is one.
@@ -16,20 +18,34 @@ pub use mlaudit_proto::{encode_batch, Actor, ActorType, Event, EventBatch, Predi
 pub enum ProtoError {
     /// The batch's own framing is broken: no event can be told apart from the next.
     #[error("the body is not a valid mlaudit.v1.EventBatch: {problem} (at byte {offset})")]
-    Malformed { offset: usize, problem: &'static str },
+    Malformed {
+        offset: usize,
+        problem: &'static str,
+    },
     /// One event's bytes do not decode as an `mlaudit.v1.Event`.
     #[error("event {index}: not a valid mlaudit.v1.Event: {source}")]
-    Decode { index: usize, source: prost::DecodeError },
+    Decode {
+        index: usize,
+        source: prost::DecodeError,
+    },
     /// More than [`MAX_PROTO_EVENTS`] events.
     #[error("{count} events in one protobuf batch; the limit is {MAX_PROTO_EVENTS}")]
     TooMany { count: usize },
     /// An event decodes but does not make a JSON event.
     #[error("event {index}: {field} {problem}")]
-    Field { index: usize, field: &'static str, problem: String },
+    Field {
+        index: usize,
+        field: &'static str,
+        problem: String,
+    },
 }
 
 fn json_text(index: usize, field: &'static str, text: &str) -> Result<Value, ProtoError> {
-    serde_json::from_str(text).map_err(|e| ProtoError::Field { index, field, problem: format!("is not valid JSON: {e}") })
+    serde_json::from_str(text).map_err(|e| ProtoError::Field {
+        index,
+        field,
+        problem: format!("is not valid JSON: {e}"),
+    })
 }
 
 /// `attributes_json`: a JSON object whose keys are unique. (serde_json's `Map` would keep the
@@ -63,15 +79,25 @@ fn attributes_object(index: usize, text: &str) -> Result<Map<String, Value>, Pro
     let field = "attributes_json";
     if !text.trim_start().starts_with('{') {
         json_text(index, field, text)?;
-        return Err(ProtoError::Field { index, field, problem: "must be a JSON object".into() });
+        return Err(ProtoError::Field {
+            index,
+            field,
+            problem: "must be a JSON object".into(),
+        });
     }
-    serde_json::from_str::<Unique>(text).map(|u| u.0).map_err(|e| {
-        let problem = match e.classify() {
-            serde_json::error::Category::Data => format!("has a {e}"),
-            _ => format!("is not valid JSON: {e}"),
-        };
-        ProtoError::Field { index, field, problem }
-    })
+    serde_json::from_str::<Unique>(text)
+        .map(|u| u.0)
+        .map_err(|e| {
+            let problem = match e.classify() {
+                serde_json::error::Category::Data => format!("has a {e}"),
+                _ => format!("is not valid JSON: {e}"),
+            };
+            ProtoError::Field {
+                index,
+                field,
+                problem,
+            }
+        })
 }
 
 /// Decodes a batch into one canonical JSON event text per event, in order.
@@ -87,7 +113,8 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Vec<String>, ProtoError> {
     }
     let mut out = Vec::with_capacity(count);
     for (index, record) in event_records(bytes).enumerate() {
-        let event = <Event as prost::Message>::decode(record?).map_err(|source| ProtoError::Decode { index, source })?;
+        let event = <Event as prost::Message>::decode(record?)
+            .map_err(|source| ProtoError::Decode { index, source })?;
         out.push(to_json(index, event)?.to_string());
     }
     Ok(out)
@@ -119,7 +146,10 @@ impl<'a> Reader<'a> {
         let start = self.at;
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
-            let &byte = self.bytes.get(self.at).ok_or_else(|| malformed(start, "a varint runs past the end"))?;
+            let &byte = self
+                .bytes
+                .get(self.at)
+                .ok_or_else(|| malformed(start, "a varint runs past the end"))?;
             self.at += 1;
             if shift == 63 && byte > 1 {
                 return Err(malformed(start, "a varint overflows 64 bits"));
@@ -134,7 +164,10 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, len: u64) -> Result<&'a [u8], ProtoError> {
         let rest = self.bytes.len() - self.at;
-        let len = usize::try_from(len).ok().filter(|&n| n <= rest).ok_or_else(|| malformed(self.at, "a field runs past the end"))?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| n <= rest)
+            .ok_or_else(|| malformed(self.at, "a field runs past the end"))?;
         let taken = &self.bytes[self.at..self.at + len];
         self.at += len;
         Ok(taken)
@@ -144,7 +177,10 @@ impl<'a> Reader<'a> {
     fn field(&mut self, depth: u32) -> Result<Field<'a>, ProtoError> {
         let start = self.at;
         let key = self.varint()?;
-        let number = u32::try_from(key >> 3).ok().filter(|_| key <= u64::from(u32::MAX)).ok_or_else(|| malformed(start, "a field key is out of range"))?;
+        let number = u32::try_from(key >> 3)
+            .ok()
+            .filter(|_| key <= u64::from(u32::MAX))
+            .ok_or_else(|| malformed(start, "a field key is out of range"))?;
         if number == 0 {
             return Err(malformed(start, "field number 0"));
         }
@@ -153,7 +189,8 @@ impl<'a> Reader<'a> {
             1 => self.take(8).map(|_| Field::Value(number, None)),
             2 => {
                 let len = self.varint()?;
-                self.take(len).map(|bytes| Field::Value(number, Some(bytes)))
+                self.take(len)
+                    .map(|bytes| Field::Value(number, Some(bytes)))
             }
             3 => {
                 if depth >= MAX_GROUP_DEPTH {
@@ -165,7 +202,10 @@ impl<'a> Reader<'a> {
                     }
                     if let Field::EndGroup(end) = self.field(depth + 1)? {
                         if end != number {
-                            return Err(malformed(start, "a group ends with another group's number"));
+                            return Err(malformed(
+                                start,
+                                "a group ends with another group's number",
+                            ));
                         }
                         return Ok(Field::Value(number, None));
                     }
@@ -190,7 +230,9 @@ fn event_records(bytes: &[u8]) -> impl Iterator<Item = Result<&[u8], ProtoError>
         let start = reader.at;
         let problem = match reader.field(0) {
             Ok(Field::Value(1, Some(event))) => return Some(Ok(event)),
-            Ok(Field::Value(1, None)) => malformed(start, "events (field 1) must be length-delimited messages"),
+            Ok(Field::Value(1, None)) => {
+                malformed(start, "events (field 1) must be length-delimited messages")
+            }
             Ok(Field::Value(..)) => continue,
             Ok(Field::EndGroup(_)) => malformed(start, "a group ends that never started"),
             Err(e) => e,
@@ -209,13 +251,26 @@ fn to_json(index: usize, e: Event) -> Result<Value, ProtoError> {
         out.insert("time".into(), Value::String(e.time));
     }
     out.insert("kind".into(), Value::String(e.kind));
-    let actor = e.actor.ok_or(ProtoError::Field { index, field: "actor", problem: "is required".into() })?;
+    let actor = e.actor.ok_or(ProtoError::Field {
+        index,
+        field: "actor",
+        problem: "is required".into(),
+    })?;
     let kind = match ActorType::try_from(actor.r#type) {
         Ok(ActorType::User) => "user",
         Ok(ActorType::Service) => "service",
-        _ => return Err(ProtoError::Field { index, field: "actor.type", problem: "must be USER or SERVICE".into() }),
+        _ => {
+            return Err(ProtoError::Field {
+                index,
+                field: "actor.type",
+                problem: "must be USER or SERVICE".into(),
+            })
+        }
     };
-    out.insert("actor".into(), serde_json::json!({ "id": actor.id, "type": kind }));
+    out.insert(
+        "actor".into(),
+        serde_json::json!({ "id": actor.id, "type": kind }),
+    );
     if let Some(s) = e.subject {
         let fields = [
             ("model", s.model),
@@ -227,22 +282,49 @@ fn to_json(index: usize, e: Event) -> Result<Value, ProtoError> {
             ("deployment", s.deployment),
             ("request", s.request),
         ];
-        let subject: Map<String, Value> = fields.into_iter().filter_map(|(k, v)| Some((k.to_owned(), Value::String(v?)))).collect();
+        let subject: Map<String, Value> = fields
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.to_owned(), Value::String(v?))))
+            .collect();
         out.insert("subject".into(), Value::Object(subject));
     }
-    let mut attributes = if e.attributes_json.is_empty() { Map::new() } else { attributes_object(index, &e.attributes_json)? };
+    let mut attributes = if e.attributes_json.is_empty() {
+        Map::new()
+    } else {
+        attributes_object(index, &e.attributes_json)?
+    };
     if let Some(p) = e.prediction {
         let mut put = |key: &str, value: Value| -> Result<(), ProtoError> {
             if attributes.insert(key.to_owned(), value).is_some() {
-                return Err(ProtoError::Field { index, field: "prediction", problem: format!("sets {key:?}, which attributes_json sets too: set it in one place") });
+                return Err(ProtoError::Field {
+                    index,
+                    field: "prediction",
+                    problem: format!(
+                        "sets {key:?}, which attributes_json sets too: set it in one place"
+                    ),
+                });
             }
             Ok(())
         };
-        put("inputs", json_text(index, "prediction.inputs_json", &p.inputs_json)?)?;
-        put("outputs", json_text(index, "prediction.outputs_json", &p.outputs_json)?)?;
-        for (key, value) in [("confidence", p.confidence), ("latency_ms", p.latency_ms), ("sample_rate", p.sample_rate)] {
+        put(
+            "inputs",
+            json_text(index, "prediction.inputs_json", &p.inputs_json)?,
+        )?;
+        put(
+            "outputs",
+            json_text(index, "prediction.outputs_json", &p.outputs_json)?,
+        )?;
+        for (key, value) in [
+            ("confidence", p.confidence),
+            ("latency_ms", p.latency_ms),
+            ("sample_rate", p.sample_rate),
+        ] {
             if let Some(v) = value {
-                let number = serde_json::Number::from_f64(v).ok_or_else(|| ProtoError::Field { index, field: "prediction", problem: format!("{key} is not a finite number") })?;
+                let number = serde_json::Number::from_f64(v).ok_or_else(|| ProtoError::Field {
+                    index,
+                    field: "prediction",
+                    problem: format!("{key} is not a finite number"),
+                })?;
                 put(key, Value::Number(number))?;
             }
         }

@@ -13,7 +13,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 fn now() -> String {
-    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
     format_time(ns)
 }
 
@@ -28,20 +31,40 @@ impl From<TokenError> for ApiError {
     }
 }
 
-fn tokens(state: &AppState) -> Result<&std::sync::Arc<std::sync::RwLock<crate::auth::Tokens>>, ApiError> {
-    state.tokens.as_ref().ok_or_else(|| ApiError::NotFound("this server runs without authentication (--danger-no-auth): it has no tokens".into()))
+fn tokens(
+    state: &AppState,
+) -> Result<&std::sync::Arc<std::sync::RwLock<crate::auth::Tokens>>, ApiError> {
+    state.tokens.as_ref().ok_or_else(|| {
+        ApiError::NotFound(
+            "this server runs without authentication (--danger-no-auth): it has no tokens".into(),
+        )
+    })
 }
 
 /// Appends the access change durably.
-async fn record(state: &AppState, actor: &Principal, name: &str, role: Role, change: &str) -> Result<(), ApiError> {
-    let event = prepare(&access_changed_event(actor, name, role, change), &actor.name).map_err(|e| ApiError::Internal(e.to_string()))?;
+async fn record(
+    state: &AppState,
+    actor: &Principal,
+    name: &str,
+    role: Role,
+    change: &str,
+) -> Result<(), ApiError> {
+    let event = prepare(
+        &access_changed_event(actor, name, role, change),
+        &actor.name,
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.append(vec![event])).await.map_err(|e| ApiError::Internal(e.to_string()))??;
+    tokio::task::spawn_blocking(move || store.append(vec![event]))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(())
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let t = tokens(&state)?.read().map_err(|_| ApiError::Internal("token lock poisoned".into()))?;
+    let t = tokens(&state)?
+        .read()
+        .map_err(|_| ApiError::Internal("token lock poisoned".into()))?;
     let list: Vec<Value> = t.list().iter().map(|r| json!({ "name": r.name, "role": r.role, "created": r.created, "revoked": r.revoked })).collect();
     Ok(Json(json!({ "tokens": list })))
 }
@@ -55,11 +78,16 @@ pub struct TokenRequest {
 }
 
 fn role(text: &str) -> Result<Role, ApiError> {
-    Role::parse(text).ok_or_else(|| ApiError::BadRequest(format!("role {text:?} is not one of writer, reader, admin")))
+    Role::parse(text).ok_or_else(|| {
+        ApiError::BadRequest(format!("role {text:?} is not one of writer, reader, admin"))
+    })
 }
 
-fn body(b: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>) -> Result<TokenRequest, ApiError> {
-    b.map(|Json(r)| r).map_err(|e| ApiError::BadRequest(e.body_text()))
+fn body(
+    b: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<TokenRequest, ApiError> {
+    b.map(|Json(r)| r)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
 pub async fn create(
@@ -69,14 +97,22 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req = body(req)?;
     let role = role(&req.role)?;
-    let name = req.name.ok_or_else(|| ApiError::BadRequest("name is required".into()))?;
+    let name = req
+        .name
+        .ok_or_else(|| ApiError::BadRequest("name is required".into()))?;
     let table = tokens(&state)?.clone();
-    let token = table.write().map_err(|_| ApiError::Internal("token lock poisoned".into()))?.create(&name, role, &now())?;
+    let token = table
+        .write()
+        .map_err(|_| ApiError::Internal("token lock poisoned".into()))?
+        .create(&name, role, &now())?;
     if let Err(e) = record(&state, &actor, &name, role, "granted").await {
         let _ = table.write().map(|mut t| t.revoke(&name, &now()));
         return Err(e);
     }
-    Ok((StatusCode::CREATED, Json(json!({ "name": name, "role": role, "token": token }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "name": name, "role": role, "token": token })),
+    ))
 }
 
 pub async fn set_role(
@@ -88,17 +124,29 @@ pub async fn set_role(
     let req = body(req)?;
     let role = role(&req.role)?;
     let table = tokens(&state)?.clone();
-    let old = table.write().map_err(|_| ApiError::Internal("token lock poisoned".into()))?.set_role(&name, role)?;
+    let old = table
+        .write()
+        .map_err(|_| ApiError::Internal("token lock poisoned".into()))?
+        .set_role(&name, role)?;
     if let Err(e) = record(&state, &actor, &name, role, "granted").await {
         let _ = table.write().map(|mut t| t.set_role(&name, old));
         return Err(e);
     }
-    Ok(Json(json!({ "name": name, "role": role, "previous_role": old })))
+    Ok(Json(
+        json!({ "name": name, "role": role, "previous_role": old }),
+    ))
 }
 
-pub async fn revoke(State(state): State<AppState>, Extension(actor): Extension<Principal>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn revoke(
+    State(state): State<AppState>,
+    Extension(actor): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let table = tokens(&state)?.clone();
-    let role = table.write().map_err(|_| ApiError::Internal("token lock poisoned".into()))?.revoke(&name, &now())?;
+    let role = table
+        .write()
+        .map_err(|_| ApiError::Internal("token lock poisoned".into()))?
+        .revoke(&name, &now())?;
     record(&state, &actor, &name, role, "revoked").await?;
     Ok(Json(json!({ "name": name, "role": role, "revoked": true })))
 }

@@ -2,7 +2,10 @@
 //! shape, all-or-nothing batches, idempotent retries, limits and bad input (each a 4xx JSON
 //! error with the store unchanged), and the read endpoints.
 
-#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -34,17 +37,38 @@ impl Drop for Fixture {
 }
 
 fn fixture(name: &str, limits: Limits) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("mlaudit-server-test-{name}-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("mlaudit-server-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let signer = NoteSigner::from_seed("test.mlaudit/server", [5; 32]).unwrap();
     let (store, _) = EmbeddedStore::open(&dir, Some(signer.clone())).unwrap();
     let store = Arc::new(store);
     let mut tokens = Tokens::load(&dir.join("tokens.json")).unwrap();
-    let writer = tokens.create("writer", Role::Writer, "2026-11-27T00:00:00Z").unwrap();
-    let reader = tokens.create("reader", Role::Reader, "2026-11-27T00:00:00Z").unwrap();
-    let admin = tokens.create("admin", Role::Admin, "2026-11-27T00:00:00Z").unwrap();
-    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits, tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
-    Fixture { dir, store, state, writer, reader, admin }
+    let writer = tokens
+        .create("writer", Role::Writer, "2026-11-27T00:00:00Z")
+        .unwrap();
+    let reader = tokens
+        .create("reader", Role::Reader, "2026-11-27T00:00:00Z")
+        .unwrap();
+    let admin = tokens
+        .create("admin", Role::Admin, "2026-11-27T00:00:00Z")
+        .unwrap();
+    let state = AppState {
+        store: store.clone(),
+        verifier: signer.verifier(),
+        limits,
+        tokens: Some(Arc::new(RwLock::new(tokens))),
+        public_proofs: true,
+        metrics: Default::default(),
+    };
+    Fixture {
+        dir,
+        store,
+        state,
+        writer,
+        reader,
+        admin,
+    }
 }
 
 struct Reply {
@@ -55,7 +79,8 @@ struct Reply {
 
 impl Reply {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
     fn text(&self) -> String {
         String::from_utf8(self.body.clone()).unwrap()
@@ -65,9 +90,23 @@ impl Reply {
 async fn call(f: &Fixture, req: Request<Body>) -> Reply {
     let resp = router(f.state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
-    let content_type = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-    let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-    Reply { status, content_type, body }
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        content_type,
+        body,
+    }
 }
 
 fn bearer(token: &str) -> String {
@@ -76,12 +115,27 @@ fn bearer(token: &str) -> String {
 
 /// A GET as the reader.
 async fn get(f: &Fixture, uri: &str) -> Reply {
-    call(f, Request::get(uri).header("authorization", bearer(&f.reader)).body(Body::empty()).unwrap()).await
+    call(
+        f,
+        Request::get(uri)
+            .header("authorization", bearer(&f.reader))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
 }
 
 /// A POST of events as the writer.
 async fn post(f: &Fixture, content_type: &str, body: impl Into<Body>) -> Reply {
-    call(f, Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", content_type).body(body.into()).unwrap()).await
+    call(
+        f,
+        Request::post("/v1/events")
+            .header("authorization", bearer(&f.writer))
+            .header("content-type", content_type)
+            .body(body.into())
+            .unwrap(),
+    )
+    .await
 }
 
 fn event(i: usize) -> Value {
@@ -102,11 +156,24 @@ fn ndjson(events: &[Value]) -> String {
 /// The 4xx contract: a JSON error body, and nothing written.
 fn assert_rejected(f: &Fixture, r: &Reply, status: StatusCode, code: &str, size_before: u64) {
     assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
-    assert!(r.content_type.starts_with("application/json"), "{}", r.content_type);
+    assert!(
+        r.content_type.starts_with("application/json"),
+        "{}",
+        r.content_type
+    );
     let body = r.json();
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
-    assert_eq!(f.store.tree_size(), size_before, "a rejected request wrote something");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(
+        f.store.tree_size(),
+        size_before,
+        "a rejected request wrote something"
+    );
 }
 
 #[tokio::test]
@@ -116,37 +183,92 @@ async fn ingests_one_object_an_array_and_ndjson() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let body = r.json();
     assert_eq!(body["events"][0]["seq"], 0);
-    assert_eq!(body["events"][0]["id"], "00000000-0000-4000-8000-000000000000");
+    assert_eq!(
+        body["events"][0]["id"],
+        "00000000-0000-4000-8000-000000000000"
+    );
     assert_eq!(body["events"][0]["duplicate"], false);
     assert_eq!(body["tree_size"], 1);
-    assert!(body["checkpoint"].as_str().unwrap().starts_with("test.mlaudit/server\n1\n"));
+    assert!(body["checkpoint"]
+        .as_str()
+        .unwrap()
+        .starts_with("test.mlaudit/server\n1\n"));
 
-    let r = post(&f, "application/json", json!([event(1), event(2)]).to_string()).await;
+    let r = post(
+        &f,
+        "application/json",
+        json!([event(1), event(2)]).to_string(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    assert_eq!(r.json()["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        r.json()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 
-    let r = post(&f, "application/x-ndjson; charset=utf-8", ndjson(&[event(3), event(4), event(5)])).await;
+    let r = post(
+        &f,
+        "application/x-ndjson; charset=utf-8",
+        ndjson(&[event(3), event(4), event(5)]),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["tree_size"], 6);
     assert_eq!(f.store.tree_size(), 6);
     let e = get(&f, "/v1/events/4").await.json();
-    assert_eq!(e["event"]["principal"], "token:writer", "the server records the authenticated principal");
+    assert_eq!(
+        e["event"]["principal"], "token:writer",
+        "the server records the authenticated principal"
+    );
 }
 
 #[tokio::test]
 async fn gzip_bodies_are_accepted() {
     let f = fixture("gzip", Limits::default());
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(ndjson(&[event(0), event(1)]).as_bytes()).unwrap();
+    gz.write_all(ndjson(&[event(0), event(1)]).as_bytes())
+        .unwrap();
     let body = gz.finish().unwrap();
-    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/x-ndjson").header("content-encoding", "gzip").body(Body::from(body)).unwrap();
+    let req = Request::post("/v1/events")
+        .header("authorization", bearer(&f.writer))
+        .header("content-type", "application/x-ndjson")
+        .header("content-encoding", "gzip")
+        .body(Body::from(body))
+        .unwrap();
     let r = call(&f, req).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(f.store.tree_size(), 2);
-    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/json").header("content-encoding", "gzip").body(Body::from("not gzip")).unwrap();
-    assert_rejected(&f, &call(&f, req).await, StatusCode::BAD_REQUEST, "bad_request", 2);
-    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/json").header("content-encoding", "br").body(Body::from("{}")).unwrap();
-    assert_rejected(&f, &call(&f, req).await, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", 2);
+    let req = Request::post("/v1/events")
+        .header("authorization", bearer(&f.writer))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(Body::from("not gzip"))
+        .unwrap();
+    assert_rejected(
+        &f,
+        &call(&f, req).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        2,
+    );
+    let req = Request::post("/v1/events")
+        .header("authorization", bearer(&f.writer))
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_rejected(
+        &f,
+        &call(&f, req).await,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        2,
+    );
 }
 
 #[tokio::test]
@@ -156,41 +278,125 @@ async fn a_batch_with_an_invalid_event_writes_nothing_and_names_each_by_index() 
     bad["kind"] = json!("registry.approval_granted");
     let mut unknown = event(3);
     unknown["kind"] = json!("no.such_kind");
-    let r = post(&f, "application/json", json!([event(0), bad, event(2), unknown]).to_string()).await;
-    assert_rejected(&f, &r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_events", 0);
+    let r = post(
+        &f,
+        "application/json",
+        json!([event(0), bad, event(2), unknown]).to_string(),
+    )
+    .await;
+    assert_rejected(
+        &f,
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_events",
+        0,
+    );
     let details = r.json()["error"]["details"].clone();
     assert_eq!(details.as_array().unwrap().len(), 2, "{details}");
     assert_eq!(details[0]["index"], 1);
-    assert_eq!(details[0]["error"], "registry.approval_granted: attributes.approver is required");
+    assert_eq!(
+        details[0]["error"],
+        "registry.approval_granted: attributes.approver is required"
+    );
     assert_eq!(details[1]["index"], 3);
-    assert!(details[1]["error"].as_str().unwrap().contains("unknown kind"), "{details}");
+    assert!(
+        details[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown kind"),
+        "{details}"
+    );
 }
 
 #[tokio::test]
 async fn retrying_an_id_returns_the_original_seq_and_writes_nothing() {
     let f = fixture("idempotent", Limits::default());
-    post(&f, "application/json", json!([event(0), event(1)]).to_string()).await;
-    let r = post(&f, "application/json", json!([event(1), event(2)]).to_string()).await;
+    post(
+        &f,
+        "application/json",
+        json!([event(0), event(1)]).to_string(),
+    )
+    .await;
+    let r = post(
+        &f,
+        "application/json",
+        json!([event(1), event(2)]).to_string(),
+    )
+    .await;
     let body = r.json();
-    assert_eq!(body["events"][0], json!({"id": "00000000-0000-4000-8000-000000000001", "seq": 1, "duplicate": true}));
+    assert_eq!(
+        body["events"][0],
+        json!({"id": "00000000-0000-4000-8000-000000000001", "seq": 1, "duplicate": true})
+    );
     assert_eq!(body["events"][1]["seq"], 2);
     assert_eq!(f.store.tree_size(), 3);
 }
 
 #[tokio::test]
 async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
-    let f = fixture("bad-input", Limits { max_body_bytes: 4096, max_events_per_batch: 3 });
+    let f = fixture(
+        "bad-input",
+        Limits {
+            max_body_bytes: 4096,
+            max_events_per_batch: 3,
+        },
+    );
     post(&f, "application/json", event(0).to_string()).await;
     let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
-        ("application/json", b"{not json".to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid_events"),
-        ("application/json", b"[1, 2".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
-        ("application/json", vec![b'{', 0xff, 0xfe, b'}'], StatusCode::BAD_REQUEST, "bad_request"),
-        ("application/json", b"".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
-        ("application/json", b"[]".to_vec(), StatusCode::BAD_REQUEST, "bad_request"),
-        ("text/plain", event(1).to_string().into_bytes(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("", event(1).to_string().into_bytes(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-        ("application/x-ndjson", ndjson(&[event(1), event(2), event(3), event(4)]).into_bytes(), StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
-        ("application/json", vec![b' '; 5000], StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
+        (
+            "application/json",
+            b"{not json".to_vec(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_events",
+        ),
+        (
+            "application/json",
+            b"[1, 2".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "application/json",
+            vec![b'{', 0xff, 0xfe, b'}'],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "application/json",
+            b"".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "application/json",
+            b"[]".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "text/plain",
+            event(1).to_string().into_bytes(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "",
+            event(1).to_string().into_bytes(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            "application/x-ndjson",
+            ndjson(&[event(1), event(2), event(3), event(4)]).into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "limit_exceeded",
+        ),
+        (
+            "application/json",
+            vec![b' '; 5000],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "limit_exceeded",
+        ),
     ];
     for (ct, body, status, code) in cases {
         let mut req = Request::post("/v1/events").header("authorization", bearer(&f.writer));
@@ -200,17 +406,36 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
         let r = call(&f, req.body(Body::from(body.clone())).unwrap()).await;
         assert_rejected(&f, &r, status, code, 1);
     }
-    let r = post(&f, "application/x-ndjson", ndjson(&[event(1), event(2), event(3), event(4)])).await;
-    assert_eq!(r.json()["error"]["details"], json!({"limit": "max_events_per_batch", "max": 3}));
-    let report = mlaudit_store::verify::verify(&*f.store, &f.state.verifier, &mut |_, _| {}).unwrap();
+    let r = post(
+        &f,
+        "application/x-ndjson",
+        ndjson(&[event(1), event(2), event(3), event(4)]),
+    )
+    .await;
+    assert_eq!(
+        r.json()["error"]["details"],
+        json!({"limit": "max_events_per_batch", "max": 3})
+    );
+    let report =
+        mlaudit_store::verify::verify(&*f.store, &f.state.verifier, &mut |_, _| {}).unwrap();
     assert_eq!(report.events, 1);
 }
 
 #[tokio::test]
 async fn read_endpoints() {
     let f = fixture("read", Limits::default());
-    post(&f, "application/x-ndjson", ndjson(&(0..2).map(event).collect::<Vec<_>>())).await;
-    post(&f, "application/x-ndjson", ndjson(&(2..5).map(event).collect::<Vec<_>>())).await;
+    post(
+        &f,
+        "application/x-ndjson",
+        ndjson(&(0..2).map(event).collect::<Vec<_>>()),
+    )
+    .await;
+    post(
+        &f,
+        "application/x-ndjson",
+        ndjson(&(2..5).map(event).collect::<Vec<_>>()),
+    )
+    .await;
     assert_eq!(f.store.checkpoint_sizes().unwrap(), vec![0, 2, 5]);
 
     let r = get(&f, "/v1/events/00000000-0000-4000-8000-000000000003").await;
@@ -219,20 +444,46 @@ async fn read_endpoints() {
     assert_eq!(e["seq"], 3);
     assert_eq!(e["leaf_hash"].as_str().unwrap().len(), 64);
     assert_eq!(get(&f, "/v1/events/3").await.json(), e);
-    assert_eq!(get(&f, "/v1/events/00000000-0000-4000-8000-000000000099").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(get(&f, "/v1/events/garbage").await.status, StatusCode::NOT_FOUND, "a reference that names no event is not found");
+    assert_eq!(
+        get(&f, "/v1/events/00000000-0000-4000-8000-000000000099")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&f, "/v1/events/garbage").await.status,
+        StatusCode::NOT_FOUND,
+        "a reference that names no event is not found"
+    );
 
     let page = get(&f, "/v1/events?model=credit-risk&limit=2").await.json();
     assert_eq!(page["events"].as_array().unwrap().len(), 2);
     assert_eq!(page["next_cursor"], "1");
-    let page2 = get(&f, "/v1/events?model=credit-risk&limit=2&cursor=1").await.json();
+    let page2 = get(&f, "/v1/events?model=credit-risk&limit=2&cursor=1")
+        .await
+        .json();
     assert_eq!(page2["events"][0]["seq"], 2);
-    let last = get(&f, "/v1/events?model=credit-risk&limit=2&cursor=3").await.json();
+    let last = get(&f, "/v1/events?model=credit-risk&limit=2&cursor=3")
+        .await
+        .json();
     assert_eq!(last["events"].as_array().unwrap().len(), 1);
     assert_eq!(last["next_cursor"], Value::Null);
     assert_eq!(get(&f, "/v1/events?stage=prediction&kind=prediction.served&version=7&actor=scoring-api&since=2026-01-01T00:00:00Z&until=2027-01-01T00:00:00Z").await.json()["events"].as_array().unwrap().len(), 5);
-    assert_eq!(get(&f, "/v1/events?model=other").await.json()["events"].as_array().unwrap().len(), 0);
-    for bad in ["/v1/events?limit=0", "/v1/events?limit=x", "/v1/events?since=yesterday", "/v1/events?stage=nope", "/v1/events?cursor=x", "/v1/events?bogus=1"] {
+    assert_eq!(
+        get(&f, "/v1/events?model=other").await.json()["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    for bad in [
+        "/v1/events?limit=0",
+        "/v1/events?limit=x",
+        "/v1/events?since=yesterday",
+        "/v1/events?stage=nope",
+        "/v1/events?cursor=x",
+        "/v1/events?bogus=1",
+    ] {
         let r = get(&f, bad).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "bad_request");
@@ -244,11 +495,24 @@ async fn read_endpoints() {
 
     let cp = get(&f, "/v1/checkpoint").await;
     assert!(cp.content_type.starts_with("text/plain"));
-    assert!(cp.text().starts_with(&format!("test.mlaudit/server\n{}\n", f.store.tree_size())), "reads are audited, so the log grew: {}", cp.text());
+    assert!(
+        cp.text()
+            .starts_with(&format!("test.mlaudit/server\n{}\n", f.store.tree_size())),
+        "reads are audited, so the log grew: {}",
+        cp.text()
+    );
     let key = get(&f, "/v1/verifier-key").await.text();
     assert_eq!(key.trim(), f.state.verifier.to_text());
 
-    let bundle: mlaudit_core::bundle::ProofBundle = serde_json::from_slice(&get(&f, "/v1/proof/inclusion/00000000-0000-4000-8000-000000000002").await.body).unwrap();
+    let bundle: mlaudit_core::bundle::ProofBundle = serde_json::from_slice(
+        &get(
+            &f,
+            "/v1/proof/inclusion/00000000-0000-4000-8000-000000000002",
+        )
+        .await
+        .body,
+    )
+    .unwrap();
     assert_eq!(bundle.leaf_index, 2);
     bundle.verify(&f.state.verifier).unwrap();
 
@@ -257,17 +521,47 @@ async fn read_endpoints() {
     let proof: Value = c.json();
     assert_eq!(proof["from"], 2);
     assert_eq!(proof["to"], 5);
-    let old = mlaudit_core::note::open_checkpoint(&f.state.verifier, proof["from_checkpoint"].as_str().unwrap()).unwrap();
-    let new = mlaudit_core::note::open_checkpoint(&f.state.verifier, proof["to_checkpoint"].as_str().unwrap()).unwrap();
-    let hashes: Vec<mlaudit_core::Hash> = proof["proof"].as_array().unwrap().iter().map(|h| mlaudit_core::Hash::from_slice(&mlaudit_core::b64::decode(h.as_str().unwrap()).unwrap()).unwrap()).collect();
+    let old = mlaudit_core::note::open_checkpoint(
+        &f.state.verifier,
+        proof["from_checkpoint"].as_str().unwrap(),
+    )
+    .unwrap();
+    let new = mlaudit_core::note::open_checkpoint(
+        &f.state.verifier,
+        proof["to_checkpoint"].as_str().unwrap(),
+    )
+    .unwrap();
+    let hashes: Vec<mlaudit_core::Hash> = proof["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            mlaudit_core::Hash::from_slice(&mlaudit_core::b64::decode(h.as_str().unwrap()).unwrap())
+                .unwrap()
+        })
+        .collect();
     mlaudit_core::merkle::verify_consistency(2, 5, &old.root, &new.root, &hashes).unwrap();
     let latest = *f.store.checkpoint_sizes().unwrap().last().unwrap();
-    assert_eq!(get(&f, "/v1/proof/consistency?from=2").await.json()["to"], latest, "to defaults to the latest checkpoint");
-    assert_eq!(get(&f, "/v1/proof/consistency?from=3").await.status, StatusCode::NOT_FOUND, "no checkpoint at size 3");
-    assert_eq!(get(&f, "/v1/proof/consistency").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        get(&f, "/v1/proof/consistency?from=2").await.json()["to"],
+        latest,
+        "to defaults to the latest checkpoint"
+    );
+    assert_eq!(
+        get(&f, "/v1/proof/consistency?from=3").await.status,
+        StatusCode::NOT_FOUND,
+        "no checkpoint at size 3"
+    );
+    assert_eq!(
+        get(&f, "/v1/proof/consistency").await.status,
+        StatusCode::BAD_REQUEST
+    );
 
     assert_eq!(get(&f, "/healthz").await.json()["status"], "ok");
-    assert_eq!(get(&f, "/readyz").await.json()["tree_size"], f.store.tree_size());
+    assert_eq!(
+        get(&f, "/readyz").await.json()["tree_size"],
+        f.store.tree_size()
+    );
     let r = get(&f, "/v1/nope").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.json()["error"]["code"], "not_found");
@@ -286,14 +580,23 @@ enum Caller {
 fn token_of(f: &Fixture, c: Caller) -> Option<String> {
     match c {
         Caller::Nobody => None,
-        Caller::Wrong => Some("mla_0000000000000000000000000000000000000000000000000000000000000000".into()),
+        Caller::Wrong => {
+            Some("mla_0000000000000000000000000000000000000000000000000000000000000000".into())
+        }
         Caller::Writer => Some(f.writer.clone()),
         Caller::Reader => Some(f.reader.clone()),
         Caller::Admin => Some(f.admin.clone()),
     }
 }
 
-async fn call_as(f: &Fixture, c: Caller, method: &str, uri: &str, content_type: &str, body: String) -> Reply {
+async fn call_as(
+    f: &Fixture,
+    c: Caller,
+    method: &str,
+    uri: &str,
+    content_type: &str,
+    body: String,
+) -> Reply {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token_of(f, c) {
         req = req.header("authorization", bearer(&t));
@@ -308,28 +611,128 @@ async fn call_as(f: &Fixture, c: Caller, method: &str, uri: &str, content_type: 
 async fn role_matrix_every_endpoint_by_every_caller() {
     use Caller::*;
     for public_proofs in [true, false] {
-        let mut f = fixture(if public_proofs { "matrix-public" } else { "matrix-private" }, Limits::default());
+        let mut f = fixture(
+            if public_proofs {
+                "matrix-public"
+            } else {
+                "matrix-private"
+            },
+            Limits::default(),
+        );
         f.state.public_proofs = public_proofs;
-        post(&f, "application/json", json!([event(0), event(1)]).to_string()).await;
-        let proof_ok: &[Caller] = if public_proofs { &[Nobody, Writer, Reader, Admin] } else { &[Reader, Admin] };
+        post(
+            &f,
+            "application/json",
+            json!([event(0), event(1)]).to_string(),
+        )
+        .await;
+        let proof_ok: &[Caller] = if public_proofs {
+            &[Nobody, Writer, Reader, Admin]
+        } else {
+            &[Reader, Admin]
+        };
         let routes: Vec<(&str, String, &str, String, &[Caller])> = vec![
-            ("POST", "/v1/events".into(), "application/json", event(9).to_string(), &[Writer]),
-            ("GET", "/v1/events".into(), "", String::new(), &[Reader, Admin]),
-            ("GET", "/v1/events/0".into(), "", String::new(), &[Reader, Admin]),
-            ("GET", "/v1/lineage/0".into(), "", String::new(), &[Reader, Admin]),
+            (
+                "POST",
+                "/v1/events".into(),
+                "application/json",
+                event(9).to_string(),
+                &[Writer],
+            ),
+            (
+                "GET",
+                "/v1/events".into(),
+                "",
+                String::new(),
+                &[Reader, Admin],
+            ),
+            (
+                "GET",
+                "/v1/events/0".into(),
+                "",
+                String::new(),
+                &[Reader, Admin],
+            ),
+            (
+                "GET",
+                "/v1/lineage/0".into(),
+                "",
+                String::new(),
+                &[Reader, Admin],
+            ),
             ("GET", "/v1/checkpoint".into(), "", String::new(), proof_ok),
-            ("GET", "/v1/verifier-key".into(), "", String::new(), proof_ok),
-            ("GET", "/v1/proof/inclusion/0".into(), "", String::new(), proof_ok),
-            ("GET", "/v1/proof/consistency?from=2".into(), "", String::new(), proof_ok),
+            (
+                "GET",
+                "/v1/verifier-key".into(),
+                "",
+                String::new(),
+                proof_ok,
+            ),
+            (
+                "GET",
+                "/v1/proof/inclusion/0".into(),
+                "",
+                String::new(),
+                proof_ok,
+            ),
+            (
+                "GET",
+                "/v1/proof/consistency?from=2".into(),
+                "",
+                String::new(),
+                proof_ok,
+            ),
             // Fully public: answered whatever Authorization is sent, even a wrong one.
-            ("GET", "/healthz".into(), "", String::new(), &[Nobody, Wrong, Writer, Reader, Admin]),
-            ("GET", "/readyz".into(), "", String::new(), &[Nobody, Wrong, Writer, Reader, Admin]),
-            ("GET", "/openapi.json".into(), "", String::new(), &[Nobody, Wrong, Writer, Reader, Admin]),
-            ("GET", "/metrics".into(), "", String::new(), &[Reader, Admin]),
+            (
+                "GET",
+                "/healthz".into(),
+                "",
+                String::new(),
+                &[Nobody, Wrong, Writer, Reader, Admin],
+            ),
+            (
+                "GET",
+                "/readyz".into(),
+                "",
+                String::new(),
+                &[Nobody, Wrong, Writer, Reader, Admin],
+            ),
+            (
+                "GET",
+                "/openapi.json".into(),
+                "",
+                String::new(),
+                &[Nobody, Wrong, Writer, Reader, Admin],
+            ),
+            (
+                "GET",
+                "/metrics".into(),
+                "",
+                String::new(),
+                &[Reader, Admin],
+            ),
             ("GET", "/v1/tokens".into(), "", String::new(), &[Admin]),
-            ("POST", "/v1/tokens".into(), "application/json", json!({"name": "made-by-matrix", "role": "reader"}).to_string(), &[Admin]),
-            ("PUT", "/v1/tokens/made-by-matrix".into(), "application/json", json!({"role": "writer"}).to_string(), &[Admin]),
-            ("DELETE", "/v1/tokens/made-by-matrix".into(), "", String::new(), &[Admin]),
+            (
+                "POST",
+                "/v1/tokens".into(),
+                "application/json",
+                json!({"name": "made-by-matrix", "role": "reader"}).to_string(),
+                &[Admin],
+            ),
+            (
+                "PUT",
+                "/v1/tokens/made-by-matrix".into(),
+                "application/json",
+                json!({"role": "writer"}).to_string(),
+                &[Admin],
+            ),
+            (
+                "DELETE",
+                "/v1/tokens/made-by-matrix".into(),
+                "",
+                String::new(),
+                &[Admin],
+            ),
         ];
         for (method, uri, ct, body, allowed) in routes {
             for caller in [Nobody, Wrong, Writer, Reader, Admin] {
@@ -341,11 +744,28 @@ async fn role_matrix_every_endpoint_by_every_caller() {
                 } else {
                     StatusCode::FORBIDDEN
                 };
-                assert_eq!(r.status, expected, "{method} {uri} as {caller:?} (public proofs {public_proofs}): {}", r.text());
+                assert_eq!(
+                    r.status,
+                    expected,
+                    "{method} {uri} as {caller:?} (public proofs {public_proofs}): {}",
+                    r.text()
+                );
                 if allowed.contains(&caller) {
-                    assert!(r.status.is_success(), "{method} {uri} as {caller:?}: {} {}", r.status, r.text());
+                    assert!(
+                        r.status.is_success(),
+                        "{method} {uri} as {caller:?}: {} {}",
+                        r.status,
+                        r.text()
+                    );
                 } else {
-                    assert_eq!(r.json()["error"]["code"], if expected == StatusCode::UNAUTHORIZED { "unauthorized" } else { "forbidden" });
+                    assert_eq!(
+                        r.json()["error"]["code"],
+                        if expected == StatusCode::UNAUTHORIZED {
+                            "unauthorized"
+                        } else {
+                            "forbidden"
+                        }
+                    );
                 }
             }
         }
@@ -356,46 +776,133 @@ async fn role_matrix_every_endpoint_by_every_caller() {
 async fn anonymous_bundles_leave_the_payload_out_and_still_verify() {
     let f = fixture("anon-bundle", Limits::default());
     post(&f, "application/json", event(0).to_string()).await;
-    let anon = call_as(&f, Caller::Nobody, "GET", "/v1/proof/inclusion/0", "", String::new()).await;
+    let anon = call_as(
+        &f,
+        Caller::Nobody,
+        "GET",
+        "/v1/proof/inclusion/0",
+        "",
+        String::new(),
+    )
+    .await;
     let bundle: mlaudit_core::bundle::ProofBundle = serde_json::from_slice(&anon.body).unwrap();
     assert_eq!(bundle.payload, None);
-    assert!(!anon.text().contains("credit-risk\",\"version\":\"7\",\"request\":\"r0\"},\"attributes\":{\"inputs\""));
+    assert!(!anon.text().contains(
+        "credit-risk\",\"version\":\"7\",\"request\":\"r0\"},\"attributes\":{\"inputs\""
+    ));
     bundle.verify(&f.state.verifier).unwrap();
-    let full: mlaudit_core::bundle::ProofBundle = serde_json::from_slice(&get(&f, "/v1/proof/inclusion/0").await.body).unwrap();
+    let full: mlaudit_core::bundle::ProofBundle =
+        serde_json::from_slice(&get(&f, "/v1/proof/inclusion/0").await.body).unwrap();
     assert!(full.payload.is_some());
 }
 
 #[tokio::test]
 async fn reads_are_audited_and_token_changes_are_recorded() {
     let f = fixture("audit", Limits::default());
-    post(&f, "application/json", json!([event(0), event(1)]).to_string()).await;
-    assert_eq!(get(&f, "/v1/events?model=credit-risk").await.status, StatusCode::OK);
-    let audits = mlaudit_store::Query { kind: Some("governance.audit_accessed".into()), limit: 10, ..Default::default() };
+    post(
+        &f,
+        "application/json",
+        json!([event(0), event(1)]).to_string(),
+    )
+    .await;
+    assert_eq!(
+        get(&f, "/v1/events?model=credit-risk").await.status,
+        StatusCode::OK
+    );
+    let audits = mlaudit_store::Query {
+        kind: Some("governance.audit_accessed".into()),
+        limit: 10,
+        ..Default::default()
+    };
     let seqs = f.store.query(&audits).unwrap();
     assert_eq!(seqs.len(), 1);
     let a = mlaudit_store::view::event_json(&*f.store, seqs[0]).unwrap();
     assert_eq!(a["event"]["actor"]["id"], "token:reader");
     assert_eq!(a["event"]["principal"], "token:reader");
-    assert_eq!(a["event"]["attributes"]["request"], "GET /v1/events?model=credit-risk");
+    assert_eq!(
+        a["event"]["attributes"]["request"],
+        "GET /v1/events?model=credit-risk"
+    );
     assert_eq!(a["event"]["attributes"]["results"], 2);
 
-    let r = call_as(&f, Caller::Admin, "POST", "/v1/tokens", "application/json", json!({"name": "scorer", "role": "writer"}).to_string()).await;
+    let r = call_as(
+        &f,
+        Caller::Admin,
+        "POST",
+        "/v1/tokens",
+        "application/json",
+        json!({"name": "scorer", "role": "writer"}).to_string(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let token = r.json()["token"].as_str().unwrap().to_owned();
     let listed = call_as(&f, Caller::Admin, "GET", "/v1/tokens", "", String::new()).await;
-    assert!(!listed.text().contains(&token) && !listed.text().contains("sha256"), "tokens are never shown again: {}", listed.text());
-    let ok = call(&f, Request::post("/v1/events").header("authorization", bearer(&token)).header("content-type", "application/json").body(Body::from(event(5).to_string())).unwrap()).await;
+    assert!(
+        !listed.text().contains(&token) && !listed.text().contains("sha256"),
+        "tokens are never shown again: {}",
+        listed.text()
+    );
+    let ok = call(
+        &f,
+        Request::post("/v1/events")
+            .header("authorization", bearer(&token))
+            .header("content-type", "application/json")
+            .body(Body::from(event(5).to_string()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(ok.status, StatusCode::OK);
-    let dup = call_as(&f, Caller::Admin, "POST", "/v1/tokens", "application/json", json!({"name": "scorer", "role": "reader"}).to_string()).await;
+    let dup = call_as(
+        &f,
+        Caller::Admin,
+        "POST",
+        "/v1/tokens",
+        "application/json",
+        json!({"name": "scorer", "role": "reader"}).to_string(),
+    )
+    .await;
     assert_eq!(dup.status, StatusCode::CONFLICT);
-    assert_eq!(call_as(&f, Caller::Admin, "DELETE", "/v1/tokens/scorer", "", String::new()).await.status, StatusCode::OK);
-    let denied = call(&f, Request::post("/v1/events").header("authorization", bearer(&token)).header("content-type", "application/json").body(Body::from(event(6).to_string())).unwrap()).await;
+    assert_eq!(
+        call_as(
+            &f,
+            Caller::Admin,
+            "DELETE",
+            "/v1/tokens/scorer",
+            "",
+            String::new()
+        )
+        .await
+        .status,
+        StatusCode::OK
+    );
+    let denied = call(
+        &f,
+        Request::post("/v1/events")
+            .header("authorization", bearer(&token))
+            .header("content-type", "application/json")
+            .body(Body::from(event(6).to_string()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
 
-    let changes = mlaudit_store::Query { kind: Some("governance.access_changed".into()), limit: 10, ..Default::default() };
-    let changes: Vec<Value> = f.store.query(&changes).unwrap().into_iter().map(|s| mlaudit_store::view::event_json(&*f.store, s).unwrap()).collect();
+    let changes = mlaudit_store::Query {
+        kind: Some("governance.access_changed".into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let changes: Vec<Value> = f
+        .store
+        .query(&changes)
+        .unwrap()
+        .into_iter()
+        .map(|s| mlaudit_store::view::event_json(&*f.store, s).unwrap())
+        .collect();
     assert_eq!(changes.len(), 2);
-    assert_eq!(changes[0]["event"]["attributes"], json!({"principal": "token:scorer", "role": "writer", "change": "granted"}));
+    assert_eq!(
+        changes[0]["event"]["attributes"],
+        json!({"principal": "token:scorer", "role": "writer", "change": "granted"})
+    );
     assert_eq!(changes[0]["event"]["actor"]["id"], "token:admin");
     assert_eq!(changes[1]["event"]["attributes"]["change"], "revoked");
 }
@@ -403,36 +910,89 @@ async fn reads_are_audited_and_token_changes_are_recorded() {
 #[tokio::test]
 async fn metrics_count_ingest_latency_syncs_and_size() {
     let f = fixture("metrics", Limits::default());
-    post(&f, "application/json", json!([event(0), event(1), event(2)]).to_string()).await;
+    post(
+        &f,
+        "application/json",
+        json!([event(0), event(1), event(2)]).to_string(),
+    )
+    .await;
     post(&f, "application/json", json!([event(2)]).to_string()).await;
     let r = get(&f, "/metrics").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.content_type.starts_with("text/plain; version=0.0.4"));
     let text = r.text();
-    assert!(text.contains("mlaudit_events_ingested_total{stage=\"prediction\"} 3\n"), "duplicates are not counted: {text}");
-    assert!(text.contains("mlaudit_events_ingested_total{stage=\"governance\"} 0\n"), "{text}");
+    assert!(
+        text.contains("mlaudit_events_ingested_total{stage=\"prediction\"} 3\n"),
+        "duplicates are not counted: {text}"
+    );
+    assert!(
+        text.contains("mlaudit_events_ingested_total{stage=\"governance\"} 0\n"),
+        "{text}"
+    );
     assert!(text.contains("mlaudit_http_request_duration_seconds_count{method=\"POST\",route=\"/v1/events\",status=\"200\"} 2\n"), "{text}");
     assert!(text.contains("mlaudit_http_request_duration_seconds_bucket{method=\"POST\",route=\"/v1/events\",status=\"200\",le=\"+Inf\"} 2\n"), "{text}");
-    assert!(text.contains(&format!("mlaudit_tree_size {}\n", f.store.tree_size())), "{text}");
-    let syncs = text.lines().find_map(|l| l.strip_prefix("mlaudit_sync_batch_events_count ")).unwrap().parse::<u64>().unwrap();
+    assert!(
+        text.contains(&format!("mlaudit_tree_size {}\n", f.store.tree_size())),
+        "{text}"
+    );
+    let syncs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mlaudit_sync_batch_events_count "))
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
     assert!(syncs >= 1, "{text}");
-    assert!(text.contains("mlaudit_sync_batch_events_bucket{le=\"+Inf\"}"), "{text}");
-    let bytes = text.lines().find_map(|l| l.strip_prefix("mlaudit_log_bytes ")).unwrap().parse::<u64>().unwrap();
+    assert!(
+        text.contains("mlaudit_sync_batch_events_bucket{le=\"+Inf\"}"),
+        "{text}"
+    );
+    let bytes = text
+        .lines()
+        .find_map(|l| l.strip_prefix("mlaudit_log_bytes "))
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
     assert!(bytes > 1000, "{text}");
     // No raw ids in labels: the route template is used.
     get(&f, "/v1/events/00000000-0000-4000-8000-000000000001").await;
     let text = get(&f, "/metrics").await.text();
     assert!(text.contains("route=\"/v1/events/{id}\""), "{text}");
-    assert!(!text.contains("00000000-0000-4000-8000-000000000001"), "{text}");
+    assert!(
+        !text.contains("00000000-0000-4000-8000-000000000001"),
+        "{text}"
+    );
     // Nor methods of the client's invention: every label comes from a bounded set.
     for made_up in ["XYZ123", "ANOTHERONE"] {
-        let r = call(&f, Request::builder().method(made_up).uri("/healthz").body(Body::empty()).unwrap()).await;
+        let r = call(
+            &f,
+            Request::builder()
+                .method(made_up)
+                .uri("/healthz")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     }
-    let r = call(&f, Request::builder().method("XYZ123").uri("/no/such/route").body(Body::empty()).unwrap()).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "an unknown path needs a token like any other");
+    let r = call(
+        &f,
+        Request::builder()
+            .method("XYZ123")
+            .uri("/no/such/route")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "an unknown path needs a token like any other"
+    );
     let text = get(&f, "/metrics").await.text();
-    assert!(!text.contains("XYZ123") && !text.contains("ANOTHERONE"), "{text}");
+    assert!(
+        !text.contains("XYZ123") && !text.contains("ANOTHERONE"),
+        "{text}"
+    );
     assert!(text.contains("mlaudit_http_request_duration_seconds_count{method=\"other\",route=\"/healthz\",status=\"405\"} 2\n"), "{text}");
     assert!(!text.contains("/no/such/route"), "{text}");
 }
@@ -447,25 +1007,74 @@ async fn protobuf_batches_are_ingested_like_json() {
     let mut prediction = event(0);
     prediction["attributes"]["confidence"] = json!(0.75);
     let body = encode_batch(&[prediction.clone(), approval, custom]);
-    let r = call(&f, Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/x-protobuf").body(Body::from(body.clone())).unwrap()).await;
+    let r = call(
+        &f,
+        Request::post("/v1/events")
+            .header("authorization", bearer(&f.writer))
+            .header("content-type", "application/x-protobuf")
+            .body(Body::from(body.clone()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["tree_size"], 3);
     let stored = get(&f, "/v1/events/0").await.json();
-    assert_eq!(stored["event"]["attributes"], prediction["attributes"], "the typed prediction fields come back as attributes");
+    assert_eq!(
+        stored["event"]["attributes"], prediction["attributes"],
+        "the typed prediction fields come back as attributes"
+    );
     assert_eq!(stored["event"]["subject"]["request"], "r0");
-    assert_eq!(get(&f, "/v1/events/1").await.json()["event"]["attributes"]["approver"], "maria");
+    assert_eq!(
+        get(&f, "/v1/events/1").await.json()["event"]["attributes"]["approver"],
+        "maria"
+    );
     // Retrying the batch is idempotent for the events with ids.
-    let again = call(&f, Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/x-protobuf").body(Body::from(body)).unwrap()).await;
+    let again = call(
+        &f,
+        Request::post("/v1/events")
+            .header("authorization", bearer(&f.writer))
+            .header("content-type", "application/x-protobuf")
+            .body(Body::from(body))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(again.json()["events"][0]["duplicate"], true);
     // Garbage and semantically bad protobuf: 4xx, nothing written.
     let size = f.store.tree_size();
-    for bad in [vec![0xff, 0xff, 0xff], encode_batch(&[json!({"kind": "x.a", "actor": {"id": "a", "type": "robot"}})])] {
-        let r = call(&f, Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/x-protobuf").body(Body::from(bad)).unwrap()).await;
+    for bad in [
+        vec![0xff, 0xff, 0xff],
+        encode_batch(&[json!({"kind": "x.a", "actor": {"id": "a", "type": "robot"}})]),
+    ] {
+        let r = call(
+            &f,
+            Request::post("/v1/events")
+                .header("authorization", bearer(&f.writer))
+                .header("content-type", "application/x-protobuf")
+                .body(Body::from(bad))
+                .unwrap(),
+        )
+        .await;
         assert_rejected(&f, &r, StatusCode::BAD_REQUEST, "bad_request", size);
     }
-    let invalid = encode_batch(&[json!({"kind": "registry.approval_granted", "actor": {"id": "a", "type": "user"}})]);
-    let r = call(&f, Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/x-protobuf").body(Body::from(invalid)).unwrap()).await;
-    assert_rejected(&f, &r, StatusCode::UNPROCESSABLE_ENTITY, "invalid_events", size);
+    let invalid = encode_batch(&[
+        json!({"kind": "registry.approval_granted", "actor": {"id": "a", "type": "user"}}),
+    ]);
+    let r = call(
+        &f,
+        Request::post("/v1/events")
+            .header("authorization", bearer(&f.writer))
+            .header("content-type", "application/x-protobuf")
+            .body(Body::from(invalid))
+            .unwrap(),
+    )
+    .await;
+    assert_rejected(
+        &f,
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_events",
+        size,
+    );
     // Random bytes never panic the decoder.
     let mut x = 0x2545_f491_4f6c_dd1du64;
     for _ in 0..3000 {
@@ -492,15 +1101,35 @@ struct QuirkyEngine {
 }
 
 impl Store for QuirkyEngine {
-    fn append(&self, events: Vec<mlaudit_core::event::PreparedEvent>) -> Result<mlaudit_store::AppendReceipt, mlaudit_store::StoreError> {
+    fn append(
+        &self,
+        events: Vec<mlaudit_core::event::PreparedEvent>,
+    ) -> Result<mlaudit_store::AppendReceipt, mlaudit_store::StoreError> {
         if let Quirk::NeedsPermit(permit) = &self.quirk {
-            if permit.lock().unwrap().recv_timeout(std::time::Duration::from_secs(10)).is_err() {
-                return Err(mlaudit_store::StoreError::WriterStopped("append ran on the async worker: the permit task never ran".into()));
+            if permit
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_err()
+            {
+                return Err(mlaudit_store::StoreError::WriterStopped(
+                    "append ran on the async worker: the permit task never ran".into(),
+                ));
             }
         }
         self.inner.append(events)
     }
-    fn try_submit(&self, events: Vec<mlaudit_core::event::PreparedEvent>, done: mlaudit_store::AppendDone) -> Result<(), (Vec<mlaudit_core::event::PreparedEvent>, mlaudit_store::AppendDone)> {
+    fn try_submit(
+        &self,
+        events: Vec<mlaudit_core::event::PreparedEvent>,
+        done: mlaudit_store::AppendDone,
+    ) -> Result<
+        (),
+        (
+            Vec<mlaudit_core::event::PreparedEvent>,
+            mlaudit_store::AppendDone,
+        ),
+    > {
         match self.quirk {
             Quirk::PanicsOnSubmit => panic!("a bug in the engine"),
             Quirk::NeedsPermit(_) => Err((events, done)),
@@ -512,10 +1141,17 @@ impl Store for QuirkyEngine {
     fn event(&self, seq: u64) -> Result<mlaudit_store::StoredEvent, mlaudit_store::StoreError> {
         self.inner.event(seq)
     }
-    fn seq_of(&self, id: &mlaudit_core::entry::EventId) -> Result<Option<u64>, mlaudit_store::StoreError> {
+    fn seq_of(
+        &self,
+        id: &mlaudit_core::entry::EventId,
+    ) -> Result<Option<u64>, mlaudit_store::StoreError> {
         self.inner.seq_of(id)
     }
-    fn node(&self, level: u32, index: u64) -> Result<mlaudit_core::merkle::Hash, mlaudit_store::StoreError> {
+    fn node(
+        &self,
+        level: u32,
+        index: u64,
+    ) -> Result<mlaudit_core::merkle::Hash, mlaudit_store::StoreError> {
         self.inner.node(level, index)
     }
     fn checkpoint(&self, size: u64) -> Result<Option<String>, mlaudit_store::StoreError> {
@@ -527,7 +1163,11 @@ impl Store for QuirkyEngine {
     fn query(&self, q: &mlaudit_store::Query) -> Result<Vec<u64>, mlaudit_store::StoreError> {
         self.inner.query(q)
     }
-    fn scan(&self, from: u64, visit: &mut dyn FnMut(mlaudit_store::StoredEvent) -> std::ops::ControlFlow<()>) -> Result<(), mlaudit_store::StoreError> {
+    fn scan(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(mlaudit_store::StoredEvent) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), mlaudit_store::StoreError> {
         self.inner.scan(from, visit)
     }
     fn location(&self, seq: u64) -> String {
@@ -542,13 +1182,23 @@ impl Store for QuirkyEngine {
 async fn a_blocking_engine_is_never_called_on_the_async_worker() {
     let f = fixture("blocking-engine", Limits::default());
     let (tx, rx) = std::sync::mpsc::channel();
-    let engine = Arc::new(QuirkyEngine { inner: f.store.clone(), quirk: Quirk::NeedsPermit(std::sync::Mutex::new(rx)) });
-    let state = AppState { store: engine, ..f.state.clone() };
+    let engine = Arc::new(QuirkyEngine {
+        inner: f.store.clone(),
+        quirk: Quirk::NeedsPermit(std::sync::Mutex::new(rx)),
+    });
+    let state = AppState {
+        store: engine,
+        ..f.state.clone()
+    };
     let permit = tokio::spawn(async move {
         tokio::task::yield_now().await;
         tx.send(()).unwrap();
     });
-    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/json").body(Body::from(event(0).to_string())).unwrap();
+    let req = Request::post("/v1/events")
+        .header("authorization", bearer(&f.writer))
+        .header("content-type", "application/json")
+        .body(Body::from(event(0).to_string()))
+        .unwrap();
     let resp = router(state).oneshot(req).await.unwrap();
     let status = resp.status();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -561,15 +1211,29 @@ async fn a_blocking_engine_is_never_called_on_the_async_worker() {
 #[tokio::test]
 async fn a_panicking_handler_answers_500_json_and_the_server_goes_on() {
     let f = fixture("panicking-engine", Limits::default());
-    let engine = Arc::new(QuirkyEngine { inner: f.store.clone(), quirk: Quirk::PanicsOnSubmit });
-    let app = router(AppState { store: engine, ..f.state.clone() });
-    let req = Request::post("/v1/events").header("authorization", bearer(&f.writer)).header("content-type", "application/json").body(Body::from(event(0).to_string())).unwrap();
+    let engine = Arc::new(QuirkyEngine {
+        inner: f.store.clone(),
+        quirk: Quirk::PanicsOnSubmit,
+    });
+    let app = router(AppState {
+        store: engine,
+        ..f.state.clone()
+    });
+    let req = Request::post("/v1/events")
+        .header("authorization", bearer(&f.writer))
+        .header("content-type", "application/json")
+        .body(Body::from(event(0).to_string()))
+        .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let body: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let body: Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(body["error"]["code"], "internal", "{body}");
-    let health = app.oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    let health = app
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(f.store.tree_size(), 0);
 }

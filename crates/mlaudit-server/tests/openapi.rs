@@ -1,7 +1,10 @@
 //! The OpenAPI document matches the real API: exactly the router's routes, every `$ref`
 //! resolves, and real responses validate against the documented schemas.
 
-#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -27,9 +30,17 @@ fn documents_exactly_the_routes_of_the_router() {
         .as_object()
         .unwrap()
         .iter()
-        .flat_map(|(path, ops)| ops.as_object().unwrap().keys().map(move |m| (m.to_uppercase(), path.clone())))
+        .flat_map(|(path, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.to_uppercase(), path.clone()))
+        })
         .collect();
-    let routed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     assert_eq!(documented, routed);
 }
 
@@ -82,11 +93,22 @@ fn check(d: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
         return check(d, resolve(d, r), v, at);
     }
     if v.is_null() {
-        return if schema["nullable"] == true || schema.as_object().is_some_and(|m| m.is_empty()) { Ok(()) } else { Err(format!("{at}: null is not allowed")) };
+        return if schema["nullable"] == true || schema.as_object().is_some_and(|m| m.is_empty()) {
+            Ok(())
+        } else {
+            Err(format!("{at}: null is not allowed"))
+        };
     }
     if let Some(options) = schema["oneOf"].as_array() {
-        let ok = options.iter().filter(|o| check(d, o, v, at).is_ok()).count();
-        return if ok == 1 { Ok(()) } else { Err(format!("{at}: matches {ok} of oneOf")) };
+        let ok = options
+            .iter()
+            .filter(|o| check(d, o, v, at).is_ok())
+            .count();
+        return if ok == 1 {
+            Ok(())
+        } else {
+            Err(format!("{at}: matches {ok} of oneOf"))
+        };
     }
     if let Some(allowed) = schema["enum"].as_array() {
         if !allowed.contains(v) {
@@ -108,7 +130,9 @@ fn check(d: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     }
     if let Some(s) = v.as_str() {
         let len = s.chars().count() as u64;
-        if schema["minLength"].as_u64().is_some_and(|min| len < min) || schema["maxLength"].as_u64().is_some_and(|max| len > max) {
+        if schema["minLength"].as_u64().is_some_and(|min| len < min)
+            || schema["maxLength"].as_u64().is_some_and(|max| len > max)
+        {
             return Err(format!("{at}: {v} has a length out of bounds"));
         }
         if let Some(prefix) = schema["pattern"].as_str().and_then(literal_prefix) {
@@ -132,7 +156,9 @@ fn check(d: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
         for (k, val) in obj {
             match props.and_then(|p| p.get(k)) {
                 Some(s) => check(d, s, val, &format!("{at}.{k}"))?,
-                None if schema["additionalProperties"] == false => return Err(format!("{at}: unexpected {k}")),
+                None if schema["additionalProperties"] == false => {
+                    return Err(format!("{at}: unexpected {k}"))
+                }
                 None => {}
             }
         }
@@ -152,7 +178,9 @@ fn request_schema(d: &Value) -> &Value {
 #[test]
 fn the_event_schema_has_a_branch_for_every_catalogue_kind() {
     let d = doc();
-    let branches = d["components"]["schemas"]["Event"]["oneOf"].as_array().unwrap();
+    let branches = d["components"]["schemas"]["Event"]["oneOf"]
+        .as_array()
+        .unwrap();
     let mut documented = BTreeSet::new();
     let mut custom = 0;
     for b in branches {
@@ -168,19 +196,31 @@ fn the_event_schema_has_a_branch_for_every_catalogue_kind() {
             }
         }
     }
-    let catalogue: BTreeSet<String> = mlaudit_core::event::catalogue_kinds().map(str::to_owned).collect();
+    let catalogue: BTreeSet<String> = mlaudit_core::event::catalogue_kinds()
+        .map(str::to_owned)
+        .collect();
     assert_eq!(documented, catalogue);
     assert_eq!(custom, 1);
     // The branches are told apart by their kind alone: one event matches exactly one.
-    let event = json!({"kind": "x.thing", "actor": {"id": "a", "type": "user"}, "attributes": {"n": 1}});
+    let event =
+        json!({"kind": "x.thing", "actor": {"id": "a", "type": "user"}, "attributes": {"n": 1}});
     check(&d, request_schema(&d), &event, "custom").unwrap();
     check(&d, request_schema(&d), &json!([event]), "custom batch").unwrap();
-    assert!(check(&d, request_schema(&d), &json!({"kind": "training.unknown", "actor": {"id": "a", "type": "user"}}), "unknown").is_err());
+    assert!(check(
+        &d,
+        request_schema(&d),
+        &json!({"kind": "training.unknown", "actor": {"id": "a", "type": "user"}}),
+        "unknown"
+    )
+    .is_err());
 }
 
 fn response_schema<'a>(d: &'a Value, method: &str, path: &str, status: u16) -> &'a Value {
     let r = &d["paths"][path][method.to_lowercase()]["responses"][status.to_string()];
-    assert!(!r.is_null(), "{method} {path} does not document status {status}");
+    assert!(
+        !r.is_null(),
+        "{method} {path} does not document status {status}"
+    );
     let r = match r["$ref"].as_str() {
         Some(reference) => resolve(d, reference),
         None => r,
@@ -196,51 +236,155 @@ async fn real_responses_match_their_schemas() {
     let (store, _) = EmbeddedStore::open(&dir.join("log"), Some(signer.clone())).unwrap();
     let store = Arc::new(store);
     let mut tokens = Tokens::load(&dir.join("tokens.json")).unwrap();
-    let admin = tokens.create("admin", Role::Admin, "2026-11-27T00:00:00Z").unwrap();
-    let writer = tokens.create("writer", Role::Writer, "2026-11-27T00:00:00Z").unwrap();
-    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits: Limits::default(), tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
+    let admin = tokens
+        .create("admin", Role::Admin, "2026-11-27T00:00:00Z")
+        .unwrap();
+    let writer = tokens
+        .create("writer", Role::Writer, "2026-11-27T00:00:00Z")
+        .unwrap();
+    let state = AppState {
+        store: store.clone(),
+        verifier: signer.verifier(),
+        limits: Limits::default(),
+        tokens: Some(Arc::new(RwLock::new(tokens))),
+        public_proofs: true,
+        metrics: Default::default(),
+    };
     let d = doc();
     let call = |method: &str, uri: &str, token: &str, body: Option<Value>| {
-        let mut req = Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {token}"));
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", format!("Bearer {token}"));
         if body.is_some() {
             req = req.header("content-type", "application/json");
         }
-        let req = req.body(body.map_or(Body::empty(), |b| Body::from(b.to_string()))).unwrap();
+        let req = req
+            .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .unwrap();
         let app = router(state.clone());
         async move {
             let resp = app.oneshot(req).await.unwrap();
             let status = resp.status();
             let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
         }
     };
     let event = |i: u32| json!({"id": format!("00000000-0000-4000-a000-{i:012}"), "kind": "registry.model_registered", "actor": {"id": "ci", "type": "service"}, "subject": {"model": "m", "version": "1", "run": "r"}, "attributes": {"artifact_sha256": "a".repeat(64)}});
     // (method, uri, token, body, documented path, expected status)
     type Case<'a> = (&'a str, String, &'a str, Option<Value>, &'a str, u16);
     let cases: Vec<Case> = vec![
-        ("POST", "/v1/events".into(), &writer, Some(json!([event(0), event(1)])), "/v1/events", 200),
-        ("POST", "/v1/events".into(), &writer, Some(json!({"kind": "nope"})), "/v1/events", 422),
-        ("GET", "/v1/events?model=m".into(), &admin, None, "/v1/events", 200),
-        ("GET", "/v1/events?limit=0".into(), &admin, None, "/v1/events", 400),
-        ("GET", "/v1/events/0".into(), &admin, None, "/v1/events/{id}", 200),
-        ("GET", "/v1/events/99".into(), &admin, None, "/v1/events/{id}", 404),
-        ("GET", "/v1/lineage/1".into(), &admin, None, "/v1/lineage/{id}", 200),
-        ("GET", "/v1/proof/inclusion/1".into(), &admin, None, "/v1/proof/inclusion/{id}", 200),
-        ("GET", "/v1/proof/consistency?from=2".into(), &admin, None, "/v1/proof/consistency", 200),
+        (
+            "POST",
+            "/v1/events".into(),
+            &writer,
+            Some(json!([event(0), event(1)])),
+            "/v1/events",
+            200,
+        ),
+        (
+            "POST",
+            "/v1/events".into(),
+            &writer,
+            Some(json!({"kind": "nope"})),
+            "/v1/events",
+            422,
+        ),
+        (
+            "GET",
+            "/v1/events?model=m".into(),
+            &admin,
+            None,
+            "/v1/events",
+            200,
+        ),
+        (
+            "GET",
+            "/v1/events?limit=0".into(),
+            &admin,
+            None,
+            "/v1/events",
+            400,
+        ),
+        (
+            "GET",
+            "/v1/events/0".into(),
+            &admin,
+            None,
+            "/v1/events/{id}",
+            200,
+        ),
+        (
+            "GET",
+            "/v1/events/99".into(),
+            &admin,
+            None,
+            "/v1/events/{id}",
+            404,
+        ),
+        (
+            "GET",
+            "/v1/lineage/1".into(),
+            &admin,
+            None,
+            "/v1/lineage/{id}",
+            200,
+        ),
+        (
+            "GET",
+            "/v1/proof/inclusion/1".into(),
+            &admin,
+            None,
+            "/v1/proof/inclusion/{id}",
+            200,
+        ),
+        (
+            "GET",
+            "/v1/proof/consistency?from=2".into(),
+            &admin,
+            None,
+            "/v1/proof/consistency",
+            200,
+        ),
         ("GET", "/v1/tokens".into(), &admin, None, "/v1/tokens", 200),
-        ("POST", "/v1/tokens".into(), &admin, Some(json!({"name": "x", "role": "reader"})), "/v1/tokens", 201),
+        (
+            "POST",
+            "/v1/tokens".into(),
+            &admin,
+            Some(json!({"name": "x", "role": "reader"})),
+            "/v1/tokens",
+            201,
+        ),
         ("GET", "/v1/tokens".into(), &writer, None, "/v1/tokens", 403),
-        ("GET", "/v1/tokens".into(), "mla_wrong", None, "/v1/tokens", 401),
+        (
+            "GET",
+            "/v1/tokens".into(),
+            "mla_wrong",
+            None,
+            "/v1/tokens",
+            401,
+        ),
         ("GET", "/healthz".into(), &admin, None, "/healthz", 200),
         ("GET", "/readyz".into(), &admin, None, "/readyz", 200),
     ];
     for (method, uri, token, body, path, expected) in cases {
         if let (Some(body), "/v1/events") = (&body, path) {
             // What the server accepts validates against the request schema, and what it rejects does not.
-            assert_eq!(check(&d, request_schema(&d), body, "request").is_ok(), expected == 200, "{body}");
+            assert_eq!(
+                check(&d, request_schema(&d), body, "request").is_ok(),
+                expected == 200,
+                "{body}"
+            );
         }
         let (status, value) = call(method, &uri, token, body).await;
-        assert_eq!(status, StatusCode::from_u16(expected).unwrap(), "{method} {uri}: {value}");
+        assert_eq!(
+            status,
+            StatusCode::from_u16(expected).unwrap(),
+            "{method} {uri}: {value}"
+        );
         let schema = response_schema(&d, method, path, expected);
         check(&d, schema, &value, &format!("{method} {uri}")).unwrap();
     }

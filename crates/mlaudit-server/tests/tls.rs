@@ -1,7 +1,10 @@
 //! TLS: the API answers over TLS with a certificate from PEM files, refuses plaintext on the TLS
 //! port, and stops gracefully; unusable certificate or key files are clear errors.
 
-#![allow(clippy::unwrap_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
@@ -17,7 +20,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
 }
 
 fn client() -> tokio_rustls::TlsConnector {
@@ -25,17 +30,21 @@ fn client() -> tokio_rustls::TlsConnector {
     for cert in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
         roots.add(cert.unwrap()).unwrap();
     }
-    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 async fn https(addr: std::net::SocketAddr, request: String) -> String {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = client().connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let mut tls = client()
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
     tls.write_all(request.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     tls.read_to_end(&mut out).await.unwrap();
@@ -50,8 +59,17 @@ async fn serves_over_tls_and_refuses_plaintext() {
     let (store, _) = EmbeddedStore::open(&dir.join("log"), Some(signer.clone())).unwrap();
     let store = Arc::new(store);
     let mut tokens = Tokens::load(&dir.join("tokens.json")).unwrap();
-    let writer = tokens.create("w", Role::Writer, "2026-11-27T00:00:00Z").unwrap();
-    let state = AppState { store: store.clone(), verifier: signer.verifier(), limits: Limits::default(), tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
+    let writer = tokens
+        .create("w", Role::Writer, "2026-11-27T00:00:00Z")
+        .unwrap();
+    let state = AppState {
+        store: store.clone(),
+        verifier: signer.verifier(),
+        limits: Limits::default(),
+        tokens: Some(Arc::new(RwLock::new(tokens))),
+        public_proofs: true,
+        metrics: Default::default(),
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -60,7 +78,11 @@ async fn serves_over_tls_and_refuses_plaintext() {
         let _ = stopped.await;
     }));
 
-    let health = https(addr, "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into()).await;
+    let health = https(
+        addr,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".into(),
+    )
+    .await;
     assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     let body = r#"{"kind":"x.tls","actor":{"id":"a","type":"service"}}"#;
     let post = https(addr, format!("POST /v1/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {writer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())).await;
@@ -69,13 +91,28 @@ async fn serves_over_tls_and_refuses_plaintext() {
 
     // Plaintext HTTP on the TLS port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
-    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), plain.read_to_end(&mut out)).await;
-    assert!(!String::from_utf8_lossy(&out).contains("200 OK"), "plaintext must not be served: {:?}", String::from_utf8_lossy(&out));
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        plain.read_to_end(&mut out),
+    )
+    .await;
+    assert!(
+        !String::from_utf8_lossy(&out).contains("200 OK"),
+        "plaintext must not be served: {:?}",
+        String::from_utf8_lossy(&out)
+    );
 
     stop.send(()).unwrap();
-    tokio::time::timeout(std::time::Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     store.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -83,8 +120,26 @@ async fn serves_over_tls_and_refuses_plaintext() {
 #[test]
 fn unusable_files_are_clear_errors() {
     let missing = fixture("missing.pem");
-    assert!(matches!(load_config(&missing, &fixture("key.pem")), Err(TlsError::Certificate { .. })));
-    assert!(matches!(load_config(&fixture("cert.pem"), &missing), Err(TlsError::Key { .. })));
-    assert!(matches!(load_config(&fixture("key.pem"), &fixture("key.pem")), Err(TlsError::Certificate { .. })), "a key is not a certificate");
-    assert!(matches!(load_config(&fixture("cert.pem"), &fixture("cert.pem")), Err(TlsError::Key { .. })), "a certificate is not a key");
+    assert!(matches!(
+        load_config(&missing, &fixture("key.pem")),
+        Err(TlsError::Certificate { .. })
+    ));
+    assert!(matches!(
+        load_config(&fixture("cert.pem"), &missing),
+        Err(TlsError::Key { .. })
+    ));
+    assert!(
+        matches!(
+            load_config(&fixture("key.pem"), &fixture("key.pem")),
+            Err(TlsError::Certificate { .. })
+        ),
+        "a key is not a certificate"
+    );
+    assert!(
+        matches!(
+            load_config(&fixture("cert.pem"), &fixture("cert.pem")),
+            Err(TlsError::Key { .. })
+        ),
+        "a certificate is not a key"
+    );
 }

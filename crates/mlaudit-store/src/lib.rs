@@ -11,7 +11,14 @@
 //! sequence numbers, ids, hashes and notes. Engines report where a fault lives through
 //! [`Store::location`].
 
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, reason = "a unit test fails loudly on any unexpected error"))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        reason = "a unit test fails loudly on any unexpected error"
+    )
+)]
 
 pub mod ingest;
 pub mod lineage;
@@ -34,11 +41,18 @@ pub struct StoredEvent {
 
 /// An event and its inclusion path (or why that path cannot exist), from
 /// [`Store::inclusion_material`].
-pub type InclusionMaterial = (StoredEvent, Result<Vec<Hash>, mlaudit_core::merkle::ProofRequestError>);
+pub type InclusionMaterial = (
+    StoredEvent,
+    Result<Vec<Hash>, mlaudit_core::merkle::ProofRequestError>,
+);
 
 /// [`Store::inclusion_material`] from `event` and stored nodes, one read each: the default,
 /// and what an engine with a faster path falls back to.
-pub fn event_and_path<S: Store + ?Sized>(store: &S, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {
+pub fn event_and_path<S: Store + ?Sized>(
+    store: &S,
+    seq: u64,
+    size: u64,
+) -> Result<InclusionMaterial, StoreError> {
     let event = store.event(seq)?;
     let path = mlaudit_core::merkle::inclusion_proof(&Nodes(store), seq, size)?;
     Ok((event, path))
@@ -62,7 +76,11 @@ pub struct EventRun {
 impl EventRun {
     /// An empty run starting at `first`, with room for about `events` events.
     pub fn new(first: u64, events: usize) -> EventRun {
-        EventRun { first, bytes: Vec::with_capacity(events * 640), spans: Vec::with_capacity(events) }
+        EventRun {
+            first,
+            bytes: Vec::with_capacity(events * 640),
+            spans: Vec::with_capacity(events),
+        }
     }
 
     /// Adds the next event.
@@ -88,7 +106,11 @@ impl EventRun {
     /// Event `i` of the run: its seq, entry and payload.
     pub fn get(&self, i: usize) -> Option<RunEvent<'_>> {
         let &(start, entry_end, payload_end) = self.spans.get(i)?;
-        Some((self.first + i as u64, &self.bytes[start..entry_end], payload_end.map(|end| &self.bytes[entry_end..end])))
+        Some((
+            self.first + i as u64,
+            &self.bytes[start..entry_end],
+            payload_end.map(|end| &self.bytes[entry_end..end]),
+        ))
     }
 }
 
@@ -184,7 +206,10 @@ pub enum StoreError {
     WriterStopped(String),
     /// An I/O error from the engine.
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
 }
 
 /// Called with the outcome of an append submitted with [`Store::submit`].
@@ -209,7 +234,11 @@ pub trait Store: Send + Sync {
     /// [`Store::submit`] if it can be done without blocking; otherwise the batch and the
     /// callback come back, for the caller to submit where blocking is allowed. An async
     /// caller uses this on its own worker. The default never queues.
-    fn try_submit(&self, events: Vec<PreparedEvent>, done: AppendDone) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
+    fn try_submit(
+        &self,
+        events: Vec<PreparedEvent>,
+        done: AppendDone,
+    ) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
         Err((events, done))
     }
     /// The number of events in the log (all of them durable).
@@ -222,7 +251,9 @@ pub trait Store: Send + Sync {
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError>;
     /// `count` consecutive stored hashes of one level from `start` (bulk reads for `verify`).
     fn nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
-        (start..start + count).map(|i| self.node(level, i)).collect()
+        (start..start + count)
+            .map(|i| self.node(level, i))
+            .collect()
     }
     /// The stored signed checkpoint for exactly this tree size.
     fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError>;
@@ -240,10 +271,21 @@ pub trait Store: Send + Sync {
     /// Seqs of matching events, ascending, at most `limit`.
     fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError>;
     /// Visits events `from..tree_size()` in order, reading storage sequentially.
-    fn scan(&self, from: u64, visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>) -> Result<(), StoreError>;
+    fn scan(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>;
     /// As [`Store::scan`], in runs of up to `run_len` events sharing one buffer.
-    fn scan_runs(&self, from: u64, run_len: usize, visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>) -> Result<(), StoreError> {
-        group_runs(from, run_len, visit, |push| self.scan(from, &mut |ev| push(&ev.entry, ev.payload.as_deref())))
+    fn scan_runs(
+        &self,
+        from: u64,
+        run_len: usize,
+        visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        group_runs(from, run_len, visit, |push| {
+            self.scan(from, &mut |ev| push(&ev.entry, ev.payload.as_deref()))
+        })
     }
     /// Where an event is stored, for messages (e.g. `log/seg-…:1234`).
     fn location(&self, seq: u64) -> String;
@@ -275,7 +317,8 @@ pub struct StoreStats {
 /// Checks derived indexes against entries visited in seq order `0..n`.
 pub trait IndexCheck {
     /// Checks that every index lists event `seq` as its entry says.
-    fn check(&mut self, seq: u64, entry: &mlaudit_core::entry::EntryView<'_>) -> Result<(), String>;
+    fn check(&mut self, seq: u64, entry: &mlaudit_core::entry::EntryView<'_>)
+        -> Result<(), String>;
     /// After the last event `n - 1`: checks that the indexes list nothing more below `n`.
     /// An error may name the first seq it concerns.
     fn finish(&mut self, n: u64) -> Result<(), (Option<u64>, String)>;

@@ -44,14 +44,24 @@ struct Loaded {
 
 fn load(store: &dyn Store, seq: u64) -> Result<Loaded, StoreError> {
     let ev = store.event(seq)?;
-    let entry = entry::decode(&ev.entry).map_err(|e| StoreError::Corrupt { location: store.location(seq), problem: e.to_string() })?;
+    let entry = entry::decode(&ev.entry).map_err(|e| StoreError::Corrupt {
+        location: store.location(seq),
+        problem: e.to_string(),
+    })?;
     let view = render_event(&entry, ev.payload.as_deref());
     Ok(Loaded { entry, view })
 }
 
 fn find(store: &dyn Store, q: Query) -> Result<Vec<Loaded>, StoreError> {
-    let q = Query { limit: STEP_LIMIT, ..q };
-    store.query(&q)?.into_iter().map(|seq| load(store, seq)).collect()
+    let q = Query {
+        limit: STEP_LIMIT,
+        ..q
+    };
+    store
+        .query(&q)?
+        .into_iter()
+        .map(|seq| load(store, seq))
+        .collect()
 }
 
 /// The lineage of the event at `seq`.
@@ -60,28 +70,76 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
     let subject = |f| start.entry.subject(f).map(str::to_owned);
     let (mut model, mut version) = (subject(SubjectField::Model), subject(SubjectField::Version));
     if let (None, Some(deployment)) = (&model, subject(SubjectField::Deployment)) {
-        let deployed = find(store, Query { kind: Some("operations.deployed".into()), deployment: Some(deployment), ..Query::default() })?;
-        if let Some(d) = deployed.iter().rev().find(|d| d.entry.seq <= seq).or(deployed.last()) {
+        let deployed = find(
+            store,
+            Query {
+                kind: Some("operations.deployed".into()),
+                deployment: Some(deployment),
+                ..Query::default()
+            },
+        )?;
+        if let Some(d) = deployed
+            .iter()
+            .rev()
+            .find(|d| d.entry.seq <= seq)
+            .or(deployed.last())
+        {
             model = d.entry.subject(SubjectField::Model).map(str::to_owned);
             version = d.entry.subject(SubjectField::Version).map(str::to_owned);
         }
     }
-    let mut out = Lineage { event: start.view.clone(), model: model.clone(), version: version.clone(), registry: vec![], deployments: vec![], run: subject(SubjectField::Run), training: vec![], datasets: vec![] };
+    let mut out = Lineage {
+        event: start.view.clone(),
+        model: model.clone(),
+        version: version.clone(),
+        registry: vec![],
+        deployments: vec![],
+        run: subject(SubjectField::Run),
+        training: vec![],
+        datasets: vec![],
+    };
     if let (Some(model), Some(version)) = (&model, &version) {
-        let by_version = |stage| Query { stage: Some(stage), model: Some(model.clone()), version: Some(version.clone()), ..Query::default() };
+        let by_version = |stage| Query {
+            stage: Some(stage),
+            model: Some(model.clone()),
+            version: Some(version.clone()),
+            ..Query::default()
+        };
         let registry = find(store, by_version(Stage::Registry))?;
-        if let Some(reg) = registry.iter().find(|r| r.entry.kind == "registry.model_registered") {
-            out.run = reg.entry.subject(SubjectField::Run).map(str::to_owned).or(out.run);
+        if let Some(reg) = registry
+            .iter()
+            .find(|r| r.entry.kind == "registry.model_registered")
+        {
+            out.run = reg
+                .entry
+                .subject(SubjectField::Run)
+                .map(str::to_owned)
+                .or(out.run);
         }
         out.registry = registry.into_iter().map(|l| l.view).collect();
-        out.deployments = find(store, by_version(Stage::Operations))?.into_iter().map(|l| l.view).collect();
+        out.deployments = find(store, by_version(Stage::Operations))?
+            .into_iter()
+            .map(|l| l.view)
+            .collect();
     }
     if let Some(run) = out.run.clone() {
-        let training = find(store, Query { stage: Some(Stage::Training), run: Some(run), ..Query::default() })?;
+        let training = find(
+            store,
+            Query {
+                stage: Some(Stage::Training),
+                run: Some(run),
+                ..Query::default()
+            },
+        )?;
         let refs: Vec<String> = training
             .iter()
             .filter(|t| t.entry.kind == "training.run_started")
-            .flat_map(|t| t.view["attributes"]["datasets"].as_array().cloned().unwrap_or_default())
+            .flat_map(|t| {
+                t.view["attributes"]["datasets"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
         out.training = training.into_iter().map(|l| l.view).collect();
@@ -90,16 +148,29 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
                 Some((d, v)) => (d.to_owned(), Some(v.to_owned())),
                 None => (r.clone(), None),
             };
-            let events = find(store, Query { stage: Some(Stage::Data), dataset: Some(dataset.clone()), ..Query::default() })?;
+            let events = find(
+                store,
+                Query {
+                    stage: Some(Stage::Data),
+                    dataset: Some(dataset.clone()),
+                    ..Query::default()
+                },
+            )?;
             let events = events
                 .into_iter()
-                .filter(|l| match (l.entry.subject(SubjectField::DatasetVersion), &version) {
-                    (Some(have), Some(want)) => have == want,
-                    _ => true,
-                })
+                .filter(
+                    |l| match (l.entry.subject(SubjectField::DatasetVersion), &version) {
+                        (Some(have), Some(want)) => have == want,
+                        _ => true,
+                    },
+                )
                 .map(|l| l.view)
                 .collect();
-            out.datasets.push(DatasetLineage { dataset, version, events });
+            out.datasets.push(DatasetLineage {
+                dataset,
+                version,
+                events,
+            });
         }
     }
     Ok(out)

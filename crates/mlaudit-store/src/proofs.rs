@@ -33,11 +33,23 @@ pub enum ProveError {
 
 /// The inclusion proof bundle of event `seq`, against the latest checkpoint.
 pub fn inclusion_bundle(store: &dyn Store, seq: u64) -> Result<ProofBundle, ProveError> {
-    let size = store.latest_checkpoint_size()?.filter(|s| *s > seq).ok_or(ProveError::NotCheckpointed(seq))?;
-    let note = store.checkpoint(size)?.ok_or(ProveError::NoCheckpoint(size))?;
+    let size = store
+        .latest_checkpoint_size()?
+        .filter(|s| *s > seq)
+        .ok_or(ProveError::NotCheckpointed(seq))?;
+    let note = store
+        .checkpoint(size)?
+        .ok_or(ProveError::NoCheckpoint(size))?;
     let (event, path) = store.inclusion_material(seq, size)?;
     let path = path?;
-    Ok(ProofBundle::new(&event.entry, event.payload.as_deref(), seq, size, &path, note))
+    Ok(ProofBundle::new(
+        &event.entry,
+        event.payload.as_deref(),
+        seq,
+        size,
+        &path,
+        note,
+    ))
 }
 
 /// A consistency proof between two stored checkpoints, with both notes.
@@ -53,7 +65,9 @@ pub struct ConsistencyProof {
 
 /// Builds the consistency proof between the checkpoints of sizes `from` and `to`.
 pub fn consistency(store: &dyn Store, from: u64, to: u64) -> Result<ConsistencyProof, ProveError> {
-    let from_note = store.checkpoint(from)?.ok_or(ProveError::NoCheckpoint(from))?;
+    let from_note = store
+        .checkpoint(from)?
+        .ok_or(ProveError::NoCheckpoint(from))?;
     let to_note = store.checkpoint(to)?.ok_or(ProveError::NoCheckpoint(to))?;
     let proof = merkle::consistency_proof(&Nodes(store), from, to)??;
     Ok(ConsistencyProof {
@@ -102,6 +116,12 @@ impl ConsistencyProof {
 
 /// Parses a stored checkpoint without checking its signature (the store wrote it).
 pub fn parse_stored(size: u64, note: &str) -> Result<Checkpoint, ProveError> {
-    let body = note.split_once("\n\n").map(|(b, _)| format!("{b}\n")).unwrap_or_default();
-    Checkpoint::parse(&body).map_err(|e| ProveError::BadCheckpoint { size, problem: e.to_string() })
+    let body = note
+        .split_once("\n\n")
+        .map(|(b, _)| format!("{b}\n"))
+        .unwrap_or_default();
+    Checkpoint::parse(&body).map_err(|e| ProveError::BadCheckpoint {
+        size,
+        problem: e.to_string(),
+    })
 }

@@ -8,9 +8,9 @@
 
 use crate::{Store, StoreError};
 use mlaudit_core::entry;
+use mlaudit_core::merkle::sha256;
 use mlaudit_core::merkle::{self, CompactRange, Hash};
 use mlaudit_core::note::{open_checkpoint, NoteVerifier};
-use mlaudit_core::merkle::sha256;
 use std::ops::ControlFlow;
 
 /// Events per run: the unit the scanner deals to the two checker threads.
@@ -60,17 +60,33 @@ struct Verifier<'a> {
 
 impl Verifier<'_> {
     fn fail(&self, seq: Option<u64>, problem: impl Into<String>) -> VerifyFailure {
-        let location = seq.map(|s| self.store.location(s)).unwrap_or_else(|| "the log".into());
-        VerifyFailure { seq, location, problem: problem.into() }
+        let location = seq
+            .map(|s| self.store.location(s))
+            .unwrap_or_else(|| "the log".into());
+        VerifyFailure {
+            seq,
+            location,
+            problem: problem.into(),
+        }
     }
 
     /// Checks one event on its own: its place, its entry and its payload. Returns its leaf hash.
     /// Also returns any disagreement of the engine's indexes with the entry, reported only if
     /// the Merkle layer finds nothing worse.
-    fn check_alone(store: &dyn Store, ids_checked: bool, seq: u64, entry_bytes: &[u8], payload: Option<&[u8]>) -> Result<Checked, String> {
-        let e = entry::decode_view(entry_bytes).map_err(|err| format!("entry does not decode: {err}"))?;
+    fn check_alone(
+        store: &dyn Store,
+        ids_checked: bool,
+        seq: u64,
+        entry_bytes: &[u8],
+        payload: Option<&[u8]>,
+    ) -> Result<Checked, String> {
+        let e = entry::decode_view(entry_bytes)
+            .map_err(|err| format!("entry does not decode: {err}"))?;
         if e.seq != seq {
-            return Err(format!("entry claims seq {} (moved, inserted or reordered)", e.seq));
+            return Err(format!(
+                "entry claims seq {} (moved, inserted or reordered)",
+                e.seq
+            ));
         }
         if let Some(p) = payload {
             if p.len() as u64 != u64::from(e.payload_len) || sha256(p) != e.payload_sha256 {
@@ -82,29 +98,47 @@ impl Verifier<'_> {
         } else {
             match store.seq_of(&e.id) {
                 Ok(Some(s)) if s == seq => None,
-                Ok(found) => Some(format!("the id index maps event {} to {found:?}, not to this seq", e.id)),
+                Ok(found) => Some(format!(
+                    "the id index maps event {} to {found:?}, not to this seq",
+                    e.id
+                )),
                 Err(err) => Some(format!("the id index: {err}")),
             }
         };
-        Ok((merkle::leaf_hash(entry_bytes), payload.is_none(), index_problem))
+        Ok((
+            merkle::leaf_hash(entry_bytes),
+            payload.is_none(),
+            index_problem,
+        ))
     }
 
     /// The per-event checks of a run (any thread).
-    fn check_run(store: &dyn Store, ids_checked: bool, run: &crate::EventRun) -> Vec<Result<Checked, String>> {
+    fn check_run(
+        store: &dyn Store,
+        ids_checked: bool,
+        run: &crate::EventRun,
+    ) -> Vec<Result<Checked, String>> {
         (0..run.len())
             .map(|i| match run.get(i) {
-                Some((seq, entry_bytes, payload)) => Self::check_alone(store, ids_checked, seq, entry_bytes, payload),
+                Some((seq, entry_bytes, payload)) => {
+                    Self::check_alone(store, ids_checked, seq, entry_bytes, payload)
+                }
                 None => Err("the run ended early".into()),
             })
             .collect()
     }
 
     /// Takes a checked run in seq order: the indexes, the tree and the checkpoints.
-    fn absorb(&mut self, run: &crate::EventRun, results: Vec<Result<Checked, String>>) -> Result<(), VerifyFailure> {
+    fn absorb(
+        &mut self,
+        run: &crate::EventRun,
+        results: Vec<Result<Checked, String>>,
+    ) -> Result<(), VerifyFailure> {
         let first = run.first;
         for (i, result) in results.into_iter().enumerate() {
             let seq = first + i as u64;
-            let (leaf, redacted, mut index_problem) = result.map_err(|p| self.fail(Some(seq), p))?;
+            let (leaf, redacted, mut index_problem) =
+                result.map_err(|p| self.fail(Some(seq), p))?;
             self.redacted += u64::from(redacted);
             if let (None, Some(checker)) = (&index_problem, self.index_check.as_mut()) {
                 // Decoded again here (it decoded in `check_alone`): borrowing, no allocation.
@@ -138,10 +172,16 @@ impl Verifier<'_> {
     }
 
     fn check_checkpoint(&self, size: u64, last_seq: u64) -> Result<(), VerifyFailure> {
-        let first_covered = self.sizes.get(self.next_checkpoint.wrapping_sub(1)).copied().unwrap_or(0);
+        let first_covered = self
+            .sizes
+            .get(self.next_checkpoint.wrapping_sub(1))
+            .copied()
+            .unwrap_or(0);
         let here = |p: String| VerifyFailure {
             seq: Some(first_covered.min(last_seq)),
-            location: format!("checkpoint for tree size {size}; first bad seq is in {first_covered}..{size}"),
+            location: format!(
+                "checkpoint for tree size {size}; first bad seq is in {first_covered}..{size}"
+            ),
             problem: p,
         };
         let note = match self.store.checkpoint(size) {
@@ -149,12 +189,18 @@ impl Verifier<'_> {
             Ok(None) => return Err(here("checkpoint listed but missing".into())),
             Err(e) => return Err(here(e.to_string())),
         };
-        let cp = open_checkpoint(self.key, &note).map_err(|e| here(format!("checkpoint signature: {e}")))?;
+        let cp = open_checkpoint(self.key, &note)
+            .map_err(|e| here(format!("checkpoint signature: {e}")))?;
         if cp.size != size {
-            return Err(here(format!("checkpoint stored for size {size} signs size {}", cp.size)));
+            return Err(here(format!(
+                "checkpoint stored for size {size} signs size {}",
+                cp.size
+            )));
         }
         if cp.root != self.range.root() {
-            return Err(here("the signed root differs from the root recomputed from the entries".into()));
+            return Err(here(
+                "the signed root differs from the root recomputed from the entries".into(),
+            ));
         }
         Ok(())
     }
@@ -182,9 +228,17 @@ impl Verifier<'_> {
 }
 
 /// Verifies the whole log. `progress(done, total)` is called now and then.
-pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, VerifyFailure> {
+pub fn verify(
+    store: &dyn Store,
+    key: &NoteVerifier,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport, VerifyFailure> {
     let total = store.tree_size();
-    let sizes = store.checkpoint_sizes().map_err(|e| VerifyFailure { seq: None, location: "checkpoints".into(), problem: e.to_string() })?;
+    let sizes = store.checkpoint_sizes().map_err(|e| VerifyFailure {
+        seq: None,
+        location: "checkpoints".into(),
+        problem: e.to_string(),
+    })?;
     if let Some(beyond) = sizes.iter().find(|s| **s > total) {
         return Err(VerifyFailure {
             seq: Some(total),
@@ -192,7 +246,17 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
             problem: format!("a checkpoint signs {beyond} events but the log holds only {total}: events were removed"),
         });
     }
-    let mut v = Verifier { store, key, range: CompactRange::new(), sizes, next_checkpoint: 0, pending: Vec::new(), redacted: 0, index_problem: None, index_check: store.index_check() };
+    let mut v = Verifier {
+        store,
+        key,
+        range: CompactRange::new(),
+        sizes,
+        next_checkpoint: 0,
+        pending: Vec::new(),
+        redacted: 0,
+        index_problem: None,
+        index_check: store.index_check(),
+    };
     while v.sizes.get(v.next_checkpoint) == Some(&0) {
         v.check_checkpoint(0, 0)?;
         v.next_checkpoint += 1;
@@ -211,11 +275,16 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
             store.scan_runs(0, CHUNK, &mut |run| {
                 turn = !turn;
                 let sent = if turn { to_a.send(run) } else { to_b.send(run) };
-                if sent.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                if sent.is_err() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
             })
         });
         type Checked2 = (crate::EventRun, Vec<Result<Checked, String>>);
-        let checker = |runs: std::sync::mpsc::Receiver<crate::EventRun>, out: std::sync::mpsc::SyncSender<Checked2>| {
+        let checker = |runs: std::sync::mpsc::Receiver<crate::EventRun>,
+                       out: std::sync::mpsc::SyncSender<Checked2>| {
             move || {
                 for run in runs {
                     let results = Verifier::check_run(store, ids_checked, &run);
@@ -232,9 +301,18 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
         let mut turn = false;
         loop {
             turn = !turn;
-            let Ok((run, results)) = (if turn { checked_a.recv() } else { checked_b.recv() }) else { break };
+            let Ok((run, results)) = (if turn {
+                checked_a.recv()
+            } else {
+                checked_b.recv()
+            }) else {
+                break;
+            };
             if run.first != seq {
-                failure = Some(v.fail(Some(seq), format!("storage returned seq {} in place of {seq}", run.first)));
+                failure = Some(v.fail(
+                    Some(seq),
+                    format!("storage returned seq {} in place of {seq}", run.first),
+                ));
                 break;
             }
             if let Err(f) = v.absorb(&run, results) {
@@ -245,7 +323,9 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
             progress(seq, total);
         }
         drop((checked_a, checked_b));
-        scanner.join().unwrap_or_else(|_| Err(StoreError::NotFound("the scanning thread panicked".into())))
+        scanner
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::NotFound("the scanning thread panicked".into())))
     });
     if let Some(f) = failure {
         return Err(f);
@@ -254,12 +334,18 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
         return Err(scan_failure(store, seq, e));
     }
     if seq != total {
-        return Err(v.fail(Some(seq), format!("storage yielded {seq} events but reports {total}")));
+        return Err(v.fail(
+            Some(seq),
+            format!("storage yielded {seq} events but reports {total}"),
+        ));
     }
     v.compare_nodes()?;
     if let (None, Some(checker)) = (&v.index_problem, v.index_check.as_mut()) {
         if let Err((seq, p)) = checker.finish(total) {
-            v.index_problem = Some((seq.unwrap_or(total.saturating_sub(1)), format!("index: {p}")));
+            v.index_problem = Some((
+                seq.unwrap_or(total.saturating_sub(1)),
+                format!("index: {p}"),
+            ));
         }
     }
     if let Some((seq, problem)) = v.index_problem.take() {
@@ -267,12 +353,26 @@ pub fn verify(store: &dyn Store, key: &NoteVerifier, progress: &mut dyn FnMut(u6
     }
     progress(total, total);
     let signed = v.sizes.last().copied().unwrap_or(0);
-    Ok(VerifyReport { events: total, checkpoints: v.sizes.len() as u64, root: v.range.root(), redacted: v.redacted, unsigned_tail: total - signed })
+    Ok(VerifyReport {
+        events: total,
+        checkpoints: v.sizes.len() as u64,
+        root: v.range.root(),
+        redacted: v.redacted,
+        unsigned_tail: total - signed,
+    })
 }
 
 fn scan_failure(store: &dyn Store, seq: u64, e: StoreError) -> VerifyFailure {
     match e {
-        StoreError::Corrupt { location, problem } => VerifyFailure { seq: Some(seq), location, problem },
-        other => VerifyFailure { seq: Some(seq), location: store.location(seq), problem: other.to_string() },
+        StoreError::Corrupt { location, problem } => VerifyFailure {
+            seq: Some(seq),
+            location,
+            problem,
+        },
+        other => VerifyFailure {
+            seq: Some(seq),
+            location: store.location(seq),
+            problem: other.to_string(),
+        },
     }
 }

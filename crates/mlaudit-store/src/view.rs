@@ -28,7 +28,10 @@ pub fn resolve(store: &dyn Store, reference: &str) -> Result<u64, LookupError> {
     }
     match reference.parse::<u64>() {
         Ok(seq) if seq < store.tree_size() => Ok(seq),
-        Ok(seq) => Err(LookupError::UnknownSeq { seq, size: store.tree_size() }),
+        Ok(seq) => Err(LookupError::UnknownSeq {
+            seq,
+            size: store.tree_size(),
+        }),
         Err(_) => Err(LookupError::Malformed(reference.chars().take(80).collect())),
     }
 }
@@ -36,7 +39,10 @@ pub fn resolve(store: &dyn Store, reference: &str) -> Result<u64, LookupError> {
 /// `{"seq", "leaf_hash", "event"}`: a stored event with its seq and leaf hash.
 pub fn event_json(store: &dyn Store, seq: u64) -> Result<Value, StoreError> {
     let ev = store.event(seq)?;
-    let e = entry::decode(&ev.entry).map_err(|err| StoreError::Corrupt { location: store.location(seq), problem: format!("entry does not decode: {err}") })?;
+    let e = entry::decode(&ev.entry).map_err(|err| StoreError::Corrupt {
+        location: store.location(seq),
+        problem: format!("entry does not decode: {err}"),
+    })?;
     Ok(json!({
         "seq": seq,
         "leaf_hash": leaf_hash(&ev.entry).to_hex(),

@@ -18,20 +18,30 @@ use std::sync::mpsc;
 
 /// The principal recorded for events appended from this command line.
 pub fn local_principal() -> String {
-    let user = ["USER", "LOGNAME"].iter().find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty())).unwrap_or_else(|| "unknown".into());
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".into());
     format!("local:{user}")
 }
 
 fn read_input(file: &Path) -> Result<String> {
     let mut bytes = Vec::new();
     if file == Path::new("-") {
-        std::io::stdin().read_to_end(&mut bytes).context("reading standard input")?;
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading standard input")?;
     } else {
-        bytes = std::fs::read(file).map_err(|e| InputError(format!("cannot read {}: {e}", file.display())))?;
+        bytes = std::fs::read(file)
+            .map_err(|e| InputError(format!("cannot read {}: {e}", file.display())))?;
     }
     String::from_utf8(bytes).map_err(|e| {
         let line = 1 + e.utf8_error().valid_up_to().min(e.as_bytes().len());
-        let line_no = e.as_bytes()[..line - 1].iter().filter(|b| **b == b'\n').count() + 1;
+        let line_no = e.as_bytes()[..line - 1]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
         InputError(format!("line {line_no}: input is not valid UTF-8")).into()
     })
 }
@@ -54,14 +64,20 @@ const IN_FLIGHT: usize = 4;
 /// time. Each batch is atomic and durable when answered; answers are taken in submission
 /// order, and the first failure is returned (batches still in flight may be written after it:
 /// the events' ids make a re-run safe).
-pub fn append_events(store: &dyn Store, events: Vec<PreparedEvent>, batch_size: usize, progress: &mut Progress) -> Result<Appended> {
+pub fn append_events(
+    store: &dyn Store,
+    events: Vec<PreparedEvent>,
+    batch_size: usize,
+    progress: &mut Progress,
+) -> Result<Appended> {
     let batch_size = batch_size.max(1);
     let mut out = Appended::default();
     let mut done = 0u64;
     let mut events = events.into_iter().peekable();
     // One channel per batch: a store that dropped a callback unanswered ends the wait with an
     // error instead of a hang.
-    let mut in_flight: VecDeque<mpsc::Receiver<Result<AppendReceipt, StoreError>>> = VecDeque::new();
+    let mut in_flight: VecDeque<mpsc::Receiver<Result<AppendReceipt, StoreError>>> =
+        VecDeque::new();
     loop {
         while in_flight.len() < IN_FLIGHT && events.peek().is_some() {
             let batch: Vec<PreparedEvent> = events.by_ref().take(batch_size).collect();
@@ -69,8 +85,12 @@ pub fn append_events(store: &dyn Store, events: Vec<PreparedEvent>, batch_size: 
             store.submit(batch, Box::new(move |outcome| drop(tx.send(outcome))));
             in_flight.push_back(rx);
         }
-        let Some(oldest) = in_flight.pop_front() else { return Ok(out) };
-        let receipt = oldest.recv().context("the store dropped a batch unanswered")??;
+        let Some(oldest) = in_flight.pop_front() else {
+            return Ok(out);
+        };
+        let receipt = oldest
+            .recv()
+            .context("the store dropped a batch unanswered")??;
         for e in &receipt.events {
             if e.duplicate {
                 out.duplicates += 1;
@@ -99,8 +119,16 @@ pub fn run(data: &Path, file: &Path, batch_size: usize) -> Result<()> {
                 eprintln!("mlaudit: {e}");
             }
             let more = errors.len().saturating_sub(20);
-            let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
-            return Err(InputError(format!("{} invalid line(s){tail}; nothing was appended", errors.len())).into());
+            let tail = if more > 0 {
+                format!(" (and {more} more)")
+            } else {
+                String::new()
+            };
+            return Err(InputError(format!(
+                "{} invalid line(s){tail}; nothing was appended",
+                errors.len()
+            ))
+            .into());
         }
     };
     let store = ledger::open(data)?;
@@ -112,7 +140,10 @@ pub fn run(data: &Path, file: &Path, batch_size: usize) -> Result<()> {
         _ => println!("appended 0 events"),
     }
     if summary.duplicates > 0 {
-        println!("{} events were already in the log (same id) and were not written again", summary.duplicates);
+        println!(
+            "{} events were already in the log (same id) and were not written again",
+            summary.duplicates
+        );
     }
     print!("{}", summary.checkpoint);
     store.close()?;

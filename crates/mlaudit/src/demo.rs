@@ -42,14 +42,43 @@ fn mix(x: u64) -> u64 {
 const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
 
 fn lifecycle(version: &str, run: &str, predictions: usize, clock: &mut Clock) -> Vec<Value> {
-    let (model, dataset, snapshot, deployment) = ("credit-risk", "credit-applications", "2026-10-31", "credit-scoring-prod");
+    let (model, dataset, snapshot, deployment) = (
+        "credit-risk",
+        "credit-applications",
+        "2026-10-31",
+        "credit-scoring-prod",
+    );
     let etl = ("etl-pipeline", "service");
     let trainer = ("training-service", "service");
     let mut out = vec![
-        ev("data.source_accessed", clock.tick(60), etl, json!({"dataset": dataset}), json!({"source": "s3://bank-data/raw/applications-2026-10.parquet", "rows": 120_000})),
-        ev("data.transformation_applied", clock.tick(300), etl, json!({"dataset": dataset}), json!({"inputs": ["s3://bank-data/raw/applications-2026-10.parquet"], "transformation": "drop_pii,impute_median,one_hot(region)", "filter": "application_date >= '2024-01-01'"})),
-        ev("data.snapshot_created", clock.tick(120), etl, json!({"dataset": dataset, "dataset_version": snapshot}), json!({"content_sha256": "9f2c5d1e8a7b6c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d", "rows": 118_432})),
-        ev("training.run_started", clock.tick(600), trainer, json!({"run": run, "model": model}), json!({"hyperparameters": {"learning_rate": 0.05, "max_depth": 6, "n_estimators": 400}, "random_seed": 42, "datasets": [format!("{dataset}@{snapshot}")], "code_version": "git:4e1f0c2"})),
+        ev(
+            "data.source_accessed",
+            clock.tick(60),
+            etl,
+            json!({"dataset": dataset}),
+            json!({"source": "s3://bank-data/raw/applications-2026-10.parquet", "rows": 120_000}),
+        ),
+        ev(
+            "data.transformation_applied",
+            clock.tick(300),
+            etl,
+            json!({"dataset": dataset}),
+            json!({"inputs": ["s3://bank-data/raw/applications-2026-10.parquet"], "transformation": "drop_pii,impute_median,one_hot(region)", "filter": "application_date >= '2024-01-01'"}),
+        ),
+        ev(
+            "data.snapshot_created",
+            clock.tick(120),
+            etl,
+            json!({"dataset": dataset, "dataset_version": snapshot}),
+            json!({"content_sha256": "9f2c5d1e8a7b6c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d", "rows": 118_432}),
+        ),
+        ev(
+            "training.run_started",
+            clock.tick(600),
+            trainer,
+            json!({"run": run, "model": model}),
+            json!({"hyperparameters": {"learning_rate": 0.05, "max_depth": 6, "n_estimators": 400}, "random_seed": 42, "datasets": [format!("{dataset}@{snapshot}")], "code_version": "git:4e1f0c2"}),
+        ),
     ];
     for step in 1..=5u64 {
         let auc = 0.80 + 0.012 * step as f64;
@@ -70,7 +99,8 @@ fn lifecycle(version: &str, run: &str, predictions: usize, clock: &mut Clock) ->
         let r = mix(i as u64);
         let income = 20_000 + (r % 130_000);
         let debt_ratio = (r >> 20) % 100;
-        let score = ((income as f64 / 150_000.0) * 0.6 + (1.0 - debt_ratio as f64 / 100.0) * 0.4).min(1.0);
+        let score =
+            ((income as f64 / 150_000.0) * 0.6 + (1.0 - debt_ratio as f64 / 100.0) * 0.4).min(1.0);
         out.push(ev(
             "prediction.served",
             clock.tick(2),
@@ -93,25 +123,46 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
     }
     let key = ledger::signer(data)?.verifier();
     let store = ledger::open(data)?;
-    let earlier = store.query(&Query { kind: Some("registry.model_registered".into()), model: Some("credit-risk".into()), limit: usize::MAX, ..Query::default() })?.len();
+    let earlier = store
+        .query(&Query {
+            kind: Some("registry.model_registered".into()),
+            model: Some("credit-risk".into()),
+            limit: usize::MAX,
+            ..Query::default()
+        })?
+        .len();
     let version = (7 + earlier).to_string();
     let run = format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64 - 3 * 86_400 * 1_000_000_000;
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as i64
+        - 3 * 86_400 * 1_000_000_000;
     let events = lifecycle(&version, &run, predictions, &mut Clock(start));
     let before = store.tree_size();
     let lifecycle_len = events.len() - predictions;
     let store = Arc::new(store);
     let server = DemoServer::start(store.clone(), key.clone())?;
     println!("\n== sending the lifecycle to a local `mlaudit serve` at http://{} (bearer token of a writer)", server.addr);
-    let (a, b) = (server.post(&events[..lifecycle_len], 1000)?, server.post(&events[lifecycle_len..], 100)?);
+    let (a, b) = (
+        server.post(&events[..lifecycle_len], 1000)?,
+        server.post(&events[lifecycle_len..], 100)?,
+    );
     println!("== recorded model credit-risk version {version} (run {run}): {} lifecycle events and {} predictions over HTTP, seq {before}..{}", a.new, b.new, store.tree_size() - 1);
 
     println!("\n== verify: recomputing every leaf, payload digest, tree node and checkpoint");
     let report = verify_store(&*store, &key)?;
-    println!("intact: {} events, {} checkpoints, root {}", report.events, report.checkpoints, report.root.to_hex());
+    println!(
+        "intact: {} events, {} checkpoints, root {}",
+        report.events,
+        report.checkpoints,
+        report.root.to_hex()
+    );
 
     let (pred_seq, what) = match (b.first_seq, a.last_seq) {
-        (Some(first), _) => (first + (predictions as u64 / 2).min(b.new.saturating_sub(1)), "the prediction"),
+        (Some(first), _) => (
+            first + (predictions as u64 / 2).min(b.new.saturating_sub(1)),
+            "the prediction",
+        ),
         (None, Some(last)) => (last, "the last lifecycle event"),
         (None, None) => (store.tree_size().saturating_sub(1), "the last event"),
     };
@@ -120,19 +171,38 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
 
     println!("\n== inclusion proof for seq {pred_seq}, checked offline with only the verifier key");
     let bundle = proofs::inclusion_bundle(&*store, pred_seq)?;
-    println!("bundle: leaf {} of tree size {}, {} path hashes", bundle.leaf_index, bundle.tree_size, bundle.inclusion_path.len());
+    println!(
+        "bundle: leaf {} of tree size {}, {} path hashes",
+        bundle.leaf_index,
+        bundle.tree_size,
+        bundle.inclusion_path.len()
+    );
     println!("{}", check_bundle(&bundle, &key)?);
-    let public: ProofBundle = serde_json::from_value(server.get(&format!("/v1/proof/inclusion/{pred_seq}"))?)?;
-    println!("the same proof fetched anonymously over HTTP (payload withheld, digest still committed):");
+    let public: ProofBundle =
+        serde_json::from_value(server.get(&format!("/v1/proof/inclusion/{pred_seq}"))?)?;
+    println!(
+        "the same proof fetched anonymously over HTTP (payload withheld, digest still committed):"
+    );
     println!("{}", check_bundle(&public, &key)?);
     let sizes = store.checkpoint_sizes()?;
     if let (Some(first), Some(last)) = (sizes.iter().find(|s| **s > 0), sizes.last()) {
         let proof = proofs::consistency(&*store, *first, *last)?;
-        proof.verify(&key).map_err(|e| crate::ledger::VerifyFailed(format!("consistency proof FAILED: {e}")))?;
-        println!("OK: checkpoint {first} is consistent with checkpoint {last} ({} hashes)", proof.proof.len());
+        proof
+            .verify(&key)
+            .map_err(|e| crate::ledger::VerifyFailed(format!("consistency proof FAILED: {e}")))?;
+        println!(
+            "OK: checkpoint {first} is consistent with checkpoint {last} ({} hashes)",
+            proof.proof.len()
+        );
     }
-    println!("\nlatest checkpoint:\n{}", mlaudit_store::latest_checkpoint(&*store)?.unwrap_or_default());
-    println!("try: mlaudit --data {} query --model credit-risk --stage registry", data.display());
+    println!(
+        "\nlatest checkpoint:\n{}",
+        mlaudit_store::latest_checkpoint(&*store)?.unwrap_or_default()
+    );
+    println!(
+        "try: mlaudit --data {} query --model credit-risk --stage registry",
+        data.display()
+    );
     server.stop()?;
     store.close()?;
     Ok(())
@@ -155,23 +225,58 @@ struct Posted {
 }
 
 impl DemoServer {
-    fn start(store: Arc<mlaudit_embedded::EmbeddedStore>, verifier: mlaudit_core::note::NoteVerifier) -> Result<DemoServer> {
-        let tokens_dir = std::env::temp_dir().join(format!("mlaudit-demo-tokens-{}", std::process::id()));
+    fn start(
+        store: Arc<mlaudit_embedded::EmbeddedStore>,
+        verifier: mlaudit_core::note::NoteVerifier,
+    ) -> Result<DemoServer> {
+        let tokens_dir =
+            std::env::temp_dir().join(format!("mlaudit-demo-tokens-{}", std::process::id()));
         std::fs::create_dir_all(&tokens_dir)?;
         let mut tokens = Tokens::load(&tokens_dir.join("tokens.json"))?;
         let token = tokens.create("demo-writer", Role::Writer, &format_time(0))?;
-        let state = AppState { store, verifier, limits: Limits::default(), tokens: Some(Arc::new(RwLock::new(tokens))), public_proofs: true, metrics: Default::default() };
+        let state = AppState {
+            store,
+            verifier,
+            limits: Limits::default(),
+            tokens: Some(Arc::new(RwLock::new(tokens))),
+            public_proofs: true,
+            metrics: Default::default(),
+        };
         let server = BackgroundServer::start("127.0.0.1:0", state)?;
-        Ok(DemoServer { addr: server.addr(), token, server: Some(server), tokens_dir })
+        Ok(DemoServer {
+            addr: server.addr(),
+            token,
+            server: Some(server),
+            tokens_dir,
+        })
     }
 
     fn post(&self, events: &[Value], batch: usize) -> Result<Posted> {
-        let mut out = Posted { new: 0, first_seq: None, last_seq: None };
+        let mut out = Posted {
+            new: 0,
+            first_seq: None,
+            last_seq: None,
+        };
         let auth = format!("Bearer {}", self.token);
         for chunk in events.chunks(batch.max(1)) {
             let body: String = chunk.iter().map(|e| format!("{e}\n")).collect();
-            let reply = http::request(self.addr, "POST", "/v1/events", &[("Content-Type", "application/x-ndjson"), ("Authorization", &auth)], body.as_bytes())?.json()?;
-            for e in reply["events"].as_array().into_iter().flatten().filter(|e| e["duplicate"] == false) {
+            let reply = http::request(
+                self.addr,
+                "POST",
+                "/v1/events",
+                &[
+                    ("Content-Type", "application/x-ndjson"),
+                    ("Authorization", &auth),
+                ],
+                body.as_bytes(),
+            )?
+            .json()?;
+            for e in reply["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["duplicate"] == false)
+            {
                 let seq = e["seq"].as_u64();
                 out.new += 1;
                 out.first_seq = out.first_seq.or(seq);

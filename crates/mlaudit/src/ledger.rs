@@ -25,8 +25,12 @@ pub struct VerifyFailed(pub String);
 
 /// Resolves `--data`, then `MLAUDIT_DATA`, then `./mlaudit-data`.
 pub fn data_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("MLAUDIT_DATA").filter(|v| !v.is_empty()).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("mlaudit-data"))
+    flag.or_else(|| {
+        std::env::var_os("MLAUDIT_DATA")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from("mlaudit-data"))
 }
 
 fn signing_key_path(data: &Path) -> PathBuf {
@@ -41,11 +45,18 @@ pub fn verifier_key_path(data: &Path) -> PathBuf {
 /// Creates the key and an empty log with its first (empty-tree) checkpoint.
 pub fn init(data: &Path, origin: &str) -> Result<NoteSigner> {
     if signing_key_path(data).exists() {
-        return Err(InputError(format!("{} is already initialized (key at {})", data.display(), signing_key_path(data).display())).into());
+        return Err(InputError(format!(
+            "{} is already initialized (key at {})",
+            data.display(),
+            signing_key_path(data).display()
+        ))
+        .into());
     }
     let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for the key: {e}"))?;
-    let signer = NoteSigner::from_seed(origin, seed).map_err(|e| InputError(format!("--origin {origin:?}: {e}")))?;
+    getrandom::getrandom(&mut seed)
+        .map_err(|e| anyhow::anyhow!("no randomness for the key: {e}"))?;
+    let signer = NoteSigner::from_seed(origin, seed)
+        .map_err(|e| InputError(format!("--origin {origin:?}: {e}")))?;
     let key_dir = data.join("key");
     std::fs::create_dir_all(&key_dir).with_context(|| format!("creating {}", key_dir.display()))?;
     let mut f = std::fs::OpenOptions::new()
@@ -56,7 +67,10 @@ pub fn init(data: &Path, origin: &str) -> Result<NoteSigner> {
         .with_context(|| format!("creating {}", signing_key_path(data).display()))?;
     writeln!(f, "{}", signer.to_private_text())?;
     f.sync_all()?;
-    std::fs::write(verifier_key_path(data), format!("{}\n", signer.verifier().to_text()))?;
+    std::fs::write(
+        verifier_key_path(data),
+        format!("{}\n", signer.verifier().to_text()),
+    )?;
     drop(open_with(data, Some(signer.clone()))?);
     Ok(signer)
 }
@@ -67,7 +81,12 @@ pub fn signer(data: &Path) -> Result<NoteSigner> {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(InputError(format!("{} is not initialized: run `mlaudit init --data {}`", data.display(), data.display())).into())
+            return Err(InputError(format!(
+                "{} is not initialized: run `mlaudit init --data {}`",
+                data.display(),
+                data.display()
+            ))
+            .into())
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
@@ -95,7 +114,10 @@ fn open_with(data: &Path, signer: Option<NoteSigner>) -> Result<EmbeddedStore> {
     if let Some(why) = &report.rebuilt {
         eprintln!("mlaudit: rebuilt the indexes from the log ({why})");
     }
-    if let (Some(size), true) = (report.signed_at_open, report.events > 0 && report.truncated.is_some()) {
+    if let (Some(size), true) = (
+        report.signed_at_open,
+        report.events > 0 && report.truncated.is_some(),
+    ) {
         eprintln!("mlaudit: signed a checkpoint for the {size} events recovered");
     }
     Ok(store)

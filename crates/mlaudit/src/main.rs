@@ -152,7 +152,9 @@ fn main() -> ExitCode {
             } else {
                 2
             };
-            if err.downcast_ref::<InputError>().is_some() || err.downcast_ref::<VerifyFailed>().is_some() {
+            if err.downcast_ref::<InputError>().is_some()
+                || err.downcast_ref::<VerifyFailed>().is_some()
+            {
                 eprintln!("mlaudit: {err}");
             } else {
                 eprintln!("mlaudit: error: {err}");

@@ -17,20 +17,39 @@ impl Progress {
     pub fn new(label: &'static str, total: u64) -> Progress {
         let enabled = std::io::stderr().is_terminal() && total >= 10_000;
         let now = Instant::now();
-        Progress { label, total, enabled, last: now.checked_sub(Duration::from_secs(1)).unwrap_or(now), started: now }
+        Progress {
+            label,
+            total,
+            enabled,
+            last: now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
+            started: now,
+        }
     }
 
     pub fn set(&mut self, done: u64) {
-        if !self.enabled || (self.last.elapsed() < Duration::from_millis(100) && done < self.total) {
+        if !self.enabled || (self.last.elapsed() < Duration::from_millis(100) && done < self.total)
+        {
             return;
         }
         self.last = Instant::now();
-        let frac = if self.total == 0 { 1.0 } else { done as f64 / self.total as f64 };
+        let frac = if self.total == 0 {
+            1.0
+        } else {
+            done as f64 / self.total as f64
+        };
         let width = 30usize;
         let filled = ((frac * width as f64) as usize).min(width);
         let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r{} [{}{}] {done}/{} ({:.0}/s)", self.label, "#".repeat(filled), " ".repeat(width - filled), self.total, rate);
+        let _ = write!(
+            err,
+            "\r{} [{}{}] {done}/{} ({:.0}/s)",
+            self.label,
+            "#".repeat(filled),
+            " ".repeat(width - filled),
+            self.total,
+            rate
+        );
         let _ = err.flush();
     }
 

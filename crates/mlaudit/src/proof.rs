@@ -23,10 +23,20 @@ pub fn verify(data: &Path) -> Result<()> {
     let key = ledger::signer(data)?.verifier();
     let store = ledger::open(data)?;
     let report = verify_store(&store, &key)?;
-    println!("verified {} events and {} checkpoints: intact", report.events, report.checkpoints);
-    println!("root {} at tree size {}", report.root.to_hex(), report.events);
+    println!(
+        "verified {} events and {} checkpoints: intact",
+        report.events, report.checkpoints
+    );
+    println!(
+        "root {} at tree size {}",
+        report.root.to_hex(),
+        report.events
+    );
     if report.unsigned_tail > 0 {
-        println!("note: the last {} events are not yet covered by a checkpoint", report.unsigned_tail);
+        println!(
+            "note: the last {} events are not yet covered by a checkpoint",
+            report.unsigned_tail
+        );
     }
     Ok(())
 }
@@ -45,8 +55,13 @@ pub fn prove(data: &Path, id: &str, out: Option<&Path>) -> Result<()> {
     let bundle = proofs::inclusion_bundle(&store, seq)?;
     match out {
         Some(path) => {
-            std::fs::write(path, serde_json::to_string_pretty(&bundle)? + "\n").with_context(|| format!("writing {}", path.display()))?;
-            eprintln!("wrote proof bundle for seq {seq} (tree size {}) to {}", bundle.tree_size, path.display());
+            std::fs::write(path, serde_json::to_string_pretty(&bundle)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "wrote proof bundle for seq {seq} (tree size {}) to {}",
+                bundle.tree_size,
+                path.display()
+            );
             Ok(())
         }
         None => print_json(&bundle),
@@ -55,7 +70,9 @@ pub fn prove(data: &Path, id: &str, out: Option<&Path>) -> Result<()> {
 
 /// Checks a bundle; returns a one-line success description.
 pub fn check_bundle(bundle: &ProofBundle, key: &NoteVerifier) -> Result<String> {
-    let ok = bundle.verify(key).map_err(|e| VerifyFailed(format!("bundle verification FAILED: {e}")))?;
+    let ok = bundle
+        .verify(key)
+        .map_err(|e| VerifyFailed(format!("bundle verification FAILED: {e}")))?;
     Ok(format!(
         "OK: event {} ({}) is leaf {} of the log {} at tree size {}, root {}{}",
         ok.entry.id,
@@ -64,14 +81,20 @@ pub fn check_bundle(bundle: &ProofBundle, key: &NoteVerifier) -> Result<String> 
         key.name(),
         bundle.tree_size,
         ok.root.to_hex(),
-        if ok.payload_present { ", payload matches its digest" } else { ", payload redacted" }
+        if ok.payload_present {
+            ", payload matches its digest"
+        } else {
+            ", payload redacted"
+        }
     ))
 }
 
 pub fn verify_bundle(file: &Path, key: &str) -> Result<()> {
     let key = load_key(key)?;
-    let text = std::fs::read_to_string(file).map_err(|e| InputError(format!("cannot read {}: {e}", file.display())))?;
-    let bundle: ProofBundle = serde_json::from_str(&text).map_err(|e| VerifyFailed(format!("{} is not a proof bundle: {e}", file.display())))?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", file.display())))?;
+    let bundle: ProofBundle = serde_json::from_str(&text)
+        .map_err(|e| VerifyFailed(format!("{} is not a proof bundle: {e}", file.display())))?;
     println!("{}", check_bundle(&bundle, &key)?);
     Ok(())
 }
@@ -81,11 +104,19 @@ pub fn consistency(data: &Path, from: u64, to: Option<u64>) -> Result<()> {
     let store = ledger::open(data)?;
     let to = match to {
         Some(t) => t,
-        None => *store.checkpoint_sizes()?.last().ok_or_else(|| InputError("the log has no checkpoint".into()))?,
+        None => *store
+            .checkpoint_sizes()?
+            .last()
+            .ok_or_else(|| InputError("the log has no checkpoint".into()))?,
     };
     let proof = proofs::consistency(&store, from, to).map_err(|e| InputError(e.to_string()))?;
     print_json(&proof)?;
-    proof.verify(&key).map_err(|e| VerifyFailed(format!("consistency proof FAILED: {e}")))?;
-    eprintln!("OK: the tree at size {from} is a prefix of the tree at size {to} ({} hashes)", proof.proof.len());
+    proof
+        .verify(&key)
+        .map_err(|e| VerifyFailed(format!("consistency proof FAILED: {e}")))?;
+    eprintln!(
+        "OK: the tree at size {from} is a prefix of the tree at size {to} ({} hashes)",
+        proof.proof.len()
+    );
     Ok(())
 }

@@ -19,7 +19,10 @@ pub fn init(data: &Path, origin: Option<String>) -> Result<()> {
     };
     let signer = ledger::init(data, &origin)?;
     println!("initialized {} (origin {origin})", data.display());
-    println!("verifier key (also in {}):", ledger::verifier_key_path(data).display());
+    println!(
+        "verifier key (also in {}):",
+        ledger::verifier_key_path(data).display()
+    );
     println!("{}", signer.verifier().to_text());
     Ok(())
 }
@@ -81,7 +84,14 @@ pub struct QueryArgs {
 
 fn time_flag(name: &str, value: Option<String>) -> Result<Option<i64>> {
     value
-        .map(|v| parse_time_bound(&v).ok_or_else(|| InputError(format!("--{name} {v:?} is not an RFC 3339 time (e.g. 2026-01-31T00:00:00Z)")).into()))
+        .map(|v| {
+            parse_time_bound(&v).ok_or_else(|| {
+                InputError(format!(
+                    "--{name} {v:?} is not an RFC 3339 time (e.g. 2026-01-31T00:00:00Z)"
+                ))
+                .into()
+            })
+        })
         .transpose()
 }
 
@@ -106,7 +116,10 @@ pub fn query(data: &Path, a: QueryArgs) -> Result<()> {
     };
     let store = ledger::open(data)?;
     let seqs = store.query(&q)?;
-    let rows: Vec<Value> = seqs.iter().map(|s| event_json(&store, *s)).collect::<Result<_>>()?;
+    let rows: Vec<Value> = seqs
+        .iter()
+        .map(|s| event_json(&store, *s))
+        .collect::<Result<_>>()?;
     match a.format {
         crate::Format::Json => print_json(&rows)?,
         crate::Format::Ndjson => {
@@ -120,11 +133,22 @@ pub fn query(data: &Path, a: QueryArgs) -> Result<()> {
 }
 
 fn subject_text(ev: &Value) -> String {
-    ev["subject"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    ev["subject"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 fn print_table(rows: &[Value]) {
-    println!("{:>8}  {:<24}  {:<34}  {:<16}  SUBJECT", "SEQ", "TIME", "KIND", "ACTOR");
+    println!(
+        "{:>8}  {:<24}  {:<34}  {:<16}  SUBJECT",
+        "SEQ", "TIME", "KIND", "ACTOR"
+    );
     for r in rows {
         let ev = &r["event"];
         println!(
@@ -140,7 +164,13 @@ fn print_table(rows: &[Value]) {
 }
 
 fn line(ev: &Value) -> String {
-    format!("seq {:<6} {}  {}  by {}", ev["seq"], ev["time"].as_str().unwrap_or(""), ev["kind"].as_str().unwrap_or(""), ev["actor"]["id"].as_str().unwrap_or(""))
+    format!(
+        "seq {:<6} {}  {}  by {}",
+        ev["seq"],
+        ev["time"].as_str().unwrap_or(""),
+        ev["kind"].as_str().unwrap_or(""),
+        ev["actor"]["id"].as_str().unwrap_or("")
+    )
 }
 
 /// Prints a lineage as an indented outline.
@@ -153,8 +183,13 @@ pub fn print_lineage(l: &lin::Lineage) {
     for ev in &l.registry {
         let attrs = &ev["attributes"];
         let extra = match ev["kind"].as_str() {
-            Some("registry.approval_granted" | "registry.approval_rejected") => format!("  approver={} reason={}", attrs["approver"], attrs["reason"]),
-            Some("registry.stage_changed") => format!("  {} -> {}", attrs["from_stage"], attrs["to_stage"]),
+            Some("registry.approval_granted" | "registry.approval_rejected") => format!(
+                "  approver={} reason={}",
+                attrs["approver"], attrs["reason"]
+            ),
+            Some("registry.stage_changed") => {
+                format!("  {} -> {}", attrs["from_stage"], attrs["to_stage"])
+            }
             _ => String::new(),
         };
         println!("  {}{extra}", line(ev));
@@ -168,7 +203,11 @@ pub fn print_lineage(l: &lin::Lineage) {
         println!("  {}", line(ev));
     }
     for d in &l.datasets {
-        println!("dataset {}@{}:", d.dataset, d.version.as_deref().unwrap_or("?"));
+        println!(
+            "dataset {}@{}:",
+            d.dataset,
+            d.version.as_deref().unwrap_or("?")
+        );
         for ev in &d.events {
             println!("  {}", line(ev));
         }
@@ -196,8 +235,11 @@ pub fn checkpoint(data: &Path, size: Option<u64>, list: bool) -> Result<()> {
         return Ok(());
     }
     let note = match size {
-        Some(s) => store.checkpoint(s)?.ok_or_else(|| InputError(format!("no checkpoint is stored for tree size {s}")))?,
-        None => mlaudit_store::latest_checkpoint(&store)?.ok_or_else(|| InputError("the log has no checkpoint yet".into()))?,
+        Some(s) => store
+            .checkpoint(s)?
+            .ok_or_else(|| InputError(format!("no checkpoint is stored for tree size {s}")))?,
+        None => mlaudit_store::latest_checkpoint(&store)?
+            .ok_or_else(|| InputError("the log has no checkpoint yet".into()))?,
     };
     print!("{note}");
     Ok(())

@@ -59,32 +59,62 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
-    env(name).map(|v| v.parse::<T>().map_err(|_| InputError(format!("{name}={v:?} is not valid")).into())).transpose()
+    env(name)
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|_| InputError(format!("{name}={v:?} is not valid")).into())
+        })
+        .transpose()
 }
 
 fn resolve(args: &ServeArgs) -> Result<Settings> {
     let file: FileConfig = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
             toml::from_str(&text).map_err(|e| InputError(format!("{}: {e}", path.display())))?
         }
         None => FileConfig::default(),
     };
     let defaults = Limits::default();
-    let tls_cert = args.tls_cert.clone().or_else(|| env("MLAUDIT_TLS_CERT").map(PathBuf::from)).or(file.tls_cert);
-    let tls_key = args.tls_key.clone().or_else(|| env("MLAUDIT_TLS_KEY").map(PathBuf::from)).or(file.tls_key);
+    let tls_cert = args
+        .tls_cert
+        .clone()
+        .or_else(|| env("MLAUDIT_TLS_CERT").map(PathBuf::from))
+        .or(file.tls_cert);
+    let tls_key = args
+        .tls_key
+        .clone()
+        .or_else(|| env("MLAUDIT_TLS_KEY").map(PathBuf::from))
+        .or(file.tls_key);
     let tls = match (tls_cert, tls_key) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,
-        _ => return Err(InputError("TLS needs both a certificate (tls_cert) and a private key (tls_key)".into()).into()),
+        _ => {
+            return Err(InputError(
+                "TLS needs both a certificate (tls_cert) and a private key (tls_key)".into(),
+            )
+            .into())
+        }
     };
     Ok(Settings {
         tls,
-        listen: args.listen.clone().or_else(|| env("MLAUDIT_LISTEN")).or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".into()),
-        public_proofs: env_parse("MLAUDIT_PUBLIC_PROOFS")?.or(file.public_proofs).unwrap_or(true),
+        listen: args
+            .listen
+            .clone()
+            .or_else(|| env("MLAUDIT_LISTEN"))
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
+        public_proofs: env_parse("MLAUDIT_PUBLIC_PROOFS")?
+            .or(file.public_proofs)
+            .unwrap_or(true),
         limits: Limits {
-            max_body_bytes: env_parse("MLAUDIT_MAX_BODY_BYTES")?.or(file.max_body_bytes).unwrap_or(defaults.max_body_bytes),
-            max_events_per_batch: env_parse("MLAUDIT_MAX_EVENTS_PER_BATCH")?.or(file.max_events_per_batch).unwrap_or(defaults.max_events_per_batch),
+            max_body_bytes: env_parse("MLAUDIT_MAX_BODY_BYTES")?
+                .or(file.max_body_bytes)
+                .unwrap_or(defaults.max_body_bytes),
+            max_events_per_batch: env_parse("MLAUDIT_MAX_EVENTS_PER_BATCH")?
+                .or(file.max_events_per_batch)
+                .unwrap_or(defaults.max_events_per_batch),
         },
     })
 }
@@ -122,11 +152,27 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
         Some(Arc::new(RwLock::new(tokens)))
     };
     let danger_no_auth = args.danger_no_auth;
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
     let verifier = ledger::signer(data)?.verifier();
     let store = Arc::new(ledger::open(data)?);
-    let state = AppState { store: store.clone(), verifier, limits: settings.limits, tokens, public_proofs: settings.public_proofs, metrics: Default::default() };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let state = AppState {
+        store: store.clone(),
+        verifier,
+        limits: settings.limits,
+        tokens,
+        public_proofs: settings.public_proofs,
+        metrics: Default::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| InputError(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;

@@ -39,29 +39,48 @@ pub fn tokens_path(data: &Path) -> PathBuf {
 }
 
 fn role(text: &str) -> Result<Role> {
-    Role::parse(text).ok_or_else(|| InputError(format!("--role {text:?} is not one of writer, reader, admin")).into())
+    Role::parse(text).ok_or_else(|| {
+        InputError(format!(
+            "--role {text:?} is not one of writer, reader, admin"
+        ))
+        .into()
+    })
 }
 
 fn now() -> String {
-    let ns = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
     format_time(ns)
 }
 
 fn input(e: TokenError) -> anyhow::Error {
     match e {
-        TokenError::Exists(_) | TokenError::Unknown(_) | TokenError::BadName(_) => InputError(e.to_string()).into(),
+        TokenError::Exists(_) | TokenError::Unknown(_) | TokenError::BadName(_) => {
+            InputError(e.to_string()).into()
+        }
         other => other.into(),
     }
 }
 
 /// Appends the change, durably.
 fn record(data: &Path, name: &str, role: Role, change: &str) -> Result<()> {
-    let actor = Principal { name: local_principal(), role: Some(Role::Admin) };
+    let actor = Principal {
+        name: local_principal(),
+        role: Some(Role::Admin),
+    };
     let store = ledger::open(data)?;
-    let event = prepare(&access_changed_event(&actor, name, role, change), &actor.name)?;
+    let event = prepare(
+        &access_changed_event(&actor, name, role, change),
+        &actor.name,
+    )?;
     let receipt = store.append(vec![event])?;
     store.close()?;
-    eprintln!("recorded as governance.access_changed at seq {}", receipt.events[0].seq);
+    eprintln!(
+        "recorded as governance.access_changed at seq {}",
+        receipt.events[0].seq
+    );
     Ok(())
 }
 
@@ -78,13 +97,22 @@ pub fn run(data: &Path, cmd: TokenCommand) -> Result<()> {
                 let _ = tokens.revoke(&name, &now());
                 return Err(e);
             }
-            eprintln!("created {} token {name:?}; it is shown only now:", role.as_str());
+            eprintln!(
+                "created {} token {name:?}; it is shown only now:",
+                role.as_str()
+            );
             println!("{token}");
         }
         TokenCommand::List => {
             println!("{:<24} {:<7} {:<32} REVOKED", "NAME", "ROLE", "CREATED");
             for t in tokens.list() {
-                println!("{:<24} {:<7} {:<32} {}", t.name, t.role.as_str(), t.created, t.revoked.as_deref().unwrap_or("-"));
+                println!(
+                    "{:<24} {:<7} {:<32} {}",
+                    t.name,
+                    t.role.as_str(),
+                    t.created,
+                    t.revoked.as_deref().unwrap_or("-")
+                );
             }
         }
         TokenCommand::SetRole { name, role: r } => {

@@ -11,11 +11,17 @@
 //!   high-risk ones and governance events never sampled;
 //! * one logger per spool directory; a flush with the server down reports a durable spool.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 mod support;
 
-use mlaudit_client::{keeps, Actor, AuditLogger, Builder, Event, FlushError, Risk, Sampling, StartError};
+use mlaudit_client::{
+    keeps, Actor, AuditLogger, Builder, Event, FlushError, Risk, Sampling, StartError,
+};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
@@ -25,7 +31,11 @@ use support::{create_token, Log};
 const FLUSH: Duration = Duration::from_secs(60);
 
 fn logger(url: &str, token: &str, spool: &Path) -> Builder {
-    AuditLogger::builder(url, token, Actor::service("sdk-test")).spool_dir(spool).linger(Duration::from_millis(5)).retries(2, Duration::from_millis(10), Duration::from_millis(200)).timeout(Duration::from_secs(5))
+    AuditLogger::builder(url, token, Actor::service("sdk-test"))
+        .spool_dir(spool)
+        .linger(Duration::from_millis(5))
+        .retries(2, Duration::from_millis(10), Duration::from_millis(200))
+        .timeout(Duration::from_secs(5))
 }
 
 fn numbered(n: u64) -> Event {
@@ -35,8 +45,16 @@ fn numbered(n: u64) -> Event {
 /// Every stored event of `kind`, in log order, read with the CLI (the server must be stopped).
 #[track_caller]
 fn stored_events(log: &Log, kind: &str) -> Vec<Value> {
-    let out = log.run(&["query", "--kind", kind, "--format", "ndjson", "--limit", "1000000"]).ok();
-    let mut events: Vec<Value> = out.stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let out = log
+        .run(&[
+            "query", "--kind", kind, "--format", "ndjson", "--limit", "1000000",
+        ])
+        .ok();
+    let mut events: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     events.sort_by_key(|e| e["seq"].as_u64());
     events
 }
@@ -45,9 +63,21 @@ fn stored_events(log: &Log, kind: &str) -> Vec<Value> {
 #[track_caller]
 fn assert_exactly_once_in_order(log: &Log, n: u64) {
     let events = stored_events(log, "x.sdk.numbered");
-    let numbers: Vec<u64> = events.iter().map(|e| e["event"]["attributes"]["n"].as_u64().unwrap()).collect();
-    assert_eq!(numbers.len() as u64, n, "stored {} numbered events, logged {n}", numbers.len());
-    assert!(numbers.iter().copied().eq(0..n), "not in logged order: first mismatch at {:?}", numbers.iter().enumerate().find(|(i, v)| *i as u64 != **v));
+    let numbers: Vec<u64> = events
+        .iter()
+        .map(|e| e["event"]["attributes"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers.len() as u64,
+        n,
+        "stored {} numbered events, logged {n}",
+        numbers.len()
+    );
+    assert!(
+        numbers.iter().copied().eq(0..n),
+        "not in logged order: first mismatch at {:?}",
+        numbers.iter().enumerate().find(|(i, v)| *i as u64 != **v)
+    );
 }
 
 #[test]
@@ -79,7 +109,10 @@ fn a_server_killed_and_restarted_mid_stream_loses_nothing_and_keeps_order() {
     let stats = logger.close(Duration::from_secs(5));
     assert_eq!((stats.dropped, stats.rejected), (0, 0), "{stats:?}");
     assert!(stats.sent >= total, "{stats:?}");
-    assert!(stats.retried > 0 || stats.spooled > 0, "the restart went unnoticed: {stats:?}");
+    assert!(
+        stats.retried > 0 || stats.spooled > 0,
+        "the restart went unnoticed: {stats:?}"
+    );
     server.stop();
     assert_exactly_once_in_order(&log, total);
     println!("{stats:?}");
@@ -93,7 +126,10 @@ fn a_full_queue_spools_instead_of_blocking_and_a_later_logger_delivers_in_order(
     let url = format!("http://127.0.0.1:{port}");
     let spool = log.dir.join("spool");
     let total = 5_000;
-    let first = logger(&url, &token, &spool).queue_capacity(16).start().unwrap();
+    let first = logger(&url, &token, &spool)
+        .queue_capacity(16)
+        .start()
+        .unwrap();
     // Nothing listens on the port. If log() waited for the network this would never finish;
     // the join has a generous bound only so that such a bug fails instead of hanging.
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -104,17 +140,30 @@ fn a_full_queue_spools_instead_of_blocking_and_a_later_logger_delivers_in_order(
             }
             done_tx.send(()).unwrap();
         });
-        done_rx.recv_timeout(Duration::from_secs(120)).expect("log() blocked with the server down");
+        done_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("log() blocked with the server down");
     });
-    assert_eq!(first.flush(Duration::from_millis(300)), Err(FlushError::Timeout { durable: true }));
+    assert_eq!(
+        first.flush(Duration::from_millis(300)),
+        Err(FlushError::Timeout { durable: true })
+    );
     let stats = first.close(Duration::from_millis(200));
-    assert_eq!((stats.sent, stats.spooled, stats.dropped), (0, total, 0), "{stats:?}");
+    assert_eq!(
+        (stats.sent, stats.spooled, stats.dropped),
+        (0, total, 0),
+        "{stats:?}"
+    );
 
     let server = Server::start_on(&log.data, Some(port), &[]);
     let second = logger(&url, &token, &spool).start().unwrap();
     second.flush(FLUSH).unwrap();
     let stats = second.close(Duration::from_secs(5));
-    assert_eq!((stats.sent, stats.duplicates, stats.dropped), (total, 0, 0), "{stats:?}");
+    assert_eq!(
+        (stats.sent, stats.duplicates, stats.dropped),
+        (total, 0, 0),
+        "{stats:?}"
+    );
     server.stop();
     assert_exactly_once_in_order(&log, total);
 }
@@ -127,7 +176,10 @@ fn events_sent_again_from_a_stale_spool_are_duplicates_stored_once() {
     let url = format!("http://127.0.0.1:{port}");
     let spool = log.dir.join("spool");
     let total = 700;
-    let offline = logger(&url, &token, &spool).retries(1, Duration::from_millis(10), Duration::from_millis(50)).start().unwrap();
+    let offline = logger(&url, &token, &spool)
+        .retries(1, Duration::from_millis(10), Duration::from_millis(50))
+        .start()
+        .unwrap();
     for n in 0..total {
         offline.log(numbered(n));
     }
@@ -160,7 +212,10 @@ fn invalid_events_are_rejected_and_counted_and_the_rest_of_the_batch_is_delivere
     let token = create_token(&log, "writer", "sdk");
     let server = Server::start(&log.data, &[]);
     let url = format!("http://{}", server.addr);
-    let logger = logger(&url, &token, &log.dir.join("spool")).linger(Duration::from_millis(200)).start().unwrap();
+    let logger = logger(&url, &token, &log.dir.join("spool"))
+        .linger(Duration::from_millis(200))
+        .start()
+        .unwrap();
     for n in 0..10 {
         logger.log(numbered(n));
         if n == 4 {
@@ -169,7 +224,11 @@ fn invalid_events_are_rejected_and_counted_and_the_rest_of_the_batch_is_delivere
     }
     logger.flush(FLUSH).unwrap();
     let stats = logger.close(Duration::from_secs(5));
-    assert_eq!((stats.sent, stats.rejected, stats.dropped), (10, 1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.sent, stats.rejected, stats.dropped),
+        (10, 1, 0),
+        "{stats:?}"
+    );
     server.stop();
     assert_exactly_once_in_order(&log, 10);
     assert!(stored_events(&log, "data.source_accessed").is_empty());
@@ -181,35 +240,64 @@ fn sampling_follows_the_policy_records_the_rate_and_never_touches_governance() {
     let token = create_token(&log, "writer", "sdk");
     let server = Server::start(&log.data, &[]);
     let url = format!("http://{}", server.addr);
-    let policy = Sampling::new().model("credit-risk", Risk::High).default_risk(Risk::low(0.05).unwrap());
-    let logger = logger(&url, &token, &log.dir.join("spool")).sampling(policy).start().unwrap();
-    let predict = |model: &str, i: u32| Event::prediction_served(model, "3", format!("req-{model}-{i}"), json!({"x": i}), json!({"y": 1}));
+    let policy = Sampling::new()
+        .model("credit-risk", Risk::High)
+        .default_risk(Risk::low(0.05).unwrap());
+    let logger = logger(&url, &token, &log.dir.join("spool"))
+        .sampling(policy)
+        .start()
+        .unwrap();
+    let predict = |model: &str, i: u32| {
+        Event::prediction_served(
+            model,
+            "3",
+            format!("req-{model}-{i}"),
+            json!({"x": i}),
+            json!({"y": 1}),
+        )
+    };
     for i in 0..2_000 {
         logger.log(predict("churn", i));
     }
     for i in 0..100 {
         logger.log(predict("credit-risk", i));
-        logger.log(Event::policy_changed("sampling.churn", json!(0.05), json!(0.05)));
+        logger.log(Event::policy_changed(
+            "sampling.churn",
+            json!(0.05),
+            json!(0.05),
+        ));
     }
     logger.flush(FLUSH).unwrap();
     let stats = logger.close(Duration::from_secs(5));
-    let kept = (0..2_000).filter(|i| keeps(&format!("req-churn-{i}"), 0.05)).count() as u64;
+    let kept = (0..2_000)
+        .filter(|i| keeps(&format!("req-churn-{i}"), 0.05))
+        .count() as u64;
     assert!(kept > 40 && kept < 170, "{kept}");
     assert_eq!(stats.sampled_out, 2_000 - kept);
     assert_eq!(stats.sent, kept + 200);
     server.stop();
     let predictions = stored_events(&log, "prediction.served");
-    let of = |model: &str| predictions.iter().filter(|e| e["event"]["subject"]["model"] == model).collect::<Vec<_>>();
+    let of = |model: &str| {
+        predictions
+            .iter()
+            .filter(|e| e["event"]["subject"]["model"] == model)
+            .collect::<Vec<_>>()
+    };
     let churn = of("churn");
     assert_eq!(churn.len() as u64, kept);
     for e in &churn {
         let request = e["event"]["subject"]["request"].as_str().unwrap();
-        assert!(keeps(request, 0.05), "{request} should have been sampled out");
+        assert!(
+            keeps(request, 0.05),
+            "{request} should have been sampled out"
+        );
         assert_eq!(e["event"]["attributes"]["sample_rate"], 0.05);
     }
     let credit = of("credit-risk");
     assert_eq!(credit.len(), 100);
-    assert!(credit.iter().all(|e| e["event"]["attributes"]["sample_rate"] == 1.0));
+    assert!(credit
+        .iter()
+        .all(|e| e["event"]["attributes"]["sample_rate"] == 1.0));
     assert_eq!(stored_events(&log, "governance.policy_changed").len(), 100);
 }
 
@@ -223,5 +311,8 @@ fn one_logger_per_spool_directory() {
         other => panic!("a second logger on one spool: {other:?}"),
     }
     drop(first);
-    logger(&url, "t", &dir.join("spool")).start().unwrap().close(Duration::from_millis(10));
+    logger(&url, "t", &dir.join("spool"))
+        .start()
+        .unwrap()
+        .close(Duration::from_millis(10));
 }

@@ -5,7 +5,11 @@
 //! processes; it covers delivery (exactly once, order through a kill -9, the spool), the
 //! decorator, the stage helpers, sampling, the independent bundle verifier and the example.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 use std::path::Path;
 use std::process::Command;
@@ -27,7 +31,11 @@ fn install_test_dependencies() {
         if out.status.success() {
             return;
         }
-        last = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        last = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::thread::sleep(std::time::Duration::from_secs(5 * attempt));
     }
     panic!("pip install ./clients/python[test] failed three times:\n{last}");
@@ -38,13 +46,32 @@ fn the_python_sdk_test_suite_passes_against_real_servers() {
     install_test_dependencies();
     let out = Command::new("python3")
         .current_dir(root())
-        .args(["-m", "pytest", "clients/python/tests", "-q", "-p", "no:cacheprovider"])
+        .args([
+            "-m",
+            "pytest",
+            "clients/python/tests",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ])
         .env("MLAUDIT_BIN", BIN)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}");
-    assert!(out.status.success(), "pytest failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    let summary = stdout.lines().rev().find(|l| l.contains(" passed")).unwrap_or_default();
-    assert!(!summary.contains("skipped"), "every Python test must run here: {summary}");
+    assert!(
+        out.status.success(),
+        "pytest failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains(" passed"))
+        .unwrap_or_default();
+    assert!(
+        !summary.contains("skipped"),
+        "every Python test must run here: {summary}"
+    );
 }

@@ -2,7 +2,11 @@
 //! batch was acknowledged with a 2xx is in the log afterwards, at the seq the server gave, and
 //! the log verifies. Also a clean SIGTERM that lets acknowledged work finish.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,11 +28,20 @@ impl Drop for Dir {
 }
 
 fn mlaudit(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN).arg("--data").arg(data).args(args).output().expect("run mlaudit")
+    Command::new(BIN)
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run mlaudit")
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(data: &Path) -> (Child, SocketAddr) {
@@ -60,13 +73,21 @@ fn start(data: &Path) -> (Child, SocketAddr) {
 }
 
 /// Posts NDJSON on a keep-alive connection; returns (status, body).
-fn post(conn: &mut (BufReader<TcpStream>, TcpStream), token: &str, body: &str) -> std::io::Result<(u16, String)> {
+fn post(
+    conn: &mut (BufReader<TcpStream>, TcpStream),
+    token: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let head = format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n", body.len());
     conn.1.write_all(head.as_bytes())?;
     conn.1.write_all(body.as_bytes())?;
     let mut status = String::new();
     conn.0.read_line(&mut status)?;
-    let code = status.split(' ').nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(format!("bad status line {status:?}")))?;
+    let code = status
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status:?}")))?;
     let mut len = 0usize;
     loop {
         let mut line = String::new();
@@ -92,26 +113,40 @@ fn connect(addr: SocketAddr) -> std::io::Result<(BufReader<TcpStream>, TcpStream
 }
 
 fn event(n: u64) -> String {
-    format!(r#"{{"id":"00000000-0000-4000-9000-{n:012}","kind":"x.crash","actor":{{"id":"client","type":"service"}},"attributes":{{"n":{n}}}}}"#)
+    format!(
+        r#"{{"id":"00000000-0000-4000-9000-{n:012}","kind":"x.crash","actor":{{"id":"client","type":"service"}},"attributes":{{"n":{n}}}}}"#
+    )
 }
 
 /// Clients post batches until `stop`; returns every acknowledged (id → seq).
-fn ingest(addr: SocketAddr, token: &str, clients: usize, next: &Arc<AtomicU64>, stop: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<HashMap<String, u64>>> {
+fn ingest(
+    addr: SocketAddr,
+    token: &str,
+    clients: usize,
+    next: &Arc<AtomicU64>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<HashMap<String, u64>>> {
     (0..clients)
         .map(|_| {
             let (token, next, stop) = (token.to_owned(), next.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut acked = HashMap::new();
-                let Ok(mut conn) = connect(addr) else { return acked };
+                let Ok(mut conn) = connect(addr) else {
+                    return acked;
+                };
                 let started = Instant::now();
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
                     let first = next.fetch_add(20, Ordering::Relaxed);
                     let body: String = (first..first + 20).map(|n| event(n) + "\n").collect();
                     match post(&mut conn, &token, &body) {
                         Ok((200, reply)) => {
-                            let v: serde_json::Value = serde_json::from_str(&reply).expect("JSON receipt");
+                            let v: serde_json::Value =
+                                serde_json::from_str(&reply).expect("JSON receipt");
                             for e in v["events"].as_array().expect("events") {
-                                acked.insert(e["id"].as_str().unwrap().to_owned(), e["seq"].as_u64().unwrap());
+                                acked.insert(
+                                    e["id"].as_str().unwrap().to_owned(),
+                                    e["seq"].as_u64().unwrap(),
+                                );
                             }
                         }
                         Ok((status, reply)) => panic!("unexpected {status}: {reply}"),
@@ -125,25 +160,53 @@ fn ingest(addr: SocketAddr, token: &str, clients: usize, next: &Arc<AtomicU64>, 
 }
 
 fn stored(data: &Path) -> HashMap<String, u64> {
-    let out = mlaudit(data, &["query", "--kind", "x.crash", "--format", "ndjson", "--limit", "1000000"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mlaudit(
+        data,
+        &[
+            "query", "--kind", "x.crash", "--format", "ndjson", "--limit", "1000000",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["event"]["id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap())
+            (
+                v["event"]["id"].as_str().unwrap().to_owned(),
+                v["seq"].as_u64().unwrap(),
+            )
         })
         .collect()
 }
 
 fn setup(name: &str) -> (Dir, PathBuf, String) {
-    let dir = Dir(std::env::temp_dir().join(format!("mlaudit-serve-crash-{name}-{}", std::process::id())));
+    let dir = Dir(
+        std::env::temp_dir().join(format!("mlaudit-serve-crash-{name}-{}", std::process::id()))
+    );
     let _ = std::fs::remove_dir_all(&dir.0);
     let data = dir.0.join("data");
-    assert!(mlaudit(&data, &["init", "--origin", "crash.test"]).status.success());
-    let out = mlaudit(&data, &["token", "create", "--role", "writer", "--name", "client"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let token = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_owned();
+    assert!(mlaudit(&data, &["init", "--origin", "crash.test"])
+        .status
+        .success());
+    let out = mlaudit(
+        &data,
+        &["token", "create", "--role", "writer", "--name", "client"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
     (dir, data, token)
 }
 
@@ -168,12 +231,24 @@ fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged() {
             all_acked.lock().unwrap().extend(c.join().expect("client"));
         }
         let verify = mlaudit(&data, &["verify"]);
-        assert!(verify.status.success(), "round {round}: {}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+        assert!(
+            verify.status.success(),
+            "round {round}: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
         let have = stored(&data);
         let acked = all_acked.lock().unwrap();
-        assert!(!acked.is_empty(), "round {round}: nothing was acknowledged; the test proves nothing");
+        assert!(
+            !acked.is_empty(),
+            "round {round}: nothing was acknowledged; the test proves nothing"
+        );
         for (id, seq) in acked.iter() {
-            assert_eq!(have.get(id), Some(seq), "round {round}: acknowledged event {id} (seq {seq}) is missing or moved");
+            assert_eq!(
+                have.get(id),
+                Some(seq),
+                "round {round}: acknowledged event {id} (seq {seq}) is missing or moved"
+            );
         }
     }
 }
@@ -186,14 +261,21 @@ fn sigterm_finishes_and_keeps_everything_acknowledged() {
     let stop = Arc::new(AtomicBool::new(false));
     let clients = ingest(addr, &token, 4, &next, &stop);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let mut child = child;
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "the server did not stop within 10 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop within 10 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     stop.store(true, Ordering::Relaxed);
@@ -206,6 +288,10 @@ fn sigterm_finishes_and_keeps_everything_acknowledged() {
     assert!(mlaudit(&data, &["verify"]).status.success());
     let have = stored(&data);
     for (id, seq) in &acked {
-        assert_eq!(have.get(id), Some(seq), "acknowledged event {id} is missing");
+        assert_eq!(
+            have.get(id),
+            Some(seq),
+            "acknowledged event {id} is missing"
+        );
     }
 }

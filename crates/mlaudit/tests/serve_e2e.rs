@@ -9,7 +9,11 @@
 //!   and every acknowledged event is there at the acknowledged seq;
 //! * bad input (4xx JSON errors, nothing written, the server stays up) and non-HTTP garbage.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a test fails loudly on any unexpected error")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
 
 mod support;
 
@@ -39,7 +43,11 @@ const TOKEN_EVENTS: u64 = 3;
 
 fn setup(name: &str) -> (Log, Tokens) {
     let log = Log::new(name);
-    let tokens = Tokens { writer: create_token(&log, "writer", "writer"), reader: create_token(&log, "reader", "reader"), admin: create_token(&log, "admin", "admin") };
+    let tokens = Tokens {
+        writer: create_token(&log, "writer", "writer"),
+        reader: create_token(&log, "reader", "reader"),
+        admin: create_token(&log, "admin", "admin"),
+    };
     (log, tokens)
 }
 
@@ -49,20 +57,30 @@ fn bearer(token: &str) -> String {
 
 /// A POST /v1/events with a token, a content type (none if empty) and extra headers.
 #[track_caller]
-fn post(server: &Server, token: &str, content_type: &str, extra: &[(&str, &str)], body: &[u8]) -> Response {
+fn post(
+    server: &Server,
+    token: &str,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let auth = bearer(token);
     let mut headers: Vec<(&str, &str)> = vec![("Authorization", &auth)];
     if !content_type.is_empty() {
         headers.push(("Content-Type", content_type));
     }
     headers.extend_from_slice(extra);
-    server.request("POST", "/v1/events", &headers, body).unwrap_or_else(|e| panic!("POST /v1/events: {e}\n{}", server.stderr()))
+    server
+        .request("POST", "/v1/events", &headers, body)
+        .unwrap_or_else(|e| panic!("POST /v1/events: {e}\n{}", server.stderr()))
 }
 
 #[track_caller]
 fn get(server: &Server, token: &str, path: &str) -> Response {
     let auth = bearer(token);
-    server.request("GET", path, &[("Authorization", &auth)], b"").unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", server.stderr()))
+    server
+        .request("GET", path, &[("Authorization", &auth)], b"")
+        .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", server.stderr()))
 }
 
 fn uuid(n: u64) -> String {
@@ -87,7 +105,13 @@ fn receipt(r: &Response) -> Vec<(String, u64, bool)> {
         .as_array()
         .unwrap_or_else(|| panic!("no events in {body}"))
         .iter()
-        .map(|e| (e["id"].as_str().unwrap().to_owned(), e["seq"].as_u64().unwrap(), e["duplicate"].as_bool().unwrap()))
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                e["seq"].as_u64().unwrap(),
+                e["duplicate"].as_bool().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -97,7 +121,10 @@ struct Rng(u64);
 
 impl Rng {
     fn from_time() -> Rng {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1);
         Rng(nanos | 1)
     }
 
@@ -119,7 +146,10 @@ fn gzip_stored_encoder_matches_known_values() {
     assert_eq!(crc32(b"123456789"), 0xCBF4_3926, "the CRC-32 check value");
     assert_eq!(crc32(b""), 0);
     let empty = gzip_stored(b"", 10);
-    assert_eq!(empty, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255, 1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        empty,
+        [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255, 1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]
+    );
     let data = b"hello, stored deflate";
     let gz = gzip_stored(data, 8);
     // 10 header bytes, 3 blocks of 5 + up to 8 bytes, 8 trailer bytes.
@@ -128,7 +158,13 @@ fn gzip_stored_encoder_matches_known_values() {
     assert_eq!(&gz[11..15], &[8, 0, 0xf7, 0xff]);
     assert_eq!(&gz[gz.len() - 4..], &(data.len() as u32).to_le_bytes());
     // If a gzip binary is around, it must agree.
-    if let Ok(mut child) = std::process::Command::new("gzip").arg("-dc").stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn() {
+    if let Ok(mut child) = std::process::Command::new("gzip")
+        .arg("-dc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
         use std::io::Write;
         child.stdin.take().unwrap().write_all(&gz).unwrap();
         let out = child.wait_with_output().unwrap();
@@ -148,21 +184,49 @@ fn serve_with_tokens_starts_answers_health_and_stops_on_sigterm() {
     for headers in [vec![], vec![("Authorization", "Bearer mla_not_a_token")]] {
         let r = server.request("GET", "/healthz", &headers, b"").unwrap();
         assert_eq!(r.status, 200, "{headers:?}: {}", r.text());
-        assert!(r.header("content-type").is_some_and(|c| c.starts_with("application/json")), "{:?}", r.headers);
+        assert!(
+            r.header("content-type")
+                .is_some_and(|c| c.starts_with("application/json")),
+            "{:?}",
+            r.headers
+        );
         assert_eq!(r.json(), json!({"status": "ok"}));
     }
     let ready = server.request("GET", "/readyz", &[], b"").unwrap();
     assert_eq!(ready.status, 200);
-    assert_eq!(ready.json(), json!({"status": "ready", "tree_size": TOKEN_EVENTS}), "the three token grants are in the log");
+    assert_eq!(
+        ready.json(),
+        json!({"status": "ready", "tree_size": TOKEN_EVENTS}),
+        "the three token grants are in the log"
+    );
     // The tokens made offline by the CLI are live in the server.
-    assert_eq!(get(&server, &t.reader, "/v1/events?kind=x.none").status, 200);
+    assert_eq!(
+        get(&server, &t.reader, "/v1/events?kind=x.none").status,
+        200
+    );
     assert_eq!(get(&server, &t.admin, "/v1/tokens").status, 200);
-    assert_eq!(get(&server, &t.writer, "/v1/events?kind=x.none").status, 403);
+    assert_eq!(
+        get(&server, &t.writer, "/v1/events?kind=x.none").status,
+        403
+    );
     let addr = server.addr;
-    assert!(server.stderr().contains(&format!("listening on http://{addr}")), "{}", server.stderr());
+    assert!(
+        server
+            .stderr()
+            .contains(&format!("listening on http://{addr}")),
+        "{}",
+        server.stderr()
+    );
     server.stop();
-    assert!(request(addr, "GET", "/healthz", &[], b"").is_err(), "the port still answers after the server exited");
-    assert_eq!(verify(&log), TOKEN_EVENTS + 1, "the three token grants and the reader's audited query (token listing is not audited)");
+    assert!(
+        request(addr, "GET", "/healthz", &[], b"").is_err(),
+        "the port still answers after the server exited"
+    );
+    assert_eq!(
+        verify(&log),
+        TOKEN_EVENTS + 1,
+        "the three token grants and the reader's audited query (token listing is not audited)"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -178,44 +242,94 @@ fn ingest_every_shape_over_tcp_retry_read_back_and_verify() {
     let mut expect: Vec<(String, u64)> = Vec::new();
     let mut check = |r: &Response, ids: &[String], expect: &mut Vec<(String, u64)>| {
         let got = receipt(r);
-        let want: Vec<(String, u64, bool)> = ids.iter().enumerate().map(|(i, id)| (id.clone(), seq + i as u64, false)).collect();
+        let want: Vec<(String, u64, bool)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), seq + i as u64, false))
+            .collect();
         assert_eq!(got, want);
         seq += ids.len() as u64;
         assert_eq!(r.json()["tree_size"], seq);
         let cp = r.json()["checkpoint"].as_str().unwrap().to_owned();
-        assert!(cp.starts_with(&format!("{ORIGIN}\n{seq}\n")), "the receipt's checkpoint covers the batch: {cp}");
+        assert!(
+            cp.starts_with(&format!("{ORIGIN}\n{seq}\n")),
+            "the receipt's checkpoint covers the batch: {cp}"
+        );
         expect.extend(got.into_iter().map(|(id, s, _)| (id, s)));
     };
 
     // One JSON event.
     let single = event(kind, 1);
     let single_body = single.to_string();
-    let r = post(&server, &t.writer, "application/json", &[], single_body.as_bytes());
+    let r = post(
+        &server,
+        &t.writer,
+        "application/json",
+        &[],
+        single_body.as_bytes(),
+    );
     check(&r, &[uuid(1)], &mut expect);
 
     // A JSON array.
     let array_body = json!([event(kind, 2), event(kind, 3)]).to_string();
-    let r = post(&server, &t.writer, "application/json; charset=utf-8", &[], array_body.as_bytes());
+    let r = post(
+        &server,
+        &t.writer,
+        "application/json; charset=utf-8",
+        &[],
+        array_body.as_bytes(),
+    );
     check(&r, &[uuid(2), uuid(3)], &mut expect);
 
     // NDJSON (with a blank line, which is skipped).
-    let nd_body = format!("{}\n{}\n\n{}\n", event(kind, 4), event(kind, 5), event(kind, 6));
-    let r = post(&server, &t.writer, "application/x-ndjson", &[], nd_body.as_bytes());
+    let nd_body = format!(
+        "{}\n{}\n\n{}\n",
+        event(kind, 4),
+        event(kind, 5),
+        event(kind, 6)
+    );
+    let r = post(
+        &server,
+        &t.writer,
+        "application/x-ndjson",
+        &[],
+        nd_body.as_bytes(),
+    );
     check(&r, &[uuid(4), uuid(5), uuid(6)], &mut expect);
 
     // gzip NDJSON, in many small stored blocks.
     let gz_plain = ndjson(&(7..=10).map(|n| event(kind, n)).collect::<Vec<_>>());
     let gz_body = gzip_stored(gz_plain.as_bytes(), 100);
-    assert!(gz_body.len() > gz_plain.len() && gz_plain.len() > 300, "several blocks");
-    let r = post(&server, &t.writer, "application/x-ndjson", &[("Content-Encoding", "gzip")], &gz_body);
+    assert!(
+        gz_body.len() > gz_plain.len() && gz_plain.len() > 300,
+        "several blocks"
+    );
+    let r = post(
+        &server,
+        &t.writer,
+        "application/x-ndjson",
+        &[("Content-Encoding", "gzip")],
+        &gz_body,
+    );
     check(&r, &(7..=10).map(uuid).collect::<Vec<_>>(), &mut expect);
 
     // An event without an id gets a fresh UUID from the server.
-    let r = post(&server, &t.writer, "application/json", &[], json!({"kind": kind, "actor": {"id": "e2e-client", "type": "service"}}).to_string().as_bytes());
+    let r = post(
+        &server,
+        &t.writer,
+        "application/json",
+        &[],
+        json!({"kind": kind, "actor": {"id": "e2e-client", "type": "service"}})
+            .to_string()
+            .as_bytes(),
+    );
     let got = receipt(&r);
     assert_eq!(got.len(), 1);
     let (gen_id, gen_seq, dup) = got[0].clone();
-    assert!(gen_id.len() == 36 && gen_id.matches('-').count() == 4 && gen_id != uuid(0), "not a UUID: {gen_id}");
+    assert!(
+        gen_id.len() == 36 && gen_id.matches('-').count() == 4 && gen_id != uuid(0),
+        "not a UUID: {gen_id}"
+    );
     assert_eq!((gen_seq, dup), (seq, false));
     seq += 1;
     expect.push((gen_id.clone(), gen_seq));
@@ -224,20 +338,84 @@ fn ingest_every_shape_over_tcp_retry_read_back_and_verify() {
     // Retries return the original seqs, marked duplicate, and write nothing.
     let before = server.tree_size();
     let dup = |r: &Response, from: usize, n: usize| {
-        let want: Vec<(String, u64, bool)> = expect[from..from + n].iter().map(|(id, s)| (id.clone(), *s, true)).collect();
+        let want: Vec<(String, u64, bool)> = expect[from..from + n]
+            .iter()
+            .map(|(id, s)| (id.clone(), *s, true))
+            .collect();
         assert_eq!(receipt(r), want);
     };
-    dup(&post(&server, &t.writer, "application/json", &[], single_body.as_bytes()), 0, 1);
-    dup(&post(&server, &t.writer, "application/json", &[], array_body.as_bytes()), 1, 2);
-    dup(&post(&server, &t.writer, "application/x-ndjson", &[], nd_body.as_bytes()), 3, 3);
-    dup(&post(&server, &t.writer, "application/x-ndjson", &[("Content-Encoding", "gzip")], &gz_body), 6, 4);
+    dup(
+        &post(
+            &server,
+            &t.writer,
+            "application/json",
+            &[],
+            single_body.as_bytes(),
+        ),
+        0,
+        1,
+    );
+    dup(
+        &post(
+            &server,
+            &t.writer,
+            "application/json",
+            &[],
+            array_body.as_bytes(),
+        ),
+        1,
+        2,
+    );
+    dup(
+        &post(
+            &server,
+            &t.writer,
+            "application/x-ndjson",
+            &[],
+            nd_body.as_bytes(),
+        ),
+        3,
+        3,
+    );
+    dup(
+        &post(
+            &server,
+            &t.writer,
+            "application/x-ndjson",
+            &[("Content-Encoding", "gzip")],
+            &gz_body,
+        ),
+        6,
+        4,
+    );
     // Same id in another shape (NDJSON instead of JSON) is still the same event.
-    dup(&post(&server, &t.writer, "application/x-ndjson", &[], format!("{single_body}\n").as_bytes()), 0, 1);
+    dup(
+        &post(
+            &server,
+            &t.writer,
+            "application/x-ndjson",
+            &[],
+            format!("{single_body}\n").as_bytes(),
+        ),
+        0,
+        1,
+    );
     assert_eq!(server.tree_size(), before, "retries wrote something");
 
     // A batch mixing a retried id and a new one: the old keeps its seq, the new one is appended.
-    let r = post(&server, &t.writer, "application/json", &[], json!([event(kind, 2), event(kind, 11)]).to_string().as_bytes());
-    assert_eq!(receipt(&r), vec![(uuid(2), expect[1].1, true), (uuid(11), seq, false)]);
+    let r = post(
+        &server,
+        &t.writer,
+        "application/json",
+        &[],
+        json!([event(kind, 2), event(kind, 11)])
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(
+        receipt(&r),
+        vec![(uuid(2), expect[1].1, true), (uuid(11), seq, false)]
+    );
     expect.push((uuid(11), seq));
     seq += 1;
     assert_eq!(server.tree_size(), seq);
@@ -250,10 +428,20 @@ fn ingest_every_shape_over_tcp_retry_read_back_and_verify() {
         let r = get(&server, &t.reader, &format!("/v1/events/{id}"));
         assert_eq!(r.status, 200, "{id}: {}", r.text());
         let v = r.json();
-        assert_eq!((v["seq"].as_u64(), v["event"]["id"].as_str()), (Some(*s), Some(id.as_str())), "{v}");
+        assert_eq!(
+            (v["seq"].as_u64(), v["event"]["id"].as_str()),
+            (Some(*s), Some(id.as_str())),
+            "{v}"
+        );
         assert_eq!(v["event"]["kind"], kind);
-        assert_eq!(v["event"]["principal"], "token:writer", "the server records who wrote it: {v}");
-        assert!(support::is_hex64(v["leaf_hash"].as_str().unwrap_or("")), "{v}");
+        assert_eq!(
+            v["event"]["principal"], "token:writer",
+            "the server records who wrote it: {v}"
+        );
+        assert!(
+            support::is_hex64(v["leaf_hash"].as_str().unwrap_or("")),
+            "{v}"
+        );
         audited += 1;
     }
     // By seq, too.
@@ -262,10 +450,24 @@ fn ingest_every_shape_over_tcp_retry_read_back_and_verify() {
     audited += 1;
 
     // A query returns them in seq order; a paginated query returns the same.
-    let r = get(&server, &t.reader, &format!("/v1/events?kind={kind}&limit=100"));
+    let r = get(
+        &server,
+        &t.reader,
+        &format!("/v1/events?kind={kind}&limit=100"),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let rows = r.json();
-    let listed: Vec<(String, u64)> = rows["events"].as_array().unwrap().iter().map(|e| (e["event"]["id"].as_str().unwrap().to_owned(), e["seq"].as_u64().unwrap())).collect();
+    let listed: Vec<(String, u64)> = rows["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event"]["id"].as_str().unwrap().to_owned(),
+                e["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(listed, expect);
     assert_eq!(rows["next_cursor"], Value::Null);
     audited += 1;
@@ -278,7 +480,12 @@ fn ingest_every_shape_over_tcp_retry_read_back_and_verify() {
         };
         let page = get(&server, &t.reader, &path).json();
         audited += 1;
-        paged.extend(page["events"].as_array().unwrap().iter().map(|e| (e["event"]["id"].as_str().unwrap().to_owned(), e["seq"].as_u64().unwrap())));
+        paged.extend(page["events"].as_array().unwrap().iter().map(|e| {
+            (
+                e["event"]["id"].as_str().unwrap().to_owned(),
+                e["seq"].as_u64().unwrap(),
+            )
+        }));
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
             None => break,
@@ -287,24 +494,64 @@ fn ingest_every_shape_over_tcp_retry_read_back_and_verify() {
     assert_eq!(paged, expect, "pagination lost or repeated events");
     // Filters combine: the time filter keeps everything from 2026-11-20, none from before.
     let r = get(&server, &t.reader, &format!("/v1/events?kind={kind}&since=2026-11-20T10:00:00Z&until=2026-11-20T10:00:01Z&limit=100"));
-    assert_eq!(r.json()["events"].as_array().unwrap().len(), 11, "the id-less event has the server's time");
+    assert_eq!(
+        r.json()["events"].as_array().unwrap().len(),
+        11,
+        "the id-less event has the server's time"
+    );
     audited += 1;
     // The admin may read too; the writer may not (refused before any audit).
     let r = get(&server, &t.admin, &format!("/v1/events/{}", expect[0].0));
     assert_eq!(r.status, 200);
     audited += 1;
-    assert_eq!(get(&server, &t.writer, &format!("/v1/events/{}", expect[0].0)).status, 403);
+    assert_eq!(
+        get(&server, &t.writer, &format!("/v1/events/{}", expect[0].0)).status,
+        403
+    );
     // An unknown id is a 404 and is not audited.
-    assert_eq!(get(&server, &t.reader, &format!("/v1/events/{}", uuid(999))).status, 404);
-    assert_eq!(server.tree_size(), TOKEN_EVENTS + ingested + audited, "one governance.audit_accessed event per successful read");
+    assert_eq!(
+        get(&server, &t.reader, &format!("/v1/events/{}", uuid(999))).status,
+        404
+    );
+    assert_eq!(
+        server.tree_size(),
+        TOKEN_EVENTS + ingested + audited,
+        "one governance.audit_accessed event per successful read"
+    );
 
     server.stop();
     assert_eq!(verify(&log), TOKEN_EVENTS + ingested + audited);
-    assert_eq!(stored(&log, kind).into_iter().collect::<std::collections::BTreeMap<_, _>>(), expect.iter().cloned().collect());
-    assert_eq!(stored(&log, "governance.access_changed").len() as u64, TOKEN_EVENTS);
-    assert_eq!(stored(&log, "governance.audit_accessed").len() as u64, audited);
-    let admin_reads = log.run(&["query", "--kind", "governance.audit_accessed", "--actor", "token:admin", "--format", "ndjson"]).ok();
-    assert_eq!(admin_reads.stdout.lines().count(), 1, "{}", admin_reads.stdout);
+    assert_eq!(
+        stored(&log, kind)
+            .into_iter()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        expect.iter().cloned().collect()
+    );
+    assert_eq!(
+        stored(&log, "governance.access_changed").len() as u64,
+        TOKEN_EVENTS
+    );
+    assert_eq!(
+        stored(&log, "governance.audit_accessed").len() as u64,
+        audited
+    );
+    let admin_reads = log
+        .run(&[
+            "query",
+            "--kind",
+            "governance.audit_accessed",
+            "--actor",
+            "token:admin",
+            "--format",
+            "ndjson",
+        ])
+        .ok();
+    assert_eq!(
+        admin_reads.stdout.lines().count(),
+        1,
+        "{}",
+        admin_reads.stdout
+    );
     // The CLI sees the gzip-ingested event at the seq the server gave.
     let out = log.run(&["get", &uuid(9)]).ok().json();
     assert_eq!(out["seq"], expect[8].1);
@@ -336,7 +583,16 @@ fn sigterm_mid_load_keeps_every_acknowledged_event_and_exits_zero() {
                 for i in 0..PER_CLIENT {
                     let id = uuid(c * 1000 + i);
                     let body = event("x.term", c * 1000 + i).to_string();
-                    match request(addr, "POST", "/v1/events", &[("Authorization", &auth), ("Content-Type", "application/json")], body.as_bytes()) {
+                    match request(
+                        addr,
+                        "POST",
+                        "/v1/events",
+                        &[
+                            ("Authorization", &auth),
+                            ("Content-Type", "application/json"),
+                        ],
+                        body.as_bytes(),
+                    ) {
                         Ok(r) if r.is_success() => {
                             let got = receipt(&r);
                             assert_eq!(got.len(), 1);
@@ -370,22 +626,57 @@ fn sigterm_mid_load_keeps_every_acknowledged_event_and_exits_zero() {
         other.extend(o);
         failed += f;
     }
-    let status = status.unwrap_or_else(|| panic!("the server did not exit within 10 s of SIGTERM:\n{}", server.stderr()));
-    assert!(status.success(), "exit status after SIGTERM: {status}\n{}", server.stderr());
-    assert!(server.stderr().contains("shutting down"), "{}", server.stderr());
-    assert!(other.is_empty(), "non-2xx answers during shutdown: {other:?}");
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "the server did not exit within 10 s of SIGTERM:\n{}",
+            server.stderr()
+        )
+    });
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status}\n{}",
+        server.stderr()
+    );
+    assert!(
+        server.stderr().contains("shutting down"),
+        "{}",
+        server.stderr()
+    );
+    assert!(
+        other.is_empty(),
+        "non-2xx answers during shutdown: {other:?}"
+    );
     eprintln!("sigterm: sent after {at_term} requests; {} acknowledged, {failed} refused or cut off; exit after {took:?}", acked.len());
-    assert!(at_term >= TERM_AFTER, "the clients were too slow to reach {TERM_AFTER} requests in 20 s");
-    assert!(acked.len() >= TERM_AFTER, "requests before SIGTERM failed: {} acknowledged", acked.len());
-    assert!(acked.len() < (CLIENTS * PER_CLIENT) as usize, "SIGTERM came after all the work: the test shows nothing");
+    assert!(
+        at_term >= TERM_AFTER,
+        "the clients were too slow to reach {TERM_AFTER} requests in 20 s"
+    );
+    assert!(
+        acked.len() >= TERM_AFTER,
+        "requests before SIGTERM failed: {} acknowledged",
+        acked.len()
+    );
+    assert!(
+        acked.len() < (CLIENTS * PER_CLIENT) as usize,
+        "SIGTERM came after all the work: the test shows nothing"
+    );
 
     let have = stored(&log, "x.term");
     for (id, seq) in &acked {
-        assert_eq!(have.get(id), Some(seq), "acknowledged event {id} (seq {seq}) is missing or moved after SIGTERM");
+        assert_eq!(
+            have.get(id),
+            Some(seq),
+            "acknowledged event {id} (seq {seq}) is missing or moved after SIGTERM"
+        );
     }
     // Everything in the log was acknowledged, except at most one in-flight request per client
     // whose answer was lost when the connection closed.
-    assert!(have.len() - acked.len() <= CLIENTS as usize, "{} stored, {} acknowledged", have.len(), acked.len());
+    assert!(
+        have.len() - acked.len() <= CLIENTS as usize,
+        "{} stored, {} acknowledged",
+        have.len(),
+        acked.len()
+    );
     assert_eq!(verify(&log), TOKEN_EVENTS + have.len() as u64);
 }
 
@@ -414,13 +705,30 @@ fn kill_9_during_concurrent_batches_five_times_loses_nothing_acknowledged() {
                     let mut acked = Vec::new();
                     let started = Instant::now();
                     for _batch in 0..10_000 {
-                        if stop.load(Ordering::SeqCst) || started.elapsed() > Duration::from_secs(15) {
+                        if stop.load(Ordering::SeqCst)
+                            || started.elapsed() > Duration::from_secs(15)
+                        {
                             break;
                         }
                         let first = next.fetch_add(BATCH, Ordering::SeqCst);
-                        let body = ndjson(&(first..first + BATCH).map(|n| event("x.crash", n)).collect::<Vec<_>>());
-                        match request(addr, "POST", "/v1/events", &[("Authorization", &auth), ("Content-Type", "application/x-ndjson")], body.as_bytes()) {
-                            Ok(r) if r.status == 200 => acked.extend(receipt(&r).into_iter().map(|(id, seq, _)| (id, seq))),
+                        let body = ndjson(
+                            &(first..first + BATCH)
+                                .map(|n| event("x.crash", n))
+                                .collect::<Vec<_>>(),
+                        );
+                        match request(
+                            addr,
+                            "POST",
+                            "/v1/events",
+                            &[
+                                ("Authorization", &auth),
+                                ("Content-Type", "application/x-ndjson"),
+                            ],
+                            body.as_bytes(),
+                        ) {
+                            Ok(r) if r.status == 200 => {
+                                acked.extend(receipt(&r).into_iter().map(|(id, seq, _)| (id, seq)))
+                            }
                             Ok(r) => panic!("unexpected {}: {}", r.status, r.text()),
                             Err(_) => break, // the server is gone
                         }
@@ -436,8 +744,14 @@ fn kill_9_during_concurrent_batches_five_times_loses_nothing_acknowledged() {
         let mut this_round = 0;
         for c in clients {
             for (id, seq) in c.join().expect("client thread") {
-                assert!(seq >= start_size, "round {round}: seq {seq} of {id} is below the tree size {start_size} at start");
-                assert!(acked.insert(id, seq).is_none(), "round {round}: an id was acknowledged twice");
+                assert!(
+                    seq >= start_size,
+                    "round {round}: seq {seq} of {id} is below the tree size {start_size} at start"
+                );
+                assert!(
+                    acked.insert(id, seq).is_none(),
+                    "round {round}: an id was acknowledged twice"
+                );
                 this_round += 1;
             }
         }
@@ -447,9 +761,16 @@ fn kill_9_during_concurrent_batches_five_times_loses_nothing_acknowledged() {
         for (id, seq) in &acked {
             assert_eq!(have.get(id), Some(seq), "round {round}: acknowledged event {id} (seq {seq}) is missing or moved after kill -9");
         }
-        assert_eq!(count, TOKEN_EVENTS + have.len() as u64, "round {round}: only token and x.crash events are in the log");
+        assert_eq!(
+            count,
+            TOKEN_EVENTS + have.len() as u64,
+            "round {round}: only token and x.crash events are in the log"
+        );
     }
-    assert!(!acked.is_empty(), "nothing was acknowledged in five rounds: the test proves nothing");
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged in five rounds: the test proves nothing"
+    );
     // The data directory still serves after the last crash.
     let server = Server::start(&log.data, &[]);
     assert!(server.tree_size() >= TOKEN_EVENTS + acked.len() as u64);
@@ -463,30 +784,73 @@ fn kill_9_during_concurrent_batches_five_times_loses_nothing_acknowledged() {
 /// The 4xx contract: the status, a JSON `{"error": {"code", "message"}}` body, the server still
 /// up and nothing written.
 #[track_caller]
-fn assert_rejected(server: &Server, what: &str, r: &Response, status: u16, code: &str, size: u64) -> Value {
+fn assert_rejected(
+    server: &Server,
+    what: &str,
+    r: &Response,
+    status: u16,
+    code: &str,
+    size: u64,
+) -> Value {
     assert_eq!(r.status, status, "{what}: {}", r.text());
-    assert!(r.header("content-type").is_some_and(|c| c.starts_with("application/json")), "{what}: content type {:?}", r.header("content-type"));
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{what}: content type {:?}",
+        r.header("content-type")
+    );
     let body = r.json();
     assert_eq!(body["error"]["code"], code, "{what}: {body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {body}"
+    );
     server.assert_healthy();
-    assert_eq!(server.tree_size(), size, "{what}: a rejected request changed the log");
+    assert_eq!(
+        server.tree_size(),
+        size,
+        "{what}: a rejected request changed the log"
+    );
     body
 }
 
 /// A rejected POST: what it shows, token, content type, extra headers, body, status, error code.
-type BadPost<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+type BadPost<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
 
 #[test]
 fn bad_input_over_tcp_gets_4xx_json_errors_and_changes_nothing() {
     let (log, t) = setup("bad-input");
-    let config = log.write("serve.toml", "max_body_bytes = 2048\nmax_events_per_batch = 5\n");
+    let config = log.write(
+        "serve.toml",
+        "max_body_bytes = 2048\nmax_events_per_batch = 5\n",
+    );
     let server = Server::start(&log.data, &["--config", &config]);
-    let small = |n: u64| json!({"id": uuid(n), "kind": "x.b", "actor": {"id": "a", "type": "service"}});
+    let small =
+        |n: u64| json!({"id": uuid(n), "kind": "x.b", "actor": {"id": "a", "type": "service"}});
 
     // At the limits is fine: 5 events.
     let five = ndjson(&(0..5).map(small).collect::<Vec<_>>());
-    assert_eq!(receipt(&post(&server, &t.writer, "application/x-ndjson", &[], five.as_bytes())).len(), 5);
+    assert_eq!(
+        receipt(&post(
+            &server,
+            &t.writer,
+            "application/x-ndjson",
+            &[],
+            five.as_bytes()
+        ))
+        .len(),
+        5
+    );
     let size = server.tree_size();
     assert_eq!(size, TOKEN_EVENTS + 5);
 
@@ -498,21 +862,146 @@ fn bad_input_over_tcp_gets_4xx_json_errors_and_changes_nothing() {
     let six = ndjson(&(20..26).map(small).collect::<Vec<_>>());
     assert!(six.len() < 2048);
     let cases: Vec<BadPost<'_>> = vec![
-        ("malformed JSON object", w, "application/json", vec![], b"{\"kind\": \"x.b\", ".to_vec(), 422, "invalid_events"),
-        ("malformed JSON array", w, "application/json", vec![], b"[{\"kind\": \"x.b\"".to_vec(), 400, "bad_request"),
-        ("malformed NDJSON line", w, "application/x-ndjson", vec![], format!("{valid}\n{{nope\n").into_bytes(), 422, "invalid_events"),
-        ("wrong content type", w, "text/plain", vec![], valid.clone().into_bytes(), 415, "unsupported_media_type"),
-        ("no content type", w, "", vec![], valid.clone().into_bytes(), 415, "unsupported_media_type"),
-        ("invalid UTF-8", w, "application/x-ndjson", vec![], [&b"{\"kind\": \"x.b\", \"actor\": {\"id\": \""[..], &[0xff, 0xfe, 0xc3], &b"\", \"type\": \"user\"}}\n"[..]].concat(), 400, "bad_request"),
-        ("unknown kind", w, "application/json", vec![], json!([small(12), unknown]).to_string().into_bytes(), 422, "invalid_events"),
-        ("empty body", w, "application/json", vec![], Vec::new(), 400, "bad_request"),
-        ("body over max_body_bytes", w, "application/json", vec![], big.clone().into_bytes(), 413, "limit_exceeded"),
-        ("gzip body over max_body_bytes", w, "application/json", vec![("Content-Encoding", "gzip")], gzip_stored(big.as_bytes(), 1000), 413, "limit_exceeded"),
-        ("too many events", w, "application/x-ndjson", vec![], six.into_bytes(), 413, "limit_exceeded"),
-        ("not gzip", w, "application/json", vec![("Content-Encoding", "gzip")], valid.clone().into_bytes(), 400, "bad_request"),
-        ("unknown encoding", w, "application/json", vec![("Content-Encoding", "br")], valid.clone().into_bytes(), 415, "unsupported_media_type"),
-        ("reader may not write", t.reader.as_str(), "application/json", vec![], valid.clone().into_bytes(), 403, "forbidden"),
-        ("admin may not write", t.admin.as_str(), "application/json", vec![], valid.clone().into_bytes(), 403, "forbidden"),
+        (
+            "malformed JSON object",
+            w,
+            "application/json",
+            vec![],
+            b"{\"kind\": \"x.b\", ".to_vec(),
+            422,
+            "invalid_events",
+        ),
+        (
+            "malformed JSON array",
+            w,
+            "application/json",
+            vec![],
+            b"[{\"kind\": \"x.b\"".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "malformed NDJSON line",
+            w,
+            "application/x-ndjson",
+            vec![],
+            format!("{valid}\n{{nope\n").into_bytes(),
+            422,
+            "invalid_events",
+        ),
+        (
+            "wrong content type",
+            w,
+            "text/plain",
+            vec![],
+            valid.clone().into_bytes(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "no content type",
+            w,
+            "",
+            vec![],
+            valid.clone().into_bytes(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "invalid UTF-8",
+            w,
+            "application/x-ndjson",
+            vec![],
+            [
+                &b"{\"kind\": \"x.b\", \"actor\": {\"id\": \""[..],
+                &[0xff, 0xfe, 0xc3],
+                &b"\", \"type\": \"user\"}}\n"[..],
+            ]
+            .concat(),
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown kind",
+            w,
+            "application/json",
+            vec![],
+            json!([small(12), unknown]).to_string().into_bytes(),
+            422,
+            "invalid_events",
+        ),
+        (
+            "empty body",
+            w,
+            "application/json",
+            vec![],
+            Vec::new(),
+            400,
+            "bad_request",
+        ),
+        (
+            "body over max_body_bytes",
+            w,
+            "application/json",
+            vec![],
+            big.clone().into_bytes(),
+            413,
+            "limit_exceeded",
+        ),
+        (
+            "gzip body over max_body_bytes",
+            w,
+            "application/json",
+            vec![("Content-Encoding", "gzip")],
+            gzip_stored(big.as_bytes(), 1000),
+            413,
+            "limit_exceeded",
+        ),
+        (
+            "too many events",
+            w,
+            "application/x-ndjson",
+            vec![],
+            six.into_bytes(),
+            413,
+            "limit_exceeded",
+        ),
+        (
+            "not gzip",
+            w,
+            "application/json",
+            vec![("Content-Encoding", "gzip")],
+            valid.clone().into_bytes(),
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown encoding",
+            w,
+            "application/json",
+            vec![("Content-Encoding", "br")],
+            valid.clone().into_bytes(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "reader may not write",
+            t.reader.as_str(),
+            "application/json",
+            vec![],
+            valid.clone().into_bytes(),
+            403,
+            "forbidden",
+        ),
+        (
+            "admin may not write",
+            t.admin.as_str(),
+            "application/json",
+            vec![],
+            valid.clone().into_bytes(),
+            403,
+            "forbidden",
+        ),
     ];
     for (what, token, ct, extra, body, status, code) in &cases {
         let r = post(&server, token, ct, extra, body);
@@ -520,11 +1009,23 @@ fn bad_input_over_tcp_gets_4xx_json_errors_and_changes_nothing() {
         match *what {
             "unknown kind" => {
                 assert_eq!(err["error"]["details"][0]["index"], 1, "{err}");
-                assert!(err["error"]["details"][0]["error"].as_str().unwrap().contains("unknown kind"), "{err}");
+                assert!(
+                    err["error"]["details"][0]["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("unknown kind"),
+                    "{err}"
+                );
             }
             "malformed NDJSON line" => assert_eq!(err["error"]["details"][0]["index"], 1, "{err}"),
-            "body over max_body_bytes" | "gzip body over max_body_bytes" => assert_eq!(err["error"]["details"], json!({"limit": "max_body_bytes", "max": 2048})),
-            "too many events" => assert_eq!(err["error"]["details"], json!({"limit": "max_events_per_batch", "max": 5})),
+            "body over max_body_bytes" | "gzip body over max_body_bytes" => assert_eq!(
+                err["error"]["details"],
+                json!({"limit": "max_body_bytes", "max": 2048})
+            ),
+            "too many events" => assert_eq!(
+                err["error"]["details"],
+                json!({"limit": "max_events_per_batch", "max": 5})
+            ),
             _ => {}
         }
     }
@@ -533,27 +1034,82 @@ fn bad_input_over_tcp_gets_4xx_json_errors_and_changes_nothing() {
     let json_ct = ("Content-Type", "application/json");
     for (what, headers) in [
         ("missing token", vec![json_ct]),
-        ("wrong token", vec![json_ct, ("Authorization", "Bearer mla_0000000000000000000000000000000000000000000000000000000000000000")]),
-        ("basic auth", vec![json_ct, ("Authorization", "Basic d3JpdGVyOnNlY3JldA==")]),
+        (
+            "wrong token",
+            vec![
+                json_ct,
+                (
+                    "Authorization",
+                    "Bearer mla_0000000000000000000000000000000000000000000000000000000000000000",
+                ),
+            ],
+        ),
+        (
+            "basic auth",
+            vec![json_ct, ("Authorization", "Basic d3JpdGVyOnNlY3JldA==")],
+        ),
     ] {
-        let r = server.request("POST", "/v1/events", &headers, valid.as_bytes()).unwrap();
+        let r = server
+            .request("POST", "/v1/events", &headers, valid.as_bytes())
+            .unwrap();
         assert_rejected(&server, what, &r, 401, "unauthorized", size);
-        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}: {:?}", r.headers);
-        let r = server.request("GET", "/v1/events", &headers[1..], b"").unwrap();
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer"),
+            "{what}: {:?}",
+            r.headers
+        );
+        let r = server
+            .request("GET", "/v1/events", &headers[1..], b"")
+            .unwrap();
         assert_rejected(&server, what, &r, 401, "unauthorized", size);
-        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{what}: {:?}", r.headers);
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer"),
+            "{what}: {:?}",
+            r.headers
+        );
     }
     // Wrong role for reads and token management (refused before any audit event).
-    assert_rejected(&server, "writer reads", &get(&server, w, "/v1/events"), 403, "forbidden", size);
-    assert_rejected(&server, "writer reads an event", &get(&server, w, &format!("/v1/events/{}", uuid(0))), 403, "forbidden", size);
-    assert_rejected(&server, "reader lists tokens", &get(&server, &t.reader, "/v1/tokens"), 403, "forbidden", size);
+    assert_rejected(
+        &server,
+        "writer reads",
+        &get(&server, w, "/v1/events"),
+        403,
+        "forbidden",
+        size,
+    );
+    assert_rejected(
+        &server,
+        "writer reads an event",
+        &get(&server, w, &format!("/v1/events/{}", uuid(0))),
+        403,
+        "forbidden",
+        size,
+    );
+    assert_rejected(
+        &server,
+        "reader lists tokens",
+        &get(&server, &t.reader, "/v1/tokens"),
+        403,
+        "forbidden",
+        size,
+    );
 
     // A body that declares more than the limit is refused once more than the limit has arrived
     // (see the ignored test below for refusing it on the declaration alone).
     let declared = Instant::now();
     let raw = format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {w}\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{valid}{}", " ".repeat(4096));
-    let r = support::serve::exchange(server.addr, raw.as_bytes(), Duration::from_secs(5)).unwrap_or_else(|e| panic!("declared 1 GB body: {e}"));
-    assert_rejected(&server, "declared 1 GB body", &r, 413, "limit_exceeded", size);
+    let r = support::serve::exchange(server.addr, raw.as_bytes(), Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("declared 1 GB body: {e}"));
+    assert_rejected(
+        &server,
+        "declared 1 GB body",
+        &r,
+        413,
+        "limit_exceeded",
+        size,
+    );
     assert!(declared.elapsed() < Duration::from_secs(5));
 
     // Not HTTP at all, or HTTP cut short: no 2xx, no crash, nothing written.
@@ -573,16 +1129,24 @@ fn bad_input_over_tcp_gets_4xx_json_errors_and_changes_nothing() {
         ("headers cut short", b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Partial: ".to_vec()),
     ];
     for (what, bytes) in &garbage {
-        let answer = raw_exchange(server.addr, bytes, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let answer = raw_exchange(server.addr, bytes, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         let head = String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned();
-        assert!(answer.is_empty() || head.starts_with("HTTP/1.1 4"), "{what}: the server answered {:?}", String::from_utf8_lossy(&answer));
+        assert!(
+            answer.is_empty() || head.starts_with("HTTP/1.1 4"),
+            "{what}: the server answered {:?}",
+            String::from_utf8_lossy(&answer)
+        );
         server.assert_healthy();
         assert_eq!(server.tree_size(), size, "{what}: the log changed");
     }
 
     let stderr = server.stderr();
     server.stop();
-    assert!(!stderr.contains("panicked"), "the server panicked:\n{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "the server panicked:\n{stderr}"
+    );
     assert_eq!(verify(&log), TOKEN_EVENTS + 5);
 }
 
@@ -596,7 +1160,15 @@ fn declared_content_length_over_the_limit_is_refused_before_the_body_arrives() {
     let server = Server::start(&log.data, &["--config", &config]);
     let size = server.tree_size();
     let head = format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n", t.writer);
-    let r = support::serve::exchange(server.addr, head.as_bytes(), Duration::from_secs(3)).unwrap_or_else(|e| panic!("no answer to a declared 1 GB body within 3 s: {e}"));
-    assert_rejected(&server, "declared 1 GB body", &r, 413, "limit_exceeded", size);
+    let r = support::serve::exchange(server.addr, head.as_bytes(), Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("no answer to a declared 1 GB body within 3 s: {e}"));
+    assert_rejected(
+        &server,
+        "declared 1 GB body",
+        &r,
+        413,
+        "limit_exceeded",
+        size,
+    );
     server.stop();
 }

@@ -27,8 +27,14 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("mlaudit-embedded-test-{tag}-{}-{n}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "mlaudit-embedded-test-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&path).unwrap();
         TempDir { path }
     }
@@ -189,14 +195,28 @@ pub struct Spec {
 
 impl Spec {
     pub fn simple(id: EventId, kind: &str, n: u64) -> Spec {
-        let mut subjects: Vec<(SubjectField, String, bool)> = required_subjects(kind).iter().map(|f| (*f, format!("{}-{n}", f.as_str()), false)).collect();
+        let mut subjects: Vec<(SubjectField, String, bool)> = required_subjects(kind)
+            .iter()
+            .map(|f| (*f, format!("{}-{n}", f.as_str()), false))
+            .collect();
         subjects.sort_by_key(|(f, _, _)| *f);
-        Spec { id: Some(id), time_ns: Some(1_767_225_600_000_000_000 + n as i64 * 1_000_000_007), kind: kind.into(), actor_id: format!("actor-{}", n % 3), actor_type: ActorType::Service, subjects, n }
+        Spec {
+            id: Some(id),
+            time_ns: Some(1_767_225_600_000_000_000 + n as i64 * 1_000_000_007),
+            kind: kind.into(),
+            actor_id: format!("actor-{}", n % 3),
+            actor_type: ActorType::Service,
+            subjects,
+            n,
+        }
     }
 
     /// The subjects as the entry header stores them.
     pub fn header_subjects(&self) -> Vec<(SubjectField, String)> {
-        self.subjects.iter().map(|(f, v, _)| (*f, v.clone())).collect()
+        self.subjects
+            .iter()
+            .map(|(f, v, _)| (*f, v.clone()))
+            .collect()
     }
 
     pub fn json(&self) -> String {
@@ -211,12 +231,19 @@ impl Spec {
         obj.insert("kind".into(), Value::String(self.kind.clone()));
         let mut actor = Map::new();
         actor.insert("id".into(), Value::String(self.actor_id.clone()));
-        actor.insert("type".into(), Value::String(self.actor_type.as_str().into()));
+        actor.insert(
+            "type".into(),
+            Value::String(self.actor_type.as_str().into()),
+        );
         obj.insert("actor".into(), Value::Object(actor));
         if !self.subjects.is_empty() {
             let mut subject = Map::new();
             for (f, v, numeric) in &self.subjects {
-                let value = if *numeric { Value::Number(v.parse::<u64>().unwrap().into()) } else { Value::String(v.clone()) };
+                let value = if *numeric {
+                    Value::Number(v.parse::<u64>().unwrap().into())
+                } else {
+                    Value::String(v.clone())
+                };
                 subject.insert(f.as_str().into(), value);
             }
             obj.insert("subject".into(), Value::Object(subject));
@@ -274,9 +301,15 @@ pub fn records(bytes: &[u8]) -> Vec<Rec> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while at < bytes.len() {
-        let header: &[u8; record::HEADER_LEN] = bytes[at..at + record::HEADER_LEN].try_into().unwrap();
+        let header: &[u8; record::HEADER_LEN] =
+            bytes[at..at + record::HEADER_LEN].try_into().unwrap();
         let h = record::parse_header(header).unwrap();
-        let rec = Rec { off: at as u64, kind: h.kind, len_a: u64::from(h.len_a), len_b: u64::from(h.len_b) };
+        let rec = Rec {
+            off: at as u64,
+            kind: h.kind,
+            len_a: u64::from(h.len_a),
+            len_b: u64::from(h.len_b),
+        };
         record::check_record(&h, &bytes[rec.range()]).unwrap();
         out.push(rec);
         at = rec.end() as usize;
@@ -289,7 +322,11 @@ pub fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log"))
+        })
         .collect();
     segs.sort();
     segs

@@ -25,13 +25,17 @@ pub struct TempDir {
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let path = std::env::temp_dir().join(format!(
             "mlaudit-cli-{name}-{}-{}-{nanos}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        std::fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
         TempDir { path }
     }
 
@@ -57,18 +61,27 @@ pub struct Out {
 impl Out {
     #[track_caller]
     pub fn ok(self) -> Out {
-        assert_eq!(self.code, 0, "expected exit 0\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected exit 0\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn code(self, code: i32) -> Out {
-        assert_eq!(self.code, code, "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -86,7 +99,11 @@ where
     S: AsRef<std::ffi::OsStr>,
 {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).current_dir(cwd).env_remove("MLAUDIT_DATA").env_remove("LOGNAME").env("USER", "tester");
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_remove("MLAUDIT_DATA")
+        .env_remove("LOGNAME")
+        .env("USER", "tester");
     Run { cmd, stdin: None }
 }
 
@@ -103,8 +120,15 @@ impl Run {
 
     pub fn run(mut self) -> Out {
         self.cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        self.cmd.stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-        let mut child = self.cmd.spawn().unwrap_or_else(|e| panic!("spawning {BIN}: {e}"));
+        self.cmd.stdin(if self.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        let mut child = self
+            .cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {BIN}: {e}"));
         if let Some(bytes) = self.stdin.take() {
             let mut stdin = child.stdin.take().expect("stdin is piped");
             stdin.write_all(&bytes).expect("writing stdin");
@@ -135,8 +159,24 @@ impl Log {
     pub fn with_origin(name: &str, origin: &str) -> Log {
         let dir = TempDir::new(name);
         let data = dir.join("data");
-        let out = mlaudit(&dir.path, ["init", "--data", data.to_str().expect("utf-8 path"), "--origin", origin]).run().ok();
-        let key = out.stdout.lines().last().expect("init prints the key").to_owned();
+        let out = mlaudit(
+            &dir.path,
+            [
+                "init",
+                "--data",
+                data.to_str().expect("utf-8 path"),
+                "--origin",
+                origin,
+            ],
+        )
+        .run()
+        .ok();
+        let key = out
+            .stdout
+            .lines()
+            .last()
+            .expect("init prints the key")
+            .to_owned();
         Log { dir, data, key }
     }
 
@@ -146,7 +186,8 @@ impl Log {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut all: Vec<std::ffi::OsString> = vec!["--data".into(), self.data.clone().into_os_string()];
+        let mut all: Vec<std::ffi::OsString> =
+            vec!["--data".into(), self.data.clone().into_os_string()];
         all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         mlaudit(&self.dir.path, all)
     }
@@ -165,12 +206,22 @@ impl Log {
     /// The tree size of the latest checkpoint (second line of `checkpoint`).
     pub fn tree_size(&self) -> u64 {
         let out = self.run(&["checkpoint"]).ok();
-        out.stdout.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("bad checkpoint:\n{}", out.stdout))
+        out.stdout
+            .lines()
+            .nth(1)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_else(|| panic!("bad checkpoint:\n{}", out.stdout))
     }
 
     pub fn checkpoint_list(&self) -> Vec<u64> {
         let out = self.run(&["checkpoint", "--list"]).ok();
-        out.stdout.lines().map(|l| l.parse().unwrap_or_else(|_| panic!("bad --list line {l:?}"))).collect()
+        out.stdout
+            .lines()
+            .map(|l| {
+                l.parse()
+                    .unwrap_or_else(|_| panic!("bad --list line {l:?}"))
+            })
+            .collect()
     }
 
     pub fn segment(&self) -> PathBuf {
@@ -178,7 +229,12 @@ impl Log {
     }
 
     pub fn verifier_key_path(&self) -> String {
-        self.data.join("key").join("verifier.key").to_str().expect("utf-8 path").to_owned()
+        self.data
+            .join("key")
+            .join("verifier.key")
+            .to_str()
+            .expect("utf-8 path")
+            .to_owned()
     }
 
     /// A log holding the fixture's 15 events in three groups of five, each with its
@@ -232,21 +288,91 @@ pub fn fixture() -> Vec<Value> {
     let svc = |id: &str| json!({"id": id, "type": "service"});
     let user = |id: &str| json!({"id": id, "type": "user"});
     let rows: Vec<(&str, Value, Value, Value)> = vec![
-        ("data.source_accessed", svc("etl"), json!({"dataset": "loans"}), json!({"source": "s3://bucket/loans.csv"})),
-        ("data.snapshot_created", svc("etl"), json!({"dataset": "loans", "dataset_version": "v1"}), json!({"content_sha256": "a".repeat(64)})),
-        ("data.snapshot_created", svc("etl"), json!({"dataset": "loans", "dataset_version": "v0"}), json!({"content_sha256": "b".repeat(64)})),
-        ("training.run_started", svc("trainer"), json!({"run": "r1", "model": "fraud"}), json!({"hyperparameters": {"depth": 4}, "random_seed": 7, "datasets": ["loans@v1"]})),
-        ("training.run_completed", svc("trainer"), json!({"run": "r1"}), json!({"status": "succeeded", "duration_s": 60, "compute": {"cpu_hours": 1}})),
-        ("registry.model_registered", user("alice"), json!({"model": "fraud", "version": "3", "run": "r1"}), json!({"artifact_sha256": "c".repeat(64)})),
-        ("registry.approval_granted", user("bob"), json!({"model": "fraud", "version": "3"}), json!({"approver": {"id": "bob", "role": "risk-officer"}, "reason": "validated on holdout"})),
-        ("registry.stage_changed", svc("registry"), json!({"model": "fraud", "version": "3"}), json!({"from_stage": "staging", "to_stage": "production"})),
-        ("operations.deployed", svc("deployer"), json!({"deployment": "prod", "model": "fraud", "version": "3"}), json!({"environment": "production"})),
-        ("prediction.served", svc("api"), json!({"model": "fraud", "version": "3", "request": "q1", "deployment": "prod"}), json!({"inputs": {"marker": PAYLOAD_MARKER}, "outputs": {"score": 0.9}})),
-        ("prediction.served", svc("api"), json!({"model": "fraud", "version": "3", "request": "q2"}), json!({"inputs": {"x": 2}, "outputs": {"score": 0.1}})),
-        ("governance.policy_changed", user("alice"), json!({}), json!({"policy": "sampling", "old": 0.1, "new": 1.0})),
+        (
+            "data.source_accessed",
+            svc("etl"),
+            json!({"dataset": "loans"}),
+            json!({"source": "s3://bucket/loans.csv"}),
+        ),
+        (
+            "data.snapshot_created",
+            svc("etl"),
+            json!({"dataset": "loans", "dataset_version": "v1"}),
+            json!({"content_sha256": "a".repeat(64)}),
+        ),
+        (
+            "data.snapshot_created",
+            svc("etl"),
+            json!({"dataset": "loans", "dataset_version": "v0"}),
+            json!({"content_sha256": "b".repeat(64)}),
+        ),
+        (
+            "training.run_started",
+            svc("trainer"),
+            json!({"run": "r1", "model": "fraud"}),
+            json!({"hyperparameters": {"depth": 4}, "random_seed": 7, "datasets": ["loans@v1"]}),
+        ),
+        (
+            "training.run_completed",
+            svc("trainer"),
+            json!({"run": "r1"}),
+            json!({"status": "succeeded", "duration_s": 60, "compute": {"cpu_hours": 1}}),
+        ),
+        (
+            "registry.model_registered",
+            user("alice"),
+            json!({"model": "fraud", "version": "3", "run": "r1"}),
+            json!({"artifact_sha256": "c".repeat(64)}),
+        ),
+        (
+            "registry.approval_granted",
+            user("bob"),
+            json!({"model": "fraud", "version": "3"}),
+            json!({"approver": {"id": "bob", "role": "risk-officer"}, "reason": "validated on holdout"}),
+        ),
+        (
+            "registry.stage_changed",
+            svc("registry"),
+            json!({"model": "fraud", "version": "3"}),
+            json!({"from_stage": "staging", "to_stage": "production"}),
+        ),
+        (
+            "operations.deployed",
+            svc("deployer"),
+            json!({"deployment": "prod", "model": "fraud", "version": "3"}),
+            json!({"environment": "production"}),
+        ),
+        (
+            "prediction.served",
+            svc("api"),
+            json!({"model": "fraud", "version": "3", "request": "q1", "deployment": "prod"}),
+            json!({"inputs": {"marker": PAYLOAD_MARKER}, "outputs": {"score": 0.9}}),
+        ),
+        (
+            "prediction.served",
+            svc("api"),
+            json!({"model": "fraud", "version": "3", "request": "q2"}),
+            json!({"inputs": {"x": 2}, "outputs": {"score": 0.1}}),
+        ),
+        (
+            "governance.policy_changed",
+            user("alice"),
+            json!({}),
+            json!({"policy": "sampling", "old": 0.1, "new": 1.0}),
+        ),
         ("x.note", user("carol"), json!({}), json!({"text": "hello"})),
-        ("registry.model_registered", user("alice"), json!({"model": "churn", "version": "1", "run": "r9"}), json!({"artifact_sha256": "d".repeat(64)})),
-        ("operations.traffic_routed", svc("deployer"), json!({"deployment": "prod"}), json!({"split": {"3": 100}})),
+        (
+            "registry.model_registered",
+            user("alice"),
+            json!({"model": "churn", "version": "1", "run": "r9"}),
+            json!({"artifact_sha256": "d".repeat(64)}),
+        ),
+        (
+            "operations.traffic_routed",
+            svc("deployer"),
+            json!({"deployment": "prod"}),
+            json!({"split": {"3": 100}}),
+        ),
     ];
     rows.into_iter()
         .enumerate()
@@ -276,7 +402,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 pub fn b64_encode(bytes: &[u8]) -> String {
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -323,7 +453,11 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -348,9 +482,19 @@ pub fn records(seg: &[u8]) -> Vec<Record> {
     let mut out = Vec::new();
     let mut pos = 0;
     while pos + 13 <= seg.len() {
-        let be = |at: usize| u32::from_be_bytes([seg[at], seg[at + 1], seg[at + 2], seg[at + 3]]) as usize;
-        let r = Record { start: pos, kind: seg[pos], len_a: be(pos + 1), len_b: be(pos + 5) };
-        assert!(r.end() <= seg.len(), "record at {pos} runs past the segment");
+        let be = |at: usize| {
+            u32::from_be_bytes([seg[at], seg[at + 1], seg[at + 2], seg[at + 3]]) as usize
+        };
+        let r = Record {
+            start: pos,
+            kind: seg[pos],
+            len_a: be(pos + 1),
+            len_b: be(pos + 5),
+        };
+        assert!(
+            r.end() <= seg.len(),
+            "record at {pos} runs past the segment"
+        );
         out.push(r);
         pos = r.end();
     }
@@ -363,12 +507,18 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 pub fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The seqs of a JSON array of `{"seq": ...}` rows.
 pub fn seqs(rows: &Value) -> Vec<u64> {
-    rows.as_array().unwrap_or_else(|| panic!("not an array: {rows}")).iter().map(|r| r["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {r}"))).collect()
+    rows.as_array()
+        .unwrap_or_else(|| panic!("not an array: {rows}"))
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {r}")))
+        .collect()
 }
 
 /// Copies a directory tree.
@@ -387,28 +537,50 @@ pub fn copy_dir(from: &Path, to: &Path) {
 
 /// Appends bytes to a file.
 pub fn append_bytes(path: &Path, bytes: &[u8]) {
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).expect("opening for append");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("opening for append");
     f.write_all(bytes).expect("appending");
 }
 
 /// Creates a token with the CLI and returns it (printed alone on the last line).
 #[track_caller]
 pub fn create_token(log: &Log, role: &str, name: &str) -> String {
-    let out = log.run(&["token", "create", "--role", role, "--name", name]).ok();
-    let token = out.stdout.lines().last().unwrap_or_else(|| panic!("token create printed nothing:\n{}", out.stderr)).trim().to_owned();
-    assert!(token.starts_with("mla_") && token.len() == 68, "not a token: {token:?}");
+    let out = log
+        .run(&["token", "create", "--role", role, "--name", name])
+        .ok();
+    let token = out
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("token create printed nothing:\n{}", out.stderr))
+        .trim()
+        .to_owned();
+    assert!(
+        token.starts_with("mla_") && token.len() == 68,
+        "not a token: {token:?}"
+    );
     token
 }
 
 /// Every stored event of `kind` as id → seq, read with the CLI (the server must be stopped).
 #[track_caller]
 pub fn stored(log: &Log, kind: &str) -> HashMap<String, u64> {
-    let out = log.run(&["query", "--kind", kind, "--format", "ndjson", "--limit", "1000000"]).ok();
+    let out = log
+        .run(&[
+            "query", "--kind", kind, "--format", "ndjson", "--limit", "1000000",
+        ])
+        .ok();
     out.stdout
         .lines()
         .map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("query line is not JSON ({e}): {l}"));
-            (v["event"]["id"].as_str().unwrap().to_owned(), v["seq"].as_u64().unwrap())
+            let v: Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("query line is not JSON ({e}): {l}"));
+            (
+                v["event"]["id"].as_str().unwrap().to_owned(),
+                v["seq"].as_u64().unwrap(),
+            )
         })
         .collect()
 }
@@ -418,6 +590,14 @@ pub fn stored(log: &Log, kind: &str) -> HashMap<String, u64> {
 pub fn verify(log: &Log) -> u64 {
     let out = log.run(&["verify"]).ok();
     let first = out.stdout.lines().next().unwrap_or("");
-    assert!(first.ends_with("checkpoints: intact"), "verify: {}", out.stdout);
-    first.strip_prefix("verified ").and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("verify printed {first:?}"))
+    assert!(
+        first.ends_with("checkpoints: intact"),
+        "verify: {}",
+        out.stdout
+    );
+    first
+        .strip_prefix("verified ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("verify printed {first:?}"))
 }

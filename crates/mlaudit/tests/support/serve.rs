@@ -31,7 +31,10 @@ pub struct Server {
 
 /// A port that was free a moment ago (the listener is closed again at once).
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or_else(|e| panic!("finding a free port: {e}"))
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("finding a free port: {e}"))
 }
 
 impl Server {
@@ -47,19 +50,53 @@ impl Server {
     pub fn start_on(data: &Path, port: Option<u16>, extra: &[&str]) -> Server {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         for _attempt in 0..5 {
-            let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port.unwrap_or_else(free_port)));
-            let log = data.with_file_name(format!("serve-{}-{}.stderr", addr.port(), NEXT.fetch_add(1, Ordering::Relaxed)));
-            let stderr = std::fs::File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+            let addr = SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::LOCALHOST,
+                port.unwrap_or_else(free_port),
+            ));
+            let log = data.with_file_name(format!(
+                "serve-{}-{}.stderr",
+                addr.port(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let stderr = std::fs::File::create(&log)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
             let mut cmd = Command::new(BIN);
-            cmd.arg("--data").arg(data).args(["serve", "--listen", &addr.to_string()]).args(extra);
-            for var in ["MLAUDIT_DATA", "MLAUDIT_LISTEN", "MLAUDIT_PUBLIC_PROOFS", "MLAUDIT_MAX_BODY_BYTES", "MLAUDIT_MAX_EVENTS_PER_BATCH", "MLAUDIT_TLS_CERT", "MLAUDIT_TLS_KEY"] {
+            cmd.arg("--data")
+                .arg(data)
+                .args(["serve", "--listen", &addr.to_string()])
+                .args(extra);
+            for var in [
+                "MLAUDIT_DATA",
+                "MLAUDIT_LISTEN",
+                "MLAUDIT_PUBLIC_PROOFS",
+                "MLAUDIT_MAX_BODY_BYTES",
+                "MLAUDIT_MAX_EVENTS_PER_BATCH",
+                "MLAUDIT_TLS_CERT",
+                "MLAUDIT_TLS_KEY",
+            ] {
                 cmd.env_remove(var);
             }
-            let child = cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().unwrap_or_else(|e| panic!("spawning {BIN} serve: {e}"));
-            let mut server = Server { child, addr, log, exited: None };
+            let child = cmd
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawning {BIN} serve: {e}"));
+            let mut server = Server {
+                child,
+                addr,
+                log,
+                exited: None,
+            };
             let deadline = Instant::now() + READY_TIMEOUT;
             loop {
-                if let Some(status) = server.child.try_wait().unwrap_or_else(|e| panic!("polling the server: {e}")) {
+                if let Some(status) = server
+                    .child
+                    .try_wait()
+                    .unwrap_or_else(|e| panic!("polling the server: {e}"))
+                {
                     server.exited = Some(status);
                     let stderr = server.stderr();
                     if stderr.contains("cannot listen") {
@@ -70,13 +107,23 @@ impl Server {
                     }
                     panic!("the server exited during startup with {status}:\n{stderr}");
                 }
-                if let Ok(r) = request_with_timeout(addr, "GET", "/healthz", &[], b"", Duration::from_millis(500)) {
+                if let Ok(r) = request_with_timeout(
+                    addr,
+                    "GET",
+                    "/healthz",
+                    &[],
+                    b"",
+                    Duration::from_millis(500),
+                ) {
                     if r.status == 200 {
                         return server;
                     }
                 }
                 if Instant::now() > deadline {
-                    panic!("the server did not answer /healthz within {READY_TIMEOUT:?}:\n{}", server.stderr());
+                    panic!(
+                        "the server did not answer /healthz within {READY_TIMEOUT:?}:\n{}",
+                        server.stderr()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -95,8 +142,15 @@ impl Server {
 
     /// Sends SIGTERM with `kill -TERM <pid>`.
     pub fn sigterm(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().unwrap_or_else(|e| panic!("running kill: {e}"));
-        assert!(status.success(), "kill -TERM {} failed: {status}", self.pid());
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("running kill: {e}"));
+        assert!(
+            status.success(),
+            "kill -TERM {} failed: {status}",
+            self.pid()
+        );
     }
 
     /// Waits at most `limit` for the server to exit; `None` if it is still running.
@@ -106,7 +160,10 @@ impl Server {
             if self.exited.is_some() {
                 return self.exited;
             }
-            self.exited = self.child.try_wait().unwrap_or_else(|e| panic!("polling the server: {e}"));
+            self.exited = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("polling the server: {e}"));
             if self.exited.is_none() && Instant::now() > deadline {
                 return None;
             }
@@ -121,10 +178,19 @@ impl Server {
         match self.wait_exit(Duration::from_secs(10)) {
             Some(status) => {
                 let stderr = self.stderr();
-                assert!(status.success(), "the server exited with {status} after SIGTERM:\n{stderr}");
-                assert!(!stderr.contains("panicked"), "the server panicked:\n{stderr}");
+                assert!(
+                    status.success(),
+                    "the server exited with {status} after SIGTERM:\n{stderr}"
+                );
+                assert!(
+                    !stderr.contains("panicked"),
+                    "the server panicked:\n{stderr}"
+                );
             }
-            None => panic!("the server did not exit within 10 s of SIGTERM:\n{}", self.stderr()),
+            None => panic!(
+                "the server did not exit within 10 s of SIGTERM:\n{}",
+                self.stderr()
+            ),
         }
     }
 
@@ -137,22 +203,34 @@ impl Server {
     }
 
     /// A request to this server.
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         request(self.addr, method, path, headers, body)
     }
 
     /// `tree_size` from `/readyz` (public, and not an audited read, so it changes nothing).
     #[track_caller]
     pub fn tree_size(&self) -> u64 {
-        let r = self.request("GET", "/readyz", &[], b"").unwrap_or_else(|e| panic!("GET /readyz: {e}\n{}", self.stderr()));
+        let r = self
+            .request("GET", "/readyz", &[], b"")
+            .unwrap_or_else(|e| panic!("GET /readyz: {e}\n{}", self.stderr()));
         assert_eq!(r.status, 200, "GET /readyz: {}", r.text());
-        r.json()["tree_size"].as_u64().unwrap_or_else(|| panic!("no tree_size in {}", r.text()))
+        r.json()["tree_size"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no tree_size in {}", r.text()))
     }
 
     /// Asserts that `/healthz` answers 200.
     #[track_caller]
     pub fn assert_healthy(&self) {
-        let r = self.request("GET", "/healthz", &[], b"").unwrap_or_else(|e| panic!("GET /healthz: {e}\n{}", self.stderr()));
+        let r = self
+            .request("GET", "/healthz", &[], b"")
+            .unwrap_or_else(|e| panic!("GET /healthz: {e}\n{}", self.stderr()));
         assert_eq!(r.status, 200, "GET /healthz: {}", r.text());
         assert_eq!(r.json()["status"], "ok");
     }
@@ -177,7 +255,10 @@ pub struct Response {
 impl Response {
     /// The first header of that name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -186,7 +267,13 @@ impl Response {
 
     #[track_caller]
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("status {}: body is not JSON ({e}): {}", self.status, self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "status {}: body is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
     }
 
     pub fn is_success(&self) -> bool {
@@ -195,11 +282,24 @@ impl Response {
 }
 
 /// One request on a fresh connection with `Connection: close` and a Content-Length body.
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     request_with_timeout(addr, method, path, headers, body, IO_TIMEOUT)
 }
 
-pub fn request_with_timeout(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8], timeout: Duration) -> std::io::Result<Response> {
+pub fn request_with_timeout(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Response> {
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -251,7 +351,10 @@ pub fn raw_exchange(addr: SocketAddr, raw: &[u8], timeout: Duration) -> std::io:
             Err(e) => return Err(e),
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the server kept the connection open"))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the server kept the connection open",
+    ))
 }
 
 fn bad(why: impl Into<String>) -> std::io::Error {
@@ -264,7 +367,8 @@ fn dechunk(mut rest: &[u8]) -> Option<std::io::Result<Vec<u8>>> {
     for _ in 0..100_000 {
         let eol = find(rest, b"\r\n")?;
         let size_text = String::from_utf8_lossy(&rest[..eol]);
-        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else {
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+        else {
             return Some(Err(bad(format!("bad chunk size {size_text:?}"))));
         };
         rest = &rest[eol + 2..];
@@ -289,7 +393,8 @@ pub fn read_response(s: &mut TcpStream, timeout: Duration) -> std::io::Result<Re
     let mut eof = false;
     loop {
         if let Some(end) = find(&buf, b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..end]).map_err(|_| bad("response head is not UTF-8"))?;
+            let head =
+                std::str::from_utf8(&buf[..end]).map_err(|_| bad("response head is not UTF-8"))?;
             let mut lines = head.split("\r\n");
             let status_line = lines.next().unwrap_or("");
             let status = status_line
@@ -298,18 +403,29 @@ pub fn read_response(s: &mut TcpStream, timeout: Duration) -> std::io::Result<Re
                 .and_then(|r| r.get(..3))
                 .and_then(|c| c.parse::<u16>().ok())
                 .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
-            let headers: Vec<(String, String)> =
-                lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
-            let get = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect();
+            let get = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+            };
             let rest = &buf[end + 4..];
-            let body = if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+            let body = if get("transfer-encoding")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+            {
                 match dechunk(rest) {
                     Some(body) => Some(body?),
                     None if eof => return Err(bad("connection closed inside a chunked body")),
                     None => None,
                 }
             } else if let Some(len) = get("content-length") {
-                let len: usize = len.parse().map_err(|_| bad(format!("bad Content-Length {len:?}")))?;
+                let len: usize = len
+                    .parse()
+                    .map_err(|_| bad(format!("bad Content-Length {len:?}")))?;
                 match rest.len() {
                     n if n >= len => Some(rest[..len].to_vec()),
                     _ if eof => return Err(bad("connection closed inside the body")),
@@ -321,13 +437,26 @@ pub fn read_response(s: &mut TcpStream, timeout: Duration) -> std::io::Result<Re
                 None
             };
             if let Some(body) = body {
-                return Ok(Response { status, headers, body });
+                return Ok(Response {
+                    status,
+                    headers,
+                    body,
+                });
             }
         } else if eof {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("connection closed after {} bytes, before a whole response head", buf.len())));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "connection closed after {} bytes, before a whole response head",
+                    buf.len()
+                ),
+            ));
         }
         if Instant::now() > deadline {
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no whole response in time"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no whole response in time",
+            ));
         }
         match s.read(&mut chunk) {
             Ok(0) => eof = true,
@@ -346,7 +475,11 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
