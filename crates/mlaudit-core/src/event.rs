@@ -22,6 +22,24 @@ pub const MAX_EVENT_BYTES: usize = 1 << 20;
 pub const MAX_ATTRIBUTE_DEPTH: usize = 32;
 /// Largest `attributes` (keys and values), in bytes.
 pub const MAX_ATTRIBUTES_BYTES: usize = 256 << 10;
+/// Most top-level keys in `attributes`.
+pub const MAX_ATTRIBUTES: usize = 1024;
+
+/// Kinds only the server writes (it records access changes and reads of the trail itself); a
+/// client that submits one is refused, whatever its role.
+pub const RESERVED_KINDS: [&str; 2] = ["governance.access_changed", "governance.audit_accessed"];
+
+/// Whether only the server may write events of `kind`.
+pub fn is_reserved_kind(kind: &str) -> bool {
+    RESERVED_KINDS.contains(&kind)
+}
+
+/// Whether `c` may not appear in a kind, an actor id or a subject value: C0 and C1 controls
+/// (`\n`, `\x1b`, DEL, ...) and the Unicode bidirectional overrides and isolates, any of which
+/// could make an event print as something it is not on an operator's terminal.
+pub fn is_forbidden_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
 
 /// The lifecycle stage, the prefix of a kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -314,6 +332,9 @@ pub enum EventError {
     /// The kind is neither in the catalogue nor custom (`x.*`).
     #[error("unknown kind {0:?}: use a catalogue kind or a custom kind x.<name>")]
     UnknownKind(String),
+    /// The kind is one only the server writes ([`RESERVED_KINDS`]).
+    #[error("kind {0} is written by the server alone; clients may not submit it")]
+    ReservedKind(String),
     /// A size or depth limit is exceeded; `limit` names it.
     #[error("{field} {problem} (limit {limit})")]
     Limit {
@@ -410,7 +431,9 @@ struct WireSubject<'a> {
     request: Option<&'a RawValue>,
 }
 
-/// Attributes as (key, raw value) pairs in document order; duplicate keys are rejected.
+/// Attributes as (key, raw value) pairs in document order; duplicate keys are rejected, and
+/// [`MAX_ATTRIBUTES`] and [`MAX_ATTRIBUTES_BYTES`] are enforced while parsing, so that an
+/// oversized object is refused as soon as it crosses a limit.
 struct Attrs<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'a> Attrs<'a> {
@@ -431,20 +454,64 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attrs<'a> {
                 self,
                 mut map: M,
             ) -> Result<Attrs<'a>, M::Error> {
+                use serde::de::Error;
                 let mut out: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
+                // Past a few keys, duplicates are found through a set (keyed SipHash), so
+                // that many keys cost linear time, not quadratic.
+                let mut keys: Option<std::collections::HashSet<Cow<'a, str>>> = None;
+                let mut bytes = 0usize;
                 while let Some(Str(key)) = map.next_key::<Str<'a>>()? {
-                    if out.iter().any(|(k, _)| *k == key) {
-                        return Err(serde::de::Error::custom(format_args!(
-                            "duplicate key {key:?}"
-                        )));
+                    if out.len() == MAX_ATTRIBUTES {
+                        return Err(M::Error::custom(TOO_MANY_ATTRIBUTES));
+                    }
+                    let duplicate = match &mut keys {
+                        Some(set) => !set.insert(key.clone()),
+                        None => out.iter().any(|(k, _)| *k == key),
+                    };
+                    if duplicate {
+                        return Err(M::Error::custom(format_args!("duplicate key {key:?}")));
                     }
                     let value: &'a RawValue = map.next_value()?;
+                    bytes += key.len() + value.get().len();
+                    if bytes > MAX_ATTRIBUTES_BYTES {
+                        return Err(M::Error::custom(ATTRIBUTES_TOO_LARGE));
+                    }
                     out.push((key, value));
+                    if keys.is_none() && out.len() == LINEAR_KEY_CHECK {
+                        keys = Some(out.iter().map(|(k, _)| k.clone()).collect());
+                    }
                 }
                 Ok(Attrs(out))
             }
         }
         d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// Up to this many keys, duplicates are found by comparing with each earlier key.
+const LINEAR_KEY_CHECK: usize = 16;
+/// Parse errors of [`Attrs`] that [`attributes_error`] turns back into [`EventError::Limit`].
+const TOO_MANY_ATTRIBUTES: &str = "attributes: too many keys";
+const ATTRIBUTES_TOO_LARGE: &str = "attributes: too many bytes";
+
+/// The error for attributes that do not parse: a limit crossed while parsing, or the parser's
+/// own message.
+fn attributes_error(e: serde_json::Error) -> EventError {
+    let text = e.to_string();
+    if text.starts_with(TOO_MANY_ATTRIBUTES) {
+        EventError::Limit {
+            field: "attributes",
+            problem: format!("have more than {MAX_ATTRIBUTES} keys"),
+            limit: "max_attributes",
+        }
+    } else if text.starts_with(ATTRIBUTES_TOO_LARGE) {
+        EventError::Limit {
+            field: "attributes",
+            problem: format!("are larger than {MAX_ATTRIBUTES_BYTES} bytes"),
+            limit: "max_attributes_bytes",
+        }
+    } else {
+        invalid("attributes", short(e))
     }
 }
 
@@ -514,12 +581,31 @@ pub fn format_time(unix_ns: i64) -> String {
         .unwrap_or_else(|| format!("@{unix_ns}ns"))
 }
 
-/// Parses and validates one event from its JSON text. `principal` is the authenticated
-/// submitter, recorded in the header.
+/// Parses and validates one event a client submitted, from its JSON text. `principal` is the
+/// authenticated submitter, recorded in the header. Kinds only the server writes
+/// ([`RESERVED_KINDS`]) are refused.
 ///
 /// Valid events take one typed, borrowing pass over the JSON; an event that does not fit that
 /// shape is re-read field by field so that the error names the field at fault.
 pub fn prepare(json: &str, principal: &str) -> Result<PreparedEvent, EventError> {
+    prepare_as(json, principal, Origin::Client)
+}
+
+/// [`prepare`] for an event the server itself writes (a reserved kind such as
+/// `governance.audit_accessed`). Never call it on a client's bytes.
+pub fn prepare_reserved(json: &str, principal: &str) -> Result<PreparedEvent, EventError> {
+    prepare_as(json, principal, Origin::Server)
+}
+
+/// Who wrote an event: only the server may use [`RESERVED_KINDS`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Client,
+    Server,
+}
+
+/// The checks every event passes before either parser runs.
+fn precheck<'a>(json: &'a str, principal: &str) -> Result<&'a str, EventError> {
     let json = json.trim_matches(|c: char| c.is_ascii_whitespace());
     if principal.is_empty() || principal.len() > MAX_ID_LEN {
         return Err(invalid(
@@ -533,6 +619,11 @@ pub fn prepare(json: &str, principal: &str) -> Result<PreparedEvent, EventError>
     if !json.starts_with('{') {
         return Err(EventError::Json("an event must be a JSON object".into()));
     }
+    Ok(json)
+}
+
+fn prepare_as(json: &str, principal: &str, origin: Origin) -> Result<PreparedEvent, EventError> {
+    let json = precheck(json, principal)?;
     let parts = match serde_json::from_str::<FastWire>(json) {
         Ok(wire) => wire.into_parts()?,
         Err(fast) => {
@@ -540,7 +631,33 @@ pub fn prepare(json: &str, principal: &str) -> Result<PreparedEvent, EventError>
             return Err(EventError::Json(fast.to_string()));
         }
     };
-    finish(json, principal, parts)
+    finish(json, principal, parts, origin)
+}
+
+/// The two parsers behind [`prepare`], each alone, so that tests can check that they accept
+/// exactly the same events with the same result. Not an API.
+#[doc(hidden)]
+pub mod parsers {
+    use super::*;
+
+    /// The typed one-pass parser (`None` when it does not accept the shape).
+    pub fn fast(json: &str, principal: &str) -> Option<Result<PreparedEvent, EventError>> {
+        let json = match precheck(json, principal) {
+            Ok(json) => json,
+            Err(e) => return Some(Err(e)),
+        };
+        let wire = serde_json::from_str::<FastWire>(json).ok()?;
+        Some(
+            wire.into_parts()
+                .and_then(|p| finish(json, principal, p, Origin::Client)),
+        )
+    }
+
+    /// The field-by-field parser that explains errors.
+    pub fn slow(json: &str, principal: &str) -> Result<PreparedEvent, EventError> {
+        let json = precheck(json, principal)?;
+        finish(json, principal, slow_parts(json)?, Origin::Client)
+    }
 }
 
 /// The fields of an event after the syntactic pass.
@@ -554,12 +671,21 @@ struct Parts<'a> {
     attrs: Attrs<'a>,
 }
 
-fn finish(json: &str, principal: &str, p: Parts<'_>) -> Result<PreparedEvent, EventError> {
+fn finish(
+    json: &str,
+    principal: &str,
+    p: Parts<'_>,
+    origin: Origin,
+) -> Result<PreparedEvent, EventError> {
     if p.kind.len() > MAX_KIND_LEN {
         return Err(invalid(
             "kind",
             format!("is longer than {MAX_KIND_LEN} bytes"),
         ));
+    }
+    check_chars("kind", &p.kind)?;
+    if origin == Origin::Client && is_reserved_kind(&p.kind) {
+        return Err(EventError::ReservedKind(p.kind.into_owned()));
     }
     let spec = match spec(&p.kind) {
         Some(spec) => Some(spec),
@@ -587,6 +713,10 @@ fn finish(json: &str, principal: &str, p: Parts<'_>) -> Result<PreparedEvent, Ev
             "actor.id",
             format!("is longer than {MAX_ID_LEN} bytes"),
         ));
+    }
+    check_chars("actor.id", &p.actor_id)?;
+    for (field, value) in &p.subjects {
+        check_chars(&format!("subject.{}", field.as_str()), value)?;
     }
     check_attribute_limits(&p.attrs)?;
     if let Some(spec) = spec {
@@ -777,6 +907,21 @@ impl<'a> FastWire<'a> {
     }
 }
 
+/// Refuses control characters and bidirectional overrides ([`is_forbidden_char`]) in a value
+/// that operators see printed.
+fn check_chars(field: &str, value: &str) -> Result<(), EventError> {
+    match value.chars().find(|c| is_forbidden_char(*c)) {
+        Some(c) => Err(invalid(
+            field,
+            format!(
+                "must not contain control characters (found U+{:04X})",
+                u32::from(c)
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn check_ident(field: SubjectField, v: &str) -> Result<(), EventError> {
     if v.is_empty() {
         return Err(invalid(
@@ -819,7 +964,7 @@ fn slow_parts(json: &str) -> Result<Parts<'_>, EventError> {
             if !raw.get().starts_with('{') {
                 return Err(invalid("attributes", "must be an object"));
             }
-            serde_json::from_str::<Attrs>(raw.get()).map_err(|e| invalid("attributes", short(e)))?
+            serde_json::from_str::<Attrs>(raw.get()).map_err(attributes_error)?
         }
     };
     Ok(Parts {
@@ -861,9 +1006,8 @@ fn json_depth(text: &str) -> usize {
 }
 
 fn check_attribute_limits(attrs: &Attrs) -> Result<(), EventError> {
-    let mut bytes = 0usize;
+    // Key count and size were enforced while parsing (`Attrs`); depth is checked here.
     for (key, value) in &attrs.0 {
-        bytes += key.len() + value.get().len();
         if 1 + json_depth(value.get()) > MAX_ATTRIBUTE_DEPTH {
             return Err(EventError::Limit {
                 field: "attributes",
@@ -871,13 +1015,6 @@ fn check_attribute_limits(attrs: &Attrs) -> Result<(), EventError> {
                 limit: "max_attribute_depth",
             });
         }
-    }
-    if bytes > MAX_ATTRIBUTES_BYTES {
-        return Err(EventError::Limit {
-            field: "attributes",
-            problem: format!("are {bytes} bytes; the limit is {MAX_ATTRIBUTES_BYTES}"),
-            limit: "max_attributes_bytes",
-        });
     }
     Ok(())
 }

@@ -8,8 +8,8 @@ use mlaudit_core::entry::{
     self, ActorType, Entry, EntryError, EventId, SubjectField, MAX_ID_LEN, MAX_KIND_LEN,
 };
 use mlaudit_core::event::{
-    catalogue_kinds, format_time, parse_time, prepare, EventError, PreparedEvent, Stage,
-    MAX_ATTRIBUTES_BYTES, MAX_EVENT_BYTES,
+    catalogue_kinds, format_time, parse_time, prepare, prepare_reserved, EventError, PreparedEvent,
+    Stage, MAX_ATTRIBUTES, MAX_ATTRIBUTES_BYTES, MAX_EVENT_BYTES, RESERVED_KINDS,
 };
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -208,12 +208,15 @@ fn text(e: &Map<String, Value>) -> String {
     serde_json::to_string(e).unwrap_or_else(|err| panic!("{err}"))
 }
 
+/// The catalogue's rules, as the server applies them to the events it writes itself: the
+/// reserved kinds are validated like every other (clients may not submit them at all; see
+/// `clients_may_not_submit_reserved_kinds`).
 fn must_prepare(json: &str) -> PreparedEvent {
-    prepare(json, "token:ingest").unwrap_or_else(|e| panic!("rejected: {e}\n{json}"))
+    prepare_reserved(json, "token:ingest").unwrap_or_else(|e| panic!("rejected: {e}\n{json}"))
 }
 
 fn err(json: &str) -> EventError {
-    match prepare(json, "token:ingest") {
+    match prepare_reserved(json, "token:ingest") {
         Ok(p) => panic!("accepted {json}\n{p:?}"),
         Err(e) => e,
     }
@@ -1660,4 +1663,119 @@ fn attribute_depth_and_size_limits_name_the_limit() {
         ),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// What only the server writes, and what no event may carry.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn clients_may_not_submit_reserved_kinds() {
+    assert_eq!(
+        RESERVED_KINDS,
+        ["governance.access_changed", "governance.audit_accessed"]
+    );
+    for kind in RESERVED_KINDS {
+        let (_, subjects, attrs) = SPEC.iter().find(|(k, _, _)| *k == kind).unwrap();
+        let json = text(&example(kind, subjects, attrs));
+        let refused = prepare(&json, "token:writer").unwrap_err();
+        assert_eq!(refused, EventError::ReservedKind(kind.into()));
+        assert!(refused.to_string().contains(kind), "{refused}");
+        // The same bytes are valid when the server writes them.
+        assert_eq!(prepare_reserved(&json, "token:admin").unwrap().kind, kind);
+    }
+    // Every other catalogue kind is open to clients.
+    for (kind, subjects, attrs) in SPEC.iter().filter(|(k, _, _)| !RESERVED_KINDS.contains(k)) {
+        prepare(&text(&example(kind, subjects, attrs)), "token:writer")
+            .unwrap_or_else(|e| panic!("{kind}: {e}"));
+    }
+}
+
+#[test]
+fn control_characters_are_refused_in_what_operators_see() {
+    let base = || {
+        example(
+            "registry.approval_granted",
+            &["model", "version"],
+            &["approver", "reason"],
+        )
+    };
+    for bad in [
+        "a\u{1b}[2Jb",
+        "line\nbreak",
+        "nul\u{0}",
+        "del\u{7f}",
+        "c1\u{9b}",
+        "rlo\u{202e}txt",
+        "iso\u{2066}x",
+    ] {
+        for path in [
+            &["actor", "id"][..],
+            &["subject", "model"],
+            &["subject", "version"],
+            &["kind"],
+        ] {
+            let mut e = Value::Object(base());
+            let mut slot = &mut e;
+            for p in path {
+                slot = &mut slot[*p];
+            }
+            *slot = Value::String(if path == ["kind"] {
+                format!("x.{bad}")
+            } else {
+                bad.to_owned()
+            });
+            let json = e.to_string();
+            match prepare(&json, "p") {
+                Err(EventError::Invalid { field, problem }) => {
+                    assert_eq!(field, path.join("."), "{json}");
+                    assert!(problem.contains("control characters"), "{problem}");
+                }
+                other => panic!("{json}: {other:?}"),
+            }
+        }
+    }
+    // Attributes are payload, not header: they may hold any text.
+    let mut e = base();
+    e["attributes"]["reason"] = json!("two\nlines");
+    must_prepare(&text(&e));
+}
+
+#[test]
+fn too_many_attribute_keys_are_refused_with_the_limit_named() {
+    let event = |n: usize| {
+        let attrs: Vec<String> = (0..n).map(|i| format!(r#""k{i}":0"#)).collect();
+        format!(
+            r#"{{"kind":"x.many","actor":{{"id":"a","type":"user"}},"attributes":{{{}}}}}"#,
+            attrs.join(",")
+        )
+    };
+    assert_eq!(must_prepare(&event(MAX_ATTRIBUTES)).kind, "x.many");
+    let e = prepare(&event(MAX_ATTRIBUTES + 1), "p").unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            EventError::Limit {
+                limit: "max_attributes",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+/// A duplicate key is found however many keys come before it, beyond the first few that are
+/// compared one by one.
+#[test]
+fn duplicate_attribute_keys_are_found_among_many() {
+    for n in [2usize, 15, 16, 17, 200, MAX_ATTRIBUTES - 1] {
+        let mut attrs: Vec<String> = (0..n).map(|i| format!(r#""k{i}":0"#)).collect();
+        attrs.push(r#""k0":1"#.into());
+        let json = format!(
+            r#"{{"kind":"x.dup","actor":{{"id":"a","type":"user"}},"attributes":{{{}}}}}"#,
+            attrs.join(",")
+        );
+        let e = prepare(&json, "p").unwrap_err();
+        assert!(e.to_string().contains("duplicate key \"k0\""), "{n}: {e}");
+    }
 }

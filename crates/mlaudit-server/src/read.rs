@@ -73,7 +73,7 @@ async fn audit(
         "actor": { "id": principal.name, "type": "service" },
         "attributes": { "request": format!("GET {}", uri.0), "results": results }
     });
-    let event = mlaudit_core::event::prepare(&event.to_string(), &principal.name)
+    let event = mlaudit_core::event::prepare_reserved(&event.to_string(), &principal.name)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || store.append(vec![event]))

@@ -8,7 +8,7 @@ use crate::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use mlaudit_core::event::{format_time, prepare};
+use mlaudit_core::event::{format_time, prepare_reserved};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -49,7 +49,7 @@ async fn record(
     role: Role,
     change: &str,
 ) -> Result<(), ApiError> {
-    let event = prepare(
+    let event = prepare_reserved(
         &access_changed_event(actor, name, role, change),
         &actor.name,
     )

@@ -4,7 +4,7 @@
 use crate::append::local_principal;
 use crate::ledger::{self, InputError};
 use anyhow::Result;
-use mlaudit_core::event::{format_time, prepare};
+use mlaudit_core::event::{format_time, prepare_reserved};
 use mlaudit_server::auth::{access_changed_event, Principal, Role, TokenError, Tokens};
 use mlaudit_store::Store;
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ fn record(data: &Path, name: &str, role: Role, change: &str) -> Result<()> {
         role: Some(Role::Admin),
     };
     let store = ledger::open(data)?;
-    let event = prepare(
+    let event = prepare_reserved(
         &access_changed_event(&actor, name, role, change),
         &actor.name,
     )?;
