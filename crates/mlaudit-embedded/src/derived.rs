@@ -24,6 +24,15 @@ const META_MAGIC: &[u8; 8] = b"MLADMETA";
 const META_VERSION: u32 = 1;
 const META_LEN: usize = 8 + 4 + 8 + 8 + 8 + 4 + 8 + 4;
 
+/// Why [`Derived::write`] failed.
+#[derive(Debug)]
+pub enum DerivedWriteError {
+    /// Nothing of the write is left: the files are as they were.
+    Undone(std::io::Error),
+    /// The files could not be cut back: their ends are unknown.
+    Left(std::io::Error),
+}
+
 /// The watermark in `derived.meta`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Meta {
@@ -85,10 +94,12 @@ pub struct Derived {
 }
 
 fn open_rw(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .read(true)
         .append(true)
         .create(true)
+        .mode(crate::FILE_MODE)
         .open(path)
 }
 
@@ -270,11 +281,43 @@ impl Derived {
             }
             index.push(off, &rec, true);
         }
+        self.load_leaves(meta.size, index)?;
         let cps = read_all(&self.checkpoints)?;
         for c in cps.chunks_exact(16) {
             let size = u64::from_be_bytes(c[..8].try_into().map_err(|_| "checkpoints.bin")?);
             let pos = u64::from_be_bytes(c[8..].try_into().map_err(|_| "checkpoints.bin")?);
             index.checkpoints.push((size, pos));
+        }
+        Ok(())
+    }
+
+    /// Feeds the first `size` leaf hashes of `tree-00.hash` to the index's leaf map, one
+    /// bounded buffer at a time.
+    fn load_leaves(&self, size: u64, index: &mut Index) -> Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        const CHUNK: u64 = 1 << 15;
+        let Some(leaves) = self.levels.first() else {
+            return if size == 0 {
+                Ok(())
+            } else {
+                Err("tree level 0 is missing".into())
+            };
+        };
+        let mut buf = Vec::new();
+        let mut seq = 0u64;
+        while seq < size {
+            let n = CHUNK.min(size - seq);
+            buf.resize(n as usize * 32, 0);
+            leaves
+                .read_exact_at(&mut buf, seq * 32)
+                .map_err(|e| format!("reading tree-00.hash: {e}"))?;
+            for h in buf
+                .chunks_exact(32)
+                .filter_map(mlaudit_core::merkle::Hash::from_slice)
+            {
+                index.push_leaf(seq, &h);
+                seq += 1;
+            }
         }
         Ok(())
     }
@@ -294,8 +337,54 @@ impl Derived {
         Ok(())
     }
 
-    /// Appends one group's derived bytes (no fsync).
-    pub fn write(&mut self, p: &Pending) -> std::io::Result<()> {
+    /// Appends one group's derived bytes (no fsync). If any write fails, every file is cut
+    /// back to its length before, so that the next attempt appends where this one began.
+    pub fn write(&mut self, p: &Pending) -> Result<(), DerivedWriteError> {
+        let before = self.lengths().map_err(DerivedWriteError::Undone)?;
+        match self.append(p) {
+            Ok(()) => {
+                self.terms_bytes += p.terms.len() as u64;
+                self.term_count += p.term_count;
+                Ok(())
+            }
+            Err(e) => match self.cut_back(&before) {
+                Ok(()) => Err(DerivedWriteError::Undone(e)),
+                Err(cut) => Err(DerivedWriteError::Left(std::io::Error::other(format!(
+                    "{e}; and cutting the derived files back failed: {cut}"
+                )))),
+            },
+        }
+    }
+
+    fn files(&self) -> impl Iterator<Item = &File> {
+        self.levels.iter().map(|a| &**a).chain([
+            &self.offsets,
+            &self.index,
+            &self.terms,
+            &self.checkpoints,
+        ])
+    }
+
+    fn lengths(&self) -> std::io::Result<Vec<u64>> {
+        self.files().map(|f| Ok(f.metadata()?.len())).collect()
+    }
+
+    /// Cuts every file back to the lengths `before` (tree levels opened since are emptied).
+    fn cut_back(&self, before: &[u64]) -> std::io::Result<()> {
+        let (old_levels, fixed) = before.split_at(before.len() - 4);
+        let new_levels = self.levels.len() - old_levels.len();
+        let wanted = old_levels
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(0, new_levels))
+            .chain(fixed.iter().copied());
+        for (f, len) in self.files().zip(wanted) {
+            f.set_len(len)?;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, p: &Pending) -> std::io::Result<()> {
         while self.levels.len() < p.levels.len() {
             self.levels.push(std::sync::Arc::new(open_rw(&level_path(
                 &self.dir,
@@ -309,8 +398,6 @@ impl Derived {
         (&self.index).write_all(&p.index)?;
         (&self.terms).write_all(&p.terms)?;
         (&self.checkpoints).write_all(&p.checkpoints)?;
-        self.terms_bytes += p.terms.len() as u64;
-        self.term_count += p.term_count;
         Ok(())
     }
 
@@ -324,8 +411,14 @@ impl Derived {
         ]) {
             f.sync_data()?;
         }
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = self.dir.join("derived.meta.tmp");
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(crate::FILE_MODE)
+            .open(&tmp)?;
         f.write_all(&meta.encode())?;
         f.sync_all()?;
         std::fs::rename(&tmp, self.dir.join("derived.meta"))?;

@@ -9,9 +9,10 @@
 
 use mlaudit_core::entry::{EventId, SubjectField};
 use mlaudit_core::event::Stage;
+use mlaudit_core::merkle::Hash;
 use mlaudit_store::Query;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// What a term names. The code is its tag byte in `terms.bin`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,51 +59,21 @@ impl Tag {
     }
 }
 
-/// Event ids are random UUIDs (or client-chosen ones): hash them by folding their bytes.
-#[derive(Default, Clone, Copy, Debug)]
-pub struct IdHasher(u64);
+/// The maps keyed by what clients send (event ids, term values) hash with SipHash under a
+/// random key per process ([`RandomState`]): a client cannot choose ids or values that collide
+/// and turn lookups into linear scans.
+type Keyed = RandomState;
 
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
+type IdMap = HashMap<EventId, u64, Keyed>;
+
+type TermMap = HashMap<Box<str>, u32, Keyed>;
+
+/// The first 8 bytes of a leaf hash, the key of [`Index::leaves`].
+fn leaf_key(leaf: &Hash) -> u64 {
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&leaf.0[..8]);
+    u64::from_be_bytes(k)
 }
-
-type IdMap = HashMap<EventId, u64, BuildHasherDefault<IdHasher>>;
-
-/// A fast non-cryptographic hasher for term strings (FxHash's multiply-rotate). Terms come from
-/// authenticated writers; the maps only speed up lookups and stay correct under collisions.
-#[derive(Default, Clone, Copy, Debug)]
-pub struct TermHasher(u64);
-
-impl Hasher for TermHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-        for b in chunks.remainder() {
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
-    }
-}
-
-type TermMap = HashMap<Box<str>, u32, BuildHasherDefault<TermHasher>>;
 
 /// The per-event record of `index.bin`: id, event time and one term id per tag (0 = none).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +144,12 @@ pub struct Index {
     kind_stage: Vec<Option<Stage>>,
     /// (tree size, record position) of every checkpoint, in log order.
     pub checkpoints: Vec<(u64, u64)>,
+    /// Leaf hash (its first 8 bytes) → seq of the first leaf with that prefix; lookups check
+    /// the whole hash against the stored leaf.
+    leaves: HashMap<u64, u64, Keyed>,
+    /// Seqs of later leaves whose prefix another leaf already had (about none below 2^32
+    /// events), searched when the first does not match.
+    leaf_collisions: Vec<u64>,
 }
 
 impl Index {
@@ -186,6 +163,23 @@ impl Index {
             stages: (0..Stage::ALL.len()).map(|_| Vec::new()).collect(),
             ..Index::default()
         }
+    }
+
+    /// Records the leaf hash of event `seq` for [`Index::leaf_candidates`].
+    pub fn push_leaf(&mut self, seq: u64, leaf: &Hash) {
+        if let Some(first) = self.leaves.insert(leaf_key(leaf), seq) {
+            // Keep the first leaf in the map, the later one on the side.
+            self.leaves.insert(leaf_key(leaf), first);
+            self.leaf_collisions.push(seq);
+        }
+    }
+
+    /// The seqs whose leaf may be `leaf` (the caller compares the stored leaf hashes): the
+    /// first leaf with its prefix, then every leaf whose prefix collided.
+    pub fn leaf_candidates(&self, leaf: &Hash) -> impl Iterator<Item = u64> + '_ {
+        let first = self.leaves.get(&leaf_key(leaf)).copied();
+        let more = first.is_some().then_some(&self.leaf_collisions);
+        first.into_iter().chain(more.into_iter().flatten().copied())
     }
 
     /// Number of indexed events.
@@ -286,7 +280,41 @@ impl Index {
         IndexRecord { id, time_ns, terms }
     }
 
-    /// Evaluates a query over the indexes; never reads the log.
+    /// Whether a query filters by a term or a stage (and so reads posting lists), rather than
+    /// by time alone.
+    pub fn uses_postings(q: &Query) -> bool {
+        q.stage.is_some()
+            || [
+                &q.kind,
+                &q.actor,
+                &q.model,
+                &q.version,
+                &q.run,
+                &q.dataset,
+                &q.deployment,
+            ]
+            .iter()
+            .any(|v| v.is_some())
+    }
+
+    /// Appends to `out` the seqs in `from..to` whose event time is within the query's bounds,
+    /// until `out` holds `q.limit`; for time-only queries, which the caller runs one bounded
+    /// window at a time so that no lock is held across a long scan.
+    pub fn scan_times(&self, q: &Query, from: u64, to: u64, out: &mut Vec<u64>) {
+        let to = to.min(self.len());
+        for seq in from..to {
+            if out.len() >= q.limit {
+                return;
+            }
+            let t = self.times[seq as usize];
+            if q.since_ns.is_none_or(|s| t >= s) && q.until_ns.is_none_or(|u| t < u) {
+                out.push(seq);
+            }
+        }
+    }
+
+    /// Evaluates a query that filters by a term or a stage ([`Index::uses_postings`]) over the
+    /// indexes; never reads the log. Time-only queries go through [`Index::scan_times`].
     pub fn query(&self, q: &Query) -> Vec<u64> {
         let mut lists: Vec<&[u64]> = Vec::new();
         let filters = [
@@ -310,36 +338,21 @@ impl Index {
             lists.push(&self.stages[stage as usize]);
         }
         let first = q.after_seq.map_or(0, |s| s.saturating_add(1));
-        let in_time = |seq: u64| {
-            let t = self.times[seq as usize];
-            q.since_ns.is_none_or(|s| t >= s) && q.until_ns.is_none_or(|u| t < u)
-        };
         let mut out = Vec::new();
-        if q.limit == 0 {
-            return out;
-        }
         lists.sort_by_key(|l| l.len());
-        match lists.split_first() {
-            None => {
-                for seq in first..self.len() {
-                    if in_time(seq) {
-                        out.push(seq);
-                        if out.len() == q.limit {
-                            break;
-                        }
-                    }
-                }
+        let Some((smallest, rest)) = lists.split_first() else {
+            self.scan_times(q, first, self.len(), &mut out);
+            return out;
+        };
+        let from = smallest.partition_point(|s| *s < first);
+        for &seq in &smallest[from..] {
+            if out.len() >= q.limit {
+                break;
             }
-            Some((smallest, rest)) => {
-                let from = smallest.partition_point(|s| *s < first);
-                for &seq in &smallest[from..] {
-                    if rest.iter().all(|l| l.binary_search(&seq).is_ok()) && in_time(seq) {
-                        out.push(seq);
-                        if out.len() == q.limit {
-                            break;
-                        }
-                    }
-                }
+            let t = self.times[seq as usize];
+            let in_time = q.since_ns.is_none_or(|s| t >= s) && q.until_ns.is_none_or(|u| t < u);
+            if in_time && rest.iter().all(|l| l.binary_search(&seq).is_ok()) {
+                out.push(seq);
             }
         }
         out

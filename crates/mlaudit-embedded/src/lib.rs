@@ -25,6 +25,7 @@
 )]
 
 pub mod derived;
+pub mod guard;
 pub mod index;
 pub mod record;
 mod recover;
@@ -44,6 +45,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use recover::{OpenError, OpenReport};
+
+/// Mode of every file the store creates: private to the service user.
+pub(crate) const FILE_MODE: u32 = 0o600;
+/// Mode of the store's directory.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Events whose times one step of a time-only query scans under the index lock.
+const TIME_SCAN_WINDOW: u64 = 1 << 16;
 
 /// Bytes read at a time when scanning segments.
 const SCAN_CHUNK: usize = 8 << 20;
@@ -391,31 +400,11 @@ impl EmbeddedStore {
     }
 
     fn segment_for(&self, pos: u64) -> Result<Segment, StoreError> {
-        let segs = self.shared.segments.read().map_err(|_| lock_poisoned())?;
-        let i = segs.partition_point(|s| s.start <= pos);
-        segs.get(i.wrapping_sub(1))
-            .cloned()
-            .ok_or_else(|| StoreError::NotFound(format!("log position {pos}")))
+        segment_for(&self.shared, pos)
     }
 
     fn read_record(&self, pos: u64) -> Result<(record::Header, Vec<u8>, Segment), StoreError> {
-        let seg = self.segment_for(pos)?;
-        let off = pos - seg.start;
-        let corrupt = |problem: String| StoreError::Corrupt {
-            location: format!("{}:{off}", seg.name),
-            problem,
-        };
-        let mut header = [0u8; record::HEADER_LEN];
-        seg.file
-            .read_exact_at(&mut header, off)
-            .map_err(|e| corrupt(format!("cannot read record header: {e}")))?;
-        let h = record::parse_header(&header).map_err(|e| corrupt(e.to_string()))?;
-        let mut buf = vec![0u8; h.total_len() as usize];
-        seg.file
-            .read_exact_at(&mut buf, off)
-            .map_err(|e| corrupt(format!("cannot read record: {e}")))?;
-        record::check_record(&h, &buf).map_err(|e| corrupt(e.to_string()))?;
-        Ok((h, buf, seg))
+        read_record(&self.shared, pos)
     }
 
     /// The entries and payloads of events `block..block + PROOF_BLOCK` from one read, when the
@@ -530,6 +519,57 @@ impl Drop for EmbeddedStore {
     }
 }
 
+fn segment_for(shared: &Shared, pos: u64) -> Result<Segment, StoreError> {
+    let segs = shared.segments.read().map_err(|_| lock_poisoned())?;
+    let i = segs.partition_point(|s| s.start <= pos);
+    segs.get(i.wrapping_sub(1))
+        .cloned()
+        .ok_or_else(|| StoreError::NotFound(format!("log position {pos}")))
+}
+
+fn read_record(
+    shared: &Shared,
+    pos: u64,
+) -> Result<(record::Header, Vec<u8>, Segment), StoreError> {
+    let seg = segment_for(shared, pos)?;
+    let off = pos - seg.start;
+    let corrupt = |problem: String| StoreError::Corrupt {
+        location: format!("{}:{off}", seg.name),
+        problem,
+    };
+    let mut header = [0u8; record::HEADER_LEN];
+    seg.file
+        .read_exact_at(&mut header, off)
+        .map_err(|e| corrupt(format!("cannot read record header: {e}")))?;
+    let h = record::parse_header(&header).map_err(|e| corrupt(e.to_string()))?;
+    let mut buf = vec![0u8; h.total_len() as usize];
+    seg.file
+        .read_exact_at(&mut buf, off)
+        .map_err(|e| corrupt(format!("cannot read record: {e}")))?;
+    record::check_record(&h, &buf).map_err(|e| corrupt(e.to_string()))?;
+    Ok((h, buf, seg))
+}
+
+/// The entry and payload of the event `seq`, whose record is at log position `pos`.
+pub(crate) fn read_event_at(shared: &Shared, seq: u64, pos: u64) -> Result<EventBytes, StoreError> {
+    let (h, buf, seg) = read_record(shared, pos)?;
+    if h.kind != record::EVENT {
+        return Err(StoreError::Corrupt {
+            location: seg.name,
+            problem: format!("seq {seq} points at a non-event record"),
+        });
+    }
+    let (entry, payload) = split_event(&h, &buf);
+    let stored_seq = entry_seq(&entry);
+    if stored_seq != Some(seq) {
+        return Err(StoreError::Corrupt {
+            location: format!("offsets.bin entry for seq {seq}"),
+            problem: format!("points at the record of seq {stored_seq:?}"),
+        });
+    }
+    Ok((entry, payload))
+}
+
 fn split_event(h: &record::Header, buf: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let (a, b) = event_slices(h, buf);
     (a.to_vec(), b.to_vec())
@@ -584,21 +624,7 @@ impl Store for EmbeddedStore {
         if seq >= self.tree_size() {
             return Err(StoreError::NotFound(format!("seq {seq}")));
         }
-        let (h, buf, seg) = self.read_record(self.offset_of(seq)?)?;
-        if h.kind != record::EVENT {
-            return Err(StoreError::Corrupt {
-                location: seg.name,
-                problem: format!("seq {seq} points at a non-event record"),
-            });
-        }
-        let (entry, payload) = split_event(&h, &buf);
-        let stored_seq = entry_seq(&entry);
-        if stored_seq != Some(seq) {
-            return Err(StoreError::Corrupt {
-                location: format!("offsets.bin entry for seq {seq}"),
-                problem: format!("points at the record of seq {stored_seq:?}"),
-            });
-        }
+        let (entry, payload) = read_event_at(&self.shared, seq, self.offset_of(seq)?)?;
         Ok(StoredEvent {
             seq,
             entry,
@@ -613,6 +639,20 @@ impl Store for EmbeddedStore {
 
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
         Ok(self.nodes(level, index, 1)?[0])
+    }
+
+    fn seq_of_leaf(&self, leaf: &Hash) -> Result<Option<u64>, StoreError> {
+        let size = self.tree_size();
+        let candidates: Vec<u64> = {
+            let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+            index.leaf_candidates(leaf).filter(|s| *s < size).collect()
+        };
+        for seq in candidates {
+            if self.node(0, seq)?.ct_eq(leaf) {
+                return Ok(Some(seq));
+            }
+        }
+        Ok(None)
     }
 
     fn nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
@@ -689,8 +729,22 @@ impl Store for EmbeddedStore {
     }
 
     fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
-        let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-        Ok(index.query(q))
+        if Index::uses_postings(q) {
+            let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+            return Ok(index.query(q));
+        }
+        // By time alone: a scan of the event times, one window per lock, so that a long scan
+        // never keeps the writer from publishing.
+        let mut out = Vec::new();
+        let mut from = q.after_seq.map_or(0, |s| s.saturating_add(1));
+        let end = self.tree_size();
+        while from < end && out.len() < q.limit {
+            let to = from.saturating_add(TIME_SCAN_WINDOW).min(end);
+            let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+            index.scan_times(q, from, to, &mut out);
+            from = to;
+        }
+        Ok(out)
     }
 
     fn scan(

@@ -9,14 +9,15 @@
 //!   [`OpenError::Corrupt`] naming the file and offset, and nothing is changed.
 
 use crate::derived::{self, Derived, Meta, Pending};
+use crate::guard::{self, Guard, Recorded};
 use crate::index::Index;
-use crate::writer::State;
+use crate::writer::{Recovered, State};
 use crate::{record, segment_name, Segment, Shared};
 use mlaudit_core::entry::{self, SubjectField};
 use mlaudit_core::merkle::{leaf_hash, CompactRange, NodeSource};
 use mlaudit_core::note::{Checkpoint, NoteSigner};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
@@ -32,6 +33,10 @@ pub enum OpenError {
         offset: u64,
         problem: String,
     },
+    /// The log holds fewer events than a checkpoint it made durable, or another tree at that
+    /// size (`latest-checkpoint`): acknowledged events are missing or were rewritten.
+    #[error("{0}")]
+    Rollback(String),
     /// Another process has the store open.
     #[error("{0} is in use by another mlaudit process")]
     Locked(PathBuf),
@@ -55,6 +60,10 @@ pub struct OpenReport {
     pub rebuilt: Option<String>,
     /// Set when a checkpoint was signed at open for events after the last stored checkpoint.
     pub signed_at_open: Option<u64>,
+    /// What an operator should hear about: a missing or damaged `derived.meta` or
+    /// `latest-checkpoint` in a log that holds events (nothing then guards against a log
+    /// shorter than it was).
+    pub warnings: Vec<String>,
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> OpenError {
@@ -79,6 +88,30 @@ impl NodeSource for LevelFiles<'_> {
         f.read_exact_at(&mut buf, index * 32)
             .map_err(io(format!("reading tree-{level:02}.hash")))?;
         Ok(mlaudit_core::Hash(buf))
+    }
+}
+
+/// Makes the store's directory private to the service user (0700) and every file in it 0600,
+/// whatever the umask or an older version left; what cannot be changed is reported.
+fn make_private(dir: &Path, report: &mut OpenReport) {
+    let mut tighten = |path: &Path, mode: u32| {
+        let loose = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777 != mode);
+        if loose.unwrap_or(false) {
+            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+                report.warnings.push(format!(
+                    "cannot make {} private (mode {mode:o}): {e}",
+                    path.display()
+                ));
+            }
+        }
+    };
+    tighten(dir, crate::DIR_MODE);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for ent in entries.flatten() {
+            if ent.file_type().is_ok_and(|t| t.is_file()) {
+                tighten(&ent.path(), crate::FILE_MODE);
+            }
+        }
     }
 }
 
@@ -121,9 +154,11 @@ struct Replay {
 
 impl Replay {
     fn flush(&mut self) -> Result<(), OpenError> {
-        self.derived
-            .write(&self.pending)
-            .map_err(io("writing derived files"))?;
+        self.derived.write(&self.pending).map_err(|e| match e {
+            derived::DerivedWriteError::Undone(e) | derived::DerivedWriteError::Left(e) => {
+                io("writing derived files")(e)
+            }
+        })?;
         self.pending = Pending::default();
         Ok(())
     }
@@ -139,8 +174,10 @@ impl Replay {
                 ));
             }
             let pending = &mut self.pending;
+            let leaf = leaf_hash(a);
             self.range
-                .push(leaf_hash(a), |level, _, hash| pending.node(level, &hash.0));
+                .push(leaf, |level, _, hash| pending.node(level, &hash.0));
+            self.index.push_leaf(seq, &leaf);
             let subjects = SubjectField::ALL
                 .into_iter()
                 .filter_map(|f| e.subject(f).map(|v| (f, v)));
@@ -263,10 +300,13 @@ pub(crate) fn open(
     options: crate::Options,
 ) -> Result<(Shared, State, OpenReport), OpenError> {
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+    let mut report = OpenReport::default();
+    make_private(dir, &mut report);
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(crate::FILE_MODE)
         .open(dir.join("LOCK"))
         .map_err(io("opening LOCK"))?;
     if lock.try_lock().is_err() {
@@ -279,6 +319,7 @@ pub(crate) fn open(
             .read(true)
             .append(true)
             .create(true)
+            .mode(crate::FILE_MODE)
             .open(dir.join(&name))
             .map_err(io(format!("creating {name}")))?;
         derived::sync_dir(dir).map_err(io("syncing directory"))?;
@@ -302,7 +343,6 @@ pub(crate) fn open(
             });
         }
     }
-    let mut report = OpenReport::default();
     let last_seg = &segments[segments.len() - 1];
     let actual_end = last_seg.start
         + last_seg
@@ -334,7 +374,22 @@ pub(crate) fn open(
             report.rebuilt = Some("derived.meta points before the first segment".into());
             Meta::default()
         }
-        None => Meta::default(),
+        None => {
+            let why = match dir.join("derived.meta").exists() {
+                true => "derived.meta is damaged",
+                false => "derived.meta is missing",
+            };
+            if segments
+                .iter()
+                .any(|seg| seg.file.metadata().is_ok_and(|m| m.len() > 0))
+            {
+                report.warnings.push(format!(
+                    "{why}: the indexes were rebuilt from the log, and its length could not be checked against the last watermark"
+                ));
+                report.rebuilt = Some(why.into());
+            }
+            Meta::default()
+        }
     };
     if meta.size == 0 {
         index = Index::new();
@@ -404,15 +459,26 @@ pub(crate) fn open(
         }),
         options,
     };
-    let mut state = State::new(
-        last.clone(),
+    check_guard(dir, &segments, &shared, &r.range, &mut report)?;
+    let mut guard = Guard::open(dir);
+    let signed_size = shared
+        .index
+        .read()
+        .ok()
+        .and_then(|i| i.checkpoints.last().map(|(s, _)| *s));
+    if signed_size == Some(size) {
+        guard.record(size, &r.range.root());
+    }
+    let mut state = State::new(Recovered {
+        segment: last.clone(),
         log_end,
-        r.derived,
-        r.range,
-        r.signer,
+        derived: r.derived,
+        range: r.range,
+        signer: r.signer,
         meta,
         lock,
-    );
+        guard,
+    });
     let signed = shared
         .index
         .read()
@@ -427,6 +493,70 @@ pub(crate) fn open(
         report.signed_at_open = Some(size);
     }
     Ok((shared, state, report))
+}
+
+/// Compares the log with the latest checkpoint it recorded as durable (`latest-checkpoint`):
+/// a shorter log, or another tree at that size, refuses to open; a missing or damaged record
+/// in a log that holds events is reported.
+fn check_guard(
+    dir: &Path,
+    segments: &[Segment],
+    shared: &Shared,
+    range: &CompactRange,
+    report: &mut OpenReport,
+) -> Result<(), OpenError> {
+    let size = range.size();
+    let recorded = guard::read(dir).map_err(io(format!("reading {}", guard::FILE_NAME)))?;
+    let (recorded_size, recorded_root) = match recorded {
+        Recorded::At { size, root } => (size, root),
+        Recorded::Missing | Recorded::Damaged if size == 0 => return Ok(()),
+        other => {
+            let what = if other == Recorded::Missing {
+                "missing"
+            } else {
+                "damaged"
+            };
+            report.warnings.push(format!(
+                "{} is {what}: the log could not be checked against the last checkpoint it made durable (it is written again now)",
+                guard::FILE_NAME
+            ));
+            return Ok(());
+        }
+    };
+    let hint = format!(
+        "if this log was deliberately restored from an older copy, delete {} to open it",
+        dir.join(guard::FILE_NAME).display()
+    );
+    if recorded_size > size {
+        return Err(OpenError::Rollback(format!(
+            "the log holds {size} events, but it made a checkpoint of {recorded_size} events durable ({}): acknowledged events are missing; {hint}",
+            guard::FILE_NAME
+        )));
+    }
+    let pos = shared.index.read().ok().and_then(|i| {
+        i.checkpoints
+            .iter()
+            .find(|(s, _)| *s == recorded_size)
+            .map(|(_, p)| *p)
+    });
+    let root = match pos {
+        Some(pos) => {
+            let note = read_note(segments, pos)?;
+            let body = note
+                .split_once("\n\n")
+                .map(|(b, _)| format!("{b}\n"))
+                .unwrap_or_default();
+            Checkpoint::parse(&body).ok().map(|c| c.root)
+        }
+        None => None,
+    };
+    if root.is_none_or(|r| !r.ct_eq(&recorded_root)) {
+        return Err(OpenError::Rollback(format!(
+            "the log's checkpoint of {recorded_size} events is not the one it made durable ({}): the log was rewritten; {hint}",
+            guard::FILE_NAME
+        )));
+    }
+    Ok(())
 }
 
 fn read_note(segments: &[Segment], pos: u64) -> Result<String, OpenError> {

@@ -24,7 +24,7 @@
 //! whatever torn tail the failure left. Groups with only duplicates also wait for a sync, so a
 //! retry is never acknowledged before the original is durable.
 
-use crate::derived::{Derived, Meta, Pending};
+use crate::derived::{Derived, DerivedWriteError, Meta, Pending};
 use crate::index::IndexRecord;
 use crate::{lock_poisoned, record, segment_name, Segment, Shared};
 use mlaudit_core::entry::{self, EntryRef, EventId, MAX_ID_LEN};
@@ -34,6 +34,7 @@ use mlaudit_core::note::{Checkpoint, NoteSigner};
 use mlaudit_store::{AppendDone, AppendReceipt, Appended, StoreError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
@@ -102,15 +103,20 @@ enum Msg {
     Shutdown(mpsc::Sender<Result<(), StoreError>>),
 }
 
-/// A batch of the group: where its answer goes, its outcome (the seqs it got, or why it was
-/// refused) and its events (returned with the answer).
-type Waiting = (Reply, Result<Vec<Appended>, StoreError>, Vec<PreparedEvent>);
+/// What a batch of a group got: the seqs of its events, or why it was refused.
+type Outcome = Result<Vec<Appended>, StoreError>;
+
+/// A batch of the group: where its answer goes, its outcome and its events (returned with the
+/// answer).
+type Waiting = (Reply, Outcome, Vec<PreparedEvent>);
 
 /// A group written to the page cache, on its way to the syncer.
 struct Written {
     file: Arc<File>,
     end: u64,
     size: u64,
+    /// The root the group's checkpoint signs (`None` when nothing was written).
+    root: Option<Hash>,
     note: String,
     pending: Pending,
     positions: Vec<u64>,
@@ -121,8 +127,8 @@ struct Written {
 
 enum ToSyncer {
     Group(Box<Written>),
-    /// The committer failed: refuse these and everything after.
-    Failed(String, Vec<(Reply, Vec<PreparedEvent>)>),
+    /// The committer refused a group (it stopped, or a transient failure).
+    Failed(Refusal, Vec<(Reply, Vec<PreparedEvent>)>),
     Shutdown(mpsc::Sender<Result<(), StoreError>>),
 }
 
@@ -250,6 +256,49 @@ struct Committer {
     failed: Option<String>,
     /// Record buffers kept for the next group.
     spare: Vec<Vec<u8>>,
+    /// Payload digests of the events written but not yet published, for conflict checks.
+    inflight: InFlight,
+}
+
+/// The payload digest of every event reserved but not yet visible to readers, so that an id
+/// reused while its first event is still on its way to the disk is checked like any other.
+/// Pruned as the syncer publishes (a queue in seq order).
+#[derive(Debug, Default)]
+struct InFlight {
+    digests: std::collections::HashMap<EventId, [u8; 32]>,
+    order: std::collections::VecDeque<(u64, EventId)>,
+}
+
+impl InFlight {
+    fn insert(&mut self, id: EventId, seq: u64, digest: [u8; 32]) {
+        self.digests.insert(id, digest);
+        self.order.push_back((seq, id));
+    }
+
+    fn digest(&self, id: &EventId) -> Option<[u8; 32]> {
+        self.digests.get(id).copied()
+    }
+
+    /// Forgets the events below `published` (readers can find them in the log now).
+    fn prune(&mut self, published: u64) {
+        while let Some(&(seq, id)) = self.order.front() {
+            if seq >= published {
+                break;
+            }
+            self.order.pop_front();
+            self.digests.remove(&id);
+        }
+    }
+
+    /// Forgets events that were not written after all (the last ones reserved).
+    fn forget(&mut self, ids: impl Iterator<Item = EventId>) {
+        for id in ids {
+            self.digests.remove(&id);
+            if let Some(at) = self.order.iter().rposition(|(_, i)| *i == id) {
+                self.order.remove(at);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -258,6 +307,11 @@ struct Syncer {
     synced_end: u64,
     meta: Meta,
     failed: Option<String>,
+    /// Groups durable in the log whose derived files could not be written (a transient
+    /// failure): written and published before the next groups.
+    backlog: Backlog,
+    /// The size and root of the latest durable checkpoint, for the rollback check at open.
+    guard: crate::guard::Guard,
     _lock: File,
 }
 
@@ -354,32 +408,42 @@ fn io_other(what: &str) -> std::io::Error {
     std::io::Error::other(what.to_owned())
 }
 
+/// What opening hands to the writer.
+pub(crate) struct Recovered {
+    /// The last segment, where appends go.
+    pub segment: Segment,
+    /// The log's end position (everything before it is durable).
+    pub log_end: u64,
+    pub derived: Derived,
+    pub range: CompactRange,
+    pub signer: Option<NoteSigner>,
+    pub meta: Meta,
+    /// The directory's lock, held for as long as the writer lives.
+    pub lock: File,
+    pub guard: crate::guard::Guard,
+}
+
 impl State {
-    pub fn new(
-        segment: Segment,
-        log_end: u64,
-        derived: Derived,
-        range: CompactRange,
-        signer: Option<NoteSigner>,
-        meta: Meta,
-        lock: File,
-    ) -> State {
+    pub fn new(r: Recovered) -> State {
         State {
             committer: Committer {
-                segment,
-                log_end,
-                range,
-                signer,
+                segment: r.segment,
+                log_end: r.log_end,
+                range: r.range,
+                signer: r.signer,
                 latest_note: None,
                 failed: None,
                 spare: Vec::new(),
+                inflight: InFlight::default(),
             },
             syncer: Syncer {
-                derived,
-                synced_end: log_end,
-                meta,
+                derived: r.derived,
+                synced_end: r.log_end,
+                meta: r.meta,
                 failed: None,
-                _lock: lock,
+                backlog: Backlog::default(),
+                guard: r.guard,
+                _lock: r.lock,
             },
         }
     }
@@ -396,10 +460,14 @@ impl State {
     /// Signs and durably stores a checkpoint for the current size, synchronously (recovery of
     /// an unsigned tail, or the empty tree of a new log).
     pub fn sign_at_open(&mut self, shared: &Shared) -> std::io::Result<()> {
-        let written = self
-            .committer
-            .write_group(shared, Vec::new(), &[], now_ns())?;
-        self.syncer.finish(shared, std::slice::from_ref(&written))
+        let written = match self.committer.write_group(shared, &[], now_ns()) {
+            Ok(w) => w,
+            Err(WriteFailure::Transient(e) | WriteFailure::Fatal(e)) => return Err(e),
+        };
+        match self.syncer.finish(shared, std::slice::from_ref(&written)) {
+            Ok(()) => Ok(()),
+            Err(WriteFailure::Transient(e) | WriteFailure::Fatal(e)) => Err(e),
+        }
     }
 }
 
@@ -445,104 +513,33 @@ impl Committer {
     }
 
     fn commit(&mut self, shared: &Shared, group: Vec<(Vec<PreparedEvent>, Reply)>) -> ToSyncer {
-        let refuse = |group: Vec<(Vec<PreparedEvent>, Reply)>, why: String| {
-            ToSyncer::Failed(
-                why,
-                group
-                    .into_iter()
-                    .map(|(events, reply)| (reply, events))
-                    .collect(),
-            )
-        };
         if let Some(why) = self.failed.clone() {
-            return refuse(group, why);
+            return refuse(group, Refusal::Stopped(why));
         }
         if shared.failed.load(Ordering::Acquire) {
-            return refuse(group, "an earlier sync failed; reopen the store".into());
+            return refuse(
+                group,
+                Refusal::Stopped("an earlier sync failed; reopen the store".into()),
+            );
         }
         if self.signer.is_none() {
             return refuse(
                 group,
-                "this store was opened read-only (no signing key)".into(),
+                Refusal::Stopped("this store was opened read-only (no signing key)".into()),
             );
         }
+        self.inflight.prune(shared.size.load(Ordering::Acquire));
         let receipt_ns = now_ns();
-        let mut outcomes: Vec<Result<Vec<Appended>, StoreError>> = Vec::with_capacity(group.len());
-        let mut new: Vec<NewEvent<'_>> = Vec::new();
-        let mut records = Vec::new();
-        let mut terms = Pending::default();
-        {
-            let Ok(mut index) = shared.index.write() else {
-                return refuse(group, "the index lock is poisoned".into());
-            };
-            let mut next = self.range.size();
-            for (events, _) in &group {
-                if let Some((i, problem)) = limit_problem(events) {
-                    outcomes.push(Err(StoreError::Rejected { index: i, problem }));
-                    continue;
-                }
-                let mut results = Vec::with_capacity(events.len());
-                for ev in events {
-                    let id = ev
-                        .id
-                        .unwrap_or_else(|| EventId(*uuid::Uuid::new_v4().as_bytes()));
-                    if let Some(seq) = index.ids.get(&id) {
-                        results.push(Appended {
-                            id,
-                            seq: *seq,
-                            duplicate: true,
-                        });
-                        continue;
-                    }
-                    index.reserve_id(id, next);
-                    results.push(Appended {
-                        id,
-                        seq: next,
-                        duplicate: false,
-                    });
-                    let time_ns = ev.event_time_ns.unwrap_or(receipt_ns);
-                    let subjects = ev.subjects.iter().map(|(f, v)| (*f, v.as_str()));
-                    records.push(index.record_for(
-                        id,
-                        time_ns,
-                        &ev.kind,
-                        &ev.actor_id,
-                        subjects,
-                        &mut |t, v| terms.term(t, v),
-                    ));
-                    new.push(NewEvent {
-                        ev,
-                        id,
-                        seq: next,
-                        time_ns,
-                    });
-                    next += 1;
-                }
-                outcomes.push(Ok(results));
-            }
-        }
-        let replies = Vec::new();
-        let written = if new.is_empty() && self.latest_note.is_some() {
-            Ok(Written {
-                file: self.segment.file.clone(),
-                end: self.log_end,
-                size: self.range.size(),
-                note: self.latest_note.clone().unwrap_or_default(),
-                pending: Pending::default(),
-                positions: Vec::new(),
-                records: Vec::new(),
-                cp_pos: None,
-                replies,
-            })
-        } else {
-            self.write_group(shared, records, &new, receipt_ns)
-                .map(|mut w| {
-                    w.pending.terms = terms.terms;
-                    w.pending.term_count = terms.term_count;
-                    w
-                })
+        let (outcomes, new) = match self.reserve(shared, &group, receipt_ns) {
+            Ok(reserved) => reserved,
+            Err(why) => return refuse(group, Refusal::Stopped(why)),
         };
-        drop(new);
+        let written = if new.is_empty() && self.latest_note.is_some() {
+            Ok(self.nothing_written())
+        } else {
+            self.write_group(shared, &new, receipt_ns)
+                .and_then(|w| self.index_group(shared, w, &new))
+        };
         match written {
             Ok(mut w) => {
                 w.replies = group
@@ -552,33 +549,193 @@ impl Committer {
                     .collect();
                 ToSyncer::Group(Box::new(w))
             }
-            Err(e) => {
-                let why = format!("write failed: {e}");
-                self.failed = Some(why.clone());
-                refuse(group, why)
+            Err(failure) => {
+                self.release(shared, &new);
+                drop(new);
+                let refusal = match failure {
+                    WriteFailure::Transient(e) => Refusal::from(e),
+                    WriteFailure::Fatal(e) => {
+                        let why = format!("write failed: {e}");
+                        self.failed = Some(why.clone());
+                        Refusal::Stopped(why)
+                    }
+                };
+                refuse(group, refusal)
             }
         }
     }
 
-    /// Frames events and a checkpoint and writes them to the segment (not yet synced).
+    /// Checks each batch's limits and ids, and reserves ids and seqs for the new events (under
+    /// the index lock): the outcome of every batch, and the events that will be written.
+    fn reserve<'g>(
+        &mut self,
+        shared: &Shared,
+        group: &'g [(Vec<PreparedEvent>, Reply)],
+        receipt_ns: i64,
+    ) -> Result<(Vec<Outcome>, Vec<NewEvent<'g>>), String> {
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(group.len());
+        let mut new: Vec<NewEvent<'g>> = Vec::new();
+        let Ok(mut index) = shared.index.write() else {
+            return Err("the index lock is poisoned".into());
+        };
+        let mut next = self.range.size();
+        for (events, _) in group {
+            if let Some((i, problem)) = limit_problem(events) {
+                outcomes.push(Err(StoreError::Rejected { index: i, problem }));
+                continue;
+            }
+            if let Some(conflict) = self.find_conflict(shared, &index, events) {
+                outcomes.push(Err(conflict));
+                continue;
+            }
+            let mut results = Vec::with_capacity(events.len());
+            for ev in events {
+                let id = ev
+                    .id
+                    .unwrap_or_else(|| EventId(*uuid::Uuid::new_v4().as_bytes()));
+                if let Some(seq) = index.ids.get(&id) {
+                    results.push(Appended {
+                        id,
+                        seq: *seq,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                index.reserve_id(id, next);
+                self.inflight.insert(id, next, ev.payload_sha256);
+                results.push(Appended {
+                    id,
+                    seq: next,
+                    duplicate: false,
+                });
+                new.push(NewEvent {
+                    ev,
+                    id,
+                    seq: next,
+                    time_ns: ev.event_time_ns.unwrap_or(receipt_ns),
+                });
+                next += 1;
+            }
+            outcomes.push(Ok(results));
+        }
+        Ok((outcomes, new))
+    }
+
+    /// The first event of a batch whose id is already taken by a different payload: in the
+    /// log, in a group on its way to the disk, or earlier in the same batch.
+    fn find_conflict(
+        &self,
+        shared: &Shared,
+        index: &crate::index::Index,
+        events: &[PreparedEvent],
+    ) -> Option<StoreError> {
+        let mut in_batch: std::collections::HashMap<EventId, [u8; 32]> =
+            std::collections::HashMap::new();
+        for (i, ev) in events.iter().enumerate() {
+            let Some(id) = ev.id else { continue };
+            let conflict = || StoreError::Conflict { index: i, id };
+            if let Some(digest) = in_batch.get(&id) {
+                if *digest != ev.payload_sha256 {
+                    return Some(conflict());
+                }
+                continue;
+            }
+            in_batch.insert(id, ev.payload_sha256);
+            let Some(&seq) = index.ids.get(&id) else {
+                continue;
+            };
+            let original = match self.inflight.digest(&id) {
+                Some(digest) => Ok(digest),
+                None => stored_digest(shared, index, seq),
+            };
+            match original {
+                Ok(digest) if digest == ev.payload_sha256 => {}
+                Ok(_) => return Some(conflict()),
+                Err(e) => return Some(e),
+            }
+        }
+        None
+    }
+
+    /// Gives back the ids and the in-flight records of events that were not written.
+    fn release(&mut self, shared: &Shared, new: &[NewEvent<'_>]) {
+        if let Ok(mut index) = shared.index.write() {
+            for n in new {
+                index.ids.remove(&n.id);
+            }
+        }
+        self.inflight.forget(new.iter().map(|n| n.id));
+    }
+
+    /// A group with nothing new: its duplicates are answered with the latest checkpoint once
+    /// everything before them is durable.
+    fn nothing_written(&self) -> Written {
+        Written {
+            file: self.segment.file.clone(),
+            end: self.log_end,
+            size: self.range.size(),
+            root: None,
+            note: self.latest_note.clone().unwrap_or_default(),
+            pending: Pending::default(),
+            positions: Vec::new(),
+            records: Vec::new(),
+            cp_pos: None,
+            replies: Vec::new(),
+        }
+    }
+
+    /// Interns the written events' index terms and makes their index records (after the write,
+    /// so that a write that fails leaves no term behind).
+    fn index_group(
+        &mut self,
+        shared: &Shared,
+        mut w: Written,
+        new: &[NewEvent<'_>],
+    ) -> Result<Written, WriteFailure> {
+        let Ok(mut index) = shared.index.write() else {
+            return Err(WriteFailure::Fatal(io_other("the index lock is poisoned")));
+        };
+        let mut terms = Pending::default();
+        w.records = new
+            .iter()
+            .map(|n| {
+                let subjects = n.ev.subjects.iter().map(|(f, v)| (*f, v.as_str()));
+                index.record_for(
+                    n.id,
+                    n.time_ns,
+                    &n.ev.kind,
+                    &n.ev.actor_id,
+                    subjects,
+                    &mut |t, v| terms.term(t, v),
+                )
+            })
+            .collect();
+        w.pending.terms = terms.terms;
+        w.pending.term_count = terms.term_count;
+        Ok(w)
+    }
+
+    /// Frames events and a checkpoint and writes them to the segment (not yet synced). A
+    /// failure that leaves the segment as it was (a roll that could not create the next
+    /// segment, a write cut short and truncated away) is transient; anything else is fatal.
     fn write_group(
         &mut self,
         shared: &Shared,
-        records: Vec<IndexRecord>,
         new: &[NewEvent<'_>],
         receipt_ns: i64,
-    ) -> std::io::Result<Written> {
+    ) -> Result<Written, WriteFailure> {
         let signer = self
             .signer
             .clone()
-            .ok_or_else(|| io_other("read-only store"))?;
+            .ok_or_else(|| WriteFailure::Fatal(io_other("read-only store")))?;
         // A full segment is closed before the group, not after it: a roll that fails then
         // leaves nothing of the group written (and the group is refused).
         if self.log_end - self.segment.start >= shared.options.segment_target {
             self.roll_segment(shared)?;
         }
-        let chunks =
-            build_parallel(new, receipt_ns, &mut self.spare).map_err(std::io::Error::other)?;
+        let chunks = build_parallel(new, receipt_ns, &mut self.spare)
+            .map_err(|e| WriteFailure::Transient(std::io::Error::other(e)))?;
+        let range_before = self.range.clone();
         let mut pending = Pending::default();
         let mut positions = Vec::with_capacity(new.len());
         let mut pos = self.log_end;
@@ -596,15 +753,20 @@ impl Committer {
             size,
             root: self.range.root(),
         };
-        let note = signer.sign(&cp.to_text()).map_err(std::io::Error::other)?;
+        let note = match signer.sign(&cp.to_text()) {
+            Ok(note) => note,
+            Err(e) => {
+                self.range = range_before;
+                return Err(WriteFailure::Transient(std::io::Error::other(e)));
+            }
+        };
         let mut cp_buf = Vec::with_capacity(note.len() + 32);
         record::encode_into(&mut cp_buf, record::CHECKPOINT, note.as_bytes(), &[]);
         let cp_pos = pos;
-        let mut w = &*self.segment.file;
-        for c in &chunks {
-            w.write_all(&c.buf)?;
+        if let Err(e) = self.write_records(&chunks, &cp_buf) {
+            self.range = range_before;
+            return Err(self.undo_write(e));
         }
-        w.write_all(&cp_buf)?;
         self.log_end = cp_pos + cp_buf.len() as u64;
         self.spare.extend(
             chunks
@@ -613,32 +775,68 @@ impl Committer {
                 .filter(|b| b.capacity() <= SPARE_MAX),
         );
         self.latest_note = Some(note.clone());
-        let written = Written {
+        Ok(Written {
             file: self.segment.file.clone(),
             end: self.log_end,
             size,
+            root: Some(cp.root),
             note,
             pending,
             positions,
-            records,
+            records: Vec::new(),
             cp_pos: Some(cp_pos),
             replies: Vec::new(),
-        };
-        Ok(written)
+        })
+    }
+
+    fn write_records(&self, chunks: &[Built], cp_buf: &[u8]) -> std::io::Result<()> {
+        let mut w = &*self.segment.file;
+        for c in chunks {
+            w.write_all(&c.buf)?;
+        }
+        w.write_all(cp_buf)
+    }
+
+    /// After a failed write: cuts the segment back to where the group began, so that nothing
+    /// of it remains (transient); if even that fails, the segment's end is unknown (fatal).
+    fn undo_write(&self, e: std::io::Error) -> WriteFailure {
+        match self.segment.file.set_len(self.log_end - self.segment.start) {
+            Ok(()) => WriteFailure::Transient(e),
+            Err(cut) => WriteFailure::Fatal(std::io::Error::other(format!(
+                "{e}; and cutting {} back to {} failed: {cut}",
+                self.segment.name,
+                self.log_end - self.segment.start
+            ))),
+        }
     }
 
     /// Starts a new segment at the current end of the log. The old one is synced first, so
     /// that a later segment never holds data while an earlier one could still lose its tail
-    /// (recovery accepts a torn tail only in the last segment).
-    fn roll_segment(&mut self, shared: &Shared) -> std::io::Result<()> {
-        sync_segment(shared, &self.segment.file)?;
+    /// (recovery accepts a torn tail only in the last segment). A failed sync is fatal; failing
+    /// to create the new segment is not (the next group tries again, and an empty file left by
+    /// a failed attempt is taken over).
+    fn roll_segment(&mut self, shared: &Shared) -> Result<(), WriteFailure> {
+        sync_segment(shared, &self.segment.file).map_err(WriteFailure::Fatal)?;
         let name = segment_name(self.log_end);
+        let path = shared.dir.join(&name);
         let file = OpenOptions::new()
             .read(true)
             .append(true)
-            .create_new(true)
-            .open(shared.dir.join(&name))?;
-        crate::derived::sync_dir(&shared.dir)?;
+            .create(true)
+            .mode(crate::FILE_MODE)
+            .open(&path)
+            .map_err(WriteFailure::Transient)?;
+        match file.metadata() {
+            Ok(m) if m.len() == 0 => {}
+            Ok(m) => {
+                return Err(WriteFailure::Fatal(io_other(&format!(
+                    "{name} already holds {} bytes",
+                    m.len()
+                ))))
+            }
+            Err(e) => return Err(WriteFailure::Transient(e)),
+        }
+        crate::derived::sync_dir(&shared.dir).map_err(WriteFailure::Transient)?;
         let seg = Segment {
             start: self.log_end,
             file: Arc::new(file),
@@ -647,11 +845,88 @@ impl Committer {
         shared
             .segments
             .write()
-            .map_err(|_| io_other("segments lock poisoned"))?
+            .map_err(|_| WriteFailure::Fatal(io_other("segments lock poisoned")))?
             .push(seg.clone());
         self.segment = seg;
         Ok(())
     }
+}
+
+/// Groups waiting for their derived files (see `Syncer::finish_groups`).
+#[derive(Default)]
+struct Backlog(Vec<Written>);
+
+impl std::fmt::Debug for Backlog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backlog({} groups)", self.0.len())
+    }
+}
+
+/// Why a group could not be written.
+enum WriteFailure {
+    /// Nothing of the group is left in the segment: refuse it, and take the next group.
+    Transient(std::io::Error),
+    /// The segment's state is unknown (or a sync failed): stop the writer.
+    Fatal(std::io::Error),
+}
+
+/// The payload digest of the event at `seq`, read from its published entry.
+fn stored_digest(
+    shared: &Shared,
+    index: &crate::index::Index,
+    seq: u64,
+) -> Result<[u8; 32], StoreError> {
+    let pos = index
+        .offsets
+        .get(seq as usize)
+        .copied()
+        .ok_or_else(|| StoreError::Corrupt {
+            location: format!("seq {seq}"),
+            problem: "an id maps to a seq that is neither published nor in flight".into(),
+        })?;
+    let (entry, _) = crate::read_event_at(shared, seq, pos)?;
+    let view = entry::decode_view(&entry).map_err(|e| StoreError::Corrupt {
+        location: format!("seq {seq}"),
+        problem: e.to_string(),
+    })?;
+    Ok(view.payload_sha256)
+}
+
+/// Why a whole group was refused.
+enum Refusal {
+    /// The writer has stopped.
+    Stopped(String),
+    DiskFull(String),
+    Unavailable(String),
+}
+
+impl From<std::io::Error> for Refusal {
+    fn from(e: std::io::Error) -> Refusal {
+        match StoreError::transient("writing the log", &e) {
+            StoreError::DiskFull(why) => Refusal::DiskFull(why),
+            other => Refusal::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl Refusal {
+    fn error(&self) -> StoreError {
+        match self {
+            Refusal::Stopped(why) => StoreError::WriterStopped(why.clone()),
+            Refusal::DiskFull(why) => StoreError::DiskFull(why.clone()),
+            Refusal::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        }
+    }
+}
+
+fn refuse(group: Vec<(Vec<PreparedEvent>, Reply)>, why: Refusal) -> ToSyncer {
+    ToSyncer::Failed(
+        why,
+        group
+            .into_iter()
+            .map(|(events, reply)| (reply, events))
+            .collect(),
+    )
 }
 
 /// `fdatasync` of a segment, by either thread (the syncer for groups, the committer before a
@@ -697,7 +972,7 @@ impl Syncer {
                 }
                 ToSyncer::Failed(why, replies) => {
                     for (reply, events) in replies {
-                        reply.send(Err(StoreError::WriterStopped(why.clone())), events);
+                        reply.send(Err(why.error()), events);
                     }
                 }
                 ToSyncer::Shutdown(tx) => {
@@ -713,28 +988,42 @@ impl Syncer {
     }
 
     /// Makes the groups durable with one sync, publishes them and answers their batches.
+    /// Groups left over from a transient failure go first.
     fn finish_groups(&mut self, shared: &Shared, groups: Vec<Written>) {
+        let mut all = std::mem::take(&mut self.backlog.0);
+        all.extend(groups);
         let result = match &self.failed {
-            Some(why) => Err(why.clone()),
-            None => self.finish(shared, &groups).map_err(|e| {
-                let why = format!("sync failed: {e}");
-                self.failed = Some(why.clone());
-                shared.failed.store(true, Ordering::Release);
-                why
-            }),
+            Some(why) => Err(Refusal::Stopped(why.clone())),
+            None => match self.finish(shared, &all) {
+                Ok(()) => Ok(()),
+                Err(WriteFailure::Transient(e)) => Err(Refusal::from(e)),
+                Err(WriteFailure::Fatal(e)) => {
+                    let why = format!("sync failed: {e}");
+                    self.failed = Some(why.clone());
+                    shared.failed.store(true, Ordering::Release);
+                    Err(Refusal::Stopped(why))
+                }
+            },
         };
-        for w in groups {
-            for (reply, outcome, events) in w.replies {
+        for w in &mut all {
+            for (reply, outcome, events) in std::mem::take(&mut w.replies) {
                 let answer = match &result {
                     Ok(()) => outcome.map(|events| AppendReceipt {
                         events,
                         tree_size: w.size,
                         checkpoint: w.note.clone(),
                     }),
-                    Err(why) => Err(StoreError::WriterStopped(why.clone())),
+                    Err(why) => Err(why.error()),
                 };
                 reply.send(answer, events);
             }
+        }
+        if let (Err(Refusal::DiskFull(_) | Refusal::Unavailable(_)), None) = (&result, &self.failed)
+        {
+            // Durable in the log, but not yet in the derived files nor visible: the next
+            // group writes them first. Their batches were refused, and a retry is a duplicate
+            // answered once they are published.
+            self.backlog.0 = all;
         }
     }
 
@@ -769,8 +1058,10 @@ impl Syncer {
     }
 
     /// Makes written groups durable with one sync, then writes their derived files and
-    /// publishes them, in order.
-    fn finish(&mut self, shared: &Shared, groups: &[Written]) -> std::io::Result<()> {
+    /// publishes them, in order. A failed sync is fatal; failing to write the derived files
+    /// (a full disk, no file descriptor for a new tree level) is transient: they are cut back
+    /// and the groups stay unpublished.
+    fn finish(&mut self, shared: &Shared, groups: &[Written]) -> Result<(), WriteFailure> {
         let Some(last) = groups.last() else {
             return Ok(());
         };
@@ -778,11 +1069,14 @@ impl Syncer {
         if end > self.synced_end {
             // The groups were written in log order, and a segment is synced before the next
             // one is started (`roll_segment`): syncing the last group's segment covers them all.
-            sync_segment(shared, &last.file)?;
+            sync_segment(shared, &last.file).map_err(WriteFailure::Fatal)?;
             self.synced_end = end;
             let events = groups.iter().map(|w| w.positions.len() as u64).sum();
             if let Ok(mut stats) = shared.stats.lock() {
                 stats.record(events, end);
+            }
+            if let Some(root) = last.root {
+                self.guard.record(size, &root);
             }
         }
         // Durable. Everything below only derives from it.
@@ -799,24 +1093,29 @@ impl Syncer {
         if pending.is_empty() && pending.terms.is_empty() {
             return Ok(());
         }
-        self.derived.write(&pending)?;
+        self.derived.write(&pending).map_err(|e| match e {
+            DerivedWriteError::Undone(e) => WriteFailure::Transient(e),
+            DerivedWriteError::Left(e) => WriteFailure::Fatal(e),
+        })?;
+        let poisoned = |what: &str| WriteFailure::Fatal(io_other(&format!("{what} lock poisoned")));
         {
-            let mut levels = shared
-                .levels
-                .write()
-                .map_err(|_| io_other("levels lock poisoned"))?;
+            let mut levels = shared.levels.write().map_err(|_| poisoned("levels"))?;
             if levels.len() < self.derived.levels.len() {
                 *levels = self.derived.levels.clone();
             }
         }
         {
-            let mut index = shared
-                .index
-                .write()
-                .map_err(|_| io_other("index lock poisoned"))?;
+            let mut index = shared.index.write().map_err(|_| poisoned("index"))?;
             for w in groups {
+                let first = index.len();
                 for (offset, rec) in w.positions.iter().zip(&w.records) {
                     index.push(*offset, rec, false);
+                }
+                let leaves = w.pending.levels.first().map_or(&[][..], Vec::as_slice);
+                for (seq, leaf) in (first..).zip(leaves.chunks_exact(32)) {
+                    if let Some(leaf) = Hash::from_slice(leaf) {
+                        index.push_leaf(seq, &leaf);
+                    }
                 }
                 if let Some(cp_pos) = w.cp_pos {
                     index.checkpoints.push((w.size, cp_pos));
@@ -825,7 +1124,9 @@ impl Syncer {
             shared.size.store(size, Ordering::Release);
         }
         if size - self.meta.size >= META_EVERY {
-            self.commit_meta(shared)?;
+            // Only a watermark: if it cannot be written now (a full disk), opening replays a
+            // little more, and the next attempt comes after the next META_EVERY events.
+            let _ = self.commit_meta(shared);
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use mlaudit_core::merkle::{self, leaf_hash, sha256, CompactRange, Hash};
 use mlaudit_core::note::open_checkpoint;
 use mlaudit_embedded::EmbeddedStore;
 use mlaudit_store::proofs::{consistency, inclusion_bundle};
-use mlaudit_store::{Nodes, Query, Store};
+use mlaudit_store::{Nodes, Query, Store, StoreError};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
@@ -57,9 +57,32 @@ struct Model {
     ids: HashMap<EventId, u64>,
     /// Every checkpoint size the store must list, ascending.
     checkpoints: Vec<u64>,
+    /// The event written for each client-chosen id, to retry or contradict.
+    specs: HashMap<EventId, Spec>,
+    /// Batches refused for reusing an id with other content.
+    conflicts: usize,
 }
 
 impl Model {
+    /// The first event of a batch whose id is taken, in the log or earlier in the batch, by
+    /// other content.
+    fn first_conflict(&self, specs: &[Spec]) -> Option<(usize, EventId)> {
+        let mut seen: HashMap<EventId, String> = HashMap::new();
+        for (i, s) in specs.iter().enumerate() {
+            let Some(id) = s.id else { continue };
+            let original = seen.get(&id).cloned().or_else(|| {
+                self.ids
+                    .get(&id)
+                    .map(|seq| self.specs[&self.events[*seq as usize].id].json())
+            });
+            if original.is_some_and(|o| o != s.json()) {
+                return Some((i, id));
+            }
+            seen.entry(id).or_insert_with(|| s.json());
+        }
+        None
+    }
+
     fn len(&self) -> u64 {
         self.events.len() as u64
     }
@@ -109,12 +132,24 @@ fn pool_value(rng: &mut Rng, field: SubjectField, n: u64) -> String {
     }
 }
 
-fn random_spec(rng: &mut Rng, n: u64, earlier: &[EventId], in_batch: &[EventId]) -> Spec {
+/// A random event. About one in ten reuses an id written earlier or earlier in the batch: nine
+/// times in ten as an exact retry (a duplicate), otherwise with other content (a conflict).
+fn random_spec(rng: &mut Rng, n: u64, earlier: &[&Spec], in_batch: &[Spec]) -> Spec {
     let r = rng.below(100);
-    let id = if r < 5 && !earlier.is_empty() {
-        Some(*rng.pick(earlier))
+    let repeat_of = if r < 5 && !earlier.is_empty() {
+        Some((*rng.pick(earlier)).clone())
     } else if r < 10 && !in_batch.is_empty() {
-        Some(*rng.pick(in_batch))
+        Some(rng.pick(in_batch).clone())
+    } else {
+        None
+    };
+    if let Some(original) = &repeat_of {
+        if rng.chance(90) {
+            return original.clone();
+        }
+    }
+    let id = if let Some(original) = &repeat_of {
+        original.id
     } else if r < 13 {
         None // the store generates one
     } else {
@@ -283,15 +318,11 @@ fn append_batch(
     counter: &mut u64,
 ) -> usize {
     let n = rng.range(1, 51);
-    let earlier: Vec<EventId> = model.events.iter().map(|e| e.id).collect();
-    let mut specs = Vec::new();
-    let mut in_batch = Vec::new();
+    let earlier: Vec<&Spec> = model.specs.values().collect();
+    let mut specs: Vec<Spec> = Vec::new();
     for _ in 0..n {
         *counter += 1;
-        let spec = random_spec(rng, *counter, &earlier, &in_batch);
-        if let Some(id) = spec.id {
-            in_batch.push(id);
-        }
+        let spec = random_spec(rng, *counter, &earlier, &specs);
         specs.push(spec);
     }
     let prepared: Vec<_> = specs.iter().map(Spec::prepare).collect();
@@ -299,6 +330,16 @@ fn append_batch(
         assert_eq!(p.payload, s.json().into_bytes());
         assert_eq!(p.event_time_ns, s.time_ns);
         assert_eq!(p.subjects, s.header_subjects());
+    }
+    if let Some((index, id)) = model.first_conflict(&specs) {
+        let size = store.tree_size();
+        match store.append(prepared) {
+            Err(StoreError::Conflict { index: i, id: got }) => assert_eq!((i, got), (index, id)),
+            other => panic!("a batch reusing {id} with other content: {other:?}"),
+        }
+        assert_eq!(store.tree_size(), size, "a refused batch writes nothing");
+        model.conflicts += 1;
+        return 0;
     }
     let before = now_ns();
     let receipt = store.append(prepared).unwrap();
@@ -345,6 +386,9 @@ fn append_batch(
                 .receipt_time_ns,
         );
         model.ids.insert(got.id, seq);
+        if spec.id.is_some() {
+            model.specs.insert(got.id, spec.clone());
+        }
         model.events.push(MEvent {
             seq,
             id: got.id,
@@ -412,6 +456,11 @@ fn random_batches_match_the_reference_model() {
         }
     }
     assert!(repeats >= 30, "only {repeats} repeated ids were tried");
+    assert!(
+        model.conflicts >= 3,
+        "only {} conflicting batches were tried",
+        model.conflicts
+    );
     assert!(
         nonempty >= 200,
         "only {nonempty} random queries had matches"

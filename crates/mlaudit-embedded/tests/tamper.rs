@@ -397,7 +397,9 @@ fn a_flipped_byte_in_an_index_id_is_caught() {
     );
     let id = base.ids[seq as usize];
     assert_eq!(store.seq_of(&id).unwrap(), Some(seq));
-    let retry = Spec::simple(id, "x.retry", 77).prepare();
+    // The event `build_base` wrote at this seq, sent again.
+    let n = seq + 1;
+    let retry = Spec::simple(id, KINDS[n as usize % KINDS.len()], n).prepare();
     let r = store.append(vec![retry]).unwrap();
     assert!(
         r.events[0].duplicate,
@@ -405,6 +407,12 @@ fn a_flipped_byte_in_an_index_id_is_caught() {
         r.events[0].seq
     );
     assert_eq!(r.events[0].seq, seq);
+    // Other content under the same id is found as well, and refused.
+    let other = Spec::simple(id, "x.retry", 77).prepare();
+    assert!(matches!(
+        store.append(vec![other]),
+        Err(mlaudit_store::StoreError::Conflict { index: 0, id: got }) if got == id
+    ));
     assert!(run_verify(&store).is_ok());
 }
 

@@ -26,7 +26,18 @@ struct Base {
     /// `derived.meta` as it was before the last group was appended: restoring it makes the
     /// directory look like a crash right after the last group was written.
     meta_before_last: Vec<u8>,
+    /// `latest-checkpoint` as it was before the last group: with `meta_before_last`, the state
+    /// of a crash before the last group's sync (the guard is written only after it).
+    guard_before_last: Vec<u8>,
     root: Hash,
+}
+
+impl Base {
+    /// Puts the watermark and the guard of a crash before the last group's sync into `dir`.
+    fn crash_before_last(&self, dir: &Path) {
+        std::fs::write(dir.join("derived.meta"), &self.meta_before_last).unwrap();
+        std::fs::write(dir.join("latest-checkpoint"), &self.guard_before_last).unwrap();
+    }
 }
 
 impl Base {
@@ -43,9 +54,11 @@ fn build_base(tag: &str) -> Base {
     let mut groups = Vec::new();
     let mut n = 0u64;
     let mut meta_before_last = Vec::new();
+    let mut guard_before_last = Vec::new();
     for (i, &size) in GROUPS.iter().enumerate() {
         if i == GROUPS.len() - 1 {
             meta_before_last = std::fs::read(dir.path().join("derived.meta")).unwrap();
+            guard_before_last = std::fs::read(dir.path().join("latest-checkpoint")).unwrap();
         }
         let (store, _) = open(dir.path());
         let specs: Vec<Spec> = (0..size)
@@ -73,6 +86,7 @@ fn build_base(tag: &str) -> Base {
         dir,
         groups,
         meta_before_last,
+        guard_before_last,
         root,
     }
 }
@@ -117,7 +131,7 @@ fn cut_every_offset(base: &Base) {
     let mut reopen_checked = 0;
     for cut in ev.off..cp.end() {
         let copy = TempDir::copy_of(base.dir.path(), "cut");
-        std::fs::write(copy.path().join("derived.meta"), &base.meta_before_last).unwrap();
+        base.crash_before_last(copy.path());
         let path = copy.path().join(&name);
         std::fs::OpenOptions::new()
             .write(true)
@@ -315,7 +329,7 @@ fn a_last_record_zeroed_through_the_end_is_a_torn_tail() {
         cp.off + record::HEADER_LEN as u64 + 3,
     ] {
         let copy = TempDir::copy_of(base.dir.path(), "zero-body");
-        std::fs::write(copy.path().join("derived.meta"), &base.meta_before_last).unwrap();
+        base.crash_before_last(copy.path());
         let mut b = bytes.clone();
         b[from as usize..].fill(0);
         std::fs::write(copy.path().join(&name), &b).unwrap();
@@ -567,4 +581,96 @@ fn garbled_derived_files_that_fail_their_checks_are_rebuilt() {
         std::fs::write(&p, b).unwrap();
     });
     assert!(r.rebuilt.is_some(), "{r:?}");
+}
+
+/// A log cut at a record boundary, after its last group was acknowledged (so its guard says
+/// so), with the watermark of before that group (so `derived.meta` cannot tell): opening
+/// refuses, naming what is missing, instead of signing the shorter tree; deleting the guard is
+/// the operator's way to open a copy restored on purpose, and opening then says the check was
+/// skipped.
+#[test]
+fn a_log_shorter_than_its_last_durable_checkpoint_is_refused() {
+    let base = build_base("rollback");
+    let seg = only_segment(base.dir.path());
+    let name = file_name(&seg);
+    let bytes = std::fs::read(&seg).unwrap();
+    let recs = records(&bytes);
+    // Cut just after the checkpoint that precedes the last group.
+    let last_group = *GROUPS.last().unwrap();
+    let cut = recs[recs.len() - 2 - last_group].end();
+    let copy = TempDir::copy_of(base.dir.path(), "rollback");
+    std::fs::write(copy.path().join("derived.meta"), &base.meta_before_last).unwrap();
+    let path = copy.path().join(&name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(cut)
+        .unwrap();
+    let total = base.total();
+    match try_open(copy.path()) {
+        Err(OpenError::Rollback(why)) => {
+            let want = format!(
+                "the log holds {} events, but it made a checkpoint of {total} events durable",
+                total - last_group as u64
+            );
+            assert!(why.contains(&want), "{why}");
+        }
+        other => panic!("a rolled-back log opened: {:?}", other.map(|(_, r)| r)),
+    }
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        cut,
+        "a refused open changes nothing"
+    );
+    std::fs::remove_file(copy.path().join("latest-checkpoint")).unwrap();
+    let (store, report) = open(copy.path());
+    assert_eq!(store.tree_size(), total - last_group as u64);
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("latest-checkpoint is missing")),
+        "{report:?}"
+    );
+}
+
+/// The same size, another tree: a log whose last group was rewritten (and re-signed with the
+/// key) is refused too.
+#[test]
+fn a_rewritten_log_is_refused_against_its_last_durable_checkpoint() {
+    let base = build_base("rewrite");
+    let other = build_base("rewrite-other");
+    let copy = TempDir::copy_of(base.dir.path(), "rewrite");
+    std::fs::copy(
+        other.dir.path().join("latest-checkpoint"),
+        copy.path().join("latest-checkpoint"),
+    )
+    .unwrap();
+    // Same events, same sizes, but other receipt times: another root at the same size.
+    assert_ne!(base.root, other.root);
+    match try_open(copy.path()) {
+        Err(OpenError::Rollback(why)) => assert!(why.contains("was rewritten"), "{why}"),
+        other => panic!("a rewritten log opened: {:?}", other.map(|(_, r)| r)),
+    }
+}
+
+/// A missing `derived.meta` in a log that holds events is reported, not silently rebuilt.
+#[test]
+fn a_missing_or_damaged_watermark_is_reported() {
+    let base = build_base("no-meta");
+    for (what, damage) in [("missing", None), ("damaged", Some(b"garbage".to_vec()))] {
+        let copy = TempDir::copy_of(base.dir.path(), "no-meta");
+        match damage {
+            None => std::fs::remove_file(copy.path().join("derived.meta")).unwrap(),
+            Some(bytes) => std::fs::write(copy.path().join("derived.meta"), bytes).unwrap(),
+        }
+        let (store, report) = open(copy.path());
+        assert_eq!(store.tree_size(), base.total());
+        let want = format!("derived.meta is {what}");
+        assert!(
+            report.warnings.iter().any(|w| w.contains(&want)),
+            "{what}: {report:?}"
+        );
+    }
 }

@@ -201,6 +201,19 @@ pub enum StoreError {
     /// An event cannot be stored (a limit was exceeded).
     #[error("event {index} of the batch cannot be stored: {problem}")]
     Rejected { index: usize, problem: String },
+    /// An event's id is already in the log (or earlier in the batch) with a different
+    /// payload: the whole batch was refused and nothing of it was written. (A retry of the
+    /// same event, with the same payload digest, is a duplicate, not a conflict.)
+    #[error("event {index} of the batch reuses id {id}, already in the log with a different payload (kind or content)")]
+    Conflict { index: usize, id: EventId },
+    /// The disk is full: nothing of the batch was acknowledged. Appends work again once space
+    /// is freed.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
+    /// A resource ran out for a moment (open files): nothing of the batch was acknowledged,
+    /// and the next batch tries again.
+    #[error("temporarily unable to store: {0}")]
+    Unavailable(String),
     /// The writer stopped after an earlier failure; reopen the store.
     #[error("the store's writer has stopped: {0}")]
     WriterStopped(String),
@@ -210,6 +223,22 @@ pub enum StoreError {
         context: String,
         source: std::io::Error,
     },
+}
+
+impl StoreError {
+    /// The error for an I/O failure that did not compromise durability (nothing was
+    /// acknowledged, nothing written is left behind): a full disk, or any other resource.
+    pub fn transient(context: &str, e: &std::io::Error) -> StoreError {
+        /// `ENOSPC` and `EDQUOT` on Linux.
+        const NO_SPACE: [i32; 2] = [28, 122];
+        let full = e.kind() == std::io::ErrorKind::StorageFull
+            || e.raw_os_error().is_some_and(|c| NO_SPACE.contains(&c));
+        if full {
+            StoreError::DiskFull(format!("{context}: {e}"))
+        } else {
+            StoreError::Unavailable(format!("{context}: {e}"))
+        }
+    }
 }
 
 /// Called with the outcome of an append submitted with [`Store::submit`].
@@ -247,6 +276,26 @@ pub trait Store: Send + Sync {
     fn event(&self, seq: u64) -> Result<StoredEvent, StoreError>;
     /// The seq of an event id, if present.
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError>;
+    /// The seq of the event whose leaf hash is `leaf`, if it is in the log: how a caller who
+    /// holds an entry, but not its position, asks for its inclusion proof. The default reads
+    /// every leaf; engines keep an index.
+    fn seq_of_leaf(&self, leaf: &Hash) -> Result<Option<u64>, StoreError> {
+        const CHUNK: u64 = 1 << 14;
+        let size = self.tree_size();
+        let mut start = 0;
+        while start < size {
+            let count = CHUNK.min(size - start);
+            let found = self
+                .nodes(0, start, count)?
+                .iter()
+                .position(|h| h.ct_eq(leaf));
+            if let Some(i) = found {
+                return Ok(Some(start + i as u64));
+            }
+            start += count;
+        }
+        Ok(None)
+    }
     /// A stored perfect-subtree hash (see [`NodeSource`]).
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError>;
     /// `count` consecutive stored hashes of one level from `start` (bulk reads for `verify`).

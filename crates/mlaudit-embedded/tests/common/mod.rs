@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use mlaudit_core::entry::{ActorType, EventId, SubjectField};
-use mlaudit_core::event::{format_time, prepare, PreparedEvent};
+use mlaudit_core::event::{format_time, prepare_reserved, PreparedEvent};
 use mlaudit_core::note::{NoteSigner, NoteVerifier};
 use mlaudit_embedded::record;
 use mlaudit_embedded::{EmbeddedStore, OpenError, OpenReport};
@@ -254,7 +254,7 @@ impl Spec {
 
     pub fn prepare(&self) -> PreparedEvent {
         let json = self.json();
-        match prepare(&json, "test") {
+        match prepare_reserved(&json, "test") {
             Ok(p) => p,
             Err(e) => panic!("test event rejected: {e}\n{json}"),
         }
