@@ -462,11 +462,11 @@ impl State {
     pub fn sign_at_open(&mut self, shared: &Shared) -> std::io::Result<()> {
         let written = match self.committer.write_group(shared, &[], now_ns()) {
             Ok(w) => w,
-            Err(WriteFailure::Transient(e) | WriteFailure::Fatal(e)) => return Err(e),
+            Err(WriteFailure::Transient(_, e) | WriteFailure::Fatal(e)) => return Err(e),
         };
         match self.syncer.finish(shared, std::slice::from_ref(&written)) {
             Ok(()) => Ok(()),
-            Err(WriteFailure::Transient(e) | WriteFailure::Fatal(e)) => Err(e),
+            Err(WriteFailure::Transient(_, e) | WriteFailure::Fatal(e)) => Err(e),
         }
     }
 }
@@ -553,7 +553,7 @@ impl Committer {
                 self.release(shared, &new);
                 drop(new);
                 let refusal = match failure {
-                    WriteFailure::Transient(e) => Refusal::from(e),
+                    WriteFailure::Transient(what, e) => Refusal::new(what, &e),
                     WriteFailure::Fatal(e) => {
                         let why = format!("write failed: {e}");
                         self.failed = Some(why.clone());
@@ -733,8 +733,9 @@ impl Committer {
         if self.log_end - self.segment.start >= shared.options.segment_target {
             self.roll_segment(shared)?;
         }
-        let chunks = build_parallel(new, receipt_ns, &mut self.spare)
-            .map_err(|e| WriteFailure::Transient(std::io::Error::other(e)))?;
+        let chunks = build_parallel(new, receipt_ns, &mut self.spare).map_err(|e| {
+            WriteFailure::Transient("encoding the events", std::io::Error::other(e))
+        })?;
         let range_before = self.range.clone();
         let mut pending = Pending::default();
         let mut positions = Vec::with_capacity(new.len());
@@ -757,7 +758,10 @@ impl Committer {
             Ok(note) => note,
             Err(e) => {
                 self.range = range_before;
-                return Err(WriteFailure::Transient(std::io::Error::other(e)));
+                return Err(WriteFailure::Transient(
+                    "signing the checkpoint",
+                    std::io::Error::other(e),
+                ));
             }
         };
         let mut cp_buf = Vec::with_capacity(note.len() + 32);
@@ -801,7 +805,7 @@ impl Committer {
     /// of it remains (transient); if even that fails, the segment's end is unknown (fatal).
     fn undo_write(&self, e: std::io::Error) -> WriteFailure {
         match self.segment.file.set_len(self.log_end - self.segment.start) {
-            Ok(()) => WriteFailure::Transient(e),
+            Ok(()) => WriteFailure::Transient("writing the log", e),
             Err(cut) => WriteFailure::Fatal(std::io::Error::other(format!(
                 "{e}; and cutting {} back to {} failed: {cut}",
                 self.segment.name,
@@ -825,7 +829,7 @@ impl Committer {
             .create(true)
             .mode(crate::FILE_MODE)
             .open(&path)
-            .map_err(WriteFailure::Transient)?;
+            .map_err(|e| WriteFailure::Transient("creating the next segment", e))?;
         match file.metadata() {
             Ok(m) if m.len() == 0 => {}
             Ok(m) => {
@@ -834,9 +838,10 @@ impl Committer {
                     m.len()
                 ))))
             }
-            Err(e) => return Err(WriteFailure::Transient(e)),
+            Err(e) => return Err(WriteFailure::Transient("creating the next segment", e)),
         }
-        crate::derived::sync_dir(&shared.dir).map_err(WriteFailure::Transient)?;
+        crate::derived::sync_dir(&shared.dir)
+            .map_err(|e| WriteFailure::Transient("creating the next segment", e))?;
         let seg = Segment {
             start: self.log_end,
             file: Arc::new(file),
@@ -864,8 +869,9 @@ impl std::fmt::Debug for Backlog {
 
 /// Why a group could not be written.
 enum WriteFailure {
-    /// Nothing of the group is left in the segment: refuse it, and take the next group.
-    Transient(std::io::Error),
+    /// Nothing of the group is left in the segment: refuse it, and take the next group. The
+    /// text says what was being done.
+    Transient(&'static str, std::io::Error),
     /// The segment's state is unknown (or a sync failed): stop the writer.
     Fatal(std::io::Error),
 }
@@ -900,16 +906,15 @@ enum Refusal {
     Unavailable(String),
 }
 
-impl From<std::io::Error> for Refusal {
-    fn from(e: std::io::Error) -> Refusal {
-        match StoreError::transient("writing the log", &e) {
+impl Refusal {
+    /// The refusal for a transient failure while doing `what`.
+    fn new(what: &str, e: &std::io::Error) -> Refusal {
+        match StoreError::transient(what, e) {
             StoreError::DiskFull(why) => Refusal::DiskFull(why),
             other => Refusal::Unavailable(other.to_string()),
         }
     }
-}
 
-impl Refusal {
     fn error(&self) -> StoreError {
         match self {
             Refusal::Stopped(why) => StoreError::WriterStopped(why.clone()),
@@ -996,7 +1001,7 @@ impl Syncer {
             Some(why) => Err(Refusal::Stopped(why.clone())),
             None => match self.finish(shared, &all) {
                 Ok(()) => Ok(()),
-                Err(WriteFailure::Transient(e)) => Err(Refusal::from(e)),
+                Err(WriteFailure::Transient(what, e)) => Err(Refusal::new(what, &e)),
                 Err(WriteFailure::Fatal(e)) => {
                     let why = format!("sync failed: {e}");
                     self.failed = Some(why.clone());
@@ -1094,7 +1099,9 @@ impl Syncer {
             return Ok(());
         }
         self.derived.write(&pending).map_err(|e| match e {
-            DerivedWriteError::Undone(e) => WriteFailure::Transient(e),
+            DerivedWriteError::Undone(e) => {
+                WriteFailure::Transient("writing the tree and index files", e)
+            }
             DerivedWriteError::Left(e) => WriteFailure::Fatal(e),
         })?;
         let poisoned = |what: &str| WriteFailure::Fatal(io_other(&format!("{what} lock poisoned")));
