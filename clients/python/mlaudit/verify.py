@@ -13,7 +13,8 @@ signature by that key (C2SP signed-note, Ed25519 over the body); the checkpoint 
 rejection rule) and its seq equals ``leaf_index``; the payload's SHA-256 and length
 against the entry (when the payload is not null); the RFC 9162 §2.1.3.2 inclusion path
 from ``SHA-256(0x00 || entry)`` to the checkpoint's root. Dependencies: hashlib and the
-``cryptography`` package (Ed25519).
+``cryptography`` package (Ed25519; without it the command says how to install it and exits
+2).
 """
 
 from __future__ import annotations
@@ -125,10 +126,26 @@ def parse_verifier_key(text: str) -> VerifierKey:
     return VerifierKey(name, bytes.fromhex(hex_id), pub)
 
 
+#: What to do when the ``cryptography`` package is missing.
+INSTALL_HINT = "pip install 'mlaudit[verify]'"
+
+
+def _ed25519():
+    """``(InvalidSignature, Ed25519PublicKey)`` from ``cryptography``; an ImportError that
+    says how to install it when it is missing."""
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError as e:
+        raise ImportError("checking Ed25519 signatures needs the cryptography package, "
+                          f"which cannot be imported ({' '.join(str(e).split())}); "
+                          f"install it with: {INSTALL_HINT}") from None
+    return InvalidSignature, Ed25519PublicKey
+
+
 def verify_note(note: str, key: VerifierKey) -> bytes:
     """Check the signed note; return its body bytes (with the final newline)."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    InvalidSignature, Ed25519PublicKey = _ed25519()
 
     if not isinstance(note, str):
         raise VerificationError("checkpoint is not a string")
@@ -379,6 +396,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = ap.parse_args(argv)
     except SystemExit as e:
         return 2 if e.code else 0
+    try:
+        _ed25519()
+    except ImportError as e:
+        print(f"mlaudit.verify: {e}", file=sys.stderr)
+        return 2
     try:
         try:
             key = parse_verifier_key(_read_key(args.key))

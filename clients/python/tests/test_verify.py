@@ -229,6 +229,39 @@ def test_usage_and_input_errors_exit_2(bundles, tmp_path):
     assert p.returncode == 2
 
 
+# Runs ``python -m mlaudit.verify ARGS`` in a process where ``cryptography`` cannot be
+# imported (a meta-path finder refuses it), whether or not it is installed.
+_WITHOUT_CRYPTOGRAPHY = """
+import runpy, sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name == "cryptography" or name.startswith("cryptography."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, Refuse())
+sys.argv = ["mlaudit.verify"] + sys.argv[1:]
+runpy.run_module("mlaudit.verify", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_without_cryptography_the_command_says_how_to_install_it(bundles):
+    d, key, out = bundles
+    env = dict(os.environ, PYTHONPATH=CLIENT_DIR)
+    p = subprocess.run([sys.executable, "-c", _WITHOUT_CRYPTOGRAPHY, str(d / "reader.json"),
+                        "--key", key], capture_output=True, text=True, env=env, timeout=60)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stdout == ""
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert "pip install 'mlaudit[verify]'" in lines[0] and "cryptography" in lines[0]
+    # The same command with the module importable verifies the bundle.
+    ok = subprocess.run([sys.executable, "-c", _WITHOUT_CRYPTOGRAPHY.replace(
+        '"cryptography"', '"no-such-module"').replace('"cryptography."', '"no-such-module."'),
+        str(d / "reader.json"), "--key", key], capture_output=True, text=True, env=env,
+        timeout=60)
+    assert ok.returncode == 0 and ok.stdout.startswith("OK"), ok.stderr
+
+
 def test_both_verifiers_agree_on_the_genuine_bundles(bundles):
     d, key, out = bundles
     for name in out:
