@@ -229,8 +229,8 @@ class ProcessAuditLogger(AuditLogger):
                         items = self._take_all_locked()
                     if items:
                         self._spool_items(items, pause=False)
-            except Exception:  # never let the forwarder die silently
-                log.exception("mlaudit: forwarder thread error")
+            except Exception as e:  # never let the forwarder die silently
+                self._swallowed("the forwarder thread", e)
                 time.sleep(0.1)
 
     def _wait_for_chunk_locked(self) -> bool:
@@ -262,20 +262,22 @@ class ProcessAuditLogger(AuditLogger):
             with self._lock:
                 self._report_drop(len(items))
             return
-        pairs = _pack(items)
-        if len(pairs) < len(items):
-            self._count("rejected", len(items) - len(pairs))
+        failed: List[Tuple[BaseException, Any]] = []
+        pairs = _pack(items, failed)
         if not pairs:
+            self._report_unencodable(failed)
             return
         try:
             data = marshal.dumps(("events", pairs))
         except ValueError:  # nested too deeply for marshal: encode them all here
-            pairs = _pack(items, encode_all=True)
+            failed = []
+            pairs = _pack(items, failed, encode_all=True)
             data = marshal.dumps(("events", pairs))
+        self._report_unencodable(failed)
         try:
             self._send(data, len(pairs))
-        except Exception:  # never into log(), never lose them uncounted
-            log.exception("mlaudit: cannot hand events to the delivery agent")
+        except Exception as e:  # never into log(), never lose them uncounted
+            self._swallowed("handing events to the delivery agent", e)
             with self._lock:
                 self._report_drop(len(pairs))
 
@@ -464,16 +466,18 @@ def _plain(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _pack(items: List[Tuple[Any, int, int]], encode_all: bool = False) -> List[Tuple[Any, int]]:
+def _pack(items: List[Tuple[Any, int, int]], failed: List[Tuple[BaseException, Any]],
+          encode_all: bool = False) -> List[Tuple[Any, int]]:
     """``(event, time_ns)`` pairs to marshal. An event holding anything else (a numpy array,
     an object) is encoded to JSON here instead (``_finalize_many``: its id and time fixed);
-    one that cannot be encoded either is left out (the caller counts it as rejected)."""
+    one that cannot be encoded either is left out and put in ``failed`` (the caller reports
+    it as rejected)."""
     out: List[Tuple[Any, int]] = []
     for ev, t, idx in items:
         if not encode_all and _plain(ev):
             out.append((ev, t))
         else:
-            out.extend((body, t) for body in _finalize_many([(ev, t, idx)], False))
+            out.extend((body, t) for body in _finalize_many([(ev, t, idx)], False, failed))
     return out
 
 

@@ -31,6 +31,9 @@ Invariants (what the tests check):
   is in the spool and fsync'd (the sender fsyncs spool writes in batches, ``flush()`` and
   ``close()`` wait for it). Events still in the memory queue when the process is killed
   (SIGKILL, power loss) are lost; ``close()`` runs at exit to spool them.
+* **Nothing swallowed silently.** An exception the SDK catches instead of raising (in the
+  decorator, the sender, encoding) is counted in ``errors``; the first of each kind is
+  logged at error level (:meth:`AuditLogger._swallowed`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import os
 import random
 import threading
 import time
+import traceback
 import uuid
 import warnings
 import weakref
@@ -162,6 +166,7 @@ class AuditLogger:
                             rejected=0, sampled_out=0, errors=0)
         self._drop_warned = False
         self._config_error_logged = False  # a refused token or an unsendable request, once
+        self._error_kinds: set = set()  # the kinds of exception swallowed (see _swallowed)
         self._pid = os.getpid()
         self._forked = False
         self._open_delivery(spool_dir, spool_max_bytes)
@@ -264,8 +269,9 @@ class AuditLogger:
         included), ``duplicates`` (ids the server already had), ``spooled`` (written to the
         spool), ``retried`` (failed send attempts that were retried or spooled),
         ``dropped`` (over ``spool_max_bytes``), ``rejected`` (refused with 422, or not
-        encodable), ``sampled_out``, ``errors`` (exceptions swallowed by the decorator); plus
-        ``queued`` and ``spool_pending_bytes`` now."""
+        encodable), ``sampled_out``, ``errors`` (exceptions the SDK caught instead of
+        raising: in the decorator, the sender, encoding); plus ``queued``,
+        ``spool_pending_bytes`` and ``mode`` now."""
         with self._lock:
             out = dict(self._counts)
             out["queued"] = len(self._buf) + self._held
@@ -398,11 +404,16 @@ class AuditLogger:
         ``risk`` ("high", "low" or ("low", rate)) sets this model's sampling policy.
         The request id is ``request_id(*args, **kwargs)`` if given, else the call's
         ``request_id`` keyword argument, else a new uuid4. See
-        :func:`mlaudit.stages.prediction_decorator` for the guarantees.
+        :func:`mlaudit.stages.prediction_decorator` for the guarantees. Raises
+        ``ValueError`` here, at decoration, when neither the decorator nor the logger has
+        an actor (every call would fail to be recorded).
         """
         from .stages import prediction_decorator
         if actor is not None:
             _check_actor(actor)
+        elif self.actor is None:
+            raise ValueError(f"@predictions(model={model!r}): no actor: give the decorator "
+                             "actor={'id': ..., 'type': 'service'} or the logger a default")
         if risk is not None:
             self.sampler.set(model, risk)
         return prediction_decorator(self, model=model, version=str(version),
@@ -434,16 +445,19 @@ class AuditLogger:
         self._flush_waiters = self._held = 0
         self._closing = self._closed = True
         self._fork_error_logged = False
+        self._error_kinds = set()
         self._counts = {name: 0 for name in self._counts}  # this process's, not the parent's
 
     def _forget_delivery_after_fork(self) -> None:
         self.spool.forget_after_fork()
 
-    def _forked_message(self) -> str:
+    def _forked_message(self, say_once: bool = True) -> str:
+        """Why a forked copy refuses to log; with ``say_once``, also logged the first time
+        (the decorator reports it through ``_swallowed`` instead)."""
         msg = (f"this AuditLogger was created in process {self._pid}, before a fork; this "
                f"process ({os.getpid()}) must create its own, with its own spool_dir: "
                "the event was not recorded")
-        if not self._fork_error_logged:
+        if say_once and not self._fork_error_logged:
             self._fork_error_logged = True
             log.error("mlaudit: %s", msg)
         return msg
@@ -451,6 +465,24 @@ class AuditLogger:
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+
+    def _swallowed(self, where: str, exc: BaseException, what: str = "") -> None:
+        """An exception caught ``where`` instead of being raised: counted in ``errors``; the
+        first of its kind (place and type) is logged at error level with its traceback,
+        later ones only counted. Never raises."""
+        try:
+            kind = (where, type(exc))
+            with self._lock:
+                self._counts["errors"] += 1
+                first = kind not in self._error_kinds
+                self._error_kinds.add(kind)
+            if first:
+                trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                log.error("%s", f"mlaudit: {where}: {type(exc).__name__}: {exc}{what} (the "
+                          f"first of its kind; later ones are only counted in "
+                          f"stats()['errors'])\n{trace}")
+        except Exception:
+            pass
 
     # -- spool helpers ---------------------------------------------------------------------
 
@@ -502,10 +534,19 @@ class AuditLogger:
         """:func:`_finalize_many`, pausing for the GIL (if ``pause``) only for a chunk of at
         most ``_ENCODE_CHUNK`` events: a longer one is a backlog, or a flush or close that
         wants it sent. An event that cannot be encoded is counted as rejected."""
-        bodies = _finalize_many(items, pause and self._gil_pauses and len(items) <= _ENCODE_CHUNK)
-        if len(bodies) < len(items):
-            self._count("rejected", len(items) - len(bodies))
+        failed: List[Tuple[BaseException, Any]] = []
+        bodies = _finalize_many(items, pause and self._gil_pauses and len(items) <= _ENCODE_CHUNK,
+                                failed)
+        self._report_unencodable(failed)
         return bodies
+
+    def _report_unencodable(self, failed: List[Tuple[BaseException, Any]]) -> None:
+        """Events :func:`_finalize_many` could not encode: rejected, and swallowed errors."""
+        if failed:
+            self._count("rejected", len(failed))
+            for exc, ev in failed:
+                self._swallowed("REJECTED an event that could not be encoded", exc,
+                                f"; the event: {_safe_repr(ev)}")
 
     def _report_drop(self, n: int) -> None:
         self._counts["dropped"] += n
@@ -579,8 +620,8 @@ class AuditLogger:
                         return
                 self._backoff(attempt)
                 attempt += 1
-            except Exception:  # never let the sender die silently
-                log.exception("mlaudit: sender thread error (retrying)")
+            except Exception as e:  # never let the sender die silently
+                self._swallowed("the sender thread (retrying)", e)
                 if held:  # never keep them in memory across an error: spool them
                     bodies, held = held, []
                     self._spool_undelivered(bodies, held_upto)
@@ -790,9 +831,12 @@ _ENCODE_CHUNK = 32
 _ENCODE_EVERY_S = 0.025
 
 
-def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) -> List[bytes]:
+def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool,
+                   failed: List[Tuple[BaseException, Any]]) -> List[bytes]:
     """Fix each event's id and time (before its first send attempt) and encode it. An item
-    queued as a tuple by the prediction decorator becomes its event dict here.
+    queued as a tuple by the prediction decorator becomes its event dict here. An event
+    that cannot be encoded (not expected: encoding never raises) is left out and appended
+    to ``failed`` with its exception, for the caller to report.
 
     With ``pause``, the sender sleeps ``_GIL_PAUSE_S`` whenever it has encoded for
     ``_GIL_SLICE_NS`` (a few events) since the last pause, which lets a thread waiting for
@@ -826,9 +870,16 @@ def _finalize_many(items: List[Tuple[Dict[str, Any], int, int]], pause: bool) ->
             if "time" not in ev:
                 ev["time"] = timestamp(t_ns)
             out.append(dumps(ev))
-        except Exception:  # not expected (encoding never raises): never lose the others
-            log.exception("mlaudit: REJECTED an event that could not be encoded: %.200r", ev)
+        except Exception as e:  # not expected (encoding never raises): never lose the others
+            failed.append((e, ev))
     return out
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)[:200]
+    except Exception:
+        return f"<a {type(value).__name__} without a repr>"
 
 
 #: Every logger alive in this process (weakly held), for the after-fork hook.

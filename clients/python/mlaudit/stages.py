@@ -7,7 +7,6 @@ kept as they are), ``id=`` and ``time=``.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 import uuid
 from time import perf_counter_ns, time_ns
@@ -186,12 +185,11 @@ class TrainingRun:
             self.completed_id = self._logger.emit(
                 "training.run_completed", subject={"run": self.run, "model": self.model},
                 attributes=attrs, actor=self._actor)
-        except Exception:
+        except Exception as e:
             if exc_type is None:
                 raise
             # The training code's exception matters more than this one: keep it.
-            logging.getLogger("mlaudit").exception(
-                "mlaudit: could not record training.run_completed for %s", self.run)
+            self._logger._swallowed(f"recording training.run_completed of run {self.run!r}", e)
         return False  # never swallow the training code's exception
 
 
@@ -203,7 +201,9 @@ def prediction_decorator(logger, *, model: str, version: str,
     Guarantees: the wrapped function's result is returned unchanged (the same object); if
     the function raises, that exact exception propagates and nothing is logged; no
     exception from the logging path (encoding, sampling, a closed or broken logger) ever
-    reaches the caller — it is swallowed and counted in ``stats()["errors"]``.
+    reaches the caller — it is swallowed and counted in ``stats()["errors"]``, and the
+    first of each type is logged at error level. (A decorator without an actor, from
+    itself or the logger, is refused at decoration: ``AuditLogger.predictions``.)
 
     The event: subject ``{model, version, request}``, attributes ``inputs`` (``args`` and
     ``kwargs``), ``outputs`` (the result; ``None`` is recorded as ``{"value": null}`` since
@@ -227,8 +227,8 @@ def prediction_decorator(logger, *, model: str, version: str,
             # The event dict is built, and encoded, on the sender thread (build_prediction).
             try:
                 if logger._closing:
-                    raise LoggerClosedError(logger._forked_message() if logger._forked
-                                            else "prediction after close()")
+                    raise LoggerClosedError(logger._forked_message(say_once=False)
+                                            if logger._forked else "prediction after close()")
                 if request_id is not None:
                     rid = request_id(*args, **kwargs)
                 else:
@@ -246,11 +246,8 @@ def prediction_decorator(logger, *, model: str, version: str,
                                  snapshot(kwargs) if kwargs else None,
                                  snapshot(result) if result is not None else None, t1 - t0,
                                  rate), time_ns())
-            except Exception:
-                try:
-                    logger._count("errors")
-                except Exception:
-                    pass
+            except Exception as e:
+                logger._swallowed("the prediction decorator (the call was not recorded)", e)
             return result
         return wrapper
     return decorate

@@ -393,9 +393,9 @@ def spy_on_finalize(monkeypatch, describe):
     seen = []
     real = ml._finalize_many
 
-    def spy(items, pause):
+    def spy(items, pause, failed):
         seen.append(describe(items, pause))
-        return real(items, pause)
+        return real(items, pause, failed)
 
     monkeypatch.setattr(ml, "_finalize_many", spy)
     return seen
@@ -458,10 +458,10 @@ def test_finalize_pauses_after_each_slice_only_when_asked(monkeypatch):
     items = [({"kind": "x.k", "id": f"id-{i}", "time": "2026-11-27T00:00:00Z"}, 0, i)
              for i in range(40)]
     monkeypatch.setattr(ml, "_GIL_SLICE_NS", 0)  # every event is a slice
-    assert len(ml._finalize_many(items, pause=True)) == 40
+    assert len(ml._finalize_many(items, True, [])) == 40
     assert len(slept) == 39  # between events, never before the first
-    ml._finalize_many(items, pause=False)
+    ml._finalize_many(items, False, [])
     assert len(slept) == 39
     monkeypatch.setattr(ml, "_GIL_SLICE_NS", 10**12)  # one slice for the whole chunk
-    ml._finalize_many(items, pause=True)
+    ml._finalize_many(items, True, [])
     assert len(slept) == 39
