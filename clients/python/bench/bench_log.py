@@ -229,10 +229,10 @@ def bench_mlaudit_paced(url, token, calls, rate, work):
 
 
 def bench_http_sync(url, token, calls):
-    import mlaudit._http as h
+    from mlaudit._http import DELIVERED, Transport
     from mlaudit.encode import dumps
     import uuid
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    transport = Transport(url, token, 30)
     bodies = []
     for i in range(calls):
         ev = event(i)
@@ -241,10 +241,10 @@ def bench_http_sync(url, token, calls):
     samples = []
     for b in bodies:
         t0 = time.perf_counter_ns()
-        status, _, err = h.post_json_array(url + "/v1/events", [b], headers, 30)
+        out = transport.post_events([b])
         samples.append(time.perf_counter_ns() - t0)
-        if status != 200:
-            raise SystemExit(f"http-sync: HTTP {status}: {err}")
+        if out.kind != DELIVERED:
+            raise SystemExit(f"http-sync: {out.kind}: {out.reason}")
     p = percentiles(samples)
     for name in ("p50", "p99", "p99.9"):
         emit("log", "http-sync", f"log_{name.replace('.', '_')}_ns", p[name], calls=calls,

@@ -27,10 +27,11 @@ Invariants (what the tests check):
 * **Idempotency.** An event's ``id`` (uuid4) and ``time`` are fixed before its first send
   attempt and travel with its JSON bytes through every retry and the spool; the server
   answers ``duplicate: true`` for an id it already has and writes nothing.
-* **Durability.** An event is durable once the server acknowledged it (200) or once it
-  is in the spool and fsync'd (the sender fsyncs spool writes in batches, ``flush()`` and
-  ``close()`` wait for it). Events still in the memory queue when the process is killed
-  (SIGKILL, power loss) are lost; ``close()`` runs at exit to spool them.
+* **Durability.** An event is durable once the server acknowledged it (200 with a receipt
+  for every event: see :mod:`mlaudit._http`) or once it is in the spool and fsync'd (the
+  sender fsyncs spool writes in batches, ``flush()`` and ``close()`` wait for it). Events
+  still in the memory queue when the process is killed (SIGKILL, power loss) are lost;
+  ``close()`` runs at exit to spool them.
 * **Nothing swallowed silently.** An exception the SDK catches instead of raising (in the
   decorator, the sender, encoding) is counted in ``errors``; the first of each kind is
   logged at error level (:meth:`AuditLogger._swallowed`).
@@ -52,7 +53,7 @@ import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from . import _http
+from ._http import DELIVERED, INVALID, REQUEST_ERROR, SPLIT, Transport
 from .encode import build_prediction, dumps, timestamp, uuid4_text
 from .sampling import HIGH, DEFAULT_LOW_RATE, Policy, Sampler
 from .spool import Spool, read_records
@@ -119,9 +120,7 @@ class AuditLogger:
         if actor is not None:
             _check_actor(actor)
         self.url = url.rstrip("/")
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
+        self._transport = Transport(self.url, token, timeout_s)  # (never log the token)
         self.actor = dict(actor) if actor is not None else None
         self.queue_size, self.batch_size, self.linger_s = queue_size, batch_size, linger_s
         self.timeout_s, self.max_attempts = timeout_s, max_attempts
@@ -165,8 +164,10 @@ class AuditLogger:
         self._counts = dict(sent=0, duplicates=0, spooled=0, retried=0, dropped=0,
                             rejected=0, sampled_out=0, errors=0)
         self._drop_warned = False
-        self._config_error_logged = False  # a refused token or an unsendable request, once
-        self._error_kinds: set = set()  # the kinds of exception swallowed (see _swallowed)
+        # What was logged once: configuration problems (until the next 200), and the kinds
+        # of exception swallowed (see _swallowed).
+        self._config_logged: set = set()
+        self._error_kinds: set = set()
         self._pid = os.getpid()
         self._forked = False
         self._open_delivery(spool_dir, spool_max_bytes)
@@ -469,7 +470,7 @@ class AuditLogger:
     def _swallowed(self, where: str, exc: BaseException, what: str = "") -> None:
         """An exception caught ``where`` instead of being raised: counted in ``errors``; the
         first of its kind (place and type) is logged at error level with its traceback,
-        later ones only counted. Never raises."""
+        later ones only counted. Never raises; never logs the token."""
         try:
             kind = (where, type(exc))
             with self._lock:
@@ -478,9 +479,9 @@ class AuditLogger:
                 self._error_kinds.add(kind)
             if first:
                 trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                log.error("%s", f"mlaudit: {where}: {type(exc).__name__}: {exc}{what} (the "
-                          f"first of its kind; later ones are only counted in "
-                          f"stats()['errors'])\n{trace}")
+                log.error("%s", self._transport.redact(
+                    f"mlaudit: {where}: {type(exc).__name__}: {exc}{what} (the first of its "
+                    f"kind; later ones are only counted in stats()['errors'])\n{trace}"))
         except Exception:
             pass
 
@@ -750,60 +751,61 @@ class AuditLogger:
         return True
 
     def _post(self, bodies: List[bytes]) -> Optional[List[bytes]]:
-        """POST ``bodies`` (with 422 removal and 413 splitting).
+        """POST ``bodies`` (with 422 removal and 400/413 splitting; what each answer means
+        is in :mod:`mlaudit._http`).
 
         Returns None when every event was acknowledged or rejected, else the events that
-        are still to be sent (a transient failure: unreachable, timeout, 5xx, 401/403).
+        are still to be sent (no answer, 5xx, a configuration problem: kept, retried).
         """
         while True:
-            status, doc, err = _http.post_json_array(self.url + "/v1/events", bodies,
-                                                     self._headers, self.timeout_s)
-            if status == 200:
-                events = doc.get("events", []) if isinstance(doc, dict) else []
-                dups = sum(1 for e in events if isinstance(e, dict) and e.get("duplicate"))
+            out = self._transport.post_events(bodies)
+            if out.kind == DELIVERED:
+                receipts = out.doc["events"]
+                dups = sum(1 for e in receipts if isinstance(e, dict) and e.get("duplicate"))
                 with self._lock:
                     self._counts["sent"] += len(bodies)
                     self._counts["duplicates"] += dups
-                self._config_error_logged = False
+                self._config_logged.clear()
                 return None
-            if status == 422:
-                bad = _bad_indices(doc, len(bodies))
-                if not bad:
-                    bad = {i: "rejected (no details)" for i in range(len(bodies))}
-                for i, why in sorted(bad.items()):
+            if out.kind == INVALID:
+                for i, why in sorted(out.invalid.items()):
                     log.error("mlaudit: the server rejected event %s: %s",
                               _describe(bodies[i]), why)
-                self._count("rejected", len(bad))
-                bodies = [b for i, b in enumerate(bodies) if i not in bad]
+                self._count("rejected", len(out.invalid))
+                bodies = [b for i, b in enumerate(bodies) if i not in out.invalid]
                 if not bodies:
                     return None
                 continue
-            if status in (400, 413) or (status is not None and 400 <= status < 500
-                                        and status not in (401, 403, 408, 425, 429)):
+            if out.kind == SPLIT:
                 if len(bodies) > 1:
                     mid = len(bodies) // 2
                     first = self._post(bodies[:mid])
                     if first:  # transient failure in the first half: keep the order
                         return first + bodies[mid:]
                     return self._post(bodies[mid:])
-                log.error("mlaudit: the server refused event %s with HTTP %s: %s",
-                          _describe(bodies[0]), status, err)
+                log.error("mlaudit: the server refused event %s: %s", _describe(bodies[0]),
+                          out.reason)
                 self._count("rejected")
                 return None
-            if status in (401, 403):
-                if not self._config_error_logged:
-                    self._config_error_logged = True
-                    log.error("mlaudit: the server refused the token (HTTP %s: %s); events "
-                              "are kept in the spool %s until a valid writer token is "
-                              "configured", status, err, self.spool.dir)
-            elif status is None and err.startswith(_http.REQUEST_ERROR):
-                if not self._config_error_logged:
-                    self._config_error_logged = True
-                    log.error("mlaudit: %s to %s; events are kept in the spool %s until the "
-                              "logger is configured correctly", err, self.url, self.spool.dir)
+            if out.config:
+                self._config_problem(out.status, out.reason)
             else:
-                log.debug("mlaudit: send failed (%s); will retry", err or status)
+                log.debug("mlaudit: send failed (%s); will retry", out.reason)
             return bodies
+
+    def _config_problem(self, status: Optional[int], reason: str) -> None:
+        """A refusal that will not go away by itself: logged at error level once per kind
+        until the server acknowledges a batch again; the events are kept."""
+        kind = status if status is not None else REQUEST_ERROR
+        if kind in self._config_logged:
+            return
+        self._config_logged.add(kind)
+        if status in (401, 403):
+            log.error("mlaudit: the server refused the token (%s); events are kept in the "
+                      "spool %s until a valid writer token is configured", reason, self.spool.dir)
+        else:
+            log.error("mlaudit: %s (from %s); events are kept in the spool %s until the logger "
+                      "or the server is configured correctly", reason, self.url, self.spool.dir)
 
     def _backoff(self, attempt: int) -> None:
         """Full-jitter exponential backoff; returns early on flush/close."""
@@ -894,18 +896,6 @@ def _disown_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_disown_in_child)
-
-
-def _bad_indices(doc: Any, n: int) -> Dict[int, str]:
-    out: Dict[int, str] = {}
-    try:
-        for d in doc["error"]["details"]:
-            i = d.get("index")
-            if isinstance(i, int) and 0 <= i < n:
-                out[i] = str(d.get("error"))
-    except (KeyError, TypeError, AttributeError):
-        pass
-    return out
 
 
 def _describe(body: bytes) -> str:

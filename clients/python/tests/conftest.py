@@ -38,6 +38,15 @@ def offline_server(tmp_path):
     s.stop()
 
 
+@pytest.fixture
+def fake():
+    """A fake server in this process (tests/fakelog.py), for answers a real one never gives."""
+    from fakelog import FakeLog
+    f = FakeLog().start()
+    yield f
+    f.stop()
+
+
 @pytest.fixture(params=["thread", "process"])
 def delivery(request):
     """Both deliveries: a sender thread in this process, or a child process (the agent)."""
