@@ -6,6 +6,10 @@ Layout of ``spool_dir``::
     seg-<20 digits>.spool     segments, drained lowest number first
     cursor                    JSON {"offsets": {"<segment number>": <byte offset>}}
 
+The directory is made private: created with mode 0700 (and set to 0700 if it is ours and
+more open), and every file written in it is 0600 whatever the umask (``create_private``):
+audit events can hold personal data.
+
 A segment is a sequence of records::
 
     u32 length (big-endian) | u32 zlib.crc32 of the body | body (the event's JSON bytes)
@@ -102,6 +106,35 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def create_private(path: str, flags: int) -> int:
+    """``os.open(path, flags | O_CREAT)`` with mode 0600 whatever the umask (also for a
+    file that existed with another mode)."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private_dir(path: str) -> None:
+    """Create ``path`` with mode 0700, or narrow an existing one that we own to 0700."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_mode & 0o077 and st.st_uid == os.getuid():
+        os.chmod(path, 0o700)
+
+
+def _narrow(path: str) -> None:
+    """An existing file written by an older version: down to 0600 if we may."""
+    try:
+        if os.stat(path).st_mode & 0o177:
+            os.chmod(path, 0o600)
+    except OSError:
+        pass
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -118,8 +151,8 @@ class Spool:
         self.dir = os.path.abspath(directory)
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
-        os.makedirs(self.dir, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(self.dir, "LOCK"), os.O_RDWR | os.O_CREAT, 0o644)
+        make_private_dir(self.dir)
+        self._lock_fd = create_private(os.path.join(self.dir, "LOCK"), os.O_RDWR)
         if fcntl is not None:
             try:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,6 +168,8 @@ class Spool:
             m = _SEG_RE.match(name)
             if m:
                 self._sizes[int(m.group(1))] = os.path.getsize(os.path.join(self.dir, name))
+            if m or name == "cursor":
+                _narrow(os.path.join(self.dir, name))
         self._offsets: Dict[int, int] = {}
         self._used = set(self._sizes)  # widened to every number used (see _new_number)
         self._load_cursor()
@@ -177,7 +212,7 @@ class Spool:
         path = os.path.join(self.dir, "cursor")
         tmp = path + ".tmp"
         data = json.dumps({"offsets": {str(k): v for k, v in offsets.items()}}).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = create_private(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
             _write_all(fd, data)
             os.fsync(fd)
@@ -247,7 +282,7 @@ class Spool:
             if self._tail_no not in self._dirty_fds:
                 os.close(self._tail_fd)
         no = self._new_number(tail=True)
-        self._tail_fd = os.open(self._path(no), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._tail_fd = create_private(self._path(no), os.O_WRONLY | os.O_APPEND)
         self._tail_no = no
         self._sizes[no] = 0
         self._dir_dirty = True
@@ -277,7 +312,7 @@ class Spool:
         if n == 0:
             return 0, None, 0
         no = self._new_number(tail=False)
-        fd = os.open(self._path(no), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = create_private(self._path(no), os.O_WRONLY | os.O_EXCL)
         try:
             try:
                 _write_all(fd, data)
