@@ -32,6 +32,8 @@ Invariants (what the tests check):
   sender fsyncs spool writes in batches, ``flush()`` and ``close()`` wait for it). Events
   still in the memory queue when the process is killed (SIGKILL, power loss) are lost;
   ``close()`` runs at exit to spool them.
+* **Consistency.** The checkpoint of each 200 is checked against the last one kept, on
+  the sender thread, before the batch counts as delivered (:mod:`mlaudit.checkpoints`).
 * **Nothing swallowed silently.** An exception the SDK catches instead of raising (in the
   decorator, the sender, encoding) is counted in ``errors``; the first of each kind is
   logged at error level (:meth:`AuditLogger._swallowed`).
@@ -54,6 +56,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._http import DELIVERED, INVALID, REQUEST_ERROR, SPLIT, Transport
+from .checkpoints import CheckpointMonitor
 from .encode import build_prediction, dumps, timestamp, uuid4_text
 from .sampling import HIGH, DEFAULT_LOW_RATE, Policy, Sampler
 from .spool import Spool, read_records
@@ -162,12 +165,13 @@ class AuditLogger:
         self._gil_pauses = True
         self._batch_due: Optional[float] = None
         self._counts = dict(sent=0, duplicates=0, spooled=0, retried=0, dropped=0,
-                            rejected=0, sampled_out=0, errors=0)
+                            rejected=0, sampled_out=0, errors=0, consistency_failures=0)
         self._drop_warned = False
         # What was logged once: configuration problems (until the next 200), and the kinds
         # of exception swallowed (see _swallowed).
         self._config_logged: set = set()
         self._error_kinds: set = set()
+        self._checkpoints: Optional[CheckpointMonitor] = None  # (the thread delivery's)
         self._pid = os.getpid()
         self._forked = False
         self._open_delivery(spool_dir, spool_max_bytes)
@@ -185,6 +189,9 @@ class AuditLogger:
         """Delivery by a thread of this process, which owns the spool (see
         :class:`mlaudit.agent.ProcessAuditLogger` for the other way)."""
         self.spool = Spool(spool_dir, max_bytes=spool_max_bytes)
+        self._checkpoints = CheckpointMonitor(
+            self.spool.dir, self._transport.get_json,
+            on_failure=lambda: self._count("consistency_failures"))
         if not self.spool.is_empty():
             self._mode = SPOOLING
             # What an earlier process left counts as one event logged before any flush.
@@ -271,8 +278,9 @@ class AuditLogger:
         spool), ``retried`` (failed send attempts that were retried or spooled),
         ``dropped`` (over ``spool_max_bytes``), ``rejected`` (refused with 422, or not
         encodable), ``sampled_out``, ``errors`` (exceptions the SDK caught instead of
-        raising: in the decorator, the sender, encoding); plus ``queued``,
-        ``spool_pending_bytes`` and ``mode`` now."""
+        raising: in the decorator, the sender, encoding), ``consistency_failures``
+        (checkpoints that failed the rollback and fork check, :mod:`mlaudit.checkpoints`);
+        plus ``queued``, ``spool_pending_bytes`` and ``mode`` now."""
         with self._lock:
             out = dict(self._counts)
             out["queued"] = len(self._buf) + self._held
@@ -766,6 +774,7 @@ class AuditLogger:
                     self._counts["sent"] += len(bodies)
                     self._counts["duplicates"] += dups
                 self._config_logged.clear()
+                self._check_checkpoint(out.doc.get("checkpoint"))
                 return None
             if out.kind == INVALID:
                 for i, why in sorted(out.invalid.items()):
@@ -806,6 +815,14 @@ class AuditLogger:
         else:
             log.error("mlaudit: %s (from %s); events are kept in the spool %s until the logger "
                       "or the server is configured correctly", reason, self.url, self.spool.dir)
+
+    def _check_checkpoint(self, note: Any) -> None:
+        """The rollback and fork check of a receipt's checkpoint (mlaudit.checkpoints)."""
+        if self._checkpoints is not None and note is not None:
+            try:
+                self._checkpoints.check(note)
+            except Exception as e:  # a disk error writing the kept checkpoint, a bug
+                self._swallowed("the checkpoint check", e)
 
     def _backoff(self, attempt: int) -> None:
         """Full-jitter exponential backoff; returns early on flush/close."""

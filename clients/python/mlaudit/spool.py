@@ -5,6 +5,7 @@ Layout of ``spool_dir``::
     LOCK                      flock'd by the one process that owns the spool
     seg-<20 digits>.spool     segments, drained lowest number first
     cursor                    JSON {"offsets": {"<segment number>": <byte offset>}}
+    checkpoint                the last checkpoint kept by the logger (mlaudit.checkpoints)
 
 The directory is made private: created with mode 0700 (and set to 0700 if it is ours and
 more open), and every file written in it is 0600 whatever the umask (``create_private``):
@@ -168,7 +169,7 @@ class Spool:
             m = _SEG_RE.match(name)
             if m:
                 self._sizes[int(m.group(1))] = os.path.getsize(os.path.join(self.dir, name))
-            if m or name == "cursor":
+            if m or name in ("cursor", "checkpoint"):
                 _narrow(os.path.join(self.dir, name))
         self._offsets: Dict[int, int] = {}
         self._used = set(self._sizes)  # widened to every number used (see _new_number)

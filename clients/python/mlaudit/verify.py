@@ -15,6 +15,10 @@ against the entry (when the payload is not null); the RFC 9162 §2.1.3.2 inclusi
 from ``SHA-256(0x00 || entry)`` to the checkpoint's root. Dependencies: hashlib and the
 ``cryptography`` package (Ed25519; without it the command says how to install it and exits
 2).
+
+It also holds the RFC 9162 §2.1.4.2 check of a consistency proof between two tree heads
+(:func:`verify_consistency`, hashlib only), which the logger uses to detect a log that was
+rolled back or forked (:mod:`mlaudit.checkpoints`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import os
 import struct
@@ -301,6 +306,52 @@ def root_from_inclusion_path(leaf_index: int, tree_size: int, leaf: bytes,
     if sn != 0:
         raise VerificationError("inclusion path is shorter than the tree is deep")
     return r
+
+
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes,
+                       proof: List[bytes]) -> None:
+    """RFC 9162 §2.1.4.2: check that the tree of ``new_size`` leaves with root
+    ``new_root`` extends the tree of ``old_size`` leaves with root ``old_root``, given the
+    consistency proof (its hashes in RFC order). Equal sizes need equal roots and an empty
+    proof. Raises VerificationError saying what does not hold."""
+    if old_size < 1 or old_size > new_size:
+        raise VerificationError(f"consistency: sizes {old_size} -> {new_size} are not "
+                                "0 < old <= new")
+    if old_size == new_size:
+        if proof:
+            raise VerificationError("consistency: a proof between equal sizes must be empty")
+        if not hmac.compare_digest(old_root, new_root):
+            raise VerificationError(f"consistency: two different roots for size {old_size}")
+        return
+    if not proof:
+        raise VerificationError("consistency: empty proof between different sizes")
+    path = ([old_root] if old_size & (old_size - 1) == 0 else []) + list(proof)
+    fn, sn = old_size - 1, new_size - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = path[0]
+    for c in path[1:]:
+        if sn == 0:
+            raise VerificationError("consistency: the proof is longer than the trees need")
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise VerificationError("consistency: the proof is shorter than the trees need")
+    if not hmac.compare_digest(fr, old_root):
+        raise VerificationError(f"consistency: the proof does not lead to the root of "
+                                f"size {old_size}")
+    if not hmac.compare_digest(sr, new_root):
+        raise VerificationError(f"consistency: the proof does not lead to the root of "
+                                f"size {new_size}")
 
 
 # -- the bundle (FORMAT.md §4, §5) --------------------------------------------------------------

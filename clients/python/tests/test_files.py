@@ -30,7 +30,7 @@ def test_the_spool_is_private_whatever_the_umask(offline_server, tmp_path, deliv
         srv.start()
         os.umask(0)
         lg = make_logger(srv, spool, delivery=delivery)
-        assert lg.flush(30) is True  # delivered: the cursor moved
+        assert lg.flush(30) is True  # delivered: the cursor moved, a checkpoint was kept
         lg.log({"kind": "x.private", "attributes": {"i": 20}})
         assert lg.flush(30) is True
         delivered = modes(spool)
@@ -39,7 +39,7 @@ def test_the_spool_is_private_whatever_the_umask(offline_server, tmp_path, deliv
         os.umask(old)
     assert stat.S_IMODE(os.stat(spool).st_mode) == 0o700
     assert any(name.startswith("seg-") for name in spooled), spooled
-    assert {"LOCK", "cursor"} <= set(spooled)
+    assert {"LOCK", "cursor"} <= set(spooled) and {"checkpoint"} <= set(delivered)
     for name, mode in {**spooled, **delivered, **modes(spool)}.items():
         assert mode == 0o600, (name, oct(mode))
 

@@ -78,7 +78,8 @@ def test_a_redirect_is_not_followed_and_keeps_the_events(fake, tmp_path, caplog,
 
 def test_the_token_never_appears_in_a_log_message(fake, tmp_path, caplog):
     """Answers that repeat the Authorization header they got (as a debug page or a proxy
-    might) in a body, a Location or a 422's reason; a token that cannot be sent at all; and an exception swallowed by the decorator that names
+    might) in a body, a Location, a 422's reason or a proof request's refusal; a token
+    that cannot be sent at all; and an exception swallowed by the decorator that names
     it. Everything the SDK logs, at every level, is free of the token."""
     caplog.set_level(logging.DEBUG, logger="mlaudit")
     token = fake.writer
@@ -102,6 +103,12 @@ def test_the_token_never_appears_in_a_log_message(fake, tmp_path, caplog):
     assert lg.flush(30) is True
     assert lg.stats()["rejected"] == 1  # by the last answer
 
+    lg.log({"kind": "x.secret", "attributes": {"i": 1}})
+    assert lg.flush(30) is True  # a checkpoint kept
+    fake.proof_status = 403  # the proof of the next one is refused, the refusal names the token
+    lg.log({"kind": "x.secret", "attributes": {"i": 2}})
+    assert lg.flush(30) is True
+
     @lg.predictions(model="m", version="1", request_id=lambda x: {}[f"key {token}"])
     def predict(x):
         return x
@@ -123,7 +130,7 @@ def test_the_token_never_appears_in_a_log_message(fake, tmp_path, caplog):
             said.append(logging.Formatter().formatException(r.exc_info))
     text = "\n".join(said)
     for expected in ("HTTP 404", "HTTP 500", "redirect", "not a receipt", "no event details",
-                     "rejected event", "KeyError",
+                     "rejected event", "cannot fetch consistency proofs", "KeyError",
                      "could not be sent", "<token>"):
         assert expected in text, expected  # every path above was taken and logged
     secret = token[len("mla_"):]
