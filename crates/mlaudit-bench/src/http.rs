@@ -8,8 +8,8 @@ use crate::ingest::{cpu_us_per_event, emit, event_line, ingest_store, process_cp
 use anyhow::{anyhow, bail, Context, Result};
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
-use mlaudit_server::auth::{Role, Tokens};
-use mlaudit_server::{AppState, BackgroundServer, Limits};
+use mlaudit_server::auth::{Principal, Role, Tokens};
+use mlaudit_server::{AppState, BackgroundServer};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -194,16 +194,13 @@ pub fn serve(
 ) -> Result<(BackgroundServer, String, Arc<EmbeddedStore>)> {
     let (store, _) = EmbeddedStore::open(&dir.join("log"), Some(signer.clone()))?;
     let store = Arc::new(store);
-    let mut tokens = Tokens::load(&dir.join("tokens.json"))?;
-    let token = tokens.create("bench", Role::Writer, "2026-11-27T00:00:00Z")?;
-    let state = AppState {
-        store: store.clone(),
-        verifier: signer.verifier(),
-        limits: Limits::default(),
-        tokens: Some(Arc::new(RwLock::new(tokens))),
-        public_proofs: true,
-        metrics: Default::default(),
+    let tokens = RwLock::new(Tokens::load(&dir.join("tokens.json"))?);
+    let actor = Principal {
+        name: "local:bench".into(),
+        role: Some(Role::Admin),
     };
+    let token = Tokens::create(&tokens, &*store, &actor, "bench", Role::Writer)?;
+    let state = AppState::new(store.clone(), signer.verifier(), Some(Arc::new(tokens)));
     let server = BackgroundServer::start("127.0.0.1:0", state)?;
     Ok((server, token, store))
 }

@@ -36,6 +36,12 @@ pub enum ApiError {
         max: u64,
         message: String,
     },
+    /// The request (or its body) did not complete within its time limit.
+    #[error("{0}")]
+    Timeout(String),
+    /// The principal made more requests than its rate allows; retry after this long.
+    #[error("too many requests: retry in {} s", .0.as_secs().max(1))]
+    TooManyRequests(std::time::Duration),
     /// Events that failed validation: nothing of the batch was written.
     #[error("{count} invalid event(s); nothing was written")]
     Invalid { count: usize, errors: Vec<Value> },
@@ -60,7 +66,19 @@ impl ApiError {
             }
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_events"),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Store(StoreError::Conflict { .. }) => (StatusCode::CONFLICT, "id_conflict"),
+            ApiError::Store(StoreError::Rejected { .. }) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_events")
+            }
+            ApiError::Store(StoreError::DiskFull(_)) => {
+                (StatusCode::INSUFFICIENT_STORAGE, "disk_full")
+            }
+            ApiError::Store(StoreError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             ApiError::Store(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
@@ -71,11 +89,20 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-            "the server could not complete the request; see its log".to_owned()
-        } else {
-            self.to_string()
+        let message = match &self {
+            ApiError::Store(StoreError::DiskFull(_)) => {
+                tracing::error!(error = %self, "request refused: the disk is full");
+                "the log's disk is full: nothing of this request was stored or acknowledged; retry once space is freed".to_owned()
+            }
+            ApiError::Store(StoreError::Unavailable(_)) => {
+                tracing::error!(error = %self, "request refused for now");
+                "the server ran out of a resource for a moment: nothing of this request was stored or acknowledged; retry".to_owned()
+            }
+            _ if status.is_server_error() => {
+                tracing::error!(error = %self, "request failed");
+                "the server could not complete the request; see its log".to_owned()
+            }
+            _ => self.to_string(),
         };
         let mut error = json!({ "code": code, "message": message });
         match &self {
@@ -83,14 +110,26 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge { limit, max, .. } => {
                 error["details"] = json!({ "limit": limit, "max": max })
             }
+            ApiError::Store(StoreError::Conflict { index, id }) => {
+                error["details"] = json!({ "index": index, "id": id.to_string() })
+            }
             _ => {}
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let headers = response.headers_mut();
         if status == StatusCode::UNAUTHORIZED {
-            response.headers_mut().insert(
+            headers.insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
             );
+        }
+        let retry_after = match &self {
+            ApiError::TooManyRequests(wait) => Some(wait.as_secs().max(1)),
+            ApiError::Store(StoreError::Unavailable(_) | StoreError::DiskFull(_)) => Some(5),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            headers.insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response
     }

@@ -60,23 +60,68 @@ fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
-/// The body's event texts, each with its index in the batch.
-fn split<'a>(shape: &Shape, text: &'a str) -> Result<Vec<&'a str>, ApiError> {
+/// The body's event texts, in order, refusing more than `max` as soon as the count is passed
+/// (before the rest is parsed).
+fn split<'a>(shape: &Shape, text: &'a str, max: usize) -> Result<Vec<&'a str>, ApiError> {
+    let too_many = || ApiError::TooLarge {
+        limit: "max_events_per_batch",
+        max: max as u64,
+        message: format!("more than {max} events in one batch (the limit)"),
+    };
     match shape {
         Shape::Protobuf => Err(ApiError::Internal(
             "protobuf bodies are decoded before splitting".into(),
         )),
-        Shape::Ndjson => Ok(text.lines().filter(|l| !l.trim().is_empty()).collect()),
+        Shape::Ndjson => {
+            let mut out = Vec::new();
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if out.len() == max {
+                    return Err(too_many());
+                }
+                out.push(line);
+            }
+            Ok(out)
+        }
         Shape::Json => {
-            let trimmed = text.trim_start();
-            if trimmed.starts_with('[') {
-                let items: Vec<&RawValue> = serde_json::from_str(text)
-                    .map_err(|e| ApiError::BadRequest(format!("invalid JSON array: {e}")))?;
-                Ok(items.into_iter().map(RawValue::get).collect())
-            } else {
-                Ok(vec![text])
+            if !text.trim_start().starts_with('[') {
+                return Ok(vec![text]);
+            }
+            let mut de = serde_json::Deserializer::from_str(text);
+            let items = serde::Deserializer::deserialize_seq(&mut de, Bounded { max })
+                .and_then(|items| de.end().map(|()| items));
+            match items {
+                Ok(items) => Ok(items),
+                Err(e) if e.to_string().starts_with(TOO_MANY) => Err(too_many()),
+                Err(e) => Err(ApiError::BadRequest(format!("invalid JSON array: {e}"))),
             }
         }
+    }
+}
+
+/// The error [`Bounded`] stops with.
+const TOO_MANY: &str = "too many events";
+
+/// A JSON array of at most `max` raw values, refused at the first one over.
+struct Bounded {
+    max: usize,
+}
+
+impl<'de> serde::de::Visitor<'de> for Bounded {
+    type Value = Vec<&'de str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(item) = seq.next_element::<&'de RawValue>()? {
+            if out.len() == self.max {
+                return Err(serde::de::Error::custom(TOO_MANY));
+            }
+            out.push(item.get());
+        }
+        Ok(out)
     }
 }
 
@@ -95,8 +140,15 @@ pub async fn post_events(
         .headers()
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    let body = Bytes::from_request(req, &state)
+    let read = tokio::time::timeout(limits.body_read_timeout, Bytes::from_request(req, &state));
+    let body = read
         .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "the body did not arrive within {} s",
+                limits.body_read_timeout.as_secs_f64()
+            ))
+        })?
         .map_err(|r: BytesRejection| match r.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
                 limit: "max_body_bytes",
@@ -174,8 +226,15 @@ fn parse_batch(
     let decoded: Vec<String>;
     let texts: Vec<&str> = match shape {
         Shape::Protobuf => {
-            decoded = crate::protobuf::decode_batch(raw)
-                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            decoded = crate::protobuf::decode_batch_limited(raw, limits.max_events_per_batch)
+                .map_err(|e| match e {
+                    crate::protobuf::ProtoError::TooMany { max, .. } => ApiError::TooLarge {
+                        limit: "max_events_per_batch",
+                        max: max as u64,
+                        message: e.to_string(),
+                    },
+                    other => ApiError::BadRequest(other.to_string()),
+                })?;
             decoded.iter().map(String::as_str).collect()
         }
         _ => {
@@ -188,23 +247,12 @@ fn parse_batch(
             if text.trim().is_empty() {
                 Vec::new()
             } else {
-                split(shape, text)?
+                split(shape, text, limits.max_events_per_batch)?
             }
         }
     };
     if texts.is_empty() {
         return Err(ApiError::BadRequest("the body holds no event".into()));
-    }
-    if texts.len() > limits.max_events_per_batch {
-        return Err(ApiError::TooLarge {
-            limit: "max_events_per_batch",
-            max: limits.max_events_per_batch as u64,
-            message: format!(
-                "{} events in one batch; the limit is {}",
-                texts.len(),
-                limits.max_events_per_batch
-            ),
-        });
     }
     let mut events: Vec<PreparedEvent> = Vec::with_capacity(texts.len());
     let mut errors = Vec::new();

@@ -20,13 +20,16 @@
 
 pub mod auth;
 mod background;
+pub mod conn;
 pub mod error;
 mod ingest;
 pub mod metrics;
 pub mod openapi;
 pub mod protobuf;
+pub mod ratelimit;
 mod read;
 pub mod tls;
+mod token_file;
 mod tokens;
 
 use auth::{Access, Principal, Tokens};
@@ -34,15 +37,18 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use error::ApiError;
 use mlaudit_core::note::NoteVerifier;
 use mlaudit_store::Store;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 pub use background::BackgroundServer;
 pub use read::MAX_PAGE;
+pub use tokens::parse_duration_ns;
 
 /// Explicit request limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,10 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Most events in one `POST /v1/events`.
     pub max_events_per_batch: usize,
+    /// Longest a request may take, body and answer included (408 after it).
+    pub request_timeout: Duration,
+    /// Longest the body of a request may take to arrive (408 after it).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -58,6 +68,8 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 16 << 20,
             max_events_per_batch: 10_000,
+            request_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -70,11 +82,32 @@ pub struct AppState {
     pub limits: Limits,
     /// The token file; `None` serves without authentication (`--danger-no-auth`).
     pub tokens: Option<Arc<RwLock<Tokens>>>,
-    /// Checkpoints, the verifier key and proofs need no token (inclusion bundles then omit the
-    /// payload for anonymous callers).
+    /// Checkpoints, the verifier key, consistency proofs and inclusion proofs by leaf hash need
+    /// no token.
     pub public_proofs: bool,
     /// The server's counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Requests per second each principal may make; `None` for no limit.
+    pub rate_limit: Option<Arc<ratelimit::RateLimiter>>,
+}
+
+impl AppState {
+    /// A state with the default limits, public proofs, no rate limit and fresh counters.
+    pub fn new(
+        store: Arc<dyn Store>,
+        verifier: NoteVerifier,
+        tokens: Option<Arc<RwLock<Tokens>>>,
+    ) -> AppState {
+        AppState {
+            store,
+            verifier,
+            limits: Limits::default(),
+            tokens,
+            public_proofs: true,
+            metrics: Default::default(),
+            rate_limit: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -90,50 +123,133 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
-/// Every route of the API as (method, path) — the OpenAPI document must describe exactly these.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/events"),
-    ("GET", "/v1/events"),
-    ("GET", "/v1/events/{id}"),
-    ("GET", "/v1/lineage/{id}"),
-    ("GET", "/v1/checkpoint"),
-    ("GET", "/v1/verifier-key"),
-    ("GET", "/v1/proof/inclusion/{id}"),
-    ("GET", "/v1/proof/consistency"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-    ("GET", "/openapi.json"),
-    ("GET", "/v1/tokens"),
-    ("POST", "/v1/tokens"),
-    ("PUT", "/v1/tokens/{name}"),
-    ("DELETE", "/v1/tokens/{name}"),
+/// One route of the API: what it needs, the query parameters it takes, and whether answering
+/// it is a read of the trail (recorded as `governance.audit_accessed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+    /// Every other query parameter is a 400.
+    pub params: &'static [&'static str],
+    pub audited: bool,
+}
+
+const fn route(method: &'static str, path: &'static str, access: Access) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        params: &[],
+        audited: false,
+    }
+}
+
+const QUERY_PARAMS: &[&str] = &[
+    "stage",
+    "kind",
+    "model",
+    "version",
+    "actor",
+    "run",
+    "dataset",
+    "deployment",
+    "since",
+    "until",
+    "limit",
+    "cursor",
 ];
+
+/// Every route of the API: the router is built from this table, the access rule of each
+/// request is read from it, and the OpenAPI document must describe exactly these.
+pub const ROUTES: &[Route] = &[
+    route("POST", "/v1/events", Access::Write),
+    Route {
+        params: QUERY_PARAMS,
+        audited: true,
+        ..route("GET", "/v1/events", Access::Read)
+    },
+    Route {
+        audited: true,
+        ..route("GET", "/v1/events/{id}", Access::Read)
+    },
+    Route {
+        audited: true,
+        ..route("GET", "/v1/lineage/{id}", Access::Read)
+    },
+    route("GET", "/v1/checkpoint", Access::ProofMaterial),
+    route("GET", "/v1/verifier-key", Access::ProofMaterial),
+    Route {
+        params: &["leaf_hash", "tree_size"],
+        ..route("GET", "/v1/proof/inclusion", Access::ProofMaterial)
+    },
+    Route {
+        audited: true,
+        ..route("GET", "/v1/proof/inclusion/{id}", Access::Read)
+    },
+    Route {
+        params: &["from", "to"],
+        ..route("GET", "/v1/proof/consistency", Access::ProofMaterial)
+    },
+    route("GET", "/healthz", Access::Public),
+    route("GET", "/readyz", Access::Public),
+    route("GET", "/metrics", Access::Read),
+    route("GET", "/openapi.json", Access::Public),
+    Route {
+        audited: true,
+        ..route("GET", "/v1/tokens", Access::Admin)
+    },
+    route("POST", "/v1/tokens", Access::Admin),
+    route("PUT", "/v1/tokens/{name}", Access::Admin),
+    route("DELETE", "/v1/tokens/{name}", Access::Admin),
+];
+
+/// The route a request matched (`HEAD` is served as `GET`), if any.
+pub fn route_of(method: &str, template: &str) -> Option<&'static Route> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    ROUTES
+        .iter()
+        .find(|r| r.method == method && r.path == template)
+}
+
+/// The handler of a route of [`ROUTES`].
+fn handler(route: &Route) -> MethodRouter<AppState> {
+    match (route.method, route.path) {
+        ("POST", "/v1/events") => post(ingest::post_events),
+        ("GET", "/v1/events") => get(read::list_events),
+        ("GET", "/v1/events/{id}") => get(read::get_event),
+        ("GET", "/v1/lineage/{id}") => get(read::get_lineage),
+        ("GET", "/v1/checkpoint") => get(read::get_checkpoint),
+        ("GET", "/v1/verifier-key") => get(read::get_verifier_key),
+        ("GET", "/v1/proof/inclusion") => get(read::get_inclusion_by_hash),
+        ("GET", "/v1/proof/inclusion/{id}") => get(read::get_inclusion),
+        ("GET", "/v1/proof/consistency") => get(read::get_consistency),
+        ("GET", "/healthz") => get(read::healthz),
+        ("GET", "/readyz") => get(read::readyz),
+        ("GET", "/metrics") => get(metrics::serve),
+        ("GET", "/openapi.json") => get(openapi::serve),
+        ("GET", "/v1/tokens") => get(tokens::list),
+        ("POST", "/v1/tokens") => post(tokens::create),
+        ("PUT", "/v1/tokens/{name}") => axum::routing::put(tokens::set_role),
+        ("DELETE", "/v1/tokens/{name}") => axum::routing::delete(tokens::revoke),
+        _ => axum::routing::any(not_found),
+    }
+}
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = usize::try_from(state.limits.max_body_bytes).unwrap_or(usize::MAX);
-    Router::new()
-        .route(
-            "/v1/events",
-            post(ingest::post_events).get(read::list_events),
-        )
-        .route("/v1/events/{id}", get(read::get_event))
-        .route("/v1/lineage/{id}", get(read::get_lineage))
-        .route("/v1/checkpoint", get(read::get_checkpoint))
-        .route("/v1/verifier-key", get(read::get_verifier_key))
-        .route("/v1/proof/inclusion/{id}", get(read::get_inclusion))
-        .route("/v1/proof/consistency", get(read::get_consistency))
-        .route("/healthz", get(read::healthz))
-        .route("/readyz", get(read::readyz))
-        .route("/metrics", get(metrics::serve))
-        .route("/openapi.json", get(openapi::serve))
-        .route("/v1/tokens", get(tokens::list).post(tokens::create))
-        .route(
-            "/v1/tokens/{name}",
-            axum::routing::put(tokens::set_role).delete(tokens::revoke),
-        )
-        .fallback(not_found)
+    let mut paths: Vec<&str> = ROUTES.iter().map(|r| r.path).collect();
+    paths.dedup();
+    let mut app = Router::new();
+    for path in paths {
+        let methods = ROUTES
+            .iter()
+            .filter(|r| r.path == path)
+            .fold(MethodRouter::new(), |m, r| m.merge(handler(r)));
+        app = app.route(path, methods);
+    }
+    app.fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
@@ -172,31 +288,64 @@ fn bearer(req: &Request) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The address of the client a request came from, set by the connection layer ([`conn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// How many events an answer showed, set by a handler for the audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shown(pub usize);
+
 /// Every request's work around its handler, in one middleware layer (each layer clones the
-/// app state and the inner service stack per request): [`refuse_declared_oversize`], then
-/// [`authorize`], with panics contained ([`contain_panics`]), timed for the latency metric by
-/// method, route template and status. Every label comes from a bounded set, so that clients
-/// cannot grow the metric: the route template, never the raw path (ids would explode the
-/// labels); a method the standard does not name is `other`; requests that match no route are
-/// not timed (a 405 on a route's path is).
+/// app state and the inner service stack per request): [`refuse_declared_oversize`], the
+/// query parameters the route takes, then [`authorize`] and the rate limit, with panics
+/// contained ([`contain_panics`]) and the whole bounded by the request timeout; then, for a
+/// read of the trail, the audit record ([`audit`]) before the answer leaves; timed for the
+/// latency metric by method, route template and status. Every label comes from a bounded set,
+/// so that clients cannot grow the metric: the route template, never the raw path (ids would
+/// explode the labels); a method the standard does not name is `other`; requests that match
+/// no route are not timed (a 405 on a route's path is).
 async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = method_label(req.method());
-    let route = req
+    let template = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .cloned();
+    // A method the path does not take (answered 405) needs what the path's first route needs.
+    let route = template.as_ref().and_then(|t| {
+        route_of(req.method().as_str(), t.as_str())
+            .or_else(|| ROUTES.iter().find(|r| r.path == t.as_str()))
+    });
     let start = std::time::Instant::now();
-    let response = contain_panics(async {
-        match refuse_declared_oversize(&state, &req) {
-            Some(refusal) => refusal.into_response(),
-            None => authorize(&state, req, next).await,
+    let timeout = state.limits.request_timeout;
+    let work = contain_panics(async {
+        if let Some(refusal) = refuse_declared_oversize(&state, &req)
+            .or_else(|| route.and_then(|r| unknown_params(r, req.uri().query())))
+        {
+            return refusal.into_response();
         }
-    })
-    .await;
-    if let Some(route) = route {
+        let audited = route.is_some_and(|r| r.audited);
+        let request = audit::Recorded::of(&req, audited);
+        let (response, principal) = authorize(&state, route, req, next).await;
+        match (request, principal) {
+            (Some(request), Some(principal)) => {
+                audit::record(&state, &principal, &request, response).await
+            }
+            _ => response,
+        }
+    });
+    let response = match tokio::time::timeout(timeout, work).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(format!(
+            "the request took longer than {} s",
+            timeout.as_secs_f64()
+        ))
+        .into_response(),
+    };
+    if let Some(template) = template {
         state.metrics.observe(
             method,
-            route.as_str(),
+            template.as_str(),
             response.status().as_u16(),
             start.elapsed().as_secs_f64(),
         );
@@ -243,39 +392,74 @@ fn refuse_declared_oversize(state: &AppState, req: &Request) -> Option<ApiError>
     })
 }
 
-/// Authenticates the bearer token (401 when missing or wrong), checks the route's access
-/// against the token's role (403), and hands the [`Principal`] to the handler.
-async fn authorize(state: &AppState, mut req: Request, next: Next) -> Response {
-    let access = match auth::required(req.method().as_str(), req.uri().path()) {
+/// 400 for a query parameter the route does not take (so that nothing unexpected reaches a
+/// handler, or an audit record).
+fn unknown_params(route: &Route, query: Option<&str>) -> Option<ApiError> {
+    let query = query?;
+    let unknown = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').map_or(p, |(k, _)| k))
+        .find(|k| !route.params.contains(k))?;
+    let shown: String = unknown.chars().take(64).collect();
+    Some(ApiError::BadRequest(if route.params.is_empty() {
+        format!(
+            "unknown query parameter {shown:?}: {} {} takes none",
+            route.method, route.path
+        )
+    } else {
+        format!(
+            "unknown query parameter {shown:?}: {} {} takes {}",
+            route.method,
+            route.path,
+            route.params.join(", ")
+        )
+    }))
+}
+
+/// Authenticates the bearer token (401 when missing, wrong or expired), checks the route's
+/// access against the token's role (403) and the principal's rate (429), and hands the
+/// [`Principal`] to the handler. Returns the principal that was let through.
+async fn authorize(
+    state: &AppState,
+    route: Option<&Route>,
+    mut req: Request,
+    next: Next,
+) -> (Response, Option<Principal>) {
+    let declared = route.map_or(Access::Read, |r| r.access);
+    let access = match declared {
         Access::ProofMaterial if state.public_proofs => Access::Public,
-        Access::ProofMaterial => Access::Read,
         other => other,
     };
-    // Health, readiness and the API document answer anyone, whatever Authorization they carry.
-    let fully_public = auth::required(req.method().as_str(), req.uri().path()) == Access::Public;
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
     let principal = match &state.tokens {
         None => Principal {
             name: "anonymous (danger-no-auth)".into(),
             role: Some(auth::Role::Admin),
         },
-        Some(_) if fully_public => Principal::anonymous(),
+        // Health, readiness and the API document answer anyone, whatever Authorization they
+        // carry.
+        Some(_) if declared == Access::Public => Principal::anonymous(),
         Some(tokens) => {
             let found = match (bearer(&req), tokens.read()) {
-                (Some(token), Ok(tokens)) => tokens
-                    .authenticate(token)
-                    .ok_or("the bearer token is not valid"),
+                (Some(token), Ok(tokens)) => tokens.authenticate(token, auth::now_ns()),
                 (None, _) if access == Access::Public => Ok(Principal::anonymous()),
-                (None, _) => {
-                    Err("this endpoint needs a bearer token (Authorization: Bearer mla_...)")
-                }
+                (None, _) => Err(auth::AuthFailure::Missing),
                 (_, Err(_)) => {
-                    return ApiError::Internal("the token table lock is poisoned".into())
-                        .into_response()
+                    let e = ApiError::Internal("the token table lock is poisoned".into());
+                    return (e.into_response(), None);
                 }
             };
             match found {
                 Ok(p) => p,
-                Err(why) => return ApiError::Unauthorized(why.into()).into_response(),
+                Err(why) => {
+                    state.metrics.auth_failed(why);
+                    tracing::warn!(client = ?client, path = %req.uri().path(), reason = why.as_str(), "authentication failed");
+                    return (
+                        ApiError::Unauthorized(why.message().into()).into_response(),
+                        None,
+                    );
+                }
             }
         }
     };
@@ -286,32 +470,97 @@ async fn authorize(state: &AppState, mut req: Request, next: Next) -> Response {
     };
     if !allowed {
         let role = principal.role.map_or("anonymous", |r| r.as_str());
-        return ApiError::Forbidden(format!(
+        let e = ApiError::Forbidden(format!(
             "the {role} role may not {} {}",
             req.method(),
             req.uri().path()
-        ))
-        .into_response();
+        ));
+        return (e.into_response(), None);
     }
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    if let Some(limiter) = &state.rate_limit {
+        if let Err(wait) = limiter.check(&principal.rate_key(client)) {
+            return (ApiError::TooManyRequests(wait).into_response(), None);
+        }
+    }
+    req.extensions_mut().insert(principal.clone());
+    (next.run(req).await, Some(principal))
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
-/// Connections are `TCP_NODELAY`: a response written in more than one piece is not held back
-/// by Nagle's algorithm waiting for the client's delayed ACK.
+mod audit {
+    //! The audit record of a read: built from the request before it is handled, appended
+    //! (durably) after, before the answer leaves. If it cannot be appended, the answer is
+    //! withheld and the client gets the error instead: no read goes unrecorded.
+
+    use super::{AppState, ClientAddr, Principal, Shown};
+    use crate::error::ApiError;
+    use axum::extract::Request;
+    use axum::response::{IntoResponse, Response};
+    use mlaudit_store::audit::{audit_event, Access};
+
+    /// What an audit record says of a request.
+    pub struct Recorded {
+        method: String,
+        path: String,
+        query: Option<String>,
+        client: Option<String>,
+    }
+
+    impl Recorded {
+        /// The parts of `req` to record, when the route is audited.
+        pub fn of(req: &Request, audited: bool) -> Option<Recorded> {
+            audited.then(|| Recorded {
+                method: req.method().as_str().to_owned(),
+                path: req.uri().path().to_owned(),
+                query: req.uri().query().map(str::to_owned),
+                client: req
+                    .extensions()
+                    .get::<ClientAddr>()
+                    .map(|c| c.0.to_string()),
+            })
+        }
+    }
+
+    /// Appends the record of `request` (answered by `response`) and returns the response, or
+    /// the error that kept the record from being written.
+    pub async fn record(
+        state: &AppState,
+        principal: &Principal,
+        request: &Recorded,
+        response: Response,
+    ) -> Response {
+        if principal.role.is_none() {
+            return response;
+        }
+        let shown = response.extensions().get::<Shown>().map_or(0, |s| s.0);
+        let access = Access {
+            principal: &principal.name,
+            person: false,
+            method: &request.method,
+            path: &request.path,
+            query: request.query.as_deref(),
+            client: request.client.as_deref(),
+            results: shown,
+            status: Some(response.status().as_u16()),
+        };
+        let event = match audit_event(&access) {
+            Ok(e) => e,
+            Err(e) => return ApiError::Internal(format!("audit record: {e}")).into_response(),
+        };
+        let store = state.store.clone();
+        match tokio::task::spawn_blocking(move || store.append(vec![event])).await {
+            Ok(Ok(_)) => response,
+            Ok(Err(e)) => ApiError::from(e).into_response(),
+            Err(e) => ApiError::Internal(format!("audit task failed: {e}")).into_response(),
+        }
+    }
+}
+
+/// Serves the API on `listener` (plain HTTP) with the default connection settings until
+/// `shutdown` resolves, then finishes in-flight requests ([`conn::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    conn::serve(listener, state, conn::ConnConfig::default(), None, shutdown).await
 }

@@ -2,6 +2,7 @@
 //! request latency histograms by route, events per durable sync, tree size and log bytes.
 //! Hand-written: the format is small and a dependency would not make it clearer.
 
+use crate::auth::AuthFailure;
 use crate::AppState;
 use axum::extract::State;
 use axum::http::header;
@@ -30,12 +31,53 @@ pub struct Metrics {
     ingested: [AtomicU64; Stage::ALL.len()],
     /// (method, route, status) → latency histogram.
     requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+    /// Failed authentications, by [`AuthFailure`].
+    auth_failures: [AtomicU64; AuthFailure::ALL.len()],
+    /// Connections refused or closed by the connection layer, by [`ConnEvent`].
+    connections: [AtomicU64; ConnEvent::ALL.len()],
+}
+
+/// What the connection layer counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// A TLS handshake that did not finish in time.
+    HandshakeTimeout,
+    /// A connection closed after being idle too long.
+    IdleTimeout,
+    /// An accept that failed for lack of descriptors (the loop backs off).
+    AcceptBackoff,
+}
+
+impl ConnEvent {
+    pub const ALL: [ConnEvent; 3] = [
+        ConnEvent::HandshakeTimeout,
+        ConnEvent::IdleTimeout,
+        ConnEvent::AcceptBackoff,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnEvent::HandshakeTimeout => "tls_handshake_timeout",
+            ConnEvent::IdleTimeout => "idle_timeout",
+            ConnEvent::AcceptBackoff => "accept_backoff",
+        }
+    }
 }
 
 impl Metrics {
     /// Counts appended (not duplicate) events of a stage.
     pub fn ingested(&self, stage: Stage, n: u64) {
         self.ingested[stage as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a failed authentication.
+    pub fn auth_failed(&self, why: AuthFailure) {
+        self.auth_failures[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an event of the connection layer.
+    pub fn connection(&self, what: ConnEvent) {
+        self.connections[what as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one request's latency under (method, route template, status).
@@ -114,6 +156,28 @@ pub fn render(state: &AppState) -> String {
                 h.count
             );
         }
+    }
+    out.push_str("# HELP mlaudit_auth_failures_total Requests refused for a missing, invalid or expired token.\n");
+    out.push_str("# TYPE mlaudit_auth_failures_total counter\n");
+    for why in AuthFailure::ALL {
+        let _ = writeln!(
+            out,
+            "mlaudit_auth_failures_total{{reason=\"{}\"}} {}",
+            why.as_str(),
+            m.auth_failures[why as usize].load(Ordering::Relaxed)
+        );
+    }
+    out.push_str(
+        "# HELP mlaudit_connection_events_total Connections timed out, and accepts backed off.\n",
+    );
+    out.push_str("# TYPE mlaudit_connection_events_total counter\n");
+    for what in ConnEvent::ALL {
+        let _ = writeln!(
+            out,
+            "mlaudit_connection_events_total{{event=\"{}\"}} {}",
+            what.as_str(),
+            m.connections[what as usize].load(Ordering::Relaxed)
+        );
     }
     let stats = state.store.stats();
     out.push_str(

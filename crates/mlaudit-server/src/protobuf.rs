@@ -28,9 +28,9 @@ pub enum ProtoError {
         index: usize,
         source: prost::DecodeError,
     },
-    /// More than [`MAX_PROTO_EVENTS`] events.
-    #[error("{count} events in one protobuf batch; the limit is {MAX_PROTO_EVENTS}")]
-    TooMany { count: usize },
+    /// More events than the limit (at most [`MAX_PROTO_EVENTS`]).
+    #[error("more than {max} events in one protobuf batch (the limit); found at least {count}")]
+    TooMany { count: usize, max: usize },
     /// An event decodes but does not make a JSON event.
     #[error("event {index}: {field} {problem}")]
     Field {
@@ -107,9 +107,20 @@ fn attributes_object(index: usize, text: &str) -> Result<Map<String, Value>, Pro
 /// the wire but about 400 decoded — is refused before anything is decoded; the second decodes
 /// and converts one event at a time. Unknown fields are skipped, as prost would.
 pub fn decode_batch(bytes: &[u8]) -> Result<Vec<String>, ProtoError> {
-    let count = event_records(bytes).try_fold(0usize, |n, record| record.map(|_| n + 1))?;
-    if count > MAX_PROTO_EVENTS {
-        return Err(ProtoError::TooMany { count });
+    decode_batch_limited(bytes, MAX_PROTO_EVENTS)
+}
+
+/// [`decode_batch`] refusing more than `max` events (and never more than
+/// [`MAX_PROTO_EVENTS`]); the count stops at the first event over the limit.
+pub fn decode_batch_limited(bytes: &[u8], max: usize) -> Result<Vec<String>, ProtoError> {
+    let max = max.min(MAX_PROTO_EVENTS);
+    let mut count = 0usize;
+    for record in event_records(bytes) {
+        record?;
+        count += 1;
+        if count > max {
+            return Err(ProtoError::TooMany { count, max });
+        }
     }
     let mut out = Vec::with_capacity(count);
     for (index, record) in event_records(bytes).enumerate() {

@@ -1,15 +1,13 @@
 //! The read endpoints: events by id, indexed queries with cursor pagination, lineage,
 //! checkpoints, proofs and the verifier key.
 
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::AppState;
+use crate::Shown;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::OriginalUri;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::Json;
 use mlaudit_core::event::{parse_time_bound, Stage};
 use mlaudit_store::view::{self, LookupError};
@@ -56,45 +54,22 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
 }
 
-/// Records a read by an authenticated principal as a `governance.audit_accessed` event,
-/// durably, before the response is sent. Anonymous reads of public proof material are not
-/// reads of the trail's content and are not recorded.
-async fn audit(
-    state: &AppState,
-    principal: &Principal,
-    uri: &OriginalUri,
-    results: usize,
-) -> Result<(), ApiError> {
-    if principal.role.is_none() {
-        return Ok(());
-    }
-    let event = json!({
-        "kind": "governance.audit_accessed",
-        "actor": { "id": principal.name, "type": "service" },
-        "attributes": { "request": format!("GET {}", uri.0), "results": results }
-    });
-    let event = mlaudit_core::event::prepare_reserved(&event.to_string(), &principal.name)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.append(vec![event]))
-        .await
-        .map_err(|e| ApiError::Internal(format!("task failed: {e}")))??;
-    Ok(())
+/// A JSON answer that showed `n` events (for the audit record of the read).
+fn shown(body: Value, n: usize) -> Response {
+    let mut response = Json(body).into_response();
+    response.extensions_mut().insert(Shown(n));
+    response
 }
 
 pub async fn get_event(
     State(state): State<AppState>,
-    Extension(who): Extension<Principal>,
-    uri: OriginalUri,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let found = blocking(&state, move |store| {
+) -> Result<Response, ApiError> {
+    blocking(&state, move |store| {
         let seq = view::resolve(store, &id)?;
-        Ok(Json(view::event_json(store, seq)?))
+        Ok(shown(view::event_json(store, seq)?, 1))
     })
-    .await?;
-    audit(&state, &who, &uri, 1).await?;
-    Ok(found)
+    .await
 }
 
 /// Query parameters of `GET /v1/events`.
@@ -127,10 +102,8 @@ fn time_param(name: &str, value: Option<String>) -> Result<Option<i64>, ApiError
 
 pub async fn list_events(
     State(state): State<AppState>,
-    Extension(who): Extension<Principal>,
-    uri: OriginalUri,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
     let stage = q
         .stage
@@ -167,7 +140,7 @@ pub async fn list_events(
         after_seq,
         limit,
     };
-    let (page, count) = blocking(&state, move |store| {
+    blocking(&state, move |store| {
         let seqs = store.query(&query)?;
         let events = seqs
             .iter()
@@ -178,23 +151,19 @@ pub async fn list_events(
         } else {
             None
         };
-        Ok((
-            Json(json!({ "events": events, "next_cursor": next })),
+        Ok(shown(
+            json!({ "events": events, "next_cursor": next }),
             seqs.len(),
         ))
     })
-    .await?;
-    audit(&state, &who, &uri, count).await?;
-    Ok(page)
+    .await
 }
 
 pub async fn get_lineage(
     State(state): State<AppState>,
-    Extension(who): Extension<Principal>,
-    uri: OriginalUri,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let (found, count) = blocking(&state, move |store| {
+) -> Result<Response, ApiError> {
+    blocking(&state, move |store| {
         let seq = view::resolve(store, &id)?;
         let l = lineage::lineage(store, seq)?;
         let count = 1
@@ -203,12 +172,10 @@ pub async fn get_lineage(
             + l.training.len()
             + l.datasets.iter().map(|d| d.events.len()).sum::<usize>();
         serde_json::to_value(l)
-            .map(|v| (Json(v), count))
+            .map(|v| shown(v, count))
             .map_err(|e| ApiError::Internal(e.to_string()))
     })
-    .await?;
-    audit(&state, &who, &uri, count).await?;
-    Ok(found)
+    .await
 }
 
 fn text(body: String) -> Response {
@@ -228,30 +195,80 @@ pub async fn get_verifier_key(State(state): State<AppState>) -> Response {
     text(format!("{}\n", state.verifier.to_text()))
 }
 
-/// The inclusion bundle of one event. Anonymous callers (public proofs) get it without the
-/// payload, which still verifies: the entry commits to the payload's digest only.
+/// The full inclusion bundle of one event (entry header and payload): reader data.
 pub async fn get_inclusion(
     State(state): State<AppState>,
-    Extension(who): Extension<Principal>,
-    uri: OriginalUri,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let anonymous = who.role.is_none();
-    let bundle = blocking(&state, move |store| {
+) -> Result<Response, ApiError> {
+    blocking(&state, move |store| {
         let seq = view::resolve(store, &id)?;
-        let mut bundle = proofs::inclusion_bundle(store, seq)?;
-        if anonymous {
-            bundle.payload = None;
-            bundle.event["attributes"] =
-                Value::String("[withheld: authenticate as a reader to see the payload]".into());
-        }
+        let bundle = proofs::inclusion_bundle(store, seq)?;
         serde_json::to_value(bundle)
-            .map(Json)
+            .map(|v| shown(v, 1))
             .map_err(|e| ApiError::Internal(e.to_string()))
     })
-    .await?;
-    audit(&state, &who, &uri, 1).await?;
-    Ok(bundle)
+    .await
+}
+
+/// Query parameters of `GET /v1/proof/inclusion`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ByHashQuery {
+    leaf_hash: String,
+    tree_size: Option<u64>,
+}
+
+/// The inclusion proof of the leaf with a given hash, for a caller who holds the entry (a
+/// receipt, an exported bundle): the leaf index, the path and the signed checkpoint, and
+/// nothing of the event itself.
+pub async fn get_inclusion_by_hash(
+    State(state): State<AppState>,
+    q: Result<Query<ByHashQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    let leaf = parse_hash(&q.leaf_hash).ok_or_else(|| {
+        ApiError::BadRequest("leaf_hash must be 64 hex digits (a SHA-256 leaf hash)".into())
+    })?;
+    blocking(&state, move |store| {
+        let size = match q.tree_size {
+            Some(size) => size,
+            None => store
+                .latest_checkpoint_size()?
+                .ok_or_else(|| ApiError::NotFound("the log has no checkpoint yet".into()))?,
+        };
+        let checkpoint = store.checkpoint(size)?.ok_or_else(|| {
+            ApiError::NotFound(format!("no checkpoint is stored for tree size {size}"))
+        })?;
+        let seq = store
+            .seq_of_leaf(&leaf)?
+            .filter(|seq| *seq < size)
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("no leaf with this hash in the tree of size {size}"))
+            })?;
+        let path = mlaudit_core::merkle::inclusion_proof(&mlaudit_store::Nodes(store), seq, size)?
+            .map_err(|e| ApiError::NotFound(e.to_string()))?;
+        let path: Vec<String> = path
+            .iter()
+            .map(|h| mlaudit_core::b64::encode(h.0))
+            .collect();
+        Ok(Json(json!({
+            "leaf_index": seq,
+            "tree_size": size,
+            "inclusion_path": path,
+            "checkpoint": checkpoint,
+        })))
+    })
+    .await
+}
+
+fn parse_hash(text: &str) -> Option<mlaudit_core::merkle::Hash> {
+    if text.len() != 64 {
+        return None;
+    }
+    let bytes = (0..32)
+        .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    mlaudit_core::merkle::Hash::from_slice(&bytes)
 }
 
 /// Query parameters of `GET /v1/proof/consistency`.

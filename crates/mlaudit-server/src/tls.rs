@@ -2,11 +2,7 @@
 //! HTTP/1.1 and HTTP/2 (ALPN), and the same graceful shutdown — on SIGTERM the listener stops
 //! and in-flight requests finish.
 
-use crate::{router, AppState};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use crate::AppState;
 use std::path::Path;
 use std::sync::Arc;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -51,53 +47,21 @@ pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsErro
     Ok(Arc::new(config))
 }
 
-/// Serves the API over TLS on `listener` until `shutdown` resolves, then waits for the
-/// connections in flight to finish their requests.
+/// Serves the API over TLS on `listener` with the default connection settings until
+/// `shutdown` resolves, then waits for the connections in flight to finish their requests
+/// ([`crate::conn::serve`]).
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     state: AppState,
     config: Arc<ServerConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let app = router(state);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY on a connection");
-                }
-                let acceptor = acceptor.clone();
-                let service = TowerToHyperService::new(app.clone());
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let stream = match acceptor.accept(tcp).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                    };
-                    let builder = Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(conn.into_owned()).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            () = &mut shutdown => break,
-        }
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+    crate::conn::serve(
+        listener,
+        state,
+        crate::conn::ConnConfig::default(),
+        Some(config),
+        shutdown,
+    )
+    .await
 }

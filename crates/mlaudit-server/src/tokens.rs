@@ -1,24 +1,19 @@
 //! The token administration endpoints (`admin` role): list, create, change role, revoke. Every
-//! change is recorded in the log as a `governance.access_changed` event, durably, before the
-//! response. If that append fails, a grant or role change is undone; a revocation stands.
+//! change is recorded in the log as a `governance.access_changed` event, durably, and takes
+//! effect only then ([`Tokens::apply`]): if the log cannot take the event, the change is not
+//! made and the admin gets the log's error.
 
-use crate::auth::{access_changed_event, Principal, Role, TokenError};
+use crate::auth::{now_ns, Change, ChangeError, Principal, Role, Staged, TokenError, Tokens};
 use crate::error::ApiError;
 use crate::AppState;
+use crate::Shown;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use mlaudit_core::event::{format_time, prepare_reserved};
+use mlaudit_core::event::format_time;
 use serde::Deserialize;
 use serde_json::{json, Value};
-
-fn now() -> String {
-    let ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
-    format_time(ns)
-}
 
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> ApiError {
@@ -31,42 +26,50 @@ impl From<TokenError> for ApiError {
     }
 }
 
-fn tokens(
-    state: &AppState,
-) -> Result<&std::sync::Arc<std::sync::RwLock<crate::auth::Tokens>>, ApiError> {
-    state.tokens.as_ref().ok_or_else(|| {
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> ApiError {
+        match e {
+            ChangeError::Token(e) => e.into(),
+            ChangeError::Log(e) => e.into(),
+        }
+    }
+}
+
+type Table = std::sync::Arc<std::sync::RwLock<Tokens>>;
+
+fn tokens(state: &AppState) -> Result<Table, ApiError> {
+    state.tokens.clone().ok_or_else(|| {
         ApiError::NotFound(
             "this server runs without authentication (--danger-no-auth): it has no tokens".into(),
         )
     })
 }
 
-/// Appends the access change durably.
-async fn record(
-    state: &AppState,
-    actor: &Principal,
-    name: &str,
-    role: Role,
-    change: &str,
-) -> Result<(), ApiError> {
-    let event = prepare_reserved(
-        &access_changed_event(actor, name, role, change),
-        &actor.name,
-    )
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+/// Makes a change on a blocking thread (it takes a file lock, writes the file and waits for
+/// the log), durably, before answering.
+async fn change(state: &AppState, actor: Principal, c: Change) -> Result<Staged, ApiError> {
+    let table = tokens(state)?;
     let store = state.store.clone();
-    tokio::task::spawn_blocking(move || store.append(vec![event]))
+    tokio::task::spawn_blocking(move || Tokens::apply(&table, &*store, &actor, c, now_ns()))
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(())
+        .map_err(|e| ApiError::Internal(format!("token task failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let t = tokens(&state)?
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let table = tokens(&state)?;
+    let t = table
         .read()
         .map_err(|_| ApiError::Internal("token lock poisoned".into()))?;
-    let list: Vec<Value> = t.list().iter().map(|r| json!({ "name": r.name, "role": r.role, "created": r.created, "revoked": r.revoked })).collect();
-    Ok(Json(json!({ "tokens": list })))
+    let list: Vec<Value> = t
+        .list()
+        .iter()
+        .map(|r| json!({ "name": r.name, "role": r.role, "created": r.created, "revoked": r.revoked, "expires": r.expires }))
+        .collect();
+    let shown = list.len();
+    let mut response = Json(json!({ "tokens": list })).into_response();
+    response.extensions_mut().insert(Shown(shown));
+    Ok(response)
 }
 
 /// Body of `POST /v1/tokens` and `PUT /v1/tokens/{name}`.
@@ -75,12 +78,31 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 pub struct TokenRequest {
     name: Option<String>,
     role: String,
+    /// How long a new token works, e.g. `90d`, `12h`.
+    expires_in: Option<String>,
 }
 
 fn role(text: &str) -> Result<Role, ApiError> {
     Role::parse(text).ok_or_else(|| {
         ApiError::BadRequest(format!("role {text:?} is not one of writer, reader, admin"))
     })
+}
+
+/// Parses a duration such as `90d`, `12h`, `30m` or `45s` into nanoseconds.
+pub fn parse_duration_ns(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let unit = text.chars().last()?;
+    let n: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let seconds = match unit {
+        'd' => 86_400,
+        'h' => 3_600,
+        'm' => 60,
+        's' => 1,
+        _ => return None,
+    };
+    n.checked_mul(seconds)?
+        .checked_mul(1_000_000_000)
+        .filter(|ns| *ns > 0)
 }
 
 fn body(
@@ -100,18 +122,28 @@ pub async fn create(
     let name = req
         .name
         .ok_or_else(|| ApiError::BadRequest("name is required".into()))?;
-    let table = tokens(&state)?.clone();
-    let token = table
-        .write()
-        .map_err(|_| ApiError::Internal("token lock poisoned".into()))?
-        .create(&name, role, &now())?;
-    if let Err(e) = record(&state, &actor, &name, role, "granted").await {
-        let _ = table.write().map(|mut t| t.revoke(&name, &now()));
-        return Err(e);
-    }
+    let expires_ns = match req.expires_in.as_deref() {
+        None => None,
+        Some(text) => {
+            let ns = parse_duration_ns(text).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "expires_in {text:?} is not a duration such as 90d, 12h, 30m or 45s"
+                ))
+            })?;
+            Some(now_ns().saturating_add(ns))
+        }
+    };
+    let c = Change::Create {
+        name,
+        role,
+        expires_ns,
+    };
+    let done = change(&state, actor, c).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "name": name, "role": role, "token": token })),
+        Json(
+            json!({ "name": done.name, "role": done.role, "token": done.token, "expires": expires_ns.map(format_time) }),
+        ),
     ))
 }
 
@@ -122,18 +154,15 @@ pub async fn set_role(
     req: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req = body(req)?;
-    let role = role(&req.role)?;
-    let table = tokens(&state)?.clone();
-    let old = table
-        .write()
-        .map_err(|_| ApiError::Internal("token lock poisoned".into()))?
-        .set_role(&name, role)?;
-    if let Err(e) = record(&state, &actor, &name, role, "granted").await {
-        let _ = table.write().map(|mut t| t.set_role(&name, old));
-        return Err(e);
+    if req.expires_in.is_some() {
+        return Err(ApiError::BadRequest(
+            "expires_in is set when a token is created".into(),
+        ));
     }
+    let role = role(&req.role)?;
+    let done = change(&state, actor, Change::SetRole { name, role }).await?;
     Ok(Json(
-        json!({ "name": name, "role": role, "previous_role": old }),
+        json!({ "name": done.name, "role": done.role, "previous_role": done.previous_role }),
     ))
 }
 
@@ -142,11 +171,8 @@ pub async fn revoke(
     Extension(actor): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let table = tokens(&state)?.clone();
-    let role = table
-        .write()
-        .map_err(|_| ApiError::Internal("token lock poisoned".into()))?
-        .revoke(&name, &now())?;
-    record(&state, &actor, &name, role, "revoked").await?;
-    Ok(Json(json!({ "name": name, "role": role, "revoked": true })))
+    let done = change(&state, actor, Change::Revoke { name }).await?;
+    Ok(Json(
+        json!({ "name": done.name, "role": done.role, "revoked": true }),
+    ))
 }

@@ -43,23 +43,27 @@ fn fixture(name: &str, limits: Limits) -> Fixture {
     let signer = NoteSigner::from_seed("test.mlaudit/server", [5; 32]).unwrap();
     let (store, _) = EmbeddedStore::open(&dir, Some(signer.clone())).unwrap();
     let store = Arc::new(store);
-    let mut tokens = Tokens::load(&dir.join("tokens.json")).unwrap();
-    let writer = tokens
-        .create("writer", Role::Writer, "2026-11-27T00:00:00Z")
-        .unwrap();
-    let reader = tokens
-        .create("reader", Role::Reader, "2026-11-27T00:00:00Z")
-        .unwrap();
-    let admin = tokens
-        .create("admin", Role::Admin, "2026-11-27T00:00:00Z")
-        .unwrap();
+    // The fixture's own tokens are recorded in a log of their own, so that the log under test
+    // starts empty (token changes made through the API are recorded in it, and tested).
+    let setup_dir = dir.with_extension("setup");
+    let _ = std::fs::remove_dir_all(&setup_dir);
+    let (setup_log, _) = EmbeddedStore::open(&setup_dir, Some(signer.clone())).unwrap();
+    let tokens = RwLock::new(Tokens::load(&dir.join("tokens.json")).unwrap());
+    let setup = mlaudit_server::auth::Principal {
+        name: "local:setup".into(),
+        role: Some(Role::Admin),
+    };
+    let create = |name, role| Tokens::create(&tokens, &setup_log, &setup, name, role).unwrap();
+    let (writer, reader, admin) = (
+        create("writer", Role::Writer),
+        create("reader", Role::Reader),
+        create("admin", Role::Admin),
+    );
+    drop(setup_log);
+    let _ = std::fs::remove_dir_all(&setup_dir);
     let state = AppState {
-        store: store.clone(),
-        verifier: signer.verifier(),
         limits,
-        tokens: Some(Arc::new(RwLock::new(tokens))),
-        public_proofs: true,
-        metrics: Default::default(),
+        ..AppState::new(store.clone(), signer.verifier(), Some(Arc::new(tokens)))
     };
     Fixture {
         dir,
@@ -339,6 +343,7 @@ async fn bad_input_gets_a_4xx_json_error_and_changes_nothing() {
         Limits {
             max_body_bytes: 4096,
             max_events_per_batch: 3,
+            ..Limits::default()
         },
     );
     post(&f, "application/json", event(0).to_string()).await;
@@ -629,8 +634,9 @@ async fn role_matrix_every_endpoint_by_every_caller() {
         let proof_ok: &[Caller] = if public_proofs {
             &[Nobody, Writer, Reader, Admin]
         } else {
-            &[Reader, Admin]
+            &[Writer, Reader, Admin]
         };
+        let leaf = mlaudit_core::merkle::leaf_hash(&f.store.event(0).unwrap().entry).to_hex();
         let routes: Vec<(&str, String, &str, String, &[Caller])> = vec![
             (
                 "POST",
@@ -671,6 +677,13 @@ async fn role_matrix_every_endpoint_by_every_caller() {
             (
                 "GET",
                 "/v1/proof/inclusion/0".into(),
+                "",
+                String::new(),
+                &[Reader, Admin],
+            ),
+            (
+                "GET",
+                format!("/v1/proof/inclusion?leaf_hash={leaf}"),
                 "",
                 String::new(),
                 proof_ok,
@@ -772,28 +785,98 @@ async fn role_matrix_every_endpoint_by_every_caller() {
     }
 }
 
+/// A full bundle (entry header and payload) is reader data; anyone may ask for the proof of a
+/// leaf whose hash they already hold, and gets hashes only, which verify against the entry.
 #[tokio::test]
-async fn anonymous_bundles_leave_the_payload_out_and_still_verify() {
-    let f = fixture("anon-bundle", Limits::default());
-    post(&f, "application/json", event(0).to_string()).await;
-    let anon = call_as(
+async fn bundles_need_a_reader_and_proofs_by_leaf_hash_reveal_only_hashes() {
+    let f = fixture("by-hash", Limits::default());
+    post(
         &f,
-        Caller::Nobody,
-        "GET",
-        "/v1/proof/inclusion/0",
-        "",
-        String::new(),
+        "application/json",
+        json!([event(0), event(1)]).to_string(),
     )
     .await;
-    let bundle: mlaudit_core::bundle::ProofBundle = serde_json::from_slice(&anon.body).unwrap();
-    assert_eq!(bundle.payload, None);
-    assert!(!anon.text().contains(
-        "credit-risk\",\"version\":\"7\",\"request\":\"r0\"},\"attributes\":{\"inputs\""
-    ));
-    bundle.verify(&f.state.verifier).unwrap();
+    for caller in [Caller::Nobody, Caller::Writer] {
+        let r = call_as(
+            &f,
+            caller,
+            "GET",
+            "/v1/proof/inclusion/0",
+            "",
+            String::new(),
+        )
+        .await;
+        assert!(
+            matches!(r.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN),
+            "{caller:?}: {}",
+            r.status
+        );
+    }
     let full: mlaudit_core::bundle::ProofBundle =
-        serde_json::from_slice(&get(&f, "/v1/proof/inclusion/0").await.body).unwrap();
+        serde_json::from_slice(&get(&f, "/v1/proof/inclusion/1").await.body).unwrap();
     assert!(full.payload.is_some());
+    let entry = f.store.event(1).unwrap().entry;
+    let leaf = mlaudit_core::merkle::leaf_hash(&entry);
+    let uri = format!("/v1/proof/inclusion?leaf_hash={}", leaf.to_hex());
+    for caller in [Caller::Nobody, Caller::Writer, Caller::Reader] {
+        let r = call_as(&f, caller, "GET", &uri, "", String::new()).await;
+        assert_eq!(r.status, StatusCode::OK, "{caller:?}: {}", r.text());
+        let v = r.json();
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys,
+            ["checkpoint", "inclusion_path", "leaf_index", "tree_size"]
+        );
+        assert_eq!(v["leaf_index"], 1);
+        assert!(
+            !r.text().contains("credit-risk"),
+            "no event content: {}",
+            r.text()
+        );
+        // It verifies against the entry the caller holds.
+        let cp = mlaudit_core::note::open_checkpoint(
+            &f.state.verifier,
+            v["checkpoint"].as_str().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v["tree_size"].as_u64(),
+            Some(cp.size),
+            "the latest checkpoint's size"
+        );
+        let path: Vec<mlaudit_core::merkle::Hash> = v["inclusion_path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let b = mlaudit_core::b64::decode(h.as_str().unwrap()).unwrap();
+                mlaudit_core::merkle::Hash::from_slice(&b).unwrap()
+            })
+            .collect();
+        mlaudit_core::merkle::verify_inclusion(1, cp.size, &leaf, &path, &cp.root).unwrap();
+    }
+    // An older tree size that has a checkpoint, and the ones that cannot answer.
+    let older = get(
+        &f,
+        &format!(
+            "/v1/proof/inclusion?leaf_hash={}&tree_size=0",
+            leaf.to_hex()
+        ),
+    )
+    .await;
+    assert_eq!(older.status, StatusCode::NOT_FOUND, "{}", older.text());
+    let mut unknown = leaf;
+    unknown.0[0] ^= 1;
+    let r = get(
+        &f,
+        &format!("/v1/proof/inclusion?leaf_hash={}", unknown.to_hex()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    for bad in ["abc", "zz"] {
+        let r = get(&f, &format!("/v1/proof/inclusion?leaf_hash={bad}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    }
 }
 
 #[tokio::test]

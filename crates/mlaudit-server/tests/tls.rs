@@ -10,7 +10,7 @@ use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
 use mlaudit_server::auth::{Role, Tokens};
 use mlaudit_server::tls::{load_config, serve_tls, TlsError};
-use mlaudit_server::{AppState, Limits};
+use mlaudit_server::AppState;
 use mlaudit_store::Store;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -58,18 +58,13 @@ async fn serves_over_tls_and_refuses_plaintext() {
     let signer = NoteSigner::from_seed("tls.test", [3; 32]).unwrap();
     let (store, _) = EmbeddedStore::open(&dir.join("log"), Some(signer.clone())).unwrap();
     let store = Arc::new(store);
-    let mut tokens = Tokens::load(&dir.join("tokens.json")).unwrap();
-    let writer = tokens
-        .create("w", Role::Writer, "2026-11-27T00:00:00Z")
-        .unwrap();
-    let state = AppState {
-        store: store.clone(),
-        verifier: signer.verifier(),
-        limits: Limits::default(),
-        tokens: Some(Arc::new(RwLock::new(tokens))),
-        public_proofs: true,
-        metrics: Default::default(),
+    let tokens = RwLock::new(Tokens::load(&dir.join("tokens.json")).unwrap());
+    let setup = mlaudit_server::auth::Principal {
+        name: "local:setup".into(),
+        role: Some(Role::Admin),
     };
+    let writer = Tokens::create(&tokens, &*store, &setup, "w", Role::Writer).unwrap();
+    let state = AppState::new(store.clone(), signer.verifier(), Some(Arc::new(tokens)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -87,7 +82,8 @@ async fn serves_over_tls_and_refuses_plaintext() {
     let body = r#"{"kind":"x.tls","actor":{"id":"a","type":"service"}}"#;
     let post = https(addr, format!("POST /v1/events HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {writer}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())).await;
     assert!(post.starts_with("HTTP/1.1 200"), "{post}");
-    assert_eq!(store.tree_size(), 1);
+    // The writer token's creation, then the event.
+    assert_eq!(store.tree_size(), 2);
 
     // Plaintext HTTP on the TLS port gets no HTTP answer.
     let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();

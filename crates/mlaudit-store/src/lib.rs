@@ -20,6 +20,7 @@
     )
 )]
 
+pub mod audit;
 pub mod ingest;
 pub mod lineage;
 pub mod proofs;

@@ -11,6 +11,10 @@ use serde_json::Value;
 
 /// How many events each lineage step lists at most.
 const STEP_LIMIT: usize = 1000;
+/// How many events one lineage lists at most, over all its steps.
+pub const MAX_LINEAGE_EVENTS: usize = 5000;
+/// How many distinct datasets of a training run a lineage follows at most.
+pub const MAX_DATASET_REFS: usize = 100;
 
 /// The lineage of one event. Every listed event carries its `seq`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -27,6 +31,9 @@ pub struct Lineage {
     pub training: Vec<Value>,
     /// Datasets the run used (`dataset@version`), each with its data events.
     pub datasets: Vec<DatasetLineage>,
+    /// Set when a step had more events than it lists ([`STEP_LIMIT`] per step,
+    /// [`MAX_LINEAGE_EVENTS`] in all, [`MAX_DATASET_REFS`] datasets): the lineage is a prefix.
+    pub truncated: bool,
 }
 
 /// One dataset a training run used.
@@ -52,25 +59,42 @@ fn load(store: &dyn Store, seq: u64) -> Result<Loaded, StoreError> {
     Ok(Loaded { entry, view })
 }
 
-fn find(store: &dyn Store, q: Query) -> Result<Vec<Loaded>, StoreError> {
-    let q = Query {
-        limit: STEP_LIMIT,
-        ..q
-    };
-    store
-        .query(&q)?
-        .into_iter()
-        .map(|seq| load(store, seq))
-        .collect()
+/// The events a lineage may still list, shared by its steps.
+struct Budget {
+    left: usize,
+    truncated: bool,
+}
+
+impl Budget {
+    /// The events matching `q`, at most [`STEP_LIMIT`] and what is left of the budget; notes
+    /// when more matched.
+    fn find(&mut self, store: &dyn Store, q: Query) -> Result<Vec<Loaded>, StoreError> {
+        let limit = STEP_LIMIT.min(self.left);
+        let q = Query {
+            limit: limit + 1,
+            ..q
+        };
+        let mut seqs = store.query(&q)?;
+        if seqs.len() > limit {
+            seqs.truncate(limit);
+            self.truncated = true;
+        }
+        self.left -= seqs.len();
+        seqs.into_iter().map(|seq| load(store, seq)).collect()
+    }
 }
 
 /// The lineage of the event at `seq`.
 pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
+    let mut budget = Budget {
+        left: MAX_LINEAGE_EVENTS,
+        truncated: false,
+    };
     let start = load(store, seq)?;
     let subject = |f| start.entry.subject(f).map(str::to_owned);
     let (mut model, mut version) = (subject(SubjectField::Model), subject(SubjectField::Version));
     if let (None, Some(deployment)) = (&model, subject(SubjectField::Deployment)) {
-        let deployed = find(
+        let deployed = budget.find(
             store,
             Query {
                 kind: Some("operations.deployed".into()),
@@ -97,6 +121,7 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
         run: subject(SubjectField::Run),
         training: vec![],
         datasets: vec![],
+        truncated: false,
     };
     if let (Some(model), Some(version)) = (&model, &version) {
         let by_version = |stage| Query {
@@ -105,7 +130,7 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
             version: Some(version.clone()),
             ..Query::default()
         };
-        let registry = find(store, by_version(Stage::Registry))?;
+        let registry = budget.find(store, by_version(Stage::Registry))?;
         if let Some(reg) = registry
             .iter()
             .find(|r| r.entry.kind == "registry.model_registered")
@@ -117,13 +142,14 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
                 .or(out.run);
         }
         out.registry = registry.into_iter().map(|l| l.view).collect();
-        out.deployments = find(store, by_version(Stage::Operations))?
+        out.deployments = budget
+            .find(store, by_version(Stage::Operations))?
             .into_iter()
             .map(|l| l.view)
             .collect();
     }
     if let Some(run) = out.run.clone() {
-        let training = find(
+        let training = budget.find(
             store,
             Query {
                 stage: Some(Stage::Training),
@@ -142,13 +168,23 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
             })
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
+        // Each dataset once, in first-mention order, and a bounded number of them.
+        let mut seen = std::collections::BTreeSet::new();
+        let mut refs: Vec<String> = refs
+            .into_iter()
+            .filter(|r| seen.insert(r.clone()))
+            .collect();
+        if refs.len() > MAX_DATASET_REFS {
+            refs.truncate(MAX_DATASET_REFS);
+            budget.truncated = true;
+        }
         out.training = training.into_iter().map(|l| l.view).collect();
         for r in refs {
             let (dataset, version) = match r.split_once('@') {
                 Some((d, v)) => (d.to_owned(), Some(v.to_owned())),
                 None => (r.clone(), None),
             };
-            let events = find(
+            let events = budget.find(
                 store,
                 Query {
                     stage: Some(Stage::Data),
@@ -173,5 +209,6 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
             });
         }
     }
+    out.truncated = budget.truncated;
     Ok(out)
 }

@@ -9,10 +9,9 @@ use crate::ledger;
 use crate::proof::{check_bundle, verify_store};
 use crate::read::print_lineage;
 use anyhow::Result;
-use mlaudit_core::bundle::ProofBundle;
 use mlaudit_core::event::format_time;
-use mlaudit_server::auth::{Role, Tokens};
-use mlaudit_server::{AppState, BackgroundServer, Limits};
+use mlaudit_server::auth::{Principal, Role, Tokens};
+use mlaudit_server::{AppState, BackgroundServer};
 use mlaudit_store::{lineage, proofs, Query, Store};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -138,10 +137,10 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
         .as_nanos() as i64
         - 3 * 86_400 * 1_000_000_000;
     let events = lifecycle(&version, &run, predictions, &mut Clock(start));
-    let before = store.tree_size();
     let lifecycle_len = events.len() - predictions;
     let store = Arc::new(store);
     let server = DemoServer::start(store.clone(), key.clone())?;
+    let before = store.tree_size();
     println!("\n== sending the lifecycle to a local `mlaudit serve` at http://{} (bearer token of a writer)", server.addr);
     let (a, b) = (
         server.post(&events[..lifecycle_len], 1000)?,
@@ -167,10 +166,18 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
         (None, None) => (store.tree_size().saturating_sub(1), "the last event"),
     };
     println!("\n== lineage of {what} at seq {pred_seq}");
-    print_lineage(&lineage::lineage(&*store, pred_seq)?);
+    let l = lineage::lineage(&*store, pred_seq)?;
+    ledger::audit_read(
+        &*store,
+        "mlaudit demo lineage",
+        &pred_seq.to_string(),
+        1 + l.registry.len() + l.deployments.len() + l.training.len(),
+    )?;
+    print_lineage(&l);
 
     println!("\n== inclusion proof for seq {pred_seq}, checked offline with only the verifier key");
     let bundle = proofs::inclusion_bundle(&*store, pred_seq)?;
+    ledger::audit_read(&*store, "mlaudit demo prove", &pred_seq.to_string(), 1)?;
     println!(
         "bundle: leaf {} of tree size {}, {} path hashes",
         bundle.leaf_index,
@@ -178,12 +185,14 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
         bundle.inclusion_path.len()
     );
     println!("{}", check_bundle(&bundle, &key)?);
-    let public: ProofBundle =
-        serde_json::from_value(server.get(&format!("/v1/proof/inclusion/{pred_seq}"))?)?;
-    println!(
-        "the same proof fetched anonymously over HTTP (payload withheld, digest still committed):"
+    let leaf = mlaudit_core::merkle::leaf_hash(
+        &mlaudit_core::b64::decode(&bundle.entry).unwrap_or_default(),
     );
-    println!("{}", check_bundle(&public, &key)?);
+    let public = server.get(&format!("/v1/proof/inclusion?leaf_hash={}", leaf.to_hex()))?;
+    println!(
+        "the proof by leaf hash, fetched anonymously over HTTP (hashes only, no event content): {}",
+        check_hash_proof(&public, &leaf, &key)?
+    );
     let sizes = store.checkpoint_sizes()?;
     if let (Some(first), Some(last)) = (sizes.iter().find(|s| **s > 0), sizes.last()) {
         let proof = proofs::consistency(&*store, *first, *last)?;
@@ -206,6 +215,32 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
     server.stop()?;
     store.close()?;
     Ok(())
+}
+
+/// Checks an anonymous proof by leaf hash (`GET /v1/proof/inclusion?leaf_hash=`) against the
+/// leaf the caller holds and the verifier key; a one-line description.
+fn check_hash_proof(
+    proof: &Value,
+    leaf: &mlaudit_core::merkle::Hash,
+    key: &mlaudit_core::note::NoteVerifier,
+) -> Result<String> {
+    let note = proof["checkpoint"].as_str().unwrap_or_default();
+    let cp = mlaudit_core::note::open_checkpoint(key, note)?;
+    let index = proof["leaf_index"].as_u64().unwrap_or(u64::MAX);
+    let path = proof["inclusion_path"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|h| {
+            h.as_str()
+                .and_then(|h| mlaudit_core::b64::decode(h).ok())
+                .and_then(|b| mlaudit_core::merkle::Hash::from_slice(&b))
+                .ok_or_else(|| anyhow::anyhow!("a path hash is not base64 of 32 bytes"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    mlaudit_core::merkle::verify_inclusion(index, cp.size, leaf, &path, &cp.root)
+        .map_err(|e| crate::ledger::VerifyFailed(format!("inclusion proof FAILED: {e}")))?;
+    Ok(format!("OK: leaf {index} of tree size {}", cp.size))
 }
 
 /// An in-process `mlaudit serve` on a free loopback port, with one writer token that lives only
@@ -232,16 +267,13 @@ impl DemoServer {
         let tokens_dir =
             std::env::temp_dir().join(format!("mlaudit-demo-tokens-{}", std::process::id()));
         std::fs::create_dir_all(&tokens_dir)?;
-        let mut tokens = Tokens::load(&tokens_dir.join("tokens.json"))?;
-        let token = tokens.create("demo-writer", Role::Writer, &format_time(0))?;
-        let state = AppState {
-            store,
-            verifier,
-            limits: Limits::default(),
-            tokens: Some(Arc::new(RwLock::new(tokens))),
-            public_proofs: true,
-            metrics: Default::default(),
+        let tokens = RwLock::new(Tokens::load(&tokens_dir.join("tokens.json"))?);
+        let actor = Principal {
+            name: crate::append::local_principal(),
+            role: Some(Role::Admin),
         };
+        let token = Tokens::create(&tokens, &*store, &actor, "demo-writer", Role::Writer)?;
+        let state = AppState::new(store, verifier, Some(Arc::new(tokens)));
         let server = BackgroundServer::start("127.0.0.1:0", state)?;
         Ok(DemoServer {
             addr: server.addr(),

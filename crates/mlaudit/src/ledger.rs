@@ -9,6 +9,8 @@
 use anyhow::{Context, Result};
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::{EmbeddedStore, OpenError};
+use mlaudit_store::audit::{audit_event, Access};
+use mlaudit_store::Store;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -121,4 +123,26 @@ fn open_with(data: &Path, signer: Option<NoteSigner>) -> Result<EmbeddedStore> {
         eprintln!("mlaudit: signed a checkpoint for the {size} events recovered");
     }
     Ok(store)
+}
+
+/// Records a read of the trail from the command line (`mlaudit get`, `query`, `lineage`,
+/// `prove`) as a `governance.audit_accessed` event by `local:<os user>`, durably, before the
+/// answer is shown: every read leaves a trace, whichever way it is made.
+pub fn audit_read(store: &dyn Store, command: &str, args: &str, results: usize) -> Result<()> {
+    let principal = crate::append::local_principal();
+    let access = Access {
+        principal: &principal,
+        person: true,
+        method: command,
+        path: args,
+        query: None,
+        client: Some("local"),
+        results,
+        status: None,
+    };
+    let event = audit_event(&access).context("recording this read")?;
+    store
+        .append(vec![event])
+        .context("recording this read in the log (every read is recorded before it is shown)")?;
+    Ok(())
 }

@@ -87,7 +87,15 @@ enum Command {
         list: bool,
     },
     /// Recompute and check the whole log: entries, payloads, tree and every checkpoint.
-    Verify,
+    Verify {
+        /// A signed checkpoint kept earlier (e.g. from GET /v1/checkpoint): the log must be a
+        /// consistent extension of it (exit 1 if shorter, or another tree at that size).
+        #[arg(long, value_name = "FILE")]
+        trusted_checkpoint: Option<PathBuf>,
+        /// The verifier key (text or file) to check with, instead of the data directory's.
+        #[arg(long, value_name = "VKEY")]
+        key: Option<String>,
+    },
     /// Write an inclusion proof bundle for one event.
     Prove {
         id: String,
@@ -104,11 +112,18 @@ enum Command {
     },
     /// Prove and check that one checkpoint's tree is a prefix of another's.
     Consistency {
-        #[arg(long)]
-        from: u64,
+        /// The smaller tree size (a stored checkpoint's).
+        #[arg(long, required_unless_present = "old", conflicts_with = "old")]
+        from: Option<u64>,
+        /// A signed checkpoint saved earlier, instead of --from: proves that the log extends it.
+        #[arg(long, value_name = "FILE")]
+        old: Option<PathBuf>,
         /// [default: the latest checkpoint]
         #[arg(long)]
         to: Option<u64>,
+        /// The verifier key (text or file) to check with, instead of the data directory's.
+        #[arg(long, value_name = "VKEY")]
+        key: Option<String>,
     },
     /// Run the HTTP API (see docs/API.md).
     Serve(serve::ServeArgs),
@@ -132,10 +147,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(args) => read::query(&data, args),
         Command::Lineage { id, format } => read::lineage(&data, &id, format == Format::Json),
         Command::Checkpoint { size, list } => read::checkpoint(&data, size, list),
-        Command::Verify => proof::verify(&data),
+        Command::Verify {
+            trusted_checkpoint,
+            key,
+        } => proof::verify(&data, trusted_checkpoint.as_deref(), key.as_deref()),
         Command::Prove { id, out } => proof::prove(&data, &id, out.as_deref()),
         Command::VerifyBundle { file, key } => proof::verify_bundle(&file, &key),
-        Command::Consistency { from, to } => proof::consistency(&data, from, to),
+        Command::Consistency { from, old, to, key } => {
+            let from = match (from, old) {
+                (_, Some(file)) => proof::From::Saved(file),
+                (Some(size), None) => proof::From::Size(size),
+                (None, None) => {
+                    return Err(ledger::InputError("--from or --old is needed".into()).into())
+                }
+            };
+            proof::consistency(&data, from, to, key.as_deref())
+        }
         Command::Demo { predictions } => demo::run(&data, predictions),
         Command::Serve(args) => serve::run(&data, args),
         Command::Token(cmd) => token::run(&data, cmd),

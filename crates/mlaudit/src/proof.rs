@@ -5,8 +5,9 @@ use crate::output::{print_json, Progress};
 use crate::read::resolve;
 use anyhow::{Context, Result};
 use mlaudit_core::bundle::ProofBundle;
-use mlaudit_core::note::NoteVerifier;
-use mlaudit_store::{proofs, verify as v, Store};
+use mlaudit_core::merkle::CompactRange;
+use mlaudit_core::note::{open_checkpoint, Checkpoint, NoteVerifier};
+use mlaudit_store::{proofs, verify as v, Nodes, Store};
 use std::path::Path;
 
 /// Reads a verifier key given as text or as a file holding it.
@@ -19,8 +20,55 @@ pub fn load_key(key: &str) -> Result<NoteVerifier> {
     NoteVerifier::parse(text.trim()).map_err(|e| InputError(format!("--key: {e}")).into())
 }
 
-pub fn verify(data: &Path) -> Result<()> {
-    let key = ledger::signer(data)?.verifier();
+/// The verifier key given with `--key`, else the data directory's.
+fn key_for(data: &Path, key: Option<&str>) -> Result<NoteVerifier> {
+    match key {
+        Some(k) => load_key(k),
+        None => Ok(ledger::signer(data)?.verifier()),
+    }
+}
+
+/// Reads a signed checkpoint saved earlier and checks its signature.
+fn saved_checkpoint(file: &Path, key: &NoteVerifier) -> Result<(String, Checkpoint)> {
+    let note = std::fs::read_to_string(file)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", file.display())))?;
+    let cp = open_checkpoint(key, &note).map_err(|e| {
+        VerifyFailed(format!(
+            "{} is not a checkpoint signed by {}: {e}",
+            file.display(),
+            key.name()
+        ))
+    })?;
+    Ok((note, cp))
+}
+
+/// Checks that the log is a consistent extension of the trusted checkpoint `cp`: at least as
+/// long, and the same tree at its size.
+fn check_extends(store: &dyn Store, cp: &Checkpoint, what: &str) -> Result<()> {
+    let size = store.tree_size();
+    if cp.size > size {
+        return Err(VerifyFailed(format!(
+            "verification FAILED: the log holds {size} events, fewer than the {} of {what}: it was rolled back or truncated",
+            cp.size
+        ))
+        .into());
+    }
+    let root = CompactRange::from_source(&Nodes(store), cp.size)?.root();
+    if !root.ct_eq(&cp.root) {
+        return Err(VerifyFailed(format!(
+            "verification FAILED: the log's tree at size {} is not the one {what} signed (root {} here, {} there): the log was rewritten",
+            cp.size,
+            root.to_hex(),
+            cp.root.to_hex()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+pub fn verify(data: &Path, trusted: Option<&Path>, key: Option<&str>) -> Result<()> {
+    let key = key_for(data, key)?;
+    let trusted = trusted.map(|f| saved_checkpoint(f, &key)).transpose()?;
     let store = ledger::open(data)?;
     let report = verify_store(&store, &key)?;
     println!(
@@ -32,6 +80,13 @@ pub fn verify(data: &Path) -> Result<()> {
         report.root.to_hex(),
         report.events
     );
+    if let Some((_, cp)) = &trusted {
+        check_extends(&store, cp, "the trusted checkpoint")?;
+        println!(
+            "consistent with the trusted checkpoint at tree size {}",
+            cp.size
+        );
+    }
     if report.unsigned_tail > 0 {
         println!(
             "note: the last {} events are not yet covered by a checkpoint",
@@ -51,8 +106,10 @@ pub fn verify_store(store: &dyn Store, key: &NoteVerifier) -> Result<v::VerifyRe
 
 pub fn prove(data: &Path, id: &str, out: Option<&Path>) -> Result<()> {
     let store = ledger::open(data)?;
-    let seq = resolve(&store, id)?;
-    let bundle = proofs::inclusion_bundle(&store, seq)?;
+    let found =
+        resolve(&store, id).and_then(|seq| Ok((seq, proofs::inclusion_bundle(&store, seq)?)));
+    ledger::audit_read(&store, "mlaudit prove", id, usize::from(found.is_ok()))?;
+    let (seq, bundle) = found?;
     match out {
         Some(path) => {
             std::fs::write(path, serde_json::to_string_pretty(&bundle)? + "\n")
@@ -99,8 +156,17 @@ pub fn verify_bundle(file: &Path, key: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn consistency(data: &Path, from: u64, to: Option<u64>) -> Result<()> {
-    let key = ledger::signer(data)?.verifier();
+/// Where a consistency proof starts.
+#[derive(Debug)]
+pub enum From {
+    /// A stored checkpoint's size.
+    Size(u64),
+    /// A signed checkpoint saved earlier, in this file.
+    Saved(std::path::PathBuf),
+}
+
+pub fn consistency(data: &Path, from: From, to: Option<u64>, key: Option<&str>) -> Result<()> {
+    let key = key_for(data, key)?;
     let store = ledger::open(data)?;
     let to = match to {
         Some(t) => t,
@@ -109,13 +175,43 @@ pub fn consistency(data: &Path, from: u64, to: Option<u64>) -> Result<()> {
             .last()
             .ok_or_else(|| InputError("the log has no checkpoint".into()))?,
     };
-    let proof = proofs::consistency(&store, from, to).map_err(|e| InputError(e.to_string()))?;
+    let proof = match from {
+        From::Size(size) => {
+            proofs::consistency(&store, size, to).map_err(|e| InputError(e.to_string()))?
+        }
+        From::Saved(file) => {
+            let (note, cp) = saved_checkpoint(&file, &key)?;
+            if cp.size > to {
+                return Err(VerifyFailed(format!(
+                    "consistency FAILED: the saved checkpoint is of {} events, but the log's is of {to}: it was rolled back or truncated",
+                    cp.size
+                ))
+                .into());
+            }
+            let to_note = store
+                .checkpoint(to)?
+                .ok_or_else(|| InputError(format!("no checkpoint is stored for tree size {to}")))?;
+            let hashes = mlaudit_core::merkle::consistency_proof(&Nodes(&store), cp.size, to)?
+                .map_err(|e| InputError(e.to_string()))?;
+            proofs::ConsistencyProof {
+                from: cp.size,
+                to,
+                proof: hashes
+                    .iter()
+                    .map(|h| mlaudit_core::b64::encode(h.0))
+                    .collect(),
+                from_checkpoint: note,
+                to_checkpoint: to_note,
+            }
+        }
+    };
     print_json(&proof)?;
     proof
         .verify(&key)
         .map_err(|e| VerifyFailed(format!("consistency proof FAILED: {e}")))?;
     eprintln!(
-        "OK: the tree at size {from} is a prefix of the tree at size {to} ({} hashes)",
+        "OK: the tree at size {} is a prefix of the tree at size {to} ({} hashes)",
+        proof.from,
         proof.proof.len()
     );
     Ok(())

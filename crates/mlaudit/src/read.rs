@@ -42,8 +42,9 @@ pub fn event_json(store: &dyn Store, seq: u64) -> Result<Value> {
 
 pub fn get(data: &Path, id: &str) -> Result<()> {
     let store = ledger::open(data)?;
-    let seq = resolve(&store, id)?;
-    print_json(&event_json(&store, seq)?)
+    let found = resolve(&store, id).and_then(|seq| event_json(&store, seq));
+    ledger::audit_read(&store, "mlaudit get", id, usize::from(found.is_ok()))?;
+    print_json(&found?)
 }
 
 /// Filters of `mlaudit query`.
@@ -82,6 +83,31 @@ pub struct QueryArgs {
     format: crate::Format,
 }
 
+/// The filters of a query, as flags, for the audit record.
+fn describe_query(a: &QueryArgs) -> String {
+    let flags = [
+        ("stage", &a.stage),
+        ("kind", &a.kind),
+        ("model", &a.model),
+        ("version", &a.version),
+        ("actor", &a.actor),
+        ("run", &a.run),
+        ("dataset", &a.dataset),
+        ("deployment", &a.deployment),
+        ("since", &a.since),
+        ("until", &a.until),
+    ];
+    let mut out: Vec<String> = flags
+        .iter()
+        .filter_map(|(name, v)| v.as_ref().map(|v| format!("--{name} {v}")))
+        .collect();
+    if let Some(after) = a.after {
+        out.push(format!("--after {after}"));
+    }
+    out.push(format!("--limit {}", a.limit));
+    out.join(" ")
+}
+
 fn time_flag(name: &str, value: Option<String>) -> Result<Option<i64>> {
     value
         .map(|v| {
@@ -96,6 +122,7 @@ fn time_flag(name: &str, value: Option<String>) -> Result<Option<i64>> {
 }
 
 pub fn query(data: &Path, a: QueryArgs) -> Result<()> {
+    let described = describe_query(&a);
     let stage = a
         .stage
         .map(|s| Stage::parse(&s).ok_or_else(|| InputError(format!("--stage {s:?} is not one of data, training, registry, operations, prediction, governance, custom"))))
@@ -120,6 +147,7 @@ pub fn query(data: &Path, a: QueryArgs) -> Result<()> {
         .iter()
         .map(|s| event_json(&store, *s))
         .collect::<Result<_>>()?;
+    ledger::audit_read(&store, "mlaudit query", &described, rows.len())?;
     match a.format {
         crate::Format::Json => print_json(&rows)?,
         crate::Format::Ndjson => {
@@ -212,12 +240,22 @@ pub fn print_lineage(l: &lin::Lineage) {
             println!("  {}", line(ev));
         }
     }
+    if l.truncated {
+        println!("(truncated: a step had more events than a lineage lists; query them directly)");
+    }
 }
 
 pub fn lineage(data: &Path, id: &str, json: bool) -> Result<()> {
     let store = ledger::open(data)?;
-    let seq = resolve(&store, id)?;
-    let l = lin::lineage(&store, seq)?;
+    let found = resolve(&store, id).and_then(|seq| Ok(lin::lineage(&store, seq)?));
+    let shown = found.as_ref().map_or(0, |l| {
+        1 + l.registry.len()
+            + l.deployments.len()
+            + l.training.len()
+            + l.datasets.iter().map(|d| d.events.len()).sum::<usize>()
+    });
+    ledger::audit_read(&store, "mlaudit lineage", id, shown)?;
+    let l = found?;
     if json {
         print_json(&l)
     } else {

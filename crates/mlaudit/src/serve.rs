@@ -3,11 +3,13 @@
 
 use crate::ledger::{self, InputError};
 use anyhow::{Context, Result};
-use mlaudit_server::auth::Tokens;
+use mlaudit_server::conn::ConnConfig;
+use mlaudit_server::ratelimit::RateLimiter;
 use mlaudit_server::{AppState, Limits};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// Flags of `mlaudit serve`. Each setting comes from the flag, else the environment variable,
 /// else the config file, else the default.
@@ -36,12 +38,21 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
-    /// Checkpoints, verifier key and proofs without a token (default true).
+    /// Checkpoints, verifier key and hash-only proofs without a token (default true).
     public_proofs: Option<bool>,
     max_body_bytes: Option<u64>,
     max_events_per_batch: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    max_connections: Option<usize>,
+    request_timeout_s: Option<u64>,
+    body_read_timeout_s: Option<u64>,
+    header_read_timeout_s: Option<u64>,
+    idle_timeout_s: Option<u64>,
+    tls_handshake_timeout_s: Option<u64>,
+    shutdown_grace_s: Option<u64>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
 }
 
 /// The resolved settings.
@@ -50,6 +61,9 @@ struct Settings {
     listen: String,
     public_proofs: bool,
     limits: Limits,
+    conn: ConnConfig,
+    /// (requests per second, burst) per principal; `None` when off.
+    rate_limit: Option<(u32, u32)>,
     /// (certificate, key) PEM files.
     tls: Option<(PathBuf, PathBuf)>,
 }
@@ -67,6 +81,20 @@ fn env_parse<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
         .transpose()
 }
 
+/// A setting from the environment variable `name`, else the config file, else `default`.
+fn setting<T: std::str::FromStr>(name: &str, file: Option<T>, default: T) -> Result<T> {
+    Ok(env_parse(name)?.or(file).unwrap_or(default))
+}
+
+/// Seconds from the environment or the file, else the default.
+fn seconds(name: &str, file: Option<u64>, default: Duration) -> Result<Duration> {
+    let s = setting(name, file, default.as_secs())?;
+    if s == 0 {
+        return Err(InputError(format!("{name}: a timeout of 0 s is not allowed")).into());
+    }
+    Ok(Duration::from_secs(s))
+}
+
 fn resolve(args: &ServeArgs) -> Result<Settings> {
     let file: FileConfig = match &args.config {
         Some(path) => {
@@ -77,6 +105,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         None => FileConfig::default(),
     };
     let defaults = Limits::default();
+    let conn = ConnConfig::default();
     let tls_cert = args
         .tls_cert
         .clone()
@@ -97,6 +126,16 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
             .into())
         }
     };
+    let per_second = setting(
+        "MLAUDIT_RATE_LIMIT_PER_SECOND",
+        file.rate_limit_per_second,
+        DEFAULT_RATE,
+    )?;
+    let burst = setting(
+        "MLAUDIT_RATE_LIMIT_BURST",
+        file.rate_limit_burst,
+        2 * per_second,
+    )?;
     Ok(Settings {
         tls,
         listen: args
@@ -105,18 +144,77 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
             .or_else(|| env("MLAUDIT_LISTEN"))
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:8080".into()),
-        public_proofs: env_parse("MLAUDIT_PUBLIC_PROOFS")?
-            .or(file.public_proofs)
-            .unwrap_or(true),
+        public_proofs: setting("MLAUDIT_PUBLIC_PROOFS", file.public_proofs, true)?,
         limits: Limits {
-            max_body_bytes: env_parse("MLAUDIT_MAX_BODY_BYTES")?
-                .or(file.max_body_bytes)
-                .unwrap_or(defaults.max_body_bytes),
-            max_events_per_batch: env_parse("MLAUDIT_MAX_EVENTS_PER_BATCH")?
-                .or(file.max_events_per_batch)
-                .unwrap_or(defaults.max_events_per_batch),
+            max_body_bytes: setting(
+                "MLAUDIT_MAX_BODY_BYTES",
+                file.max_body_bytes,
+                defaults.max_body_bytes,
+            )?,
+            max_events_per_batch: setting(
+                "MLAUDIT_MAX_EVENTS_PER_BATCH",
+                file.max_events_per_batch,
+                defaults.max_events_per_batch,
+            )?,
+            request_timeout: seconds(
+                "MLAUDIT_REQUEST_TIMEOUT_S",
+                file.request_timeout_s,
+                defaults.request_timeout,
+            )?,
+            body_read_timeout: seconds(
+                "MLAUDIT_BODY_READ_TIMEOUT_S",
+                file.body_read_timeout_s,
+                defaults.body_read_timeout,
+            )?,
         },
+        conn: ConnConfig {
+            max_connections: setting(
+                "MLAUDIT_MAX_CONNECTIONS",
+                file.max_connections,
+                conn.max_connections,
+            )?,
+            header_read_timeout: seconds(
+                "MLAUDIT_HEADER_READ_TIMEOUT_S",
+                file.header_read_timeout_s,
+                conn.header_read_timeout,
+            )?,
+            idle_timeout: seconds(
+                "MLAUDIT_IDLE_TIMEOUT_S",
+                file.idle_timeout_s,
+                conn.idle_timeout,
+            )?,
+            tls_handshake_timeout: seconds(
+                "MLAUDIT_TLS_HANDSHAKE_TIMEOUT_S",
+                file.tls_handshake_timeout_s,
+                conn.tls_handshake_timeout,
+            )?,
+            shutdown_grace: seconds(
+                "MLAUDIT_SHUTDOWN_GRACE_S",
+                file.shutdown_grace_s,
+                conn.shutdown_grace,
+            )?,
+        },
+        rate_limit: (per_second > 0).then_some((per_second, burst.max(per_second))),
     })
+}
+
+/// Requests per second per principal unless configured (0 turns the limit off).
+const DEFAULT_RATE: u32 = 5000;
+
+/// Refuses to serve without authentication anywhere but on a loopback address.
+fn check_danger_no_auth(listen: &str) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<std::net::SocketAddr> = listen
+        .to_socket_addrs()
+        .map_err(|e| InputError(format!("cannot resolve {listen}: {e}")))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+        return Err(InputError(format!(
+            "--danger-no-auth serves every right to anyone who can connect: it listens only on a loopback address (127.0.0.1 or ::1), not {listen}"
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -141,17 +239,9 @@ async fn shutdown_signal() {
 pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
     let settings = resolve(&args)?;
     let listen = settings.listen.as_str();
-    let tokens = if args.danger_no_auth {
-        None
-    } else {
-        let path = crate::token::tokens_path(data);
-        let tokens = Tokens::load(&path)?;
-        if tokens.list().iter().all(|t| t.revoked.is_some()) {
-            eprintln!("mlaudit: no active token yet: create one with `mlaudit token create --role writer --name NAME` (or serve with --danger-no-auth for a local trial)");
-        }
-        Some(Arc::new(RwLock::new(tokens)))
-    };
-    let danger_no_auth = args.danger_no_auth;
+    if args.danger_no_auth {
+        check_danger_no_auth(listen)?;
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -161,13 +251,23 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
         .try_init();
     let verifier = ledger::signer(data)?.verifier();
     let store = Arc::new(ledger::open(data)?);
+    let tokens = if args.danger_no_auth {
+        None
+    } else {
+        let tokens = crate::token::load_reconciled(data, &*store)?;
+        if tokens.list().iter().all(|t| t.revoked.is_some()) {
+            eprintln!("mlaudit: no active token yet: create one with `mlaudit token create --role writer --name NAME` (or serve with --danger-no-auth for a local trial)");
+        }
+        Some(Arc::new(RwLock::new(tokens)))
+    };
+    let danger_no_auth = args.danger_no_auth;
     let state = AppState {
-        store: store.clone(),
-        verifier,
         limits: settings.limits,
-        tokens,
         public_proofs: settings.public_proofs,
-        metrics: Default::default(),
+        rate_limit: settings
+            .rate_limit
+            .map(|(rate, burst)| Arc::new(RateLimiter::new(rate, burst))),
+        ..AppState::new(store.clone(), verifier, tokens)
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -180,19 +280,17 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
             tracing::warn!("authentication is OFF (--danger-no-auth): anyone who can reach {addr} can read and write this log");
         }
         tracing::info!(%addr, data = %data.display(), "mlaudit serving");
-        match &settings.tls {
-            Some((cert, key)) => {
-                let config = mlaudit_server::tls::load_config(cert, key).map_err(|e| InputError(e.to_string()))?;
-                eprintln!("mlaudit: listening on https://{addr}");
-                mlaudit_server::tls::serve_tls(listener, state, config, shutdown_signal()).await.context("serving")?;
-            }
-            None => {
-                eprintln!("mlaudit: listening on http://{addr}");
-                mlaudit_server::serve(listener, state, shutdown_signal()).await.context("serving")?;
-            }
-        }
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(mlaudit_server::tls::load_config(cert, key).map_err(|e| InputError(e.to_string()))?),
+            None => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        eprintln!("mlaudit: listening on {scheme}://{addr}");
+        mlaudit_server::conn::serve(listener, state, settings.conn, tls, shutdown_signal()).await.context("serving")?;
         anyhow::Ok(())
     })?;
+    // Connections cut at the end of the grace period may leave tasks behind: do not wait.
+    runtime.shutdown_background();
     store.close()?;
     Ok(())
 }

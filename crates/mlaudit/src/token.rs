@@ -1,13 +1,16 @@
-//! `mlaudit token create|list|set-role|revoke`: the token file of a data directory, with every
-//! change appended to the log as a `governance.access_changed` event.
+//! `mlaudit token create|list|set-role|revoke`: the token file of a data directory. Every
+//! change is recorded in the log as a `governance.access_changed` event and takes effect only
+//! once both the file and the log hold it ([`Tokens::apply`]); changes left half-done by a
+//! crash are completed or undone first ([`Tokens::reconcile`]).
 
 use crate::append::local_principal;
 use crate::ledger::{self, InputError};
 use anyhow::Result;
-use mlaudit_core::event::{format_time, prepare_reserved};
-use mlaudit_server::auth::{access_changed_event, Principal, Role, TokenError, Tokens};
+use mlaudit_server::auth::{now_ns, Change, ChangeError, Principal, Role, TokenError, Tokens};
+use mlaudit_server::parse_duration_ns;
 use mlaudit_store::Store;
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 /// Token subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -17,8 +20,12 @@ pub enum TokenCommand {
         /// writer (append only), reader (query, proofs, lineage) or admin (tokens; also reads)
         #[arg(long)]
         role: String,
+        /// A name never used before in this log (names are never reused)
         #[arg(long)]
         name: String,
+        /// How long the token works, e.g. 90d, 12h (default: until revoked)
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
     },
     /// List tokens (names, roles, dates; never the tokens).
     List,
@@ -47,90 +54,107 @@ fn role(text: &str) -> Result<Role> {
     })
 }
 
-fn now() -> String {
-    let ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
-    format_time(ns)
-}
-
-fn input(e: TokenError) -> anyhow::Error {
+fn input(e: ChangeError) -> anyhow::Error {
     match e {
-        TokenError::Exists(_) | TokenError::Unknown(_) | TokenError::BadName(_) => {
-            InputError(e.to_string()).into()
-        }
+        ChangeError::Token(
+            e @ (TokenError::Exists(_) | TokenError::Unknown(_) | TokenError::BadName(_)),
+        ) => InputError(e.to_string()).into(),
         other => other.into(),
     }
 }
 
-/// Appends the change, durably.
-fn record(data: &Path, name: &str, role: Role, change: &str) -> Result<()> {
+/// Loads the token file and completes or undoes any change a crash left half-done, saying so.
+pub fn load_reconciled(data: &Path, store: &dyn Store) -> Result<Tokens> {
+    let mut tokens = Tokens::load(&tokens_path(data))?;
+    for line in tokens.reconcile(store)? {
+        eprintln!("mlaudit: tokens: {line}");
+    }
+    Ok(tokens)
+}
+
+pub fn run(data: &Path, cmd: TokenCommand) -> Result<()> {
+    // Opening the log first: a running server (which holds it) stops us before any change.
+    let store = ledger::open(data)?;
+    let tokens = RwLock::new(load_reconciled(data, &store)?);
     let actor = Principal {
         name: local_principal(),
         role: Some(Role::Admin),
     };
-    let store = ledger::open(data)?;
-    let event = prepare_reserved(
-        &access_changed_event(&actor, name, role, change),
-        &actor.name,
-    )?;
-    let receipt = store.append(vec![event])?;
-    store.close()?;
-    eprintln!(
-        "recorded as governance.access_changed at seq {}",
-        receipt.events[0].seq
-    );
-    Ok(())
-}
-
-pub fn run(data: &Path, cmd: TokenCommand) -> Result<()> {
-    ledger::signer(data)?;
-    let mut tokens = Tokens::load(&tokens_path(data))?;
+    let apply =
+        |change: Change| Tokens::apply(&tokens, &store, &actor, change, now_ns()).map_err(input);
     match cmd {
-        TokenCommand::Create { role: r, name } => {
+        TokenCommand::Create {
+            role: r,
+            name,
+            expires_in,
+        } => {
             let role = role(&r)?;
-            // Open the log first, so that a running server (which holds it) stops us before any change.
-            drop(ledger::open(data)?);
-            let token = tokens.create(&name, role, &now()).map_err(input)?;
-            if let Err(e) = record(data, &name, role, "granted") {
-                let _ = tokens.revoke(&name, &now());
-                return Err(e);
-            }
+            let expires_ns = match expires_in.as_deref() {
+                None => None,
+                Some(text) => Some(now_ns().saturating_add(parse_duration_ns(text).ok_or_else(
+                    || {
+                        InputError(format!(
+                            "--expires-in {text:?} is not a duration such as 90d, 12h, 30m or 45s"
+                        ))
+                    },
+                )?)),
+            };
+            let done = apply(Change::Create {
+                name,
+                role,
+                expires_ns,
+            })?;
             eprintln!(
-                "created {} token {name:?}; it is shown only now:",
-                role.as_str()
+                "created {} token {:?} (recorded as governance.access_changed at seq {}){}; it is shown only now:",
+                role.as_str(),
+                done.name,
+                done.seq,
+                expires_ns
+                    .map(|e| format!(", expires {}", mlaudit_core::event::format_time(e)))
+                    .unwrap_or_default()
             );
-            println!("{token}");
+            println!("{}", done.token.unwrap_or_default());
         }
         TokenCommand::List => {
-            println!("{:<24} {:<7} {:<32} REVOKED", "NAME", "ROLE", "CREATED");
-            for t in tokens.list() {
+            let t = tokens
+                .read()
+                .map_err(|_| anyhow::anyhow!("token table lock poisoned"))?;
+            println!(
+                "{:<24} {:<7} {:<32} {:<32} REVOKED",
+                "NAME", "ROLE", "CREATED", "EXPIRES"
+            );
+            for t in t.list() {
                 println!(
-                    "{:<24} {:<7} {:<32} {}",
+                    "{:<24} {:<7} {:<32} {:<32} {}",
                     t.name,
                     t.role.as_str(),
                     t.created,
+                    t.expires.as_deref().unwrap_or("-"),
                     t.revoked.as_deref().unwrap_or("-")
                 );
             }
         }
         TokenCommand::SetRole { name, role: r } => {
             let role = role(&r)?;
-            drop(ledger::open(data)?);
-            let old = tokens.set_role(&name, role).map_err(input)?;
-            if let Err(e) = record(data, &name, role, "granted") {
-                let _ = tokens.set_role(&name, old);
-                return Err(e);
-            }
-            println!("token {name:?}: {} -> {}", old.as_str(), role.as_str());
+            let done = apply(Change::SetRole { name, role })?;
+            println!(
+                "token {:?}: {} -> {} (recorded at seq {})",
+                done.name,
+                done.previous_role.map_or("?", Role::as_str),
+                role.as_str(),
+                done.seq
+            );
         }
         TokenCommand::Revoke { name } => {
-            drop(ledger::open(data)?);
-            let role = tokens.revoke(&name, &now()).map_err(input)?;
-            record(data, &name, role, "revoked")?;
-            println!("revoked token {name:?} ({})", role.as_str());
+            let done = apply(Change::Revoke { name })?;
+            println!(
+                "revoked token {:?} ({}) (recorded at seq {})",
+                done.name,
+                done.role.as_str(),
+                done.seq
+            );
         }
     }
+    store.close()?;
     Ok(())
 }

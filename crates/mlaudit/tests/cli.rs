@@ -345,6 +345,9 @@ fn a_pipelined_append_keeps_file_order_and_every_checkpoint_closes_a_batch() {
         assert_eq!(got["seq"], 15 + i as u64, "events keep the file's order");
     }
     log.run(&["verify"]).ok();
+    // (Each `get` above was recorded as a read: the log grew by one event per get.)
+    let size = log.tree_size();
+    assert_eq!(size, 45 + 30);
     let out = log
         .run(&[
             "append",
@@ -354,7 +357,7 @@ fn a_pipelined_append_keeps_file_order_and_every_checkpoint_closes_a_batch() {
         ])
         .code(2);
     assert!(out.stderr.contains("--batch-size"), "{}", out.stderr);
-    assert_eq!(log.tree_size(), 45);
+    assert_eq!(log.tree_size(), size, "a refused append writes nothing");
 }
 
 #[test]
@@ -701,10 +704,11 @@ fn get_of_an_unknown_id_exits_2() {
         out.stderr
     );
     assert_eq!(out.stdout, "");
-    let out = log.run(&["get", "15"]).code(2);
+    // The failed get above was recorded as a read: the log holds 16 events now.
+    let out = log.run(&["get", "99"]).code(2);
     assert!(
         out.stderr
-            .contains("no event with seq 15; the log holds 15"),
+            .contains("no event with seq 99; the log holds 16"),
         "{}",
         out.stderr
     );
@@ -722,10 +726,13 @@ fn get_of_an_unknown_id_exits_2() {
 // query
 // ---------------------------------------------------------------------------------------------
 
+/// The seqs a query returns among the fixture's 15 events (each query is itself recorded as a
+/// read, after them).
 fn query_seqs(log: &Log, filters: &[&str]) -> Vec<u64> {
     let mut args = vec!["query", "--format", "json"];
     args.extend(filters);
-    seqs(&log.run(&args).ok().json())
+    let all = seqs(&log.run(&args).ok().json());
+    all.into_iter().filter(|s| *s < 15).collect()
 }
 
 #[test]
@@ -1214,7 +1221,8 @@ fn prove_and_verify_bundle() {
         note.lines().nth(1).and_then(|s| s.parse::<u64>().ok()),
         bundle["tree_size"].as_u64()
     );
-    assert_eq!(note, log.run(&["checkpoint"]).ok().stdout);
+    // The bundle was made before `prove` recorded its read (the next event).
+    assert_eq!(note, log.run(&["checkpoint", "--size", "15"]).ok().stdout);
     assert_eq!(
         bundle["inclusion_path"].as_array().map(Vec::len),
         Some(4),
@@ -1253,9 +1261,13 @@ fn prove_and_verify_bundle() {
         want
     );
 
-    // Without --out, the same bundle on stdout.
+    // Without --out, the same event's bundle on stdout (against the latest checkpoint, which
+    // now also covers the reads this test made).
     let stdout = log.run(&["prove", "9"]).ok().json();
-    assert_eq!(stdout, bundle);
+    for field in ["format", "entry", "payload", "leaf_index", "event"] {
+        assert_eq!(stdout[field], bundle[field], "{field}");
+    }
+    assert!(stdout["tree_size"].as_u64() > bundle["tree_size"].as_u64());
 }
 
 #[test]
@@ -1415,7 +1427,7 @@ fn verify_bundle_input_errors_exit_2() {
     // prove of an unknown id.
     log.run(&["prove", "6f1c0000-0000-4000-8000-000000009999"])
         .code(2);
-    log.run(&["prove", "15"]).code(2);
+    log.run(&["prove", "9999"]).code(2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1678,7 +1690,7 @@ fn demo_runs_twice() {
         "{s}"
     );
     assert!(
-        s.contains("18 lifecycle events and 40 predictions over HTTP, seq 0..57"),
+        s.contains("18 lifecycle events and 40 predictions over HTTP, seq 1..58"),
         "{s}"
     );
     assert!(
@@ -1686,11 +1698,11 @@ fn demo_runs_twice() {
         "{s}"
     );
     assert!(
-        s.contains("\nintact: 58 events, 3 checkpoints, root "),
+        s.contains("\nintact: 59 events, 4 checkpoints, root "),
         "{s}"
     );
     assert!(
-        s.contains("== lineage of the prediction at seq 38\n"),
+        s.contains("== lineage of the prediction at seq 39\n"),
         "{s}"
     );
     assert!(s.contains("model      credit-risk version 7\n"), "{s}");
@@ -1705,19 +1717,19 @@ fn demo_runs_twice() {
         .find(|l| l.starts_with("OK: event "))
         .unwrap_or_else(|| panic!("no OK line: {s}"));
     assert!(
-        ok.contains("(prediction.served) is leaf 38 of the log mlaudit.local/demo-"),
+        ok.contains("(prediction.served) is leaf 39 of the log mlaudit.local/demo-"),
         "{ok}"
     );
-    assert!(ok.contains(" at tree size 58, root "), "{ok}");
+    // The bundle is made after the lineage above was recorded as a read (seq 59).
+    assert!(ok.contains(" at tree size 60, root "), "{ok}");
     assert!(ok.ends_with("payload matches its digest"), "{ok}");
     let anon = s
         .lines()
-        .filter(|l| l.starts_with("OK: event "))
-        .nth(1)
-        .unwrap_or_else(|| panic!("no second OK line: {s}"));
+        .find(|l| l.starts_with("the proof by leaf hash"))
+        .unwrap_or_else(|| panic!("no proof by leaf hash: {s}"));
     assert!(
-        anon.contains("is leaf 38 of") && anon.ends_with("payload redacted"),
-        "the anonymous HTTP bundle: {anon}"
+        anon.ends_with("OK: leaf 39 of tree size 61"),
+        "the anonymous HTTP proof by leaf hash: {anon}"
     );
 
     let out = mlaudit(&dir.path, ["demo", "--data", "D", "--predictions", "40"])
@@ -1732,22 +1744,22 @@ fn demo_runs_twice() {
         s.contains("== recorded model credit-risk version 8 "),
         "{s}"
     );
-    assert!(s.contains("seq 58..115"), "{s}");
+    assert!(s.contains("seq 62..119"), "{s}");
     assert!(
-        s.contains("\nintact: 116 events, 5 checkpoints, root "),
+        s.contains("\nintact: 120 events, 9 checkpoints, root "),
         "{s}"
     );
     assert!(s.contains("model      credit-risk version 8\n"), "{s}");
     assert!(
         s.lines()
-            .any(|l| l.starts_with("OK: event ") && l.contains("(prediction.served) is leaf 96 ")),
+            .any(|l| l.starts_with("OK: event ") && l.contains("(prediction.served) is leaf 100 ")),
         "{s}"
     );
 
     let v = mlaudit(&dir.path, ["--data", "D", "verify"]).run().ok();
     assert!(
         v.stdout
-            .starts_with("verified 116 events and 5 checkpoints: intact\n"),
+            .starts_with("verified 122 events and 11 checkpoints: intact\n"),
         "{}",
         v.stdout
     );
@@ -1787,7 +1799,8 @@ fn demo_runs_twice() {
     .run()
     .ok()
     .json();
-    assert_eq!(seqs(&next), (100..116).collect::<Vec<u64>>());
+    // Up to the record of the page before (the reads of this test are events too).
+    assert_eq!(seqs(&next), (100..124).collect::<Vec<u64>>());
 }
 
 // ---------------------------------------------------------------------------------------------
