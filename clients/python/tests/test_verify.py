@@ -2,6 +2,7 @@
 bundles, and the Rust `mlaudit verify-bundle` as a second opinion."""
 
 import base64
+import urllib.error
 import copy
 import hashlib
 import json
@@ -104,8 +105,8 @@ def test_inclusion_against_a_naive_reference():
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
-    """Bundles of one prediction from a real server: anonymous (payload null), as a reader
-    (payload), and from `mlaudit prove --out` after the server stopped."""
+    """Bundles of one prediction from a real server: as a reader (payload), the same with its
+    payload redacted (null), and from `mlaudit prove --out` after the server stopped."""
     d = tmp_path_factory.mktemp("verify")
     srv = Server(str(d / "data")).start()
     lg = make_logger(srv, d / "spool")
@@ -118,8 +119,12 @@ def bundles(tmp_path_factory):
         lg.log({"kind": "x.filler", "subject": {"run": f"run-{i}"}, "attributes": {"i": i}})
     assert lg.flush(30)
     lg.close()
-    out = {"anonymous": srv.get(f"/v1/proof/inclusion/{pid}", token=None),
-           "reader": srv.get(f"/v1/proof/inclusion/{pid}")}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        srv.get(f"/v1/proof/inclusion/{pid}", token=None)
+    assert refused.value.code == 401, "a full bundle is reader data"
+    reader = srv.get(f"/v1/proof/inclusion/{pid}")
+    # A bundle whose payload was redacted (erased) still verifies: the entry commits to its digest.
+    out = {"redacted": dict(reader, payload=None), "reader": reader}
     srv.stop()
     run_cli(srv.data, "prove", pid, "--out", str(d / "prove.json"))
     out["cli"] = json.load(open(d / "prove.json"))
@@ -130,7 +135,7 @@ def bundles(tmp_path_factory):
 
 def test_accepts_bundles_from_the_server(bundles):
     d, key, out = bundles
-    assert out["anonymous"]["payload"] is None and out["reader"]["payload"] is not None
+    assert out["redacted"]["payload"] is None and out["reader"]["payload"] is not None
     for name, b in out.items():
         res = verify_bundle(b, key)
         assert res.ok, (name, res.reason)
