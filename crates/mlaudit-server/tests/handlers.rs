@@ -10,175 +10,17 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
-use mlaudit_server::auth::{Role, Tokens};
 use mlaudit_server::{router, AppState, Limits};
 use mlaudit_store::Store;
 use serde_json::{json, Value};
 use std::io::Write;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use tower::ServiceExt;
 
-struct Fixture {
-    dir: std::path::PathBuf,
-    store: Arc<EmbeddedStore>,
-    state: AppState,
-    writer: String,
-    reader: String,
-    admin: String,
-}
+mod common;
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.store.close();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn fixture(name: &str, limits: Limits) -> Fixture {
-    let dir =
-        std::env::temp_dir().join(format!("mlaudit-server-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let signer = NoteSigner::from_seed("test.mlaudit/server", [5; 32]).unwrap();
-    let (store, _) = EmbeddedStore::open(&dir, Some(signer.clone())).unwrap();
-    let store = Arc::new(store);
-    // The fixture's own tokens are recorded in a log of their own, so that the log under test
-    // starts empty (token changes made through the API are recorded in it, and tested).
-    let setup_dir = dir.with_extension("setup");
-    let _ = std::fs::remove_dir_all(&setup_dir);
-    let (setup_log, _) = EmbeddedStore::open(&setup_dir, Some(signer.clone())).unwrap();
-    let tokens = RwLock::new(Tokens::load(&dir.join("tokens.json")).unwrap());
-    let setup = mlaudit_server::auth::Principal {
-        name: "local:setup".into(),
-        role: Some(Role::Admin),
-    };
-    let create = |name, role| Tokens::create(&tokens, &setup_log, &setup, name, role).unwrap();
-    let (writer, reader, admin) = (
-        create("writer", Role::Writer),
-        create("reader", Role::Reader),
-        create("admin", Role::Admin),
-    );
-    drop(setup_log);
-    let _ = std::fs::remove_dir_all(&setup_dir);
-    let state = AppState {
-        limits,
-        ..AppState::new(store.clone(), signer.verifier(), Some(Arc::new(tokens)))
-    };
-    Fixture {
-        dir,
-        store,
-        state,
-        writer,
-        reader,
-        admin,
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-    fn text(&self) -> String {
-        String::from_utf8(self.body.clone()).unwrap()
-    }
-}
-
-async fn call(f: &Fixture, req: Request<Body>) -> Reply {
-    let resp = router(f.state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    Reply {
-        status,
-        content_type,
-        body,
-    }
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
-/// A GET as the reader.
-async fn get(f: &Fixture, uri: &str) -> Reply {
-    call(
-        f,
-        Request::get(uri)
-            .header("authorization", bearer(&f.reader))
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await
-}
-
-/// A POST of events as the writer.
-async fn post(f: &Fixture, content_type: &str, body: impl Into<Body>) -> Reply {
-    call(
-        f,
-        Request::post("/v1/events")
-            .header("authorization", bearer(&f.writer))
-            .header("content-type", content_type)
-            .body(body.into())
-            .unwrap(),
-    )
-    .await
-}
-
-fn event(i: usize) -> Value {
-    json!({
-        "id": format!("00000000-0000-4000-8000-{i:012}"),
-        "time": "2026-11-20T10:00:00Z",
-        "kind": "prediction.served",
-        "actor": {"id": "scoring-api", "type": "service"},
-        "subject": {"model": "credit-risk", "version": "7", "request": format!("r{i}")},
-        "attributes": {"inputs": {"x": i}, "outputs": {"score": 0.5}}
-    })
-}
-
-fn ndjson(events: &[Value]) -> String {
-    events.iter().map(|e| format!("{e}\n")).collect()
-}
-
-/// The 4xx contract: a JSON error body, and nothing written.
-fn assert_rejected(f: &Fixture, r: &Reply, status: StatusCode, code: &str, size_before: u64) {
-    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
-    assert!(
-        r.content_type.starts_with("application/json"),
-        "{}",
-        r.content_type
-    );
-    let body = r.json();
-    assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    assert_eq!(
-        f.store.tree_size(),
-        size_before,
-        "a rejected request wrote something"
-    );
-}
+use common::*;
 
 #[tokio::test]
 async fn ingests_one_object_an_array_and_ndjson() {

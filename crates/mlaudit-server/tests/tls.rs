@@ -12,32 +12,13 @@ use mlaudit_server::auth::{Role, Tokens};
 use mlaudit_server::tls::{load_config, serve_tls, TlsError};
 use mlaudit_server::AppState;
 use mlaudit_store::Store;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/tls")
-        .join(name)
-}
+mod common;
 
-fn client() -> tokio_rustls::TlsConnector {
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(fixture("ca.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
+use common::{client, tls_fixture as fixture};
 
 async fn https(addr: std::net::SocketAddr, request: String) -> String {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();

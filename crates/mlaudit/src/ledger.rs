@@ -60,7 +60,8 @@ pub fn init(data: &Path, origin: &str) -> Result<NoteSigner> {
     let signer = NoteSigner::from_seed(origin, seed)
         .map_err(|e| InputError(format!("--origin {origin:?}: {e}")))?;
     let key_dir = data.join("key");
-    std::fs::create_dir_all(&key_dir).with_context(|| format!("creating {}", key_dir.display()))?;
+    make_private_dir(data)?;
+    make_private_dir(&key_dir)?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -69,12 +70,24 @@ pub fn init(data: &Path, origin: &str) -> Result<NoteSigner> {
         .with_context(|| format!("creating {}", signing_key_path(data).display()))?;
     writeln!(f, "{}", signer.to_private_text())?;
     f.sync_all()?;
-    std::fs::write(
-        verifier_key_path(data),
-        format!("{}\n", signer.verifier().to_text()),
-    )?;
+    let mut v = std::fs::File::create(verifier_key_path(data))
+        .with_context(|| format!("creating {}", verifier_key_path(data).display()))?;
+    writeln!(v, "{}", signer.verifier().to_text())?;
+    v.sync_all()?;
+    // The key files' names are durable only once their directory is.
+    std::fs::File::open(&key_dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", key_dir.display()))?;
     drop(open_with(data, Some(signer.clone()))?);
     Ok(signer)
+}
+
+/// Creates `dir` (and its parents) if needed and makes it private to this user (0700).
+fn make_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private (0700)", dir.display()))
 }
 
 /// Loads the signing key of an initialized data directory.
@@ -98,6 +111,7 @@ pub fn signer(data: &Path) -> Result<NoteSigner> {
 /// Opens the log of an initialized data directory for reading and appending.
 pub fn open(data: &Path) -> Result<EmbeddedStore> {
     let signer = signer(data)?;
+    make_private_dir(data)?;
     open_with(data, Some(signer))
 }
 
@@ -105,6 +119,7 @@ fn open_with(data: &Path, signer: Option<NoteSigner>) -> Result<EmbeddedStore> {
     let (store, report) = match EmbeddedStore::open(&data.join("log"), signer) {
         Ok(ok) => ok,
         Err(e @ OpenError::Corrupt { .. }) => return Err(VerifyFailed(format!("the log is damaged and was not opened: {e}")).into()),
+        Err(OpenError::Rollback(why)) => return Err(VerifyFailed(format!("the log was not opened: {why}")).into()),
         Err(OpenError::Locked(dir)) => {
             return Err(InputError(format!("{} is in use by another mlaudit process (a running `mlaudit serve`?): stop it, or go through its HTTP API", dir.display())).into())
         }
@@ -115,6 +130,9 @@ fn open_with(data: &Path, signer: Option<NoteSigner>) -> Result<EmbeddedStore> {
     }
     if let Some(why) = &report.rebuilt {
         eprintln!("mlaudit: rebuilt the indexes from the log ({why})");
+    }
+    for warning in &report.warnings {
+        eprintln!("mlaudit: WARNING: {warning}");
     }
     if let (Some(size), true) = (
         report.signed_at_open,

@@ -1178,3 +1178,56 @@ fn declared_content_length_over_the_limit_is_refused_before_the_body_arrives() {
     );
     server.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. out of descriptors: the accept loop backs off instead of spinning, and recovers
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn out_of_descriptors_the_server_backs_off_and_serves_again() {
+    let (log, t) = setup("emfile");
+    // A server allowed few descriptors, then many more connections than it can hold.
+    let server = Server::start_wrapped(&log.data, None, &["prlimit", "--nofile=48:48"], &[]);
+    let clients: Vec<std::net::TcpStream> = (0..120)
+        .filter_map(|_| std::net::TcpStream::connect(server.addr).ok())
+        .collect();
+    assert!(clients.len() > 60, "only {} connections", clients.len());
+    // The server says it ran out (its accept failed) and that it is backing off.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .stderr()
+        .contains("out of descriptors or memory; backing off")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no back-off: {}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exhausted_at = Instant::now();
+    drop(clients);
+    // Served again once descriptors are free.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let r = get(&server, &t.reader, "/metrics");
+        if r.status == 200 {
+            break r.text();
+        }
+        assert!(Instant::now() < deadline, "not served again: {}", r.status);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let backoffs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("mlaudit_connection_events_total{event=\"accept_backoff\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    // At least one back-off, and no spinning: one failed accept per pause of 10 ms or more.
+    let bound = 10 + (exhausted_at.elapsed().as_millis() as u64 + 1000) / 10;
+    assert!(
+        (1..=bound).contains(&backoffs),
+        "{backoffs} failed accepts (at most {bound} with back-off)"
+    );
+    server.assert_healthy();
+    server.stop();
+}

@@ -48,6 +48,17 @@ impl Server {
     /// As [`Server::start`], on `port` if given (e.g. to restart a server where its clients
     /// expect it; a port still held is retried for a second).
     pub fn start_on(data: &Path, port: Option<u16>, extra: &[&str]) -> Server {
+        Server::start_wrapped(data, port, &[], extra)
+    }
+
+    /// As [`Server::start_on`], run through `wrapper` (a command that execs the rest, such as
+    /// `prlimit --nofile=64`).
+    pub fn start_wrapped(
+        data: &Path,
+        port: Option<u16>,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Server {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         for _attempt in 0..5 {
             let addr = SocketAddr::V4(SocketAddrV4::new(
@@ -61,7 +72,14 @@ impl Server {
             ));
             let stderr = std::fs::File::create(&log)
                 .unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
-            let mut cmd = Command::new(BIN);
+            let mut cmd = match wrapper.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(BIN);
+                    c
+                }
+                None => Command::new(BIN),
+            };
             cmd.arg("--data")
                 .arg(data)
                 .args(["serve", "--listen", &addr.to_string()])
