@@ -69,7 +69,7 @@ async fn reserved_kinds_are_refused_in_every_body_shape() {
             ),
             (
                 "application/x-protobuf",
-                mlaudit_server::protobuf::encode_batch(&[e.clone()]),
+                mlaudit_server::protobuf::encode_batch(std::slice::from_ref(&e)),
             ),
         ];
         for (ct, body) in bodies {
