@@ -387,28 +387,9 @@ impl Event {
             .with("new", new)
     }
 
-    /// `governance.access_changed`: a principal was granted or revoked a role. Never sampled.
-    pub fn access_changed(
-        principal: impl Into<String>,
-        role: impl Into<String>,
-        change: AccessChange,
-    ) -> Event {
-        let change = match change {
-            AccessChange::Granted => "granted",
-            AccessChange::Revoked => "revoked",
-        };
-        Event::new("governance.access_changed")
-            .with("principal", text(principal))
-            .with("role", text(role))
-            .with("change", text(change))
-    }
-
-    /// `governance.audit_accessed`: the trail was read or exported. The server writes these
-    /// itself for reads through its API; an application that exports audit data by other means
-    /// records it with this. Never sampled.
-    pub fn audit_accessed() -> Event {
-        Event::new("governance.audit_accessed")
-    }
+    // `governance.access_changed` and `governance.audit_accessed` have no constructor: the
+    // server writes them alone (it records token changes and reads of the trail itself), and
+    // refuses them from a client.
 
     /// A custom `x.<name>` event: nothing is required.
     pub fn custom(name: &str) -> Event {
@@ -473,13 +454,4 @@ impl Event {
     pub fn subjects(&self) -> &Subject {
         &self.subject
     }
-}
-
-/// A change of access, for [`Event::access_changed`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccessChange {
-    /// The role was given.
-    Granted,
-    /// The role was taken away.
-    Revoked,
 }

@@ -38,6 +38,7 @@
 //! (the queue and the batch in flight) are lost if the process is killed; a clean
 //! [`AuditLogger::close`] (or drop) delivers or spools them.
 
+mod checkpoints;
 mod encode;
 mod event;
 mod logger;
@@ -48,7 +49,7 @@ mod stats;
 mod transport;
 
 pub use encode::encode_batch;
-pub use event::{AccessChange, Actor, ActorKind, Event, Object, Sha256, Subject};
+pub use event::{Actor, ActorKind, Event, Object, Sha256, Subject};
 pub use logger::{AuditLogger, Builder, FlushError, StartError, DROP_TIMEOUT};
 pub use sampling::{keeps, RateError, Risk, Sampling};
 pub use stats::Stats;

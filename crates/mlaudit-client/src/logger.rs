@@ -17,6 +17,7 @@
 //! and shutdown markers stay in the queue when events are spilled around them: a marker means
 //! "everything before me is sent or spooled".
 
+use crate::checkpoints::Witness;
 use crate::encode::{encode_event, Ids};
 use crate::event::Event;
 use crate::sampling::{keeps, Sampling};
@@ -26,6 +27,7 @@ use crate::stats::{Counters, Stats};
 use crate::transport::Transport;
 use crate::Actor;
 use std::collections::VecDeque;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -244,6 +246,7 @@ pub struct Builder {
     pub(crate) backoff_max: Duration,
     spool_max_bytes: u64,
     sampling: Sampling,
+    verifier: Option<mlaudit_core::note::NoteVerifier>,
 }
 
 impl Builder {
@@ -298,6 +301,15 @@ impl Builder {
         self
     }
 
+    /// The log's verifier key (`<name>+<key id>+<base64>`): the checkpoints the logger
+    /// receives are then checked for their signature too, not only for consistency.
+    pub fn verifier_key(mut self, key: &str) -> Result<Builder, StartError> {
+        let key = mlaudit_core::note::NoteVerifier::parse(key)
+            .map_err(|e| StartError::Config(format!("verifier key: {e}")))?;
+        self.verifier = Some(key);
+        Ok(self)
+    }
+
     /// The per-model sampling policy (default: keep every prediction).
     pub fn sampling(mut self, sampling: Sampling) -> Builder {
         self.sampling = sampling;
@@ -317,11 +329,12 @@ impl Builder {
             dir: dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        crate::spool::private_dir(&dir).map_err(io)?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(crate::spool::FILE_MODE)
             .open(dir.join("lock"))
             .map_err(io)?;
         let lock_deadline = Instant::now() + SPOOL_LOCK_GRACE;
@@ -373,7 +386,8 @@ impl Builder {
             _lock: lock,
         });
         let transport = Transport::new(&self.url, &self.token, self.timeout);
-        let sender = SenderLoop::new(shared.clone(), transport, &self);
+        let witness = Witness::open(&dir, self.verifier.clone());
+        let sender = SenderLoop::new(shared.clone(), transport, witness, &self);
         let thread = std::thread::Builder::new()
             .name("mlaudit-logger".into())
             .spawn(move || sender.run())
@@ -415,6 +429,7 @@ impl AuditLogger {
             backoff_max: Duration::from_secs(5),
             spool_max_bytes: 1 << 30,
             sampling: Sampling::default(),
+            verifier: None,
         }
     }
 

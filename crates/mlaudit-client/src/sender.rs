@@ -13,6 +13,7 @@
 //! before it is durable (phase `Durable`) and delivered (`Delivered`). A shutdown marker
 //! makes the loop deliver what it can until its deadline, then spool the rest and stop.
 
+use crate::checkpoints::Witness;
 use crate::encode::{batch_body, encode_event, encoded_id, Ids};
 use crate::logger::{Builder, Msg, Phase, Shared};
 use crate::spool::Pos;
@@ -89,10 +90,17 @@ pub(crate) struct SenderLoop {
     /// Events read from the spool per request.
     spool_batch: usize,
     last_warning: Option<Instant>,
+    /// The checkpoint kept, and the check of each new one.
+    witness: Witness,
 }
 
 impl SenderLoop {
-    pub(crate) fn new(shared: Arc<Shared>, transport: Transport, b: &Builder) -> SenderLoop {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        transport: Transport,
+        witness: Witness,
+        b: &Builder,
+    ) -> SenderLoop {
         let mut seed = [0u8; 8];
         let _ = getrandom::getrandom(&mut seed);
         SenderLoop {
@@ -116,6 +124,7 @@ impl SenderLoop {
             spool_batch: b.max_batch,
             taken: crate::logger::prefaulted_queue(b.queue_capacity),
             last_warning: None,
+            witness,
         }
     }
 
@@ -380,10 +389,18 @@ impl SenderLoop {
                 return Err(());
             }
             match self.transport.send(&body, n, timeout) {
-                Outcome::Delivered { duplicates } => {
+                Outcome::Delivered {
+                    duplicates,
+                    checkpoint,
+                } => {
                     Counters::add(&self.shared.counters.sent, n as u64);
                     Counters::add(&self.shared.counters.duplicates, duplicates);
                     records.drain(..n);
+                    if let Some(note) = checkpoint {
+                        self.witness.received(note);
+                        self.witness
+                            .check(&self.transport, &self.shared.counters, false);
+                    }
                 }
                 Outcome::Invalid(mut invalid) => {
                     invalid.retain(|(i, _)| *i < n);
@@ -448,8 +465,13 @@ impl SenderLoop {
         }
     }
 
-    /// On the way out: whatever is still queued goes to the spool, durably.
+    /// On the way out: the last checkpoint received is checked, and whatever is still queued
+    /// goes to the spool, durably.
     fn finish(&mut self) {
+        if !self.past_deadline() {
+            self.witness
+                .check(&self.transport, &self.shared.counters, true);
+        }
         let mut q = self.shared.queue();
         let mut side = self.shared.spool();
         if q.events > 0 {

@@ -20,6 +20,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// A tail segment this large is closed and a new one started.
@@ -140,10 +141,42 @@ fn scan(path: &Path, offset: u64) -> io::Result<(u64, u64)> {
     Ok((count, end))
 }
 
+/// Mode of every file the logger writes in its spool directory: private to the user.
+pub(crate) const FILE_MODE: u32 = 0o600;
+/// Mode of the spool directory.
+pub(crate) const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` if needed and makes it private (0700), and every file in it 0600 (a spool
+/// left readable by an older version is tightened).
+pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            let loose = entry.metadata()?.permissions().mode() & 0o077 != 0;
+            if loose {
+                fs::set_permissions(entry.path(), fs::Permissions::from_mode(FILE_MODE))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates (truncating) a file readable by this user only, whatever the umask.
+pub(crate) fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
 impl Spool {
     /// Opens (or creates) the spool in `dir`, cutting a torn tail off the last segment.
     pub(crate) fn open(dir: &Path, max_bytes: u64) -> io::Result<(Spool, Opened)> {
-        fs::create_dir_all(dir)?;
+        private_dir(dir)?;
         let mut segments = BTreeSet::new();
         for entry in fs::read_dir(dir)? {
             if let Some(n) = entry?.file_name().to_str().and_then(parse_segment) {
@@ -222,6 +255,7 @@ impl Spool {
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(FILE_MODE)
                 .open(self.path(segment))?;
             let len = file.metadata()?.len();
             if self.segments.insert(segment) {
@@ -289,7 +323,7 @@ impl Spool {
             .min(self.cursor.segment);
         let segment = head - 1;
         let path = self.path(segment);
-        let mut out = BufWriter::new(File::create(&path)?);
+        let mut out = BufWriter::new(create_private(&path)?);
         let mut size = 0u64;
         let mut write = |out: &mut BufWriter<File>, r: &[u8]| -> io::Result<()> {
             out.write_all(&(r.len() as u32).to_le_bytes())?;
@@ -436,7 +470,7 @@ impl Spool {
         let crc = crc32c::crc32c(&bytes[..16]);
         bytes[16..].copy_from_slice(&crc.to_le_bytes());
         let tmp = self.dir.join("cursor.tmp");
-        let mut f = File::create(&tmp)?;
+        let mut f = create_private(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_data()?;
         fs::rename(&tmp, self.dir.join("cursor"))?;

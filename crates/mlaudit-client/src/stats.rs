@@ -20,6 +20,9 @@ pub struct Stats {
     pub rejected: u64,
     /// Predictions left out by the sampling policy.
     pub sampled_out: u64,
+    /// Checkpoints from the server that were not consistent with the one the logger kept (a
+    /// rollback or a fork of the log); each is logged at error level.
+    pub consistency_failures: u64,
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +34,7 @@ pub(crate) struct Counters {
     pub(crate) dropped: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) sampled_out: AtomicU64,
+    pub(crate) consistency_failures: AtomicU64,
 }
 
 impl Counters {
@@ -49,6 +53,7 @@ impl Counters {
             dropped: self.dropped.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             sampled_out: self.sampled_out.load(Relaxed),
+            consistency_failures: self.consistency_failures.load(Relaxed),
         }
     }
 }

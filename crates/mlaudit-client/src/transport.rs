@@ -5,8 +5,12 @@ use std::time::Duration;
 /// What the server made of a batch.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Stored durably (200); `duplicates` of them were already in the log (retries).
-    Delivered { duplicates: u64 },
+    /// Stored durably (200); `duplicates` of them were already in the log (retries), and the
+    /// receipt's signed checkpoint.
+    Delivered {
+        duplicates: u64,
+        checkpoint: Option<String>,
+    },
     /// Refused as a whole because some events are invalid (422): each is `(index, reason)`.
     /// The others are valid and may be sent again without them.
     Invalid(Vec<(usize, String)>),
@@ -24,7 +28,20 @@ pub(crate) enum Outcome {
 pub(crate) struct Transport {
     agent: ureq::Agent,
     url: String,
+    /// The server's base URL.
+    base: String,
     authorization: String,
+}
+
+/// The answer to a consistency proof request.
+#[derive(Debug)]
+pub(crate) enum ProofAnswer {
+    /// The proof's hashes (base64).
+    Proof(Vec<String>),
+    /// The server has no such proof (400, 404: it does not hold a checkpoint it handed out).
+    Refused(String),
+    /// No answer about the proof (network, 5xx, 429, 401/403): ask again later.
+    Unreachable(String),
 }
 
 /// Most of an answer's body read.
@@ -38,10 +55,43 @@ impl Transport {
             .timeout(timeout)
             .redirects(0)
             .build();
+        let base = base_url.trim_end_matches('/').to_owned();
         Transport {
             agent,
-            url: format!("{}/v1/events", base_url.trim_end_matches('/')),
+            url: format!("{base}/v1/events"),
+            base,
             authorization: format!("Bearer {token}"),
+        }
+    }
+
+    /// `GET /v1/proof/consistency?from=&to=`: the proof between two of the server's checkpoints.
+    pub(crate) fn consistency(&self, from: u64, to: u64) -> ProofAnswer {
+        let url = format!("{}/v1/proof/consistency?from={from}&to={to}", self.base);
+        match self.agent.get(&url).set("Authorization", &self.authorization).call() {
+            Ok(response) => {
+                let text = read_body(response).unwrap_or_default();
+                let parsed: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                match parsed["proof"].as_array() {
+                    Some(hashes) if parsed["from"] == from && parsed["to"] == to => {
+                        ProofAnswer::Proof(
+                            hashes
+                                .iter()
+                                .map(|h| h.as_str().unwrap_or_default().to_owned())
+                                .collect(),
+                        )
+                    }
+                    _ => ProofAnswer::Refused(format!(
+                        "the answer to a consistency proof request from {from} to {to} is not one"
+                    )),
+                }
+            }
+            Err(ureq::Error::Status(status @ (400 | 404), _)) => ProofAnswer::Refused(format!(
+                "HTTP {status}: the server has no consistency proof from {from} to {to} (it does not hold a checkpoint it handed out)"
+            )),
+            Err(ureq::Error::Status(status, _)) => {
+                ProofAnswer::Unreachable(format!("HTTP {status}"))
+            }
+            Err(ureq::Error::Transport(t)) => ProofAnswer::Unreachable(t.to_string()),
         }
     }
 
@@ -57,7 +107,10 @@ impl Transport {
             Ok(response) if response.status() == 200 => {
                 let text = read_body(response).unwrap_or_default();
                 match receipts(&text) {
-                    Some((n, duplicates)) if n == events => Outcome::Delivered { duplicates },
+                    Some((n, duplicates, checkpoint)) if n == events => Outcome::Delivered {
+                        duplicates,
+                        checkpoint,
+                    },
                     _ => Outcome::Retry {
                         reason: format!(
                             "a 200 answer that does not acknowledge the {events} events sent"
@@ -96,13 +149,15 @@ fn read_body(response: ureq::Response) -> Option<String> {
     Some(text)
 }
 
-/// How many events a 200 answer acknowledges, and how many of them were duplicates.
-fn receipts(body: &str) -> Option<(usize, u64)> {
+/// How many events a 200 answer acknowledges, how many of them were duplicates, and its
+/// checkpoint.
+fn receipts(body: &str) -> Option<(usize, u64, Option<String>)> {
     let parsed: serde_json::Value = serde_json::from_str(body).ok()?;
     let events = parsed["events"].as_array()?;
     Some((
         events.len(),
         events.iter().filter(|e| e["duplicate"] == true).count() as u64,
+        parsed["checkpoint"].as_str().map(str::to_owned),
     ))
 }
 

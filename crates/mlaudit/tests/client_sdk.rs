@@ -316,3 +316,103 @@ fn one_logger_per_spool_directory() {
         .unwrap()
         .close(Duration::from_millis(10));
 }
+
+/// The checkpoint the logger keeps in its spool directory.
+fn kept_checkpoint(spool: &Path) -> (u64, String) {
+    let note = std::fs::read_to_string(spool.join("checkpoint")).unwrap();
+    let size = note.lines().nth(1).unwrap().parse().unwrap();
+    (size, note)
+}
+
+/// Logs `n` numbered events from `first` through a new logger on `spool`, closes it, and
+/// returns its counters.
+fn log_through(url: &str, token: &str, spool: &Path, first: u64, n: u64) -> mlaudit_client::Stats {
+    let logger = logger(url, token, spool).start().unwrap();
+    for i in first..first + n {
+        logger.log(numbered(i));
+    }
+    logger.flush(FLUSH).unwrap();
+    logger.close(Duration::from_secs(5))
+}
+
+#[test]
+fn the_logger_keeps_the_latest_checkpoint_and_accepts_consistent_ones() {
+    use std::os::unix::fs::PermissionsExt;
+    let log = Log::new("sdk-witness");
+    let token = create_token(&log, "writer", "sdk");
+    let server = Server::start(&log.data, &[]);
+    let url = format!("http://{}", server.addr);
+    let spool = log.dir.join("spool");
+    for round in 0..3 {
+        let stats = log_through(&url, &token, &spool, round * 100, 100);
+        assert_eq!(stats.consistency_failures, 0, "{stats:?}");
+        let (size, _) = kept_checkpoint(&spool);
+        assert_eq!(
+            size,
+            server.tree_size(),
+            "round {round}: the latest checkpoint is kept"
+        );
+    }
+    // With the verifier key, signatures are checked too.
+    let checked = logger(&url, &token, &spool)
+        .verifier_key(&log.key)
+        .unwrap()
+        .start()
+        .unwrap();
+    checked.log(numbered(1000));
+    checked.flush(FLUSH).unwrap();
+    assert_eq!(
+        checked.close(Duration::from_secs(5)).consistency_failures,
+        0
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&spool), 0o700);
+    for entry in std::fs::read_dir(&spool).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    server.stop();
+}
+
+#[test]
+fn a_rolled_back_or_forked_log_is_counted_and_the_kept_checkpoint_stays() {
+    let log = Log::new("sdk-rollback");
+    let token = create_token(&log, "writer", "sdk");
+    // A copy of the data directory as it is now (one token, one event).
+    let backup = log.dir.join("backup");
+    support::copy_dir(&log.data, &backup);
+    let server = Server::start(&log.data, &[]);
+    let port = server.addr.port();
+    let url = format!("http://127.0.0.1:{port}");
+    let spool = log.dir.join("spool");
+    log_through(&url, &token, &spool, 0, 50);
+    let (kept_size, kept_note) = kept_checkpoint(&spool);
+    server.stop();
+
+    // Rollback: the server comes back on the old copy (a shorter log).
+    let rolled = Server::start_on(&backup, Some(port), &[]);
+    let stats = log_through(&url, &token, &spool, 100, 5);
+    assert!(
+        stats.consistency_failures >= 1,
+        "a rollback went unnoticed: {stats:?}"
+    );
+    assert_eq!(
+        kept_checkpoint(&spool),
+        (kept_size, kept_note.clone()),
+        "the old one stays trusted"
+    );
+
+    // Fork: the old copy grows past the kept size with other events.
+    let more = log_through(&url, &token, &spool, 200, 80);
+    assert!(rolled.tree_size() > kept_size);
+    assert!(
+        more.consistency_failures >= 1,
+        "a fork went unnoticed: {more:?}"
+    );
+    assert_eq!(
+        kept_checkpoint(&spool),
+        (kept_size, kept_note),
+        "the old one stays trusted"
+    );
+    rolled.stop();
+}
