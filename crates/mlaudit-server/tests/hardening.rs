@@ -636,3 +636,39 @@ fn changes_left_pending_by_a_crash_are_completed_or_undone() {
         .authenticate(&f.writer, now_ns())
         .is_ok());
 }
+
+/// Token changes made at the same time are serialized (a file lock, and each change starts from
+/// the file on disk): none is lost, and each is in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_token_changes_are_all_kept() {
+    let f = fixture("token-race", Limits::default());
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let app = mlaudit_server::router(f.state.clone());
+        let req = Request::post("/v1/tokens")
+            .header("authorization", bearer(&f.admin))
+            .header("content-type", "application/json")
+            .body(Body::from(json!({"name": format!("t{i}"), "role": "writer"}).to_string()))
+            .unwrap();
+        tasks.push(tokio::spawn(async move {
+            use tower::ServiceExt;
+            app.oneshot(req).await.unwrap().status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::CREATED);
+    }
+    let file = std::fs::read_to_string(f.dir.join("tokens.json")).unwrap();
+    for i in 0..16 {
+        assert!(file.contains(&format!("\"t{i}\"")), "t{i} was lost: {file}");
+    }
+    let grants = f
+        .store
+        .query(&Query {
+            kind: Some("governance.access_changed".into()),
+            limit: 100,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(grants.len(), 16);
+}
