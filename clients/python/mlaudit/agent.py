@@ -8,7 +8,7 @@ queued events (C code, about 0.2 µs per event) written to a pipe. A child proce
 :class:`~mlaudit.AuditLogger` on the same ``spool_dir`` and does the rest: encoding,
 batching, retries, the spool. Events handed to it survive the serving process's death.
 What it does for a predict function's p99 was measured only on the project's 2-vCPU VM,
-where it was not lower than with the thread delivery (BENCHMARKS.md, eighth session).
+where it was not lower than with the thread delivery (BENCHMARKS.md, Python SDK).
 
 Invariants:
 
