@@ -12,6 +12,8 @@ use mlaudit_client::{Actor, AuditLogger, Builder, Event, FlushError};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 struct Dir(PathBuf);
@@ -31,32 +33,63 @@ impl Drop for Dir {
     }
 }
 
-/// A server on a free port that answers every request with `answer` (or, if `None`, reads
-/// and never answers). Returns its base URL.
-fn fake_server(answer: Option<&'static str>) -> String {
+/// A fake server on a free port, and how many POST requests (batches) it has received.
+struct Fake {
+    url: String,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Fake {
+    /// Waits until the server has received `n` requests, for at most 30 s.
+    fn wait_for_requests(&self, n: usize) {
+        wait_until(&format!("the server to receive {n} requests"), || {
+            self.requests.load(SeqCst) >= n
+        });
+    }
+}
+
+/// Polls `done` every few milliseconds until it holds; fails the test after 30 s.
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A server that answers every request with `answer`, or, if `None`, reads requests and never
+/// answers, holding each connection open until the client closes it. A POST is counted when
+/// its first bytes arrive.
+fn fake_server(answer: Option<&'static str>) -> Fake {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
+            let counter = counter.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 65536];
-                let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                if answer.is_some() {
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                }
+                // Without an answer, a read blocks until the client sends more or closes.
                 while let Ok(n) = s.read(&mut buf) {
                     if n == 0 {
                         break;
+                    }
+                    if buf[..n].starts_with(b"POST ") {
+                        counter.fetch_add(1, SeqCst);
                     }
                     if let Some(a) = answer {
                         let _ = s.write_all(a.as_bytes());
                     }
                 }
-                if answer.is_none() {
-                    std::thread::sleep(Duration::from_secs(60));
-                }
             });
         }
     });
-    url
+    Fake { url, requests }
 }
 
 fn logger(url: &str, dir: &Dir) -> Builder {
@@ -67,18 +100,36 @@ fn logger(url: &str, dir: &Dir) -> Builder {
         .timeout(Duration::from_secs(30))
 }
 
+/// Waits (30 s at most) until `l` holds `events` on its spool and the server has refused at
+/// least two more requests since, then checks that a flush reports everything durable and
+/// nothing delivered. A flush is answered `Durable` once the sender has handled its marker; it
+/// is repeated, each with a short timeout, until that has happened.
+fn assert_spooled_not_delivered(l: &AuditLogger, server: &Fake, events: u64) {
+    wait_until(&format!("{events} events on the spool"), || {
+        l.stats().spooled >= events
+    });
+    let seen = server.requests.load(SeqCst);
+    server.wait_for_requests(seen + 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match l.flush(Duration::from_millis(200)) {
+            Err(FlushError::Timeout { durable: true }) => break,
+            Err(FlushError::Timeout { durable: false }) if Instant::now() < deadline => {}
+            other => panic!("flush answered {other:?}; stats {:?}", l.stats()),
+        }
+    }
+    assert_eq!(l.stats().sent, 0, "{:?}", l.stats());
+}
+
 #[test]
 fn a_redirect_is_not_a_delivery() {
-    let url = fake_server(Some("HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:9/\r\nContent-Length: 0\r\n\r\n"));
+    let server = fake_server(Some("HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:9/\r\nContent-Length: 0\r\n\r\n"));
     let dir = Dir::new("redirect");
-    let l = logger(&url, &dir).start().unwrap();
+    let l = logger(&server.url, &dir).start().unwrap();
     for n in 0..10 {
         l.log(Event::custom("a").attribute("n", n));
     }
-    assert_eq!(
-        l.flush(Duration::from_millis(500)),
-        Err(FlushError::Timeout { durable: true })
-    );
+    assert_spooled_not_delivered(&l, &server, 10);
     let stats = l.close(Duration::from_millis(50));
     assert_eq!(
         (stats.sent, stats.spooled, stats.dropped),
@@ -89,25 +140,22 @@ fn a_redirect_is_not_a_delivery() {
 
 #[test]
 fn a_200_that_does_not_acknowledge_the_batch_is_not_a_delivery() {
-    let url = fake_server(Some(
+    let server = fake_server(Some(
         "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 13\r\n\r\n<html></html>",
     ));
     let dir = Dir::new("not-ours");
-    let l = logger(&url, &dir).start().unwrap();
+    let l = logger(&server.url, &dir).start().unwrap();
     l.log(Event::custom("a"));
-    assert_eq!(
-        l.flush(Duration::from_millis(500)),
-        Err(FlushError::Timeout { durable: true })
-    );
+    assert_spooled_not_delivered(&l, &server, 1);
     let stats = l.close(Duration::from_millis(50));
     assert_eq!((stats.sent, stats.spooled), (0, 1), "{stats:?}");
 }
 
 #[test]
 fn a_server_that_never_answers_does_not_hold_close_past_its_deadline() {
-    let url = fake_server(None);
+    let server = fake_server(None);
     let dir = Dir::new("silent");
-    let l = logger(&url, &dir)
+    let l = logger(&server.url, &dir)
         .timeout(Duration::from_secs(3))
         .retries(5, Duration::from_millis(5), Duration::from_millis(20))
         .start()
@@ -115,7 +163,8 @@ fn a_server_that_never_answers_does_not_hold_close_past_its_deadline() {
     for n in 0..5 {
         l.log(Event::custom("a").attribute("n", n));
     }
-    std::thread::sleep(Duration::from_millis(50)); // the batch is in flight
+    // The batch is in flight once the server has its request.
+    server.wait_for_requests(1);
     let started = Instant::now();
     let stats = l.close(Duration::from_millis(300));
     // A request in flight runs to its own timeout (3 s); after it no attempt starts past
@@ -135,9 +184,9 @@ fn a_server_that_never_answers_does_not_hold_close_past_its_deadline() {
 
 #[test]
 fn an_event_time_the_log_cannot_store_is_rejected_not_a_panic() {
-    let url = fake_server(None);
+    let server = fake_server(None);
     let dir = Dir::new("time");
-    let l = logger(&url, &dir).queue_capacity(1).start().unwrap();
+    let l = logger(&server.url, &dir).queue_capacity(1).start().unwrap();
     l.log(Event::custom("far").time(UNIX_EPOCH + Duration::from_secs(1 << 40)));
     l.log(Event::custom("before").time(UNIX_EPOCH - Duration::from_secs(1 << 40)));
     assert_eq!(l.stats().rejected, 2);
