@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlaudit");
@@ -118,17 +118,20 @@ fn event(n: u64) -> String {
     )
 }
 
-/// Clients post batches until `stop`; returns every acknowledged (id → seq).
+/// Clients post batches until `stop`; returns every acknowledged (id → seq). `acks` counts the
+/// acknowledged events as they come.
 fn ingest(
     addr: SocketAddr,
     token: &str,
     clients: usize,
     next: &Arc<AtomicU64>,
     stop: &Arc<AtomicBool>,
+    acks: &Arc<AtomicU64>,
 ) -> Vec<std::thread::JoinHandle<HashMap<String, u64>>> {
     (0..clients)
         .map(|_| {
-            let (token, next, stop) = (token.to_owned(), next.clone(), stop.clone());
+            let (token, next, stop, acks) =
+                (token.to_owned(), next.clone(), stop.clone(), acks.clone());
             std::thread::spawn(move || {
                 let mut acked = HashMap::new();
                 let Ok(mut conn) = connect(addr) else {
@@ -142,12 +145,14 @@ fn ingest(
                         Ok((200, reply)) => {
                             let v: serde_json::Value =
                                 serde_json::from_str(&reply).expect("JSON receipt");
-                            for e in v["events"].as_array().expect("events") {
+                            let events = v["events"].as_array().expect("events");
+                            for e in events {
                                 acked.insert(
                                     e["id"].as_str().unwrap().to_owned(),
                                     e["seq"].as_u64().unwrap(),
                                 );
                             }
+                            acks.fetch_add(events.len() as u64, Ordering::Relaxed);
                         }
                         Ok((status, reply)) => panic!("unexpected {status}: {reply}"),
                         Err(_) => break, // the server is gone
@@ -157,6 +162,20 @@ fn ingest(
             })
         })
         .collect()
+}
+
+/// Waits until the clients have had at least one batch acknowledged; if none is within 30 s,
+/// kills the server and fails.
+fn wait_for_an_ack(acks: &AtomicU64, server: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acks.load(Ordering::Relaxed) == 0 {
+        if Instant::now() >= deadline {
+            let _ = server.kill();
+            let _ = server.wait();
+            panic!("{what}: no batch was acknowledged within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn stored(data: &Path) -> HashMap<String, u64> {
@@ -214,22 +233,31 @@ fn setup(name: &str) -> (Dir, PathBuf, String) {
 fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged() {
     let (_dir, data, token) = setup("kill9");
     let next = Arc::new(AtomicU64::new(0));
-    let all_acked = Arc::new(Mutex::new(HashMap::new()));
+    let mut acked = HashMap::new();
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for round in 0..4 {
         let (mut child, addr) = start(&data);
         let stop = Arc::new(AtomicBool::new(false));
-        let clients = ingest(addr, &token, 4, &next, &stop);
+        let acks = Arc::new(AtomicU64::new(0));
+        let clients = ingest(addr, &token, 4, &next, &stop, &acks);
+        // Kill at a random moment once this round has acknowledged something.
+        wait_for_an_ack(&acks, &mut child, &format!("round {round}"));
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        std::thread::sleep(Duration::from_millis(100 + x % 300));
+        std::thread::sleep(Duration::from_millis(x % 300));
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
         stop.store(true, Ordering::Relaxed);
+        let mut this_round = HashMap::new();
         for c in clients {
-            all_acked.lock().unwrap().extend(c.join().expect("client"));
+            this_round.extend(c.join().expect("client"));
         }
+        assert!(
+            !this_round.is_empty(),
+            "round {round}: nothing was acknowledged; the round proves nothing"
+        );
+        acked.extend(this_round);
         let verify = mlaudit(&data, &["verify"]);
         assert!(
             verify.status.success(),
@@ -238,12 +266,7 @@ fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged() {
             String::from_utf8_lossy(&verify.stderr)
         );
         let have = stored(&data);
-        let acked = all_acked.lock().unwrap();
-        assert!(
-            !acked.is_empty(),
-            "round {round}: nothing was acknowledged; the test proves nothing"
-        );
-        for (id, seq) in acked.iter() {
+        for (id, seq) in &acked {
             assert_eq!(
                 have.get(id),
                 Some(seq),
@@ -256,17 +279,18 @@ fn kill_9_during_concurrent_ingest_loses_nothing_acknowledged() {
 #[test]
 fn sigterm_finishes_and_keeps_everything_acknowledged() {
     let (_dir, data, token) = setup("term");
-    let (child, addr) = start(&data);
+    let (mut child, addr) = start(&data);
     let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = ingest(addr, &token, 4, &next, &stop);
-    std::thread::sleep(Duration::from_millis(300));
+    let acks = Arc::new(AtomicU64::new(0));
+    let clients = ingest(addr, &token, 4, &next, &stop, &acks);
+    // SIGTERM while the clients keep posting, once something was acknowledged.
+    wait_for_an_ack(&acks, &mut child, "before SIGTERM");
     assert!(Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap()
         .success());
-    let mut child = child;
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
