@@ -78,7 +78,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 pub struct TokenRequest {
     name: Option<String>,
     role: String,
-    /// How long a new token works, e.g. `90d`, `12h`.
+    /// How long a new token works, e.g. `90d`, `12h` (null or absent: until revoked).
     expires_in: Option<String>,
 }
 
@@ -88,11 +88,17 @@ fn role(text: &str) -> Result<Role, ApiError> {
     })
 }
 
-/// Parses a duration such as `90d`, `12h`, `30m` or `45s` into nanoseconds.
+/// Parses a duration such as `90d`, `12h`, `30m` or `45s` into nanoseconds: 1 to 99,999 units
+/// (no leading zero) of days, hours, minutes or seconds.
 pub fn parse_duration_ns(text: &str) -> Option<i64> {
-    let text = text.trim();
     let unit = text.chars().last()?;
-    let n: i64 = text[..text.len() - unit.len_utf8()].parse().ok()?;
+    let digits = &text[..text.len() - unit.len_utf8()];
+    let well_formed = (1..=5).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if !well_formed {
+        return None;
+    }
     let seconds = match unit {
         'd' => 86_400,
         'h' => 3_600,
@@ -100,9 +106,8 @@ pub fn parse_duration_ns(text: &str) -> Option<i64> {
         's' => 1,
         _ => return None,
     };
-    n.checked_mul(seconds)?
-        .checked_mul(1_000_000_000)
-        .filter(|ns| *ns > 0)
+    let n: i64 = digits.parse().ok()?;
+    Some(n * seconds * 1_000_000_000)
 }
 
 fn body(
@@ -127,7 +132,7 @@ pub async fn create(
         Some(text) => {
             let ns = parse_duration_ns(text).ok_or_else(|| {
                 ApiError::BadRequest(format!(
-                    "expires_in {text:?} is not a duration such as 90d, 12h, 30m or 45s"
+                    "expires_in {text:?} is not a duration of 1 to 99999 days, hours, minutes or seconds, such as 90d, 12h, 30m or 45s"
                 ))
             })?;
             Some(now_ns().saturating_add(ns))
@@ -175,4 +180,23 @@ pub async fn revoke(
     Ok(Json(
         json!({ "name": done.name, "role": done.role, "revoked": true }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration_ns;
+
+    #[test]
+    fn durations_are_1_to_99999_units_without_leading_zeros() {
+        const S: i64 = 1_000_000_000;
+        assert_eq!(parse_duration_ns("90d"), Some(90 * 86_400 * S));
+        assert_eq!(parse_duration_ns("12h"), Some(12 * 3_600 * S));
+        assert_eq!(parse_duration_ns("30m"), Some(30 * 60 * S));
+        assert_eq!(parse_duration_ns("99999d"), Some(99_999 * 86_400 * S));
+        for bad in [
+            "", "d", "0d", "01d", "100000s", "1w", "1.5d", "-1d", "1 d", "1é",
+        ] {
+            assert_eq!(parse_duration_ns(bad), None, "{bad:?}");
+        }
+    }
 }
