@@ -533,10 +533,14 @@ fn ident<'a>(raw: &'a RawValue, field: &str) -> Result<Cow<'a, str>, EventError>
     let text = raw.get();
     let value: Cow<'a, str> = if text.starts_with('"') {
         serde_json::from_str::<Cow<'a, str>>(text).map_err(|e| invalid(field, short(e)))?
-    } else if text.bytes().all(|b| b.is_ascii_digit() || b == b'-') && !text.is_empty() {
-        Cow::Borrowed(text)
     } else {
-        return Err(invalid(field, "must be a string"));
+        // An integer that fits 64 bits, as the typed parser takes it (`-0` and integers beyond
+        // 64 bits are numbers JSON parsers read as floats): its text, which JSON makes
+        // canonical.
+        match serde_json::from_str::<serde_json::Number>(text) {
+            Ok(n) if n.is_i64() || n.is_u64() => Cow::Owned(n.to_string()),
+            _ => return Err(invalid(field, "must be a string")),
+        }
     };
     if value.is_empty() {
         return Err(invalid(field, "must not be empty"));

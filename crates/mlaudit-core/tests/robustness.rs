@@ -1270,11 +1270,12 @@ fn escaped_literal(s: &str, nth: usize) -> String {
 }
 
 /// Values written in place of others: numbers against strings for identifiers (every spelling
-/// JSON allows and some it does not), nulls, escapes, empty strings, objects. The integer
-/// spellings the parsers are known to read differently (`-0`, integers beyond i64 and u64) are
-/// left out: they are pinned by the ignored tests at the end of this file.
+/// JSON allows and some it does not), nulls, escapes, empty strings, objects.
 const RAW_VALUES: &[&str] = &[
     "null",
+    "-0",
+    "18446744073709551616",
+    "-9223372036854775809",
     "true",
     "false",
     "0",
@@ -1412,16 +1413,8 @@ fn apply(doc: &mut J, (which, edit): &(usize, Edit)) {
 
 /// Whether `slow` accepted, and `fast` refused, only because of the known disagreement: a subject
 /// value written as a JSON integer that is `-0` or outside both i64 and u64.
-fn known_disagreement(slow: &PreparedEvent) -> bool {
-    slow.subjects.iter().any(|(_, v)| {
-        let integer = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit() || b == b'-');
-        integer && (v == "-0" || (v.parse::<i64>().is_err() && v.parse::<u64>().is_err()))
-    })
-}
-
-/// The differential property, for one input. `skip_known` skips only inputs that hit the
-/// disagreement already pinned by the ignored tests below.
-fn check_parsers_agree(json: &str, skip_known: bool) -> Result<(), TestCaseError> {
+/// The differential property, for one input.
+fn check_parsers_agree(json: &str) -> Result<(), TestCaseError> {
     let fast = parsers::fast(json, PRINCIPAL);
     let slow = parsers::slow(json, PRINCIPAL);
     match (&fast, &slow) {
@@ -1436,7 +1429,6 @@ fn check_parsers_agree(json: &str, skip_known: bool) -> Result<(), TestCaseError
                 "fast refused ({e}) but slow accepted {s:?}: {json}"
             )))
         }
-        (None, Ok(s)) if skip_known && known_disagreement(s) => return Ok(()),
         (None, Ok(s)) => {
             return Err(TestCaseError::fail(format!(
                 "fast did not accept the shape but slow accepted {s:?}: {json}"
@@ -1473,7 +1465,7 @@ proptest! {
             apply(&mut doc, e);
         }
         let json = doc.text();
-        check_parsers_agree(&json, false)?;
+        check_parsers_agree(&json)?;
     }
 
     #[test]
@@ -1485,8 +1477,8 @@ proptest! {
     ) {
         let texts = example_texts();
         let mutated = lossy(&mutate(texts[which % texts.len()].as_bytes(), &edits, JSON_TOKENS));
-        check_parsers_agree(&mutated, true)?;
-        check_parsers_agree(&random.to_string(), true)?;
+        check_parsers_agree(&mutated)?;
+        check_parsers_agree(&random.to_string())?;
         // An object of the event's own keys with random values.
         let mut doc = String::from("{");
         for (i, (k, v)) in top.iter().enumerate() {
@@ -1496,7 +1488,7 @@ proptest! {
             doc.push_str(&format!("{}:{v}", Value::from(*k)));
         }
         doc.push('}');
-        check_parsers_agree(&doc, true)?;
+        check_parsers_agree(&doc)?;
     }
 }
 
@@ -1520,7 +1512,7 @@ fn fast_and_slow_agree_on_every_subject_spelling_of_every_kind() {
                 let key = Value::from(field.as_str()).to_string();
                 pairs.iter_mut().find(|(k, _)| *k == key).unwrap().1 = J::Raw((*raw).into());
                 let json = doc.text();
-                if let Err(e) = check_parsers_agree(&json, false) {
+                if let Err(e) = check_parsers_agree(&json) {
                     panic!("{e}");
                 }
             }
@@ -1528,25 +1520,23 @@ fn fast_and_slow_agree_on_every_subject_spelling_of_every_kind() {
     }
 }
 
-/// The minimal input on which the parsers disagree: a subject value written as the JSON number
-/// `-0`. `slow` accepts it (as the text "-0"), `fast` refuses the shape (serde_json reads `-0` as
-/// a float, which `Ident` does not take), so `prepare` answers with the fast parser's serde error.
+/// The minimal input on which the parsers disagreed: a subject value written as the JSON number
+/// `-0`, which serde_json reads as a float (refused by both now).
+/// Regression: `slow` used to take `-0` as the identifier's text.
 #[test]
-#[ignore = "known disagreement: slow accepts the subject value -0 (a JSON number), fast refuses it"]
 fn fast_and_slow_agree_on_negative_zero_subjects() {
     let json = r#"{"kind":"x.a","actor":{"id":"a","type":"user"},"subject":{"model":-0}}"#;
-    check_parsers_agree(json, false).unwrap();
+    check_parsers_agree(json).unwrap();
 }
 
-/// Integers outside both i64 and u64: serde_json reads them as floats, so `fast` refuses the
-/// shape, while `slow` takes the digits as the identifier's text.
+/// Integers outside both i64 and u64: serde_json reads them as floats (refused by both now).
+/// Regression: `slow` used to take any digits as the identifier's text.
 #[test]
-#[ignore = "known disagreement: slow accepts integer subject values beyond i64/u64, fast refuses them"]
 fn fast_and_slow_agree_on_subject_integers_beyond_64_bits() {
     for n in ["18446744073709551616", "-9223372036854775809"] {
         let json = format!(
             r#"{{"kind":"x.a","actor":{{"id":"a","type":"user"}},"subject":{{"model":{n}}}}}"#
         );
-        check_parsers_agree(&json, false).unwrap();
+        check_parsers_agree(&json).unwrap();
     }
 }

@@ -62,6 +62,8 @@ pub enum FrameError {
     TooLong(u32),
     #[error("record checksum mismatch")]
     Checksum,
+    #[error("the record is {found} bytes, its header declares {declared}")]
+    Length { declared: u64, found: u64 },
 }
 
 /// Parses and checks a 13-byte header.
@@ -84,8 +86,15 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Header, FrameError> {
     Ok(Header { kind, len_a, len_b })
 }
 
-/// Checks a whole record (header + body + trailer) and returns its two parts.
+/// Checks a whole record (header + body + trailer) and returns its two parts. `record` must be
+/// exactly as long as the header declares (`Header::total_len`); any other length is refused.
 pub fn check_record<'a>(h: &Header, record: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), FrameError> {
+    if record.len() as u64 != h.total_len() {
+        return Err(FrameError::Length {
+            declared: h.total_len(),
+            found: record.len() as u64,
+        });
+    }
     let body_end = record.len() - TRAILER_LEN;
     let crc = u32::from_be_bytes([
         record[body_end],

@@ -238,12 +238,10 @@ fn lengths_claiming_huge_records_are_refused_before_anything_is_allocated() {
     assert_eq!(record::parse_header(&h), Err(FrameError::HeaderChecksum));
 }
 
-/// `check_record` trusts its caller to pass exactly the bytes the header declares: handed fewer
-/// (here a well-checksummed 17-byte record whose header declares a 100-byte part A), it slices
-/// past the end and panics instead of answering `Err`. Every caller in the crate takes
-/// `h.total_len()` bytes first, so no segment reaches this today.
+/// Regression: `check_record` trusted its caller to pass exactly the bytes the header declares,
+/// and handed fewer (a well-checksummed 17-byte record whose header declares a 100-byte part A)
+/// it sliced past the end and panicked. It now answers `Err` for any other length.
 #[test]
-#[ignore = "check_record panics (slice out of range) on a record shorter than its header declares"]
 fn check_record_refuses_a_record_shorter_than_its_header_declares() {
     let head = header(EVENT, 100, 0);
     let h = record::parse_header(&head).unwrap();
