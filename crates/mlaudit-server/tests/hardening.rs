@@ -648,7 +648,9 @@ async fn concurrent_token_changes_are_all_kept() {
         let req = Request::post("/v1/tokens")
             .header("authorization", bearer(&f.admin))
             .header("content-type", "application/json")
-            .body(Body::from(json!({"name": format!("t{i}"), "role": "writer"}).to_string()))
+            .body(Body::from(
+                json!({"name": format!("t{i}"), "role": "writer"}).to_string(),
+            ))
             .unwrap();
         tasks.push(tokio::spawn(async move {
             use tower::ServiceExt;
