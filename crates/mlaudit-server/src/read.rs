@@ -90,6 +90,14 @@ pub struct EventsQuery {
     cursor: Option<String>,
 }
 
+/// A cursor as `next_cursor` writes it: a seq in decimal, without sign or leading zeros.
+fn parse_cursor(text: &str) -> Option<u64> {
+    let canonical = text.bytes().all(|b| b.is_ascii_digit())
+        && !text.is_empty()
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
 fn time_param(name: &str, value: Option<String>) -> Result<Option<i64>, ApiError> {
     value
         .map(|v| {
@@ -121,7 +129,7 @@ pub async fn list_events(
     let after_seq = q
         .cursor
         .map(|c| {
-            c.parse::<u64>().map_err(|_| {
+            parse_cursor(&c).ok_or_else(|| {
                 ApiError::BadRequest(format!("cursor={c:?} is not a cursor from a previous page"))
             })
         })

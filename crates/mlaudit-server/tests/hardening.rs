@@ -674,3 +674,32 @@ async fn concurrent_token_changes_are_all_kept() {
         .unwrap();
     assert_eq!(grants.len(), 16);
 }
+
+/// A cursor is what `next_cursor` wrote: other spellings of a number are refused, not read.
+#[tokio::test]
+async fn only_canonical_cursors_are_accepted() {
+    let f = fixture("cursors", Limits::default());
+    post(
+        &f,
+        "application/json",
+        json!([event(0), event(1)]).to_string(),
+    )
+    .await;
+    for bad in ["+1", "01", "007", "-0", " 1", "1 ", ""] {
+        let uri = format!(
+            "/v1/events?cursor={}",
+            bad.replace(' ', "%20").replace('+', "%2B")
+        );
+        let r = as_reader(&f, "GET", &uri).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_REQUEST,
+            "cursor {bad:?}: {}",
+            r.text()
+        );
+    }
+    for good in ["0", "1", "18446744073709551615"] {
+        let r = as_reader(&f, "GET", &format!("/v1/events?cursor={good}")).await;
+        assert_eq!(r.status, StatusCode::OK, "cursor {good:?}");
+    }
+}
