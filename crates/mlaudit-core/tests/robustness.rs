@@ -11,6 +11,8 @@
     reason = "a test fails loudly on any unexpected error"
 )]
 
+mod catalogue;
+
 use mlaudit_core::b64;
 use mlaudit_core::bundle::{ProofBundle, BUNDLE_FORMAT};
 use mlaudit_core::entry::{
@@ -24,7 +26,7 @@ use mlaudit_core::note::{open_checkpoint, Checkpoint, NoteError, NoteSigner, Not
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 /// Modest case counts keep the crate's test run fast; no regression files are written (the
@@ -812,180 +814,14 @@ fn bundles_claiming_huge_sizes_are_refused_at_once() {
 // JSON events.
 // ---------------------------------------------------------------------------------------------
 
-/// (kind, required subjects, required attributes): `tests/events.rs`'s table of the catalogue.
-const SPEC: &[(&str, &[&str], &[&str])] = &[
-    ("data.source_accessed", &["dataset"], &["source"]),
-    (
-        "data.transformation_applied",
-        &["dataset"],
-        &["inputs", "transformation"],
-    ),
-    (
-        "data.snapshot_created",
-        &["dataset", "dataset_version"],
-        &["content_sha256"],
-    ),
-    (
-        "training.run_started",
-        &["run", "model"],
-        &["hyperparameters", "random_seed", "datasets"],
-    ),
-    (
-        "training.checkpoint_evaluated",
-        &["run"],
-        &["step", "metrics"],
-    ),
-    (
-        "training.run_completed",
-        &["run"],
-        &["status", "duration_s", "compute"],
-    ),
-    (
-        "registry.model_registered",
-        &["model", "version", "run"],
-        &["artifact_sha256"],
-    ),
-    (
-        "registry.promotion_requested",
-        &["model", "version"],
-        &["to_stage"],
-    ),
-    (
-        "registry.approval_granted",
-        &["model", "version"],
-        &["approver", "reason"],
-    ),
-    (
-        "registry.approval_rejected",
-        &["model", "version"],
-        &["approver", "reason"],
-    ),
-    (
-        "registry.stage_changed",
-        &["model", "version"],
-        &["from_stage", "to_stage"],
-    ),
-    (
-        "registry.deployment_target_assigned",
-        &["model", "version"],
-        &["target"],
-    ),
-    (
-        "operations.deployed",
-        &["deployment", "model", "version"],
-        &["environment"],
-    ),
-    ("operations.traffic_routed", &["deployment"], &["split"]),
-    (
-        "operations.rolled_back",
-        &["deployment"],
-        &["from_version", "to_version", "trigger"],
-    ),
-    ("operations.config_changed", &["deployment"], &["changes"]),
-    (
-        "prediction.served",
-        &["model", "version", "request"],
-        &["inputs", "outputs"],
-    ),
-    ("governance.policy_changed", &[], &["policy", "old", "new"]),
-    (
-        "governance.access_changed",
-        &[],
-        &["principal", "role", "change"],
-    ),
-    ("governance.audit_accessed", &[], &[]),
-];
-
-const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
 const PRINCIPAL: &str = "token:fuzz";
-
-fn subject_value(name: &str) -> Value {
-    match name {
-        "model" => json!("credit-risk"),
-        "version" => json!(7),
-        "dataset" => json!("loans"),
-        "dataset_version" => json!("2026-01-31"),
-        "run" => json!("run-17"),
-        "pipeline_run" => json!("pipe-3"),
-        "deployment" => json!("credit-risk-prod"),
-        "request" => json!("req-0001"),
-        other => panic!("no example subject {other}"),
-    }
-}
-
-fn attribute_value(kind: &str, name: &str) -> Value {
-    match name {
-        "source" => json!("s3://bucket/raw/loans.parquet"),
-        "inputs" if kind.starts_with("data.") => json!(["s3://bucket/raw/loans.parquet"]),
-        "inputs" => json!({"income": 52000, "age": 41}),
-        "transformation" => json!({"op": "dedupe", "keys": ["id"]}),
-        "content_sha256" | "artifact_sha256" => json!(SHA),
-        "hyperparameters" => json!({"lr": 0.01, "depth": 6}),
-        "random_seed" => json!(42),
-        "datasets" => json!(["loans@2026-01-31", "bureau@3"]),
-        "step" => json!(1000),
-        "metrics" => json!({"auc": 0.91}),
-        "status" => json!("succeeded"),
-        "duration_s" => json!(3600.5),
-        "compute" => json!({"gpu_hours": 8}),
-        "to_stage" => json!("production"),
-        "from_stage" => json!("staging"),
-        "approver" => json!({"id": "bob", "type": "user"}),
-        "reason" => json!("meets the validation bar"),
-        "target" => json!("k8s://prod/credit-risk"),
-        "environment" => json!("production"),
-        "split" => json!({"7": 90, "8": 10}),
-        "from_version" => json!(8),
-        "to_version" => json!("7"),
-        "trigger" => json!("error rate above 2%"),
-        "changes" => json!({"timeout_ms": {"old": 100, "new": 200}}),
-        "outputs" => json!({"score": 0.12}),
-        "policy" => json!("retention"),
-        "old" => json!({"days": 30}),
-        "new" => json!({"days": 90}),
-        "principal" => json!("carol"),
-        "role" => json!("auditor"),
-        "change" => json!("granted"),
-        other => panic!("no example attribute {other}"),
-    }
-}
-
-/// A complete valid event of `kind`, as a JSON object.
-fn example(kind: &str, subjects: &[&str], attrs: &[&str]) -> Map<String, Value> {
-    let mut e = Map::new();
-    e.insert("id".into(), json!("6f9619ff-8b86-d011-b42d-00c04fc964ff"));
-    e.insert("time".into(), json!("2026-01-31T12:00:00Z"));
-    e.insert("kind".into(), json!(kind));
-    e.insert(
-        "actor".into(),
-        json!({"id": "pipeline@ci", "type": "service"}),
-    );
-    let s: Map<String, Value> = subjects
-        .iter()
-        .map(|n| ((*n).to_owned(), subject_value(n)))
-        .collect();
-    e.insert("subject".into(), Value::Object(s));
-    let a: Map<String, Value> = attrs
-        .iter()
-        .map(|n| ((*n).to_owned(), attribute_value(kind, n)))
-        .collect();
-    e.insert("attributes".into(), Value::Object(a));
-    e
-}
 
 /// One valid event of every catalogue kind, and a custom one.
 fn examples() -> Vec<Value> {
-    let mut out: Vec<Value> = SPEC
-        .iter()
-        .map(|(k, s, a)| Value::Object(example(k, s, a)))
-        .collect();
-    let mut custom = example("x.foo", &["model", "pipeline_run"], &[]);
-    custom.insert(
-        "attributes".into(),
-        json!({"anything": [1, 2, {"goes": null}]}),
-    );
-    out.push(Value::Object(custom));
-    out
+    catalogue::examples()
+        .into_iter()
+        .map(|(_, e)| Value::Object(e))
+        .collect()
 }
 
 fn example_texts() -> Vec<String> {

@@ -120,18 +120,12 @@ fn verify_checks_the_log_against_a_checkpoint_kept_outside_it() {
 
     // The old copy is shorter than a checkpoint handed out since: rolled back.
     let old_data = old.join("data");
-    let rolled = support::mlaudit(
-        &log.dir.path,
-        [
-            "--data",
-            old_data.to_str().unwrap(),
-            "verify",
-            "--trusted-checkpoint",
-            &newer,
-        ],
-    )
-    .run()
-    .code(1);
+    let on_old = |args: &[&str]| {
+        let mut all = vec!["--data", old_data.to_str().unwrap()];
+        all.extend(args);
+        support::mlaudit(&log.dir.path, all).run()
+    };
+    let rolled = on_old(&["verify", "--trusted-checkpoint", &newer]).code(1);
     assert!(
         rolled.stdout.contains("verified 15 events"),
         "{}",
@@ -144,18 +138,7 @@ fn verify_checks_the_log_against_a_checkpoint_kept_outside_it() {
         "{}",
         rolled.stderr
     );
-    let rolled = support::mlaudit(
-        &log.dir.path,
-        [
-            "--data",
-            old_data.to_str().unwrap(),
-            "consistency",
-            "--old",
-            &newer,
-        ],
-    )
-    .run()
-    .code(1);
+    let rolled = on_old(&["consistency", "--old", &newer]).code(1);
     assert!(
         rolled.stderr.contains("rolled back or truncated"),
         "{}",
@@ -167,24 +150,8 @@ fn verify_checks_the_log_against_a_checkpoint_kept_outside_it() {
         .map(|i| custom_event(&fixture_id(i)))
         .collect::<Vec<_>>();
     let file = log.write("other.ndjson", ndjson(&other));
-    support::mlaudit(
-        &log.dir.path,
-        ["--data", old_data.to_str().unwrap(), "append", &file],
-    )
-    .run()
-    .ok();
-    let forked = support::mlaudit(
-        &log.dir.path,
-        [
-            "--data",
-            old_data.to_str().unwrap(),
-            "verify",
-            "--trusted-checkpoint",
-            &newer,
-        ],
-    )
-    .run()
-    .code(1);
+    on_old(&["append", &file]).ok();
+    let forked = on_old(&["verify", "--trusted-checkpoint", &newer]).code(1);
     assert!(
         forked.stderr.contains("the log was rewritten"),
         "{}",
