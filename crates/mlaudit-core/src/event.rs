@@ -687,7 +687,7 @@ fn finish(
             format!("is longer than {MAX_KIND_LEN} bytes"),
         ));
     }
-    check_chars("kind", &p.kind)?;
+    check_chars(&p.kind, || "kind".into())?;
     if origin == Origin::Client && is_reserved_kind(&p.kind) {
         return Err(EventError::ReservedKind(p.kind.into_owned()));
     }
@@ -718,9 +718,9 @@ fn finish(
             format!("is longer than {MAX_ID_LEN} bytes"),
         ));
     }
-    check_chars("actor.id", &p.actor_id)?;
+    check_chars(&p.actor_id, || "actor.id".into())?;
     for (field, value) in &p.subjects {
-        check_chars(&format!("subject.{}", field.as_str()), value)?;
+        check_chars(value, || format!("subject.{}", field.as_str()))?;
     }
     check_attribute_limits(&p.attrs)?;
     if let Some(spec) = spec {
@@ -913,10 +913,14 @@ impl<'a> FastWire<'a> {
 
 /// Refuses control characters and bidirectional overrides ([`is_forbidden_char`]) in a value
 /// that operators see printed.
-fn check_chars(field: &str, value: &str) -> Result<(), EventError> {
+fn check_chars(value: &str, field: impl FnOnce() -> String) -> Result<(), EventError> {
+    // Printable ASCII, the usual case, holds none of them.
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Ok(());
+    }
     match value.chars().find(|c| is_forbidden_char(*c)) {
         Some(c) => Err(invalid(
-            field,
+            field(),
             format!(
                 "must not contain control characters (found U+{:04X})",
                 u32::from(c)

@@ -11,8 +11,8 @@ use mlaudit_core::entry::{EventId, SubjectField};
 use mlaudit_core::event::Stage;
 use mlaudit_core::merkle::Hash;
 use mlaudit_store::Query;
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 /// What a term names. The code is its tag byte in `terms.bin`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,14 +59,34 @@ impl Tag {
     }
 }
 
-/// The maps keyed by what clients send (event ids, term values) hash with SipHash under a
-/// random key per process ([`RandomState`]): a client cannot choose ids or values that collide
-/// and turn lookups into linear scans.
-type Keyed = RandomState;
+/// The maps keyed by what clients send (event ids, term values, leaf hashes) hash under a random
+/// key per process ([`Keyed`]): a client cannot choose ids or values that collide and turn
+/// lookups into linear scans.
+use crate::keyed::Keyed;
 
 type IdMap = HashMap<EventId, u64, Keyed>;
 
 type TermMap = HashMap<Box<str>, u32, Keyed>;
+
+/// The hasher of [`Index::leaves`]: the key is already the first 8 bytes of a SHA-256 of an
+/// entry that holds the server's receipt time to the nanosecond, so no client can steer it; it
+/// is used as it is.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct LeafPrefix(u64);
+
+impl std::hash::Hasher for LeafPrefix {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// The first 8 bytes of a leaf hash, the key of [`Index::leaves`].
 fn leaf_key(leaf: &Hash) -> u64 {
@@ -146,7 +166,7 @@ pub struct Index {
     pub checkpoints: Vec<(u64, u64)>,
     /// Leaf hash (its first 8 bytes) → seq of the first leaf with that prefix; lookups check
     /// the whole hash against the stored leaf.
-    leaves: HashMap<u64, u64, Keyed>,
+    leaves: HashMap<u64, u64, BuildHasherDefault<LeafPrefix>>,
     /// Seqs of later leaves whose prefix another leaf already had (about none below 2^32
     /// events), searched when the first does not match.
     leaf_collisions: Vec<u64>,

@@ -27,6 +27,7 @@
 pub mod derived;
 pub mod guard;
 pub mod index;
+pub mod keyed;
 pub mod record;
 mod recover;
 mod writer;

@@ -260,44 +260,45 @@ struct Committer {
     inflight: InFlight,
 }
 
-/// The payload digest of every event reserved but not yet visible to readers, so that an id
-/// reused while its first event is still on its way to the disk is checked like any other.
-/// Pruned as the syncer publishes (a queue in seq order).
+/// The payload digest of every event reserved but not yet visible to readers, by seq, so that
+/// an id reused while its first event is still on its way to the disk is checked like any
+/// other. Seqs `base..base + len` are held; the front is dropped as the syncer publishes.
 #[derive(Debug, Default)]
 struct InFlight {
-    digests: std::collections::HashMap<EventId, [u8; 32]>,
-    order: std::collections::VecDeque<(u64, EventId)>,
+    base: u64,
+    digests: std::collections::VecDeque<[u8; 32]>,
 }
 
 impl InFlight {
-    fn insert(&mut self, id: EventId, seq: u64, digest: [u8; 32]) {
-        self.digests.insert(id, digest);
-        self.order.push_back((seq, id));
+    fn starting_at(base: u64) -> InFlight {
+        InFlight {
+            base,
+            digests: std::collections::VecDeque::new(),
+        }
     }
 
-    fn digest(&self, id: &EventId) -> Option<[u8; 32]> {
-        self.digests.get(id).copied()
+    /// Holds the digest of the next seq.
+    fn push(&mut self, digest: [u8; 32]) {
+        self.digests.push_back(digest);
     }
 
-    /// Forgets the events below `published` (readers can find them in the log now).
+    fn get(&self, seq: u64) -> Option<[u8; 32]> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        self.digests.get(i).copied()
+    }
+
+    /// Drops the seqs below `published` (readers can find them in the log now).
     fn prune(&mut self, published: u64) {
-        while let Some(&(seq, id)) = self.order.front() {
-            if seq >= published {
-                break;
-            }
-            self.order.pop_front();
-            self.digests.remove(&id);
+        while self.base < published && self.digests.pop_front().is_some() {
+            self.base += 1;
         }
     }
 
-    /// Forgets events that were not written after all (the last ones reserved).
-    fn forget(&mut self, ids: impl Iterator<Item = EventId>) {
-        for id in ids {
-            self.digests.remove(&id);
-            if let Some(at) = self.order.iter().rposition(|(_, i)| *i == id) {
-                self.order.remove(at);
-            }
-        }
+    /// Drops the seqs from `seq` on (reserved, then not written after all).
+    fn truncate(&mut self, seq: u64) {
+        let keep = seq.saturating_sub(self.base);
+        self.digests
+            .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
     }
 }
 
@@ -425,6 +426,7 @@ pub(crate) struct Recovered {
 
 impl State {
     pub fn new(r: Recovered) -> State {
+        let size = r.range.size();
         State {
             committer: Committer {
                 segment: r.segment,
@@ -434,7 +436,7 @@ impl State {
                 latest_note: None,
                 failed: None,
                 spare: Vec::new(),
-                inflight: InFlight::default(),
+                inflight: InFlight::starting_at(size),
             },
             syncer: Syncer {
                 derived: r.derived,
@@ -566,7 +568,9 @@ impl Committer {
     }
 
     /// Checks each batch's limits and ids, and reserves ids and seqs for the new events (under
-    /// the index lock): the outcome of every batch, and the events that will be written.
+    /// the index lock): the outcome of every batch, and the events that will be written. A
+    /// client id already taken — in the log, in a group on its way to the disk, or earlier in
+    /// the batch — by another payload refuses the whole batch, and its reservations are undone.
     fn reserve<'g>(
         &mut self,
         shared: &Shared,
@@ -584,25 +588,34 @@ impl Committer {
                 outcomes.push(Err(StoreError::Rejected { index: i, problem }));
                 continue;
             }
-            if let Some(conflict) = self.find_conflict(shared, &index, events) {
-                outcomes.push(Err(conflict));
-                continue;
-            }
+            let (first_new, first_seq) = (new.len(), next);
             let mut results = Vec::with_capacity(events.len());
-            for ev in events {
+            let mut refused = None;
+            for (i, ev) in events.iter().enumerate() {
                 let id = ev
                     .id
                     .unwrap_or_else(|| EventId(*uuid::Uuid::new_v4().as_bytes()));
-                if let Some(seq) = index.ids.get(&id) {
+                if let Some(&seq) = index.ids.get(&id) {
+                    match self.digest_of(shared, &index, seq) {
+                        Ok(digest) if digest == ev.payload_sha256 => {}
+                        Ok(_) => {
+                            refused = Some(StoreError::Conflict { index: i, id });
+                            break;
+                        }
+                        Err(e) => {
+                            refused = Some(e);
+                            break;
+                        }
+                    }
                     results.push(Appended {
                         id,
-                        seq: *seq,
+                        seq,
                         duplicate: true,
                     });
                     continue;
                 }
                 index.reserve_id(id, next);
-                self.inflight.insert(id, next, ev.payload_sha256);
+                self.inflight.push(ev.payload_sha256);
                 results.push(Appended {
                     id,
                     seq: next,
@@ -616,45 +629,32 @@ impl Committer {
                 });
                 next += 1;
             }
-            outcomes.push(Ok(results));
+            match refused {
+                Some(e) => {
+                    for n in new.drain(first_new..) {
+                        index.ids.remove(&n.id);
+                    }
+                    self.inflight.truncate(first_seq);
+                    next = first_seq;
+                    outcomes.push(Err(e));
+                }
+                None => outcomes.push(Ok(results)),
+            }
         }
         Ok((outcomes, new))
     }
 
-    /// The first event of a batch whose id is already taken by a different payload: in the
-    /// log, in a group on its way to the disk, or earlier in the same batch.
-    fn find_conflict(
+    /// The payload digest of the event at `seq`: in flight, or read from the log.
+    fn digest_of(
         &self,
         shared: &Shared,
         index: &crate::index::Index,
-        events: &[PreparedEvent],
-    ) -> Option<StoreError> {
-        let mut in_batch: std::collections::HashMap<EventId, [u8; 32]> =
-            std::collections::HashMap::new();
-        for (i, ev) in events.iter().enumerate() {
-            let Some(id) = ev.id else { continue };
-            let conflict = || StoreError::Conflict { index: i, id };
-            if let Some(digest) = in_batch.get(&id) {
-                if *digest != ev.payload_sha256 {
-                    return Some(conflict());
-                }
-                continue;
-            }
-            in_batch.insert(id, ev.payload_sha256);
-            let Some(&seq) = index.ids.get(&id) else {
-                continue;
-            };
-            let original = match self.inflight.digest(&id) {
-                Some(digest) => Ok(digest),
-                None => stored_digest(shared, index, seq),
-            };
-            match original {
-                Ok(digest) if digest == ev.payload_sha256 => {}
-                Ok(_) => return Some(conflict()),
-                Err(e) => return Some(e),
-            }
+        seq: u64,
+    ) -> Result<[u8; 32], StoreError> {
+        match self.inflight.get(seq) {
+            Some(digest) => Ok(digest),
+            None => stored_digest(shared, index, seq),
         }
-        None
     }
 
     /// Gives back the ids and the in-flight records of events that were not written.
@@ -664,7 +664,9 @@ impl Committer {
                 index.ids.remove(&n.id);
             }
         }
-        self.inflight.forget(new.iter().map(|n| n.id));
+        if let Some(first) = new.first() {
+            self.inflight.truncate(first.seq);
+        }
     }
 
     /// A group with nothing new: its duplicates are answered with the latest checkpoint once
