@@ -2,8 +2,8 @@
 //! a multiply-and-fold hash under two 64-bit keys drawn at random once per process, so that a
 //! client cannot choose keys that collide and turn lookups into linear scans.
 //!
-//! It is not SipHash: the maps hold one entry per event and SipHash cost about a tenth of the
-//! ingest path (BENCHMARKS.md). Each 8-byte word is mixed in with a full 64×64→128-bit multiply
+//! It is not SipHash: the maps hold one entry per event, and SipHash, with the rest of the
+//! hardening's per-event work, made ingest measurably slower. Each 8-byte word is mixed in with a full 64×64→128-bit multiply
 //! by a secret odd key, folded to 64 bits; the length closes the input, and the result is
 //! folded once more. Without the keys, which never leave the process, the bucket a key lands in
 //! cannot be predicted.
