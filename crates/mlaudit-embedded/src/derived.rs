@@ -303,6 +303,7 @@ impl Derived {
                 Err("tree level 0 is missing".into())
             };
         };
+        index.reserve_leaves(usize::try_from(size).unwrap_or(usize::MAX));
         let mut buf = Vec::new();
         let mut seq = 0u64;
         while seq < size {

@@ -185,6 +185,12 @@ impl Index {
         }
     }
 
+    /// Makes room for `more` leaves at once (loading a large log), instead of growing the map
+    /// step by step.
+    pub fn reserve_leaves(&mut self, more: usize) {
+        self.leaves.reserve(more);
+    }
+
     /// Records the leaf hash of event `seq` for [`Index::leaf_candidates`].
     pub fn push_leaf(&mut self, seq: u64, leaf: &Hash) {
         if let Some(first) = self.leaves.insert(leaf_key(leaf), seq) {

@@ -11,6 +11,8 @@ pub struct Progress {
     enabled: bool,
     last: Instant,
     started: Instant,
+    /// Counted in bytes ([`Progress::bytes`]).
+    in_bytes: bool,
 }
 
 impl Progress {
@@ -23,7 +25,38 @@ impl Progress {
             enabled,
             last: now.checked_sub(Duration::from_secs(1)).unwrap_or(now),
             started: now,
+            in_bytes: false,
         }
+    }
+
+    /// A progress line counted in bytes read (of `total`, 0 when unknown), with the events
+    /// seen so far and their rate.
+    pub fn bytes(label: &'static str, total: u64) -> Progress {
+        let mut p = Progress::new(label, total);
+        p.enabled = std::io::stderr().is_terminal() && total >= 1 << 20;
+        p.in_bytes = true;
+        p
+    }
+
+    /// Shows `bytes` read and `events` seen (see [`Progress::bytes`]).
+    pub fn set_bytes(&mut self, bytes: u64, events: u64) {
+        if !self.enabled || self.last.elapsed() < Duration::from_millis(100) {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r{} {:.0}/{:.0} MiB, {events} events ({:.0} events/s, {:.0} MiB/s)   ",
+            self.label,
+            mib(bytes),
+            mib(self.total),
+            events as f64 / secs,
+            mib(bytes) / secs
+        );
+        let _ = err.flush();
     }
 
     pub fn set(&mut self, done: u64) {
@@ -55,7 +88,9 @@ impl Progress {
 
     pub fn finish(&mut self) {
         if self.enabled {
-            self.set(self.total);
+            if !self.in_bytes {
+                self.set(self.total);
+            }
             eprintln!();
         }
     }

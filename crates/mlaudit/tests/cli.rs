@@ -1842,3 +1842,70 @@ fn usage_errors_exit_2() {
     mlaudit(&log.dir.path, ["--help"]).run().ok();
     mlaudit(&log.dir.path, ["--version"]).run().ok();
 }
+
+// ---------------------------------------------------------------------------------------------
+// append streams its input
+// ---------------------------------------------------------------------------------------------
+
+/// An input of more lines than one chunk holds is still all-or-nothing: a bad line far into it
+/// stops everything, and the error names it.
+#[test]
+fn a_bad_line_far_into_a_large_input_appends_nothing() {
+    let log = Log::with_fixture("append-stream");
+    let mut events: Vec<Value> = (0..9000)
+        .map(|i| custom_event(&format!("6f1c0000-0000-4000-8000-{:012}", 100_000 + i)))
+        .collect();
+    events[8500] = serde_json::json!({"kind": "nope", "actor": {"id": "a", "type": "user"}});
+    let file = log.write("large.ndjson", ndjson(&events));
+    let out = log.run(&["append", &file]).code(2);
+    assert!(
+        out.stderr.contains("line 8501: unknown kind"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("1 invalid line(s); nothing was appended"),
+        "{}",
+        out.stderr
+    );
+    assert_unchanged(&log, 15, &[0, 5, 10, 15]);
+    // The same input without the bad line goes in whole, in order.
+    events.remove(8500);
+    let file = log.write("large.ndjson", ndjson(&events));
+    let out = log.run(&["append", "--batch-size", "700", &file]).ok();
+    assert!(
+        out.stdout
+            .starts_with("appended 8999 events, seq 15..=9013\n"),
+        "{}",
+        out.stdout
+    );
+}
+
+/// A line longer than any event is refused without being held, and standard input leaves no
+/// copy of itself behind, whether the append succeeded or not.
+#[test]
+fn over_long_lines_are_refused_and_stdin_leaves_no_copy() {
+    let log = Log::new("append-long");
+    let huge = format!("{{\"kind\":\"x.a\",\"pad\":\"{}\"}}\n", "x".repeat(3 << 20));
+    let text = format!("{}{huge}", ndjson(&[custom_event(&fixture_id(1))]));
+    let out = log.cmd(["append"]).stdin(text).run().code(2);
+    assert!(
+        out.stderr
+            .contains("line 2: the line is longer than an event may be"),
+        "{}",
+        out.stderr
+    );
+    log.cmd(["append"])
+        .stdin(ndjson(&[custom_event(&fixture_id(2))]))
+        .run()
+        .ok();
+    let parent = log.data.parent().unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".mlaudit-append-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(log.tree_size(), 1);
+}
