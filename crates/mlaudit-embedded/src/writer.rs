@@ -263,7 +263,7 @@ struct Committer {
 /// The payload digest of every event reserved but not yet visible to readers, by seq, so that
 /// an id reused while its first event is still on its way to the disk is checked like any
 /// other. Seqs `base..base + len` are held; the front is dropped as the syncer publishes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct InFlight {
     base: u64,
     digests: std::collections::VecDeque<[u8; 32]>,
@@ -462,14 +462,13 @@ impl State {
     /// Signs and durably stores a checkpoint for the current size, synchronously (recovery of
     /// an unsigned tail, or the empty tree of a new log).
     pub fn sign_at_open(&mut self, shared: &Shared) -> std::io::Result<()> {
-        let written = match self.committer.write_group(shared, &[], now_ns()) {
-            Ok(w) => w,
-            Err(WriteFailure::Transient(_, e) | WriteFailure::Fatal(e)) => return Err(e),
-        };
-        match self.syncer.finish(shared, std::slice::from_ref(&written)) {
-            Ok(()) => Ok(()),
-            Err(WriteFailure::Transient(_, e) | WriteFailure::Fatal(e)) => Err(e),
-        }
+        let written = self
+            .committer
+            .write_group(shared, &[], now_ns())
+            .map_err(WriteFailure::into_io)?;
+        self.syncer
+            .finish(shared, std::slice::from_ref(&written))
+            .map_err(WriteFailure::into_io)
     }
 }
 
@@ -878,6 +877,15 @@ enum WriteFailure {
     Fatal(std::io::Error),
 }
 
+impl WriteFailure {
+    /// The I/O error, for callers that fail either way (opening a store).
+    fn into_io(self) -> std::io::Error {
+        match self {
+            WriteFailure::Transient(_, e) | WriteFailure::Fatal(e) => e,
+        }
+    }
+}
+
 /// The payload digest of the event at `seq`, read from its published entry.
 fn stored_digest(
     shared: &Shared,
@@ -913,6 +921,7 @@ impl Refusal {
     fn new(what: &str, e: &std::io::Error) -> Refusal {
         match StoreError::transient(what, e) {
             StoreError::DiskFull(why) => Refusal::DiskFull(why),
+            StoreError::Unavailable(why) => Refusal::Unavailable(why),
             other => Refusal::Unavailable(other.to_string()),
         }
     }
