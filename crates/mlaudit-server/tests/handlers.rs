@@ -10,7 +10,6 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use mlaudit_embedded::EmbeddedStore;
 use mlaudit_server::{router, AppState, Limits};
 use mlaudit_store::Store;
 use serde_json::{json, Value};
@@ -1008,95 +1007,6 @@ async fn protobuf_batches_are_ingested_like_json() {
         x ^= x << 17;
         let bytes: Vec<u8> = (0..(x % 64)).map(|i| (x >> (i % 56)) as u8).collect();
         let _ = decode_batch(&bytes);
-    }
-}
-
-/// What a [`QuirkyEngine`] does differently from the embedded store it wraps.
-enum Quirk {
-    /// It keeps the default, blocking `Store::submit`; its `append` waits for a permit that
-    /// only an async task on the test's single-threaded runtime can give.
-    NeedsPermit(std::sync::Mutex<std::sync::mpsc::Receiver<()>>),
-    /// Its `try_submit` (called on the async worker) panics: a bug in an engine.
-    PanicsOnSubmit,
-}
-
-struct QuirkyEngine {
-    inner: Arc<EmbeddedStore>,
-    quirk: Quirk,
-}
-
-impl Store for QuirkyEngine {
-    fn append(
-        &self,
-        events: Vec<mlaudit_core::event::PreparedEvent>,
-    ) -> Result<mlaudit_store::AppendReceipt, mlaudit_store::StoreError> {
-        if let Quirk::NeedsPermit(permit) = &self.quirk {
-            if permit
-                .lock()
-                .unwrap()
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .is_err()
-            {
-                return Err(mlaudit_store::StoreError::WriterStopped(
-                    "append ran on the async worker: the permit task never ran".into(),
-                ));
-            }
-        }
-        self.inner.append(events)
-    }
-    fn try_submit(
-        &self,
-        events: Vec<mlaudit_core::event::PreparedEvent>,
-        done: mlaudit_store::AppendDone,
-    ) -> Result<
-        (),
-        (
-            Vec<mlaudit_core::event::PreparedEvent>,
-            mlaudit_store::AppendDone,
-        ),
-    > {
-        match self.quirk {
-            Quirk::PanicsOnSubmit => panic!("a bug in the engine"),
-            Quirk::NeedsPermit(_) => Err((events, done)),
-        }
-    }
-    fn tree_size(&self) -> u64 {
-        self.inner.tree_size()
-    }
-    fn event(&self, seq: u64) -> Result<mlaudit_store::StoredEvent, mlaudit_store::StoreError> {
-        self.inner.event(seq)
-    }
-    fn seq_of(
-        &self,
-        id: &mlaudit_core::entry::EventId,
-    ) -> Result<Option<u64>, mlaudit_store::StoreError> {
-        self.inner.seq_of(id)
-    }
-    fn node(
-        &self,
-        level: u32,
-        index: u64,
-    ) -> Result<mlaudit_core::merkle::Hash, mlaudit_store::StoreError> {
-        self.inner.node(level, index)
-    }
-    fn checkpoint(&self, size: u64) -> Result<Option<String>, mlaudit_store::StoreError> {
-        self.inner.checkpoint(size)
-    }
-    fn checkpoint_sizes(&self) -> Result<Vec<u64>, mlaudit_store::StoreError> {
-        self.inner.checkpoint_sizes()
-    }
-    fn query(&self, q: &mlaudit_store::Query) -> Result<Vec<u64>, mlaudit_store::StoreError> {
-        self.inner.query(q)
-    }
-    fn scan(
-        &self,
-        from: u64,
-        visit: &mut dyn FnMut(mlaudit_store::StoredEvent) -> std::ops::ControlFlow<()>,
-    ) -> Result<(), mlaudit_store::StoreError> {
-        self.inner.scan(from, visit)
-    }
-    fn location(&self, seq: u64) -> String {
-        self.inner.location(seq)
     }
 }
 

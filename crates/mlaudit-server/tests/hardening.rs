@@ -14,13 +14,11 @@ mod common;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
-use mlaudit_core::event::PreparedEvent;
 use mlaudit_server::auth::{now_ns, Change, Principal, Role, Tokens};
 use mlaudit_server::ratelimit::RateLimiter;
 use mlaudit_server::{AppState, ClientAddr, Limits};
-use mlaudit_store::{AppendReceipt, Query, Store, StoreError, StoredEvent};
+use mlaudit_store::{Query, Store};
 use serde_json::{json, Value};
-use std::ops::ControlFlow;
 use std::sync::Arc;
 
 /// The `governance.audit_accessed` events in the log, oldest first, as JSON views.
@@ -322,54 +320,6 @@ async fn router_call(f: &Fixture, uri: &str, token: &str) -> axum::response::Res
         .unwrap()
 }
 
-/// A store that refuses every append the way the embedded engine does when the disk is full
-/// or descriptors ran out; reads go to the real store.
-struct Refusing {
-    inner: Arc<mlaudit_embedded::EmbeddedStore>,
-    full: bool,
-}
-
-impl Store for Refusing {
-    fn append(&self, _: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
-        Err(if self.full {
-            StoreError::DiskFull("writing the log: No space left on device (os error 28)".into())
-        } else {
-            StoreError::Unavailable("creating the next segment: Too many open files".into())
-        })
-    }
-    fn tree_size(&self) -> u64 {
-        self.inner.tree_size()
-    }
-    fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
-        self.inner.event(seq)
-    }
-    fn seq_of(&self, id: &mlaudit_core::EventId) -> Result<Option<u64>, StoreError> {
-        self.inner.seq_of(id)
-    }
-    fn node(&self, level: u32, index: u64) -> Result<mlaudit_core::Hash, StoreError> {
-        self.inner.node(level, index)
-    }
-    fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
-        self.inner.checkpoint(size)
-    }
-    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
-        self.inner.checkpoint_sizes()
-    }
-    fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
-        self.inner.query(q)
-    }
-    fn scan(
-        &self,
-        from: u64,
-        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        self.inner.scan(from, visit)
-    }
-    fn location(&self, seq: u64) -> String {
-        self.inner.location(seq)
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_is_507_and_a_resource_shortage_503_and_reads_are_withheld() {
     let f = fixture("refusing", Limits::default());
@@ -379,9 +329,9 @@ async fn a_full_disk_is_507_and_a_resource_shortage_503_and_reads_are_withheld()
         (false, StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     ] {
         let state = AppState {
-            store: Arc::new(Refusing {
+            store: Arc::new(QuirkyEngine {
                 inner: f.store.clone(),
-                full,
+                quirk: Quirk::Refuses { disk_full: full },
             }),
             ..f.state.clone()
         };
@@ -454,9 +404,9 @@ async fn token_changes_take_effect_only_once_recorded_and_names_are_never_reused
 
     // With a log that cannot take the event, nothing changes.
     let state = AppState {
-        store: Arc::new(Refusing {
+        store: Arc::new(QuirkyEngine {
             inner: f.store.clone(),
-            full: true,
+            quirk: Quirk::Refuses { disk_full: true },
         }),
         ..f.state.clone()
     };

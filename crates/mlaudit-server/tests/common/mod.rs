@@ -199,3 +199,106 @@ pub fn client() -> tokio_rustls::TlsConnector {
             .with_no_client_auth();
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
+
+/// What a [`QuirkyEngine`] does differently from the embedded store it wraps.
+pub enum Quirk {
+    /// It keeps the default, blocking `Store::submit`; its `append` waits for a permit that
+    /// only an async task on the test's single-threaded runtime can give.
+    NeedsPermit(std::sync::Mutex<std::sync::mpsc::Receiver<()>>),
+    /// Its `try_submit` (called on the async worker) panics: a bug in an engine.
+    PanicsOnSubmit,
+    /// It refuses every append as the embedded engine does when the disk is full (`true`) or
+    /// file descriptors ran out (`false`).
+    Refuses { disk_full: bool },
+}
+
+pub struct QuirkyEngine {
+    pub inner: Arc<EmbeddedStore>,
+    pub quirk: Quirk,
+}
+
+impl Store for QuirkyEngine {
+    fn append(
+        &self,
+        events: Vec<mlaudit_core::event::PreparedEvent>,
+    ) -> Result<mlaudit_store::AppendReceipt, mlaudit_store::StoreError> {
+        if let Quirk::Refuses { disk_full } = self.quirk {
+            return Err(if disk_full {
+                mlaudit_store::StoreError::DiskFull(
+                    "writing the log: No space left on device (os error 28)".into(),
+                )
+            } else {
+                mlaudit_store::StoreError::Unavailable(
+                    "creating the next segment: Too many open files (os error 24)".into(),
+                )
+            });
+        }
+        if let Quirk::NeedsPermit(permit) = &self.quirk {
+            if permit
+                .lock()
+                .unwrap()
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_err()
+            {
+                return Err(mlaudit_store::StoreError::WriterStopped(
+                    "append ran on the async worker: the permit task never ran".into(),
+                ));
+            }
+        }
+        self.inner.append(events)
+    }
+    fn try_submit(
+        &self,
+        events: Vec<mlaudit_core::event::PreparedEvent>,
+        done: mlaudit_store::AppendDone,
+    ) -> Result<
+        (),
+        (
+            Vec<mlaudit_core::event::PreparedEvent>,
+            mlaudit_store::AppendDone,
+        ),
+    > {
+        match self.quirk {
+            Quirk::PanicsOnSubmit => panic!("a bug in the engine"),
+            Quirk::NeedsPermit(_) | Quirk::Refuses { .. } => Err((events, done)),
+        }
+    }
+    fn tree_size(&self) -> u64 {
+        self.inner.tree_size()
+    }
+    fn event(&self, seq: u64) -> Result<mlaudit_store::StoredEvent, mlaudit_store::StoreError> {
+        self.inner.event(seq)
+    }
+    fn seq_of(
+        &self,
+        id: &mlaudit_core::entry::EventId,
+    ) -> Result<Option<u64>, mlaudit_store::StoreError> {
+        self.inner.seq_of(id)
+    }
+    fn node(
+        &self,
+        level: u32,
+        index: u64,
+    ) -> Result<mlaudit_core::merkle::Hash, mlaudit_store::StoreError> {
+        self.inner.node(level, index)
+    }
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, mlaudit_store::StoreError> {
+        self.inner.checkpoint(size)
+    }
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, mlaudit_store::StoreError> {
+        self.inner.checkpoint_sizes()
+    }
+    fn query(&self, q: &mlaudit_store::Query) -> Result<Vec<u64>, mlaudit_store::StoreError> {
+        self.inner.query(q)
+    }
+    fn scan(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(mlaudit_store::StoredEvent) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), mlaudit_store::StoreError> {
+        self.inner.scan(from, visit)
+    }
+    fn location(&self, seq: u64) -> String {
+        self.inner.location(seq)
+    }
+}
