@@ -38,6 +38,20 @@ impl Hash {
     pub fn from_slice(bytes: &[u8]) -> Option<Hash> {
         <[u8; HASH_LEN]>::try_from(bytes).ok().map(Hash)
     }
+
+    /// Parses a hash from exactly 64 hex digits (either case).
+    pub fn from_hex(text: &str) -> Option<Hash> {
+        let digit = |b: u8| (b as char).to_digit(16);
+        let text = text.as_bytes();
+        if text.len() != 2 * HASH_LEN {
+            return None;
+        }
+        let mut out = [0u8; HASH_LEN];
+        for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+            *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+        }
+        Some(Hash(out))
+    }
 }
 
 impl PartialEq for Hash {
@@ -402,6 +416,23 @@ impl CompactRange {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hex_round_trips_and_anything_but_64_hex_digits_is_refused() {
+        let h = super::Hash(super::sha256(b"x"));
+        assert_eq!(super::Hash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(super::Hash::from_hex(&h.to_hex().to_uppercase()), Some(h));
+        let plus = format!("+a{}", &h.to_hex()[2..]);
+        for bad in [
+            "",
+            "ab",
+            &h.to_hex()[1..],
+            &format!("{}0", h.to_hex()),
+            &plus,
+        ] {
+            assert_eq!(super::Hash::from_hex(bad), None, "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -234,7 +234,7 @@ pub async fn get_inclusion_by_hash(
     q: Result<Query<ByHashQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    let leaf = parse_hash(&q.leaf_hash).ok_or_else(|| {
+    let leaf = mlaudit_core::merkle::Hash::from_hex(&q.leaf_hash).ok_or_else(|| {
         ApiError::BadRequest("leaf_hash must be 64 hex digits (a SHA-256 leaf hash)".into())
     })?;
     blocking(&state, move |store| {
@@ -267,16 +267,6 @@ pub async fn get_inclusion_by_hash(
         })))
     })
     .await
-}
-
-fn parse_hash(text: &str) -> Option<mlaudit_core::merkle::Hash> {
-    if text.len() != 64 {
-        return None;
-    }
-    let bytes = (0..32)
-        .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    mlaudit_core::merkle::Hash::from_slice(&bytes)
 }
 
 /// Query parameters of `GET /v1/proof/consistency`.

@@ -219,14 +219,7 @@ impl Tokens {
             let Some(rec) = effective(rec).filter(|r| r.revoked.is_none()) else {
                 continue;
             };
-            let bytes = (0..rec.sha256.len() / 2)
-                .map(|j| {
-                    rec.sha256
-                        .get(2 * j..2 * j + 2)
-                        .and_then(|h| u8::from_str_radix(h, 16).ok())
-                })
-                .collect::<Option<Vec<u8>>>();
-            let hash = bytes.as_deref().and_then(Hash::from_slice).ok_or_else(|| {
+            let hash = Hash::from_hex(&rec.sha256).ok_or_else(|| {
                 file_err(
                     &self.path,
                     format!("token {:?} has a malformed hash", rec.name),
