@@ -14,7 +14,7 @@
 use crate::stats::Counters;
 use crate::transport::{ProofAnswer, Transport};
 use mlaudit_core::merkle::{verify_consistency, Hash};
-use mlaudit_core::note::{open_checkpoint, Checkpoint, NoteVerifier};
+use mlaudit_core::note::{open_checkpoint, unverified_checkpoint, Checkpoint, NoteVerifier};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -43,10 +43,9 @@ enum Rejected {
     Later(String),
 }
 
-/// The checkpoint body of a signed note (without checking its signature).
+/// The checkpoint of a signed note (without checking its signature).
 fn body(note: &str) -> Option<Checkpoint> {
-    let (text, _) = note.split_once("\n\n")?;
-    Checkpoint::parse(&format!("{text}\n")).ok()
+    unverified_checkpoint(note).ok()
 }
 
 impl Witness {

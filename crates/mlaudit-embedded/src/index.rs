@@ -332,8 +332,7 @@ impl Index {
             if out.len() >= q.limit {
                 return;
             }
-            let t = self.times[seq as usize];
-            if q.since_ns.is_none_or(|s| t >= s) && q.until_ns.is_none_or(|u| t < u) {
+            if in_time(q, self.times[seq as usize]) {
                 out.push(seq);
             }
         }
@@ -375,14 +374,19 @@ impl Index {
             if out.len() >= q.limit {
                 break;
             }
-            let t = self.times[seq as usize];
-            let in_time = q.since_ns.is_none_or(|s| t >= s) && q.until_ns.is_none_or(|u| t < u);
-            if in_time && rest.iter().all(|l| l.binary_search(&seq).is_ok()) {
+            if in_time(q, self.times[seq as usize])
+                && rest.iter().all(|l| l.binary_search(&seq).is_ok())
+            {
                 out.push(seq);
             }
         }
         out
     }
+}
+
+/// Whether an event time is within a query's bounds (`since` inclusive, `until` exclusive).
+fn in_time(q: &Query, t: i64) -> bool {
+    q.since_ns.is_none_or(|s| t >= s) && q.until_ns.is_none_or(|u| t < u)
 }
 
 /// Checks the indexes against entries visited in seq order: each posting list must hold exactly

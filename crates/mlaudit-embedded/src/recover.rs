@@ -15,7 +15,7 @@ use crate::writer::{Recovered, State};
 use crate::{record, segment_name, Segment, Shared};
 use mlaudit_core::entry::{self, SubjectField};
 use mlaudit_core::merkle::{leaf_hash, CompactRange, NodeSource};
-use mlaudit_core::note::{Checkpoint, NoteSigner};
+use mlaudit_core::note::{unverified_checkpoint, NoteSigner};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -194,11 +194,7 @@ impl Replay {
             self.replayed += 1;
         } else {
             let note = std::str::from_utf8(a).map_err(|_| "checkpoint is not UTF-8".to_owned())?;
-            let body = note
-                .split_once("\n\n")
-                .map(|(b, _)| format!("{b}\n"))
-                .unwrap_or_default();
-            let cp = Checkpoint::parse(&body).map_err(|e| format!("checkpoint: {e}"))?;
+            let cp = unverified_checkpoint(note).map_err(|e| format!("checkpoint: {e}"))?;
             if cp.size != seq || cp.root != self.range.root() {
                 return Err(format!(
                     "checkpoint for size {} does not sign the log's root at size {seq}",
@@ -542,11 +538,7 @@ fn check_guard(
     let root = match pos {
         Some(pos) => {
             let note = read_note(segments, pos)?;
-            let body = note
-                .split_once("\n\n")
-                .map(|(b, _)| format!("{b}\n"))
-                .unwrap_or_default();
-            Checkpoint::parse(&body).ok().map(|c| c.root)
+            unverified_checkpoint(&note).ok().map(|c| c.root)
         }
         None => None,
     };

@@ -116,11 +116,7 @@ impl ConsistencyProof {
 
 /// Parses a stored checkpoint without checking its signature (the store wrote it).
 pub fn parse_stored(size: u64, note: &str) -> Result<Checkpoint, ProveError> {
-    let body = note
-        .split_once("\n\n")
-        .map(|(b, _)| format!("{b}\n"))
-        .unwrap_or_default();
-    Checkpoint::parse(&body).map_err(|e| ProveError::BadCheckpoint {
+    mlaudit_core::note::unverified_checkpoint(note).map_err(|e| ProveError::BadCheckpoint {
         size,
         problem: e.to_string(),
     })
