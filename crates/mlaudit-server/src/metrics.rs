@@ -112,20 +112,37 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Writes one counter family: its help and type lines, then one sample per (label value,
+/// counter).
+fn counters<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, &'a AtomicU64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (value, counter) in samples {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{value}\"}} {}",
+            counter.load(Ordering::Relaxed)
+        );
+    }
+}
+
 /// Renders every metric.
 pub fn render(state: &AppState) -> String {
     let mut out = String::new();
     let m = &state.metrics;
-    out.push_str("# HELP mlaudit_events_ingested_total Events appended through the API (duplicates excluded), by stage.\n");
-    out.push_str("# TYPE mlaudit_events_ingested_total counter\n");
-    for stage in Stage::ALL {
-        let _ = writeln!(
-            out,
-            "mlaudit_events_ingested_total{{stage=\"{}\"}} {}",
-            stage.as_str(),
-            m.ingested[stage as usize].load(Ordering::Relaxed)
-        );
-    }
+    counters(
+        &mut out,
+        "mlaudit_events_ingested_total",
+        "Events appended through the API (duplicates excluded), by stage.",
+        "stage",
+        Stage::ALL.map(|stage| (stage.as_str(), &m.ingested[stage as usize])),
+    );
     out.push_str("# HELP mlaudit_http_request_duration_seconds Request latency by method, route and status.\n");
     out.push_str("# TYPE mlaudit_http_request_duration_seconds histogram\n");
     if let Ok(map) = m.requests.lock() {
@@ -157,28 +174,20 @@ pub fn render(state: &AppState) -> String {
             );
         }
     }
-    out.push_str("# HELP mlaudit_auth_failures_total Requests refused for a missing, invalid or expired token.\n");
-    out.push_str("# TYPE mlaudit_auth_failures_total counter\n");
-    for why in AuthFailure::ALL {
-        let _ = writeln!(
-            out,
-            "mlaudit_auth_failures_total{{reason=\"{}\"}} {}",
-            why.as_str(),
-            m.auth_failures[why as usize].load(Ordering::Relaxed)
-        );
-    }
-    out.push_str(
-        "# HELP mlaudit_connection_events_total Connections timed out, and accepts backed off.\n",
+    counters(
+        &mut out,
+        "mlaudit_auth_failures_total",
+        "Requests refused for a missing, invalid or expired token.",
+        "reason",
+        AuthFailure::ALL.map(|why| (why.as_str(), &m.auth_failures[why as usize])),
     );
-    out.push_str("# TYPE mlaudit_connection_events_total counter\n");
-    for what in ConnEvent::ALL {
-        let _ = writeln!(
-            out,
-            "mlaudit_connection_events_total{{event=\"{}\"}} {}",
-            what.as_str(),
-            m.connections[what as usize].load(Ordering::Relaxed)
-        );
-    }
+    counters(
+        &mut out,
+        "mlaudit_connection_events_total",
+        "Connections timed out, and accepts backed off.",
+        "event",
+        ConnEvent::ALL.map(|what| (what.as_str(), &m.connections[what as usize])),
+    );
     let stats = state.store.stats();
     out.push_str(
         "# HELP mlaudit_sync_batch_events Events made durable per fsync (group commit size).\n",
