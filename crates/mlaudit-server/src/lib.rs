@@ -37,7 +37,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use error::ApiError;
 use mlaudit_core::note::NoteVerifier;
@@ -123,22 +123,30 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
-/// One route of the API: what it needs, the query parameters it takes, and whether answering
-/// it is a read of the trail (recorded as `governance.audit_accessed`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One route of the API: its handler, what it needs, the query parameters it takes, and
+/// whether answering it is a read of the trail (recorded as `governance.audit_accessed`).
+#[derive(Debug, Clone, Copy)]
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
+    /// Makes the route's handler (for this method) when the router is built.
+    handler: fn() -> MethodRouter<AppState>,
     pub access: Access,
     /// Every other query parameter is a 400.
     pub params: &'static [&'static str],
     pub audited: bool,
 }
 
-const fn route(method: &'static str, path: &'static str, access: Access) -> Route {
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    handler: fn() -> MethodRouter<AppState>,
+) -> Route {
     Route {
         method,
         path,
+        handler,
         access,
         params: &[],
         audited: false,
@@ -163,45 +171,70 @@ const QUERY_PARAMS: &[&str] = &[
 /// Every route of the API: the router is built from this table, the access rule of each
 /// request is read from it, and the OpenAPI document must describe exactly these.
 pub const ROUTES: &[Route] = &[
-    route("POST", "/v1/events", Access::Write),
+    route("POST", "/v1/events", Access::Write, || {
+        post(ingest::post_events)
+    }),
     Route {
         params: QUERY_PARAMS,
         audited: true,
-        ..route("GET", "/v1/events", Access::Read)
+        ..route("GET", "/v1/events", Access::Read, || get(read::list_events))
     },
     Route {
         audited: true,
-        ..route("GET", "/v1/events/{id}", Access::Read)
+        ..route("GET", "/v1/events/{id}", Access::Read, || {
+            get(read::get_event)
+        })
     },
     Route {
         audited: true,
-        ..route("GET", "/v1/lineage/{id}", Access::Read)
+        ..route("GET", "/v1/lineage/{id}", Access::Read, || {
+            get(read::get_lineage)
+        })
     },
-    route("GET", "/v1/checkpoint", Access::ProofMaterial),
-    route("GET", "/v1/verifier-key", Access::ProofMaterial),
+    route("GET", "/v1/checkpoint", Access::ProofMaterial, || {
+        get(read::get_checkpoint)
+    }),
+    route("GET", "/v1/verifier-key", Access::ProofMaterial, || {
+        get(read::get_verifier_key)
+    }),
     Route {
         params: &["leaf_hash", "tree_size"],
-        ..route("GET", "/v1/proof/inclusion", Access::ProofMaterial)
+        ..route("GET", "/v1/proof/inclusion", Access::ProofMaterial, || {
+            get(read::get_inclusion_by_hash)
+        })
     },
     Route {
         audited: true,
-        ..route("GET", "/v1/proof/inclusion/{id}", Access::Read)
+        ..route("GET", "/v1/proof/inclusion/{id}", Access::Read, || {
+            get(read::get_inclusion)
+        })
     },
     Route {
         params: &["from", "to"],
-        ..route("GET", "/v1/proof/consistency", Access::ProofMaterial)
+        ..route(
+            "GET",
+            "/v1/proof/consistency",
+            Access::ProofMaterial,
+            || get(read::get_consistency),
+        )
     },
-    route("GET", "/healthz", Access::Public),
-    route("GET", "/readyz", Access::Public),
-    route("GET", "/metrics", Access::Read),
-    route("GET", "/openapi.json", Access::Public),
+    route("GET", "/healthz", Access::Public, || get(read::healthz)),
+    route("GET", "/readyz", Access::Public, || get(read::readyz)),
+    route("GET", "/metrics", Access::Read, || get(metrics::serve)),
+    route("GET", "/openapi.json", Access::Public, || {
+        get(openapi::serve)
+    }),
     Route {
         audited: true,
-        ..route("GET", "/v1/tokens", Access::Admin)
+        ..route("GET", "/v1/tokens", Access::Admin, || get(tokens::list))
     },
-    route("POST", "/v1/tokens", Access::Admin),
-    route("PUT", "/v1/tokens/{name}", Access::Admin),
-    route("DELETE", "/v1/tokens/{name}", Access::Admin),
+    route("POST", "/v1/tokens", Access::Admin, || post(tokens::create)),
+    route("PUT", "/v1/tokens/{name}", Access::Admin, || {
+        put(tokens::set_role)
+    }),
+    route("DELETE", "/v1/tokens/{name}", Access::Admin, || {
+        delete(tokens::revoke)
+    }),
 ];
 
 /// The route a request matched (`HEAD` is served as `GET`), if any.
@@ -212,41 +245,18 @@ pub fn route_of(method: &str, template: &str) -> Option<&'static Route> {
         .find(|r| r.method == method && r.path == template)
 }
 
-/// The handler of a route of [`ROUTES`].
-fn handler(route: &Route) -> MethodRouter<AppState> {
-    match (route.method, route.path) {
-        ("POST", "/v1/events") => post(ingest::post_events),
-        ("GET", "/v1/events") => get(read::list_events),
-        ("GET", "/v1/events/{id}") => get(read::get_event),
-        ("GET", "/v1/lineage/{id}") => get(read::get_lineage),
-        ("GET", "/v1/checkpoint") => get(read::get_checkpoint),
-        ("GET", "/v1/verifier-key") => get(read::get_verifier_key),
-        ("GET", "/v1/proof/inclusion") => get(read::get_inclusion_by_hash),
-        ("GET", "/v1/proof/inclusion/{id}") => get(read::get_inclusion),
-        ("GET", "/v1/proof/consistency") => get(read::get_consistency),
-        ("GET", "/healthz") => get(read::healthz),
-        ("GET", "/readyz") => get(read::readyz),
-        ("GET", "/metrics") => get(metrics::serve),
-        ("GET", "/openapi.json") => get(openapi::serve),
-        ("GET", "/v1/tokens") => get(tokens::list),
-        ("POST", "/v1/tokens") => post(tokens::create),
-        ("PUT", "/v1/tokens/{name}") => axum::routing::put(tokens::set_role),
-        ("DELETE", "/v1/tokens/{name}") => axum::routing::delete(tokens::revoke),
-        _ => axum::routing::any(not_found),
-    }
-}
-
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
     let body_limit = usize::try_from(state.limits.max_body_bytes).unwrap_or(usize::MAX);
     let mut paths: Vec<&str> = ROUTES.iter().map(|r| r.path).collect();
+    paths.sort_unstable();
     paths.dedup();
     let mut app = Router::new();
     for path in paths {
         let methods = ROUTES
             .iter()
             .filter(|r| r.path == path)
-            .fold(MethodRouter::new(), |m, r| m.merge(handler(r)));
+            .fold(MethodRouter::new(), |m, r| m.merge((r.handler)()));
         app = app.route(path, methods);
     }
     app.fallback(not_found)
