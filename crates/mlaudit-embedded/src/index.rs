@@ -309,18 +309,7 @@ impl Index {
     /// Whether a query filters by a term or a stage (and so reads posting lists), rather than
     /// by time alone.
     pub fn uses_postings(q: &Query) -> bool {
-        q.stage.is_some()
-            || [
-                &q.kind,
-                &q.actor,
-                &q.model,
-                &q.version,
-                &q.run,
-                &q.dataset,
-                &q.deployment,
-            ]
-            .iter()
-            .any(|v| v.is_some())
+        q.stage.is_some() || term_filters(q).iter().any(|(_, v)| v.is_some())
     }
 
     /// Appends to `out` the seqs in `from..to` whose event time is within the query's bounds,
@@ -342,16 +331,7 @@ impl Index {
     /// indexes; never reads the log. Time-only queries go through [`Index::scan_times`].
     pub fn query(&self, q: &Query) -> Vec<u64> {
         let mut lists: Vec<&[u64]> = Vec::new();
-        let filters = [
-            (Tag::Kind, &q.kind),
-            (Tag::Actor, &q.actor),
-            (Tag::Model, &q.model),
-            (Tag::Version, &q.version),
-            (Tag::Run, &q.run),
-            (Tag::Dataset, &q.dataset),
-            (Tag::Deployment, &q.deployment),
-        ];
-        for (tag, value) in filters {
+        for (tag, value) in term_filters(q) {
             if let Some(v) = value {
                 match self.lookup(tag, v) {
                     Some(id) => lists.push(&self.postings[id as usize]),
@@ -382,6 +362,19 @@ impl Index {
         }
         out
     }
+}
+
+/// A query's filters on indexed terms, each with the tag it looks up.
+fn term_filters(q: &Query) -> [(Tag, &Option<String>); TAGS] {
+    [
+        (Tag::Kind, &q.kind),
+        (Tag::Actor, &q.actor),
+        (Tag::Model, &q.model),
+        (Tag::Version, &q.version),
+        (Tag::Run, &q.run),
+        (Tag::Dataset, &q.dataset),
+        (Tag::Deployment, &q.deployment),
+    ]
 }
 
 /// Whether an event time is within a query's bounds (`since` inclusive, `until` exclusive).
