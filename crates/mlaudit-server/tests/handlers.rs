@@ -931,15 +931,7 @@ async fn protobuf_batches_are_ingested_like_json() {
     let mut prediction = event(0);
     prediction["attributes"]["confidence"] = json!(0.75);
     let body = encode_batch(&[prediction.clone(), approval, custom]);
-    let r = call(
-        &f,
-        Request::post("/v1/events")
-            .header("authorization", bearer(&f.writer))
-            .header("content-type", "application/x-protobuf")
-            .body(Body::from(body.clone()))
-            .unwrap(),
-    )
-    .await;
+    let r = post(&f, "application/x-protobuf", body.clone()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["tree_size"], 3);
     let stored = get(&f, "/v1/events/0").await.json();
@@ -953,15 +945,7 @@ async fn protobuf_batches_are_ingested_like_json() {
         "maria"
     );
     // Retrying the batch is idempotent for the events with ids.
-    let again = call(
-        &f,
-        Request::post("/v1/events")
-            .header("authorization", bearer(&f.writer))
-            .header("content-type", "application/x-protobuf")
-            .body(Body::from(body))
-            .unwrap(),
-    )
-    .await;
+    let again = post(&f, "application/x-protobuf", body).await;
     assert_eq!(again.json()["events"][0]["duplicate"], true);
     // Garbage and semantically bad protobuf: 4xx, nothing written.
     let size = f.store.tree_size();
@@ -969,29 +953,13 @@ async fn protobuf_batches_are_ingested_like_json() {
         vec![0xff, 0xff, 0xff],
         encode_batch(&[json!({"kind": "x.a", "actor": {"id": "a", "type": "robot"}})]),
     ] {
-        let r = call(
-            &f,
-            Request::post("/v1/events")
-                .header("authorization", bearer(&f.writer))
-                .header("content-type", "application/x-protobuf")
-                .body(Body::from(bad))
-                .unwrap(),
-        )
-        .await;
+        let r = post(&f, "application/x-protobuf", bad).await;
         assert_rejected(&f, &r, StatusCode::BAD_REQUEST, "bad_request", size);
     }
     let invalid = encode_batch(&[
         json!({"kind": "registry.approval_granted", "actor": {"id": "a", "type": "user"}}),
     ]);
-    let r = call(
-        &f,
-        Request::post("/v1/events")
-            .header("authorization", bearer(&f.writer))
-            .header("content-type", "application/x-protobuf")
-            .body(Body::from(invalid))
-            .unwrap(),
-    )
-    .await;
+    let r = post(&f, "application/x-protobuf", invalid).await;
     assert_rejected(
         &f,
         &r,
