@@ -15,7 +15,7 @@
 //! **Invariant:** nothing beyond the watermark is trusted at open; it is truncated and
 //! recomputed from the segments.
 
-use crate::index::{Index, IndexRecord, Tag, INDEX_RECORD_LEN};
+use crate::index::{Files, Index, IndexRecord, Tag, INDEX_RECORD_LEN};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -189,6 +189,15 @@ impl Derived {
         })
     }
 
+    /// Read handles on the fixed-size files, for readers.
+    pub fn read_handles(&self) -> std::io::Result<Files> {
+        Ok(Files {
+            offsets: std::sync::Arc::new(self.offsets.try_clone()?),
+            records: std::sync::Arc::new(self.index.try_clone()?),
+            checkpoints: std::sync::Arc::new(self.checkpoints.try_clone()?),
+        })
+    }
+
     /// Reads the watermark; `None` if absent or damaged.
     pub fn read_meta(dir: &Path) -> Option<Meta> {
         let mut buf = Vec::new();
@@ -199,9 +208,11 @@ impl Derived {
         Meta::decode(&buf)
     }
 
-    /// Truncates every file to the watermark and loads the indexes it covers. Fails (and the
-    /// caller rebuilds from scratch) when a file is shorter than the watermark says.
-    pub fn load(&mut self, meta: &Meta, index: &mut Index) -> Result<(), String> {
+    /// Truncates every file to the watermark and loads the in-memory part of the indexes it
+    /// covers: the terms, and the tail after the runs `index` already holds (written out as
+    /// runs of `run_events` as it grows). Fails (and the caller rebuilds from scratch) when a
+    /// file is shorter than the watermark says.
+    pub fn load(&mut self, meta: &Meta, index: &mut Index, run_events: u64) -> Result<(), String> {
         let io = |e: std::io::Error| e.to_string();
         let want = |f: &File, len: u64, name: &str| -> Result<(), String> {
             let have = f.metadata().map_err(io)?.len();
@@ -267,57 +278,53 @@ impl Derived {
         if index.term_count() != meta.term_count {
             return Err("terms.bin disagrees with the watermark".into());
         }
-        let offsets = read_all(&self.offsets)?;
-        let records = read_all(&self.index)?;
-        for (off, rec) in offsets
-            .chunks_exact(8)
-            .zip(records.chunks_exact(INDEX_RECORD_LEN))
-        {
-            let off = u64::from_be_bytes(off.try_into().map_err(|_| "offsets.bin")?);
-            let rec = IndexRecord::decode(rec.try_into().map_err(|_| "index.bin")?)
-                .ok_or_else(|| format!("index.bin record {} is damaged", index.len()))?;
-            if rec.terms.iter().any(|t| *t > meta.term_count) {
-                return Err("index.bin names an unknown term".into());
-            }
-            index.push(off, &rec, true);
+        if index.base() > meta.size {
+            return Err("the index runs cover more events than the watermark".into());
         }
-        self.load_leaves(meta.size, index)?;
-        let cps = read_all(&self.checkpoints)?;
-        for c in cps.chunks_exact(16) {
-            let size = u64::from_be_bytes(c[..8].try_into().map_err(|_| "checkpoints.bin")?);
-            let pos = u64::from_be_bytes(c[8..].try_into().map_err(|_| "checkpoints.bin")?);
-            index.checkpoints.push((size, pos));
-        }
+        self.load_tail(meta.size, index, run_events)?;
+        let files = self.read_handles().map_err(io)?;
+        let last = match meta.checkpoints.checked_sub(1) {
+            Some(i) => Some(files.checkpoint(i).map_err(io)?),
+            None => None,
+        };
+        index.set_checkpoints(meta.checkpoints, last);
         Ok(())
     }
 
-    /// Feeds the first `size` leaf hashes of `tree-00.hash` to the index's leaf map, one
-    /// bounded buffer at a time.
-    fn load_leaves(&self, size: u64, index: &mut Index) -> Result<(), String> {
+    /// Feeds the index records and leaf hashes of seqs `index.len()..size` to the index's
+    /// tail, one bounded buffer at a time.
+    fn load_tail(&self, size: u64, index: &mut Index, run_events: u64) -> Result<(), String> {
         use std::os::unix::fs::FileExt;
         const CHUNK: u64 = 1 << 15;
+        let files = self.read_handles().map_err(|e| e.to_string())?;
         let Some(leaves) = self.levels.first() else {
-            return if size == 0 {
+            return if size == index.len() {
                 Ok(())
             } else {
                 Err("tree level 0 is missing".into())
             };
         };
-        index.reserve_leaves(usize::try_from(size).unwrap_or(usize::MAX));
         let mut buf = Vec::new();
-        let mut seq = 0u64;
-        while seq < size {
+        let term_count = index.term_count();
+        while index.len() < size {
+            let seq = index.len();
             let n = CHUNK.min(size - seq);
             buf.resize(n as usize * 32, 0);
             leaves
                 .read_exact_at(&mut buf, seq * 32)
                 .map_err(|e| format!("reading tree-00.hash: {e}"))?;
-            for h in buf
-                .chunks_exact(32)
-                .filter_map(mlaudit_core::merkle::Hash::from_slice)
-            {
-                index.push_leaf(seq, &h);
-                seq += 1;
+            let records = files.records(seq, n).map_err(|e| e.to_string())?;
+            for (rec, (s, h)) in records.iter().zip((seq..).zip(buf.chunks_exact(32))) {
+                if rec.terms.iter().any(|t| *t > term_count) {
+                    return Err("index.bin names an unknown term".into());
+                }
+                index.push(rec, true);
+                if let Some(h) = mlaudit_core::merkle::Hash::from_slice(h) {
+                    index.push_leaf(s, &h);
+                }
+            }
+            if index.tail_len() >= run_events {
+                index.flush_tail().map_err(|e| e.to_string())?;
             }
         }
         Ok(())

@@ -91,6 +91,27 @@ impl Hasher for KeyedHasher {
     }
 }
 
+/// A 64-bit finalizer (SplitMix64's): every input bit affects every output bit.
+pub fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Two 64-bit hashes of a 16-byte key under `seed`, the same in every process: for structures
+/// kept on disk (a run's Bloom filter), whose seed is random per file and stored with it.
+pub fn stable_hash(seed: u64, key: &[u8; 16]) -> [u64; 2] {
+    let mut half = [0u8; 8];
+    half.copy_from_slice(&key[..8]);
+    let a = u64::from_le_bytes(half);
+    half.copy_from_slice(&key[8..]);
+    let b = u64::from_le_bytes(half);
+    let first = mix(a ^ mix(b ^ seed));
+    [first, mix(first ^ b ^ seed.rotate_left(17))]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

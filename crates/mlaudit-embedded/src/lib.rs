@@ -28,8 +28,10 @@ pub mod derived;
 pub mod guard;
 pub mod index;
 pub mod keyed;
+mod merger;
 pub mod record;
 mod recover;
+pub mod runs;
 mod writer;
 
 use index::Index;
@@ -61,18 +63,33 @@ const SCAN_CHUNK: usize = 8 << 20;
 /// A segment is closed for appends once it reaches this size (by default; see [`Options`]).
 pub const SEGMENT_TARGET: u64 = 128 << 20;
 
+/// The in-memory tail of the indexes is written out as a run once it holds this many events
+/// (by default; see [`Options`]).
+pub const RUN_EVENTS: u64 = 1 << 18;
+
+/// Memory for the runs' fences and Bloom filters (by default; see [`Options`]).
+pub const INDEX_CACHE: u64 = 256 << 20;
+
 /// How a store is opened ([`EmbeddedStore::open_with`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     /// A segment is closed for appends, and a new one started, once it holds at least this
     /// many bytes. Tests set it small to exercise many segments.
     pub segment_target: u64,
+    /// The in-memory tail of the indexes is written out as a run once it holds this many
+    /// events. Tests set it small to exercise many runs and their merges.
+    pub run_events: u64,
+    /// Bytes of memory the runs' fences and Bloom filters may take; past it, lookups read them
+    /// from the files.
+    pub index_cache: u64,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
             segment_target: SEGMENT_TARGET,
+            run_events: RUN_EVENTS,
+            index_cache: INDEX_CACHE,
         }
     }
 }
@@ -96,6 +113,9 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     pub size: AtomicU64,
     pub index: RwLock<Index>,
+    /// Read handles on the fixed-size derived files (record positions, index records,
+    /// checkpoints), read without the index lock.
+    pub files: index::Files,
     pub segments: RwLock<Vec<Segment>>,
     pub levels: RwLock<Vec<Arc<File>>>,
     /// The stored hashes of the tree's upper levels, read once from their files and kept:
@@ -110,12 +130,24 @@ pub(crate) struct Shared {
     pub options: Options,
 }
 
-/// Levels from this one up are served from memory (`Shared::upper_nodes`): 1/8 of the leaf
-/// count in hashes, 4 bytes per event (40 MB at 10 M events, beside the ~100 bytes per event of
-/// the in-memory index), so that an inclusion proof reads at most the event and four nodes
-/// from disk. Stored nodes never change once written, so the copy is filled from the files as
-/// the tree grows (a level at a time, on first use) and never invalidated.
+/// Levels from this one up may be served from memory (`Shared::upper_nodes`), so that an
+/// inclusion proof reads the event's block and few nodes from disk. Stored nodes never change
+/// once written, so the copy is filled from the files as the tree grows (a level at a time, on
+/// first use) and never invalidated.
 pub(crate) const CACHED_FROM_LEVEL: u32 = 4;
+
+/// Bytes of the lowest level kept in memory: levels holding more hashes are read from their
+/// files, so that the copy stays under twice this whatever the log's size.
+const UPPER_LEVEL_BYTES: u64 = 8 << 20;
+
+/// The lowest tree level served from memory for a tree of `size` leaves.
+fn cached_from(size: u64) -> u32 {
+    let mut level = CACHED_FROM_LEVEL;
+    while (size >> level) * 32 > UPPER_LEVEL_BYTES {
+        level += 1;
+    }
+    level
+}
 
 /// Events read together for an inclusion proof: the aligned block holding the event, whose
 /// entries give the path's nodes below [`CACHED_FROM_LEVEL`] (the rest come from memory), so
@@ -355,6 +387,13 @@ impl EmbeddedStore {
         if cache.len() <= lvl {
             cache.resize_with(lvl + 1, Vec::new);
         }
+        for lower in cache
+            .iter_mut()
+            .take(cached_from(self.tree_size()) as usize)
+        {
+            // Levels the tree outgrew are read from their files from now on.
+            *lower = Vec::new();
+        }
         let have = cache[lvl].len() as u64;
         if have < available {
             let more = self.read_nodes(level, have, available - have)?;
@@ -458,12 +497,13 @@ impl EmbeddedStore {
     }
 
     fn offset_of(&self, seq: u64) -> Result<u64, StoreError> {
-        let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-        index
-            .offsets
-            .get(seq as usize)
-            .copied()
-            .ok_or_else(|| StoreError::NotFound(format!("seq {seq}")))
+        if seq >= self.tree_size() {
+            return Err(StoreError::NotFound(format!("seq {seq}")));
+        }
+        self.shared
+            .files
+            .offset(seq)
+            .map_err(io_err(format!("reading offsets.bin at seq {seq}")))
     }
 
     fn writer(&self) -> Result<writer::Handle, StoreError> {
@@ -484,7 +524,7 @@ impl EmbeddedStore {
     }
 }
 
-/// A copy of a run of `offsets`, so that a scan takes the index lock once per 64k events rather
+/// A run of `offsets.bin` read at once, so that a scan reads it once per 64k events rather
 /// than once per event.
 #[derive(Default)]
 struct OffsetWindow {
@@ -502,11 +542,14 @@ impl OffsetWindow {
         if let Some(pos) = hit {
             return Ok(pos);
         }
-        let index = store.shared.index.read().map_err(|_| lock_poisoned())?;
-        let start = (seq as usize).min(index.offsets.len());
-        let end = (start + Self::SPAN).min(index.offsets.len());
+        let size = store.tree_size();
+        let count = (Self::SPAN as u64).min(size.saturating_sub(seq));
         self.first = seq;
-        self.offsets = index.offsets[start..end].to_vec();
+        self.offsets = store
+            .shared
+            .files
+            .offsets(seq, count)
+            .map_err(io_err(format!("reading offsets.bin at seq {seq}")))?;
         self.offsets
             .first()
             .copied()
@@ -635,7 +678,10 @@ impl Store for EmbeddedStore {
 
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
         let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-        Ok(index.ids.get(id).copied().filter(|s| *s < self.tree_size()))
+        let found = index
+            .seq_of(id)
+            .map_err(io_err("looking an id up in the index"))?;
+        Ok(found.filter(|s| *s < self.tree_size()))
     }
 
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
@@ -646,7 +692,10 @@ impl Store for EmbeddedStore {
         let size = self.tree_size();
         let candidates: Vec<u64> = {
             let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-            index.leaf_candidates(leaf).filter(|s| *s < size).collect()
+            let found = index
+                .leaf_candidates(leaf)
+                .map_err(io_err("looking a leaf hash up in the index"))?;
+            found.into_iter().filter(|s| *s < size).collect()
         };
         for seq in candidates {
             if self.node(0, seq)?.ct_eq(leaf) {
@@ -664,7 +713,7 @@ impl Store for EmbeddedStore {
                 start + count
             )));
         }
-        if level >= CACHED_FROM_LEVEL {
+        if level >= cached_from(self.tree_size()) {
             return self.upper_nodes(level, start, count, available);
         }
         self.read_nodes(level, start, count)
@@ -673,11 +722,8 @@ impl Store for EmbeddedStore {
         let pos = {
             let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
             index
-                .checkpoints
-                .iter()
-                .rev()
-                .find(|(s, _)| *s == size)
-                .map(|(_, p)| *p)
+                .checkpoint_at(size)
+                .map_err(io_err("reading checkpoints.bin"))?
         };
         let Some(pos) = pos else { return Ok(None) };
         let (h, buf, seg) = self.read_record(pos)?;
@@ -719,20 +765,20 @@ impl Store for EmbeddedStore {
 
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
         let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-        Ok(index.checkpoints.last().map(|(s, _)| *s))
+        Ok(index.last_checkpoint().map(|(s, _)| s))
     }
 
     fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
         let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-        let mut sizes: Vec<u64> = index.checkpoints.iter().map(|(s, _)| *s).collect();
-        sizes.dedup();
-        Ok(sizes)
+        index
+            .checkpoint_sizes()
+            .map_err(io_err("reading checkpoints.bin"))
     }
 
     fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
         if Index::uses_postings(q) {
             let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-            return Ok(index.query(q));
+            return index.query(q).map_err(io_err("reading the indexes"));
         }
         // By time alone: a scan of the event times, one window per lock, so that a long scan
         // never keeps the writer from publishing.
@@ -742,7 +788,9 @@ impl Store for EmbeddedStore {
         while from < end && out.len() < q.limit {
             let to = from.saturating_add(TIME_SCAN_WINDOW).min(end);
             let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-            index.scan_times(q, from, to, &mut out);
+            index
+                .scan_times(q, from, to, &mut out)
+                .map_err(io_err("reading index.bin"))?;
             from = to;
         }
         Ok(out)
@@ -795,7 +843,8 @@ impl Store for EmbeddedStore {
     }
 
     fn index_check(&self) -> Option<Box<dyn mlaudit_store::IndexCheck + '_>> {
-        Some(Box::new(index::Checker::new(&self.shared.index)))
+        let checker = index::Checker::new(&self.shared.index)?;
+        Some(Box::new(checker))
     }
 
     fn location(&self, seq: u64) -> String {

@@ -150,6 +150,7 @@ struct Replay {
     derived: Derived,
     signer: Option<NoteSigner>,
     replayed: u64,
+    run_events: u64,
 }
 
 impl Replay {
@@ -190,7 +191,7 @@ impl Replay {
                 &mut |t, v| pending.term(t, v),
             );
             pending.event(pos, &rec);
-            self.index.push(pos, &rec, true);
+            self.index.push(&rec, true);
             self.replayed += 1;
         } else {
             let note = std::str::from_utf8(a).map_err(|_| "checkpoint is not UTF-8".to_owned())?;
@@ -208,10 +209,15 @@ impl Replay {
                     .map_err(|e| format!("checkpoint signature: {e}"))?;
             }
             self.pending.checkpoint(cp.size, pos);
-            self.index.checkpoints.push((cp.size, pos));
+            self.index.push_checkpoint(cp.size, pos);
         }
         if self.pending.offsets.len() > 1 << 20 {
             self.flush().map_err(|e| e.to_string())?;
+        }
+        if self.index.tail_len() >= self.run_events {
+            // A run may end beyond the watermark only until the next one is recorded: if
+            // opening is cut short, the next open removes it (`runs::open_chain`).
+            self.index.flush_tail().map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -357,15 +363,25 @@ pub(crate) fn open(
         });
     }
     let mut derived = Derived::open(dir).map_err(io("opening derived files"))?;
-    let mut index = Index::new();
+    let files = derived
+        .read_handles()
+        .map_err(io("opening derived files"))?;
+    let budget = crate::runs::Budget::new(options.index_cache);
+    let new_index = || Index::new(dir, files.clone(), budget.clone());
+    let mut index = new_index();
     let meta = match Derived::read_meta(dir) {
-        Some(m) if m.log_end >= segments[0].start => match derived.load(&m, &mut index) {
-            Ok(()) => m,
-            Err(why) => {
-                report.rebuilt = Some(why);
-                Meta::default()
+        Some(m) if m.log_end >= segments[0].start => {
+            let chain = crate::runs::open_chain(dir, m.size, &budget, &mut report.warnings)
+                .map_err(io("opening the index runs"))?;
+            index.set_runs(chain);
+            match derived.load(&m, &mut index, options.run_events) {
+                Ok(()) => m,
+                Err(why) => {
+                    report.rebuilt = Some(why);
+                    Meta::default()
+                }
             }
-        },
+        }
         Some(_) => {
             report.rebuilt = Some("derived.meta points before the first segment".into());
             Meta::default()
@@ -388,8 +404,9 @@ pub(crate) fn open(
         }
     };
     if meta.size == 0 {
-        index = Index::new();
+        index = new_index();
         derived.reset().map_err(io("resetting derived files"))?;
+        crate::runs::remove_all(dir).map_err(io("removing the index runs"))?;
     }
     let log_start = if meta.size == 0 {
         segments[0].start
@@ -404,6 +421,7 @@ pub(crate) fn open(
         derived,
         signer,
         replayed: 0,
+        run_events: options.run_events,
     };
     let last_i = segments.len() - 1;
     for (i, seg) in segments.iter().enumerate() {
@@ -435,7 +453,7 @@ pub(crate) fn open(
         log_end,
         terms_bytes,
         term_count: r.derived.term_count,
-        checkpoints: r.index.checkpoints.len() as u64,
+        checkpoints: r.index.checkpoint_count(),
     };
     r.derived
         .commit_meta(&meta)
@@ -444,6 +462,7 @@ pub(crate) fn open(
         dir: dir.to_owned(),
         size: AtomicU64::new(size),
         index: RwLock::new(r.index),
+        files,
         segments: RwLock::new(segments.clone()),
         levels: RwLock::new(levels),
         upper_nodes: RwLock::new(Vec::new()),
@@ -461,7 +480,7 @@ pub(crate) fn open(
         .index
         .read()
         .ok()
-        .and_then(|i| i.checkpoints.last().map(|(s, _)| *s));
+        .and_then(|i| i.last_checkpoint().map(|(s, _)| s));
     if signed_size == Some(size) {
         guard.record(size, &r.range.root());
     }
@@ -475,11 +494,7 @@ pub(crate) fn open(
         lock,
         guard,
     });
-    let signed = shared
-        .index
-        .read()
-        .ok()
-        .and_then(|i| i.checkpoints.last().copied());
+    let signed = shared.index.read().ok().and_then(|i| i.last_checkpoint());
     if let Some((cp_size, pos)) = signed.filter(|(s, _)| *s == size) {
         state.set_latest_note(Some(read_note(&segments, pos)?).filter(|_| cp_size == size));
     } else if state.can_sign() {
@@ -529,12 +544,12 @@ fn check_guard(
             guard::FILE_NAME
         )));
     }
-    let pos = shared.index.read().ok().and_then(|i| {
-        i.checkpoints
-            .iter()
-            .find(|(s, _)| *s == recorded_size)
-            .map(|(_, p)| *p)
-    });
+    let pos = match shared.index.read() {
+        Ok(i) => i
+            .checkpoint_at(recorded_size)
+            .map_err(io(format!("reading {}", "checkpoints.bin")))?,
+        Err(_) => None,
+    };
     let root = match pos {
         Some(pos) => {
             let note = read_note(segments, pos)?;

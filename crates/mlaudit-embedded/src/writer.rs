@@ -219,6 +219,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, state: State) -> Handle {
         mut syncer,
     } = state;
     let mut joins = Vec::new();
+    syncer.merger = Some(crate::merger::Merger::spawn(shared.clone()));
     let s2 = shared.clone();
     if let Ok(j) = std::thread::Builder::new()
         .name("mlaudit-syncer".into())
@@ -313,6 +314,8 @@ struct Syncer {
     backlog: Backlog,
     /// The size and root of the latest durable checkpoint, for the rollback check at open.
     guard: crate::guard::Guard,
+    /// Merges index runs in the background; started with the writer.
+    merger: Option<crate::merger::Merger>,
     _lock: File,
 }
 
@@ -439,6 +442,7 @@ impl State {
                 inflight: InFlight::starting_at(size),
             },
             syncer: Syncer {
+                merger: None,
                 derived: r.derived,
                 synced_end: r.log_end,
                 meta: r.meta,
@@ -594,7 +598,17 @@ impl Committer {
                 let id = ev
                     .id
                     .unwrap_or_else(|| EventId(*uuid::Uuid::new_v4().as_bytes()));
-                if let Some(&seq) = index.ids.get(&id) {
+                let known = match index.seq_of(&id) {
+                    Ok(found) => found,
+                    Err(source) => {
+                        refused = Some(StoreError::Io {
+                            context: "looking an id up in the index".into(),
+                            source,
+                        });
+                        break;
+                    }
+                };
+                if let Some(seq) = known {
                     match self.digest_of(shared, &index, seq) {
                         Ok(digest) if digest == ev.payload_sha256 => {}
                         Ok(_) => {
@@ -631,7 +645,7 @@ impl Committer {
             match refused {
                 Some(e) => {
                     for n in new.drain(first_new..) {
-                        index.ids.remove(&n.id);
+                        index.release_id(&n.id);
                     }
                     self.inflight.truncate(first_seq);
                     next = first_seq;
@@ -660,7 +674,7 @@ impl Committer {
     fn release(&mut self, shared: &Shared, new: &[NewEvent<'_>]) {
         if let Ok(mut index) = shared.index.write() {
             for n in new {
-                index.ids.remove(&n.id);
+                index.release_id(&n.id);
             }
         }
         if let Some(first) = new.first() {
@@ -892,14 +906,16 @@ fn stored_digest(
     index: &crate::index::Index,
     seq: u64,
 ) -> Result<[u8; 32], StoreError> {
-    let pos = index
-        .offsets
-        .get(seq as usize)
-        .copied()
-        .ok_or_else(|| StoreError::Corrupt {
+    if seq >= index.len() {
+        return Err(StoreError::Corrupt {
             location: format!("seq {seq}"),
             problem: "an id maps to a seq that is neither published nor in flight".into(),
-        })?;
+        });
+    }
+    let pos = shared.files.offset(seq).map_err(|source| StoreError::Io {
+        context: format!("reading offsets.bin at seq {seq}"),
+        source,
+    })?;
     let (entry, _) = crate::read_event_at(shared, seq, pos)?;
     let view = entry::decode_view(&entry).map_err(|e| StoreError::Corrupt {
         location: format!("seq {seq}"),
@@ -1044,6 +1060,8 @@ impl Syncer {
     }
 
     fn close(&mut self, shared: &Shared) -> Result<(), StoreError> {
+        // Waits for a merge in progress.
+        self.merger = None;
         if self.failed.is_some() {
             return Ok(());
         }
@@ -1063,7 +1081,7 @@ impl Syncer {
             log_end: self.synced_end,
             terms_bytes: self.derived.terms_bytes,
             term_count: self.derived.term_count,
-            checkpoints: index.checkpoints.len() as u64,
+            checkpoints: index.checkpoint_count(),
         };
         drop(index);
         if meta != self.meta {
@@ -1126,8 +1144,8 @@ impl Syncer {
             let mut index = shared.index.write().map_err(|_| poisoned("index"))?;
             for w in groups {
                 let first = index.len();
-                for (offset, rec) in w.positions.iter().zip(&w.records) {
-                    index.push(*offset, rec, false);
+                for rec in &w.records {
+                    index.push(rec, false);
                 }
                 let leaves = w.pending.levels.first().map_or(&[][..], Vec::as_slice);
                 for (seq, leaf) in (first..).zip(leaves.chunks_exact(32)) {
@@ -1136,16 +1154,43 @@ impl Syncer {
                     }
                 }
                 if let Some(cp_pos) = w.cp_pos {
-                    index.checkpoints.push((w.size, cp_pos));
+                    index.push_checkpoint(w.size, cp_pos);
                 }
             }
             shared.size.store(size, Ordering::Release);
         }
-        if size - self.meta.size >= META_EVERY {
-            // Only a watermark: if it cannot be written now (a full disk), opening replays a
-            // little more, and the next attempt comes after the next META_EVERY events.
-            let _ = self.commit_meta(shared);
+        let tail_full = shared
+            .index
+            .read()
+            .is_ok_and(|i| i.tail_len() >= shared.options.run_events);
+        if size - self.meta.size >= META_EVERY || tail_full {
+            // Only a watermark and an index run: if they cannot be written now (a full disk),
+            // opening replays a little more, the tail stays in memory a little longer, and
+            // the next attempt comes with the next group.
+            if self.commit_meta(shared).is_ok() && tail_full {
+                self.write_run(shared);
+            }
         }
         Ok(())
+    }
+
+    /// Writes the index's tail out as a run (everything in it is within the watermark just
+    /// recorded: only this thread publishes) and hands the runs to the merger.
+    fn write_run(&mut self, shared: &Shared) {
+        let (content, budget) = match shared.index.read() {
+            Ok(i) => (i.tail_content(), i.budget().clone()),
+            Err(_) => return,
+        };
+        let Ok(run) = crate::index::write_and_open(&shared.dir, &content, &budget) else {
+            let tmp = format!("{}.tmp", crate::runs::run_name(content.first, content.end));
+            let _ = std::fs::remove_file(shared.dir.join(tmp));
+            return;
+        };
+        if let Ok(mut index) = shared.index.write() {
+            index.add_run(run);
+        }
+        if let Some(m) = &self.merger {
+            m.poke();
+        }
     }
 }

@@ -42,6 +42,8 @@ fn crash_child() {
     let options = if seed.is_multiple_of(2) {
         Options {
             segment_target: 64 << 10,
+            run_events: 40,
+            ..Options::default()
         }
     } else {
         Options::default()

@@ -98,6 +98,7 @@ fn a_full_disk_refuses_batches_and_appends_resume_once_space_is_freed() {
     let filler = disk.path().join("filler");
     let options = Options {
         segment_target: 64 << 10,
+        ..Options::default()
     };
     let (mut store, _) = EmbeddedStore::open_with(&log, Some(signer()), options).unwrap();
     let mut acked: HashMap<EventId, u64> = HashMap::new();

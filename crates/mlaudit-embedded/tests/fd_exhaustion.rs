@@ -58,6 +58,7 @@ fn running_out_of_descriptors_refuses_the_batch_and_appends_resume() {
     // Small segments: every batch below starts a new one.
     let options = Options {
         segment_target: 2048,
+        ..Options::default()
     };
     let (store, _) = EmbeddedStore::open_with(dir.path(), Some(signer()), options).unwrap();
     let first = batch(0, 8);
@@ -89,6 +90,7 @@ fn running_out_of_descriptors_refuses_the_batch_and_appends_resume() {
         drop(store);
         let options = Options {
             segment_target: 1 << 30,
+            ..Options::default()
         };
         EmbeddedStore::open_with(dir.path(), Some(signer()), options)
             .unwrap()

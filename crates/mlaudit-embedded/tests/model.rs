@@ -7,12 +7,13 @@
 
 mod common;
 
-use common::{open, run_verify, verifier, Rng, Spec, TempDir, KINDS};
+use common::{open, open_with, run_verify, verifier, Rng, Spec, TempDir, KINDS};
 use mlaudit_core::entry::{self, ActorType, EventId, SubjectField};
 use mlaudit_core::event::Stage;
 use mlaudit_core::merkle::{self, leaf_hash, sha256, CompactRange, Hash};
 use mlaudit_core::note::open_checkpoint;
 use mlaudit_embedded::EmbeddedStore;
+use mlaudit_embedded::Options;
 use mlaudit_store::proofs::{consistency, inclusion_bundle};
 use mlaudit_store::{Nodes, Query, Store, StoreError};
 use std::collections::HashMap;
@@ -428,10 +429,22 @@ fn checkpoint_root(store: &EmbeddedStore, size: u64) -> Hash {
 
 #[test]
 fn random_batches_match_the_reference_model() {
+    random_batches_match(Options::default(), 0x5eed_0001);
+}
+
+/// The same with the index's tail written out every few events: most lookups and queries
+/// go through run files and their merges, across reopens.
+#[test]
+fn random_batches_match_the_reference_model_through_index_runs() {
+    random_batches_match(common::small_runs(7), 0x5eed_0002);
+    random_batches_match(common::small_runs(64), 0x5eed_0003);
+}
+
+fn random_batches_match(options: Options, seed: u64) {
     let dir = TempDir::new("model");
-    let mut rng = Rng::new(0x5eed_0001);
+    let mut rng = Rng::new(seed);
     let mut model = Model::default();
-    let (mut store, report) = open(dir.path());
+    let (mut store, report) = open_with(dir.path(), options);
     // A new log signs the empty tree at open.
     assert_eq!(report.signed_at_open, Some(0));
     model.checkpoints.push(0);
@@ -442,7 +455,7 @@ fn random_batches_match_the_reference_model() {
         nonempty += check_all(&store, &model, &mut rng);
         if round % 4 == 3 {
             drop(store);
-            let (s, report) = open(dir.path());
+            let (s, report) = open_with(dir.path(), options);
             store = s;
             assert_eq!(report.events, model.len());
             assert_eq!(report.truncated, None);
@@ -539,6 +552,24 @@ fn random_batches_match_the_reference_model() {
         let (old, new) = proof.verify(&key).unwrap();
         assert_eq!((old.size, new.size), (from, to));
         assert_eq!((old.root, new.root), (roots[&from], roots[&to]));
+    }
+    drop(store); // Waits for the merges in progress.
+    let runs = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("run-")
+        })
+        .count() as u64;
+    if options.run_events < model.len() {
+        // Merged as a binary counter: about log2(events / run_events) + 1 runs.
+        let most = 64 - (model.len() / options.run_events).leading_zeros() as u64 + 1;
+        assert!(
+            (1..=most).contains(&runs),
+            "{runs} index runs for {} events of runs of {}",
+            model.len(),
+            options.run_events
+        );
     }
 }
 

@@ -15,6 +15,8 @@ fn a_log_of_many_segments_verifies_and_reopens() {
     let dir = TempDir::new("segments");
     let small = Options {
         segment_target: 4096,
+        run_events: 40,
+        ..Options::default()
     };
     let (store, _) = EmbeddedStore::open_with(dir.path(), Some(signer()), small).unwrap();
     let mut rng = Rng::new(0x5eed_0051);

@@ -29,6 +29,8 @@ fn build(tag: &str) -> (TempDir, Vec<PathBuf>) {
         Some(signer()),
         Options {
             segment_target: 1024,
+            run_events: 40,
+            ..Options::default()
         },
     )
     .unwrap();

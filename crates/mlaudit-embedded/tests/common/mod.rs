@@ -90,6 +90,22 @@ pub fn open(dir: &Path) -> (EmbeddedStore, OpenReport) {
     }
 }
 
+/// Opens with explicit options (small runs, small segments).
+pub fn open_with(dir: &Path, options: mlaudit_embedded::Options) -> (EmbeddedStore, OpenReport) {
+    match EmbeddedStore::open_with(dir, Some(signer()), options) {
+        Ok(x) => x,
+        Err(e) => panic!("opening {} failed: {e}", dir.display()),
+    }
+}
+
+/// Options that write the index's tail out as a run every `run_events` events.
+pub fn small_runs(run_events: u64) -> mlaudit_embedded::Options {
+    mlaudit_embedded::Options {
+        run_events,
+        ..mlaudit_embedded::Options::default()
+    }
+}
+
 pub fn try_open(dir: &Path) -> Result<(EmbeddedStore, OpenReport), OpenError> {
     EmbeddedStore::open(dir, Some(signer()))
 }
