@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-const BATCH: usize = 1000;
+pub const BATCH: usize = 1000;
 /// Concurrent clients, by default (`--clients`).
 const PRODUCERS: usize = 2;
 

@@ -5,10 +5,12 @@
 //! `cargo run --release -p mlaudit-bench -- prepare [--events N]` (validation cost, diagnostic)
 //! `cargo run --release -p mlaudit-bench -- http [--events N] [--single-requests N]`
 //! `cargo run --release -p mlaudit-bench -- client [--calls N] [--rate R] [--predict-seconds S]` (Rust SDK)
+//! `cargo run --release -p mlaudit-bench -- scale [--events N] [--dir D]` (a log of N predictions)
 
 mod client;
 mod http;
 mod ingest;
+mod scale;
 
 /// The server's allocator, built the same way (`no_thp`, see `crates/mlaudit/src/main.rs`), so
 /// that the in-process server measured here is the one `mlaudit serve` runs.
@@ -21,7 +23,8 @@ const USAGE: &str = "usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M
        mlaudit-bench prepare [--events N]
        mlaudit-bench http [--events N] [--single-requests N] [--batches A,B] [--clients A,B] [--dir DIR]
        mlaudit-bench verify [--events N]
-       mlaudit-bench client [--calls N] [--rate R] [--predict-seconds S] [--dir DIR]";
+       mlaudit-bench client [--calls N] [--rate R] [--predict-seconds S] [--dir DIR]
+       mlaudit-bench scale [--events N] [--dir DIR]";
 
 /// Runs the named benchmark; errors are one line on stderr and exit status 2 (no backtrace).
 fn main() -> ExitCode {
@@ -36,6 +39,8 @@ fn main() -> ExitCode {
         Some("http") => http::run(&args[1..]),
         Some("verify") => ingest::verify_only(&args[1..]),
         Some("client") => client::run(&args[1..]),
+        Some("scale") => scale::run(&args[1..]),
+        Some("scale-probe") => scale::probe_main(&args[1..]),
         _ => Err(anyhow::anyhow!("{USAGE}")),
     };
     match result {
