@@ -924,3 +924,133 @@ pub fn remove_all(dir: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("mlaudit-runs-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn id(n: u64) -> EventId {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&keyed::mix(n).to_be_bytes());
+        b[8..].copy_from_slice(&n.to_be_bytes());
+        EventId(b)
+    }
+
+    /// A run of seqs `first..end`: every id, a leaf prefix per seq, term 1 on even seqs and
+    /// term 2 on every third.
+    fn content(first: u64, end: u64) -> RunContent {
+        let mut ids: Vec<(EventId, u64)> = (first..end).map(|s| (id(s), s)).collect();
+        ids.sort_unstable();
+        let mut leaves: Vec<(u64, u64)> = (first..end).map(|s| (keyed::mix(!s), s)).collect();
+        leaves.sort_unstable();
+        let lists = vec![
+            (1, (first..end).filter(|s| s % 2 == 0).collect()),
+            (2, (first..end).filter(|s| s % 3 == 0).collect()),
+            (STAGE_TERM + 4, (first..end).collect()),
+        ];
+        RunContent {
+            first,
+            end,
+            min_time: first as i64,
+            max_time: end as i64,
+            ids,
+            leaves,
+            lists,
+        }
+    }
+
+    fn check_run(run: &Run, first: u64, end: u64) {
+        for s in first..end {
+            assert_eq!(run.find_id(&id(s)).unwrap(), Some(s), "id of seq {s}");
+            assert_eq!(run.find_leaf(keyed::mix(!s)).unwrap(), vec![s]);
+        }
+        for s in [end, end + 1, first + 1_000_000] {
+            assert_eq!(run.find_id(&id(s)).unwrap(), None);
+        }
+        let mut evens = Vec::new();
+        run.for_each_posting(run.list(1).unwrap(), |s| evens.push(s))
+            .unwrap();
+        assert_eq!(
+            evens,
+            (first..end).filter(|s| s % 2 == 0).collect::<Vec<_>>()
+        );
+        let thirds = run.list(2).unwrap();
+        let from = run.seek(thirds, first + 10).unwrap();
+        let got = run.read_postings(thirds, from, 2).unwrap();
+        let want: Vec<u64> = (first + 10..end).filter(|s| s % 3 == 0).take(2).collect();
+        assert_eq!(got, want);
+        assert!(run.check_body().unwrap());
+    }
+
+    #[test]
+    fn a_written_run_answers_every_lookup_with_or_without_memory_for_its_summaries() {
+        let d = dir("lookup");
+        for budget in [u64::MAX, 0] {
+            let path = write_run(&d, &content(100, 2100)).unwrap();
+            let run = Run::open(&path, Budget::new(budget)).unwrap();
+            check_run(&run, 100, 2100);
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_merge_holds_both_runs_and_an_interrupted_merge_opens_as_the_merged_run() {
+        let d = dir("merge");
+        let budget = Budget::new(u64::MAX);
+        let a = Run::open(&write_run(&d, &content(0, 700)).unwrap(), budget.clone()).unwrap();
+        let b = Run::open(&write_run(&d, &content(700, 1000)).unwrap(), budget.clone()).unwrap();
+        let merged = Run::open(&merge(&d, &a, &b).unwrap(), budget.clone()).unwrap();
+        check_run(&merged, 0, 1000);
+        // As a crash after the merged run's rename leaves it: both old runs still there, with
+        // a later run and a leftover temporary file beside them.
+        write_run(&d, &content(1000, 1100)).unwrap();
+        std::fs::write(d.join(format!("{}.tmp", run_name(1100, 1200))), b"partial").unwrap();
+        let mut warnings = Vec::new();
+        let chain = open_chain(&d, 1100, &budget, &mut warnings).unwrap();
+        let ranges: Vec<(u64, u64)> = chain
+            .iter()
+            .map(|r| (r.footer.first, r.footer.end))
+            .collect();
+        assert_eq!(ranges, vec![(0, 1000), (1000, 1100)]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let mut left: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![run_name(0, 1000), run_name(1000, 1100)]);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn runs_beyond_the_watermark_or_damaged_are_removed_at_open() {
+        let d = dir("chain");
+        let budget = Budget::new(u64::MAX);
+        write_run(&d, &content(0, 50)).unwrap();
+        let second = write_run(&d, &content(50, 90)).unwrap();
+        write_run(&d, &content(90, 120)).unwrap();
+        // Beyond a watermark of 100 events: removed.
+        let mut warnings = Vec::new();
+        let chain = open_chain(&d, 100, &budget, &mut warnings).unwrap();
+        assert_eq!(chain.len(), 2);
+        assert!(!d.join(run_name(90, 120)).exists());
+        drop(chain);
+        // A damaged footer ends the chain before it, and says so.
+        let mut bytes = std::fs::read(&second).unwrap();
+        let at = bytes.len() - 10;
+        bytes[at] ^= 1;
+        std::fs::write(&second, bytes).unwrap();
+        let chain = open_chain(&d, 100, &budget, &mut warnings).unwrap();
+        assert_eq!(chain.len(), 1);
+        assert!(warnings[0].contains("damaged footer"), "{warnings:?}");
+        assert!(!second.exists());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
