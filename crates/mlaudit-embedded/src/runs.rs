@@ -40,6 +40,10 @@ const BLOOM_BITS_PER_ID: u64 = 10;
 const BLOOM_PROBES: u32 = 7;
 /// A Bloom block: 512 bits.
 const BLOOM_BLOCK: u64 = 64;
+/// Seqs per time block: a run keeps the least and greatest event time of each block of seqs
+/// `k * TIME_BLOCK..(k + 1) * TIME_BLOCK` it holds, so that a query bounded in time reads only
+/// the blocks that can match.
+pub const TIME_BLOCK: u64 = 4096;
 /// Term numbers from here up name stages (`STAGE_TERM + stage`), not terms.
 pub const STAGE_TERM: u32 = 0x8000_0000;
 
@@ -167,9 +171,25 @@ impl Footer {
     fn bloom_at(&self) -> u64 {
         self.fences_at() + self.fence_count() * 16
     }
-    fn len(&self) -> u64 {
-        self.bloom_at() + self.bloom_blocks * BLOOM_BLOCK + FOOTER_LEN
+    fn times_at(&self) -> u64 {
+        self.bloom_at() + self.bloom_blocks * BLOOM_BLOCK
     }
+    /// The first time block of the run, and how many it has.
+    pub fn time_blocks(&self) -> (u64, u64) {
+        time_blocks(self.first, self.end)
+    }
+    fn len(&self) -> u64 {
+        self.times_at() + self.time_blocks().1 * 16 + FOOTER_LEN
+    }
+}
+
+/// The first time block of seqs `first..end`, and how many there are.
+pub fn time_blocks(first: u64, end: u64) -> (u64, u64) {
+    if end <= first {
+        return (first / TIME_BLOCK, 0);
+    }
+    let (a, b) = (first / TIME_BLOCK, (end - 1) / TIME_BLOCK);
+    (a, b - a + 1)
 }
 
 /// The file name of the run of `first..end`.
@@ -206,6 +226,8 @@ pub struct Run {
     fences: OnceLock<Option<Vec<[u8; 16]>>>,
     bloom: OnceLock<Option<Vec<u8>>>,
     budget: Arc<Budget>,
+    /// Least and greatest event time per time block (see [`TIME_BLOCK`]).
+    times: Vec<(i64, i64)>,
 }
 
 impl Drop for Run {
@@ -279,6 +301,15 @@ impl Run {
                 },
             ));
         }
+        let mut tb = vec![0u8; (footer.time_blocks().1 * 16) as usize];
+        file.read_exact_at(&mut tb, footer.times_at()).map_err(io)?;
+        let times = tb
+            .chunks_exact(16)
+            .map(|c| {
+                let at = |i: usize| i64::from_be_bytes(c[i..i + 8].try_into().unwrap_or([0; 8]));
+                (at(0), at(8))
+            })
+            .collect();
         Ok(Run {
             footer,
             name,
@@ -287,7 +318,32 @@ impl Run {
             fences: OnceLock::new(),
             bloom: OnceLock::new(),
             budget,
+            times,
         })
+    }
+
+    /// The ranges of seqs of this run (ascending, from `from`) whose time blocks hold an event
+    /// time in `since..until` (each bound optional).
+    pub fn time_ranges(
+        &self,
+        from: u64,
+        since: Option<i64>,
+        until: Option<i64>,
+    ) -> Vec<(u64, u64)> {
+        let (f, e) = (self.footer.first.max(from), self.footer.end);
+        let first_block = self.footer.time_blocks().0;
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (k, (lo, hi)) in (first_block..).zip(&self.times) {
+            let (a, b) = ((k * TIME_BLOCK).max(f), ((k + 1) * TIME_BLOCK).min(e));
+            if a >= b || since.is_some_and(|s| *hi < s) || until.is_some_and(|u| *lo >= u) {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => out.push((a, b)),
+            }
+        }
+        out
     }
 
     fn read_at(&self, buf: &mut [u8], at: u64) -> std::io::Result<()> {
@@ -565,6 +621,36 @@ pub struct RunContent {
     pub leaves: Vec<(u64, u64)>,
     /// Sorted by term; each list ascending, every seq in `first..end`.
     pub lists: Vec<(u32, Vec<u64>)>,
+    /// Least and greatest event time per time block ([`time_blocks`]).
+    pub times: Vec<(i64, i64)>,
+}
+
+/// The time blocks of events `first..` with event times `times`.
+pub fn block_times(first: u64, times: &[i64]) -> Vec<(i64, i64)> {
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    let mut block = None;
+    for (seq, t) in (first..).zip(times) {
+        let k = seq / TIME_BLOCK;
+        match out.last_mut() {
+            Some((lo, hi)) if block == Some(k) => {
+                *lo = (*lo).min(*t);
+                *hi = (*hi).max(*t);
+            }
+            _ => {
+                out.push((*t, *t));
+                block = Some(k);
+            }
+        }
+    }
+    out
+}
+
+fn put_times(w: &mut RunWriter, times: &[(i64, i64)]) -> std::io::Result<()> {
+    for (lo, hi) in times {
+        w.put(&lo.to_be_bytes())?;
+        w.put(&hi.to_be_bytes())?;
+    }
+    Ok(())
 }
 
 /// Writes runs: a temporary file, then synced and renamed into place.
@@ -692,6 +778,7 @@ pub fn write_run(dir: &Path, c: &RunContent) -> std::io::Result<PathBuf> {
         &fences,
         &bloom,
     )?;
+    put_times(&mut w, &c.times)?;
     let footer = Footer {
         first: c.first,
         end: c.end,
@@ -809,6 +896,16 @@ pub fn merge(dir: &Path, a: &Run, b: &Run) -> std::io::Result<PathBuf> {
         &fences,
         &bloom,
     )?;
+    let mut times = a.times.clone();
+    let mut later = b.times.iter().copied();
+    if fa.end % TIME_BLOCK != 0 {
+        // The block `a` ends in is the one `b` begins in.
+        if let (Some(last), Some((lo, hi))) = (times.last_mut(), later.next()) {
+            *last = (last.0.min(lo), last.1.max(hi));
+        }
+    }
+    times.extend(later);
+    put_times(&mut w, &times)?;
     let footer = Footer {
         first: fa.first,
         end: fb.end,
@@ -955,14 +1052,16 @@ mod tests {
             (2, (first..end).filter(|s| s % 3 == 0).collect()),
             (STAGE_TERM + 4, (first..end).collect()),
         ];
+        let times: Vec<i64> = (first..end).map(|s| s as i64 * 10).collect();
         RunContent {
             first,
             end,
-            min_time: first as i64,
-            max_time: end as i64,
+            min_time: first as i64 * 10,
+            max_time: (end as i64 - 1) * 10,
             ids,
             leaves,
             lists,
+            times: block_times(first, &times),
         }
     }
 
@@ -1008,6 +1107,32 @@ mod tests {
         let b = Run::open(&write_run(&d, &content(700, 1000)).unwrap(), budget.clone()).unwrap();
         let merged = Run::open(&merge(&d, &a, &b).unwrap(), budget.clone()).unwrap();
         check_run(&merged, 0, 1000);
+        // Both runs' times are in time block 0; the merge keeps one block for it.
+        assert_eq!(merged.times, vec![(0, 9990)]);
+        assert_eq!(merged.time_ranges(0, Some(5000), None), vec![(0, 1000)]);
+        assert_eq!(merged.time_ranges(0, Some(10_000), None), vec![]);
+        assert_eq!(merged.time_ranges(0, None, Some(0)), vec![]);
+        let big = Run::open(
+            &write_run(&d, &content(4000, 13000)).unwrap(),
+            budget.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            big.times.len(),
+            4,
+            "blocks 0, 1, 2 and 3 (seqs 4000..13000)"
+        );
+        // Event times 85,000..86,000 are seqs 8500..8600, in block 2 (8192..12288).
+        assert_eq!(
+            big.time_ranges(0, Some(85_000), Some(86_000)),
+            vec![(8192, 12288)]
+        );
+        assert_eq!(
+            big.time_ranges(9000, Some(85_000), Some(86_000)),
+            vec![(9000, 12288)]
+        );
+        drop(big);
+        std::fs::remove_file(d.join(run_name(4000, 13000))).unwrap();
         // As a crash after the merged run's rename leaves it: both old runs still there, with
         // a later run and a leftover temporary file beside them.
         write_run(&d, &content(1000, 1100)).unwrap();

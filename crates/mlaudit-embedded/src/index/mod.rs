@@ -597,6 +597,7 @@ impl Index {
             ids,
             leaves,
             lists,
+            times: runs::block_times(first, &t.times[..(end - first) as usize]),
         }
     }
 

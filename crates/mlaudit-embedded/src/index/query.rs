@@ -42,27 +42,31 @@ impl Index {
         out: &mut Vec<u64>,
     ) -> std::io::Result<()> {
         let to = to.min(self.len);
-        let mut seq = from;
-        while seq < to.min(self.base) && out.len() < q.limit {
-            let i = self.runs.partition_point(|r| r.footer.end <= seq);
-            let Some(run) = self.runs.get(i) else { break };
-            let stop = run.footer.end.min(to);
+        let start = self.runs.partition_point(|r| r.footer.end <= from);
+        for run in self.runs[start..]
+            .iter()
+            .take_while(|r| r.footer.first < to)
+        {
             if outside(q, run) {
-                seq = stop;
                 continue;
             }
-            let recs = self.files.records(seq, stop - seq)?;
-            for (s, rec) in (seq..).zip(&recs) {
-                if out.len() >= q.limit {
-                    return Ok(());
+            for (a, b) in run.time_ranges(from, q.since_ns, q.until_ns) {
+                let b = b.min(to);
+                if a >= b {
+                    continue;
                 }
-                if in_time(q, rec.time_ns) {
-                    out.push(s);
+                let recs = self.files.records(a, b - a)?;
+                for (s, rec) in (a..).zip(&recs) {
+                    if out.len() >= q.limit {
+                        return Ok(());
+                    }
+                    if in_time(q, rec.time_ns) {
+                        out.push(s);
+                    }
                 }
             }
-            seq = stop;
         }
-        let start = seq.max(self.base);
+        let start = from.max(self.base);
         for s in start..to {
             if out.len() >= q.limit {
                 break;
@@ -117,17 +121,30 @@ impl Index {
         lists.sort_by_key(|l| l.count);
         let mut others: Vec<Cursor<'_>> = lists[1..].iter().map(|l| Cursor::new(run, *l)).collect();
         let driver = lists[0];
-        let mut i = run.seek(driver, first)?;
-        while i < driver.count && out.len() < q.limit {
-            let seqs = run.read_postings(driver, i, CHUNK)?;
-            i += seqs.len() as u64;
-            let times = self.times_of(&seqs, q)?;
-            for (seq, time) in seqs.iter().zip(times) {
-                if out.len() >= q.limit {
-                    break;
+        let ranges = if q.since_ns.is_some() || q.until_ns.is_some() {
+            run.time_ranges(first, q.since_ns, q.until_ns)
+        } else {
+            vec![(first.max(run.footer.first), run.footer.end)]
+        };
+        for (a, b) in ranges {
+            let mut i = run.seek(driver, a)?;
+            while i < driver.count && out.len() < q.limit {
+                let mut seqs = run.read_postings(driver, i, CHUNK)?;
+                i += seqs.len() as u64;
+                let past = seqs.partition_point(|s| *s < b);
+                let done = past < seqs.len();
+                seqs.truncate(past);
+                let times = self.times_of(&seqs, q)?;
+                for (seq, time) in seqs.iter().zip(times) {
+                    if out.len() >= q.limit {
+                        return Ok(());
+                    }
+                    if time.is_some_and(|t| in_time(q, t)) && all_contain(&mut others, *seq)? {
+                        out.push(*seq);
+                    }
                 }
-                if time.is_some_and(|t| in_time(q, t)) && all_contain(&mut others, *seq)? {
-                    out.push(*seq);
+                if done {
+                    break;
                 }
             }
         }
@@ -135,10 +152,20 @@ impl Index {
     }
 
     /// The event times of seqs below `base` (ascending), when the query bounds time; `Some(0)`
-    /// placeholders otherwise.
+    /// placeholders otherwise. Close seqs are read together.
     fn times_of(&self, seqs: &[u64], q: &Query) -> std::io::Result<Vec<Option<i64>>> {
         if q.since_ns.is_none() && q.until_ns.is_none() {
             return Ok(vec![Some(0); seqs.len()]);
+        }
+        let (Some(lo), Some(hi)) = (seqs.first(), seqs.last()) else {
+            return Ok(Vec::new());
+        };
+        if hi - lo < 4 * seqs.len() as u64 {
+            let recs = self.files.records(*lo, hi - lo + 1)?;
+            return Ok(seqs
+                .iter()
+                .map(|s| Some(recs[(s - lo) as usize].time_ns))
+                .collect());
         }
         let mut out = Vec::with_capacity(seqs.len());
         for s in seqs {
