@@ -6,9 +6,11 @@
 //! `cargo run --release -p mlaudit-bench -- http [--events N] [--single-requests N]`
 //! `cargo run --release -p mlaudit-bench -- client [--calls N] [--rate R] [--predict-seconds S]` (Rust SDK)
 //! `cargo run --release -p mlaudit-bench -- scale [--events N] [--dir D]` (a log of N predictions)
+//! `cargo run --release -p mlaudit-bench -- index [--ids N] [--dir D]` (id index candidates)
 
 mod client;
 mod http;
+mod index;
 mod ingest;
 mod scale;
 
@@ -24,7 +26,8 @@ const USAGE: &str = "usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M
        mlaudit-bench http [--events N] [--single-requests N] [--batches A,B] [--clients A,B] [--dir DIR]
        mlaudit-bench verify [--events N]
        mlaudit-bench client [--calls N] [--rate R] [--predict-seconds S] [--dir DIR]
-       mlaudit-bench scale [--events N] [--dir DIR]";
+       mlaudit-bench scale [--events N] [--dir DIR]
+       mlaudit-bench index [--ids N] [--dir DIR]";
 
 /// Runs the named benchmark; errors are one line on stderr and exit status 2 (no backtrace).
 fn main() -> ExitCode {
@@ -41,6 +44,8 @@ fn main() -> ExitCode {
         Some("client") => client::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
         Some("scale-probe") => scale::probe_main(&args[1..]),
+        Some("index") => index::run(&args[1..]),
+        Some("index-candidate") => index::candidate(&args[1..]),
         _ => Err(anyhow::anyhow!("{USAGE}")),
     };
     match result {

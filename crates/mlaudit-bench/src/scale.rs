@@ -110,7 +110,7 @@ fn lifecycle(v: usize, i: usize) -> Vec<String> {
             "data.snapshot_created",
             "etl",
             format!(r#"{{"dataset":"applications","dataset_version":"s{v}"}}"#),
-            (r#"{"rows":118432,"content_sha256":"9f2c5d1e8a7b6c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d"}"#),
+            r#"{"rows":118432,"content_sha256":"9f2c5d1e8a7b6c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d"}"#,
         ),
         ev(
             2,
@@ -138,7 +138,7 @@ fn lifecycle(v: usize, i: usize) -> Vec<String> {
             "registry.model_registered",
             "registry",
             format!(r#"{{"model":"credit-risk","version":"{v}","run":"{run}"}}"#),
-            (r#"{"artifact_sha256":"9f2c5d1e8a7b6c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d"}"#),
+            r#"{"artifact_sha256":"9f2c5d1e8a7b6c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d"}"#,
         ),
         ev(
             6,
