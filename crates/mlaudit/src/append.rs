@@ -235,7 +235,7 @@ pub struct Appended {
 
 /// Batches submitted and not yet answered: the store commits the next while the previous one
 /// syncs, and merges queued batches into larger groups.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 
 /// Appends validated events in durable batches of `batch_size`, up to [`IN_FLIGHT`] at a
 /// time. Each batch is atomic and durable when answered; answers are taken in submission

@@ -8,7 +8,7 @@
 
 use anyhow::{Context, Result};
 use mlaudit_core::note::NoteSigner;
-use mlaudit_embedded::{EmbeddedStore, OpenError};
+use mlaudit_embedded::{EmbeddedStore, OpenError, Options};
 use mlaudit_store::audit::{audit_event, Access};
 use mlaudit_store::Store;
 use std::io::Write;
@@ -78,7 +78,7 @@ pub fn init(data: &Path, origin: &str) -> Result<NoteSigner> {
     std::fs::File::open(&key_dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", key_dir.display()))?;
-    drop(open_with(data, Some(signer.clone()))?);
+    drop(open_with(data, Some(signer.clone()), options()?)?);
     Ok(signer)
 }
 
@@ -108,15 +108,44 @@ pub fn signer(data: &Path) -> Result<NoteSigner> {
     NoteSigner::parse(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-/// Opens the log of an initialized data directory for reading and appending.
-pub fn open(data: &Path) -> Result<EmbeddedStore> {
-    let signer = signer(data)?;
-    make_private_dir(data)?;
-    open_with(data, Some(signer))
+/// Mebibytes of memory for the index runs' fences and Bloom filters unless configured.
+pub const DEFAULT_INDEX_CACHE_MIB: u64 = 256;
+
+/// The engine's options: the index cache from `MLAUDIT_INDEX_CACHE_MIB` (mebibytes).
+pub fn options() -> Result<Options> {
+    let mib = match std::env::var("MLAUDIT_INDEX_CACHE_MIB") {
+        Ok(v) if !v.is_empty() => v.parse::<u64>().map_err(|_| {
+            InputError(format!(
+                "MLAUDIT_INDEX_CACHE_MIB={v:?} is not a number of mebibytes"
+            ))
+        })?,
+        _ => DEFAULT_INDEX_CACHE_MIB,
+    };
+    Ok(options_with_cache(mib))
 }
 
-fn open_with(data: &Path, signer: Option<NoteSigner>) -> Result<EmbeddedStore> {
-    let (store, report) = match EmbeddedStore::open(&data.join("log"), signer) {
+/// The engine's options with an index cache of `mib` mebibytes.
+pub fn options_with_cache(mib: u64) -> Options {
+    Options {
+        index_cache: mib.saturating_mul(1 << 20),
+        ..Options::default()
+    }
+}
+
+/// Opens the log of an initialized data directory for reading and appending.
+pub fn open(data: &Path) -> Result<EmbeddedStore> {
+    open_configured(data, options()?)
+}
+
+/// [`open`] with explicit engine options.
+pub fn open_configured(data: &Path, options: Options) -> Result<EmbeddedStore> {
+    let signer = signer(data)?;
+    make_private_dir(data)?;
+    open_with(data, Some(signer), options)
+}
+
+fn open_with(data: &Path, signer: Option<NoteSigner>, options: Options) -> Result<EmbeddedStore> {
+    let (store, report) = match EmbeddedStore::open_with(&data.join("log"), signer, options) {
         Ok(ok) => ok,
         Err(e @ OpenError::Corrupt { .. }) => return Err(VerifyFailed(format!("the log is damaged and was not opened: {e}")).into()),
         Err(OpenError::Rollback(why)) => return Err(VerifyFailed(format!("the log was not opened: {why}")).into()),

@@ -53,6 +53,7 @@ struct FileConfig {
     shutdown_grace_s: Option<u64>,
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
+    index_cache_mib: Option<u64>,
 }
 
 /// The resolved settings.
@@ -66,6 +67,8 @@ struct Settings {
     rate_limit: Option<(u32, u32)>,
     /// (certificate, key) PEM files.
     tls: Option<(PathBuf, PathBuf)>,
+    /// Mebibytes for the index runs' fences and Bloom filters.
+    index_cache_mib: u64,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -138,6 +141,11 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
     )?;
     Ok(Settings {
         tls,
+        index_cache_mib: setting(
+            "MLAUDIT_INDEX_CACHE_MIB",
+            file.index_cache_mib,
+            ledger::DEFAULT_INDEX_CACHE_MIB,
+        )?,
         listen: args
             .listen
             .clone()
@@ -250,7 +258,8 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .try_init();
     let verifier = ledger::signer(data)?.verifier();
-    let store = Arc::new(ledger::open(data)?);
+    let options = ledger::options_with_cache(settings.index_cache_mib);
+    let store = Arc::new(ledger::open_configured(data, options)?);
     let tokens = if args.danger_no_auth {
         None
     } else {
