@@ -29,6 +29,7 @@ pub mod guard;
 pub mod index;
 pub mod keyed;
 mod merger;
+pub mod packed;
 pub mod record;
 mod recover;
 pub mod runs;
@@ -82,6 +83,8 @@ pub struct Options {
     /// Bytes of memory the runs' fences and Bloom filters may take; past it, lookups read them
     /// from the files.
     pub index_cache: u64,
+    /// Compress segments once the writer has moved on from them ([`packed`]).
+    pub pack_sealed: bool,
 }
 
 impl Default for Options {
@@ -90,16 +93,38 @@ impl Default for Options {
             segment_target: SEGMENT_TARGET,
             run_events: RUN_EVENTS,
             index_cache: INDEX_CACHE,
+            pack_sealed: true,
         }
     }
 }
 
-/// One segment file.
+/// One segment file: raw (`seg-<start>.log`, appended to while it is the last) or packed
+/// (`seg-<start>.zst`, sealed). Reads go through [`Segment::read_exact_at`] and
+/// [`Segment::len`], which answer in raw offsets either way.
 #[derive(Debug, Clone)]
 pub(crate) struct Segment {
     pub start: u64,
     pub file: Arc<File>,
     pub name: String,
+    pub packed: Option<Arc<packed::Packed>>,
+}
+
+impl Segment {
+    /// Its raw length.
+    pub fn len(&self) -> std::io::Result<u64> {
+        match &self.packed {
+            Some(p) => Ok(p.raw_len()),
+            None => Ok(self.file.metadata()?.len()),
+        }
+    }
+
+    /// Reads raw bytes at a raw offset.
+    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        match &self.packed {
+            Some(p) => p.read_exact_at(buf, offset),
+            None => self.file.read_exact_at(buf, offset),
+        }
+    }
 }
 
 /// The segment file name for a start position.
@@ -267,7 +292,7 @@ impl EmbeddedStore {
         let mut offsets = OffsetWindow::default();
         let mut buf: Vec<u8> = Vec::with_capacity(SCAN_CHUNK);
         for seg in &segments {
-            let len = seg.file.metadata().map_err(io_err(seg.name.clone()))?.len();
+            let len = seg.len().map_err(io_err(seg.name.clone()))?;
             if seg.start + len <= start_pos {
                 continue;
             }
@@ -305,8 +330,7 @@ impl EmbeddedStore {
                         .min(len - file_pos) as usize;
                     let old = buf.len();
                     buf.resize(old + add, 0);
-                    seg.file
-                        .read_exact_at(&mut buf[old..], file_pos)
+                    seg.read_exact_at(&mut buf[old..], file_pos)
                         .map_err(io_err(format!("reading {}", seg.name)))?;
                     continue;
                 }
@@ -464,8 +488,7 @@ impl EmbeddedStore {
             location: format!("{}:{off}", seg.name),
             problem,
         };
-        seg.file
-            .read_exact_at(&mut buf, start - seg.start)
+        seg.read_exact_at(&mut buf, start - seg.start)
             .map_err(|e| corrupt(start - seg.start, format!("cannot read records: {e}")))?;
         let mut events = Vec::with_capacity(PROOF_BLOCK as usize);
         let mut at = 0usize;
@@ -582,13 +605,11 @@ fn read_record(
         problem,
     };
     let mut header = [0u8; record::HEADER_LEN];
-    seg.file
-        .read_exact_at(&mut header, off)
+    seg.read_exact_at(&mut header, off)
         .map_err(|e| corrupt(format!("cannot read record header: {e}")))?;
     let h = record::parse_header(&header).map_err(|e| corrupt(e.to_string()))?;
     let mut buf = vec![0u8; h.total_len() as usize];
-    seg.file
-        .read_exact_at(&mut buf, off)
+    seg.read_exact_at(&mut buf, off)
         .map_err(|e| corrupt(format!("cannot read record: {e}")))?;
     record::check_record(&h, &buf).map_err(|e| corrupt(e.to_string()))?;
     Ok((h, buf, seg))

@@ -1,4 +1,7 @@
-//! The background merge of index runs: whenever a run is no larger than the one after it, the
+//! The background work of the store: packing sealed segments ([`crate::packed`]) and merging
+//! index runs.
+//!
+//! Merges: whenever a run is no larger than the one after it, the
 //! two are merged into one (a binary counter), so that a log of `n` events has at most about
 //! `log2(n / run_events) + 1` runs and an id lookup probes that many Bloom filters.
 //!
@@ -29,6 +32,9 @@ impl Merger {
             .spawn(move || {
                 while rx.recv().is_ok() {
                     while rx.try_recv().is_ok() {}
+                    if shared.options.pack_sealed {
+                        pack_sealed(&shared);
+                    }
                     while let Some((a, b)) = pick(&shared) {
                         if merge(&shared, &a, &b).is_err() {
                             break;
@@ -37,7 +43,10 @@ impl Merger {
                 }
             })
             .ok();
-        Merger { tx: Some(tx), join }
+        let merger = Merger { tx: Some(tx), join };
+        // Segments sealed before this process (or by an older version) are packed too.
+        merger.poke();
+        merger
     }
 
     /// Asks for the runs to be looked at (after a new one was added).
@@ -100,4 +109,46 @@ fn merge(shared: &Shared, a: &Arc<Run>, b: &Arc<Run>) -> std::io::Result<()> {
         std::fs::remove_file(&path)?;
     }
     Ok(())
+}
+
+/// Packs every sealed raw segment (all but the last), oldest first. A failure (a full disk)
+/// leaves the raw segment in place; it is tried again on the next call.
+fn pack_sealed(shared: &Shared) {
+    loop {
+        let next = match shared.segments.read() {
+            Ok(segs) => segs
+                .iter()
+                .take(segs.len().saturating_sub(1))
+                .find(|s| s.packed.is_none())
+                .cloned(),
+            Err(_) => return,
+        };
+        let Some(seg) = next else { return };
+        if pack_one(shared, &seg).is_err() {
+            return;
+        }
+    }
+}
+
+fn pack_one(shared: &Shared, seg: &crate::Segment) -> std::io::Result<()> {
+    let path = crate::packed::pack(&shared.dir, seg.start, &seg.file, &seg.name)?;
+    let packed = Arc::new(crate::packed::Packed::open(&path)?);
+    let file = Arc::new(std::fs::File::open(&path)?);
+    {
+        let mut segs = shared
+            .segments
+            .write()
+            .map_err(|_| std::io::Error::other("segments lock poisoned"))?;
+        if let Some(s) = segs.iter_mut().find(|s| s.start == seg.start) {
+            *s = crate::Segment {
+                start: seg.start,
+                file,
+                name: crate::packed::packed_name(seg.start),
+                packed: Some(packed),
+            };
+        }
+    }
+    // Readers holding the raw segment keep reading it until they let go.
+    std::fs::remove_file(shared.dir.join(&seg.name))?;
+    crate::derived::sync_dir(&shared.dir)
 }

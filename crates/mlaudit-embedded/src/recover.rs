@@ -116,26 +116,76 @@ fn make_private(dir: &Path, report: &mut OpenReport) {
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<Segment>, OpenError> {
-    let mut segs = Vec::new();
+    let mut raw = std::collections::BTreeMap::new();
+    let mut packed = std::collections::BTreeMap::new();
     for ent in std::fs::read_dir(dir).map_err(io(format!("listing {}", dir.display())))? {
         let ent = ent.map_err(io("listing segments"))?;
         let name = ent.file_name().to_string_lossy().into_owned();
-        let Some(start) = name
+        if name.starts_with("seg-") && name.ends_with(".zst.tmp") {
+            // A packing cut short: the raw segment is still there.
+            std::fs::remove_file(ent.path()).map_err(io(format!("removing {name}")))?;
+            continue;
+        }
+        let Some((start, ext)) = name
             .strip_prefix("seg-")
-            .and_then(|n| n.strip_suffix(".log"))
-            .and_then(|n| n.parse::<u64>().ok())
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(n, ext)| Some((n.parse::<u64>().ok()?, ext)))
         else {
             continue;
         };
+        match ext {
+            "log" => raw.insert(start, (name, ent.path())),
+            "zst" => packed.insert(start, (name, ent.path())),
+            _ => None,
+        };
+    }
+    let mut segs = Vec::new();
+    for (start, (name, path)) in packed {
+        match crate::packed::Packed::open(&path) {
+            Ok(p) if p.start() == start && (!raw.contains_key(&start) || p.check().is_ok()) => {
+                if let Some((raw_name, raw_path)) = raw.remove(&start) {
+                    // Packed, checked against it and renamed into place before a crash: the
+                    // raw copy is no longer needed.
+                    std::fs::remove_file(&raw_path).map_err(io(format!("removing {raw_name}")))?;
+                }
+                let file = File::open(&path).map_err(io(format!("opening {name}")))?;
+                segs.push(Segment {
+                    start,
+                    file: Arc::new(file),
+                    name,
+                    packed: Some(Arc::new(p)),
+                });
+            }
+            Ok(_) | Err(_) if raw.contains_key(&start) => {
+                std::fs::remove_file(&path).map_err(io(format!("removing {name}")))?;
+            }
+            Ok(_) => {
+                return Err(OpenError::Corrupt {
+                    file: name,
+                    offset: 0,
+                    problem: "its trailer names another start".into(),
+                })
+            }
+            Err(e) => {
+                return Err(OpenError::Corrupt {
+                    file: name,
+                    offset: 0,
+                    problem: e.to_string(),
+                })
+            }
+        }
+    }
+    for (start, (name, path)) in raw {
         let file = OpenOptions::new()
             .read(true)
             .append(true)
-            .open(ent.path())
+            .open(&path)
             .map_err(io(format!("opening {name}")))?;
         segs.push(Segment {
             start,
             file: Arc::new(file),
             name,
+            packed: None,
         });
     }
     segs.sort_by_key(|s| s.start);
@@ -253,10 +303,9 @@ fn replay_segment(
     from_off: u64,
     last: bool,
 ) -> Result<Option<(u64, u64)>, OpenError> {
-    let len = seg.file.metadata().map_err(io(seg.name.clone()))?.len();
+    let len = seg.len().map_err(io(seg.name.clone()))?;
     let mut buf = vec![0u8; len.saturating_sub(from_off) as usize];
-    seg.file
-        .read_exact_at(&mut buf, from_off)
+    seg.read_exact_at(&mut buf, from_off)
         .map_err(io(format!("reading {}", seg.name)))?;
     let mut at = 0usize;
     while at < buf.len() {
@@ -329,14 +378,30 @@ pub(crate) fn open(
             start: 0,
             file: Arc::new(file),
             name,
+            packed: None,
+        });
+    }
+    if let Some(last) = segments.last().filter(|s| s.packed.is_some()) {
+        // Appends go to a raw segment: start one where the packed one ends.
+        let start = last.start + last.len().map_err(io(last.name.clone()))?;
+        let name = segment_name(start);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(crate::FILE_MODE)
+            .open(dir.join(&name))
+            .map_err(io(format!("creating {name}")))?;
+        derived::sync_dir(dir).map_err(io("syncing directory"))?;
+        segments.push(Segment {
+            start,
+            file: Arc::new(file),
+            name,
+            packed: None,
         });
     }
     for pair in segments.windows(2) {
-        let len = pair[0]
-            .file
-            .metadata()
-            .map_err(io(pair[0].name.clone()))?
-            .len();
+        let len = pair[0].len().map_err(io(pair[0].name.clone()))?;
         if pair[0].start + len != pair[1].start {
             return Err(OpenError::Corrupt {
                 file: pair[1].name.clone(),
@@ -391,10 +456,7 @@ pub(crate) fn open(
                 true => "derived.meta is damaged",
                 false => "derived.meta is missing",
             };
-            if segments
-                .iter()
-                .any(|seg| seg.file.metadata().is_ok_and(|m| m.len() > 0))
-            {
+            if segments.iter().any(|seg| seg.len().is_ok_and(|n| n > 0)) {
                 report.warnings.push(format!(
                     "{why}: the indexes were rebuilt from the log, and its length could not be checked against the last watermark"
                 ));
@@ -425,7 +487,7 @@ pub(crate) fn open(
     };
     let last_i = segments.len() - 1;
     for (i, seg) in segments.iter().enumerate() {
-        let len = seg.file.metadata().map_err(io(seg.name.clone()))?.len();
+        let len = seg.len().map_err(io(seg.name.clone()))?;
         if seg.start + len <= log_start && i != last_i {
             continue;
         }
@@ -442,7 +504,7 @@ pub(crate) fn open(
     }
     r.flush()?;
     let last = &segments[last_i];
-    let log_end = last.start + last.file.metadata().map_err(io(last.name.clone()))?.len();
+    let log_end = last.start + last.len().map_err(io(last.name.clone()))?;
     let size = r.index.len();
     report.events = size;
     report.replayed = r.replayed;
@@ -578,13 +640,11 @@ fn read_note(segments: &[Segment], pos: u64) -> Result<String, OpenError> {
         problem,
     };
     let mut header = [0u8; record::HEADER_LEN];
-    seg.file
-        .read_exact_at(&mut header, off)
+    seg.read_exact_at(&mut header, off)
         .map_err(io(format!("reading {}", seg.name)))?;
     let h = record::parse_header(&header).map_err(|e| corrupt(e.to_string()))?;
     let mut buf = vec![0u8; h.total_len() as usize];
-    seg.file
-        .read_exact_at(&mut buf, off)
+    seg.read_exact_at(&mut buf, off)
         .map_err(io(format!("reading {}", seg.name)))?;
     let (a, _) = record::check_record(&h, &buf).map_err(|e| corrupt(e.to_string()))?;
     String::from_utf8(a.to_vec()).map_err(|_| corrupt("checkpoint is not UTF-8".into()))

@@ -314,8 +314,12 @@ struct Syncer {
     backlog: Backlog,
     /// The size and root of the latest durable checkpoint, for the rollback check at open.
     guard: crate::guard::Guard,
-    /// Merges index runs in the background; started with the writer.
+    /// Merges index runs and packs sealed segments in the background; started with the
+    /// writer.
     merger: Option<crate::merger::Merger>,
+    /// Segments there were when the merger was last asked to look (a new one means the one
+    /// before it is sealed).
+    segments_seen: usize,
     _lock: File,
 }
 
@@ -443,6 +447,7 @@ impl State {
             },
             syncer: Syncer {
                 merger: None,
+                segments_seen: 0,
                 derived: r.derived,
                 synced_end: r.log_end,
                 meta: r.meta,
@@ -861,6 +866,7 @@ impl Committer {
             start: self.log_end,
             file: Arc::new(file),
             name,
+            packed: None,
         };
         shared
             .segments
@@ -1111,6 +1117,13 @@ impl Syncer {
             }
             if let Some(root) = last.root {
                 self.guard.record(size, &root);
+            }
+            let segments = shared.segments.read().map_or(0, |s| s.len());
+            if segments != self.segments_seen {
+                self.segments_seen = segments;
+                if let Some(m) = &self.merger {
+                    m.poke();
+                }
             }
         }
         // Durable. Everything below only derives from it.

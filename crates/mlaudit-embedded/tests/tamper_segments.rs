@@ -30,6 +30,8 @@ fn build(tag: &str) -> (TempDir, Vec<PathBuf>) {
         Options {
             segment_target: 1024,
             run_events: 40,
+            // Raw segments, whose records these tests rearrange (packed ones: `packed.rs`).
+            pack_sealed: false,
             ..Options::default()
         },
     )

@@ -333,18 +333,20 @@ pub fn records(bytes: &[u8]) -> Vec<Rec> {
     out
 }
 
-/// The segment files of a store directory, sorted.
+/// The segment files of a store directory, raw or packed, sorted.
 pub fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("seg-") && n.ends_with(".log"))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("seg-") && (n.ends_with(".log") || n.ends_with(".zst"))
+            })
         })
         .collect();
     segs.sort();
+    // While a segment is being packed, both copies exist for a moment: count it once.
+    segs.dedup_by(|b, a| file_name(a)[..24] == file_name(b)[..24]);
     segs
 }
 
