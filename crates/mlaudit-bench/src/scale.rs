@@ -299,6 +299,8 @@ pub fn run(args: &[String]) -> Result<()> {
             ingest_rss,
             ctx.clone(),
         );
+        // Packs the last sealed segments and makes the merges due, as a running server would.
+        store.settle();
         store.close()?;
         drop(store);
         let per_event = dir_bytes(&log)? as f64 / stored as f64;

@@ -152,6 +152,8 @@ pub(crate) struct Shared {
     pub sync_lock: Mutex<()>,
     /// Monitoring counters, updated by the syncer.
     pub stats: Mutex<SyncStats>,
+    /// Where to ask the background thread for work ([`merger`]).
+    pub maintenance: Mutex<Option<std::sync::mpsc::Sender<merger::Ask>>>,
     pub options: Options,
 }
 
@@ -535,6 +537,12 @@ impl EmbeddedStore {
             .map_err(|_| lock_poisoned())?
             .clone()
             .ok_or_else(|| StoreError::WriterStopped("store is closing".into()))
+    }
+
+    /// Waits until the background work due so far is done: sealed segments packed, index runs
+    /// merged. (Closing does not wait for it: it stops after the step in progress.)
+    pub fn settle(&self) {
+        merger::settle(&self.shared);
     }
 
     /// Stops the writer, waiting for queued appends, and records the watermark.

@@ -13,55 +13,95 @@
 
 use crate::runs::{self, Run};
 use crate::Shared;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-/// Handle on the merge thread; dropping it waits for the merge in progress.
+/// Handle on the merge thread; dropping it stops the thread after the segment or merge in
+/// progress (what is left is taken up after the next open).
 #[derive(Debug)]
 pub(crate) struct Merger {
-    tx: Option<mpsc::Sender<()>>,
+    tx: Option<mpsc::Sender<Ask>>,
     join: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Merger {
     pub fn spawn(shared: Arc<Shared>) -> Merger {
-        let (tx, rx) = mpsc::channel::<()>();
+        let (tx, rx) = mpsc::channel::<Ask>();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        if let Ok(mut slot) = shared.maintenance.lock() {
+            *slot = Some(tx.clone());
+        }
         let join = std::thread::Builder::new()
             .name("mlaudit-merger".into())
             .spawn(move || {
-                while rx.recv().is_ok() {
-                    while rx.try_recv().is_ok() {}
-                    if shared.options.pack_sealed {
-                        pack_sealed(&shared);
+                let go_on = || !stopped.load(Ordering::Acquire);
+                while let Ok(ask) = rx.recv() {
+                    if !go_on() {
+                        break;
                     }
-                    while let Some((a, b)) = pick(&shared) {
+                    let mut waiting: Vec<mpsc::Sender<()>> = ask.into_iter().collect();
+                    while let Ok(more) = rx.try_recv() {
+                        waiting.extend(more);
+                    }
+                    if shared.options.pack_sealed {
+                        pack_sealed(&shared, &go_on);
+                    }
+                    while let Some((a, b)) = pick(&shared).filter(|_| go_on()) {
                         if merge(&shared, &a, &b).is_err() {
                             break;
                         }
                     }
+                    for w in waiting {
+                        let _ = w.send(());
+                    }
                 }
             })
             .ok();
-        let merger = Merger { tx: Some(tx), join };
+        let merger = Merger {
+            tx: Some(tx),
+            join,
+            stop,
+        };
         // Segments sealed before this process (or by an older version) are packed too.
         merger.poke();
         merger
     }
 
-    /// Asks for the runs to be looked at (after a new one was added).
+    /// Asks for the runs and segments to be looked at (after a new run or segment).
     pub fn poke(&self) {
         if let Some(tx) = &self.tx {
-            let _ = tx.send(());
+            let _ = tx.send(None);
         }
     }
 }
 
 impl Drop for Merger {
     fn drop(&mut self) {
-        self.tx = None;
+        self.stop.store(true, Ordering::Release);
+        // Wakes the thread, which sees the stop (the store keeps a sender for `settle`).
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(None);
+        }
         if let Some(j) = self.join.take() {
             let _ = j.join();
+        }
+    }
+}
+
+/// A request to the thread: look at the runs and segments, and say when done if asked to.
+pub(crate) type Ask = Option<mpsc::Sender<()>>;
+
+/// Waits until the thread has packed every sealed segment and made every merge due.
+pub(crate) fn settle(shared: &Shared) {
+    let tx = shared.maintenance.lock().ok().and_then(|t| t.clone());
+    if let Some(tx) = tx {
+        let (done, wait) = mpsc::channel();
+        if tx.send(Some(done)).is_ok() {
+            let _ = wait.recv();
         }
     }
 }
@@ -91,6 +131,11 @@ fn merge(shared: &Shared, a: &Arc<Run>, b: &Arc<Run>) -> std::io::Result<()> {
         .map_err(|_| std::io::Error::other("index lock poisoned"))?
         .budget()
         .clone();
+    // A damaged run is not merged (a merge would give it a valid checksum): it stays for
+    // `verify` to report.
+    if !a.check_body()? || !b.check_body()? {
+        return Err(std::io::Error::other("a run does not match its checksum"));
+    }
     let path = runs::merge(dir, a, b).inspect_err(|_| {
         let tmp = format!("{}.tmp", runs::run_name(a.footer.first, b.footer.end));
         let _ = std::fs::remove_file(dir.join(tmp));
@@ -113,8 +158,8 @@ fn merge(shared: &Shared, a: &Arc<Run>, b: &Arc<Run>) -> std::io::Result<()> {
 
 /// Packs every sealed raw segment (all but the last), oldest first. A failure (a full disk)
 /// leaves the raw segment in place; it is tried again on the next call.
-fn pack_sealed(shared: &Shared) {
-    loop {
+fn pack_sealed(shared: &Shared, go_on: &dyn Fn() -> bool) {
+    while go_on() {
         let next = match shared.segments.read() {
             Ok(segs) => segs
                 .iter()

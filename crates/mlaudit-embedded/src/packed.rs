@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// Raw bytes per block (whole records; a larger record is a block of its own).
 pub const BLOCK_TARGET: usize = 64 << 10;
+/// The most raw bytes a block can hold: the target, then one record of the largest size.
+const MAX_BLOCK: u32 = BLOCK_TARGET as u32 + (33 << 20);
 /// zstd level: ratio close to the higher levels' on these records at a fraction of the time.
 const LEVEL: i32 = 3;
 const MAGIC: &[u8; 8] = b"MLASEGZ1";
@@ -101,7 +103,10 @@ impl Packed {
             index: OnceLock::new(),
             last: Mutex::new(None),
         };
-        if p.index_at + u64::from(p.blocks) * ENTRY_LEN as u64 + TRAILER_LEN != len {
+        let end = (u64::from(p.blocks) * ENTRY_LEN as u64)
+            .checked_add(TRAILER_LEN)
+            .and_then(|n| n.checked_add(p.index_at));
+        if end != Some(len) {
             return Err(damaged(
                 &p.name,
                 len - TRAILER_LEN,
@@ -146,7 +151,10 @@ impl Packed {
                 raw_len: u32_at(20),
                 crc: u32_at(24),
             };
-            if block.raw_at != raw || block.stored_at + u64::from(block.stored_len) > self.index_at
+            let stored_end = block.stored_at.checked_add(u64::from(block.stored_len));
+            if block.raw_at != raw
+                || stored_end.is_none_or(|e| e > self.index_at)
+                || block.raw_len > MAX_BLOCK
             {
                 return Err(damaged(
                     &self.name,

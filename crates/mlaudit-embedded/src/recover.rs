@@ -530,6 +530,7 @@ pub(crate) fn open(
         upper_nodes: RwLock::new(Vec::new()),
         failed: std::sync::atomic::AtomicBool::new(false),
         sync_lock: std::sync::Mutex::new(()),
+        maintenance: std::sync::Mutex::new(None),
         stats: std::sync::Mutex::new(crate::SyncStats {
             log_bytes: log_end,
             ..Default::default()

@@ -138,6 +138,12 @@ impl Footer {
         }
         let u =
             |i: usize| u64::from_be_bytes(b[8 + 8 * i..16 + 8 * i].try_into().unwrap_or([0; 8]));
+        // Counts bounded so that no offset computed from them can overflow (a run holds at
+        // most 2^32 events; the file's length is checked against them next).
+        let plausible = |i: usize| u(i) < 1 << 40;
+        if !(4..=8).all(plausible) || u(0) > u(1) || u(1) - u(0) > u64::from(u32::MAX) {
+            return None;
+        }
         Some(Footer {
             first: u(0),
             end: u(1),

@@ -320,6 +320,8 @@ struct Syncer {
     /// Segments there were when the merger was last asked to look (a new one means the one
     /// before it is sealed).
     segments_seen: usize,
+    /// After a run could not be written, the tail length at which to try again.
+    run_retry_at: u64,
     _lock: File,
 }
 
@@ -448,6 +450,7 @@ impl State {
             syncer: Syncer {
                 merger: None,
                 segments_seen: 0,
+                run_retry_at: 0,
                 derived: r.derived,
                 synced_end: r.log_end,
                 meta: r.meta,
@@ -1172,10 +1175,8 @@ impl Syncer {
             }
             shared.size.store(size, Ordering::Release);
         }
-        let tail_full = shared
-            .index
-            .read()
-            .is_ok_and(|i| i.tail_len() >= shared.options.run_events);
+        let tail = shared.index.read().map_or(0, |i| i.tail_len());
+        let tail_full = tail >= shared.options.run_events.max(self.run_retry_at);
         if size - self.meta.size >= META_EVERY || tail_full {
             // Only a watermark and an index run: if they cannot be written now (a full disk),
             // opening replays a little more, the tail stays in memory a little longer, and
@@ -1197,8 +1198,11 @@ impl Syncer {
         let Ok(run) = crate::index::write_and_open(&shared.dir, &content, &budget) else {
             let tmp = format!("{}.tmp", crate::runs::run_name(content.first, content.end));
             let _ = std::fs::remove_file(shared.dir.join(tmp));
+            // Not at every group: after another quarter of a run.
+            self.run_retry_at = content.end - content.first + shared.options.run_events / 4;
             return;
         };
+        self.run_retry_at = 0;
         if let Ok(mut index) = shared.index.write() {
             index.add_run(run);
         }

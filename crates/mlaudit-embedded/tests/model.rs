@@ -553,7 +553,8 @@ fn random_batches_match(options: Options, seed: u64) {
         assert_eq!((old.size, new.size), (from, to));
         assert_eq!((old.root, new.root), (roots[&from], roots[&to]));
     }
-    drop(store); // Waits for the merges in progress.
+    store.settle();
+    drop(store);
     let runs = std::fs::read_dir(dir.path())
         .unwrap()
         .filter(|e| {

@@ -39,14 +39,17 @@ fn build(tag: &str, pack_sealed: bool) -> TempDir {
             .collect();
         store.append(batch).unwrap();
     }
+    store.settle();
     drop(store);
     dir
 }
 
-/// A copy of a raw log, opened with packing and closed (which waits for the packing).
+/// A copy of a raw log, opened with packing, packed and closed.
 fn packed_copy(raw: &TempDir, tag: &str) -> TempDir {
     let copy = TempDir::copy_of(raw.path(), tag);
-    drop(open_with(copy.path(), options(true)));
+    let (store, _) = open_with(copy.path(), options(true));
+    store.settle();
+    drop(store);
     copy
 }
 
@@ -112,10 +115,10 @@ fn a_log_of_raw_segments_opens_and_is_packed() {
     let before = (contents(&store), run_verify(&store).unwrap().root);
     drop(store);
     let (store, _) = open_with(dir.path(), options(true));
-    // The next append is in a new group; closing waits for the packing.
     store
         .append(vec![Spec::simple(id(EVENTS), KINDS[0], EVENTS).prepare()])
         .unwrap();
+    store.settle();
     drop(store);
     let (p, r) = kinds(dir.path());
     assert!(p >= 5 && r == 1, "{p} packed and {r} raw segments");

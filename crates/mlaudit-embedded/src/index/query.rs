@@ -157,15 +157,14 @@ impl Index {
         if q.since_ns.is_none() && q.until_ns.is_none() {
             return Ok(vec![Some(0); seqs.len()]);
         }
-        let (Some(lo), Some(hi)) = (seqs.first(), seqs.last()) else {
+        // A damaged run may list seqs out of order: bounds come from the values themselves.
+        let (Some(lo), Some(hi)) = (seqs.iter().min(), seqs.iter().max()) else {
             return Ok(Vec::new());
         };
-        if hi - lo < 4 * seqs.len() as u64 {
+        if hi - lo < 4 * seqs.len() as u64 && *hi < self.base {
             let recs = self.files.records(*lo, hi - lo + 1)?;
-            return Ok(seqs
-                .iter()
-                .map(|s| Some(recs[(s - lo) as usize].time_ns))
-                .collect());
+            let time = |s: &u64| recs.get((s - lo) as usize).map(|r| r.time_ns);
+            return Ok(seqs.iter().map(time).collect());
         }
         let mut out = Vec::with_capacity(seqs.len());
         for s in seqs {
