@@ -806,8 +806,14 @@ impl Store for EmbeddedStore {
 
     fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
         if Index::uses_postings(q) {
-            let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
-            return index.query(q).map_err(io_err("reading the indexes"));
+            let plan = {
+                let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+                index.plan(q)
+            };
+            return match plan {
+                Some(plan) => plan.run(q).map_err(io_err("reading the indexes")),
+                None => Ok(Vec::new()),
+            };
         }
         // By time alone: a scan of the event times, one window per lock, so that a long scan
         // never keeps the writer from publishing.

@@ -81,36 +81,62 @@ impl Index {
     /// Evaluates a query that filters by a term or a stage ([`Index::uses_postings`]); never
     /// reads the log. Time-only queries go through [`Index::scan_times`].
     pub fn query(&self, q: &Query) -> std::io::Result<Vec<u64>> {
-        let Some(terms) = self.query_terms(q) else {
-            return Ok(Vec::new());
-        };
-        let first = q.after_seq.map_or(0, |s| s.saturating_add(1));
-        let mut out = Vec::new();
-        if terms.is_empty() {
-            self.scan_times(q, first, self.len, &mut out)?;
-            return Ok(out);
+        match self.plan(q) {
+            Some(plan) => plan.run(q),
+            None => Ok(Vec::new()),
         }
+    }
+
+    /// What a query by term or stage needs from the index, taken under its lock: the runs
+    /// (shared, immutable) and the tail's matches. [`QueryPlan::run`] then reads the runs
+    /// without the lock, so that a query over millions of postings never keeps the writer
+    /// from publishing. `None` when a value is unknown (nothing matches).
+    pub fn plan(&self, q: &Query) -> Option<QueryPlan> {
+        let terms = self.query_terms(q)?;
+        let first = q.after_seq.map_or(0, |s| s.saturating_add(1));
+        let mut tail = Vec::new();
+        self.query_tail(q, &terms, first, &mut tail);
         let start = self.runs.partition_point(|r| r.footer.end <= first);
-        for run in &self.runs[start..] {
+        Some(QueryPlan {
+            runs: self.runs[start..].to_vec(),
+            files: self.files.clone(),
+            terms,
+            first,
+            tail,
+        })
+    }
+}
+
+/// A query by term or stage, ready to run without the index lock ([`Index::plan`]).
+#[derive(Debug)]
+pub struct QueryPlan {
+    runs: Vec<std::sync::Arc<Run>>,
+    files: super::Files,
+    terms: Vec<u32>,
+    first: u64,
+    /// The tail's matches, after every run's.
+    tail: Vec<u64>,
+}
+
+impl QueryPlan {
+    /// The matching seqs, ascending, at most `q.limit`.
+    pub fn run(self, q: &Query) -> std::io::Result<Vec<u64>> {
+        let mut out = Vec::new();
+        for run in &self.runs {
             if out.len() >= q.limit {
                 return Ok(out);
             }
             if !outside(q, run) {
-                self.query_run(q, run, &terms, first, &mut out)?;
+                self.query_run(q, run, &mut out)?;
             }
         }
-        self.query_tail(q, &terms, first, &mut out);
+        out.extend(self.tail.iter().take(q.limit.saturating_sub(out.len())));
         Ok(out)
     }
 
-    fn query_run(
-        &self,
-        q: &Query,
-        run: &Run,
-        terms: &[u32],
-        first: u64,
-        out: &mut Vec<u64>,
-    ) -> std::io::Result<()> {
+    /// Appends the run's matches from `first` on, until `out` holds `q.limit`.
+    fn query_run(&self, q: &Query, run: &Run, out: &mut Vec<u64>) -> std::io::Result<()> {
+        let (terms, first) = (&self.terms, self.first);
         let mut lists: Vec<ListAt> = Vec::with_capacity(terms.len());
         for t in terms {
             match run.list(*t) {
@@ -161,18 +187,20 @@ impl Index {
         let (Some(lo), Some(hi)) = (seqs.iter().min(), seqs.iter().max()) else {
             return Ok(Vec::new());
         };
-        if hi - lo < 4 * seqs.len() as u64 && *hi < self.base {
+        if hi - lo < 4 * seqs.len() as u64 {
             let recs = self.files.records(*lo, hi - lo + 1)?;
             let time = |s: &u64| recs.get((s - lo) as usize).map(|r| r.time_ns);
             return Ok(seqs.iter().map(time).collect());
         }
         let mut out = Vec::with_capacity(seqs.len());
         for s in seqs {
-            out.push(Some(self.time(*s)?));
+            out.push(Some(self.files.records(*s, 1)?[0].time_ns));
         }
         Ok(out)
     }
+}
 
+impl Index {
     fn query_tail(&self, q: &Query, terms: &[u32], first: u64, out: &mut Vec<u64>) {
         let t = &self.tail;
         let empty: &[u64] = &[];
