@@ -178,7 +178,7 @@ fn pack_sealed(shared: &Shared, go_on: &dyn Fn() -> bool) {
 fn pack_one(shared: &Shared, seg: &crate::Segment) -> std::io::Result<()> {
     let path = crate::packed::pack(&shared.dir, seg.start, &seg.file, &seg.name)?;
     let packed = Arc::new(crate::packed::Packed::open(&path)?);
-    let file = Arc::new(std::fs::File::open(&path)?);
+    let file = packed.file();
     {
         let mut segs = shared
             .segments

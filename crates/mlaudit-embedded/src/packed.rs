@@ -56,20 +56,33 @@ fn damaged(name: &str, offset: u64, problem: impl Into<String>) -> std::io::Erro
     )
 }
 
+/// Decompressed blocks kept for the next read, across all packed segments: a record's header
+/// and body are read one after the other, and a scan reads on from where it stopped.
+const CACHED_BLOCKS: usize = 8;
+
+/// The decompressed blocks of [`CACHED_BLOCKS`], most recent last: (the [`Packed`]'s
+/// instance number, block).
+type BlockCache = Mutex<std::collections::VecDeque<(u64, u32, Arc<Vec<u8>>)>>;
+
+static CACHE: BlockCache = Mutex::new(std::collections::VecDeque::new());
+
+/// Numbers every [`Packed`] opened in this process (several stores may be open at once).
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// An open packed segment.
 #[derive(Debug)]
 pub struct Packed {
     pub name: String,
-    file: File,
+    /// Its key in the block cache.
+    instance: u64,
+    file: Arc<File>,
     start: u64,
     raw_len: u64,
     blocks: u32,
     index_at: u64,
     index_crc: u32,
-    /// Read on first use.
+    /// Read on first use (28 bytes per 64 KiB of log).
     index: OnceLock<Vec<Block>>,
-    /// The last block decompressed: a record's header and body are read one after the other.
-    last: Mutex<Option<(u32, Arc<Vec<u8>>)>>,
 }
 
 impl Packed {
@@ -79,7 +92,7 @@ impl Packed {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let file = File::open(path)?;
+        let file = Arc::new(File::open(path)?);
         let len = file.metadata()?.len();
         if len < TRAILER_LEN + 8 {
             return Err(damaged(&name, 0, "shorter than its header and trailer"));
@@ -101,7 +114,7 @@ impl Packed {
             name,
             file,
             index: OnceLock::new(),
-            last: Mutex::new(None),
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         let end = (u64::from(p.blocks) * ENTRY_LEN as u64)
             .checked_add(TRAILER_LEN)
@@ -114,6 +127,11 @@ impl Packed {
             ));
         }
         Ok(p)
+    }
+
+    /// The file, for the segment list (one descriptor per segment).
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
     }
 
     /// The log position of its first byte.
@@ -177,9 +195,11 @@ impl Packed {
 
     /// The raw bytes of block `i`.
     fn block(&self, i: u32) -> std::io::Result<Arc<Vec<u8>>> {
-        if let Ok(last) = self.last.lock() {
-            if let Some((n, bytes)) = last.as_ref().filter(|(n, _)| *n == i) {
-                let _ = n;
+        if let Ok(cache) = CACHE.lock() {
+            let hit = cache
+                .iter()
+                .find(|(s, n, _)| *s == self.instance && *n == i);
+            if let Some((_, _, bytes)) = hit {
                 return Ok(bytes.clone());
             }
         }
@@ -203,8 +223,11 @@ impl Packed {
             ));
         }
         let raw = Arc::new(raw);
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some((i, raw.clone()));
+        if let Ok(mut cache) = CACHE.lock() {
+            if cache.len() == CACHED_BLOCKS {
+                cache.pop_front();
+            }
+            cache.push_back((self.instance, i, raw.clone()));
         }
         Ok(raw)
     }

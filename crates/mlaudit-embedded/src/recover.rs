@@ -148,10 +148,9 @@ fn list_segments(dir: &Path) -> Result<Vec<Segment>, OpenError> {
                     // raw copy is no longer needed.
                     std::fs::remove_file(&raw_path).map_err(io(format!("removing {raw_name}")))?;
                 }
-                let file = File::open(&path).map_err(io(format!("opening {name}")))?;
                 segs.push(Segment {
                     start,
-                    file: Arc::new(file),
+                    file: p.file(),
                     name,
                     packed: Some(Arc::new(p)),
                 });
