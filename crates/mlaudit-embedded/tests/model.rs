@@ -440,6 +440,17 @@ fn random_batches_match_the_reference_model_through_index_runs() {
     random_batches_match(common::small_runs(64), 0x5eed_0003);
 }
 
+/// And with small segments, sealed and packed in the background as the log grows, across
+/// reopens, beside small index runs and their merges.
+#[test]
+fn random_batches_match_the_reference_model_through_packed_segments() {
+    let options = Options {
+        segment_target: 16 << 10,
+        ..common::small_runs(16)
+    };
+    random_batches_match(options, 0x5eed_0004);
+}
+
 fn random_batches_match(options: Options, seed: u64) {
     let dir = TempDir::new("model");
     let mut rng = Rng::new(seed);
@@ -570,6 +581,18 @@ fn random_batches_match(options: Options, seed: u64) {
             "{runs} index runs for {} events of runs of {}",
             model.len(),
             options.run_events
+        );
+    }
+    let segs = common::segments(dir.path());
+    let packed = segs
+        .iter()
+        .filter(|p| common::file_name(p).ends_with(".zst"))
+        .count();
+    if options.segment_target < 1 << 20 {
+        assert!(
+            packed >= 3 && packed + 1 == segs.len(),
+            "{packed} of {} segments packed",
+            segs.len()
         );
     }
 }
