@@ -272,28 +272,59 @@ impl Replay {
     }
 }
 
-/// What ends a segment's bytes at `at`, when they stop parsing.
-fn is_torn(buf: &[u8], at: usize, last_segment: bool) -> bool {
-    if !last_segment {
-        return false;
+/// Bytes of a segment replayed at a time: opening never holds a whole segment in memory.
+const REPLAY_CHUNK: u64 = 8 << 20;
+
+/// Whether every byte of `seg` from `from` to its end is zero, read a chunk at a time.
+fn zero_from(seg: &Segment, from: u64, len: u64) -> Result<bool, OpenError> {
+    let mut at = from;
+    let mut buf = Vec::new();
+    while at < len {
+        let n = REPLAY_CHUNK.min(len - at);
+        buf.resize(n as usize, 0);
+        seg.read_exact_at(&mut buf, at)
+            .map_err(io(format!("reading {}", seg.name)))?;
+        if buf.iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n;
     }
-    let rest = &buf[at..];
-    if rest.iter().all(|b| *b == 0) {
-        return true;
-    }
-    if rest.len() < record::HEADER_LEN {
-        return true;
-    }
-    let header: Option<&[u8; record::HEADER_LEN]> = rest[..record::HEADER_LEN].try_into().ok();
-    matches!(header.map(record::parse_header), Some(Ok(h)) if h.total_len() > rest.len() as u64)
+    Ok(true)
 }
 
-/// Whether `tail` (a record of `record_len` bytes and everything after it) is zero from some
-/// point inside the record through its end and beyond: at least the record's last 8 bytes,
-/// checksum included, so that a damaged complete record is never taken for a torn one.
-fn zero_from_inside(tail: &[u8], record_len: usize) -> bool {
-    let nonzero_end = tail.iter().rposition(|b| *b != 0).map_or(0, |p| p + 1);
-    record_len >= 8 && nonzero_end <= record_len - 8
+/// A window on a segment's bytes, `[start, start + buf.len())`, moved forward as records are
+/// replayed and grown to hold a whole record.
+struct Window<'a> {
+    seg: &'a Segment,
+    len: u64,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl Window<'_> {
+    /// Makes the window hold `need` bytes from `at` (or everything to the end of the file).
+    fn hold(&mut self, at: u64, need: u64) -> Result<(), OpenError> {
+        let end = (at + need.max(REPLAY_CHUNK)).min(self.len);
+        if at >= self.start && at + need.min(self.len - at) <= self.start + self.buf.len() as u64 {
+            return Ok(());
+        }
+        let keep_from = (at - self.start) as usize;
+        self.buf.drain(..keep_from.min(self.buf.len()));
+        self.start = at;
+        let old = self.buf.len();
+        let want = (end - at) as usize;
+        if want > old {
+            self.buf.resize(want, 0);
+            self.seg
+                .read_exact_at(&mut self.buf[old..], at + old as u64)
+                .map_err(io(format!("reading {}", self.seg.name)))?;
+        }
+        Ok(())
+    }
+
+    fn at(&self, at: u64) -> &[u8] {
+        &self.buf[(at - self.start) as usize..]
+    }
 }
 
 fn replay_segment(
@@ -303,24 +334,34 @@ fn replay_segment(
     last: bool,
 ) -> Result<Option<(u64, u64)>, OpenError> {
     let len = seg.len().map_err(io(seg.name.clone()))?;
-    let mut buf = vec![0u8; len.saturating_sub(from_off) as usize];
-    seg.read_exact_at(&mut buf, from_off)
-        .map_err(io(format!("reading {}", seg.name)))?;
-    let mut at = 0usize;
-    while at < buf.len() {
-        let offset = from_off + at as u64;
+    let mut w = Window {
+        seg,
+        len,
+        start: from_off,
+        buf: Vec::new(),
+    };
+    let mut offset = from_off;
+    while offset < len {
         let corrupt = |problem: String| OpenError::Corrupt {
             file: seg.name.clone(),
             offset,
             problem,
         };
-        let parsed = buf
-            .get(at..at + record::HEADER_LEN)
+        w.hold(offset, record::HEADER_LEN as u64)?;
+        let rest = len - offset;
+        let parsed = w
+            .at(offset)
+            .get(..record::HEADER_LEN)
             .and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok())
             .map(record::parse_header);
+        let torn = Ok(Some((offset, rest)));
         let h = match parsed {
-            Some(Ok(h)) if at as u64 + h.total_len() <= buf.len() as u64 => h,
-            _ if is_torn(&buf, at, last) => return Ok(Some((offset, len - offset))),
+            Some(Ok(h)) if h.total_len() <= rest => h,
+            // Torn: an incomplete header or record at the end of the last segment, or zeros
+            // through its end.
+            None if last => return torn,
+            Some(Ok(_)) if last => return torn,
+            _ if last && zero_from(seg, offset, len)? => return torn,
             Some(Err(e)) => return Err(corrupt(e.to_string())),
             _ => {
                 return Err(corrupt(
@@ -328,18 +369,21 @@ fn replay_segment(
                 ))
             }
         };
-        let rec = &buf[at..at + h.total_len() as usize];
+        let total = h.total_len();
+        w.hold(offset, total)?;
+        let rec = &w.at(offset)[..total as usize];
         let (a, _) = match record::check_record(&h, rec) {
             Ok(parts) => parts,
             // The header reached the disk but the end of the record did not (the size was
-            // extended first): zeros from inside the record through the end of the file.
-            Err(_) if last && zero_from_inside(&buf[at..], h.total_len() as usize) => {
-                return Ok(Some((offset, len - offset)))
+            // extended first): zeros from inside the record (at least its last 8 bytes,
+            // checksum included) through the end of the file.
+            Err(_) if last && total >= 8 && zero_from(seg, offset + total - 8, len)? => {
+                return torn
             }
             Err(e) => return Err(corrupt(e.to_string())),
         };
         r.apply(&h, a, seg.start + offset).map_err(corrupt)?;
-        at += h.total_len() as usize;
+        offset += total;
     }
     Ok(None)
 }

@@ -100,3 +100,44 @@ fn deleted_runs_are_rebuilt_from_the_index_records_at_open() {
     check_lookups(&store);
     run_verify(&store).unwrap();
 }
+
+/// A log larger than the replay window (8 MiB), its watermark deleted: opening replays every
+/// segment a window at a time, and a torn tail of zeros longer than a window is still
+/// recognized and removed.
+#[test]
+fn a_replay_longer_than_its_window_recovers_everything() {
+    let dir = TempDir::new("replay-window");
+    let (store, _) = common::open(dir.path());
+    let filler = "x".repeat(200_000);
+    let mut ids = Vec::new();
+    for n in 0..60u64 {
+        let json = format!(
+            r#"{{"id":"{}","kind":"x.bulk","actor":{{"id":"loader","type":"service"}},"attributes":{{"n":{n},"blob":"{filler}"}}}}"#,
+            uuid::Uuid::from_bytes(id(1000 + n).0)
+        );
+        let ev = mlaudit_core::event::prepare(&json, "local:test").unwrap();
+        ids.push(id(1000 + n));
+        store.append(vec![ev]).unwrap();
+    }
+    drop(store);
+    std::fs::remove_file(dir.path().join("derived.meta")).unwrap();
+    let seg = common::segments(dir.path()).pop().unwrap();
+    let len = seg.metadata().unwrap().len();
+    assert!(
+        len > 8 << 20,
+        "the segment ({len} bytes) is longer than a window"
+    );
+    // As after a power loss with the size extended first: 9 MiB of zeros at the end.
+    let f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    f.set_len(len + (9 << 20)).unwrap();
+    drop(f);
+    let (store, report) = common::open(dir.path());
+    assert_eq!(report.events, 60);
+    assert_eq!(report.replayed, 60);
+    let (_, offset, bytes) = report.truncated.clone().expect("the zeros are a torn tail");
+    assert_eq!((offset, bytes), (len, 9 << 20));
+    for (n, id) in ids.iter().enumerate() {
+        assert_eq!(store.seq_of(id).unwrap(), Some(n as u64));
+    }
+    run_verify(&store).unwrap();
+}
