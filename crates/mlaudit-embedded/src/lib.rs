@@ -804,6 +804,17 @@ impl Store for EmbeddedStore {
             .map_err(io_err("reading checkpoints.bin"))
     }
 
+    fn checkpoint_sizes_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
+        index
+            .checkpoint_sizes_after(after, max)
+            .map_err(io_err("reading checkpoints.bin"))
+    }
+
     fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
         if Index::uses_postings(q) {
             let plan = {

@@ -309,6 +309,20 @@ pub trait Store: Send + Sync {
     fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError>;
     /// Tree sizes of every stored checkpoint, ascending.
     fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError>;
+    /// Up to `max` tree sizes of stored checkpoints greater than `after` (from the first when
+    /// `None`), ascending without repeats: [`Store::checkpoint_sizes`] a page at a time, for
+    /// readers that must not hold one size per commit group of a large log.
+    fn checkpoint_sizes_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let all = self.checkpoint_sizes()?.into_iter();
+        Ok(all
+            .filter(|s| after.is_none_or(|a| *s > a))
+            .take(max)
+            .collect())
+    }
     /// The event at `seq` and its inclusion path in the tree of `size` (RFC 9162 order): what
     /// a proof bundle needs from storage. Engines may read both at once.
     fn inclusion_material(&self, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {

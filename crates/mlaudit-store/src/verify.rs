@@ -44,12 +44,48 @@ pub struct VerifyFailure {
     pub problem: String,
 }
 
+/// Checkpoint sizes pages at a time, so that `verify` never holds one per commit group.
+struct Sizes<'a> {
+    store: &'a dyn Store,
+    page: Vec<u64>,
+    at: usize,
+    /// Sizes consumed so far, and the last of them.
+    count: u64,
+    last: Option<u64>,
+}
+
+/// Checkpoint sizes read at a time.
+const SIZES_PAGE: usize = 1 << 14;
+
+impl Sizes<'_> {
+    /// The next size not yet consumed.
+    fn peek(&mut self) -> Result<Option<u64>, VerifyFailure> {
+        if self.at == self.page.len() {
+            let next = self.store.checkpoint_sizes_after(self.last, SIZES_PAGE);
+            self.page = next.map_err(|e| VerifyFailure {
+                seq: None,
+                location: "checkpoints".into(),
+                problem: e.to_string(),
+            })?;
+            self.at = 0;
+        }
+        Ok(self.page.get(self.at).copied())
+    }
+
+    fn consume(&mut self) {
+        if let Some(s) = self.page.get(self.at) {
+            self.last = Some(*s);
+            self.count += 1;
+            self.at += 1;
+        }
+    }
+}
+
 struct Verifier<'a> {
     store: &'a dyn Store,
     key: &'a NoteVerifier,
     range: CompactRange,
-    sizes: Vec<u64>,
-    next_checkpoint: usize,
+    sizes: Sizes<'a>,
     /// Recomputed nodes not yet compared, per level: (first index, hashes).
     pending: Vec<(u64, Vec<Hash>)>,
     redacted: u64,
@@ -160,9 +196,9 @@ impl Verifier<'_> {
                 }
                 pending[level].1.push(*hash);
             });
-            while self.sizes.get(self.next_checkpoint) == Some(&self.range.size()) {
+            while self.sizes.peek()? == Some(self.range.size()) {
                 self.check_checkpoint(self.range.size(), seq)?;
-                self.next_checkpoint += 1;
+                self.sizes.consume();
             }
             if self.range.size().is_multiple_of(NODE_BATCH) {
                 self.compare_nodes()?;
@@ -172,11 +208,7 @@ impl Verifier<'_> {
     }
 
     fn check_checkpoint(&self, size: u64, last_seq: u64) -> Result<(), VerifyFailure> {
-        let first_covered = self
-            .sizes
-            .get(self.next_checkpoint.wrapping_sub(1))
-            .copied()
-            .unwrap_or(0);
+        let first_covered = self.sizes.last.unwrap_or(0);
         let here = |p: String| VerifyFailure {
             seq: Some(first_covered.min(last_seq)),
             location: format!(
@@ -234,12 +266,12 @@ pub fn verify(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport, VerifyFailure> {
     let total = store.tree_size();
-    let sizes = store.checkpoint_sizes().map_err(|e| VerifyFailure {
+    let latest = store.latest_checkpoint_size().map_err(|e| VerifyFailure {
         seq: None,
         location: "checkpoints".into(),
         problem: e.to_string(),
     })?;
-    if let Some(beyond) = sizes.iter().find(|s| **s > total) {
+    if let Some(beyond) = latest.filter(|s| *s > total) {
         return Err(VerifyFailure {
             seq: Some(total),
             location: format!("checkpoint for tree size {beyond}"),
@@ -250,16 +282,21 @@ pub fn verify(
         store,
         key,
         range: CompactRange::new(),
-        sizes,
-        next_checkpoint: 0,
+        sizes: Sizes {
+            store,
+            page: Vec::new(),
+            at: 0,
+            count: 0,
+            last: None,
+        },
         pending: Vec::new(),
         redacted: 0,
         index_problem: None,
         index_check: store.index_check(),
     };
-    while v.sizes.get(v.next_checkpoint) == Some(&0) {
+    while v.sizes.peek()? == Some(0) {
         v.check_checkpoint(0, 0)?;
-        v.next_checkpoint += 1;
+        v.sizes.consume();
     }
     // Four stages: one thread scans and deals runs alternately to two checker threads (the
     // per-event work); this thread takes their results back in the same alternation, so in seq
@@ -352,10 +389,17 @@ pub fn verify(
         return Err(v.fail(Some(seq), problem));
     }
     progress(total, total);
-    let signed = v.sizes.last().copied().unwrap_or(0);
+    // Sizes beyond the events verified were refused above; any left were never reached.
+    if let Some(size) = v.sizes.peek()? {
+        return Err(v.fail(
+            Some(total.saturating_sub(1)),
+            format!("a checkpoint for tree size {size} was not reached"),
+        ));
+    }
+    let signed = v.sizes.last.unwrap_or(0);
     Ok(VerifyReport {
         events: total,
-        checkpoints: v.sizes.len() as u64,
+        checkpoints: v.sizes.count,
         root: v.range.root(),
         redacted: v.redacted,
         unsigned_tail: total - signed,

@@ -529,17 +529,37 @@ impl Index {
 
     /// Every checkpointed size, ascending, without repeats.
     pub fn checkpoint_sizes(&self) -> std::io::Result<Vec<u64>> {
+        self.checkpoint_sizes_after(None, usize::MAX)
+    }
+
+    /// Up to `max` checkpointed sizes greater than `after`, ascending, without repeats.
+    pub fn checkpoint_sizes_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> std::io::Result<Vec<u64>> {
         let mut out = Vec::new();
         const CHUNK: u64 = 1 << 14;
-        let mut i = 0;
+        // The first record past `after` (sizes never decrease along the file).
+        let (mut i, mut hi) = (0u64, self.checkpoints.count);
+        if let Some(after) = after {
+            while i < hi {
+                let mid = i + (hi - i) / 2;
+                if self.files.checkpoint(mid)?.0 <= after {
+                    i = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+        }
         let mut buf = Vec::new();
-        while i < self.checkpoints.count {
+        while i < self.checkpoints.count && out.len() < max {
             let n = CHUNK.min(self.checkpoints.count - i);
             buf.resize(n as usize * 16, 0);
             self.files.checkpoints.read_exact_at(&mut buf, i * 16)?;
             for c in buf.chunks_exact(16) {
                 let s = u64::from_be_bytes(c[..8].try_into().unwrap_or([0; 8]));
-                if out.last() != Some(&s) {
+                if out.last() != Some(&s) && out.len() < max {
                     out.push(s);
                 }
             }
