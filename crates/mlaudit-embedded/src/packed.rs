@@ -48,6 +48,20 @@ struct Block {
     crc: u32,
 }
 
+/// The big-endian u64 at `i` of a slice the caller sized (0 past its end).
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    b.get(i..i + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// The big-endian u32 at `i` of a slice the caller sized (0 past its end).
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    b.get(i..i + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
+}
+
 /// Why a packed segment cannot be read.
 fn damaged(name: &str, offset: u64, problem: impl Into<String>) -> std::io::Error {
     std::io::Error::new(
@@ -103,14 +117,12 @@ impl Packed {
         if &t[..8] != MAGIC || crc32c::crc32c(&t[..crc_at]).to_be_bytes() != t[crc_at..] {
             return Err(damaged(&name, len - TRAILER_LEN, "damaged trailer"));
         }
-        let u64_at = |i: usize| u64::from_be_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
-        let u32_at = |i: usize| u32::from_be_bytes(t[i..i + 4].try_into().unwrap_or([0; 4]));
         let p = Packed {
-            start: u64_at(8),
-            raw_len: u64_at(16),
-            blocks: u32_at(24),
-            index_at: u64_at(28),
-            index_crc: u32_at(36),
+            start: u64_at(&t, 8),
+            raw_len: u64_at(&t, 16),
+            blocks: u32_at(&t, 24),
+            index_at: u64_at(&t, 28),
+            index_crc: u32_at(&t, 36),
             name,
             file,
             index: OnceLock::new(),
@@ -160,14 +172,12 @@ impl Packed {
         let mut blocks = Vec::with_capacity(self.blocks as usize);
         let mut raw = 0u64;
         for e in b.chunks_exact(ENTRY_LEN) {
-            let u64_at = |i: usize| u64::from_be_bytes(e[i..i + 8].try_into().unwrap_or([0; 8]));
-            let u32_at = |i: usize| u32::from_be_bytes(e[i..i + 4].try_into().unwrap_or([0; 4]));
             let block = Block {
-                raw_at: u64_at(0),
-                stored_at: u64_at(8),
-                stored_len: u32_at(16),
-                raw_len: u32_at(20),
-                crc: u32_at(24),
+                raw_at: u64_at(e, 0),
+                stored_at: u64_at(e, 8),
+                stored_len: u32_at(e, 16),
+                raw_len: u32_at(e, 20),
+                crc: u32_at(e, 24),
             };
             let stored_end = block.stored_at.checked_add(u64::from(block.stored_len));
             if block.raw_at != raw

@@ -388,6 +388,25 @@ fn replay_segment(
     Ok(None)
 }
 
+/// Creates (or takes over, if empty) the raw segment starting at `start`, durably.
+fn create_segment(dir: &Path, start: u64) -> Result<Segment, OpenError> {
+    let name = segment_name(start);
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(crate::FILE_MODE)
+        .open(dir.join(&name))
+        .map_err(io(format!("creating {name}")))?;
+    derived::sync_dir(dir).map_err(io("syncing directory"))?;
+    Ok(Segment {
+        start,
+        file: Arc::new(file),
+        name,
+        packed: None,
+    })
+}
+
 pub(crate) fn open(
     dir: &Path,
     signer: Option<NoteSigner>,
@@ -408,40 +427,12 @@ pub(crate) fn open(
     }
     let mut segments = list_segments(dir)?;
     if segments.is_empty() {
-        let name = segment_name(0);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(crate::FILE_MODE)
-            .open(dir.join(&name))
-            .map_err(io(format!("creating {name}")))?;
-        derived::sync_dir(dir).map_err(io("syncing directory"))?;
-        segments.push(Segment {
-            start: 0,
-            file: Arc::new(file),
-            name,
-            packed: None,
-        });
+        segments.push(create_segment(dir, 0)?);
     }
     if let Some(last) = segments.last().filter(|s| s.packed.is_some()) {
         // Appends go to a raw segment: start one where the packed one ends.
         let start = last.start + last.len().map_err(io(last.name.clone()))?;
-        let name = segment_name(start);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(crate::FILE_MODE)
-            .open(dir.join(&name))
-            .map_err(io(format!("creating {name}")))?;
-        derived::sync_dir(dir).map_err(io("syncing directory"))?;
-        segments.push(Segment {
-            start,
-            file: Arc::new(file),
-            name,
-            packed: None,
-        });
+        segments.push(create_segment(dir, start)?);
     }
     for pair in segments.windows(2) {
         let len = pair[0].len().map_err(io(pair[0].name.clone()))?;

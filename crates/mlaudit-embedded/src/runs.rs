@@ -198,6 +198,24 @@ pub fn time_blocks(first: u64, end: u64) -> (u64, u64) {
     (a, b - a + 1)
 }
 
+/// The first of `0..n` for which `in_front` is false, `in_front` being true for a prefix:
+/// [`slice::partition_point`] over records read from a file as it goes.
+pub fn partition_point(
+    n: u64,
+    mut in_front: impl FnMut(u64) -> std::io::Result<bool>,
+) -> std::io::Result<u64> {
+    let (mut lo, mut hi) = (0u64, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if in_front(mid)? {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
 /// The file name of the run of `first..end`.
 pub fn run_name(first: u64, end: u64) -> String {
     format!("run-{first:020}-{end:020}.idx")
@@ -383,18 +401,11 @@ impl Run {
     /// The index in a list of its first seq `>= seq`.
     pub fn seek(&self, list: ListAt, seq: u64) -> std::io::Result<u64> {
         let want = seq.saturating_sub(self.footer.first);
-        let (mut lo, mut hi) = (0u64, list.count);
         let mut b = [0u8; 4];
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            self.read_at(&mut b, list.at + mid * 4)?;
-            if u64::from(u32::from_be_bytes(b)) < want {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        Ok(lo)
+        partition_point(list.count, |i| {
+            self.read_at(&mut b, list.at + i * 4)?;
+            Ok(u64::from(u32::from_be_bytes(b)) < want)
+        })
     }
 
     fn fences(&self) -> std::io::Result<Option<&[[u8; 16]]>> {
@@ -472,18 +483,7 @@ impl Run {
         // The last block whose fence is <= id.
         let block = match self.fences()? {
             Some(f) => f.partition_point(|k| k <= &id.0),
-            None => {
-                let (mut lo, mut hi) = (0u64, blocks);
-                while lo < hi {
-                    let mid = lo + (hi - lo) / 2;
-                    if self.fence(mid)? <= id.0 {
-                        lo = mid + 1;
-                    } else {
-                        hi = mid;
-                    }
-                }
-                lo as usize
-            }
+            None => partition_point(blocks, |i| Ok(self.fence(i)? <= id.0))? as usize,
         };
         let Some(block) = (block as u64).checked_sub(1) else {
             return Ok(None);
@@ -510,15 +510,7 @@ impl Run {
                 u64::from_be_bytes(b[8..].try_into().unwrap_or([0; 8])),
             ))
         };
-        let (mut lo, mut hi) = (0u64, self.footer.leaves);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if read(mid)?.0 < prefix {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
+        let mut lo = partition_point(self.footer.leaves, |i| Ok(read(i)?.0 < prefix))?;
         let mut out = Vec::new();
         while lo < self.footer.leaves {
             let (p, seq) = read(lo)?;

@@ -509,22 +509,21 @@ impl Index {
         if let Some((_, pos)) = self.checkpoints.last.filter(|(s, _)| *s == size) {
             return Ok(Some(pos));
         }
-        let (mut lo, mut hi) = (0u64, self.checkpoints.count);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.files.checkpoint(mid)?.0 <= size {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        match lo.checked_sub(1) {
+        match self.first_checkpoint_after(size)?.checked_sub(1) {
             Some(i) => {
                 let (s, pos) = self.files.checkpoint(i)?;
                 Ok((s == size).then_some(pos))
             }
             None => Ok(None),
         }
+    }
+
+    /// The index of the first checkpoint record for a size greater than `size` (sizes never
+    /// decrease along the file).
+    fn first_checkpoint_after(&self, size: u64) -> std::io::Result<u64> {
+        runs::partition_point(self.checkpoints.count, |i| {
+            Ok(self.files.checkpoint(i)?.0 <= size)
+        })
     }
 
     /// Every checkpointed size, ascending, without repeats.
@@ -540,18 +539,10 @@ impl Index {
     ) -> std::io::Result<Vec<u64>> {
         let mut out = Vec::new();
         const CHUNK: u64 = 1 << 14;
-        // The first record past `after` (sizes never decrease along the file).
-        let (mut i, mut hi) = (0u64, self.checkpoints.count);
-        if let Some(after) = after {
-            while i < hi {
-                let mid = i + (hi - i) / 2;
-                if self.files.checkpoint(mid)?.0 <= after {
-                    i = mid + 1;
-                } else {
-                    hi = mid;
-                }
-            }
-        }
+        let mut i = match after {
+            Some(after) => self.first_checkpoint_after(after)?,
+            None => 0,
+        };
         let mut buf = Vec::new();
         while i < self.checkpoints.count && out.len() < max {
             let n = CHUNK.min(self.checkpoints.count - i);
