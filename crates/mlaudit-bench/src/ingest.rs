@@ -163,7 +163,9 @@ pub fn ingest_store_with(
     Ok(t.elapsed().as_secs_f64())
 }
 
-fn ingest_jsonl(dir: &Path, batches: &[Vec<String>]) -> Result<f64> {
+/// The JSONL floor: appends the batches' lines to a file with one `fdatasync` per batch, then
+/// removes it. Returns seconds.
+pub fn ingest_jsonl(dir: &Path, batches: &[Vec<String>]) -> Result<f64> {
     let path = dir.join("baseline.jsonl");
     let mut f = std::fs::OpenOptions::new()
         .create(true)

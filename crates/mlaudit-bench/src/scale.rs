@@ -6,7 +6,7 @@
 //! `get` by id, query by model and time, lineage and inclusion proof latencies (p50/p99), and a
 //! full `verify` in entries/s.
 
-use crate::ingest::{cpu_us_per_event, emit, ingest_store, process_cpu_seconds};
+use crate::ingest::{cpu_us_per_event, emit, ingest_jsonl, ingest_store, process_cpu_seconds};
 use anyhow::{Context, Result};
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
@@ -202,27 +202,6 @@ fn signer() -> Result<NoteSigner> {
     NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Appends `lines` to a JSONL file with an fdatasync per batch, as the floor: seconds.
-fn jsonl_floor(dir: &Path, batches: &[Vec<String>]) -> Result<f64> {
-    use std::io::Write;
-    let path = dir.join("floor.jsonl");
-    let mut f = std::fs::File::create(&path)?;
-    let t = Instant::now();
-    let mut buf = Vec::new();
-    for b in batches {
-        buf.clear();
-        for l in b {
-            buf.extend_from_slice(l.as_bytes());
-            buf.push(b'\n');
-        }
-        f.write_all(&buf)?;
-        f.sync_data()?;
-    }
-    let secs = t.elapsed().as_secs_f64();
-    std::fs::remove_file(path)?;
-    Ok(secs)
-}
-
 fn dir_bytes(dir: &Path) -> Result<u64> {
     let mut n = 0;
     for e in std::fs::read_dir(dir)? {
@@ -268,7 +247,7 @@ pub fn run(args: &[String]) -> Result<()> {
         // it), so that the ratio compares like with like.
         let (floor_input, _) = lines(0, FLOOR_EVENTS.min(n), n);
         let floor_events: usize = floor_input.iter().map(Vec::len).sum();
-        let floor = floor_events as f64 / jsonl_floor(&o.dir, &floor_input)?;
+        let floor = floor_events as f64 / ingest_jsonl(&o.dir, &floor_input)?;
         drop(floor_input);
         emit(
             "scale",
