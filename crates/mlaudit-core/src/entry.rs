@@ -39,6 +39,24 @@ impl EventId {
             .ok()
             .map(|u| EventId(*u.as_bytes()))
     }
+
+    /// A stable id for an event translated from another system's record: a UUIDv8 whose
+    /// bits are the first 122 of `SHA-256("mlaudit-derived-id\0" || source || "\0" || key)`.
+    /// Importing or receiving the same record twice yields the same id, so the log's id
+    /// deduplication keeps it once. `source` names the system (`mlflow`, `openlineage`, ...),
+    /// `key` the record within it.
+    pub fn derived(source: &str, key: &str) -> EventId {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(b"mlaudit-derived-id\0")
+            .chain_update(source.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(key.as_bytes())
+            .finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        EventId(*uuid::Builder::from_custom_bytes(bytes).as_uuid().as_bytes())
+    }
 }
 
 impl fmt::Display for EventId {

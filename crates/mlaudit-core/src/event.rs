@@ -1086,6 +1086,31 @@ fn subjects(raw: Option<&RawValue>) -> Result<Vec<(SubjectField, String)>, Event
     Ok(out)
 }
 
+/// The required attributes an event declares its source did not report
+/// (`attributes.unreported`: a list of names, each a required attribute of the kind). An event
+/// translated from another tool (an MLflow webhook has no artifact digest, say) names what the
+/// tool left out instead of inventing a value; such an attribute must then be absent.
+fn unreported<'s>(spec: &'s KindSpec, attrs: &Attrs) -> Result<Vec<&'s str>, String> {
+    let Some(raw) = attrs.get("unreported").filter(|r| !is_null(r)) else {
+        return Ok(Vec::new());
+    };
+    let names: Vec<String> = serde_json::from_str(raw.get())
+        .map_err(|_| "must be a list of attribute names".to_owned())?;
+    names
+        .iter()
+        .map(|name| {
+            spec.attrs
+                .iter()
+                .find(|(required, _)| required == name)
+                .map(|(required, _)| *required)
+                .ok_or_else(|| {
+                    let shown: String = name.chars().take(64).collect();
+                    format!("names {shown:?}, which is not a required attribute of this kind")
+                })
+        })
+        .collect()
+}
+
 fn check_spec(
     spec: &KindSpec,
     subjects: &[(SubjectField, String)],
@@ -1104,9 +1129,17 @@ fn check_spec(
             ));
         }
     }
+    let unreported = unreported(spec, attrs).map_err(|p| req("attributes.unreported".into(), p))?;
     for (name, attr) in spec.attrs {
         match attrs.get(name).filter(|r| !is_null(r)) {
+            None if unreported.contains(name) => {}
             None => return Err(req(format!("attributes.{name}"), "is required".into())),
+            Some(_) if unreported.contains(name) => {
+                return Err(req(
+                    format!("attributes.{name}"),
+                    "is listed in attributes.unreported but present".into(),
+                ))
+            }
             Some(raw) => {
                 check_attr(*attr, raw).map_err(|p| req(format!("attributes.{name}"), p))?
             }

@@ -71,6 +71,15 @@ fn out_of_resources(e: &io::Error) -> bool {
 
 /// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` resolves, then
 /// lets open connections finish within the grace period.
+/// Aborts a background task when the server stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -79,6 +88,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let metrics = state.metrics.clone();
+    // Writes the inference halves whose partners never came; stops with the server.
+    let sweeper = tokio::spawn(crate::integrations::cloudevents::sweep(state.clone()));
+    let _sweeper = AbortOnDrop(sweeper);
     let app = router(state);
     let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let (stop, stopped) = watch::channel(false);

@@ -42,6 +42,13 @@ pub enum ApiError {
     /// The principal made more requests than its rate allows; retry after this long.
     #[error("too many requests: retry in {} s", .0.as_secs().max(1))]
     TooManyRequests(std::time::Duration),
+    /// A well-formed body of a type the endpoint does not take (an unknown OpenLineage event
+    /// type, say): nothing was written.
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The endpoint exists but is not enabled in this server's configuration.
+    #[error("{0}")]
+    NotEnabled(String),
     /// Events that failed validation: nothing of the batch was written.
     #[error("{count} invalid event(s); nothing was written")]
     Invalid { count: usize, errors: Vec<Value> },
@@ -54,6 +61,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Whether this is the client's fault (a 4xx).
+    pub fn is_client_error(&self) -> bool {
+        self.status_and_code().0.is_client_error()
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
@@ -66,6 +78,8 @@ impl ApiError {
             }
             ApiError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "limit_exceeded"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_events"),
+            ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            ApiError::NotEnabled(_) => (StatusCode::NOT_FOUND, "not_enabled"),
             ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),

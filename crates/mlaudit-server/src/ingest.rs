@@ -44,7 +44,7 @@ fn shape(headers: &HeaderMap) -> Result<Shape, ApiError> {
 }
 
 /// Decompresses a gzip body, refusing to inflate past `max` bytes.
-fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::new();
     let mut reader = flate2::read::GzDecoder::new(body).take(max + 1);
     reader
@@ -180,6 +180,15 @@ pub async fn post_events(
             .await
             .map_err(|e| ApiError::Internal(format!("ingest task failed: {e}")))??
     };
+    let receipt = append_prepared(&state, events).await?;
+    Ok(receipt_json(&receipt))
+}
+
+/// Appends validated events and waits (without holding a thread) until they are durable.
+pub(crate) async fn append_prepared(
+    state: &AppState,
+    events: Vec<PreparedEvent>,
+) -> Result<AppendReceipt, ApiError> {
     let stages: Vec<mlaudit_core::event::Stage> = events.iter().map(PreparedEvent::stage).collect();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let metrics = state.metrics.clone();
@@ -197,10 +206,9 @@ pub async fn post_events(
         let store = state.store.clone();
         tokio::task::spawn_blocking(move || store.submit(events, done));
     }
-    let receipt = rx
-        .await
-        .map_err(|_| ApiError::Internal("the store dropped the append".into()))??;
-    Ok(receipt_json(&receipt))
+    rx.await
+        .map_err(|_| ApiError::Internal("the store dropped the append".into()))?
+        .map_err(ApiError::from)
 }
 
 /// Bodies up to this size (uncompressed: about 50 events, ~0.1 ms of parsing) are parsed on
@@ -286,7 +294,7 @@ fn count_ingested(
 /// The 200 body for a durable batch: `{"events": [{"id", "seq", "duplicate"}...], "tree_size",
 /// "checkpoint"}`, serialized straight from the receipt (a `serde_json::Value` tree cost a
 /// map and four allocations per event).
-fn receipt_json(receipt: &AppendReceipt) -> Response {
+pub(crate) fn receipt_json(receipt: &AppendReceipt) -> Response {
     #[derive(serde::Serialize)]
     struct Body<'a> {
         events: Vec<Event>,

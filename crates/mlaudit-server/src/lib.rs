@@ -23,6 +23,7 @@ mod background;
 pub mod conn;
 pub mod error;
 mod ingest;
+pub mod integrations;
 pub mod metrics;
 pub mod openapi;
 pub mod protobuf;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Requests per second each principal may make; `None` for no limit.
     pub rate_limit: Option<Arc<ratelimit::RateLimiter>>,
+    /// The receivers for other tools' events: their settings and the inference join.
+    pub integrations: Arc<integrations::Integrations>,
 }
 
 impl AppState {
@@ -106,6 +109,7 @@ impl AppState {
             public_proofs: true,
             metrics: Default::default(),
             rate_limit: None,
+            integrations: Default::default(),
         }
     }
 }
@@ -218,6 +222,24 @@ pub const ROUTES: &[Route] = &[
             || get(read::get_consistency),
         )
     },
+    route(
+        "POST",
+        "/v1/integrations/mlflow/webhook",
+        Access::Public,
+        || post(integrations::mlflow::post),
+    ),
+    Route {
+        params: &["token"],
+        ..route("POST", CLOUDEVENTS_PATH, Access::Write, || {
+            post(integrations::cloudevents::post)
+        })
+    },
+    route("POST", "/api/v1/lineage", Access::Write, || {
+        post(integrations::openlineage::post_one)
+    }),
+    route("POST", "/api/v1/lineage/batch", Access::Write, || {
+        post(integrations::openlineage::post_batch)
+    }),
     route("GET", "/healthz", Access::Public, || get(read::healthz)),
     route("GET", "/readyz", Access::Public, || get(read::readyz)),
     route("GET", "/metrics", Access::Read, || get(metrics::serve)),
@@ -236,6 +258,10 @@ pub const ROUTES: &[Route] = &[
         delete(tokens::revoke)
     }),
 ];
+
+/// The CloudEvents receiver: the one route that may take its token as `?token=` (KServe's
+/// payload logger cannot send an Authorization header), when the config allows it.
+pub const CLOUDEVENTS_PATH: &str = "/v1/integrations/cloudevents";
 
 /// The route a request matched (`HEAD` is served as `GET`), if any.
 pub fn route_of(method: &str, template: &str) -> Option<&'static Route> {
@@ -286,6 +312,62 @@ async fn contain_panics(work: impl std::future::Future<Output = Response>) -> Re
             .into_response()
         }
     }
+}
+
+/// The token a request presents: its bearer token, or — on the CloudEvents receiver, when
+/// `[integrations.cloudevents] query_token` is on — its `?token=` parameter. A query token
+/// sent while that is off is refused (400) rather than ignored, so that a misconfiguration is
+/// seen at once. The query is never logged.
+fn presented_token<'a>(
+    state: &AppState,
+    route: Option<&Route>,
+    req: &'a Request,
+) -> Result<Option<std::borrow::Cow<'a, str>>, ApiError> {
+    if let Some(token) = bearer(req) {
+        return Ok(Some(token.into()));
+    }
+    let Some(route) = route.filter(|r| r.path == CLOUDEVENTS_PATH) else {
+        return Ok(None);
+    };
+    let token = req
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|p| p.strip_prefix("token="));
+    match token {
+        None => Ok(None),
+        Some(_) if !state.integrations.config.cloudevents.query_token => Err(ApiError::BadRequest(format!(
+            "{} takes ?token= only when [integrations.cloudevents] query_token = true; send Authorization: Bearer instead",
+            route.path
+        ))),
+        Some(t) => Ok(Some(percent_decode(t).into())),
+    }
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) of a query value.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn bearer(req: &Request) -> Option<&str> {
@@ -451,7 +533,11 @@ async fn authorize(
         // carry.
         Some(_) if declared == Access::Public => Principal::anonymous(),
         Some(tokens) => {
-            let found = match (bearer(&req), tokens.read()) {
+            let presented = match presented_token(state, route, &req) {
+                Ok(t) => t.map(std::borrow::Cow::into_owned),
+                Err(e) => return (e.into_response(), None),
+            };
+            let found = match (presented.as_deref(), tokens.read()) {
                 (Some(token), Ok(tokens)) => tokens.authenticate(token, auth::now_ns()),
                 (None, _) if access == Access::Public => Ok(Principal::anonymous()),
                 (None, _) => Err(auth::AuthFailure::Missing),

@@ -188,6 +188,7 @@ pub fn render(state: &AppState) -> String {
         "event",
         ConnEvent::ALL.map(|what| (what.as_str(), &m.connections[what as usize])),
     );
+    integrations(&mut out, state);
     let stats = state.store.stats();
     out.push_str(
         "# HELP mlaudit_sync_batch_events Events made durable per fsync (group commit size).\n",
@@ -213,6 +214,60 @@ pub fn render(state: &AppState) -> String {
     );
     let _ = writeln!(out, "mlaudit_log_bytes {}", stats.log_bytes);
     out
+}
+
+/// The integrations' counters: requests accepted and refused and events written, per
+/// integration; inference halves waiting, written alone, and sampled out.
+fn integrations(out: &mut String, state: &AppState) {
+    let c = &state.integrations.counters;
+    let snapshot = c.snapshot();
+    let families = [
+        (
+            "mlaudit_integration_requests_accepted_total",
+            "Requests a receiver answered 2xx, by integration.",
+            1,
+        ),
+        (
+            "mlaudit_integration_requests_refused_total",
+            "Requests a receiver refused as malformed or unauthenticated (4xx), by integration.",
+            2,
+        ),
+        (
+            "mlaudit_integration_events_total",
+            "New events written by a receiver, by integration.",
+            3,
+        ),
+    ];
+    for (name, help, column) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for row in &snapshot {
+            let value = match column {
+                1 => row.1,
+                2 => row.2,
+                _ => row.3,
+            };
+            let _ = writeln!(out, "{name}{{integration=\"{}\"}} {value}", row.0);
+        }
+    }
+    let _ = writeln!(out, "# HELP mlaudit_inference_halves_waiting KServe and Seldon request or response events waiting for their partner.\n# TYPE mlaudit_inference_halves_waiting gauge");
+    let _ = writeln!(
+        out,
+        "mlaudit_inference_halves_waiting {}",
+        state.integrations.joiner.len()
+    );
+    let _ = writeln!(out, "# HELP mlaudit_inference_halves_unmatched_total Inference halves written alone after the join timeout.\n# TYPE mlaudit_inference_halves_unmatched_total counter");
+    let _ = writeln!(
+        out,
+        "mlaudit_inference_halves_unmatched_total {}",
+        c.unmatched.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(out, "# HELP mlaudit_predictions_sampled_out_total Inference events left out by the sampling policy.\n# TYPE mlaudit_predictions_sampled_out_total counter");
+    let _ = writeln!(
+        out,
+        "mlaudit_predictions_sampled_out_total {}",
+        c.sampled_out.load(Ordering::Relaxed)
+    );
 }
 
 pub async fn serve(State(state): State<AppState>) -> Response {

@@ -7,6 +7,7 @@
 mod append;
 mod demo;
 mod http;
+mod import;
 mod ledger;
 mod output;
 mod proof;
@@ -127,6 +128,10 @@ enum Command {
     },
     /// Run the HTTP API (see docs/API.md).
     Serve(serve::ServeArgs),
+    /// Backfill events from MLflow, a W&B audit log or a ClearML offline session (see
+    /// docs/INTEGRATIONS.md).
+    #[command(subcommand)]
+    Import(import::ImportCommand),
     /// Manage API tokens (offline: stop the server first, or use the admin API).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -165,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { predictions } => demo::run(&data, predictions),
         Command::Serve(args) => serve::run(&data, args),
+        Command::Import(cmd) => import::run(&data, cmd),
         Command::Token(cmd) => token::run(&data, cmd),
     }
 }

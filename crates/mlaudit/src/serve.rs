@@ -3,7 +3,11 @@
 
 use crate::ledger::{self, InputError};
 use anyhow::{Context, Result};
+use mlaudit_integrations::sampling::SamplePolicy;
 use mlaudit_server::conn::ConnConfig;
+use mlaudit_server::integrations::{
+    join::Joiner, CloudEventsConfig, Integrations, IntegrationsConfig, MlflowConfig,
+};
 use mlaudit_server::ratelimit::RateLimiter;
 use mlaudit_server::{AppState, Limits};
 use serde::Deserialize;
@@ -54,6 +58,110 @@ struct FileConfig {
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
     index_cache_mib: Option<u64>,
+    integrations: Option<IntegrationsFile>,
+}
+
+/// `[integrations]` of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IntegrationsFile {
+    mlflow: Option<MlflowFile>,
+    cloudevents: Option<CloudEventsFile>,
+    openlineage: Option<OpenLineageFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MlflowFile {
+    webhook_secret: Option<String>,
+    tracking_uri: Option<String>,
+    tracking_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloudEventsFile {
+    query_token: Option<bool>,
+    default_version: Option<String>,
+    join_timeout_s: Option<u64>,
+    max_pending: Option<usize>,
+    default_sample_rate: Option<f64>,
+    sample_rates: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenLineageFile {
+    training_jobs: Option<Vec<String>>,
+}
+
+fn check_rate(what: &str, rate: f64) -> Result<f64> {
+    if rate > 0.0 && rate <= 1.0 {
+        Ok(rate)
+    } else {
+        Err(InputError(format!(
+            "{what}: a sample rate must be in (0, 1], not {rate}"
+        ))
+        .into())
+    }
+}
+
+/// The integrations' settings: the config file's `[integrations]`, with the MLflow secret
+/// from `MLAUDIT_MLFLOW_WEBHOOK_SECRET` when set.
+fn integrations(file: Option<IntegrationsFile>) -> Result<IntegrationsConfig> {
+    let file = file.unwrap_or_default();
+    let mlflow = file.mlflow.unwrap_or_default();
+    let ce = file.cloudevents.unwrap_or_default();
+    let defaults = CloudEventsConfig::default();
+    let mut rates = std::collections::BTreeMap::new();
+    for (model, rate) in ce.sample_rates.unwrap_or_default() {
+        let rate = check_rate(
+            &format!("integrations.cloudevents.sample_rates.{model}"),
+            rate,
+        )?;
+        rates.insert(model, rate);
+    }
+    let secret = env("MLAUDIT_MLFLOW_WEBHOOK_SECRET").or(mlflow.webhook_secret);
+    if secret.as_deref().is_some_and(|s| s.len() < 16) {
+        return Err(
+            InputError("the MLflow webhook secret must be at least 16 characters".into()).into(),
+        );
+    }
+    Ok(IntegrationsConfig {
+        mlflow: MlflowConfig {
+            webhook_secret: secret,
+            tracking_uri: env("MLAUDIT_MLFLOW_TRACKING_URI").or(mlflow.tracking_uri),
+            tracking_token: mlflow.tracking_token,
+        },
+        cloudevents: CloudEventsConfig {
+            query_token: ce.query_token.unwrap_or(false),
+            default_version: ce.default_version,
+            join_timeout: match ce.join_timeout_s {
+                Some(0) => {
+                    return Err(InputError(
+                        "integrations.cloudevents.join_timeout_s must be at least 1".into(),
+                    )
+                    .into())
+                }
+                Some(s) => Duration::from_secs(s),
+                None => defaults.join_timeout,
+            },
+            max_pending: ce.max_pending.unwrap_or(defaults.max_pending),
+            sampling: SamplePolicy {
+                rates,
+                default_rate: check_rate(
+                    "integrations.cloudevents.default_sample_rate",
+                    ce.default_sample_rate.unwrap_or(1.0),
+                )?,
+            },
+        },
+        openlineage: mlaudit_integrations::openlineage::Options {
+            training_jobs: file
+                .openlineage
+                .and_then(|o| o.training_jobs)
+                .unwrap_or_default(),
+        },
+    })
 }
 
 /// The resolved settings.
@@ -69,6 +177,7 @@ struct Settings {
     tls: Option<(PathBuf, PathBuf)>,
     /// Mebibytes for the index runs' fences and Bloom filters.
     index_cache_mib: u64,
+    integrations: IntegrationsConfig,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -140,6 +249,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         2 * per_second,
     )?;
     Ok(Settings {
+        integrations: integrations(file.integrations)?,
         tls,
         index_cache_mib: setting(
             "MLAUDIT_INDEX_CACHE_MIB",
@@ -270,7 +380,10 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
         Some(Arc::new(RwLock::new(tokens)))
     };
     let danger_no_auth = args.danger_no_auth;
+    let journal = data.join("integrations").join("pending.jsonl");
+    let joiner = Joiner::open(&journal).map_err(|e| InputError(e.to_string()))?;
     let state = AppState {
+        integrations: Arc::new(Integrations::new(settings.integrations, joiner)),
         limits: settings.limits,
         public_proofs: settings.public_proofs,
         rate_limit: settings

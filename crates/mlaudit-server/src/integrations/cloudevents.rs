@@ -1,0 +1,211 @@
+//! `POST /v1/integrations/cloudevents`: CloudEvents 1.0.2 in binary mode (`ce-*` headers),
+//! structured mode (`application/cloudevents+json`) or a batch
+//! (`application/cloudevents-batch+json`). KServe's and Seldon's inference halves are joined
+//! ([`super::join`]) into `prediction.served`, after the model's sampling policy; CDEvents
+//! become operations events; any other type `x.cloudevents`. Answers 200 once everything of
+//! the body is durable (KServe's logger treats any other status as a failure).
+
+use super::join::{Offer, Waiting};
+use super::{append_values, media_type, read_body, refused};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::AppState;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use mlaudit_core::entry::EventId;
+use mlaudit_integrations::cloudevents::{self as ce, Classified, Half, Side};
+use serde_json::json;
+
+const NAME: &str = "cloudevents";
+
+pub async fn post(State(state): State<AppState>, mut req: Request) -> Result<Response, ApiError> {
+    let principal = req.extensions_mut().remove::<Principal>().ok_or_else(|| {
+        ApiError::Internal("the request reached a receiver without a principal".into())
+    })?;
+    let outcome = receive(&state, &principal.name, req).await;
+    match &outcome {
+        Ok(_) => {}
+        Err(e) if e.is_client_error() => state.integrations.counters.refused(NAME),
+        Err(_) => {}
+    }
+    outcome
+}
+
+async fn receive(state: &AppState, principal: &str, req: Request) -> Result<Response, ApiError> {
+    let (headers, body) = read_body(state, req).await?;
+    let mime = media_type(&headers);
+    let max = state.limits.max_events_per_batch;
+    let events = if mime == "application/cloudevents-batch+json" {
+        ce::from_batch(&body, max).map_err(refused)?
+    } else if mime.starts_with("application/cloudevents") {
+        let value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!("the structured CloudEvent is not JSON: {e}"))
+        })?;
+        vec![ce::from_structured(value).map_err(refused)?]
+    } else if headers.contains_key("ce-specversion") {
+        let pairs = headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)));
+        let content_type = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        vec![ce::from_binary(pairs, content_type, &body).map_err(refused)?]
+    } else {
+        return Err(ApiError::BadRequest(
+            "not a CloudEvent: send ce-* headers (binary mode), application/cloudevents+json (structured) or application/cloudevents-batch+json (a batch)".into(),
+        ));
+    };
+    let mut complete = Vec::new();
+    let mut halves = Vec::new();
+    for event in events {
+        match ce::classify(event).map_err(refused)? {
+            Classified::Event(v) => complete.push(v),
+            Classified::Half(h) => halves.push(*h),
+        }
+    }
+    let receipt = append_values(state, principal, &complete).await?;
+    let mut written = super::new_events(receipt.as_ref());
+    let (mut waiting, mut sampled_out) = (0u64, 0u64);
+    for half in halves {
+        match offer(state, principal, half).await? {
+            Handled::Written(n) => written += n,
+            Handled::Waiting => waiting += 1,
+            Handled::SampledOut => sampled_out += 1,
+        }
+    }
+    state.integrations.counters.accepted(NAME, written);
+    Ok(super::answer(
+        receipt.as_ref(),
+        json!({ "waiting_for_partner": waiting, "sampled_out": sampled_out }),
+    ))
+}
+
+enum Handled {
+    Written(u64),
+    Waiting,
+    SampledOut,
+}
+
+/// Joins a half with its partner, or makes it wait (durably).
+async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled, ApiError> {
+    let config = &state.integrations.config.cloudevents;
+    let Some(rate) = config.sampling.keep(&half.model, &half.key) else {
+        state
+            .integrations
+            .counters
+            .sampled_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Ok(Handled::SampledOut);
+    };
+    let waiting = Waiting {
+        half,
+        principal: principal.to_owned(),
+        rate,
+        arrived_ns: crate::auth::now_ns(),
+    };
+    let integrations = state.integrations.clone();
+    let max = config.max_pending;
+    let offered = {
+        let w = waiting.clone();
+        tokio::task::spawn_blocking(move || integrations.joiner.offer(w, max))
+            .await
+            .map_err(|e| ApiError::Internal(format!("join task failed: {e}")))?
+    };
+    let partner = match offered {
+        Ok(Offer::Joined(partner)) => *partner,
+        Ok(Offer::Waiting | Offer::Duplicate) => return Ok(Handled::Waiting),
+        Err(super::join::JournalError::Full(n)) => {
+            return Err(ApiError::Store(mlaudit_store::StoreError::Unavailable(
+                format!("{n} inference halves wait for their partners"),
+            )))
+        }
+        Err(e) => return Err(ApiError::Internal(e.to_string())),
+    };
+    let (request, response) = match waiting.half.side {
+        Side::Request => (&waiting, &partner),
+        Side::Response => (&partner, &waiting),
+    };
+    let event = ce::prediction(
+        Some(&request.half),
+        Some(&response.half),
+        rate,
+        config.default_version.as_deref(),
+    )
+    .map_err(refused);
+    let written = match event {
+        Ok(event) => append_values(state, principal, &[event]).await,
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok(receipt) => {
+            let integrations = state.integrations.clone();
+            let _ = tokio::task::spawn_blocking(move || integrations.joiner.forget(&partner)).await;
+            Ok(Handled::Written(super::new_events(receipt.as_ref())))
+        }
+        Err(e) => {
+            state.integrations.joiner.put_back(partner);
+            Err(e)
+        }
+    }
+}
+
+/// The id of the joined event of a half's inference.
+fn joined_id(half: &Half) -> EventId {
+    EventId::derived(half.logger.as_str(), &half.key)
+}
+
+/// Writes every half whose partner did not come within the join timeout, alone (its missing
+/// side named in `attributes.unreported`), unless its joined event is already in the log (a
+/// `done` line lost in a crash). Runs until the server stops.
+pub async fn sweep(state: AppState) {
+    let timeout = state.integrations.config.cloudevents.join_timeout;
+    let tick = (timeout / 4).clamp(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    );
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let cutoff = crate::auth::now_ns()
+            .saturating_sub(i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX));
+        for w in state.integrations.joiner.due(cutoff) {
+            if let Err(e) = write_alone(&state, &w).await {
+                tracing::warn!(error = %e, key = %w.half.key, "cannot write an unmatched inference half yet; retrying");
+                state.integrations.joiner.put_back(w);
+            }
+        }
+    }
+}
+
+async fn write_alone(state: &AppState, w: &Waiting) -> Result<(), ApiError> {
+    let store = state.store.clone();
+    let id = joined_id(&w.half);
+    let exists = tokio::task::spawn_blocking(move || store.seq_of(&id))
+        .await
+        .map_err(|e| ApiError::Internal(format!("lookup task failed: {e}")))??
+        .is_some();
+    if !exists {
+        let (request, response) = match w.half.side {
+            Side::Request => (Some(&w.half), None),
+            Side::Response => (None, Some(&w.half)),
+        };
+        let config = &state.integrations.config.cloudevents;
+        let event = ce::prediction(request, response, w.rate, config.default_version.as_deref())
+            .map_err(refused)?;
+        let receipt = append_values(state, &w.principal, &[event]).await?;
+        state
+            .integrations
+            .counters
+            .accepted(NAME, super::new_events(receipt.as_ref()));
+        state
+            .integrations
+            .counters
+            .unmatched
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let integrations = state.integrations.clone();
+    let w = w.clone();
+    let _ = tokio::task::spawn_blocking(move || integrations.joiner.forget(&w)).await;
+    Ok(())
+}
