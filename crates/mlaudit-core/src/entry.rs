@@ -41,7 +41,8 @@ impl EventId {
     }
 
     /// A stable id for an event translated from another system's record: a UUIDv8 whose
-    /// bits are the first 122 of `SHA-256("mlaudit-derived-id\0" || source || "\0" || key)`.
+    /// bits are the first 122 of
+    /// `SHA-256("mlaudit-derived-id\0" || u64_be(len(source)) || source || key)`.
     /// Importing or receiving the same record twice yields the same id, so the log's id
     /// deduplication keeps it once. `source` names the system (`mlflow`, `openlineage`, ...),
     /// `key` the record within it.
@@ -49,8 +50,8 @@ impl EventId {
         use sha2::{Digest, Sha256};
         let digest = Sha256::new()
             .chain_update(b"mlaudit-derived-id\0")
+            .chain_update((source.len() as u64).to_be_bytes())
             .chain_update(source.as_bytes())
-            .chain_update(b"\0")
             .chain_update(key.as_bytes())
             .finalize();
         let mut bytes = [0u8; 16];

@@ -1605,3 +1605,64 @@ fn duplicate_attribute_keys_are_found_among_many() {
         assert!(e.to_string().contains("duplicate key \"k0\""), "{n}: {e}");
     }
 }
+
+/// A required attribute may be left out when the event names it in `attributes.unreported`
+/// (a tool that does not report it); it must then be absent, and only required attributes of
+/// the kind may be named.
+#[test]
+fn unreported_names_only_absent_required_attributes() {
+    let base = json!({
+        "kind": "registry.model_registered",
+        "actor": {"id": "mlflow", "type": "service"},
+        "subject": {"model": "m", "version": "1", "run": "r"},
+    });
+    let with = |attrs: Value| {
+        let mut e = base.clone();
+        e["attributes"] = attrs;
+        e.to_string()
+    };
+    assert!(matches!(
+        err(&with(json!({}))),
+        EventError::Requirement { .. }
+    ));
+    must_prepare(&with(json!({"unreported": ["artifact_sha256"]})));
+    let present = err(&with(
+        json!({"unreported": ["artifact_sha256"], "artifact_sha256": "ab".repeat(32)}),
+    ));
+    assert!(
+        present
+            .to_string()
+            .contains("listed in attributes.unreported but present"),
+        "{present}"
+    );
+    let not_required = err(&with(json!({"unreported": ["artifact_sha256", "color"]})));
+    assert!(
+        not_required
+            .to_string()
+            .contains("not a required attribute"),
+        "{not_required}"
+    );
+    let not_a_list = err(&with(json!({"unreported": "artifact_sha256"})));
+    assert!(
+        not_a_list.to_string().contains("must be a list"),
+        "{not_a_list}"
+    );
+    // Subjects are links, never optional.
+    let mut no_run = base.clone();
+    no_run["subject"] = json!({"model": "m", "version": "1"});
+    no_run["attributes"] = json!({"unreported": ["artifact_sha256"]});
+    assert!(err(&no_run.to_string()).to_string().contains("subject.run"));
+}
+
+#[test]
+fn derived_ids_are_stable_uuids_that_differ_by_source_and_key() {
+    let a = EventId::derived("mlflow", "run/1/started");
+    assert_eq!(a, EventId::derived("mlflow", "run/1/started"));
+    assert_ne!(a, EventId::derived("mlflow", "run/1/completed"));
+    assert_ne!(a, EventId::derived("clearml", "run/1/started"));
+    // "mlflow" + "x\0y" must not collide with "mlflow\0x" + "y".
+    assert_ne!(EventId::derived("a", "b\0c"), EventId::derived("a\0b", "c"));
+    let text = a.to_string();
+    assert_eq!(text.as_bytes()[14], b'8', "a version-8 UUID: {text}");
+    assert_eq!(EventId::parse(&text), Some(a));
+}
