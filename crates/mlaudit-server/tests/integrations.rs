@@ -507,6 +507,7 @@ fn waiting(key: &str, side: mlaudit_integrations::cloudevents::Side) -> Waiting 
         principal: "token:writer".into(),
         rate: 1.0,
         arrived_ns: 1,
+        bytes: 0,
     }
 }
 
@@ -523,15 +524,19 @@ fn the_join_journal_keeps_every_acknowledged_half_across_a_restart() {
         let j = Joiner::open(&path).unwrap();
         for key in ["k1", "k2", "k3"] {
             assert!(matches!(
-                j.offer(waiting(key, Side::Request), 10).unwrap(),
+                j.offer(waiting(key, Side::Request), (10, 1 << 20)).unwrap(),
                 Offer::Waiting
             ));
         }
         assert!(matches!(
-            j.offer(waiting("k1", Side::Request), 10).unwrap(),
+            j.offer(waiting("k1", Side::Request), (10, 1 << 20))
+                .unwrap(),
             Offer::Duplicate
         ));
-        let Offer::Joined(partner) = j.offer(waiting("k2", Side::Response), 10).unwrap() else {
+        let Offer::Joined(partner) = j
+            .offer(waiting("k2", Side::Response), (10, 1 << 20))
+            .unwrap()
+        else {
             panic!("k2's partner waits")
         };
         j.forget(&partner);
@@ -552,7 +557,7 @@ fn the_join_journal_keeps_every_acknowledged_half_across_a_restart() {
     keys.sort();
     assert_eq!(keys, ["k1", "k3"]);
     let full = j
-        .offer(waiting("k9", Side::Request), 0)
+        .offer(waiting("k9", Side::Request), (0, 1 << 20))
         .err()
         .map(|e| e.to_string());
     assert!(

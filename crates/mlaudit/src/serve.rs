@@ -85,6 +85,7 @@ struct CloudEventsFile {
     default_version: Option<String>,
     join_timeout_s: Option<u64>,
     max_pending: Option<usize>,
+    max_pending_mib: Option<u64>,
     default_sample_rate: Option<f64>,
     sample_rates: Option<std::collections::BTreeMap<String, f64>>,
 }
@@ -147,6 +148,9 @@ fn integrations(file: Option<IntegrationsFile>) -> Result<IntegrationsConfig> {
                 None => defaults.join_timeout,
             },
             max_pending: ce.max_pending.unwrap_or(defaults.max_pending),
+            max_pending_bytes: ce
+                .max_pending_mib
+                .map_or(defaults.max_pending_bytes, |m| m.saturating_mul(1 << 20)),
             sampling: SamplePolicy {
                 rates,
                 default_rate: check_rate(

@@ -102,9 +102,10 @@ async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled,
         principal: principal.to_owned(),
         rate,
         arrived_ns: crate::auth::now_ns(),
+        bytes: 0,
     };
     let integrations = state.integrations.clone();
-    let max = config.max_pending;
+    let max = (config.max_pending, config.max_pending_bytes);
     let offered = {
         let w = waiting.clone();
         tokio::task::spawn_blocking(move || integrations.joiner.offer(w, max))

@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 /// A journal with nothing waiting is emptied once it is larger than this.
@@ -35,6 +36,8 @@ pub struct Waiting {
     pub rate: f64,
     /// When it arrived (Unix ns).
     pub arrived_ns: i64,
+    /// Its size as held (the joiner sets it when the half is offered).
+    pub bytes: u64,
 }
 
 /// What became of an offered half.
@@ -61,6 +64,8 @@ pub enum JournalError {
     },
     #[error("{0} inference halves are already waiting for their partners (the limit)")]
     Full(usize),
+    #[error("the inference halves waiting for their partners already hold {0} bytes (the limit)")]
+    FullBytes(u64),
 }
 
 #[derive(Debug)]
@@ -75,6 +80,8 @@ struct Journal {
 pub struct Joiner {
     waiting: Mutex<HashMap<Key, Waiting>>,
     journal: Option<Mutex<Journal>>,
+    /// Bytes of the waiting halves.
+    held: std::sync::atomic::AtomicU64,
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> JournalError + '_ {
@@ -139,6 +146,7 @@ fn parse_record(line: &str) -> Option<(String, Waiting)> {
             principal: v.get("principal")?.as_str()?.to_owned(),
             rate: v.get("rate")?.as_f64()?,
             arrived_ns: v.get("arrived_ns")?.as_i64()?,
+            bytes: line.len() as u64,
         },
     ))
 }
@@ -200,6 +208,7 @@ impl Joiner {
         Joiner {
             waiting: Mutex::new(HashMap::new()),
             journal: None,
+            held: Default::default(),
         }
     }
 
@@ -238,9 +247,11 @@ impl Joiner {
             Err(e) => return Err(io_error(path)(e)),
         }
         let journal = Journal::rewrite(path, &waiting)?;
+        let held = waiting.values().map(|w| w.bytes).sum::<u64>();
         Ok(Joiner {
             waiting: Mutex::new(waiting),
             journal: Some(Mutex::new(journal)),
+            held: held.into(),
         })
     }
 
@@ -257,36 +268,56 @@ impl Joiner {
         self.len() == 0
     }
 
+    /// Bytes the waiting halves hold.
+    pub fn held_bytes(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    fn release(&self, w: &Waiting) {
+        self.held
+            .fetch_sub(w.bytes.min(self.held_bytes()), Ordering::Relaxed);
+    }
+
     /// Offers a half: joined with its waiting partner, or made to wait (durably, before this
-    /// returns). Blocking (an fsync): call it off the async workers.
-    pub fn offer(&self, w: Waiting, max_pending: usize) -> Result<Offer, JournalError> {
+    /// returns), unless `limits` (halves, bytes) are reached. Blocking (an fsync): call it off
+    /// the async workers.
+    pub fn offer(&self, mut w: Waiting, limits: (usize, u64)) -> Result<Offer, JournalError> {
         let key = (w.half.logger, w.half.key.clone());
+        let line = record("add", &w);
+        w.bytes = line.to_string().len() as u64;
         {
             let mut waiting = self.lock();
             match waiting.get(&key) {
                 Some(other) if other.half.side == w.half.side => return Ok(Offer::Duplicate),
                 Some(_) => {
                     let partner = waiting.remove(&key).ok_or(JournalError::Full(0))?;
+                    self.release(&partner);
                     return Ok(Offer::Joined(Box::new(partner)));
                 }
-                None if waiting.len() >= max_pending => {
-                    return Err(JournalError::Full(waiting.len()))
+                None if waiting.len() >= limits.0 => return Err(JournalError::Full(waiting.len())),
+                None if self.held_bytes() + w.bytes > limits.1 => {
+                    return Err(JournalError::FullBytes(self.held_bytes()))
                 }
                 // Visible at once, so that a partner arriving while this half is being
                 // journaled joins it.
-                None => waiting.insert(key.clone(), w.clone()),
+                None => {
+                    self.held.fetch_add(w.bytes, Ordering::Relaxed);
+                    waiting.insert(key.clone(), w.clone())
+                }
             };
         }
         if let Some(journal) = &self.journal {
             let mut j = journal.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = j.append(&record("add", &w), true) {
+            if let Err(e) = j.append(&line, true) {
                 drop(j);
                 let mut waiting = self.lock();
                 if waiting
                     .get(&key)
                     .is_some_and(|x| x.half.side == w.half.side)
                 {
-                    waiting.remove(&key);
+                    if let Some(gone) = waiting.remove(&key) {
+                        self.release(&gone);
+                    }
                 }
                 return Err(e);
             }
@@ -298,7 +329,11 @@ impl Joiner {
     /// be written (it is still in the journal).
     pub fn put_back(&self, w: Waiting) {
         let key = (w.half.logger, w.half.key.clone());
-        self.lock().entry(key).or_insert(w);
+        let mut waiting = self.lock();
+        if !waiting.contains_key(&key) {
+            self.held.fetch_add(w.bytes, Ordering::Relaxed);
+            waiting.insert(key, w);
+        }
     }
 
     /// Forgets a half whose event is durable in the log.
@@ -328,8 +363,13 @@ impl Joiner {
             .filter(|(_, w)| w.arrived_ns < cutoff_ns)
             .map(|(k, _)| k.clone())
             .collect();
-        keys.into_iter()
+        let due: Vec<Waiting> = keys
+            .into_iter()
             .filter_map(|k| waiting.remove(&k))
-            .collect()
+            .collect();
+        for w in &due {
+            self.release(w);
+        }
+        due
     }
 }

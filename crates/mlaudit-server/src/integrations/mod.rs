@@ -51,6 +51,8 @@ pub struct CloudEventsConfig {
     pub join_timeout: Duration,
     /// Most halves waiting at once (beyond it, a new half is refused with 503).
     pub max_pending: usize,
+    /// Most bytes the waiting halves may hold (beyond it, a new half is refused with 503).
+    pub max_pending_bytes: u64,
     /// Which predictions are kept, per model.
     pub sampling: SamplePolicy,
 }
@@ -62,6 +64,7 @@ impl Default for CloudEventsConfig {
             default_version: None,
             join_timeout: Duration::from_secs(30),
             max_pending: 100_000,
+            max_pending_bytes: 256 << 20,
             sampling: SamplePolicy::default(),
         }
     }
