@@ -330,9 +330,9 @@ impl Joiner {
     pub fn put_back(&self, w: Waiting) {
         let key = (w.half.logger, w.half.key.clone());
         let mut waiting = self.lock();
-        if !waiting.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = waiting.entry(key) {
             self.held.fetch_add(w.bytes, Ordering::Relaxed);
-            waiting.insert(key, w);
+            slot.insert(w);
         }
     }
 
