@@ -26,7 +26,10 @@ token() { "$bin" --data "$data/log" token create --role "$1" --name "$2" 2>/dev/
 admin=$(token admin contract-admin)
 writer=$(token writer contract-writer)
 token_admin=$(token admin contract-token-admin)
-"$bin" --data "$data/log" serve --listen "127.0.0.1:$port" 2>"$data/serve.log" &
+# The CloudEvents receiver takes ?token= (as KServe's logger needs), so that its query
+# parameter is documented and fuzzed like any other.
+printf '[integrations.cloudevents]\nquery_token = true\n' >"$data/mlaudit.toml"
+"$bin" --data "$data/log" serve --listen "127.0.0.1:$port" --config "$data/mlaudit.toml" 2>"$data/serve.log" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"' EXIT
 for i in $(seq 100); do
