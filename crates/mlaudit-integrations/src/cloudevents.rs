@@ -208,11 +208,14 @@ pub fn from_binary<'a>(
     let datacontenttype = content_type.map(str::to_owned);
     let (data, data_base64) = if body.is_empty() {
         (None, None)
-    } else if is_json_type(content_type) {
-        let v = serde_json::from_slice(body)
-            .map_err(|e| malformed(format!("the CloudEvent's data is not valid JSON: {e}")))?;
+    } else if let Some(v) = is_json_type(content_type)
+        .then(|| serde_json::from_slice(body).ok())
+        .flatten()
+    {
         (Some(v), None)
     } else {
+        // Not JSON, or declared JSON but not (KServe sends a response with its request's
+        // content type): kept as it came, in base64.
         use base64::Engine;
         match std::str::from_utf8(body) {
             Ok(text) if content_type.is_some_and(|c| c.starts_with("text/")) => {
@@ -308,11 +311,14 @@ pub fn from_batch(body: &[u8], max: usize) -> Result<Vec<CloudEvent>, TranslateE
     let Value::Array(items) = value else {
         return Err(malformed("a CloudEvents batch must be a JSON array"));
     };
+    if items.is_empty() {
+        return Err(malformed("the CloudEvents batch holds no event"));
+    }
     if items.len() > max {
-        return Err(malformed(format!(
-            "the batch holds {} CloudEvents; at most {max} are taken at once",
-            items.len()
-        )));
+        return Err(TranslateError::TooMany {
+            count: items.len(),
+            max,
+        });
     }
     items
         .into_iter()
@@ -358,8 +364,12 @@ impl Side {
 pub struct Half {
     pub logger: Logger,
     pub side: Side,
-    /// What joins the halves: `ce-id` (KServe) or `ce-requestid` (Seldon).
+    /// What joins the halves: the request (below) and the component that logged it
+    /// (`ce-component` for KServe, `ce-modelid` for Seldon), so that two loggers of one
+    /// inference graph (a transformer and a predictor) are two predictions, not a retry.
     pub key: String,
+    /// The inference's request id: `ce-id` (KServe) or `ce-requestid` (Seldon).
+    pub request: String,
     /// `<namespace>/<inference service>` (or the name alone without a namespace).
     pub model: String,
     pub event: CloudEvent,
@@ -377,9 +387,16 @@ pub enum Classified {
 /// Sorts a CloudEvent and translates what needs no partner.
 pub fn classify(ce: CloudEvent) -> Result<Classified, TranslateError> {
     let half = |logger, side| -> Result<Classified, TranslateError> {
-        let key = match logger {
-            Logger::Kserve => ce.id.clone(),
-            Logger::Seldon => ce.extension("requestid").unwrap_or_else(|| ce.id.clone()),
+        let (request, node) = match logger {
+            Logger::Kserve => (ce.id.clone(), ce.extension("component")),
+            Logger::Seldon => (
+                ce.extension("requestid").unwrap_or_else(|| ce.id.clone()),
+                ce.extension("modelid"),
+            ),
+        };
+        let key = match node {
+            Some(node) => format!("{request}/{node}"),
+            None => request.clone(),
         };
         let name = ce
             .extension("inferenceservicename")
@@ -398,6 +415,7 @@ pub fn classify(ce: CloudEvent) -> Result<Classified, TranslateError> {
             logger,
             side,
             key,
+            request,
             model,
             event: ce.clone(),
         })))
@@ -484,7 +502,7 @@ pub fn prediction(
     )
     .subject("model", first.model.clone())
     .subject("version", version)
-    .subject("request", first.key.clone())
+    .subject("request", first.request.clone())
     .attr("version_source", version_source)
     .attr("logger", logger)
     .attr("join", if joined { "matched" } else { "timed_out" })
@@ -520,8 +538,9 @@ fn purl_name_version(purl: &str) -> Option<(String, String)> {
     let rest = purl.strip_prefix("pkg:")?;
     let rest = rest.split(['?', '#']).next()?;
     let (path, version) = rest.rsplit_once('@')?;
-    let name = path.rsplit('/').next()?;
-    (!name.is_empty() && !version.is_empty()).then(|| (name.to_owned(), version.to_owned()))
+    let name = percent_decode(path.rsplit('/').next()?);
+    let version = percent_decode(version);
+    (!name.is_empty() && !version.is_empty()).then_some((name, version))
 }
 
 /// A CDEvents service event → an operations kind. The CDEvent itself is kept.
@@ -562,12 +581,12 @@ fn cdevent(ce: &CloudEvent) -> Result<Value, TranslateError> {
         .or_else(|| ce.time.clone());
     let actor = Actor::service(format!(
         "cdevents:{}",
-        body.get("context")
-            .and_then(|c| crate::text(c, "source"))
-            .unwrap_or(&ce.source)
-            .chars()
-            .take(900)
-            .collect::<String>()
+        crate::truncate_bytes(
+            body.get("context")
+                .and_then(|c| crate::text(c, "source"))
+                .unwrap_or(&ce.source),
+            900
+        )
     ));
     let base = |kind: &str| {
         Draft::new("cdevents", &context_id, kind, actor.clone())

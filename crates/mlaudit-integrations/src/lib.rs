@@ -35,6 +35,9 @@ pub enum TranslateError {
     /// A well-formed record of a type this integration does not know.
     #[error("{0}")]
     UnknownType(String),
+    /// More records in one body than the receiver takes at once.
+    #[error("the body holds {count} records; at most {max} are taken at once")]
+    TooMany { count: usize, max: usize },
 }
 
 fn malformed(message: impl Into<String>) -> TranslateError {
@@ -158,15 +161,29 @@ impl Draft {
 /// A custom kind `x.<prefix>.<rest>`, with every character outside `[a-z0-9._-]` replaced, so
 /// that a tool's type string can never make an invalid or reserved kind.
 pub fn custom_kind(prefix: &str, rest: &str) -> String {
+    let room = mlaudit_core::entry::MAX_KIND_LEN.saturating_sub(prefix.len() + 3);
     let clean: String = rest
         .chars()
-        .take(200)
+        .take(room)
         .map(|c| match c.to_ascii_lowercase() {
             c @ ('a'..='z' | '0'..='9' | '.' | '_' | '-') => c,
             _ => '_',
         })
         .collect();
     format!("x.{prefix}.{clean}")
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary (for identities built from a
+/// tool's strings, which the entry header bounds in bytes).
+pub fn truncate_bytes(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// SHA-256 of `bytes`, in hex (keys for ids derived from a whole record).

@@ -182,7 +182,23 @@ pub fn webhook_event(
         }
         (entity, action) => custom_kind("mlflow", &format!("{entity}.{action}")),
     };
-    let mut draft = Draft::new("mlflow-webhook", delivery_id, kind.clone(), who)
+    // A creation is one fact however it reaches the log: its id is the one `mlaudit import
+    // mlflow` derives for the same object, so a backfill after a webhook (or the reverse)
+    // records it once. Every other delivery is keyed by its delivery id (an alias may be set
+    // to the same version twice).
+    let (source, key) = match (
+        delivery.entity.as_str(),
+        delivery.action.as_str(),
+        &name,
+        &version,
+    ) {
+        ("registered_model", "created", Some(n), _) => ("mlflow", format!("model/{n}/created")),
+        ("model_version", "created", Some(n), Some(v)) => {
+            ("mlflow", format!("model/{n}/version/{v}/created"))
+        }
+        _ => ("mlflow-webhook", delivery_id.to_owned()),
+    };
+    let mut draft = Draft::new(source, &key, kind.clone(), who)
         .time(delivery.timestamp.clone())
         .attr(
             "mlflow_event",
@@ -231,8 +247,10 @@ pub fn webhook_event(
 pub mod rest {
     use super::*;
 
+    /// The person MLflow names (`user_id`), or the service when it names nobody (an empty
+    /// id, or `unknown`, which MLflow records for runs created without a user).
     fn actor_of(user: Option<&str>) -> (Actor, bool) {
-        match user.filter(|u| !u.is_empty()) {
+        match user.filter(|u| !u.is_empty() && *u != "unknown") {
             Some(u) => (Actor::user(u), true),
             None => (Actor::service(SERVICE_ACTOR), false),
         }
@@ -273,7 +291,7 @@ pub mod rest {
         let data = run.get("data").cloned().unwrap_or(json!({}));
         let params = key_values(data.get("params"));
         let tags = key_values(data.get("tags"));
-        let (actor, _) = actor_of(crate::text(info, "user_id"));
+        let (actor, known) = actor_of(crate::text(info, "user_id"));
         let start = info.get("start_time").and_then(Value::as_i64);
         let end = info.get("end_time").and_then(Value::as_i64);
         let datasets: Vec<String> = run
@@ -312,6 +330,9 @@ pub mod rest {
         .attr("datasets", json!(datasets))
         .attr("tags", Value::Object(tags))
         .attr("mlflow_run", info.clone());
+        if !known {
+            started = started.attr("human_actor", "unknown");
+        }
         started = match seed(&params) {
             Some(s) => started.attr("random_seed", s),
             None => started.unreported("random_seed"),

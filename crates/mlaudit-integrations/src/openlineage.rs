@@ -277,16 +277,24 @@ fn run_record(
     let training = options.is_training(job_value);
     let draft = match (training, event_type) {
         (true, "START") => {
-            let refs = datasets(event, "inputs")?
-                .iter()
-                .map(dataset_ref)
-                .collect::<Result<Vec<_>, _>>()?;
-            Draft::new("openlineage", digest, "training.run_started", actor.clone())
+            // The catalogue lists a run's datasets as `dataset@version`; an input without a
+            // version facet is listed beside them, not given an invented version.
+            let mut versioned = Vec::new();
+            let mut unversioned = Vec::new();
+            for input in datasets(event, "inputs")? {
+                match dataset_version(input) {
+                    Some(_) => versioned.push(dataset_ref(input)?),
+                    None => unversioned.push(qualified(input, "dataset")?),
+                }
+            }
+            let mut d = Draft::new("openlineage", digest, "training.run_started", actor.clone())
                 .subject("run", run)
                 .subject("model", job.clone())
-                .attr("datasets", json!(refs))
-                .unreported("hyperparameters")
-                .unreported("random_seed")
+                .attr("datasets", json!(versioned));
+            if !unversioned.is_empty() {
+                d = d.attr("unversioned_datasets", json!(unversioned));
+            }
+            d.unreported("hyperparameters").unreported("random_seed")
         }
         (true, "COMPLETE" | "FAIL" | "ABORT") => Draft::new(
             "openlineage",

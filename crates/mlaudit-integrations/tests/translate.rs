@@ -178,6 +178,12 @@ fn mlflow_versions_name_their_creator_only_when_looked_up_and_aliases_are_stages
         json!({"model": "credit", "version": "3", "run": "r1"})
     );
     assert_eq!(e["attributes"]["unreported"], json!(["artifact_sha256"]));
+    // A creation has the id the import derives for the same version: one fact, once.
+    let imported = mlflow::rest::model_version_event(
+        &json!({"name": "credit", "version": "3", "run_id": "r1"}),
+    )
+    .unwrap();
+    assert_eq!(e["id"], imported["id"]);
     let deleted = mlflow::parse_delivery(br#"{"entity":"model_version_alias","action":"deleted","timestamp":"2026-12-04T17:33:40+00:00","data":{"name":"credit","alias":"champion"}}"#).unwrap();
     assert_eq!(
         deleted.deleted_alias(),
@@ -232,6 +238,15 @@ fn mlflow_rest_records_map_to_training_and_registry_kinds() {
     assert_eq!(events[0]["attributes"]["random_seed"], 42);
     assert_eq!(events[0]["attributes"]["datasets"], json!(["loans@abc123"]));
     assert_eq!(events[0]["actor"], json!({"id": "bob", "type": "user"}));
+    assert!(events[0]["attributes"].get("human_actor").is_none());
+    // MLflow's "unknown" user is nobody: the service acted, the person is unknown.
+    let mut anonymous = run.clone();
+    anonymous["info"]["user_id"] = json!("unknown");
+    let a = mlflow::rest::run_events(&anonymous, "credit-exp", None, &BTreeMap::new()).unwrap();
+    assert_eq!(a[0]["actor"], json!({"id": "mlflow", "type": "service"}));
+    assert_eq!(a[0]["attributes"]["human_actor"], "unknown");
+    assert_eq!(a[0]["subject"]["model"], "credit-exp");
+    assert_eq!(a[0]["attributes"]["model_source"], "experiment");
     assert_eq!(events[2]["attributes"]["metrics"], json!({"auc": 0.8}));
     assert_eq!(events[3]["attributes"]["duration_s"], 90.5);
     assert_eq!(events[3]["attributes"]["unreported"], json!(["compute"]));
@@ -283,7 +298,16 @@ fn kserve_v1_and_v2_halves_join_into_one_prediction() {
     ));
     let resp = half(kserve_half("response", "req-1", br#"{"predictions": [1]}"#));
     assert_eq!(
-        (req.side, resp.side, req.key.as_str(), req.model.as_str()),
+        req.key, "req-1/predictor",
+        "the logging component is part of the join key"
+    );
+    assert_eq!(
+        (
+            req.side,
+            resp.side,
+            req.request.as_str(),
+            req.model.as_str()
+        ),
         (
             Side::Request,
             Side::Response,
@@ -333,8 +357,13 @@ fn seldon_halves_join_on_the_request_id_and_structured_mode_parses() {
     };
     let (a, b) = (half(mk("request", "x1")), half(mk("response", "x2")));
     assert_eq!(
-        (a.key.as_str(), b.key.as_str(), a.model.as_str()),
+        (a.request.as_str(), b.request.as_str(), a.model.as_str()),
         ("puid-9", "puid-9", "prod/fraud")
+    );
+    assert_eq!(a.key, b.key);
+    assert_eq!(
+        a.key, "puid-9/classifier",
+        "two nodes of one graph are two predictions"
     );
     let e = ce::prediction(Some(&a), Some(&b), 1.0, None).unwrap();
     valid(std::slice::from_ref(&e));
@@ -366,8 +395,19 @@ fn malformed_cloudevents_are_refused_with_the_reason() {
         ],
         Some("application/json"),
         b"{not json",
-    );
-    assert!(bad_json.is_err());
+    )
+    .unwrap();
+    // Declared JSON but not (KServe reuses the request's content type): kept, as base64.
+    assert_eq!(bad_json.data_base64.as_deref(), Some("e25vdCBqc29u"));
+    assert!(matches!(
+        ce::from_batch(b"[]", 10),
+        Err(TranslateError::Malformed(_))
+    ));
+    let one = r#"{"specversion":"1.0","id":"1","source":"s","type":"t"}"#;
+    assert!(matches!(
+        ce::from_batch(format!("[{one},{one}]").as_bytes(), 1),
+        Err(TranslateError::TooMany { count: 2, max: 1 })
+    ));
     let bad_name = ce::from_structured(
         json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t", "Bad-Name": "x"}),
     );
@@ -545,6 +585,22 @@ fn a_training_run_lists_its_versioned_inputs_for_lineage() {
             "data.transformation_applied",
             "data.snapshot_created"
         ]
+    );
+    // An input without a version is listed beside the versioned ones, never given a version.
+    let mut mixed = start.clone();
+    mixed["inputs"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"namespace": "postgres://db:5432", "name": "public.applicants"}));
+    let out = openlineage::translate(&mixed, &openlineage::Options::default()).unwrap();
+    valid(&out);
+    assert_eq!(
+        out[0]["attributes"]["datasets"],
+        json!(["s3://acme-data/credit/train.parquet@v7"])
+    );
+    assert_eq!(
+        out[0]["attributes"]["unversioned_datasets"],
+        json!(["postgres://db:5432/public.applicants"])
     );
 }
 

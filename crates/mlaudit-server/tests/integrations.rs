@@ -688,3 +688,79 @@ async fn openlineage_events_are_received_and_unknown_types_refused() {
     .await;
     assert_rejected(&f, &r, StatusCode::UNAUTHORIZED, "unauthorized", size);
 }
+
+/// A half that could never be written (even alone it is over the event limits) is refused at
+/// once, not acknowledged and then lost; two halves too large together are written apart.
+#[tokio::test]
+async fn halves_are_checked_before_they_are_acknowledged() {
+    let f = configured("ce-too-large", IntegrationsConfig::default());
+    let w = f.writer.clone();
+    let huge = format!("{{\"instances\": [\"{}\"]}}", "x".repeat(300 << 10));
+    let r = call(&f, kserve(&f, "request", "big", &huge, Some(&w), "")).await;
+    assert_rejected(
+        &f,
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_events",
+        0,
+    );
+    assert_eq!(
+        f.state.integrations.joiner.len(),
+        0,
+        "nothing waits for a partner"
+    );
+    let half_size = format!("{{\"instances\": [\"{}\"]}}", "y".repeat(150 << 10));
+    let r = call(&f, kserve(&f, "request", "pair", &half_size, Some(&w), "")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = call(
+        &f,
+        kserve(
+            &f,
+            "response",
+            "pair",
+            &half_size.replace("instances", "predictions"),
+            Some(&w),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(f.store.tree_size(), 2);
+    let sides: Vec<Value> = (0..2)
+        .map(|s| payload(&f, s)["attributes"]["unreported"].clone())
+        .collect();
+    assert!(
+        sides.contains(&json!(["outputs"])) && sides.contains(&json!(["inputs"])),
+        "{sides:?}"
+    );
+    assert_eq!(payload(&f, 0)["attributes"]["join"], "too_large_to_join");
+}
+
+/// `mlaudit import mlflow` and the webhook derive the same id for a creation: whichever comes
+/// second is acknowledged as already recorded.
+#[tokio::test]
+async fn a_creation_already_imported_is_acknowledged_once() {
+    let f = configured("mlflow-imported", with_secret());
+    let imported = mlaudit_integrations::mlflow::rest::model_version_event(&json!({
+        "name": "credit-risk", "version": "3", "run_id": "r1", "source": "runs:/r1/model",
+        "creation_timestamp": 1_700_000_000_000_i64
+    }))
+    .unwrap();
+    let prepared = mlaudit_core::event::prepare(&imported.to_string(), "local:tester").unwrap();
+    f.store.append(vec![prepared]).unwrap();
+    let ts = now_s();
+    let r = webhook(
+        &f,
+        "d-9",
+        ts,
+        Some(sign(SECRET, "d-9", ts, VERSION_CREATED)),
+        VERSION_CREATED,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["events"][0]["duplicate"], true);
+    assert_eq!(body["events"][0]["seq"], 0);
+    assert_eq!(body["events"][0]["id"], imported["id"]);
+    assert_eq!(f.store.tree_size(), 1);
+}

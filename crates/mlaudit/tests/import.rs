@@ -139,3 +139,52 @@ fn a_damaged_session_is_refused_clearly() {
     assert!(out.stderr.contains("task.json"), "{}", out.stderr);
     assert_eq!(verify(&log), 0);
 }
+
+/// With `--url`, an import goes through a running server (which holds the data directory):
+/// again idempotent; and kinds only the log writes are refused with the way to import them.
+#[test]
+fn an_import_can_go_through_a_running_server() {
+    let log = Log::new("import-url");
+    let token = support::create_token(&log, "writer", "importer");
+    let server = support::serve::Server::start(&log.data, &[]);
+    let url = format!("http://{}", server.addr);
+    let zip = fixture("clearml/session.zip");
+    let run = |args: &[&str]| log.cmd(args).env("MLAUDIT_TOKEN", &token).run();
+    let first = run(&["import", "clearml-offline", path(&zip), "--url", &url]).ok();
+    assert_eq!(
+        first.stdout.trim(),
+        "imported: 6 new events, 0 already present"
+    );
+    let again = run(&["import", "clearml-offline", path(&zip), "--url", &url]).ok();
+    assert_eq!(
+        again.stdout.trim(),
+        "imported: 0 new events, 6 already present"
+    );
+    let wandb = run(&[
+        "import",
+        "wandb-audit",
+        path(&fixture("wandb-audit.jsonl")),
+        "--url",
+        &url,
+    ])
+    .code(2);
+    assert!(
+        wandb.stderr.contains("only the log itself writes"),
+        "{}",
+        wandb.stderr
+    );
+    let no_token = log
+        .run(&["import", "clearml-offline", path(&zip), "--url", &url])
+        .code(2);
+    assert!(
+        no_token.stderr.contains("MLAUDIT_TOKEN"),
+        "{}",
+        no_token.stderr
+    );
+    assert_eq!(
+        server.tree_size(),
+        6 + 1,
+        "six events and the token's grant"
+    );
+    server.stop();
+}

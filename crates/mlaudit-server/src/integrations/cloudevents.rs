@@ -5,7 +5,7 @@
 //! become operations events; any other type `x.cloudevents`. Answers 200 once everything of
 //! the body is durable (KServe's logger treats any other status as a failure).
 
-use super::join::{Offer, Waiting};
+use super::join::{JournalError, Offer, Waiting};
 use super::{append_values, media_type, read_body, refused};
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -86,10 +86,12 @@ enum Handled {
     SampledOut,
 }
 
-/// Joins a half with its partner, or makes it wait (durably).
+/// Joins a half with its partner, or makes it wait (durably). A half is refused at once
+/// (4xx, nothing kept) when even alone it would not make a valid event — too large, say — so
+/// that nothing acknowledged can fail to be written later.
 async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled, ApiError> {
     let config = &state.integrations.config.cloudevents;
-    let Some(rate) = config.sampling.keep(&half.model, &half.key) else {
+    let Some(rate) = config.sampling.keep(&half.model, &half.request) else {
         state
             .integrations
             .counters
@@ -104,6 +106,11 @@ async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled,
         arrived_ns: crate::auth::now_ns(),
         bytes: 0,
     };
+    let alone = alone_event(state, &waiting)?;
+    mlaudit_core::event::prepare(&alone.to_string(), principal).map_err(|e| ApiError::Invalid {
+        count: 1,
+        errors: vec![json!({"index": 0, "kind": "prediction.served", "error": e.to_string()})],
+    })?;
     let integrations = state.integrations.clone();
     let max = (config.max_pending, config.max_pending_bytes);
     let offered = {
@@ -115,9 +122,9 @@ async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled,
     let partner = match offered {
         Ok(Offer::Joined(partner)) => *partner,
         Ok(Offer::Waiting | Offer::Duplicate) => return Ok(Handled::Waiting),
-        Err(super::join::JournalError::Full(n)) => {
+        Err(e @ (JournalError::Full(_) | JournalError::FullBytes(_))) => {
             return Err(ApiError::Store(mlaudit_store::StoreError::Unavailable(
-                format!("{n} inference halves wait for their partners"),
+                e.to_string(),
             )))
         }
         Err(e) => return Err(ApiError::Internal(e.to_string())),
@@ -126,18 +133,26 @@ async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled,
         Side::Request => (&waiting, &partner),
         Side::Response => (&partner, &waiting),
     };
-    let event = ce::prediction(
+    let joined = ce::prediction(
         Some(&request.half),
         Some(&response.half),
         rate,
         config.default_version.as_deref(),
     )
-    .map_err(refused);
-    let written = match event {
-        Ok(event) => append_values(state, principal, &[event]).await,
-        Err(e) => Err(e),
+    .map_err(refused)?;
+    // Two halves that are each valid may still be too large together: then each is written
+    // alone (both were checked above), never dropped.
+    let events = match mlaudit_core::event::prepare(&joined.to_string(), principal) {
+        Ok(_) => vec![joined],
+        Err(_) => {
+            let mut both = [alone_event(state, &partner)?, alone];
+            for e in &mut both {
+                e["attributes"]["join"] = json!("too_large_to_join");
+            }
+            both.to_vec()
+        }
     };
-    match written {
+    match append_values(state, principal, &events).await {
         Ok(receipt) => {
             let integrations = state.integrations.clone();
             let _ = tokio::task::spawn_blocking(move || integrations.joiner.forget(&partner)).await;
@@ -148,6 +163,17 @@ async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled,
             Err(e)
         }
     }
+}
+
+/// The event of a half written alone (its partner never came, or the two are too large to
+/// join).
+fn alone_event(state: &AppState, w: &Waiting) -> Result<serde_json::Value, ApiError> {
+    let (request, response) = match w.half.side {
+        Side::Request => (Some(&w.half), None),
+        Side::Response => (None, Some(&w.half)),
+    };
+    let config = &state.integrations.config.cloudevents;
+    ce::prediction(request, response, w.rate, config.default_version.as_deref()).map_err(refused)
 }
 
 /// The id of the joined event of a half's inference.
@@ -187,18 +213,20 @@ async fn write_alone(state: &AppState, w: &Waiting) -> Result<(), ApiError> {
         .map_err(|e| ApiError::Internal(format!("lookup task failed: {e}")))??
         .is_some();
     if !exists {
-        let (request, response) = match w.half.side {
-            Side::Request => (Some(&w.half), None),
-            Side::Response => (None, Some(&w.half)),
+        let event = alone_event(state, w)?;
+        let receipt = match append_values(state, &w.principal, &[event]).await {
+            Err(e) if e.is_client_error() => {
+                // Checked when it arrived, so only a change of limits since (a restart with
+                // other settings) gets here: keep what can be kept rather than retry forever.
+                tracing::error!(error = %e, key = %w.half.key, "an inference half no longer makes a valid event; recording its context and digest");
+                append_values(state, &w.principal, &[unwritable(w, &e)]).await?
+            }
+            other => other?,
         };
-        let config = &state.integrations.config.cloudevents;
-        let event = ce::prediction(request, response, w.rate, config.default_version.as_deref())
-            .map_err(refused)?;
-        let receipt = append_values(state, &w.principal, &[event]).await?;
         state
             .integrations
             .counters
-            .accepted(NAME, super::new_events(receipt.as_ref()));
+            .written(NAME, super::new_events(receipt.as_ref()));
         state
             .integrations
             .counters
@@ -209,4 +237,23 @@ async fn write_alone(state: &AppState, w: &Waiting) -> Result<(), ApiError> {
     let w = w.clone();
     let _ = tokio::task::spawn_blocking(move || integrations.joiner.forget(&w)).await;
     Ok(())
+}
+
+/// `x.cloudevents.unwritable`: an acknowledged half that no longer validates, as its context,
+/// the SHA-256 and size of its data and the reason.
+fn unwritable(w: &Waiting, why: &ApiError) -> serde_json::Value {
+    let data = w.half.event.to_json()["data"].to_string();
+    json!({
+        "id": EventId::derived(w.half.logger.as_str(), &format!("{}/{}/unwritable", w.half.key, w.half.side.as_str())).to_string(),
+        "kind": "x.cloudevents.unwritable",
+        "actor": {"id": format!("{}:{}", w.half.logger.as_str(), w.half.model), "type": "service"},
+        "subject": {"model": w.half.model, "request": w.half.request},
+        "attributes": {
+            "side": w.half.side.as_str(),
+            "cloudevent": w.half.event.context(),
+            "data_sha256": mlaudit_integrations::sha256_hex(data.as_bytes()),
+            "data_bytes": data.len(),
+            "reason": why.to_string(),
+        },
+    })
 }

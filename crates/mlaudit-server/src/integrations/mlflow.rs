@@ -12,7 +12,7 @@ use super::{append_values, read_body, refused};
 use crate::error::ApiError;
 use crate::AppState;
 use axum::extract::{Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use mlaudit_integrations::mlflow::{self as mf, WebhookActor};
 use mlaudit_store::Query;
 use serde_json::{json, Value};
@@ -77,12 +77,36 @@ async fn receive(state: &AppState, req: Request) -> Result<Response, ApiError> {
     };
     let event = mf::webhook_event(&delivery, &delivery_id, &actor, alias_version.as_deref())
         .map_err(refused)?;
-    let receipt = append_values(state, PRINCIPAL, &[event]).await?;
+    let id = event["id"].as_str().unwrap_or_default().to_owned();
+    let receipt = match append_values(state, PRINCIPAL, &[event]).await {
+        // A creation already recorded by `mlaudit import mlflow` (same id, its own content):
+        // the fact is in the log, so the delivery is acknowledged as a duplicate.
+        Err(ApiError::Store(mlaudit_store::StoreError::Conflict { .. })) => {
+            return already_recorded(state, &id).await;
+        }
+        other => other?,
+    };
     state
         .integrations
         .counters
         .accepted(NAME, super::new_events(receipt.as_ref()));
     Ok(super::answer(receipt.as_ref(), json!({})))
+}
+
+/// The answer for a delivery whose event is already in the log under its id.
+async fn already_recorded(state: &AppState, id: &str) -> Result<Response, ApiError> {
+    let parsed = mlaudit_core::entry::EventId::parse(id)
+        .ok_or_else(|| ApiError::Internal("a translated event has no id".into()))?;
+    let store = state.store.clone();
+    let seq = tokio::task::spawn_blocking(move || store.seq_of(&parsed))
+        .await
+        .map_err(|e| ApiError::Internal(format!("lookup task failed: {e}")))??;
+    state.integrations.counters.accepted(NAME, 0);
+    Ok(axum::Json(json!({
+        "events": [{"id": id, "seq": seq, "duplicate": true}],
+        "recorded_by": "an earlier delivery or import of the same object",
+    }))
+    .into_response())
 }
 
 /// The creator of a model version per the MLflow REST API, or `Unknown` (logged) when the

@@ -131,6 +131,11 @@ impl Counters {
         self.events[Self::slot(integration)].fetch_add(events, Ordering::Relaxed);
     }
 
+    /// Counts events a receiver wrote outside a request (an inference half written alone).
+    pub fn written(&self, integration: &str, events: u64) {
+        self.events[Self::slot(integration)].fetch_add(events, Ordering::Relaxed);
+    }
+
     pub fn refused(&self, integration: &str) {
         self.refused[Self::slot(integration)].fetch_add(1, Ordering::Relaxed);
     }
@@ -157,6 +162,11 @@ pub(crate) fn refused(e: TranslateError) -> ApiError {
     match e {
         TranslateError::Malformed(m) => ApiError::BadRequest(m),
         TranslateError::UnknownType(m) => ApiError::Unprocessable(m),
+        TranslateError::TooMany { count, max } => ApiError::TooLarge {
+            limit: "max_events_per_batch",
+            max: max as u64,
+            message: format!("the body holds {count} records; at most {max} are taken at once"),
+        },
         other => ApiError::BadRequest(other.to_string()),
     }
 }

@@ -27,9 +27,14 @@ fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn hash(reader: &mut dyn Read) -> Result<String> {
+/// The SHA-256 of what `reader` yields, refused past [`MAX_WEIGHTS_BYTES`] (never a digest
+/// of a truncated file).
+fn hash(reader: &mut dyn Read, what: &str) -> Result<String> {
     let mut h = Sha256::new();
-    std::io::copy(reader, &mut h)?;
+    let n = std::io::copy(&mut reader.take(MAX_WEIGHTS_BYTES + 1), &mut h)?;
+    if n > MAX_WEIGHTS_BYTES {
+        return Err(InputError(format!("{what} is larger than {MAX_WEIGHTS_BYTES} bytes")).into());
+    }
     Ok(hex(&h.finalize()))
 }
 
@@ -65,11 +70,10 @@ fn from_folder(dir: &Path) -> Result<Session> {
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_file() {
-                let mut f = std::fs::File::open(&path)?.take(MAX_WEIGHTS_BYTES);
-                weights.insert(
-                    entry.file_name().to_string_lossy().into_owned(),
-                    hash(&mut f)?,
-                );
+                let mut f = std::fs::File::open(&path)?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let digest = hash(&mut f, &name)?;
+                weights.insert(name, digest);
             }
         }
     }
@@ -103,7 +107,7 @@ fn from_zip(path: &Path) -> Result<Session> {
         .collect();
     for m in models {
         let name = m.name.rsplit('/').next().unwrap_or("").to_owned();
-        let digest = hash(&mut zip.reader(&m, MAX_WEIGHTS_BYTES)?)?;
+        let digest = hash(&mut zip.reader(&m, MAX_WEIGHTS_BYTES + 1)?, &m.name)?;
         weights.insert(name, digest);
     }
     Ok(Session {
@@ -113,7 +117,7 @@ fn from_zip(path: &Path) -> Result<Session> {
     })
 }
 
-pub fn run(data: &Path, path: &Path) -> Result<()> {
+pub fn run(target: super::Target<'_>, path: &Path) -> Result<()> {
     let meta = std::fs::metadata(path)
         .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
     let session = if meta.is_dir() {
@@ -133,7 +137,7 @@ pub fn run(data: &Path, path: &Path) -> Result<()> {
         session.weights.len(),
         events.len()
     );
-    let mut importer = Importer::open(data, "clearml-offline")?;
+    let mut importer = Importer::open(&target, "clearml-offline")?;
     for e in &events {
         importer.add(e, false)?;
     }

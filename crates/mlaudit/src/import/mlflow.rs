@@ -12,7 +12,6 @@ use anyhow::{anyhow, Context, Result};
 use mlaudit_integrations::mlflow::rest;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,7 +153,12 @@ fn created_at(v: &Value) -> Option<i64> {
     v.get("creation_timestamp").and_then(Value::as_i64)
 }
 
-pub fn run(data: &Path, uri: &str, experiment: Option<&str>, since_ms: Option<i64>) -> Result<()> {
+pub fn run(
+    target: super::Target<'_>,
+    uri: &str,
+    experiment: Option<&str>,
+    since_ms: Option<i64>,
+) -> Result<()> {
     let client = Client::new(uri)?;
     let experiments: Vec<Value> = match experiment {
         Some(name) => {
@@ -267,7 +271,7 @@ pub fn run(data: &Path, uri: &str, experiment: Option<&str>, since_ms: Option<i6
         versions.len()
     );
 
-    let mut importer = Importer::open(data, "mlflow")?;
+    let mut importer = Importer::open(&target, "mlflow")?;
     let mut progress = crate::output::Progress::new("runs", runs.len() as u64);
     for (i, run) in runs.iter().enumerate() {
         let info = run.get("info").cloned().unwrap_or_default();

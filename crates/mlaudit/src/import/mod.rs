@@ -10,6 +10,7 @@
 
 pub mod clearml;
 pub mod mlflow;
+mod remote;
 pub mod wandb;
 mod zip;
 
@@ -38,17 +39,60 @@ pub enum ImportCommand {
         /// (RFC 3339, e.g. 2026-01-01T00:00:00Z).
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
+        #[command(flatten)]
+        to: TargetArgs,
     },
     /// A W&B audit log (JSONL, as W&B exports it).
     WandbAudit {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        #[command(flatten)]
+        to: TargetArgs,
     },
     /// A ClearML offline session: the folder `Task.set_offline(True)` writes, or its zip.
     ClearmlOffline {
         #[arg(value_name = "PATH")]
         path: PathBuf,
+        #[command(flatten)]
+        to: TargetArgs,
     },
+}
+
+/// Where imported events go.
+#[derive(Debug, clap::Args)]
+pub struct TargetArgs {
+    /// Send the events to a running `mlaudit serve` at this URL (e.g. http://127.0.0.1:8080)
+    /// with the writer token in MLAUDIT_TOKEN, instead of opening the data directory (which a
+    /// running server holds).
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+}
+
+/// Where imported events go, resolved.
+#[derive(Debug)]
+pub enum Target<'a> {
+    Data(&'a Path),
+    Server { url: String, token: String },
+}
+
+impl TargetArgs {
+    fn resolve(self, data: &Path) -> Result<Target<'_>> {
+        match self.url {
+            None => Ok(Target::Data(data)),
+            Some(url) => {
+                let token = std::env::var("MLAUDIT_TOKEN")
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| {
+                        InputError("--url needs a writer token in MLAUDIT_TOKEN".into())
+                    })?;
+                Ok(Target::Server {
+                    url: url.trim_end_matches('/').to_owned(),
+                    token,
+                })
+            }
+        }
+    }
 }
 
 pub fn run(data: &Path, cmd: ImportCommand) -> Result<()> {
@@ -57,6 +101,7 @@ pub fn run(data: &Path, cmd: ImportCommand) -> Result<()> {
             tracking_uri,
             experiment,
             since,
+            to,
         } => {
             let since_ms = match since {
                 None => None,
@@ -66,10 +111,11 @@ pub fn run(data: &Path, cmd: ImportCommand) -> Result<()> {
                     })? / 1_000_000,
                 ),
             };
-            mlflow::run(data, &tracking_uri, experiment.as_deref(), since_ms)
+            let target = to.resolve(data)?;
+            mlflow::run(target, &tracking_uri, experiment.as_deref(), since_ms)
         }
-        ImportCommand::WandbAudit { file } => wandb::run(data, &file),
-        ImportCommand::ClearmlOffline { path } => clearml::run(data, &path),
+        ImportCommand::WandbAudit { file, to } => wandb::run(to.resolve(data)?, &file),
+        ImportCommand::ClearmlOffline { path, to } => clearml::run(to.resolve(data)?, &path),
     }
 }
 
@@ -77,22 +123,32 @@ pub fn run(data: &Path, cmd: ImportCommand) -> Result<()> {
 const BATCH: usize = 500;
 
 /// Writes translated events: skips those already in the log, validates the rest and appends
-/// them in durable batches.
+/// them in durable batches — to the data directory, or through a running server's
+/// `POST /v1/events` (where an id already stored with other content is a 409, counted as
+/// present).
 pub struct Importer {
-    store: EmbeddedStore,
+    sink: Sink,
     principal: String,
     source: &'static str,
-    batch: Vec<PreparedEvent>,
+    batch: Vec<(PreparedEvent, String)>,
     pub written: u64,
     pub present: u64,
 }
 
+enum Sink {
+    Store(EmbeddedStore),
+    Server(remote::Server),
+}
+
 impl Importer {
-    /// Opens the data directory for writing.
-    pub fn open(data: &Path, source: &'static str) -> Result<Importer> {
-        let store = ledger::open(data)?;
+    /// Opens the data directory, or readies the server, for writing.
+    pub fn open(target: &Target<'_>, source: &'static str) -> Result<Importer> {
+        let sink = match target {
+            Target::Data(data) => Sink::Store(ledger::open(data)?),
+            Target::Server { url, token } => Sink::Server(remote::Server::new(url, token)),
+        };
         Ok(Importer {
-            store,
+            sink,
             principal: format!("{} (import {source})", crate::append::local_principal()),
             source,
             batch: Vec::new(),
@@ -102,14 +158,27 @@ impl Importer {
     }
 
     /// Adds one translated event. `reserved` lets the importer write a kind clients may not
-    /// (a W&B access change as `governance.access_changed`).
+    /// (a W&B access change as `governance.access_changed`): only into the data directory,
+    /// as a server refuses those kinds from any client.
     pub fn add(&mut self, event: &Value, reserved: bool) -> Result<()> {
         let id = event
             .get("id")
             .and_then(Value::as_str)
             .and_then(EventId::parse)
             .context("a translated event has no id")?;
-        if self.store.seq_of(&id)?.is_some() || self.batch.iter().any(|e| e.id == Some(id)) {
+        let stored = match &self.sink {
+            Sink::Store(store) => store.seq_of(&id)?.is_some(),
+            Sink::Server(_) if reserved => {
+                return Err(InputError(format!(
+                    "{}: a {} event is a kind only the log itself writes; import this file into the data directory (without --url, with the server stopped)",
+                    self.source,
+                    event.get("kind").and_then(Value::as_str).unwrap_or("?")
+                ))
+                .into())
+            }
+            Sink::Server(_) => false,
+        };
+        if stored || self.batch.iter().any(|(e, _)| e.id == Some(id)) {
             self.present += 1;
             return Ok(());
         }
@@ -121,12 +190,12 @@ impl Importer {
         }
         .map_err(|e| {
             InputError(format!(
-                "{}: a {} event does not validate ({e}); nothing of this batch was written",
+                "{}: a {} event does not validate ({e}); the events before it were written",
                 self.source,
                 event.get("kind").and_then(Value::as_str).unwrap_or("?")
             ))
         })?;
-        self.batch.push(prepared);
+        self.batch.push((prepared, text));
         if self.batch.len() >= BATCH {
             self.flush()?;
         }
@@ -138,10 +207,22 @@ impl Importer {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let events = std::mem::take(&mut self.batch);
-        let receipt = self.store.append(events).context("appending to the log")?;
-        for e in &receipt.events {
-            if e.duplicate {
+        let batch = std::mem::take(&mut self.batch);
+        let duplicates: Vec<bool> = match &self.sink {
+            Sink::Store(store) => store
+                .append(batch.into_iter().map(|(e, _)| e).collect())
+                .context("appending to the log")?
+                .events
+                .iter()
+                .map(|e| e.duplicate)
+                .collect(),
+            Sink::Server(server) => {
+                let texts: Vec<String> = batch.into_iter().map(|(_, t)| t).collect();
+                server.append(&texts)?
+            }
+        };
+        for duplicate in duplicates {
+            if duplicate {
                 self.present += 1;
             } else {
                 self.written += 1;
@@ -153,7 +234,9 @@ impl Importer {
     /// Flushes, closes the store and prints the summary.
     pub fn finish(mut self) -> Result<()> {
         self.flush()?;
-        self.store.close()?;
+        if let Sink::Store(store) = &self.sink {
+            store.close()?;
+        }
         println!(
             "imported: {} new events, {} already present",
             self.written, self.present

@@ -12,7 +12,7 @@ use std::path::Path;
 /// Most errors printed.
 const SHOWN: usize = 20;
 
-pub fn run(data: &Path, file: &Path) -> Result<()> {
+pub fn run(target: super::Target<'_>, file: &Path) -> Result<()> {
     let open = || {
         std::fs::File::open(file)
             .map(std::io::BufReader::new)
@@ -42,7 +42,7 @@ pub fn run(data: &Path, file: &Path) -> Result<()> {
         ))
         .into());
     }
-    let mut importer = Importer::open(data, "wandb-audit")?;
+    let mut importer = Importer::open(&target, "wandb-audit")?;
     let mut progress = Progress::new("importing", events.len() as u64);
     for (i, e) in events.iter().enumerate() {
         importer.add(e, wandb::is_reserved(e))?;
