@@ -186,6 +186,19 @@ pub fn truncate_bytes(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// A finished run's status in the SDKs' words (`succeeded`, `failed`, `aborted`), from a
+/// tool's (MLflow's `FINISHED`/`FAILED`/`KILLED`, OpenLineage's `COMPLETE`/`FAIL`/`ABORT`), so
+/// that one query finds the failed runs of every source; the tool's own word is kept beside it
+/// as `source_status`.
+pub fn run_status(tool_status: &str) -> String {
+    match tool_status.to_ascii_uppercase().as_str() {
+        "FINISHED" | "COMPLETE" | "COMPLETED" | "SUCCEEDED" => "succeeded".into(),
+        "FAILED" | "FAIL" => "failed".into(),
+        "KILLED" | "ABORT" | "ABORTED" => "aborted".into(),
+        other => other.to_ascii_lowercase(),
+    }
+}
+
 /// SHA-256 of `bytes`, in hex (keys for ids derived from a whole record).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};

@@ -378,7 +378,8 @@ pub mod rest {
             )
             .time(end.and_then(crate::millis_to_time))
             .subject("run", id)
-            .attr("status", status.to_ascii_lowercase())
+            .attr("status", crate::run_status(status))
+            .attr("source_status", status)
             .unreported("compute");
             done = match (start, end) {
                 (Some(s), Some(e)) if e >= s => done.attr("duration_s", (e - s) as f64 / 1000.0),

@@ -303,7 +303,8 @@ fn run_record(
             actor.clone(),
         )
         .subject("run", run)
-        .attr("status", event_type.to_ascii_lowercase())
+        .attr("status", crate::run_status(event_type))
+        .attr("source_status", event_type)
         .unreported("duration_s")
         .unreported("compute"),
         _ => Draft::new(

@@ -157,20 +157,39 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
                 ..Query::default()
             },
         )?;
-        let refs: Vec<String> = training
+        // `datasets` lists `dataset@version` (split at the last `@`: a dataset's URI may hold
+        // one, as in `postgres://user@host/db`); `unversioned_datasets` (written for a
+        // source that named no version, such as an OpenLineage input without a version
+        // facet) lists datasets alone, followed with every version.
+        let mut refs: Vec<(String, Option<String>)> = Vec::new();
+        for t in training
             .iter()
             .filter(|t| t.entry.kind == "training.run_started")
-            .flat_map(|t| {
-                t.view["attributes"]["datasets"]
+        {
+            let attributes = &t.view["attributes"];
+            let listed = |name: &str| {
+                attributes[name]
                     .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect();
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            };
+            for r in listed("datasets") {
+                refs.push(match r.rsplit_once('@') {
+                    Some((d, v)) => (d.to_owned(), Some(v.to_owned())),
+                    None => (r, None),
+                });
+            }
+            refs.extend(
+                listed("unversioned_datasets")
+                    .into_iter()
+                    .map(|d| (d, None)),
+            );
+        }
         // Each dataset once, in first-mention order, and a bounded number of them.
         let mut seen = std::collections::BTreeSet::new();
-        let mut refs: Vec<String> = refs
+        let mut refs: Vec<(String, Option<String>)> = refs
             .into_iter()
             .filter(|r| seen.insert(r.clone()))
             .collect();
@@ -179,11 +198,7 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
             budget.truncated = true;
         }
         out.training = training.into_iter().map(|l| l.view).collect();
-        for r in refs {
-            let (dataset, version) = match r.split_once('@') {
-                Some((d, v)) => (d.to_owned(), Some(v.to_owned())),
-                None => (r.clone(), None),
-            };
+        for (dataset, version) in refs {
             let events = budget.find(
                 store,
                 Query {

@@ -63,25 +63,41 @@ async fn receive(state: &AppState, principal: &str, req: Request) -> Result<Resp
             Classified::Half(h) => halves.push(*h),
         }
     }
-    let receipt = append_values(state, principal, &complete).await?;
-    let mut written = super::new_events(receipt.as_ref());
-    let (mut waiting, mut sampled_out) = (0u64, 0u64);
+    let mut receipts = Vec::new();
+    receipts.extend(append_values(state, principal, &complete).await?);
+    let mut waiting = std::collections::HashSet::new();
+    let mut sampled_out = 0u64;
     for half in halves {
+        let key = (half.logger, half.key.clone());
         match offer(state, principal, half).await? {
-            Handled::Written(n) => written += n,
-            Handled::Waiting => waiting += 1,
+            Handled::Written(receipt) => {
+                // Its partner may have come earlier in this same body.
+                waiting.remove(&key);
+                receipts.extend(receipt);
+            }
+            Handled::Waiting => {
+                waiting.insert(key);
+            }
             Handled::SampledOut => sampled_out += 1,
         }
     }
+    let written = receipts.iter().map(|r| super::new_events(Some(r))).sum();
     state.integrations.counters.accepted(NAME, written);
+    // One receipt for the whole body: every event written, and the tree after the last.
+    let merged = receipts.into_iter().reduce(|mut all, r| {
+        all.events.extend(r.events);
+        all.tree_size = r.tree_size;
+        all.checkpoint = r.checkpoint;
+        all
+    });
     Ok(super::answer(
-        receipt.as_ref(),
-        json!({ "waiting_for_partner": waiting, "sampled_out": sampled_out }),
+        merged.as_ref(),
+        json!({ "waiting_for_partner": waiting.len(), "sampled_out": sampled_out }),
     ))
 }
 
 enum Handled {
-    Written(u64),
+    Written(Option<mlaudit_store::AppendReceipt>),
     Waiting,
     SampledOut,
 }
@@ -156,7 +172,7 @@ async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled,
         Ok(receipt) => {
             let integrations = state.integrations.clone();
             let _ = tokio::task::spawn_blocking(move || integrations.joiner.forget(&partner)).await;
-            Ok(Handled::Written(super::new_events(receipt.as_ref())))
+            Ok(Handled::Written(receipt))
         }
         Err(e) => {
             state.integrations.joiner.put_back(partner);
