@@ -124,6 +124,11 @@ impl Draft {
         self
     }
 
+    /// `f(self)`, for a step chosen at run time in a chain of calls.
+    pub fn pipe(self, f: impl FnOnce(Draft) -> Draft) -> Draft {
+        f(self)
+    }
+
     /// Whether the subject holds `field`.
     pub fn has_subject(&self, field: &str) -> bool {
         self.subject.contains_key(field)

@@ -294,20 +294,24 @@ pub mod rest {
         let (actor, known) = actor_of(crate::text(info, "user_id"));
         let start = info.get("start_time").and_then(Value::as_i64);
         let end = info.get("end_time").and_then(Value::as_i64);
-        let datasets: Vec<String> = run
+        // MLflow's dataset digest is its version; a dataset without one is listed apart.
+        let mut datasets: Vec<String> = Vec::new();
+        let mut unversioned: Vec<String> = Vec::new();
+        for d in run
             .pointer("/inputs/dataset_inputs")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|d| {
-                let ds = d.get("dataset")?;
-                let name = crate::text(ds, "name")?;
-                Some(match crate::text(ds, "digest") {
-                    Some(digest) if !digest.is_empty() => format!("{name}@{digest}"),
-                    _ => name.to_owned(),
-                })
-            })
-            .collect();
+        {
+            let Some(ds) = d.get("dataset") else { continue };
+            let Some(name) = crate::text(ds, "name").filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            match crate::text(ds, "digest") {
+                Some(digest) if !digest.is_empty() => datasets.push(format!("{name}@{digest}")),
+                _ => unversioned.push(name.to_owned()),
+            }
+        }
         let mut started = Draft::new(
             "mlflow",
             &format!("run/{id}/started"),
@@ -330,9 +334,17 @@ pub mod rest {
         .attr("datasets", json!(datasets))
         .attr("tags", Value::Object(tags))
         .attr("mlflow_run", info.clone());
-        if !known {
-            started = started.attr("human_actor", "unknown");
+        if !unversioned.is_empty() {
+            started = started.attr("unversioned_datasets", json!(unversioned));
         }
+        let human = |d: Draft| {
+            if known {
+                d
+            } else {
+                d.attr("human_actor", "unknown")
+            }
+        };
+        started = human(started);
         started = match seed(&params) {
             Some(s) => started.attr("random_seed", s),
             None => started.unreported("random_seed"),
@@ -365,6 +377,7 @@ pub mod rest {
                 .subject("run", id)
                 .attr("step", step)
                 .attr("metrics", Value::Object(metrics))
+                .pipe(human)
                 .build(),
             );
         }
@@ -385,7 +398,7 @@ pub mod rest {
                 (Some(s), Some(e)) if e >= s => done.attr("duration_s", (e - s) as f64 / 1000.0),
                 _ => done.unreported("duration_s"),
             };
-            out.push(done.build());
+            out.push(human(done).build());
         }
         Ok(out)
     }

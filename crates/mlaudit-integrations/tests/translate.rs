@@ -244,7 +244,18 @@ fn mlflow_rest_records_map_to_training_and_registry_kinds() {
     anonymous["info"]["user_id"] = json!("unknown");
     let a = mlflow::rest::run_events(&anonymous, "credit-exp", None, &BTreeMap::new()).unwrap();
     assert_eq!(a[0]["actor"], json!({"id": "mlflow", "type": "service"}));
-    assert_eq!(a[0]["attributes"]["human_actor"], "unknown");
+    assert!(
+        a.iter()
+            .all(|e| e["attributes"]["human_actor"] == "unknown"),
+        "every event of the run says so"
+    );
+    // A dataset input without a digest is listed apart, never as a bare name in `datasets`.
+    let mut undigested = run.clone();
+    undigested["inputs"]["dataset_inputs"] = json!([{"dataset": {"name": "loans"}}]);
+    let u = mlflow::rest::run_events(&undigested, "credit-exp", None, &BTreeMap::new()).unwrap();
+    valid(&u);
+    assert_eq!(u[0]["attributes"]["datasets"], json!([]));
+    assert_eq!(u[0]["attributes"]["unversioned_datasets"], json!(["loans"]));
     assert_eq!(a[0]["subject"]["model"], "credit-exp");
     assert_eq!(a[0]["attributes"]["model_source"], "experiment");
     assert_eq!(events[2]["attributes"]["metrics"], json!({"auc": 0.8}));

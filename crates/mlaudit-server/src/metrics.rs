@@ -256,6 +256,12 @@ fn integrations(out: &mut String, state: &AppState) {
         "mlaudit_inference_halves_waiting {}",
         state.integrations.joiner.len()
     );
+    let _ = writeln!(out, "# HELP mlaudit_inference_halves_waiting_bytes Bytes the waiting inference halves hold (refused past max_pending_mib).\n# TYPE mlaudit_inference_halves_waiting_bytes gauge");
+    let _ = writeln!(
+        out,
+        "mlaudit_inference_halves_waiting_bytes {}",
+        state.integrations.joiner.held_bytes()
+    );
     let _ = writeln!(out, "# HELP mlaudit_inference_halves_unmatched_total Inference halves written alone after the join timeout.\n# TYPE mlaudit_inference_halves_unmatched_total counter");
     let _ = writeln!(
         out,

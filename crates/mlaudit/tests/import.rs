@@ -173,6 +173,11 @@ fn an_import_can_go_through_a_running_server() {
         "{}",
         wandb.stderr
     );
+    assert!(
+        wandb.stderr.contains("nothing was imported"),
+        "{}",
+        wandb.stderr
+    );
     let no_token = log
         .run(&["import", "clearml-offline", path(&zip), "--url", &url])
         .code(2);

@@ -231,6 +231,9 @@ async fn write_alone(state: &AppState, w: &Waiting) -> Result<(), ApiError> {
     if !exists {
         let event = alone_event(state, w)?;
         let receipt = match append_values(state, &w.principal, &[event]).await {
+            // Its own event is in the log already (written alone before, say as too large
+            // to join, and this half re-sent since): nothing to add.
+            Err(ApiError::Store(mlaudit_store::StoreError::Conflict { .. })) => None,
             Err(e) if e.is_client_error() => {
                 // Checked when it arrived, so only a change of limits since (a restart with
                 // other settings) gets here: keep what can be kept rather than retry forever.
@@ -258,7 +261,12 @@ async fn write_alone(state: &AppState, w: &Waiting) -> Result<(), ApiError> {
 /// `x.cloudevents.unwritable`: an acknowledged half that no longer validates, as its context,
 /// the SHA-256 and size of its data and the reason.
 fn unwritable(w: &Waiting, why: &ApiError) -> serde_json::Value {
-    let data = w.half.event.to_json()["data"].to_string();
+    let event = &w.half.event;
+    let data = match (&event.data, &event.data_base64) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(b)) => b.clone(),
+        (None, None) => String::new(),
+    };
     json!({
         "id": EventId::derived(w.half.logger.as_str(), &format!("{}/{}/unwritable", w.half.key, w.half.side.as_str())).to_string(),
         "kind": "x.cloudevents.unwritable",

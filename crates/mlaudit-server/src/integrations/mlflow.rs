@@ -143,7 +143,8 @@ async fn look_up_creator(
     })
     .await;
     match found {
-        Ok(Ok(Some(user))) if !user.is_empty() => WebhookActor::Looked(user),
+        // MLflow records `unknown` for a version created without a user: nobody.
+        Ok(Ok(Some(user))) if !user.is_empty() && user != "unknown" => WebhookActor::Looked(user),
         Ok(Ok(_)) => WebhookActor::Unknown,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "MLflow user lookup failed; recording the actor as unknown");

@@ -119,8 +119,9 @@ pub fn run(data: &Path, cmd: ImportCommand) -> Result<()> {
     }
 }
 
-/// Events per durable batch.
+/// Events per durable batch, and bytes (well under a server's default body limit).
 const BATCH: usize = 500;
+const BATCH_BYTES: usize = 8 << 20;
 
 /// Writes translated events: skips those already in the log, validates the rest and appends
 /// them in durable batches — to the data directory, or through a running server's
@@ -196,7 +197,8 @@ impl Importer {
             ))
         })?;
         self.batch.push((prepared, text));
-        if self.batch.len() >= BATCH {
+        let bytes: usize = self.batch.iter().map(|(_, t)| t.len()).sum();
+        if self.batch.len() >= BATCH || bytes >= BATCH_BYTES {
             self.flush()?;
         }
         Ok(())

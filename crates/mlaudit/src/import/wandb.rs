@@ -42,6 +42,13 @@ pub fn run(target: super::Target<'_>, file: &Path) -> Result<()> {
         ))
         .into());
     }
+    if matches!(target, super::Target::Server { .. }) && events.iter().any(wandb::is_reserved) {
+        return Err(InputError(format!(
+            "{} holds W&B access changes, which are governance.access_changed, a kind only the log itself writes: import this file into the data directory (without --url, with the server stopped); nothing was imported",
+            file.display()
+        ))
+        .into());
+    }
     let mut importer = Importer::open(&target, "wandb-audit")?;
     let mut progress = Progress::new("importing", events.len() as u64);
     for (i, e) in events.iter().enumerate() {
