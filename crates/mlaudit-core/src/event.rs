@@ -1226,8 +1226,7 @@ fn check_attr(attr: Attr, raw: &RawValue) -> Result<(), String> {
             let list: Vec<Cow<str>> = serde_json::from_str(text)
                 .map_err(|_| "must be a list of \"dataset@version\" strings".to_owned())?;
             match list.iter().find(|r| {
-                // Split at the last `@`, as lineage reads it (a dataset URI may hold one).
-                !r.rsplit_once('@')
+                !r.split_once('@')
                     .is_some_and(|(d, v)| !d.is_empty() && !v.is_empty())
             }) {
                 Some(bad) => Err(format!("entry {bad:?} is not of the form dataset@version")),

@@ -60,9 +60,9 @@ pub fn parse_metrics(text: &str) -> Result<Vec<Value>, TranslateError> {
     Ok(out)
 }
 
-/// The events of one session. `weights_sha256` maps a model's weights file name (as in
-/// `weights.weights_filename`, its last path component) to the SHA-256 of the file in the
-/// session.
+/// The events of one session. `weights_sha256` maps a model's weights file (its path under
+/// the session's `models/` folder, as in `weights.weights_filename`) to the SHA-256 of the
+/// file in the session.
 pub fn session_events(
     task: &Value,
     scalars: &[Value],
@@ -167,11 +167,18 @@ pub fn session_events(
             .pointer("/init/name")
             .and_then(Value::as_str)
             .unwrap_or(&model_name);
-        let file = m
+        // The file's path under the session's models/ folder (its name alone when the path
+        // does not pass through one).
+        let path = m
             .pointer("/weights/weights_filename")
             .and_then(Value::as_str)
-            .and_then(|p| p.rsplit(['/', '\\']).next())
-            .unwrap_or("");
+            .unwrap_or("")
+            .replace('\\', "/");
+        let file = match path.rfind("/models/") {
+            Some(at) => path[at + "/models/".len()..].to_owned(),
+            None => path.rsplit('/').next().unwrap_or("").to_owned(),
+        };
+        let file = file.as_str();
         let mut d = Draft::new(
             "clearml",
             &format!("model/{model_id}"),

@@ -94,7 +94,7 @@ impl CloudEvent {
 
     /// The data as a JSON value for an event: the JSON data, the text, or the base64 form with
     /// its content type; `None` without data.
-    fn data_value(&self) -> Option<Value> {
+    pub fn data_value(&self) -> Option<Value> {
         match (&self.data, &self.data_base64) {
             (Some(d), _) => Some(d.clone()),
             (None, Some(b)) => Some(json!({
@@ -119,8 +119,18 @@ fn is_json_type(content_type: Option<&str>) -> bool {
     mime == "application/json" || mime == "text/json" || mime.ends_with("+json")
 }
 
-/// A valid extension name: lower-case letters and digits only (CloudEvents 1.0.2 §3.1.1).
+/// Names no extension may take: the JSON format's members for the data (an extension named
+/// so would be read back as the data).
+const NOT_EXTENSIONS: &[&str] = &["data", "data_base64"];
+
+/// A valid extension name: lower-case letters and digits only (CloudEvents 1.0.2 §3.1.1),
+/// and not a name the JSON format reserves for the data.
 fn check_attribute_name(name: &str) -> Result<(), TranslateError> {
+    if NOT_EXTENSIONS.contains(&name) {
+        return Err(malformed(format!(
+            "{name:?} is not a CloudEvents attribute: the data travels as the body (binary mode) or the data member (structured mode)"
+        )));
+    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

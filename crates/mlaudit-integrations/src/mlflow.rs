@@ -308,7 +308,9 @@ pub mod rest {
                 continue;
             };
             match crate::text(ds, "digest") {
-                Some(digest) if !digest.is_empty() => datasets.push(format!("{name}@{digest}")),
+                Some(digest) if !digest.is_empty() && !name.contains('@') => {
+                    datasets.push(format!("{name}@{digest}"))
+                }
                 _ => unversioned.push(name.to_owned()),
             }
         }

@@ -19,12 +19,26 @@ use crate::{custom_kind, malformed, sha256_hex, Actor, Draft, TranslateError};
 use serde_json::{json, Value};
 
 /// How OpenLineage events are read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     /// Job names (`namespace/name` or `name`) that train models; `*` at the end matches any
     /// suffix.
     pub training_jobs: Vec<String>,
+    /// Most catalogue events one OpenLineage event may become (checked before any is built).
+    pub max_events: usize,
 }
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            training_jobs: Vec::new(),
+            max_events: 10_000,
+        }
+    }
+}
+
+/// Most (input, output) pairs one event may hold: each output's event lists every input.
+pub const MAX_INPUT_OUTPUT_PAIRS: usize = 1_000_000;
 
 impl Options {
     fn is_training(&self, job: &Value) -> bool {
@@ -206,6 +220,15 @@ pub fn translate(event: &Value, options: &Options) -> Result<Vec<Value>, Transla
     let run = event.pointer("/run/runId").and_then(Value::as_str);
     let inputs = datasets(event, "inputs")?;
     let outputs = datasets(event, "outputs")?;
+    let count = 1 + inputs.len() + 2 * outputs.len();
+    if count > options.max_events
+        || inputs.len().saturating_mul(outputs.len()) > MAX_INPUT_OUTPUT_PAIRS
+    {
+        return Err(TranslateError::TooMany {
+            count,
+            max: options.max_events,
+        });
+    }
     let input_ids = inputs
         .iter()
         .map(|d| qualified(d, "dataset"))
@@ -279,12 +302,21 @@ fn run_record(
         (true, "START") => {
             // The catalogue lists a run's datasets as `dataset@version`; an input without a
             // version facet is listed beside them, not given an invented version.
+            // A dataset whose name holds an `@` (a URI with a user, say) cannot be written
+            // as `dataset@version` unambiguously: it is listed apart, its version in
+            // `dataset_versions`.
             let mut versioned = Vec::new();
             let mut unversioned = Vec::new();
+            let mut versions = serde_json::Map::new();
             for input in datasets(event, "inputs")? {
+                let id = qualified(input, "dataset")?;
                 match dataset_version(input) {
-                    Some(_) => versioned.push(dataset_ref(input)?),
-                    None => unversioned.push(qualified(input, "dataset")?),
+                    Some(_) if !id.contains('@') => versioned.push(dataset_ref(input)?),
+                    Some(v) => {
+                        versions.insert(id.clone(), Value::String(v));
+                        unversioned.push(id);
+                    }
+                    None => unversioned.push(id),
                 }
             }
             let mut d = Draft::new("openlineage", digest, "training.run_started", actor.clone())
@@ -293,6 +325,9 @@ fn run_record(
                 .attr("datasets", json!(versioned));
             if !unversioned.is_empty() {
                 d = d.attr("unversioned_datasets", json!(unversioned));
+            }
+            if !versions.is_empty() {
+                d = d.attr("dataset_versions", Value::Object(versions));
             }
             d.unreported("hyperparameters").unreported("random_seed")
         }

@@ -520,6 +520,7 @@ fn openlineage_fixture(name: &str) -> Value {
 fn real_openlineage_events_map_to_data_and_training_kinds() {
     let options = openlineage::Options {
         training_jobs: vec!["train*".into()],
+        ..Default::default()
     };
     let mut all = Vec::new();
     for name in ["01.json", "02.json", "03.json", "04.json"] {
@@ -557,6 +558,41 @@ fn real_openlineage_events_map_to_data_and_training_kinds() {
     assert!(matches!(
         openlineage::translate(&shapeless, &options),
         Err(TranslateError::UnknownType(_))
+    ));
+}
+
+/// One event's fan-out is refused before anything is built: at most `max_events` events, and
+/// a bounded number of (input, output) pairs.
+#[test]
+fn an_openlineage_event_cannot_fan_out_past_the_limits() {
+    let many = |n: usize, prefix: &str| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"namespace": "s3://b", "name": format!("{prefix}{i}")}))
+            .collect()
+    };
+    let event = |inputs: usize, outputs: usize| {
+        json!({
+            "eventTime": "2026-06-01T10:00:00Z", "eventType": "COMPLETE", "producer": "p",
+            "run": {"runId": "r"}, "job": {"namespace": "ml", "name": "etl"},
+            "inputs": many(inputs, "in"), "outputs": many(outputs, "out")
+        })
+    };
+    let options = openlineage::Options {
+        max_events: 100,
+        ..Default::default()
+    };
+    assert!(openlineage::translate(&event(49, 25), &options).is_ok());
+    assert!(matches!(
+        openlineage::translate(&event(60, 25), &options),
+        Err(TranslateError::TooMany { .. })
+    ));
+    let wide = openlineage::Options {
+        max_events: 1 << 20,
+        ..Default::default()
+    };
+    assert!(matches!(
+        openlineage::translate(&event(2000, 1000), &wide),
+        Err(TranslateError::TooMany { .. })
     ));
 }
 

@@ -764,3 +764,202 @@ async fn a_creation_already_imported_is_acknowledged_once() {
     assert_eq!(body["events"][0]["id"], imported["id"]);
     assert_eq!(f.store.tree_size(), 1);
 }
+
+/// Halves join only within one principal, a reused id with other content is not taken for a
+/// retry, a line of the journal that does not parse loses nothing after it, and a compaction
+/// keeps the halves whose events are still on their way.
+#[test]
+fn the_join_journal_keeps_principals_apart_and_loses_nothing_on_replay() {
+    use mlaudit_integrations::cloudevents::Side;
+    use mlaudit_server::integrations::join::Offer;
+    let dir = std::env::temp_dir().join(format!("mlaudit-join-safety-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("pending.jsonl");
+    let limits = (1000, 64 << 20);
+    {
+        let j = Joiner::open(&path).unwrap();
+        let mine = waiting("r1", Side::Request);
+        let mut theirs = waiting("r1", Side::Response);
+        theirs.principal = "token:someone-else".into();
+        assert!(matches!(
+            j.offer(mine.clone(), limits).unwrap(),
+            Offer::Waiting
+        ));
+        assert!(
+            matches!(j.offer(theirs, limits).unwrap(), Offer::Waiting),
+            "no join across principals"
+        );
+        let mut reused = mine.clone();
+        reused.half.event.data = Some(json!({"x": 2}));
+        assert!(matches!(j.offer(reused, limits).unwrap(), Offer::Differs));
+        assert!(matches!(j.offer(mine, limits).unwrap(), Offer::Duplicate));
+        // Grow the journal past the compaction threshold with joined pairs, while one half
+        // is in flight (taken by the sweep, its event not yet durable).
+        assert!(matches!(
+            j.offer(waiting("flying", Side::Request), limits).unwrap(),
+            Offer::Waiting
+        ));
+        let mut flying = j.due(i64::MAX);
+        flying.retain(|w| w.half.key.starts_with("flying"));
+        assert_eq!(flying.len(), 1);
+        for i in 0..60 {
+            let mut req = waiting(&format!("p{i}"), Side::Request);
+            req.half.event.data = Some(json!({"pad": "z".repeat(40 << 10)}));
+            req.arrived_ns = i64::MAX;
+            assert!(matches!(j.offer(req, limits).unwrap(), Offer::Waiting));
+            let Offer::Joined(partner) = j
+                .offer(waiting(&format!("p{i}"), Side::Response), limits)
+                .unwrap()
+            else {
+                panic!("p{i} joins")
+            };
+            j.forget(&partner);
+        }
+        assert!(
+            std::fs::metadata(&path).unwrap().len() < 1 << 20,
+            "compacted"
+        );
+        // Crash: the in-flight half's event never reached the log.
+    }
+    {
+        // A damaged line in the middle (not a torn tail).
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.insert(1, "{\"op\":\"add\",\"garbage\":");
+        std::fs::write(&path, format!("{}\n", lines.join("\n"))).unwrap();
+    }
+    let j = Joiner::open(&path).unwrap();
+    let mut keys: Vec<String> = j
+        .due(i64::MAX)
+        .into_iter()
+        .map(|w| format!("{}:{}", w.principal, w.half.key))
+        .collect();
+    keys.sort();
+    assert!(keys.iter().any(|k| k.contains("flying")), "{keys:?}");
+    assert_eq!(
+        keys.len(),
+        3,
+        "r1 (mine), r1 (theirs) and the in-flight half: {keys:?}"
+    );
+    let copies = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".bad-")
+        })
+        .count();
+    assert_eq!(copies, 1, "the damaged journal is kept aside");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_reused_request_id_is_another_inference_and_data_headers_are_refused() {
+    let f = configured("ce-reused", IntegrationsConfig::default());
+    let w = f.writer.clone();
+    let r = call(
+        &f,
+        kserve(
+            &f,
+            "request",
+            "dup",
+            r#"{"instances": [[1]]}"#,
+            Some(&w),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = call(
+        &f,
+        kserve(
+            &f,
+            "request",
+            "dup",
+            r#"{"instances": [[1]]}"#,
+            Some(&w),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(f.store.tree_size(), 0, "a retry waits once");
+    let r = call(
+        &f,
+        kserve(
+            &f,
+            "request",
+            "dup",
+            r#"{"instances": [[2]]}"#,
+            Some(&w),
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(
+        f.store.tree_size(),
+        1,
+        "other content under a waiting id is written alone"
+    );
+    let e = payload(&f, 0);
+    assert_eq!(e["attributes"]["join"], "id_reused");
+    assert_eq!(e["attributes"]["inputs"], json!({"instances": [[2]]}));
+    let mut req = kserve(&f, "request", "hdr", "abc", Some(&w), "");
+    req.headers_mut().insert("ce-data", "x".parse().unwrap());
+    let r = call(&f, req).await;
+    assert_rejected(&f, &r, StatusCode::BAD_REQUEST, "bad_request", 1);
+    // A batch whose second half is refused writes none of its events.
+    let big = "x".repeat(300 << 10);
+    let batch = json!([
+        {"specversion": "1.0", "id": "c-9", "source": "/x", "type": "com.example.other", "data": {"n": 1}},
+        {"specversion": "1.0", "id": "b-9", "source": "kserve", "type": "org.kubeflow.serving.inference.request",
+         "inferenceservicename": "credit-risk", "namespace": "default", "data": {"instances": [big]}}
+    ]);
+    let r = call(
+        &f,
+        Request::post("/v1/integrations/cloudevents")
+            .header("authorization", bearer(&f.writer))
+            .header("content-type", "application/cloudevents-batch+json")
+            .body(Body::from(batch.to_string()))
+            .unwrap(),
+    )
+    .await;
+    assert_rejected(
+        &f,
+        &r,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_events",
+        1,
+    );
+    assert!(r.text().contains("\"index\":1"), "{}", r.text());
+}
+
+/// A creation whose derived id is taken by another object of the same name (a model deleted
+/// and created again, its versions numbered from 1) is written under the delivery's id.
+#[tokio::test]
+async fn a_recreated_model_version_is_not_taken_for_the_old_one() {
+    let f = configured("mlflow-recreated", with_secret());
+    let ts = now_s();
+    let r = webhook(
+        &f,
+        "v-1",
+        ts,
+        Some(sign(SECRET, "v-1", ts, VERSION_CREATED)),
+        VERSION_CREATED,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let again = VERSION_CREATED
+        .replace("runs:/r1/model", "runs:/r9/model")
+        .replace("\"r1\"", "\"r9\"");
+    let r = webhook(&f, "v-2", ts, Some(sign(SECRET, "v-2", ts, &again)), &again).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["events"][0]["duplicate"], false);
+    assert_eq!(f.store.tree_size(), 2);
+    let second = payload(&f, 1);
+    assert_eq!(second["subject"]["run"], "r9");
+    assert_eq!(second["attributes"]["same_id_as"], payload(&f, 0)["id"]);
+}

@@ -157,10 +157,10 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
                 ..Query::default()
             },
         )?;
-        // `datasets` lists `dataset@version` (split at the last `@`: a dataset's URI may hold
-        // one, as in `postgres://user@host/db`); `unversioned_datasets` (written for a
-        // source that named no version, such as an OpenLineage input without a version
-        // facet) lists datasets alone, followed with every version.
+        // `datasets` lists `dataset@version` (split at the first `@`, as the catalogue
+        // reads it); `unversioned_datasets` (written for a source that named no version, or
+        // a dataset whose name holds an `@`) lists datasets alone, followed with every
+        // version.
         let mut refs: Vec<(String, Option<String>)> = Vec::new();
         for t in training
             .iter()
@@ -176,7 +176,7 @@ pub fn lineage(store: &dyn Store, seq: u64) -> Result<Lineage, StoreError> {
                     .collect::<Vec<_>>()
             };
             for r in listed("datasets") {
-                refs.push(match r.rsplit_once('@') {
+                refs.push(match r.split_once('@') {
                     Some((d, v)) => (d.to_owned(), Some(v.to_owned())),
                     None => (r, None),
                 });

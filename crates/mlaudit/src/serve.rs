@@ -164,6 +164,7 @@ fn integrations(file: Option<IntegrationsFile>) -> Result<IntegrationsConfig> {
                 .openlineage
                 .and_then(|o| o.training_jobs)
                 .unwrap_or_default(),
+            ..Default::default()
         },
     })
 }

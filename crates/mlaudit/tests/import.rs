@@ -124,6 +124,36 @@ fn a_damaged_session_is_refused_clearly() {
             b
         }),
     ];
+    // Two central-directory entries for one member: members that overlap.
+    let overlapping = {
+        let mut b = bytes.clone();
+        let n = b.len();
+        let eocd = (0..n - 21)
+            .rev()
+            .find(|&i| b[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])
+            .unwrap();
+        let le16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+        let le32 = |b: &[u8], at: usize| {
+            u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
+        };
+        let (count, cd_size, cd_offset) = (
+            le16(&b, eocd + 10),
+            le32(&b, eocd + 12),
+            le32(&b, eocd + 16),
+        );
+        let first_len =
+            46 + le16(&b, cd_offset + 28) + le16(&b, cd_offset + 30) + le16(&b, cd_offset + 32);
+        let entry = b[cd_offset..cd_offset + first_len].to_vec();
+        let mut tail = b.split_off(eocd);
+        b.extend_from_slice(&entry);
+        tail[10..12].copy_from_slice(&((count + 1) as u16).to_le_bytes());
+        tail[8..10].copy_from_slice(&((count + 1) as u16).to_le_bytes());
+        tail[12..16].copy_from_slice(&((cd_size + first_len) as u32).to_le_bytes());
+        b.extend_from_slice(&tail);
+        b
+    };
+    let mut cases = cases;
+    cases.push(("overlapping.zip", overlapping));
     for (name, content) in cases {
         let p = log.dir.join(name);
         std::fs::write(&p, content).unwrap();

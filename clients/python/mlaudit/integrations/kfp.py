@@ -251,7 +251,10 @@ def component_events(pipeline_run: str, component: str, inputs: Artifacts = None
         dv = _metadata(a).get("dataset_version")
         if isinstance(dv, (str, int)) and not isinstance(dv, bool) and str(dv):
             subject["dataset_version"] = str(dv)
-            versioned.append(f"{name}@{dv}")
+            if "@" in name:  # "name@version" would be ambiguous: listed apart
+                unversioned.append(name)
+            else:
+                versioned.append(f"{name}@{dv}")
         else:
             unversioned.append(name)
         events.append(event(key, "input", "data.source_accessed", subject,

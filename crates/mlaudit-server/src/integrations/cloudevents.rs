@@ -55,21 +55,42 @@ async fn receive(state: &AppState, principal: &str, req: Request) -> Result<Resp
             "not a CloudEvent: send ce-* headers (binary mode), application/cloudevents+json (structured) or application/cloudevents-batch+json (a batch)".into(),
         ));
     };
+    // Everything is checked before anything is written: a body answered 4xx writes nothing.
     let mut complete = Vec::new();
     let mut halves = Vec::new();
-    for event in events {
+    let mut sampled_out = 0u64;
+    let config = &state.integrations.config.cloudevents;
+    for (index, event) in events.into_iter().enumerate() {
         match ce::classify(event).map_err(refused)? {
             Classified::Event(v) => complete.push(v),
-            Classified::Half(h) => halves.push(*h),
+            Classified::Half(h) => match config.sampling.keep(&h.model, &h.request) {
+                None => sampled_out += 1,
+                Some(rate) => {
+                    let w = Waiting {
+                        half: *h,
+                        principal: principal.to_owned(),
+                        rate,
+                        arrived_ns: crate::auth::now_ns(),
+                        bytes: 0,
+                    };
+                    check_alone(state, &w, index)?;
+                    halves.push(w);
+                }
+            },
         }
     }
+    super::check_values(principal, &complete)?;
+    state
+        .integrations
+        .counters
+        .sampled_out
+        .fetch_add(sampled_out, std::sync::atomic::Ordering::Relaxed);
     let mut receipts = Vec::new();
     receipts.extend(append_values(state, principal, &complete).await?);
     let mut waiting = std::collections::HashSet::new();
-    let mut sampled_out = 0u64;
-    for half in halves {
-        let key = (half.logger, half.key.clone());
-        match offer(state, principal, half).await? {
+    for w in halves {
+        let key = (w.half.logger, w.half.key.clone());
+        match offer(state, w).await? {
             Handled::Written(receipt) => {
                 // Its partner may have come earlier in this same body.
                 waiting.remove(&key);
@@ -78,7 +99,6 @@ async fn receive(state: &AppState, principal: &str, req: Request) -> Result<Resp
             Handled::Waiting => {
                 waiting.insert(key);
             }
-            Handled::SampledOut => sampled_out += 1,
         }
     }
     let written = receipts.iter().map(|r| super::new_events(Some(r))).sum();
@@ -99,34 +119,25 @@ async fn receive(state: &AppState, principal: &str, req: Request) -> Result<Resp
 enum Handled {
     Written(Option<mlaudit_store::AppendReceipt>),
     Waiting,
-    SampledOut,
 }
 
-/// Joins a half with its partner, or makes it wait (durably). A half is refused at once
-/// (4xx, nothing kept) when even alone it would not make a valid event — too large, say — so
-/// that nothing acknowledged can fail to be written later.
-async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled, ApiError> {
+/// Refuses (422, nothing kept) a half that even alone would not make a valid event — too
+/// large, say — so that nothing acknowledged can fail to be written later.
+fn check_alone(state: &AppState, w: &Waiting, index: usize) -> Result<(), ApiError> {
+    let alone = alone_event(state, w)?;
+    mlaudit_core::event::prepare(&alone.to_string(), &w.principal)
+        .map(|_| ())
+        .map_err(|e| ApiError::Invalid {
+            count: 1,
+            errors: vec![
+                json!({"index": index, "kind": "prediction.served", "error": e.to_string()}),
+            ],
+        })
+}
+
+/// Joins a checked half with its partner, or makes it wait (durably).
+async fn offer(state: &AppState, waiting: Waiting) -> Result<Handled, ApiError> {
     let config = &state.integrations.config.cloudevents;
-    let Some(rate) = config.sampling.keep(&half.model, &half.request) else {
-        state
-            .integrations
-            .counters
-            .sampled_out
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Ok(Handled::SampledOut);
-    };
-    let waiting = Waiting {
-        half,
-        principal: principal.to_owned(),
-        rate,
-        arrived_ns: crate::auth::now_ns(),
-        bytes: 0,
-    };
-    let alone = alone_event(state, &waiting)?;
-    mlaudit_core::event::prepare(&alone.to_string(), principal).map_err(|e| ApiError::Invalid {
-        count: 1,
-        errors: vec![json!({"index": 0, "kind": "prediction.served", "error": e.to_string()})],
-    })?;
     let integrations = state.integrations.clone();
     let max = (config.max_pending, config.max_pending_bytes);
     let offered = {
@@ -135,9 +146,28 @@ async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled,
             .await
             .map_err(|e| ApiError::Internal(format!("join task failed: {e}")))?
     };
+    let principal = waiting.principal.as_str();
     let partner = match offered {
         Ok(Offer::Joined(partner)) => *partner,
         Ok(Offer::Waiting | Offer::Duplicate) => return Ok(Handled::Waiting),
+        Ok(Offer::Differs) => {
+            // Another inference under an id that is waiting: written alone at once, under an
+            // id of its own content.
+            let mut event = alone_event(state, &waiting)?;
+            event["id"] = json!(EventId::derived(
+                waiting.half.logger.as_str(),
+                &format!(
+                    "{}/{}/{}",
+                    waiting.half.key,
+                    waiting.half.side.as_str(),
+                    waiting.digest()
+                )
+            )
+            .to_string());
+            event["attributes"]["join"] = json!("id_reused");
+            let receipt = append_values(state, principal, &[event]).await?;
+            return Ok(Handled::Written(receipt));
+        }
         Err(e @ (JournalError::Full(_) | JournalError::FullBytes(_))) => {
             return Err(ApiError::Store(mlaudit_store::StoreError::Unavailable(
                 e.to_string(),
@@ -145,6 +175,7 @@ async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled,
         }
         Err(e) => return Err(ApiError::Internal(e.to_string())),
     };
+    let rate = waiting.rate;
     let (request, response) = match waiting.half.side {
         Side::Request => (&waiting, &partner),
         Side::Response => (&partner, &waiting),
@@ -157,11 +188,11 @@ async fn offer(state: &AppState, principal: &str, half: Half) -> Result<Handled,
     )
     .map_err(refused)?;
     // Two halves that are each valid may still be too large together: then each is written
-    // alone (both were checked above), never dropped.
+    // alone (both were checked), never dropped.
     let events = match mlaudit_core::event::prepare(&joined.to_string(), principal) {
         Ok(_) => vec![joined],
         Err(_) => {
-            let mut both = [alone_event(state, &partner)?, alone];
+            let mut both = [alone_event(state, &partner)?, alone_event(state, &waiting)?];
             for e in &mut both {
                 e["attributes"]["join"] = json!("too_large_to_join");
             }
@@ -197,6 +228,29 @@ fn joined_id(half: &Half) -> EventId {
     EventId::derived(half.logger.as_str(), &half.key)
 }
 
+/// Whether the log already holds this half: in its inference's joined event, with this very
+/// content (a `done` line lost in a crash). A joined event of the same id that carries other
+/// content (another inference reusing the id) does not count.
+async fn carried_already(state: &AppState, w: &Waiting) -> Result<bool, ApiError> {
+    let store = state.store.clone();
+    let id = joined_id(&w.half);
+    let payload = tokio::task::spawn_blocking(move || match store.seq_of(&id)? {
+        Some(seq) => store.event(seq).map(|e| e.payload),
+        None => Ok(None),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("lookup task failed: {e}")))??;
+    let Some(payload) = payload else {
+        return Ok(false);
+    };
+    let stored: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
+    let field = match w.half.side {
+        Side::Request => "inputs",
+        Side::Response => "outputs",
+    };
+    Ok(stored["attributes"].get(field) == w.half.event.data_value().as_ref())
+}
+
 /// Writes every half whose partner did not come within the join timeout, alone (its missing
 /// side named in `attributes.unreported`), unless its joined event is already in the log (a
 /// `done` line lost in a crash). Runs until the server stops.
@@ -222,13 +276,7 @@ pub async fn sweep(state: AppState) {
 }
 
 async fn write_alone(state: &AppState, w: &Waiting) -> Result<(), ApiError> {
-    let store = state.store.clone();
-    let id = joined_id(&w.half);
-    let exists = tokio::task::spawn_blocking(move || store.seq_of(&id))
-        .await
-        .map_err(|e| ApiError::Internal(format!("lookup task failed: {e}")))??
-        .is_some();
-    if !exists {
+    if !carried_already(state, w).await? {
         let event = alone_event(state, w)?;
         let receipt = match append_values(state, &w.principal, &[event]).await {
             // Its own event is in the log already (written alone before, say as too large

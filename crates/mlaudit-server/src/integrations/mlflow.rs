@@ -78,11 +78,23 @@ async fn receive(state: &AppState, req: Request) -> Result<Response, ApiError> {
     let event = mf::webhook_event(&delivery, &delivery_id, &actor, alias_version.as_deref())
         .map_err(refused)?;
     let id = event["id"].as_str().unwrap_or_default().to_owned();
-    let receipt = match append_values(state, PRINCIPAL, &[event]).await {
-        // A creation already recorded by `mlaudit import mlflow` (same id, its own content):
-        // the fact is in the log, so the delivery is acknowledged as a duplicate.
+    let receipt = match append_values(state, PRINCIPAL, std::slice::from_ref(&event)).await {
+        // A creation whose id is taken, with other content: the same fact recorded by
+        // `mlaudit import mlflow` (acknowledged as a duplicate), or another object of the same
+        // name (a model deleted and created again), written under the delivery's own id.
         Err(ApiError::Store(mlaudit_store::StoreError::Conflict { .. })) => {
-            return already_recorded(state, &id).await;
+            let (seq, same) = same_fact(state, &id, &event).await?;
+            if same {
+                return Ok(already_recorded(state, &id, seq));
+            }
+            let mut again = event.clone();
+            again["id"] = json!(mlaudit_core::entry::EventId::derived(
+                "mlflow-webhook",
+                &delivery_id
+            )
+            .to_string());
+            again["attributes"]["same_id_as"] = json!(id);
+            append_values(state, PRINCIPAL, &[again]).await?
         }
         other => other?,
     };
@@ -93,20 +105,40 @@ async fn receive(state: &AppState, req: Request) -> Result<Response, ApiError> {
     Ok(super::answer(receipt.as_ref(), json!({})))
 }
 
-/// The answer for a delivery whose event is already in the log under its id.
-async fn already_recorded(state: &AppState, id: &str) -> Result<Response, ApiError> {
+/// Whether the event stored under `id` records the same creation as `event` (same subject,
+/// and for a version the same source), and its seq.
+async fn same_fact(
+    state: &AppState,
+    id: &str,
+    event: &Value,
+) -> Result<(Option<u64>, bool), ApiError> {
     let parsed = mlaudit_core::entry::EventId::parse(id)
         .ok_or_else(|| ApiError::Internal("a translated event has no id".into()))?;
     let store = state.store.clone();
-    let seq = tokio::task::spawn_blocking(move || store.seq_of(&parsed))
-        .await
-        .map_err(|e| ApiError::Internal(format!("lookup task failed: {e}")))??;
+    let found = tokio::task::spawn_blocking(move || match store.seq_of(&parsed)? {
+        Some(seq) => store.event(seq).map(|e| Some((seq, e.payload))),
+        None => Ok(None),
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("lookup task failed: {e}")))??;
+    let Some((seq, Some(payload))) = found else {
+        return Ok((None, false));
+    };
+    let stored: Value = serde_json::from_slice(&payload).unwrap_or_default();
+    let same = stored["kind"] == event["kind"]
+        && stored["subject"] == event["subject"]
+        && stored["attributes"]["source"] == event["attributes"]["source"];
+    Ok((Some(seq), same))
+}
+
+/// The answer for a delivery whose fact is already in the log under its id.
+fn already_recorded(state: &AppState, id: &str, seq: Option<u64>) -> Response {
     state.integrations.counters.accepted(NAME, 0);
-    Ok(axum::Json(json!({
+    axum::Json(json!({
         "events": [{"id": id, "seq": seq, "duplicate": true}],
         "recorded_by": "an earlier delivery or import of the same object",
     }))
-    .into_response())
+    .into_response()
 }
 
 /// The creator of a model version per the MLflow REST API, or `Unknown` (logged) when the

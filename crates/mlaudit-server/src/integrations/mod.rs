@@ -225,6 +225,28 @@ pub(crate) fn media_type(headers: &HeaderMap) -> String {
         .to_ascii_lowercase()
 }
 
+/// Checks translated events without writing them: the batch limit (413) and the catalogue
+/// (a 422 naming each invalid one).
+pub(crate) fn check_values(principal: &str, values: &[Value]) -> Result<(), ApiError> {
+    let errors: Vec<Value> = values
+        .iter()
+        .enumerate()
+        .filter_map(|(index, v)| {
+            mlaudit_core::event::prepare(&v.to_string(), principal)
+                .err()
+                .map(|e| serde_json::json!({"index": index, "kind": v.get("kind"), "error": e.to_string()}))
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid {
+            count: errors.len(),
+            errors,
+        })
+    }
+}
+
 /// Validates translated events (all-or-nothing, a 422 naming each invalid one — a
 /// translation the catalogue refuses, or one over the event limits) and appends them durably.
 pub(crate) async fn append_values(

@@ -63,7 +63,10 @@ async fn receive(state: &AppState, mut req: Request, batch: bool) -> Result<Resp
     if items.is_empty() {
         return Err(ApiError::BadRequest("the batch holds no event".into()));
     }
-    let options = &state.integrations.config.openlineage;
+    let options = &mlaudit_integrations::openlineage::Options {
+        max_events: state.limits.max_events_per_batch,
+        ..state.integrations.config.openlineage.clone()
+    };
     let mut events = Vec::new();
     for (index, item) in items.iter().enumerate() {
         let translated = openlineage::translate(item, options).map_err(|e| {

@@ -106,7 +106,9 @@ fn from_zip(path: &Path) -> Result<Session> {
         .cloned()
         .collect();
     for m in models {
-        let name = m.name.rsplit('/').next().unwrap_or("").to_owned();
+        // Keyed by the path under models/, so that two files of one name in two folders
+        // keep their own digests.
+        let name = m.name.trim_start_matches("models/").to_owned();
         let digest = hash(&mut zip.reader(&m, MAX_WEIGHTS_BYTES + 1)?, &m.name)?;
         weights.insert(name, digest);
     }

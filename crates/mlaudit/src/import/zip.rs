@@ -93,6 +93,26 @@ impl Archive {
             });
             at += 46 + name_len + extra_len + comment_len;
         }
+        // Members may not share bytes: an archive whose entries all point at one large
+        // compressed stream would make every read inflate it again.
+        let mut spans: Vec<(u64, u64)> = members
+            .iter()
+            .map(|m| {
+                (
+                    m.local_header,
+                    m.local_header.saturating_add(30 + m.compressed),
+                )
+            })
+            .collect();
+        spans.sort_unstable();
+        if spans.windows(2).any(|w| w[1].0 < w[0].1)
+            || spans.last().is_some_and(|s| s.1 > cd_offset)
+        {
+            bail!(
+                "{}: members overlap (not an archive ClearML writes)",
+                path.display()
+            );
+        }
         Ok(Archive { file, len, members })
     }
 
