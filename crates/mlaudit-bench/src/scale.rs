@@ -10,7 +10,8 @@ use crate::ingest::{cpu_us_per_event, emit, ingest_jsonl, ingest_store, process_
 use anyhow::{Context, Result};
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
-use mlaudit_store::{lineage, proofs, verify, Query, Store};
+use mlaudit_store::prelude::*;
+use mlaudit_store::{lineage, proofs, verify, Query};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;

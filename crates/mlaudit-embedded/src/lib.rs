@@ -40,7 +40,9 @@ use mlaudit_core::event::PreparedEvent;
 use mlaudit_core::merkle::Hash;
 use mlaudit_core::note::NoteSigner;
 use mlaudit_core::EventId;
-use mlaudit_store::{AppendReceipt, Query, Store, StoreError, StoredEvent};
+use mlaudit_store::{
+    AppendReceipt, Appender, Diagnostics, LogReader, Querier, Query, StoreError, StoredEvent,
+};
 use std::fs::File;
 use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
@@ -663,7 +665,7 @@ fn event_slices<'a>(h: &record::Header, buf: &'a [u8]) -> (&'a [u8], &'a [u8]) {
     (&buf[record::HEADER_LEN..a_end], &buf[a_end..b_end])
 }
 
-impl Store for EmbeddedStore {
+impl Appender for EmbeddedStore {
     fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
         self.writer()?.append(events)
     }
@@ -688,7 +690,9 @@ impl Store for EmbeddedStore {
             }
         }
     }
+}
 
+impl LogReader for EmbeddedStore {
     fn tree_size(&self) -> u64 {
         self.shared.size.load(Ordering::Acquire)
     }
@@ -747,6 +751,7 @@ impl Store for EmbeddedStore {
         }
         self.read_nodes(level, start, count)
     }
+
     fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
         let pos = {
             let index = self.shared.index.read().map_err(|_| lock_poisoned())?;
@@ -815,6 +820,33 @@ impl Store for EmbeddedStore {
             .map_err(io_err("reading checkpoints.bin"))
     }
 
+    fn scan(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.scan_slices(from, &mut |seq, entry, payload| {
+            visit(StoredEvent {
+                seq,
+                entry: entry.to_vec(),
+                payload: Some(payload.to_vec()),
+            })
+        })
+    }
+
+    fn scan_runs(
+        &self,
+        from: u64,
+        run_len: usize,
+        visit: &mut dyn FnMut(mlaudit_store::EventRun) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        mlaudit_store::group_runs(from, run_len, visit, |push| {
+            self.scan_slices(from, &mut |_, entry, payload| push(entry, Some(payload)))
+        })
+    }
+}
+
+impl Querier for EmbeddedStore {
     fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
         if Index::uses_postings(q) {
             let plan = {
@@ -841,32 +873,9 @@ impl Store for EmbeddedStore {
         }
         Ok(out)
     }
+}
 
-    fn scan(
-        &self,
-        from: u64,
-        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        self.scan_slices(from, &mut |seq, entry, payload| {
-            visit(StoredEvent {
-                seq,
-                entry: entry.to_vec(),
-                payload: Some(payload.to_vec()),
-            })
-        })
-    }
-
-    fn scan_runs(
-        &self,
-        from: u64,
-        run_len: usize,
-        visit: &mut dyn FnMut(mlaudit_store::EventRun) -> ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        mlaudit_store::group_runs(from, run_len, visit, |push| {
-            self.scan_slices(from, &mut |_, entry, payload| push(entry, Some(payload)))
-        })
-    }
-
+impl Diagnostics for EmbeddedStore {
     fn stats(&self) -> mlaudit_store::StoreStats {
         let Ok(s) = self.shared.stats.lock() else {
             return mlaudit_store::StoreStats::default();

@@ -17,7 +17,7 @@ mod common;
 use common::{open, run_verify, segments, signer, Rng, Spec, TempDir, KINDS};
 use mlaudit_core::entry::EventId;
 use mlaudit_embedded::{EmbeddedStore, Options};
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::ExitStatusExt;

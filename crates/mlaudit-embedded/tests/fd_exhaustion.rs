@@ -12,7 +12,8 @@ mod common;
 use common::{run_verify, signer, Spec, TempDir, KINDS};
 use mlaudit_core::entry::EventId;
 use mlaudit_embedded::{EmbeddedStore, Options};
-use mlaudit_store::{Store, StoreError};
+use mlaudit_store::prelude::*;
+use mlaudit_store::StoreError;
 
 /// The number the next descriptor would get: the lowest one free (there may be higher ones
 /// in use, left by files closed in between).

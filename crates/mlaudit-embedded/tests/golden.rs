@@ -19,8 +19,8 @@ use mlaudit_core::entry::{self, EventId, SubjectField};
 use mlaudit_core::merkle::{hex, leaf_hash, Hash};
 use mlaudit_core::note::{open_checkpoint, NoteSigner};
 use mlaudit_embedded::{record, EmbeddedStore};
+use mlaudit_store::prelude::*;
 use mlaudit_store::verify::verify;
-use mlaudit_store::Store;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 

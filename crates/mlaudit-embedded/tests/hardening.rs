@@ -9,7 +9,8 @@ mod common;
 use common::{open, Spec, TempDir, KINDS};
 use mlaudit_core::entry::EventId;
 use mlaudit_core::merkle::{leaf_hash, Hash};
-use mlaudit_store::{Query, Store, StoreError};
+use mlaudit_store::prelude::*;
+use mlaudit_store::{Query, StoreError};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::mpsc;
 

@@ -14,8 +14,9 @@ use mlaudit_core::merkle::{self, leaf_hash, sha256, CompactRange, Hash};
 use mlaudit_core::note::open_checkpoint;
 use mlaudit_embedded::EmbeddedStore;
 use mlaudit_embedded::Options;
+use mlaudit_store::prelude::*;
 use mlaudit_store::proofs::{consistency, inclusion_bundle};
-use mlaudit_store::{Nodes, Query, Store, StoreError};
+use mlaudit_store::{Nodes, Query, StoreError};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 

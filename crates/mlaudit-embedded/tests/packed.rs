@@ -9,7 +9,8 @@ mod common;
 use common::{file_name, open_with, run_verify, segments, Spec, TempDir, KINDS};
 use mlaudit_core::EventId;
 use mlaudit_embedded::{EmbeddedStore, Options};
-use mlaudit_store::{Store, StoreError};
+use mlaudit_store::prelude::*;
+use mlaudit_store::StoreError;
 use std::path::Path;
 
 const EVENTS: u64 = 400;

@@ -7,6 +7,7 @@ mod common;
 
 use common::{open_with, run_verify, small_runs, Spec, TempDir, KINDS};
 use mlaudit_core::EventId;
+use mlaudit_store::prelude::*;
 use mlaudit_store::{Query, Store};
 use std::path::{Path, PathBuf};
 

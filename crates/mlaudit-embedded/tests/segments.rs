@@ -8,7 +8,8 @@ mod common;
 
 use common::*;
 use mlaudit_embedded::{EmbeddedStore, Options};
-use mlaudit_store::{AppendReceipt, Store};
+use mlaudit_store::prelude::*;
+use mlaudit_store::AppendReceipt;
 
 #[test]
 fn a_log_of_many_segments_verifies_and_reopens() {

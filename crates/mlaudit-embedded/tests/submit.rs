@@ -6,7 +6,8 @@
 mod common;
 
 use common::*;
-use mlaudit_store::{AppendReceipt, Store, StoreError};
+use mlaudit_store::prelude::*;
+use mlaudit_store::{AppendReceipt, StoreError};
 use std::sync::mpsc;
 
 #[test]

@@ -17,7 +17,7 @@ use common::{
 };
 use mlaudit_core::entry::{self, EventId};
 use mlaudit_embedded::{record, OpenError};
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
 use std::path::Path;
 
 /// Batch sizes: several groups, so checkpoints sit between events.

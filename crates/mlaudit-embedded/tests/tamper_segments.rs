@@ -12,7 +12,7 @@ use common::{
 };
 use mlaudit_core::entry::EventId;
 use mlaudit_embedded::{record, EmbeddedStore, OpenError, Options};
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
 use std::path::{Path, PathBuf};
 
 const GROUPS: usize = 12;

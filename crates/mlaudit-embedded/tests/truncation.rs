@@ -11,7 +11,8 @@ use common::{file_name, only_segment, open, records, run_verify, try_open, Spec,
 use mlaudit_core::entry::EventId;
 use mlaudit_core::merkle::Hash;
 use mlaudit_embedded::{record, OpenError};
-use mlaudit_store::{Query, Store};
+use mlaudit_store::prelude::*;
+use mlaudit_store::Query;
 use std::path::Path;
 
 /// Batch sizes of the base store. The last group has several events so that cutting its final

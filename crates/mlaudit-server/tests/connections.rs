@@ -17,7 +17,7 @@ mod common;
 use common::*;
 use mlaudit_server::conn::{serve, ConnConfig};
 use mlaudit_server::{AppState, Limits};
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

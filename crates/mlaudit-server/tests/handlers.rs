@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use mlaudit_server::{router, AppState, Limits};
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::sync::Arc;

@@ -17,7 +17,8 @@ use common::*;
 use mlaudit_server::auth::{now_ns, Change, Principal, Role, Tokens};
 use mlaudit_server::ratelimit::RateLimiter;
 use mlaudit_server::{AppState, ClientAddr, Limits};
-use mlaudit_store::{Query, Store};
+use mlaudit_store::prelude::*;
+use mlaudit_store::Query;
 use serde_json::{json, Value};
 use std::sync::Arc;
 

@@ -20,7 +20,7 @@ use mlaudit_integrations::sampling::SamplePolicy;
 use mlaudit_server::integrations::join::{Joiner, Waiting};
 use mlaudit_server::integrations::{Integrations, IntegrationsConfig};
 use mlaudit_server::Limits;
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,7 +20,7 @@ use mlaudit_server::protobuf::{
     PredictionAttributes, ProtoError, Subject, MAX_PROTO_EVENTS,
 };
 use mlaudit_server::{router, AppState};
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};

@@ -11,7 +11,7 @@ use mlaudit_embedded::EmbeddedStore;
 use mlaudit_server::auth::{Role, Tokens};
 use mlaudit_server::tls::{load_config, serve_tls, TlsError};
 use mlaudit_server::AppState;
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
 use std::sync::{Arc, RwLock};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::ServerName;

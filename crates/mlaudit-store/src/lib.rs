@@ -9,7 +9,7 @@
 //!
 //! **Invariant:** this crate knows nothing of files, sockets or SQL; the trait speaks only of
 //! sequence numbers, ids, hashes and notes. Engines report where a fault lives through
-//! [`Store::location`].
+//! [`LogReader::location`].
 
 #![cfg_attr(
     test,
@@ -21,6 +21,7 @@
 )]
 
 pub mod audit;
+pub mod conformance;
 pub mod ingest;
 pub mod lineage;
 pub mod proofs;
@@ -41,15 +42,15 @@ pub struct StoredEvent {
 }
 
 /// An event and its inclusion path (or why that path cannot exist), from
-/// [`Store::inclusion_material`].
+/// [`LogReader::inclusion_material`].
 pub type InclusionMaterial = (
     StoredEvent,
     Result<Vec<Hash>, mlaudit_core::merkle::ProofRequestError>,
 );
 
-/// [`Store::inclusion_material`] from `event` and stored nodes, one read each: the default,
-/// and what an engine with a faster path falls back to.
-pub fn event_and_path<S: Store + ?Sized>(
+/// [`LogReader::inclusion_material`] from `event` and stored nodes, one read each: the
+/// default, and what an engine with a faster path falls back to.
+pub fn event_and_path<S: LogReader + ?Sized>(
     store: &S,
     seq: u64,
     size: u64,
@@ -116,7 +117,7 @@ impl EventRun {
 }
 
 /// Groups the events that `feed` pushes one at a time (in seq order from `from`) into runs of
-/// `run_len` for `visit`; for implementations of [`Store::scan_runs`].
+/// `run_len` for `visit`; for implementations of [`LogReader::scan_runs`].
 pub fn group_runs(
     from: u64,
     run_len: usize,
@@ -165,7 +166,7 @@ pub struct AppendReceipt {
     pub checkpoint: String,
 }
 
-/// Filters for [`Store::query`]; all given filters must match. Results are in seq order.
+/// Filters for [`LogReader::query`]; all given filters must match. Results are in seq order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Query {
     pub stage: Option<Stage>,
@@ -242,18 +243,26 @@ impl StoreError {
     }
 }
 
-/// Called with the outcome of an append submitted with [`Store::submit`].
+/// Called with the outcome of an append submitted with [`Appender::submit`].
 pub type AppendDone = Box<dyn FnOnce(Result<AppendReceipt, StoreError>) + Send>;
 
-/// A storage engine for the log.
+/// A storage engine for the log: the four roles below, which an engine implements one by one
+/// (as Tessera separates its appender from its log reader), so that a second engine sees
+/// clearly what each part of the system needs of it. Callers hold `&dyn Store` (or
+/// `Arc<dyn Store>`); every engine that implements the four roles is a `Store`.
 ///
 /// **Contract:** `append` returns only after every new event *and* the checkpoint for the new
 /// size are durable; it is all-or-nothing per call; ids already in the log are not written
 /// again. Seqs are dense from 0. Checkpoints are never removed.
-pub trait Store: Send + Sync {
+pub trait Store: Appender + LogReader + Querier + Diagnostics {}
+
+impl<T: Appender + LogReader + Querier + Diagnostics + ?Sized> Store for T {}
+
+/// Appending: the one writer's role.
+pub trait Appender: Send + Sync {
     /// Appends a batch durably and signs a checkpoint for the new tree size.
     fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError>;
-    /// Submits a batch and calls `done` with what [`Store::append`] would return, once the
+    /// Submits a batch and calls `done` with what [`Appender::append`] would return, once the
     /// batch is durable or refused, possibly on another thread: it lets an async server wait
     /// for durability without holding a thread per request. `done` must be quick and must
     /// neither block nor call the store (it may run on the writer's own thread). The default
@@ -261,7 +270,7 @@ pub trait Store: Send + Sync {
     fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
         done(self.append(events))
     }
-    /// [`Store::submit`] if it can be done without blocking; otherwise the batch and the
+    /// [`Appender::submit`] if it can be done without blocking; otherwise the batch and the
     /// callback come back, for the caller to submit where blocking is allowed. An async
     /// caller uses this on its own worker. The default never queues.
     fn try_submit(
@@ -271,6 +280,11 @@ pub trait Store: Send + Sync {
     ) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
         Err((events, done))
     }
+}
+
+/// Reading the log and proving: events by seq and id, tree nodes, checkpoints, sequential
+/// scans.
+pub trait LogReader: Send + Sync {
     /// The number of events in the log (all of them durable).
     fn tree_size(&self) -> u64;
     /// One event by seq.
@@ -310,7 +324,7 @@ pub trait Store: Send + Sync {
     /// Tree sizes of every stored checkpoint, ascending.
     fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError>;
     /// Up to `max` tree sizes of stored checkpoints greater than `after` (from the first when
-    /// `None`), ascending without repeats: [`Store::checkpoint_sizes`] a page at a time, for
+    /// `None`), ascending without repeats: [`LogReader::checkpoint_sizes`] a page at a time, for
     /// readers that must not hold one size per commit group of a large log.
     fn checkpoint_sizes_after(
         &self,
@@ -332,15 +346,13 @@ pub trait Store: Send + Sync {
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
         Ok(self.checkpoint_sizes()?.last().copied())
     }
-    /// Seqs of matching events, ascending, at most `limit`.
-    fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError>;
     /// Visits events `from..tree_size()` in order, reading storage sequentially.
     fn scan(
         &self,
         from: u64,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError>;
-    /// As [`Store::scan`], in runs of up to `run_len` events sharing one buffer.
+    /// As [`LogReader::scan`], in runs of up to `run_len` events sharing one buffer.
     fn scan_runs(
         &self,
         from: u64,
@@ -351,6 +363,16 @@ pub trait Store: Send + Sync {
             self.scan(from, &mut |ev| push(&ev.entry, ev.payload.as_deref()))
         })
     }
+}
+
+/// Queries by the indexed fields of events.
+pub trait Querier: Send + Sync {
+    /// Seqs of matching events, ascending, at most `limit`.
+    fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError>;
+}
+
+/// What operators and `verify` ask of an engine beside the log itself.
+pub trait Diagnostics: Send + Sync {
     /// Where an event is stored, for messages (e.g. `log/seg-…:1234`).
     fn location(&self, seq: u64) -> String;
     /// Counters for monitoring; engines that keep none return the default.
@@ -397,7 +419,7 @@ pub trait IndexCheck {
 #[derive(Debug)]
 pub struct Nodes<'a, S: ?Sized>(pub &'a S);
 
-impl<S: Store + ?Sized> NodeSource for Nodes<'_, S> {
+impl<S: LogReader + ?Sized> NodeSource for Nodes<'_, S> {
     type Error = StoreError;
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
         self.0.node(level, index)
@@ -410,4 +432,10 @@ pub fn latest_checkpoint(store: &dyn Store) -> Result<Option<String>, StoreError
         Some(size) => store.checkpoint(size),
         None => Ok(None),
     }
+}
+
+/// The store's role traits, for callers that call their methods on a concrete engine:
+/// `use mlaudit_store::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Appender, Diagnostics, LogReader, Querier, Store};
 }

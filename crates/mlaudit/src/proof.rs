@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use mlaudit_core::bundle::ProofBundle;
 use mlaudit_core::merkle::CompactRange;
 use mlaudit_core::note::{open_checkpoint, Checkpoint, NoteVerifier};
+use mlaudit_store::prelude::*;
 use mlaudit_store::{proofs, verify as v, Nodes, Store};
 use std::path::Path;
 

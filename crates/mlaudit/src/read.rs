@@ -4,6 +4,7 @@ use crate::ledger::{self, InputError};
 use crate::output::print_json;
 use anyhow::Result;
 use mlaudit_core::event::{parse_time_bound, Stage};
+use mlaudit_store::prelude::*;
 use mlaudit_store::{lineage as lin, view, Query, Store};
 use serde_json::Value;
 use std::path::Path;

@@ -10,7 +10,7 @@ use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::EmbeddedStore;
 use mlaudit_server::auth::{Role, Tokens};
 use mlaudit_server::{router, AppState, Limits};
-use mlaudit_store::Store;
+use mlaudit_store::{Appender, Diagnostics, LogReader, Querier};
 use serde_json::{json, Value};
 use std::sync::{Arc, RwLock};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -217,7 +217,7 @@ pub struct QuirkyEngine {
     pub quirk: Quirk,
 }
 
-impl Store for QuirkyEngine {
+impl Appender for QuirkyEngine {
     fn append(
         &self,
         events: Vec<mlaudit_core::event::PreparedEvent>,
@@ -247,6 +247,7 @@ impl Store for QuirkyEngine {
         }
         self.inner.append(events)
     }
+
     fn try_submit(
         &self,
         events: Vec<mlaudit_core::event::PreparedEvent>,
@@ -263,18 +264,24 @@ impl Store for QuirkyEngine {
             Quirk::NeedsPermit(_) | Quirk::Refuses { .. } => Err((events, done)),
         }
     }
+}
+
+impl LogReader for QuirkyEngine {
     fn tree_size(&self) -> u64 {
         self.inner.tree_size()
     }
+
     fn event(&self, seq: u64) -> Result<mlaudit_store::StoredEvent, mlaudit_store::StoreError> {
         self.inner.event(seq)
     }
+
     fn seq_of(
         &self,
         id: &mlaudit_core::entry::EventId,
     ) -> Result<Option<u64>, mlaudit_store::StoreError> {
         self.inner.seq_of(id)
     }
+
     fn node(
         &self,
         level: u32,
@@ -282,15 +289,15 @@ impl Store for QuirkyEngine {
     ) -> Result<mlaudit_core::merkle::Hash, mlaudit_store::StoreError> {
         self.inner.node(level, index)
     }
+
     fn checkpoint(&self, size: u64) -> Result<Option<String>, mlaudit_store::StoreError> {
         self.inner.checkpoint(size)
     }
+
     fn checkpoint_sizes(&self) -> Result<Vec<u64>, mlaudit_store::StoreError> {
         self.inner.checkpoint_sizes()
     }
-    fn query(&self, q: &mlaudit_store::Query) -> Result<Vec<u64>, mlaudit_store::StoreError> {
-        self.inner.query(q)
-    }
+
     fn scan(
         &self,
         from: u64,
@@ -298,6 +305,15 @@ impl Store for QuirkyEngine {
     ) -> Result<(), mlaudit_store::StoreError> {
         self.inner.scan(from, visit)
     }
+}
+
+impl Querier for QuirkyEngine {
+    fn query(&self, q: &mlaudit_store::Query) -> Result<Vec<u64>, mlaudit_store::StoreError> {
+        self.inner.query(q)
+    }
+}
+
+impl Diagnostics for QuirkyEngine {
     fn location(&self, seq: u64) -> String {
         self.inner.location(seq)
     }

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use mlaudit_core::entry::EventId;
 use mlaudit_core::event::{prepare, prepare_reserved, PreparedEvent};
 use mlaudit_embedded::EmbeddedStore;
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
