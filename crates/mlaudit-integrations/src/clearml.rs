@@ -101,12 +101,7 @@ pub fn session_events(
         .iter()
         .filter_map(|s| s.get("timestamp").and_then(Value::as_i64))
         .min();
-    let seed = ["random_seed", "seed", "random_state"]
-        .iter()
-        .find_map(|k| {
-            let v = params.get(*k)?;
-            v.as_i64().or_else(|| v.as_str()?.trim().parse().ok())
-        });
+    let seed = crate::seed_param(&params);
     let mut started = Draft::new(
         "clearml",
         &format!("task/{id}/started"),
@@ -127,22 +122,20 @@ pub fn session_events(
         None => started.unreported("random_seed"),
     };
     let mut out = vec![started.build()];
-    let mut steps: BTreeMap<i64, (Map<String, Value>, i64)> = BTreeMap::new();
-    for s in scalars {
-        let (Some(iter), Some(value)) = (s.get("iter").and_then(Value::as_i64), s.get("value"))
-        else {
-            continue;
-        };
+    let steps = crate::by_step(scalars.iter().filter_map(|s| {
         let metric = format!(
             "{}/{}",
             crate::text(s, "metric").unwrap_or(""),
             crate::text(s, "variant").unwrap_or("")
         );
         let at = s.get("timestamp").and_then(Value::as_i64).unwrap_or(0);
-        let e = steps.entry(iter).or_insert_with(|| (Map::new(), at));
-        e.0.insert(metric, value.clone());
-        e.1 = e.1.max(at);
-    }
+        Some((
+            s.get("iter").and_then(Value::as_i64)?,
+            metric,
+            s.get("value")?,
+            at,
+        ))
+    }));
     for (iter, (metrics, at)) in steps {
         out.push(
             Draft::new(

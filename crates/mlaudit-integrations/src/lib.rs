@@ -219,6 +219,31 @@ pub fn millis_to_time(ms: i64) -> Option<String> {
     Some(mlaudit_core::event::format_time(ns))
 }
 
+/// Metric points grouped by step — `(step, metric, value, time in ms)` — into each step's
+/// metrics and the latest time one of them was logged at.
+fn by_step<'a>(
+    points: impl IntoIterator<Item = (i64, String, &'a Value, i64)>,
+) -> std::collections::BTreeMap<i64, (Map<String, Value>, i64)> {
+    let mut steps = std::collections::BTreeMap::new();
+    for (step, metric, value, at) in points {
+        let entry = steps.entry(step).or_insert_with(|| (Map::new(), at));
+        entry.0.insert(metric, value.clone());
+        entry.1 = entry.1.max(at);
+    }
+    steps
+}
+
+/// The integer seed among a run's parameters (`random_seed`, `seed`, `random_state`), as a
+/// number or as the text trackers store parameters in.
+fn seed_param(params: &Map<String, Value>) -> Option<i64> {
+    ["random_seed", "seed", "random_state"]
+        .iter()
+        .find_map(|k| {
+            let v = params.get(*k)?;
+            v.as_i64().or_else(|| v.as_str()?.trim().parse().ok())
+        })
+}
+
 /// A string field of a JSON object, if present and a string.
 fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)

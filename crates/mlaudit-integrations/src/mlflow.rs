@@ -264,13 +264,6 @@ pub mod rest {
             .collect()
     }
 
-    /// The integer seed among a run's params (`seed`, `random_seed`, `random_state`).
-    fn seed(params: &Map<String, Value>) -> Option<i64> {
-        ["random_seed", "seed", "random_state"]
-            .iter()
-            .find_map(|k| params.get(*k)?.as_str()?.trim().parse().ok())
-    }
-
     /// A run's events: `training.run_started`, one `training.checkpoint_evaluated` per step
     /// that logged metrics, and `training.run_completed` once it ended. `model` is the
     /// registered model a version of which came from this run, else the experiment's name
@@ -347,26 +340,18 @@ pub mod rest {
             }
         };
         started = human(started);
-        started = match seed(&params) {
+        started = match crate::seed_param(&params) {
             Some(s) => started.attr("random_seed", s),
             None => started.unreported("random_seed"),
         };
         let mut out = vec![started.build()];
-        let mut steps: BTreeMap<i64, (Map<String, Value>, i64)> = BTreeMap::new();
-        for (key, points) in history {
-            for p in points {
-                let (Some(step), Some(value)) = (
-                    p.get("step").and_then(Value::as_i64).or(Some(0)),
-                    p.get("value"),
-                ) else {
-                    continue;
-                };
+        let steps = crate::by_step(history.iter().flat_map(|(key, points)| {
+            points.iter().filter_map(move |p| {
+                let step = p.get("step").and_then(Value::as_i64).unwrap_or(0);
                 let at = p.get("timestamp").and_then(Value::as_i64).unwrap_or(0);
-                let entry = steps.entry(step).or_insert_with(|| (Map::new(), at));
-                entry.0.insert(key.clone(), value.clone());
-                entry.1 = entry.1.max(at);
-            }
-        }
+                Some((step, key.clone(), p.get("value")?, at))
+            })
+        }));
         for (step, (metrics, at)) in steps {
             out.push(
                 Draft::new(
