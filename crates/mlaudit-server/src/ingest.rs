@@ -129,44 +129,16 @@ pub async fn post_events(
     State(state): State<AppState>,
     mut req: Request,
 ) -> Result<Response, ApiError> {
-    let limits = state.limits;
     // Taken from the request rather than through the `Extension` and `HeaderMap` extractors,
     // which clone the principal and the whole header map on every request.
     let principal = req.extensions_mut().remove::<Principal>().ok_or_else(|| {
         ApiError::Internal("the request reached ingest without a principal".into())
     })?;
     let shape = shape(req.headers());
-    let encoding = req
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    let read = tokio::time::timeout(limits.body_read_timeout, Bytes::from_request(req, &state));
-    let body = read
-        .await
-        .map_err(|_| {
-            ApiError::Timeout(format!(
-                "the body did not arrive within {} s",
-                limits.body_read_timeout.as_secs_f64()
-            ))
-        })?
-        .map_err(|r: BytesRejection| match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
-                limit: "max_body_bytes",
-                max: limits.max_body_bytes,
-                message: format!("the body exceeds {} bytes", limits.max_body_bytes),
-            },
-            _ => ApiError::BadRequest(format!("cannot read the body: {r}")),
-        })?;
+    let gzip = gzipped(req.headers());
+    let body = read_bytes(&state, req).await?;
     let shape = shape?;
-    let gzip = match encoding.as_deref() {
-        None | Some("identity") => false,
-        Some("gzip") => true,
-        Some(other) => {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "unsupported Content-Encoding {other:?}: only gzip"
-            )))
-        }
-    };
+    let gzip = gzip?;
     // Decompression, parsing and validation are CPU work: a large or compressed body is
     // handled on a blocking thread so that the async workers keep serving other connections;
     // a small one here (a blocking-pool hand-off costs more than parsing it). The append is
@@ -182,6 +154,42 @@ pub async fn post_events(
     };
     let receipt = append_prepared(&state, events).await?;
     Ok(receipt_json(&receipt))
+}
+
+/// Whether a body is gzip-compressed (`Content-Encoding: gzip`; `identity` or none is plain),
+/// or a 415 for any other coding.
+pub(crate) fn gzipped(headers: &HeaderMap) -> Result<bool, ApiError> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") => Ok(false),
+        Some("gzip") => Ok(true),
+        Some(other) => Err(ApiError::UnsupportedMediaType(format!(
+            "unsupported Content-Encoding {other:?}: only gzip"
+        ))),
+    }
+}
+
+/// A request's body, read within the body timeout (408) and the size limit (413).
+pub(crate) async fn read_bytes(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
+    let limits = state.limits;
+    let read = tokio::time::timeout(limits.body_read_timeout, Bytes::from_request(req, state));
+    read.await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "the body did not arrive within {} s",
+                limits.body_read_timeout.as_secs_f64()
+            ))
+        })?
+        .map_err(|r: BytesRejection| match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
+                limit: "max_body_bytes",
+                max: limits.max_body_bytes,
+                message: format!("the body exceeds {} bytes", limits.max_body_bytes),
+            },
+            _ => ApiError::BadRequest(format!("cannot read the body: {r}")),
+        })
 }
 
 /// Appends validated events and waits (without holding a thread) until they are durable.

@@ -17,10 +17,8 @@ pub mod openlineage;
 
 use crate::error::ApiError;
 use crate::AppState;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Request};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap};
 use mlaudit_integrations::sampling::SamplePolicy;
 use mlaudit_integrations::TranslateError;
 use mlaudit_store::AppendReceipt;
@@ -177,37 +175,13 @@ pub(crate) async fn read_body(
     state: &AppState,
     req: Request,
 ) -> Result<(HeaderMap, Vec<u8>), ApiError> {
-    let limits = state.limits;
     let headers = req.headers().clone();
-    let read = tokio::time::timeout(limits.body_read_timeout, Bytes::from_request(req, state));
-    let body = read
-        .await
-        .map_err(|_| {
-            ApiError::Timeout(format!(
-                "the body did not arrive within {} s",
-                limits.body_read_timeout.as_secs_f64()
-            ))
-        })?
-        .map_err(|r: BytesRejection| match r.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge {
-                limit: "max_body_bytes",
-                max: limits.max_body_bytes,
-                message: format!("the body exceeds {} bytes", limits.max_body_bytes),
-            },
-            _ => ApiError::BadRequest(format!("cannot read the body: {r}")),
-        })?;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
-    let body = match encoding.as_deref() {
-        None | Some("identity") => body.to_vec(),
-        Some("gzip") => crate::ingest::gunzip(&body, limits.max_body_bytes)?,
-        Some(other) => {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "unsupported Content-Encoding {:?}: only gzip",
-                other.chars().take(32).collect::<String>()
-            )))
-        }
+    let gzip = crate::ingest::gzipped(&headers);
+    let body = crate::ingest::read_bytes(state, req).await?;
+    let body = if gzip? {
+        crate::ingest::gunzip(&body, state.limits.max_body_bytes)?
+    } else {
+        body.to_vec()
     };
     Ok((headers, body))
 }
