@@ -398,6 +398,11 @@ pub struct StoreStats {
     pub sync_sizes: Vec<(u64, u64)>,
     /// Bytes of the log (source of truth) on disk.
     pub log_bytes: u64,
+    /// For engines shared by several processes: whether this process is the one that
+    /// sequences appends now (`None` for single-process engines).
+    pub sequencer: Option<bool>,
+    /// How many times this process became the sequencer.
+    pub takeovers: u64,
 }
 
 /// Checks derived indexes against entries visited in seq order `0..n`.

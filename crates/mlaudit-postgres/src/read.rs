@@ -1,0 +1,371 @@
+//! Reads by SQL: events by seq, id and leaf, tree nodes, checkpoints, scans and queries.
+//!
+//! **Invariant:** readers see only committed groups, each whole, so every entry they can see
+//! is covered by a stored checkpoint; a missing row inside the tree is reported as corruption.
+
+use crate::sequencer::{stage_code, to_i64, to_u64};
+use crate::{Inner, PgError, PostgresStore};
+use mlaudit_core::entry::EventId;
+use mlaudit_core::merkle::Hash;
+use mlaudit_store::{Diagnostics, LogReader, Querier, Query, StoreError, StoreStats, StoredEvent};
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, GenericClient};
+
+/// Events read per round trip by scans.
+const SCAN_CHUNK: i64 = 2_000;
+
+/// The size of the latest checkpoint in the database.
+pub(crate) async fn latest_size(inner: &Inner) -> Result<Option<u64>, PgError> {
+    let conn = inner.pool.get().await?;
+    let row = conn
+        .query_one("SELECT max(size) FROM checkpoints", &[])
+        .await?;
+    row.get::<_, Option<i64>>(0).map(to_u64).transpose()
+}
+
+/// Keeps this process's idea of the tree size up to date with other processes' appends.
+pub(crate) async fn follow_size(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(Some(size)) = latest_size(&inner).await {
+            inner.size.fetch_max(size, Ordering::AcqRel);
+        }
+    }
+}
+
+fn hash(bytes: &[u8], what: &str) -> Result<Hash, PgError> {
+    Hash::from_slice(bytes).ok_or_else(|| PgError::Corrupt(format!("{what} is not 32 bytes")))
+}
+
+/// A stored perfect-subtree hash: level 0 is the entry's leaf.
+pub(crate) async fn node_async<C: GenericClient>(
+    client: &C,
+    level: u32,
+    index: u64,
+) -> Result<Hash, PgError> {
+    let row = if level == 0 {
+        client
+            .query_opt("SELECT leaf FROM entries WHERE seq = $1", &[&to_i64(index)])
+            .await?
+    } else {
+        client
+            .query_opt(
+                "SELECT hash FROM nodes WHERE level = $1 AND idx = $2",
+                &[&(level as i16), &to_i64(index)],
+            )
+            .await?
+    };
+    match row {
+        Some(r) => hash(r.get(0), "a stored tree node"),
+        None => Err(PgError::Unavailable(format!(
+            "not found: node {level}/{index}"
+        ))),
+    }
+}
+
+fn err(e: PgError) -> StoreError {
+    match e {
+        PgError::Unavailable(m) if m.starts_with("not found: ") => {
+            StoreError::NotFound(m["not found: ".len()..].to_owned())
+        }
+        other => other.into(),
+    }
+}
+
+impl PostgresStore {
+    async fn client(&self) -> Result<crate::pool::Conn<'_>, PgError> {
+        self.inner().pool.get().await
+    }
+
+    fn run<T>(
+        &self,
+        f: impl for<'c> FnOnce(&'c Client) -> futures_util::future::BoxFuture<'c, Result<T, PgError>>,
+    ) -> Result<T, StoreError> {
+        self.block(async {
+            let conn = self.client().await?;
+            f(&conn).await
+        })
+        .map_err(err)
+    }
+}
+
+impl LogReader for PostgresStore {
+    fn tree_size(&self) -> u64 {
+        self.inner().size.load(Ordering::Acquire)
+    }
+
+    fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT e.entry, p.payload FROM entries e LEFT JOIN payloads p USING (seq) WHERE e.seq = $1",
+                        &[&to_i64(seq)],
+                    )
+                    .await?;
+                match row {
+                    Some(r) => Ok(StoredEvent {
+                        seq,
+                        entry: r.get(0),
+                        payload: r.get(1),
+                    }),
+                    None => Err(PgError::Unavailable(format!("not found: seq {seq}"))),
+                }
+            })
+        })
+    }
+
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
+        let id = id.0;
+        self.run(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt("SELECT seq FROM entries WHERE id = $1", &[&&id[..]])
+                    .await?;
+                row.map(|r| to_u64(r.get(0))).transpose()
+            })
+        })
+    }
+
+    fn seq_of_leaf(&self, leaf: &Hash) -> Result<Option<u64>, StoreError> {
+        let leaf = leaf.0;
+        self.run(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT seq FROM entries WHERE leaf = $1 ORDER BY seq LIMIT 1",
+                        &[&&leaf[..]],
+                    )
+                    .await?;
+                row.map(|r| to_u64(r.get(0))).transpose()
+            })
+        })
+    }
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        self.run(move |c| Box::pin(node_async(c, level, index)))
+    }
+
+    fn nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        let hashes = self.run(move |c| {
+            Box::pin(async move {
+                let (from, to) = (to_i64(start), to_i64(start.saturating_add(count)));
+                let rows = if level == 0 {
+                    c.query(
+                        "SELECT leaf FROM entries WHERE seq >= $1 AND seq < $2 ORDER BY seq",
+                        &[&from, &to],
+                    )
+                    .await?
+                } else {
+                    c.query(
+                        "SELECT hash FROM nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                        &[&(level as i16), &from, &to],
+                    )
+                    .await?
+                };
+                rows.iter()
+                    .map(|r| hash(r.get(0), "a stored tree node"))
+                    .collect::<Result<Vec<Hash>, PgError>>()
+            })
+        })?;
+        if hashes.len() as u64 != count {
+            return Err(StoreError::NotFound(format!(
+                "nodes {level}/{start}..{} (found {})",
+                start.saturating_add(count),
+                hashes.len()
+            )));
+        }
+        Ok(hashes)
+    }
+
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                let row = c
+                    .query_opt(
+                        "SELECT note FROM checkpoints WHERE size = $1",
+                        &[&to_i64(size)],
+                    )
+                    .await?;
+                Ok(row.map(|r| r.get(0)))
+            })
+        })
+    }
+
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
+        self.checkpoint_sizes_after(None, usize::MAX)
+    }
+
+    fn checkpoint_sizes_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        let after = after.map_or(-1, to_i64);
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            Box::pin(async move {
+                let rows = c
+                    .query(
+                        "SELECT size FROM checkpoints WHERE size > $1 ORDER BY size LIMIT $2",
+                        &[&after, &max],
+                    )
+                    .await?;
+                rows.iter().map(|r| to_u64(r.get(0))).collect()
+            })
+        })
+    }
+
+    fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
+        let size = self.block(latest_size(self.inner())).map_err(err)?;
+        if let Some(s) = size {
+            self.inner().size.fetch_max(s, Ordering::AcqRel);
+        }
+        Ok(size)
+    }
+
+    fn scan(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let end = self.tree_size();
+        let mut next = from;
+        while next < end {
+            let upto = next.saturating_add(SCAN_CHUNK as u64).min(end);
+            let rows = self.run(move |c| {
+                Box::pin(async move {
+                    let rows = c
+                        .query(
+                            "SELECT e.seq, e.entry, p.payload FROM entries e LEFT JOIN payloads p USING (seq)
+                             WHERE e.seq >= $1 AND e.seq < $2 ORDER BY e.seq",
+                            &[&to_i64(next), &to_i64(upto)],
+                        )
+                        .await?;
+                    Ok(rows)
+                })
+            })?;
+            for row in rows {
+                let seq = to_u64(row.get(0)).map_err(StoreError::from)?;
+                if seq != next {
+                    return Err(StoreError::Corrupt {
+                        location: format!("postgres entries seq {next}"),
+                        problem: format!("event {next} is missing (the next stored is {seq})"),
+                    });
+                }
+                if visit(StoredEvent {
+                    seq,
+                    entry: row.get(1),
+                    payload: row.get(2),
+                })
+                .is_break()
+                {
+                    return Ok(());
+                }
+                next += 1;
+            }
+            if next < upto {
+                return Err(StoreError::Corrupt {
+                    location: format!("postgres entries seq {next}"),
+                    problem: format!("event {next} is missing"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Querier for PostgresStore {
+    fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
+        let (sql, params) = query_sql(q);
+        self.run(move |c| {
+            Box::pin(async move {
+                let refs: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                let rows = c.query(&sql, &refs).await?;
+                rows.iter().map(|r| to_u64(r.get(0))).collect()
+            })
+        })
+    }
+}
+
+/// The SQL of a query and its parameters: every filter a condition, subjects by `EXISTS`.
+fn query_sql(q: &Query) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+    use mlaudit_core::entry::SubjectField;
+    let mut conds: Vec<String> = Vec::new();
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut add = |cond: &str, p: Box<dyn ToSql + Sync + Send>, params_len: &mut usize| {
+        *params_len += 1;
+        conds.push(cond.replace('$', &format!("${params_len}")));
+        params.push(p);
+    };
+    let mut n = 0usize;
+    if let Some(s) = q.stage {
+        add("e.stage = $", Box::new(stage_code(s)), &mut n);
+    }
+    if let Some(k) = &q.kind {
+        add("e.kind = $", Box::new(k.clone()), &mut n);
+    }
+    if let Some(a) = &q.actor {
+        add("e.actor = $", Box::new(a.clone()), &mut n);
+    }
+    let subjects = [
+        (SubjectField::Model, &q.model),
+        (SubjectField::Version, &q.version),
+        (SubjectField::Run, &q.run),
+        (SubjectField::Dataset, &q.dataset),
+        (SubjectField::Deployment, &q.deployment),
+    ];
+    for (field, value) in subjects {
+        if let Some(v) = value {
+            let cond = format!(
+                "EXISTS (SELECT 1 FROM subjects s WHERE s.field = {} AND s.value = $ AND s.seq = e.seq)",
+                field.code()
+            );
+            add(&cond, Box::new(v.clone()), &mut n);
+        }
+    }
+    if let Some(t) = q.since_ns {
+        add("e.event_time >= $", Box::new(t), &mut n);
+    }
+    if let Some(t) = q.until_ns {
+        add("e.event_time < $", Box::new(t), &mut n);
+    }
+    if let Some(s) = q.after_seq {
+        add("e.seq > $", Box::new(to_i64(s)), &mut n);
+    }
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    add("TRUE LIMIT $", Box::new(limit), &mut n);
+    let limit_cond = conds.pop().unwrap_or_default();
+    let mut sql = String::from("SELECT e.seq FROM entries e WHERE TRUE");
+    for c in &conds {
+        sql.push_str(" AND ");
+        sql.push_str(c);
+    }
+    sql.push_str(" ORDER BY e.seq ");
+    sql.push_str(limit_cond.trim_start_matches("TRUE "));
+    (sql, params)
+}
+
+impl Diagnostics for PostgresStore {
+    fn location(&self, seq: u64) -> String {
+        format!("{} entries seq {seq}", self.inner().pool.url().display)
+    }
+
+    fn stats(&self) -> StoreStats {
+        let i = self.inner();
+        StoreStats {
+            syncs: i.syncs.load(Ordering::Relaxed),
+            synced_events: i.synced_events.load(Ordering::Relaxed),
+            sequencer: Some(i.sequencer.load(Ordering::Acquire)),
+            takeovers: i.takeovers.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! A private schema in the machine's PostgreSQL for each test, dropped afterwards.
+//!
+//! `MLAUDIT_TEST_POSTGRES` names the server (default
+//! `postgres://postgres@127.0.0.1:5432/test`, trust auth as on the CI machine).
+
+#![allow(dead_code, reason = "each test binary uses part of the helpers")]
+
+use mlaudit_core::note::{NoteSigner, NoteVerifier};
+
+pub fn server_url() -> String {
+    std::env::var("MLAUDIT_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn signer() -> NoteSigner {
+    NoteSigner::from_seed("pg.test/log", [7; 32]).unwrap()
+}
+
+pub fn verifier() -> NoteVerifier {
+    signer().verifier()
+}
+
+/// Runs SQL as the test server's administrator.
+pub fn admin(sql: &str) -> Result<(), tokio_postgres::Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&server_url(), tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        client.batch_execute(sql).await
+    })
+}
+
+/// A schema of its own, dropped when the value is.
+pub struct Schema {
+    pub name: String,
+}
+
+impl Schema {
+    pub fn new(tag: &str) -> Schema {
+        let name = format!(
+            "t_{tag}_{}_{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap()
+        );
+        Schema { name }
+    }
+
+    /// The store URL for this schema, with extra query parameters.
+    pub fn url(&self, extra: &str) -> String {
+        let base = server_url();
+        let sep = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{sep}schema={}{extra}", self.name)
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = admin(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+    }
+}

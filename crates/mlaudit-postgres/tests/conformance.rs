@@ -1,0 +1,40 @@
+//! The shared store conformance suite (`mlaudit_store::conformance`) on the PostgreSQL engine,
+//! against the machine's PostgreSQL.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
+mod common;
+
+use common::{signer, verifier, Schema};
+use mlaudit_postgres::{Options, PostgresStore};
+use mlaudit_store::conformance;
+
+#[test]
+fn the_postgres_store_conforms() {
+    let schema = Schema::new("conf");
+    let (store, created) = PostgresStore::init(&schema.url(""), signer()).unwrap();
+    assert!(created);
+    assert!(store.is_sequencer(), "a lone process is elected at once");
+    conformance::check(&store, &verifier()).unwrap_or_else(|e| panic!("{e}"));
+    drop(store);
+    // Reopened, the same log verifies from the database alone.
+    let again = PostgresStore::open(&schema.url(""), Some(signer()), Options::default()).unwrap();
+    mlaudit_store::verify::verify(&again, &verifier(), &mut |_, _| {}).unwrap();
+}
+
+#[test]
+fn a_second_init_finds_the_log_and_a_missing_one_is_named() {
+    let schema = Schema::new("init");
+    let (first, created) = PostgresStore::init(&schema.url(""), signer()).unwrap();
+    assert!(created);
+    drop(first);
+    let (_, created) = PostgresStore::init(&schema.url(""), signer()).unwrap();
+    assert!(!created);
+    let missing = Schema::new("missing");
+    let e = PostgresStore::open(&missing.url(""), Some(signer()), Options::default()).unwrap_err();
+    assert!(e.to_string().contains("mlaudit init"), "{e}");
+}
