@@ -894,6 +894,7 @@ impl Diagnostics for EmbeddedStore {
             synced_events: s.events,
             sync_sizes,
             log_bytes: s.log_bytes,
+            ..Default::default()
         }
     }
 
