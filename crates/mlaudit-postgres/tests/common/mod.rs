@@ -61,3 +61,33 @@ impl Drop for Schema {
         let _ = admin(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
     }
 }
+
+/// The test roles: created if missing (`.ci/run` creates them too).
+pub fn ensure_roles() {
+    for (role, login) in [
+        ("mlaudit_test_app", "LOGIN"),
+        ("mlaudit_test_owner", "NOLOGIN"),
+    ] {
+        // Two test binaries may race to create a role; either way it exists afterwards.
+        let _ = admin(&format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} {login}; END IF; END $$"
+        ));
+    }
+    admin("GRANT CREATE, CONNECT ON DATABASE test TO mlaudit_test_owner; GRANT CONNECT ON DATABASE test TO mlaudit_test_app").unwrap();
+}
+
+/// The test server's URL with another user.
+pub fn url_as(user: &str, schema: &Schema, extra: &str) -> String {
+    let url = schema.url(extra);
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{user}@{host}")
+}
+
+/// A prediction event with a given id and payload marker.
+pub fn prediction(id: u64, marker: &str) -> mlaudit_core::event::PreparedEvent {
+    let json = format!(
+        r#"{{"id":"00000000-0000-4000-8000-{id:012}","kind":"prediction.served","actor":{{"id":"scoring","type":"service"}},"subject":{{"model":"credit","version":"1","request":"r{id}"}},"attributes":{{"inputs":{{"m":"{marker}"}},"outputs":{{"score":0.5}}}}}}"#
+    );
+    mlaudit_core::event::prepare(&json, "test").unwrap()
+}
