@@ -213,6 +213,12 @@ pub fn render(state: &AppState) -> String {
         "# HELP mlaudit_log_bytes Bytes of the log on disk.\n# TYPE mlaudit_log_bytes gauge\n",
     );
     let _ = writeln!(out, "mlaudit_log_bytes {}", stats.log_bytes);
+    if let Some(sequencer) = stats.sequencer {
+        out.push_str("# HELP mlaudit_sequencer 1 while this process is the log's sequencer (PostgreSQL store).\n# TYPE mlaudit_sequencer gauge\n");
+        let _ = writeln!(out, "mlaudit_sequencer {}", u8::from(sequencer));
+        out.push_str("# HELP mlaudit_sequencer_takeovers_total Times this process became the sequencer.\n# TYPE mlaudit_sequencer_takeovers_total counter\n");
+        let _ = writeln!(out, "mlaudit_sequencer_takeovers_total {}", stats.takeovers);
+    }
     out
 }
 

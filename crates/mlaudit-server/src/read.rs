@@ -302,5 +302,9 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "status": "ready", "tree_size": state.store.tree_size() }))
+    let mut body = json!({ "status": "ready", "tree_size": state.store.tree_size() });
+    if let Some(sequencer) = state.store.stats().sequencer {
+        body["sequencer"] = json!(sequencer);
+    }
+    Json(body)
 }

@@ -262,7 +262,7 @@ struct Posted {
 
 impl DemoServer {
     fn start(
-        store: Arc<mlaudit_embedded::EmbeddedStore>,
+        store: Arc<crate::ledger::Ledger>,
         verifier: mlaudit_core::note::NoteVerifier,
     ) -> Result<DemoServer> {
         let tokens_dir =

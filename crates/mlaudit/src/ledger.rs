@@ -5,15 +5,169 @@
 //! <data>/key/verifier.key   <origin>+<id>+<base64>
 //! <data>/log/               the embedded store
 //! ```
+//!
+//! With `--store postgres://…` (or `MLAUDIT_STORE`) the log lives in PostgreSQL instead; the
+//! data directory still holds the key (or `serve --key FILE` names it).
 
 use anyhow::{Context, Result};
+use mlaudit_core::entry::EventId;
+use mlaudit_core::event::PreparedEvent;
+use mlaudit_core::merkle::Hash;
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::{EmbeddedStore, OpenError, Options};
+use mlaudit_postgres::PostgresStore;
 use mlaudit_store::audit::{audit_event, Access};
-use mlaudit_store::Store;
+use mlaudit_store::prelude::*;
+use mlaudit_store::{
+    AppendDone, AppendReceipt, EventRun, InclusionMaterial, IndexCheck, Query, StoreError,
+    StoreStats, StoredEvent,
+};
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The `--store` URL of this invocation (`None`: the embedded store in the data directory).
+static STORE_URL: OnceLock<Option<String>> = OnceLock::new();
+
+/// Records `--store` (or `MLAUDIT_STORE`), checked: an empty value or `embedded` means the
+/// data directory's own store.
+pub fn set_store_url(url: Option<String>) -> Result<()> {
+    let url = url.filter(|u| !u.is_empty() && u != "embedded");
+    if let Some(u) = &url {
+        if !mlaudit_postgres::is_postgres_url(u) {
+            return Err(InputError(format!(
+                "--store {:?}: give a postgres://user@host/db URL, or leave it out for the embedded store",
+                mlaudit_postgres::url::redact(u)
+            ))
+            .into());
+        }
+    }
+    let _ = STORE_URL.set(url);
+    Ok(())
+}
+
+/// The PostgreSQL store URL, if this invocation uses one.
+pub fn store_url() -> Option<&'static str> {
+    STORE_URL.get().and_then(|u| u.as_deref())
+}
+
+/// An open log, whichever engine holds it; a [`Store`] itself.
+#[derive(Debug)]
+pub enum Ledger {
+    Embedded(EmbeddedStore),
+    Postgres(PostgresStore),
+}
+
+impl Ledger {
+    fn engine(&self) -> &dyn Store {
+        match self {
+            Ledger::Embedded(s) => s,
+            Ledger::Postgres(s) => s,
+        }
+    }
+}
+
+impl Appender for Ledger {
+    fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
+        self.engine().append(events)
+    }
+    fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
+        self.engine().submit(events, done)
+    }
+    fn try_submit(
+        &self,
+        events: Vec<PreparedEvent>,
+        done: AppendDone,
+    ) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
+        self.engine().try_submit(events, done)
+    }
+}
+
+impl LogReader for Ledger {
+    fn tree_size(&self) -> u64 {
+        self.engine().tree_size()
+    }
+    fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
+        self.engine().event(seq)
+    }
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
+        self.engine().seq_of(id)
+    }
+    fn seq_of_leaf(&self, leaf: &Hash) -> Result<Option<u64>, StoreError> {
+        self.engine().seq_of_leaf(leaf)
+    }
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        self.engine().node(level, index)
+    }
+    fn nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        self.engine().nodes(level, start, count)
+    }
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        self.engine().checkpoint(size)
+    }
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
+        self.engine().checkpoint_sizes()
+    }
+    fn checkpoint_sizes_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.engine().checkpoint_sizes_after(after, max)
+    }
+    fn inclusion_material(&self, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {
+        self.engine().inclusion_material(seq, size)
+    }
+    fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
+        self.engine().latest_checkpoint_size()
+    }
+    fn scan(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.engine().scan(from, visit)
+    }
+    fn scan_runs(
+        &self,
+        from: u64,
+        run_len: usize,
+        visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.engine().scan_runs(from, run_len, visit)
+    }
+}
+
+impl Querier for Ledger {
+    fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
+        self.engine().query(q)
+    }
+}
+
+impl Diagnostics for Ledger {
+    fn location(&self, seq: u64) -> String {
+        self.engine().location(seq)
+    }
+    fn stats(&self) -> StoreStats {
+        self.engine().stats()
+    }
+    fn index_check(&self) -> Option<Box<dyn IndexCheck + '_>> {
+        self.engine().index_check()
+    }
+}
+
+impl Ledger {
+    /// Flushes and closes the engine (the embedded store's derived files; PostgreSQL commits
+    /// every group as it goes).
+    pub fn close(&self) -> Result<()> {
+        if let Ledger::Embedded(s) = self {
+            s.close()?;
+        }
+        Ok(())
+    }
+}
 
 /// A usage or input error: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +232,18 @@ pub fn init(data: &Path, origin: &str) -> Result<NoteSigner> {
     std::fs::File::open(&key_dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", key_dir.display()))?;
-    drop(open_with(data, Some(signer.clone()), options()?)?);
+    match store_url() {
+        Some(url) => {
+            let (store, created) = PostgresStore::init(url, signer.clone()).with_context(|| {
+                format!("creating the log in {}", mlaudit_postgres::url::redact(url))
+            })?;
+            if !created {
+                eprintln!("mlaudit: the schema already held a log; it was checked and migrated, not emptied");
+            }
+            drop(store);
+        }
+        None => drop(open_with(data, Some(signer.clone()), options()?)?),
+    }
     Ok(signer)
 }
 
@@ -132,16 +297,40 @@ pub fn options_with_cache(mib: u64) -> Options {
     }
 }
 
-/// Opens the log of an initialized data directory for reading and appending.
-pub fn open(data: &Path) -> Result<EmbeddedStore> {
-    open_configured(data, options()?)
+/// Opens the log of an initialized data directory (or the `--store`) for reading and
+/// appending.
+pub fn open(data: &Path) -> Result<Ledger> {
+    open_configured(data, options()?, None)
 }
 
-/// [`open`] with explicit engine options.
-pub fn open_configured(data: &Path, options: Options) -> Result<EmbeddedStore> {
-    let signer = signer(data)?;
+/// [`open`] with explicit engine options and, optionally, a signing key file other than the
+/// data directory's.
+pub fn open_configured(data: &Path, options: Options, key: Option<&Path>) -> Result<Ledger> {
+    let signer = match key {
+        Some(file) => signer_file(file)?,
+        None => signer(data)?,
+    };
+    if let Some(url) = store_url() {
+        let store = PostgresStore::open(url, Some(signer), mlaudit_postgres::Options::default())
+            .map_err(|e| match e {
+                mlaudit_postgres::PgError::NotInitialized(_)
+                | mlaudit_postgres::PgError::NewerSchema { .. } => {
+                    anyhow::Error::from(InputError(e.to_string()))
+                }
+                other => anyhow::Error::from(other)
+                    .context(format!("opening {}", mlaudit_postgres::url::redact(url))),
+            })?;
+        return Ok(Ledger::Postgres(store));
+    }
     make_private_dir(data)?;
-    open_with(data, Some(signer), options)
+    open_with(data, Some(signer), options).map(Ledger::Embedded)
+}
+
+/// Loads a signing key file given by path.
+pub fn signer_file(path: &Path) -> Result<NoteSigner> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the signing key {}", path.display()))?;
+    NoteSigner::parse(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 fn open_with(data: &Path, signer: Option<NoteSigner>, options: Options) -> Result<EmbeddedStore> {

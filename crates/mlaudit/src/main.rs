@@ -36,6 +36,16 @@ struct Cli {
     /// Data directory [default: $MLAUDIT_DATA, else ./mlaudit-data]
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Keep the log in PostgreSQL (postgres://user@host/db) instead of the data directory
+    /// [config: store]
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "MLAUDIT_STORE",
+        hide_env_values = true
+    )]
+    store: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -145,6 +155,11 @@ enum Command {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let data = ledger::data_dir(cli.data);
+    let store = match (&cli.store, &cli.command) {
+        (None, Command::Serve(args)) => serve::configured_store(args)?,
+        _ => cli.store.clone(),
+    };
+    ledger::set_store_url(store)?;
     match cli.command {
         Command::Init { origin } => read::init(&data, origin),
         Command::Append { file, batch_size } => append::run(&data, &file, batch_size),

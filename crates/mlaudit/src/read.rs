@@ -19,12 +19,57 @@ pub fn init(data: &Path, origin: Option<String>) -> Result<()> {
         }
     };
     let signer = ledger::init(data, &origin)?;
+    if let Some(url) = ledger::store_url() {
+        return print_postgres_init(url, data, &origin, &signer);
+    }
     println!("initialized {} (origin {origin})", data.display());
     println!(
         "verifier key (also in {}):",
         ledger::verifier_key_path(data).display()
     );
     println!("{}", signer.verifier().to_text());
+    Ok(())
+}
+
+/// What `init --store postgres://…` did, the roles an operator creates, and how to run servers.
+fn print_postgres_init(
+    url: &str,
+    data: &Path,
+    origin: &str,
+    signer: &mlaudit_core::note::NoteSigner,
+) -> Result<()> {
+    let parsed = mlaudit_postgres::StoreUrl::parse(url)?;
+    let db = parsed.config.get_dbname().unwrap_or("mlaudit");
+    let admin = parsed.config.get_user().unwrap_or("postgres");
+    let owner = parsed.owner_role.as_deref().unwrap_or("mlaudit_owner");
+    println!(
+        "initialized the log in {} (schema {}, origin {origin})",
+        parsed.display, parsed.schema
+    );
+    println!(
+        "signing key: {} (give every server of this log the same file with --key)",
+        data.join("key").join("signing.key").display()
+    );
+    println!(
+        "verifier key (also in {}):",
+        ledger::verifier_key_path(data).display()
+    );
+    println!("{}", signer.verifier().to_text());
+    println!();
+    println!("The servers should connect as a role that may only SELECT and INSERT. Run once, as a superuser:");
+    println!();
+    print!(
+        "{}",
+        mlaudit_postgres::schema::roles_sql(db, owner, &parsed.app_role, admin)
+    );
+    println!();
+    println!("then let the owner role own the tables and grant the servers' role its rights:");
+    println!("  mlaudit init --store '{}?schema={}&owner_role={owner}&app_role={}'   (on an empty schema)", parsed.display.split('?').next().unwrap_or(""), parsed.schema, parsed.app_role);
+    println!("and start each server as that role:");
+    println!(
+        "  mlaudit serve --store 'postgres://{}@HOST/{db}?schema={}' --key signing.key",
+        parsed.app_role, parsed.schema
+    );
     Ok(())
 }
 

@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// PEM private key for TLS [env: MLAUDIT_TLS_KEY; config: tls_key]
     #[arg(long, value_name = "FILE")]
     tls_key: Option<PathBuf>,
+    /// The log's signing key file, instead of the data directory's `key/signing.key`: every
+    /// server of one log in PostgreSQL is given the same key [config: key]
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 /// The config file (all optional).
@@ -42,6 +46,10 @@ pub struct ServeArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<String>,
+    /// `postgres://…` to keep the log in PostgreSQL (`--store` and `MLAUDIT_STORE` win).
+    store: Option<String>,
+    /// The signing key file (`--key` wins).
+    key: Option<PathBuf>,
     /// Checkpoints, verifier key and hash-only proofs without a token (default true).
     public_proofs: Option<bool>,
     max_body_bytes: Option<u64>,
@@ -173,6 +181,8 @@ fn integrations(file: Option<IntegrationsFile>) -> Result<IntegrationsConfig> {
 #[derive(Debug)]
 struct Settings {
     listen: String,
+    /// The signing key file when not the data directory's.
+    key: Option<PathBuf>,
     public_proofs: bool,
     limits: Limits,
     conn: ConnConfig,
@@ -212,15 +222,24 @@ fn seconds(name: &str, file: Option<u64>, default: Duration) -> Result<Duration>
     Ok(Duration::from_secs(s))
 }
 
-fn resolve(args: &ServeArgs) -> Result<Settings> {
-    let file: FileConfig = match &args.config {
+fn file_config(args: &ServeArgs) -> Result<FileConfig> {
+    Ok(match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
             toml::from_str(&text).map_err(|e| InputError(format!("{}: {e}", path.display())))?
         }
         None => FileConfig::default(),
-    };
+    })
+}
+
+/// The config file's `store`, for when neither `--store` nor `MLAUDIT_STORE` gives one.
+pub fn configured_store(args: &ServeArgs) -> Result<Option<String>> {
+    Ok(file_config(args)?.store)
+}
+
+fn resolve(args: &ServeArgs) -> Result<Settings> {
+    let file = file_config(args)?;
     let defaults = Limits::default();
     let conn = ConnConfig::default();
     let tls_cert = args
@@ -254,6 +273,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         2 * per_second,
     )?;
     Ok(Settings {
+        key: args.key.clone().or(file.key),
         integrations: integrations(file.integrations)?,
         tls,
         index_cache_mib: setting(
@@ -372,9 +392,16 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
-    let verifier = ledger::signer(data)?.verifier();
+    let verifier = match &settings.key {
+        Some(file) => ledger::signer_file(file)?.verifier(),
+        None => ledger::signer(data)?.verifier(),
+    };
     let options = ledger::options_with_cache(settings.index_cache_mib);
-    let store = Arc::new(ledger::open_configured(data, options)?);
+    let store = Arc::new(ledger::open_configured(
+        data,
+        options,
+        settings.key.as_deref(),
+    )?);
     let tokens = if args.danger_no_auth {
         None
     } else {

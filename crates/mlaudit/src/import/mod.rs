@@ -18,7 +18,6 @@ use crate::ledger::{self, InputError};
 use anyhow::{Context, Result};
 use mlaudit_core::entry::EventId;
 use mlaudit_core::event::{prepare, prepare_reserved, PreparedEvent};
-use mlaudit_embedded::EmbeddedStore;
 use mlaudit_store::prelude::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -137,7 +136,7 @@ pub struct Importer {
 }
 
 enum Sink {
-    Store(EmbeddedStore),
+    Store(crate::ledger::Ledger),
     Server(remote::Server),
 }
 
