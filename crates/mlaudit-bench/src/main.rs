@@ -7,11 +7,13 @@
 //! `cargo run --release -p mlaudit-bench -- client [--calls N] [--rate R] [--predict-seconds S]` (Rust SDK)
 //! `cargo run --release -p mlaudit-bench -- scale [--events N] [--dir D]` (a log of N predictions)
 //! `cargo run --release -p mlaudit-bench -- index [--ids N] [--dir D]` (id index candidates)
+//! `cargo run --release -p mlaudit-bench -- postgres [--events N] [--clients N] [--url U]`
 
 mod client;
 mod http;
 mod index;
 mod ingest;
+mod postgres;
 mod scale;
 
 /// The server's allocator, built the same way (`no_thp`, see `crates/mlaudit/src/main.rs`), so
@@ -27,7 +29,8 @@ const USAGE: &str = "usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M
        mlaudit-bench verify [--events N]
        mlaudit-bench client [--calls N] [--rate R] [--predict-seconds S] [--dir DIR]
        mlaudit-bench scale [--events N] [--dir DIR]
-       mlaudit-bench index [--ids N] [--dir DIR]";
+       mlaudit-bench index [--ids N] [--dir DIR]
+       mlaudit-bench postgres [--events N] [--clients N] [--url postgres://…]";
 
 /// Runs the named benchmark; errors are one line on stderr and exit status 2 (no backtrace).
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Some("verify") => ingest::verify_only(&args[1..]),
         Some("client") => client::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
+        Some("postgres") => postgres::run(&args[1..]),
         Some("scale-probe") => scale::probe_main(&args[1..]),
         Some("index") => index::run(&args[1..]),
         Some("index-candidate") => index::candidate(&args[1..]),

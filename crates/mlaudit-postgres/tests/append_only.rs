@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{ensure_roles, prediction, signer, url_as, verifier, Schema};
+use common::{prediction, signer, url_as, verifier, Schema};
 use mlaudit_postgres::schema::LOG_TABLES;
 use mlaudit_postgres::{Options, PostgresStore};
 use mlaudit_store::prelude::*;
@@ -47,7 +47,6 @@ fn run_as(url: &str, sql: &str) -> Result<u64, String> {
 
 #[test]
 fn the_servers_role_can_only_select_and_insert_and_triggers_refuse_everyone() {
-    ensure_roles();
     let schema = Schema::new("grants");
     let roles = "&app_role=mlaudit_test_app&owner_role=mlaudit_test_owner";
     let (store, _) = PostgresStore::init(&schema.url(roles), signer()).unwrap();

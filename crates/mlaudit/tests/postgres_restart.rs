@@ -25,7 +25,14 @@ fn restart_postgres() {
         .next()
         .expect("a PostgreSQL cluster under /etc/postgresql");
     let status = Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", "restart", "-m", "fast"])
+        .args([
+            "--skip-systemctl-redirect",
+            &version,
+            "main",
+            "restart",
+            "-m",
+            "fast",
+        ])
         .status()
         .unwrap();
     assert!(status.success(), "pg_ctlcluster restart failed");
@@ -43,7 +50,8 @@ fn a_postgres_restart_during_ingest_loses_nothing_acknowledged() {
     );
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (next, stop, acks, errors) = (next.clone(), stop.clone(), acks.clone(), errors.clone());
+            let (next, stop, acks, errors) =
+                (next.clone(), stop.clone(), acks.clone(), errors.clone());
             let addr = server.addr;
             std::thread::spawn(move || {
                 let mut acked = HashMap::new();
@@ -76,12 +84,18 @@ fn a_postgres_restart_during_ingest_loses_nothing_acknowledged() {
             })
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(20), || acks.load(Ordering::Relaxed) > 200).is_some());
+    assert!(
+        wait_until(Duration::from_secs(20), || acks.load(Ordering::Relaxed)
+            > 200)
+        .is_some()
+    );
     restart_postgres();
     // Appends are acknowledged again once the server has reconnected and been re-elected.
     let after = acks.load(Ordering::Relaxed);
     assert!(
-        wait_until(Duration::from_secs(30), || acks.load(Ordering::Relaxed) > after + 200).is_some(),
+        wait_until(Duration::from_secs(30), || acks.load(Ordering::Relaxed)
+            > after + 200)
+        .is_some(),
         "no acknowledgement within 30 s of the restart"
     );
     stop.store(true, Ordering::Relaxed);
@@ -99,7 +113,11 @@ fn a_postgres_restart_during_ingest_loses_nothing_acknowledged() {
     let (stored, rows) = log.stored();
     assert_eq!(rows, stored.len(), "an event id is stored twice");
     for (id, seq) in &acked {
-        assert_eq!(stored.get(id), Some(seq), "acknowledged event {id} (seq {seq}) is missing or moved");
+        assert_eq!(
+            stored.get(id),
+            Some(seq),
+            "acknowledged event {id} (seq {seq}) is missing or moved"
+        );
     }
     log.verify();
 }

@@ -12,6 +12,26 @@ pub fn server_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// Starts PostgreSQL if needed and creates the test roles, once per test binary
+/// (`scripts/postgres-test-setup.sh`).
+pub fn setup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/postgres-test-setup.sh"
+        );
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "{script} failed: PostgreSQL is needed for these tests"
+        );
+    });
+}
+
 pub fn signer() -> NoteSigner {
     NoteSigner::from_seed("pg.test/log", [7; 32]).unwrap()
 }
@@ -40,6 +60,7 @@ pub struct Schema {
 
 impl Schema {
     pub fn new(tag: &str) -> Schema {
+        setup();
         let name = format!(
             "t_{tag}_{}_{}",
             std::process::id(),
@@ -60,20 +81,6 @@ impl Drop for Schema {
     fn drop(&mut self) {
         let _ = admin(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
     }
-}
-
-/// The test roles: created if missing (`.ci/run` creates them too).
-pub fn ensure_roles() {
-    for (role, login) in [
-        ("mlaudit_test_app", "LOGIN"),
-        ("mlaudit_test_owner", "NOLOGIN"),
-    ] {
-        // Two test binaries may race to create a role; either way it exists afterwards.
-        let _ = admin(&format!(
-            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} {login}; END IF; END $$"
-        ));
-    }
-    admin("GRANT CREATE, CONNECT ON DATABASE test TO mlaudit_test_owner; GRANT CONNECT ON DATABASE test TO mlaudit_test_app").unwrap();
 }
 
 /// The test server's URL with another user.

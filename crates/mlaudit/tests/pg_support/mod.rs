@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,26 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_mlaudit");
 pub fn server_url() -> String {
     std::env::var("MLAUDIT_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Starts PostgreSQL if needed and creates the test roles, once per test binary
+/// (`scripts/postgres-test-setup.sh`).
+pub fn setup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../scripts/postgres-test-setup.sh"
+        );
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "{script} failed: PostgreSQL is needed for these tests"
+        );
+    });
 }
 
 pub fn admin(sql: &str) -> Result<(), String> {
@@ -40,6 +60,7 @@ pub struct PgLog {
 
 impl PgLog {
     pub fn new(tag: &str) -> PgLog {
+        setup();
         let schema = format!("t_{tag}_{}", std::process::id());
         let _ = admin(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
         let dir = std::env::temp_dir().join(format!("mlaudit-{schema}"));
@@ -271,5 +292,3 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Durati
     }
     None
 }
-
-pub fn unused(_: &Path) {}

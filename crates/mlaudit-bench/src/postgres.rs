@@ -1,0 +1,337 @@
+//! `mlaudit-bench postgres`: ingest into the log in PostgreSQL, beside what a team would build
+//! by hand and the embedded store, in the same run on the same events.
+//!
+//! Engines (each fed the same prepared prediction events, in batches of 1,000, from `--clients`
+//! threads; parsing is done before the clock starts, for every engine alike):
+//! * `mlaudit-postgres` — one engine instance: it is the sequencer and appends directly.
+//! * `mlaudit-postgres-3` — three engine instances on one log, as three servers would be: one
+//!   is elected sequencer, the other two queue their batches for it; clients spread over all
+//!   three.
+//! * `mlaudit-embedded` — the embedded store on local disk.
+//! * `pg-insert` — a multi-row `INSERT … VALUES` of each batch into a plain table.
+//! * `pg-trigger` — the same table with a hash-chain trigger (each row's hash over the previous
+//!   row's hash and its payload, serialized by an advisory lock).
+//!
+//! Figures: `events_per_s`, `ack_p99_ms` (a batch's append call), and for the PostgreSQL
+//! engines `bytes_per_event` (tables, indexes and the WAL written during the run).
+
+use crate::http::pct;
+use crate::ingest::{emit, event_line};
+use anyhow::{anyhow, bail, Result};
+use mlaudit_core::event::{prepare, PreparedEvent};
+use mlaudit_core::note::NoteSigner;
+use mlaudit_embedded::EmbeddedStore;
+use mlaudit_postgres::{Options, PostgresStore};
+use mlaudit_store::prelude::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+const BATCH: usize = 1000;
+
+struct Opts {
+    events: usize,
+    clients: usize,
+    url: String,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        events: 200_000,
+        clients: 4,
+        url: std::env::var("MLAUDIT_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or_else(|| anyhow!("{a} needs a value"));
+        match a.as_str() {
+            "--events" => o.events = val()?.parse::<usize>()?.max(BATCH),
+            "--clients" => o.clients = val()?.parse::<usize>()?.max(1),
+            "--url" => o.url = val()?.clone(),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    Ok(o)
+}
+
+/// A blocking client for the baselines and for measuring sizes.
+struct Sql {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl Sql {
+    fn connect(url: &str) -> Result<Sql> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            Ok::<_, tokio_postgres::Error>(client)
+        })?;
+        Ok(Sql { rt, client })
+    }
+
+    fn exec(&self, sql: &str) -> Result<()> {
+        self.rt.block_on(self.client.batch_execute(sql))?;
+        Ok(())
+    }
+
+    fn wal_lsn(&self) -> Result<String> {
+        let row = self.rt.block_on(
+            self.client
+                .query_one("SELECT pg_current_wal_insert_lsn()::text", &[]),
+        )?;
+        Ok(row.get(0))
+    }
+
+    /// Bytes of WAL since `lsn`.
+    fn wal_since(&self, lsn: &str) -> Result<f64> {
+        let row = self.rt.block_on(self.client.query_one(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::text::pg_lsn)::float8",
+            &[&lsn],
+        ))?;
+        Ok(row.get(0))
+    }
+
+    /// Bytes of every table (with its indexes and TOAST) in `schema`.
+    fn schema_bytes(&self, schema: &str) -> Result<f64> {
+        let row = self.rt.block_on(self.client.query_one(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::float8 FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+            &[&schema],
+        ))?;
+        Ok(row.get(0))
+    }
+}
+
+fn events(n: usize) -> Result<Vec<Vec<PreparedEvent>>> {
+    let all: Vec<PreparedEvent> = (0..n)
+        .map(|i| prepare(&event_line(i), "bench").map_err(|e| anyhow!("{e}")))
+        .collect::<Result<_>>()?;
+    let mut out = Vec::new();
+    let mut it = all.into_iter().peekable();
+    while it.peek().is_some() {
+        out.push(it.by_ref().take(BATCH).collect());
+    }
+    Ok(out)
+}
+
+/// Feeds `batches` to `append` from `clients` threads (client `c` calls `append(c, batch)`);
+/// returns events/s and the p99 of a call in ms.
+fn drive(
+    batches: &[Vec<PreparedEvent>],
+    clients: usize,
+    append: &(dyn Fn(usize, Vec<PreparedEvent>) -> Result<()> + Sync),
+) -> Result<(f64, f64)> {
+    let next = AtomicUsize::new(0);
+    let latencies = Mutex::new(Vec::with_capacity(batches.len()));
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                let (next, latencies) = (&next, &latencies);
+                s.spawn(move || -> Result<()> {
+                    while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let t = Instant::now();
+                        append(c, batch.clone())?;
+                        let ms = t.elapsed().as_secs_f64() * 1000.0;
+                        latencies.lock().map_err(|_| anyhow!("poisoned"))?.push(ms);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow!("client panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    let n: usize = batches.iter().map(Vec::len).sum();
+    let mut l = latencies.into_inner().map_err(|_| anyhow!("poisoned"))?;
+    l.sort_by(f64::total_cmp);
+    Ok((n as f64 / secs, pct(&l, 0.99)))
+}
+
+fn report(engine: &str, o: &Opts, (rate, p99): (f64, f64), bytes: Option<f64>) {
+    let ctx = json!({ "events": o.events, "batch": BATCH, "clients": o.clients });
+    emit("postgres", engine, "events_per_s", rate, ctx.clone());
+    emit("postgres", engine, "ack_p99_ms", p99, ctx.clone());
+    if let Some(b) = bytes {
+        emit("postgres", engine, "bytes_per_event", b, ctx);
+    }
+}
+
+fn with_schema(url: &str, schema: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}schema={schema}")
+}
+
+/// Runs the mlaudit engine with `instances` instances on one fresh log.
+fn mlaudit_pg(
+    o: &Opts,
+    admin: &Sql,
+    batches: &[Vec<PreparedEvent>],
+    instances: usize,
+) -> Result<((f64, f64), f64)> {
+    let schema = format!("bench_mlaudit_{instances}_{}", std::process::id());
+    admin.exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+    let signer =
+        NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow!("{e}"))?;
+    let url = with_schema(&o.url, &schema);
+    let (first, _) = PostgresStore::init(&url, signer.clone())?;
+    let mut stores = vec![first];
+    for _ in 1..instances {
+        stores.push(PostgresStore::open(
+            &url,
+            Some(signer.clone()),
+            Options::default(),
+        )?);
+    }
+    let lsn = admin.wal_lsn()?;
+    let figures = drive(batches, o.clients, &|c, b| {
+        stores[c % stores.len()].append(b)?;
+        Ok(())
+    })?;
+    let wal = admin.wal_since(&lsn)?;
+    let bytes = (admin.schema_bytes(&schema)? + wal) / o.events as f64;
+    let size = stores[0].latest_checkpoint_size()?.unwrap_or(0);
+    if size != o.events as u64 {
+        bail!("{schema}: {size} events stored, {} sent", o.events);
+    }
+    drop(stores);
+    admin.exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+    Ok((figures, bytes))
+}
+
+const PLAIN_TABLE: &str = "CREATE TABLE events (seq bigserial PRIMARY KEY, id uuid NOT NULL UNIQUE, event_time timestamptz NOT NULL, kind text NOT NULL, actor text NOT NULL, payload jsonb NOT NULL)";
+
+const CHAIN_TRIGGER: &str = "
+ALTER TABLE events ADD COLUMN prev_hash bytea, ADD COLUMN hash bytea;
+CREATE FUNCTION chain() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(4242);
+    SELECT hash INTO NEW.prev_hash FROM events ORDER BY seq DESC LIMIT 1;
+    NEW.hash := sha256(coalesce(NEW.prev_hash, ''::bytea) || convert_to(NEW.payload::text, 'UTF8'));
+    RETURN NEW;
+END $$;
+CREATE TRIGGER chain BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION chain();";
+
+/// The hand-built baselines: a multi-row INSERT per batch, with or without the chain trigger.
+fn by_hand(
+    o: &Opts,
+    admin: &Sql,
+    batches: &[Vec<PreparedEvent>],
+    chained: bool,
+) -> Result<((f64, f64), f64)> {
+    let schema = format!(
+        "bench_{}_{}",
+        if chained { "trigger" } else { "insert" },
+        std::process::id()
+    );
+    admin.exec(&format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}; SET search_path TO {schema}; {PLAIN_TABLE}; {}",
+        if chained { CHAIN_TRIGGER } else { "" }
+    ))?;
+    admin.exec("SET search_path TO public")?;
+    let conns: Vec<Mutex<Sql>> = (0..o.clients)
+        .map(|_| {
+            let s = Sql::connect(&o.url)?;
+            s.exec(&format!("SET search_path TO {schema}"))?;
+            Ok(Mutex::new(s))
+        })
+        .collect::<Result<_>>()?;
+    let mut sql = String::from("INSERT INTO events (id, event_time, kind, actor, payload) VALUES ");
+    for r in 0..BATCH {
+        let p = r * 5;
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(${}::text::uuid, to_timestamp(${}::float8 / 1e9), ${}, ${}, ${}::text::jsonb)",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5
+        ));
+    }
+    let lsn = admin.wal_lsn()?;
+    let figures = drive(batches, o.clients, &|c, batch| {
+        let conn = conns[c].lock().map_err(|_| anyhow!("poisoned"))?;
+        let ids: Vec<String> = batch
+            .iter()
+            .map(|e| e.id.map(|i| i.to_string()).unwrap_or_default())
+            .collect();
+        let times: Vec<f64> = batch
+            .iter()
+            .map(|e| e.event_time_ns.unwrap_or(0) as f64)
+            .collect();
+        let payloads: Vec<String> = batch
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
+            .collect();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            Vec::with_capacity(batch.len() * 5);
+        for (i, e) in batch.iter().enumerate() {
+            params.push(&ids[i]);
+            params.push(&times[i]);
+            params.push(&e.kind);
+            params.push(&e.actor_id);
+            params.push(&payloads[i]);
+        }
+        let text = if batch.len() == BATCH {
+            sql.clone()
+        } else {
+            let cut = sql
+                .match_indices("),(")
+                .nth(batch.len() - 1)
+                .map_or(sql.len(), |(i, _)| i + 1);
+            sql[..cut].to_owned()
+        };
+        conn.rt.block_on(conn.client.execute(&text, &params))?;
+        Ok(())
+    })?;
+    let wal = admin.wal_since(&lsn)?;
+    let bytes = (admin.schema_bytes(&schema)? + wal) / o.events as f64;
+    drop(conns);
+    admin.exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+    Ok((figures, bytes))
+}
+
+fn embedded(o: &Opts, batches: &[Vec<PreparedEvent>]) -> Result<(f64, f64)> {
+    let dir =
+        std::env::temp_dir().join(format!("mlaudit-bench-pg-embedded-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let signer =
+        NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow!("{e}"))?;
+    let (store, _) = EmbeddedStore::open(&dir, Some(signer))?;
+    let figures = drive(batches, o.clients, &|_, b| {
+        store.append(b)?;
+        Ok(())
+    })?;
+    store.close()?;
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(figures)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let admin = Sql::connect(&o.url)?;
+    let batches = events(o.events)?;
+    let (f, b) = by_hand(&o, &admin, &batches, false)?;
+    report("pg-insert", &o, f, Some(b));
+    let (f, b) = by_hand(&o, &admin, &batches, true)?;
+    report("pg-trigger", &o, f, Some(b));
+    report("mlaudit-embedded", &o, embedded(&o, &batches)?, None);
+    let (f, b) = mlaudit_pg(&o, &admin, &batches, 1)?;
+    report("mlaudit-postgres", &o, f, Some(b));
+    let (f, b) = mlaudit_pg(&o, &admin, &batches, 3)?;
+    report("mlaudit-postgres-3", &o, f, Some(b));
+    Ok(())
+}
