@@ -30,7 +30,7 @@ const USAGE: &str = "usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M
        mlaudit-bench client [--calls N] [--rate R] [--predict-seconds S] [--dir DIR]
        mlaudit-bench scale [--events N] [--dir DIR]
        mlaudit-bench index [--ids N] [--dir DIR]
-       mlaudit-bench postgres [--events N] [--clients N] [--url postgres://…]";
+       mlaudit-bench postgres [--events N] [--clients N] [--url postgres://…] [--engines E,F]";
 
 /// Runs the named benchmark; errors are one line on stderr and exit status 2 (no backtrace).
 fn main() -> ExitCode {

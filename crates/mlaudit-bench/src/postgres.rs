@@ -12,7 +12,7 @@
 //! * `pg-trigger` — the same table with a hash-chain trigger (each row's hash over the previous
 //!   row's hash and its payload, serialized by an advisory lock).
 //!
-//! Figures: `events_per_s`, `ack_p99_ms` (a batch's append call), and for the PostgreSQL
+//! `--engines a,b` runs only those. Figures: `events_per_s`, `ack_p99_ms` (a batch's append call), and for the PostgreSQL
 //! engines `bytes_per_event` (tables, indexes and the WAL written during the run).
 
 use crate::http::pct;
@@ -34,6 +34,8 @@ struct Opts {
     events: usize,
     clients: usize,
     url: String,
+    /// Only these engines (all when empty).
+    engines: Vec<String>,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -42,6 +44,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         clients: 4,
         url: std::env::var("MLAUDIT_TEST_POSTGRES")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        engines: Vec::new(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -50,6 +53,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--events" => o.events = val()?.parse::<usize>()?.max(BATCH),
             "--clients" => o.clients = val()?.parse::<usize>()?.max(1),
             "--url" => o.url = val()?.clone(),
+            "--engines" => o.engines = val()?.split(',').map(str::to_owned).collect(),
             other => bail!("unknown option {other}"),
         }
     }
@@ -324,14 +328,25 @@ pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let admin = Sql::connect(&o.url)?;
     let batches = events(o.events)?;
-    let (f, b) = by_hand(&o, &admin, &batches, false)?;
-    report("pg-insert", &o, f, Some(b));
-    let (f, b) = by_hand(&o, &admin, &batches, true)?;
-    report("pg-trigger", &o, f, Some(b));
-    report("mlaudit-embedded", &o, embedded(&o, &batches)?, None);
-    let (f, b) = mlaudit_pg(&o, &admin, &batches, 1)?;
-    report("mlaudit-postgres", &o, f, Some(b));
-    let (f, b) = mlaudit_pg(&o, &admin, &batches, 3)?;
-    report("mlaudit-postgres-3", &o, f, Some(b));
+    let wanted = |e: &str| o.engines.is_empty() || o.engines.iter().any(|w| w == e);
+    if wanted("pg-insert") {
+        let (f, b) = by_hand(&o, &admin, &batches, false)?;
+        report("pg-insert", &o, f, Some(b));
+    }
+    if wanted("pg-trigger") {
+        let (f, b) = by_hand(&o, &admin, &batches, true)?;
+        report("pg-trigger", &o, f, Some(b));
+    }
+    if wanted("mlaudit-embedded") {
+        report("mlaudit-embedded", &o, embedded(&o, &batches)?, None);
+    }
+    if wanted("mlaudit-postgres") {
+        let (f, b) = mlaudit_pg(&o, &admin, &batches, 1)?;
+        report("mlaudit-postgres", &o, f, Some(b));
+    }
+    if wanted("mlaudit-postgres-3") {
+        let (f, b) = mlaudit_pg(&o, &admin, &batches, 3)?;
+        report("mlaudit-postgres-3", &o, f, Some(b));
+    }
     Ok(())
 }

@@ -13,7 +13,7 @@
 use crate::queue::{self, Call, Origin};
 use crate::{pool, Inner, PgError, Request};
 use futures_util::pin_mut;
-use mlaudit_core::entry::{self, EntryRef, EventId, MAX_ID_LEN};
+use mlaudit_core::entry::{self, EntryRef, EventId, SubjectField, MAX_ID_LEN};
 use mlaudit_core::event::{PreparedEvent, Stage, MAX_EVENT_BYTES};
 use mlaudit_core::merkle::{leaf_hash, CompactRange, Hash, NodeSource};
 use mlaudit_core::note::{open_checkpoint, Checkpoint, NoteSigner};
@@ -27,6 +27,15 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
+/// The subject fields queries filter on: the only ones `subjects` lists (the entry keeps all).
+pub(crate) const QUERIED: [SubjectField; 5] = [
+    SubjectField::Model,
+    SubjectField::Version,
+    SubjectField::Run,
+    SubjectField::Dataset,
+    SubjectField::Deployment,
+];
+
 /// How often an idle sequencer looks for queued batches.
 const TICK: Duration = Duration::from_millis(5);
 /// Events gathered into one group commit at most.
@@ -37,6 +46,8 @@ const MAX_QUEUED_BATCHES: i64 = 200;
 /// The elected sequencer's connection and state.
 pub(crate) struct Sequencer {
     client: Client,
+    /// `known_ids`' statement, prepared once per connection.
+    lookup: tokio_postgres::Statement,
     range: CompactRange,
     note: String,
 }
@@ -151,8 +162,12 @@ async fn take_over(inner: &Inner, signer: &NoteSigner) -> Result<Option<Sequence
     inner.size.fetch_max(size, Ordering::AcqRel);
     inner.sequencer.store(true, Ordering::Release);
     tracing::info!(tree_size = size, "this process is now the sequencer");
+    let lookup = client
+        .prepare("SELECT seq, substring(entry FROM 42 FOR 32), id FROM entries WHERE id = ANY($1)")
+        .await?;
     Ok(Some(Sequencer {
         client,
+        lookup,
         range,
         note,
     }))
@@ -306,7 +321,7 @@ impl Sequencer {
                     .get_or_insert_with(|| EventId(*uuid::Uuid::new_v4().as_bytes()));
             }
         }
-        let known = known_ids(&tx, calls).await?;
+        let known = known_ids(&tx, &self.lookup, calls).await?;
         let mut range = self.range.clone();
         let (outcomes, new) = decide(calls, &known, range.size());
         let receipt_ns = now_ns();
@@ -341,6 +356,7 @@ impl Sequencer {
 /// Seq and payload digest of every id of the group already in the log.
 async fn known_ids(
     tx: &Transaction<'_>,
+    lookup: &tokio_postgres::Statement,
     calls: &[Call],
 ) -> Result<HashMap<EventId, (u64, [u8; 32])>, PgError> {
     let ids: Vec<&[u8]> = calls
@@ -351,15 +367,15 @@ async fn known_ids(
                 .filter_map(|e| e.id.as_ref().map(|id| &id.0[..]))
         })
         .collect();
-    let rows = tx
-        .query("SELECT entry FROM entries WHERE id = ANY($1)", &[&ids])
-        .await?;
+    let rows = tx.query(lookup, &[&ids]).await?;
     let mut known = HashMap::with_capacity(rows.len());
     for row in rows {
-        let bytes: &[u8] = row.get(0);
-        let e = entry::decode_view(bytes)
-            .map_err(|e| PgError::Corrupt(format!("an entry does not decode: {e}")))?;
-        known.insert(e.id, (e.seq, e.payload_sha256));
+        // The payload digest sits at bytes 41..73 of the entry header (docs/FORMAT.md §1).
+        let digest = <[u8; 32]>::try_from(row.get::<_, &[u8]>(1))
+            .map_err(|_| PgError::Corrupt("an entry is too short for its payload digest".into()))?;
+        let id = <[u8; 16]>::try_from(row.get::<_, &[u8]>(2))
+            .map_err(|_| PgError::Corrupt("an entry id is not 16 bytes".into()))?;
+        known.insert(EventId(id), (to_u64(row.get(0))?, digest));
     }
     Ok(known)
 }
@@ -540,7 +556,7 @@ async fn write_events(
     .await?;
     pin_mut!(subjects);
     for (i, n) in new.iter().enumerate() {
-        for (field, value) in &n.ev.subjects {
+        for (field, value) in n.ev.subjects.iter().filter(|(f, _)| QUERIED.contains(f)) {
             let row: [&(dyn ToSql + Sync); 3] =
                 [&i16::from(field.code()), value, &to_i64(first + i as u64)];
             subjects.as_mut().write(&row).await?;
