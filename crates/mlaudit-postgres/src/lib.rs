@@ -8,6 +8,7 @@
 //! * [`queue`] — how a server that is not the sequencer appends: it queues the batch in
 //!   `pending` and answers once the sequencer has sequenced it.
 //! * [`read`] — reads, queries and proofs' material, by SQL.
+//! * [`tokens`] — the servers' shared API token table.
 //!
 //! **Invariants:**
 //! * Entries, payloads, subjects, nodes and the checkpoint of a group are committed in one
@@ -28,6 +29,7 @@ pub mod queue;
 pub mod read;
 pub mod schema;
 pub mod sequencer;
+pub mod tokens;
 pub mod url;
 
 use mlaudit_core::event::PreparedEvent;
@@ -141,6 +143,8 @@ pub(crate) struct Inner {
     pub takeovers: AtomicU64,
     pub syncs: AtomicU64,
     pub synced_events: AtomicU64,
+    /// The newest version of the token table seen.
+    pub tokens_version: AtomicU64,
     /// Queued batches waiting for their outcome, by batch id.
     pub waiters: Mutex<HashMap<[u8; 16], queue::Waiter>>,
     /// The advisory lock that elects the sequencer of this schema.
@@ -247,6 +251,7 @@ impl PostgresStore {
             takeovers: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             synced_events: AtomicU64::new(0),
+            tokens_version: AtomicU64::new(0),
             waiters: Mutex::new(HashMap::new()),
             holder: format!("{host}:{}", std::process::id()),
         });

@@ -27,12 +27,27 @@ pub(crate) async fn latest_size(inner: &Inner) -> Result<Option<u64>, PgError> {
     row.get::<_, Option<i64>>(0).map(to_u64).transpose()
 }
 
-/// Keeps this process's idea of the tree size up to date with other processes' appends.
+/// Keeps this process's idea of the tree size and of the token table's version up to date
+/// with other processes' changes.
 pub(crate) async fn follow_size(inner: Arc<Inner>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Ok(Some(size)) = latest_size(&inner).await {
-            inner.size.fetch_max(size, Ordering::AcqRel);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(conn) = inner.pool.get().await else {
+            continue;
+        };
+        let row = conn
+            .query_one(
+                "SELECT (SELECT max(size) FROM checkpoints), (SELECT max(version) FROM token_docs)",
+                &[],
+            )
+            .await;
+        if let Ok(row) = row {
+            if let Some(Ok(size)) = row.get::<_, Option<i64>>(0).map(to_u64) {
+                inner.size.fetch_max(size, Ordering::AcqRel);
+            }
+            if let Some(Ok(version)) = row.get::<_, Option<i64>>(1).map(to_u64) {
+                inner.tokens_version.fetch_max(version, Ordering::AcqRel);
+            }
         }
     }
 }

@@ -4,6 +4,8 @@
 //! **Invariants:**
 //! * `schema_migrations` lists every migration applied; a store refuses to open a schema newer
 //!   than the newest migration it knows.
+//! * The API tokens of every server of the log are one table, kept as versions in
+//!   `token_docs` (the newest row is the table; a change inserts a new version).
 //! * Every log table refuses UPDATE, DELETE and TRUNCATE by trigger, whoever asks, and the
 //!   servers' role is granted only SELECT and INSERT on them. `pending`, the queue of batches
 //!   waiting for the sequencer, is the one table rows leave: the sequencer deletes a batch in
@@ -13,7 +15,7 @@ use crate::PgError;
 use tokio_postgres::Client;
 
 /// The log tables: append-only by trigger and by grant.
-pub const LOG_TABLES: [&str; 8] = [
+pub const LOG_TABLES: [&str; 9] = [
     "entries",
     "payloads",
     "subjects",
@@ -21,6 +23,7 @@ pub const LOG_TABLES: [&str; 8] = [
     "checkpoints",
     "outcomes",
     "takeovers",
+    "token_docs",
     "schema_migrations",
 ];
 
@@ -99,6 +102,12 @@ CREATE TABLE takeovers (
     at        timestamptz NOT NULL DEFAULT now(),
     holder    text NOT NULL,
     tree_size bigint NOT NULL
+);
+
+CREATE TABLE token_docs (
+    version    bigserial PRIMARY KEY,
+    doc        bytea NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE FUNCTION refuse_change() RETURNS trigger LANGUAGE plpgsql AS $fn$

@@ -8,7 +8,8 @@
 //! * Tokens themselves, and their file, are [`token_file`](crate::auth::Tokens).
 
 pub use crate::token_file::{
-    access_changed_event, Change, ChangeError, Staged, TokenError, TokenRecord, Tokens,
+    access_changed_event, Change, ChangeError, FileDoc, Staged, TokenDoc, TokenError, TokenRecord,
+    Tokens,
 };
 
 /// What a token may do.

@@ -533,6 +533,9 @@ async fn authorize(
         // carry.
         Some(_) if declared == Access::Public => Principal::anonymous(),
         Some(tokens) => {
+            if let Err(e) = refresh_tokens(tokens).await {
+                return (e.into_response(), None);
+            }
             let presented = match presented_token(state, route, &req) {
                 Ok(t) => t.map(std::borrow::Cow::into_owned),
                 Err(e) => return (e.into_response(), None),
@@ -659,4 +662,29 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     conn::serve(listener, state, conn::ConnConfig::default(), None, shutdown).await
+}
+
+/// Reads a shared token table again when another server has changed it, so that a creation
+/// or revocation made anywhere holds here before the next request is authenticated.
+async fn refresh_tokens(tokens: &Arc<RwLock<Tokens>>) -> Result<(), ApiError> {
+    let poisoned = || ApiError::Internal("the token table lock is poisoned".into());
+    if !tokens.read().map_err(|_| poisoned())?.is_stale() {
+        return Ok(());
+    }
+    let table = tokens.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+        let fresh = table
+            .read()
+            .map_err(|_| poisoned())?
+            .reloaded()
+            .map_err(|e| {
+                ApiError::Store(mlaudit_store::StoreError::Unavailable(format!(
+                    "reading the token table: {e}"
+                )))
+            })?;
+        *table.write().map_err(|_| poisoned())? = fresh;
+        Ok(())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("token task failed: {e}")))?
 }

@@ -31,7 +31,89 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+/// Where a token table is kept: the data directory's `tokens.json` ([`FileDoc`]), or a store
+/// every server of one log shares (the PostgreSQL engine), so that a change made on one
+/// server holds on all of them.
+pub trait TokenDoc: Send + Sync + std::fmt::Debug {
+    /// The stored table (`None` before the first change) and its version.
+    fn read(&self) -> Result<(Option<Vec<u8>>, u64), String>;
+    /// Stores a new table, durably; returns its version.
+    fn write(&self, bytes: &[u8]) -> Result<u64, String>;
+    /// Holds the lock that serializes changes between processes until the guard is dropped.
+    fn lock(&self) -> Result<Box<dyn std::any::Any + Send>, String>;
+    /// The newest version known without blocking: a table loaded at an older version is stale
+    /// and is read again before it authenticates anyone. A file is never stale (`0`).
+    fn latest(&self) -> u64 {
+        0
+    }
+    /// Where it is, for messages.
+    fn name(&self) -> String;
+}
+
+/// A token table in a file (mode 0600), replaced atomically, locked with `flock` on a
+/// `.lock` file beside it.
+#[derive(Debug)]
+pub struct FileDoc {
+    path: PathBuf,
+}
+
+impl FileDoc {
+    pub fn new(path: &Path) -> FileDoc {
+        FileDoc {
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl TokenDoc for FileDoc {
+    fn read(&self) -> Result<(Option<Vec<u8>>, u64), String> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => Ok((Some(bytes), 0)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((None, 0)),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn write(&self, text: &[u8]) -> Result<u64, String> {
+        let tmp = self.path.with_extension("json.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        f.write_all(text)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| e.to_string())?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        Ok(0)
+    }
+
+    fn lock(&self) -> Result<Box<dyn std::any::Any + Send>, String> {
+        let path = self.path.with_extension("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.lock().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Box::new(f))
+    }
+
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+}
 
 /// One stored token (never the token itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,16 +206,18 @@ pub struct Staged {
 /// The token file of a data directory.
 #[derive(Debug)]
 pub struct Tokens {
-    path: PathBuf,
+    doc: Arc<dyn TokenDoc>,
+    /// The version of the table loaded.
+    version: u64,
     file: TokenFile,
     /// Parsed hashes of the tokens that authenticate (active, not pending creation), with
     /// their index in `file.tokens`, and expiry in unix ns.
     active: Vec<(Hash, usize, Option<i64>)>,
 }
 
-fn file_err(path: &Path, problem: impl std::fmt::Display) -> TokenError {
+fn file_err(path: &str, problem: impl std::fmt::Display) -> TokenError {
     TokenError::File {
-        path: path.display().to_string(),
+        path: path.to_owned(),
         problem: problem.to_string(),
     }
 }
@@ -183,13 +267,20 @@ impl Tokens {
     /// Loads `path`, or starts empty if it does not exist. Pending changes are left for
     /// [`Tokens::reconcile`].
     pub fn load(path: &Path) -> Result<Tokens, TokenError> {
-        let file = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| file_err(path, e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
-            Err(e) => return Err(file_err(path, e)),
+        Tokens::load_from(Arc::new(FileDoc::new(path)))
+    }
+
+    /// Loads the table kept in `doc` (empty if it holds none yet).
+    pub fn load_from(doc: Arc<dyn TokenDoc>) -> Result<Tokens, TokenError> {
+        let name = doc.name();
+        let (bytes, version) = doc.read().map_err(|e| file_err(&name, e))?;
+        let file = match bytes {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| file_err(&name, e))?,
+            None => TokenFile::default(),
         };
         let mut t = Tokens {
-            path: path.to_owned(),
+            doc,
+            version,
             file,
             active: Vec::new(),
         };
@@ -197,20 +288,15 @@ impl Tokens {
         Ok(t)
     }
 
-    /// Takes the exclusive lock (`tokens.lock` beside the token file at `path`) that
-    /// serializes token changes between processes, and threads: each call opens its own
-    /// descriptor. Blocks until it is free.
-    fn lock(path: &Path) -> Result<File, TokenError> {
-        let path = path.with_extension("lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| file_err(&path, e))?;
-        f.lock().map_err(|e| file_err(&path, e))?;
-        Ok(f)
+    /// Whether another process has changed the table since it was loaded (only a shared
+    /// table can be).
+    pub fn is_stale(&self) -> bool {
+        self.doc.latest() > self.version
+    }
+
+    /// The table as stored now, for replacing a stale one.
+    pub fn reloaded(&self) -> Result<Tokens, TokenError> {
+        Tokens::load_from(self.doc.clone())
     }
 
     fn reindex(&mut self) -> Result<(), TokenError> {
@@ -221,7 +307,7 @@ impl Tokens {
             };
             let hash = Hash::from_hex(&rec.sha256).ok_or_else(|| {
                 file_err(
-                    &self.path,
+                    &self.doc.name(),
                     format!("token {:?} has a malformed hash", rec.name),
                 )
             })?;
@@ -229,7 +315,7 @@ impl Tokens {
                 None => None,
                 Some(t) => Some(parse_time(t).ok_or_else(|| {
                     file_err(
-                        &self.path,
+                        &self.doc.name(),
                         format!("token {:?} has a malformed expiry", rec.name),
                     )
                 })?),
@@ -239,25 +325,10 @@ impl Tokens {
         Ok(())
     }
 
-    fn save(&self) -> Result<(), TokenError> {
-        let tmp = self.path.with_extension("json.tmp");
-        let text = serde_json::to_vec_pretty(&self.file).map_err(|e| file_err(&self.path, e))?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| file_err(&tmp, e))?;
-        f.write_all(&text)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| file_err(&tmp, e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| file_err(&self.path, e))?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| file_err(dir, e))?;
-        }
+    fn save(&mut self) -> Result<(), TokenError> {
+        let name = self.doc.name();
+        let text = serde_json::to_vec_pretty(&self.file).map_err(|e| file_err(&name, e))?;
+        self.version = self.doc.write(&text).map_err(|e| file_err(&name, e))?;
         Ok(())
     }
 
@@ -307,11 +378,11 @@ impl Tokens {
         change: Change,
         now_ns: i64,
     ) -> Result<Staged, ChangeError> {
-        let poisoned = || file_err(Path::new("tokens.json"), "the token table lock is poisoned");
-        let path = tokens.read().map_err(|_| poisoned())?.path.clone();
-        let _lock = Tokens::lock(&path)?;
-        // Another process may have changed the file since it was loaded: start from disk.
-        let mut next = Tokens::load(&path)?;
+        let poisoned = || file_err("tokens", "the token table lock is poisoned");
+        let doc = tokens.read().map_err(|_| poisoned())?.doc.clone();
+        let _lock = doc.lock().map_err(|e| file_err(&doc.name(), e))?;
+        // Another process may have changed the table since it was loaded: start from storage.
+        let mut next = Tokens::load_from(doc)?;
         let (mut staged, index, event) = next.stage(change, actor, now_ns)?;
         next.save()?;
         let appended = prepare_reserved(&event, &actor.name)
@@ -440,7 +511,7 @@ impl Tokens {
             staged.role,
             what,
         ))
-        .map_err(|e| file_err(&self.path, e))?;
+        .map_err(|e| file_err(&self.doc.name(), e))?;
         event["id"] = serde_json::Value::String(id.to_string());
         if let Some(expires) = &self.file.tokens[index].expires {
             event["attributes"]["expires"] = serde_json::Value::String(expires.clone());
@@ -490,10 +561,10 @@ impl Tokens {
                 continue;
             };
             let id = EventId::parse(&p.event_id)
-                .ok_or_else(|| file_err(&self.path, "a pending change has a malformed id"))?;
+                .ok_or_else(|| file_err(&self.doc.name(), "a pending change has a malformed id"))?;
             let logged = store
                 .seq_of(&id)
-                .map_err(|e| file_err(&self.path, e))?
+                .map_err(|e| file_err(&self.doc.name(), e))?
                 .is_some();
             let name = self.file.tokens[i].name.clone();
             said.push(if logged {

@@ -405,7 +405,7 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
     let tokens = if args.danger_no_auth {
         None
     } else {
-        let tokens = crate::token::load_reconciled(data, &*store)?;
+        let tokens = crate::token::load_reconciled(data, &store)?;
         if tokens.list().iter().all(|t| t.revoked.is_some()) {
             eprintln!("mlaudit: no active token yet: create one with `mlaudit token create --role writer --name NAME` (or serve with --danger-no-auth for a local trial)");
         }

@@ -4,13 +4,14 @@
 //! crash are completed or undone first ([`Tokens::reconcile`]).
 
 use crate::append::local_principal;
-use crate::ledger::{self, InputError};
+use crate::ledger::{self, InputError, Ledger};
 use anyhow::Result;
-use mlaudit_server::auth::{now_ns, Change, ChangeError, Principal, Role, TokenError, Tokens};
+use mlaudit_server::auth::{
+    now_ns, Change, ChangeError, FileDoc, Principal, Role, TokenDoc, TokenError, Tokens,
+};
 use mlaudit_server::parse_duration_ns;
-use mlaudit_store::Store;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// Token subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -63,10 +64,47 @@ fn input(e: ChangeError) -> anyhow::Error {
     }
 }
 
-/// Loads the token file and completes or undoes any change a crash left half-done, saying so.
-pub fn load_reconciled(data: &Path, store: &dyn Store) -> Result<Tokens> {
-    let mut tokens = Tokens::load(&tokens_path(data))?;
-    for line in tokens.reconcile(store)? {
+/// The token table of a log in PostgreSQL, shared by every server of it.
+#[derive(Debug)]
+struct SharedTokens(Arc<Ledger>);
+
+impl SharedTokens {
+    fn pg(&self) -> Result<&mlaudit_postgres::PostgresStore, String> {
+        match &*self.0 {
+            Ledger::Postgres(p) => Ok(p),
+            Ledger::Embedded(_) => Err("the embedded store keeps its tokens in a file".into()),
+        }
+    }
+}
+
+impl TokenDoc for SharedTokens {
+    fn read(&self) -> Result<(Option<Vec<u8>>, u64), String> {
+        self.pg()?.tokens_read().map_err(|e| e.to_string())
+    }
+    fn write(&self, bytes: &[u8]) -> Result<u64, String> {
+        self.pg()?.tokens_write(bytes).map_err(|e| e.to_string())
+    }
+    fn lock(&self) -> Result<Box<dyn std::any::Any + Send>, String> {
+        let guard = self.pg()?.tokens_lock().map_err(|e| e.to_string())?;
+        Ok(Box::new(guard))
+    }
+    fn latest(&self) -> u64 {
+        self.pg().map_or(0, |p| p.tokens_version())
+    }
+    fn name(&self) -> String {
+        "the token table in PostgreSQL".into()
+    }
+}
+
+/// Loads the token table (the data directory's file, or the table every server of a log in
+/// PostgreSQL shares) and completes or undoes any change a crash left half-done, saying so.
+pub fn load_reconciled(data: &Path, store: &Arc<Ledger>) -> Result<Tokens> {
+    let doc: Arc<dyn TokenDoc> = match &**store {
+        Ledger::Postgres(_) => Arc::new(SharedTokens(store.clone())),
+        Ledger::Embedded(_) => Arc::new(FileDoc::new(&tokens_path(data))),
+    };
+    let mut tokens = Tokens::load_from(doc)?;
+    for line in tokens.reconcile(&**store)? {
         eprintln!("mlaudit: tokens: {line}");
     }
     Ok(tokens)
@@ -74,14 +112,14 @@ pub fn load_reconciled(data: &Path, store: &dyn Store) -> Result<Tokens> {
 
 pub fn run(data: &Path, cmd: TokenCommand) -> Result<()> {
     // Opening the log first: a running server (which holds it) stops us before any change.
-    let store = ledger::open(data)?;
+    let store = Arc::new(ledger::open(data)?);
     let tokens = RwLock::new(load_reconciled(data, &store)?);
     let actor = Principal {
         name: local_principal(),
         role: Some(Role::Admin),
     };
     let apply =
-        |change: Change| Tokens::apply(&tokens, &store, &actor, change, now_ns()).map_err(input);
+        |change: Change| Tokens::apply(&tokens, &*store, &actor, change, now_ns()).map_err(input);
     match cmd {
         TokenCommand::Create {
             role: r,

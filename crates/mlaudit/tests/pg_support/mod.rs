@@ -99,8 +99,34 @@ impl PgLog {
             .unwrap()
     }
 
-    /// Starts a server with a data directory of its own (`n`), sharing the key.
+    /// Starts a server with a data directory of its own (`n`), sharing the key, without
+    /// authentication.
     pub fn serve(&self, n: usize) -> Server {
+        self.serve_with(n, &["--danger-no-auth"])
+    }
+
+    /// Starts a server that authenticates with the log's shared token table.
+    pub fn serve_auth(&self, n: usize) -> Server {
+        self.serve_with(n, &[])
+    }
+
+    /// Creates a token from the command line; returns it.
+    pub fn token(&self, role: &str, name: &str) -> String {
+        let out = self.cli(&["token", "create", "--role", role, "--name", name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn serve_with(&self, n: usize, extra: &[&str]) -> Server {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let data = self.dir.join(format!("server-{n}"));
@@ -109,16 +135,16 @@ impl PgLog {
             .arg(&data)
             .arg("--store")
             .arg(self.url())
-            .args([
-                "serve",
-                "--danger-no-auth",
-                "--listen",
-                &addr.to_string(),
-                "--key",
-            ])
+            .args(["serve", "--listen", &addr.to_string()])
+            .args(extra)
+            .arg("--key")
             .arg(self.key())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if std::env::var_os("MLAUDIT_TEST_SERVER_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
         let mut server = Server { child, addr };
@@ -228,7 +254,19 @@ pub fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
 
 /// Posts NDJSON on a keep-alive connection; returns (status, body).
 pub fn post(conn: &mut Conn, body: &str) -> std::io::Result<(u16, String)> {
-    let head = format!("POST /v1/events HTTP/1.1\r\nHost: t\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\n\r\n", body.len());
+    post_as(conn, None, "/v1/events", "application/x-ndjson", body)
+}
+
+/// Posts `body` to `path` with a bearer token, if any.
+pub fn post_as(
+    conn: &mut Conn,
+    token: Option<&str>,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!("POST {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n", body.len());
     conn.1.write_all(head.as_bytes())?;
     conn.1.write_all(body.as_bytes())?;
     read_reply(conn)
