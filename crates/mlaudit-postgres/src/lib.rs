@@ -64,6 +64,14 @@ pub enum PgError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// The connection failed while a group was committing and its outcome could not be read
+    /// back: the events may or may not be stored.
+    #[error("the outcome is unknown: the connection to PostgreSQL failed while committing ({0}); the events may be stored — a retry with the same event ids is deduplicated")]
+    Unknown(String),
+    #[error("the database's encoding is {0}; mlaudit needs a UTF8 database (CREATE DATABASE … ENCODING 'UTF8')")]
+    Encoding(String),
+    #[error("the log in this schema is signed by another key: {0}")]
+    WrongKey(String),
     #[error("the log in PostgreSQL is damaged: {0}")]
     Corrupt(String),
     #[error("a lock was poisoned by a panic")]
@@ -79,7 +87,7 @@ impl PgError {
 }
 
 /// The server's message and detail, when the error came from the server.
-fn db_message(e: &tokio_postgres::Error) -> String {
+pub(crate) fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {
             Some(d) => format!("{} ({d})", db.message()),
@@ -169,6 +177,31 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
+/// Refuses a database whose text is not UTF-8 (event text could not be stored as given).
+async fn check_encoding(client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let row = client.query_one("SHOW server_encoding", &[]).await?;
+    let encoding: String = row.get(0);
+    if encoding.eq_ignore_ascii_case("UTF8") {
+        Ok(())
+    } else {
+        Err(PgError::Encoding(encoding))
+    }
+}
+
+/// Refuses a signing key that does not verify the log's latest checkpoint.
+async fn check_key(client: &tokio_postgres::Client, signer: &NoteSigner) -> Result<(), PgError> {
+    let row = client
+        .query_one(
+            "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    let note: String = row.get(0);
+    mlaudit_core::note::open_checkpoint(&signer.verifier(), &note)
+        .map(|_| ())
+        .map_err(|e| PgError::WrongKey(e.to_string()))
+}
+
 /// The lock key of a schema's sequencer: stable across processes and builds.
 fn lock_key(schema: &str) -> i64 {
     let digest = mlaudit_core::merkle::sha256(format!("mlaudit-sequencer:{schema}").as_bytes());
@@ -202,7 +235,9 @@ impl PostgresStore {
                 true,
             )
             .await?;
+            check_encoding(&client).await?;
             sequencer::sign_empty_tree(&client, &signer).await?;
+            check_key(&client, &signer).await?;
             Ok::<bool, PgError>(found == 0)
         })?;
         let store = PostgresStore::start(rt, parsed, Some(signer), Options::default())?;
@@ -220,6 +255,7 @@ impl PostgresStore {
         let rt = runtime()?;
         rt.block_on(async {
             let mut client = pool::connect(&parsed).await?;
+            check_encoding(&client).await?;
             schema::migrate(
                 &mut client,
                 &parsed.schema,
@@ -227,7 +263,11 @@ impl PostgresStore {
                 parsed.owner_role.as_deref(),
                 false,
             )
-            .await
+            .await?;
+            match &signer {
+                Some(s) => check_key(&client, s).await,
+                None => Ok(()),
+            }
         })?;
         PostgresStore::start(rt, parsed, signer, options)
     }

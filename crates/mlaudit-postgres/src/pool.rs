@@ -122,9 +122,16 @@ pub async fn connect(url: &StoreUrl) -> Result<Client, PgError> {
         // The error surfaces to the client's next call as a closed connection.
         let _ = connection.await;
     });
+    // The server notices a vanished client (and frees its locks, the sequencer's among them)
+    // within about 25 s. A commit is never acknowledged before it is durable on this server:
+    // `off` and `local` are raised to `on`, stronger settings (`remote_apply`) are kept.
     client
         .batch_execute(&format!(
-            "SET search_path TO {}; SET statement_timeout = {STATEMENT_TIMEOUT_MS}; SET idle_in_transaction_session_timeout = {STATEMENT_TIMEOUT_MS}",
+            "SET search_path TO \"{}\"; SET statement_timeout = {STATEMENT_TIMEOUT_MS};
+             SET idle_in_transaction_session_timeout = {STATEMENT_TIMEOUT_MS};
+             SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3;
+             SELECT set_config('synchronous_commit', 'on', false)
+                 WHERE current_setting('synchronous_commit') IN ('off', 'local')",
             url.schema
         ))
         .await?;

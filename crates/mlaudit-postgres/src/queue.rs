@@ -50,6 +50,9 @@ pub(crate) struct Waiter {
 
 /// Queues a batch for the sequencer and registers its caller.
 pub(crate) async fn enqueue(inner: Arc<Inner>, mut r: Request) {
+    if r.events.is_empty() {
+        return (r.done)(latest_receipt(&inner).await.map_err(StoreError::from));
+    }
     for ev in &mut r.events {
         ev.id
             .get_or_insert_with(|| EventId(*uuid::Uuid::new_v4().as_bytes()));
@@ -129,6 +132,22 @@ async fn insert(inner: &Inner, batch: &[u8; 16], events: &[PreparedEvent]) -> Re
 /// A queued event's place in its batch and the event, or why it does not decode.
 type QueuedRow = (i32, Result<PreparedEvent, String>);
 
+/// The receipt of an empty batch: the latest checkpoint.
+async fn latest_receipt(inner: &Inner) -> Result<AppendReceipt, PgError> {
+    let conn = inner.pool.get().await?;
+    let row = conn
+        .query_one(
+            "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(AppendReceipt {
+        events: Vec::new(),
+        tree_size: to_u64(row.get(0))?,
+        checkpoint: row.get(1),
+    })
+}
+
 /// Takes up to `max` queued batches, oldest first, deleting them in the sequencer's
 /// transaction (so that a failed group leaves them queued).
 pub(crate) async fn take(tx: &Transaction<'_>, max: i64) -> Result<Vec<Call>, PgError> {
@@ -178,6 +197,17 @@ fn decode(header: &[u8], timed: bool, payload: &[u8]) -> Result<PreparedEvent, S
     if sha256(payload) != e.payload_sha256 || payload.len() as u64 != u64::from(e.payload_len) {
         return Err("the queued payload does not match its digest".into());
     }
+    // What a client's event could not contain either (and what PostgreSQL's text refuses).
+    let texts = [&e.kind, &e.actor_id, &e.principal]
+        .into_iter()
+        .chain(e.subjects.iter().map(|(_, v)| v));
+    for text in texts {
+        if text.chars().any(mlaudit_core::event::is_forbidden_char) {
+            return Err(
+                "the queued event holds a control or bidirectional-override character".into(),
+            );
+        }
+    }
     Ok(PreparedEvent {
         id: Some(e.id),
         event_time_ns: timed.then_some(e.event_time_ns),
@@ -220,10 +250,11 @@ pub(crate) async fn record_outcome(
             .await?;
         }
         Err(e) => {
-            let (index, id) = match e {
-                StoreError::Conflict { index, id } => (*index, Some(&id.0[..])),
-                StoreError::Rejected { index, .. } => (*index, None),
-                _ => (0, None),
+            // The problem alone: the waiter wraps it in its own `Rejected` again.
+            let (index, id, problem) = match e {
+                StoreError::Conflict { index, id } => (*index, Some(&id.0[..]), e.to_string()),
+                StoreError::Rejected { index, problem } => (*index, None, problem.clone()),
+                other => (0, None, other.to_string()),
             };
             let index = i32::try_from(index).unwrap_or(i32::MAX);
             tx.execute(
@@ -233,7 +264,7 @@ pub(crate) async fn record_outcome(
                     &none_i64,
                     &None::<Vec<i64>>,
                     &None::<Vec<bool>>,
-                    &Some(e.to_string()),
+                    &Some(problem),
                     &Some(index),
                     &id,
                 ],
@@ -258,7 +289,7 @@ pub(crate) async fn watch(inner: Arc<Inner>) {
         if let Err(e) = answer(&inner, &batches).await {
             tracing::warn!(error = %e, "looking up queued batches' outcomes failed; retrying");
         }
-        expire(&inner);
+        expire(&inner).await;
     }
 }
 
@@ -266,25 +297,49 @@ fn take_waiter(inner: &Inner, batch: &[u8; 16]) -> Option<Waiter> {
     inner.waiters.lock().ok()?.remove(batch)
 }
 
-fn expire(inner: &Inner) {
+/// Withdraws the batches whose callers have waited too long: a batch still in `pending` is
+/// deleted and its caller told it was not stored, which is then true; a batch the sequencer
+/// has already taken keeps its caller waiting for its outcome.
+async fn expire(inner: &Inner) {
     let now = Instant::now();
-    let late: Vec<Waiter> = match inner.waiters.lock() {
-        Ok(mut w) => {
-            let keys: Vec<[u8; 16]> = w
-                .iter()
-                .filter(|(_, v)| v.deadline <= now)
-                .map(|(k, _)| *k)
-                .collect();
-            keys.iter().filter_map(|k| w.remove(k)).collect()
-        }
+    let late: Vec<[u8; 16]> = match inner.waiters.lock() {
+        Ok(w) => w
+            .iter()
+            .filter(|(_, v)| v.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect(),
         Err(_) => return,
     };
-    for w in late {
-        (w.done)(Err(StoreError::Unavailable(format!(
-            "no sequencer took the batch within {} s: it is queued and will be stored when one does (a retry with the same ids is deduplicated)",
-            inner.options.sequencing_timeout.as_secs()
-        ))));
+    for batch in late {
+        match withdraw(inner, &batch).await {
+            Ok(true) => {
+                if let Some(w) = take_waiter(inner, &batch) {
+                    (w.done)(Err(StoreError::Unavailable(format!(
+                        "no sequencer took the batch within {} s; it was withdrawn and nothing of it was stored",
+                        inner.options.sequencing_timeout.as_secs()
+                    ))));
+                }
+            }
+            Ok(false) => {
+                if let Ok(mut w) = inner.waiters.lock() {
+                    if let Some(w) = w.get_mut(&batch) {
+                        w.deadline = now + inner.options.sequencing_timeout;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "withdrawing a late batch failed; retrying"),
+        }
     }
+}
+
+/// Deletes a queued batch unless the sequencer took it; whether it was still queued. (The
+/// DELETE waits for a sequencer transaction that holds the batch's rows.)
+async fn withdraw(inner: &Inner, batch: &[u8; 16]) -> Result<bool, PgError> {
+    let conn = inner.pool.get().await?;
+    let n = conn
+        .execute("DELETE FROM pending WHERE batch = $1", &[&&batch[..]])
+        .await?;
+    Ok(n > 0)
 }
 
 async fn answer(inner: &Inner, batches: &[[u8; 16]]) -> Result<(), PgError> {

@@ -135,7 +135,8 @@ pub async fn migrate(
     )
     .await?;
     if let Some(owner) = owner_role {
-        tx.batch_execute(&format!("SET LOCAL ROLE {owner}")).await?;
+        tx.batch_execute(&format!("SET LOCAL ROLE \"{owner}\""))
+            .await?;
     }
     let found: i32 = current_version(&tx, schema).await?.unwrap_or(0);
     if found == 0 && !create {
@@ -153,7 +154,7 @@ pub async fn migrate(
     }
     if found == 0 {
         tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}; SET LOCAL search_path TO {schema};
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET LOCAL search_path TO \"{schema}\";
              CREATE TABLE schema_migrations (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());"
         ))
         .await
@@ -191,7 +192,7 @@ async fn current_version(
     }
     let row = tx
         .query_one(
-            &format!("SELECT max(version) FROM {schema}.schema_migrations"),
+            &format!("SELECT max(version) FROM \"{schema}\".schema_migrations"),
             &[],
         )
         .await?;
@@ -233,11 +234,11 @@ async fn grant(
     }
     let tables = LOG_TABLES.join(", ");
     tx.batch_execute(&format!(
-        "GRANT USAGE ON SCHEMA {schema} TO {app_role};
-         REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {app_role};
-         GRANT SELECT, INSERT ON {tables} TO {app_role};
-         GRANT SELECT, INSERT, DELETE ON pending TO {app_role};
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {app_role};"
+        "GRANT USAGE ON SCHEMA \"{schema}\" TO \"{app_role}\";
+         REVOKE ALL ON ALL TABLES IN SCHEMA \"{schema}\" FROM \"{app_role}\";
+         GRANT SELECT, INSERT ON {tables} TO \"{app_role}\";
+         GRANT SELECT, INSERT, DELETE ON pending TO \"{app_role}\";
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{app_role}\";"
     ))
     .await?;
     Ok(())

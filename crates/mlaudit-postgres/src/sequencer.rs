@@ -289,12 +289,13 @@ impl Sequencer {
                 Ok(())
             }
             Err(e) => {
-                let why = e.to_string();
+                let why = match &e {
+                    PgError::Unknown(_) => e.to_string(),
+                    other => format!("not stored (the sequencer's transaction failed): {other}"),
+                };
                 for call in calls {
                     if let Some(done) = local_done(&mut dones, &call) {
-                        done(Err(StoreError::Unavailable(format!(
-                            "not stored (the sequencer's transaction failed): {why}"
-                        ))));
+                        done(Err(StoreError::Unavailable(why.clone())));
                     }
                 }
                 Err(e)
@@ -341,7 +342,14 @@ impl Sequencer {
                 queue::record_outcome(&tx, batch, outcome, range.size()).await?;
             }
         }
-        tx.commit().await?;
+        if let Err(e) = tx.commit().await {
+            // The reply to COMMIT was lost: the group may be durable. Its signed checkpoint
+            // says which, read on another connection.
+            if new.is_empty() || !committed(inner, range.size(), &note).await {
+                return Err(PgError::Unknown(crate::db_message(&e)));
+            }
+            tracing::warn!("the reply to a commit was lost, but its checkpoint is stored: the group is durable");
+        }
         inner.syncs.fetch_add(1, Ordering::Relaxed);
         inner
             .synced_events
@@ -351,6 +359,20 @@ impl Sequencer {
         self.note = note;
         Ok((outcomes, self.range.size()))
     }
+}
+
+/// Whether the checkpoint `note` for `size` is stored (so that its group was committed).
+async fn committed(inner: &Inner, size: u64, note: &str) -> bool {
+    let Ok(conn) = inner.pool.get().await else {
+        return false;
+    };
+    let row = conn
+        .query_opt(
+            "SELECT note FROM checkpoints WHERE size = $1",
+            &[&to_i64(size)],
+        )
+        .await;
+    matches!(row, Ok(Some(r)) if r.get::<_, &str>(0) == note)
 }
 
 /// Seq and payload digest of every id of the group already in the log.

@@ -38,3 +38,19 @@ fn a_second_init_finds_the_log_and_a_missing_one_is_named() {
     let e = PostgresStore::open(&missing.url(""), Some(signer()), Options::default()).unwrap_err();
     assert!(e.to_string().contains("mlaudit init"), "{e}");
 }
+
+#[test]
+fn a_schema_newer_than_this_build_is_refused() {
+    let schema = Schema::new("newer");
+    drop(PostgresStore::init(&schema.url(""), signer()).unwrap());
+    common::admin(&format!(
+        "INSERT INTO {}.schema_migrations (version) VALUES (99)",
+        schema.name
+    ))
+    .unwrap();
+    let e = PostgresStore::open(&schema.url(""), Some(signer()), Options::default()).unwrap_err();
+    assert!(
+        matches!(e, mlaudit_postgres::PgError::NewerSchema { found: 99, .. }),
+        "{e}"
+    );
+}

@@ -76,3 +76,88 @@ fn a_standby_queues_appends_and_takes_over_when_the_sequencer_leaves() {
     proof.verify(&verifier()).unwrap();
     mlaudit_store::verify::verify(&second, &verifier(), &mut |_, _| {}).unwrap();
 }
+
+fn count(schema: &Schema, table: &str) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&common::server_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let row = client
+            .query_one(
+                &format!("SELECT count(*) FROM {}.{table}", schema.name),
+                &[],
+            )
+            .await
+            .unwrap();
+        row.get(0)
+    })
+}
+
+#[test]
+fn a_queued_batch_the_database_would_refuse_is_rejected_and_the_log_goes_on() {
+    let schema = Schema::new("poison");
+    let (store, _) = PostgresStore::init(&schema.url(""), signer()).unwrap();
+    // A row no server of ours writes: a kind with a NUL, which PostgreSQL text cannot hold.
+    let payload = b"{}";
+    let entry = mlaudit_core::entry::Entry {
+        seq: 0,
+        event_time_ns: 0,
+        receipt_time_ns: 0,
+        id: mlaudit_core::entry::EventId([9; 16]),
+        payload_sha256: mlaudit_core::merkle::sha256(payload),
+        payload_len: 2,
+        actor_type: mlaudit_core::entry::ActorType::Service,
+        kind: "x.bad\0kind".into(),
+        actor_id: "a".into(),
+        principal: "p".into(),
+        subjects: vec![],
+    };
+    let header = mlaudit_core::entry::encode(&entry).unwrap();
+    let hex = |b: &[u8]| mlaudit_core::merkle::hex(b);
+    common::admin(&format!(
+        "INSERT INTO {}.pending (batch, ord, header, timed, payload) VALUES ('\\x{}', 0, '\\x{}', false, '\\x{}')",
+        schema.name,
+        hex(&[1; 16]),
+        hex(&header),
+        hex(payload)
+    ))
+    .unwrap();
+    // The sequencer takes it with the next group, refuses it alone, and goes on.
+    let receipt = store.append(vec![prediction(1, "a")]).unwrap();
+    assert_eq!(receipt.tree_size, 1);
+    assert!(
+        common::wait(Duration::from_secs(5), || count(&schema, "pending") == 0),
+        "the bad batch was not taken"
+    );
+    assert_eq!(count(&schema, "outcomes"), 1);
+    store.append(vec![prediction(2, "b")]).unwrap();
+    assert_eq!(store.tree_size(), 2);
+    mlaudit_store::verify::verify(&store, &verifier(), &mut |_, _| {}).unwrap();
+}
+
+#[test]
+fn a_batch_no_sequencer_takes_in_time_is_withdrawn_and_said_not_stored() {
+    let schema = Schema::new("late");
+    drop(PostgresStore::init(&schema.url(""), signer()).unwrap());
+    let options = Options {
+        may_sequence: false,
+        sequencing_timeout: Duration::from_millis(500),
+        ..Options::default()
+    };
+    let standby = PostgresStore::open(&schema.url(""), Some(signer()), options).unwrap();
+    let e = standby.append(vec![prediction(1, "a")]).unwrap_err();
+    assert!(e.to_string().contains("withdrawn"), "{e}");
+    assert_eq!(count(&schema, "pending"), 0, "the batch is withdrawn");
+    // Later a sequencer appears: nothing of the withdrawn batch is stored.
+    let (sequencer, _) = PostgresStore::init(&schema.url(""), signer()).unwrap();
+    assert_eq!(sequencer.append(vec![]).unwrap().tree_size, 0);
+    assert_eq!(
+        sequencer.seq_of(&prediction(1, "a").id.unwrap()).unwrap(),
+        None
+    );
+}

@@ -665,26 +665,28 @@ pub async fn serve(
 }
 
 /// Reads a shared token table again when another server has changed it, so that a creation
-/// or revocation made anywhere holds here before the next request is authenticated.
+/// or revocation made anywhere holds here before the next request is authenticated. The table
+/// is read without holding the lock, and replaces the one in use only if it is newer.
 async fn refresh_tokens(tokens: &Arc<RwLock<Tokens>>) -> Result<(), ApiError> {
     let poisoned = || ApiError::Internal("the token table lock is poisoned".into());
-    if !tokens.read().map_err(|_| poisoned())?.is_stale() {
+    let stale = {
+        let t = tokens.read().map_err(|_| poisoned())?;
+        t.is_stale().then(|| t.doc())
+    };
+    let Some(doc) = stale else {
         return Ok(());
+    };
+    let fresh = tokio::task::spawn_blocking(move || Tokens::load_from(doc))
+        .await
+        .map_err(|e| ApiError::Internal(format!("token task failed: {e}")))?
+        .map_err(|e| {
+            ApiError::Store(mlaudit_store::StoreError::Unavailable(format!(
+                "reading the token table: {e}"
+            )))
+        })?;
+    let mut t = tokens.write().map_err(|_| poisoned())?;
+    if fresh.version() > t.version() {
+        *t = fresh;
     }
-    let table = tokens.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        let fresh = table
-            .read()
-            .map_err(|_| poisoned())?
-            .reloaded()
-            .map_err(|e| {
-                ApiError::Store(mlaudit_store::StoreError::Unavailable(format!(
-                    "reading the token table: {e}"
-                )))
-            })?;
-        *table.write().map_err(|_| poisoned())? = fresh;
-        Ok(())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("token task failed: {e}")))?
+    Ok(())
 }

@@ -294,9 +294,14 @@ impl Tokens {
         self.doc.latest() > self.version
     }
 
-    /// The table as stored now, for replacing a stale one.
-    pub fn reloaded(&self) -> Result<Tokens, TokenError> {
-        Tokens::load_from(self.doc.clone())
+    /// Where the table is kept.
+    pub fn doc(&self) -> Arc<dyn TokenDoc> {
+        self.doc.clone()
+    }
+
+    /// The version of the table loaded.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     fn reindex(&mut self) -> Result<(), TokenError> {

@@ -98,3 +98,15 @@ pub fn prediction(id: u64, marker: &str) -> mlaudit_core::event::PreparedEvent {
     );
     mlaudit_core::event::prepare(&json, "test").unwrap()
 }
+
+/// Polls `f` until it holds or `limit` passes.
+pub fn wait(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
