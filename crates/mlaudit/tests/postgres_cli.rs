@@ -1,0 +1,66 @@
+//! Every command on a log in PostgreSQL (`--store`): append, get, query, checkpoint, prove,
+//! verify-bundle, consistency and verify give the answers they give on the embedded store.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
+mod pg_support;
+
+use pg_support::{event, PgLog};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn every_command_works_against_the_postgres_store() {
+    let log = PgLog::new("cli");
+    let ndjson: String = (0..50).map(|n| event(n) + "\n").collect();
+    let mut child = Command::new(pg_support::BIN)
+        .arg("--data")
+        .arg(log.data())
+        .arg("--store")
+        .arg(log.url())
+        .args(["append", "--batch-size", "20", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(ndjson.as_bytes()).unwrap();
+    ok(child.wait_with_output().unwrap());
+
+    let id = "00000000-0000-4000-9000-000000000007";
+    let got: serde_json::Value = serde_json::from_str(&ok(log.cli(&["get", id]))).unwrap();
+    assert_eq!(got["seq"], 7);
+    let (stored, rows) = log.stored();
+    assert_eq!((stored.len(), rows), (50, 50));
+    let sizes = ok(log.cli(&["checkpoint", "--list"]));
+    let first = sizes.split_whitespace().nth(1).unwrap().to_owned();
+
+    let bundle = log.dir.join("bundle.json");
+    ok(log.cli(&["prove", id, "--out", bundle.to_str().unwrap()]));
+    let key = log.data().join("key").join("verifier.key");
+    ok(log.cli(&[
+        "verify-bundle",
+        bundle.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]));
+    ok(log.cli(&["consistency", "--from", &first]));
+    log.verify();
+    // A second `init` of the same data directory is refused; the log is untouched.
+    assert!(!log.cli(&["init"]).status.success());
+    log.verify();
+}
