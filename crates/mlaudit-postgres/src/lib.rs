@@ -300,8 +300,9 @@ impl PostgresStore {
         let (tx, rx) = mpsc::unbounded_channel();
         // The first election happens before `open` returns, so that a lone process (a CLI
         // command with no server running) is the sequencer at once.
-        let first = rt.block_on(sequencer::try_become(&inner));
-        rt.spawn(sequencer::run(inner.clone(), rx, first));
+        let mut candidate = None;
+        let first = rt.block_on(sequencer::try_become(&inner, &mut candidate));
+        rt.spawn(sequencer::run(inner.clone(), rx, first, candidate));
         rt.spawn(queue::watch(inner.clone()));
         rt.spawn(read::follow_size(inner.clone()));
         Ok(PostgresStore {

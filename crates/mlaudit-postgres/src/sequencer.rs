@@ -82,13 +82,15 @@ fn sign(signer: &NoteSigner, size: u64, root: Hash) -> Result<String, PgError> {
         .map_err(|e| PgError::Unavailable(format!("signing the checkpoint: {e}")))
 }
 
-/// Tries to take the lock; on success loads and checks the tree's right edge.
-pub(crate) async fn try_become(inner: &Inner) -> Option<Sequencer> {
+/// Tries to take the lock; on success loads and checks the tree's right edge. `candidate` is
+/// the connection a failed try keeps for the next one, so that standing for election does not
+/// open a connection every time.
+pub(crate) async fn try_become(inner: &Inner, candidate: &mut Option<Client>) -> Option<Sequencer> {
     if !inner.options.may_sequence {
         return None;
     }
     let signer = inner.signer.as_ref()?;
-    match take_over(inner, signer).await {
+    match take_over(inner, signer, candidate).await {
         Ok(found) => found,
         Err(e) => {
             tracing::warn!(error = %e, "could not stand for sequencer");
@@ -110,13 +112,21 @@ impl NodeSource for Frontier {
     }
 }
 
-async fn take_over(inner: &Inner, signer: &NoteSigner) -> Result<Option<Sequencer>, PgError> {
-    let client = pool::connect(inner.pool.url()).await?;
+async fn take_over(
+    inner: &Inner,
+    signer: &NoteSigner,
+    candidate: &mut Option<Client>,
+) -> Result<Option<Sequencer>, PgError> {
+    let client = match candidate.take() {
+        Some(c) if !c.is_closed() => c,
+        _ => pool::connect(inner.pool.url()).await?,
+    };
     let got: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&inner.lock_key])
         .await?
         .get(0);
     if !got {
+        *candidate = Some(client);
         return Ok(None);
     }
     let latest = client
@@ -187,11 +197,12 @@ pub(crate) async fn run(
     inner: Arc<Inner>,
     mut requests: mpsc::UnboundedReceiver<Request>,
     mut seq: Option<Sequencer>,
+    mut candidate: Option<Client>,
 ) {
     let mut next_try = Instant::now() + inner.options.election_interval;
     loop {
         if seq.is_none() && Instant::now() >= next_try {
-            seq = try_become(&inner).await;
+            seq = try_become(&inner, &mut candidate).await;
             next_try = Instant::now() + inner.options.election_interval;
         }
         let first = tokio::select! {

@@ -209,8 +209,11 @@ pub fn run(data: &Path, predictions: usize) -> Result<()> {
         "\nlatest checkpoint:\n{}",
         mlaudit_store::latest_checkpoint(&*store)?.unwrap_or_default()
     );
+    let store_flag = ledger::store_url()
+        .map(|u| format!(" --store '{}'", mlaudit_postgres::url::redact(u)))
+        .unwrap_or_default();
     println!(
-        "try: mlaudit --data {} query --model credit-risk --stage registry",
+        "try: mlaudit --data {}{store_flag} query --model credit-risk --stage registry",
         data.display()
     );
     server.stop()?;

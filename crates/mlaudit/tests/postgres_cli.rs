@@ -38,7 +38,12 @@ fn every_command_works_against_the_postgres_store() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(ndjson.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(ndjson.as_bytes())
+        .unwrap();
     ok(child.wait_with_output().unwrap());
 
     let id = "00000000-0000-4000-9000-000000000007";
