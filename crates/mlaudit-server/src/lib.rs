@@ -29,6 +29,7 @@ pub mod openapi;
 pub mod protobuf;
 pub mod ratelimit;
 mod read;
+mod tiles;
 pub mod tls;
 mod token_file;
 mod tokens;
@@ -201,6 +202,21 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/verifier-key", Access::ProofMaterial, || {
         get(read::get_verifier_key)
     }),
+    route("GET", "/checkpoint", Access::ProofMaterial, || {
+        get(tiles::checkpoint)
+    }),
+    Route {
+        audited: true,
+        ..route("GET", "/tile/entries/{*tile}", Access::Read, || {
+            get(tiles::entry_bundle)
+        })
+    },
+    route(
+        "GET",
+        "/tile/{level}/{*tile}",
+        Access::ProofMaterial,
+        || get(tiles::hash_tile),
+    ),
     Route {
         params: &["leaf_hash", "tree_size"],
         ..route("GET", "/v1/proof/inclusion", Access::ProofMaterial, || {

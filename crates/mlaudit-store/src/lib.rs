@@ -25,6 +25,7 @@ pub mod conformance;
 pub mod ingest;
 pub mod lineage;
 pub mod proofs;
+pub mod tiles;
 pub mod verify;
 pub mod view;
 
