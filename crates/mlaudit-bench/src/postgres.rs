@@ -1,28 +1,25 @@
 //! `mlaudit-bench postgres`: ingest into the log in PostgreSQL, beside what a team would build
 //! by hand and the embedded store, in the same run on the same events.
 //!
-//! Engines (each fed the same prepared prediction events, in batches of 1,000, from `--clients`
-//! threads; parsing is done before the clock starts, for every engine alike):
-//! * `mlaudit-postgres` — one engine instance: it is the sequencer and appends directly.
-//! * `mlaudit-postgres-3` — three engine instances on one log, as three servers would be: one
-//!   is elected sequencer, the other two queue their batches for it; clients spread over all
-//!   three.
-//! * `mlaudit-embedded` — the embedded store on local disk.
+//! Engines (each fed the same prediction events, in batches of 1,000, from `--clients` threads):
+//! * `mlaudit-postgres` — one `mlaudit serve --store postgres://…` process, fed over HTTP
+//!   (NDJSON): it is the sequencer and appends directly.
+//! * `mlaudit-postgres-3` — three such processes on one log: one is elected sequencer, the
+//!   other two queue their batches for it; clients spread over all three.
+//! * `mlaudit-embedded` — one `mlaudit serve` on the embedded store, fed the same way.
 //! * `pg-insert` — a multi-row `INSERT … VALUES` of each batch into a plain table.
 //! * `pg-trigger` — the same table with a hash-chain trigger (each row's hash over the previous
 //!   row's hash and its payload, serialized by an advisory lock).
 //!
-//! `--engines a,b` runs only those. Figures: `events_per_s`, `ack_p99_ms` (a batch's append call), and for the PostgreSQL
+//! The servers are the release `mlaudit` binary beside this one (`cargo build --release -p
+//! mlaudit` first); they parse and validate the events they receive, as in production. The
+//! baselines get them prepared. `--engines a,b` runs only those. Figures: `events_per_s`, `ack_p99_ms` (a batch's append call), and for the PostgreSQL
 //! engines `bytes_per_event` (tables, indexes and the WAL written during the run).
 
 use crate::http::pct;
 use crate::ingest::{emit, event_line};
 use anyhow::{anyhow, bail, Result};
 use mlaudit_core::event::{prepare, PreparedEvent};
-use mlaudit_core::note::NoteSigner;
-use mlaudit_embedded::EmbeddedStore;
-use mlaudit_postgres::{Options, PostgresStore};
-use mlaudit_store::prelude::*;
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -90,6 +87,10 @@ impl Sql {
                 .query_one("SELECT pg_current_wal_insert_lsn()::text", &[]),
         )?;
         Ok(row.get(0))
+    }
+
+    fn count(&self, sql: &str) -> Result<i64> {
+        Ok(self.rt.block_on(self.client.query_one(sql, &[]))?.get(0))
     }
 
     /// Bytes of WAL since `lsn`.
@@ -175,39 +176,173 @@ fn with_schema(url: &str, schema: &str) -> String {
     format!("{url}{sep}schema={schema}")
 }
 
-/// Runs the mlaudit engine with `instances` instances on one fresh log.
+/// `mlaudit serve` processes, killed when dropped.
+struct Servers {
+    children: Vec<std::process::Child>,
+    urls: Vec<String>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The release `mlaudit` binary built beside this one.
+fn mlaudit_bin() -> Result<std::path::PathBuf> {
+    let bin = std::env::current_exe()?.with_file_name("mlaudit");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build --release -p mlaudit)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Initializes a log (`store`: a PostgreSQL URL, or `None` for the embedded store) and starts
+/// `count` servers on it, sharing its key.
+fn start_servers(store: Option<&str>, count: usize, tag: &str) -> Result<Servers> {
+    let bin = mlaudit_bin()?;
+    let dir = std::env::temp_dir().join(format!("mlaudit-bench-pg-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let with_store = |cmd: &mut std::process::Command| {
+        if let Some(url) = store {
+            cmd.arg("--store").arg(url);
+        }
+    };
+    let mut init = std::process::Command::new(&bin);
+    init.arg("--data").arg(&data);
+    with_store(&mut init);
+    let out = init
+        .args(["init", "--origin", "bench.mlaudit.local"])
+        .output()?;
+    if !out.status.success() {
+        bail!("mlaudit init: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut servers = Servers {
+        children: Vec::new(),
+        urls: Vec::new(),
+        dir: dir.clone(),
+    };
+    for n in 0..count {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = std::process::Command::new(&bin);
+        // The embedded store's server opens the log in the data directory itself.
+        let own = if store.is_some() {
+            dir.join(format!("server-{n}"))
+        } else {
+            data.clone()
+        };
+        cmd.arg("--data").arg(&own);
+        with_store(&mut cmd);
+        cmd.args(["serve", "--danger-no-auth", "--listen", &addr, "--key"])
+            .arg(data.join("key").join("signing.key"))
+            .env("MLAUDIT_RATE_LIMIT_PER_SECOND", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        servers.children.push(cmd.spawn()?);
+        let url = format!("http://{addr}");
+        let ready = (0..400).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(25));
+            ureq::get(&format!("{url}/healthz")).call().is_ok()
+        });
+        if !ready {
+            bail!("mlaudit serve {n} did not become ready");
+        }
+        servers.urls.push(url);
+    }
+    Ok(servers)
+}
+
+/// Feeds NDJSON `bodies` to `servers` over HTTP; events/s and p99 of a POST in ms.
+fn drive_http(
+    bodies: &[Vec<u8>],
+    events: usize,
+    clients: usize,
+    servers: &Servers,
+) -> Result<(f64, f64)> {
+    let next = AtomicUsize::new(0);
+    let latencies = Mutex::new(Vec::with_capacity(bodies.len()));
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                let (next, latencies) = (&next, &latencies);
+                let url = format!("{}/v1/events", servers.urls[c % servers.urls.len()]);
+                s.spawn(move || -> Result<()> {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(std::time::Duration::from_secs(120))
+                        .build();
+                    while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let t = Instant::now();
+                        agent
+                            .post(&url)
+                            .set("Content-Type", "application/x-ndjson")
+                            .send_bytes(body)
+                            .map_err(|e| anyhow!("POST {url}: {e}"))?;
+                        let ms = t.elapsed().as_secs_f64() * 1000.0;
+                        latencies.lock().map_err(|_| anyhow!("poisoned"))?.push(ms);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().map_err(|_| anyhow!("client panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    let mut l = latencies.into_inner().map_err(|_| anyhow!("poisoned"))?;
+    l.sort_by(f64::total_cmp);
+    Ok((events as f64 / secs, pct(&l, 0.99)))
+}
+
+fn ndjson_bodies(events: usize) -> Vec<Vec<u8>> {
+    (0..events)
+        .step_by(BATCH)
+        .map(|s| {
+            (s..(s + BATCH).min(events))
+                .map(|i| event_line(i) + "\n")
+                .collect::<String>()
+                .into_bytes()
+        })
+        .collect()
+}
+
+/// `instances` servers on one fresh log in PostgreSQL.
 fn mlaudit_pg(
     o: &Opts,
     admin: &Sql,
-    batches: &[Vec<PreparedEvent>],
+    bodies: &[Vec<u8>],
     instances: usize,
 ) -> Result<((f64, f64), f64)> {
     let schema = format!("bench_mlaudit_{instances}_{}", std::process::id());
     admin.exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
-    let signer =
-        NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow!("{e}"))?;
     let url = with_schema(&o.url, &schema);
-    let (first, _) = PostgresStore::init(&url, signer.clone())?;
-    let mut stores = vec![first];
-    for _ in 1..instances {
-        stores.push(PostgresStore::open(
-            &url,
-            Some(signer.clone()),
-            Options::default(),
-        )?);
-    }
+    let servers = start_servers(Some(&url), instances, &schema)?;
     let lsn = admin.wal_lsn()?;
-    let figures = drive(batches, o.clients, &|c, b| {
-        stores[c % stores.len()].append(b)?;
-        Ok(())
-    })?;
+    let figures = drive_http(bodies, o.events, o.clients, &servers)?;
     let wal = admin.wal_since(&lsn)?;
     let bytes = (admin.schema_bytes(&schema)? + wal) / o.events as f64;
-    let size = stores[0].latest_checkpoint_size()?.unwrap_or(0);
-    if size != o.events as u64 {
-        bail!("{schema}: {size} events stored, {} sent", o.events);
+    drop(servers);
+    let stored = admin.count(&format!("SELECT count(*) FROM {schema}.entries"))?;
+    if stored != o.events as i64 {
+        bail!("{schema}: {stored} events stored, {} sent", o.events);
     }
-    drop(stores);
     admin.exec(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
     Ok((figures, bytes))
 }
@@ -307,21 +442,9 @@ fn by_hand(
     Ok((figures, bytes))
 }
 
-fn embedded(o: &Opts, batches: &[Vec<PreparedEvent>]) -> Result<(f64, f64)> {
-    let dir =
-        std::env::temp_dir().join(format!("mlaudit-bench-pg-embedded-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let signer =
-        NoteSigner::from_seed("bench.mlaudit.local", [7; 32]).map_err(|e| anyhow!("{e}"))?;
-    let (store, _) = EmbeddedStore::open(&dir, Some(signer))?;
-    let figures = drive(batches, o.clients, &|_, b| {
-        store.append(b)?;
-        Ok(())
-    })?;
-    store.close()?;
-    drop(store);
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(figures)
+fn embedded(o: &Opts, bodies: &[Vec<u8>]) -> Result<(f64, f64)> {
+    let servers = start_servers(None, 1, "embedded")?;
+    drive_http(bodies, o.events, o.clients, &servers)
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -337,15 +460,16 @@ pub fn run(args: &[String]) -> Result<()> {
         let (f, b) = by_hand(&o, &admin, &batches, true)?;
         report("pg-trigger", &o, f, Some(b));
     }
+    let bodies = ndjson_bodies(o.events);
     if wanted("mlaudit-embedded") {
-        report("mlaudit-embedded", &o, embedded(&o, &batches)?, None);
+        report("mlaudit-embedded", &o, embedded(&o, &bodies)?, None);
     }
     if wanted("mlaudit-postgres") {
-        let (f, b) = mlaudit_pg(&o, &admin, &batches, 1)?;
+        let (f, b) = mlaudit_pg(&o, &admin, &bodies, 1)?;
         report("mlaudit-postgres", &o, f, Some(b));
     }
     if wanted("mlaudit-postgres-3") {
-        let (f, b) = mlaudit_pg(&o, &admin, &batches, 3)?;
+        let (f, b) = mlaudit_pg(&o, &admin, &bodies, 3)?;
         report("mlaudit-postgres-3", &o, f, Some(b));
     }
     Ok(())
