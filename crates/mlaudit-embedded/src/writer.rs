@@ -27,11 +27,11 @@
 use crate::derived::{Derived, DerivedWriteError, Meta, Pending};
 use crate::index::IndexRecord;
 use crate::{lock_poisoned, record, segment_name, Segment, Shared};
-use mlaudit_core::entry::{self, EntryRef, EventId, MAX_ID_LEN};
-use mlaudit_core::event::{PreparedEvent, MAX_EVENT_BYTES};
+use mlaudit_core::entry::{self, EntryRef, EventId};
+use mlaudit_core::event::PreparedEvent;
 use mlaudit_core::merkle::{leaf_hash, CompactRange, Hash};
 use mlaudit_core::note::{Checkpoint, NoteSigner};
-use mlaudit_store::{AppendDone, AppendReceipt, Appended, StoreError};
+use mlaudit_store::{limit_problem, AppendDone, AppendReceipt, Appended, StoreError};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -346,18 +346,6 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-fn limit_problem(events: &[PreparedEvent]) -> Option<(usize, String)> {
-    events.iter().enumerate().find_map(|(i, ev)| {
-        if ev.principal.len() > MAX_ID_LEN {
-            Some((i, format!("principal is longer than {MAX_ID_LEN} bytes")))
-        } else if ev.payload.len() > MAX_EVENT_BYTES {
-            Some((i, format!("event is larger than {MAX_EVENT_BYTES} bytes")))
-        } else {
-            None
-        }
-    })
 }
 
 fn build(items: &[NewEvent<'_>], receipt_ns: i64, mut buf: Vec<u8>) -> Result<Built, String> {

@@ -190,21 +190,16 @@ async fn check_encoding(client: &tokio_postgres::Client) -> Result<(), PgError> 
 
 /// Refuses a signing key that does not verify the log's latest checkpoint.
 async fn check_key(client: &tokio_postgres::Client, signer: &NoteSigner) -> Result<(), PgError> {
-    let row = client
-        .query_one(
-            "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1",
-            &[],
-        )
-        .await?;
-    let note: String = row.get(0);
+    let (_, note) = read::required_checkpoint(client).await?;
     mlaudit_core::note::open_checkpoint(&signer.verifier(), &note)
         .map(|_| ())
         .map_err(|e| PgError::WrongKey(e.to_string()))
 }
 
-/// The lock key of a schema's sequencer: stable across processes and builds.
-fn lock_key(schema: &str) -> i64 {
-    let digest = mlaudit_core::merkle::sha256(format!("mlaudit-sequencer:{schema}").as_bytes());
+/// The advisory lock key for `purpose` (`sequencer`, `tokens`) in a schema: stable across
+/// processes and builds.
+pub(crate) fn advisory_key(purpose: &str, schema: &str) -> i64 {
+    let digest = mlaudit_core::merkle::sha256(format!("mlaudit-{purpose}:{schema}").as_bytes());
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(b)
@@ -282,7 +277,7 @@ impl PostgresStore {
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "host".into());
         let inner = Arc::new(Inner {
-            lock_key: lock_key(&url.schema),
+            lock_key: advisory_key("sequencer", &url.schema),
             pool: pool::Pool::new(url, options.pool_size),
             signer,
             options,

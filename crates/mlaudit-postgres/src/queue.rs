@@ -135,16 +135,11 @@ type QueuedRow = (i32, Result<PreparedEvent, String>);
 /// The receipt of an empty batch: the latest checkpoint.
 async fn latest_receipt(inner: &Inner) -> Result<AppendReceipt, PgError> {
     let conn = inner.pool.get().await?;
-    let row = conn
-        .query_one(
-            "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
-            &[],
-        )
-        .await?;
+    let (tree_size, checkpoint) = crate::read::required_checkpoint(&*conn).await?;
     Ok(AppendReceipt {
         events: Vec::new(),
-        tree_size: to_u64(row.get(0))?,
-        checkpoint: row.get(1),
+        tree_size,
+        checkpoint,
     })
 }
 

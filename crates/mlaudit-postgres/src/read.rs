@@ -27,6 +27,28 @@ pub(crate) async fn latest_size(inner: &Inner) -> Result<Option<u64>, PgError> {
     row.get::<_, Option<i64>>(0).map(to_u64).transpose()
 }
 
+/// The latest stored checkpoint: its size and note.
+pub(crate) async fn latest_checkpoint<C: GenericClient>(
+    client: &C,
+) -> Result<Option<(u64, String)>, PgError> {
+    let row = client
+        .query_opt(
+            "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    row.map(|r| Ok((to_u64(r.get(0))?, r.get(1)))).transpose()
+}
+
+/// The latest checkpoint, which every initialized log has (the empty tree's at least).
+pub(crate) async fn required_checkpoint<C: GenericClient>(
+    client: &C,
+) -> Result<(u64, String), PgError> {
+    latest_checkpoint(client).await?.ok_or_else(|| {
+        PgError::Corrupt("the log has no checkpoint, not even the empty tree's".into())
+    })
+}
+
 /// Keeps this process's idea of the tree size and of the token table's version up to date
 /// with other processes' changes.
 pub(crate) async fn follow_size(inner: Arc<Inner>) {

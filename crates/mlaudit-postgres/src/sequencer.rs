@@ -13,11 +13,11 @@
 use crate::queue::{self, Call, Origin};
 use crate::{pool, Inner, PgError, Request};
 use futures_util::pin_mut;
-use mlaudit_core::entry::{self, EntryRef, EventId, SubjectField, MAX_ID_LEN};
-use mlaudit_core::event::{PreparedEvent, Stage, MAX_EVENT_BYTES};
+use mlaudit_core::entry::{self, EntryRef, EventId, SubjectField};
+use mlaudit_core::event::{PreparedEvent, Stage};
 use mlaudit_core::merkle::{leaf_hash, CompactRange, Hash, NodeSource};
 use mlaudit_core::note::{open_checkpoint, Checkpoint, NoteSigner};
-use mlaudit_store::{AppendDone, AppendReceipt, Appended, StoreError};
+use mlaudit_store::{limit_problem, AppendDone, AppendReceipt, Appended, StoreError};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -129,14 +129,8 @@ async fn take_over(
         *candidate = Some(client);
         return Ok(None);
     }
-    let latest = client
-        .query_opt(
-            "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1",
-            &[],
-        )
-        .await?;
-    let (size, note) = match latest {
-        Some(row) => (to_u64(row.get::<_, i64>(0))?, row.get::<_, String>(1)),
+    let (size, note) = match crate::read::latest_checkpoint(&client).await? {
+        Some(found) => found,
         None => {
             sign_empty_tree(&client, signer).await?;
             (0, sign(signer, 0, CompactRange::new().root())?)
@@ -411,19 +405,6 @@ async fn known_ids(
         known.insert(EventId(id), (to_u64(row.get(0))?, digest));
     }
     Ok(known)
-}
-
-/// Why an event cannot be stored at all, if it cannot.
-fn limit_problem(events: &[PreparedEvent]) -> Option<(usize, String)> {
-    events.iter().enumerate().find_map(|(i, ev)| {
-        if ev.principal.len() > MAX_ID_LEN {
-            Some((i, format!("principal is longer than {MAX_ID_LEN} bytes")))
-        } else if ev.payload.len() > MAX_EVENT_BYTES {
-            Some((i, format!("event is larger than {MAX_EVENT_BYTES} bytes")))
-        } else {
-            None
-        }
-    })
 }
 
 /// Each call's outcome and the events to write, in seq order from `next`. A call with an id

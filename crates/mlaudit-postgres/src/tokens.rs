@@ -7,7 +7,7 @@
 //! tokens are ever in it.
 
 use crate::sequencer::to_u64;
-use crate::{pool, PgError, PostgresStore};
+use crate::{advisory_key, pool, PgError, PostgresStore};
 use std::sync::atomic::Ordering;
 
 /// Holds the token table's change lock (a session advisory lock on a connection of its own)
@@ -15,13 +15,6 @@ use std::sync::atomic::Ordering;
 #[derive(Debug)]
 pub struct TokensLock {
     _client: tokio_postgres::Client,
-}
-
-fn lock_key(schema: &str) -> i64 {
-    let digest = mlaudit_core::merkle::sha256(format!("mlaudit-tokens:{schema}").as_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(b)
 }
 
 impl PostgresStore {
@@ -72,7 +65,7 @@ impl PostgresStore {
             client
                 .execute(
                     "SELECT pg_advisory_lock($1)",
-                    &[&lock_key(&inner.pool.url().schema)],
+                    &[&advisory_key("tokens", &inner.pool.url().schema)],
                 )
                 .await?;
             Ok(TokensLock { _client: client })

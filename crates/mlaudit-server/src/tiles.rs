@@ -7,6 +7,7 @@
 //! served and are cached for a year; the checkpoint is cached for a second at most.
 
 use crate::error::ApiError;
+use crate::read::blocking;
 use crate::AppState;
 use crate::Shown;
 use axum::extract::{Path, State};
@@ -14,7 +15,6 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use mlaudit_store::tiles::{self, TileError};
 use mlaudit_store::{Store, StoreError};
-use std::sync::Arc;
 
 impl From<TileError> for ApiError {
     fn from(e: TileError) -> ApiError {
@@ -27,16 +27,6 @@ impl From<TileError> for ApiError {
 }
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-
-async fn blocking<T: Send + 'static>(
-    state: &AppState,
-    f: impl FnOnce(&dyn Store) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    let store: Arc<dyn Store> = state.store.clone();
-    tokio::task::spawn_blocking(move || f(&*store))
-        .await
-        .map_err(|e| ApiError::Internal(format!("task failed: {e}")))?
-}
 
 /// The size the latest checkpoint signs: nothing beyond it is served.
 fn signed_size(store: &dyn Store) -> Result<u64, ApiError> {

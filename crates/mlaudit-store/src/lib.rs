@@ -147,6 +147,23 @@ pub fn group_runs(
     fed
 }
 
+/// The first event of a batch that no engine can store, and why: a principal longer than an
+/// entry allows, or a payload over the event size limit. Engines check every batch with it
+/// before writing anything ([`StoreError::Rejected`]).
+pub fn limit_problem(events: &[PreparedEvent]) -> Option<(usize, String)> {
+    use mlaudit_core::entry::MAX_ID_LEN;
+    use mlaudit_core::event::MAX_EVENT_BYTES;
+    events.iter().enumerate().find_map(|(i, ev)| {
+        if ev.principal.len() > MAX_ID_LEN {
+            Some((i, format!("principal is longer than {MAX_ID_LEN} bytes")))
+        } else if ev.payload.len() > MAX_EVENT_BYTES {
+            Some((i, format!("event is larger than {MAX_EVENT_BYTES} bytes")))
+        } else {
+            None
+        }
+    })
+}
+
 /// The outcome of appending one event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
