@@ -125,24 +125,25 @@ fn events(n: usize) -> Result<Vec<Vec<PreparedEvent>>> {
     Ok(out)
 }
 
-/// Feeds `batches` to `append` from `clients` threads (client `c` calls `append(c, batch)`);
-/// returns events/s and the p99 of a call in ms.
-fn drive(
-    batches: &[Vec<PreparedEvent>],
+/// Sends `items` from `clients` threads (client `c` calls `send(c, item)`); returns events/s
+/// over `events` and the p99 of one call in ms.
+fn drive<T: Sync>(
+    items: &[T],
+    events: usize,
     clients: usize,
-    append: &(dyn Fn(usize, Vec<PreparedEvent>) -> Result<()> + Sync),
+    send: &(dyn Fn(usize, &T) -> Result<()> + Sync),
 ) -> Result<(f64, f64)> {
     let next = AtomicUsize::new(0);
-    let latencies = Mutex::new(Vec::with_capacity(batches.len()));
+    let latencies = Mutex::new(Vec::with_capacity(items.len()));
     let start = Instant::now();
     std::thread::scope(|s| -> Result<()> {
         let workers: Vec<_> = (0..clients)
             .map(|c| {
                 let (next, latencies) = (&next, &latencies);
                 s.spawn(move || -> Result<()> {
-                    while let Some(batch) = batches.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
                         let t = Instant::now();
-                        append(c, batch.clone())?;
+                        send(c, item)?;
                         let ms = t.elapsed().as_secs_f64() * 1000.0;
                         latencies.lock().map_err(|_| anyhow!("poisoned"))?.push(ms);
                     }
@@ -156,10 +157,9 @@ fn drive(
         Ok(())
     })?;
     let secs = start.elapsed().as_secs_f64();
-    let n: usize = batches.iter().map(Vec::len).sum();
     let mut l = latencies.into_inner().map_err(|_| anyhow!("poisoned"))?;
     l.sort_by(f64::total_cmp);
-    Ok((n as f64 / secs, pct(&l, 0.99)))
+    Ok((events as f64 / secs, pct(&l, 0.99)))
 }
 
 fn report(engine: &str, o: &Opts, (rate, p99): (f64, f64), bytes: Option<f64>) {
@@ -274,41 +274,23 @@ fn drive_http(
     clients: usize,
     servers: &Servers,
 ) -> Result<(f64, f64)> {
-    let next = AtomicUsize::new(0);
-    let latencies = Mutex::new(Vec::with_capacity(bodies.len()));
-    let start = Instant::now();
-    std::thread::scope(|s| -> Result<()> {
-        let workers: Vec<_> = (0..clients)
-            .map(|c| {
-                let (next, latencies) = (&next, &latencies);
-                let url = format!("{}/v1/events", servers.urls[c % servers.urls.len()]);
-                s.spawn(move || -> Result<()> {
-                    let agent = ureq::AgentBuilder::new()
-                        .timeout(std::time::Duration::from_secs(120))
-                        .build();
-                    while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let t = Instant::now();
-                        agent
-                            .post(&url)
-                            .set("Content-Type", "application/x-ndjson")
-                            .send_bytes(body)
-                            .map_err(|e| anyhow!("POST {url}: {e}"))?;
-                        let ms = t.elapsed().as_secs_f64() * 1000.0;
-                        latencies.lock().map_err(|_| anyhow!("poisoned"))?.push(ms);
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        for w in workers {
-            w.join().map_err(|_| anyhow!("client panicked"))??;
-        }
+    let agent = ureq::AgentBuilder::new()
+        .timeout(std::time::Duration::from_secs(120))
+        .build();
+    let urls: Vec<String> = servers
+        .urls
+        .iter()
+        .map(|u| format!("{u}/v1/events"))
+        .collect();
+    drive(bodies, events, clients, &|c, body| {
+        let url = &urls[c % urls.len()];
+        agent
+            .post(url)
+            .set("Content-Type", "application/x-ndjson")
+            .send_bytes(body)
+            .map_err(|e| anyhow!("POST {url}: {e}"))?;
         Ok(())
-    })?;
-    let secs = start.elapsed().as_secs_f64();
-    let mut l = latencies.into_inner().map_err(|_| anyhow!("poisoned"))?;
-    l.sort_by(f64::total_cmp);
-    Ok((events as f64 / secs, pct(&l, 0.99)))
+    })
 }
 
 fn ndjson_bodies(events: usize) -> Vec<Vec<u8>> {
@@ -400,7 +382,10 @@ fn by_hand(
         ));
     }
     let lsn = admin.wal_lsn()?;
-    let figures = drive(batches, o.clients, &|c, batch| {
+    let figures = drive(batches, o.events, o.clients, &|c,
+                                                        batch: &Vec<
+        PreparedEvent,
+    >| {
         let conn = conns[c].lock().map_err(|_| anyhow!("poisoned"))?;
         let ids: Vec<String> = batch
             .iter()
