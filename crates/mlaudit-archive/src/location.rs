@@ -77,10 +77,14 @@ impl ArchiveUrl {
             reason,
         };
         if let Some(dir) = self.local_dir() {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
-            let fs = LocalFileSystem::new_with_prefix(&dir).map_err(|e| bad(e.to_string()))?;
-            return Ok((Arc::new(fs), ObjectPath::default()));
+            // Rooted at `/` so that opening creates nothing: directories appear with the first
+            // object written.
+            let text = dir
+                .to_str()
+                .ok_or_else(|| bad("the path is not UTF-8".into()))?;
+            let prefix =
+                ObjectPath::parse(text.trim_start_matches('/')).map_err(|e| bad(e.to_string()))?;
+            return Ok((Arc::new(LocalFileSystem::new()), prefix));
         }
         let options = std::env::vars().filter_map(|(k, v)| {
             ENV_PREFIXES

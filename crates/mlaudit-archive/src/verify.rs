@@ -118,6 +118,9 @@ struct Walk {
     tile_mismatch: Option<(String, String)>,
     /// The first archived checkpoint that signs another tree than the recomputed one.
     history_mismatch: Option<(String, String)>,
+    /// The first payload that is not the one its entry commits to (decisive only once the
+    /// entries are known good).
+    payload_mismatch: Option<(String, String)>,
     objects: u64,
     payloads: u64,
     payloads_absent: u64,
@@ -142,6 +145,7 @@ impl Walk {
             entry_mismatch: None,
             tile_mismatch: None,
             history_mismatch: None,
+            payload_mismatch: None,
             objects: 0,
             payloads: 0,
             payloads_absent: 0,
@@ -207,7 +211,7 @@ impl Walk {
                     format!("holds entry {} at position {seq}", view.seq),
                 ));
             }
-            self.payload(&payloads_name, seq, &view, payload.as_deref())?;
+            self.payload(&payloads_name, seq, &view, payload.as_deref());
             let leaf = leaf_hash(entry);
             let stored = t.hashes.get(i * 32..i * 32 + 32).and_then(Hash::from_slice);
             if stored.is_none_or(|h| !h.ct_eq(&leaf)) && self.entry_mismatch.is_none() {
@@ -229,19 +233,18 @@ impl Walk {
         seq: u64,
         view: &mlaudit_core::entry::EntryView<'_>,
         payload: Option<&[u8]>,
-    ) -> Result<(), ArchiveError> {
+    ) {
         let Some(p) = payload else {
             self.payloads_absent += 1;
-            return Ok(());
+            return;
         };
         if p.len() != view.payload_len as usize || sha256(p) != view.payload_sha256 {
-            return Err(ArchiveError::invalid(
-                name,
+            self.payload_mismatch.get_or_insert((
+                name.to_owned(),
                 format!("the payload of entry {seq} is not the one its entry commits to (SHA-256)"),
             ));
         }
         self.payloads += 1;
-        Ok(())
     }
 
     /// Absorbs a leaf recomputed from its entry; checks archived checkpoints it completes.
@@ -307,7 +310,11 @@ impl Walk {
                 format!("{problem}, and the entries do not make the signed root"),
             ));
         }
-        if let Some((object, problem)) = self.tile_mismatch.or(self.history_mismatch) {
+        if let Some((object, problem)) = self
+            .tile_mismatch
+            .or(self.history_mismatch)
+            .or(self.payload_mismatch)
+        {
             return Err(ArchiveError::invalid(object, problem));
         }
         Ok(Verified {

@@ -35,6 +35,20 @@ pub struct Metrics {
     auth_failures: [AtomicU64; AuthFailure::ALL.len()],
     /// Connections refused or closed by the connection layer, by [`ConnEvent`].
     connections: [AtomicU64; ConnEvent::ALL.len()],
+    retention: RetentionCounters,
+}
+
+/// The scheduled retention runs of `mlaudit serve`.
+#[derive(Debug, Default)]
+struct RetentionCounters {
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    /// Events the cold archive holds after the last successful run.
+    archived: AtomicU64,
+    /// Events archived by runs of this process.
+    archived_total: AtomicU64,
+    /// Unix seconds of the last successful run (0: none yet).
+    last_success: AtomicU64,
 }
 
 /// What the connection layer counts.
@@ -65,6 +79,24 @@ impl ConnEvent {
 }
 
 impl Metrics {
+    /// Records a successful retention run: the archive now holds `archive_size` events, of
+    /// which `archived` were added by this run.
+    pub fn retention_succeeded(&self, archive_size: u64, archived: u64) {
+        let r = &self.retention;
+        r.succeeded.fetch_add(1, Ordering::Relaxed);
+        r.archived.store(archive_size, Ordering::Relaxed);
+        r.archived_total.fetch_add(archived, Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        r.last_success.store(now, Ordering::Relaxed);
+    }
+
+    /// Records a failed retention run.
+    pub fn retention_failed(&self) {
+        self.retention.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts appended (not duplicate) events of a stage.
     pub fn ingested(&self, stage: Stage, n: u64) {
         self.ingested[stage as usize].fetch_add(n, Ordering::Relaxed);
@@ -133,6 +165,21 @@ fn counters<'a>(
 }
 
 /// Renders every metric.
+fn retention(out: &mut String, r: &RetentionCounters) {
+    let runs = [("ok", &r.succeeded), ("failed", &r.failed)];
+    counters(
+        out,
+        "mlaudit_retention_runs_total",
+        "Scheduled retention runs, by outcome.",
+        "outcome",
+        runs,
+    );
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let _ = writeln!(out, "# HELP mlaudit_retention_archived_events Events the cold archive holds after the last successful run.\n# TYPE mlaudit_retention_archived_events gauge\nmlaudit_retention_archived_events {}", load(&r.archived));
+    let _ = writeln!(out, "# HELP mlaudit_retention_events_archived_total Events archived by this process's scheduled runs.\n# TYPE mlaudit_retention_events_archived_total counter\nmlaudit_retention_events_archived_total {}", load(&r.archived_total));
+    let _ = writeln!(out, "# HELP mlaudit_retention_last_success_timestamp_seconds Unix time of the last successful retention run (0: none yet).\n# TYPE mlaudit_retention_last_success_timestamp_seconds gauge\nmlaudit_retention_last_success_timestamp_seconds {}", load(&r.last_success));
+}
+
 pub fn render(state: &AppState) -> String {
     let mut out = String::new();
     let m = &state.metrics;
@@ -189,6 +236,7 @@ pub fn render(state: &AppState) -> String {
         ConnEvent::ALL.map(|what| (what.as_str(), &m.connections[what as usize])),
     );
     integrations(&mut out, state);
+    retention(&mut out, &m.retention);
     let stats = state.store.stats();
     out.push_str(
         "# HELP mlaudit_sync_batch_events Events made durable per fsync (group commit size).\n",

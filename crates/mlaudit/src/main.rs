@@ -12,6 +12,7 @@ mod ledger;
 mod output;
 mod proof;
 mod read;
+mod retention;
 mod serve;
 mod token;
 
@@ -106,6 +107,10 @@ enum Command {
         /// The verifier key (text or file) to check with, instead of the data directory's.
         #[arg(long, value_name = "VKEY")]
         key: Option<String>,
+        /// Check a cold archive (s3://…, gs://…, az://…, file:///…) instead of the log: every
+        /// tile, bundle and checkpoint in it, with only the verifier key.
+        #[arg(long, value_name = "URL", conflicts_with = "trusted_checkpoint")]
+        archive: Option<String>,
     },
     /// Write an inclusion proof bundle for one event.
     Prove {
@@ -136,6 +141,9 @@ enum Command {
         #[arg(long, value_name = "VKEY")]
         key: Option<String>,
     },
+    /// Tiers by age, the cold archive and payload expiry (see docs/RETENTION.md).
+    #[command(subcommand)]
+    Retention(retention::RetentionCommand),
     /// Run the HTTP API (see docs/API.md).
     Serve(serve::ServeArgs),
     /// Backfill events from MLflow, a W&B audit log or a ClearML offline session (see
@@ -168,8 +176,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lineage { id, format } => read::lineage(&data, &id, format == Format::Json),
         Command::Checkpoint { size, list } => read::checkpoint(&data, size, list),
         Command::Verify {
+            archive: Some(url),
+            key,
+            ..
+        } => proof::verify_archive(&data, &url, key.as_deref()),
+        Command::Verify {
             trusted_checkpoint,
             key,
+            archive: None,
         } => proof::verify(&data, trusted_checkpoint.as_deref(), key.as_deref()),
         Command::Prove { id, out } => proof::prove(&data, &id, out.as_deref()),
         Command::VerifyBundle { file, key } => proof::verify_bundle(&file, &key),
@@ -185,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo { predictions } => demo::run(&data, predictions),
         Command::Serve(args) => serve::run(&data, args),
+        Command::Retention(cmd) => retention::run(&data, cmd),
         Command::Import(cmd) => import::run(&data, cmd),
         Command::Token(cmd) => token::run(&data, cmd),
     }

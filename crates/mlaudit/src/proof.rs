@@ -67,6 +67,28 @@ fn check_extends(store: &dyn Store, cp: &Checkpoint, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `mlaudit verify --archive URL`: checks the archive alone (see `mlaudit_archive::verify`).
+pub fn verify_archive(data: &Path, url: &str, key: Option<&str>) -> Result<()> {
+    let key = key_for(data, key)?;
+    let archive = mlaudit_archive::Archive::open(url)?;
+    let mut progress = Progress::new("verifying the archive", archive.size()?);
+    let checked = mlaudit_archive::verify::verify(&archive, &key, &mut |d, _| progress.set(d));
+    progress.finish();
+    let v = match checked {
+        Ok(v) => v,
+        Err(e) if e.is_verification_failure() => {
+            return Err(VerifyFailed(format!("archive verification FAILED: {e}")).into())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    println!(
+        "verified the archive {url}: {} events, {} objects, {} payloads ({} no longer kept), {} checkpoints: intact",
+        v.size, v.objects, v.payloads, v.payloads_absent, v.checkpoints
+    );
+    println!("root {} at tree size {}", v.root.to_hex(), v.size);
+    Ok(())
+}
+
 pub fn verify(data: &Path, trusted: Option<&Path>, key: Option<&str>) -> Result<()> {
     let key = key_for(data, key)?;
     let trusted = trusted.map(|f| saved_checkpoint(f, &key)).transpose()?;

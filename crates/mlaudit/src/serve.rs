@@ -67,6 +67,7 @@ struct FileConfig {
     rate_limit_burst: Option<u32>,
     index_cache_mib: Option<u64>,
     integrations: Option<IntegrationsFile>,
+    retention: Option<crate::retention::policy::RetentionFile>,
 }
 
 /// `[integrations]` of the config file.
@@ -180,6 +181,7 @@ fn integrations(file: Option<IntegrationsFile>) -> Result<IntegrationsConfig> {
 /// The resolved settings.
 #[derive(Debug)]
 struct Settings {
+    retention: Option<crate::retention::policy::RetentionFile>,
     listen: String,
     /// The signing key file when not the data directory's.
     key: Option<PathBuf>,
@@ -273,6 +275,7 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         2 * per_second,
     )?;
     Ok(Settings {
+        retention: file.retention,
         key: args.key.clone().or(file.key),
         integrations: integrations(file.integrations)?,
         tls,
@@ -379,6 +382,52 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing in-flight requests");
 }
 
+/// Starts the retention schedule (`schedule` in `[retention]`) on a thread of its own: a run
+/// at start, then one per interval; outcomes go to the log and `/metrics`, and a failed run
+/// is retried at the next one.
+fn start_retention(
+    data: &Path,
+    file: &crate::retention::policy::RetentionFile,
+    store: Arc<ledger::Ledger>,
+    metrics: Arc<mlaudit_server::metrics::Metrics>,
+    verifier: mlaudit_core::note::NoteVerifier,
+) -> Result<()> {
+    use crate::retention::{policy, remembered_archive, scheduled_run};
+    let policy = policy::Policy::resolve(file, None, None)?;
+    let Some(every) = file.schedule.as_deref() else {
+        return Ok(());
+    };
+    let interval = std::time::Duration::from_nanos(policy::parse_age(every)?.unsigned_abs());
+    let url = file.archive.clone().or_else(|| remembered_archive(data));
+    let archive = url
+        .as_deref()
+        .map(mlaudit_archive::Archive::open)
+        .transpose()?;
+    if archive.is_none() {
+        tracing::warn!(
+            "retention: no archive configured (retention.archive): runs record the policy only"
+        );
+    }
+    std::thread::Builder::new()
+        .name("mlaudit-retention".into())
+        .spawn(move || loop {
+            let started = std::time::Instant::now();
+            match scheduled_run(store.as_ref(), &policy, archive.as_ref(), &verifier) {
+                Ok((size, added)) => {
+                    metrics.retention_succeeded(size, added);
+                    tracing::info!(archived = size, added, secs = started.elapsed().as_secs_f64(), "retention run done");
+                }
+                Err(e) => {
+                    metrics.retention_failed();
+                    tracing::warn!(error = %format!("{e:#}"), "retention run failed; retried at the next run");
+                }
+            }
+            std::thread::sleep(interval);
+        })
+        .context("starting the retention schedule")?;
+    Ok(())
+}
+
 pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
     let settings = resolve(&args)?;
     let listen = settings.listen.as_str();
@@ -423,6 +472,15 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
             .map(|(rate, burst)| Arc::new(RateLimiter::new(rate, burst))),
         ..AppState::new(store.clone(), verifier, tokens)
     };
+    if let Some(file) = &settings.retention {
+        start_retention(
+            data,
+            file,
+            store.clone(),
+            state.metrics.clone(),
+            state.verifier.clone(),
+        )?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

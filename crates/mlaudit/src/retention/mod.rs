@@ -1,0 +1,413 @@
+//! `mlaudit retention plan|apply`: which events are hot, warm or due for the cold archive,
+//! which payloads the expiry rules make due, and the archive brought up to date.
+//!
+//! Ages count from an event's receipt time (when the log accepted it), against `--now` or
+//! the clock. The cold archive is a prefix of the log ending at a signed checkpoint, so the
+//! events due for it are those up to the last checkpoint whose events are all older than the
+//! warm age. Archiving copies: an archived event stays readable locally too.
+
+pub mod policy;
+
+use crate::ledger::{self, InputError};
+use crate::output::Progress;
+use anyhow::{Context, Result};
+use mlaudit_archive::write::Extended;
+use mlaudit_archive::Archive;
+use mlaudit_core::entry::decode_view;
+use mlaudit_core::event::{format_time, parse_time, prepare};
+use mlaudit_core::note::NoteVerifier;
+use mlaudit_store::prelude::*;
+use mlaudit_store::Query;
+use policy::{Policy, RetentionFile};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+/// The file in the data directory remembering the archive's URL.
+const ARCHIVE_URL_FILE: &str = "archive-url";
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RetentionCommand {
+    /// Print which events are hot, warm or due for the archive, and which payloads would
+    /// expire and by which rule.
+    Plan(RetentionArgs),
+    /// Do what `plan` prints: bring the cold archive up to date.
+    Apply(RetentionArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RetentionArgs {
+    /// The cold archive: s3://bucket/prefix, gs://…, az://…, file:///path [config:
+    /// retention.archive; else the one this data directory used last]. Credentials and
+    /// endpoints come from the environment (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, …).
+    #[arg(long, value_name = "URL")]
+    archive: Option<String>,
+    /// Age at which events leave the hot tier, e.g. 90d [config: retention.hot]
+    #[arg(long, value_name = "AGE")]
+    hot: Option<String>,
+    /// Age at which events go to the cold archive, e.g. 365d [config: retention.warm]
+    #[arg(long, value_name = "AGE")]
+    warm: Option<String>,
+    /// Plan as of this time (RFC 3339) instead of now, to rehearse a future date
+    #[arg(long, value_name = "TIME")]
+    now: Option<String>,
+    /// The TOML config file holding [retention] (the one `mlaudit serve --config` reads)
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// What the policy makes due at one time.
+#[derive(Debug)]
+struct Plan {
+    now_ns: i64,
+    size: u64,
+    /// The first seq received within the hot age.
+    hot_from: u64,
+    /// The first seq received within the warm age.
+    warm_from: u64,
+    /// The checkpoint size the archive is to reach (0: nothing due).
+    archive_to: u64,
+    /// Per rule: its text and the payloads it makes due.
+    expiry: Vec<(String, u64)>,
+}
+
+pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
+    let (args, apply) = match cmd {
+        RetentionCommand::Plan(a) => (a, false),
+        RetentionCommand::Apply(a) => (a, true),
+    };
+    let file = config_file(args.config.as_deref())?;
+    let policy = Policy::resolve(&file, args.hot.as_deref(), args.warm.as_deref())?;
+    let now_ns = match &args.now {
+        Some(t) => {
+            parse_time(t).ok_or_else(|| InputError(format!("--now {t:?}: not an RFC 3339 time")))?
+        }
+        None => now_ns(),
+    };
+    let archive_url = args
+        .archive
+        .clone()
+        .or(file.archive.clone())
+        .or_else(|| remembered_archive(data));
+    let store = ledger::open(data)?;
+    let plan = make_plan(&store, &policy, now_ns, true)?;
+    let archive = archive_url.as_deref().map(Archive::open).transpose()?;
+    let archived = match &archive {
+        Some(a) => a.size().context("reading the archive's checkpoint")?,
+        None => 0,
+    };
+    print_plan(&plan, &policy, archive.as_ref(), archived);
+    if !apply {
+        return Ok(());
+    }
+    if let Some(seq) = record_policy(&store, &policy)? {
+        println!("recorded the retention policy in the log (governance.policy_changed, seq {seq})");
+    }
+    match &archive {
+        Some(a) if plan.archive_to > archived => {
+            let verifier = ledger::signer(data)?.verifier();
+            let started = std::time::Instant::now();
+            let mut progress = Progress::new("archiving", plan.archive_to - archived);
+            let done = archive_up_to(&store, a, plan.archive_to, &verifier, &mut |d, _| {
+                progress.set(d)
+            })?;
+            progress.finish();
+            println!(
+                "archived seqs {}..{} to {}: {} objects written ({} bytes), {} already there, in {:.1} s",
+                done.from,
+                done.size,
+                a.url(),
+                done.written,
+                done.bytes,
+                done.already_there,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Some(_) => println!("archive: already up to date"),
+        None if plan.archive_to > 0 => println!(
+            "archive: none configured (--archive, or retention.archive in the config): {} events stay local",
+            plan.archive_to
+        ),
+        None => {}
+    }
+    if let (Some(url), true) = (&archive_url, data.is_dir()) {
+        remember_archive(data, url)?;
+    }
+    let due: u64 = plan.expiry.iter().map(|(_, n)| n).sum();
+    if due > 0 {
+        println!(
+            "payload expiry: {due} payloads are due; this version keeps them (removing payloads is not available yet)"
+        );
+    }
+    store.close()
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// `[retention]` of the config file (empty without a file).
+fn config_file(path: Option<&Path>) -> Result<RetentionFile> {
+    #[derive(serde::Deserialize)]
+    struct Whole {
+        retention: Option<RetentionFile>,
+    }
+    let Some(path) = path else {
+        return Ok(RetentionFile::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    let whole: Whole =
+        toml::from_str(&text).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+    Ok(whole.retention.unwrap_or_default())
+}
+
+pub fn remembered_archive(data: &Path) -> Option<String> {
+    std::fs::read_to_string(data.join(ARCHIVE_URL_FILE))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn remember_archive(data: &Path, url: &str) -> Result<()> {
+    let path = data.join(ARCHIVE_URL_FILE);
+    if remembered_archive(data).as_deref() == Some(url) {
+        return Ok(());
+    }
+    std::fs::write(&path, format!("{url}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The receipt time of event `seq`.
+fn received(store: &dyn Store, seq: u64) -> Result<i64> {
+    let ev = store.event(seq)?;
+    Ok(decode_view(&ev.entry)
+        .with_context(|| format!("decoding entry {seq}"))?
+        .receipt_time_ns)
+}
+
+/// The first seq received at or after `t` (receipt times grow with seq).
+fn first_received_since(store: &dyn Store, t: i64) -> Result<u64> {
+    let (mut lo, mut hi) = (0u64, store.tree_size());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if received(store, mid)? < t {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// The plan at `now_ns`; the payload expiry counts (a scan of the events old enough) only
+/// `with_expiry`.
+fn make_plan(store: &dyn Store, policy: &Policy, now_ns: i64, with_expiry: bool) -> Result<Plan> {
+    let size = store.tree_size();
+    let hot_from = first_received_since(store, now_ns.saturating_sub(policy.hot_ns))?;
+    let warm_from = first_received_since(store, now_ns.saturating_sub(policy.warm_ns))?;
+    let archive_to = store
+        .checkpoint_sizes()?
+        .into_iter()
+        .filter(|s| *s <= warm_from)
+        .max()
+        .unwrap_or(0);
+    Ok(Plan {
+        now_ns,
+        size,
+        hot_from,
+        warm_from,
+        archive_to,
+        expiry: match with_expiry {
+            true => expiry_due(store, policy, now_ns)?,
+            false => Vec::new(),
+        },
+    })
+}
+
+/// Per rule, the payloads still kept that it makes due at `now_ns`.
+fn expiry_due(store: &dyn Store, policy: &Policy, now_ns: i64) -> Result<Vec<(String, u64)>> {
+    let mut due: Vec<(String, u64)> = policy.rules.iter().map(|r| (r.text.clone(), 0)).collect();
+    let Some(shortest) = policy.rules.iter().filter_map(|r| r.expire_ns).min() else {
+        return Ok(due);
+    };
+    let end = first_received_since(store, now_ns.saturating_sub(shortest))?;
+    if end == 0 {
+        return Ok(due);
+    }
+    let mut progress = Progress::new("planning payload expiry", end);
+    let mut failure = None;
+    store.scan(0, &mut |ev| {
+        progress.set(ev.seq + 1);
+        if ev.seq >= end {
+            return ControlFlow::Break(());
+        }
+        let view = match decode_view(&ev.entry) {
+            Ok(v) => v,
+            Err(e) => {
+                failure = Some(anyhow::anyhow!("decoding entry {}: {e}", ev.seq));
+                return ControlFlow::Break(());
+            }
+        };
+        if let Some(i) = policy.rule_for(&view) {
+            let expired = policy.rules[i]
+                .expire_ns
+                .is_some_and(|age| view.receipt_time_ns < now_ns.saturating_sub(age));
+            if expired && ev.payload.is_some() {
+                due[i].1 += 1;
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    progress.finish();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(due),
+    }
+}
+
+fn print_plan(plan: &Plan, policy: &Policy, archive: Option<&Archive>, archived: u64) {
+    let day = 86_400_000_000_000i64;
+    println!(
+        "retention plan at {} (hot {}d, warm {}d), {} events",
+        format_time(plan.now_ns),
+        policy.hot_ns / day,
+        policy.warm_ns / day,
+        plan.size
+    );
+    println!(
+        "  hot   {:>12} events (seqs {}..{}), received after {}",
+        plan.size - plan.hot_from,
+        plan.hot_from,
+        plan.size,
+        format_time(plan.now_ns.saturating_sub(policy.hot_ns))
+    );
+    println!(
+        "  warm  {:>12} events (seqs {}..{}), received after {}",
+        plan.hot_from - plan.warm_from,
+        plan.warm_from,
+        plan.hot_from,
+        format_time(plan.now_ns.saturating_sub(policy.warm_ns))
+    );
+    println!(
+        "  cold  {:>12} events (seqs 0..{}), older: due for the archive",
+        plan.warm_from, plan.warm_from
+    );
+    match archive {
+        Some(a) if plan.archive_to > archived => println!(
+            "archive {}: holds {archived} events; apply archives seqs {archived}..{} (up to the checkpoint of {})",
+            a.url(),
+            plan.archive_to,
+            plan.archive_to
+        ),
+        Some(a) => println!("archive {}: holds {archived} events, up to date", a.url()),
+        None => println!("archive: none configured"),
+    }
+    if policy.rules.is_empty() {
+        println!("payload expiry: no rules, every payload is kept");
+    }
+    for (text, n) in &plan.expiry {
+        println!("payload expiry: {text}: {n} payloads due");
+    }
+}
+
+/// Extends the archive to the checkpoint of `size`.
+fn archive_up_to(
+    store: &dyn Store,
+    archive: &Archive,
+    size: u64,
+    verifier: &NoteVerifier,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Extended> {
+    let note = store
+        .checkpoint(size)?
+        .with_context(|| format!("the checkpoint of {size} events is gone"))?;
+    Ok(mlaudit_archive::write::extend(
+        archive, store, &note, verifier, progress,
+    )?)
+}
+
+/// One run of `mlaudit serve`'s schedule: records a changed policy, then archives what is
+/// due. Returns the archive's size after the run and the events it added.
+pub fn scheduled_run(
+    store: &dyn Store,
+    policy: &Policy,
+    archive: Option<&Archive>,
+    verifier: &NoteVerifier,
+) -> Result<(u64, u64)> {
+    if let Some(seq) = record_policy(store, policy)? {
+        tracing::info!(
+            seq,
+            "recorded the retention policy (governance.policy_changed)"
+        );
+    }
+    let Some(archive) = archive else {
+        return Ok((0, 0));
+    };
+    let plan = make_plan(store, policy, now_ns(), false)?;
+    let archived = archive.size()?;
+    if plan.archive_to <= archived {
+        return Ok((archived, 0));
+    }
+    tracing::info!(archive = %archive.url(), from = archived, to = plan.archive_to, "archiving");
+    let mut last = std::time::Instant::now();
+    let done = archive_up_to(store, archive, plan.archive_to, verifier, &mut |d, t| {
+        if last.elapsed() >= std::time::Duration::from_secs(10) {
+            last = std::time::Instant::now();
+            tracing::info!(done = d, of = t, "archiving");
+        }
+    })?;
+    Ok((done.size, done.size - done.from))
+}
+
+/// Appends `governance.policy_changed` when the retention policy differs from the last one
+/// the log recorded; returns its seq.
+fn record_policy(store: &dyn Store, policy: &Policy) -> Result<Option<u64>> {
+    let old = last_recorded_policy(store)?;
+    if old.as_ref() == Some(&policy.recorded) {
+        return Ok(None);
+    }
+    let principal = crate::append::local_principal();
+    let event = serde_json::json!({
+        "kind": "governance.policy_changed",
+        "actor": {"id": principal, "type": "user"},
+        "attributes": {
+            "policy": "retention",
+            "old": old.unwrap_or_else(|| serde_json::json!("none")),
+            "new": policy.recorded,
+        },
+    });
+    let prepared = prepare(&event.to_string(), &principal)
+        .map_err(|e| anyhow::anyhow!("recording the retention policy: {e}"))?;
+    let receipt = store
+        .append(vec![prepared])
+        .context("recording the retention policy in the log")?;
+    Ok(receipt.events.first().map(|e| e.seq))
+}
+
+/// The `new` policy of the latest `governance.policy_changed` for `retention`.
+fn last_recorded_policy(store: &dyn Store) -> Result<Option<serde_json::Value>> {
+    let mut seqs = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.query(&Query {
+            kind: Some("governance.policy_changed".into()),
+            after_seq: after,
+            limit: 10_000,
+            ..Query::default()
+        })?;
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        seqs.extend(page);
+        after = Some(last);
+    }
+    for seq in seqs.into_iter().rev() {
+        let v = mlaudit_store::view::event_json(store, seq)?;
+        let attributes = &v["event"]["attributes"];
+        if attributes["policy"] == "retention" {
+            return Ok(Some(attributes["new"].clone()));
+        }
+    }
+    Ok(None)
+}

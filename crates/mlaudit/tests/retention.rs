@@ -1,0 +1,343 @@
+//! `mlaudit retention plan|apply`, `verify --archive` and `serve`'s retention schedule, run
+//! as real processes: tiers by age against `--now`, the archive on the filesystem and on an
+//! S3-compatible server, an apply killed with `kill -9` at several points and finished by the
+//! next one, damage named by object, and a changed policy recorded in the log.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
+mod support;
+
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::serve::Server;
+use support::Log;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mlaudit");
+const FUTURE: &str = "2040-01-01T00:00:00Z";
+
+/// `n` predictions of two models, as NDJSON.
+fn predictions(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            json!({
+                "kind": "prediction.served",
+                "actor": {"type": "service", "id": "scoring-api"},
+                "subject": {"model": if i % 2 == 0 { "credit" } else { "churn" }, "version": "1",
+                            "request": format!("r-{i}")},
+                "attributes": {"inputs": {"x": i}, "outputs": {"score": 0.5}},
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn append(log: &Log, n: usize, batch: usize) {
+    let file = log.write("events.ndjson", predictions(n));
+    log.run(&["append", &file, "--batch-size", &batch.to_string()])
+        .ok();
+}
+
+const CONFIG: &str = r#"
+[retention]
+hot = "30d"
+warm = "180d"
+
+[retention.risk]
+credit = "high"
+churn = "low"
+
+[[retention.rule]]
+stage = "governance"
+expire = "never"
+
+[[retention.rule]]
+stage = "prediction"
+risk = "high"
+expire = "7y"
+
+[[retention.rule]]
+stage = "prediction"
+risk = "low"
+expire = "1y"
+"#;
+
+#[test]
+fn plan_and_apply_archive_what_is_due_and_the_archive_verifies_alone() {
+    let log = Log::new("retention-apply");
+    append(&log, 1000, 300);
+    let config = log.write("mlaudit.toml", CONFIG);
+    let arch = log.dir.join("archive");
+    let url = format!("file://{}", arch.display());
+
+    let today = log.run(&["retention", "plan", "--config", &config]).ok();
+    assert!(
+        today.stdout.contains("hot           1000 events"),
+        "{}",
+        today.stdout
+    );
+    assert!(
+        today.stdout.contains("cold             0 events"),
+        "{}",
+        today.stdout
+    );
+
+    let later = log
+        .run(&[
+            "retention",
+            "plan",
+            "--config",
+            &config,
+            "--now",
+            FUTURE,
+            "--archive",
+            &url,
+        ])
+        .ok();
+    assert!(
+        later.stdout.contains("cold          1000 events"),
+        "{}",
+        later.stdout
+    );
+    assert!(
+        later.stdout.contains("apply archives seqs 0..1000"),
+        "{}",
+        later.stdout
+    );
+    assert!(
+        later
+            .stdout
+            .contains("rule 3 (stage=prediction risk=low: expire 1y): 500 payloads due"),
+        "{}",
+        later.stdout
+    );
+    assert!(!arch.exists(), "plan changes nothing");
+
+    let applied = log
+        .run(&[
+            "retention",
+            "apply",
+            "--config",
+            &config,
+            "--now",
+            FUTURE,
+            "--archive",
+            &url,
+        ])
+        .ok();
+    assert!(
+        applied.stdout.contains("archived seqs 0..1000"),
+        "{}",
+        applied.stdout
+    );
+    assert!(
+        applied
+            .stdout
+            .contains("governance.policy_changed, seq 1000"),
+        "{}",
+        applied.stdout
+    );
+    // The data directory remembers its archive; the same policy is not recorded twice.
+    let again = log
+        .run(&["retention", "apply", "--config", &config, "--now", FUTURE])
+        .ok();
+    assert!(
+        !again.stdout.contains("recorded the retention policy"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        again.stdout.contains("archived seqs 1000..1001"),
+        "{}",
+        again.stdout
+    );
+    // A changed policy is recorded, with the old one.
+    let changed = log
+        .run(&["retention", "apply", "--config", &config, "--hot", "7d"])
+        .ok();
+    assert!(
+        changed.stdout.contains("governance.policy_changed"),
+        "{}",
+        changed.stdout
+    );
+    let recorded = log
+        .run(&[
+            "query",
+            "--kind",
+            "governance.policy_changed",
+            "--format",
+            "json",
+        ])
+        .ok();
+    assert_eq!(
+        recorded.stdout.matches("policy_changed").count(),
+        2,
+        "{}",
+        recorded.stdout
+    );
+
+    let key = log.verifier_key_path();
+    let ok = log.run(&["verify", "--archive", &url, "--key", &key]).ok();
+    assert!(ok.stdout.contains("1001 events"), "{}", ok.stdout);
+    assert!(ok.stdout.contains("intact"), "{}", ok.stdout);
+
+    // Damage to any archived object is caught, with its name.
+    for name in [
+        "tile/entries/000",
+        "tile/0/001",
+        "payload/002",
+        "tile/1/000.p/3",
+    ] {
+        let path = arch.join(name);
+        let original = std::fs::read(&path).unwrap();
+        let mut bytes = original.clone();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let bad = log
+            .run(&["verify", "--archive", &url, "--key", &key])
+            .code(1);
+        assert!(
+            bad.stderr.contains(&format!("FAILED: {name}: ")),
+            "{name}: {}",
+            bad.stderr
+        );
+        std::fs::write(&path, &original).unwrap();
+    }
+    log.run(&["verify"]).ok();
+}
+
+#[test]
+fn an_apply_killed_at_any_point_is_finished_by_the_next() {
+    let log = Log::new("retention-kill");
+    append(&log, 60_000, 5000);
+    let arch = log.dir.join("archive");
+    let url = format!("file://{}", arch.display());
+    let args = |now: &str| {
+        vec![
+            "retention".to_owned(),
+            "apply".into(),
+            "--now".into(),
+            now.into(),
+            "--archive".into(),
+            url.clone(),
+        ]
+    };
+    let mut killed = 0;
+    for delay_ms in [40u64, 90, 150, 250, 400] {
+        let mut child = Command::new(BIN)
+            .arg("--data")
+            .arg(&log.data)
+            .args(args(FUTURE))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        // Whatever the archive holds verifies: the checkpoint is replaced only last.
+        if arch.join("checkpoint").exists() {
+            log.run(&["verify", "--archive", &url]).ok();
+        }
+    }
+    assert!(
+        killed > 0,
+        "no run was cut short: the log is too small to test this"
+    );
+    let done = log.cmd(args(FUTURE)).run().ok();
+    assert!(done.stdout.contains("archived") || done.stdout.contains("up to date"));
+    let v = log.run(&["verify", "--archive", &url]).ok();
+    assert!(v.stdout.contains("intact"), "{}", v.stdout);
+    // Every event is still readable locally, and the log verifies.
+    log.run(&["get", "0"]).ok();
+    log.run(&["get", "59999"]).ok();
+    log.run(&["verify"]).ok();
+}
+
+#[test]
+fn the_archive_works_on_an_s3_compatible_server() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let bucket = "mlaudit-cli-test";
+    let out = Command::new("bash")
+        .arg(format!("{root}/scripts/s3-test-server.sh"))
+        .arg(bucket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = std::env::var("MLAUDIT_TEST_S3_PORT").unwrap_or_else(|_| "5077".into());
+    let log = Log::new("retention-s3");
+    append(&log, 700, 700);
+    let stamp = Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id());
+    let url = format!("s3://{bucket}/cli-{}-{stamp}", std::process::id());
+    let s3 = |args: &[&str]| {
+        log.cmd(args)
+            .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .run()
+    };
+    let applied = s3(&["retention", "apply", "--now", FUTURE, "--archive", &url]).ok();
+    assert!(
+        applied.stdout.contains("archived seqs 0..700"),
+        "{}",
+        applied.stdout
+    );
+    let v = s3(&["verify", "--archive", &url]).ok();
+    assert!(v.stdout.contains("700 events"), "{}", v.stdout);
+}
+
+#[test]
+fn serve_archives_on_its_schedule_and_reports_it_in_metrics() {
+    let log = Log::new("retention-serve");
+    append(&log, 500, 500);
+    let arch = log.dir.join("archive");
+    let config = log.write(
+        "serve.toml",
+        format!(
+            "[retention]\nhot = \"1s\"\nwarm = \"1s\"\nschedule = \"1s\"\narchive = \"file://{}\"\n",
+            arch.display()
+        ),
+    );
+    let server = Server::start(&log.data, &["--config", &config, "--danger-no-auth"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let m = server.request("GET", "/metrics", &[], b"").unwrap().text();
+        let archived = m
+            .lines()
+            .find_map(|l| l.strip_prefix("mlaudit_retention_archived_events "))
+            .map(|v| v.trim().parse::<u64>().unwrap());
+        if archived.is_some_and(|n| n >= 500) {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing archived in 60 s:\n{m}\n{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(metrics.contains("mlaudit_retention_runs_total{outcome=\"ok\"}"));
+    assert!(
+        server.stderr().contains("retention run done"),
+        "{}",
+        server.stderr()
+    );
+    server.stop();
+    let url = format!("file://{}", arch.display());
+    log.run(&["verify", "--archive", &url]).ok();
+}
