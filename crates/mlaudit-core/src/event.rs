@@ -27,7 +27,12 @@ pub const MAX_ATTRIBUTES: usize = 1024;
 
 /// Kinds only the server writes (it records access changes and reads of the trail itself); a
 /// client that submits one is refused, whatever its role.
-pub const RESERVED_KINDS: [&str; 2] = ["governance.access_changed", "governance.audit_accessed"];
+pub const RESERVED_KINDS: [&str; 4] = [
+    "governance.access_changed",
+    "governance.audit_accessed",
+    "governance.hold_created",
+    "governance.hold_released",
+];
 
 /// Whether only the server may write events of `kind`.
 pub fn is_reserved_kind(kind: &str) -> bool {
@@ -300,6 +305,24 @@ const CATALOGUE: &[KindSpec] = &[
         stage: Stage::Governance,
         subjects: &[],
         attrs: &[],
+        optional: &[],
+    },
+    KindSpec {
+        name: "governance.hold_created",
+        stage: Stage::Governance,
+        subjects: &[],
+        attrs: &[
+            ("hold", Attr::Text),
+            ("reason", Attr::Text),
+            ("scope", Attr::Object),
+        ],
+        optional: &[],
+    },
+    KindSpec {
+        name: "governance.hold_released",
+        stage: Stage::Governance,
+        subjects: &[],
+        attrs: &[("hold", Attr::Text), ("reason", Attr::Text)],
         optional: &[],
     },
 ];

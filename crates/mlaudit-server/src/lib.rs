@@ -22,6 +22,7 @@ pub mod auth;
 mod background;
 pub mod conn;
 pub mod error;
+mod holds;
 mod ingest;
 pub mod integrations;
 pub mod metrics;
@@ -267,6 +268,14 @@ pub const ROUTES: &[Route] = &[
         ..route("GET", "/v1/tokens", Access::Admin, || get(tokens::list))
     },
     route("POST", "/v1/tokens", Access::Admin, || post(tokens::create)),
+    Route {
+        audited: true,
+        ..route("GET", "/v1/holds", Access::Read, || get(holds::list))
+    },
+    route("POST", "/v1/holds", Access::Admin, || post(holds::create)),
+    route("POST", "/v1/holds/{hold}/release", Access::Admin, || {
+        post(holds::release)
+    }),
     route("PUT", "/v1/tokens/{name}", Access::Admin, || {
         put(tokens::set_role)
     }),

@@ -567,6 +567,20 @@ async fn role_matrix_every_endpoint_by_every_caller() {
             ),
             ("GET", "/v1/tokens".into(), "", String::new(), &[Admin]),
             (
+                "GET",
+                "/v1/holds".into(),
+                "",
+                String::new(),
+                &[Reader, Admin],
+            ),
+            (
+                "POST",
+                "/v1/holds".into(),
+                "application/json",
+                json!({"model": "credit-risk", "reason": "matrix"}).to_string(),
+                &[Admin],
+            ),
+            (
                 "POST",
                 "/v1/tokens".into(),
                 "application/json",
@@ -1039,4 +1053,79 @@ async fn a_panicking_handler_answers_500_json_and_the_server_goes_on() {
         .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     assert_eq!(f.store.tree_size(), 0);
+}
+
+#[tokio::test]
+async fn legal_holds_are_placed_listed_and_released_by_admins_only() {
+    let f = fixture("holds", Limits::default());
+    let placed = call_as(
+        &f,
+        Caller::Admin,
+        "POST",
+        "/v1/holds",
+        "application/json",
+        json!({"model": "credit-risk", "version": "7", "reason": "case 17"}).to_string(),
+    )
+    .await;
+    assert_eq!(placed.status, StatusCode::CREATED, "{}", placed.text());
+    let hold = placed.json()["hold"].as_str().unwrap().to_owned();
+    let seq = placed.json()["seq"].as_u64().unwrap();
+    let recorded = mlaudit_store::view::event_json(&*f.store, seq).unwrap();
+    assert_eq!(recorded["event"]["kind"], "governance.hold_created");
+    assert_eq!(recorded["event"]["principal"], "token:admin");
+
+    for (body, why) in [
+        (json!({"reason": "no scope"}), "needs a scope"),
+        (json!({"model": "m", "reason": " "}), "needs a reason"),
+        (json!({"from": "soon", "reason": "r"}), "RFC 3339"),
+        (
+            json!({"model": "m", "reason": "r", "extra": 1}),
+            "unknown field",
+        ),
+    ] {
+        let r = call_as(
+            &f,
+            Caller::Admin,
+            "POST",
+            "/v1/holds",
+            "application/json",
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{why}: {}", r.text());
+        assert!(r.text().contains(why), "{why}: {}", r.text());
+    }
+    let listed = call_as(&f, Caller::Reader, "GET", "/v1/holds", "", String::new()).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    assert_eq!(listed.json()["holds"][0]["active"], true);
+    assert_eq!(listed.json()["holds"][0]["scope"]["version"], "7");
+
+    let uri = format!("/v1/holds/{hold}/release");
+    let denied = call_as(&f, Caller::Writer, "POST", &uri, "", String::new()).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let released = call_as(
+        &f,
+        Caller::Admin,
+        "POST",
+        &uri,
+        "application/json",
+        json!({"reason": "case closed"}).to_string(),
+    )
+    .await;
+    assert_eq!(released.status, StatusCode::OK, "{}", released.text());
+    let again = call_as(&f, Caller::Admin, "POST", &uri, "", String::new()).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text());
+    let unknown = call_as(
+        &f,
+        Caller::Admin,
+        "POST",
+        "/v1/holds/hold-nope/release",
+        "",
+        String::new(),
+    )
+    .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{}", unknown.text());
+    let listed = call_as(&f, Caller::Reader, "GET", "/v1/holds", "", String::new()).await;
+    assert_eq!(listed.json()["holds"][0]["active"], false);
+    assert_eq!(listed.json()["holds"][0]["release_reason"], "case closed");
 }

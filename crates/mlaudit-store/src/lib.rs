@@ -22,6 +22,7 @@
 
 pub mod audit;
 pub mod conformance;
+pub mod holds;
 pub mod ingest;
 pub mod lineage;
 pub mod proofs;

@@ -6,6 +6,7 @@
 
 mod append;
 mod demo;
+mod hold;
 mod http;
 mod import;
 mod ledger;
@@ -141,6 +142,9 @@ enum Command {
         #[arg(long, value_name = "VKEY")]
         key: Option<String>,
     },
+    /// Legal holds: covered events never expire or lose their payload.
+    #[command(subcommand)]
+    Hold(hold::HoldCommand),
     /// Tiers by age, the cold archive and payload expiry (see docs/RETENTION.md).
     #[command(subcommand)]
     Retention(retention::RetentionCommand),
@@ -200,6 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { predictions } => demo::run(&data, predictions),
         Command::Serve(args) => serve::run(&data, args),
         Command::Retention(cmd) => retention::run(&data, cmd),
+        Command::Hold(cmd) => hold::run(&data, cmd),
         Command::Import(cmd) => import::run(&data, cmd),
         Command::Token(cmd) => token::run(&data, cmd),
     }

@@ -341,3 +341,54 @@ fn serve_archives_on_its_schedule_and_reports_it_in_metrics() {
     let url = format!("file://{}", arch.display());
     log.run(&["verify", "--archive", &url]).ok();
 }
+
+#[test]
+fn a_held_event_survives_a_policy_that_would_expire_it() {
+    let log = Log::new("retention-hold");
+    append(&log, 100, 100);
+    let config = log.write("mlaudit.toml", CONFIG);
+    let placed = log
+        .run(&[
+            "hold",
+            "create",
+            "--model",
+            "churn",
+            "--reason",
+            "case 2026-17",
+        ])
+        .ok();
+    let hold = placed.stdout.split_whitespace().next().unwrap().to_owned();
+    assert!(hold.starts_with("hold-"), "{}", placed.stdout);
+    let plan = log
+        .run(&["retention", "plan", "--config", &config, "--now", FUTURE])
+        .ok();
+    assert!(
+        plan.stdout
+            .contains("expire 1y): 0 payloads due, 50 kept by legal holds"),
+        "{}",
+        plan.stdout
+    );
+    let listed = log.run(&["hold", "list", "--json"]).ok().json();
+    assert_eq!(listed[0]["hold"], hold.as_str());
+    assert_eq!(listed[0]["scope"]["model"], "churn");
+    log.run(&["hold", "create", "--reason", "nothing"]).code(2);
+    log.run(&["hold", "release", &hold, "--reason", "case closed"])
+        .ok();
+    log.run(&["hold", "release", &hold]).code(2);
+    let plan = log
+        .run(&["retention", "plan", "--config", &config, "--now", FUTURE])
+        .ok();
+    assert!(
+        plan.stdout.contains("expire 1y): 50 payloads due, 0 kept"),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(log.run(&["hold", "list", "--json"]).ok().json(), json!([]));
+    let all = log.run(&["hold", "list", "--all", "--json"]).ok().json();
+    assert_eq!(all[0]["release_reason"], "case closed");
+    // Clients cannot forge a hold or a release.
+    let forged = json!({"kind": "governance.hold_released", "actor": {"id": "x", "type": "user"},
+                        "attributes": {"hold": hold, "reason": "forged"}});
+    let file = log.write("forged.ndjson", forged.to_string() + "\n");
+    log.run(&["append", &file]).code(2);
+}

@@ -88,6 +88,8 @@ pub const SPEC: &[(&str, &[&str], &[&str])] = &[
         &["principal", "role", "change"],
     ),
     ("governance.audit_accessed", &[], &[]),
+    ("governance.hold_created", &[], &["hold", "reason", "scope"]),
+    ("governance.hold_released", &[], &["hold", "reason"]),
 ];
 
 pub const ID: &str = "6f9619ff-8b86-d011-b42d-00c04fc964ff";
@@ -138,6 +140,8 @@ pub fn attribute_value(kind: &str, name: &str) -> Value {
         "changes" => json!({"timeout_ms": {"old": 100, "new": 200}}),
         "outputs" => json!({"score": 0.12}),
         "policy" => json!("retention"),
+        "hold" => json!("hold-1f2e3d4c"),
+        "scope" => json!({"model": "credit-risk"}),
         "old" => json!({"days": 30}),
         "new" => json!({"days": 90}),
         "principal" => json!("carol"),

@@ -66,8 +66,8 @@ struct Plan {
     warm_from: u64,
     /// The checkpoint size the archive is to reach (0: nothing due).
     archive_to: u64,
-    /// Per rule: its text and the payloads it makes due.
-    expiry: Vec<(String, u64)>,
+    /// Per rule: its text, the payloads it makes due, and those kept by legal holds.
+    expiry: Vec<(String, u64, u64)>,
 }
 
 pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
@@ -132,7 +132,7 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
     if let (Some(url), true) = (&archive_url, data.is_dir()) {
         remember_archive(data, url)?;
     }
-    let due: u64 = plan.expiry.iter().map(|(_, n)| n).sum();
+    let due: u64 = plan.expiry.iter().map(|(_, n, _)| n).sum();
     if due > 0 {
         println!(
             "payload expiry: {due} payloads are due; this version keeps them (removing payloads is not available yet)"
@@ -225,9 +225,18 @@ fn make_plan(store: &dyn Store, policy: &Policy, now_ns: i64, with_expiry: bool)
     })
 }
 
-/// Per rule, the payloads still kept that it makes due at `now_ns`.
-fn expiry_due(store: &dyn Store, policy: &Policy, now_ns: i64) -> Result<Vec<(String, u64)>> {
-    let mut due: Vec<(String, u64)> = policy.rules.iter().map(|r| (r.text.clone(), 0)).collect();
+/// Per rule, the payloads still kept that it makes due at `now_ns`, and those of them that
+/// legal holds keep.
+fn expiry_due(store: &dyn Store, policy: &Policy, now_ns: i64) -> Result<Vec<(String, u64, u64)>> {
+    let mut due: Vec<(String, u64, u64)> = policy
+        .rules
+        .iter()
+        .map(|r| (r.text.clone(), 0, 0))
+        .collect();
+    let holds: Vec<_> = mlaudit_store::holds::list(store)?
+        .into_iter()
+        .filter(|h| h.active())
+        .collect();
     let Some(shortest) = policy.rules.iter().filter_map(|r| r.expire_ns).min() else {
         return Ok(due);
     };
@@ -254,7 +263,11 @@ fn expiry_due(store: &dyn Store, policy: &Policy, now_ns: i64) -> Result<Vec<(St
                 .expire_ns
                 .is_some_and(|age| view.receipt_time_ns < now_ns.saturating_sub(age));
             if expired && ev.payload.is_some() {
-                due[i].1 += 1;
+                if holds.iter().any(|h| h.scope.covers(&view)) {
+                    due[i].2 += 1;
+                } else {
+                    due[i].1 += 1;
+                }
             }
         }
         ControlFlow::Continue(())
@@ -306,8 +319,8 @@ fn print_plan(plan: &Plan, policy: &Policy, archive: Option<&Archive>, archived:
     if policy.rules.is_empty() {
         println!("payload expiry: no rules, every payload is kept");
     }
-    for (text, n) in &plan.expiry {
-        println!("payload expiry: {text}: {n} payloads due");
+    for (text, n, held) in &plan.expiry {
+        println!("payload expiry: {text}: {n} payloads due, {held} kept by legal holds");
     }
 }
 
