@@ -1,13 +1,17 @@
 //! Object names and the formats of the bundles.
 //!
 //! Hash tiles and entry bundles are exactly C2SP tlog-tiles'. A payload bundle is mlaudit's
-//! own: the payloads of the events of the entry bundle of the same name, in order:
+//! own: one zstd frame (RFC 8878) holding the payloads of the events of the entry bundle of the
+//! same name, in order:
 //!
 //! ```text
 //! "MLAPAYL1"                      8-byte magic
 //! per event:  u32 length, bytes   big-endian length; 0xFFFFFFFF (and no bytes) when the
 //!                                 payload is not kept (expired or erased)
 //! ```
+//!
+//! Decompression stops at the most a bundle of its width can hold (each event's JSON is at
+//! most `MAX_EVENT_BYTES`), so a hostile frame cannot exhaust memory.
 
 use crate::ArchiveError;
 use mlaudit_store::tiles::{tile_path, tile_path_index, TileRef, TILE_WIDTH};
@@ -17,6 +21,8 @@ pub const CHECKPOINT: &str = "checkpoint";
 /// Every checkpoint the archive was extended to: `checkpoints/<size>`.
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const PAYLOAD_MAGIC: &[u8; 8] = b"MLAPAYL1";
+/// zstd level of payload bundles.
+const PAYLOAD_LEVEL: i32 = 3;
 const ABSENT: u32 = u32::MAX;
 
 /// Name of hash tile `tile` of level `level`.
@@ -67,7 +73,9 @@ pub fn tiles_from(from: u64, count: u64) -> impl Iterator<Item = TileRef> {
 }
 
 /// Encodes a payload bundle.
-pub fn encode_payloads<'a>(payloads: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<u8> {
+pub fn encode_payloads<'a>(
+    payloads: impl Iterator<Item = Option<&'a [u8]>>,
+) -> std::io::Result<Vec<u8>> {
     let mut out = PAYLOAD_MAGIC.to_vec();
     for p in payloads {
         match p {
@@ -78,7 +86,7 @@ pub fn encode_payloads<'a>(payloads: impl Iterator<Item = Option<&'a [u8]>>) -> 
             None => out.extend_from_slice(&ABSENT.to_be_bytes()),
         }
     }
-    out
+    zstd::bulk::compress(&out, PAYLOAD_LEVEL)
 }
 
 /// Decodes a payload bundle of exactly `count` payloads.
@@ -88,7 +96,10 @@ pub fn decode_payloads(
     count: usize,
 ) -> Result<Vec<Option<Vec<u8>>>, ArchiveError> {
     let bad = |problem: String| ArchiveError::invalid(name, problem);
-    let mut rest = bytes
+    let limit = PAYLOAD_MAGIC.len() + count * (4 + mlaudit_core::event::MAX_EVENT_BYTES);
+    let raw = zstd::bulk::decompress(bytes, limit)
+        .map_err(|e| bad(format!("not a zstd frame of at most {limit} bytes: {e}")))?;
+    let mut rest = raw
         .strip_prefix(PAYLOAD_MAGIC.as_slice())
         .ok_or_else(|| bad("not a payload bundle (bad magic)".into()))?;
     let mut out = Vec::with_capacity(count);
@@ -155,12 +166,15 @@ mod tests {
     #[test]
     fn payload_bundles_round_trip_and_reject_trailing_or_short_bytes() {
         let items: [Option<&[u8]>; 3] = [Some(b"abc"), None, Some(b"")];
-        let bytes = encode_payloads(items.iter().copied());
+        let bytes = encode_payloads(items.iter().copied()).unwrap();
         let back = decode_payloads("p", &bytes, 3).unwrap();
         assert_eq!(back, vec![Some(b"abc".to_vec()), None, Some(vec![])]);
         assert!(decode_payloads("p", &bytes, 2).is_err());
         assert!(decode_payloads("p", &bytes, 4).is_err());
         assert!(decode_payloads("p", &bytes[1..], 3).is_err());
+        // A frame that would decompress beyond what its width can hold is refused.
+        let bomb = zstd::bulk::compress(&vec![0u8; 8 + 2 * (4 + (1 << 20)) + 1], 3).unwrap();
+        assert!(decode_payloads("p", &bomb, 2).is_err());
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub enum ArchiveError {
     Tile(#[from] mlaudit_store::tiles::TileError),
     #[error("starting the archive's I/O runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("compressing a payload bundle: {0}")]
+    Compress(std::io::Error),
 }
 
 impl ArchiveError {

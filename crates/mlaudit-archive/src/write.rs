@@ -189,7 +189,8 @@ fn leaf_objects(
         bundle.extend_from_slice(entry);
         hashes.extend_from_slice(&node.0);
     }
-    let payload_bundle = layout::encode_payloads(payloads.iter().map(|p| p.as_deref()));
+    let payload_bundle = layout::encode_payloads(payloads.iter().map(|p| p.as_deref()))
+        .map_err(ArchiveError::Compress)?;
     Ok(vec![
         (layout::entry_bundle_name(tile), bundle),
         (layout::payload_bundle_name(tile), payload_bundle),

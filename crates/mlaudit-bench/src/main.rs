@@ -8,12 +8,14 @@
 //! `cargo run --release -p mlaudit-bench -- scale [--events N] [--dir D]` (a log of N predictions)
 //! `cargo run --release -p mlaudit-bench -- index [--ids N] [--dir D]` (id index candidates)
 //! `cargo run --release -p mlaudit-bench -- postgres [--events N] [--clients N] [--url U]`
+//! `cargo run --release -p mlaudit-bench -- retention [--events N] [--no-s3]` (tiers, the archive)
 
 mod client;
 mod http;
 mod index;
 mod ingest;
 mod postgres;
+mod retention;
 mod scale;
 
 /// The server's allocator, built the same way (`no_thp`, see `crates/mlaudit/src/main.rs`), so
@@ -30,7 +32,8 @@ const USAGE: &str = "usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M
        mlaudit-bench client [--calls N] [--rate R] [--predict-seconds S] [--dir DIR]
        mlaudit-bench scale [--events N] [--dir DIR]
        mlaudit-bench index [--ids N] [--dir DIR]
-       mlaudit-bench postgres [--events N] [--clients N] [--url postgres://…] [--engines E,F]";
+       mlaudit-bench postgres [--events N] [--clients N] [--url postgres://…] [--engines E,F]
+       mlaudit-bench retention [--events N] [--samples N] [--no-s3] [--dir DIR]";
 
 /// Runs the named benchmark; errors are one line on stderr and exit status 2 (no backtrace).
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Some("client") => client::run(&args[1..]),
         Some("scale") => scale::run(&args[1..]),
         Some("postgres") => postgres::run(&args[1..]),
+        Some("retention") => retention::run(&args[1..]),
         Some("scale-probe") => scale::probe_main(&args[1..]),
         Some("index") => index::run(&args[1..]),
         Some("index-candidate") => index::candidate(&args[1..]),

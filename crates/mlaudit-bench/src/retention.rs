@@ -1,0 +1,331 @@
+//! `mlaudit-bench retention`: the tiers of one log of N predictions. Archive throughput to a
+//! local directory and to an S3-compatible server (moto, started by
+//! `scripts/s3-test-server.sh`), beside a plain copy of the segment files to the same disk;
+//! bytes per event in the hot (raw segment), warm (packed segment) and cold (archive) tiers;
+//! `get` latency (p50/p99) from each tier and inclusion-proof latency, hot against warm.
+
+use crate::http::pct;
+use crate::ingest::{emit, ingest_store};
+use anyhow::{Context, Result};
+use mlaudit_archive::Archive;
+use mlaudit_core::note::NoteSigner;
+use mlaudit_embedded::{EmbeddedStore, Options};
+use mlaudit_store::prelude::*;
+use mlaudit_store::proofs;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Segments are sealed (and packed: the warm tier) at this size, so that a small log has both.
+const SEGMENT_TARGET: u64 = 4 << 20;
+const BUCKET: &str = "mlaudit-bench";
+
+struct Opts {
+    events: usize,
+    dir: PathBuf,
+    s3: bool,
+    samples: usize,
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        events: 200_000,
+        dir: std::env::temp_dir().join("mlaudit-bench-retention"),
+        s3: true,
+        samples: 500,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().context(format!("{a} needs a value"));
+        match a.as_str() {
+            "--events" => o.events = val()?.parse()?,
+            "--dir" => o.dir = PathBuf::from(val()?),
+            "--samples" => o.samples = val()?.parse()?,
+            "--no-s3" => o.s3 = false,
+            other => anyhow::bail!("unknown option {other}"),
+        }
+    }
+    Ok(o)
+}
+
+fn predictions(n: usize) -> Vec<Vec<String>> {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            json!({
+                "id": uuid::Uuid::new_v4().to_string(),
+                "kind": "prediction.served",
+                "actor": {"type": "service", "id": "scoring-api"},
+                "subject": {"model": "credit-risk", "version": "7", "request": format!("req-{i}")},
+                "attributes": {"inputs": {"income": 40_000 + i % 5000, "age": 20 + i % 50,
+                                          "region": "north"},
+                               "outputs": {"score": (i % 1000) as f64 / 1000.0}, "latency_ms": 3},
+            })
+            .to_string()
+        })
+        .collect();
+    lines.chunks(1000).map(<[String]>::to_vec).collect()
+}
+
+fn files_bytes(dir: &Path, suffix: &str) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_name().to_string_lossy().ends_with(suffix) {
+            total += e.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+fn tree_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        total += if m.is_dir() {
+            tree_bytes(&e.path())?
+        } else {
+            m.len()
+        };
+    }
+    Ok(total)
+}
+
+/// p50 and p99 of `f` over `seqs`, in milliseconds.
+fn latency(seqs: &[u64], mut f: impl FnMut(u64) -> Result<()>) -> Result<(f64, f64)> {
+    let mut ms = Vec::with_capacity(seqs.len());
+    for &s in seqs {
+        let t = Instant::now();
+        f(s)?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok((pct(&ms, 0.5), pct(&ms, 0.99)))
+}
+
+fn spread(from: u64, to: u64, n: usize) -> Vec<u64> {
+    let span = to.saturating_sub(from).max(1);
+    (0..n as u64)
+        .map(|i| from + (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) % span))
+        .collect()
+}
+
+fn emit_latency(engine: &str, what: &str, (p50, p99): (f64, f64), extra: serde_json::Value) {
+    emit(
+        "retention",
+        engine,
+        &format!("{what}_p50_ms"),
+        p50,
+        extra.clone(),
+    );
+    emit("retention", engine, &format!("{what}_p99_ms"), p99, extra);
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let _ = std::fs::remove_dir_all(&o.dir);
+    std::fs::create_dir_all(&o.dir)?;
+    let log_dir = o.dir.join("log");
+    let signer = NoteSigner::from_seed("bench.example/retention", [5; 32])?;
+    let verifier = signer.verifier();
+    let options = Options {
+        segment_target: SEGMENT_TARGET,
+        ..Options::default()
+    };
+    let (store, _) = EmbeddedStore::open_with(&log_dir, Some(signer), options)?;
+    ingest_store(&store, &predictions(o.events))?;
+    store.settle();
+    let n = store.tree_size();
+    let ctx = json!({"events": n});
+
+    // Bytes per event: the raw log (hot), the packed segments (warm, scaled to the whole log).
+    let raw = files_bytes(&log_dir, ".log")?;
+    let packed = files_bytes(&log_dir, ".zst")?;
+    let raw_total = store.stats().log_bytes;
+    let packed_raw = raw_total.saturating_sub(raw);
+    emit(
+        "retention",
+        "hot",
+        "bytes_per_event",
+        raw_total as f64 / n as f64,
+        ctx.clone(),
+    );
+    if packed_raw > 0 {
+        let ratio = packed as f64 / packed_raw as f64;
+        emit(
+            "retention",
+            "warm",
+            "bytes_per_event",
+            ratio * raw_total as f64 / n as f64,
+            ctx.clone(),
+        );
+    }
+
+    // The baseline: a plain copy of the segment files to the same disk.
+    let copy_dir = o.dir.join("copy");
+    std::fs::create_dir_all(&copy_dir)?;
+    let t = Instant::now();
+    for e in std::fs::read_dir(&log_dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("seg-") {
+            std::fs::copy(e.path(), copy_dir.join(&name))?;
+        }
+    }
+    let copy_eps = n as f64 / t.elapsed().as_secs_f64();
+    emit(
+        "retention",
+        "copy-segments",
+        "events_per_s",
+        copy_eps,
+        ctx.clone(),
+    );
+
+    let note = latest(&store)?;
+    let fs_dir = o.dir.join("archive");
+    let fs = Archive::open(&format!("file://{}", fs_dir.display()))?;
+    let fs_eps = archive_once(&fs, &store, &note, &verifier, "archive-fs", copy_eps, &ctx)?;
+    emit(
+        "retention",
+        "cold",
+        "bytes_per_event",
+        tree_bytes(&fs_dir)? as f64 / n as f64,
+        ctx.clone(),
+    );
+
+    let hot = spread(n.saturating_sub(500).max(n * 99 / 100), n, o.samples);
+    let warm = spread(0, n / 2, o.samples);
+    let get = |s: &EmbeddedStore, seq| s.event(seq).map(|_| ()).map_err(anyhow::Error::from);
+    emit_latency(
+        "hot",
+        "get",
+        latency(&hot, |q| get(&store, q))?,
+        ctx.clone(),
+    );
+    emit_latency(
+        "warm",
+        "get",
+        latency(&warm, |q| get(&store, q))?,
+        ctx.clone(),
+    );
+    let cold_get = |a: &Archive, seq: u64| {
+        a.events(seq, seq + 1)
+            .map(|_| ())
+            .map_err(anyhow::Error::from)
+    };
+    emit_latency(
+        "cold-fs",
+        "get",
+        latency(&warm, |q| cold_get(&fs, q))?,
+        ctx.clone(),
+    );
+    let prove = |seq| {
+        proofs::inclusion_bundle(&store, seq)
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    emit_latency("hot", "proof", latency(&hot, prove)?, ctx.clone());
+    emit_latency("warm", "proof", latency(&warm, prove)?, ctx.clone());
+
+    if o.s3 {
+        let url = s3_archive()?;
+        let s3 = Archive::open(&url)?;
+        let s3_eps = archive_once(&s3, &store, &note, &verifier, "archive-s3", copy_eps, &ctx)?;
+        emit(
+            "retention",
+            "archive-s3",
+            "vs_archive_fs",
+            s3_eps / fs_eps,
+            ctx.clone(),
+        );
+        let few = &warm[..warm.len().min(200)];
+        emit_latency(
+            "cold-s3",
+            "get",
+            latency(few, |q| cold_get(&s3, q))?,
+            ctx.clone(),
+        );
+    }
+    store.close()?;
+    let _ = std::fs::remove_dir_all(&o.dir);
+    Ok(())
+}
+
+fn latest(store: &EmbeddedStore) -> Result<String> {
+    let size = store
+        .latest_checkpoint_size()?
+        .context("the log has no checkpoint")?;
+    store
+        .checkpoint(size)?
+        .context("the latest checkpoint is gone")
+}
+
+/// Archives the whole log once; prints events/s and the ratio to the copy baseline.
+fn archive_once(
+    archive: &Archive,
+    store: &EmbeddedStore,
+    note: &str,
+    verifier: &mlaudit_core::note::NoteVerifier,
+    engine: &str,
+    copy_eps: f64,
+    ctx: &serde_json::Value,
+) -> Result<f64> {
+    let t = Instant::now();
+    let done = mlaudit_archive::write::extend(archive, store, note, verifier, &mut |_, _| {})?;
+    let secs = t.elapsed().as_secs_f64();
+    let eps = done.size as f64 / secs;
+    let mut extra = ctx.clone();
+    extra["objects"] = json!(done.written);
+    extra["bytes"] = json!(done.bytes);
+    emit("retention", engine, "events_per_s", eps, extra);
+    emit(
+        "retention",
+        engine,
+        "vs_copy_segments",
+        eps / copy_eps,
+        ctx.clone(),
+    );
+    let t = Instant::now();
+    mlaudit_archive::verify::verify(archive, verifier, &mut |_, _| {})?;
+    let verify_eps = done.size as f64 / t.elapsed().as_secs_f64();
+    emit(
+        "retention",
+        engine,
+        "verify_events_per_s",
+        verify_eps,
+        ctx.clone(),
+    );
+    Ok(eps)
+}
+
+/// Starts (or finds) the S3-compatible test server and returns a fresh archive URL on it.
+fn s3_archive() -> Result<String> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/s3-test-server.sh"
+    );
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(BUCKET)
+        .output()
+        .context("running scripts/s3-test-server.sh")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scripts/s3-test-server.sh: {} (or run with --no-s3)",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let port = std::env::var("MLAUDIT_TEST_S3_PORT").unwrap_or_else(|_| "5077".into());
+    for (k, v) in [
+        ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ] {
+        std::env::set_var(k, v);
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    Ok(format!("s3://{BUCKET}/bench-{stamp}"))
+}
