@@ -235,6 +235,12 @@ impl Archive {
             .collect())
     }
 
+    /// Writes (or replaces) one object that is not part of the archive's layout, such as a
+    /// warehouse export's files.
+    pub fn put_file(&self, name: &str, bytes: Vec<u8>) -> Result<(), ArchiveError> {
+        self.block_on(self.put_overwrite(name, Bytes::from(bytes)))
+    }
+
     /// The latest archived checkpoint note, if the archive holds any.
     pub fn checkpoint_note(&self) -> Result<Option<String>, ArchiveError> {
         self.block_on(async {

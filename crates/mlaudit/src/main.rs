@@ -6,6 +6,7 @@
 
 mod append;
 mod demo;
+mod export;
 mod hold;
 mod http;
 mod import;
@@ -142,6 +143,9 @@ enum Command {
         #[arg(long, value_name = "VKEY")]
         key: Option<String>,
     },
+    /// Write events as day-partitioned files for a warehouse (DuckDB, BigQuery, Athena), each
+    /// with a manifest that proves its rows are the log's.
+    Export(export::ExportArgs),
     /// Legal holds: covered events never expire or lose their payload.
     #[command(subcommand)]
     Hold(hold::HoldCommand),
@@ -205,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&data, args),
         Command::Retention(cmd) => retention::run(&data, cmd),
         Command::Hold(cmd) => hold::run(&data, cmd),
+        Command::Export(args) => export::run(&data, args),
         Command::Import(cmd) => import::run(&data, cmd),
         Command::Token(cmd) => token::run(&data, cmd),
     }

@@ -187,7 +187,7 @@ fn received(store: &dyn Store, seq: u64) -> Result<i64> {
 }
 
 /// The first seq received at or after `t` (receipt times grow with seq).
-fn first_received_since(store: &dyn Store, t: i64) -> Result<u64> {
+pub fn first_received_since(store: &dyn Store, t: i64) -> Result<u64> {
     let (mut lo, mut hi) = (0u64, store.tree_size());
     while lo < hi {
         let mid = lo + (hi - lo) / 2;

@@ -1,0 +1,233 @@
+//! `mlaudit export`: the log's events as day-partitioned files a warehouse loads directly
+//! (`dt=YYYY-MM-DD/part-<first>-<end>.ndjson`), each with a manifest an auditor checks against
+//! the log's signed checkpoint (`part-<first>-<end>.manifest.json`).
+//!
+//! A partition is the events the log **received** on one UTC day, so it is one contiguous range
+//! of seqs `first..end`. Its manifest proves the rows are the log's: every row carries its entry
+//! header (`entry`, base64), whose SHA-256 with a 0x00 prefix is its leaf hash; the leaves of
+//! `first..end` hash (RFC 9162) to `range_root`; pushed onto `prefix` (the perfect-subtree
+//! hashes covering `0..first`, largest first) they give `root_at_end`, the root of the tree of
+//! `end` events; and `consistency_proof` proves that tree a prefix of the signed `checkpoint`.
+
+use crate::ledger::{self, InputError};
+use crate::output::Progress;
+use anyhow::{Context, Result};
+use mlaudit_archive::Archive;
+use mlaudit_core::b64;
+use mlaudit_core::entry::{decode_view, SubjectField};
+use mlaudit_core::event::{format_time, parse_time, Stage};
+use mlaudit_core::merkle::{consistency_proof, leaf_hash, node_hash, sha256, CompactRange, Hash};
+use mlaudit_store::prelude::*;
+use mlaudit_store::{latest_checkpoint, Nodes};
+use serde_json::{json, Map, Value};
+use std::ops::ControlFlow;
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub enum ExportFormat {
+    Ndjson,
+    Parquet,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Events received at or after this time (RFC 3339) [default: the first]
+    #[arg(long)]
+    from: Option<String>,
+    /// Events received before this time (RFC 3339) [default: the latest checkpoint]
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
+    format: ExportFormat,
+    /// A directory, or an object store URL (s3://…, gs://…, az://…, file:///…)
+    #[arg(long, value_name = "DIR|URL")]
+    out: String,
+}
+
+/// One day's rows, being built.
+struct Partition {
+    day: String,
+    first: u64,
+    rows: Vec<u8>,
+    leaves: Vec<Hash>,
+}
+
+pub fn run(data: &Path, args: ExportArgs) -> Result<()> {
+    if args.format == ExportFormat::Parquet {
+        return Err(InputError(
+            "--format parquet is not available in this build yet: use --format ndjson (DuckDB, BigQuery and Athena load it directly)".into(),
+        )
+        .into());
+    }
+    let time = |flag: &str, t: &Option<String>| -> Result<Option<i64>> {
+        t.as_deref()
+            .map(|s| {
+                parse_time(s)
+                    .ok_or_else(|| InputError(format!("{flag} {s:?}: not an RFC 3339 time")).into())
+            })
+            .transpose()
+    };
+    let from_ns = time("--from", &args.from)?;
+    let to_ns = time("--to", &args.to)?;
+    let out = output(&args.out)?;
+    let store = ledger::open(data)?;
+    let note = latest_checkpoint(&store)?.context("the log has no checkpoint yet")?;
+    let signed = mlaudit_core::note::unverified_checkpoint(&note)?.size;
+    let first = match from_ns {
+        Some(t) => crate::retention::first_received_since(&store, t)?,
+        None => 0,
+    };
+    let end = match to_ns {
+        Some(t) => crate::retention::first_received_since(&store, t)?.min(signed),
+        None => signed,
+    };
+    let mut progress = Progress::new("exporting", end.saturating_sub(first));
+    let mut parts = 0usize;
+    let mut rows = 0u64;
+    let mut current: Option<Partition> = None;
+    let mut failure: Option<anyhow::Error> = None;
+    if first < end {
+        store.scan(first, &mut |ev| {
+            let mut step = || -> Result<()> {
+                let view = decode_view(&ev.entry).context("decoding an entry")?;
+                let day = format_time(view.receipt_time_ns)[..10].to_owned();
+                if current.as_ref().is_some_and(|p| p.day != day) {
+                    if let Some(p) = current.take() {
+                        finish(&store, &out, p, ev.seq, &note)?;
+                        parts += 1;
+                    }
+                }
+                let p = current.get_or_insert_with(|| Partition {
+                    day,
+                    first: ev.seq,
+                    rows: Vec::new(),
+                    leaves: Vec::new(),
+                });
+                p.leaves.push(leaf_hash(&ev.entry));
+                serde_json::to_writer(&mut p.rows, &row(&ev, &view))?;
+                p.rows.push(b'\n');
+                rows += 1;
+                progress.set(rows);
+                Ok(())
+            };
+            match step() {
+                Ok(()) if ev.seq + 1 < end => ControlFlow::Continue(()),
+                Ok(()) => ControlFlow::Break(()),
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(p) = current.take() {
+        finish(&store, &out, p, end, &note)?;
+        parts += 1;
+    }
+    progress.finish();
+    ledger::audit_read(&store, "mlaudit export", &args.out, rows as usize)?;
+    println!(
+        "exported {rows} events (seqs {first}..{end}) in {parts} partitions to {}",
+        args.out
+    );
+    store.close()
+}
+
+/// The output location: a directory (created) or an object store URL.
+fn output(out: &str) -> Result<Archive> {
+    if out.contains("://") {
+        return Ok(Archive::open(out)?);
+    }
+    std::fs::create_dir_all(out).map_err(|e| InputError(format!("--out {out}: {e}")))?;
+    let dir = std::fs::canonicalize(out).map_err(|e| InputError(format!("--out {out}: {e}")))?;
+    Ok(Archive::open(&format!("file://{}", dir.display()))?)
+}
+
+/// One row: the header's fields as columns, the attributes as JSON, the entry for proofs.
+fn row(ev: &mlaudit_store::StoredEvent, view: &mlaudit_core::entry::EntryView<'_>) -> Value {
+    let mut r = Map::new();
+    r.insert("seq".into(), json!(ev.seq));
+    r.insert("id".into(), json!(view.id.to_string()));
+    r.insert("kind".into(), json!(view.kind));
+    let stage = Stage::of_kind(view.kind).unwrap_or(Stage::Custom);
+    r.insert("stage".into(), json!(stage.as_str()));
+    r.insert("event_time".into(), json!(format_time(view.event_time_ns)));
+    r.insert(
+        "receipt_time".into(),
+        json!(format_time(view.receipt_time_ns)),
+    );
+    r.insert("actor_type".into(), json!(view.actor_type.as_str()));
+    r.insert("actor_id".into(), json!(view.actor_id));
+    r.insert("principal".into(), json!(view.principal));
+    for f in SubjectField::ALL {
+        r.insert(f.as_str().into(), json!(view.subject(f)));
+    }
+    let attributes = ev
+        .payload
+        .as_deref()
+        .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+        .and_then(|v| v.get("attributes").cloned())
+        .unwrap_or(Value::Null);
+    r.insert("attributes".into(), attributes);
+    r.insert("payload_present".into(), json!(ev.payload.is_some()));
+    r.insert(
+        "payload_sha256".into(),
+        json!(mlaudit_core::merkle::hex(&view.payload_sha256)),
+    );
+    r.insert("entry".into(), json!(b64::encode(&ev.entry)));
+    Value::Object(r)
+}
+
+/// Writes a partition's rows and its manifest.
+fn finish(store: &dyn Store, out: &Archive, p: Partition, end: u64, note: &str) -> Result<()> {
+    let nodes = Nodes(store);
+    let signed = mlaudit_core::note::unverified_checkpoint(note)?;
+    let range_root = mth(&p.leaves);
+    let mut prefix = Vec::new();
+    let mut start = 0u64;
+    for level in (0..64u32).rev() {
+        if p.first & (1u64 << level) != 0 {
+            prefix.push(b64::encode(store.node(level, start >> level)?.0));
+            start += 1u64 << level;
+        }
+    }
+    let root_at_end = CompactRange::from_source(&nodes, end)?.root();
+    let proof = consistency_proof(&nodes, end, signed.size)?
+        .map_err(|e| anyhow::anyhow!("consistency proof {end} → {}: {e}", signed.size))?;
+    let base = format!("dt={}/part-{:020}-{:020}", p.day, p.first, end);
+    let manifest = json!({
+        "format": "mlaudit-export-manifest/v1",
+        "file": format!("{base}.ndjson"),
+        "file_sha256": mlaudit_core::merkle::hex(&sha256(&p.rows)),
+        "rows": p.leaves.len(),
+        "first": p.first,
+        "end": end,
+        "range_root": b64::encode(range_root.0),
+        "prefix": prefix,
+        "root_at_end": b64::encode(root_at_end.0),
+        "checkpoint": note,
+        "consistency_proof": proof.iter().map(|h| b64::encode(h.0)).collect::<Vec<_>>(),
+    });
+    out.put_file(&format!("{base}.ndjson"), p.rows)?;
+    out.put_file(
+        &format!("{base}.manifest.json"),
+        serde_json::to_vec_pretty(&manifest)?,
+    )?;
+    Ok(())
+}
+
+/// RFC 9162 §2.1.1: the Merkle tree hash of `leaves` (leaf hashes), split at the largest power
+/// of two below their number.
+fn mth(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => mlaudit_core::merkle::empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = n.next_power_of_two() / 2;
+            node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+        }
+    }
+}

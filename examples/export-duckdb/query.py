@@ -1,0 +1,142 @@
+"""Query an `mlaudit export` with DuckDB, after proving that its rows are the log's.
+
+    pip install duckdb ./clients/python[verify]
+    mlaudit export --out ./export                 # NDJSON, one directory per day: dt=YYYY-MM-DD/
+    python examples/export-duckdb/query.py ./export --key mlaudit-data/key/verifier.key
+
+For every partition the manifest beside it is checked with only the log's verifier key:
+the signed checkpoint; the file's SHA-256; each row's entry header (its seq, and that the
+row's columns say what the entry says); the Merkle root of the partition's leaves; the root of
+the tree up to the partition's end, from the `prefix` hashes and those leaves; and the
+consistency proof from that tree to the signed one. Then DuckDB reads every partition directly
+(hive partitioning gives the `dt` column) and answers a question an auditor asks.
+Exit status 0: verified and queried; 1: a check failed; 2: usage or environment error.
+"""
+
+import argparse
+import base64
+import glob
+import hashlib
+import json
+import os
+import sys
+
+from mlaudit.verify import (VerificationError, leaf_hash, node_hash, parse_checkpoint_body,
+                            parse_entry, parse_verifier_key, verify_consistency, verify_note)
+
+
+def mth(leaves):
+    """RFC 9162 §2.1.1 Merkle tree hash of a list of leaf hashes."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1 << ((len(leaves) - 1).bit_length() - 1)
+    return node_hash(mth(leaves[:k]), mth(leaves[k:]))
+
+
+def verify_partition(manifest_path, key):
+    with open(manifest_path) as f:
+        m = json.load(f)
+    if m.get("format") != "mlaudit-export-manifest/v1":
+        raise VerificationError(f"{manifest_path}: not an mlaudit export manifest")
+    body = verify_note(m["checkpoint"], key)
+    origin, size, root = parse_checkpoint_body(body)
+    if origin != key.name:
+        raise VerificationError(f"{manifest_path}: checkpoint of {origin!r}, not {key.name!r}")
+    data_path = os.path.join(os.path.dirname(manifest_path), os.path.basename(m["file"]))
+    with open(data_path, "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != m["file_sha256"]:
+        raise VerificationError(f"{data_path}: its SHA-256 is not the manifest's")
+    first, end = m["first"], m["end"]
+    leaves = []
+    for n, line in enumerate(data.splitlines()):
+        row = json.loads(line)
+        entry_bytes = base64.b64decode(row["entry"])
+        entry = parse_entry(entry_bytes)
+        if entry.seq != first + n or row["seq"] != entry.seq:
+            raise VerificationError(f"{data_path}: row {n} holds seq {row['seq']}, "
+                                    f"expected {first + n}")
+        said = (row["id"], row["kind"], row["actor_id"], row["principal"], row["model"],
+                row["version"], row["request"])
+        meant = (entry.event_id, entry.kind, entry.actor_id, entry.principal,
+                 entry.subject.get("model"), entry.subject.get("version"),
+                 entry.subject.get("request"))
+        if said != meant:
+            raise VerificationError(f"{data_path}: row {n} does not say what its entry says")
+        leaves.append(leaf_hash(entry_bytes))
+    if len(leaves) != end - first or len(leaves) != m["rows"]:
+        raise VerificationError(f"{data_path}: {len(leaves)} rows for seqs {first}..{end}")
+    if mth(leaves) != base64.b64decode(m["range_root"]):
+        raise VerificationError(f"{data_path}: the rows do not hash to the manifest's range root")
+    prefix = [base64.b64decode(h) for h in m["prefix"]]
+    root_at_end = compact_root(first, prefix, leaves)
+    if root_at_end != base64.b64decode(m["root_at_end"]):
+        raise VerificationError(f"{manifest_path}: the tree up to seq {end} is not the manifest's")
+    proof = [base64.b64decode(h) for h in m["consistency_proof"]]
+    verify_consistency(end, size, root_at_end, root, proof)
+    return end - first
+
+
+def compact_root(first, prefix, leaves):
+    """The root of the tree of `first + len(leaves)` leaves, from the perfect subtrees
+    covering 0..first (largest first, one per set bit of `first`) and the leaves after."""
+    stack = []  # (size, hash), largest first
+    sizes = [1 << lvl for lvl in range(63, -1, -1) if first & (1 << lvl)]
+    if len(sizes) != len(prefix):
+        raise VerificationError(f"prefix holds {len(prefix)} hashes, {len(sizes)} expected")
+    stack = list(zip(sizes, prefix))
+    for leaf in leaves:
+        cur = (1, leaf)
+        while stack and stack[-1][0] == cur[0]:
+            left = stack.pop()
+            cur = (left[0] * 2, node_hash(left[1], cur[1]))
+        stack.append(cur)
+    if not stack:
+        return hashlib.sha256(b"").digest()
+    acc = stack[-1][1]
+    for _, h in reversed(stack[:-1]):
+        acc = node_hash(h, acc)
+    return acc
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("export", help="the directory `mlaudit export --out` wrote")
+    ap.add_argument("--key", required=True, help="the log's verifier key (text or file)")
+    args = ap.parse_args(argv)
+    try:
+        import duckdb
+    except ImportError:
+        print("query.py: pip install duckdb", file=sys.stderr)
+        return 2
+    text = open(args.key).read() if os.path.isfile(args.key) else args.key
+    key = parse_verifier_key(text.strip())
+    manifests = sorted(glob.glob(os.path.join(args.export, "dt=*", "*.manifest.json")))
+    if not manifests:
+        print(f"query.py: no manifests under {args.export}", file=sys.stderr)
+        return 2
+    rows = 0
+    try:
+        for path in manifests:
+            rows += verify_partition(path, key)
+    except VerificationError as e:
+        print(f"NOT VERIFIED: {e}")
+        return 1
+    print(f"verified {rows} rows in {len(manifests)} partitions against the signed checkpoint")
+    pattern = os.path.join(args.export, "dt=*", "*.ndjson")
+    result = duckdb.sql(
+        f"""SELECT dt, model, version, count(*) AS predictions
+            FROM read_json_auto('{pattern}', hive_partitioning = true, format = 'newline_delimited')
+            WHERE kind = 'prediction.served'
+            GROUP BY ALL ORDER BY ALL"""
+    ).fetchall()
+    print("dt          model       version  predictions")
+    for dt, model, version, n in result:
+        print(f"{dt!s:<11} {model!s:<11} {version!s:<8} {n}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
