@@ -15,6 +15,7 @@ Exit status 0: verified and queried; 1: a check failed; 2: usage or environment 
 
 import argparse
 import base64
+import datetime
 import glob
 import hashlib
 import json
@@ -50,6 +51,7 @@ def verify_partition(manifest_path, key):
     if hashlib.sha256(data).hexdigest() != m["file_sha256"]:
         raise VerificationError(f"{data_path}: its SHA-256 is not the manifest's")
     first, end = m["first"], m["end"]
+    day = os.path.basename(os.path.dirname(manifest_path)).removeprefix("dt=")
     leaves = []
     for n, line in enumerate(data.splitlines()):
         row = json.loads(line)
@@ -58,13 +60,7 @@ def verify_partition(manifest_path, key):
         if entry.seq != first + n or row["seq"] != entry.seq:
             raise VerificationError(f"{data_path}: row {n} holds seq {row['seq']}, "
                                     f"expected {first + n}")
-        said = (row["id"], row["kind"], row["actor_id"], row["principal"], row["model"],
-                row["version"], row["request"])
-        meant = (entry.event_id, entry.kind, entry.actor_id, entry.principal,
-                 entry.subject.get("model"), entry.subject.get("version"),
-                 entry.subject.get("request"))
-        if said != meant:
-            raise VerificationError(f"{data_path}: row {n} does not say what its entry says")
+        check_row(row, entry, day, f"{data_path}: row {n}")
         leaves.append(leaf_hash(entry_bytes))
     if len(leaves) != end - first or len(leaves) != m["rows"]:
         raise VerificationError(f"{data_path}: {len(leaves)} rows for seqs {first}..{end}")
@@ -76,7 +72,43 @@ def verify_partition(manifest_path, key):
         raise VerificationError(f"{manifest_path}: the tree up to seq {end} is not the manifest's")
     proof = [base64.b64decode(h) for h in m["consistency_proof"]]
     verify_consistency(end, size, root_at_end, root, proof)
-    return end - first
+    return first, end, data_path
+
+
+SUBJECTS = ("model", "version", "dataset", "dataset_version", "run", "pipeline_run",
+            "deployment", "request")
+
+
+def rfc3339_ns(text):
+    """Unix nanoseconds of an RFC 3339 UTC time with up to nine fractional digits."""
+    base, _, frac = text.removesuffix("Z").partition(".")
+    t = datetime.datetime.fromisoformat(base).replace(tzinfo=datetime.timezone.utc)
+    return int(t.timestamp()) * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+
+
+def check_row(row, entry, day, where):
+    """Every column must say what the entry header (or the payload it commits to) says."""
+    stage = "custom" if entry.kind.startswith("x.") else entry.kind.split(".")[0]
+    said = [row["id"], row["kind"], row["stage"], row["actor_type"], row["actor_id"],
+            row["principal"], rfc3339_ns(row["event_time"]), rfc3339_ns(row["receipt_time"]),
+            row["payload_sha256"]] + [row[f] for f in SUBJECTS]
+    meant = [entry.event_id, entry.kind, stage, entry.actor_type, entry.actor_id,
+             entry.principal, entry.event_time_ns, entry.receipt_time_ns,
+             entry.payload_sha256.hex()] + [entry.subject.get(f) for f in SUBJECTS]
+    if said != meant:
+        raise VerificationError(f"{where} does not say what its entry says")
+    received = datetime.datetime.fromtimestamp(entry.receipt_time_ns // 1_000_000_000,
+                                               datetime.timezone.utc).date().isoformat()
+    if received != day:
+        raise VerificationError(f"{where} was received on {received}, not in dt={day}")
+    if row["payload"] is not None:
+        data = row["payload"].encode()
+        if hashlib.sha256(data).digest() != entry.payload_sha256:
+            raise VerificationError(f"{where}: its payload is not the one its entry commits to")
+        if json.loads(data).get("attributes") != row["attributes"]:
+            raise VerificationError(f"{where}: its attributes are not its payload's")
+    elif row["attributes"] is not None or row["payload_present"]:
+        raise VerificationError(f"{where}: attributes without the payload they come from")
 
 
 def compact_root(first, prefix, leaves):
@@ -117,18 +149,25 @@ def main(argv=None):
     if not manifests:
         print(f"query.py: no manifests under {args.export}", file=sys.stderr)
         return 2
-    rows = 0
+    ranges = []
     try:
         for path in manifests:
-            rows += verify_partition(path, key)
+            ranges.append(verify_partition(path, key))
+        ranges.sort()
+        for (a_first, a_end, a), (b_first, _, b) in zip(ranges, ranges[1:]):
+            if b_first < a_end:
+                raise VerificationError(f"{a} and {b} overlap (seqs {b_first}..{a_end}): "
+                                        "export each range once, or into a fresh directory")
     except VerificationError as e:
         print(f"NOT VERIFIED: {e}")
         return 1
-    print(f"verified {rows} rows in {len(manifests)} partitions against the signed checkpoint")
-    pattern = os.path.join(args.export, "dt=*", "*.ndjson")
+    rows = sum(end - first for first, end, _ in ranges)
+    print(f"verified {rows} rows in {len(ranges)} partitions against the signed checkpoint")
+    # Only the files the manifests vouch for: anything else in the directory is not read.
+    files = ", ".join("'" + path.replace("'", "''") + "'" for _, _, path in ranges)
     result = duckdb.sql(
         f"""SELECT dt, model, version, count(*) AS predictions
-            FROM read_json_auto('{pattern}', hive_partitioning = true, format = 'newline_delimited')
+            FROM read_json_auto([{files}], hive_partitioning = true, format = 'newline_delimited')
             WHERE kind = 'prediction.served'
             GROUP BY ALL ORDER BY ALL"""
     ).fetchall()

@@ -25,6 +25,23 @@ const PAYLOAD_MAGIC: &[u8; 8] = b"MLAPAYL1";
 const PAYLOAD_LEVEL: i32 = 3;
 const ABSENT: u32 = u32::MAX;
 
+/// The most bytes an object named `name` can hold: a full hash tile, a bundle of 256 of the
+/// longest entries or payloads, a signed note of a few lines.
+pub fn max_object_bytes(name: &str) -> u64 {
+    let width = TILE_WIDTH;
+    if name.starts_with("tile/entries/") {
+        width * (2 + u64::from(u16::MAX))
+    } else if name.starts_with("tile/") {
+        width * 32
+    } else if name.starts_with("payload/") {
+        // Compressed; zstd's worst case adds a little to incompressible input.
+        let raw = 8 + width * (4 + mlaudit_core::event::MAX_EVENT_BYTES as u64);
+        raw + raw / 64 + (1 << 16)
+    } else {
+        1 << 20
+    }
+}
+
 /// Name of hash tile `tile` of level `level`.
 pub fn hash_tile_name(level: u8, tile: TileRef) -> String {
     tile_path(Some(level), tile)
@@ -97,7 +114,7 @@ pub fn decode_payloads(
 ) -> Result<Vec<Option<Vec<u8>>>, ArchiveError> {
     let bad = |problem: String| ArchiveError::invalid(name, problem);
     let limit = PAYLOAD_MAGIC.len() + count * (4 + mlaudit_core::event::MAX_EVENT_BYTES);
-    let raw = zstd::bulk::decompress(bytes, limit)
+    let raw = decompress_at_most(bytes, limit)
         .map_err(|e| bad(format!("not a zstd frame of at most {limit} bytes: {e}")))?;
     let mut rest = raw
         .strip_prefix(PAYLOAD_MAGIC.as_slice())
@@ -125,6 +142,21 @@ pub fn decode_payloads(
             "{} bytes after its {count} payloads",
             rest.len()
         )));
+    }
+    Ok(out)
+}
+
+/// Decompresses one zstd frame, stopping with an error past `limit` bytes (memory grows with
+/// the output, never reserved up front).
+fn decompress_at_most(bytes: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(bytes)?
+        .single_frame()
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(std::io::Error::other("the frame holds more"));
     }
     Ok(out)
 }

@@ -149,13 +149,24 @@ impl Archive {
         self.rt.block_on(f)
     }
 
-    /// Reads one object; `None` if it does not exist.
+    /// Reads one object; `None` if it does not exist. An object larger than any object of
+    /// its kind can be ([`layout::max_object_bytes`]) is refused before it is read.
     pub(crate) async fn fetch(&self, name: &str) -> Result<Option<Bytes>, ArchiveError> {
         let backend = |source| ArchiveError::Backend {
             object: name.to_owned(),
             source,
         };
         match self.store.get(&self.path(name)).await {
+            Ok(got) if got.meta.size > layout::max_object_bytes(name) => {
+                Err(ArchiveError::invalid(
+                    name,
+                    format!(
+                        "is {} bytes, more than an object of its kind can hold ({})",
+                        got.meta.size,
+                        layout::max_object_bytes(name)
+                    ),
+                ))
+            }
             Ok(got) => got.bytes().await.map(Some).map_err(backend),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(backend(e)),

@@ -2,13 +2,30 @@
 
 use crate::layout;
 use crate::{Archive, ArchiveError};
-use mlaudit_core::note::unverified_checkpoint;
+use mlaudit_core::note::{open_checkpoint, unverified_checkpoint, NoteVerifier};
 use mlaudit_store::tiles::TILE_WIDTH;
 use mlaudit_store::StoredEvent;
 
 impl Archive {
-    /// The tree size of the archive's checkpoint (0 for an empty archive). The signature is
-    /// not checked here: [`crate::verify::verify`] does that.
+    /// The tree size of the archive's checkpoint, checked with the log's verifier key (0 for
+    /// an empty archive).
+    pub fn verified_size(&self, verifier: &NoteVerifier) -> Result<u64, ArchiveError> {
+        match self.checkpoint_note()? {
+            None => Ok(0),
+            Some(note) => open_checkpoint(verifier, &note)
+                .map(|c| c.size)
+                .map_err(|e| {
+                    ArchiveError::invalid(
+                        layout::CHECKPOINT,
+                        format!("does not verify with the key {}: {e}", verifier.name()),
+                    )
+                }),
+        }
+    }
+
+    /// The tree size of the archive's checkpoint (0 for an empty archive), for reading. The
+    /// signature is not checked here: [`crate::verify::verify`] and
+    /// [`Archive::verified_size`] do that.
     pub fn size(&self) -> Result<u64, ArchiveError> {
         match self.checkpoint_note()? {
             None => Ok(0),

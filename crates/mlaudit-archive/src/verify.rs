@@ -1,5 +1,10 @@
 //! Verifying an archive alone, with only the log's verifier key.
 //!
+//! The tree checked is the largest archived checkpoint's (`checkpoint`, or a larger
+//! `checkpoints/<size>` when a run stopped between its last two writes). The partial tiles and
+//! bundles an earlier, smaller archive left must each be the beginning of the tile at their
+//! index.
+//!
 //! The check recomputes the whole tree from the entry bundles and compares it with everything
 //! else: each hash tile, each payload (against the SHA-256 its entry commits to), the signed
 //! `checkpoint` and every archived `checkpoints/<size>`. A disagreement is reported with the
@@ -30,6 +35,10 @@ pub struct Verified {
     pub payloads_absent: u64,
     /// Archived checkpoints checked against the tree (`checkpoints/<size>`).
     pub checkpoints: u64,
+    /// The size `checkpoint` names when it is behind the largest archived checkpoint: a run
+    /// cut short between its last two writes (the next run repairs it), or that one object
+    /// put back. Every object of the larger tree was stored before it, and verified here.
+    pub checkpoint_behind: Option<u64>,
 }
 
 /// Verifies every object of the archive; `progress(done, total)` counts events.
@@ -51,9 +60,90 @@ pub fn verify(
         )
     })?;
     let history = archive.block_on(history(archive, verifier, &cp))?;
-    let mut state = Walk::new(cp.size, history);
+    // The archive's tree is the largest archived checkpoint's: `checkpoints/<size>` is stored
+    // only after every object of its tree.
+    let target = history.last().cloned().unwrap_or_else(|| cp.clone());
+    let mut state = Walk::new(target.size, history.clone());
     archive.block_on(state.walk(archive, progress))?;
-    state.finish(archive, &cp)
+    let mut verified = state.finish(&target)?;
+    verified.objects += archive.block_on(earlier_partials(archive, &history, target.size))?;
+    verified.checkpoint_behind = (cp.size < target.size).then_some(cp.size);
+    Ok(verified)
+}
+
+/// Checks the partial tiles and bundles of every earlier archived size (create-only, they
+/// stay): each must be the beginning of the tile or bundle at its index in the archive's
+/// tree, which the walk verified. Returns the objects read.
+async fn earlier_partials(
+    archive: &Archive,
+    history: &[Checkpoint],
+    size: u64,
+) -> Result<u64, ArchiveError> {
+    let mut read = 0;
+    for c in history.iter().filter(|c| c.size < size) {
+        for level in 0u8..8 {
+            let count = hashes_at(level, c.size);
+            let width = count % TILE_WIDTH;
+            if width == 0 {
+                continue;
+            }
+            let old = TileRef {
+                index: count / TILE_WIDTH,
+                width: width as u16,
+            };
+            let now = layout::tile_of(old.index * TILE_WIDTH, hashes_at(level, size));
+            if now == old {
+                continue;
+            }
+            let w = usize::from(old.width);
+            let (a, b) = (
+                layout::hash_tile_name(level, old),
+                layout::hash_tile_name(level, now),
+            );
+            let (old_bytes, now_bytes) =
+                futures_util::try_join!(archive.fetch_required(&a), archive.fetch_required(&b))?;
+            read += 1;
+            if now_bytes.get(..w * 32) != Some(old_bytes.as_ref()) {
+                return Err(ArchiveError::invalid(
+                    &a,
+                    format!("is not the beginning of {b}"),
+                ));
+            }
+            if level > 0 {
+                continue;
+            }
+            let (a, b) = (
+                layout::entry_bundle_name(old),
+                layout::entry_bundle_name(now),
+            );
+            let (old_bytes, now_bytes) =
+                futures_util::try_join!(archive.fetch_required(&a), archive.fetch_required(&b))?;
+            let old_entries = layout::decode_entries(&a, &old_bytes, w)?;
+            let now_entries = layout::decode_entries(&b, &now_bytes, usize::from(now.width))?;
+            if old_entries[..] != now_entries[..w] {
+                return Err(ArchiveError::invalid(
+                    &a,
+                    format!("is not the beginning of {b}"),
+                ));
+            }
+            let (a, b) = (
+                layout::payload_bundle_name(old),
+                layout::payload_bundle_name(now),
+            );
+            let (old_bytes, now_bytes) =
+                futures_util::try_join!(archive.fetch_required(&a), archive.fetch_required(&b))?;
+            let old_payloads = layout::decode_payloads(&a, &old_bytes, w)?;
+            let now_payloads = layout::decode_payloads(&b, &now_bytes, usize::from(now.width))?;
+            if old_payloads[..] != now_payloads[..w] {
+                return Err(ArchiveError::invalid(
+                    &a,
+                    format!("is not the beginning of {b}"),
+                ));
+            }
+            read += 2;
+        }
+    }
+    Ok(read)
 }
 
 /// The archived checkpoints, sorted by size; the latest must be among them.
@@ -83,20 +173,11 @@ async fn history(
                 format!("holds a checkpoint of size {}", c.size),
             ));
         }
-        if size > cp.size {
-            return Err(ArchiveError::invalid(
-                layout::CHECKPOINT,
-                format!(
-                    "covers {} events, but {object} was archived before it: the checkpoint was rolled back",
-                    cp.size
-                ),
-            ));
-        }
         out.push(c);
     }
     out.sort_by_key(|c| c.size);
-    match out.last() {
-        Some(last) if last.size == cp.size && last.root.ct_eq(&cp.root) => Ok(out),
+    match out.iter().find(|c| c.size == cp.size) {
+        Some(c) if c.root.ct_eq(&cp.root) => Ok(out),
         _ => Err(ArchiveError::invalid(
             layout::checkpoint_name(cp.size),
             "missing, or not the archive's checkpoint",
@@ -295,7 +376,7 @@ impl Walk {
         Ok(())
     }
 
-    fn finish(self, _archive: &Archive, cp: &Checkpoint) -> Result<Verified, ArchiveError> {
+    fn finish(self, cp: &Checkpoint) -> Result<Verified, ArchiveError> {
         let root = self.range.root();
         if !root.ct_eq(&cp.root) {
             let (object, problem) = self.entry_mismatch.unwrap_or_else(|| {
@@ -324,6 +405,7 @@ impl Walk {
             payloads: self.payloads,
             payloads_absent: self.payloads_absent,
             checkpoints: self.history.len() as u64,
+            checkpoint_behind: None,
         })
     }
 }

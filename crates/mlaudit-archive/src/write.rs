@@ -90,7 +90,18 @@ pub fn extend(
         vec![(layout::checkpoint_name(cp.size), note.as_bytes().to_vec())],
         &mut done,
     )?;
-    archive.block_on(archive.put_overwrite(layout::CHECKPOINT, Bytes::from(note.to_owned())))?;
+    // Another writer may have gone further meanwhile: never replace its larger checkpoint.
+    // (A race within this window only leaves `checkpoint` behind `checkpoints/`, which verify
+    // reports and the next run repairs.)
+    let larger = archive
+        .block_on(archive.list(layout::CHECKPOINTS_DIR))?
+        .iter()
+        .filter_map(|n| n.parse::<u64>().ok())
+        .any(|s| s > cp.size);
+    if !larger {
+        archive
+            .block_on(archive.put_overwrite(layout::CHECKPOINT, Bytes::from(note.to_owned())))?;
+    }
     Ok(done)
 }
 

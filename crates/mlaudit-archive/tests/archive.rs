@@ -96,6 +96,33 @@ fn an_archive_is_built_in_the_tiles_layout_extended_and_verifies_alone() {
     let tile = std::fs::read(arch.0.join("tile/0/273.p/112")).unwrap();
     assert_eq!(tile.len(), 112 * 32);
 
+    // The first run's partial tiles are checked too: each must begin the tile now at its index.
+    for stale in [
+        "tile/0/002.p/88",
+        "tile/entries/002.p/88",
+        "payload/002.p/88",
+    ] {
+        let path = arch.0.join(stale);
+        let original = std::fs::read(&path).unwrap();
+        let mut bytes = original.clone();
+        bytes[40] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = verify(&archive, &verifier(), &mut |_, _| {}).unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{stale}: ")), "{err}");
+        std::fs::write(&path, &original).unwrap();
+    }
+    // An object larger than its kind can be is refused unread.
+    let path = arch.0.join("tile/1/000");
+    let original = std::fs::read(&path).unwrap();
+    std::fs::write(&path, vec![0u8; 256 * 32 + 1]).unwrap();
+    let err = verify(&archive, &verifier(), &mut |_, _| {}).unwrap_err();
+    assert!(
+        err.to_string().contains("more than an object of its kind"),
+        "{err}"
+    );
+    std::fs::write(&path, &original).unwrap();
+    verify(&archive, &verifier(), &mut |_, _| {}).unwrap();
+
     // Archived events read back byte for byte.
     let back = archive.events(250, 260).unwrap();
     for ev in back {
@@ -130,6 +157,9 @@ fn a_cut_off_run_is_finished_by_running_again() {
     // As if the second run had stopped before its checkpoint: put the first one back and
     // remove a few of the second run's objects.
     std::fs::write(arch.0.join("checkpoint"), checkpoint(&store, 1000)).unwrap();
+    // Stopped between its last two writes: the larger tree is whole, and verifies.
+    let behind = verify(&archive, &verifier(), &mut |_, _| {}).unwrap();
+    assert_eq!((behind.size, behind.checkpoint_behind), (2000, Some(1000)));
     for name in ["checkpoints/2000", "tile/0/007.p/208", "payload/005"] {
         std::fs::remove_file(arch.0.join(name)).unwrap();
     }

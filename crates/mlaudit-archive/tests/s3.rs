@@ -22,7 +22,8 @@ use object_store::ObjectStore;
 const BUCKET: &str = "mlaudit-archive-test";
 
 /// Starts (or finds) the S3 server, creates the bucket, and points `object_store`'s standard
-/// environment variables at it.
+/// environment variables at it. Setting the environment is safe only because this binary runs
+/// one test: add another here and it must share one setup (e.g. a `Once`).
 fn s3_server() -> String {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
     let out = std::process::Command::new("bash")

@@ -78,7 +78,7 @@ pub async fn create(
     req: Result<Json<HoldRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(req) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let scope = HoldScope {
+    let mut scope = HoldScope {
         model: req.model,
         version: req.version,
         dataset: req.dataset,
@@ -87,7 +87,7 @@ pub async fn create(
         events: req.events,
     };
     let hold = format!("hold-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let event = holds::create_event(&hold, &scope, &req.reason, &actor.name, false)?;
+    let event = holds::create_event(&hold, &mut scope, &req.reason, &actor.name, false)?;
     let store = state.store.clone();
     let receipt = blocking(move || Ok(store.append(vec![event])?)).await?;
     let seq = receipt.events.first().map(|e| e.seq);

@@ -164,7 +164,7 @@ fn counters<'a>(
     }
 }
 
-/// Renders every metric.
+/// The retention schedule's counters.
 fn retention(out: &mut String, r: &RetentionCounters) {
     let runs = [("ok", &r.succeeded), ("failed", &r.failed)];
     counters(
@@ -180,6 +180,7 @@ fn retention(out: &mut String, r: &RetentionCounters) {
     let _ = writeln!(out, "# HELP mlaudit_retention_last_success_timestamp_seconds Unix time of the last successful retention run (0: none yet).\n# TYPE mlaudit_retention_last_success_timestamp_seconds gauge\nmlaudit_retention_last_success_timestamp_seconds {}", load(&r.last_success));
 }
 
+/// Renders every metric.
 pub fn render(state: &AppState) -> String {
     let mut out = String::new();
     let m = &state.metrics;

@@ -8,7 +8,7 @@
 //! never loses its payload.
 
 use crate::{Query, Store, StoreError};
-use mlaudit_core::entry::{decode_view, EntryView, SubjectField};
+use mlaudit_core::entry::{decode_view, EntryView, EventId, SubjectField};
 use mlaudit_core::event::{format_time, parse_time, prepare_reserved, PreparedEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -64,6 +64,8 @@ pub enum HoldError {
     EmptyScope,
     #[error("{0}: not an RFC 3339 time")]
     BadTime(String),
+    #[error("{0}: not an event id (a UUID)")]
+    BadId(String),
     #[error("a hold needs a reason")]
     NoReason,
     #[error("no hold {0}")]
@@ -87,9 +89,15 @@ fn bounds(scope: &HoldScope) -> Result<(Option<i64>, Option<i64>), HoldError> {
 }
 
 impl HoldScope {
-    /// Checks it names something and its times parse.
-    pub fn check(&self) -> Result<(), HoldError> {
+    /// Checks it names something, its times parse and its ids are ids; writes each id in its
+    /// canonical form (lowercase, hyphenated), the one [`HoldScope::covers`] compares.
+    pub fn check(&mut self) -> Result<(), HoldError> {
         bounds(self)?;
+        for id in &mut self.events {
+            *id = EventId::parse(id)
+                .ok_or_else(|| HoldError::BadId(id.clone()))?
+                .to_string();
+        }
         let criteria = self.model.is_some()
             || self.version.is_some()
             || self.dataset.is_some()
@@ -144,7 +152,7 @@ fn governance_event(
 /// The `governance.hold_created` event of a new hold `hold` (an id the caller chose).
 pub fn create_event(
     hold: &str,
-    scope: &HoldScope,
+    scope: &mut HoldScope,
     reason: &str,
     actor: &str,
     person: bool,
@@ -283,7 +291,12 @@ mod tests {
     #[test]
     fn a_scope_needs_a_criterion_and_covers_only_what_matches_all_of_them() {
         assert!(HoldScope::default().check().is_err());
-        let bad_time = HoldScope {
+        let mut bad_id = HoldScope {
+            events: vec!["nope".into()],
+            ..HoldScope::default()
+        };
+        assert!(bad_id.check().is_err());
+        let mut bad_time = HoldScope {
             from: Some("yesterday".into()),
             ..HoldScope::default()
         };
@@ -303,10 +316,11 @@ mod tests {
         assert!(!scope("credit", Some("4"), None).covers(&e));
         assert!(!scope("credit", None, Some("2026-04-01T00:00:00Z")).covers(&e));
         assert!(!scope("churn", None, None).covers(&e));
-        let by_id = HoldScope {
-            events: vec!["6f9619ff-8b86-d011-b42d-00c04fc964ff".into()],
+        let mut by_id = HoldScope {
+            events: vec!["6F9619FF8B86D011B42D00C04FC964FF".into()],
             ..HoldScope::default()
         };
-        assert!(by_id.covers(&e));
+        by_id.check().unwrap();
+        assert!(by_id.covers(&e), "{by_id:?}");
     }
 }

@@ -172,6 +172,10 @@ fn row(ev: &mlaudit_store::StoredEvent, view: &mlaudit_core::entry::EntryView<'_
         .and_then(|v| v.get("attributes").cloned())
         .unwrap_or(Value::Null);
     r.insert("attributes".into(), attributes);
+    // The event's JSON as stored: what `payload_sha256` commits to, so that `attributes` can
+    // be checked.
+    let payload = ev.payload.as_deref().map(String::from_utf8_lossy);
+    r.insert("payload".into(), json!(payload));
     r.insert("payload_present".into(), json!(ev.payload.is_some()));
     r.insert(
         "payload_sha256".into(),

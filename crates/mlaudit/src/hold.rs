@@ -61,7 +61,7 @@ pub fn run(data: &Path, cmd: HoldCommand) -> Result<()> {
             events,
             reason,
         } => {
-            let scope = HoldScope {
+            let mut scope = HoldScope {
                 model,
                 version,
                 dataset,
@@ -70,7 +70,7 @@ pub fn run(data: &Path, cmd: HoldCommand) -> Result<()> {
                 events,
             };
             let hold = format!("hold-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-            let event = holds::create_event(&hold, &scope, &reason, &actor, true)
+            let event = holds::create_event(&hold, &mut scope, &reason, &actor, true)
                 .map_err(|e| InputError(e.to_string()))?;
             let receipt = store.append(vec![event]).context("recording the hold")?;
             let seq = receipt.events.first().map_or(0, |e| e.seq);

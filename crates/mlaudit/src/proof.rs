@@ -86,6 +86,12 @@ pub fn verify_archive(data: &Path, url: &str, key: Option<&str>) -> Result<()> {
         v.size, v.objects, v.payloads, v.payloads_absent, v.checkpoints
     );
     println!("root {} at tree size {}", v.root.to_hex(), v.size);
+    if let Some(behind) = v.checkpoint_behind {
+        eprintln!(
+            "mlaudit: warning: the archive's `checkpoint` names {behind} events, behind checkpoints/{}: a run stopped before its last write (the next `retention apply` repairs it), or `checkpoint` was put back",
+            v.size
+        );
+    }
     Ok(())
 }
 

@@ -110,8 +110,9 @@ fn an_export_is_proven_against_the_checkpoint_and_queried_with_duckdb() {
     log.run(&["export", "--format", "parquet", "--out", &out])
         .code(2);
 
+    // One partition per UTC day of receipt: two runs give two, or three across midnight.
     let manifests: Vec<_> = glob(&out_dir, ".manifest.json");
-    assert_eq!(manifests.len(), 2, "{manifests:?}");
+    assert!((2..=3).contains(&manifests.len()), "{manifests:?}");
     let m: Value =
         serde_json::from_slice(&std::fs::read(manifests.iter().max().unwrap()).unwrap()).unwrap();
     assert_eq!(m["first"], 700);
@@ -140,7 +141,10 @@ fn an_export_is_proven_against_the_checkpoint_and_queried_with_duckdb() {
         .sum();
     assert!(exported >= 1000, "{exported}");
     assert!(
-        stdout.contains(&format!("verified {exported} rows in 2 partitions")),
+        stdout.contains(&format!(
+            "verified {exported} rows in {} partitions",
+            manifests.len()
+        )),
         "{stdout}"
     );
     assert!(

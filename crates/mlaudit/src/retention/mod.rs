@@ -91,8 +91,11 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
     let store = ledger::open(data)?;
     let plan = make_plan(&store, &policy, now_ns, true)?;
     let archive = archive_url.as_deref().map(Archive::open).transpose()?;
+    let verifier = ledger::signer(data)?.verifier();
     let archived = match &archive {
-        Some(a) => a.size().context("reading the archive's checkpoint")?,
+        Some(a) => a
+            .verified_size(&verifier)
+            .context("reading the archive's checkpoint")?,
         None => 0,
     };
     print_plan(&plan, &policy, archive.as_ref(), archived);
@@ -104,7 +107,6 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
     }
     match &archive {
         Some(a) if plan.archive_to > archived => {
-            let verifier = ledger::signer(data)?.verifier();
             let started = std::time::Instant::now();
             let mut progress = Progress::new("archiving", plan.archive_to - archived);
             let done = archive_up_to(&store, a, plan.archive_to, &verifier, &mut |d, _| {
@@ -358,7 +360,7 @@ pub fn scheduled_run(
         return Ok((0, 0));
     };
     let plan = make_plan(store, policy, now_ns(), false)?;
-    let archived = archive.size()?;
+    let archived = archive.verified_size(verifier)?;
     if plan.archive_to <= archived {
         return Ok((archived, 0));
     }
