@@ -1,7 +1,7 @@
 """Query an `mlaudit export` with DuckDB, after proving that its rows are the log's.
 
     pip install duckdb ./clients/python[verify]
-    mlaudit export --out ./export                 # NDJSON, one directory per day: dt=YYYY-MM-DD/
+    mlaudit export --out ./export                 # NDJSON (or --format parquet), one directory per day
     python examples/export-duckdb/query.py ./export --key mlaudit-data/key/verifier.key
 
 For every partition the manifest beside it is checked with only the log's verifier key:
@@ -36,7 +36,23 @@ def mth(leaves):
     return node_hash(mth(leaves[:k]), mth(leaves[k:]))
 
 
-def verify_partition(manifest_path, key):
+def read_rows(duckdb, path, data):
+    """The rows of an NDJSON or Parquet export file, as dicts, in file order."""
+    if not path.endswith(".parquet"):
+        return [json.loads(line) for line in data.splitlines()]
+    rel = duckdb.sql(f"SELECT * FROM read_parquet({sql_text(path)}) ORDER BY seq")
+    rows = [dict(zip(rel.columns, r)) for r in rel.fetchall()]
+    for r in rows:  # Parquet keeps attributes as JSON text
+        if r["attributes"] is not None:
+            r["attributes"] = json.loads(r["attributes"])
+    return rows
+
+
+def sql_text(s):
+    return "'" + s.replace("'", "''") + "'"
+
+
+def verify_partition(duckdb, manifest_path, key):
     with open(manifest_path) as f:
         m = json.load(f)
     if m.get("format") != "mlaudit-export-manifest/v1":
@@ -53,8 +69,7 @@ def verify_partition(manifest_path, key):
     first, end = m["first"], m["end"]
     day = os.path.basename(os.path.dirname(manifest_path)).removeprefix("dt=")
     leaves = []
-    for n, line in enumerate(data.splitlines()):
-        row = json.loads(line)
+    for n, row in enumerate(read_rows(duckdb, data_path, data)):
         entry_bytes = base64.b64decode(row["entry"])
         entry = parse_entry(entry_bytes)
         if entry.seq != first + n or row["seq"] != entry.seq:
@@ -152,7 +167,7 @@ def main(argv=None):
     ranges = []
     try:
         for path in manifests:
-            ranges.append(verify_partition(path, key))
+            ranges.append(verify_partition(duckdb, path, key))
         ranges.sort()
         for (a_first, a_end, a), (b_first, _, b) in zip(ranges, ranges[1:]):
             if b_first < a_end:
@@ -164,10 +179,20 @@ def main(argv=None):
     rows = sum(end - first for first, end, _ in ranges)
     print(f"verified {rows} rows in {len(ranges)} partitions against the signed checkpoint")
     # Only the files the manifests vouch for: anything else in the directory is not read.
-    files = ", ".join("'" + path.replace("'", "''") + "'" for _, _, path in ranges)
+    paths = [path for _, _, path in ranges]
+    sources = []
+    ndjson = [p for p in paths if not p.endswith(".parquet")]
+    parquet = [p for p in paths if p.endswith(".parquet")]
+    columns = "dt, kind, model, version"
+    if ndjson:
+        sources.append(f"SELECT {columns} FROM read_json_auto([{', '.join(map(sql_text, ndjson))}], "
+                       "hive_partitioning = true, format = 'newline_delimited')")
+    if parquet:
+        sources.append(f"SELECT {columns} FROM read_parquet([{', '.join(map(sql_text, parquet))}], "
+                       "hive_partitioning = true)")
     result = duckdb.sql(
         f"""SELECT dt, model, version, count(*) AS predictions
-            FROM read_json_auto([{files}], hive_partitioning = true, format = 'newline_delimited')
+            FROM ({' UNION ALL '.join(sources)})
             WHERE kind = 'prediction.served'
             GROUP BY ALL ORDER BY ALL"""
     ).fetchall()

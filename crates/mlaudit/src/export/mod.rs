@@ -1,9 +1,9 @@
 //! `mlaudit export`: the log's events as day-partitioned files a warehouse loads directly
-//! (`dt=YYYY-MM-DD/part-<first>-<end>.ndjson`), each with a manifest an auditor checks against
-//! the log's signed checkpoint (`part-<first>-<end>.manifest.json`).
+//! (`dt=YYYY-MM-DD/part-<first>-<end>.ndjson` or `.parquet`), each with a manifest an auditor
+//! checks against the log's signed checkpoint (`part-<first>-<end>.manifest.json`).
 //!
 //! A partition is the events the log **received** on one UTC day, so it is one contiguous range
-//! of seqs `first..end`. Its manifest proves the rows are the log's: every row carries its entry
+//! of seqs; it is written in files of at most [`PART_ROWS`] rows, each `first..end`. Its manifest proves the rows are the log's: every row carries its entry
 //! header (`entry`, base64), whose SHA-256 with a 0x00 prefix is its leaf hash; the leaves of
 //! `first..end` hash (RFC 9162) to `range_root`; pushed onto `prefix` (the perfect-subtree
 //! hashes covering `0..first`, largest first) they give `root_at_end`, the root of the tree of
@@ -44,18 +44,24 @@ pub struct ExportArgs {
     out: String,
 }
 
-/// One day's rows, being built.
+#[cfg(feature = "parquet")]
+mod parquet;
+
+/// Rows per file: a partition's rows are held in memory until its file is written.
+const PART_ROWS: usize = 100_000;
+
+/// One file's rows, being built.
 struct Partition {
     day: String,
     first: u64,
-    rows: Vec<u8>,
+    rows: Vec<Value>,
     leaves: Vec<Hash>,
 }
 
 pub fn run(data: &Path, args: ExportArgs) -> Result<()> {
-    if args.format == ExportFormat::Parquet {
+    if args.format == ExportFormat::Parquet && !cfg!(feature = "parquet") {
         return Err(InputError(
-            "--format parquet is not available in this build yet: use --format ndjson (DuckDB, BigQuery and Athena load it directly)".into(),
+            "--format parquet needs a build with the `parquet` feature (cargo build --release -p mlaudit --features parquet); --format ndjson needs none".into(),
         )
         .into());
     }
@@ -91,9 +97,12 @@ pub fn run(data: &Path, args: ExportArgs) -> Result<()> {
             let mut step = || -> Result<()> {
                 let view = decode_view(&ev.entry).context("decoding an entry")?;
                 let day = format_time(view.receipt_time_ns)[..10].to_owned();
-                if current.as_ref().is_some_and(|p| p.day != day) {
+                if current
+                    .as_ref()
+                    .is_some_and(|p| p.day != day || p.rows.len() >= PART_ROWS)
+                {
                     if let Some(p) = current.take() {
-                        finish(&store, &out, p, ev.seq, &note)?;
+                        finish(&store, &out, p, ev.seq, &note, args.format)?;
                         parts += 1;
                     }
                 }
@@ -104,8 +113,7 @@ pub fn run(data: &Path, args: ExportArgs) -> Result<()> {
                     leaves: Vec::new(),
                 });
                 p.leaves.push(leaf_hash(&ev.entry));
-                serde_json::to_writer(&mut p.rows, &row(&ev, &view))?;
-                p.rows.push(b'\n');
+                p.rows.push(row(&ev, &view));
                 rows += 1;
                 progress.set(rows);
                 Ok(())
@@ -124,13 +132,13 @@ pub fn run(data: &Path, args: ExportArgs) -> Result<()> {
         return Err(e);
     }
     if let Some(p) = current.take() {
-        finish(&store, &out, p, end, &note)?;
+        finish(&store, &out, p, end, &note, args.format)?;
         parts += 1;
     }
     progress.finish();
     ledger::audit_read(&store, "mlaudit export", &args.out, rows as usize)?;
     println!(
-        "exported {rows} events (seqs {first}..{end}) in {parts} partitions to {}",
+        "exported {rows} events (seqs {first}..{end}) in {parts} files to {}",
         args.out
     );
     store.close()
@@ -185,8 +193,32 @@ fn row(ev: &mlaudit_store::StoredEvent, view: &mlaudit_core::entry::EntryView<'_
     Value::Object(r)
 }
 
-/// Writes a partition's rows and its manifest.
-fn finish(store: &dyn Store, out: &Archive, p: Partition, end: u64, note: &str) -> Result<()> {
+/// Encodes rows as NDJSON.
+fn ndjson(rows: &[Value]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for r in rows {
+        serde_json::to_writer(&mut out, r)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// Writes a file's rows and its manifest.
+fn finish(
+    store: &dyn Store,
+    out: &Archive,
+    p: Partition,
+    end: u64,
+    note: &str,
+    format: ExportFormat,
+) -> Result<()> {
+    let (bytes, ext) = match format {
+        ExportFormat::Ndjson => (ndjson(&p.rows)?, "ndjson"),
+        #[cfg(feature = "parquet")]
+        ExportFormat::Parquet => (parquet::encode(&p.rows)?, "parquet"),
+        #[cfg(not(feature = "parquet"))]
+        ExportFormat::Parquet => anyhow::bail!("this build has no Parquet writer"),
+    };
     let nodes = Nodes(store);
     let signed = mlaudit_core::note::unverified_checkpoint(note)?;
     let range_root = mth(&p.leaves);
@@ -204,8 +236,8 @@ fn finish(store: &dyn Store, out: &Archive, p: Partition, end: u64, note: &str) 
     let base = format!("dt={}/part-{:020}-{:020}", p.day, p.first, end);
     let manifest = json!({
         "format": "mlaudit-export-manifest/v1",
-        "file": format!("{base}.ndjson"),
-        "file_sha256": mlaudit_core::merkle::hex(&sha256(&p.rows)),
+        "file": format!("{base}.{ext}"),
+        "file_sha256": mlaudit_core::merkle::hex(&sha256(&bytes)),
         "rows": p.leaves.len(),
         "first": p.first,
         "end": end,
@@ -215,7 +247,7 @@ fn finish(store: &dyn Store, out: &Archive, p: Partition, end: u64, note: &str) 
         "checkpoint": note,
         "consistency_proof": proof.iter().map(|h| b64::encode(h.0)).collect::<Vec<_>>(),
     });
-    out.put_file(&format!("{base}.ndjson"), p.rows)?;
+    out.put_file(&format!("{base}.{ext}"), bytes)?;
     out.put_file(
         &format!("{base}.manifest.json"),
         serde_json::to_vec_pretty(&manifest)?,
