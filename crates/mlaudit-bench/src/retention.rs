@@ -2,7 +2,8 @@
 //! local directory and to an S3-compatible server (moto, started by
 //! `scripts/s3-test-server.sh`), beside a plain copy of the segment files to the same disk;
 //! bytes per event in the hot (raw segment), warm (packed segment) and cold (archive) tiers;
-//! `get` latency (p50/p99) from each tier and inclusion-proof latency, hot against warm.
+//! `get` latency (p50/p99) from each tier and inclusion-proof latency, hot against warm;
+//! `mlaudit export` (the release binary, built first) in rows/s beside a bare scan of the log.
 
 use crate::http::pct;
 use crate::ingest::{emit, ingest_store};
@@ -127,6 +128,7 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&o.dir)?;
     let log_dir = o.dir.join("log");
     let signer = NoteSigner::from_seed("bench.example/retention", [5; 32])?;
+    let signer_text = signer.to_private_text();
     let verifier = signer.verifier();
     let options = Options {
         segment_target: SEGMENT_TARGET,
@@ -246,8 +248,70 @@ pub fn run(args: &[String]) -> Result<()> {
             ctx.clone(),
         );
     }
+    // The baseline for export: reading every event, nothing else.
+    let t = Instant::now();
+    let mut seen = 0u64;
+    store.scan(0, &mut |_| {
+        seen += 1;
+        std::ops::ControlFlow::Continue(())
+    })?;
+    let scan_eps = seen as f64 / t.elapsed().as_secs_f64();
+    emit("retention", "scan", "events_per_s", scan_eps, ctx.clone());
     store.close()?;
+    drop(store);
+    export(&o.dir, signer_text, n, scan_eps, &ctx)?;
     let _ = std::fs::remove_dir_all(&o.dir);
+    Ok(())
+}
+
+/// Runs `mlaudit export` on the log (its data directory is `dir`: `log/` and, written here,
+/// `key/signing.key`) and reports rows/s against the bare scan.
+fn export(
+    dir: &Path,
+    signer_text: String,
+    n: u64,
+    scan_eps: f64,
+    ctx: &serde_json::Value,
+) -> Result<()> {
+    let bin = std::env::current_exe()?.with_file_name("mlaudit");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --release -p mlaudit)",
+        bin.display()
+    );
+    let key_dir = dir.join("key");
+    std::fs::create_dir_all(&key_dir)?;
+    std::fs::write(key_dir.join("signing.key"), signer_text)?;
+    let t = Instant::now();
+    let out = std::process::Command::new(&bin)
+        .arg("--data")
+        .arg(dir)
+        .args(["export", "--out"])
+        .arg(dir.join("export"))
+        .output()?;
+    let secs = t.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        out.status.success(),
+        "mlaudit export: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let eps = n as f64 / secs;
+    emit("retention", "export-ndjson", "rows_per_s", eps, ctx.clone());
+    emit(
+        "retention",
+        "export-ndjson",
+        "vs_scan",
+        eps / scan_eps,
+        ctx.clone(),
+    );
+    let bytes = tree_bytes(&dir.join("export"))?;
+    emit(
+        "retention",
+        "export-ndjson",
+        "bytes_per_row",
+        bytes as f64 / n as f64,
+        ctx.clone(),
+    );
     Ok(())
 }
 
