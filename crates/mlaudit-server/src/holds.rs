@@ -75,9 +75,18 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 pub async fn create(
     State(state): State<AppState>,
     Extension(actor): Extension<Principal>,
-    req: Result<Json<HoldRequest>, JsonRejection>,
+    req: Result<Json<Value>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Json(req) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(body) = req.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    // A criterion given as null would read as absent: refuse it rather than guess.
+    if let Some((k, _)) = body
+        .as_object()
+        .and_then(|o| o.iter().find(|(_, v)| v.is_null()))
+    {
+        return Err(ApiError::BadRequest(format!("{k} may not be null")));
+    }
+    let req: HoldRequest =
+        serde_json::from_value(body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let mut scope = HoldScope {
         model: req.model,
         version: req.version,

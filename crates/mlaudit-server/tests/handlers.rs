@@ -1078,6 +1078,8 @@ async fn legal_holds_are_placed_listed_and_released_by_admins_only() {
         (json!({"reason": "no scope"}), "needs a scope"),
         (json!({"model": "m", "reason": " "}), "needs a reason"),
         (json!({"from": "soon", "reason": "r"}), "RFC 3339"),
+        (json!({"model": null, "reason": "r"}), "may not be null"),
+        (json!({"events": ["A1"], "reason": "r"}), "not an event id"),
         (
             json!({"model": "m", "reason": "r", "extra": 1}),
             "unknown field",

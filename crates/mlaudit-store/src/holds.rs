@@ -9,7 +9,7 @@
 
 use crate::{Query, Store, StoreError};
 use mlaudit_core::entry::{decode_view, EntryView, EventId, SubjectField};
-use mlaudit_core::event::{format_time, parse_time, prepare_reserved, PreparedEvent};
+use mlaudit_core::event::{format_time, parse_time_bound, prepare_reserved, PreparedEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -78,11 +78,11 @@ pub enum HoldError {
     Store(#[from] StoreError),
 }
 
-/// A scope's time bounds in unix ns.
+/// A scope's time bounds in unix ns (times beyond 1677..2262 clamp to those ends).
 fn bounds(scope: &HoldScope) -> Result<(Option<i64>, Option<i64>), HoldError> {
     let t = |text: &Option<String>| {
         text.as_deref()
-            .map(|s| parse_time(s).ok_or_else(|| HoldError::BadTime(s.to_owned())))
+            .map(|s| parse_time_bound(s).ok_or_else(|| HoldError::BadTime(s.to_owned())))
             .transpose()
     };
     Ok((t(&scope.from)?, t(&scope.to)?))
