@@ -94,6 +94,20 @@ impl ArchiveError {
     }
 }
 
+/// Opens `note`, stored in the archive as `object`, with the log's verifier key.
+pub(crate) fn open_note(
+    object: &str,
+    note: &str,
+    verifier: &mlaudit_core::note::NoteVerifier,
+) -> Result<mlaudit_core::note::Checkpoint, ArchiveError> {
+    mlaudit_core::note::open_checkpoint(verifier, note).map_err(|e| {
+        ArchiveError::invalid(
+            object,
+            format!("does not verify with the key {}: {e}", verifier.name()),
+        )
+    })
+}
+
 /// Whether a create-only write stored the object or found it already there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Put {

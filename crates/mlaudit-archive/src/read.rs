@@ -2,25 +2,26 @@
 
 use crate::layout;
 use crate::{Archive, ArchiveError};
-use mlaudit_core::note::{open_checkpoint, unverified_checkpoint, NoteVerifier};
+use mlaudit_core::note::{unverified_checkpoint, Checkpoint, NoteVerifier};
 use mlaudit_store::tiles::TILE_WIDTH;
 use mlaudit_store::StoredEvent;
 
 impl Archive {
+    /// The archive's checkpoint, checked with the log's verifier key (`None`: an empty
+    /// archive).
+    pub fn verified_checkpoint(
+        &self,
+        verifier: &NoteVerifier,
+    ) -> Result<Option<Checkpoint>, ArchiveError> {
+        self.checkpoint_note()?
+            .map(|note| crate::open_note(layout::CHECKPOINT, &note, verifier))
+            .transpose()
+    }
+
     /// The tree size of the archive's checkpoint, checked with the log's verifier key (0 for
     /// an empty archive).
     pub fn verified_size(&self, verifier: &NoteVerifier) -> Result<u64, ArchiveError> {
-        match self.checkpoint_note()? {
-            None => Ok(0),
-            Some(note) => open_checkpoint(verifier, &note)
-                .map(|c| c.size)
-                .map_err(|e| {
-                    ArchiveError::invalid(
-                        layout::CHECKPOINT,
-                        format!("does not verify with the key {}: {e}", verifier.name()),
-                    )
-                }),
-        }
+        Ok(self.verified_checkpoint(verifier)?.map_or(0, |c| c.size))
     }
 
     /// The tree size of the archive's checkpoint (0 for an empty archive), for reading. The

@@ -13,11 +13,11 @@
 //! bundle whose hashes differ from the stored ones is.
 
 use crate::layout::{self, hashes_at, tiles_from};
-use crate::{Archive, ArchiveError, CONCURRENCY};
+use crate::{open_note, Archive, ArchiveError, CONCURRENCY};
 use futures_util::stream::{self, StreamExt};
 use mlaudit_core::entry::decode_view;
 use mlaudit_core::merkle::{leaf_hash, sha256, CompactRange, Hash};
-use mlaudit_core::note::{open_checkpoint, Checkpoint, NoteVerifier};
+use mlaudit_core::note::{Checkpoint, NoteVerifier};
 use mlaudit_store::tiles::{TileRef, TILE_WIDTH};
 
 /// What a successful verification covered.
@@ -53,12 +53,7 @@ pub fn verify(
             "missing: nothing was archived here, or it was removed",
         )
     })?;
-    let cp = open_checkpoint(verifier, &note).map_err(|e| {
-        ArchiveError::invalid(
-            layout::CHECKPOINT,
-            format!("does not verify with the key {}: {e}", verifier.name()),
-        )
-    })?;
+    let cp = open_note(layout::CHECKPOINT, &note, verifier)?;
     let history = archive.block_on(history(archive, verifier, &cp))?;
     // The archive's tree is the largest archived checkpoint's: `checkpoints/<size>` is stored
     // only after every object of its tree.
@@ -95,55 +90,63 @@ async fn earlier_partials(
             if now == old {
                 continue;
             }
-            let w = usize::from(old.width);
-            let (a, b) = (
-                layout::hash_tile_name(level, old),
-                layout::hash_tile_name(level, now),
+            let (w, nw) = (usize::from(old.width), usize::from(now.width));
+            let names = |name: fn(TileRef) -> String| ((name(old), w), (name(now), nw));
+            let hash_names = (
+                (layout::hash_tile_name(level, old), w),
+                (layout::hash_tile_name(level, now), nw),
             );
-            let (old_bytes, now_bytes) =
-                futures_util::try_join!(archive.fetch_required(&a), archive.fetch_required(&b))?;
+            begins(archive, hash_names, hashes).await?;
             read += 1;
-            if now_bytes.get(..w * 32) != Some(old_bytes.as_ref()) {
-                return Err(ArchiveError::invalid(
-                    &a,
-                    format!("is not the beginning of {b}"),
-                ));
+            if level == 0 {
+                let entries = |n: &str, b: &[u8], w| {
+                    Ok(layout::decode_entries(n, b, w)?
+                        .into_iter()
+                        .map(<[u8]>::to_vec)
+                        .collect())
+                };
+                begins(archive, names(layout::entry_bundle_name), entries).await?;
+                begins(
+                    archive,
+                    names(layout::payload_bundle_name),
+                    layout::decode_payloads,
+                )
+                .await?;
+                read += 2;
             }
-            if level > 0 {
-                continue;
-            }
-            let (a, b) = (
-                layout::entry_bundle_name(old),
-                layout::entry_bundle_name(now),
-            );
-            let (old_bytes, now_bytes) =
-                futures_util::try_join!(archive.fetch_required(&a), archive.fetch_required(&b))?;
-            let old_entries = layout::decode_entries(&a, &old_bytes, w)?;
-            let now_entries = layout::decode_entries(&b, &now_bytes, usize::from(now.width))?;
-            if old_entries[..] != now_entries[..w] {
-                return Err(ArchiveError::invalid(
-                    &a,
-                    format!("is not the beginning of {b}"),
-                ));
-            }
-            let (a, b) = (
-                layout::payload_bundle_name(old),
-                layout::payload_bundle_name(now),
-            );
-            let (old_bytes, now_bytes) =
-                futures_util::try_join!(archive.fetch_required(&a), archive.fetch_required(&b))?;
-            let old_payloads = layout::decode_payloads(&a, &old_bytes, w)?;
-            let now_payloads = layout::decode_payloads(&b, &now_bytes, usize::from(now.width))?;
-            if old_payloads[..] != now_payloads[..w] {
-                return Err(ArchiveError::invalid(
-                    &a,
-                    format!("is not the beginning of {b}"),
-                ));
-            }
-            read += 2;
         }
     }
     Ok(read)
+}
+
+/// The items of a hash tile of `width` hashes.
+fn hashes(name: &str, bytes: &[u8], width: usize) -> Result<Vec<Vec<u8>>, ArchiveError> {
+    if bytes.len() != width * 32 {
+        return Err(ArchiveError::invalid(
+            name,
+            format!("holds {} bytes, not {}", bytes.len(), width * 32),
+        ));
+    }
+    Ok(bytes.chunks(32).map(<[u8]>::to_vec).collect())
+}
+
+/// Checks that the object `a` (of `wa` items) is the beginning of the object `b` (of `wb`),
+/// item by item as `decode` reads them.
+async fn begins<T: PartialEq>(
+    archive: &Archive,
+    ((a, wa), (b, wb)): ((String, usize), (String, usize)),
+    decode: impl Fn(&str, &[u8], usize) -> Result<Vec<T>, ArchiveError>,
+) -> Result<(), ArchiveError> {
+    let (old, now) =
+        futures_util::try_join!(archive.fetch_required(&a), archive.fetch_required(&b))?;
+    let (old, now) = (decode(&a, &old, wa)?, decode(&b, &now, wb)?);
+    if now.get(..old.len()) != Some(&old[..]) {
+        return Err(ArchiveError::invalid(
+            &a,
+            format!("is not the beginning of {b}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The archived checkpoints, sorted by size; the latest must be among them.
@@ -161,12 +164,7 @@ async fn history(
         let bytes = archive.fetch_required(&object).await?;
         let text =
             std::str::from_utf8(&bytes).map_err(|_| ArchiveError::invalid(&object, "not UTF-8"))?;
-        let c = open_checkpoint(verifier, text).map_err(|e| {
-            ArchiveError::invalid(
-                &object,
-                format!("does not verify with the key {}: {e}", verifier.name()),
-            )
-        })?;
+        let c = open_note(&object, text, verifier)?;
         if c.size != size {
             return Err(ArchiveError::invalid(
                 &object,

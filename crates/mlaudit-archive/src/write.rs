@@ -46,15 +46,9 @@ pub fn extend(
         ArchiveError::Diverged(format!("the checkpoint to archive does not verify: {e}"))
     })?;
     check_log_holds(log, &cp, "the checkpoint to archive")?;
-    let from = match archive.checkpoint_note()? {
+    let from = match archive.verified_checkpoint(verifier)? {
         None => 0,
-        Some(old_note) => {
-            let old = open_checkpoint(verifier, &old_note).map_err(|e| {
-                ArchiveError::invalid(
-                    layout::CHECKPOINT,
-                    format!("not a checkpoint of this log's key: {e}"),
-                )
-            })?;
+        Some(old) => {
             if old.size > cp.size {
                 return Err(ArchiveError::Diverged(format!(
                     "the archive already holds {} events, more than the checkpoint of {} to archive",

@@ -9,8 +9,7 @@
 
 mod common;
 
-use common::{checkpoint, log_with, verifier, TempDir};
-use mlaudit_archive::verify::verify;
+use common::{checkpoint, extend_to, log_with, verifier, verify_all, TempDir};
 use mlaudit_archive::write::extend;
 use mlaudit_archive::{Archive, ArchiveError};
 use mlaudit_store::prelude::*;
@@ -38,16 +37,9 @@ fn an_archive_is_built_in_the_tiles_layout_extended_and_verifies_alone() {
     let arch = TempDir::new("arch");
     let store = log_with(&log_dir.0, &[600, 70_000 - 600], "a");
     let archive = Archive::open(&arch.url()).unwrap();
-    let first = extend(
-        &archive,
-        &store,
-        &checkpoint(&store, 600),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let first = extend_to(&archive, &store, 600).unwrap();
     assert_eq!((first.from, first.size, first.already_there), (0, 600, 0));
-    let v = verify(&archive, &verifier(), &mut |_, _| {}).unwrap();
+    let v = verify_all(&archive).unwrap();
     assert_eq!(
         (v.size, v.payloads, v.payloads_absent, v.checkpoints),
         (600, 600, 0, 1)
@@ -67,7 +59,7 @@ fn an_archive_is_built_in_the_tiles_layout_extended_and_verifies_alone() {
     .unwrap();
     assert!(calls > 0, "progress is reported");
     assert_eq!((second.from, second.size), (600, 70_000));
-    let v = verify(&archive, &verifier(), &mut |_, _| {}).unwrap();
+    let v = verify_all(&archive).unwrap();
     assert_eq!((v.size, v.payloads, v.checkpoints), (70_000, 70_000, 2));
 
     // The spec's own example: a tree of 70,000 entries.
@@ -107,7 +99,7 @@ fn an_archive_is_built_in_the_tiles_layout_extended_and_verifies_alone() {
         let mut bytes = original.clone();
         bytes[40] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let err = verify(&archive, &verifier(), &mut |_, _| {}).unwrap_err();
+        let err = verify_all(&archive).unwrap_err();
         assert!(err.to_string().starts_with(&format!("{stale}: ")), "{err}");
         std::fs::write(&path, &original).unwrap();
     }
@@ -115,13 +107,13 @@ fn an_archive_is_built_in_the_tiles_layout_extended_and_verifies_alone() {
     let path = arch.0.join("tile/1/000");
     let original = std::fs::read(&path).unwrap();
     std::fs::write(&path, vec![0u8; 256 * 32 + 1]).unwrap();
-    let err = verify(&archive, &verifier(), &mut |_, _| {}).unwrap_err();
+    let err = verify_all(&archive).unwrap_err();
     assert!(
         err.to_string().contains("more than an object of its kind"),
         "{err}"
     );
     std::fs::write(&path, &original).unwrap();
-    verify(&archive, &verifier(), &mut |_, _| {}).unwrap();
+    verify_all(&archive).unwrap();
 
     // Archived events read back byte for byte.
     let back = archive.events(250, 260).unwrap();
@@ -138,50 +130,23 @@ fn a_cut_off_run_is_finished_by_running_again() {
     let arch = TempDir::new("arch");
     let store = log_with(&log_dir.0, &[1000, 1000], "a");
     let archive = Archive::open(&arch.url()).unwrap();
-    extend(
-        &archive,
-        &store,
-        &checkpoint(&store, 1000),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    extend(
-        &archive,
-        &store,
-        &checkpoint(&store, 2000),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    extend_to(&archive, &store, 1000).unwrap();
+    extend_to(&archive, &store, 2000).unwrap();
     // As if the second run had stopped before its checkpoint: put the first one back and
     // remove a few of the second run's objects.
     std::fs::write(arch.0.join("checkpoint"), checkpoint(&store, 1000)).unwrap();
     // Stopped between its last two writes: the larger tree is whole, and verifies.
-    let behind = verify(&archive, &verifier(), &mut |_, _| {}).unwrap();
+    let behind = verify_all(&archive).unwrap();
     assert_eq!((behind.size, behind.checkpoint_behind), (2000, Some(1000)));
     for name in ["checkpoints/2000", "tile/0/007.p/208", "payload/005"] {
         std::fs::remove_file(arch.0.join(name)).unwrap();
     }
-    assert_eq!(
-        verify(&archive, &verifier(), &mut |_, _| {}).unwrap().size,
-        1000
-    );
-    let again = extend(
-        &archive,
-        &store,
-        &checkpoint(&store, 2000),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    assert_eq!(verify_all(&archive).unwrap().size, 1000);
+    let again = extend_to(&archive, &store, 2000).unwrap();
     assert_eq!(again.from, 1000);
     assert_eq!(again.written, 3, "the three missing objects");
     assert!(again.already_there > 0);
-    assert_eq!(
-        verify(&archive, &verifier(), &mut |_, _| {}).unwrap().size,
-        2000
-    );
+    assert_eq!(verify_all(&archive).unwrap().size, 2000);
 }
 
 #[test]
@@ -191,34 +156,13 @@ fn another_log_can_never_overwrite_an_archive() {
     let a = log_with(&a_dir.0, &[300], "a");
     let b = log_with(&b_dir.0, &[300, 200], "b");
     let archive = Archive::open(&arch.url()).unwrap();
-    extend(
-        &archive,
-        &a,
-        &checkpoint(&a, 300),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    extend_to(&archive, &a, 300).unwrap();
     let before = std::fs::read(arch.0.join("tile/entries/000")).unwrap();
-    let err = extend(
-        &archive,
-        &b,
-        &checkpoint(&b, 500),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let err = extend_to(&archive, &b, 500).unwrap_err();
     assert!(matches!(err, ArchiveError::Diverged(_)), "{err}");
     // Even without the checkpoint check, create-only writes refuse the other log's bytes.
     std::fs::remove_file(arch.0.join("checkpoint")).unwrap();
-    let err = extend(
-        &archive,
-        &b,
-        &checkpoint(&b, 500),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let err = extend_to(&archive, &b, 500).unwrap_err();
     assert!(matches!(err, ArchiveError::Conflict { .. }), "{err}");
     assert!(err.is_verification_failure());
     assert_eq!(
@@ -233,23 +177,9 @@ fn damage_to_any_object_is_caught_and_named() {
     let arch = TempDir::new("arch");
     let store = log_with(&log_dir.0, &[700, 65_836], "a");
     let archive = Archive::open(&arch.url()).unwrap();
-    extend(
-        &archive,
-        &store,
-        &checkpoint(&store, 66_536),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    extend(
-        &archive,
-        &store,
-        &checkpoint(&store, 700),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .expect_err("an archive never goes back to a smaller tree");
-    verify(&archive, &verifier(), &mut |_, _| {}).unwrap();
+    extend_to(&archive, &store, 66_536).unwrap();
+    extend_to(&archive, &store, 700).expect_err("an archive never goes back to a smaller tree");
+    verify_all(&archive).unwrap();
     let flip = |name: &str, at: usize| {
         let path = arch.0.join(name);
         let original = std::fs::read(&path).unwrap();
@@ -257,7 +187,7 @@ fn damage_to_any_object_is_caught_and_named() {
         let i = at.min(bytes.len() - 1);
         bytes[i] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        let err = verify(&archive, &verifier(), &mut |_, _| {}).unwrap_err();
+        let err = verify_all(&archive).unwrap_err();
         std::fs::write(&path, &original).unwrap();
         err
     };
@@ -279,7 +209,7 @@ fn damage_to_any_object_is_caught_and_named() {
         }
     }
     std::fs::remove_file(arch.0.join("tile/entries/000")).unwrap();
-    let err = verify(&archive, &verifier(), &mut |_, _| {}).unwrap_err();
+    let err = verify_all(&archive).unwrap_err();
     assert!(
         err.to_string().starts_with("tile/entries/000: missing"),
         "{err}"

@@ -10,9 +10,7 @@
 
 mod common;
 
-use common::{checkpoint, log_with, verifier, TempDir};
-use mlaudit_archive::verify::verify;
-use mlaudit_archive::write::extend;
+use common::{checkpoint, extend_to, log_with, verify_all, TempDir};
 use mlaudit_archive::{Archive, ArchiveError};
 use mlaudit_store::prelude::*;
 use object_store::aws::AmazonS3Builder;
@@ -62,24 +60,10 @@ fn an_archive_on_s3_is_create_only_and_verifies_alone() {
     let (a_dir, b_dir) = (TempDir::new("log-a"), TempDir::new("log-b"));
     let a = log_with(&a_dir.0, &[1000, 300], "a");
     let archive = Archive::open(&url).unwrap();
-    extend(
-        &archive,
-        &a,
-        &checkpoint(&a, 1000),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap();
-    let done = extend(
-        &archive,
-        &a,
-        &checkpoint(&a, 1300),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap();
+    extend_to(&archive, &a, 1000).unwrap();
+    let done = extend_to(&archive, &a, 1300).unwrap();
     assert_eq!((done.from, done.size), (1000, 1300));
-    let v = verify(&archive, &verifier(), &mut |_, _| {}).unwrap();
+    let v = verify_all(&archive).unwrap();
     assert_eq!((v.size, v.payloads, v.checkpoints), (1300, 1300, 2));
     assert_eq!(
         archive.events(1299, 1300).unwrap()[0].entry,
@@ -104,21 +88,11 @@ fn an_archive_on_s3_is_create_only_and_verifies_alone() {
         .unwrap();
     let path = |name: &str| ObjectPath::from(format!("{prefix}/{name}"));
     rt.block_on(raw.delete(&path("checkpoint"))).unwrap();
-    let err = extend(
-        &archive,
-        &b,
-        &checkpoint(&b, 1300),
-        &verifier(),
-        &mut |_, _| {},
-    )
-    .unwrap_err();
+    let err = extend_to(&archive, &b, 1300).unwrap_err();
     assert!(matches!(err, ArchiveError::Conflict { .. }), "{err}");
     rt.block_on(raw.put(&path("checkpoint"), checkpoint(&a, 1300).into()))
         .unwrap();
-    assert_eq!(
-        verify(&archive, &verifier(), &mut |_, _| {}).unwrap().size,
-        1300
-    );
+    assert_eq!(verify_all(&archive).unwrap().size, 1300);
 
     // Damage an object on the server: verification names it.
     let tile = path("tile/0/002");
@@ -128,6 +102,6 @@ fn an_archive_on_s3_is_create_only_and_verifies_alone() {
         .to_vec();
     bytes[33] ^= 0x80;
     rt.block_on(raw.put(&tile, bytes.into())).unwrap();
-    let err = verify(&archive, &verifier(), &mut |_, _| {}).unwrap_err();
+    let err = verify_all(&archive).unwrap_err();
     assert!(err.to_string().starts_with("tile/0/002: "), "{err}");
 }

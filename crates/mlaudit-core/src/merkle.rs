@@ -381,6 +381,12 @@ impl CompactRange {
         Ok(CompactRange { size, stack })
     }
 
+    /// The perfect subtree roots on the right edge, largest (leftmost) first: one per set bit
+    /// of the size, together covering every leaf absorbed.
+    pub fn edge(&self) -> &[Hash] {
+        &self.stack
+    }
+
     /// Number of leaves absorbed.
     pub fn size(&self) -> u64 {
         self.size

@@ -4,6 +4,7 @@
 
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::read::blocking;
 use crate::{AppState, Shown};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -47,17 +48,8 @@ pub struct ReleaseRequest {
     reason: Option<String>,
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::Internal(format!("hold task failed: {e}")))?
-}
-
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let store = state.store.clone();
-    let all = blocking(move || Ok(holds::list(&*store)?)).await?;
+    let all = blocking(&state, |store| Ok(holds::list(store)?)).await?;
     let shown = all.len();
     let list: Vec<Value> = all
         .into_iter()
@@ -95,10 +87,9 @@ pub async fn create(
         to: req.to,
         events: req.events,
     };
-    let hold = format!("hold-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let hold = holds::new_id();
     let event = holds::create_event(&hold, &mut scope, &req.reason, &actor.name, false)?;
-    let store = state.store.clone();
-    let receipt = blocking(move || Ok(store.append(vec![event])?)).await?;
+    let receipt = blocking(&state, |store| Ok(store.append(vec![event])?)).await?;
     let seq = receipt.events.first().map(|e| e.seq);
     Ok((
         StatusCode::CREATED,
@@ -118,10 +109,9 @@ pub async fn release(
         serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("body: {e}")))?
     };
     let reason = req.reason.unwrap_or_else(|| "released".into());
-    let store = state.store.clone();
     let name = hold.clone();
-    let seq = blocking(move || {
-        let event = holds::release_event(&*store, &name, &reason, &actor.name, false)?;
+    let seq = blocking(&state, move |store| {
+        let event = holds::release_event(store, &name, &reason, &actor.name, false)?;
         let receipt = store.append(vec![event])?;
         Ok(receipt.events.first().map(|e| e.seq))
     })

@@ -7,7 +7,7 @@
 //! **Invariant:** an event any hold in force covers ([`HoldScope::covers`]) never expires and
 //! never loses its payload.
 
-use crate::{Query, Store, StoreError};
+use crate::{seqs_of_kind, Store, StoreError};
 use mlaudit_core::entry::{decode_view, EntryView, EventId, SubjectField};
 use mlaudit_core::event::{format_time, parse_time_bound, prepare_reserved, PreparedEvent};
 use serde::{Deserialize, Serialize};
@@ -149,6 +149,11 @@ fn governance_event(
     prepare_reserved(&event.to_string(), actor).map_err(|e| HoldError::Event(e.to_string()))
 }
 
+/// A new hold's id: `hold-` and 12 random hex digits.
+pub fn new_id() -> String {
+    format!("hold-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
 /// The `governance.hold_created` event of a new hold `hold` (an id the caller chose).
 pub fn create_event(
     hold: &str,
@@ -191,23 +196,6 @@ pub fn release_event(
     )
 }
 
-/// Every seq of events of `kind`, in order.
-fn seqs_of(store: &dyn Store, kind: &str) -> Result<Vec<u64>, StoreError> {
-    let mut out = Vec::new();
-    loop {
-        let page = store.query(&Query {
-            kind: Some(kind.into()),
-            after_seq: out.last().copied(),
-            limit: 10_000,
-            ..Query::default()
-        })?;
-        if page.is_empty() {
-            return Ok(out);
-        }
-        out.extend(page);
-    }
-}
-
 /// An event's attributes, principal and receipt time.
 fn read(store: &dyn Store, seq: u64) -> Result<(Value, String, i64), StoreError> {
     let ev = store.event(seq)?;
@@ -230,7 +218,7 @@ fn read(store: &dyn Store, seq: u64) -> Result<(Value, String, i64), StoreError>
 /// Every hold the log records, in order of creation, with its release if any.
 pub fn list(store: &dyn Store) -> Result<Vec<Hold>, StoreError> {
     let mut holds = Vec::new();
-    for seq in seqs_of(store, "governance.hold_created")? {
+    for seq in seqs_of_kind(store, "governance.hold_created")? {
         let (a, by, at) = read(store, seq)?;
         let scope = serde_json::from_value(a["scope"].clone()).unwrap_or_else(|_| HoldScope {
             // A scope this build cannot read covers everything: a hold errs on keeping.
@@ -249,7 +237,7 @@ pub fn list(store: &dyn Store) -> Result<Vec<Hold>, StoreError> {
             release_reason: None,
         });
     }
-    for seq in seqs_of(store, "governance.hold_released")? {
+    for seq in seqs_of_kind(store, "governance.hold_released")? {
         let (a, by, _) = read(store, seq)?;
         let name = a["hold"].as_str().unwrap_or_default();
         if let Some(h) = holds

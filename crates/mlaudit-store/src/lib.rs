@@ -450,6 +450,23 @@ impl<S: LogReader + ?Sized> NodeSource for Nodes<'_, S> {
     }
 }
 
+/// Every seq of events of `kind`, in order, read a page of 10,000 at a time.
+pub fn seqs_of_kind(store: &dyn Store, kind: &str) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let page = store.query(&Query {
+            kind: Some(kind.into()),
+            after_seq: out.last().copied(),
+            limit: 10_000,
+            ..Query::default()
+        })?;
+        if page.is_empty() {
+            return Ok(out);
+        }
+        out.extend(page);
+    }
+}
+
 /// The latest checkpoint note, if any.
 pub fn latest_checkpoint(store: &dyn Store) -> Result<Option<String>, StoreError> {
     match store.latest_checkpoint_size()? {

@@ -69,7 +69,7 @@ pub fn run(data: &Path, cmd: HoldCommand) -> Result<()> {
                 to,
                 events,
             };
-            let hold = format!("hold-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+            let hold = holds::new_id();
             let event = holds::create_event(&hold, &mut scope, &reason, &actor, true)
                 .map_err(|e| InputError(e.to_string()))?;
             let receipt = store.append(vec![event]).context("recording the hold")?;

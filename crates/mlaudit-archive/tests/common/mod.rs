@@ -2,6 +2,8 @@
 
 #![allow(dead_code, reason = "each test binary uses part of this module")]
 
+use mlaudit_archive::write::Extended;
+use mlaudit_archive::{Archive, ArchiveError};
 use mlaudit_core::event::prepare;
 use mlaudit_core::note::{NoteSigner, NoteVerifier};
 use mlaudit_embedded::EmbeddedStore;
@@ -80,4 +82,20 @@ pub fn checkpoint(store: &dyn Store, size: u64) -> String {
         .checkpoint(size)
         .unwrap()
         .expect("a checkpoint of that size")
+}
+
+/// Extends `archive` to the checkpoint of `size` of `log`, without progress.
+pub fn extend_to(archive: &Archive, log: &dyn Store, size: u64) -> Result<Extended, ArchiveError> {
+    mlaudit_archive::write::extend(
+        archive,
+        log,
+        &checkpoint(log, size),
+        &verifier(),
+        &mut |_, _| {},
+    )
+}
+
+/// Verifies `archive` with the test key, without progress.
+pub fn verify_all(archive: &Archive) -> Result<mlaudit_archive::verify::Verified, ArchiveError> {
+    mlaudit_archive::verify::verify(archive, &verifier(), &mut |_, _| {})
 }

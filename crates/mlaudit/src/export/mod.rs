@@ -16,7 +16,7 @@ use mlaudit_archive::Archive;
 use mlaudit_core::b64;
 use mlaudit_core::entry::{decode_view, SubjectField};
 use mlaudit_core::event::{format_time, parse_time, Stage};
-use mlaudit_core::merkle::{consistency_proof, leaf_hash, node_hash, sha256, CompactRange, Hash};
+use mlaudit_core::merkle::{consistency_proof, leaf_hash, sha256, CompactRange, Hash};
 use mlaudit_store::prelude::*;
 use mlaudit_store::{latest_checkpoint, Nodes};
 use serde_json::{json, Map, Value};
@@ -221,16 +221,14 @@ fn finish(
     };
     let nodes = Nodes(store);
     let signed = mlaudit_core::note::unverified_checkpoint(note)?;
-    let range_root = mth(&p.leaves);
-    let mut prefix = Vec::new();
-    let mut start = 0u64;
-    for level in (0..64u32).rev() {
-        if p.first & (1u64 << level) != 0 {
-            prefix.push(b64::encode(store.node(level, start >> level)?.0));
-            start += 1u64 << level;
-        }
+    let mut range = CompactRange::new();
+    let mut tree = CompactRange::from_source(&nodes, p.first)?;
+    let prefix: Vec<String> = tree.edge().iter().map(|h| b64::encode(h.0)).collect();
+    for leaf in &p.leaves {
+        range.push(*leaf, |_, _, _| {});
+        tree.push(*leaf, |_, _, _| {});
     }
-    let root_at_end = CompactRange::from_source(&nodes, end)?.root();
+    let (range_root, root_at_end) = (range.root(), tree.root());
     let proof = consistency_proof(&nodes, end, signed.size)?
         .map_err(|e| anyhow::anyhow!("consistency proof {end} → {}: {e}", signed.size))?;
     let base = format!("dt={}/part-{:020}-{:020}", p.day, p.first, end);
@@ -253,17 +251,4 @@ fn finish(
         serde_json::to_vec_pretty(&manifest)?,
     )?;
     Ok(())
-}
-
-/// RFC 9162 §2.1.1: the Merkle tree hash of `leaves` (leaf hashes), split at the largest power
-/// of two below their number.
-fn mth(leaves: &[Hash]) -> Hash {
-    match leaves.len() {
-        0 => mlaudit_core::merkle::empty_root(),
-        1 => leaves[0],
-        n => {
-            let k = n.next_power_of_two() / 2;
-            node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
-        }
-    }
 }

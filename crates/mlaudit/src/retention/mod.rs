@@ -17,7 +17,6 @@ use mlaudit_core::entry::decode_view;
 use mlaudit_core::event::{format_time, parse_time, prepare};
 use mlaudit_core::note::NoteVerifier;
 use mlaudit_store::prelude::*;
-use mlaudit_store::Query;
 use policy::{Policy, RetentionFile};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -402,21 +401,7 @@ fn record_policy(store: &dyn Store, policy: &Policy) -> Result<Option<u64>> {
 
 /// The `new` policy of the latest `governance.policy_changed` for `retention`.
 fn last_recorded_policy(store: &dyn Store) -> Result<Option<serde_json::Value>> {
-    let mut seqs = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.query(&Query {
-            kind: Some("governance.policy_changed".into()),
-            after_seq: after,
-            limit: 10_000,
-            ..Query::default()
-        })?;
-        let Some(last) = page.last().copied() else {
-            break;
-        };
-        seqs.extend(page);
-        after = Some(last);
-    }
+    let seqs = mlaudit_store::seqs_of_kind(store, "governance.policy_changed")?;
     for seq in seqs.into_iter().rev() {
         let v = mlaudit_store::view::event_json(store, seq)?;
         let attributes = &v["event"]["attributes"];
