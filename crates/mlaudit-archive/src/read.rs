@@ -66,11 +66,7 @@ impl Archive {
             let end = (first + width as u64).min(to);
             for s in seq..end {
                 let i = (s - first) as usize;
-                out.push(StoredEvent {
-                    seq: s,
-                    entry: entries[i].to_vec(),
-                    payload: payloads[i].take(),
-                });
+                out.push(StoredEvent::new(s, entries[i].to_vec(), payloads[i].take()));
             }
             seq = end;
         }

@@ -34,6 +34,36 @@ pub struct ProofBundle {
     /// The decoded event, for people; not used by verification.
     #[serde(default)]
     pub event: serde_json::Value,
+    /// Once the payload was erased or expired: the governance event that removed it, proven
+    /// in the same tree. Absent while the payload is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_erased_by: Option<RemovalProof>,
+}
+
+/// The governance event that removed a payload (`governance.payload_erased` or
+/// `governance.payload_expired`), with its inclusion path in the bundle's tree.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RemovalProof {
+    /// base64 of its entry header.
+    pub entry: String,
+    pub leaf_index: u64,
+    /// base64 hashes, leaf to root, for the bundle's `tree_size`.
+    pub inclusion_path: Vec<String>,
+}
+
+impl RemovalProof {
+    /// Builds one from stored parts.
+    pub fn new(entry: &[u8], leaf_index: u64, path: &[Hash]) -> RemovalProof {
+        RemovalProof {
+            entry: b64::encode(entry),
+            leaf_index,
+            inclusion_path: encode_path(path),
+        }
+    }
+}
+
+fn encode_path(path: &[Hash]) -> Vec<String> {
+    path.iter().map(|h| b64::encode(h.0)).collect()
 }
 
 /// Why a bundle did not verify. Each names the check that failed.
@@ -70,6 +100,8 @@ pub struct VerifiedBundle {
     pub leaf_hash: Hash,
     pub root: Hash,
     pub payload_present: bool,
+    /// The governance event that removed the payload, when the bundle says so.
+    pub payload_erased_by: Option<Entry>,
 }
 
 impl ProofBundle {
@@ -91,9 +123,10 @@ impl ProofBundle {
             payload: payload.map(b64::encode),
             leaf_index,
             tree_size,
-            inclusion_path: path.iter().map(|h| b64::encode(h.0)).collect(),
+            inclusion_path: encode_path(path),
             checkpoint,
             event,
+            payload_erased_by: None,
         }
     }
 
@@ -133,15 +166,7 @@ impl ProofBundle {
                 });
             }
         }
-        if self.inclusion_path.len() > MAX_PATH {
-            return Err(bad("inclusion_path", "longer than 64 hashes"));
-        }
-        let path = self
-            .inclusion_path
-            .iter()
-            .map(|h| b64::decode(h).ok().and_then(|b| Hash::from_slice(&b)))
-            .collect::<Option<Vec<Hash>>>()
-            .ok_or_else(|| bad("inclusion_path", "every element must be base64 of 32 bytes"))?;
+        let path = decode_path("inclusion_path", &self.inclusion_path)?;
         let checkpoint = open_checkpoint(key, &self.checkpoint)?;
         if checkpoint.size != self.tree_size {
             return Err(BundleError::SizeMismatch {
@@ -157,13 +182,67 @@ impl ProofBundle {
             &path,
             &checkpoint.root,
         )?;
+        let payload_erased_by = match &self.payload_erased_by {
+            None => None,
+            Some(_) if self.payload.is_some() => {
+                return Err(bad(
+                    "payload_erased_by",
+                    "is present although the payload is too",
+                ))
+            }
+            Some(r) => Some(r.verify(self.tree_size, &checkpoint.root)?),
+        };
         Ok(VerifiedBundle {
             entry,
             leaf_hash,
             root: checkpoint.root,
             payload_present: self.payload.is_some(),
+            payload_erased_by,
         })
     }
+}
+
+impl RemovalProof {
+    /// Checks that it is a payload removal event included in the tree of `size` and `root`.
+    fn verify(&self, size: u64, root: &Hash) -> Result<Entry, BundleError> {
+        let bad = |problem: String| BundleError::Malformed {
+            field: "payload_erased_by",
+            problem,
+        };
+        let bytes = b64::decode(&self.entry).map_err(|_| bad("entry is not base64".into()))?;
+        let entry = entry::decode(&bytes).map_err(|e| bad(format!("entry: {e}")))?;
+        if entry.seq != self.leaf_index {
+            return Err(bad(format!(
+                "entry seq {} differs from leaf_index {}",
+                entry.seq, self.leaf_index
+            )));
+        }
+        if !crate::event::PAYLOAD_REMOVAL_KINDS.contains(&entry.kind.as_str()) {
+            return Err(bad(format!(
+                "names a {} event, not a payload removal",
+                entry.kind
+            )));
+        }
+        let path = decode_path("payload_erased_by", &self.inclusion_path)?;
+        let leaf = merkle::leaf_hash(&bytes);
+        merkle::verify_inclusion(self.leaf_index, size, &leaf, &path, root)?;
+        Ok(entry)
+    }
+}
+
+/// Decodes an inclusion path (at most 64 base64 hashes of 32 bytes).
+fn decode_path(field: &'static str, path: &[String]) -> Result<Vec<Hash>, BundleError> {
+    let bad = |problem: &str| BundleError::Malformed {
+        field,
+        problem: problem.to_owned(),
+    };
+    if path.len() > MAX_PATH {
+        return Err(bad("the inclusion path is longer than 64 hashes"));
+    }
+    path.iter()
+        .map(|h| b64::decode(h).ok().and_then(|b| Hash::from_slice(&b)))
+        .collect::<Option<Vec<Hash>>>()
+        .ok_or_else(|| bad("every path element must be base64 of 32 bytes"))
 }
 
 /// The readable view of an event: header fields, then the payload's subject and attributes.

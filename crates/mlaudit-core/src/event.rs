@@ -27,12 +27,18 @@ pub const MAX_ATTRIBUTES: usize = 1024;
 
 /// Kinds only the server writes (it records access changes and reads of the trail itself); a
 /// client that submits one is refused, whatever its role.
-pub const RESERVED_KINDS: [&str; 4] = [
+pub const RESERVED_KINDS: [&str; 6] = [
     "governance.access_changed",
     "governance.audit_accessed",
     "governance.hold_created",
     "governance.hold_released",
+    "governance.payload_erased",
+    "governance.payload_expired",
 ];
+
+/// Kinds of the governance events that remove payloads: a removed payload names one of them.
+pub const PAYLOAD_REMOVAL_KINDS: [&str; 2] =
+    ["governance.payload_erased", "governance.payload_expired"];
 
 /// Whether only the server may write events of `kind`.
 pub fn is_reserved_kind(kind: &str) -> bool {
@@ -323,6 +329,24 @@ const CATALOGUE: &[KindSpec] = &[
         stage: Stage::Governance,
         subjects: &[],
         attrs: &[("hold", Attr::Text), ("reason", Attr::Text)],
+        optional: &[],
+    },
+    KindSpec {
+        name: "governance.payload_erased",
+        stage: Stage::Governance,
+        subjects: &[],
+        attrs: &[
+            ("reason", Attr::Text),
+            ("criteria", Attr::Object),
+            ("events", Attr::List),
+        ],
+        optional: &[],
+    },
+    KindSpec {
+        name: "governance.payload_expired",
+        stage: Stage::Governance,
+        subjects: &[],
+        attrs: &[("rule", Attr::Text), ("events", Attr::List)],
         optional: &[],
     },
 ];

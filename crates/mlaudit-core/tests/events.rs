@@ -131,7 +131,7 @@ fn spec_table_covers_the_catalogue_exactly() {
     let ours: BTreeSet<&str> = SPEC.iter().map(|(k, _, _)| *k).collect();
     let theirs: BTreeSet<&str> = catalogue_kinds().collect();
     assert_eq!(ours, theirs);
-    assert_eq!(SPEC.len(), 22);
+    assert_eq!(SPEC.len(), 24);
     for kind in catalogue_kinds() {
         let stage = Stage::of_kind(kind).unwrap_or_else(|| panic!("no stage for {kind}"));
         assert_eq!(Some(stage.as_str()), kind.split('.').next(), "{kind}");
@@ -1508,7 +1508,9 @@ fn clients_may_not_submit_reserved_kinds() {
             "governance.access_changed",
             "governance.audit_accessed",
             "governance.hold_created",
-            "governance.hold_released"
+            "governance.hold_released",
+            "governance.payload_erased",
+            "governance.payload_expired"
         ]
     );
     for kind in RESERVED_KINDS {

@@ -32,6 +32,7 @@ mod merger;
 pub mod packed;
 pub mod record;
 mod recover;
+mod removal;
 pub mod runs;
 mod writer;
 
@@ -154,6 +155,11 @@ pub(crate) struct Shared {
     pub sync_lock: Mutex<()>,
     /// Monitoring counters, updated by the syncer.
     pub stats: Mutex<SyncStats>,
+    /// Read-held while reading raw segment bytes; held exclusively while a payload removal
+    /// patches records of a raw segment in place ([`removal`]).
+    pub rewriting: RwLock<()>,
+    /// Held by whatever rewrites a segment file (packing, payload removal): one at a time.
+    pub segment_rewrite: Mutex<()>,
     /// Where to ask the background thread for work ([`merger`]).
     pub maintenance: Mutex<Option<std::sync::mpsc::Sender<merger::Ask>>>,
     pub options: Options,
@@ -183,8 +189,34 @@ fn cached_from(size: u64) -> u32 {
 /// that a proof costs one read of storage.
 const PROOF_BLOCK: u64 = 1 << CACHED_FROM_LEVEL;
 
-/// An event's entry and payload bytes.
-type EventBytes = (Vec<u8>, Vec<u8>);
+/// An event record's part B: the payload, or the seq of the governance event that removed it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PartB<'a> {
+    Payload(&'a [u8]),
+    RemovedBy(u64),
+}
+
+impl<'a> PartB<'a> {
+    fn payload(self) -> Option<&'a [u8]> {
+        match self {
+            PartB::Payload(p) => Some(p),
+            PartB::RemovedBy(_) => None,
+        }
+    }
+
+    /// The stored event with this part B.
+    fn stored(self, seq: u64, entry: Vec<u8>) -> StoredEvent {
+        StoredEvent {
+            seq,
+            entry,
+            payload: self.payload().map(<[u8]>::to_vec),
+            removed_by: match self {
+                PartB::Payload(_) => None,
+                PartB::RemovedBy(s) => Some(s),
+            },
+        }
+    }
+}
 
 /// Perfect-subtree hashes inside one block, recomputed from its entries; every other node from
 /// the store.
@@ -196,10 +228,10 @@ struct BlockNodes<'a> {
 }
 
 impl BlockNodes<'_> {
-    fn new<'a>(store: &'a EmbeddedStore, block: u64, entries: &[EventBytes]) -> BlockNodes<'a> {
-        let mut levels = vec![entries
+    fn new<'a>(store: &'a EmbeddedStore, block: u64, events: &[StoredEvent]) -> BlockNodes<'a> {
+        let mut levels = vec![events
             .iter()
-            .map(|(e, _)| mlaudit_core::merkle::leaf_hash(e))
+            .map(|e| mlaudit_core::merkle::leaf_hash(&e.entry))
             .collect::<Vec<Hash>>()];
         while levels.last().is_some_and(|l| l.len() > 1) {
             let below = levels.last().map(Vec::as_slice).unwrap_or_default();
@@ -270,8 +302,8 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreErr
     move |source| StoreError::Io { context, source }
 }
 
-/// Receives (seq, entry, payload) of each event a scan reads.
-type SliceVisitor<'a> = &'a mut dyn FnMut(u64, &[u8], &[u8]) -> ControlFlow<()>;
+/// Receives (seq, entry, part B) of each event a scan reads.
+type SliceVisitor<'a> = &'a mut dyn FnMut(u64, &[u8], PartB<'_>) -> ControlFlow<()>;
 
 fn lock_poisoned() -> StoreError {
     StoreError::WriterStopped("a thread panicked while holding the store's lock".into())
@@ -334,7 +366,7 @@ impl EmbeddedStore {
                         .min(len - file_pos) as usize;
                     let old = buf.len();
                     buf.resize(old + add, 0);
-                    seg.read_exact_at(&mut buf[old..], file_pos)
+                    read_records(&self.shared, seg, &mut buf[old..], file_pos)
                         .map_err(io_err(format!("reading {}", seg.name)))?;
                     continue;
                 }
@@ -345,7 +377,7 @@ impl EmbeddedStore {
                     .map_err(|_| corrupt(off, "truncated record header".into()))?;
                 let h = record::parse_header(header).map_err(|e| corrupt(off, e.to_string()))?;
                 record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
-                if h.kind == record::EVENT {
+                if record::is_event(h.kind) {
                     let pos = seg.start + off;
                     if offsets.at(self, seq)? != pos {
                         return Err(StoreError::Corrupt {
@@ -353,8 +385,8 @@ impl EmbeddedStore {
                             problem: format!("does not point at its record (log position {pos})"),
                         });
                     }
-                    let (entry, payload) = event_slices(&h, rec);
-                    if visit(seq, entry, payload).is_break() {
+                    let (entry, b) = event_parts(&h, rec).map_err(|p| corrupt(off, p))?;
+                    if visit(seq, entry, b).is_break() {
                         return Ok(());
                     }
                     seq += 1;
@@ -477,7 +509,7 @@ impl EmbeddedStore {
 
     /// The entries and payloads of events `block..block + PROOF_BLOCK` from one read, when the
     /// run lies in one segment and ends before the tree does; `None` to take the slower path.
-    fn read_block(&self, block: u64) -> Result<Option<Vec<EventBytes>>, StoreError> {
+    fn read_block(&self, block: u64) -> Result<Option<Vec<StoredEvent>>, StoreError> {
         let end = block + PROOF_BLOCK;
         if end >= self.tree_size() {
             return Ok(None);
@@ -492,7 +524,7 @@ impl EmbeddedStore {
             location: format!("{}:{off}", seg.name),
             problem,
         };
-        seg.read_exact_at(&mut buf, start - seg.start)
+        read_records(&self.shared, &seg, &mut buf, start - seg.start)
             .map_err(|e| corrupt(start - seg.start, format!("cannot read records: {e}")))?;
         let mut events = Vec::with_capacity(PROOF_BLOCK as usize);
         let mut at = 0usize;
@@ -507,8 +539,8 @@ impl EmbeddedStore {
                 .get(at..at + h.total_len() as usize)
                 .ok_or_else(|| corrupt(off, "truncated record".into()))?;
             record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
-            if h.kind == record::EVENT {
-                let (entry, payload) = event_slices(&h, rec);
+            if record::is_event(h.kind) {
+                let (entry, b) = event_parts(&h, rec).map_err(|p| corrupt(off, p))?;
                 let seq = block + events.len() as u64;
                 if entry_seq(entry) != Some(seq) {
                     return Err(StoreError::Corrupt {
@@ -516,7 +548,7 @@ impl EmbeddedStore {
                         problem: format!("the record at {}:{off} is not seq {seq}", seg.name),
                     });
                 }
-                events.push((entry.to_vec(), payload.to_vec()));
+                events.push(b.stored(seq, entry.to_vec()));
             }
             at += h.total_len() as usize;
         }
@@ -614,6 +646,7 @@ fn read_record(
         location: format!("{}:{off}", seg.name),
         problem,
     };
+    let _stable = shared.rewriting.read().map_err(|_| lock_poisoned())?;
     let mut header = [0u8; record::HEADER_LEN];
     seg.read_exact_at(&mut header, off)
         .map_err(|e| corrupt(format!("cannot read record header: {e}")))?;
@@ -625,29 +658,41 @@ fn read_record(
     Ok((h, buf, seg))
 }
 
-/// The entry and payload of the event `seq`, whose record is at log position `pos`.
-pub(crate) fn read_event_at(shared: &Shared, seq: u64, pos: u64) -> Result<EventBytes, StoreError> {
+/// Reads raw segment bytes while no payload removal is rewriting them.
+fn read_records(shared: &Shared, seg: &Segment, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+    let _stable = shared
+        .rewriting
+        .read()
+        .map_err(|_| std::io::Error::other("the store's rewrite lock is poisoned"))?;
+    seg.read_exact_at(buf, off)
+}
+
+/// The event `seq`, whose record is at log position `pos`.
+pub(crate) fn read_event_at(
+    shared: &Shared,
+    seq: u64,
+    pos: u64,
+) -> Result<StoredEvent, StoreError> {
     let (h, buf, seg) = read_record(shared, pos)?;
-    if h.kind != record::EVENT {
+    let off = pos - seg.start;
+    if !record::is_event(h.kind) {
         return Err(StoreError::Corrupt {
             location: seg.name,
             problem: format!("seq {seq} points at a non-event record"),
         });
     }
-    let (entry, payload) = split_event(&h, &buf);
-    let stored_seq = entry_seq(&entry);
+    let (entry, b) = event_parts(&h, &buf).map_err(|problem| StoreError::Corrupt {
+        location: format!("{}:{off}", seg.name),
+        problem,
+    })?;
+    let stored_seq = entry_seq(entry);
     if stored_seq != Some(seq) {
         return Err(StoreError::Corrupt {
             location: format!("offsets.bin entry for seq {seq}"),
             problem: format!("points at the record of seq {stored_seq:?}"),
         });
     }
-    Ok((entry, payload))
-}
-
-fn split_event(h: &record::Header, buf: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let (a, b) = event_slices(h, buf);
-    (a.to_vec(), b.to_vec())
+    Ok(b.stored(seq, entry.to_vec()))
 }
 
 /// The seq an entry header claims (bytes 1..9, big-endian; docs/FORMAT.md §1), without
@@ -659,15 +704,34 @@ fn entry_seq(entry: &[u8]) -> Option<u64> {
         .map(u64::from_be_bytes)
 }
 
-fn event_slices<'a>(h: &record::Header, buf: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+/// A checked record's two parts.
+fn record_parts<'a>(h: &record::Header, buf: &'a [u8]) -> (&'a [u8], &'a [u8]) {
     let a_end = record::HEADER_LEN + h.len_a as usize;
     let b_end = a_end + h.len_b as usize;
     (&buf[record::HEADER_LEN..a_end], &buf[a_end..b_end])
 }
 
+/// A checked event record's entry and part B.
+pub(crate) fn event_parts<'a>(
+    h: &record::Header,
+    buf: &'a [u8],
+) -> Result<(&'a [u8], PartB<'a>), String> {
+    let (a, b) = record_parts(h, buf);
+    if h.kind == record::REMOVED {
+        let remover = record::remover(b)
+            .ok_or("a removed payload's record holds more than its remover's seq")?;
+        return Ok((a, PartB::RemovedBy(remover)));
+    }
+    Ok((a, PartB::Payload(b)))
+}
+
 impl Appender for EmbeddedStore {
     fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
         self.writer()?.append(events)
+    }
+
+    fn remove_payloads(&self, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
+        removal::remove(&self.shared, seqs, remover)
     }
 
     fn submit(&self, events: Vec<PreparedEvent>, done: mlaudit_store::AppendDone) {
@@ -701,12 +765,7 @@ impl LogReader for EmbeddedStore {
         if seq >= self.tree_size() {
             return Err(StoreError::NotFound(format!("seq {seq}")));
         }
-        let (entry, payload) = read_event_at(&self.shared, seq, self.offset_of(seq)?)?;
-        Ok(StoredEvent {
-            seq,
-            entry,
-            payload: Some(payload),
-        })
+        read_event_at(&self.shared, seq, self.offset_of(seq)?)
     }
 
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
@@ -761,8 +820,8 @@ impl LogReader for EmbeddedStore {
         };
         let Some(pos) = pos else { return Ok(None) };
         let (h, buf, seg) = self.read_record(pos)?;
-        let (note, _) = split_event(&h, &buf);
-        String::from_utf8(note)
+        let (note, _) = record_parts(&h, &buf);
+        String::from_utf8(note.to_vec())
             .map(Some)
             .map_err(|_| StoreError::Corrupt {
                 location: format!("{}:{}", seg.name, pos - seg.start),
@@ -783,15 +842,7 @@ impl LogReader for EmbeddedStore {
                     seq,
                     size,
                 )?;
-                let (entry, payload) = events.swap_remove((seq - block) as usize);
-                return Ok((
-                    StoredEvent {
-                        seq,
-                        entry,
-                        payload: Some(payload),
-                    },
-                    path,
-                ));
+                return Ok((events.swap_remove((seq - block) as usize), path));
             }
         }
         mlaudit_store::event_and_path(self, seq, size)
@@ -825,12 +876,8 @@ impl LogReader for EmbeddedStore {
         from: u64,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.scan_slices(from, &mut |seq, entry, payload| {
-            visit(StoredEvent {
-                seq,
-                entry: entry.to_vec(),
-                payload: Some(payload.to_vec()),
-            })
+        self.scan_slices(from, &mut |seq, entry, b| {
+            visit(b.stored(seq, entry.to_vec()))
         })
     }
 
@@ -841,7 +888,7 @@ impl LogReader for EmbeddedStore {
         visit: &mut dyn FnMut(mlaudit_store::EventRun) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         mlaudit_store::group_runs(from, run_len, visit, |push| {
-            self.scan_slices(from, &mut |_, entry, payload| push(entry, Some(payload)))
+            self.scan_slices(from, &mut |_, entry, b| push(entry, b.payload()))
         })
     }
 }

@@ -176,7 +176,11 @@ fn pack_sealed(shared: &Shared, go_on: &dyn Fn() -> bool) {
 }
 
 fn pack_one(shared: &Shared, seg: &crate::Segment) -> std::io::Result<()> {
-    let path = crate::packed::pack(&shared.dir, seg.start, &seg.file, &seg.name)?;
+    let _one_rewrite = shared
+        .segment_rewrite
+        .lock()
+        .map_err(|_| std::io::Error::other("segment rewrite lock poisoned"))?;
+    let path = crate::packed::pack(&shared.dir, seg.start, seg.file.as_ref(), &seg.name)?;
     let packed = Arc::new(crate::packed::Packed::open(&path)?);
     let file = packed.file();
     {

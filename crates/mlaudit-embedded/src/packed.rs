@@ -268,6 +268,13 @@ impl Packed {
         Ok(())
     }
 
+    /// Drops its decompressed blocks from the cache (once a newer copy replaced it).
+    pub fn forget(&self) {
+        if let Ok(mut cache) = CACHE.lock() {
+            cache.retain(|(s, _, _)| *s != self.instance);
+        }
+    }
+
     /// Checks every block's checksum (a full read of the file).
     pub fn check(&self) -> std::io::Result<()> {
         for i in 0..self.blocks {
@@ -277,10 +284,72 @@ impl Packed {
     }
 }
 
+/// The raw bytes of a segment, by offset: what a packed segment is written from.
+pub trait RawSource {
+    /// The raw length.
+    fn raw_len(&self) -> std::io::Result<u64>;
+    /// Reads raw bytes at a raw offset.
+    fn read_raw_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl RawSource for File {
+    fn raw_len(&self) -> std::io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn read_raw_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl RawSource for Packed {
+    fn raw_len(&self) -> std::io::Result<u64> {
+        Ok(self.raw_len)
+    }
+    fn read_raw_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        Packed::read_exact_at(self, buf, offset)
+    }
+}
+
+/// A segment's raw bytes with some byte ranges replaced: (raw offset, new bytes), sorted.
+pub struct Patched<'a> {
+    pub base: &'a dyn RawSource,
+    pub patches: &'a [(u64, Vec<u8>)],
+}
+
+impl std::fmt::Debug for Patched<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Patched")
+            .field("patches", &self.patches.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawSource for Patched<'_> {
+    fn raw_len(&self) -> std::io::Result<u64> {
+        self.base.raw_len()
+    }
+    fn read_raw_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.base.read_raw_at(buf, offset)?;
+        let end = offset + buf.len() as u64;
+        for (at, bytes) in self.patches {
+            let patch_end = at + bytes.len() as u64;
+            if patch_end <= offset || *at >= end {
+                continue;
+            }
+            let from = offset.max(*at);
+            let to = end.min(patch_end);
+            buf[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&bytes[(from - at) as usize..(to - at) as usize]);
+        }
+        Ok(())
+    }
+}
+
 /// Packs the raw segment `raw` (named `name`, starting at log position `start`) into
-/// `dir/seg-<start>.zst`; returns its path. The original is not touched.
-pub fn pack(dir: &Path, start: u64, raw: &File, name: &str) -> std::io::Result<PathBuf> {
-    let len = raw.metadata()?.len();
+/// `dir/seg-<start>.zst`, replacing any packed file of that name; returns its path. The
+/// original is not touched.
+pub fn pack(dir: &Path, start: u64, raw: &dyn RawSource, name: &str) -> std::io::Result<PathBuf> {
+    let len = raw.raw_len()?;
     let tmp = dir.join(format!("{}.tmp", packed_name(start)));
     let out = {
         use std::os::unix::fs::OpenOptionsExt;
@@ -317,7 +386,7 @@ pub fn pack(dir: &Path, start: u64, raw: &File, name: &str) -> std::io::Result<P
     let mut at = 0u64;
     while at < len {
         let n = (BLOCK_TARGET as u64).min(len - at) as usize;
-        raw.read_exact_at(&mut want[..n], at)?;
+        raw.read_raw_at(&mut want[..n], at)?;
         packed.read_exact_at(&mut got[..n], at)?;
         if want[..n] != got[..n] {
             let _ = std::fs::remove_file(&tmp);
@@ -333,7 +402,7 @@ pub fn pack(dir: &Path, start: u64, raw: &File, name: &str) -> std::io::Result<P
 
 /// Compresses `raw`'s records into blocks of whole records, then writes the index and trailer.
 fn write_blocks(
-    raw: &File,
+    raw: &dyn RawSource,
     name: &str,
     len: u64,
     start: u64,
@@ -363,7 +432,7 @@ fn write_blocks(
         Ok(())
     };
     while at < len {
-        raw.read_exact_at(&mut header, at)?;
+        raw.read_raw_at(&mut header, at)?;
         let h = record::parse_header(&header).map_err(|e| damaged(name, at, e.to_string()))?;
         let rec_len = h.total_len();
         if at + rec_len > len {
@@ -379,7 +448,7 @@ fn write_blocks(
         }
         let old = block.len();
         block.resize(old + rec_len as usize, 0);
-        raw.read_exact_at(&mut block[old..], at)?;
+        raw.read_raw_at(&mut block[old..], at)?;
         record::check_record(&h, &block[old..]).map_err(|e| damaged(name, at, e.to_string()))?;
         at += rec_len;
     }

@@ -1,7 +1,7 @@
 //! Record framing inside segment files.
 //!
 //! ```text
-//! u8  type (1 = event, 2 = checkpoint)
+//! u8  type (1 = event, 2 = checkpoint, 3 = event whose payload was removed)
 //! u32 len_a (entry bytes, or note bytes)      u32 len_b (payload bytes; 0 for checkpoints)
 //! u32 header CRC-32C of the 9 bytes above
 //! [len_a] [len_b]
@@ -10,11 +10,18 @@
 //!
 //! The header has its own CRC so that a damaged length is reported as corruption instead of
 //! being mistaken for a torn (incomplete) tail. All integers are big-endian.
+//!
+//! A removed payload (expiry, erasure) turns an event record into a record of type 3 of the
+//! same length, in place: its entry is unchanged, and its part B — as long as the payload was —
+//! holds the seq of the governance event that removed it (u64) followed by zeros. Nothing else
+//! ever rewrites a record.
 
 /// Record type of an event.
 pub const EVENT: u8 = 1;
 /// Record type of a signed checkpoint.
 pub const CHECKPOINT: u8 = 2;
+/// Record type of an event whose payload was removed (same length as the event record).
+pub const REMOVED: u8 = 3;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 13;
 /// Bytes after the body.
@@ -73,7 +80,7 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Header, FrameError> {
         return Err(FrameError::HeaderChecksum);
     }
     let kind = bytes[0];
-    if kind != EVENT && kind != CHECKPOINT {
+    if kind != EVENT && kind != CHECKPOINT && kind != REMOVED {
         return Err(FrameError::UnknownType(kind));
     }
     let len_a = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
@@ -109,6 +116,31 @@ pub fn check_record<'a>(h: &Header, record: &'a [u8]) -> Result<(&'a [u8], &'a [
     Ok((&record[HEADER_LEN..a_end], &record[a_end..body_end]))
 }
 
+/// Whether records of this type are events (with or without their payload).
+pub fn is_event(kind: u8) -> bool {
+    kind == EVENT || kind == REMOVED
+}
+
+/// The record that replaces an event record once its payload is removed by the governance
+/// event `remover`: the same entry and length, part B the remover's seq then zeros. `None`
+/// when the payload is shorter than a seq (no valid event's payload is).
+pub fn removed(entry: &[u8], payload_len: u32, remover: u64) -> Option<Vec<u8>> {
+    let mut b = vec![0u8; usize::try_from(payload_len).ok()?];
+    b.get_mut(..8)?.copy_from_slice(&remover.to_be_bytes());
+    let mut out = Vec::with_capacity(HEADER_LEN + entry.len() + b.len() + TRAILER_LEN);
+    encode_into(&mut out, REMOVED, entry, &b);
+    Some(out)
+}
+
+/// The seq of the governance event named by a removed record's part B; `None` unless it is a
+/// seq followed by zeros only.
+pub fn remover(b: &[u8]) -> Option<u64> {
+    let (seq, fill) = (b.get(..8)?, b.get(8..)?);
+    fill.iter()
+        .all(|&z| z == 0)
+        .then(|| u64::from_be_bytes(seq.try_into().unwrap_or_default()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +166,22 @@ mod tests {
             };
             assert!(caught, "flip at {i} not caught");
         }
+    }
+
+    #[test]
+    fn a_removed_record_keeps_entry_and_length_and_names_its_remover() {
+        let mut ev = Vec::new();
+        encode_into(&mut ev, EVENT, b"entry", b"{\"kind\":\"x\"}");
+        let gone = removed(b"entry", 12, 77).unwrap();
+        assert_eq!(gone.len(), ev.len());
+        let h = parse_header(gone[..HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(h.kind, REMOVED);
+        let (a, b) = check_record(&h, &gone).unwrap();
+        assert_eq!((a, remover(b)), (&b"entry"[..], Some(77)));
+        assert!(!b.windows(4).any(|w| w == b"kind"));
+        let mut hidden = b.to_vec();
+        hidden[9] = 1;
+        assert_eq!(remover(&hidden), None, "bytes after the seq must be zeros");
+        assert_eq!(removed(b"entry", 7, 1), None);
     }
 }

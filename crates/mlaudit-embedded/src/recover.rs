@@ -215,7 +215,7 @@ impl Replay {
 
     fn apply(&mut self, h: &record::Header, a: &[u8], pos: u64) -> Result<(), String> {
         let seq = self.index.len();
-        if h.kind == record::EVENT {
+        if record::is_event(h.kind) {
             let e = entry::decode_view(a).map_err(|e| format!("entry: {e}"))?;
             if e.seq != seq {
                 return Err(format!(
@@ -372,7 +372,7 @@ fn replay_segment(
         let total = h.total_len();
         w.hold(offset, total)?;
         let rec = &w.at(offset)[..total as usize];
-        let (a, _) = match record::check_record(&h, rec) {
+        let (a, b) = match record::check_record(&h, rec) {
             Ok(parts) => parts,
             // The header reached the disk but the end of the record did not (the size was
             // extended first): zeros from inside the record (at least its last 8 bytes,
@@ -382,6 +382,11 @@ fn replay_segment(
             }
             Err(e) => return Err(corrupt(e.to_string())),
         };
+        if h.kind == record::REMOVED && record::remover(b).is_none() {
+            return Err(corrupt(
+                "a removed payload's record holds more than its remover's seq".into(),
+            ));
+        }
         r.apply(&h, a, seg.start + offset).map_err(corrupt)?;
         offset += total;
     }
@@ -425,6 +430,7 @@ pub(crate) fn open(
     if lock.try_lock().is_err() {
         return Err(OpenError::Locked(dir.to_owned()));
     }
+    crate::removal::replay(dir)?;
     let mut segments = list_segments(dir)?;
     if segments.is_empty() {
         segments.push(create_segment(dir, 0)?);
@@ -564,6 +570,8 @@ pub(crate) fn open(
         upper_nodes: RwLock::new(Vec::new()),
         failed: std::sync::atomic::AtomicBool::new(false),
         sync_lock: std::sync::Mutex::new(()),
+        rewriting: RwLock::new(()),
+        segment_rewrite: std::sync::Mutex::new(()),
         maintenance: std::sync::Mutex::new(None),
         stats: std::sync::Mutex::new(crate::SyncStats {
             log_bytes: log_end,

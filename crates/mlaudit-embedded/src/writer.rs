@@ -913,7 +913,7 @@ fn stored_digest(
         context: format!("reading offsets.bin at seq {seq}"),
         source,
     })?;
-    let (entry, _) = crate::read_event_at(shared, seq, pos)?;
+    let entry = crate::read_event_at(shared, seq, pos)?.entry;
     let view = entry::decode_view(&entry).map_err(|e| StoreError::Corrupt {
         location: format!("seq {seq}"),
         problem: e.to_string(),

@@ -10,7 +10,7 @@
 )]
 
 use mlaudit_embedded::record::{
-    self, FrameError, Header, CHECKPOINT, EVENT, HEADER_LEN, MAX_PART, TRAILER_LEN,
+    self, FrameError, Header, CHECKPOINT, EVENT, HEADER_LEN, MAX_PART, REMOVED, TRAILER_LEN,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -116,7 +116,7 @@ proptest! {
     #[test]
     fn parse_header_never_panics_on_arbitrary_headers(bytes in any::<[u8; HEADER_LEN]>()) {
         if let Ok(h) = record::parse_header(&bytes) {
-            prop_assert!(h.kind == EVENT || h.kind == CHECKPOINT);
+            prop_assert!(h.kind == EVENT || h.kind == CHECKPOINT || h.kind == REMOVED);
             prop_assert!(h.len_a <= MAX_PART && h.len_b <= MAX_PART);
             prop_assert!(h.total_len() <= MAX_RECORD);
         }
@@ -131,7 +131,7 @@ proptest! {
         len_b in prop_oneof![any::<u32>(), 0..=MAX_PART, Just(u32::MAX)],
     ) {
         let got = record::parse_header(&header(kind, len_a, len_b));
-        let valid = (kind == EVENT || kind == CHECKPOINT) && len_a <= MAX_PART && len_b <= MAX_PART;
+        let valid = (kind == EVENT || kind == CHECKPOINT || kind == REMOVED) && len_a <= MAX_PART && len_b <= MAX_PART;
         match got {
             Ok(h) => {
                 prop_assert!(valid);
@@ -149,7 +149,7 @@ proptest! {
     /// parts the header delimits.
     #[test]
     fn check_record_never_panics_on_records_of_the_declared_length(
-        kind in prop_oneof![Just(EVENT), Just(CHECKPOINT)],
+        kind in prop_oneof![Just(EVENT), Just(CHECKPOINT), Just(REMOVED)],
         a in vec(any::<u8>(), 0..64),
         b in vec(any::<u8>(), 0..64),
         checksummed in any::<bool>(),
@@ -182,7 +182,7 @@ proptest! {
     /// bytes with probability 2^-32).
     #[test]
     fn mutated_records_are_refused_or_read_back_unchanged(
-        kind in prop_oneof![Just(EVENT), Just(CHECKPOINT)],
+        kind in prop_oneof![Just(EVENT), Just(CHECKPOINT), Just(REMOVED)],
         a in vec(any::<u8>(), 0..100),
         b in vec(any::<u8>(), 0..100),
         edits in vec(mutation(), 1..4),
@@ -219,7 +219,7 @@ fn lengths_claiming_huge_records_are_refused_before_anything_is_allocated() {
         (MAX_PART + 1, 0),
         (0, MAX_PART + 1),
     ] {
-        for kind in [EVENT, CHECKPOINT] {
+        for kind in [EVENT, CHECKPOINT, REMOVED] {
             let got = record::parse_header(&header(kind, len_a, len_b));
             assert!(
                 matches!(got, Err(FrameError::TooLong(n)) if n == len_a.max(len_b)),

@@ -145,11 +145,7 @@ impl LogReader for PostgresStore {
                     )
                     .await?;
                 match row {
-                    Some(r) => Ok(StoredEvent {
-                        seq,
-                        entry: r.get(0),
-                        payload: r.get(1),
-                    }),
+                    Some(r) => Ok(StoredEvent::new(seq, r.get(0), r.get(1))),
                     None => Err(PgError::Unavailable(format!("not found: seq {seq}"))),
                 }
             })
@@ -294,13 +290,7 @@ impl LogReader for PostgresStore {
                         problem: format!("event {next} is missing (the next stored is {seq})"),
                     });
                 }
-                if visit(StoredEvent {
-                    seq,
-                    entry: row.get(1),
-                    payload: row.get(2),
-                })
-                .is_break()
-                {
+                if visit(StoredEvent::new(seq, row.get(1), row.get(2))).is_break() {
                     return Ok(());
                 }
                 next += 1;

@@ -41,6 +41,21 @@ pub struct StoredEvent {
     pub seq: u64,
     pub entry: Vec<u8>,
     pub payload: Option<Vec<u8>>,
+    /// The seq of the governance event that removed the payload (expiry, erasure), when the
+    /// engine knows it.
+    pub removed_by: Option<u64>,
+}
+
+impl StoredEvent {
+    /// An event with its payload.
+    pub fn new(seq: u64, entry: Vec<u8>, payload: Option<Vec<u8>>) -> StoredEvent {
+        StoredEvent {
+            seq,
+            entry,
+            payload,
+            removed_by: None,
+        }
+    }
 }
 
 /// An event and its inclusion path (or why that path cannot exist), from
@@ -235,6 +250,9 @@ pub enum StoreError {
     /// and the next batch tries again.
     #[error("temporarily unable to store: {0}")]
     Unavailable(String),
+    /// The engine cannot do this.
+    #[error("{0}")]
+    Unsupported(String),
     /// The writer stopped after an earlier failure; reopen the store.
     #[error("the store's writer has stopped: {0}")]
     WriterStopped(String),
@@ -298,6 +316,16 @@ pub trait Appender: Send + Sync {
         done: AppendDone,
     ) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
         Err((events, done))
+    }
+    /// Removes the payloads of the events `seqs` (expiry, erasure), naming `remover`: the seq
+    /// of the governance event, already in the log, that records why. Entries, leaves and
+    /// checkpoints stay, so every proof still verifies. Payloads already removed are left as
+    /// they are; returns how many were removed now. Durable when it returns.
+    fn remove_payloads(&self, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
+        let _ = (seqs, remover);
+        Err(StoreError::Unsupported(
+            "this store cannot remove payloads".into(),
+        ))
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::{Nodes, Store, StoreError};
 use mlaudit_core::b64;
-use mlaudit_core::bundle::ProofBundle;
+use mlaudit_core::bundle::{ProofBundle, RemovalProof};
 use mlaudit_core::merkle::{self, Hash};
 use mlaudit_core::note::{open_checkpoint, Checkpoint, NoteVerifier};
 use serde::Serialize;
@@ -42,14 +42,19 @@ pub fn inclusion_bundle(store: &dyn Store, seq: u64) -> Result<ProofBundle, Prov
         .ok_or(ProveError::NoCheckpoint(size))?;
     let (event, path) = store.inclusion_material(seq, size)?;
     let path = path?;
-    Ok(ProofBundle::new(
+    let mut bundle = ProofBundle::new(
         &event.entry,
         event.payload.as_deref(),
         seq,
         size,
         &path,
         note,
-    ))
+    );
+    if let Some(remover) = event.removed_by.filter(|r| *r < size) {
+        let (removal, path) = store.inclusion_material(remover, size)?;
+        bundle.payload_erased_by = Some(RemovalProof::new(&removal.entry, remover, &path?));
+    }
+    Ok(bundle)
 }
 
 /// A consistency proof between two stored checkpoints, with both notes.

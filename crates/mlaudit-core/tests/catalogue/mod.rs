@@ -90,6 +90,12 @@ pub const SPEC: &[(&str, &[&str], &[&str])] = &[
     ("governance.audit_accessed", &[], &[]),
     ("governance.hold_created", &[], &["hold", "reason", "scope"]),
     ("governance.hold_released", &[], &["hold", "reason"]),
+    (
+        "governance.payload_erased",
+        &[],
+        &["reason", "criteria", "events"],
+    ),
+    ("governance.payload_expired", &[], &["rule", "events"]),
 ];
 
 pub const ID: &str = "6f9619ff-8b86-d011-b42d-00c04fc964ff";
@@ -142,6 +148,9 @@ pub fn attribute_value(kind: &str, name: &str) -> Value {
         "policy" => json!("retention"),
         "hold" => json!("hold-1f2e3d4c"),
         "scope" => json!({"model": "credit-risk"}),
+        "criteria" => json!({"subject": "request=req-0001"}),
+        "events" => json!([ID]),
+        "rule" => json!("stage=prediction risk=low expire=365d"),
         "old" => json!({"days": 30}),
         "new" => json!({"days": 90}),
         "principal" => json!("carol"),

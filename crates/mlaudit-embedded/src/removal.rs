@@ -1,0 +1,315 @@
+//! Removing payloads (expiry, erasure) from segments that are otherwise never rewritten.
+//!
+//! A removal replaces each event record by a [`record::REMOVED`] record of the same length
+//! (docs/FORMAT.md §6): same entry, part B the remover's seq then zeros. To survive a crash
+//! halfway, the new records are first written to a journal (`payload-removal.journal`, written
+//! under a temporary name, synced and renamed into place), then applied: a raw segment is
+//! patched in place and synced; a packed one is packed again from its patched bytes and renamed
+//! over itself. The journal is removed once all of that is durable. Opening applies a journal
+//! left behind again — applying writes final bytes, so doing it twice changes nothing.
+//!
+//! **Invariants:** record positions and lengths never change, so `offsets.bin`, tree nodes,
+//! indexes and checkpoints stay valid; an entry is never touched, so neither is any leaf.
+//! Readers never see a half-patched record: they read raw segments under `Shared::rewriting`,
+//! which a patch holds exclusively. One rewrite of a segment file runs at a time
+//! (`Shared::segment_rewrite`, also held while packing).
+
+use crate::packed::{self, Packed, Patched};
+use crate::{lock_poisoned, read_record, record, Segment, Shared};
+use mlaudit_store::StoreError;
+use std::collections::BTreeMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// The journal's file name inside the store's directory.
+pub(crate) const JOURNAL: &str = "payload-removal.journal";
+const MAGIC: &[u8; 8] = b"MLARMJ01";
+
+/// One record's new bytes at a log position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Patch {
+    pub pos: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// magic, u32 count, per patch (u64 position, u32 length, bytes), u32 CRC-32C of all before.
+fn encode(patches: &[Patch]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&(patches.len() as u32).to_be_bytes());
+    for p in patches {
+        out.extend_from_slice(&p.pos.to_be_bytes());
+        out.extend_from_slice(&(p.bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&p.bytes);
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+/// The patches of a journal; `None` if it does not check out.
+fn decode(bytes: &[u8]) -> Option<Vec<Patch>> {
+    let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+    if crc32c::crc32c(body).to_be_bytes() != crc || body.get(..8)? != MAGIC {
+        return None;
+    }
+    let mut at = 12usize;
+    let count = u32::from_be_bytes(body.get(8..12)?.try_into().ok()?);
+    let mut patches = Vec::new();
+    for _ in 0..count {
+        let pos = u64::from_be_bytes(body.get(at..at + 8)?.try_into().ok()?);
+        let len = u32::from_be_bytes(body.get(at + 8..at + 12)?.try_into().ok()?) as usize;
+        let bytes = body.get(at + 12..at.checked_add(12 + len)?)?.to_vec();
+        patches.push(Patch { pos, bytes });
+        at += 12 + len;
+    }
+    (at == body.len()).then_some(patches)
+}
+
+fn write_journal(dir: &Path, patches: &[Patch]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!("{JOURNAL}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(crate::FILE_MODE)
+        .open(&tmp)?;
+    f.write_all(&encode(patches))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(JOURNAL))?;
+    crate::derived::sync_dir(dir)
+}
+
+fn remove_journal(dir: &Path) -> std::io::Result<()> {
+    std::fs::remove_file(dir.join(JOURNAL))?;
+    crate::derived::sync_dir(dir)
+}
+
+/// The segment files in `dir`: start -> (raw exists, packed exists).
+fn segment_files(dir: &Path) -> std::io::Result<BTreeMap<u64, (bool, bool)>> {
+    let mut found = BTreeMap::new();
+    for ent in std::fs::read_dir(dir)? {
+        let name = ent?.file_name().to_string_lossy().into_owned();
+        let parsed = name
+            .strip_prefix("seg-")
+            .and_then(|n| n.split_once('.'))
+            .and_then(|(n, ext)| Some((n.parse::<u64>().ok()?, ext.to_owned())));
+        let Some((start, ext)) = parsed else { continue };
+        let e: &mut (bool, bool) = found.entry(start).or_default();
+        match ext.as_str() {
+            "log" => e.0 = true,
+            "zst" => e.1 = true,
+            _ => {}
+        }
+    }
+    found.retain(|_, (raw, packed)| *raw || *packed);
+    Ok(found)
+}
+
+/// Applies `patches` to the segment files of `dir` (both copies of a segment caught between
+/// packing and removing its raw file). A raw segment is patched in place under `rewriting`
+/// (when given) and synced; a packed one is packed again. Returns the starts of the packed
+/// segments rewritten.
+fn apply(
+    dir: &Path,
+    patches: &[Patch],
+    rewriting: Option<&RwLock<()>>,
+) -> std::io::Result<Vec<u64>> {
+    let files = segment_files(dir)?;
+    let mut by_segment: BTreeMap<u64, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    for p in patches {
+        let start = files.range(..=p.pos).next_back().map(|(s, _)| *s);
+        let start = start.ok_or_else(|| {
+            std::io::Error::other(format!("no segment holds log position {}", p.pos))
+        })?;
+        let group = by_segment.entry(start).or_default();
+        group.push((p.pos - start, p.bytes.clone()));
+    }
+    let mut repacked = Vec::new();
+    for (start, mut group) in by_segment {
+        group.sort_by_key(|(at, _)| *at);
+        let (raw, packed) = files.get(&start).copied().unwrap_or_default();
+        if raw {
+            patch_raw(dir, start, &group, rewriting)?;
+        }
+        if packed {
+            let path = dir.join(packed::packed_name(start));
+            let old = Packed::open(&path)?;
+            let source = Patched {
+                base: &old,
+                patches: &group,
+            };
+            packed::pack(dir, start, &source, &old.name.clone())?;
+            old.forget();
+            repacked.push(start);
+        }
+    }
+    Ok(repacked)
+}
+
+fn patch_raw(
+    dir: &Path,
+    start: u64,
+    group: &[(u64, Vec<u8>)],
+    rewriting: Option<&RwLock<()>>,
+) -> std::io::Result<()> {
+    // Not opened for appending: with O_APPEND a positioned write would land at the end.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(crate::segment_name(start)))?;
+    {
+        let _exclusive = rewriting
+            .map(|l| l.write())
+            .transpose()
+            .map_err(|_| std::io::Error::other("the store's rewrite lock is poisoned"))?;
+        for (at, bytes) in group {
+            file.write_all_at(bytes, *at)?;
+        }
+    }
+    file.sync_data()
+}
+
+/// At open, before segments are read: applies a journal a removal left behind.
+pub(crate) fn replay(dir: &Path) -> Result<(), crate::OpenError> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| crate::OpenError::Io {
+            context: what,
+            source,
+        }
+    };
+    let tmp = dir.join(format!("{JOURNAL}.tmp"));
+    if tmp.exists() {
+        // Never renamed into place: nothing was applied from it.
+        std::fs::remove_file(&tmp).map_err(io("removing an incomplete removal journal"))?;
+    }
+    let path = dir.join(JOURNAL);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io("reading the payload removal journal")(e)),
+    };
+    let patches = decode(&bytes).ok_or_else(|| crate::OpenError::Corrupt {
+        file: JOURNAL.into(),
+        offset: 0,
+        problem: "the payload removal journal does not check out".into(),
+    })?;
+    apply(dir, &patches, None).map_err(io("finishing an interrupted payload removal"))?;
+    remove_journal(dir).map_err(io("removing the payload removal journal"))
+}
+
+/// Removes the payloads of `seqs`, naming the governance event `remover`
+/// ([`mlaudit_store::Appender::remove_payloads`]).
+pub(crate) fn remove(shared: &Shared, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
+    let _one_rewrite = shared.segment_rewrite.lock().map_err(|_| lock_poisoned())?;
+    let size = shared.size.load(std::sync::atomic::Ordering::Acquire);
+    if remover >= size {
+        return Err(StoreError::NotFound(format!("remover seq {remover}")));
+    }
+    let mut wanted: Vec<u64> = seqs.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut patches = Vec::new();
+    for seq in wanted {
+        if seq >= size {
+            return Err(StoreError::NotFound(format!("seq {seq}")));
+        }
+        if let Some(p) = patch_for(shared, seq, remover)? {
+            patches.push(p);
+        }
+    }
+    if patches.is_empty() {
+        return Ok(0);
+    }
+    let dir = &shared.dir;
+    let io = |what: &'static str| {
+        move |source| StoreError::Io {
+            context: what.into(),
+            source,
+        }
+    };
+    write_journal(dir, &patches).map_err(io("writing the payload removal journal"))?;
+    let repacked = apply(dir, &patches, Some(&shared.rewriting))
+        .map_err(io("removing payloads from segments"))?;
+    swap_repacked(shared, &repacked)?;
+    remove_journal(dir).map_err(io("removing the payload removal journal"))?;
+    Ok(patches.len() as u64)
+}
+
+/// The new record for `seq`, or `None` when its payload is already gone.
+fn patch_for(shared: &Shared, seq: u64, remover: u64) -> Result<Option<Patch>, StoreError> {
+    let pos = shared.files.offset(seq).map_err(|source| StoreError::Io {
+        context: format!("reading offsets.bin at seq {seq}"),
+        source,
+    })?;
+    let (h, buf, seg) = read_record(shared, pos)?;
+    let corrupt = |problem: &str| StoreError::Corrupt {
+        location: format!("{}:{}", seg.name, pos - seg.start),
+        problem: format!("seq {seq}: {problem}"),
+    };
+    match h.kind {
+        record::REMOVED => return Ok(None),
+        record::EVENT => {}
+        _ => return Err(corrupt("not an event record")),
+    }
+    let entry = &buf[record::HEADER_LEN..record::HEADER_LEN + h.len_a as usize];
+    let bytes = record::removed(entry, h.len_b, remover)
+        .ok_or_else(|| corrupt("a payload shorter than 8 bytes cannot be removed"))?;
+    Ok(Some(Patch { pos, bytes }))
+}
+
+/// Points readers at the packed segments written again.
+fn swap_repacked(shared: &Shared, starts: &[u64]) -> Result<(), StoreError> {
+    for &start in starts {
+        let path = shared.dir.join(packed::packed_name(start));
+        let p = Packed::open(&path).map_err(|source| StoreError::Io {
+            context: format!("opening {}", path.display()),
+            source,
+        })?;
+        let p = Arc::new(p);
+        let mut segs = shared.segments.write().map_err(|_| lock_poisoned())?;
+        if let Some(s) = segs.iter_mut().find(|s| s.start == start) {
+            if let Some(old) = &s.packed {
+                old.forget();
+            }
+            *s = Segment {
+                start,
+                file: p.file(),
+                name: packed::packed_name(start),
+                packed: Some(p),
+            };
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_journal_round_trips_and_refuses_any_damage() {
+        let patches = vec![
+            Patch {
+                pos: 7,
+                bytes: b"abc".to_vec(),
+            },
+            Patch {
+                pos: 1 << 40,
+                bytes: vec![0; 20],
+            },
+        ];
+        let bytes = encode(&patches);
+        assert_eq!(decode(&bytes), Some(patches));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            assert_eq!(decode(&bad), None, "flip at {i}");
+        }
+        for n in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..n]), None, "cut at {n}");
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Removing payloads (expiry, erasure): the bytes leave raw and packed segments, every entry,
+//! leaf and checkpoint stays (the log verifies, proofs still check), the remover is recorded,
+//! a removal survives reopening, and a removal cut short by a crash — a torn patch with its
+//! journal left behind — is finished when the store opens, while a torn record without one is
+//! reported as damage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests fail loudly")]
+
+mod common;
+
+use common::{open_with, run_verify, segments, verifier, Spec, TempDir};
+use mlaudit_core::EventId;
+use mlaudit_embedded::{record, EmbeddedStore, Options};
+use mlaudit_store::prelude::*;
+use std::path::Path;
+
+const EVENTS: u64 = 300;
+
+fn options() -> Options {
+    Options {
+        segment_target: 8 << 10,
+        run_events: 64,
+        ..Options::default()
+    }
+}
+
+fn id(n: u64) -> EventId {
+    let mut b = [0x5a; 16];
+    b[8..].copy_from_slice(&n.to_be_bytes());
+    EventId(b)
+}
+
+/// A log of [`EVENTS`] events over many small segments, the sealed ones packed.
+fn build(dir: &Path) -> EmbeddedStore {
+    build_with(dir, options())
+}
+
+fn build_with(dir: &Path, options: Options) -> EmbeddedStore {
+    let (store, _) = open_with(dir, options);
+    for b in 0..EVENTS / 20 {
+        let batch = (b * 20..b * 20 + 20)
+            .map(|n| Spec::simple(id(n), "registry.promotion_requested", n).prepare())
+            .collect();
+        store.append(batch).unwrap();
+    }
+    store.settle();
+    store
+}
+
+fn payload_marker(store: &EmbeddedStore, seq: u64) -> Vec<u8> {
+    store.event(seq).unwrap().payload.expect("payload kept")
+}
+
+fn raw_segments_hold(dir: &Path, needle: &[u8]) -> bool {
+    segments(dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .any(|p| {
+            std::fs::read(p)
+                .unwrap()
+                .windows(needle.len())
+                .any(|w| w == needle)
+        })
+}
+
+/// The raw segment holding log position `pos`, and its start.
+fn segment_holding(dir: &Path, pos: u64) -> (std::path::PathBuf, u64) {
+    segments(dir)
+        .into_iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+            (p, name[4..24].parse::<u64>().unwrap())
+        })
+        .rfind(|(_, start)| *start <= pos)
+        .filter(|(p, _)| p.extension().is_some_and(|e| e == "log"))
+        .expect("a raw segment holds it")
+}
+
+#[test]
+fn removed_payloads_are_gone_and_every_proof_still_verifies() {
+    let dir = TempDir::new("removal");
+    let store = build(dir.path());
+    let size = store.tree_size();
+    let checkpoint_before = mlaudit_store::latest_checkpoint(&store).unwrap();
+    let (first, last) = (3, size - 2); // one in a packed segment, one in the raw tail
+    let last_payload = payload_marker(&store, last);
+    assert!(raw_segments_hold(dir.path(), &last_payload));
+    let remover = size - 1;
+    assert_eq!(
+        store
+            .remove_payloads(&[first, last, first], remover)
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store.remove_payloads(&[first], remover).unwrap(),
+        0,
+        "already removed"
+    );
+    for seq in [first, last] {
+        let ev = store.event(seq).unwrap();
+        assert_eq!((ev.payload, ev.removed_by), (None, Some(remover)));
+    }
+    assert!(!raw_segments_hold(dir.path(), &last_payload));
+    assert_eq!(store.event(4).unwrap().removed_by, None);
+    assert_eq!(
+        mlaudit_store::latest_checkpoint(&store).unwrap(),
+        checkpoint_before
+    );
+    // The leaf is the entry's: an inclusion proof still checks, with no payload.
+    let bundle = mlaudit_store::proofs::inclusion_bundle(&store, first).unwrap();
+    assert_eq!(bundle.payload, None);
+    let removal = bundle
+        .payload_erased_by
+        .as_ref()
+        .expect("names its remover");
+    assert_eq!(removal.leaf_index, remover);
+    // The remover here is an ordinary event: a verifier refuses to take it for an erasure.
+    assert!(bundle.verify(&verifier()).is_err());
+    let mut kept = bundle.clone();
+    kept.payload_erased_by = None;
+    kept.verify(&verifier()).unwrap();
+    assert_eq!(run_verify(&store).unwrap().events, size);
+    drop(store);
+
+    let (store, _) = open_with(dir.path(), options());
+    let ev = store.event(first).unwrap();
+    assert_eq!((ev.payload, ev.removed_by), (None, Some(remover)));
+    let mut seen = Vec::new();
+    store
+        .scan(0, &mut |ev| {
+            if ev.payload.is_none() {
+                seen.push(ev.seq);
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(seen, vec![first, last]);
+    assert_eq!(run_verify(&store).unwrap().events, size);
+}
+
+#[test]
+fn a_removal_cut_short_is_finished_at_open() {
+    let dir = TempDir::new("removal-crash");
+    let raw_only = Options {
+        pack_sealed: false,
+        ..options()
+    };
+    let store = build_with(dir.path(), raw_only);
+    let size = store.tree_size();
+    let seq = size - 3;
+    let payload = payload_marker(&store, seq);
+    drop(store);
+    // What a crash in the middle of patching leaves: the journal, and a torn record.
+    let offsets = std::fs::read(dir.path().join("offsets.bin")).unwrap();
+    let pos = u64::from_be_bytes(offsets[seq as usize * 8..][..8].try_into().unwrap());
+    let (seg, start) = segment_holding(dir.path(), pos);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = (pos - start) as usize;
+    let h = record::parse_header(bytes[at..at + record::HEADER_LEN].try_into().unwrap()).unwrap();
+    let (entry, _) = record::check_record(&h, &bytes[at..at + h.total_len() as usize]).unwrap();
+    let new = record::removed(entry, h.len_b, 0).unwrap();
+    let mut journal = b"MLARMJ01".to_vec();
+    journal.extend_from_slice(&1u32.to_be_bytes());
+    journal.extend_from_slice(&pos.to_be_bytes());
+    journal.extend_from_slice(&(new.len() as u32).to_be_bytes());
+    journal.extend_from_slice(&new);
+    let crc = crc32c::crc32c(&journal);
+    journal.extend_from_slice(&crc.to_be_bytes());
+    std::fs::write(dir.path().join("payload-removal.journal"), journal).unwrap();
+    bytes[at..at + new.len() / 2].copy_from_slice(&new[..new.len() / 2]);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (store, _) = open_with(dir.path(), raw_only);
+    let ev = store.event(seq).unwrap();
+    assert_eq!((ev.payload, ev.removed_by), (None, Some(0)));
+    assert!(!raw_segments_hold(dir.path(), &payload));
+    assert!(!dir.path().join("payload-removal.journal").exists());
+    assert_eq!(run_verify(&store).unwrap().events, size);
+}
+
+#[test]
+fn a_torn_record_without_a_journal_is_reported_as_damage() {
+    let dir = TempDir::new("removal-torn");
+    let raw_only = Options {
+        pack_sealed: false,
+        ..options()
+    };
+    let store = build_with(dir.path(), raw_only);
+    let seq = store.tree_size() - 3;
+    drop(store);
+    let offsets = std::fs::read(dir.path().join("offsets.bin")).unwrap();
+    let pos = u64::from_be_bytes(offsets[seq as usize * 8..][..8].try_into().unwrap());
+    let (seg, start) = segment_holding(dir.path(), pos);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[(pos - start) as usize] = record::REMOVED;
+    std::fs::write(&seg, &bytes).unwrap();
+    // Opening trusts records below the derived watermark; reading and verifying catch it.
+    let (store, _) = open_with(dir.path(), raw_only);
+    assert!(matches!(
+        store.event(seq),
+        Err(mlaudit_store::StoreError::Corrupt { .. })
+    ));
+    assert!(run_verify(&store).is_err());
+}
