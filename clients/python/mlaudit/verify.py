@@ -12,7 +12,9 @@ signature by that key (C2SP signed-note, Ed25519 over the body); the checkpoint 
 (origin equals the key name, tree size equals ``tree_size``); the entry header (§1, every
 rejection rule) and its seq equals ``leaf_index``; the payload's SHA-256 and length
 against the entry (when the payload is not null); the RFC 9162 §2.1.3.2 inclusion path
-from ``SHA-256(0x00 || entry)`` to the checkpoint's root. Dependencies: hashlib and the
+from ``SHA-256(0x00 || entry)`` to the checkpoint's root; and, when the payload was erased or
+expired, that ``payload_erased_by`` is a ``governance.payload_erased`` or
+``governance.payload_expired`` event included in the same tree. Dependencies: hashlib and the
 ``cryptography`` package (Ed25519; without it the command says how to install it and exits
 2).
 
@@ -83,12 +85,18 @@ class Result:
     root: Optional[bytes] = None
     entry: Optional[Entry] = None
     payload_checked: bool = False
+    #: The governance event that erased or expired the payload, when the bundle names one.
+    payload_erased_by: Optional[Entry] = None
 
     def summary(self) -> str:
         if not self.ok:
             return f"FAILED: {self.reason}"
         e = self.entry
         payload = "payload digest checked" if self.payload_checked else "payload redacted (null)"
+        if self.payload_erased_by is not None:
+            r = self.payload_erased_by
+            payload = (f"payload removed by {r.kind} event {r.event_id} (leaf {r.seq}, "
+                       f"proven in the same tree)")
         return (f"OK: event {e.event_id} ({e.kind}) is leaf {self.leaf_index} of the tree of "
                 f"size {self.tree_size} signed by {self.origin}; {payload}")
 
@@ -356,6 +364,10 @@ def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: 
 
 # -- the bundle (FORMAT.md §4, §5) --------------------------------------------------------------
 
+#: Kinds of the governance events that remove payloads (FORMAT.md §4).
+PAYLOAD_REMOVAL_KINDS = ("governance.payload_erased", "governance.payload_expired")
+
+
 def _int(bundle: Dict[str, Any], name: str) -> int:
     v = bundle.get(name)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -413,19 +425,49 @@ def _verify(bundle: Any, key: VerifierKey, res: Result) -> None:
                                     f"{entry.payload_length}")
         res.payload_checked = True
     # 6: the inclusion path.
-    path_in = bundle.get("inclusion_path")
+    _check_inclusion(bundle.get("inclusion_path"), "inclusion_path", leaf_index, tree_size,
+                     entry_bytes, root)
+    # 7: the governance event that removed the payload, if the bundle names one.
+    removal = bundle.get("payload_erased_by")
+    if removal is not None:
+        if payload is not None:
+            raise VerificationError("payload_erased_by is present although the payload is too")
+        res.payload_erased_by = _verify_removal(removal, tree_size, root)
+
+
+def _check_inclusion(path_in: Any, what: str, leaf_index: int, tree_size: int,
+                     entry_bytes: bytes, root: bytes) -> None:
     if not isinstance(path_in, list):
-        raise VerificationError("bundle: inclusion_path is not a list")
+        raise VerificationError(f"bundle: {what} is not a list")
+    if len(path_in) > 64:
+        raise VerificationError(f"bundle: {what} is longer than 64 hashes")
     path = []
     for i, p in enumerate(path_in):
-        h = _b64(p, f"inclusion_path[{i}]")
+        h = _b64(p, f"{what}[{i}]")
         if len(h) != 32:
-            raise VerificationError(f"inclusion_path[{i}] is {len(h)} bytes, not 32")
+            raise VerificationError(f"{what}[{i}] is {len(h)} bytes, not 32")
         path.append(h)
     computed = root_from_inclusion_path(leaf_index, tree_size, leaf_hash(entry_bytes), path)
     if computed != root:
-        raise VerificationError(f"inclusion path: computed root {computed.hex()} is not the "
+        raise VerificationError(f"{what}: computed root {computed.hex()} is not the "
                                 f"checkpoint root {root.hex()}")
+
+
+def _verify_removal(removal: Any, tree_size: int, root: bytes) -> Entry:
+    if not isinstance(removal, dict):
+        raise VerificationError("bundle: payload_erased_by is not a JSON object")
+    entry_bytes = _b64(removal.get("entry"), "payload_erased_by: entry")
+    entry = parse_entry(entry_bytes)
+    leaf_index = _int(removal, "leaf_index")
+    if entry.seq != leaf_index:
+        raise VerificationError(f"payload_erased_by: entry seq {entry.seq} != its leaf_index "
+                                f"{leaf_index}")
+    if entry.kind not in PAYLOAD_REMOVAL_KINDS:
+        raise VerificationError(f"payload_erased_by names a {entry.kind} event, not a payload "
+                                "removal")
+    _check_inclusion(removal.get("inclusion_path"), "payload_erased_by.inclusion_path",
+                     leaf_index, tree_size, entry_bytes, root)
+    return entry
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -128,6 +128,10 @@ def bundles(tmp_path_factory):
     srv.stop()
     run_cli(srv.data, "prove", pid, "--out", str(d / "prove.json"))
     out["cli"] = json.load(open(d / "prove.json"))
+    # Erased: the bundle names the governance event that removed the payload.
+    run_cli(srv.data, "erase", "--subject", "request=r-21", "--reason", "DSR-7")
+    run_cli(srv.data, "prove", pid, "--out", str(d / "erased.json"))
+    out["erased"] = json.load(open(d / "erased.json"))
     for name, b in out.items():
         (d / f"{name}.json").write_text(json.dumps(b))
     return d, srv.verifier_key, out
@@ -142,12 +146,40 @@ def test_accepts_bundles_from_the_server(bundles):
         assert res.entry.kind == "prediction.served"
         assert res.entry.subject == {"model": "credit-risk", "version": "7", "request": "r-21"}
         assert res.payload_checked is (b["payload"] is not None)
+        assert (res.payload_erased_by is not None) is (name == "erased")
         p = py_verify(d / f"{name}.json", key)
         assert p.returncode == 0, p.stderr
         assert p.stdout.startswith("OK: event 7d1e3f00-0000-4000-8000-0000000000aa")
     # the key from a file works too
     (d / "vkey").write_text(key + "\n")
     assert py_verify(d / "cli.json", str(d / "vkey")).returncode == 0
+
+
+def test_an_erased_payload_is_proven_removed_by_an_erasure(bundles, tmp_path):
+    d, key, out = bundles
+    erased = out["erased"]
+    assert erased["payload"] is None and erased["event"]["attributes"] == "[redacted]"
+    res = verify_bundle(erased, key)
+    assert res.ok, res.reason
+    assert res.payload_erased_by.kind == "governance.payload_erased"
+    assert "payload removed by governance.payload_erased" in res.summary()
+    # The removal must be a removal event of the same tree, and only of a payload-less bundle.
+    forged = {
+        "another event's leaf": lambda b: b["payload_erased_by"].update(
+            entry=out["reader"]["entry"], leaf_index=out["reader"]["leaf_index"],
+            inclusion_path=out["reader"]["inclusion_path"]),
+        "removal path element": lambda b: b["payload_erased_by"]["inclusion_path"].__setitem__(
+            0, _flip_b64(b["payload_erased_by"]["inclusion_path"][0])),
+        "payload put back": lambda b: b.__setitem__("payload", out["reader"]["payload"]),
+    }
+    for what, forge in forged.items():
+        b = copy.deepcopy(erased)
+        forge(b)
+        assert not verify_bundle(b, key).ok, what
+        path = tmp_path / "forged.json"
+        path.write_text(json.dumps(b))
+        assert py_verify(path, key).returncode == 1, what
+        assert rust_verify(path, key).returncode == 1, what
 
 
 def _flip_b64(s, index=0):

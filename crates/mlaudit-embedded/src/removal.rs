@@ -208,6 +208,14 @@ pub(crate) fn remove(shared: &Shared, seqs: &[u64], remover: u64) -> Result<u64,
     if remover >= size {
         return Err(StoreError::NotFound(format!("remover seq {remover}")));
     }
+    let pos = shared
+        .files
+        .offset(remover)
+        .map_err(|source| StoreError::Io {
+            context: format!("reading offsets.bin at seq {remover}"),
+            source,
+        })?;
+    mlaudit_store::check_remover(remover, &crate::read_event_at(shared, remover, pos)?.entry)?;
     let mut wanted: Vec<u64> = seqs.to_vec();
     wanted.sort_unstable();
     wanted.dedup();

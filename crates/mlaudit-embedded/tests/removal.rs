@@ -47,6 +47,12 @@ fn build_with(dir: &Path, options: Options) -> EmbeddedStore {
     store
 }
 
+/// A `governance.payload_erased` event.
+fn erasure() -> mlaudit_core::event::PreparedEvent {
+    let json = r#"{"kind":"governance.payload_erased","actor":{"id":"local:dpo","type":"user"},"attributes":{"reason":"DSR-1","criteria":{"actor":"x"},"events":[]}}"#;
+    mlaudit_core::event::prepare_reserved(json, "local:dpo").unwrap()
+}
+
 fn payload_marker(store: &EmbeddedStore, seq: u64) -> Vec<u8> {
     store.event(seq).unwrap().payload.expect("payload kept")
 }
@@ -80,12 +86,17 @@ fn segment_holding(dir: &Path, pos: u64) -> (std::path::PathBuf, u64) {
 fn removed_payloads_are_gone_and_every_proof_still_verifies() {
     let dir = TempDir::new("removal");
     let store = build(dir.path());
-    let size = store.tree_size();
-    let checkpoint_before = mlaudit_store::latest_checkpoint(&store).unwrap();
-    let (first, last) = (3, size - 2); // one in a packed segment, one in the raw tail
+    let (first, last) = (3, store.tree_size() - 2); // in a packed segment, in the raw tail
     let last_payload = payload_marker(&store, last);
     assert!(raw_segments_hold(dir.path(), &last_payload));
-    let remover = size - 1;
+    let refused = store.remove_payloads(&[first], last + 1).unwrap_err();
+    assert!(
+        matches!(refused, mlaudit_store::StoreError::Refused(_)),
+        "only a removal event may remove payloads: {refused}"
+    );
+    let remover = store.append(vec![erasure()]).unwrap().events[0].seq;
+    let size = store.tree_size();
+    let checkpoint_before = mlaudit_store::latest_checkpoint(&store).unwrap();
     assert_eq!(
         store
             .remove_payloads(&[first, last, first], remover)
@@ -115,11 +126,11 @@ fn removed_payloads_are_gone_and_every_proof_still_verifies() {
         .as_ref()
         .expect("names its remover");
     assert_eq!(removal.leaf_index, remover);
-    // The remover here is an ordinary event: a verifier refuses to take it for an erasure.
-    assert!(bundle.verify(&verifier()).is_err());
-    let mut kept = bundle.clone();
-    kept.payload_erased_by = None;
-    kept.verify(&verifier()).unwrap();
+    let checked = bundle.verify(&verifier()).unwrap();
+    assert_eq!(
+        checked.payload_erased_by.unwrap().kind,
+        "governance.payload_erased"
+    );
     assert_eq!(run_verify(&store).unwrap().events, size);
     drop(store);
 

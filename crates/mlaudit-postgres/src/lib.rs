@@ -345,6 +345,10 @@ impl Drop for PostgresStore {
 }
 
 impl Appender for PostgresStore {
+    fn remove_payloads(&self, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
+        self.remove_payloads_now(seqs, remover)
+    }
+
     fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.submit(

@@ -113,6 +113,14 @@ fn err(e: PgError) -> StoreError {
     }
 }
 
+/// A stored event from its columns (`remover` from `payload_removals`).
+fn stored(seq: u64, entry: Vec<u8>, payload: Option<Vec<u8>>, remover: Option<i64>) -> StoredEvent {
+    StoredEvent {
+        removed_by: remover.and_then(|r| u64::try_from(r).ok()),
+        ..StoredEvent::new(seq, entry, payload)
+    }
+}
+
 impl PostgresStore {
     async fn client(&self) -> Result<crate::pool::Conn<'_>, PgError> {
         self.inner().pool.get().await
@@ -140,12 +148,13 @@ impl LogReader for PostgresStore {
             Box::pin(async move {
                 let row = c
                     .query_opt(
-                        "SELECT e.entry, p.payload FROM entries e LEFT JOIN payloads p USING (seq) WHERE e.seq = $1",
+                        "SELECT e.entry, p.payload, r.remover FROM entries e LEFT JOIN payloads p USING (seq)
+                         LEFT JOIN payload_removals r USING (seq) WHERE e.seq = $1",
                         &[&to_i64(seq)],
                     )
                     .await?;
                 match row {
-                    Some(r) => Ok(StoredEvent::new(seq, r.get(0), r.get(1))),
+                    Some(r) => Ok(stored(seq, r.get(0), r.get(1), r.get(2))),
                     None => Err(PgError::Unavailable(format!("not found: seq {seq}"))),
                 }
             })
@@ -274,7 +283,8 @@ impl LogReader for PostgresStore {
                 Box::pin(async move {
                     let rows = c
                         .query(
-                            "SELECT e.seq, e.entry, p.payload FROM entries e LEFT JOIN payloads p USING (seq)
+                            "SELECT e.seq, e.entry, p.payload, r.remover FROM entries e
+                             LEFT JOIN payloads p USING (seq) LEFT JOIN payload_removals r USING (seq)
                              WHERE e.seq >= $1 AND e.seq < $2 ORDER BY e.seq",
                             &[&to_i64(next), &to_i64(upto)],
                         )
@@ -290,7 +300,7 @@ impl LogReader for PostgresStore {
                         problem: format!("event {next} is missing (the next stored is {seq})"),
                     });
                 }
-                if visit(StoredEvent::new(seq, row.get(1), row.get(2))).is_break() {
+                if visit(stored(seq, row.get(1), row.get(2), row.get(3))).is_break() {
                     return Ok(());
                 }
                 next += 1;
@@ -394,5 +404,43 @@ impl Diagnostics for PostgresStore {
             takeovers: i.takeovers.load(Ordering::Relaxed),
             ..StoreStats::default()
         }
+    }
+}
+
+impl PostgresStore {
+    /// [`mlaudit_store::Appender::remove_payloads`]: records each removal in
+    /// `payload_removals` and deletes the payload row, in one transaction; the table's trigger
+    /// lets the row go only with such a record naming a removal event.
+    pub(crate) fn remove_payloads_now(
+        &self,
+        seqs: &[u64],
+        remover: u64,
+    ) -> Result<u64, StoreError> {
+        if remover >= self.tree_size() {
+            return Err(StoreError::NotFound(format!("remover seq {remover}")));
+        }
+        mlaudit_store::check_remover(remover, &self.event(remover)?.entry)?;
+        if let Some(beyond) = seqs.iter().find(|s| **s >= self.tree_size()) {
+            return Err(StoreError::NotFound(format!("seq {beyond}")));
+        }
+        let seqs: Vec<i64> = seqs.iter().map(|s| to_i64(*s)).collect();
+        let remover = to_i64(remover);
+        self.block(async {
+            let mut conn = self.client().await?;
+            let tx = conn.transaction().await?;
+            let removed = tx
+                .execute(
+                    "INSERT INTO payload_removals (seq, remover)
+                     SELECT seq, $2 FROM payloads WHERE seq = ANY($1)
+                     ON CONFLICT (seq) DO NOTHING",
+                    &[&seqs, &remover],
+                )
+                .await?;
+            tx.execute("DELETE FROM payloads WHERE seq = ANY($1)", &[&seqs])
+                .await?;
+            tx.commit().await?;
+            Ok::<u64, PgError>(removed)
+        })
+        .map_err(err)
     }
 }

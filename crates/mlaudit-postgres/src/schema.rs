@@ -10,14 +10,19 @@
 //!   servers' role is granted only SELECT and INSERT on them. `pending`, the queue of batches
 //!   waiting for the sequencer, is the one table rows leave: the sequencer deletes a batch in
 //!   the transaction that sequences it.
+//! * The one exception: a row of `payloads` may be deleted once `payload_removals` records its
+//!   removal by a `governance.payload_erased` or `governance.payload_expired` event of the log
+//!   (checked by the trigger itself), so expiry and erasure take a payload away while its
+//!   entry, leaf and checkpoints stay.
 
 use crate::PgError;
 use tokio_postgres::Client;
 
 /// The log tables: append-only by trigger and by grant.
-pub const LOG_TABLES: [&str; 9] = [
+pub const LOG_TABLES: [&str; 10] = [
     "entries",
     "payloads",
+    "payload_removals",
     "subjects",
     "nodes",
     "checkpoints",
@@ -28,10 +33,34 @@ pub const LOG_TABLES: [&str; 9] = [
 ];
 
 /// Migrations in order; the number is the schema version after each.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
 
 /// The newest schema version this build knows.
-pub const LATEST: i32 = 1;
+pub const LATEST: i32 = 2;
+
+/// Removed payloads, and the trigger that lets a payload go only once its removal is recorded.
+const V2: &str = r#"
+CREATE TABLE payload_removals (
+    seq        bigint PRIMARY KEY,
+    remover    bigint NOT NULL,
+    removed_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION guard_payload_removal() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $fn$
+BEGIN
+    IF TG_OP = 'DELETE' AND EXISTS (
+        SELECT 1 FROM payload_removals r JOIN entries e ON e.seq = r.remover
+        WHERE r.seq = OLD.seq
+          AND e.kind IN ('governance.payload_erased', 'governance.payload_expired')
+    ) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'mlaudit: % on % is refused: the log is append-only (a payload goes only once payload_removals records its erasure or expiry)', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END
+$fn$;
+"#;
 
 const V1: &str = r#"
 CREATE TABLE entries (
@@ -204,10 +233,14 @@ fn guard_sql() -> String {
     LOG_TABLES
         .iter()
         .map(|t| {
+            let row_guard = match *t {
+                "payloads" => "guard_payload_removal",
+                _ => "refuse_change",
+            };
             format!(
                 "DROP TRIGGER IF EXISTS {t}_append_only ON {t};
                  CREATE TRIGGER {t}_append_only BEFORE UPDATE OR DELETE ON {t}
-                     FOR EACH ROW EXECUTE FUNCTION refuse_change();
+                     FOR EACH ROW EXECUTE FUNCTION {row_guard}();
                  DROP TRIGGER IF EXISTS {t}_no_truncate ON {t};
                  CREATE TRIGGER {t}_no_truncate BEFORE TRUNCATE ON {t}
                      FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();\n"
@@ -238,6 +271,7 @@ async fn grant(
          REVOKE ALL ON ALL TABLES IN SCHEMA \"{schema}\" FROM \"{app_role}\";
          GRANT SELECT, INSERT ON {tables} TO \"{app_role}\";
          GRANT SELECT, INSERT, DELETE ON pending TO \"{app_role}\";
+         GRANT DELETE ON payloads TO \"{app_role}\";
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{app_role}\";"
     ))
     .await?;

@@ -1,6 +1,7 @@
 //! The log is append-only in the database itself: the servers' role may SELECT and INSERT,
 //! and every UPDATE, DELETE and TRUNCATE of a log table fails, by grant for that role and by
-//! trigger for anyone, the tables' owner and superusers included.
+//! trigger for anyone, the tables' owner and superusers included. A payload row alone may go,
+//! and only once its removal by an erasure or expiry event of the log is recorded.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,7 +19,7 @@ use mlaudit_store::prelude::*;
 /// A column of each log table, to write an UPDATE against.
 fn a_column(table: &str) -> &'static str {
     match table {
-        "entries" | "payloads" | "subjects" => "seq",
+        "entries" | "payloads" | "payload_removals" | "subjects" => "seq",
         "nodes" => "idx",
         "checkpoints" => "size",
         "outcomes" => "batch",
@@ -73,8 +74,13 @@ fn the_servers_role_can_only_select_and_insert_and_triggers_refuse_everyone() {
             format!("ALTER TABLE {s}.{table} DISABLE TRIGGER ALL"),
         ] {
             let e = run_as(&app, &sql).expect_err(&sql);
+            // The servers' role may delete a payload whose removal is recorded: the trigger
+            // refuses every other.
+            let guarded = table == "payloads" && sql.starts_with("DELETE");
             assert!(
-                e.contains("permission denied") || e.contains("must be owner"),
+                e.contains("permission denied")
+                    || e.contains("must be owner")
+                    || (guarded && e.contains("append-only")),
                 "{sql}: {e}"
             );
         }
@@ -87,7 +93,7 @@ fn the_servers_role_can_only_select_and_insert_and_triggers_refuse_everyone() {
 
     // Even the superuser that owns everything is stopped by the triggers.
     let superuser = plain(schema.url(""));
-    // Row triggers fire per row: every table gets one (outcomes and token_docs have none yet).
+    // Row triggers fire per row: every table gets one (outcomes, token_docs and payload_removals have none yet).
     for (table, col) in [("outcomes", "batch"), ("token_docs", "doc")] {
         run_as(
             &superuser,
@@ -95,6 +101,11 @@ fn the_servers_role_can_only_select_and_insert_and_triggers_refuse_everyone() {
         )
         .unwrap();
     }
+    run_as(
+        &superuser,
+        &format!("INSERT INTO {s}.payload_removals (seq, remover) VALUES (99, 99)"),
+    )
+    .unwrap();
     for table in LOG_TABLES {
         let col = a_column(table);
         for sql in [
@@ -136,4 +147,80 @@ fn admin_query(sql: &str) -> Vec<String> {
             .map(|r| r.get(0))
             .collect()
     })
+}
+
+/// A `governance.payload_erased` event naming `ids`.
+fn erasure(ids: &[&str]) -> mlaudit_core::event::PreparedEvent {
+    let json = format!(
+        r#"{{"kind":"governance.payload_erased","actor":{{"id":"local:dpo","type":"user"}},"attributes":{{"reason":"DSR-1","criteria":{{"subject":"request=r1"}},"events":{ids:?}}}}}"#
+    );
+    mlaudit_core::event::prepare_reserved(&json, "local:dpo").unwrap()
+}
+
+#[test]
+fn a_payload_goes_only_with_a_recorded_removal_by_a_removal_event() {
+    let schema = Schema::new("removal");
+    let roles = "&app_role=mlaudit_test_app&owner_role=mlaudit_test_owner";
+    let (store, _) = PostgresStore::init(&schema.url(roles), signer()).unwrap();
+    store
+        .append(vec![
+            prediction(1, "a"),
+            prediction(2, "b"),
+            prediction(3, "c"),
+        ])
+        .unwrap();
+    store
+        .append(vec![erasure(&["00000000-0000-4000-8000-000000000001"])])
+        .unwrap();
+    drop(store);
+    let app_store = PostgresStore::open(
+        &url_as("mlaudit_test_app", &schema, ""),
+        Some(signer()),
+        Options::default(),
+    )
+    .unwrap();
+    assert_eq!(app_store.remove_payloads(&[0], 3).unwrap(), 1);
+    assert_eq!(
+        app_store.remove_payloads(&[0], 3).unwrap(),
+        0,
+        "already gone"
+    );
+    let ev = app_store.event(0).unwrap();
+    assert_eq!((ev.payload, ev.removed_by), (None, Some(3)));
+    let refused = app_store.remove_payloads(&[1], 2).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("only a governance.payload_erased"),
+        "{refused}"
+    );
+    assert!(app_store.event(1).unwrap().payload.is_some());
+    let bundle = mlaudit_store::proofs::inclusion_bundle(&app_store, 0).unwrap();
+    assert_eq!(bundle.payload_erased_by.as_ref().unwrap().leaf_index, 3);
+    let checked = bundle.verify(&verifier()).unwrap();
+    assert_eq!(
+        checked.payload_erased_by.unwrap().kind,
+        "governance.payload_erased"
+    );
+    let report = mlaudit_store::verify::verify(&app_store, &verifier(), &mut |_, _| {}).unwrap();
+    assert_eq!(report.redacted, 1);
+
+    // By hand, even as a superuser: a removal record naming an event that is not a removal,
+    // or none at all, does not let a payload go.
+    let superuser = schema.url("").split('?').next().unwrap().to_owned();
+    let s = &schema.name;
+    run_as(
+        &superuser,
+        &format!("INSERT INTO {s}.payload_removals (seq, remover) VALUES (1, 2)"),
+    )
+    .unwrap();
+    for seq in [1, 2] {
+        let e = run_as(
+            &superuser,
+            &format!("DELETE FROM {s}.payloads WHERE seq = {seq}"),
+        )
+        .expect_err("refused");
+        assert!(e.contains("append-only"), "{e}");
+    }
+    assert!(app_store.event(2).unwrap().payload.is_some());
 }

@@ -135,7 +135,7 @@ impl HoldScope {
     }
 }
 
-fn governance_event(
+pub(crate) fn governance_event(
     kind: &str,
     attributes: Value,
     actor: &str,

@@ -22,6 +22,7 @@
 
 pub mod audit;
 pub mod conformance;
+pub mod erasure;
 pub mod holds;
 pub mod ingest;
 pub mod lineage;
@@ -253,6 +254,10 @@ pub enum StoreError {
     /// The engine cannot do this.
     #[error("{0}")]
     Unsupported(String),
+    /// A request the store refuses as it stands (e.g. a payload removal not named by a
+    /// removal event).
+    #[error("{0}")]
+    Refused(String),
     /// The writer stopped after an earlier failure; reopen the store.
     #[error("the store's writer has stopped: {0}")]
     WriterStopped(String),
@@ -478,15 +483,42 @@ impl<S: LogReader + ?Sized> NodeSource for Nodes<'_, S> {
     }
 }
 
-/// Every seq of events of `kind`, in order, read a page of 10,000 at a time.
+/// Checks that `entry` is a payload removal event (`governance.payload_erased` or
+/// `governance.payload_expired`): the only events that may name a removed payload.
+pub fn check_remover(seq: u64, entry: &[u8]) -> Result<(), StoreError> {
+    let view = mlaudit_core::entry::decode_view(entry).map_err(|e| StoreError::Corrupt {
+        location: format!("seq {seq}"),
+        problem: e.to_string(),
+    })?;
+    if mlaudit_core::event::PAYLOAD_REMOVAL_KINDS.contains(&view.kind) {
+        return Ok(());
+    }
+    Err(StoreError::Refused(format!(
+        "seq {seq} is a {} event: only a governance.payload_erased or governance.payload_expired event may remove payloads",
+        view.kind
+    )))
+}
+
+/// Every seq of events of `kind`, in order.
 pub fn seqs_of_kind(store: &dyn Store, kind: &str) -> Result<Vec<u64>, StoreError> {
+    seqs_matching(
+        store,
+        Query {
+            kind: Some(kind.into()),
+            ..Query::default()
+        },
+    )
+}
+
+/// Every seq matching `query` (its cursor and limit aside), in order, read a page of 10,000
+/// at a time.
+pub fn seqs_matching(store: &dyn Store, query: Query) -> Result<Vec<u64>, StoreError> {
     let mut out = Vec::new();
     loop {
         let page = store.query(&Query {
-            kind: Some(kind.into()),
             after_seq: out.last().copied(),
             limit: 10_000,
-            ..Query::default()
+            ..query.clone()
         })?;
         if page.is_empty() {
             return Ok(out);

@@ -36,16 +36,21 @@ pub fn resolve(store: &dyn Store, reference: &str) -> Result<u64, LookupError> {
     }
 }
 
-/// `{"seq", "leaf_hash", "event"}`: a stored event with its seq and leaf hash.
+/// `{"seq", "leaf_hash", "event"}`: a stored event with its seq and leaf hash, and
+/// `payload_removed_by` (the seq of the erasure or expiry event) once its payload is gone.
 pub fn event_json(store: &dyn Store, seq: u64) -> Result<Value, StoreError> {
     let ev = store.event(seq)?;
     let e = entry::decode(&ev.entry).map_err(|err| StoreError::Corrupt {
         location: store.location(seq),
         problem: format!("entry does not decode: {err}"),
     })?;
-    Ok(json!({
+    let mut view = json!({
         "seq": seq,
         "leaf_hash": leaf_hash(&ev.entry).to_hex(),
         "event": render_event(&e, ev.payload.as_deref()),
-    }))
+    });
+    if let Some(remover) = ev.removed_by {
+        view["payload_removed_by"] = json!(remover);
+    }
+    Ok(view)
 }

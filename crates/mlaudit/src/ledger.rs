@@ -83,6 +83,9 @@ impl Appender for Ledger {
     ) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
         self.engine().try_submit(events, done)
     }
+    fn remove_payloads(&self, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
+        self.engine().remove_payloads(seqs, remover)
+    }
 }
 
 impl LogReader for Ledger {

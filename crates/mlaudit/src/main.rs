@@ -6,6 +6,7 @@
 
 mod append;
 mod demo;
+mod erase;
 mod export;
 mod hold;
 mod http;
@@ -146,6 +147,9 @@ enum Command {
     /// Write events as day-partitioned files for a warehouse (DuckDB, BigQuery, Athena), each
     /// with a manifest that proves its rows are the log's.
     Export(export::ExportArgs),
+    /// Erase payloads (a data subject's request): entries, leaves and proofs stay, the
+    /// erasure is recorded, events under legal hold are refused.
+    Erase(erase::EraseArgs),
     /// Legal holds: covered events never expire or lose their payload.
     #[command(subcommand)]
     Hold(hold::HoldCommand),
@@ -209,6 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(&data, args),
         Command::Retention(cmd) => retention::run(&data, cmd),
         Command::Hold(cmd) => hold::run(&data, cmd),
+        Command::Erase(args) => erase::run(&data, args),
         Command::Export(args) => export::run(&data, args),
         Command::Import(cmd) => import::run(&data, cmd),
         Command::Token(cmd) => token::run(&data, cmd),

@@ -167,10 +167,13 @@ pub fn check_bundle(bundle: &ProofBundle, key: &NoteVerifier) -> Result<String> 
         key.name(),
         bundle.tree_size,
         ok.root.to_hex(),
-        if ok.payload_present {
-            ", payload matches its digest"
-        } else {
-            ", payload redacted"
+        match (&ok.payload_erased_by, ok.payload_present) {
+            (_, true) => ", payload matches its digest".to_owned(),
+            (Some(r), _) => format!(
+                ", payload removed by {} event {} (leaf {}, proven in the same tree)",
+                r.kind, r.id, r.seq
+            ),
+            (None, false) => ", payload redacted".to_owned(),
         }
     ))
 }

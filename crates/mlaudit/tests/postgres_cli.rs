@@ -1,5 +1,6 @@
 //! Every command on a log in PostgreSQL (`--store`): append, get, query, checkpoint, prove,
-//! verify-bundle, consistency and verify give the answers they give on the embedded store.
+//! verify-bundle, consistency, erase and verify give the answers they give on the embedded
+//! store.
 
 #![allow(
     clippy::unwrap_used,
@@ -64,6 +65,25 @@ fn every_command_works_against_the_postgres_store() {
         key.to_str().unwrap(),
     ]));
     ok(log.cli(&["consistency", "--from", &first]));
+    log.verify();
+
+    // Erasure: the payload row goes, the erasure is recorded, every proof still checks.
+    let erased = ok(log.cli(&["erase", "--event", id, "--reason", "DSR-3"]));
+    assert!(erased.contains("erased 1 payloads"), "{erased}");
+    let got: serde_json::Value = serde_json::from_str(&ok(log.cli(&["get", id]))).unwrap();
+    assert_eq!(got["event"]["attributes"], "[redacted]");
+    assert!(got["payload_removed_by"].as_u64().unwrap() >= 50, "{got}");
+    ok(log.cli(&["prove", id, "--out", bundle.to_str().unwrap()]));
+    let checked = ok(log.cli(&[
+        "verify-bundle",
+        bundle.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]));
+    assert!(
+        checked.contains("payload removed by governance.payload_erased"),
+        "{checked}"
+    );
     log.verify();
     // A second `init` of the same data directory is refused; the log is untouched.
     assert!(!log.cli(&["init"]).status.success());

@@ -1,0 +1,225 @@
+//! Erasure: removing the payloads of chosen events (a data subject's request, a mistaken
+//! upload) while every entry, leaf and checkpoint stays, so that every proof still verifies.
+//!
+//! An erasure is recorded first, as `governance.payload_erased` events (a reserved kind, written
+//! only on an admin's behalf) naming the reason, the criteria and the ids erased — at most
+//! [`IDS_PER_EVENT`] per event — and each payload is then removed naming the event that erased
+//! it ([`crate::Appender::remove_payloads`]). A crash between the two leaves the record of an
+//! erasure not yet done; running the same erasure again finishes it (payloads already gone are
+//! skipped).
+//!
+//! **Invariant:** an event a hold in force covers is never erased: an erasure touching one is
+//! refused as a whole, before anything is written.
+
+use crate::holds::{self, governance_event};
+use crate::{Query, Store, StoreError};
+use mlaudit_core::entry::{decode_view, EventId, SubjectField};
+use serde::Serialize;
+use serde_json::json;
+use std::ops::ControlFlow;
+
+/// Most event ids one `governance.payload_erased` event names (well inside the attribute
+/// size limit).
+pub const IDS_PER_EVENT: usize = 1000;
+
+/// Which events to erase.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One event.
+    Event(EventId),
+    /// Every event whose subject field has this value (e.g. `request=R`).
+    Subject(SubjectField, String),
+    /// Every event by this actor.
+    Actor(String),
+}
+
+impl Target {
+    /// Parses `field=value` for [`Target::Subject`].
+    pub fn subject(text: &str) -> Result<Target, ErasureError> {
+        let bad = || ErasureError::BadSubject(text.to_owned());
+        let (field, value) = text.split_once('=').ok_or_else(bad)?;
+        let field = SubjectField::ALL
+            .into_iter()
+            .find(|f| f.as_str() == field)
+            .ok_or_else(bad)?;
+        if value.is_empty() {
+            return Err(bad());
+        }
+        Ok(Target::Subject(field, value.to_owned()))
+    }
+
+    /// How the erasure event records it.
+    fn criteria(&self) -> serde_json::Value {
+        match self {
+            Target::Event(id) => json!({"event": id.to_string()}),
+            Target::Subject(f, v) => json!({"subject": format!("{}={v}", f.as_str())}),
+            Target::Actor(a) => json!({"actor": a}),
+        }
+    }
+}
+
+/// Why an erasure was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ErasureError {
+    #[error("{0}: expected FIELD=VALUE with FIELD one of model, version, dataset, dataset_version, run, pipeline_run, deployment, request")]
+    BadSubject(String),
+    #[error("{0}: not an event id (a UUID)")]
+    BadId(String),
+    #[error("an erasure needs a reason")]
+    NoReason,
+    #[error("no event {0} in the log")]
+    UnknownEvent(EventId),
+    #[error("refused: {count} of the events to erase are under legal hold {hold} (e.g. event {example}); nothing was erased")]
+    Held {
+        hold: String,
+        count: u64,
+        example: String,
+    },
+    #[error("recording the erasure: {0}")]
+    Event(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an erasure found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Events the criteria select.
+    pub matched: u64,
+    /// Of those, payloads removed now.
+    pub erased: u64,
+    /// Of those, payloads already gone (erased or expired before).
+    pub already_removed: u64,
+    /// Seqs of the `governance.payload_erased` events recorded.
+    pub recorded: Vec<u64>,
+}
+
+/// The seqs the target selects, ascending.
+pub fn select(store: &dyn Store, target: &Target) -> Result<Vec<u64>, ErasureError> {
+    let indexed = |q: Query| crate::seqs_matching(store, q).map_err(ErasureError::from);
+    match target {
+        Target::Event(id) => store
+            .seq_of(id)?
+            .map(|s| vec![s])
+            .ok_or(ErasureError::UnknownEvent(*id)),
+        Target::Actor(a) => indexed(Query {
+            actor: Some(a.clone()),
+            ..Query::default()
+        }),
+        Target::Subject(field, value) => {
+            let mut q = Query::default();
+            let slot = match field {
+                SubjectField::Model => &mut q.model,
+                SubjectField::Version => &mut q.version,
+                SubjectField::Dataset => &mut q.dataset,
+                SubjectField::Run => &mut q.run,
+                SubjectField::Deployment => &mut q.deployment,
+                // Not indexed: read the log.
+                _ => return scan_subject(store, *field, value),
+            };
+            *slot = Some(value.clone());
+            indexed(q)
+        }
+    }
+}
+
+fn scan_subject(
+    store: &dyn Store,
+    field: SubjectField,
+    value: &str,
+) -> Result<Vec<u64>, ErasureError> {
+    let mut out = Vec::new();
+    let mut bad = None;
+    store.scan(0, &mut |ev| {
+        match decode_view(&ev.entry) {
+            Ok(v) if v.subject(field) == Some(value) => out.push(ev.seq),
+            Ok(_) => {}
+            Err(e) => {
+                bad = Some(StoreError::Corrupt {
+                    location: format!("seq {}", ev.seq),
+                    problem: e.to_string(),
+                });
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    match bad {
+        Some(e) => Err(e.into()),
+        None => Ok(out),
+    }
+}
+
+/// The selected events whose payloads are still there, with their ids; refuses if a hold in
+/// force covers any selected event.
+pub fn plan(
+    store: &dyn Store,
+    target: &Target,
+) -> Result<(Vec<(u64, EventId)>, Outcome), ErasureError> {
+    let seqs = select(store, target)?;
+    let holds: Vec<_> = holds::list(store)?
+        .into_iter()
+        .filter(|h| h.active())
+        .collect();
+    let mut outcome = Outcome {
+        matched: seqs.len() as u64,
+        ..Outcome::default()
+    };
+    let mut todo = Vec::new();
+    let mut held: Option<(String, u64, String)> = None;
+    for seq in seqs {
+        let ev = store.event(seq)?;
+        let view = decode_view(&ev.entry).map_err(|e| StoreError::Corrupt {
+            location: format!("seq {seq}"),
+            problem: e.to_string(),
+        })?;
+        if let Some(h) = holds.iter().find(|h| h.scope.covers(&view)) {
+            let entry = held.get_or_insert_with(|| (h.hold.clone(), 0, view.id.to_string()));
+            entry.1 += 1;
+        }
+        if ev.payload.is_some() {
+            todo.push((seq, view.id));
+        } else {
+            outcome.already_removed += 1;
+        }
+    }
+    if let Some((hold, count, example)) = held {
+        return Err(ErasureError::Held {
+            hold,
+            count,
+            example,
+        });
+    }
+    Ok((todo, outcome))
+}
+
+/// Erases the payloads `target` selects, recording why; see the module docs.
+pub fn erase(
+    store: &dyn Store,
+    target: &Target,
+    reason: &str,
+    actor: &str,
+    person: bool,
+) -> Result<Outcome, ErasureError> {
+    if reason.trim().is_empty() {
+        return Err(ErasureError::NoReason);
+    }
+    let (todo, mut outcome) = plan(store, target)?;
+    for chunk in todo.chunks(IDS_PER_EVENT) {
+        let ids: Vec<String> = chunk.iter().map(|(_, id)| id.to_string()).collect();
+        let attributes = json!({"reason": reason, "criteria": target.criteria(), "events": ids});
+        let event = governance_event("governance.payload_erased", attributes, actor, person)
+            .map_err(|e| ErasureError::Event(e.to_string()))?;
+        let receipt = store.append(vec![event])?;
+        let remover = receipt
+            .events
+            .first()
+            .map(|e| e.seq)
+            .ok_or_else(|| ErasureError::Event("the append returned no receipt".into()))?;
+        outcome.recorded.push(remover);
+        let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
+        outcome.erased += store.remove_payloads(&seqs, remover)?;
+    }
+    Ok(outcome)
+}
