@@ -888,7 +888,10 @@ impl LogReader for EmbeddedStore {
         visit: &mut dyn FnMut(mlaudit_store::EventRun) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         mlaudit_store::group_runs(from, run_len, visit, |push| {
-            self.scan_slices(from, &mut |_, entry, b| push(entry, b.payload()))
+            self.scan_slices(from, &mut |_, entry, b| match b {
+                PartB::Payload(p) => push(entry, Some(p), None),
+                PartB::RemovedBy(r) => push(entry, None, Some(r)),
+            })
         })
     }
 }

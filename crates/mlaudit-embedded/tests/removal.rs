@@ -47,10 +47,13 @@ fn build_with(dir: &Path, options: Options) -> EmbeddedStore {
     store
 }
 
-/// A `governance.payload_erased` event.
-fn erasure() -> mlaudit_core::event::PreparedEvent {
-    let json = r#"{"kind":"governance.payload_erased","actor":{"id":"local:dpo","type":"user"},"attributes":{"reason":"DSR-1","criteria":{"actor":"x"},"events":[]}}"#;
-    mlaudit_core::event::prepare_reserved(json, "local:dpo").unwrap()
+/// A `governance.payload_erased` event listing the events `ns`.
+fn erasure(ns: &[u64]) -> mlaudit_core::event::PreparedEvent {
+    let ids: Vec<String> = ns.iter().map(|n| id(*n).to_string()).collect();
+    let json = format!(
+        r#"{{"kind":"governance.payload_erased","actor":{{"id":"local:dpo","type":"user"}},"attributes":{{"reason":"DSR-1","criteria":{{"actor":"x"}},"events":{ids:?}}}}}"#
+    );
+    mlaudit_core::event::prepare_reserved(&json, "local:dpo").unwrap()
 }
 
 fn payload_marker(store: &EmbeddedStore, seq: u64) -> Vec<u8> {
@@ -94,7 +97,7 @@ fn removed_payloads_are_gone_and_every_proof_still_verifies() {
         matches!(refused, mlaudit_store::StoreError::Refused(_)),
         "only a removal event may remove payloads: {refused}"
     );
-    let remover = store.append(vec![erasure()]).unwrap().events[0].seq;
+    let remover = store.append(vec![erasure(&[first, last])]).unwrap().events[0].seq;
     let size = store.tree_size();
     let checkpoint_before = mlaudit_store::latest_checkpoint(&store).unwrap();
     assert_eq!(
@@ -158,9 +161,10 @@ fn a_removal_cut_short_is_finished_at_open() {
         ..options()
     };
     let store = build_with(dir.path(), raw_only);
-    let size = store.tree_size();
-    let seq = size - 3;
+    let seq = store.tree_size() - 3;
     let payload = payload_marker(&store, seq);
+    let remover = store.append(vec![erasure(&[seq])]).unwrap().events[0].seq;
+    let size = store.tree_size();
     drop(store);
     // What a crash in the middle of patching leaves: the journal, and a torn record.
     let offsets = std::fs::read(dir.path().join("offsets.bin")).unwrap();
@@ -170,7 +174,7 @@ fn a_removal_cut_short_is_finished_at_open() {
     let at = (pos - start) as usize;
     let h = record::parse_header(bytes[at..at + record::HEADER_LEN].try_into().unwrap()).unwrap();
     let (entry, _) = record::check_record(&h, &bytes[at..at + h.total_len() as usize]).unwrap();
-    let new = record::removed(entry, h.len_b, 0).unwrap();
+    let new = record::removed(entry, h.len_b, remover).unwrap();
     let mut journal = b"MLARMJ01".to_vec();
     journal.extend_from_slice(&1u32.to_be_bytes());
     journal.extend_from_slice(&pos.to_be_bytes());
@@ -184,7 +188,7 @@ fn a_removal_cut_short_is_finished_at_open() {
 
     let (store, _) = open_with(dir.path(), raw_only);
     let ev = store.event(seq).unwrap();
-    assert_eq!((ev.payload, ev.removed_by), (None, Some(0)));
+    assert_eq!((ev.payload, ev.removed_by), (None, Some(remover)));
     assert!(!raw_segments_hold(dir.path(), &payload));
     assert!(!dir.path().join("payload-removal.journal").exists());
     assert_eq!(run_verify(&store).unwrap().events, size);
@@ -213,4 +217,17 @@ fn a_torn_record_without_a_journal_is_reported_as_damage() {
         Err(mlaudit_store::StoreError::Corrupt { .. })
     ));
     assert!(run_verify(&store).is_err());
+}
+
+#[test]
+fn verify_catches_a_payload_removed_in_the_name_of_an_erasure_that_does_not_list_it() {
+    let dir = TempDir::new("removal-unlisted");
+    let store = build(dir.path());
+    let remover = store.append(vec![erasure(&[5])]).unwrap().events[0].seq;
+    store.remove_payloads(&[5], remover).unwrap();
+    assert!(run_verify(&store).is_ok());
+    store.remove_payloads(&[6], remover).unwrap();
+    let failure = run_verify(&store).unwrap_err();
+    assert_eq!(failure.seq, Some(6));
+    assert!(failure.problem.contains("does not list event"), "{failure}");
 }

@@ -8,12 +8,15 @@
 //! erasure not yet done; running the same erasure again finishes it (payloads already gone are
 //! skipped).
 //!
-//! **Invariant:** an event a hold in force covers is never erased: an erasure touching one is
-//! refused as a whole, before anything is written.
+//! **Invariants:** an event a hold in force covers is never erased: an erasure touching one is
+//! refused as a whole, before anything is written. The trail's own records (the server-only
+//! kinds: holds, access changes, erasures themselves) are never erased: `mlaudit verify` reads
+//! each erasure's list of ids to confirm every removed payload.
 
 use crate::holds::{self, governance_event};
 use crate::{Query, Store, StoreError};
 use mlaudit_core::entry::{decode_view, EventId, SubjectField};
+use mlaudit_core::event::is_reserved_kind;
 use serde::Serialize;
 use serde_json::json;
 use std::ops::ControlFlow;
@@ -91,6 +94,9 @@ pub struct Outcome {
     pub erased: u64,
     /// Of those, payloads already gone (erased or expired before).
     pub already_removed: u64,
+    /// Of those, the trail's own records (server-only kinds: holds, access, erasures), which
+    /// are never erased.
+    pub kept_records: u64,
     /// Seqs of the `governance.payload_erased` events recorded.
     pub recorded: Vec<u64>,
 }
@@ -178,7 +184,9 @@ pub fn plan(
             let entry = held.get_or_insert_with(|| (h.hold.clone(), 0, view.id.to_string()));
             entry.1 += 1;
         }
-        if ev.payload.is_some() {
+        if is_reserved_kind(view.kind) {
+            outcome.kept_records += 1;
+        } else if ev.payload.is_some() {
             todo.push((seq, view.id));
         } else {
             outcome.already_removed += 1;

@@ -91,6 +91,8 @@ pub struct EventRun {
     /// Per event: where its entry starts, where it ends (and its payload starts), and where
     /// its payload ends (`None` once redacted).
     spans: Vec<(usize, usize, Option<usize>)>,
+    /// (index in the run, remover seq) of the events whose payload was removed.
+    removed: Vec<(usize, u64)>,
 }
 
 impl EventRun {
@@ -100,7 +102,21 @@ impl EventRun {
             first,
             bytes: Vec::with_capacity(events * 640),
             spans: Vec::with_capacity(events),
+            removed: Vec::new(),
         }
+    }
+
+    /// Adds the next event whose payload was removed by the governance event `remover`.
+    pub fn push_removed(&mut self, entry: &[u8], remover: u64) {
+        self.removed.push((self.spans.len(), remover));
+        self.push(entry, None);
+    }
+
+    /// The removal events of the run's removed payloads: (seq, remover seq).
+    pub fn removals(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.removed
+            .iter()
+            .map(|(i, r)| (self.first + *i as u64, *r))
     }
 
     /// Adds the next event.
@@ -140,13 +156,18 @@ pub fn group_runs(
     from: u64,
     run_len: usize,
     visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
-    feed: impl FnOnce(&mut dyn FnMut(&[u8], Option<&[u8]>) -> ControlFlow<()>) -> Result<(), StoreError>,
+    feed: impl FnOnce(
+        &mut dyn FnMut(&[u8], Option<&[u8]>, Option<u64>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let run_len = run_len.max(1);
     let mut run = EventRun::new(from, run_len);
     let mut stopped = false;
-    let fed = feed(&mut |entry, payload| {
-        run.push(entry, payload);
+    let fed = feed(&mut |entry, payload, removed_by| {
+        match removed_by {
+            Some(remover) => run.push_removed(entry, remover),
+            None => run.push(entry, payload),
+        }
         if run.len() == run_len {
             let next = EventRun::new(run.first + run_len as u64, run_len);
             if visit(std::mem::replace(&mut run, next)).is_break() {
@@ -412,7 +433,9 @@ pub trait LogReader: Send + Sync {
         visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         group_runs(from, run_len, visit, |push| {
-            self.scan(from, &mut |ev| push(&ev.entry, ev.payload.as_deref()))
+            self.scan(from, &mut |ev| {
+                push(&ev.entry, ev.payload.as_deref(), ev.removed_by)
+            })
         })
     }
 }

@@ -89,6 +89,8 @@ struct Verifier<'a> {
     /// Recomputed nodes not yet compared, per level: (first index, hashes).
     pending: Vec<(u64, Vec<Hash>)>,
     redacted: u64,
+    /// The ids each recently seen removal event names (a few at a time).
+    removers: std::collections::HashMap<u64, std::collections::HashSet<String>>,
     /// The first index disagreement, reported after the Merkle checks.
     index_problem: Option<(u64, String)>,
     index_check: Option<Box<dyn crate::IndexCheck + 'a>>,
@@ -171,6 +173,9 @@ impl Verifier<'_> {
         results: Vec<Result<Checked, String>>,
     ) -> Result<(), VerifyFailure> {
         let first = run.first;
+        for (seq, remover) in run.removals() {
+            self.check_removal(run, seq, remover)?;
+        }
         for (i, result) in results.into_iter().enumerate() {
             let seq = first + i as u64;
             let (leaf, redacted, mut index_problem) =
@@ -205,6 +210,61 @@ impl Verifier<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A removed payload must name a payload removal event of the log that lists the event.
+    fn check_removal(
+        &mut self,
+        run: &crate::EventRun,
+        seq: u64,
+        remover: u64,
+    ) -> Result<(), VerifyFailure> {
+        let id = run
+            .get((seq - run.first) as usize)
+            .and_then(|(_, bytes, _)| entry::decode_view(bytes).ok())
+            .map(|e| e.id.to_string());
+        let Some(id) = id else { return Ok(()) }; // the entry check reports it
+        if !self.removers.contains_key(&remover) {
+            let ids = self.removal_ids(remover).map_err(|p| {
+                self.fail(Some(seq), format!("payload removed by seq {remover}: {p}"))
+            })?;
+            if self.removers.len() >= 64 {
+                self.removers.clear();
+            }
+            self.removers.insert(remover, ids);
+        }
+        if self
+            .removers
+            .get(&remover)
+            .is_some_and(|ids| ids.contains(&id))
+        {
+            return Ok(());
+        }
+        Err(self.fail(
+            Some(seq),
+            format!("its payload was removed naming seq {remover}, which does not list event {id}"),
+        ))
+    }
+
+    /// The event ids a payload removal event lists.
+    fn removal_ids(&self, remover: u64) -> Result<std::collections::HashSet<String>, String> {
+        if remover >= self.store.tree_size() {
+            return Err("no such event".into());
+        }
+        let ev = self.store.event(remover).map_err(|e| e.to_string())?;
+        crate::check_remover(remover, &ev.entry).map_err(|e| e.to_string())?;
+        let payload = ev
+            .payload
+            .ok_or("the removal event's own payload is gone, so what it removed cannot be read")?;
+        let doc: serde_json::Value =
+            serde_json::from_slice(&payload).map_err(|e| format!("its payload: {e}"))?;
+        let ids = doc["attributes"]["events"]
+            .as_array()
+            .ok_or("its attributes.events is not a list")?;
+        Ok(ids
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect())
     }
 
     fn check_checkpoint(&self, size: u64, last_seq: u64) -> Result<(), VerifyFailure> {
@@ -291,6 +351,7 @@ pub fn verify(
         },
         pending: Vec::new(),
         redacted: 0,
+        removers: std::collections::HashMap::new(),
         index_problem: None,
         index_check: store.index_check(),
     };

@@ -73,6 +73,12 @@ pub fn run(data: &Path, args: EraseArgs) -> Result<()> {
             "{} events matched; {verb} {} payloads; {} already removed",
             outcome.matched, outcome.erased, outcome.already_removed
         );
+        if outcome.kept_records > 0 {
+            println!(
+                "{} of them are the trail's own records (holds, access, erasures): never erased",
+                outcome.kept_records
+            );
+        }
         for seq in &outcome.recorded {
             println!("recorded as governance.payload_erased at seq {seq}");
         }
