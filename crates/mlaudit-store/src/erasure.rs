@@ -214,10 +214,37 @@ pub fn erase(
         return Err(ErasureError::NoReason);
     }
     let (todo, mut outcome) = plan(store, target)?;
+    let base = json!({"reason": reason, "criteria": target.criteria()});
+    let (erased, recorded) = remove_recorded(
+        store,
+        "governance.payload_erased",
+        &base,
+        &todo,
+        actor,
+        person,
+    )?;
+    outcome.erased = erased;
+    outcome.recorded = recorded;
+    Ok(outcome)
+}
+
+/// Records removal events of `kind` — the attributes `base` plus `events`, the ids, at most
+/// [`IDS_PER_EVENT`] per event — and removes the payloads each one names. Returns the payloads
+/// removed and the seqs of the events recorded.
+pub fn remove_recorded(
+    store: &dyn Store,
+    kind: &str,
+    base: &serde_json::Value,
+    todo: &[(u64, EventId)],
+    actor: &str,
+    person: bool,
+) -> Result<(u64, Vec<u64>), ErasureError> {
+    let (mut removed, mut recorded) = (0, Vec::new());
     for chunk in todo.chunks(IDS_PER_EVENT) {
         let ids: Vec<String> = chunk.iter().map(|(_, id)| id.to_string()).collect();
-        let attributes = json!({"reason": reason, "criteria": target.criteria(), "events": ids});
-        let event = governance_event("governance.payload_erased", attributes, actor, person)
+        let mut attributes = base.clone();
+        attributes["events"] = json!(ids);
+        let event = governance_event(kind, attributes, actor, person)
             .map_err(|e| ErasureError::Event(e.to_string()))?;
         let receipt = store.append(vec![event])?;
         let remover = receipt
@@ -225,9 +252,9 @@ pub fn erase(
             .first()
             .map(|e| e.seq)
             .ok_or_else(|| ErasureError::Event("the append returned no receipt".into()))?;
-        outcome.recorded.push(remover);
+        recorded.push(remover);
         let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
-        outcome.erased += store.remove_payloads(&seqs, remover)?;
+        removed += store.remove_payloads(&seqs, remover)?;
     }
-    Ok(outcome)
+    Ok((removed, recorded))
 }

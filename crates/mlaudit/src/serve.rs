@@ -413,9 +413,9 @@ fn start_retention(
         .spawn(move || loop {
             let started = std::time::Instant::now();
             match scheduled_run(store.as_ref(), &policy, archive.as_ref(), &verifier) {
-                Ok((size, added)) => {
-                    metrics.retention_succeeded(size, added);
-                    tracing::info!(archived = size, added, secs = started.elapsed().as_secs_f64(), "retention run done");
+                Ok(run) => {
+                    metrics.retention_succeeded(run.archived, run.added, run.expired);
+                    tracing::info!(archived = run.archived, added = run.added, expired = run.expired, secs = started.elapsed().as_secs_f64(), "retention run done");
                 }
                 Err(e) => {
                     metrics.retention_failed();

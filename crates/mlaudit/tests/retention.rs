@@ -19,6 +19,8 @@ use support::Log;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlaudit");
 const FUTURE: &str = "2040-01-01T00:00:00Z";
+/// Two years on: the low-risk rule (1y) makes payloads due, the high-risk one (7y) does not.
+const LATER: &str = "2029-01-01T00:00:00Z";
 
 /// `n` predictions of two models, as NDJSON.
 fn predictions(n: usize) -> String {
@@ -125,7 +127,7 @@ fn plan_and_apply_archive_what_is_due_and_the_archive_verifies_alone() {
             "--config",
             &config,
             "--now",
-            FUTURE,
+            LATER,
             "--archive",
             &url,
         ])
@@ -142,9 +144,22 @@ fn plan_and_apply_archive_what_is_due_and_the_archive_verifies_alone() {
         "{}",
         applied.stdout
     );
+    // Expired before archiving: the 500 low-risk payloads are gone, recorded at seq 1001.
+    assert!(
+        applied.stdout.contains(
+            "rule 3 (stage=prediction risk=low: expire 1y): 500 payloads removed (governance.payload_expired at seqs 1001)"
+        ),
+        "{}",
+        applied.stdout
+    );
+    let churn = log.run(&["get", "1"]).ok().json();
+    assert_eq!(churn["event"]["attributes"], "[redacted]");
+    assert_eq!(churn["payload_removed_by"], 1001);
+    let credit = log.run(&["get", "0"]).ok().json();
+    assert!(credit["event"]["attributes"].is_object(), "{credit}");
     // The data directory remembers its archive; the same policy is not recorded twice.
     let again = log
-        .run(&["retention", "apply", "--config", &config, "--now", FUTURE])
+        .run(&["retention", "apply", "--config", &config, "--now", LATER])
         .ok();
     assert!(
         !again.stdout.contains("recorded the retention policy"),
@@ -152,7 +167,8 @@ fn plan_and_apply_archive_what_is_due_and_the_archive_verifies_alone() {
         again.stdout
     );
     assert!(
-        again.stdout.contains("archived seqs 1000..1001"),
+        // The policy, the expiry and the two audited reads above.
+        again.stdout.contains("archived seqs 1000..1004"),
         "{}",
         again.stdout
     );
@@ -183,7 +199,7 @@ fn plan_and_apply_archive_what_is_due_and_the_archive_verifies_alone() {
 
     let key = log.verifier_key_path();
     let ok = log.run(&["verify", "--archive", &url, "--key", &key]).ok();
-    assert!(ok.stdout.contains("1001 events"), "{}", ok.stdout);
+    assert!(ok.stdout.contains("1004 events"), "{}", ok.stdout);
     assert!(ok.stdout.contains("intact"), "{}", ok.stdout);
 
     // Damage to any archived object is caught, with its name.
@@ -360,7 +376,7 @@ fn a_held_event_survives_a_policy_that_would_expire_it() {
     let hold = placed.stdout.split_whitespace().next().unwrap().to_owned();
     assert!(hold.starts_with("hold-"), "{}", placed.stdout);
     let plan = log
-        .run(&["retention", "plan", "--config", &config, "--now", FUTURE])
+        .run(&["retention", "plan", "--config", &config, "--now", LATER])
         .ok();
     assert!(
         plan.stdout
@@ -371,18 +387,36 @@ fn a_held_event_survives_a_policy_that_would_expire_it() {
     let listed = log.run(&["hold", "list", "--json"]).ok().json();
     assert_eq!(listed[0]["hold"], hold.as_str());
     assert_eq!(listed[0]["scope"]["model"], "churn");
+    // Applied while the hold is in force: the held payloads stay.
+    let kept = log
+        .run(&["retention", "apply", "--config", &config, "--now", LATER])
+        .ok();
+    assert!(!kept.stdout.contains("payloads removed"), "{}", kept.stdout);
+    let churn = log.run(&["get", "1"]).ok().json();
+    assert!(churn["event"]["attributes"].is_object(), "{churn}");
     log.run(&["hold", "create", "--reason", "nothing"]).code(2);
     log.run(&["hold", "release", &hold, "--reason", "case closed"])
         .ok();
     log.run(&["hold", "release", &hold]).code(2);
     let plan = log
-        .run(&["retention", "plan", "--config", &config, "--now", FUTURE])
+        .run(&["retention", "plan", "--config", &config, "--now", LATER])
         .ok();
     assert!(
         plan.stdout.contains("expire 1y): 50 payloads due, 0 kept"),
         "{}",
         plan.stdout
     );
+    let expired = log
+        .run(&["retention", "apply", "--config", &config, "--now", LATER])
+        .ok();
+    assert!(
+        expired.stdout.contains("50 payloads removed"),
+        "{}",
+        expired.stdout
+    );
+    let churn = log.run(&["get", "1"]).ok().json();
+    assert_eq!(churn["event"]["attributes"], "[redacted]");
+    log.run(&["verify"]).ok();
     assert_eq!(log.run(&["hold", "list", "--json"]).ok().json(), json!([]));
     let all = log.run(&["hold", "list", "--all", "--json"]).ok().json();
     assert_eq!(all[0]["release_reason"], "case closed");

@@ -6,6 +6,7 @@
 //! events due for it are those up to the last checkpoint whose events are all older than the
 //! warm age. Archiving copies: an archived event stays readable locally too.
 
+pub mod expiry;
 pub mod policy;
 
 use crate::ledger::{self, InputError};
@@ -18,7 +19,6 @@ use mlaudit_core::event::{format_time, parse_time, prepare};
 use mlaudit_core::note::NoteVerifier;
 use mlaudit_store::prelude::*;
 use policy::{Policy, RetentionFile};
-use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 /// The file in the data directory remembering the archive's URL.
@@ -65,8 +65,8 @@ struct Plan {
     warm_from: u64,
     /// The checkpoint size the archive is to reach (0: nothing due).
     archive_to: u64,
-    /// Per rule: its text, the payloads it makes due, and those kept by legal holds.
-    expiry: Vec<(String, u64, u64)>,
+    /// Per rule: the payloads it makes due, and those kept by legal holds.
+    expiry: Vec<expiry::RuleDue>,
 }
 
 pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
@@ -104,6 +104,16 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
     if let Some(seq) = record_policy(&store, &policy)? {
         println!("recorded the retention policy in the log (governance.policy_changed, seq {seq})");
     }
+    // Before archiving: a payload expired first is archived as absent.
+    let actor = crate::append::local_principal();
+    for done in expiry::expire(&store, &plan.expiry, &actor, true)? {
+        println!(
+            "payload expiry: {}: {} payloads removed (governance.payload_expired at seqs {})",
+            done.text,
+            done.removed,
+            seq_list(&done.recorded)
+        );
+    }
     match &archive {
         Some(a) if plan.archive_to > archived => {
             let started = std::time::Instant::now();
@@ -133,13 +143,21 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
     if let (Some(url), true) = (&archive_url, data.is_dir()) {
         remember_archive(data, url)?;
     }
-    let due: u64 = plan.expiry.iter().map(|(_, n, _)| n).sum();
-    if due > 0 {
-        println!(
-            "payload expiry: {due} payloads are due; this version keeps them (removing payloads is not available yet)"
-        );
-    }
     store.close()
+}
+
+/// `a, b, c` or `a..=z (n events)` for a long list.
+fn seq_list(seqs: &[u64]) -> String {
+    match seqs {
+        [] => "none".into(),
+        [one] => one.to_string(),
+        [first, .., last] if seqs.len() > 3 => format!("{first}..={last} ({} events)", seqs.len()),
+        _ => seqs
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
 }
 
 fn now_ns() -> i64 {
@@ -220,64 +238,10 @@ fn make_plan(store: &dyn Store, policy: &Policy, now_ns: i64, with_expiry: bool)
         warm_from,
         archive_to,
         expiry: match with_expiry {
-            true => expiry_due(store, policy, now_ns)?,
+            true => expiry::due(store, policy, now_ns)?,
             false => Vec::new(),
         },
     })
-}
-
-/// Per rule, the payloads still kept that it makes due at `now_ns`, and those of them that
-/// legal holds keep.
-fn expiry_due(store: &dyn Store, policy: &Policy, now_ns: i64) -> Result<Vec<(String, u64, u64)>> {
-    let mut due: Vec<(String, u64, u64)> = policy
-        .rules
-        .iter()
-        .map(|r| (r.text.clone(), 0, 0))
-        .collect();
-    let holds: Vec<_> = mlaudit_store::holds::list(store)?
-        .into_iter()
-        .filter(|h| h.active())
-        .collect();
-    let Some(shortest) = policy.rules.iter().filter_map(|r| r.expire_ns).min() else {
-        return Ok(due);
-    };
-    let end = first_received_since(store, now_ns.saturating_sub(shortest))?;
-    if end == 0 {
-        return Ok(due);
-    }
-    let mut progress = Progress::new("planning payload expiry", end);
-    let mut failure = None;
-    store.scan(0, &mut |ev| {
-        progress.set(ev.seq + 1);
-        if ev.seq >= end {
-            return ControlFlow::Break(());
-        }
-        let view = match decode_view(&ev.entry) {
-            Ok(v) => v,
-            Err(e) => {
-                failure = Some(anyhow::anyhow!("decoding entry {}: {e}", ev.seq));
-                return ControlFlow::Break(());
-            }
-        };
-        if let Some(i) = policy.rule_for(&view) {
-            let expired = policy.rules[i]
-                .expire_ns
-                .is_some_and(|age| view.receipt_time_ns < now_ns.saturating_sub(age));
-            if expired && ev.payload.is_some() {
-                if holds.iter().any(|h| h.scope.covers(&view)) {
-                    due[i].2 += 1;
-                } else {
-                    due[i].1 += 1;
-                }
-            }
-        }
-        ControlFlow::Continue(())
-    })?;
-    progress.finish();
-    match failure {
-        Some(e) => Err(e),
-        None => Ok(due),
-    }
 }
 
 fn print_plan(plan: &Plan, policy: &Policy, archive: Option<&Archive>, archived: u64) {
@@ -320,8 +284,13 @@ fn print_plan(plan: &Plan, policy: &Policy, archive: Option<&Archive>, archived:
     if policy.rules.is_empty() {
         println!("payload expiry: no rules, every payload is kept");
     }
-    for (text, n, held) in &plan.expiry {
-        println!("payload expiry: {text}: {n} payloads due, {held} kept by legal holds");
+    for rule in &plan.expiry {
+        println!(
+            "payload expiry: {}: {} payloads due, {} kept by legal holds",
+            rule.text,
+            rule.due.len(),
+            rule.held
+        );
     }
 }
 
@@ -341,27 +310,43 @@ fn archive_up_to(
     )?)
 }
 
-/// One run of `mlaudit serve`'s schedule: records a changed policy, then archives what is
-/// due. Returns the archive's size after the run and the events it added.
+/// One run of `mlaudit serve`'s schedule: records a changed policy, expires the payloads due,
+/// then archives what is due.
 pub fn scheduled_run(
     store: &dyn Store,
     policy: &Policy,
     archive: Option<&Archive>,
     verifier: &NoteVerifier,
-) -> Result<(u64, u64)> {
+) -> Result<RunOutcome> {
     if let Some(seq) = record_policy(store, policy)? {
         tracing::info!(
             seq,
             "recorded the retention policy (governance.policy_changed)"
         );
     }
+    let now = now_ns();
+    let due = expiry::due(store, policy, now)?;
+    let actor = crate::append::local_principal();
+    let mut expired = 0;
+    for done in expiry::expire(store, &due, &actor, false)? {
+        tracing::info!(rule = %done.text, removed = done.removed, "payloads expired (governance.payload_expired)");
+        expired += done.removed;
+    }
     let Some(archive) = archive else {
-        return Ok((0, 0));
+        return Ok(RunOutcome {
+            archived: 0,
+            added: 0,
+            expired,
+        });
     };
-    let plan = make_plan(store, policy, now_ns(), false)?;
+    let plan = make_plan(store, policy, now, false)?;
     let archived = archive.verified_size(verifier)?;
     if plan.archive_to <= archived {
-        return Ok((archived, 0));
+        return Ok(RunOutcome {
+            archived,
+            added: 0,
+            expired,
+        });
     }
     tracing::info!(archive = %archive.url(), from = archived, to = plan.archive_to, "archiving");
     let mut last = std::time::Instant::now();
@@ -371,7 +356,22 @@ pub fn scheduled_run(
             tracing::info!(done = d, of = t, "archiving");
         }
     })?;
-    Ok((done.size, done.size - done.from))
+    Ok(RunOutcome {
+        archived: done.size,
+        added: done.size - done.from,
+        expired,
+    })
+}
+
+/// What one scheduled run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// Events the archive holds after the run.
+    pub archived: u64,
+    /// Events the run added to it.
+    pub added: u64,
+    /// Payloads the run expired.
+    pub expired: u64,
 }
 
 /// Appends `governance.policy_changed` when the retention policy differs from the last one

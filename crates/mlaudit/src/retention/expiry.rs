@@ -1,0 +1,123 @@
+//! Payload expiry: each rule's `expire` age applied to the payloads it covers. An expiry is
+//! recorded first, as `governance.payload_expired` events naming the rule and the ids (at most
+//! 1,000 per event), and each payload is then removed naming its event
+//! (`mlaudit_store::erasure::remove_recorded`); entries, leaves and checkpoints stay, so every
+//! proof still verifies. A run cut short leaves payloads due, which the next run expires.
+//!
+//! **Invariants:** an event a hold in force covers never expires; the trail's own records (the
+//! server-only kinds) never expire whatever the rules say.
+
+use super::policy::Policy;
+use crate::output::Progress;
+use anyhow::Result;
+use mlaudit_core::entry::{decode_view, EventId};
+use mlaudit_core::event::is_reserved_kind;
+use mlaudit_store::Store;
+use std::ops::ControlFlow;
+
+/// What one rule makes due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleDue {
+    pub text: String,
+    /// Payloads still kept that the rule makes due: (seq, id).
+    pub due: Vec<(u64, EventId)>,
+    /// Payloads it would make due that legal holds keep.
+    pub held: u64,
+}
+
+/// Per rule, the payloads due at `now_ns` (a scan of the events old enough for the rule with
+/// the shortest age).
+pub fn due(store: &dyn Store, policy: &Policy, now_ns: i64) -> Result<Vec<RuleDue>> {
+    let mut due: Vec<RuleDue> = policy
+        .rules
+        .iter()
+        .map(|r| RuleDue {
+            text: r.text.clone(),
+            due: Vec::new(),
+            held: 0,
+        })
+        .collect();
+    let holds: Vec<_> = mlaudit_store::holds::list(store)?
+        .into_iter()
+        .filter(|h| h.active())
+        .collect();
+    let Some(shortest) = policy.rules.iter().filter_map(|r| r.expire_ns).min() else {
+        return Ok(due);
+    };
+    let end = super::first_received_since(store, now_ns.saturating_sub(shortest))?;
+    if end == 0 {
+        return Ok(due);
+    }
+    let mut progress = Progress::new("planning payload expiry", end);
+    let mut failure = None;
+    store.scan(0, &mut |ev| {
+        progress.set(ev.seq + 1);
+        if ev.seq >= end {
+            return ControlFlow::Break(());
+        }
+        let view = match decode_view(&ev.entry) {
+            Ok(v) => v,
+            Err(e) => {
+                failure = Some(anyhow::anyhow!("decoding entry {}: {e}", ev.seq));
+                return ControlFlow::Break(());
+            }
+        };
+        if ev.payload.is_none() || is_reserved_kind(view.kind) {
+            return ControlFlow::Continue(());
+        }
+        if let Some(i) = policy.rule_for(&view) {
+            let expired = policy.rules[i]
+                .expire_ns
+                .is_some_and(|age| view.receipt_time_ns < now_ns.saturating_sub(age));
+            if expired {
+                if holds.iter().any(|h| h.scope.covers(&view)) {
+                    due[i].held += 1;
+                } else {
+                    due[i].due.push((ev.seq, view.id));
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    progress.finish();
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(due),
+    }
+}
+
+/// What expiring one rule's payloads did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub text: String,
+    pub removed: u64,
+    /// Seqs of the `governance.payload_expired` events recorded.
+    pub recorded: Vec<u64>,
+}
+
+/// Expires what `due` lists, rule by rule.
+pub fn expire(
+    store: &dyn Store,
+    due: &[RuleDue],
+    actor: &str,
+    person: bool,
+) -> Result<Vec<Expired>> {
+    let mut out = Vec::new();
+    for rule in due.iter().filter(|r| !r.due.is_empty()) {
+        let base = serde_json::json!({"rule": rule.text});
+        let (removed, recorded) = mlaudit_store::erasure::remove_recorded(
+            store,
+            "governance.payload_expired",
+            &base,
+            &rule.due,
+            actor,
+            person,
+        )?;
+        out.push(Expired {
+            text: rule.text.clone(),
+            removed,
+            recorded,
+        });
+    }
+    Ok(out)
+}
