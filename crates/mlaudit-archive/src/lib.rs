@@ -16,7 +16,8 @@
 //! * Every object but `checkpoint` is written create-only ([`object_store::PutMode::Create`]):
 //!   an object that already exists with identical bytes counts as written, with other bytes it
 //!   is an error ([`ArchiveError::Conflict`]) and nothing is overwritten, so two writers can
-//!   never replace history.
+//!   never replace history. The one exception: removing payloads ([`remove`]) writes a payload
+//!   bundle again with those payloads marked absent, and changes nothing else.
 //! * `checkpoint` is replaced last, after every tile and bundle its tree covers is stored, and
 //!   only by a checkpoint of a larger tree that the log proves consistent with it; an
 //!   interrupted run therefore leaves the previous archive intact and complete, and running
@@ -28,6 +29,7 @@
 pub mod layout;
 mod location;
 pub mod read;
+pub mod remove;
 pub mod verify;
 pub mod write;
 
@@ -225,7 +227,7 @@ impl Archive {
         }
     }
 
-    /// Replaces `name` (the `checkpoint` object only).
+    /// Replaces `name`: the `checkpoint`, and a payload bundle losing payloads ([`remove`]).
     pub(crate) async fn put_overwrite(&self, name: &str, bytes: Bytes) -> Result<(), ArchiveError> {
         self.store
             .put(&self.path(name), bytes.into())

@@ -229,3 +229,33 @@ fn urls_other_than_the_four_backends_are_refused() {
         assert!(Archive::open(bad).is_err(), "{bad} must be refused");
     }
 }
+
+#[test]
+fn removed_payloads_leave_every_bundle_holding_them_and_the_archive_still_verifies() {
+    let log_dir = TempDir::new("log-rm");
+    let arch = TempDir::new("arch-rm");
+    let store = log_with(&log_dir.0, &[300, 400], "rm");
+    let archive = Archive::open(&arch.url()).unwrap();
+    extend_to(&archive, &store, 300).unwrap(); // leaves payload/001.p/44 behind
+    extend_to(&archive, &store, 700).unwrap();
+    let partial = arch.0.join("payload/001.p/44");
+    assert!(partial.exists());
+    let before = std::fs::read(&partial).unwrap();
+
+    // 260 and 290 are in the full bundle of tile 1 and in the earlier partial one, so six
+    // copies in four bundles (000, 001, 001.p/44, 002.p/188); 900 is not archived.
+    let removed = archive.remove_payloads(&[10, 260, 290, 650, 900]).unwrap();
+    assert_eq!((removed.payloads, removed.bundles), (6, 4));
+    assert_ne!(std::fs::read(&partial).unwrap(), before);
+    let again = archive.remove_payloads(&[10, 290]).unwrap();
+    assert_eq!(again, mlaudit_archive::remove::Removed::default());
+
+    let v = verify_all(&archive).unwrap();
+    assert_eq!((v.size, v.payloads, v.payloads_absent), (700, 696, 4));
+    let events = archive.events(0, 700).unwrap();
+    for seq in [10, 260, 290, 650] {
+        assert_eq!(events[seq].payload, None, "seq {seq}");
+        assert_eq!(events[seq].entry, store.event(seq as u64).unwrap().entry);
+    }
+    assert!(events[11].payload.is_some());
+}

@@ -1,6 +1,7 @@
 //! The archive on an S3-compatible server (moto, started by `scripts/s3-test-server.sh`) with
-//! conditional puts: create-only writes are refused by the server itself, and the archive
-//! verifies and names a damaged object exactly as on a filesystem.
+//! conditional puts: create-only writes are refused by the server itself, removed payloads
+//! leave their bundles, and the archive verifies and names a damaged object exactly as on a
+//! filesystem.
 
 #![allow(
     clippy::unwrap_used,
@@ -69,6 +70,15 @@ fn an_archive_on_s3_is_create_only_and_verifies_alone() {
         archive.events(1299, 1300).unwrap()[0].entry,
         a.event(1299).unwrap().entry
     );
+    // Removing a payload (erasure) writes its bundles again; the archive still verifies.
+    let removed = archive.remove_payloads(&[990, 1299]).unwrap();
+    assert_eq!(
+        removed.bundles, 3,
+        "payload/003.p/232, payload/003 and payload/005.p/20"
+    );
+    assert_eq!(archive.events(990, 991).unwrap()[0].payload, None);
+    let v = verify_all(&archive).unwrap();
+    assert_eq!((v.payloads, v.payloads_absent), (1298, 2));
 
     // Another log's bytes under the same names: the server refuses (If-None-Match), nothing is
     // overwritten.

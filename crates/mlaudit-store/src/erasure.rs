@@ -4,9 +4,9 @@
 //! An erasure is recorded first, as `governance.payload_erased` events (a reserved kind, written
 //! only on an admin's behalf) naming the reason, the criteria and the ids erased — at most
 //! [`IDS_PER_EVENT`] per event — and each payload is then removed naming the event that erased
-//! it ([`crate::Appender::remove_payloads`]). A crash between the two leaves the record of an
-//! erasure not yet done; running the same erasure again finishes it (payloads already gone are
-//! skipped).
+//! it ([`crate::Appender::remove_payloads`]) — from other copies (the cold archive) first, then
+//! from the log. A crash between those steps leaves the record of an erasure not yet done;
+//! running the same erasure again finishes it (payloads already gone are skipped).
 //!
 //! **Invariants:** an event a hold in force covers is never erased: an erasure touching one is
 //! refused as a whole, before anything is written. The trail's own records (the server-only
@@ -81,6 +81,8 @@ pub enum ErasureError {
     },
     #[error("recording the erasure: {0}")]
     Event(String),
+    #[error("removing the payloads from {0}")]
+    Elsewhere(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -202,13 +204,19 @@ pub fn plan(
     Ok((todo, outcome))
 }
 
-/// Erases the payloads `target` selects, recording why; see the module docs.
+/// Removes payloads from another copy (the cold archive) before the log's own are removed,
+/// so that a run cut short between the two leaves them due and the next run repeats both.
+pub type OtherCopies<'a> = &'a mut dyn FnMut(&[u64]) -> Result<(), ErasureError>;
+
+/// Erases the payloads `target` selects, recording why; see the module docs. `copies`
+/// removes them from other copies first.
 pub fn erase(
     store: &dyn Store,
     target: &Target,
     reason: &str,
     actor: &str,
     person: bool,
+    copies: OtherCopies<'_>,
 ) -> Result<Outcome, ErasureError> {
     if reason.trim().is_empty() {
         return Err(ErasureError::NoReason);
@@ -222,6 +230,7 @@ pub fn erase(
         &todo,
         actor,
         person,
+        copies,
     )?;
     outcome.erased = erased;
     outcome.recorded = recorded;
@@ -229,8 +238,9 @@ pub fn erase(
 }
 
 /// Records removal events of `kind` — the attributes `base` plus `events`, the ids, at most
-/// [`IDS_PER_EVENT`] per event — and removes the payloads each one names. Returns the payloads
-/// removed and the seqs of the events recorded.
+/// [`IDS_PER_EVENT`] per event — and removes the payloads each one names, from `copies` first
+/// and then from the log. Returns the payloads removed from the log and the seqs of the events
+/// recorded.
 pub fn remove_recorded(
     store: &dyn Store,
     kind: &str,
@@ -238,6 +248,7 @@ pub fn remove_recorded(
     todo: &[(u64, EventId)],
     actor: &str,
     person: bool,
+    copies: OtherCopies<'_>,
 ) -> Result<(u64, Vec<u64>), ErasureError> {
     let (mut removed, mut recorded) = (0, Vec::new());
     for chunk in todo.chunks(IDS_PER_EVENT) {
@@ -254,6 +265,7 @@ pub fn remove_recorded(
             .ok_or_else(|| ErasureError::Event("the append returned no receipt".into()))?;
         recorded.push(remover);
         let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
+        copies(&seqs)?;
         removed += store.remove_payloads(&seqs, remover)?;
     }
     Ok((removed, recorded))

@@ -23,6 +23,10 @@ pub struct EraseArgs {
     /// Why (a request or ticket reference); recorded in the log
     #[arg(long)]
     reason: String,
+    /// The cold archive to erase from too [default: the one this data directory archives
+    /// to, if any]
+    #[arg(long, value_name = "URL")]
+    archive: Option<String>,
     /// Show what would be erased; change nothing
     #[arg(long)]
     dry_run: bool,
@@ -46,6 +50,7 @@ fn target(args: &EraseArgs) -> Result<Target, ErasureError> {
 fn refusal(e: ErasureError) -> anyhow::Error {
     match e {
         ErasureError::Store(s) => s.into(),
+        e @ ErasureError::Elsewhere(_) => e.into(),
         other => InputError(other.to_string()).into(),
     }
 }
@@ -54,12 +59,37 @@ pub fn run(data: &Path, args: EraseArgs) -> Result<()> {
     let target = target(&args).map_err(refusal)?;
     let store = ledger::open(data)?;
     let actor = crate::append::local_principal();
+    let archive = args
+        .archive
+        .clone()
+        .or_else(|| crate::retention::remembered_archive(data))
+        .map(|url| mlaudit_archive::Archive::open(&url))
+        .transpose()?;
+    let mut archived = mlaudit_archive::remove::Removed::default();
     let outcome = if args.dry_run {
         let (todo, mut outcome) = erasure::plan(&store, &target).map_err(refusal)?;
         outcome.erased = todo.len() as u64;
         outcome
     } else {
-        erasure::erase(&store, &target, &args.reason, &actor, true).map_err(refusal)?
+        let mut from_archive = |seqs: &[u64]| -> Result<(), ErasureError> {
+            if let Some(a) = &archive {
+                let done = a
+                    .remove_payloads(seqs)
+                    .map_err(|e| ErasureError::Elsewhere(format!("{}: {e}", a.url())))?;
+                archived.payloads += done.payloads;
+                archived.bundles += done.bundles;
+            }
+            Ok(())
+        };
+        erasure::erase(
+            &store,
+            &target,
+            &args.reason,
+            &actor,
+            true,
+            &mut from_archive,
+        )
+        .map_err(refusal)?
     };
     if args.json {
         print_json(&outcome)?;
@@ -81,6 +111,14 @@ pub fn run(data: &Path, args: EraseArgs) -> Result<()> {
         }
         for seq in &outcome.recorded {
             println!("recorded as governance.payload_erased at seq {seq}");
+        }
+        if let Some(a) = &archive {
+            println!(
+                "archive {}: {} archived copies removed ({} payload bundles written again)",
+                a.url(),
+                archived.payloads,
+                archived.bundles
+            );
         }
     }
     store.close()

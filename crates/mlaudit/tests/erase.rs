@@ -59,6 +59,19 @@ fn erased_payloads_leave_the_disk_and_every_proof_still_verifies() {
     let log = Log::new("erase");
     append(&log, 12);
     assert!(on_disk(&log, "personal-data-0003"));
+    // Archived first (which records the retention policy at seq 12): the erasure reaches the
+    // archive's copy too, the data directory remembering its archive.
+    let arch = log.dir.join("archive");
+    let url = format!("file://{}", arch.display());
+    log.run(&[
+        "retention",
+        "apply",
+        "--archive",
+        &url,
+        "--now",
+        "2040-01-01T00:00:00Z",
+    ])
+    .ok();
     let out = log
         .run(&[
             "erase",
@@ -73,18 +86,26 @@ fn erased_payloads_leave_the_disk_and_every_proof_still_verifies() {
         "{}",
         out.stdout
     );
+    assert!(
+        out.stdout
+            .contains("1 archived copies removed (1 payload bundles written again)"),
+        "{}",
+        out.stdout
+    );
+    let archived = log.run(&["verify", "--archive", &url]).ok();
+    assert!(archived.stdout.contains("intact"), "{}", archived.stdout);
     assert!(!on_disk(&log, "personal-data-0003"));
     assert!(on_disk(&log, "personal-data-0005"));
 
     let event = log.run(&["get", &id(3)]).ok().json();
     assert_eq!(event["event"]["attributes"], "[redacted]");
-    assert_eq!(event["payload_removed_by"], 12);
+    assert_eq!(event["payload_removed_by"], 13);
     let bundle = log.dir.join("bundle.json");
     log.run(&["prove", &id(3), "--out", bundle.to_str().unwrap()])
         .ok();
     let b: serde_json::Value = serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
     assert_eq!(b["payload"], serde_json::Value::Null);
-    assert_eq!(b["payload_erased_by"]["leaf_index"], 12);
+    assert_eq!(b["payload_erased_by"]["leaf_index"], 13);
     let checked = log
         .run(&["verify-bundle", bundle.to_str().unwrap(), "--key", &log.key])
         .ok();
@@ -95,7 +116,7 @@ fn erased_payloads_leave_the_disk_and_every_proof_still_verifies() {
         "{}",
         checked.stdout
     );
-    let erasure = log.run(&["get", "12"]).ok().json();
+    let erasure = log.run(&["get", "13"]).ok().json();
     let attributes = &erasure["event"]["attributes"];
     assert_eq!(erasure["event"]["kind"], "governance.payload_erased");
     assert_eq!(attributes["reason"], "DSR-2026-17");

@@ -1,8 +1,9 @@
 //! Payload expiry: each rule's `expire` age applied to the payloads it covers. An expiry is
 //! recorded first, as `governance.payload_expired` events naming the rule and the ids (at most
 //! 1,000 per event), and each payload is then removed naming its event
-//! (`mlaudit_store::erasure::remove_recorded`); entries, leaves and checkpoints stay, so every
-//! proof still verifies. A run cut short leaves payloads due, which the next run expires.
+//! (`mlaudit_store::erasure::remove_recorded`) — from the cold archive's payload bundles first,
+//! then from the log; entries, leaves and checkpoints stay, so every proof still verifies. A
+//! run cut short leaves payloads due, which the next run expires.
 //!
 //! **Invariants:** an event a hold in force covers never expires; the trail's own records (the
 //! server-only kinds) never expire whatever the rules say.
@@ -10,8 +11,10 @@
 use super::policy::Policy;
 use crate::output::Progress;
 use anyhow::Result;
+use mlaudit_archive::Archive;
 use mlaudit_core::entry::{decode_view, EventId};
 use mlaudit_core::event::is_reserved_kind;
+use mlaudit_store::erasure::ErasureError;
 use mlaudit_store::Store;
 use std::ops::ControlFlow;
 
@@ -95,16 +98,24 @@ pub struct Expired {
     pub recorded: Vec<u64>,
 }
 
-/// Expires what `due` lists, rule by rule.
+/// Expires what `due` lists, rule by rule, from `archive` (if any) first, then from the log.
 pub fn expire(
     store: &dyn Store,
     due: &[RuleDue],
+    archive: Option<&Archive>,
     actor: &str,
     person: bool,
 ) -> Result<Vec<Expired>> {
     let mut out = Vec::new();
     for rule in due.iter().filter(|r| !r.due.is_empty()) {
         let base = serde_json::json!({"rule": rule.text});
+        let mut from_archive = |seqs: &[u64]| -> Result<(), ErasureError> {
+            if let Some(a) = archive {
+                a.remove_payloads(seqs)
+                    .map_err(|e| ErasureError::Elsewhere(format!("{}: {e}", a.url())))?;
+            }
+            Ok(())
+        };
         let (removed, recorded) = mlaudit_store::erasure::remove_recorded(
             store,
             "governance.payload_expired",
@@ -112,6 +123,7 @@ pub fn expire(
             &rule.due,
             actor,
             person,
+            &mut from_archive,
         )?;
         out.push(Expired {
             text: rule.text.clone(),

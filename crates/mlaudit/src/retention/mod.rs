@@ -104,9 +104,10 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
     if let Some(seq) = record_policy(&store, &policy)? {
         println!("recorded the retention policy in the log (governance.policy_changed, seq {seq})");
     }
-    // Before archiving: a payload expired first is archived as absent.
+    // Before archiving: a payload expired first is archived as absent (and one archived
+    // earlier is marked absent in the archive's bundles).
     let actor = crate::append::local_principal();
-    for done in expiry::expire(&store, &plan.expiry, &actor, true)? {
+    for done in expiry::expire(&store, &plan.expiry, archive.as_ref(), &actor, true)? {
         println!(
             "payload expiry: {}: {} payloads removed (governance.payload_expired at seqs {})",
             done.text,
@@ -328,7 +329,7 @@ pub fn scheduled_run(
     let due = expiry::due(store, policy, now)?;
     let actor = crate::append::local_principal();
     let mut expired = 0;
-    for done in expiry::expire(store, &due, &actor, false)? {
+    for done in expiry::expire(store, &due, archive, &actor, false)? {
         tracing::info!(rule = %done.text, removed = done.removed, "payloads expired (governance.payload_expired)");
         expired += done.removed;
     }
