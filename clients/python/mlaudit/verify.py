@@ -432,7 +432,7 @@ def _verify(bundle: Any, key: VerifierKey, res: Result) -> None:
     if removal is not None:
         if payload is not None:
             raise VerificationError("payload_erased_by is present although the payload is too")
-        res.payload_erased_by = _verify_removal(removal, tree_size, root)
+        res.payload_erased_by = _verify_removal(removal, entry.event_id, tree_size, root)
 
 
 def _check_inclusion(path_in: Any, what: str, leaf_index: int, tree_size: int,
@@ -453,7 +453,7 @@ def _check_inclusion(path_in: Any, what: str, leaf_index: int, tree_size: int,
                                 f"checkpoint root {root.hex()}")
 
 
-def _verify_removal(removal: Any, tree_size: int, root: bytes) -> Entry:
+def _verify_removal(removal: Any, event_id: str, tree_size: int, root: bytes) -> Entry:
     if not isinstance(removal, dict):
         raise VerificationError("bundle: payload_erased_by is not a JSON object")
     entry_bytes = _b64(removal.get("entry"), "payload_erased_by: entry")
@@ -465,6 +465,17 @@ def _verify_removal(removal: Any, tree_size: int, root: bytes) -> Entry:
     if entry.kind not in PAYLOAD_REMOVAL_KINDS:
         raise VerificationError(f"payload_erased_by names a {entry.kind} event, not a payload "
                                 "removal")
+    data = _b64(removal.get("payload"), "payload_erased_by: payload")
+    if len(data) != entry.payload_length or hashlib.sha256(data).digest() != entry.payload_sha256:
+        raise VerificationError("payload_erased_by: its payload is not the one its entry "
+                                "commits to")
+    try:
+        listed = json.loads(data.decode("utf-8"))["attributes"]["events"]
+    except (ValueError, KeyError, TypeError):
+        listed = None
+    if not isinstance(listed, list) or event_id not in listed:
+        raise VerificationError(f"payload_erased_by: the removal event does not list event "
+                                f"{event_id}")
     _check_inclusion(removal.get("inclusion_path"), "payload_erased_by.inclusion_path",
                      leaf_index, tree_size, entry_bytes, root)
     return entry

@@ -171,6 +171,8 @@ def test_an_erased_payload_is_proven_removed_by_an_erasure(bundles, tmp_path):
         "removal path element": lambda b: b["payload_erased_by"]["inclusion_path"].__setitem__(
             0, _flip_b64(b["payload_erased_by"]["inclusion_path"][0])),
         "payload put back": lambda b: b.__setitem__("payload", out["reader"]["payload"]),
+        "removal payload altered": lambda b: b["payload_erased_by"].__setitem__(
+            "payload", _flip_b64(b["payload_erased_by"]["payload"], 40)),
     }
     for what, forge in forged.items():
         b = copy.deepcopy(erased)

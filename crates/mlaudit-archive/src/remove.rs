@@ -1,6 +1,6 @@
 //! Removing payloads from an archive (erasure, expiry). Every payload bundle that holds one of
-//! them — the bundle of its tile at the archive's size, and the partial bundles that earlier,
-//! smaller archives left at that index — is written again with the payload marked absent
+//! them — the full bundle of its tile and every partial bundle at that index, those earlier,
+//! smaller archives left and any a run cut short left — is written again with the payload marked absent
 //! (`0xFFFFFFFF`, docs/FORMAT.md §9). Entry bundles, hash tiles and checkpoints are never
 //! touched, so the archive still verifies and every proof from it still holds.
 //!
@@ -26,30 +26,24 @@ pub struct Removed {
 }
 
 impl Archive {
-    /// Marks the payloads of `seqs` absent in every payload bundle holding them; seqs beyond
-    /// the archive are ignored (they are not in it).
+    /// Marks the payloads of `seqs` absent in every payload bundle holding them: the full
+    /// bundle of each one's tile and every partial bundle at that index, whether an archived
+    /// checkpoint covers it or a run cut short left it.
     pub fn remove_payloads(&self, seqs: &[u64]) -> Result<Removed, ArchiveError> {
-        let size = self.size()?;
         let mut by_tile: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-        for &s in seqs.iter().filter(|s| **s < size) {
+        for &s in seqs {
             by_tile
                 .entry(s / TILE_WIDTH)
                 .or_default()
                 .push((s % TILE_WIDTH) as usize);
         }
-        if by_tile.is_empty() {
+        if by_tile.is_empty() || self.is_empty()? {
             return Ok(Removed::default());
         }
         self.block_on(async {
-            let widths = self.partial_widths(size).await?;
             let mut done = Removed::default();
             for (index, offsets) in &by_tile {
-                let mut tiles = vec![layout::tile_of(index * TILE_WIDTH, size)];
-                tiles.extend(widths.get(index).into_iter().flatten().map(|w| TileRef {
-                    index: *index,
-                    width: *w,
-                }));
-                for tile in tiles {
+                for tile in self.payload_bundles(*index).await? {
                     let removed = self.rewrite_without(tile, offsets).await?;
                     if removed > 0 {
                         done.payloads += removed;
@@ -61,17 +55,31 @@ impl Archive {
         })
     }
 
-    /// Tile index -> the widths of the partial level-0 tiles earlier archived sizes left.
-    async fn partial_widths(&self, size: u64) -> Result<BTreeMap<u64, Vec<u16>>, ArchiveError> {
-        let mut widths: BTreeMap<u64, Vec<u16>> = BTreeMap::new();
-        for name in self.list(CHECKPOINTS_DIR).await? {
-            let Ok(c) = name.parse::<u64>() else { continue };
-            let width = (c % TILE_WIDTH) as u16;
-            if c < size && width != 0 {
-                widths.entry(c / TILE_WIDTH).or_default().push(width);
+    /// Whether nothing was ever archived here.
+    fn is_empty(&self) -> Result<bool, ArchiveError> {
+        Ok(self.checkpoint_note()?.is_none()
+            && self.block_on(self.list(CHECKPOINTS_DIR))?.is_empty())
+    }
+
+    /// The payload bundles stored at tile `index`: the full one and every partial one.
+    async fn payload_bundles(&self, index: u64) -> Result<Vec<TileRef>, ArchiveError> {
+        let full = TileRef {
+            index,
+            width: TILE_WIDTH as u16,
+        };
+        let mut tiles = vec![full];
+        // `payload/<N>.p/<W>`: list the directory `payload/<N>.p`.
+        let one = layout::payload_bundle_name(TileRef { index, width: 1 });
+        let dir = one.strip_suffix("/1").unwrap_or(&one);
+        for name in self.list(dir).await? {
+            match name.parse::<u16>() {
+                Ok(width) if width > 0 && u64::from(width) < TILE_WIDTH => {
+                    tiles.push(TileRef { index, width });
+                }
+                _ => {}
             }
         }
-        Ok(widths)
+        Ok(tiles)
     }
 
     /// Writes the payload bundle of `tile` again without the payloads at `offsets` (those

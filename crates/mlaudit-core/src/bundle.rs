@@ -41,11 +41,14 @@ pub struct ProofBundle {
 }
 
 /// The governance event that removed a payload (`governance.payload_erased` or
-/// `governance.payload_expired`), with its inclusion path in the bundle's tree.
+/// `governance.payload_expired`), with its payload (which lists the event ids it removed) and
+/// its inclusion path in the bundle's tree.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RemovalProof {
     /// base64 of its entry header.
     pub entry: String,
+    /// base64 of its payload.
+    pub payload: String,
     pub leaf_index: u64,
     /// base64 hashes, leaf to root, for the bundle's `tree_size`.
     pub inclusion_path: Vec<String>,
@@ -53,9 +56,10 @@ pub struct RemovalProof {
 
 impl RemovalProof {
     /// Builds one from stored parts.
-    pub fn new(entry: &[u8], leaf_index: u64, path: &[Hash]) -> RemovalProof {
+    pub fn new(entry: &[u8], payload: &[u8], leaf_index: u64, path: &[Hash]) -> RemovalProof {
         RemovalProof {
             entry: b64::encode(entry),
+            payload: b64::encode(payload),
             leaf_index,
             inclusion_path: encode_path(path),
         }
@@ -190,7 +194,7 @@ impl ProofBundle {
                     "is present although the payload is too",
                 ))
             }
-            Some(r) => Some(r.verify(self.tree_size, &checkpoint.root)?),
+            Some(r) => Some(r.verify(&entry.id.to_string(), self.tree_size, &checkpoint.root)?),
         };
         Ok(VerifiedBundle {
             entry,
@@ -203,8 +207,9 @@ impl ProofBundle {
 }
 
 impl RemovalProof {
-    /// Checks that it is a payload removal event included in the tree of `size` and `root`.
-    fn verify(&self, size: u64, root: &Hash) -> Result<Entry, BundleError> {
+    /// Checks that it is a payload removal event, listing the event `id`, included in the tree
+    /// of `size` and `root`.
+    fn verify(&self, id: &str, size: u64, root: &Hash) -> Result<Entry, BundleError> {
         let bad = |problem: String| BundleError::Malformed {
             field: "payload_erased_by",
             problem,
@@ -222,6 +227,21 @@ impl RemovalProof {
                 "names a {} event, not a payload removal",
                 entry.kind
             )));
+        }
+        let payload =
+            b64::decode(&self.payload).map_err(|_| bad("payload is not base64".into()))?;
+        let digest: [u8; 32] = Sha256::digest(&payload).into();
+        if payload.len() as u64 != u64::from(entry.payload_len) || digest != entry.payload_sha256 {
+            return Err(bad("payload is not the one its entry commits to".into()));
+        }
+        let listed = serde_json::from_slice::<serde_json::Value>(&payload)
+            .ok()
+            .and_then(|doc| {
+                let ids = doc.get("attributes")?.get("events")?.as_array()?.clone();
+                Some(ids.iter().any(|v| v.as_str() == Some(id)))
+            });
+        if listed != Some(true) {
+            return Err(bad(format!("the removal event does not list event {id}")));
         }
         let path = decode_path("payload_erased_by", &self.inclusion_path)?;
         let leaf = merkle::leaf_hash(&bytes);

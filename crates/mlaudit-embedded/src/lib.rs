@@ -346,9 +346,13 @@ impl EmbeddedStore {
                     .get(at..at + record::HEADER_LEN)
                     .and_then(|h| <&[u8; record::HEADER_LEN]>::try_from(h).ok())
                 {
-                    Some(header) => record::parse_header(header)
-                        .map_err(|e| corrupt(base + at as u64, e.to_string()))?
-                        .total_len() as usize,
+                    Some(header) => match record::parse_header(header) {
+                        Ok(h) => h.total_len() as usize,
+                        Err(_) => {
+                            reread_into(&self.shared, &mut buf, at, seg.start + base + at as u64)?;
+                            continue;
+                        }
+                    },
                     None => record::HEADER_LEN,
                 };
                 if avail < need {
@@ -375,8 +379,12 @@ impl EmbeddedStore {
                 let header: &[u8; record::HEADER_LEN] = rec[..record::HEADER_LEN]
                     .try_into()
                     .map_err(|_| corrupt(off, "truncated record header".into()))?;
-                let h = record::parse_header(header).map_err(|e| corrupt(off, e.to_string()))?;
-                record::check_record(&h, rec).map_err(|e| corrupt(off, e.to_string()))?;
+                let checked = record::parse_header(header)
+                    .and_then(|h| record::check_record(&h, rec).map(|_| h));
+                let Ok(h) = checked else {
+                    reread_into(&self.shared, &mut buf, at, seg.start + off)?;
+                    continue;
+                };
                 if record::is_event(h.kind) {
                     let pos = seg.start + off;
                     if offsets.at(self, seq)? != pos {
@@ -656,6 +664,17 @@ fn read_record(
         .map_err(|e| corrupt(format!("cannot read record: {e}")))?;
     record::check_record(&h, &buf).map_err(|e| corrupt(e.to_string()))?;
     Ok((h, buf, seg))
+}
+
+/// Replaces `buf` from `at` on with the record at log position `pos`, read again in one
+/// consistent read: a scan reads a segment in chunks, and a payload removal may rewrite a
+/// record between the chunk holding its start and the next. A record that is damaged on disk
+/// is reported as such.
+fn reread_into(shared: &Shared, buf: &mut Vec<u8>, at: usize, pos: u64) -> Result<(), StoreError> {
+    let (_, bytes, _) = read_record(shared, pos)?;
+    buf.truncate(at);
+    buf.extend_from_slice(&bytes);
+    Ok(())
 }
 
 /// Reads raw segment bytes while no payload removal is rewriting them.

@@ -109,14 +109,15 @@ fn segment_files(dir: &Path) -> std::io::Result<BTreeMap<u64, (bool, bool)>> {
 }
 
 /// Applies `patches` to the segment files of `dir` (both copies of a segment caught between
-/// packing and removing its raw file). A raw segment is patched in place under `rewriting`
-/// (when given) and synced; a packed one is packed again. Returns the starts of the packed
-/// segments rewritten.
+/// packing and removing its raw file), each checked first ([`check_patch`]). A raw segment is
+/// patched in place under `rewriting` (when given) and synced; a packed one is packed again,
+/// and its start pushed to `repacked` (also when a later segment then fails).
 fn apply(
     dir: &Path,
     patches: &[Patch],
     rewriting: Option<&RwLock<()>>,
-) -> std::io::Result<Vec<u64>> {
+    repacked: &mut Vec<u64>,
+) -> std::io::Result<()> {
     let files = segment_files(dir)?;
     let mut by_segment: BTreeMap<u64, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
     for p in patches {
@@ -127,7 +128,6 @@ fn apply(
         let group = by_segment.entry(start).or_default();
         group.push((p.pos - start, p.bytes.clone()));
     }
-    let mut repacked = Vec::new();
     for (start, mut group) in by_segment {
         group.sort_by_key(|(at, _)| *at);
         let (raw, packed) = files.get(&start).copied().unwrap_or_default();
@@ -137,6 +137,7 @@ fn apply(
         if packed {
             let path = dir.join(packed::packed_name(start));
             let old = Packed::open(&path)?;
+            check_group(&old, &old.name, &group)?;
             let source = Patched {
                 base: &old,
                 patches: &group,
@@ -146,7 +147,53 @@ fn apply(
             repacked.push(start);
         }
     }
-    Ok(repacked)
+    Ok(())
+}
+
+/// Checks every patch of a segment against the bytes it replaces.
+fn check_group(
+    segment: &dyn packed::RawSource,
+    name: &str,
+    group: &[(u64, Vec<u8>)],
+) -> std::io::Result<()> {
+    for (at, new) in group {
+        let mut old = vec![0u8; new.len()];
+        segment.read_raw_at(&mut old, *at)?;
+        check_patch(&old, new).map_err(|problem| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{name} at offset {at}: refusing a payload removal: {problem}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A patch may only turn an event record into its removed form: `new` must be a well-formed
+/// removed record, and `old` — the bytes it replaces, possibly torn by a crash halfway through
+/// an earlier attempt — must hold the same entry at the same place, and if it checks out as a
+/// record, be that event (or already `new`).
+fn check_patch(old: &[u8], new: &[u8]) -> Result<(), String> {
+    fn parse(b: &[u8]) -> Option<(record::Header, &[u8], &[u8])> {
+        let h = record::parse_header(b.get(..record::HEADER_LEN)?.try_into().ok()?).ok()?;
+        record::check_record(&h, b)
+            .ok()
+            .map(|(a, part_b)| (h, a, part_b))
+    }
+    let (h, entry, part_b) = parse(new).ok_or("the new record does not check out")?;
+    if h.kind != record::REMOVED || record::remover(part_b).is_none() {
+        return Err("the new record is not a removed payload's".into());
+    }
+    let at = record::HEADER_LEN..record::HEADER_LEN + entry.len();
+    if old.get(at) != Some(entry) {
+        return Err("the record there holds another entry".into());
+    }
+    match parse(old) {
+        Some((h, _, _)) if h.kind == record::EVENT => Ok(()),
+        Some(_) if old == new => Ok(()),
+        Some(_) => Err("the record there is not an event with its payload".into()),
+        None => Ok(()), // torn by a crash in an earlier attempt: the entry matched
+    }
 }
 
 fn patch_raw(
@@ -155,10 +202,13 @@ fn patch_raw(
     group: &[(u64, Vec<u8>)],
     rewriting: Option<&RwLock<()>>,
 ) -> std::io::Result<()> {
+    let name = crate::segment_name(start);
     // Not opened for appending: with O_APPEND a positioned write would land at the end.
     let file = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
-        .open(dir.join(crate::segment_name(start)))?;
+        .open(dir.join(&name))?;
+    check_group(&file, &name, group)?;
     {
         let _exclusive = rewriting
             .map(|l| l.write())
@@ -171,6 +221,26 @@ fn patch_raw(
     file.sync_data()
 }
 
+/// The patches of a journal left behind, if any (a `.tmp` one, never renamed into place,
+/// had nothing applied from it and is removed).
+fn left_journal(dir: &Path) -> std::io::Result<Option<Vec<Patch>>> {
+    let tmp = dir.join(format!("{JOURNAL}.tmp"));
+    if tmp.exists() {
+        std::fs::remove_file(&tmp)?;
+    }
+    let bytes = match std::fs::read(dir.join(JOURNAL)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    decode(&bytes).map(Some).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{JOURNAL} does not check out"),
+        )
+    })
+}
+
 /// At open, before segments are read: applies a journal a removal left behind.
 pub(crate) fn replay(dir: &Path) -> Result<(), crate::OpenError> {
     let io = |what: &str| {
@@ -180,30 +250,47 @@ pub(crate) fn replay(dir: &Path) -> Result<(), crate::OpenError> {
             source,
         }
     };
-    let tmp = dir.join(format!("{JOURNAL}.tmp"));
-    if tmp.exists() {
-        // Never renamed into place: nothing was applied from it.
-        std::fs::remove_file(&tmp).map_err(io("removing an incomplete removal journal"))?;
-    }
-    let path = dir.join(JOURNAL);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io("reading the payload removal journal")(e)),
-    };
-    let patches = decode(&bytes).ok_or_else(|| crate::OpenError::Corrupt {
+    let Some(patches) = left_journal(dir).map_err(|e| crate::OpenError::Corrupt {
         file: JOURNAL.into(),
         offset: 0,
-        problem: "the payload removal journal does not check out".into(),
-    })?;
-    apply(dir, &patches, None).map_err(io("finishing an interrupted payload removal"))?;
+        problem: e.to_string(),
+    })?
+    else {
+        return Ok(());
+    };
+    apply(dir, &patches, None, &mut Vec::new())
+        .map_err(io("finishing an interrupted payload removal"))?;
     remove_journal(dir).map_err(io("removing the payload removal journal"))
+}
+
+/// Applies the journal's `patches`, points readers at the segments packed again (even after a
+/// failure part way), and removes the journal.
+fn run_journal(shared: &Shared, patches: &[Patch]) -> Result<(), StoreError> {
+    let io = |what: &'static str| {
+        move |source| StoreError::Io {
+            context: what.into(),
+            source,
+        }
+    };
+    let mut repacked = Vec::new();
+    let applied = apply(&shared.dir, patches, Some(&shared.rewriting), &mut repacked);
+    swap_repacked(shared, &repacked)?;
+    applied.map_err(io("removing payloads from segments"))?;
+    remove_journal(&shared.dir).map_err(io("removing the payload removal journal"))
 }
 
 /// Removes the payloads of `seqs`, naming the governance event `remover`
 /// ([`mlaudit_store::Appender::remove_payloads`]).
 pub(crate) fn remove(shared: &Shared, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
     let _one_rewrite = shared.segment_rewrite.lock().map_err(|_| lock_poisoned())?;
+    // A removal that failed part way is finished first: its journal would be replaced.
+    let left = left_journal(&shared.dir).map_err(|source| StoreError::Io {
+        context: "reading the payload removal journal".into(),
+        source,
+    })?;
+    if let Some(patches) = left {
+        run_journal(shared, &patches)?;
+    }
     let size = shared.size.load(std::sync::atomic::Ordering::Acquire);
     if remover >= size {
         return Err(StoreError::NotFound(format!("remover seq {remover}")));
@@ -231,18 +318,11 @@ pub(crate) fn remove(shared: &Shared, seqs: &[u64], remover: u64) -> Result<u64,
     if patches.is_empty() {
         return Ok(0);
     }
-    let dir = &shared.dir;
-    let io = |what: &'static str| {
-        move |source| StoreError::Io {
-            context: what.into(),
-            source,
-        }
-    };
-    write_journal(dir, &patches).map_err(io("writing the payload removal journal"))?;
-    let repacked = apply(dir, &patches, Some(&shared.rewriting))
-        .map_err(io("removing payloads from segments"))?;
-    swap_repacked(shared, &repacked)?;
-    remove_journal(dir).map_err(io("removing the payload removal journal"))?;
+    write_journal(&shared.dir, &patches).map_err(|source| StoreError::Io {
+        context: "writing the payload removal journal".into(),
+        source,
+    })?;
+    run_journal(shared, &patches)?;
     Ok(patches.len() as u64)
 }
 
@@ -319,5 +399,27 @@ mod tests {
         for n in 0..bytes.len() {
             assert_eq!(decode(&bytes[..n]), None, "cut at {n}");
         }
+    }
+
+    #[test]
+    fn a_patch_only_turns_its_own_event_into_its_removed_form() {
+        let payload = br#"{"kind":"x.y"}"#;
+        let mut event = Vec::new();
+        record::encode_into(&mut event, record::EVENT, b"entry-1", payload);
+        let new = record::removed(b"entry-1", payload.len() as u32, 9).unwrap();
+        assert_eq!(check_patch(&event, &new), Ok(()));
+        assert_eq!(check_patch(&new, &new), Ok(()), "applied already");
+        let half = new.len() / 2;
+        let torn = [&new[..half], &event[half..]].concat();
+        assert_eq!(check_patch(&torn, &new), Ok(()), "torn by a crash");
+        let mut other = Vec::new();
+        record::encode_into(&mut other, record::EVENT, b"entry-2", payload);
+        assert!(check_patch(&other, &new).is_err(), "another event");
+        assert!(check_patch(&event, &event).is_err(), "not a removal");
+        let by_another = record::removed(b"entry-1", payload.len() as u32, 10).unwrap();
+        assert!(
+            check_patch(&by_another, &new).is_err(),
+            "removed already, by another"
+        );
     }
 }

@@ -227,7 +227,66 @@ fn verify_catches_a_payload_removed_in_the_name_of_an_erasure_that_does_not_list
     store.remove_payloads(&[5], remover).unwrap();
     assert!(run_verify(&store).is_ok());
     store.remove_payloads(&[6], remover).unwrap();
+    // Both verifiers of a bundle read the removal's list of ids too.
+    let bundle = mlaudit_store::proofs::inclusion_bundle(&store, 6).unwrap();
+    let refused = bundle.verify(&verifier()).unwrap_err();
+    assert!(
+        refused.to_string().contains("does not list event"),
+        "{refused}"
+    );
     let failure = run_verify(&store).unwrap_err();
     assert_eq!(failure.seq, Some(6));
     assert!(failure.problem.contains("does not list event"), "{failure}");
+}
+
+#[test]
+fn readers_and_appends_never_see_a_half_removed_record() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = TempDir::new("removal-race");
+    let store = build(dir.path());
+    let size = store.tree_size();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for reader in 0..2u64 {
+            let (store, stop) = (&store, &stop);
+            s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for seq in (reader..size).step_by(3) {
+                        let ev = store.event(seq).unwrap();
+                        assert_eq!(ev.payload.is_none(), ev.removed_by.is_some(), "seq {seq}");
+                    }
+                    let mut seen = 0;
+                    store
+                        .scan(0, &mut |_| {
+                            seen += 1;
+                            std::ops::ControlFlow::Continue(())
+                        })
+                        .unwrap();
+                    assert!(seen >= size);
+                }
+            });
+        }
+        let (store_ref, stop_ref) = (&store, &stop);
+        s.spawn(move || {
+            for b in 0..20u64 {
+                let batch = (0..10)
+                    .map(|k| {
+                        Spec::simple(id(10_000 + b * 10 + k), "registry.promotion_requested", k)
+                            .prepare()
+                    })
+                    .collect();
+                store_ref.append(batch).unwrap();
+            }
+            let _ = stop_ref;
+        });
+        // Payloads in packed segments and in the raw tail, ten at a time.
+        for round in 0..10u64 {
+            let seqs: Vec<u64> = (0..10).map(|k| (round * 29 + k * 3) % size).collect();
+            let remover = store.append(vec![erasure(&seqs)]).unwrap().events[0].seq;
+            store.remove_payloads(&seqs, remover).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    store.settle();
+    run_verify(&store).unwrap();
 }

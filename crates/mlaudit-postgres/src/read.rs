@@ -113,10 +113,13 @@ fn err(e: PgError) -> StoreError {
     }
 }
 
-/// A stored event from its columns (`remover` from `payload_removals`).
+/// A stored event from its columns (`remover` from `payload_removals`, which counts only
+/// once the payload is gone).
 fn stored(seq: u64, entry: Vec<u8>, payload: Option<Vec<u8>>, remover: Option<i64>) -> StoredEvent {
     StoredEvent {
-        removed_by: remover.and_then(|r| u64::try_from(r).ok()),
+        removed_by: remover
+            .filter(|_| payload.is_none())
+            .and_then(|r| u64::try_from(r).ok()),
         ..StoredEvent::new(seq, entry, payload)
     }
 }

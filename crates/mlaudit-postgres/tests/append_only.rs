@@ -223,4 +223,20 @@ fn a_payload_goes_only_with_a_recorded_removal_by_a_removal_event() {
         assert!(e.contains("append-only"), "{e}");
     }
     assert!(app_store.event(2).unwrap().payload.is_some());
+
+    // The owner can still switch the trigger off and drop a payload: verify catches it.
+    for sql in [
+        format!("ALTER TABLE {s}.payloads DISABLE TRIGGER payloads_append_only"),
+        format!("DELETE FROM {s}.payloads WHERE seq = 2"),
+        format!("ALTER TABLE {s}.payloads ENABLE TRIGGER payloads_append_only"),
+    ] {
+        run_as(&superuser, &sql).unwrap();
+    }
+    let failure =
+        mlaudit_store::verify::verify(&app_store, &verifier(), &mut |_, _| {}).unwrap_err();
+    assert_eq!(failure.seq, Some(2));
+    assert!(
+        failure.problem.contains("no erasure or expiry"),
+        "{failure}"
+    );
 }

@@ -73,7 +73,7 @@ pub enum ErasureError {
     NoReason,
     #[error("no event {0} in the log")]
     UnknownEvent(EventId),
-    #[error("refused: {count} of the events to erase are under legal hold {hold} (e.g. event {example}); nothing was erased")]
+    #[error("refused: {count} of the events to erase are under legal hold {hold} (e.g. event {example}); none of them was erased")]
     Held {
         hold: String,
         count: u64,
@@ -237,6 +237,34 @@ pub fn erase(
     Ok(outcome)
 }
 
+/// Refuses if a hold in force at the log position `remover` covers any of `seqs`: a hold
+/// placed (by another server) after the selection was planned but before the removal was
+/// recorded still wins. A hold recorded after the removal comes after it in the log.
+fn check_no_hold_before(store: &dyn Store, seqs: &[u64], remover: u64) -> Result<(), ErasureError> {
+    let holds: Vec<_> = holds::list(store)?
+        .into_iter()
+        .filter(|h| h.created_seq < remover && h.released_seq.is_none_or(|r| r > remover))
+        .collect();
+    if holds.is_empty() {
+        return Ok(());
+    }
+    for &seq in seqs {
+        let ev = store.event(seq)?;
+        let view = decode_view(&ev.entry).map_err(|e| StoreError::Corrupt {
+            location: format!("seq {seq}"),
+            problem: e.to_string(),
+        })?;
+        if let Some(h) = holds.iter().find(|h| h.scope.covers(&view)) {
+            return Err(ErasureError::Held {
+                hold: h.hold.clone(),
+                count: 1,
+                example: view.id.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Records removal events of `kind` — the attributes `base` plus `events`, the ids, at most
 /// [`IDS_PER_EVENT`] per event — and removes the payloads each one names, from `copies` first
 /// and then from the log. Returns the payloads removed from the log and the seqs of the events
@@ -265,6 +293,7 @@ pub fn remove_recorded(
             .ok_or_else(|| ErasureError::Event("the append returned no receipt".into()))?;
         recorded.push(remover);
         let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
+        check_no_hold_before(store, &seqs, remover)?;
         copies(&seqs)?;
         removed += store.remove_payloads(&seqs, remover)?;
     }

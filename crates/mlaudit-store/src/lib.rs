@@ -164,9 +164,9 @@ pub fn group_runs(
     let mut run = EventRun::new(from, run_len);
     let mut stopped = false;
     let fed = feed(&mut |entry, payload, removed_by| {
-        match removed_by {
-            Some(remover) => run.push_removed(entry, remover),
-            None => run.push(entry, payload),
+        match (payload, removed_by) {
+            (None, Some(remover)) => run.push_removed(entry, remover),
+            (payload, _) => run.push(entry, payload),
         }
         if run.len() == run_len {
             let next = EventRun::new(run.first + run_len as u64, run_len);

@@ -52,7 +52,10 @@ pub fn inclusion_bundle(store: &dyn Store, seq: u64) -> Result<ProofBundle, Prov
     );
     if let Some(remover) = event.removed_by.filter(|r| *r < size) {
         let (removal, path) = store.inclusion_material(remover, size)?;
-        bundle.payload_erased_by = Some(RemovalProof::new(&removal.entry, remover, &path?));
+        if let Some(listing) = &removal.payload {
+            bundle.payload_erased_by =
+                Some(RemovalProof::new(&removal.entry, listing, remover, &path?));
+        }
     }
     Ok(bundle)
 }

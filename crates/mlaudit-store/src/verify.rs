@@ -1,5 +1,6 @@
 //! Full verification of a log from its storage: every entry decodes and sits at its seq, every
-//! payload matches the digest its entry commits to, every stored tree node equals the one
+//! payload matches the digest its entry commits to (and every missing payload was removed by a
+//! recorded erasure or expiry that lists the event), every stored tree node equals the one
 //! recomputed from the entries, and every stored checkpoint is validly signed and signs exactly
 //! the root recomputed for its size. Since all checkpoint roots are recomputed from one sequence
 //! of leaves, each checkpoint is consistent with the next by construction.
@@ -28,7 +29,7 @@ pub struct VerifyReport {
     pub events: u64,
     pub checkpoints: u64,
     pub root: Hash,
-    /// Payloads that were absent (redacted); their entries were still verified.
+    /// Payloads removed by a recorded erasure or expiry; their entries were still verified.
     pub redacted: u64,
     /// Events after the latest checkpoint (not yet signed).
     pub unsigned_tail: u64,
@@ -173,13 +174,21 @@ impl Verifier<'_> {
         results: Vec<Result<Checked, String>>,
     ) -> Result<(), VerifyFailure> {
         let first = run.first;
+        let mut removed = Vec::new();
         for (seq, remover) in run.removals() {
             self.check_removal(run, seq, remover)?;
+            removed.push(seq);
         }
         for (i, result) in results.into_iter().enumerate() {
             let seq = first + i as u64;
             let (leaf, redacted, mut index_problem) =
                 result.map_err(|p| self.fail(Some(seq), p))?;
+            if redacted && !removed.contains(&seq) {
+                return Err(self.fail(
+                    Some(seq),
+                    "its payload is missing, and no erasure or expiry records its removal",
+                ));
+            }
             self.redacted += u64::from(redacted);
             if let (None, Some(checker)) = (&index_problem, self.index_check.as_mut()) {
                 // Decoded again here (it decoded in `check_alone`): borrowing, no allocation.
