@@ -749,8 +749,8 @@ impl Appender for EmbeddedStore {
         self.writer()?.append(events)
     }
 
-    fn remove_payloads(&self, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
-        removal::remove(&self.shared, seqs, remover)
+    fn remove_payload_batch(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
+        removal::remove(&self.shared, removals)
     }
 
     fn submit(&self, events: Vec<PreparedEvent>, done: mlaudit_store::AppendDone) {

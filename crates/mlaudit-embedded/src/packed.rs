@@ -310,7 +310,8 @@ impl RawSource for Packed {
     }
 }
 
-/// A segment's raw bytes with some byte ranges replaced: (raw offset, new bytes), sorted.
+/// A segment's raw bytes with some byte ranges replaced: (raw offset, new bytes), sorted by
+/// offset and not overlapping.
 pub struct Patched<'a> {
     pub base: &'a dyn RawSource,
     pub patches: &'a [(u64, Vec<u8>)],
@@ -331,11 +332,15 @@ impl RawSource for Patched<'_> {
     fn read_raw_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.base.read_raw_at(buf, offset)?;
         let end = offset + buf.len() as u64;
-        for (at, bytes) in self.patches {
-            let patch_end = at + bytes.len() as u64;
-            if patch_end <= offset || *at >= end {
-                continue;
+        // Patches are sorted and never overlap: start at the first one ending past `offset`.
+        let first = self
+            .patches
+            .partition_point(|(at, bytes)| at + bytes.len() as u64 <= offset);
+        for (at, bytes) in &self.patches[first..] {
+            if *at >= end {
+                break;
             }
+            let patch_end = at + bytes.len() as u64;
             let from = offset.max(*at);
             let to = end.min(patch_end);
             buf[(from - offset) as usize..(to - offset) as usize]

@@ -279,9 +279,10 @@ fn run_journal(shared: &Shared, patches: &[Patch]) -> Result<(), StoreError> {
     remove_journal(&shared.dir).map_err(io("removing the payload removal journal"))
 }
 
-/// Removes the payloads of `seqs`, naming the governance event `remover`
-/// ([`mlaudit_store::Appender::remove_payloads`]).
-pub(crate) fn remove(shared: &Shared, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
+/// Removes the payloads of the (seq, remover) pairs, each naming the governance event that
+/// removed it ([`mlaudit_store::Appender::remove_payload_batch`]); each segment is rewritten
+/// once for the whole batch.
+pub(crate) fn remove(shared: &Shared, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
     let _one_rewrite = shared.segment_rewrite.lock().map_err(|_| lock_poisoned())?;
     // A removal that failed part way is finished first: its journal would be replaced.
     let left = left_journal(&shared.dir).map_err(|source| StoreError::Io {
@@ -292,22 +293,28 @@ pub(crate) fn remove(shared: &Shared, seqs: &[u64], remover: u64) -> Result<u64,
         run_journal(shared, &patches)?;
     }
     let size = shared.size.load(std::sync::atomic::Ordering::Acquire);
-    if remover >= size {
-        return Err(StoreError::NotFound(format!("remover seq {remover}")));
+    let mut removers: Vec<u64> = removals.iter().map(|(_, r)| *r).collect();
+    removers.sort_unstable();
+    removers.dedup();
+    for &remover in &removers {
+        if remover >= size {
+            return Err(StoreError::NotFound(format!("remover seq {remover}")));
+        }
+        let pos = shared
+            .files
+            .offset(remover)
+            .map_err(|source| StoreError::Io {
+                context: format!("reading offsets.bin at seq {remover}"),
+                source,
+            })?;
+        let entry = crate::read_event_at(shared, remover, pos)?.entry;
+        mlaudit_store::check_remover(remover, &entry)?;
     }
-    let pos = shared
-        .files
-        .offset(remover)
-        .map_err(|source| StoreError::Io {
-            context: format!("reading offsets.bin at seq {remover}"),
-            source,
-        })?;
-    mlaudit_store::check_remover(remover, &crate::read_event_at(shared, remover, pos)?.entry)?;
-    let mut wanted: Vec<u64> = seqs.to_vec();
+    let mut wanted: Vec<(u64, u64)> = removals.to_vec();
     wanted.sort_unstable();
-    wanted.dedup();
+    wanted.dedup_by_key(|(seq, _)| *seq);
     let mut patches = Vec::new();
-    for seq in wanted {
+    for (seq, remover) in wanted {
         if seq >= size {
             return Err(StoreError::NotFound(format!("seq {seq}")));
         }

@@ -345,8 +345,8 @@ impl Drop for PostgresStore {
 }
 
 impl Appender for PostgresStore {
-    fn remove_payloads(&self, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
-        self.remove_payloads_now(seqs, remover)
+    fn remove_payload_batch(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
+        self.remove_payloads_now(removals)
     }
 
     fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {

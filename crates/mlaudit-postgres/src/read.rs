@@ -411,32 +411,34 @@ impl Diagnostics for PostgresStore {
 }
 
 impl PostgresStore {
-    /// [`mlaudit_store::Appender::remove_payloads`]: records each removal in
+    /// [`mlaudit_store::Appender::remove_payload_batch`]: records each removal in
     /// `payload_removals` and deletes the payload row, in one transaction; the table's trigger
     /// lets the row go only with such a record naming a removal event.
-    pub(crate) fn remove_payloads_now(
-        &self,
-        seqs: &[u64],
-        remover: u64,
-    ) -> Result<u64, StoreError> {
-        if remover >= self.tree_size() {
-            return Err(StoreError::NotFound(format!("remover seq {remover}")));
+    pub(crate) fn remove_payloads_now(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
+        let mut removers: Vec<u64> = removals.iter().map(|(_, r)| *r).collect();
+        removers.sort_unstable();
+        removers.dedup();
+        for &remover in &removers {
+            if remover >= self.tree_size() {
+                return Err(StoreError::NotFound(format!("remover seq {remover}")));
+            }
+            mlaudit_store::check_remover(remover, &self.event(remover)?.entry)?;
         }
-        mlaudit_store::check_remover(remover, &self.event(remover)?.entry)?;
-        if let Some(beyond) = seqs.iter().find(|s| **s >= self.tree_size()) {
+        if let Some((beyond, _)) = removals.iter().find(|(s, _)| *s >= self.tree_size()) {
             return Err(StoreError::NotFound(format!("seq {beyond}")));
         }
-        let seqs: Vec<i64> = seqs.iter().map(|s| to_i64(*s)).collect();
-        let remover = to_i64(remover);
+        let seqs: Vec<i64> = removals.iter().map(|(s, _)| to_i64(*s)).collect();
+        let by: Vec<i64> = removals.iter().map(|(_, r)| to_i64(*r)).collect();
         self.block(async {
             let mut conn = self.client().await?;
             let tx = conn.transaction().await?;
             let removed = tx
                 .execute(
                     "INSERT INTO payload_removals (seq, remover)
-                     SELECT seq, $2 FROM payloads WHERE seq = ANY($1)
+                     SELECT r.seq, r.remover FROM unnest($1::bigint[], $2::bigint[]) AS r(seq, remover)
+                     JOIN payloads p ON p.seq = r.seq
                      ON CONFLICT (seq) DO NOTHING",
-                    &[&seqs, &remover],
+                    &[&seqs, &by],
                 )
                 .await?;
             tx.execute("DELETE FROM payloads WHERE seq = ANY($1)", &[&seqs])

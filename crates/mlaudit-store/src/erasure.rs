@@ -25,6 +25,10 @@ use std::ops::ControlFlow;
 /// size limit).
 pub const IDS_PER_EVENT: usize = 1000;
 
+/// Removal events whose payloads are removed together: a compressed segment is written again
+/// once per batch, not once per event.
+const EVENTS_PER_BATCH: usize = 50;
+
 /// Which events to erase.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -279,23 +283,27 @@ pub fn remove_recorded(
     copies: OtherCopies<'_>,
 ) -> Result<(u64, Vec<u64>), ErasureError> {
     let (mut removed, mut recorded) = (0, Vec::new());
-    for chunk in todo.chunks(IDS_PER_EVENT) {
-        let ids: Vec<String> = chunk.iter().map(|(_, id)| id.to_string()).collect();
-        let mut attributes = base.clone();
-        attributes["events"] = json!(ids);
-        let event = governance_event(kind, attributes, actor, person)
-            .map_err(|e| ErasureError::Event(e.to_string()))?;
-        let receipt = store.append(vec![event])?;
-        let remover = receipt
-            .events
-            .first()
-            .map(|e| e.seq)
-            .ok_or_else(|| ErasureError::Event("the append returned no receipt".into()))?;
-        recorded.push(remover);
-        let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
-        check_no_hold_before(store, &seqs, remover)?;
-        copies(&seqs)?;
-        removed += store.remove_payloads(&seqs, remover)?;
+    for batch in todo.chunks(IDS_PER_EVENT * EVENTS_PER_BATCH) {
+        let mut pairs = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(IDS_PER_EVENT) {
+            let ids: Vec<String> = chunk.iter().map(|(_, id)| id.to_string()).collect();
+            let mut attributes = base.clone();
+            attributes["events"] = json!(ids);
+            let event = governance_event(kind, attributes, actor, person)
+                .map_err(|e| ErasureError::Event(e.to_string()))?;
+            let receipt = store.append(vec![event])?;
+            let remover = receipt
+                .events
+                .first()
+                .map(|e| e.seq)
+                .ok_or_else(|| ErasureError::Event("the append returned no receipt".into()))?;
+            recorded.push(remover);
+            let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
+            check_no_hold_before(store, &seqs, remover)?;
+            copies(&seqs)?;
+            pairs.extend(seqs.into_iter().map(|s| (s, remover)));
+        }
+        removed += store.remove_payload_batch(&pairs)?;
     }
     Ok((removed, recorded))
 }

@@ -348,7 +348,13 @@ pub trait Appender: Send + Sync {
     /// checkpoints stay, so every proof still verifies. Payloads already removed are left as
     /// they are; returns how many were removed now. Durable when it returns.
     fn remove_payloads(&self, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
-        let _ = (seqs, remover);
+        let pairs: Vec<(u64, u64)> = seqs.iter().map(|s| (*s, remover)).collect();
+        self.remove_payload_batch(&pairs)
+    }
+    /// [`Appender::remove_payloads`] for many (seq, remover) pairs at once: an engine that
+    /// rewrites storage in bulk (a compressed segment) does it once per batch.
+    fn remove_payload_batch(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
+        let _ = removals;
         Err(StoreError::Unsupported(
             "this store cannot remove payloads".into(),
         ))

@@ -83,8 +83,8 @@ impl Appender for Ledger {
     ) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
         self.engine().try_submit(events, done)
     }
-    fn remove_payloads(&self, seqs: &[u64], remover: u64) -> Result<u64, StoreError> {
-        self.engine().remove_payloads(seqs, remover)
+    fn remove_payload_batch(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
+        self.engine().remove_payload_batch(removals)
     }
 }
 
