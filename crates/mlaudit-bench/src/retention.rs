@@ -3,7 +3,9 @@
 //! `scripts/s3-test-server.sh`), beside a plain copy of the segment files to the same disk;
 //! bytes per event in the hot (raw segment), warm (packed segment) and cold (archive) tiers;
 //! `get` latency (p50/p99) from each tier and inclusion-proof latency, hot against warm;
-//! `mlaudit export` (the release binary, built first) in rows/s beside a bare scan of the log.
+//! `mlaudit export` (the release binary, built first) in rows/s beside a bare scan of the log;
+//! payload expiry of every prediction (`retention apply`, the same binary) in payloads/s beside
+//! the same scan.
 
 use crate::http::pct;
 use crate::ingest::{emit, ingest_store};
@@ -260,6 +262,7 @@ pub fn run(args: &[String]) -> Result<()> {
     store.close()?;
     drop(store);
     export(&o.dir, signer_text, n, scan_eps, &ctx)?;
+    expire(&o.dir, n, scan_eps, &ctx)?;
     let _ = std::fs::remove_dir_all(&o.dir);
     Ok(())
 }
@@ -310,6 +313,49 @@ fn export(
         "export-ndjson",
         "bytes_per_row",
         bytes as f64 / n as f64,
+        ctx.clone(),
+    );
+    Ok(())
+}
+
+/// Runs `mlaudit retention apply` with a rule that expires every prediction's payload (the
+/// log after `export`, most of it in packed segments) and reports payloads/s against the bare
+/// scan.
+fn expire(dir: &Path, n: u64, scan_eps: f64, ctx: &serde_json::Value) -> Result<()> {
+    let bin = std::env::current_exe()?.with_file_name("mlaudit");
+    let config = dir.join("expire.toml");
+    std::fs::write(
+        &config,
+        "[retention]\n[[retention.rule]]\nstage = \"prediction\"\nexpire = \"1y\"\n",
+    )?;
+    let t = Instant::now();
+    let out = std::process::Command::new(&bin)
+        .arg("--data")
+        .arg(dir)
+        .args([
+            "retention",
+            "apply",
+            "--now",
+            "2100-01-01T00:00:00Z",
+            "--config",
+        ])
+        .arg(&config)
+        .output()?;
+    let secs = t.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && stdout.contains(&format!("{n} payloads removed")),
+        "mlaudit retention apply: {}{}",
+        stdout.trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let pps = n as f64 / secs;
+    emit("retention", "expire", "payloads_per_s", pps, ctx.clone());
+    emit(
+        "retention",
+        "expire",
+        "vs_scan",
+        pps / scan_eps,
         ctx.clone(),
     );
     Ok(())
