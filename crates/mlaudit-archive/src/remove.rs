@@ -9,7 +9,7 @@
 //! backend). On a versioned bucket with Object Lock the replaced version stays until its
 //! retention ends; the current version no longer holds the payload.
 
-use crate::layout::{self, CHECKPOINTS_DIR};
+use crate::layout;
 use crate::{Archive, ArchiveError};
 use bytes::Bytes;
 use mlaudit_store::tiles::{TileRef, TILE_WIDTH};
@@ -37,7 +37,7 @@ impl Archive {
                 .or_default()
                 .push((s % TILE_WIDTH) as usize);
         }
-        if by_tile.is_empty() || self.is_empty()? {
+        if by_tile.is_empty() {
             return Ok(Removed::default());
         }
         self.block_on(async {
@@ -53,12 +53,6 @@ impl Archive {
             }
             Ok(done)
         })
-    }
-
-    /// Whether nothing was ever archived here.
-    fn is_empty(&self) -> Result<bool, ArchiveError> {
-        Ok(self.checkpoint_note()?.is_none()
-            && self.block_on(self.list(CHECKPOINTS_DIR))?.is_empty())
     }
 
     /// The payload bundles stored at tile `index`: the full one and every partial one.

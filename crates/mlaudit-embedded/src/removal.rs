@@ -25,6 +25,9 @@ use std::sync::{Arc, RwLock};
 /// The journal's file name inside the store's directory.
 pub(crate) const JOURNAL: &str = "payload-removal.journal";
 const MAGIC: &[u8; 8] = b"MLARMJ01";
+/// A removal journals and applies its records this many bytes at a time (a packed segment is
+/// packed again once per such part), so that memory and the journal stay bounded.
+const JOURNAL_BYTES: usize = 32 << 20;
 
 /// One record's new bytes at a log position.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +187,11 @@ fn check_patch(old: &[u8], new: &[u8]) -> Result<(), String> {
     if h.kind != record::REMOVED || record::remover(part_b).is_none() {
         return Err("the new record is not a removed payload's".into());
     }
+    // The lengths (bytes 1..9) are the same in the event and removed forms, and in any mix
+    // of the two a crash can leave.
+    if old.get(1..9) != new.get(1..9) {
+        return Err("the record there has other lengths".into());
+    }
     let at = record::HEADER_LEN..record::HEADER_LEN + entry.len();
     if old.get(at) != Some(entry) {
         return Err("the record there holds another entry".into());
@@ -313,23 +321,34 @@ pub(crate) fn remove(shared: &Shared, removals: &[(u64, u64)]) -> Result<u64, St
     let mut wanted: Vec<(u64, u64)> = removals.to_vec();
     wanted.sort_unstable();
     wanted.dedup_by_key(|(seq, _)| *seq);
-    let mut patches = Vec::new();
+    if let Some((seq, _)) = wanted.iter().find(|(seq, _)| *seq >= size) {
+        return Err(StoreError::NotFound(format!("seq {seq}")));
+    }
+    let (mut removed, mut patches, mut bytes) = (0, Vec::new(), 0usize);
     for (seq, remover) in wanted {
-        if seq >= size {
-            return Err(StoreError::NotFound(format!("seq {seq}")));
-        }
         if let Some(p) = patch_for(shared, seq, remover)? {
+            bytes += p.bytes.len();
             patches.push(p);
         }
+        if bytes >= JOURNAL_BYTES {
+            removed += journal_and_apply(shared, &std::mem::take(&mut patches))?;
+            bytes = 0;
+        }
     }
+    removed += journal_and_apply(shared, &patches)?;
+    Ok(removed)
+}
+
+/// Journals `patches` durably, then applies them; returns how many there were.
+fn journal_and_apply(shared: &Shared, patches: &[Patch]) -> Result<u64, StoreError> {
     if patches.is_empty() {
         return Ok(0);
     }
-    write_journal(&shared.dir, &patches).map_err(|source| StoreError::Io {
+    write_journal(&shared.dir, patches).map_err(|source| StoreError::Io {
         context: "writing the payload removal journal".into(),
         source,
     })?;
-    run_journal(shared, &patches)?;
+    run_journal(shared, patches)?;
     Ok(patches.len() as u64)
 }
 

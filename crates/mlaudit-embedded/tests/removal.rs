@@ -290,3 +290,42 @@ fn readers_and_appends_never_see_a_half_removed_record() {
     store.settle();
     run_verify(&store).unwrap();
 }
+
+#[test]
+fn a_failure_part_way_leaves_no_recorded_removal_undone() {
+    use mlaudit_store::erasure::{remove_recorded, ErasureError};
+    let dir = TempDir::new("removal-partway");
+    let (store, _) = open_with(dir.path(), options());
+    for b in 0..15u64 {
+        let batch = (b * 100..b * 100 + 100)
+            .map(|n| Spec::simple(id(n), "registry.promotion_requested", n).prepare())
+            .collect();
+        store.append(batch).unwrap();
+    }
+    let todo: Vec<(u64, EventId)> = (0..1500).map(|n| (n, id(n))).collect();
+    // The archive (the other copy) fails on the second chunk of 1,000 ids.
+    let mut calls = 0;
+    let mut copies = |_: &[u64]| {
+        calls += 1;
+        match calls {
+            2 => Err(ErasureError::Elsewhere("the archive is unreachable".into())),
+            _ => Ok(()),
+        }
+    };
+    let base = serde_json::json!({"reason": "DSR-4", "criteria": {"actor": "x"}});
+    let failed = remove_recorded(
+        &store,
+        "governance.payload_erased",
+        &base,
+        &todo,
+        "local:dpo",
+        true,
+        &mut copies,
+    )
+    .unwrap_err();
+    assert!(matches!(failed, ErasureError::Elsewhere(_)), "{failed}");
+    // The first chunk, recorded and cleared from the archive, is removed from the log too.
+    assert_eq!(store.event(999).unwrap().payload, None);
+    assert!(store.event(1000).unwrap().payload.is_some());
+    run_verify(&store).unwrap();
+}

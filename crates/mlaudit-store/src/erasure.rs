@@ -285,25 +285,53 @@ pub fn remove_recorded(
     let (mut removed, mut recorded) = (0, Vec::new());
     for batch in todo.chunks(IDS_PER_EVENT * EVENTS_PER_BATCH) {
         let mut pairs = Vec::with_capacity(batch.len());
+        let mut failed = None;
         for chunk in batch.chunks(IDS_PER_EVENT) {
-            let ids: Vec<String> = chunk.iter().map(|(_, id)| id.to_string()).collect();
-            let mut attributes = base.clone();
-            attributes["events"] = json!(ids);
-            let event = governance_event(kind, attributes, actor, person)
-                .map_err(|e| ErasureError::Event(e.to_string()))?;
-            let receipt = store.append(vec![event])?;
-            let remover = receipt
-                .events
-                .first()
-                .map(|e| e.seq)
-                .ok_or_else(|| ErasureError::Event("the append returned no receipt".into()))?;
-            recorded.push(remover);
-            let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
-            check_no_hold_before(store, &seqs, remover)?;
-            copies(&seqs)?;
-            pairs.extend(seqs.into_iter().map(|s| (s, remover)));
+            match record_chunk(store, kind, base, chunk, actor, person, copies) {
+                Ok(remover) => {
+                    recorded.push(remover);
+                    pairs.extend(chunk.iter().map(|(s, _)| (*s, remover)));
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
+        // The chunks recorded and cleared from other copies are removed from the log even
+        // when a later chunk failed, so that no recorded removal is left undone.
         removed += store.remove_payload_batch(&pairs)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
     Ok((removed, recorded))
+}
+
+/// Records the removal event of one chunk (its ids), checks holds again and removes the
+/// payloads from `copies`; returns the event's seq.
+fn record_chunk(
+    store: &dyn Store,
+    kind: &str,
+    base: &serde_json::Value,
+    chunk: &[(u64, EventId)],
+    actor: &str,
+    person: bool,
+    copies: OtherCopies<'_>,
+) -> Result<u64, ErasureError> {
+    let ids: Vec<String> = chunk.iter().map(|(_, id)| id.to_string()).collect();
+    let mut attributes = base.clone();
+    attributes["events"] = json!(ids);
+    let event = governance_event(kind, attributes, actor, person)
+        .map_err(|e| ErasureError::Event(e.to_string()))?;
+    let receipt = store.append(vec![event])?;
+    let remover = receipt
+        .events
+        .first()
+        .map(|e| e.seq)
+        .ok_or_else(|| ErasureError::Event("the append returned no receipt".into()))?;
+    let seqs: Vec<u64> = chunk.iter().map(|(s, _)| *s).collect();
+    check_no_hold_before(store, &seqs, remover)?;
+    copies(&seqs)?;
+    Ok(remover)
 }

@@ -183,7 +183,7 @@ impl Verifier<'_> {
             let seq = first + i as u64;
             let (leaf, redacted, mut index_problem) =
                 result.map_err(|p| self.fail(Some(seq), p))?;
-            if redacted && !removed.contains(&seq) {
+            if redacted && removed.binary_search(&seq).is_err() {
                 return Err(self.fail(
                     Some(seq),
                     "its payload is missing, and no erasure or expiry records its removal",
