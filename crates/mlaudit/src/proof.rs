@@ -109,6 +109,12 @@ pub fn verify(data: &Path, trusted: Option<&Path>, key: Option<&str>) -> Result<
         report.root.to_hex(),
         report.events
     );
+    if report.redacted > 0 {
+        println!(
+            "{} payloads removed, each named by an erasure or expiry event that lists it",
+            report.redacted
+        );
+    }
     if let Some((_, cp)) = &trusted {
         check_extends(&store, cp, "the trusted checkpoint")?;
         println!(

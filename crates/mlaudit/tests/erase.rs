@@ -122,7 +122,14 @@ fn erased_payloads_leave_the_disk_and_every_proof_still_verifies() {
     assert_eq!(attributes["reason"], "DSR-2026-17");
     assert_eq!(attributes["criteria"], json!({"subject": "request=r-3"}));
     assert_eq!(attributes["events"], json!([id(3)]));
-    log.run(&["verify"]).ok();
+    let verified = log.run(&["verify"]).ok();
+    assert!(
+        verified
+            .stdout
+            .contains("1 payloads removed, each named by an erasure or expiry event that lists it"),
+        "{}",
+        verified.stdout
+    );
 
     let again = log
         .run(&["erase", "--event", &id(3), "--reason", "DSR-2026-17"])
