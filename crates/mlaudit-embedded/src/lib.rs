@@ -750,6 +750,7 @@ impl Appender for EmbeddedStore {
     }
 
     fn remove_payload_batch(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
+        mlaudit_store::check_removals(self, removals)?;
         removal::remove(&self.shared, removals)
     }
 

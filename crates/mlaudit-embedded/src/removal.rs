@@ -288,8 +288,8 @@ fn run_journal(shared: &Shared, patches: &[Patch]) -> Result<(), StoreError> {
 }
 
 /// Removes the payloads of the (seq, remover) pairs, each naming the governance event that
-/// removed it ([`mlaudit_store::Appender::remove_payload_batch`]); each segment is rewritten
-/// once for the whole batch.
+/// removed it ([`mlaudit_store::Appender::remove_payload_batch`], which checks the pairs
+/// first); each segment is rewritten once for the whole batch.
 pub(crate) fn remove(shared: &Shared, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
     let _one_rewrite = shared.segment_rewrite.lock().map_err(|_| lock_poisoned())?;
     // A removal that failed part way is finished first: its journal would be replaced.
@@ -300,30 +300,9 @@ pub(crate) fn remove(shared: &Shared, removals: &[(u64, u64)]) -> Result<u64, St
     if let Some(patches) = left {
         run_journal(shared, &patches)?;
     }
-    let size = shared.size.load(std::sync::atomic::Ordering::Acquire);
-    let mut removers: Vec<u64> = removals.iter().map(|(_, r)| *r).collect();
-    removers.sort_unstable();
-    removers.dedup();
-    for &remover in &removers {
-        if remover >= size {
-            return Err(StoreError::NotFound(format!("remover seq {remover}")));
-        }
-        let pos = shared
-            .files
-            .offset(remover)
-            .map_err(|source| StoreError::Io {
-                context: format!("reading offsets.bin at seq {remover}"),
-                source,
-            })?;
-        let entry = crate::read_event_at(shared, remover, pos)?.entry;
-        mlaudit_store::check_remover(remover, &entry)?;
-    }
     let mut wanted: Vec<(u64, u64)> = removals.to_vec();
     wanted.sort_unstable();
     wanted.dedup_by_key(|(seq, _)| *seq);
-    if let Some((seq, _)) = wanted.iter().find(|(seq, _)| *seq >= size) {
-        return Err(StoreError::NotFound(format!("seq {seq}")));
-    }
     let (mut removed, mut patches, mut bytes) = (0, Vec::new(), 0usize);
     for (seq, remover) in wanted {
         if let Some(p) = patch_for(shared, seq, remover)? {

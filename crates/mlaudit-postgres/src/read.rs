@@ -415,18 +415,7 @@ impl PostgresStore {
     /// `payload_removals` and deletes the payload row, in one transaction; the table's trigger
     /// lets the row go only with such a record naming a removal event.
     pub(crate) fn remove_payloads_now(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
-        let mut removers: Vec<u64> = removals.iter().map(|(_, r)| *r).collect();
-        removers.sort_unstable();
-        removers.dedup();
-        for &remover in &removers {
-            if remover >= self.tree_size() {
-                return Err(StoreError::NotFound(format!("remover seq {remover}")));
-            }
-            mlaudit_store::check_remover(remover, &self.event(remover)?.entry)?;
-        }
-        if let Some((beyond, _)) = removals.iter().find(|(s, _)| *s >= self.tree_size()) {
-            return Err(StoreError::NotFound(format!("seq {beyond}")));
-        }
+        mlaudit_store::check_removals(self, removals)?;
         let seqs: Vec<i64> = removals.iter().map(|(s, _)| to_i64(*s)).collect();
         let by: Vec<i64> = removals.iter().map(|(_, r)| to_i64(*r)).collect();
         self.block(async {

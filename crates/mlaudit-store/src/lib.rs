@@ -528,6 +528,25 @@ pub fn check_remover(seq: u64, entry: &[u8]) -> Result<(), StoreError> {
     )))
 }
 
+/// Checks a batch of (seq, remover) pairs before an engine removes anything: every seq is in
+/// the log, and every remover is a payload removal event of it ([`check_remover`]).
+pub fn check_removals(log: &dyn LogReader, removals: &[(u64, u64)]) -> Result<(), StoreError> {
+    let size = log.tree_size();
+    if let Some((seq, _)) = removals.iter().find(|(seq, _)| *seq >= size) {
+        return Err(StoreError::NotFound(format!("seq {seq}")));
+    }
+    let mut removers: Vec<u64> = removals.iter().map(|(_, r)| *r).collect();
+    removers.sort_unstable();
+    removers.dedup();
+    for remover in removers {
+        if remover >= size {
+            return Err(StoreError::NotFound(format!("remover seq {remover}")));
+        }
+        check_remover(remover, &log.event(remover)?.entry)?;
+    }
+    Ok(())
+}
+
 /// Every seq of events of `kind`, in order.
 pub fn seqs_of_kind(store: &dyn Store, kind: &str) -> Result<Vec<u64>, StoreError> {
     seqs_matching(

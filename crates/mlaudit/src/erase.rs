@@ -71,15 +71,8 @@ pub fn run(data: &Path, args: EraseArgs) -> Result<()> {
         outcome.erased = todo.len() as u64;
         outcome
     } else {
-        let mut from_archive = |seqs: &[u64]| -> Result<(), ErasureError> {
-            if let Some(a) = &archive {
-                let done = a
-                    .remove_payloads(seqs)
-                    .map_err(|e| ErasureError::Elsewhere(format!("{}: {e}", a.url())))?;
-                archived.payloads += done.payloads;
-                archived.bundles += done.bundles;
-            }
-            Ok(())
+        let mut from_archive = |seqs: &[u64]| {
+            crate::retention::expiry::remove_archived(archive.as_ref(), seqs, &mut archived)
         };
         erasure::erase(
             &store,

@@ -11,6 +11,7 @@
 use super::policy::Policy;
 use crate::output::Progress;
 use anyhow::Result;
+use mlaudit_archive::remove::Removed;
 use mlaudit_archive::Archive;
 use mlaudit_core::entry::{decode_view, EventId};
 use mlaudit_core::event::is_reserved_kind;
@@ -98,6 +99,23 @@ pub struct Expired {
     pub recorded: Vec<u64>,
 }
 
+/// Removes the payloads of `seqs` from the archive's bundles, if there is an archive, adding
+/// what it did to `tally`: the other copy that erasure and expiry clear before the log's own.
+pub fn remove_archived(
+    archive: Option<&Archive>,
+    seqs: &[u64],
+    tally: &mut Removed,
+) -> Result<(), ErasureError> {
+    if let Some(a) = archive {
+        let done = a
+            .remove_payloads(seqs)
+            .map_err(|e| ErasureError::Elsewhere(format!("{}: {e}", a.url())))?;
+        tally.payloads += done.payloads;
+        tally.bundles += done.bundles;
+    }
+    Ok(())
+}
+
 /// Expires what `due` lists, rule by rule, from `archive` (if any) first, then from the log.
 pub fn expire(
     store: &dyn Store,
@@ -109,13 +127,8 @@ pub fn expire(
     let mut out = Vec::new();
     for rule in due.iter().filter(|r| !r.due.is_empty()) {
         let base = serde_json::json!({"rule": rule.text});
-        let mut from_archive = |seqs: &[u64]| -> Result<(), ErasureError> {
-            if let Some(a) = archive {
-                a.remove_payloads(seqs)
-                    .map_err(|e| ErasureError::Elsewhere(format!("{}: {e}", a.url())))?;
-            }
-            Ok(())
-        };
+        let mut from_archive =
+            |seqs: &[u64]| remove_archived(archive, seqs, &mut Removed::default());
         let (removed, recorded) = mlaudit_store::erasure::remove_recorded(
             store,
             "governance.payload_expired",
