@@ -276,23 +276,14 @@ fn export(
     scan_eps: f64,
     ctx: &serde_json::Value,
 ) -> Result<()> {
-    let bin = std::env::current_exe()?.with_file_name("mlaudit");
-    anyhow::ensure!(
-        bin.exists(),
-        "{} is missing: build it first (cargo build --release -p mlaudit)",
-        bin.display()
-    );
     let key_dir = dir.join("key");
     std::fs::create_dir_all(&key_dir)?;
     std::fs::write(key_dir.join("signing.key"), signer_text)?;
-    let t = Instant::now();
-    let out = std::process::Command::new(&bin)
-        .arg("--data")
-        .arg(dir)
-        .args(["export", "--out"])
-        .arg(dir.join("export"))
-        .output()?;
-    let secs = t.elapsed().as_secs_f64();
+    let export_dir = dir.join("export");
+    let (secs, out) = timed_cli(
+        dir,
+        &["export".as_ref(), "--out".as_ref(), export_dir.as_os_str()],
+    )?;
     anyhow::ensure!(
         out.status.success(),
         "mlaudit export: {}",
@@ -322,26 +313,21 @@ fn export(
 /// log after `export`, most of it in packed segments) and reports payloads/s against the bare
 /// scan.
 fn expire(dir: &Path, n: u64, scan_eps: f64, ctx: &serde_json::Value) -> Result<()> {
-    let bin = std::env::current_exe()?.with_file_name("mlaudit");
     let config = dir.join("expire.toml");
     std::fs::write(
         &config,
         "[retention]\n[[retention.rule]]\nstage = \"prediction\"\nexpire = \"1y\"\n",
     )?;
-    let t = Instant::now();
-    let out = std::process::Command::new(&bin)
-        .arg("--data")
-        .arg(dir)
-        .args([
-            "retention",
-            "apply",
-            "--now",
-            "2100-01-01T00:00:00Z",
-            "--config",
-        ])
-        .arg(&config)
-        .output()?;
-    let secs = t.elapsed().as_secs_f64();
+    let args = [
+        "retention",
+        "apply",
+        "--now",
+        "2100-01-01T00:00:00Z",
+        "--config",
+    ];
+    let mut args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    args.push(config.as_os_str());
+    let (secs, out) = timed_cli(dir, &args)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     anyhow::ensure!(
         out.status.success() && stdout.contains(&format!("{n} payloads removed")),
@@ -359,6 +345,24 @@ fn expire(dir: &Path, n: u64, scan_eps: f64, ctx: &serde_json::Value) -> Result<
         ctx.clone(),
     );
     Ok(())
+}
+
+/// Runs the release `mlaudit` built beside the bench on the data directory `dir`; returns the
+/// seconds it took and its output.
+fn timed_cli(dir: &Path, args: &[&std::ffi::OsStr]) -> Result<(f64, std::process::Output)> {
+    let bin = std::env::current_exe()?.with_file_name("mlaudit");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is missing: build it first (cargo build --release -p mlaudit)",
+        bin.display()
+    );
+    let t = Instant::now();
+    let out = std::process::Command::new(&bin)
+        .arg("--data")
+        .arg(dir)
+        .args(args)
+        .output()?;
+    Ok((t.elapsed().as_secs_f64(), out))
 }
 
 fn latest(store: &EmbeddedStore) -> Result<String> {
