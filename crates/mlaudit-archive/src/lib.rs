@@ -26,6 +26,7 @@
 //! * Payloads are the only data ever removed (payload expiry and erasure): a leaf commits to
 //!   its payload's SHA-256, never to the payload, so every proof stays valid without it.
 
+pub mod cold;
 pub mod layout;
 mod location;
 pub mod read;

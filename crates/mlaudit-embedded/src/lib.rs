@@ -42,7 +42,7 @@ use mlaudit_core::merkle::Hash;
 use mlaudit_core::note::NoteSigner;
 use mlaudit_core::EventId;
 use mlaudit_store::{
-    AppendReceipt, Appender, Diagnostics, LogReader, Querier, Query, StoreError, StoredEvent,
+    AppendReceipt, Appender, Diagnostics, LogReader, Querier, Query, StoreError, StoredEvent, Tier,
 };
 use std::fs::File;
 use std::ops::ControlFlow;
@@ -112,7 +112,26 @@ pub(crate) struct Segment {
     pub packed: Option<Arc<packed::Packed>>,
 }
 
+impl EmbeddedStore {
+    /// Checks that every seq is in the log.
+    fn check_seqs(&self, mut seqs: impl Iterator<Item = u64>) -> Result<(), StoreError> {
+        let size = self.tree_size();
+        match seqs.find(|seq| *seq >= size) {
+            Some(seq) => Err(StoreError::NotFound(format!("seq {seq}"))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Segment {
+    /// The tier of the payloads it holds: hot while raw, warm once packed.
+    pub fn tier(&self) -> Tier {
+        match self.packed {
+            Some(_) => Tier::Warm,
+            None => Tier::Hot,
+        }
+    }
+
     /// Its raw length.
     pub fn len(&self) -> std::io::Result<u64> {
         match &self.packed {
@@ -189,32 +208,36 @@ fn cached_from(size: u64) -> u32 {
 /// that a proof costs one read of storage.
 const PROOF_BLOCK: u64 = 1 << CACHED_FROM_LEVEL;
 
-/// An event record's part B: the payload, or the seq of the governance event that removed it.
+/// An event record's part B: the payload, the seq of the governance event that removed it, or
+/// nothing (the payload is kept only in the cold archive).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum PartB<'a> {
     Payload(&'a [u8]),
     RemovedBy(u64),
+    InArchive,
 }
 
 impl<'a> PartB<'a> {
-    fn payload(self) -> Option<&'a [u8]> {
+    /// As the store interface names it.
+    fn as_ref(self) -> mlaudit_store::PayloadRef<'a> {
         match self {
-            PartB::Payload(p) => Some(p),
-            PartB::RemovedBy(_) => None,
+            PartB::Payload(p) => mlaudit_store::PayloadRef::Here(Some(p)),
+            PartB::RemovedBy(r) => mlaudit_store::PayloadRef::RemovedBy(r),
+            PartB::InArchive => mlaudit_store::PayloadRef::InArchive,
         }
     }
 
-    /// The stored event with this part B.
-    fn stored(self, seq: u64, entry: Vec<u8>) -> StoredEvent {
-        StoredEvent {
-            seq,
-            entry,
-            payload: self.payload().map(<[u8]>::to_vec),
-            removed_by: match self {
-                PartB::Payload(_) => None,
-                PartB::RemovedBy(s) => Some(s),
-            },
+    /// The stored event with this part B, read from a segment of tier `local` (hot: raw,
+    /// warm: packed).
+    fn stored(self, seq: u64, entry: Vec<u8>, local: Tier) -> StoredEvent {
+        let mut ev = StoredEvent::new(seq, entry, None);
+        ev.tier = local;
+        match self {
+            PartB::Payload(p) => ev.payload = Some(p.to_vec()),
+            PartB::RemovedBy(s) => ev.removed_by = Some(s),
+            PartB::InArchive => ev.tier = Tier::Cold,
         }
+        ev
     }
 }
 
@@ -302,8 +325,8 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreErr
     move |source| StoreError::Io { context, source }
 }
 
-/// Receives (seq, entry, part B) of each event a scan reads.
-type SliceVisitor<'a> = &'a mut dyn FnMut(u64, &[u8], PartB<'_>) -> ControlFlow<()>;
+/// Receives (seq, entry, part B, the segment's tier) of each event a scan reads.
+type SliceVisitor<'a> = &'a mut dyn FnMut(u64, &[u8], PartB<'_>, Tier) -> ControlFlow<()>;
 
 fn lock_poisoned() -> StoreError {
     StoreError::WriterStopped("a thread panicked while holding the store's lock".into())
@@ -394,7 +417,7 @@ impl EmbeddedStore {
                         });
                     }
                     let (entry, b) = event_parts(&h, rec).map_err(|p| corrupt(off, p))?;
-                    if visit(seq, entry, b).is_break() {
+                    if visit(seq, entry, b, seg.tier()).is_break() {
                         return Ok(());
                     }
                     seq += 1;
@@ -556,7 +579,7 @@ impl EmbeddedStore {
                         problem: format!("the record at {}:{off} is not seq {seq}", seg.name),
                     });
                 }
-                events.push(b.stored(seq, entry.to_vec()));
+                events.push(b.stored(seq, entry.to_vec(), seg.tier()));
             }
             at += h.total_len() as usize;
         }
@@ -711,12 +734,12 @@ pub(crate) fn read_event_at(
             problem: format!("points at the record of seq {stored_seq:?}"),
         });
     }
-    Ok(b.stored(seq, entry.to_vec()))
+    Ok(b.stored(seq, entry.to_vec(), seg.tier()))
 }
 
 /// The seq an entry header claims (bytes 1..9, big-endian; docs/FORMAT.md §1), without
 /// decoding the rest.
-fn entry_seq(entry: &[u8]) -> Option<u64> {
+pub(crate) fn entry_seq(entry: &[u8]) -> Option<u64> {
     entry
         .get(1..9)
         .and_then(|b| b.try_into().ok())
@@ -736,12 +759,18 @@ pub(crate) fn event_parts<'a>(
     buf: &'a [u8],
 ) -> Result<(&'a [u8], PartB<'a>), String> {
     let (a, b) = record_parts(h, buf);
-    if h.kind == record::REMOVED {
-        let remover = record::remover(b)
-            .ok_or("a removed payload's record holds more than its remover's seq")?;
-        return Ok((a, PartB::RemovedBy(remover)));
+    match h.kind {
+        record::REMOVED => {
+            let remover = record::remover(b)
+                .ok_or("a removed payload's record holds more than its remover's seq")?;
+            Ok((a, PartB::RemovedBy(remover)))
+        }
+        record::IN_ARCHIVE if b.iter().any(|&z| z != 0) => {
+            Err("an archived payload's record holds more than zeros".into())
+        }
+        record::IN_ARCHIVE => Ok((a, PartB::InArchive)),
+        _ => Ok((a, PartB::Payload(b))),
     }
-    Ok((a, PartB::Payload(b)))
 }
 
 impl Appender for EmbeddedStore {
@@ -751,7 +780,24 @@ impl Appender for EmbeddedStore {
 
     fn remove_payload_batch(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
         mlaudit_store::check_removals(self, removals)?;
-        removal::remove(&self.shared, removals)
+        let changes = removals
+            .iter()
+            .map(|(seq, remover)| (*seq, removal::Change::Remove(*remover)));
+        removal::rewrite(&self.shared, changes.collect())
+    }
+
+    fn offload_payloads(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+        self.check_seqs(seqs.iter().copied())?;
+        let changes = seqs.iter().map(|seq| (*seq, removal::Change::Offload));
+        removal::rewrite(&self.shared, changes.collect())
+    }
+
+    fn restore_payloads(&self, payloads: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        self.check_seqs(payloads.iter().map(|(seq, _)| *seq))?;
+        let changes = payloads
+            .iter()
+            .map(|(seq, p)| (*seq, removal::Change::Restore(p.clone())));
+        removal::rewrite(&self.shared, changes.collect())
     }
 
     fn submit(&self, events: Vec<PreparedEvent>, done: mlaudit_store::AppendDone) {
@@ -896,8 +942,8 @@ impl LogReader for EmbeddedStore {
         from: u64,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.scan_slices(from, &mut |seq, entry, b| {
-            visit(b.stored(seq, entry.to_vec()))
+        self.scan_slices(from, &mut |seq, entry, b, tier| {
+            visit(b.stored(seq, entry.to_vec(), tier))
         })
     }
 
@@ -908,10 +954,7 @@ impl LogReader for EmbeddedStore {
         visit: &mut dyn FnMut(mlaudit_store::EventRun) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         mlaudit_store::group_runs(from, run_len, visit, |push| {
-            self.scan_slices(from, &mut |_, entry, b| match b {
-                PartB::Payload(p) => push(entry, Some(p), None),
-                PartB::RemovedBy(r) => push(entry, None, Some(r)),
-            })
+            self.scan_slices(from, &mut |_, entry, b, _| push(entry, b.as_ref()))
         })
     }
 }

@@ -1,7 +1,8 @@
 //! Record framing inside segment files.
 //!
 //! ```text
-//! u8  type (1 = event, 2 = checkpoint, 3 = event whose payload was removed)
+//! u8  type (1 = event, 2 = checkpoint, 3 = event whose payload was removed,
+//!           4 = event whose payload is kept only in the cold archive)
 //! u32 len_a (entry bytes, or note bytes)      u32 len_b (payload bytes; 0 for checkpoints)
 //! u32 header CRC-32C of the 9 bytes above
 //! [len_a] [len_b]
@@ -13,8 +14,10 @@
 //!
 //! A removed payload (expiry, erasure) turns an event record into a record of type 3 of the
 //! same length, in place: its entry is unchanged, and its part B — as long as the payload was —
-//! holds the seq of the governance event that removed it (u64) followed by zeros. Nothing else
-//! ever rewrites a record.
+//! holds the seq of the governance event that removed it (u64) followed by zeros. A payload
+//! moved to the cold archive turns it into a record of type 4 of the same length whose part B
+//! is all zeros; restoring the payload turns it back into the event record it was. Nothing
+//! else ever rewrites a record.
 
 /// Record type of an event.
 pub const EVENT: u8 = 1;
@@ -22,6 +25,9 @@ pub const EVENT: u8 = 1;
 pub const CHECKPOINT: u8 = 2;
 /// Record type of an event whose payload was removed (same length as the event record).
 pub const REMOVED: u8 = 3;
+/// Record type of an event whose payload is kept only in the cold archive (same length as the
+/// event record, part B zeros).
+pub const IN_ARCHIVE: u8 = 4;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 13;
 /// Bytes after the body.
@@ -80,7 +86,7 @@ pub fn parse_header(bytes: &[u8; HEADER_LEN]) -> Result<Header, FrameError> {
         return Err(FrameError::HeaderChecksum);
     }
     let kind = bytes[0];
-    if kind != EVENT && kind != CHECKPOINT && kind != REMOVED {
+    if kind != CHECKPOINT && !is_event(kind) {
         return Err(FrameError::UnknownType(kind));
     }
     let len_a = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
@@ -118,7 +124,23 @@ pub fn check_record<'a>(h: &Header, record: &'a [u8]) -> Result<(&'a [u8], &'a [
 
 /// Whether records of this type are events (with or without their payload).
 pub fn is_event(kind: u8) -> bool {
-    kind == EVENT || kind == REMOVED
+    matches!(kind, EVENT | REMOVED | IN_ARCHIVE)
+}
+
+/// The record that replaces an event record once its payload is kept only in the cold
+/// archive: the same entry and length, part B zeros.
+pub fn in_archive(entry: &[u8], payload_len: u32) -> Option<Vec<u8>> {
+    let b = vec![0u8; usize::try_from(payload_len).ok()?];
+    let mut out = Vec::with_capacity(HEADER_LEN + entry.len() + b.len() + TRAILER_LEN);
+    encode_into(&mut out, IN_ARCHIVE, entry, &b);
+    Some(out)
+}
+
+/// The event record of `entry` and `payload`: what a restored payload's record becomes again.
+pub fn event(entry: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + entry.len() + payload.len() + TRAILER_LEN);
+    encode_into(&mut out, EVENT, entry, payload);
+    out
 }
 
 /// The record that replaces an event record once its payload is removed by the governance

@@ -387,6 +387,11 @@ fn replay_segment(
                 "a removed payload's record holds more than its remover's seq".into(),
             ));
         }
+        if h.kind == record::IN_ARCHIVE && b.iter().any(|&z| z != 0) {
+            return Err(corrupt(
+                "an archived payload's record holds more than zeros".into(),
+            ));
+        }
         r.apply(&h, a, seg.start + offset).map_err(corrupt)?;
         offset += total;
     }

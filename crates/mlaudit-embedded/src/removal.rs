@@ -1,12 +1,15 @@
-//! Removing payloads (expiry, erasure) from segments that are otherwise never rewritten.
+//! Rewriting payloads in segments that are otherwise never rewritten: removing them (expiry,
+//! erasure), leaving them to the cold archive, and bringing them back from it.
 //!
-//! A removal replaces each event record by a [`record::REMOVED`] record of the same length
-//! (docs/FORMAT.md §6): same entry, part B the remover's seq then zeros. To survive a crash
-//! halfway, the new records are first written to a journal (`payload-removal.journal`, written
-//! under a temporary name, synced and renamed into place), then applied: a raw segment is
-//! patched in place and synced; a packed one is packed again from its patched bytes and renamed
-//! over itself. The journal is removed once all of that is durable. Opening applies a journal
-//! left behind again — applying writes final bytes, so doing it twice changes nothing.
+//! Each replaces an event record by one of the same length and entry (docs/FORMAT.md §6): a
+//! removal by a [`record::REMOVED`] record (part B the remover's seq then zeros), an offload
+//! by a [`record::IN_ARCHIVE`] record (part B zeros), a restore by the [`record::EVENT`]
+//! record again (part B the payload its entry commits to). To survive a crash halfway, the new
+//! records are first written to a journal (`payload-removal.journal`, written under a
+//! temporary name, synced and renamed into place), then applied: a raw segment is patched in
+//! place and synced; a packed one is packed again from its patched bytes and renamed over
+//! itself. The journal is removed once all of that is durable. Opening applies a journal left
+//! behind again — applying writes final bytes, so doing it twice changes nothing.
 //!
 //! **Invariants:** record positions and lengths never change, so `offsets.bin`, tree nodes,
 //! indexes and checkpoints stay valid; an entry is never touched, so neither is any leaf.
@@ -165,17 +168,19 @@ fn check_group(
         check_patch(&old, new).map_err(|problem| {
             std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("{name} at offset {at}: refusing a payload removal: {problem}"),
+                format!("{name} at offset {at}: refusing a payload rewrite: {problem}"),
             )
         })?;
     }
     Ok(())
 }
 
-/// A patch may only turn an event record into its removed form: `new` must be a well-formed
-/// removed record, and `old` — the bytes it replaces, possibly torn by a crash halfway through
-/// an earlier attempt — must hold the same entry at the same place, and if it checks out as a
-/// record, be that event (or already `new`).
+/// A patch may only move one event record between its forms — payload here, removed, in the
+/// archive only — as [`patch_for`] makes them: `new` must be a well-formed record of one of
+/// those forms (an event record's payload must be the one its entry commits to), and `old` —
+/// the bytes it replaces, possibly torn by a crash halfway through an earlier attempt — must
+/// hold the same entry at the same place, and if it checks out as a record, be a form `new`
+/// may follow (or already `new`).
 fn check_patch(old: &[u8], new: &[u8]) -> Result<(), String> {
     fn parse(b: &[u8]) -> Option<(record::Header, &[u8], &[u8])> {
         let h = record::parse_header(b.get(..record::HEADER_LEN)?.try_into().ok()?).ok()?;
@@ -184,11 +189,20 @@ fn check_patch(old: &[u8], new: &[u8]) -> Result<(), String> {
             .map(|(a, part_b)| (h, a, part_b))
     }
     let (h, entry, part_b) = parse(new).ok_or("the new record does not check out")?;
-    if h.kind != record::REMOVED || record::remover(part_b).is_none() {
-        return Err("the new record is not a removed payload's".into());
-    }
-    // The lengths (bytes 1..9) are the same in the event and removed forms, and in any mix
-    // of the two a crash can leave.
+    let may_follow: &[u8] = match h.kind {
+        record::REMOVED if record::remover(part_b).is_some() => {
+            &[record::EVENT, record::IN_ARCHIVE]
+        }
+        record::IN_ARCHIVE if part_b.iter().all(|&z| z == 0) => &[record::EVENT],
+        record::EVENT => {
+            let seq = crate::entry_seq(entry).ok_or("the new record's entry has no seq")?;
+            mlaudit_store::check_restored(seq, entry, part_b).map_err(|e| e.to_string())?;
+            &[record::IN_ARCHIVE]
+        }
+        _ => return Err("the new record is not a removed, archived or restored payload's".into()),
+    };
+    // The lengths (bytes 1..9) are the same in every form of an event record, and in any mix
+    // of two that a crash can leave.
     if old.get(1..9) != new.get(1..9) {
         return Err("the record there has other lengths".into());
     }
@@ -197,9 +211,9 @@ fn check_patch(old: &[u8], new: &[u8]) -> Result<(), String> {
         return Err("the record there holds another entry".into());
     }
     match parse(old) {
-        Some((h, _, _)) if h.kind == record::EVENT => Ok(()),
+        Some((h, _, _)) if may_follow.contains(&h.kind) => Ok(()),
         Some(_) if old == new => Ok(()),
-        Some(_) => Err("the record there is not an event with its payload".into()),
+        Some(_) => Err("the record there is not in a form this one may replace".into()),
         None => Ok(()), // torn by a crash in an earlier attempt: the entry matched
     }
 }
@@ -287,12 +301,22 @@ fn run_journal(shared: &Shared, patches: &[Patch]) -> Result<(), StoreError> {
     remove_journal(&shared.dir).map_err(io("removing the payload removal journal"))
 }
 
-/// Removes the payloads of the (seq, remover) pairs, each naming the governance event that
-/// removed it ([`mlaudit_store::Appender::remove_payload_batch`], which checks the pairs
-/// first); each segment is rewritten once for the whole batch.
-pub(crate) fn remove(shared: &Shared, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
+/// What to do to one event's payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// Remove it, naming the governance event of this seq.
+    Remove(u64),
+    /// Keep it only in the cold archive.
+    Offload,
+    /// Bring it back from the cold archive: these bytes.
+    Restore(Vec<u8>),
+}
+
+/// Applies the (seq, change) pairs, which the caller has checked; each segment is rewritten
+/// once for the whole batch. Returns how many records changed.
+pub(crate) fn rewrite(shared: &Shared, changes: Vec<(u64, Change)>) -> Result<u64, StoreError> {
     let _one_rewrite = shared.segment_rewrite.lock().map_err(|_| lock_poisoned())?;
-    // A removal that failed part way is finished first: its journal would be replaced.
+    // A rewrite that failed part way is finished first: its journal would be replaced.
     let left = left_journal(&shared.dir).map_err(|source| StoreError::Io {
         context: "reading the payload removal journal".into(),
         source,
@@ -300,22 +324,22 @@ pub(crate) fn remove(shared: &Shared, removals: &[(u64, u64)]) -> Result<u64, St
     if let Some(patches) = left {
         run_journal(shared, &patches)?;
     }
-    let mut wanted: Vec<(u64, u64)> = removals.to_vec();
-    wanted.sort_unstable();
+    let mut wanted = changes;
+    wanted.sort_unstable_by_key(|(seq, _)| *seq);
     wanted.dedup_by_key(|(seq, _)| *seq);
-    let (mut removed, mut patches, mut bytes) = (0, Vec::new(), 0usize);
-    for (seq, remover) in wanted {
-        if let Some(p) = patch_for(shared, seq, remover)? {
+    let (mut changed, mut patches, mut bytes) = (0, Vec::new(), 0usize);
+    for (seq, change) in wanted {
+        if let Some(p) = patch_for(shared, seq, &change)? {
             bytes += p.bytes.len();
             patches.push(p);
         }
         if bytes >= JOURNAL_BYTES {
-            removed += journal_and_apply(shared, &std::mem::take(&mut patches))?;
+            changed += journal_and_apply(shared, &std::mem::take(&mut patches))?;
             bytes = 0;
         }
     }
-    removed += journal_and_apply(shared, &patches)?;
-    Ok(removed)
+    changed += journal_and_apply(shared, &patches)?;
+    Ok(changed)
 }
 
 /// Journals `patches` durably, then applies them; returns how many there were.
@@ -331,8 +355,9 @@ fn journal_and_apply(shared: &Shared, patches: &[Patch]) -> Result<u64, StoreErr
     Ok(patches.len() as u64)
 }
 
-/// The new record for `seq`, or `None` when its payload is already gone.
-fn patch_for(shared: &Shared, seq: u64, remover: u64) -> Result<Option<Patch>, StoreError> {
+/// The new record for `seq`, or `None` when there is nothing to change (removed already, or
+/// already where `change` would put it).
+fn patch_for(shared: &Shared, seq: u64, change: &Change) -> Result<Option<Patch>, StoreError> {
     let pos = shared.files.offset(seq).map_err(|source| StoreError::Io {
         context: format!("reading offsets.bin at seq {seq}"),
         source,
@@ -342,14 +367,23 @@ fn patch_for(shared: &Shared, seq: u64, remover: u64) -> Result<Option<Patch>, S
         location: format!("{}:{}", seg.name, pos - seg.start),
         problem: format!("seq {seq}: {problem}"),
     };
-    match h.kind {
-        record::REMOVED => return Ok(None),
-        record::EVENT => {}
-        _ => return Err(corrupt("not an event record")),
-    }
     let entry = &buf[record::HEADER_LEN..record::HEADER_LEN + h.len_a as usize];
-    let bytes = record::removed(entry, h.len_b, remover)
-        .ok_or_else(|| corrupt("a payload shorter than 8 bytes cannot be removed"))?;
+    let bytes = match (h.kind, change) {
+        (record::REMOVED, _)
+        | (record::IN_ARCHIVE, Change::Offload)
+        | (record::EVENT, Change::Restore(_)) => return Ok(None),
+        (record::EVENT | record::IN_ARCHIVE, Change::Remove(remover)) => {
+            record::removed(entry, h.len_b, *remover)
+                .ok_or_else(|| corrupt("a payload shorter than 8 bytes cannot be removed"))?
+        }
+        (record::EVENT, Change::Offload) => record::in_archive(entry, h.len_b)
+            .ok_or_else(|| corrupt("a payload too long for this platform"))?,
+        (record::IN_ARCHIVE, Change::Restore(payload)) => {
+            mlaudit_store::check_restored(seq, entry, payload)?;
+            record::event(entry, payload)
+        }
+        _ => return Err(corrupt("not an event record")),
+    };
     Ok(Some(Patch { pos, bytes }))
 }
 

@@ -49,6 +49,7 @@ struct RetentionCounters {
     archived_total: AtomicU64,
     /// Payloads expired by runs of this process.
     expired_total: AtomicU64,
+    offloaded_total: AtomicU64,
     /// Unix seconds of the last successful run (0: none yet).
     last_success: AtomicU64,
 }
@@ -83,12 +84,19 @@ impl ConnEvent {
 impl Metrics {
     /// Records a successful retention run: the archive now holds `archive_size` events, of
     /// which `archived` were added by this run, and `expired` payloads were removed.
-    pub fn retention_succeeded(&self, archive_size: u64, archived: u64, expired: u64) {
+    pub fn retention_succeeded(
+        &self,
+        archive_size: u64,
+        archived: u64,
+        expired: u64,
+        offloaded: u64,
+    ) {
         let r = &self.retention;
         r.succeeded.fetch_add(1, Ordering::Relaxed);
         r.archived.store(archive_size, Ordering::Relaxed);
         r.archived_total.fetch_add(archived, Ordering::Relaxed);
         r.expired_total.fetch_add(expired, Ordering::Relaxed);
+        r.offloaded_total.fetch_add(offloaded, Ordering::Relaxed);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -181,6 +189,7 @@ fn retention(out: &mut String, r: &RetentionCounters) {
     let _ = writeln!(out, "# HELP mlaudit_retention_archived_events Events the cold archive holds after the last successful run.\n# TYPE mlaudit_retention_archived_events gauge\nmlaudit_retention_archived_events {}", load(&r.archived));
     let _ = writeln!(out, "# HELP mlaudit_retention_events_archived_total Events archived by this process's scheduled runs.\n# TYPE mlaudit_retention_events_archived_total counter\nmlaudit_retention_events_archived_total {}", load(&r.archived_total));
     let _ = writeln!(out, "# HELP mlaudit_retention_payloads_expired_total Payloads removed by this process's scheduled runs (governance.payload_expired).\n# TYPE mlaudit_retention_payloads_expired_total counter\nmlaudit_retention_payloads_expired_total {}", load(&r.expired_total));
+    let _ = writeln!(out, "# HELP mlaudit_retention_payloads_offloaded_total Local payloads this process's scheduled runs dropped once the cold archive held them.\n# TYPE mlaudit_retention_payloads_offloaded_total counter\nmlaudit_retention_payloads_offloaded_total {}", load(&r.offloaded_total));
     let _ = writeln!(out, "# HELP mlaudit_retention_last_success_timestamp_seconds Unix time of the last successful retention run (0: none yet).\n# TYPE mlaudit_retention_last_success_timestamp_seconds gauge\nmlaudit_retention_last_success_timestamp_seconds {}", load(&r.last_success));
 }
 

@@ -45,6 +45,32 @@ pub struct StoredEvent {
     /// The seq of the governance event that removed the payload (expiry, erasure), when the
     /// engine knows it.
     pub removed_by: Option<u64>,
+    /// Where the payload was read from: a tier of [`Tier::Cold`] with no payload and no
+    /// remover means the payload is kept only in the cold archive, for a reader that knows
+    /// the archive to fetch.
+    pub tier: Tier,
+}
+
+/// Which storage answered for an event: the server's uncompressed log (hot), its compressed
+/// segments (warm), or the cold archive on object storage (cold). Entries, leaves and
+/// checkpoints are always local; the tier is where the payload lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Tier {
+    #[default]
+    Hot,
+    Warm,
+    Cold,
+}
+
+impl Tier {
+    /// `hot`, `warm` or `cold`, as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Hot => "hot",
+            Tier::Warm => "warm",
+            Tier::Cold => "cold",
+        }
+    }
 }
 
 impl StoredEvent {
@@ -55,7 +81,13 @@ impl StoredEvent {
             entry,
             payload,
             removed_by: None,
+            tier: Tier::Hot,
         }
+    }
+
+    /// Whether the payload is kept only in the cold archive (to be fetched from there).
+    pub fn payload_in_archive(&self) -> bool {
+        self.tier == Tier::Cold && self.payload.is_none() && self.removed_by.is_none()
     }
 }
 
@@ -93,6 +125,8 @@ pub struct EventRun {
     spans: Vec<(usize, usize, Option<usize>)>,
     /// (index in the run, remover seq) of the events whose payload was removed.
     removed: Vec<(usize, u64)>,
+    /// Indexes in the run of the events whose payload is kept only in the cold archive.
+    in_archive: Vec<usize>,
 }
 
 impl EventRun {
@@ -103,6 +137,27 @@ impl EventRun {
             bytes: Vec::with_capacity(events * 640),
             spans: Vec::with_capacity(events),
             removed: Vec::new(),
+            in_archive: Vec::new(),
+        }
+    }
+
+    /// Adds the next event whose payload is kept only in the cold archive.
+    pub fn push_in_archive(&mut self, entry: &[u8]) {
+        self.in_archive.push(self.spans.len());
+        self.push(entry, None);
+    }
+
+    /// The seqs of the run's events whose payload is kept only in the cold archive.
+    pub fn in_archive(&self) -> impl Iterator<Item = u64> + '_ {
+        self.in_archive.iter().map(|i| self.first + *i as u64)
+    }
+
+    /// Adds the next stored event, whatever its payload's state.
+    pub fn push_stored(&mut self, ev: &StoredEvent) {
+        match (&ev.payload, ev.removed_by) {
+            (None, Some(remover)) => self.push_removed(&ev.entry, remover),
+            (None, None) if ev.tier == Tier::Cold => self.push_in_archive(&ev.entry),
+            (payload, _) => self.push(&ev.entry, payload.as_deref()),
         }
     }
 
@@ -150,6 +205,28 @@ impl EventRun {
     }
 }
 
+/// An event's payload as a store holds it, for [`group_runs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PayloadRef<'a> {
+    /// Here (or absent with no reason recorded: `verify` reports that).
+    Here(Option<&'a [u8]>),
+    /// Removed by the governance event of this seq.
+    RemovedBy(u64),
+    /// Kept only in the cold archive.
+    InArchive,
+}
+
+impl<'a> PayloadRef<'a> {
+    /// The payload state of a stored event.
+    pub fn of(ev: &'a StoredEvent) -> PayloadRef<'a> {
+        match (&ev.payload, ev.removed_by) {
+            (None, Some(remover)) => PayloadRef::RemovedBy(remover),
+            (None, None) if ev.tier == Tier::Cold => PayloadRef::InArchive,
+            (payload, _) => PayloadRef::Here(payload.as_deref()),
+        }
+    }
+}
+
 /// Groups the events that `feed` pushes one at a time (in seq order from `from`) into runs of
 /// `run_len` for `visit`; for implementations of [`LogReader::scan_runs`].
 pub fn group_runs(
@@ -157,16 +234,17 @@ pub fn group_runs(
     run_len: usize,
     visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
     feed: impl FnOnce(
-        &mut dyn FnMut(&[u8], Option<&[u8]>, Option<u64>) -> ControlFlow<()>,
+        &mut dyn FnMut(&[u8], PayloadRef<'_>) -> ControlFlow<()>,
     ) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let run_len = run_len.max(1);
     let mut run = EventRun::new(from, run_len);
     let mut stopped = false;
-    let fed = feed(&mut |entry, payload, removed_by| {
-        match (payload, removed_by) {
-            (None, Some(remover)) => run.push_removed(entry, remover),
-            (payload, _) => run.push(entry, payload),
+    let fed = feed(&mut |entry, payload| {
+        match payload {
+            PayloadRef::RemovedBy(remover) => run.push_removed(entry, remover),
+            PayloadRef::InArchive => run.push_in_archive(entry),
+            PayloadRef::Here(payload) => run.push(entry, payload),
         }
         if run.len() == run_len {
             let next = EventRun::new(run.first + run_len as u64, run_len);
@@ -359,6 +437,44 @@ pub trait Appender: Send + Sync {
             "this store cannot remove payloads".into(),
         ))
     }
+    /// Drops the local copies of the payloads of `seqs`, which the caller has found in the
+    /// cold archive byte for byte: each is then kept only there ([`Tier::Cold`]), and readers
+    /// that know the archive fetch it. Entries, leaves and checkpoints stay. Payloads removed
+    /// or already in the archive only are left as they are; returns how many were dropped
+    /// now. Durable when it returns.
+    fn offload_payloads(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+        let _ = seqs;
+        Err(StoreError::Unsupported(
+            "this store keeps every payload it holds on its own storage".into(),
+        ))
+    }
+    /// Brings payloads kept only in the cold archive back to local storage: each (seq,
+    /// payload) must be the payload its entry commits to ([`check_restored`]). Events whose
+    /// payload is local or removed are left as they are; returns how many came back.
+    /// Durable when it returns.
+    fn restore_payloads(&self, payloads: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        let _ = payloads;
+        Err(StoreError::Unsupported(
+            "this store keeps every payload it holds on its own storage".into(),
+        ))
+    }
+}
+
+/// Checks that `payload` is the one the entry of event `seq` commits to (length and SHA-256):
+/// the only payload a restore may bring back.
+pub fn check_restored(seq: u64, entry: &[u8], payload: &[u8]) -> Result<(), StoreError> {
+    let view = mlaudit_core::entry::decode_view(entry).map_err(|e| StoreError::Corrupt {
+        location: format!("seq {seq}"),
+        problem: e.to_string(),
+    })?;
+    let same = payload.len() as u64 == u64::from(view.payload_len)
+        && mlaudit_core::merkle::sha256(payload) == view.payload_sha256;
+    if same {
+        return Ok(());
+    }
+    Err(StoreError::Refused(format!(
+        "seq {seq}: the payload offered is not the one its entry commits to (length and SHA-256 differ)"
+    )))
 }
 
 /// Reading the log and proving: events by seq and id, tree nodes, checkpoints, sequential
@@ -439,9 +555,7 @@ pub trait LogReader: Send + Sync {
         visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
         group_runs(from, run_len, visit, |push| {
-            self.scan(from, &mut |ev| {
-                push(&ev.entry, ev.payload.as_deref(), ev.removed_by)
-            })
+            self.scan(from, &mut |ev| push(&ev.entry, PayloadRef::of(&ev)))
         })
     }
 }

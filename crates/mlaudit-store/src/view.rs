@@ -36,8 +36,9 @@ pub fn resolve(store: &dyn Store, reference: &str) -> Result<u64, LookupError> {
     }
 }
 
-/// `{"seq", "leaf_hash", "event"}`: a stored event with its seq and leaf hash, and
-/// `payload_removed_by` (the seq of the erasure or expiry event) once its payload is gone.
+/// `{"seq", "leaf_hash", "tier", "event"}`: a stored event with its seq, its leaf hash and the
+/// tier that answered (`hot`, `warm`, `cold`), and `payload_removed_by` (the seq of the
+/// erasure or expiry event) once its payload is gone.
 pub fn event_json(store: &dyn Store, seq: u64) -> Result<Value, StoreError> {
     let ev = store.event(seq)?;
     let e = entry::decode(&ev.entry).map_err(|err| StoreError::Corrupt {
@@ -47,6 +48,7 @@ pub fn event_json(store: &dyn Store, seq: u64) -> Result<Value, StoreError> {
     let mut view = json!({
         "seq": seq,
         "leaf_hash": leaf_hash(&ev.entry).to_hex(),
+        "tier": ev.tier.as_str(),
         "event": render_event(&e, ev.payload.as_deref()),
     });
     if let Some(remover) = ev.removed_by {

@@ -10,6 +10,7 @@
 //! data directory still holds the key (or `serve --key FILE` names it).
 
 use anyhow::{Context, Result};
+use mlaudit_archive::cold::ColdPayloads;
 use mlaudit_core::entry::EventId;
 use mlaudit_core::event::PreparedEvent;
 use mlaudit_core::merkle::Hash;
@@ -53,20 +54,73 @@ pub fn store_url() -> Option<&'static str> {
     STORE_URL.get().and_then(|u| u.as_deref())
 }
 
-/// An open log, whichever engine holds it; a [`Store`] itself.
+/// An open log, whichever engine holds it, and the cold archive that keeps the payloads the
+/// engine no longer does; a [`Store`] itself, whose reads fetch those payloads from the
+/// archive (checked against their entries) so that callers never see the difference but the
+/// event's [`mlaudit_store::Tier`].
 #[derive(Debug)]
-pub enum Ledger {
+pub struct Ledger {
+    engine: Engine,
+    data: PathBuf,
+    /// The archive the data directory remembers, read when first needed (a retention run
+    /// may name it after the log was opened).
+    cold: OnceLock<Option<ColdPayloads>>,
+}
+
+/// The engine holding a log.
+#[derive(Debug)]
+pub enum Engine {
     Embedded(EmbeddedStore),
     Postgres(PostgresStore),
 }
 
 impl Ledger {
-    fn engine(&self) -> &dyn Store {
-        match self {
-            Ledger::Embedded(s) => s,
-            Ledger::Postgres(s) => s,
+    fn new(engine: Engine, data: &Path) -> Ledger {
+        Ledger {
+            engine,
+            data: data.to_owned(),
+            cold: OnceLock::new(),
         }
     }
+
+    fn engine(&self) -> &dyn Store {
+        match &self.engine {
+            Engine::Embedded(s) => s,
+            Engine::Postgres(s) => s,
+        }
+    }
+
+    /// The engine itself.
+    pub fn engine_kind(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The remembered cold archive, if this data directory has one.
+    pub fn cold(&self) -> Option<&ColdPayloads> {
+        self.cold
+            .get_or_init(|| {
+                crate::retention::remembered_archive(&self.data).map(|url| ColdPayloads::new(&url))
+            })
+            .as_ref()
+    }
+
+    /// `ev` with its payload fetched from the cold archive when only the archive keeps it.
+    fn fill(&self, ev: StoredEvent) -> Result<StoredEvent, StoreError> {
+        if !ev.payload_in_archive() {
+            return Ok(ev);
+        }
+        match self.cold() {
+            Some(cold) => cold.fill(ev),
+            None if ev.payload_in_archive() => Err(no_archive(ev.seq)),
+            None => Ok(ev),
+        }
+    }
+}
+
+fn no_archive(seq: u64) -> StoreError {
+    StoreError::Unavailable(format!(
+        "seq {seq}: its payload is kept only in the cold archive, and this data directory names none (its archive-url file is gone)"
+    ))
 }
 
 impl Appender for Ledger {
@@ -86,6 +140,12 @@ impl Appender for Ledger {
     fn remove_payload_batch(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
         self.engine().remove_payload_batch(removals)
     }
+    fn offload_payloads(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+        self.engine().offload_payloads(seqs)
+    }
+    fn restore_payloads(&self, payloads: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        self.engine().restore_payloads(payloads)
+    }
 }
 
 impl LogReader for Ledger {
@@ -93,7 +153,7 @@ impl LogReader for Ledger {
         self.engine().tree_size()
     }
     fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
-        self.engine().event(seq)
+        self.fill(self.engine().event(seq)?)
     }
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
         self.engine().seq_of(id)
@@ -121,7 +181,8 @@ impl LogReader for Ledger {
         self.engine().checkpoint_sizes_after(after, max)
     }
     fn inclusion_material(&self, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {
-        self.engine().inclusion_material(seq, size)
+        let (ev, path) = self.engine().inclusion_material(seq, size)?;
+        Ok((self.fill(ev)?, path))
     }
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
         self.engine().latest_checkpoint_size()
@@ -131,7 +192,15 @@ impl LogReader for Ledger {
         from: u64,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.engine().scan(from, visit)
+        let mut failed = None;
+        let scanned = self.engine().scan(from, &mut |ev| match self.fill(ev) {
+            Ok(ev) => visit(ev),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        });
+        failed.map_or(scanned, Err)
     }
     fn scan_runs(
         &self,
@@ -139,7 +208,23 @@ impl LogReader for Ledger {
         run_len: usize,
         visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.engine().scan_runs(from, run_len, visit)
+        let mut failed = None;
+        let scanned = self.engine().scan_runs(from, run_len, &mut |run| {
+            let first_cold = run.in_archive().next();
+            let filled = match (first_cold, self.cold()) {
+                (None, _) => Ok(run),
+                (Some(_), Some(cold)) => cold.fill_run(run),
+                (Some(seq), None) => Err(no_archive(seq)),
+            };
+            match filled {
+                Ok(run) => visit(run),
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            }
+        });
+        failed.map_or(scanned, Err)
     }
 }
 
@@ -165,7 +250,7 @@ impl Ledger {
     /// Flushes and closes the engine (the embedded store's derived files; PostgreSQL commits
     /// every group as it goes).
     pub fn close(&self) -> Result<()> {
-        if let Ledger::Embedded(s) = self {
+        if let Engine::Embedded(s) = &self.engine {
             s.close()?;
         }
         Ok(())
@@ -323,10 +408,11 @@ pub fn open_configured(data: &Path, options: Options, key: Option<&Path>) -> Res
                 other => anyhow::Error::from(other)
                     .context(format!("opening {}", mlaudit_postgres::url::redact(url))),
             })?;
-        return Ok(Ledger::Postgres(store));
+        return Ok(Ledger::new(Engine::Postgres(store), data));
     }
     make_private_dir(data)?;
-    open_with(data, Some(signer), options).map(Ledger::Embedded)
+    let engine = open_with(data, Some(signer), options)?;
+    Ok(Ledger::new(Engine::Embedded(engine), data))
 }
 
 /// Loads a signing key file given by path.

@@ -156,6 +156,15 @@ enum Command {
     /// Tiers by age, the cold archive and payload expiry (see docs/RETENTION.md).
     #[command(subcommand)]
     Retention(retention::RetentionCommand),
+    /// Bring payloads kept only in the cold archive back to the server (seqs FROM through TO).
+    Restore {
+        /// The first seq of the range.
+        #[arg(long, value_name = "SEQ")]
+        from: u64,
+        /// The last seq of the range (included).
+        #[arg(long, value_name = "SEQ")]
+        to: u64,
+    },
     /// Run the HTTP API (see docs/API.md).
     Serve(serve::ServeArgs),
     /// Backfill events from MLflow, a W&B audit log or a ClearML offline session (see
@@ -212,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { predictions } => demo::run(&data, predictions),
         Command::Serve(args) => serve::run(&data, args),
         Command::Retention(cmd) => retention::run(&data, cmd),
+        Command::Restore { from, to } => retention::restore_command(&data, from, to),
         Command::Hold(cmd) => hold::run(&data, cmd),
         Command::Erase(args) => erase::run(&data, args),
         Command::Export(args) => export::run(&data, args),

@@ -399,6 +399,10 @@ fn start_retention(
     };
     let interval = std::time::Duration::from_nanos(policy::parse_age(every)?.unsigned_abs());
     let url = file.archive.clone().or_else(|| remembered_archive(data));
+    if let Some(url) = &url {
+        crate::retention::check_same_archive(data, url)?;
+    }
+    let data = data.to_owned();
     let archive = url
         .as_deref()
         .map(mlaudit_archive::Archive::open)
@@ -412,10 +416,10 @@ fn start_retention(
         .name("mlaudit-retention".into())
         .spawn(move || loop {
             let started = std::time::Instant::now();
-            match scheduled_run(store.as_ref(), &policy, archive.as_ref(), &verifier) {
+            match scheduled_run(&data, store.as_ref(), &policy, archive.as_ref(), &verifier) {
                 Ok(run) => {
-                    metrics.retention_succeeded(run.archived, run.added, run.expired);
-                    tracing::info!(archived = run.archived, added = run.added, expired = run.expired, secs = started.elapsed().as_secs_f64(), "retention run done");
+                    metrics.retention_succeeded(run.archived, run.added, run.expired, run.offloaded);
+                    tracing::info!(archived = run.archived, added = run.added, expired = run.expired, offloaded = run.offloaded, secs = started.elapsed().as_secs_f64(), "retention run done");
                 }
                 Err(e) => {
                     metrics.retention_failed();

@@ -4,7 +4,7 @@
 //! crash are completed or undone first ([`Tokens::reconcile`]).
 
 use crate::append::local_principal;
-use crate::ledger::{self, InputError, Ledger};
+use crate::ledger::{self, Engine, InputError, Ledger};
 use anyhow::Result;
 use mlaudit_server::auth::{
     now_ns, Change, ChangeError, FileDoc, Principal, Role, TokenDoc, TokenError, Tokens,
@@ -70,9 +70,9 @@ struct SharedTokens(Arc<Ledger>);
 
 impl SharedTokens {
     fn pg(&self) -> Result<&mlaudit_postgres::PostgresStore, String> {
-        match &*self.0 {
-            Ledger::Postgres(p) => Ok(p),
-            Ledger::Embedded(_) => Err("the embedded store keeps its tokens in a file".into()),
+        match self.0.engine_kind() {
+            Engine::Postgres(p) => Ok(p),
+            Engine::Embedded(_) => Err("the embedded store keeps its tokens in a file".into()),
         }
     }
 }
@@ -99,9 +99,9 @@ impl TokenDoc for SharedTokens {
 /// Loads the token table (the data directory's file, or the table every server of a log in
 /// PostgreSQL shares) and completes or undoes any change a crash left half-done, saying so.
 pub fn load_reconciled(data: &Path, store: &Arc<Ledger>) -> Result<Tokens> {
-    let doc: Arc<dyn TokenDoc> = match &**store {
-        Ledger::Postgres(_) => Arc::new(SharedTokens(store.clone())),
-        Ledger::Embedded(_) => Arc::new(FileDoc::new(&tokens_path(data))),
+    let doc: Arc<dyn TokenDoc> = match store.engine_kind() {
+        Engine::Postgres(_) => Arc::new(SharedTokens(store.clone())),
+        Engine::Embedded(_) => Arc::new(FileDoc::new(&tokens_path(data))),
     };
     let mut tokens = Tokens::load_from(doc)?;
     for line in tokens.reconcile(&**store)? {

@@ -136,7 +136,7 @@ pub struct Importer {
 }
 
 enum Sink {
-    Store(crate::ledger::Ledger),
+    Store(Box<crate::ledger::Ledger>),
     Server(remote::Server),
 }
 
@@ -144,7 +144,7 @@ impl Importer {
     /// Opens the data directory, or readies the server, for writing.
     pub fn open(target: &Target<'_>, source: &'static str) -> Result<Importer> {
         let sink = match target {
-            Target::Data(data) => Sink::Store(ledger::open(data)?),
+            Target::Data(data) => Sink::Store(Box::new(ledger::open(data)?)),
             Target::Server { url, token } => Sink::Server(remote::Server::new(url, token)),
         };
         Ok(Importer {

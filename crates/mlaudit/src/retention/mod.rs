@@ -4,9 +4,12 @@
 //! Ages count from an event's receipt time (when the log accepted it), against `--now` or
 //! the clock. The cold archive is a prefix of the log ending at a signed checkpoint, so the
 //! events due for it are those up to the last checkpoint whose events are all older than the
-//! warm age. Archiving copies: an archived event stays readable locally too.
+//! warm age. Once the archive holds an event, byte for byte, its payload leaves the server
+//! ([`offload`]); its entry stays, so proofs and queries need no archive, and reads fetch the
+//! payload from the archive the data directory remembers.
 
 pub mod expiry;
+pub mod offload;
 pub mod policy;
 
 use crate::ledger::{self, InputError};
@@ -87,6 +90,9 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
         .clone()
         .or(file.archive.clone())
         .or_else(|| remembered_archive(data));
+    if let Some(url) = &archive_url {
+        check_same_archive(data, url)?;
+    }
     let store = ledger::open(data)?;
     let plan = make_plan(&store, &policy, now_ns, true)?;
     let archive = archive_url.as_deref().map(Archive::open).transpose()?;
@@ -144,6 +150,78 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
     if let (Some(url), true) = (&archive_url, data.is_dir()) {
         remember_archive(data, url)?;
     }
+    if let Some(a) = &archive {
+        offload_archived(data, &store, a, &verifier)?;
+    }
+    store.close()
+}
+
+/// Drops the local payloads the archive now holds, saying what it did.
+fn offload_archived(
+    data: &Path,
+    store: &dyn Store,
+    archive: &Archive,
+    verifier: &NoteVerifier,
+) -> Result<()> {
+    let to = archive.verified_size(verifier)?;
+    let from = offload::offloaded_to(data).min(to);
+    if from >= to {
+        return Ok(());
+    }
+    let mut progress = Progress::new("moving archived payloads off the server", to - from);
+    let done = offload::offload(data, store, archive, to, &mut |d, _| progress.set(d));
+    progress.finish();
+    match done {
+        Ok(done) => println!(
+            "cold tier: {} payloads ({} bytes) of seqs {}..{} are now kept only in the archive",
+            done.dropped, done.bytes, done.from, done.to
+        ),
+        Err(e) if unsupported(&e) => println!(
+            "cold tier: archived payloads stay in the store too ({})",
+            e.root_cause()
+        ),
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Whether `e` says the engine cannot drop local payloads.
+fn unsupported(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<mlaudit_store::StoreError>(),
+            Some(mlaudit_store::StoreError::Unsupported(_))
+        )
+    })
+}
+
+/// `mlaudit restore --from SEQ --to SEQ`: brings archived payloads back to the server.
+pub fn restore_command(data: &Path, from: u64, to: u64) -> Result<()> {
+    let store = ledger::open(data)?;
+    let size = store.tree_size();
+    if from > to || to >= size {
+        return Err(InputError(format!(
+            "--from {from} --to {to}: give seqs from <= to, both below the log's {size} events"
+        ))
+        .into());
+    }
+    if store.cold().is_none() {
+        return Err(InputError(format!(
+            "{} remembers no cold archive (retention apply --archive URL writes it): nothing was moved there",
+            data.display()
+        ))
+        .into());
+    }
+    let started = std::time::Instant::now();
+    let mut progress = Progress::new("restoring", to - from + 1);
+    let done = offload::restore(&store, from, to, &mut |d, _| progress.set(d))?;
+    progress.finish();
+    println!(
+        "restored {} payloads ({} bytes) of seqs {from}..={to} from the archive to the server in {:.1} s; the rest were there already",
+        done.restored,
+        done.bytes,
+        started.elapsed().as_secs_f64()
+    );
     store.close()
 }
 
@@ -190,12 +268,28 @@ pub fn remembered_archive(data: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn remember_archive(data: &Path, url: &str) -> Result<()> {
+/// Writes the data directory's `archive-url`, refusing another archive once payloads were
+/// moved to the one it names (reads fetch them from there).
+pub(crate) fn remember_archive(data: &Path, url: &str) -> Result<()> {
+    check_same_archive(data, url)?;
     let path = data.join(ARCHIVE_URL_FILE);
     if remembered_archive(data).as_deref() == Some(url) {
         return Ok(());
     }
     std::fs::write(&path, format!("{url}\n")).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Refuses `url` when payloads were moved to another archive, which reads still need.
+pub(crate) fn check_same_archive(data: &Path, url: &str) -> Result<()> {
+    let offloaded = offload::offloaded_to(data);
+    match remembered_archive(data) {
+        Some(old) if old != url && offloaded > 0 => Err(InputError(format!(
+            "the payloads of seqs below {offloaded} are kept only in the archive {old}; this data directory cannot move to {url} (restore them first: mlaudit restore --from 0 --to {})",
+            offloaded - 1
+        ))
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// The receipt time of event `seq`.
@@ -314,6 +408,7 @@ fn archive_up_to(
 /// One run of `mlaudit serve`'s schedule: records a changed policy, expires the payloads due,
 /// then archives what is due.
 pub fn scheduled_run(
+    data: &Path,
     store: &dyn Store,
     policy: &Policy,
     archive: Option<&Archive>,
@@ -338,15 +433,18 @@ pub fn scheduled_run(
             archived: 0,
             added: 0,
             expired,
+            offloaded: 0,
         });
     };
     let plan = make_plan(store, policy, now, false)?;
     let archived = archive.verified_size(verifier)?;
     if plan.archive_to <= archived {
+        let offloaded = scheduled_offload(data, store, archive, archived)?;
         return Ok(RunOutcome {
             archived,
             added: 0,
             expired,
+            offloaded,
         });
     }
     tracing::info!(archive = %archive.url(), from = archived, to = plan.archive_to, "archiving");
@@ -357,11 +455,33 @@ pub fn scheduled_run(
             tracing::info!(done = d, of = t, "archiving");
         }
     })?;
+    let offloaded = scheduled_offload(data, store, archive, done.size)?;
     Ok(RunOutcome {
         archived: done.size,
         added: done.size - done.from,
         expired,
+        offloaded,
     })
+}
+
+/// The schedule's offload of what the archive holds: how many local payloads were dropped.
+fn scheduled_offload(data: &Path, store: &dyn Store, archive: &Archive, to: u64) -> Result<u64> {
+    if offload::offloaded_to(data) >= to {
+        return Ok(0);
+    }
+    match offload::offload(data, store, archive, to, &mut |_, _| {}) {
+        Ok(done) => {
+            tracing::info!(
+                payloads = done.dropped,
+                bytes = done.bytes,
+                to,
+                "archived payloads moved off the server"
+            );
+            Ok(done.dropped)
+        }
+        Err(e) if unsupported(&e) => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 /// What one scheduled run did.
@@ -373,6 +493,8 @@ pub struct RunOutcome {
     pub added: u64,
     /// Payloads the run expired.
     pub expired: u64,
+    /// Local payloads the run dropped, the archive holding them.
+    pub offloaded: u64,
 }
 
 /// Appends `governance.policy_changed` when the retention policy differs from the last one
