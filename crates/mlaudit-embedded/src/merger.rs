@@ -58,6 +58,10 @@ impl Merger {
                     for w in waiting {
                         let _ = w.send(());
                     }
+                    // The stop's wake-up may have been drained above with the other asks.
+                    if !go_on() {
+                        break;
+                    }
                 }
             })
             .ok();
