@@ -12,6 +12,7 @@ use common::{open_with, run_verify, segments, verifier, Spec, TempDir};
 use mlaudit_core::EventId;
 use mlaudit_embedded::{record, EmbeddedStore, Options};
 use mlaudit_store::prelude::*;
+use mlaudit_store::Tier;
 use std::path::Path;
 
 const EVENTS: u64 = 300;
@@ -328,4 +329,130 @@ fn a_failure_part_way_leaves_no_recorded_removal_undone() {
     assert_eq!(store.event(999).unwrap().payload, None);
     assert!(store.event(1000).unwrap().payload.is_some());
     run_verify(&store).unwrap();
+}
+
+#[test]
+fn offloaded_payloads_leave_the_segments_and_come_back_only_as_they_were() {
+    let dir = TempDir::new("offload");
+    let store = build(dir.path());
+    let (packed_seq, raw_seq) = (5, store.tree_size() - 2);
+    let payloads: Vec<(u64, Vec<u8>)> = [packed_seq, raw_seq, 6]
+        .iter()
+        .map(|s| (*s, payload_marker(&store, *s)))
+        .collect();
+    assert_eq!(store.event(packed_seq).unwrap().tier, Tier::Warm);
+    assert_eq!(store.event(raw_seq).unwrap().tier, Tier::Hot);
+    let size = store.tree_size();
+    let checkpoint = mlaudit_store::latest_checkpoint(&store).unwrap();
+    assert_eq!(
+        store.offload_payloads(&[packed_seq, raw_seq, 6]).unwrap(),
+        3
+    );
+    assert_eq!(store.offload_payloads(&[raw_seq]).unwrap(), 0, "already");
+    assert!(!raw_segments_hold(dir.path(), &payloads[1].1));
+    for seq in [packed_seq, raw_seq] {
+        let ev = store.event(seq).unwrap();
+        assert!(ev.payload_in_archive(), "{ev:?}");
+        assert_eq!(ev.tier, Tier::Cold);
+    }
+    // Nothing the tree commits to changed; verify counts on the archive for these payloads.
+    assert_eq!(
+        mlaudit_store::latest_checkpoint(&store).unwrap(),
+        checkpoint
+    );
+    let bundle = mlaudit_store::proofs::inclusion_bundle(&store, raw_seq).unwrap();
+    bundle.verify(&verifier()).unwrap();
+    let mut in_archive = Vec::new();
+    store
+        .scan_runs(0, 50, &mut |run| {
+            in_archive.extend(run.in_archive());
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(in_archive, vec![packed_seq, 6, raw_seq]);
+    let report = run_verify(&store).unwrap();
+    assert_eq!((report.events, report.in_archive), (size, 3));
+    drop(store);
+
+    let (store, _) = open_with(dir.path(), options());
+    assert!(store.event(raw_seq).unwrap().payload_in_archive());
+    // Only the payload an entry commits to comes back.
+    let forged = vec![(packed_seq, payloads[2].1.clone())];
+    let refused = store.restore_payloads(&forged).unwrap_err();
+    assert!(
+        matches!(refused, mlaudit_store::StoreError::Refused(_)),
+        "{refused}"
+    );
+    assert_eq!(store.restore_payloads(&payloads[..2]).unwrap(), 2);
+    assert_eq!(
+        store.restore_payloads(&payloads[..2]).unwrap(),
+        0,
+        "already"
+    );
+    let back = store.event(packed_seq).unwrap();
+    assert_eq!(
+        (back.payload.as_ref(), back.tier),
+        (Some(&payloads[0].1), Tier::Warm)
+    );
+    let back = store.event(raw_seq).unwrap();
+    assert_eq!(
+        (back.payload.as_ref(), back.tier),
+        (Some(&payloads[1].1), Tier::Hot)
+    );
+    assert!(raw_segments_hold(dir.path(), &payloads[1].1));
+    // A payload kept only in the archive can still be erased.
+    let remover = store.append(vec![erasure(&[6])]).unwrap().events[0].seq;
+    assert_eq!(store.remove_payloads(&[6], remover).unwrap(), 1);
+    assert_eq!(store.event(6).unwrap().removed_by, Some(remover));
+    assert_eq!(run_verify(&store).unwrap().events, size + 1);
+}
+
+#[test]
+fn an_offload_cut_short_is_finished_at_open() {
+    let dir = TempDir::new("offload-crash");
+    let raw_only = Options {
+        pack_sealed: false,
+        ..options()
+    };
+    let store = build_with(dir.path(), raw_only);
+    let seq = store.tree_size() - 3;
+    let payload = payload_marker(&store, seq);
+    drop(store);
+    let offsets = std::fs::read(dir.path().join("offsets.bin")).unwrap();
+    let pos = u64::from_be_bytes(offsets[seq as usize * 8..][..8].try_into().unwrap());
+    let (seg, start) = segment_holding(dir.path(), pos);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = (pos - start) as usize;
+    let h = record::parse_header(bytes[at..at + record::HEADER_LEN].try_into().unwrap()).unwrap();
+    let (entry, _) = record::check_record(&h, &bytes[at..at + h.total_len() as usize]).unwrap();
+    let new = record::in_archive(entry, h.len_b).unwrap();
+    let mut journal = b"MLARMJ01".to_vec();
+    journal.extend_from_slice(&1u32.to_be_bytes());
+    journal.extend_from_slice(&pos.to_be_bytes());
+    journal.extend_from_slice(&(new.len() as u32).to_be_bytes());
+    journal.extend_from_slice(&new);
+    let crc = crc32c::crc32c(&journal);
+    journal.extend_from_slice(&crc.to_be_bytes());
+    std::fs::write(dir.path().join("payload-removal.journal"), journal).unwrap();
+    bytes[at..at + new.len() / 2].copy_from_slice(&new[..new.len() / 2]);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (store, _) = open_with(dir.path(), raw_only);
+    assert!(store.event(seq).unwrap().payload_in_archive());
+    assert!(!raw_segments_hold(dir.path(), &payload));
+    assert!(!dir.path().join("payload-removal.journal").exists());
+    // Hidden bytes in an archived record's part B are damage, not an archived payload.
+    drop(store);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let b_at = at + record::HEADER_LEN + h.len_a as usize;
+    bytes[b_at] = 1;
+    let end = at + h.total_len() as usize - record::TRAILER_LEN;
+    let crc = crc32c::crc32c(&bytes[at..end]);
+    bytes[end..end + 4].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+    let (store, _) = open_with(dir.path(), raw_only);
+    assert!(matches!(
+        store.event(seq),
+        Err(mlaudit_store::StoreError::Corrupt { .. })
+    ));
 }

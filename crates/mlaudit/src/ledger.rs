@@ -90,6 +90,13 @@ impl Ledger {
         }
     }
 
+    /// The log as the engine holds it, without fetching payloads from the archive: for
+    /// work that needs entries only (payloads kept only in the archive come without one,
+    /// [`StoredEvent::payload_in_archive`]).
+    pub fn local(&self) -> &dyn Store {
+        self.engine()
+    }
+
     /// The engine itself.
     pub fn engine_kind(&self) -> &Engine {
         &self.engine

@@ -245,7 +245,7 @@ fn an_apply_killed_at_any_point_is_finished_by_the_next() {
         ]
     };
     let mut killed = 0;
-    for delay_ms in [40u64, 90, 150, 250, 400] {
+    for delay_ms in [40u64, 90, 150, 250, 400, 700, 1000] {
         let mut child = Command::new(BIN)
             .arg("--data")
             .arg(&log.data)
@@ -264,6 +264,9 @@ fn an_apply_killed_at_any_point_is_finished_by_the_next() {
         if arch.join("checkpoint").exists() {
             log.run(&["verify", "--archive", &url]).ok();
         }
+        // Every payload is readable — on the server, or from the archive once it holds it —
+        // and is the one its entry commits to: verify reads and checks them all.
+        log.run(&["verify"]).ok();
     }
     assert!(
         killed > 0,
@@ -273,10 +276,146 @@ fn an_apply_killed_at_any_point_is_finished_by_the_next() {
     assert!(done.stdout.contains("archived") || done.stdout.contains("up to date"));
     let v = log.run(&["verify", "--archive", &url]).ok();
     assert!(v.stdout.contains("intact"), "{}", v.stdout);
-    // Every event is still readable locally, and the log verifies.
-    log.run(&["get", "0"]).ok();
-    log.run(&["get", "59999"]).ok();
+    // Every event is still readable, from the archive now, and the log verifies.
+    for seq in ["0", "59999"] {
+        let got = log.run(&["get", seq]).ok().json();
+        assert_eq!(got["tier"], "cold", "{got}");
+        assert_eq!(got["event"]["attributes"]["outputs"]["score"], 0.5);
+    }
     log.run(&["verify"]).ok();
+}
+
+/// Whether any file of the data directory holds `needle`, compressed segments decompressed.
+fn on_disk(log: &Log, needle: &str) -> bool {
+    fn holds(bytes: &[u8], needle: &[u8]) -> bool {
+        bytes.windows(needle.len()).any(|w| w == needle)
+    }
+    fn walk(dir: &std::path::Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                return walk(&p, needle);
+            }
+            let bytes = std::fs::read(&p).unwrap();
+            holds(&bytes, needle)
+                || p.extension().is_some_and(|e| e == "zst")
+                    && zstd_frames(&bytes).iter().any(|f| holds(f, needle))
+        })
+    }
+    walk(&log.data, needle.as_bytes())
+}
+
+/// The decompressed frames of a packed segment's file (every zstd frame found in it).
+fn zstd_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+    const MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(i) = bytes[at..].windows(4).position(|w| w == MAGIC) {
+        let start = at + i;
+        if let Ok(frame) = zstd::stream::decode_all(&bytes[start..]) {
+            out.push(frame);
+        }
+        at = start + 4;
+    }
+    out
+}
+
+#[test]
+fn archived_payloads_leave_the_server_and_every_read_reaches_them() {
+    let log = Log::new("retention-cold");
+    append(&log, 1200, 300);
+    let arch = log.dir.join("archive");
+    let url = format!("file://{}", arch.display());
+    assert!(on_disk(&log, r#""request":"r-700""#));
+    let out = log
+        .run(&["retention", "apply", "--now", FUTURE, "--archive", &url])
+        .ok();
+    assert!(
+        out.stdout.contains("cold tier: 1200 payloads"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        !on_disk(&log, r#""request":"r-700""#),
+        "the payload left the server"
+    );
+
+    // Reads, queries, lineage and proofs reach it, and say the archive answered.
+    let got = log.run(&["get", "700"]).ok().json();
+    assert_eq!(
+        (
+            got["tier"].as_str(),
+            got["event"]["subject"]["request"].as_str()
+        ),
+        (Some("cold"), Some("r-700"))
+    );
+    assert_eq!(got["event"]["attributes"]["inputs"]["x"], 700);
+    let found = log
+        .run(&[
+            "query", "--model", "credit", "--format", "json", "--limit", "3",
+        ])
+        .ok()
+        .json();
+    assert_eq!(found[0]["tier"], "cold", "{found}");
+    assert_eq!(found[0]["event"]["attributes"]["inputs"]["x"], 0);
+    let bundle = log.dir.join("cold-bundle.json");
+    log.run(&["prove", "700", "--out", bundle.to_str().unwrap()])
+        .ok();
+    let checked = log
+        .run(&["verify-bundle", bundle.to_str().unwrap(), "--key", &log.key])
+        .ok();
+    assert!(
+        checked.stdout.contains("payload matches its digest"),
+        "{}",
+        checked.stdout
+    );
+    log.run(&["verify"]).ok();
+    let server = Server::start(&log.data, &["--danger-no-auth"]);
+    let served = server
+        .request("GET", "/v1/events/700", &[], b"")
+        .unwrap()
+        .json();
+    assert_eq!(served["tier"], "cold", "{served}");
+    assert_eq!(served["event"]["attributes"]["inputs"]["x"], 700);
+    server.stop();
+
+    // A restored range is back on the server, and a later run leaves it there.
+    let restored = log.run(&["restore", "--from", "600", "--to", "799"]).ok();
+    assert!(
+        restored.stdout.contains("restored 200 payloads"),
+        "{}",
+        restored.stdout
+    );
+    assert!(on_disk(&log, r#""request":"r-700""#));
+    let got = log.run(&["get", "700"]).ok().json();
+    assert_ne!(got["tier"], "cold");
+    log.run(&["retention", "apply", "--now", FUTURE, "--archive", &url])
+        .ok();
+    assert_ne!(log.run(&["get", "700"]).ok().json()["tier"], "cold");
+    assert_eq!(log.run(&["get", "900"]).ok().json()["tier"], "cold");
+    log.run(&["restore", "--from", "5", "--to", "1"]).code(2);
+
+    // An archived payload altered in the archive is refused, naming the object.
+    let bundle_path = arch.join("payload").join("003");
+    let good = std::fs::read(&bundle_path).unwrap();
+    std::fs::copy(arch.join("payload").join("002"), &bundle_path).unwrap();
+    let bad = log.run(&["get", "900"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("payload/003"), "{}", bad.stderr);
+    let failed = log.run(&["verify"]).code(1);
+    assert!(failed.stderr.contains("payload/003"), "{}", failed.stderr);
+    std::fs::write(&bundle_path, good).unwrap();
+    log.run(&["verify"]).ok();
+    // Another archive cannot take over: the payloads moved live in this one.
+    let other = format!("file://{}", log.dir.join("other").display());
+    let refused = log
+        .run(&["retention", "apply", "--now", FUTURE, "--archive", &other])
+        .code(2);
+    assert!(
+        refused.stderr.contains("kept only in the archive"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[test]

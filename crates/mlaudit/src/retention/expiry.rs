@@ -9,6 +9,7 @@
 //! server-only kinds) never expire whatever the rules say.
 
 use super::policy::Policy;
+use crate::ledger::Ledger;
 use crate::output::Progress;
 use anyhow::Result;
 use mlaudit_archive::remove::Removed;
@@ -31,7 +32,7 @@ pub struct RuleDue {
 
 /// Per rule, the payloads due at `now_ns` (a scan of the events old enough for the rule with
 /// the shortest age).
-pub fn due(store: &dyn Store, policy: &Policy, now_ns: i64) -> Result<Vec<RuleDue>> {
+pub fn due(store: &Ledger, policy: &Policy, now_ns: i64) -> Result<Vec<RuleDue>> {
     let mut due: Vec<RuleDue> = policy
         .rules
         .iter()
@@ -48,13 +49,14 @@ pub fn due(store: &dyn Store, policy: &Policy, now_ns: i64) -> Result<Vec<RuleDu
     let Some(shortest) = policy.rules.iter().filter_map(|r| r.expire_ns).min() else {
         return Ok(due);
     };
-    let end = super::first_received_since(store, now_ns.saturating_sub(shortest))?;
+    let end = super::first_received_since(store.local(), now_ns.saturating_sub(shortest))?;
     if end == 0 {
         return Ok(due);
     }
     let mut progress = Progress::new("planning payload expiry", end);
     let mut failure = None;
-    store.scan(0, &mut |ev| {
+    // Entries decide; a payload kept only in the archive is kept all the same.
+    store.local().scan(0, &mut |ev| {
         progress.set(ev.seq + 1);
         if ev.seq >= end {
             return ControlFlow::Break(());
@@ -66,7 +68,8 @@ pub fn due(store: &dyn Store, policy: &Policy, now_ns: i64) -> Result<Vec<RuleDu
                 return ControlFlow::Break(());
             }
         };
-        if ev.payload.is_none() || is_reserved_kind(view.kind) {
+        let kept = ev.payload.is_some() || ev.payload_in_archive();
+        if !kept || is_reserved_kind(view.kind) {
             return ControlFlow::Continue(());
         }
         if let Some(i) = policy.rule_for(&view) {

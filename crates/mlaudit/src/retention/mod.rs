@@ -12,7 +12,7 @@ pub mod expiry;
 pub mod offload;
 pub mod policy;
 
-use crate::ledger::{self, InputError};
+use crate::ledger::{self, InputError, Ledger};
 use crate::output::Progress;
 use anyhow::{Context, Result};
 use mlaudit_archive::write::Extended;
@@ -316,10 +316,10 @@ pub fn first_received_since(store: &dyn Store, t: i64) -> Result<u64> {
 
 /// The plan at `now_ns`; the payload expiry counts (a scan of the events old enough) only
 /// `with_expiry`.
-fn make_plan(store: &dyn Store, policy: &Policy, now_ns: i64, with_expiry: bool) -> Result<Plan> {
+fn make_plan(store: &Ledger, policy: &Policy, now_ns: i64, with_expiry: bool) -> Result<Plan> {
     let size = store.tree_size();
-    let hot_from = first_received_since(store, now_ns.saturating_sub(policy.hot_ns))?;
-    let warm_from = first_received_since(store, now_ns.saturating_sub(policy.warm_ns))?;
+    let hot_from = first_received_since(store.local(), now_ns.saturating_sub(policy.hot_ns))?;
+    let warm_from = first_received_since(store.local(), now_ns.saturating_sub(policy.warm_ns))?;
     let archive_to = store
         .checkpoint_sizes()?
         .into_iter()
@@ -409,7 +409,7 @@ fn archive_up_to(
 /// then archives what is due.
 pub fn scheduled_run(
     data: &Path,
-    store: &dyn Store,
+    store: &Ledger,
     policy: &Policy,
     archive: Option<&Archive>,
     verifier: &NoteVerifier,
