@@ -8,9 +8,17 @@
 //! [`CACHE_BYTES`] of payloads, so that a scan fetches each bundle once.
 
 use crate::{layout, Archive, ArchiveError};
+use mlaudit_core::event::PreparedEvent;
+use mlaudit_core::merkle::Hash;
+use mlaudit_core::EventId;
+use mlaudit_store::prelude::*;
 use mlaudit_store::tiles::TILE_WIDTH;
-use mlaudit_store::{EventRun, StoreError, StoredEvent};
+use mlaudit_store::{
+    AppendDone, AppendReceipt, EventRun, InclusionMaterial, IndexCheck, Query, StoreError,
+    StoreStats, StoredEvent,
+};
 use std::collections::VecDeque;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Bytes of decoded payloads kept in memory.
@@ -49,6 +57,13 @@ impl ColdPayloads {
             archive: OnceLock::new(),
             size: Mutex::new(0),
             cache: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Forgets the payload bundles read so far (the next read of each fetches it again).
+    pub fn clear_cache(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
         }
     }
 
@@ -190,4 +205,165 @@ impl ColdPayloads {
 
 fn poisoned() -> StoreError {
     StoreError::Unavailable("a thread panicked while reading the cold archive".into())
+}
+
+/// A store whose reads fetch the payloads only the cold archive keeps (checked against their
+/// entries), so that a caller never sees the difference but the event's tier. Everything else
+/// goes to the store as it is.
+#[derive(Clone, Copy)]
+pub struct WithCold<'a> {
+    pub local: &'a dyn Store,
+    /// `None`: no archive is known, and reading a payload only an archive keeps is an error.
+    pub cold: Option<&'a ColdPayloads>,
+}
+
+impl std::fmt::Debug for WithCold<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WithCold")
+            .field("cold", &self.cold)
+            .finish()
+    }
+}
+
+impl WithCold<'_> {
+    /// `ev` with its payload fetched from the archive when only the archive keeps it.
+    pub fn fill(&self, ev: StoredEvent) -> Result<StoredEvent, StoreError> {
+        match self.cold {
+            _ if !ev.payload_in_archive() => Ok(ev),
+            Some(cold) => cold.fill(ev),
+            None => Err(no_archive(ev.seq)),
+        }
+    }
+
+    fn fill_run(&self, run: EventRun) -> Result<EventRun, StoreError> {
+        let first_cold = run.in_archive().next();
+        match (first_cold, self.cold) {
+            (None, _) => Ok(run),
+            (Some(_), Some(cold)) => cold.fill_run(run),
+            (Some(seq), None) => Err(no_archive(seq)),
+        }
+    }
+}
+
+fn no_archive(seq: u64) -> StoreError {
+    StoreError::Unavailable(format!(
+        "seq {seq}: its payload is kept only in the cold archive, and no archive is known here (the data directory's archive-url file is gone)"
+    ))
+}
+
+impl Appender for WithCold<'_> {
+    fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
+        self.local.append(events)
+    }
+    fn submit(&self, events: Vec<PreparedEvent>, done: AppendDone) {
+        self.local.submit(events, done)
+    }
+    fn try_submit(
+        &self,
+        events: Vec<PreparedEvent>,
+        done: AppendDone,
+    ) -> Result<(), (Vec<PreparedEvent>, AppendDone)> {
+        self.local.try_submit(events, done)
+    }
+    fn remove_payload_batch(&self, removals: &[(u64, u64)]) -> Result<u64, StoreError> {
+        self.local.remove_payload_batch(removals)
+    }
+    fn offload_payloads(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+        self.local.offload_payloads(seqs)
+    }
+    fn restore_payloads(&self, payloads: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        self.local.restore_payloads(payloads)
+    }
+}
+
+impl LogReader for WithCold<'_> {
+    fn tree_size(&self) -> u64 {
+        self.local.tree_size()
+    }
+    fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
+        self.fill(self.local.event(seq)?)
+    }
+    fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
+        self.local.seq_of(id)
+    }
+    fn seq_of_leaf(&self, leaf: &Hash) -> Result<Option<u64>, StoreError> {
+        self.local.seq_of_leaf(leaf)
+    }
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        self.local.node(level, index)
+    }
+    fn nodes(&self, level: u32, start: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        self.local.nodes(level, start, count)
+    }
+    fn checkpoint(&self, size: u64) -> Result<Option<String>, StoreError> {
+        self.local.checkpoint(size)
+    }
+    fn checkpoint_sizes(&self) -> Result<Vec<u64>, StoreError> {
+        self.local.checkpoint_sizes()
+    }
+    fn checkpoint_sizes_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.local.checkpoint_sizes_after(after, max)
+    }
+    fn inclusion_material(&self, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {
+        let (ev, path) = self.local.inclusion_material(seq, size)?;
+        Ok((self.fill(ev)?, path))
+    }
+    fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
+        self.local.latest_checkpoint_size()
+    }
+    fn scan(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut failed = None;
+        let scanned = self.local.scan(from, &mut |ev| match self.fill(ev) {
+            Ok(ev) => visit(ev),
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        });
+        failed.map_or(scanned, Err)
+    }
+    fn scan_runs(
+        &self,
+        from: u64,
+        run_len: usize,
+        visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let mut failed = None;
+        let scanned = self
+            .local
+            .scan_runs(from, run_len, &mut |run| match self.fill_run(run) {
+                Ok(run) => visit(run),
+                Err(e) => {
+                    failed = Some(e);
+                    ControlFlow::Break(())
+                }
+            });
+        failed.map_or(scanned, Err)
+    }
+}
+
+impl Querier for WithCold<'_> {
+    fn query(&self, q: &Query) -> Result<Vec<u64>, StoreError> {
+        self.local.query(q)
+    }
+}
+
+impl Diagnostics for WithCold<'_> {
+    fn location(&self, seq: u64) -> String {
+        self.local.location(seq)
+    }
+    fn stats(&self) -> StoreStats {
+        self.local.stats()
+    }
+    fn index_check(&self) -> Option<Box<dyn IndexCheck + '_>> {
+        self.local.index_check()
+    }
 }

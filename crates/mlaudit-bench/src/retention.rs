@@ -2,7 +2,9 @@
 //! local directory and to an S3-compatible server (moto, started by
 //! `scripts/s3-test-server.sh`), beside a plain copy of the segment files to the same disk;
 //! bytes per event in the hot (raw segment), warm (packed segment) and cold (archive) tiers;
-//! `get` latency (p50/p99) from each tier and inclusion-proof latency, hot against warm;
+//! `get` and inclusion-proof latency (p50/p99) from each tier, cold meaning payloads moved off
+//! the server and fetched from the archive (a first read each); offload and restore in
+//! payloads/s;
 //! `mlaudit export` (the release binary, built first) in rows/s beside a bare scan of the log;
 //! payload expiry of every prediction (`retention apply`, the same binary) in payloads/s beside
 //! the same scan.
@@ -10,6 +12,7 @@
 use crate::http::pct;
 use crate::ingest::{emit, ingest_store};
 use anyhow::{Context, Result};
+use mlaudit_archive::cold::{ColdPayloads, WithCold};
 use mlaudit_archive::Archive;
 use mlaudit_core::note::NoteSigner;
 use mlaudit_embedded::{EmbeddedStore, Options};
@@ -212,44 +215,102 @@ pub fn run(args: &[String]) -> Result<()> {
         latency(&warm, |q| get(&store, q))?,
         ctx.clone(),
     );
-    let cold_get = |a: &Archive, seq: u64| {
-        a.events(seq, seq + 1)
+    let prove = |s: &dyn Store, seq| {
+        proofs::inclusion_bundle(s, seq)
             .map(|_| ())
-            .map_err(anyhow::Error::from)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    emit_latency(
+        "hot",
+        "proof",
+        latency(&hot, |q| prove(&store, q))?,
+        ctx.clone(),
+    );
+    emit_latency(
+        "warm",
+        "proof",
+        latency(&warm, |q| prove(&store, q))?,
+        ctx.clone(),
+    );
+
+    // The cold tier as the server reads it: the first half's payloads leave the server once
+    // read back from the archive, and reads fetch them from there (each sample with an empty
+    // bundle cache: a first read).
+    let s3 = match o.s3 {
+        true => {
+            let url = s3_archive()?;
+            let s3 = Archive::open(&url)?;
+            let s3_eps = archive_once(&s3, &store, &note, &verifier, "archive-s3", copy_eps, &ctx)?;
+            emit(
+                "retention",
+                "archive-s3",
+                "vs_archive_fs",
+                s3_eps / fs_eps,
+                ctx.clone(),
+            );
+            Some(url)
+        }
+        false => None,
+    };
+    let half = n / 2;
+    let segment_bytes = || -> Result<f64> {
+        Ok((files_bytes(&log_dir, ".log")? + files_bytes(&log_dir, ".zst")?) as f64 / n as f64)
+    };
+    let before = segment_bytes()?;
+    offload_half(&store, &fs, half, &ctx)?;
+    let mut extra = ctx.clone();
+    extra["before"] = json!(before);
+    extra["offloaded"] = json!(half);
+    emit(
+        "retention",
+        "server-after-offload",
+        "segment_bytes_per_event",
+        segment_bytes()?,
+        extra,
+    );
+    let fs_cold = ColdPayloads::new(&format!("file://{}", fs_dir.display()));
+    let cold_latency = |cold: &ColdPayloads, seqs: &[u64], proof: bool| {
+        let tiered = WithCold {
+            local: &store,
+            cold: Some(cold),
+        };
+        latency(seqs, |q| {
+            cold.clear_cache();
+            match proof {
+                true => prove(&tiered, q),
+                false => tiered.event(q).map(|_| ()).map_err(anyhow::Error::from),
+            }
+        })
     };
     emit_latency(
         "cold-fs",
         "get",
-        latency(&warm, |q| cold_get(&fs, q))?,
+        cold_latency(&fs_cold, &warm, false)?,
         ctx.clone(),
     );
-    let prove = |seq| {
-        proofs::inclusion_bundle(&store, seq)
-            .map(|_| ())
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    };
-    emit_latency("hot", "proof", latency(&hot, prove)?, ctx.clone());
-    emit_latency("warm", "proof", latency(&warm, prove)?, ctx.clone());
-
-    if o.s3 {
-        let url = s3_archive()?;
-        let s3 = Archive::open(&url)?;
-        let s3_eps = archive_once(&s3, &store, &note, &verifier, "archive-s3", copy_eps, &ctx)?;
-        emit(
-            "retention",
-            "archive-s3",
-            "vs_archive_fs",
-            s3_eps / fs_eps,
-            ctx.clone(),
-        );
+    emit_latency(
+        "cold-fs",
+        "proof",
+        cold_latency(&fs_cold, &warm, true)?,
+        ctx.clone(),
+    );
+    if let Some(url) = s3 {
         let few = &warm[..warm.len().min(200)];
+        let s3_cold = ColdPayloads::new(&url);
         emit_latency(
             "cold-s3",
             "get",
-            latency(few, |q| cold_get(&s3, q))?,
+            cold_latency(&s3_cold, few, false)?,
+            ctx.clone(),
+        );
+        emit_latency(
+            "cold-s3",
+            "proof",
+            cold_latency(&s3_cold, few, true)?,
             ctx.clone(),
         );
     }
+    restore_half(&store, &fs_cold, half, &ctx)?;
     // The baseline for export: reading every event, nothing else.
     let t = Instant::now();
     let mut seen = 0u64;
@@ -363,6 +424,94 @@ fn timed_cli(dir: &Path, args: &[&std::ffi::OsStr]) -> Result<(f64, std::process
         .args(args)
         .output()?;
     Ok((t.elapsed().as_secs_f64(), out))
+}
+
+/// Events compared with the archive and offloaded or restored at a time (as `mlaudit` does).
+const CHUNK: u64 = 4096;
+
+/// Drops the local payloads of events `0..half` once the archive is read back and holds the
+/// same bytes (what `retention apply` does); reports payloads/s.
+fn offload_half(
+    store: &EmbeddedStore,
+    archive: &Archive,
+    half: u64,
+    ctx: &serde_json::Value,
+) -> Result<()> {
+    let t = Instant::now();
+    let mut at = 0;
+    while at < half {
+        let end = (at + CHUNK).min(half);
+        let archived = archive.events(at, end)?;
+        let mut seqs = Vec::with_capacity(archived.len());
+        for there in archived {
+            let here = store.event(there.seq)?;
+            anyhow::ensure!(
+                here.entry == there.entry && here.payload == there.payload,
+                "seq {}: the archive differs from the log",
+                there.seq
+            );
+            seqs.push(there.seq);
+        }
+        store.offload_payloads(&seqs)?;
+        at = end;
+    }
+    let pps = half as f64 / t.elapsed().as_secs_f64();
+    emit(
+        "retention",
+        "offload-fs",
+        "payloads_per_s",
+        pps,
+        ctx.clone(),
+    );
+    Ok(())
+}
+
+/// Brings the payloads of events `0..half` back from the archive (what `mlaudit restore`
+/// does); reports payloads/s.
+fn restore_half(
+    store: &EmbeddedStore,
+    cold: &ColdPayloads,
+    half: u64,
+    ctx: &serde_json::Value,
+) -> Result<()> {
+    cold.clear_cache();
+    let tiered = WithCold {
+        local: store,
+        cold: Some(cold),
+    };
+    let t = Instant::now();
+    let mut batch = Vec::new();
+    let mut failed = None;
+    tiered.scan(0, &mut |ev| {
+        if ev.seq >= half {
+            return std::ops::ControlFlow::Break(());
+        }
+        batch.push((ev.seq, ev.payload.unwrap_or_default()));
+        if batch.len() as u64 == CHUNK {
+            if let Err(e) = store.restore_payloads(&std::mem::take(&mut batch)) {
+                failed = Some(e);
+                return std::ops::ControlFlow::Break(());
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    store.restore_payloads(&batch)?;
+    let pps = half as f64 / t.elapsed().as_secs_f64();
+    emit(
+        "retention",
+        "restore-fs",
+        "payloads_per_s",
+        pps,
+        ctx.clone(),
+    );
+    anyhow::ensure!(
+        store.event(0)?.tier != mlaudit_store::Tier::Cold,
+        "the restore left seq 0 in the archive"
+    );
+    Ok(())
 }
 
 fn latest(store: &EmbeddedStore) -> Result<String> {

@@ -10,7 +10,7 @@
 //! data directory still holds the key (or `serve --key FILE` names it).
 
 use anyhow::{Context, Result};
-use mlaudit_archive::cold::ColdPayloads;
+use mlaudit_archive::cold::{ColdPayloads, WithCold};
 use mlaudit_core::entry::EventId;
 use mlaudit_core::event::PreparedEvent;
 use mlaudit_core::merkle::Hash;
@@ -111,23 +111,13 @@ impl Ledger {
             .as_ref()
     }
 
-    /// `ev` with its payload fetched from the cold archive when only the archive keeps it.
-    fn fill(&self, ev: StoredEvent) -> Result<StoredEvent, StoreError> {
-        if !ev.payload_in_archive() {
-            return Ok(ev);
-        }
-        match self.cold() {
-            Some(cold) => cold.fill(ev),
-            None if ev.payload_in_archive() => Err(no_archive(ev.seq)),
-            None => Ok(ev),
+    /// The log with the cold archive filling in the payloads only it keeps.
+    fn with_cold(&self) -> WithCold<'_> {
+        WithCold {
+            local: self.engine(),
+            cold: self.cold(),
         }
     }
-}
-
-fn no_archive(seq: u64) -> StoreError {
-    StoreError::Unavailable(format!(
-        "seq {seq}: its payload is kept only in the cold archive, and this data directory names none (its archive-url file is gone)"
-    ))
 }
 
 impl Appender for Ledger {
@@ -155,12 +145,13 @@ impl Appender for Ledger {
     }
 }
 
+/// Reads that return payloads go through [`WithCold`]; the rest to the engine.
 impl LogReader for Ledger {
     fn tree_size(&self) -> u64 {
         self.engine().tree_size()
     }
     fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
-        self.fill(self.engine().event(seq)?)
+        self.with_cold().event(seq)
     }
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
         self.engine().seq_of(id)
@@ -188,8 +179,7 @@ impl LogReader for Ledger {
         self.engine().checkpoint_sizes_after(after, max)
     }
     fn inclusion_material(&self, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {
-        let (ev, path) = self.engine().inclusion_material(seq, size)?;
-        Ok((self.fill(ev)?, path))
+        self.with_cold().inclusion_material(seq, size)
     }
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
         self.engine().latest_checkpoint_size()
@@ -199,15 +189,7 @@ impl LogReader for Ledger {
         from: u64,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let mut failed = None;
-        let scanned = self.engine().scan(from, &mut |ev| match self.fill(ev) {
-            Ok(ev) => visit(ev),
-            Err(e) => {
-                failed = Some(e);
-                ControlFlow::Break(())
-            }
-        });
-        failed.map_or(scanned, Err)
+        self.with_cold().scan(from, visit)
     }
     fn scan_runs(
         &self,
@@ -215,23 +197,7 @@ impl LogReader for Ledger {
         run_len: usize,
         visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let mut failed = None;
-        let scanned = self.engine().scan_runs(from, run_len, &mut |run| {
-            let first_cold = run.in_archive().next();
-            let filled = match (first_cold, self.cold()) {
-                (None, _) => Ok(run),
-                (Some(_), Some(cold)) => cold.fill_run(run),
-                (Some(seq), None) => Err(no_archive(seq)),
-            };
-            match filled {
-                Ok(run) => visit(run),
-                Err(e) => {
-                    failed = Some(e);
-                    ControlFlow::Break(())
-                }
-            }
-        });
-        failed.map_or(scanned, Err)
+        self.with_cold().scan_runs(from, run_len, visit)
     }
 }
 
