@@ -116,7 +116,7 @@ impl ColdPayloads {
             .ok_or_else(|| StoreError::Corrupt {
                 location: format!("{} {name}", self.url),
                 problem: format!(
-                    "seq {seq}: the archive holds no payload for this event, and the server kept none (an erasure cut short? run it again)"
+                    "seq {seq}: the archive holds no payload for this event, and the server kept none: if an erasure or expiry of this event was cut short, run it again (it finishes the removal); otherwise the archive lost the payload"
                 ),
             })?;
         mlaudit_store::check_restored(seq, entry, &found).map_err(|_| StoreError::Corrupt {
@@ -282,6 +282,16 @@ impl LogReader for WithCold<'_> {
     }
     fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
         self.fill(self.local.event(seq)?)
+    }
+    fn stored_event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
+        self.local.stored_event(seq)
+    }
+    fn scan_stored(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.local.scan_stored(from, visit)
     }
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
         self.local.seq_of(id)

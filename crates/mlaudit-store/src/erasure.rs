@@ -143,7 +143,7 @@ fn scan_subject(
 ) -> Result<Vec<u64>, ErasureError> {
     let mut out = Vec::new();
     let mut bad = None;
-    store.scan(0, &mut |ev| {
+    store.scan_stored(0, &mut |ev| {
         match decode_view(&ev.entry) {
             Ok(v) if v.subject(field) == Some(value) => out.push(ev.seq),
             Ok(_) => {}
@@ -181,7 +181,8 @@ pub fn plan(
     let mut todo = Vec::new();
     let mut held: Option<(String, u64, String)> = None;
     for seq in seqs {
-        let ev = store.event(seq)?;
+        // As stored: a payload the archive keeps is kept, and is not fetched to be erased.
+        let ev = store.stored_event(seq)?;
         let view = decode_view(&ev.entry).map_err(|e| StoreError::Corrupt {
             location: format!("seq {seq}"),
             problem: e.to_string(),
@@ -192,7 +193,7 @@ pub fn plan(
         }
         if is_reserved_kind(view.kind) {
             outcome.kept_records += 1;
-        } else if ev.payload.is_some() {
+        } else if ev.payload.is_some() || ev.payload_in_archive() {
             todo.push((seq, view.id));
         } else {
             outcome.already_removed += 1;
@@ -253,7 +254,7 @@ fn check_no_hold_before(store: &dyn Store, seqs: &[u64], remover: u64) -> Result
         return Ok(());
     }
     for &seq in seqs {
-        let ev = store.event(seq)?;
+        let ev = store.stored_event(seq)?;
         let view = decode_view(&ev.entry).map_err(|e| StoreError::Corrupt {
             location: format!("seq {seq}"),
             problem: e.to_string(),

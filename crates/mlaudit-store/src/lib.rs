@@ -484,6 +484,21 @@ pub trait LogReader: Send + Sync {
     fn tree_size(&self) -> u64;
     /// One event by seq.
     fn event(&self, seq: u64) -> Result<StoredEvent, StoreError>;
+    /// One event as the engine holds it, without fetching a payload kept only in the cold
+    /// archive ([`StoredEvent::payload_in_archive`]): for work that needs the entry and whether
+    /// the payload is kept, not the payload. A view that fetches archived payloads overrides
+    /// this.
+    fn stored_event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
+        self.event(seq)
+    }
+    /// [`LogReader::scan`] as the engine holds the events (see [`LogReader::stored_event`]).
+    fn scan_stored(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.scan(from, visit)
+    }
     /// The seq of an event id, if present.
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError>;
     /// The seq of the event whose leaf hash is `leaf`, if it is in the log: how a caller who

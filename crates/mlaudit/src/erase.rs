@@ -58,6 +58,9 @@ fn refusal(e: ErasureError) -> anyhow::Error {
 pub fn run(data: &Path, args: EraseArgs) -> Result<()> {
     let target = target(&args).map_err(refusal)?;
     let store = ledger::open(data)?;
+    if let Some(url) = &args.archive {
+        crate::retention::check_same_archive(data, url, &store)?;
+    }
     let actor = crate::append::local_principal();
     let archive = args
         .archive

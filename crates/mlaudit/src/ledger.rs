@@ -27,7 +27,7 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// The `--store` URL of this invocation (`None`: the embedded store in the data directory).
 static STORE_URL: OnceLock<Option<String>> = OnceLock::new();
@@ -62,9 +62,9 @@ pub fn store_url() -> Option<&'static str> {
 pub struct Ledger {
     engine: Engine,
     data: PathBuf,
-    /// The archive the data directory remembers, read when first needed (a retention run
-    /// may name it after the log was opened).
-    cold: OnceLock<Option<ColdPayloads>>,
+    /// The archive the data directory remembers, read when first needed and again while
+    /// none is known (a retention run may name it after the log was opened).
+    cold: RwLock<Option<Arc<ColdPayloads>>>,
 }
 
 /// The engine holding a log.
@@ -79,7 +79,7 @@ impl Ledger {
         Ledger {
             engine,
             data: data.to_owned(),
-            cold: OnceLock::new(),
+            cold: RwLock::new(None),
         }
     }
 
@@ -90,32 +90,47 @@ impl Ledger {
         }
     }
 
-    /// The log as the engine holds it, without fetching payloads from the archive: for
-    /// work that needs entries only (payloads kept only in the archive come without one,
-    /// [`StoredEvent::payload_in_archive`]).
-    pub fn local(&self) -> &dyn Store {
-        self.engine()
-    }
-
     /// The engine itself.
     pub fn engine_kind(&self) -> &Engine {
         &self.engine
     }
 
     /// The remembered cold archive, if this data directory has one.
-    pub fn cold(&self) -> Option<&ColdPayloads> {
-        self.cold
-            .get_or_init(|| {
-                crate::retention::remembered_archive(&self.data).map(|url| ColdPayloads::new(&url))
-            })
-            .as_ref()
+    pub fn cold(&self) -> Option<Arc<ColdPayloads>> {
+        if let Some(cold) = self.cold.read().ok().and_then(|c| c.clone()) {
+            return Some(cold);
+        }
+        let url = crate::retention::remembered_archive(&self.data)?;
+        Some(self.use_archive(&url))
     }
 
-    /// The log with the cold archive filling in the payloads only it keeps.
-    fn with_cold(&self) -> WithCold<'_> {
+    /// Reads archived payloads from `url` from now on (the data directory's `archive-url`
+    /// names it, or is about to).
+    pub fn use_archive(&self, url: &str) -> Arc<ColdPayloads> {
+        let mut cold = match self.cold.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &*cold {
+            Some(c) if c.url() == url => c.clone(),
+            _ => cold.insert(Arc::new(ColdPayloads::new(url))).clone(),
+        }
+    }
+
+    /// `ev` with its payload fetched from the cold archive when only the archive keeps it.
+    fn fill(&self, ev: StoredEvent) -> Result<StoredEvent, StoreError> {
+        if !ev.payload_in_archive() {
+            return Ok(ev);
+        }
+        let cold = self.cold();
+        self.with_cold(cold.as_deref()).fill(ev)
+    }
+
+    /// The log with the cold archive `cold` filling in the payloads only it keeps.
+    fn with_cold<'a>(&'a self, cold: Option<&'a ColdPayloads>) -> WithCold<'a> {
         WithCold {
             local: self.engine(),
-            cold: self.cold(),
+            cold,
         }
     }
 }
@@ -151,7 +166,17 @@ impl LogReader for Ledger {
         self.engine().tree_size()
     }
     fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
-        self.with_cold().event(seq)
+        self.fill(self.engine().event(seq)?)
+    }
+    fn stored_event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
+        self.engine().stored_event(seq)
+    }
+    fn scan_stored(
+        &self,
+        from: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.engine().scan_stored(from, visit)
     }
     fn seq_of(&self, id: &EventId) -> Result<Option<u64>, StoreError> {
         self.engine().seq_of(id)
@@ -179,7 +204,8 @@ impl LogReader for Ledger {
         self.engine().checkpoint_sizes_after(after, max)
     }
     fn inclusion_material(&self, seq: u64, size: u64) -> Result<InclusionMaterial, StoreError> {
-        self.with_cold().inclusion_material(seq, size)
+        let (ev, path) = self.engine().inclusion_material(seq, size)?;
+        Ok((self.fill(ev)?, path))
     }
     fn latest_checkpoint_size(&self) -> Result<Option<u64>, StoreError> {
         self.engine().latest_checkpoint_size()
@@ -189,7 +215,8 @@ impl LogReader for Ledger {
         from: u64,
         visit: &mut dyn FnMut(StoredEvent) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.with_cold().scan(from, visit)
+        let cold = self.cold();
+        self.with_cold(cold.as_deref()).scan(from, visit)
     }
     fn scan_runs(
         &self,
@@ -197,7 +224,9 @@ impl LogReader for Ledger {
         run_len: usize,
         visit: &mut dyn FnMut(EventRun) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.with_cold().scan_runs(from, run_len, visit)
+        let cold = self.cold();
+        self.with_cold(cold.as_deref())
+            .scan_runs(from, run_len, visit)
     }
 }
 

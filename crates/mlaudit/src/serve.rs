@@ -400,7 +400,7 @@ fn start_retention(
     let interval = std::time::Duration::from_nanos(policy::parse_age(every)?.unsigned_abs());
     let url = file.archive.clone().or_else(|| remembered_archive(data));
     if let Some(url) = &url {
-        crate::retention::check_same_archive(data, url)?;
+        crate::retention::check_same_archive(data, url, store.as_ref())?;
     }
     let data = data.to_owned();
     let archive = url

@@ -406,7 +406,27 @@ fn archived_payloads_leave_the_server_and_every_read_reaches_them() {
     assert!(failed.stderr.contains("payload/003"), "{}", failed.stderr);
     std::fs::write(&bundle_path, good).unwrap();
     log.run(&["verify"]).ok();
-    // Another archive cannot take over: the payloads moved live in this one.
+
+    // An erasure of a payload kept only in the archive, cut short once the archive's copy
+    // was gone: the server's copy was already gone, yet running the erasure again finishes it.
+    let before = log.dir.join("data-before-erasure");
+    support::copy_dir(&log.data, &before);
+    let erase = ["erase", "--subject", "request=r-1000", "--reason", "DSR-9"];
+    log.run(&erase).ok();
+    std::fs::remove_dir_all(&log.data).unwrap();
+    support::copy_dir(&before, &log.data);
+    assert_ne!(log.run(&["get", "1000"]).code, 0, "neither tier holds it");
+    let again = log.run(&erase).ok();
+    assert!(
+        again.stdout.contains("erased 1 payloads"),
+        "{}",
+        again.stdout
+    );
+    assert!(log.run(&["get", "1000"]).ok().json()["payload_removed_by"].is_u64());
+    log.run(&["verify"]).ok();
+
+    // Another archive cannot take over while payloads live only in this one; once every one
+    // is back on the server, it can.
     let other = format!("file://{}", log.dir.join("other").display());
     let refused = log
         .run(&["retention", "apply", "--now", FUTURE, "--archive", &other])
@@ -416,6 +436,12 @@ fn archived_payloads_leave_the_server_and_every_read_reaches_them() {
         "{}",
         refused.stderr
     );
+    let last = (log.tree_size() - 1).to_string();
+    log.run(&["restore", "--from", "0", "--to", &last]).ok();
+    log.run(&["retention", "apply", "--now", FUTURE, "--archive", &other])
+        .ok();
+    assert_eq!(log.run(&["get", "900"]).ok().json()["tier"], "cold");
+    log.run(&["verify"]).ok();
 }
 
 #[test]

@@ -80,11 +80,11 @@ pub fn run(data: &Path, args: ExportArgs) -> Result<()> {
     let note = latest_checkpoint(&store)?.context("the log has no checkpoint yet")?;
     let signed = mlaudit_core::note::unverified_checkpoint(&note)?.size;
     let first = match from_ns {
-        Some(t) => crate::retention::first_received_since(store.local(), t)?,
+        Some(t) => crate::retention::first_received_since(&store, t)?,
         None => 0,
     };
     let end = match to_ns {
-        Some(t) => crate::retention::first_received_since(store.local(), t)?.min(signed),
+        Some(t) => crate::retention::first_received_since(&store, t)?.min(signed),
         None => signed,
     };
     let mut progress = Progress::new("exporting", end.saturating_sub(first));

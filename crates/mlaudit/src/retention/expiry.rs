@@ -17,6 +17,7 @@ use mlaudit_archive::Archive;
 use mlaudit_core::entry::{decode_view, EventId};
 use mlaudit_core::event::is_reserved_kind;
 use mlaudit_store::erasure::ErasureError;
+use mlaudit_store::prelude::*;
 use mlaudit_store::Store;
 use std::ops::ControlFlow;
 
@@ -49,14 +50,14 @@ pub fn due(store: &Ledger, policy: &Policy, now_ns: i64) -> Result<Vec<RuleDue>>
     let Some(shortest) = policy.rules.iter().filter_map(|r| r.expire_ns).min() else {
         return Ok(due);
     };
-    let end = super::first_received_since(store.local(), now_ns.saturating_sub(shortest))?;
+    let end = super::first_received_since(store, now_ns.saturating_sub(shortest))?;
     if end == 0 {
         return Ok(due);
     }
     let mut progress = Progress::new("planning payload expiry", end);
     let mut failure = None;
     // Entries decide; a payload kept only in the archive is kept all the same.
-    store.local().scan(0, &mut |ev| {
+    store.scan_stored(0, &mut |ev| {
         progress.set(ev.seq + 1);
         if ev.seq >= end {
             return ControlFlow::Break(());

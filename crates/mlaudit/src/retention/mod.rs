@@ -90,10 +90,10 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
         .clone()
         .or(file.archive.clone())
         .or_else(|| remembered_archive(data));
-    if let Some(url) = &archive_url {
-        check_same_archive(data, url)?;
-    }
     let store = ledger::open(data)?;
+    if let Some(url) = &archive_url {
+        check_same_archive(data, url, &store)?;
+    }
     let plan = make_plan(&store, &policy, now_ns, true)?;
     let archive = archive_url.as_deref().map(Archive::open).transpose()?;
     let verifier = ledger::signer(data)?.verifier();
@@ -159,7 +159,7 @@ pub fn run(data: &Path, cmd: RetentionCommand) -> Result<()> {
 /// Drops the local payloads the archive now holds, saying what it did.
 fn offload_archived(
     data: &Path,
-    store: &dyn Store,
+    store: &Ledger,
     archive: &Archive,
     verifier: &NoteVerifier,
 ) -> Result<()> {
@@ -268,33 +268,61 @@ pub fn remembered_archive(data: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Writes the data directory's `archive-url`, refusing another archive once payloads were
-/// moved to the one it names (reads fetch them from there).
+/// Writes the data directory's `archive-url` durably (the archive that reads of moved payloads
+/// go to), unless it already names `url`.
 pub(crate) fn remember_archive(data: &Path, url: &str) -> Result<()> {
-    check_same_archive(data, url)?;
-    let path = data.join(ARCHIVE_URL_FILE);
     if remembered_archive(data).as_deref() == Some(url) {
         return Ok(());
     }
-    std::fs::write(&path, format!("{url}\n")).with_context(|| format!("writing {}", path.display()))
+    write_durably(data, ARCHIVE_URL_FILE, &format!("{url}\n"))
 }
 
-/// Refuses `url` when payloads were moved to another archive, which reads still need.
-pub(crate) fn check_same_archive(data: &Path, url: &str) -> Result<()> {
-    let offloaded = offload::offloaded_to(data);
-    match remembered_archive(data) {
-        Some(old) if old != url && offloaded > 0 => Err(InputError(format!(
-            "the payloads of seqs below {offloaded} are kept only in the archive {old}; this data directory cannot move to {url} (restore them first: mlaudit restore --from 0 --to {})",
-            offloaded - 1
+/// Replaces `data/name` with `text`: written under a temporary name, synced, renamed, and the
+/// directory synced, so that a crash leaves the old file or the new one.
+pub(crate) fn write_durably(data: &Path, name: &str, text: &str) -> Result<()> {
+    use std::io::Write;
+    let path = data.join(name);
+    let tmp = data.join(format!("{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(data)?.sync_all()
+    };
+    write().with_context(|| format!("writing {}", path.display()))
+}
+
+/// Refuses `url` when payloads were moved to another archive and some still live only there
+/// (reads need them); once none does, the data directory may start over with `url`.
+pub(crate) fn check_same_archive(data: &Path, url: &str, store: &dyn Store) -> Result<()> {
+    let Some(old) = remembered_archive(data) else {
+        return Ok(());
+    };
+    if old == url || !offload::ever_offloaded(data) {
+        return Ok(());
+    }
+    let mut first = None;
+    store.scan_stored(0, &mut |ev| match ev.payload_in_archive() {
+        true => {
+            first = Some(ev.seq);
+            std::ops::ControlFlow::Break(())
+        }
+        false => std::ops::ControlFlow::Continue(()),
+    })?;
+    match first {
+        Some(seq) => Err(InputError(format!(
+            "payloads are kept only in the archive {old} (the first at seq {seq}); this data directory cannot move to {url} until they are back on the server (mlaudit restore --from {seq} --to {})",
+            store.tree_size().saturating_sub(1)
         ))
         .into()),
-        _ => Ok(()),
+        None => offload::forget_offloaded(data),
     }
 }
 
-/// The receipt time of event `seq`.
+/// The receipt time of event `seq` (its entry: an archived payload is not fetched).
 fn received(store: &dyn Store, seq: u64) -> Result<i64> {
-    let ev = store.event(seq)?;
+    let ev = store.stored_event(seq)?;
     Ok(decode_view(&ev.entry)
         .with_context(|| format!("decoding entry {seq}"))?
         .receipt_time_ns)
@@ -318,8 +346,8 @@ pub fn first_received_since(store: &dyn Store, t: i64) -> Result<u64> {
 /// `with_expiry`.
 fn make_plan(store: &Ledger, policy: &Policy, now_ns: i64, with_expiry: bool) -> Result<Plan> {
     let size = store.tree_size();
-    let hot_from = first_received_since(store.local(), now_ns.saturating_sub(policy.hot_ns))?;
-    let warm_from = first_received_since(store.local(), now_ns.saturating_sub(policy.warm_ns))?;
+    let hot_from = first_received_since(store, now_ns.saturating_sub(policy.hot_ns))?;
+    let warm_from = first_received_since(store, now_ns.saturating_sub(policy.warm_ns))?;
     let archive_to = store
         .checkpoint_sizes()?
         .into_iter()
@@ -428,6 +456,12 @@ pub fn scheduled_run(
         tracing::info!(rule = %done.text, removed = done.removed, "payloads expired (governance.payload_expired)");
         expired += done.removed;
     }
+    if expired > 0 {
+        // Payload bundles read before hold the expired payloads; they must not stay in memory.
+        if let Some(cold) = store.cold() {
+            cold.clear_cache();
+        }
+    }
     let Some(archive) = archive else {
         return Ok(RunOutcome {
             archived: 0,
@@ -465,7 +499,7 @@ pub fn scheduled_run(
 }
 
 /// The schedule's offload of what the archive holds: how many local payloads were dropped.
-fn scheduled_offload(data: &Path, store: &dyn Store, archive: &Archive, to: u64) -> Result<u64> {
+fn scheduled_offload(data: &Path, store: &Ledger, archive: &Archive, to: u64) -> Result<u64> {
     if offload::offloaded_to(data) >= to {
         return Ok(0);
     }

@@ -7,6 +7,7 @@
 //! The data directory's `archive-offloaded` file remembers how far offloading got, so that a
 //! run looks only at what was archived since and a restored range stays on the server.
 
+use crate::ledger::Ledger;
 use anyhow::{bail, Context, Result};
 use mlaudit_archive::Archive;
 use mlaudit_store::prelude::*;
@@ -14,10 +15,16 @@ use mlaudit_store::{StoredEvent, Tier};
 use std::ops::ControlFlow;
 use std::path::Path;
 
-/// The file in the data directory holding the seq up to which payloads were offloaded.
+/// The file in the data directory holding the seq up to which payloads were offloaded; it
+/// exists once any payload may have been.
 const OFFLOADED_FILE: &str = "archive-offloaded";
-/// Events compared with the archive and offloaded at a time.
+/// Events read back from the archive and compared at a time.
 const CHUNK: u64 = 4096;
+/// Payloads handed to the engine at once: each packed segment they touch is packed again once
+/// per call.
+const OFFLOAD_BATCH: usize = 50_000;
+/// Bytes of payloads a restore hands to the engine at once.
+const RESTORE_BYTES: u64 = 32 << 20;
 
 /// What an offload did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -39,19 +46,31 @@ pub fn offloaded_to(data: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn remember_offloaded(data: &Path, to: u64) -> Result<()> {
+/// Whether this data directory may have moved payloads to its archive.
+pub fn ever_offloaded(data: &Path) -> bool {
+    data.join(OFFLOADED_FILE).exists()
+}
+
+/// Starts over: nothing is kept only in an archive any more.
+pub fn forget_offloaded(data: &Path) -> Result<()> {
     let path = data.join(OFFLOADED_FILE);
-    let tmp = data.join(format!("{OFFLOADED_FILE}.tmp"));
-    std::fs::write(&tmp, format!("{to}\n"))
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .with_context(|| format!("writing {}", path.display()))
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn remember_offloaded(data: &Path, to: u64) -> Result<()> {
+    super::write_durably(data, OFFLOADED_FILE, &format!("{to}\n"))
 }
 
 /// Drops the local payloads of the archived events from the last offload up to `to` (at most
 /// the archive's size), each once the archive is found to hold it byte for byte.
 pub fn offload(
     data: &Path,
-    store: &dyn Store,
+    store: &Ledger,
     archive: &Archive,
     to: u64,
     progress: &mut dyn FnMut(u64, u64),
@@ -62,9 +81,15 @@ pub fn offload(
         to,
         ..Offloaded::default()
     };
-    if from < to {
-        super::remember_archive(data, &archive.url().to_string())?;
+    if from >= to {
+        return Ok(done);
     }
+    // Durably first: where reads will find the payloads, and that some may be there.
+    let url = archive.url().to_string();
+    super::remember_archive(data, &url)?;
+    store.use_archive(&url);
+    remember_offloaded(data, from)?;
+    let mut seqs = Vec::new();
     let mut at = from;
     while at < to {
         let end = (at + CHUNK).min(to);
@@ -72,44 +97,52 @@ pub fn offload(
         let archived = archive
             .events(at, end)
             .with_context(|| format!("reading events {at}..{end} back from the archive"))?;
-        let mut seqs = Vec::new();
         for (here, there) in local.iter().zip(&archived) {
-            if here.entry != there.entry {
-                bail!(
-                    "seq {}: the archive holds another entry than the log: not offloading (run `mlaudit verify --archive {}`)",
-                    here.seq,
-                    archive.url()
-                );
-            }
-            match (&here.payload, &there.payload) {
-                // Already only in the archive, removed, or a removal cut short locally.
-                _ if here.tier == Tier::Cold => {}
-                (Some(p), Some(q)) if p == q => {
-                    seqs.push(here.seq);
-                    done.bytes += p.len() as u64;
-                }
-                (Some(_), Some(_)) => bail!(
-                    "seq {}: the archive holds another payload than the log: not offloading (run `mlaudit verify --archive {}`)",
-                    here.seq,
-                    archive.url()
-                ),
-                _ => {}
+            if let Some(bytes) = offloadable(here, there, archive)? {
+                seqs.push(here.seq);
+                done.bytes += bytes;
             }
         }
-        done.dropped += store
-            .offload_payloads(&seqs)
-            .with_context(|| format!("dropping the local payloads of events {at}..{end}"))?;
-        remember_offloaded(data, end)?;
+        if seqs.len() >= OFFLOAD_BATCH || end == to {
+            done.dropped += store
+                .offload_payloads(&seqs)
+                .with_context(|| format!("dropping the local payloads of events below {end}"))?;
+            seqs.clear();
+            remember_offloaded(data, end)?;
+        }
         progress(end - from, to - from);
         at = end;
     }
     Ok(done)
 }
 
-/// Events `from..to` as the store reads them.
+/// The payload bytes the server may drop for `here`, the archive holding `there`: `None` when
+/// there is nothing to drop (already archived only, removed, or an erasure of the archived
+/// copy still to finish locally); an error when the archive differs from the log.
+fn offloadable(here: &StoredEvent, there: &StoredEvent, archive: &Archive) -> Result<Option<u64>> {
+    if here.entry != there.entry {
+        bail!(
+            "seq {}: the archive holds another entry than the log: not offloading (run `mlaudit verify --archive {}`)",
+            here.seq,
+            archive.url()
+        );
+    }
+    match (&here.payload, &there.payload) {
+        _ if here.tier == Tier::Cold => Ok(None),
+        (Some(p), Some(q)) if p == q => Ok(Some(p.len() as u64)),
+        (Some(_), Some(_)) => bail!(
+            "seq {}: the archive holds another payload than the log: not offloading (run `mlaudit verify --archive {}`)",
+            here.seq,
+            archive.url()
+        ),
+        _ => Ok(None),
+    }
+}
+
+/// Events `from..to` as the store holds them (archived payloads not fetched).
 fn local_events(store: &dyn Store, from: u64, to: u64) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity((to - from) as usize);
-    store.scan(from, &mut |ev| {
+    store.scan_stored(from, &mut |ev| {
         out.push(ev);
         match out.len() as u64 >= to - from {
             true => ControlFlow::Break(()),
@@ -136,20 +169,31 @@ pub fn restore(
 ) -> Result<Restored> {
     let mut done = Restored::default();
     let end = to + 1;
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut batch_bytes = 0u64;
     let mut at = from;
     while at < end {
         let chunk_end = (at + CHUNK).min(end);
-        // Through the store, a payload only the archive keeps comes back checked against its
-        // entry, and marked cold.
-        let payloads: Vec<(u64, Vec<u8>)> = local_events(store, at, chunk_end)?
-            .into_iter()
-            .filter(|ev| ev.tier == Tier::Cold)
-            .filter_map(|ev| Some((ev.seq, ev.payload?)))
-            .collect();
-        done.bytes += payloads.iter().map(|(_, p)| p.len() as u64).sum::<u64>();
-        done.restored += store
-            .restore_payloads(&payloads)
-            .with_context(|| format!("restoring the payloads of events {at}..{chunk_end}"))?;
+        for ev in local_events(store, at, chunk_end)? {
+            if !ev.payload_in_archive() {
+                continue;
+            }
+            // Through the store: fetched from the archive and checked against the entry.
+            let payload = store
+                .event(ev.seq)?
+                .payload
+                .with_context(|| format!("seq {}: the archive returned no payload", ev.seq))?;
+            batch_bytes += payload.len() as u64;
+            batch.push((ev.seq, payload));
+        }
+        if batch_bytes >= RESTORE_BYTES || chunk_end == end {
+            done.bytes += batch_bytes;
+            done.restored += store
+                .restore_payloads(&batch)
+                .with_context(|| format!("restoring the payloads of events below {chunk_end}"))?;
+            batch.clear();
+            batch_bytes = 0;
+        }
         progress(chunk_end - from, end - from);
         at = chunk_end;
     }
