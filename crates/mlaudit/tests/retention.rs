@@ -495,14 +495,21 @@ fn serve_archives_on_its_schedule_and_reports_it_in_metrics() {
         ),
     );
     let server = Server::start(&log.data, &["--config", &config, "--danger-no-auth"]);
+    // A read before the server knows of any archive, then the schedule archives and moves
+    // the payloads off the server.
+    let first = server.request("GET", "/v1/events/0", &[], b"").unwrap().json();
+    assert_eq!(first["event"]["attributes"]["inputs"]["x"], 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     let metrics = loop {
         let m = server.request("GET", "/metrics", &[], b"").unwrap().text();
-        let archived = m
-            .lines()
-            .find_map(|l| l.strip_prefix("mlaudit_retention_archived_events "))
-            .map(|v| v.trim().parse::<u64>().unwrap());
-        if archived.is_some_and(|n| n >= 500) {
+        let counter = |name: &str| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().parse::<u64>().unwrap())
+        };
+        let archived = counter("mlaudit_retention_archived_events ");
+        let offloaded = counter("mlaudit_retention_payloads_offloaded_total ");
+        if archived.is_some_and(|n| n >= 500) && offloaded.is_some_and(|n| n >= 500) {
             break m;
         }
         assert!(
@@ -513,6 +520,9 @@ fn serve_archives_on_its_schedule_and_reports_it_in_metrics() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(metrics.contains("mlaudit_retention_runs_total{outcome=\"ok\"}"));
+    let cold = server.request("GET", "/v1/events/0", &[], b"").unwrap().json();
+    assert_eq!(cold["tier"], "cold", "{cold}");
+    assert_eq!(cold["event"]["attributes"]["inputs"]["x"], 0);
     assert!(
         server.stderr().contains("retention run done"),
         "{}",
