@@ -47,6 +47,9 @@ pub struct VerifyFailure {
     pub seq: Option<u64>,
     pub location: String,
     pub problem: String,
+    /// The check could not finish because storage (e.g. the cold archive) was unreachable:
+    /// nothing was found wrong.
+    pub unavailable: bool,
 }
 
 /// Checkpoint sizes pages at a time, so that `verify` never holds one per commit group.
@@ -68,6 +71,7 @@ impl Sizes<'_> {
         if self.at == self.page.len() {
             let next = self.store.checkpoint_sizes_after(self.last, SIZES_PAGE);
             self.page = next.map_err(|e| VerifyFailure {
+                unavailable: false,
                 seq: None,
                 location: "checkpoints".into(),
                 problem: e.to_string(),
@@ -108,6 +112,7 @@ impl Verifier<'_> {
             .map(|s| self.store.location(s))
             .unwrap_or_else(|| "the log".into());
         VerifyFailure {
+            unavailable: false,
             seq,
             location,
             problem: problem.into(),
@@ -288,6 +293,7 @@ impl Verifier<'_> {
     fn check_checkpoint(&self, size: u64, last_seq: u64) -> Result<(), VerifyFailure> {
         let first_covered = self.sizes.last.unwrap_or(0);
         let here = |p: String| VerifyFailure {
+            unavailable: false,
             seq: Some(first_covered.min(last_seq)),
             location: format!(
                 "checkpoint for tree size {size}; first bad seq is in {first_covered}..{size}"
@@ -345,12 +351,14 @@ pub fn verify(
 ) -> Result<VerifyReport, VerifyFailure> {
     let total = store.tree_size();
     let latest = store.latest_checkpoint_size().map_err(|e| VerifyFailure {
+        unavailable: false,
         seq: None,
         location: "checkpoints".into(),
         problem: e.to_string(),
     })?;
     if let Some(beyond) = latest.filter(|s| *s > total) {
         return Err(VerifyFailure {
+            unavailable: false,
             seq: Some(total),
             location: format!("checkpoint for tree size {beyond}"),
             problem: format!("a checkpoint signs {beyond} events but the log holds only {total}: events were removed"),
@@ -490,6 +498,7 @@ pub fn verify(
 fn scan_failure(store: &dyn Store, seq: u64, e: StoreError) -> VerifyFailure {
     match e {
         StoreError::Corrupt { location, problem } => VerifyFailure {
+            unavailable: false,
             seq: Some(seq),
             location,
             problem,
@@ -497,6 +506,7 @@ fn scan_failure(store: &dyn Store, seq: u64, e: StoreError) -> VerifyFailure {
         other => VerifyFailure {
             seq: Some(seq),
             location: store.location(seq),
+            unavailable: matches!(other, StoreError::Unavailable(_)),
             problem: other.to_string(),
         },
     }

@@ -136,7 +136,10 @@ pub fn verify_store(store: &dyn Store, key: &NoteVerifier) -> Result<v::VerifyRe
     let mut progress = Progress::new("verifying", store.tree_size());
     let result = v::verify(store, key, &mut |done, _| progress.set(done));
     progress.finish();
-    result.map_err(|f| VerifyFailed(format!("verification FAILED: {f}")).into())
+    result.map_err(|f| match f.unavailable {
+        true => anyhow::anyhow!("verification could not finish (nothing was found wrong): {f}"),
+        false => VerifyFailed(format!("verification FAILED: {f}")).into(),
+    })
 }
 
 pub fn prove(data: &Path, id: &str, out: Option<&Path>) -> Result<()> {

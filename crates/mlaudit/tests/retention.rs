@@ -497,7 +497,10 @@ fn serve_archives_on_its_schedule_and_reports_it_in_metrics() {
     let server = Server::start(&log.data, &["--config", &config, "--danger-no-auth"]);
     // A read before the server knows of any archive, then the schedule archives and moves
     // the payloads off the server.
-    let first = server.request("GET", "/v1/events/0", &[], b"").unwrap().json();
+    let first = server
+        .request("GET", "/v1/events/0", &[], b"")
+        .unwrap()
+        .json();
     assert_eq!(first["event"]["attributes"]["inputs"]["x"], 0);
     let deadline = Instant::now() + Duration::from_secs(60);
     let metrics = loop {
@@ -520,7 +523,10 @@ fn serve_archives_on_its_schedule_and_reports_it_in_metrics() {
         std::thread::sleep(Duration::from_millis(200));
     };
     assert!(metrics.contains("mlaudit_retention_runs_total{outcome=\"ok\"}"));
-    let cold = server.request("GET", "/v1/events/0", &[], b"").unwrap().json();
+    let cold = server
+        .request("GET", "/v1/events/0", &[], b"")
+        .unwrap()
+        .json();
     assert_eq!(cold["tier"], "cold", "{cold}");
     assert_eq!(cold["event"]["attributes"]["inputs"]["x"], 0);
     assert!(
