@@ -1,6 +1,6 @@
 //! Every command on a log in PostgreSQL (`--store`): append, get, query, checkpoint, prove,
-//! verify-bundle, consistency, erase and verify give the answers they give on the embedded
-//! store.
+//! verify-bundle, consistency, erase, retention and verify give the answers they give on the
+//! embedded store (retention archives, and the database keeps archived payloads).
 
 #![allow(
     clippy::unwrap_used,
@@ -84,6 +84,25 @@ fn every_command_works_against_the_postgres_store() {
         checked.contains("payload removed by governance.payload_erased"),
         "{checked}"
     );
+    log.verify();
+
+    // Retention archives the log; the PostgreSQL store keeps archived payloads and says so.
+    let url = format!("file://{}", log.dir.join("archive").display());
+    let applied = ok(log.cli(&[
+        "retention",
+        "apply",
+        "--now",
+        "2040-01-01T00:00:00Z",
+        "--archive",
+        &url,
+    ]));
+    assert!(
+        applied.contains("archived payloads stay in the store too"),
+        "{applied}"
+    );
+    let kept: serde_json::Value = serde_json::from_str(&ok(log.cli(&["get", "3"]))).unwrap();
+    assert_eq!(kept["tier"], "hot");
+    assert!(kept["event"]["attributes"].is_object(), "{kept}");
     log.verify();
     // A second `init` of the same data directory is refused; the log is untouched.
     assert!(!log.cli(&["init"]).status.success());
