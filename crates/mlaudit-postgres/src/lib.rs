@@ -349,6 +349,14 @@ impl Appender for PostgresStore {
         self.remove_payloads_now(removals)
     }
 
+    fn offload_payloads(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+        self.offload_now(seqs)
+    }
+
+    fn restore_payloads(&self, payloads: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        self.restore_now(payloads)
+    }
+
     fn append(&self, events: Vec<PreparedEvent>) -> Result<AppendReceipt, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.submit(

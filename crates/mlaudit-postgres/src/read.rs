@@ -7,7 +7,9 @@ use crate::sequencer::{stage_code, to_i64, to_u64};
 use crate::{Inner, PgError, PostgresStore};
 use mlaudit_core::entry::EventId;
 use mlaudit_core::merkle::Hash;
-use mlaudit_store::{Diagnostics, LogReader, Querier, Query, StoreError, StoreStats, StoredEvent};
+use mlaudit_store::{
+    Diagnostics, LogReader, Querier, Query, StoreError, StoreStats, StoredEvent, Tier,
+};
 use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -113,16 +115,33 @@ fn err(e: PgError) -> StoreError {
     }
 }
 
-/// A stored event from its columns (`remover` from `payload_removals`, which counts only
-/// once the payload is gone).
-fn stored(seq: u64, entry: Vec<u8>, payload: Option<Vec<u8>>, remover: Option<i64>) -> StoredEvent {
+/// A stored event from its columns (`remover` from `payload_removals` and `archived` from
+/// `payload_archived`, which count only once the payload row is gone; a removal wins).
+fn stored(
+    seq: u64,
+    entry: Vec<u8>,
+    payload: Option<Vec<u8>>,
+    remover: Option<i64>,
+    archived: bool,
+) -> StoredEvent {
+    let gone = payload.is_none();
+    let removed_by = remover.filter(|_| gone).and_then(|r| u64::try_from(r).ok());
+    let tier = match gone && archived && removed_by.is_none() {
+        true => Tier::Cold,
+        false => Tier::Hot,
+    };
     StoredEvent {
-        removed_by: remover
-            .filter(|_| payload.is_none())
-            .and_then(|r| u64::try_from(r).ok()),
+        removed_by,
+        tier,
         ..StoredEvent::new(seq, entry, payload)
     }
 }
+
+/// The columns `stored` takes after `e.seq`, `e.entry`, joined on `seq`.
+const PAYLOAD_COLUMNS: &str = "p.payload, r.remover, a.seq IS NOT NULL";
+const PAYLOAD_JOINS: &str =
+    "LEFT JOIN payloads p USING (seq) LEFT JOIN payload_removals r USING (seq)
+     LEFT JOIN payload_archived a USING (seq)";
 
 impl PostgresStore {
     async fn client(&self) -> Result<crate::pool::Conn<'_>, PgError> {
@@ -149,15 +168,12 @@ impl LogReader for PostgresStore {
     fn event(&self, seq: u64) -> Result<StoredEvent, StoreError> {
         self.run(move |c| {
             Box::pin(async move {
-                let row = c
-                    .query_opt(
-                        "SELECT e.entry, p.payload, r.remover FROM entries e LEFT JOIN payloads p USING (seq)
-                         LEFT JOIN payload_removals r USING (seq) WHERE e.seq = $1",
-                        &[&to_i64(seq)],
-                    )
-                    .await?;
+                let sql = format!(
+                    "SELECT e.entry, {PAYLOAD_COLUMNS} FROM entries e {PAYLOAD_JOINS} WHERE e.seq = $1"
+                );
+                let row = c.query_opt(&sql, &[&to_i64(seq)]).await?;
                 match row {
-                    Some(r) => Ok(stored(seq, r.get(0), r.get(1), r.get(2))),
+                    Some(r) => Ok(stored(seq, r.get(0), r.get(1), r.get(2), r.get(3))),
                     None => Err(PgError::Unavailable(format!("not found: seq {seq}"))),
                 }
             })
@@ -284,14 +300,11 @@ impl LogReader for PostgresStore {
             let upto = next.saturating_add(SCAN_CHUNK as u64).min(end);
             let rows = self.run(move |c| {
                 Box::pin(async move {
-                    let rows = c
-                        .query(
-                            "SELECT e.seq, e.entry, p.payload, r.remover FROM entries e
-                             LEFT JOIN payloads p USING (seq) LEFT JOIN payload_removals r USING (seq)
-                             WHERE e.seq >= $1 AND e.seq < $2 ORDER BY e.seq",
-                            &[&to_i64(next), &to_i64(upto)],
-                        )
-                        .await?;
+                    let sql = format!(
+                        "SELECT e.seq, e.entry, {PAYLOAD_COLUMNS} FROM entries e {PAYLOAD_JOINS}
+                         WHERE e.seq >= $1 AND e.seq < $2 ORDER BY e.seq"
+                    );
+                    let rows = c.query(&sql, &[&to_i64(next), &to_i64(upto)]).await?;
                     Ok(rows)
                 })
             })?;
@@ -303,7 +316,7 @@ impl LogReader for PostgresStore {
                         problem: format!("event {next} is missing (the next stored is {seq})"),
                     });
                 }
-                if visit(stored(seq, row.get(1), row.get(2), row.get(3))).is_break() {
+                if visit(stored(seq, row.get(1), row.get(2), row.get(3), row.get(4))).is_break() {
                     return Ok(());
                 }
                 next += 1;
@@ -425,7 +438,8 @@ impl PostgresStore {
                 .execute(
                     "INSERT INTO payload_removals (seq, remover)
                      SELECT r.seq, r.remover FROM unnest($1::bigint[], $2::bigint[]) AS r(seq, remover)
-                     JOIN payloads p ON p.seq = r.seq
+                     WHERE EXISTS (SELECT 1 FROM payloads p WHERE p.seq = r.seq)
+                        OR EXISTS (SELECT 1 FROM payload_archived a WHERE a.seq = r.seq)
                      ON CONFLICT (seq) DO NOTHING",
                     &[&seqs, &by],
                 )
@@ -434,6 +448,65 @@ impl PostgresStore {
                 .await?;
             tx.commit().await?;
             Ok::<u64, PgError>(removed)
+        })
+        .map_err(err)
+    }
+}
+
+impl PostgresStore {
+    /// [`mlaudit_store::Appender::offload_payloads`]: records each payload in
+    /// `payload_archived` and deletes its row, in one transaction (the trigger lets a row go
+    /// only with such a record). Removed and already archived payloads have no row to go.
+    pub(crate) fn offload_now(&self, seqs: &[u64]) -> Result<u64, StoreError> {
+        let seqs: Vec<i64> = seqs.iter().map(|s| to_i64(*s)).collect();
+        self.block(async {
+            let mut conn = self.client().await?;
+            let tx = conn.transaction().await?;
+            tx.execute(
+                "INSERT INTO payload_archived (seq)
+                 SELECT p.seq FROM payloads p WHERE p.seq = ANY($1)
+                 ON CONFLICT (seq) DO NOTHING",
+                &[&seqs],
+            )
+            .await?;
+            let dropped = tx
+                .execute("DELETE FROM payloads WHERE seq = ANY($1)", &[&seqs])
+                .await?;
+            tx.commit().await?;
+            Ok::<u64, PgError>(dropped)
+        })
+        .map_err(err)
+    }
+
+    /// [`mlaudit_store::Appender::restore_payloads`]: inserts each payload the archive alone
+    /// keeps (checked against its entry) and forgets its `payload_archived` record, in one
+    /// transaction.
+    pub(crate) fn restore_now(&self, payloads: &[(u64, Vec<u8>)]) -> Result<u64, StoreError> {
+        let mut back = Vec::with_capacity(payloads.len());
+        for (seq, payload) in payloads {
+            let ev = self.event(*seq)?;
+            if ev.payload_in_archive() {
+                mlaudit_store::check_restored(*seq, &ev.entry, payload)?;
+                back.push((to_i64(*seq), payload.clone()));
+            }
+        }
+        let seqs: Vec<i64> = back.iter().map(|(s, _)| *s).collect();
+        let bytes: Vec<Vec<u8>> = back.into_iter().map(|(_, p)| p).collect();
+        self.block(async {
+            let mut conn = self.client().await?;
+            let tx = conn.transaction().await?;
+            let restored = tx
+                .execute(
+                    "INSERT INTO payloads (seq, payload)
+                     SELECT seq, payload FROM unnest($1::bigint[], $2::bytea[]) AS r(seq, payload)
+                     ON CONFLICT (seq) DO NOTHING",
+                    &[&seqs, &bytes],
+                )
+                .await?;
+            tx.execute("DELETE FROM payload_archived WHERE seq = ANY($1)", &[&seqs])
+                .await?;
+            tx.commit().await?;
+            Ok::<u64, PgError>(restored)
         })
         .map_err(err)
     }

@@ -13,7 +13,9 @@
 //! * The one exception: a row of `payloads` may be deleted once `payload_removals` records its
 //!   removal by a `governance.payload_erased` or `governance.payload_expired` event of the log
 //!   (checked by the trigger itself), so expiry and erasure take a payload away while its
-//!   entry, leaf and checkpoints stay.
+//!   entry, leaf and checkpoints stay; or once `payload_archived` records that the cold
+//!   archive holds it (readers then fetch it from there, checked against its entry, and a
+//!   restore inserts it again). `payload_archived` is bookkeeping, not part of the log.
 
 use crate::PgError;
 use tokio_postgres::Client;
@@ -33,10 +35,37 @@ pub const LOG_TABLES: [&str; 10] = [
 ];
 
 /// Migrations in order; the number is the schema version after each.
-const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2)];
+const MIGRATIONS: &[(i32, &str)] = &[(1, V1), (2, V2), (3, V3)];
 
 /// The newest schema version this build knows.
-pub const LATEST: i32 = 2;
+pub const LATEST: i32 = 3;
+
+/// Payloads kept only in the cold archive: a payload row may also go once `payload_archived`
+/// records that the archive holds it (and comes back by restore).
+const V3: &str = r#"
+CREATE TABLE payload_archived (
+    seq         bigint PRIMARY KEY,
+    archived_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE OR REPLACE FUNCTION guard_payload_removal() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $fn$
+BEGIN
+    IF TG_OP = 'DELETE' AND EXISTS (
+        SELECT 1 FROM payload_removals r JOIN entries e ON e.seq = r.remover
+        WHERE r.seq = OLD.seq
+          AND e.kind IN ('governance.payload_erased', 'governance.payload_expired')
+    ) THEN
+        RETURN OLD;
+    END IF;
+    IF TG_OP = 'DELETE' AND EXISTS (SELECT 1 FROM payload_archived a WHERE a.seq = OLD.seq) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'mlaudit: % on % is refused: the log is append-only (a payload goes only once payload_removals records its erasure or expiry, or payload_archived its copy in the cold archive)', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END
+$fn$;
+"#;
 
 /// Removed payloads, and the trigger that lets a payload go only once its removal is recorded.
 const V2: &str = r#"
@@ -272,6 +301,7 @@ async fn grant(
          GRANT SELECT, INSERT ON {tables} TO \"{app_role}\";
          GRANT SELECT, INSERT, DELETE ON pending TO \"{app_role}\";
          GRANT DELETE ON payloads TO \"{app_role}\";
+         GRANT SELECT, INSERT, DELETE ON payload_archived TO \"{app_role}\";
          GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{app_role}\";"
     ))
     .await?;

@@ -224,6 +224,33 @@ fn a_payload_goes_only_with_a_recorded_removal_by_a_removal_event() {
     }
     assert!(app_store.event(2).unwrap().payload.is_some());
 
+    // The servers' role may move a payload to the cold archive (recorded in payload_archived)
+    // and bring it back only as its entry commits to it.
+    let original = app_store.event(2).unwrap().payload.unwrap();
+    assert_eq!(
+        app_store.offload_payloads(&[2, 0]).unwrap(),
+        1,
+        "0 is removed"
+    );
+    assert!(app_store.event(2).unwrap().payload_in_archive());
+    assert!(app_store.event(0).unwrap().removed_by.is_some());
+    let forged = app_store
+        .restore_payloads(&[(2, b"{\"kind\":\"x\"}".to_vec())])
+        .unwrap_err();
+    assert!(
+        forged
+            .to_string()
+            .contains("not the one its entry commits to"),
+        "{forged}"
+    );
+    assert_eq!(
+        app_store
+            .restore_payloads(&[(2, original.clone())])
+            .unwrap(),
+        1
+    );
+    assert_eq!(app_store.event(2).unwrap().payload, Some(original));
+
     // The owner can still switch the trigger off and drop a payload: verify catches it.
     for sql in [
         format!("ALTER TABLE {s}.payloads DISABLE TRIGGER payloads_append_only"),

@@ -394,14 +394,17 @@ fn start_retention(
 ) -> Result<()> {
     use crate::retention::{policy, remembered_archive, scheduled_run};
     let policy = policy::Policy::resolve(file, None, None)?;
+    let url = file.archive.clone().or_else(|| remembered_archive(data));
+    if let Some(url) = &url {
+        crate::retention::check_same_archive(data, url, store.as_ref())?;
+        // Reads of archived payloads go there, also on a server of a PostgreSQL log whose
+        // data directory never ran a retention run itself.
+        store.use_archive(url);
+    }
     let Some(every) = file.schedule.as_deref() else {
         return Ok(());
     };
     let interval = std::time::Duration::from_nanos(policy::parse_age(every)?.unsigned_abs());
-    let url = file.archive.clone().or_else(|| remembered_archive(data));
-    if let Some(url) = &url {
-        crate::retention::check_same_archive(data, url, store.as_ref())?;
-    }
     let data = data.to_owned();
     let archive = url
         .as_deref()
