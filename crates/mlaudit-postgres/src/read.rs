@@ -434,6 +434,7 @@ impl PostgresStore {
         self.block(async {
             let mut conn = self.client().await?;
             let tx = conn.transaction().await?;
+            lock_payload_rewrites(&tx).await?;
             let removed = tx
                 .execute(
                     "INSERT INTO payload_removals (seq, remover)
@@ -462,6 +463,7 @@ impl PostgresStore {
         self.block(async {
             let mut conn = self.client().await?;
             let tx = conn.transaction().await?;
+            lock_payload_rewrites(&tx).await?;
             tx.execute(
                 "INSERT INTO payload_archived (seq)
                  SELECT p.seq FROM payloads p WHERE p.seq = ANY($1)
@@ -495,19 +497,38 @@ impl PostgresStore {
         self.block(async {
             let mut conn = self.client().await?;
             let tx = conn.transaction().await?;
+            // Under the lock, checked again: a payload erased or expired meanwhile stays gone.
+            lock_payload_rewrites(&tx).await?;
             let restored = tx
                 .execute(
                     "INSERT INTO payloads (seq, payload)
-                     SELECT seq, payload FROM unnest($1::bigint[], $2::bytea[]) AS r(seq, payload)
+                     SELECT r.seq, r.payload FROM unnest($1::bigint[], $2::bytea[]) AS r(seq, payload)
+                     WHERE EXISTS (SELECT 1 FROM payload_archived a WHERE a.seq = r.seq)
+                       AND NOT EXISTS (SELECT 1 FROM payload_removals x WHERE x.seq = r.seq)
                      ON CONFLICT (seq) DO NOTHING",
                     &[&seqs, &bytes],
                 )
                 .await?;
-            tx.execute("DELETE FROM payload_archived WHERE seq = ANY($1)", &[&seqs])
-                .await?;
+            tx.execute(
+                "DELETE FROM payload_archived a WHERE a.seq = ANY($1)
+                 AND EXISTS (SELECT 1 FROM payloads p WHERE p.seq = a.seq)",
+                &[&seqs],
+            )
+            .await?;
             tx.commit().await?;
             Ok::<u64, PgError>(restored)
         })
         .map_err(err)
     }
+}
+
+/// Serialises removals, offloads and restores of payloads across every server of the log, for
+/// the rest of the transaction: a restore must not bring back a payload removed meanwhile.
+async fn lock_payload_rewrites(tx: &tokio_postgres::Transaction<'_>) -> Result<(), PgError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('mlaudit-payload-rewrite:' || current_schema(), 0))",
+        &[],
+    )
+    .await?;
+    Ok(())
 }

@@ -15,7 +15,8 @@
 //!   (checked by the trigger itself), so expiry and erasure take a payload away while its
 //!   entry, leaf and checkpoints stay; or once `payload_archived` records that the cold
 //!   archive holds it (readers then fetch it from there, checked against its entry, and a
-//!   restore inserts it again). `payload_archived` is bookkeeping, not part of the log.
+//!   restore inserts it again). A `payload_archived` row goes only once its payload row is
+//!   back (a trigger again), so the record of where a payload lives cannot be dropped alone.
 
 use crate::PgError;
 use tokio_postgres::Client;
@@ -65,6 +66,22 @@ BEGIN
         USING ERRCODE = 'insufficient_privilege';
 END
 $fn$;
+
+CREATE FUNCTION guard_archived_forget() RETURNS trigger LANGUAGE plpgsql
+SET search_path FROM CURRENT AS $fn$
+BEGIN
+    IF TG_OP = 'DELETE' AND EXISTS (SELECT 1 FROM payloads p WHERE p.seq = OLD.seq) THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'mlaudit: % on % is refused: a payload_archived row goes only once its payload is back in payloads', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege';
+END
+$fn$;
+
+CREATE TRIGGER payload_archived_guard BEFORE UPDATE OR DELETE ON payload_archived
+    FOR EACH ROW EXECUTE FUNCTION guard_archived_forget();
+CREATE TRIGGER payload_archived_no_truncate BEFORE TRUNCATE ON payload_archived
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
 "#;
 
 /// Removed payloads, and the trigger that lets a payload go only once its removal is recorded.

@@ -243,6 +243,13 @@ fn a_payload_goes_only_with_a_recorded_removal_by_a_removal_event() {
             .contains("not the one its entry commits to"),
         "{forged}"
     );
+    // Where an archived payload lives cannot be forgotten while the payload is away.
+    let e = run_as(
+        &superuser,
+        &format!("DELETE FROM {s}.payload_archived WHERE seq = 2"),
+    )
+    .expect_err("refused");
+    assert!(e.contains("goes only once its payload is back"), "{e}");
     assert_eq!(
         app_store
             .restore_payloads(&[(2, original.clone())])
@@ -250,6 +257,12 @@ fn a_payload_goes_only_with_a_recorded_removal_by_a_removal_event() {
         1
     );
     assert_eq!(app_store.event(2).unwrap().payload, Some(original));
+    let e = run_as(
+        &superuser,
+        &format!("DELETE FROM {s}.payloads WHERE seq = 2"),
+    )
+    .expect_err("refused once restored");
+    assert!(e.contains("append-only"), "{e}");
 
     // The owner can still switch the trigger off and drop a payload: verify catches it.
     for sql in [

@@ -248,9 +248,12 @@ impl Verifier<'_> {
             .map(|e| e.id.to_string());
         let Some(id) = id else { return Ok(()) }; // the entry check reports it
         if !self.removers.contains_key(&remover) {
-            let ids = self.removal_ids(remover).map_err(|p| {
-                self.fail(Some(seq), format!("payload removed by seq {remover}: {p}"))
-            })?;
+            let ids = self
+                .removal_ids(remover)
+                .map_err(|(p, unavailable)| VerifyFailure {
+                    unavailable,
+                    ..self.fail(Some(seq), format!("payload removed by seq {remover}: {p}"))
+                })?;
             if self.removers.len() >= 64 {
                 self.removers.clear();
             }
@@ -270,20 +273,30 @@ impl Verifier<'_> {
     }
 
     /// The event ids a payload removal event lists.
-    fn removal_ids(&self, remover: u64) -> Result<std::collections::HashSet<String>, String> {
+    /// Why not: the problem, and whether storage was unreachable (nothing found wrong).
+    fn removal_ids(
+        &self,
+        remover: u64,
+    ) -> Result<std::collections::HashSet<String>, (String, bool)> {
+        let found_wrong = |p: &str| (p.to_owned(), false);
         if remover >= self.store.tree_size() {
-            return Err("no such event".into());
+            return Err(found_wrong("no such event"));
         }
-        let ev = self.store.event(remover).map_err(|e| e.to_string())?;
-        crate::check_remover(remover, &ev.entry).map_err(|e| e.to_string())?;
-        let payload = ev
-            .payload
-            .ok_or("the removal event's own payload is gone, so what it removed cannot be read")?;
-        let doc: serde_json::Value =
-            serde_json::from_slice(&payload).map_err(|e| format!("its payload: {e}"))?;
+        let ev = self
+            .store
+            .event(remover)
+            .map_err(|e| (e.to_string(), matches!(e, StoreError::Unavailable(_))))?;
+        crate::check_remover(remover, &ev.entry).map_err(|e| found_wrong(&e.to_string()))?;
+        let payload = ev.payload.ok_or_else(|| {
+            found_wrong(
+                "the removal event's own payload is gone, so what it removed cannot be read",
+            )
+        })?;
+        let doc: serde_json::Value = serde_json::from_slice(&payload)
+            .map_err(|e| found_wrong(&format!("its payload: {e}")))?;
         let ids = doc["attributes"]["events"]
             .as_array()
-            .ok_or("its attributes.events is not a list")?;
+            .ok_or_else(|| found_wrong("its attributes.events is not a list"))?;
         Ok(ids
             .iter()
             .filter_map(|v| v.as_str().map(str::to_owned))

@@ -101,7 +101,15 @@ impl Ledger {
             return Some(cold);
         }
         let url = crate::retention::remembered_archive(&self.data)?;
-        Some(self.use_archive(&url))
+        let mut cold = match self.cold.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // One named meanwhile (use_archive) wins over the file read before it.
+        Some(
+            cold.get_or_insert_with(|| Arc::new(ColdPayloads::new(&url)))
+                .clone(),
+        )
     }
 
     /// Reads archived payloads from `url` from now on (the data directory's `archive-url`

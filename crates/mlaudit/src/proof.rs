@@ -137,7 +137,9 @@ pub fn verify_store(store: &dyn Store, key: &NoteVerifier) -> Result<v::VerifyRe
     let result = v::verify(store, key, &mut |done, _| progress.set(done));
     progress.finish();
     result.map_err(|f| match f.unavailable {
-        true => anyhow::anyhow!("verification could not finish (nothing was found wrong): {f}"),
+        true => anyhow::anyhow!(
+            "verification could not finish (nothing was found wrong before the event it stopped at): {f}"
+        ),
         false => VerifyFailed(format!("verification FAILED: {f}")).into(),
     })
 }

@@ -495,8 +495,8 @@ fn serve_archives_on_its_schedule_and_reports_it_in_metrics() {
         ),
     );
     let server = Server::start(&log.data, &["--config", &config, "--danger-no-auth"]);
-    // A read before the server knows of any archive, then the schedule archives and moves
-    // the payloads off the server.
+    // A read before the schedule archives; then it archives and moves the payloads off the
+    // server, which goes on serving them from the archive.
     let first = server
         .request("GET", "/v1/events/0", &[], b"")
         .unwrap()

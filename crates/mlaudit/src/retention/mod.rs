@@ -271,8 +271,14 @@ pub fn remembered_archive(data: &Path) -> Option<String> {
 /// Writes the data directory's `archive-url` durably (the archive that reads of moved payloads
 /// go to), unless it already names `url`.
 pub(crate) fn remember_archive(data: &Path, url: &str) -> Result<()> {
-    if remembered_archive(data).as_deref() == Some(url) {
+    let old = remembered_archive(data);
+    if old.as_deref() == Some(url) {
         return Ok(());
+    }
+    if old.is_some() {
+        // Another archive, allowed only once nothing lives only in the old one
+        // (check_same_archive): moving starts over.
+        offload::forget_offloaded(data)?;
     }
     write_durably(data, ARCHIVE_URL_FILE, &format!("{url}\n"))
 }
@@ -294,7 +300,8 @@ pub(crate) fn write_durably(data: &Path, name: &str, text: &str) -> Result<()> {
 }
 
 /// Refuses `url` when payloads were moved to another archive and some still live only there
-/// (reads need them); once none does, the data directory may start over with `url`.
+/// (reads need them); once none does, the data directory may start over with `url`. Changes
+/// nothing.
 pub(crate) fn check_same_archive(data: &Path, url: &str, store: &dyn Store) -> Result<()> {
     let Some(old) = remembered_archive(data) else {
         return Ok(());
@@ -316,7 +323,7 @@ pub(crate) fn check_same_archive(data: &Path, url: &str, store: &dyn Store) -> R
             store.tree_size().saturating_sub(1)
         ))
         .into()),
-        None => offload::forget_offloaded(data),
+        None => Ok(()),
     }
 }
 
