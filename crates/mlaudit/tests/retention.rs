@@ -393,6 +393,10 @@ fn archived_payloads_leave_the_server_and_every_read_reaches_them() {
         .ok();
     assert_ne!(log.run(&["get", "700"]).ok().json()["tier"], "cold");
     assert_eq!(log.run(&["get", "900"]).ok().json()["tier"], "cold");
+    // The trail's own records stay on the server once archived (here the read of seq 700).
+    let own = log.run(&["get", "1201"]).ok().json();
+    assert_eq!(own["event"]["kind"], "governance.audit_accessed");
+    assert_ne!(own["tier"], "cold", "{own}");
     log.run(&["restore", "--from", "5", "--to", "1"]).code(2);
 
     // An archived payload altered in the archive is refused, naming the object.

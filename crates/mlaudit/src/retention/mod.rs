@@ -32,7 +32,8 @@ pub enum RetentionCommand {
     /// Print which events are hot, warm or due for the archive, and which payloads would
     /// expire and by which rule.
     Plan(RetentionArgs),
-    /// Do what `plan` prints: bring the cold archive up to date.
+    /// Do what `plan` prints: expire the payloads due, bring the cold archive up to date and
+    /// move the archived payloads off the server (reads then fetch them from the archive).
     Apply(RetentionArgs),
 }
 

@@ -10,6 +10,7 @@
 use crate::ledger::Ledger;
 use anyhow::{bail, Context, Result};
 use mlaudit_archive::Archive;
+use mlaudit_core::event::is_reserved_kind;
 use mlaudit_store::prelude::*;
 use mlaudit_store::{StoredEvent, Tier};
 use std::ops::ControlFlow;
@@ -119,8 +120,9 @@ pub fn offload(
 }
 
 /// The payload bytes the server may drop for `here`, the archive holding `there`: `None` when
-/// there is nothing to drop (already archived only, removed, or an erasure of the archived
-/// copy still to finish locally); an error when the archive differs from the log.
+/// there is nothing to drop (already archived only, removed, an erasure of the archived copy
+/// still to finish locally, or one of the trail's own records); an error when the archive
+/// differs from the log.
 fn offloadable(here: &StoredEvent, there: &StoredEvent, archive: &Archive) -> Result<Option<u64>> {
     if here.entry != there.entry {
         bail!(
@@ -129,8 +131,13 @@ fn offloadable(here: &StoredEvent, there: &StoredEvent, archive: &Archive) -> Re
             archive.url()
         );
     }
+    // The trail's own records (holds, erasures, expiries, access changes, recorded reads)
+    // stay: hold checks and verify read them, and they are small.
+    let own_record = mlaudit_core::entry::decode_view(&here.entry)
+        .map(|v| is_reserved_kind(v.kind))
+        .with_context(|| format!("decoding the entry of seq {}", here.seq))?;
     match (&here.payload, &there.payload) {
-        _ if here.tier == Tier::Cold => Ok(None),
+        _ if here.tier == Tier::Cold || own_record => Ok(None),
         (Some(p), Some(q)) if p == q => Ok(Some(p.len() as u64)),
         (Some(_), Some(_)) => bail!(
             "seq {}: the archive holds another payload than the log: not offloading (run `mlaudit verify --archive {}`)",
