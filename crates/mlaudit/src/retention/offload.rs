@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use mlaudit_archive::Archive;
 use mlaudit_core::event::is_reserved_kind;
 use mlaudit_store::prelude::*;
-use mlaudit_store::{StoredEvent, Tier};
+use mlaudit_store::{StoreError, StoredEvent, Tier};
 use std::ops::ControlFlow;
 use std::path::Path;
 
@@ -150,8 +150,17 @@ fn offloadable(here: &StoredEvent, there: &StoredEvent, archive: &Archive) -> Re
 
 /// Events `from..to` as the store holds them (archived payloads not fetched).
 fn local_events(store: &dyn Store, from: u64, to: u64) -> Result<Vec<StoredEvent>> {
+    events(from, to, |visit| store.scan_stored(from, visit))
+}
+
+/// Events `from..to` from `scan`, which visits events in seq order from `from`.
+fn events(
+    from: u64,
+    to: u64,
+    scan: impl FnOnce(&mut dyn FnMut(StoredEvent) -> ControlFlow<()>) -> Result<(), StoreError>,
+) -> Result<Vec<StoredEvent>> {
     let mut out = Vec::with_capacity((to - from) as usize);
-    store.scan_stored(from, &mut |ev| {
+    scan(&mut |ev| {
         out.push(ev);
         match out.len() as u64 >= to - from {
             true => ControlFlow::Break(()),
@@ -183,13 +192,13 @@ pub fn restore(
     let mut at = from;
     while at < end {
         let chunk_end = (at + CHUNK).min(end);
-        for ev in local_events(store, at, chunk_end)? {
-            if !ev.payload_in_archive() {
+        // Through the store: a payload only the archive keeps comes back fetched, checked
+        // against its entry, and marked cold.
+        for ev in events(at, chunk_end, |visit| store.scan(at, visit))? {
+            if ev.tier != Tier::Cold || ev.removed_by.is_some() {
                 continue;
             }
-            // Through the store: fetched from the archive and checked against the entry.
-            let payload = store
-                .event(ev.seq)?
+            let payload = ev
                 .payload
                 .with_context(|| format!("seq {}: the archive returned no payload", ev.seq))?;
             batch_bytes += payload.len() as u64;
