@@ -86,6 +86,35 @@ fn segment_holding(dir: &Path, pos: u64) -> (std::path::PathBuf, u64) {
         .expect("a raw segment holds it")
 }
 
+/// What a crash in the middle of rewriting the record of `seq` leaves: a journal holding the
+/// record `new` makes of its entry and payload length, and the record torn halfway. Returns
+/// the segment, the record's offset in it and its header.
+fn crash_mid_patch(
+    dir: &Path,
+    seq: u64,
+    new: impl FnOnce(&[u8], u32) -> Vec<u8>,
+) -> (std::path::PathBuf, usize, record::Header) {
+    let offsets = std::fs::read(dir.join("offsets.bin")).unwrap();
+    let pos = u64::from_be_bytes(offsets[seq as usize * 8..][..8].try_into().unwrap());
+    let (seg, start) = segment_holding(dir, pos);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = (pos - start) as usize;
+    let h = record::parse_header(bytes[at..at + record::HEADER_LEN].try_into().unwrap()).unwrap();
+    let (entry, _) = record::check_record(&h, &bytes[at..at + h.total_len() as usize]).unwrap();
+    let new = new(entry, h.len_b);
+    let mut journal = b"MLARMJ01".to_vec();
+    journal.extend_from_slice(&1u32.to_be_bytes());
+    journal.extend_from_slice(&pos.to_be_bytes());
+    journal.extend_from_slice(&(new.len() as u32).to_be_bytes());
+    journal.extend_from_slice(&new);
+    let crc = crc32c::crc32c(&journal);
+    journal.extend_from_slice(&crc.to_be_bytes());
+    std::fs::write(dir.join("payload-removal.journal"), journal).unwrap();
+    bytes[at..at + new.len() / 2].copy_from_slice(&new[..new.len() / 2]);
+    std::fs::write(&seg, &bytes).unwrap();
+    (seg, at, h)
+}
+
 #[test]
 fn removed_payloads_are_gone_and_every_proof_still_verifies() {
     let dir = TempDir::new("removal");
@@ -168,24 +197,9 @@ fn a_removal_cut_short_is_finished_at_open() {
     let size = store.tree_size();
     drop(store);
     // What a crash in the middle of patching leaves: the journal, and a torn record.
-    let offsets = std::fs::read(dir.path().join("offsets.bin")).unwrap();
-    let pos = u64::from_be_bytes(offsets[seq as usize * 8..][..8].try_into().unwrap());
-    let (seg, start) = segment_holding(dir.path(), pos);
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = (pos - start) as usize;
-    let h = record::parse_header(bytes[at..at + record::HEADER_LEN].try_into().unwrap()).unwrap();
-    let (entry, _) = record::check_record(&h, &bytes[at..at + h.total_len() as usize]).unwrap();
-    let new = record::removed(entry, h.len_b, remover).unwrap();
-    let mut journal = b"MLARMJ01".to_vec();
-    journal.extend_from_slice(&1u32.to_be_bytes());
-    journal.extend_from_slice(&pos.to_be_bytes());
-    journal.extend_from_slice(&(new.len() as u32).to_be_bytes());
-    journal.extend_from_slice(&new);
-    let crc = crc32c::crc32c(&journal);
-    journal.extend_from_slice(&crc.to_be_bytes());
-    std::fs::write(dir.path().join("payload-removal.journal"), journal).unwrap();
-    bytes[at..at + new.len() / 2].copy_from_slice(&new[..new.len() / 2]);
-    std::fs::write(&seg, &bytes).unwrap();
+    crash_mid_patch(dir.path(), seq, |entry, len_b| {
+        record::removed(entry, len_b, remover).unwrap()
+    });
 
     let (store, _) = open_with(dir.path(), raw_only);
     let ev = store.event(seq).unwrap();
@@ -418,24 +432,9 @@ fn an_offload_cut_short_is_finished_at_open() {
     let seq = store.tree_size() - 3;
     let payload = payload_marker(&store, seq);
     drop(store);
-    let offsets = std::fs::read(dir.path().join("offsets.bin")).unwrap();
-    let pos = u64::from_be_bytes(offsets[seq as usize * 8..][..8].try_into().unwrap());
-    let (seg, start) = segment_holding(dir.path(), pos);
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let at = (pos - start) as usize;
-    let h = record::parse_header(bytes[at..at + record::HEADER_LEN].try_into().unwrap()).unwrap();
-    let (entry, _) = record::check_record(&h, &bytes[at..at + h.total_len() as usize]).unwrap();
-    let new = record::in_archive(entry, h.len_b).unwrap();
-    let mut journal = b"MLARMJ01".to_vec();
-    journal.extend_from_slice(&1u32.to_be_bytes());
-    journal.extend_from_slice(&pos.to_be_bytes());
-    journal.extend_from_slice(&(new.len() as u32).to_be_bytes());
-    journal.extend_from_slice(&new);
-    let crc = crc32c::crc32c(&journal);
-    journal.extend_from_slice(&crc.to_be_bytes());
-    std::fs::write(dir.path().join("payload-removal.journal"), journal).unwrap();
-    bytes[at..at + new.len() / 2].copy_from_slice(&new[..new.len() / 2]);
-    std::fs::write(&seg, &bytes).unwrap();
+    let (seg, at, h) = crash_mid_patch(dir.path(), seq, |entry, len_b| {
+        record::in_archive(entry, len_b).unwrap()
+    });
 
     let (store, _) = open_with(dir.path(), raw_only);
     assert!(store.event(seq).unwrap().payload_in_archive());
