@@ -1,10 +1,13 @@
 //! The protobuf messages of `proto/mlaudit/v1/events.proto`, as hand-written `prost` types that
-//! mirror the `.proto` field for field (no build script, no `protoc`), and an encoder from JSON
-//! events. The server decodes with these types (`mlaudit-server`'s `protobuf` module, which
-//! also turns each message into the canonical JSON event it represents); the Rust client SDK
-//! (`mlaudit-client`) encodes with them.
+//! mirror the `.proto` field for field (no build script, no `protoc`), an encoder from JSON
+//! events, and the decoder ([`decode`]) that turns each message into the canonical JSON event
+//! it represents. The server and the queue consumers decode with it; the Rust client SDK
+//! (`mlaudit-client`) encodes with it.
 //!
-//! This crate depends on `prost` and `serde_json` only: nothing of the store or the server.
+//! This crate depends on `prost`, `serde_json` and `thiserror` only: nothing of the store or
+//! the server.
+
+pub mod decode;
 
 use serde_json::Value;
 

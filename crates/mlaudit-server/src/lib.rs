@@ -94,6 +94,9 @@ pub struct AppState {
     pub rate_limit: Option<Arc<ratelimit::RateLimiter>>,
     /// The receivers for other tools' events: their settings and the inference join.
     pub integrations: Arc<integrations::Integrations>,
+    /// The queue consumers' counters (`mlaudit serve --ingest`): in `/metrics`, and `/readyz`
+    /// fails while one is disconnected.
+    pub ingest: Vec<Arc<mlaudit_queue::Stats>>,
 }
 
 impl AppState {
@@ -112,6 +115,7 @@ impl AppState {
             metrics: Default::default(),
             rate_limit: None,
             integrations: Default::default(),
+            ingest: Vec::new(),
         }
     }
 }

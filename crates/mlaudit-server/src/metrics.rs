@@ -193,6 +193,96 @@ fn retention(out: &mut String, r: &RetentionCounters) {
     let _ = writeln!(out, "# HELP mlaudit_retention_last_success_timestamp_seconds Unix time of the last successful retention run (0: none yet).\n# TYPE mlaudit_retention_last_success_timestamp_seconds gauge\nmlaudit_retention_last_success_timestamp_seconds {}", load(&r.last_success));
 }
 
+/// The queue consumers' counters (`mlaudit serve --ingest`), one series per source.
+fn queues(out: &mut String, sources: &[std::sync::Arc<mlaudit_queue::Stats>]) {
+    if sources.is_empty() {
+        return;
+    }
+    let all: Vec<mlaudit_queue::Snapshot> = sources.iter().map(|s| s.snapshot()).collect();
+    let series = |out: &mut String,
+                  name: &str,
+                  kind: &str,
+                  help: &str,
+                  value: &dyn Fn(&mlaudit_queue::Snapshot) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in &all {
+            let _ = writeln!(
+                out,
+                "{name}{{source=\"{}\"}} {}",
+                escape(&s.source),
+                value(s)
+            );
+        }
+    };
+    series(
+        out,
+        "mlaudit_queue_connected",
+        "gauge",
+        "1 while the consumer is connected and consuming, else 0.",
+        &|s| f64::from(u8::from(s.connected)),
+    );
+    series(
+        out,
+        "mlaudit_queue_messages_total",
+        "counter",
+        "Messages handled and acknowledged (stored or dead-lettered).",
+        &|s| s.messages as f64,
+    );
+    series(
+        out,
+        "mlaudit_queue_events_total",
+        "counter",
+        "Events from the queue newly appended to the log.",
+        &|s| s.events as f64,
+    );
+    series(
+        out,
+        "mlaudit_queue_duplicates_total",
+        "counter",
+        "Events from the queue the log already held (redeliveries).",
+        &|s| s.duplicates as f64,
+    );
+    series(
+        out,
+        "mlaudit_queue_dead_letters_total",
+        "counter",
+        "Poison messages sent to the dead letters.",
+        &|s| s.dead_letters as f64,
+    );
+    series(
+        out,
+        "mlaudit_queue_errors_total",
+        "counter",
+        "Failures to reach the queue or to store (each retried).",
+        &|s| s.errors as f64,
+    );
+    series(
+        out,
+        "mlaudit_queue_lag_messages",
+        "gauge",
+        "Messages in the queue not yet acknowledged, as the queue last reported.",
+        &|s| s.pending as f64,
+    );
+    let name = "mlaudit_queue_lag_seconds";
+    let _ = writeln!(out, "# HELP {name} From the queue's receipt of a message to its events being durable in the log.\n# TYPE {name} histogram");
+    for s in &all {
+        let source = escape(&s.source);
+        for (bound, n) in mlaudit_queue::stats::LAG_BOUNDS.iter().zip(s.lag_buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{source=\"{source}\",le=\"{bound}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{source=\"{source}\",le=\"+Inf\"}} {}",
+            s.lag_count
+        );
+        let _ = writeln!(out, "{name}_sum{{source=\"{source}\"}} {}", s.lag_sum);
+        let _ = writeln!(out, "{name}_count{{source=\"{source}\"}} {}", s.lag_count);
+    }
+}
+
 /// Renders every metric.
 pub fn render(state: &AppState) -> String {
     let mut out = String::new();
@@ -251,6 +341,7 @@ pub fn render(state: &AppState) -> String {
     );
     integrations(&mut out, state);
     retention(&mut out, &m.retention);
+    queues(&mut out, &state.ingest);
     let stats = state.store.stats();
     out.push_str(
         "# HELP mlaudit_sync_batch_events Events made durable per fsync (group commit size).\n",

@@ -6,7 +6,7 @@ use crate::AppState;
 use crate::Shown;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mlaudit_core::event::{parse_time_bound, Stage};
@@ -301,10 +301,39 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-pub async fn readyz(State(state): State<AppState>) -> Json<Value> {
+/// `GET /readyz`: 200 while the server can take events; 503 while a queue consumer
+/// (`--ingest`) is disconnected, naming it.
+pub async fn readyz(State(state): State<AppState>) -> Response {
     let mut body = json!({ "status": "ready", "tree_size": state.store.tree_size() });
     if let Some(sequencer) = state.store.stats().sequencer {
         body["sequencer"] = json!(sequencer);
     }
-    Json(body)
+    if state.ingest.is_empty() {
+        return Json(body).into_response();
+    }
+    let sources: Vec<Value> = state
+        .ingest
+        .iter()
+        .map(|s| json!({ "source": s.source(), "connected": s.connected() }))
+        .collect();
+    let down: Vec<&str> = state
+        .ingest
+        .iter()
+        .filter(|s| !s.connected())
+        .map(|s| s.source())
+        .collect();
+    body["ingest"] = json!(sources);
+    if down.is_empty() {
+        return Json(body).into_response();
+    }
+    let error = json!({
+        "code": "unavailable",
+        "message": format!("queue consumer disconnected: {}", down.join(", ")),
+        "details": { "ingest": body["ingest"] },
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({ "error": error })),
+    )
+        .into_response()
 }

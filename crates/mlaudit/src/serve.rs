@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// server of one log in PostgreSQL is given the same key [config: key]
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Consume events from a queue: `nats://HOST:PORT/STREAM[?consumer=NAME&subject=S]` or
+    /// `kafka://HOST:PORT/TOPIC[?group=NAME]` (with the `kafka` feature). Repeatable; given
+    /// here, it replaces the config file's list [config: ingest]
+    #[arg(long, value_name = "URL")]
+    ingest: Vec<String>,
 }
 
 /// The config file (all optional).
@@ -68,6 +73,10 @@ struct FileConfig {
     index_cache_mib: Option<u64>,
     integrations: Option<IntegrationsFile>,
     retention: Option<crate::retention::policy::RetentionFile>,
+    /// Queue sources (`--ingest` wins).
+    ingest: Option<Vec<String>>,
+    /// Most queue messages stored in one append (default 1000).
+    ingest_batch: Option<usize>,
 }
 
 /// `[integrations]` of the config file.
@@ -195,6 +204,9 @@ struct Settings {
     /// Mebibytes for the index runs' fences and Bloom filters.
     index_cache_mib: u64,
     integrations: IntegrationsConfig,
+    /// Queues to consume, and how.
+    ingest: Vec<mlaudit_queue::IngestUrl>,
+    ingest_batch: usize,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -274,7 +286,22 @@ fn resolve(args: &ServeArgs) -> Result<Settings> {
         file.rate_limit_burst,
         2 * per_second,
     )?;
+    let ingest = if args.ingest.is_empty() {
+        file.ingest.unwrap_or_default()
+    } else {
+        args.ingest.clone()
+    };
+    let ingest = ingest
+        .iter()
+        .map(|url| mlaudit_queue::IngestUrl::parse(url).map_err(|e| InputError(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ingest_batch = file.ingest_batch.unwrap_or(1000);
+    if ingest_batch == 0 {
+        return Err(InputError("ingest_batch must be at least 1".into()).into());
+    }
     Ok(Settings {
+        ingest,
+        ingest_batch,
         retention: file.retention,
         key: args.key.clone().or(file.key),
         integrations: integrations(file.integrations)?,
@@ -470,7 +497,21 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
     let danger_no_auth = args.danger_no_auth;
     let journal = data.join("integrations").join("pending.jsonl");
     let joiner = Joiner::open(&journal).map_err(|e| InputError(e.to_string()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let consumers = {
+        let _inside = runtime.enter();
+        let queue_settings = mlaudit_queue::Settings {
+            batch: settings.ingest_batch,
+            max_events_per_message: settings.limits.max_events_per_batch,
+        };
+        mlaudit_queue::Consumers::start(&settings.ingest, store.clone(), queue_settings)
+            .map_err(|e| InputError(e.to_string()))?
+    };
     let state = AppState {
+        ingest: consumers.stats(),
         integrations: Arc::new(Integrations::new(settings.integrations, joiner)),
         limits: settings.limits,
         public_proofs: settings.public_proofs,
@@ -488,10 +529,7 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
             state.verifier.clone(),
         )?;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let grace = settings.conn.shutdown_grace;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| InputError(format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;
@@ -505,7 +543,13 @@ pub fn run(data: &Path, args: ServeArgs) -> Result<()> {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!("mlaudit: listening on {scheme}://{addr}");
-        mlaudit_server::conn::serve(listener, state, settings.conn, tls, shutdown_signal()).await.context("serving")?;
+        for source in &settings.ingest {
+            eprintln!("mlaudit: consuming {source}");
+        }
+        let served = mlaudit_server::conn::serve(listener, state, settings.conn, tls, shutdown_signal()).await;
+        // The queues stop after the HTTP server: batches being stored are acknowledged.
+        consumers.stop(grace).await;
+        served.context("serving")?;
         anyhow::Ok(())
     })?;
     // Connections cut at the end of the grace period may leave tasks behind: do not wait.

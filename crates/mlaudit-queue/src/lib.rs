@@ -1,0 +1,116 @@
+//! mlaudit's queue consumers: events published to NATS JetStream (and, with the `kafka`
+//! feature, Kafka) stored in the log, each message acknowledged only once what it holds is
+//! durable.
+//!
+//! * [`url`] — the `--ingest` URLs.
+//! * [`decode`] — a message's bytes (JSON, NDJSON or Protobuf) into validated events.
+//! * [`sink`] — storing a batch of messages, telling poison messages from store failures.
+//! * [`stats`] — each consumer's counters for `/metrics` and `/readyz`.
+//! * `nats` — the JetStream durable pull consumer.
+//!
+//! **Invariants** (each consumer module repeats those that are its own):
+//! * Acknowledge after durable: a crash anywhere replays messages, never loses them; the log's
+//!   dedupe on event ids makes a replayed event a duplicate, not a second copy.
+//! * A message the log cannot take is poison: it goes to the dead letters with the reason and
+//!   its original bytes and is counted; it never holds up the messages behind it.
+//! * No failure stops a consumer for good: it reconnects and retries with a bounded pause.
+//!
+//! This crate depends on the store traits, the event model and the protobuf messages; it knows
+//! nothing of HTTP.
+
+pub mod decode;
+mod nats;
+pub mod sink;
+pub mod stats;
+pub mod url;
+
+pub use stats::{Snapshot, Stats};
+pub use url::{IngestUrl, KafkaSource, NatsSource, UrlError};
+
+use mlaudit_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// A consumer's failure (each is retried; none is final).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueError {
+    #[error("{0}")]
+    Queue(String),
+    #[error("kafka:// needs a build with the `kafka` feature (cargo build --features kafka)")]
+    KafkaNotBuilt,
+}
+
+/// How consumers batch and what they accept.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Most messages stored in one append.
+    pub batch: usize,
+    /// Most events one message may hold (more makes it poison).
+    pub max_events_per_message: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            batch: 1000,
+            max_events_per_message: 10_000,
+        }
+    }
+}
+
+/// The running consumers of one server.
+#[derive(Debug)]
+pub struct Consumers {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stats: Vec<Arc<Stats>>,
+}
+
+impl Consumers {
+    /// Starts one consumer per source on the current tokio runtime. Sources are checked first:
+    /// nothing starts if one cannot be consumed by this build.
+    pub fn start(
+        sources: &[IngestUrl],
+        store: Arc<dyn Store>,
+        settings: Settings,
+    ) -> Result<Consumers, QueueError> {
+        if let Some(IngestUrl::Kafka(_)) = sources.iter().find(|s| matches!(s, IngestUrl::Kafka(_)))
+        {
+            return Err(QueueError::KafkaNotBuilt);
+        }
+        let (stop, watch) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut stats = Vec::new();
+        for source in sources {
+            let counters = Arc::new(Stats::new(source.to_string()));
+            stats.push(counters.clone());
+            let task = match source.clone() {
+                IngestUrl::Nats(nats) => tokio::spawn(nats::run(
+                    nats,
+                    store.clone(),
+                    counters,
+                    settings,
+                    watch.clone(),
+                )),
+                IngestUrl::Kafka(_) => return Err(QueueError::KafkaNotBuilt),
+            };
+            tasks.push(task);
+        }
+        Ok(Consumers { stop, tasks, stats })
+    }
+
+    /// Each consumer's counters, in the order of the sources.
+    pub fn stats(&self) -> Vec<Arc<Stats>> {
+        self.stats.clone()
+    }
+
+    /// Stops taking messages and waits (at most `grace`) for the batches being stored to be
+    /// acknowledged. A batch cut short is redelivered at the next start.
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let all = futures_util::future::join_all(self.tasks);
+        let _ = tokio::time::timeout(grace, all).await;
+    }
+}

@@ -1,0 +1,313 @@
+//! The NATS JetStream consumer: a durable pull consumer on one stream.
+//!
+//! **Invariants:**
+//! * A message is acknowledged only after its events are durable in the log (in the PostgreSQL
+//!   mode, sequenced and covered by a signed checkpoint), or after it is durable in the
+//!   dead-letter stream (JetStream acknowledged the dead-letter publish). A crash at any point
+//!   therefore leaves the message to be redelivered, and a redelivered event is a duplicate
+//!   the log already holds, not a second copy.
+//! * A poison message never stalls the consumer: it goes to the dead letters and is
+//!   acknowledged; the messages after it are stored as usual.
+//! * A store failure is not the message's fault: the messages are left unacknowledged
+//!   (negatively acknowledged, redelivered after a pause) and the consumer goes on.
+//! * The consumer filters on its subject, so dead letters are never consumed again even when
+//!   the stream's subjects cover the dead-letter subject.
+
+use crate::sink::{store_messages, Fate};
+use crate::stats::Stats;
+use crate::url::NatsSource;
+use crate::{decode, QueueError, Settings};
+use async_nats::jetstream::{self, consumer, stream, AckKind};
+use futures_util::{FutureExt, StreamExt};
+use mlaudit_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How long JetStream waits for an acknowledgement before redelivering a message: after a
+/// crash, the messages the dead process held come back this much later.
+const ACK_WAIT: Duration = Duration::from_secs(15);
+
+/// Longest pause between attempts to reconnect or to store again.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Consumes `source` until `stop` turns true, reconnecting (with a growing pause) after any
+/// failure.
+pub(crate) async fn run(
+    source: NatsSource,
+    store: Arc<dyn Store>,
+    stats: Arc<Stats>,
+    settings: Settings,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = session(&source, &store, &stats, &settings, stop.clone()).await;
+        stats.set_connected(false);
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                stats.error();
+                tracing::warn!(source = %stats.source(), error = %e, retry_in_s = backoff.as_secs_f64(), "queue consumer failed; reconnecting");
+            }
+        }
+        if started.elapsed() > MAX_BACKOFF * 6 {
+            backoff = Duration::from_millis(200);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn nats_error(what: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError::Queue(format!("{what}: {e}"))
+}
+
+/// One connection: sets up the stream, the dead-letter stream and the consumer, then stores
+/// batches until `stop` or a failure.
+async fn session(
+    source: &NatsSource,
+    store: &Arc<dyn Store>,
+    stats: &Arc<Stats>,
+    settings: &Settings,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), QueueError> {
+    let watcher = stats.clone();
+    let client = async_nats::ConnectOptions::new()
+        .name("mlaudit")
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let stats = watcher.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => stats.set_connected(true),
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        stats.set_connected(false)
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .connect(source.server.as_str())
+        .await
+        .map_err(|e| nats_error(&format!("connecting to {}", stats.source()), e))?;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: source.stream.clone(),
+            subjects: vec![source.subject.clone()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats_error(&format!("opening stream {}", source.stream), e))?;
+    dead_letter_stream(&js, source).await?;
+    let batch = settings.batch.max(1);
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &source.consumer,
+            consumer::pull::Config {
+                durable_name: Some(source.consumer.clone()),
+                filter_subject: source.subject.clone(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: i64::try_from(batch * 4).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| nats_error(&format!("opening consumer {}", source.consumer), e))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| nats_error("pulling messages", e))?;
+    stats.set_connected(true);
+    tracing::info!(source = %stats.source(), consumer = %source.consumer, subject = %source.subject, "consuming");
+    let principal = format!("nats:{}", source.stream);
+    loop {
+        let first = tokio::select! {
+            m = messages.next() => m,
+            _ = stop.changed() => return Ok(()),
+        };
+        let first = first.ok_or_else(|| QueueError::Queue("the message stream ended".into()))?;
+        let mut taken = vec![first.map_err(|e| nats_error("pulling messages", e))?];
+        // Whatever else has already arrived joins this batch: while one batch is made
+        // durable the next accumulates, so batches grow with the load.
+        let mut failed = None;
+        while taken.len() < batch {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(m))) => taken.push(m),
+                Some(Some(Err(e))) => {
+                    failed = Some(nats_error("pulling messages", e));
+                    break;
+                }
+                Some(None) | None => break,
+            }
+        }
+        handle(&js, source, store, stats, settings, &principal, &taken).await;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+}
+
+/// The message's `Content-Type` header, if any.
+fn content_type(message: &async_nats::Message) -> Option<&str> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Content-Type"))
+        .map(|v| v.as_str())
+}
+
+/// Stores a batch and acknowledges each message once its fate is durable.
+async fn handle(
+    js: &jetstream::Context,
+    source: &NatsSource,
+    store: &Arc<dyn Store>,
+    stats: &Arc<Stats>,
+    settings: &Settings,
+    principal: &str,
+    messages: &[jetstream::Message],
+) {
+    let decode = |i: usize| {
+        let m = &messages[i];
+        decode::events(
+            &m.payload,
+            content_type(m),
+            principal,
+            settings.max_events_per_message,
+        )
+    };
+    // JetStream redelivers a message unacknowledged after `ACK_WAIT`; while an append takes
+    // long (a PostgreSQL failover, a full disk) the messages are kept ours by progress acks.
+    let storing = store_messages(store, messages.len(), decode);
+    tokio::pin!(storing);
+    let mut progress =
+        tokio::time::interval_at(tokio::time::Instant::now() + ACK_WAIT / 3, ACK_WAIT / 3);
+    let stored = loop {
+        tokio::select! {
+            outcome = &mut storing => break outcome,
+            _ = progress.tick() => {
+                for m in messages {
+                    let _ = m.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    };
+    let fates = match stored {
+        Ok(fates) => fates,
+        Err(e) => {
+            stats.error();
+            tracing::warn!(source = %stats.source(), error = %e, messages = messages.len(), "cannot store; the messages will be redelivered");
+            for m in messages {
+                let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            }
+            return;
+        }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    for (message, fate) in messages.iter().zip(fates) {
+        match fate {
+            Fate::Stored { new, duplicates } => stats.stored(1, new, duplicates),
+            Fate::Poison(reason) => {
+                if let Err(e) = dead_letter(js, source, stats, message, &reason).await {
+                    stats.error();
+                    tracing::warn!(source = %stats.source(), error = %e, "cannot write a dead letter; the message will be redelivered");
+                    let _ = message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                    continue;
+                }
+                stats.dead_lettered();
+            }
+        }
+        if let Ok(info) = message.info() {
+            stats.set_pending(info.pending);
+            if let Ok(lag) = Duration::try_from(now - info.published) {
+                stats.lag(lag);
+            }
+        }
+        if let Err(e) = message.ack().await {
+            // Durable already: a lost ack means a redelivery, which is a duplicate.
+            tracing::debug!(error = %e, "ack failed");
+        }
+    }
+}
+
+/// Most bytes of a reason in the dead-letter header.
+const MAX_REASON: usize = 2000;
+
+/// Publishes a poison message to the dead-letter subject with why, and waits for JetStream to
+/// have it.
+async fn dead_letter(
+    js: &jetstream::Context,
+    source: &NatsSource,
+    stats: &Stats,
+    message: &jetstream::Message,
+    reason: &str,
+) -> Result<(), QueueError> {
+    let mut reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if reason.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    tracing::info!(source = %stats.source(), subject = %message.subject, %reason, "dead letter");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Mlaudit-Dead-Letter-Reason", reason);
+    headers.insert("Mlaudit-Source", stats.source());
+    headers.insert("Mlaudit-Source-Subject", message.subject.as_str());
+    if let Ok(info) = message.info() {
+        let seq = info.stream_sequence.to_string();
+        // The same message dead-lettered twice (its ack lost) is stored once.
+        headers.insert("Nats-Msg-Id", format!("dead-{}-{seq}", source.stream));
+        headers.insert("Mlaudit-Source-Sequence", seq);
+    }
+    if let Some(ct) = content_type(message) {
+        headers.insert("Content-Type", ct);
+    }
+    js.publish_with_headers(source.dead_letter.clone(), headers, message.payload.clone())
+        .await
+        .map_err(|e| nats_error("publishing a dead letter", e))?
+        .await
+        .map_err(|e| nats_error("publishing a dead letter", e))?;
+    Ok(())
+}
+
+/// Makes sure a stream keeps the dead letters: one whose subjects cover the dead-letter
+/// subject, else a new `<stream>_DEAD` (file storage).
+async fn dead_letter_stream(
+    js: &jetstream::Context,
+    source: &NatsSource,
+) -> Result<(), QueueError> {
+    if js
+        .stream_by_subject(source.dead_letter.clone())
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let name = format!("{}_DEAD", source.stream);
+    js.get_or_create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![source.dead_letter.clone()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats_error(&format!("opening the dead-letter stream {name}"), e))?;
+    Ok(())
+}
