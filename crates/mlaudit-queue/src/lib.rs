@@ -7,6 +7,7 @@
 //! * [`sink`] — storing a batch of messages, telling poison messages from store failures.
 //! * [`stats`] — each consumer's counters for `/metrics` and `/readyz`.
 //! * `nats` — the JetStream durable pull consumer.
+//! * `kafka` — the Kafka consumer-group member (cargo feature `kafka`).
 //!
 //! **Invariants** (each consumer module repeats those that are its own):
 //! * Acknowledge after durable: a crash anywhere replays messages, never loses them; the log's
@@ -19,6 +20,8 @@
 //! nothing of HTTP.
 
 pub mod decode;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod nats;
 pub mod sink;
 pub mod stats;
@@ -76,8 +79,8 @@ impl Consumers {
         store: Arc<dyn Store>,
         settings: Settings,
     ) -> Result<Consumers, QueueError> {
-        if let Some(IngestUrl::Kafka(_)) = sources.iter().find(|s| matches!(s, IngestUrl::Kafka(_)))
-        {
+        let kafka = sources.iter().any(|s| matches!(s, IngestUrl::Kafka(_)));
+        if kafka && !cfg!(feature = "kafka") {
             return Err(QueueError::KafkaNotBuilt);
         }
         let (stop, watch) = watch::channel(false);
@@ -94,6 +97,15 @@ impl Consumers {
                     settings,
                     watch.clone(),
                 )),
+                #[cfg(feature = "kafka")]
+                IngestUrl::Kafka(kafka) => tokio::spawn(kafka::run(
+                    kafka,
+                    store.clone(),
+                    counters,
+                    settings,
+                    watch.clone(),
+                )),
+                #[cfg(not(feature = "kafka"))]
                 IngestUrl::Kafka(_) => return Err(QueueError::KafkaNotBuilt),
             };
             tasks.push(task);
@@ -113,4 +125,21 @@ impl Consumers {
         let all = futures_util::future::join_all(self.tasks);
         let _ = tokio::time::timeout(grace, all).await;
     }
+}
+
+/// `text` on one line (control characters as spaces), cut to at most `max` bytes: for a
+/// message header.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() > max {
+        let mut end = max;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        line.truncate(end);
+    }
+    line
 }

@@ -254,17 +254,7 @@ async fn dead_letter(
     message: &jetstream::Message,
     reason: &str,
 ) -> Result<(), QueueError> {
-    let mut reason: String = reason
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if reason.len() > MAX_REASON {
-        let mut end = MAX_REASON;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
+    let reason = crate::one_line(reason, MAX_REASON);
     tracing::info!(source = %stats.source(), subject = %message.subject, %reason, "dead letter");
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Mlaudit-Dead-Letter-Reason", reason);

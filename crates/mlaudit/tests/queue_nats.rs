@@ -511,3 +511,29 @@ fn drains_100k_events_with_bounded_memory() {
     });
     server.stop();
 }
+
+#[test]
+fn ingest_urls_are_checked_at_start() {
+    let log = Log::new("queue-urls");
+    let port = free_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let run = |url: &str| {
+        log.cmd([
+            "serve",
+            "--danger-no-auth",
+            "--listen",
+            &listen,
+            "--ingest",
+            url,
+        ])
+        .run()
+    };
+    let bad = run("nats://127.0.0.1:4222/a.b").code(2);
+    assert!(bad.stderr.contains("stream \"a.b\""), "{}", bad.stderr);
+    let bad = run("amqp://127.0.0.1/q").code(2);
+    assert!(bad.stderr.contains("unknown scheme"), "{}", bad.stderr);
+    if !cfg!(feature = "kafka") {
+        let out = run("kafka://127.0.0.1:9092/audit").code(2);
+        assert!(out.stderr.contains("--features kafka"), "{}", out.stderr);
+    }
+}

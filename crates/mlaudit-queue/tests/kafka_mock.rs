@@ -1,0 +1,232 @@
+//! The Kafka consumer against librdkafka's mock cluster (`rdkafka::mocking::MockCluster`): no
+//! Kafka broker can be installed on the test machine, and the mock cluster implements the
+//! protocol librdkafka speaks, consumer groups and offset commits included. Run with
+//! `cargo test -p mlaudit-queue --features kafka`.
+
+#![cfg(feature = "kafka")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails loudly on any unexpected error"
+)]
+
+use mlaudit_core::note::NoteSigner;
+use mlaudit_embedded::EmbeddedStore;
+use mlaudit_queue::{Consumers, IngestUrl, Settings};
+use mlaudit_store::{LogReader, Store};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Message};
+use std::collections::BTreeSet;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_store(name: &str) -> (Dir, Arc<EmbeddedStore>) {
+    let dir = std::env::temp_dir().join(format!(
+        "mlaudit-queue-{name}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let signer = NoteSigner::from_seed("test.mlaudit/kafka", [7; 32]).unwrap();
+    let (store, _) = EmbeddedStore::open(&dir, Some(signer)).unwrap();
+    (Dir(dir), Arc::new(store))
+}
+
+fn id(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012x}")
+}
+
+fn event(i: usize) -> String {
+    format!(
+        r#"{{"id":"{}","kind":"x.queued","actor":{{"id":"scorer","type":"service"}},"attributes":{{"n":{i}}}}}"#,
+        id(i)
+    )
+}
+
+/// Every event id in the log, in seq order.
+fn ids(store: &EmbeddedStore) -> Vec<String> {
+    let mut out = Vec::new();
+    store
+        .scan(0, &mut |ev| {
+            out.push(
+                mlaudit_core::entry::decode(&ev.entry)
+                    .unwrap()
+                    .id
+                    .to_string(),
+            );
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    out
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, messages: &[(String, String)]) {
+    let mut pending = Vec::new();
+    for (key, body) in messages {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(body)
+            .headers(headers);
+        pending.push(producer.send(record, Duration::from_secs(10)));
+    }
+    for p in pending {
+        p.await.map_err(|(e, _)| e).unwrap();
+    }
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every message of the dead-letter topic: (reason header, bytes).
+fn dead_letters(bootstrap: &str, topic: &str, expected: usize) -> Vec<(String, Vec<u8>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < expected && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m.headers().unwrap();
+            let reason = (0..headers.count())
+                .map(|i| headers.get(i))
+                .find(|h| h.key == "mlaudit-dead-letter-reason")
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            out.push((reason, m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_once_through_rebalances_broker_errors_and_dead_letters() {
+    const TOPIC: &str = "audit.events";
+    let cluster = MockCluster::new(3).unwrap();
+    cluster.create_topic(TOPIC, 4, 3).unwrap();
+    cluster.create_topic("audit.events.dead", 1, 3).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let (_dir, store) = temp_store("kafka");
+    let url = IngestUrl::parse(&format!("kafka://{bootstrap}/{TOPIC}?group=mlaudit-test")).unwrap();
+    let settings = Settings {
+        batch: 100,
+        ..Settings::default()
+    };
+    let dyn_store: Arc<dyn Store> = store.clone();
+
+    // Two poison messages among the first half: not JSON, and an event reusing an id with
+    // another payload.
+    let mut first: Vec<(String, String)> = (0..2000).map(|i| (i.to_string(), event(i))).collect();
+    first.insert(700, ("poison-1".into(), "not an event".into()));
+    first.insert(
+        1300,
+        (
+            "poison-2".into(),
+            event(5).replace(r#""n":5"#, r#""n":"other""#),
+        ),
+    );
+    produce(&producer, TOPIC, &first).await;
+
+    let a = Consumers::start(std::slice::from_ref(&url), dyn_store.clone(), settings).unwrap();
+    wait_for(
+        "the first consumer's progress",
+        Duration::from_secs(60),
+        || store.tree_size() >= 500,
+    )
+    .await;
+
+    // Broker errors: commits and fetches fail for a while, and a broker goes down and back.
+    cluster.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 3],
+    );
+    cluster.request_errors(
+        RDKafkaApiKey::Fetch,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 3],
+    );
+    cluster.broker_down(2).unwrap();
+
+    // A second member joins the group: a rebalance while messages are in flight.
+    let b = Consumers::start(std::slice::from_ref(&url), dyn_store.clone(), settings).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.broker_up(2).unwrap();
+    let second: Vec<(String, String)> = (2000..4000).map(|i| (i.to_string(), event(i))).collect();
+    produce(&producer, TOPIC, &second).await;
+    wait_for("3,000 events", Duration::from_secs(120), || {
+        store.tree_size() >= 3000
+    })
+    .await;
+
+    // The first member leaves: another rebalance, and the rest is the second's.
+    a.stop(Duration::from_secs(10)).await;
+    let third: Vec<(String, String)> = (4000..5000).map(|i| (i.to_string(), event(i))).collect();
+    produce(&producer, TOPIC, &third).await;
+    wait_for("every event", Duration::from_secs(120), || {
+        store.tree_size() >= 5000
+    })
+    .await;
+    let stats = b.stats()[0].snapshot();
+    b.stop(Duration::from_secs(10)).await;
+
+    let got = ids(&store);
+    let unique: BTreeSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), got.len(), "an event was stored twice");
+    let expected: Vec<String> = (0..5000).map(id).collect();
+    assert_eq!(unique, expected.iter().collect::<BTreeSet<_>>());
+    assert!(stats.events > 0, "{stats:?}");
+
+    let dead = dead_letters(&bootstrap, "audit.events.dead", 2);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(
+        dead.iter()
+            .any(|(r, b)| b == b"not an event" && r.contains("JSON")),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter().any(|(r, _)| r.contains("different payload")),
+        "{dead:?}"
+    );
+
+    // Everything durable was committed: a new member of the group finds nothing to replay.
+    let c = Consumers::start(std::slice::from_ref(&url), dyn_store.clone(), settings).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let replay = c.stats()[0].snapshot();
+    c.stop(Duration::from_secs(10)).await;
+    assert_eq!(store.tree_size(), 5000);
+    assert_eq!(replay.messages, 0, "{replay:?}");
+    assert!(replay.connected, "{replay:?}");
+}
