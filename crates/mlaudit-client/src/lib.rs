@@ -37,11 +37,19 @@
 //! counted in [`Stats::rejected`] and logged, never retried forever. Events held in memory
 //! (the queue and the batch in flight) are lost if the process is killed; a clean
 //! [`AuditLogger::close`] (or drop) delivers or spools them.
+//!
+//! **Queues.** With the feature `nats` (or `kafka`), the logger's URL may be a queue the
+//! server consumes (`mlaudit serve --ingest`): `nats://HOST:4222/STREAM?subject=S` publishes
+//! each event to JetStream with `Nats-Msg-Id` set to its id; `kafka://HOST:9092/TOPIC` produces
+//! it with the id as the key (`acks=all`, idempotent producer). An event counts as delivered
+//! once the queue acknowledged it, with the same spooling when the queue cannot be reached.
+//! What the queue's acknowledgement promises is its own setting: see docs/QUEUES.md.
 
 mod checkpoints;
 mod encode;
 mod event;
 mod logger;
+mod queue;
 mod sampling;
 mod sender;
 mod spool;

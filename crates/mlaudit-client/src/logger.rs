@@ -385,7 +385,8 @@ impl Builder {
             shutdown_at: Mutex::new(None),
             _lock: lock,
         });
-        let transport = Transport::new(&self.url, &self.token, self.timeout);
+        let transport =
+            Transport::for_url(&self.url, &self.token, self.timeout).map_err(StartError::Config)?;
         let witness = Witness::open(&dir, self.verifier.clone());
         let sender = SenderLoop::new(shared.clone(), transport, witness, &self);
         let thread = std::thread::Builder::new()

@@ -14,7 +14,7 @@
 //! makes the loop deliver what it can until its deadline, then spool the rest and stop.
 
 use crate::checkpoints::Witness;
-use crate::encode::{batch_body, encode_event, encoded_id, Ids};
+use crate::encode::{encode_event, encoded_id, Ids};
 use crate::logger::{Builder, Msg, Phase, Shared};
 use crate::spool::Pos;
 use crate::stats::Counters;
@@ -378,7 +378,6 @@ impl SenderLoop {
         let mut chunk = records.len();
         while !records.is_empty() {
             let n = chunk.min(records.len());
-            let body = batch_body(records[..n].iter().map(Vec::as_slice));
             // Never past the shutdown deadline: a server that accepts and never answers must
             // not hold up `close()`.
             let timeout = self.deadline().map_or(self.timeout, |d| {
@@ -388,7 +387,7 @@ impl SenderLoop {
             if timeout.is_zero() {
                 return Err(());
             }
-            match self.transport.send(&body, n, timeout) {
+            match self.transport.send(&records[..n], timeout) {
                 Outcome::Delivered {
                     duplicates,
                     checkpoint,

@@ -1,4 +1,6 @@
-//! One `POST /v1/events` of a protobuf batch, and what its answer means for the batch.
+//! Delivering a batch: one `POST /v1/events` of a protobuf batch (HTTP), or one message per
+//! event to NATS JetStream (feature `nats`) or Kafka (feature `kafka`); and what the answer
+//! means for the batch.
 
 use std::time::Duration;
 
@@ -23,9 +25,66 @@ pub(crate) enum Outcome {
     Retry { reason: String, config: bool },
 }
 
+/// Where a logger delivers: the server over HTTP, or a queue the server consumes.
+#[derive(Debug)]
+pub(crate) enum Transport {
+    Http(Http),
+    #[cfg(feature = "nats")]
+    Nats(Box<crate::queue::nats::Publisher>),
+    #[cfg(feature = "kafka")]
+    Kafka(Box<crate::queue::kafka::Publisher>),
+}
+
+impl Transport {
+    /// The transport for `url`: `http(s)://…`, `nats://…` or `kafka://…`.
+    pub(crate) fn for_url(url: &str, token: &str, timeout: Duration) -> Result<Transport, String> {
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        match scheme {
+            "http" | "https" => Ok(Transport::Http(Http::new(url, token, timeout))),
+            #[cfg(feature = "nats")]
+            "nats" => crate::queue::nats::Publisher::new(url, timeout)
+                .map(|p| Transport::Nats(Box::new(p))),
+            #[cfg(not(feature = "nats"))]
+            "nats" => Err("nats:// needs mlaudit-client's `nats` feature".into()),
+            #[cfg(feature = "kafka")]
+            "kafka" => crate::queue::kafka::Publisher::new(url, timeout)
+                .map(|p| Transport::Kafka(Box::new(p))),
+            #[cfg(not(feature = "kafka"))]
+            "kafka" => Err("kafka:// needs mlaudit-client's `kafka` feature".into()),
+            _ => Err(format!(
+                "{url:?}: the server's URL must start with http://, https://, nats:// or kafka://"
+            )),
+        }
+    }
+
+    /// Delivers the encoded events `records`, waiting at most `timeout`.
+    pub(crate) fn send(&self, records: &[Vec<u8>], timeout: Duration) -> Outcome {
+        match self {
+            Transport::Http(http) => {
+                let body = crate::encode::batch_body(records.iter().map(Vec::as_slice));
+                http.send(&body, records.len(), timeout)
+            }
+            #[cfg(feature = "nats")]
+            Transport::Nats(nats) => nats.send(records, timeout),
+            #[cfg(feature = "kafka")]
+            Transport::Kafka(kafka) => kafka.send(records, timeout),
+        }
+    }
+
+    /// A consistency proof between two of the server's checkpoints (HTTP only: a queue gives
+    /// no receipts, so a logger on one never holds a checkpoint to check).
+    pub(crate) fn consistency(&self, from: u64, to: u64) -> ProofAnswer {
+        match self {
+            Transport::Http(http) => http.consistency(from, to),
+            #[allow(unreachable_patterns, reason = "with queue features")]
+            _ => ProofAnswer::Unreachable("a queue transport has no proofs".into()),
+        }
+    }
+}
+
 /// The HTTP side of a logger.
 #[derive(Debug)]
-pub(crate) struct Transport {
+pub(crate) struct Http {
     agent: ureq::Agent,
     url: String,
     /// The server's base URL.
@@ -47,8 +106,8 @@ pub(crate) enum ProofAnswer {
 /// Most of an answer's body read.
 const MAX_ANSWER_BYTES: u64 = 16 << 20;
 
-impl Transport {
-    pub(crate) fn new(base_url: &str, token: &str, timeout: Duration) -> Transport {
+impl Http {
+    pub(crate) fn new(base_url: &str, token: &str, timeout: Duration) -> Http {
         // No redirects: a batch counts as delivered only on the server's own 200.
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout.min(Duration::from_secs(5)))
@@ -56,7 +115,7 @@ impl Transport {
             .redirects(0)
             .build();
         let base = base_url.trim_end_matches('/').to_owned();
-        Transport {
+        Http {
             agent,
             url: format!("{base}/v1/events"),
             base,

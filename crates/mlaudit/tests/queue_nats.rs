@@ -537,3 +537,71 @@ fn ingest_urls_are_checked_at_start() {
         assert!(out.stderr.contains("--features kafka"), "{}", out.stderr);
     }
 }
+
+/// The Rust SDK with a `nats://` URL: events published to JetStream (one message each, with
+/// `Nats-Msg-Id`) reach the log through the server's consumer; while NATS is away the logger
+/// spools, and delivers the spool once it is back.
+#[test]
+fn rust_sdk_publishes_to_jetstream_and_spools_while_it_is_away() {
+    use mlaudit_client::{Actor, AuditLogger, Event};
+    ensure_nats();
+    let nats = OwnNats::start(support::TempDir::new("sdk-nats"), free_port());
+    let q = Queue::on(&nats.url, "sdk");
+    let log = Log::new("queue-sdk");
+    let server = serve(&log, &q.url(&nats.url));
+    wait_for("ready", Duration::from_secs(10), || {
+        server.request("GET", "/readyz", &[], b"").unwrap().status == 200
+    });
+    let spool = support::TempDir::new("sdk-spool");
+    let logger = AuditLogger::builder(q.url(&nats.url), "", Actor::service("scorer"))
+        .spool_dir(&spool.path)
+        .linger(Duration::from_millis(5))
+        .retries(2, Duration::from_millis(10), Duration::from_millis(200))
+        .timeout(Duration::from_secs(2))
+        .start()
+        .unwrap();
+    for n in 0..100 {
+        logger.log(Event::custom("queued").attribute("n", n));
+    }
+    logger.flush(Duration::from_secs(20)).unwrap();
+    wait_for("100 events", Duration::from_secs(20), || {
+        size(&server) == 100
+    });
+
+    let (dir, port) = nats.stop();
+    for n in 100..150 {
+        logger.log(Event::custom("queued").attribute("n", n));
+    }
+    // NATS is away: the events go to the spool on disk, not lost.
+    let away = logger.flush(Duration::from_secs(15));
+    assert!(
+        matches!(
+            away,
+            Err(mlaudit_client::FlushError::Timeout { durable: true })
+        ),
+        "{away:?}"
+    );
+    let nats = OwnNats::start(dir, port);
+    wait_for("the spooled events", Duration::from_secs(60), || {
+        size(&server) == 150
+    });
+    let stats = logger.close(Duration::from_secs(10));
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    assert!(stats.spooled >= 50, "{stats:?}");
+    server.stop();
+    drop(nats.stop());
+    let ns: BTreeSet<u64> = {
+        let out = log.run(&[
+            "query", "--kind", "x.queued", "--format", "ndjson", "--limit", "1000",
+        ]);
+        out.stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["event"]["attributes"]["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert_eq!(ns, (0..150).collect());
+}
