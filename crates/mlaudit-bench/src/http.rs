@@ -133,7 +133,7 @@ impl Client {
 /// Sends `bodies` from `clients` concurrent keep-alive connections, multiplexed on one thread
 /// (as wrk or oha do: a thread per connection would take a third of the two cores and add
 /// its own scheduling delays to every latency); returns (seconds, sorted latencies in s).
-fn drive(
+pub fn drive(
     addr: SocketAddr,
     token: &str,
     clients: usize,

@@ -9,12 +9,14 @@
 //! `cargo run --release -p mlaudit-bench -- index [--ids N] [--dir D]` (id index candidates)
 //! `cargo run --release -p mlaudit-bench -- postgres [--events N] [--clients N] [--url U]`
 //! `cargo run --release -p mlaudit-bench -- retention [--events N] [--no-s3]` (tiers, the archive)
+//! `cargo run --release -p mlaudit-bench -- queue [--events N] [--message-events A,B]` (NATS JetStream vs HTTP)
 
 mod client;
 mod http;
 mod index;
 mod ingest;
 mod postgres;
+mod queue;
 mod retention;
 mod scale;
 
@@ -33,7 +35,8 @@ const USAGE: &str = "usage: mlaudit-bench ingest [--events N] [--proof-sizes N,M
        mlaudit-bench scale [--events N] [--dir DIR]
        mlaudit-bench index [--ids N] [--dir DIR]
        mlaudit-bench postgres [--events N] [--clients N] [--url postgres://…] [--engines E,F]
-       mlaudit-bench retention [--events N] [--samples N] [--no-s3] [--dir DIR]";
+       mlaudit-bench retention [--events N] [--samples N] [--no-s3] [--dir DIR]
+       mlaudit-bench queue [--events N] [--clients N] [--batch N] [--message-events A,B] [--nats URL] [--dir DIR]";
 
 /// Runs the named benchmark; errors are one line on stderr and exit status 2 (no backtrace).
 fn main() -> ExitCode {
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Some("scale") => scale::run(&args[1..]),
         Some("postgres") => postgres::run(&args[1..]),
         Some("retention") => retention::run(&args[1..]),
+        Some("queue") => queue::run(&args[1..]),
         Some("scale-probe") => scale::probe_main(&args[1..]),
         Some("index") => index::run(&args[1..]),
         Some("index-candidate") => index::candidate(&args[1..]),
