@@ -108,7 +108,25 @@ pub fn run(args: &[String]) -> Result<()> {
         .enable_all()
         .build()?;
     for &per_message in &o.message_events {
-        let run = queue_run(&runtime, &o, &signer, per_message)?;
+        // Diagnostic: the consumer alone, draining a stream published beforehand.
+        let drain = queue_run(&runtime, &o, &signer, per_message, true)?;
+        let ctx =
+            json!({ "events": o.events, "events_per_message": per_message, "prefilled": true });
+        emit(
+            "queue",
+            "jetstream-drain",
+            "events_per_s",
+            drain.events_per_s,
+            ctx.clone(),
+        );
+        emit(
+            "queue",
+            "jetstream-drain",
+            "ratio_vs_http",
+            drain.events_per_s / http,
+            ctx,
+        );
+        let run = queue_run(&runtime, &o, &signer, per_message, false)?;
         let ctx = json!({ "events": o.events, "events_per_message": per_message, "consumer_batch": Settings::default().batch });
         emit(
             "queue",
@@ -166,14 +184,17 @@ struct QueueRun {
 }
 
 /// Publishes `o.events` events in messages of `per_message` to a new stream and measures
-/// until the consumer has made the last one durable.
+/// until the consumer has made the last one durable: from the first publish, with the
+/// consumer running meanwhile; or, with `prefill`, from the consumer's start once everything
+/// is published (lags are then meaningless).
 fn queue_run(
     runtime: &tokio::runtime::Runtime,
     o: &Opts,
     signer: &NoteSigner,
     per_message: usize,
+    prefill: bool,
 ) -> Result<QueueRun> {
-    let dir = o.dir.join(format!("queue-{per_message}"));
+    let dir = o.dir.join(format!("queue-{per_message}-{prefill}"));
     let (store, _) = EmbeddedStore::open(&dir.join("log"), Some(signer.clone()))?;
     let store = Arc::new(store);
     let tag = format!(
@@ -185,18 +206,29 @@ fn queue_run(
     let subject = format!("bench.{tag}.events");
     let url = IngestUrl::parse(&format!("{}/{stream}?subject={subject}", o.nats))
         .map_err(|e| anyhow!("{e}"))?;
-    let dyn_store: Arc<dyn Store> = store.clone();
-    let consumers = {
-        let _inside = runtime.enter();
-        Consumers::start(&[url], dyn_store, Settings::default()).map_err(|e| anyhow!("{e}"))?
-    };
-    let stats = consumers.stats()[0].clone();
-    let ready = Instant::now();
-    while !stats.connected() {
-        if ready.elapsed() > Duration::from_secs(20) {
-            bail!("the consumer did not connect to {} within 20 s", o.nats);
+    let start_consumers = || -> Result<Consumers> {
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let consumers = {
+            let _inside = runtime.enter();
+            Consumers::start(std::slice::from_ref(&url), dyn_store, Settings::default())
+                .map_err(|e| anyhow!("{e}"))?
+        };
+        let stats = consumers.stats()[0].clone();
+        let ready = Instant::now();
+        while !stats.connected() {
+            if ready.elapsed() > Duration::from_secs(20) {
+                bail!("the consumer did not connect to {} within 20 s", o.nats);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        Ok(consumers)
+    };
+    // The stream exists before the first publish.
+    let mut consumers = Some(start_consumers()?);
+    if prefill {
+        if let Some(c) = consumers.take() {
+            runtime.block_on(c.stop(Duration::from_secs(10)));
+        }
     }
     let client = runtime
         .block_on(async_nats::connect(o.nats.as_str()))
@@ -262,6 +294,10 @@ fn queue_run(
         }
         Ok::<_, anyhow::Error>(sent)
     })?;
+    let (start, consumers) = match consumers {
+        Some(c) => (start, c),
+        None => (Instant::now(), start_consumers()?),
+    };
     let seen = poller.join().map_err(|_| anyhow!("the poller panicked"))?;
     done.store(true, Ordering::Relaxed);
     let end = seen

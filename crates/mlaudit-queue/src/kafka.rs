@@ -245,7 +245,8 @@ async fn handle(
             settings.max_events_per_message,
         )
     };
-    let fates = match store_messages(store, messages.len(), decode).await {
+    let decoded = (0..messages.len()).map(decode).collect();
+    let fates = match store_messages(store, decoded, decode).await {
         Ok(fates) => fates,
         Err(e) => {
             stats.error();

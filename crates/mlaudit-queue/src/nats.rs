@@ -13,7 +13,7 @@
 //! * The consumer filters on its subject, so dead letters are never consumed again even when
 //!   the stream's subjects cover the dead-letter subject.
 
-use crate::sink::{store_messages, Fate};
+use crate::sink::{decode_all, store_messages, Decoded, Fate};
 use crate::stats::Stats;
 use crate::url::NatsSource;
 use crate::{decode, QueueError, Settings};
@@ -130,20 +130,71 @@ async fn session(
         .map_err(|e| nats_error("pulling messages", e))?;
     stats.set_connected(true);
     tracing::info!(source = %stats.source(), consumer = %source.consumer, subject = %source.subject, "consuming");
-    let principal = format!("nats:{}", source.stream);
+    let principal: Arc<str> = format!("nats:{}", source.stream).into();
+    // Two stages: this task takes and decodes batch k+1 while the storer makes batch k
+    // durable and acknowledges it (in order: one batch waits decoded at most).
+    let (ready, mut to_store) = tokio::sync::mpsc::channel::<Batch>(1);
+    let storer = {
+        let (js, source, store, stats) = (js.clone(), source.clone(), store.clone(), stats.clone());
+        let principal = principal.clone();
+        let max_events = settings.max_events_per_message;
+        tokio::spawn(async move {
+            while let Some(batch) = to_store.recv().await {
+                handle(&js, &source, &store, &stats, &principal, max_events, batch).await;
+            }
+        })
+    };
+    let outcome = take_batches(
+        &mut messages,
+        batch,
+        &principal,
+        settings,
+        &ready,
+        &mut stop,
+    )
+    .await;
+    // Batches already taken are stored and acknowledged before the session ends.
+    drop(ready);
+    let _ = storer.await;
+    outcome
+}
+
+/// Most payload bytes taken into one batch (besides [`Settings::batch`] messages).
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// A batch of messages and their decoded events.
+struct Batch {
+    messages: Vec<jetstream::Message>,
+    decoded: Vec<Decoded>,
+}
+
+/// Takes batches from the consumer and decodes them, until `stop` or a failure.
+async fn take_batches(
+    messages: &mut consumer::pull::Stream,
+    batch: usize,
+    principal: &Arc<str>,
+    settings: &Settings,
+    ready: &tokio::sync::mpsc::Sender<Batch>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), QueueError> {
     loop {
         let first = tokio::select! {
             m = messages.next() => m,
             _ = stop.changed() => return Ok(()),
         };
         let first = first.ok_or_else(|| QueueError::Queue("the message stream ended".into()))?;
-        let mut taken = vec![first.map_err(|e| nats_error("pulling messages", e))?];
+        let first = first.map_err(|e| nats_error("pulling messages", e))?;
+        let mut bytes = first.payload.len();
+        let mut taken = vec![first];
         // Whatever else has already arrived joins this batch: while one batch is made
         // durable the next accumulates, so batches grow with the load.
         let mut failed = None;
-        while taken.len() < batch {
+        while taken.len() < batch && bytes < MAX_BATCH_BYTES {
             match messages.next().now_or_never() {
-                Some(Some(Ok(m))) => taken.push(m),
+                Some(Some(Ok(m))) => {
+                    bytes += m.payload.len();
+                    taken.push(m);
+                }
                 Some(Some(Err(e))) => {
                     failed = Some(nats_error("pulling messages", e));
                     break;
@@ -151,7 +202,23 @@ async fn session(
                 Some(None) | None => break,
             }
         }
-        handle(&js, source, store, stats, settings, &principal, &taken).await;
+        let payloads: Vec<(bytes::Bytes, Option<String>)> = taken
+            .iter()
+            .map(|m| (m.payload.clone(), content_type(m).map(str::to_owned)))
+            .collect();
+        let (principal, max_events) = (principal.clone(), settings.max_events_per_message);
+        let decoded = decode_all(taken.len(), move |i| {
+            let (bytes, ct) = &payloads[i];
+            decode::events(bytes, ct.as_deref(), &principal, max_events)
+        })
+        .await;
+        let batch = Batch {
+            messages: taken,
+            decoded,
+        };
+        if ready.send(batch).await.is_err() {
+            return Err(QueueError::Queue("the storing task ended".into()));
+        }
         if let Some(e) = failed {
             return Err(e);
         }
@@ -173,22 +240,19 @@ async fn handle(
     source: &NatsSource,
     store: &Arc<dyn Store>,
     stats: &Arc<Stats>,
-    settings: &Settings,
     principal: &str,
-    messages: &[jetstream::Message],
+    max_events: usize,
+    batch: Batch,
 ) {
+    let Batch { messages, decoded } = batch;
+    let messages = &messages[..];
     let decode = |i: usize| {
         let m = &messages[i];
-        decode::events(
-            &m.payload,
-            content_type(m),
-            principal,
-            settings.max_events_per_message,
-        )
+        decode::events(&m.payload, content_type(m), principal, max_events)
     };
     // JetStream redelivers a message unacknowledged after `ACK_WAIT`; while an append takes
     // long (a PostgreSQL failover, a full disk) the messages are kept ours by progress acks.
-    let storing = store_messages(store, messages.len(), decode);
+    let storing = store_messages(store, decoded, decode);
     tokio::pin!(storing);
     let mut progress =
         tokio::time::interval_at(tokio::time::Instant::now() + ACK_WAIT / 3, ACK_WAIT / 3);

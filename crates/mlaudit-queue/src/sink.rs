@@ -35,23 +35,48 @@ pub async fn append(
         .map_err(|_| StoreError::Unavailable("the store dropped the append".into()))?
 }
 
-/// Stores the events of `count` messages, `decode(i)` giving message `i`'s events or why it is
-/// poison (called again for the messages still to store after one turned out poison).
+/// One message's events, or why it is poison.
+pub type Decoded = Result<Vec<PreparedEvent>, String>;
+
+/// Decodes every message of a batch on a blocking thread (validation is CPU work: done there,
+/// the next batch is decoded while the previous one is stored).
+pub async fn decode_all(
+    count: usize,
+    decode: impl Fn(usize) -> Decoded + Send + 'static,
+) -> Vec<Decoded> {
+    let all = move || (0..count).map(&decode).collect::<Vec<_>>();
+    match tokio::task::spawn_blocking(all).await {
+        Ok(decoded) => decoded,
+        Err(e) => (0..count)
+            .map(|_| Err(format!("the decoding task failed: {e}")))
+            .collect(),
+    }
+}
+
+/// Stores the events of the messages of `decoded` (one entry per message); `decode(i)` gives
+/// message `i`'s events again for the messages still to store after one turned out poison.
 pub async fn store_messages(
     store: &Arc<dyn Store>,
-    count: usize,
-    decode: impl Fn(usize) -> Result<Vec<PreparedEvent>, String>,
+    decoded: Vec<Decoded>,
+    decode: impl Fn(usize) -> Decoded,
 ) -> Result<Vec<Fate>, StoreError> {
-    let mut fates: Vec<Option<Fate>> = vec![None; count];
+    let mut fates: Vec<Option<Fate>> = vec![None; decoded.len()];
+    let mut first = Some(decoded);
     loop {
         // The events of every message not yet known poison, and each one's message.
         let mut events = Vec::new();
         let mut owner = Vec::new();
+        let mut ready = first.take().map(Vec::into_iter);
         for (i, fate) in fates.iter_mut().enumerate() {
+            let this = match ready.as_mut().and_then(Iterator::next) {
+                Some(decoded) => decoded,
+                None if fate.is_some() => continue,
+                None => decode(i),
+            };
             if fate.is_some() {
                 continue;
             }
-            match decode(i) {
+            match this {
                 Ok(mut e) => {
                     owner.extend(std::iter::repeat_n(i, e.len()));
                     events.append(&mut e);
