@@ -56,6 +56,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ._http import DELIVERED, INVALID, REQUEST_ERROR, SPLIT, Transport
+from ._queue import is_queue_url, queue_transport
 from .checkpoints import CheckpointMonitor
 from .encode import build_prediction, dumps, timestamp, uuid4_text
 from .sampling import HIGH, DEFAULT_LOW_RATE, Policy, Sampler
@@ -74,8 +75,11 @@ class AuditLogger:
     """Send audit events to an ``mlaudit serve`` without ever blocking the caller.
 
     Args:
-        url: base URL of the server, e.g. ``http://127.0.0.1:8080``.
-        token: a writer token (``Authorization: Bearer``).
+        url: base URL of the server, e.g. ``http://127.0.0.1:8080``; or a queue the
+            server consumes (``mlaudit serve --ingest``), with the server's URL:
+            ``nats://HOST:4222/STREAM?subject=S`` (needs ``mlaudit[nats]``) or
+            ``kafka://HOST:9092/TOPIC`` (needs ``mlaudit[kafka]``); see docs/QUEUES.md.
+        token: a writer token (``Authorization: Bearer``); not used with a queue.
         spool_dir: directory of the local spool (one live logger per directory).
             Default: ``$MLAUDIT_SPOOL_DIR``, else ``~/.mlaudit/spool``.
         actor: default actor for events without one, e.g.
@@ -97,6 +101,7 @@ class AuditLogger:
         register_atexit: close the logger at interpreter exit.
         spool_batch_size: most events per POST when draining the spool.
         cursor_interval_s: how often, at most, the spool cursor is persisted while draining.
+        kafka_config: extra librdkafka settings for a ``kafka://`` URL (e.g. TLS, SASL).
         delivery: ``"thread"`` (a sender thread of this process) or ``"process"`` (a child
             process, the delivery agent: see :mod:`mlaudit.agent`).
     """
@@ -117,13 +122,18 @@ class AuditLogger:
                  sampling: Optional[Mapping[str, Policy]] = None, default_risk: Policy = HIGH,
                  low_rate: float = DEFAULT_LOW_RATE, register_atexit: bool = True,
                  spool_batch_size: int = 2000, cursor_interval_s: float = 0.2,
-                 delivery: str = "thread") -> None:
+                 delivery: str = "thread",
+                 kafka_config: Optional[Mapping[str, Any]] = None) -> None:
         if queue_size < 1 or batch_size < 1:
             raise ValueError("queue_size and batch_size must be at least 1")
         if actor is not None:
             _check_actor(actor)
         self.url = url.rstrip("/")
-        self._transport = Transport(self.url, token, timeout_s)  # (never log the token)
+        if is_queue_url(self.url):
+            # nats:// or kafka://: the queue `mlaudit serve --ingest` consumes.
+            self._transport = queue_transport(self.url, timeout_s, kafka_config)
+        else:
+            self._transport = Transport(self.url, token, timeout_s)  # (never log the token)
         self.actor = dict(actor) if actor is not None else None
         self.queue_size, self.batch_size, self.linger_s = queue_size, batch_size, linger_s
         self.timeout_s, self.max_attempts = timeout_s, max_attempts

@@ -61,10 +61,10 @@ class Server:
         return run_cli(self.data, "token", "create", "--role", role, "--name", name) \
             .stdout.strip().splitlines()[-1]
 
-    def start(self) -> "Server":
+    def start(self, *extra: str) -> "Server":
         assert self.proc is None
         self.proc = subprocess.Popen([mlaudit_bin(), "--data", self.data, "serve", "--listen",
-                                      f"127.0.0.1:{self.port}"],
+                                      f"127.0.0.1:{self.port}", *extra],
                                      stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -1,0 +1,155 @@
+"""The logger's queue side: publishing to the NATS JetStream stream or the Kafka topic that
+``mlaudit serve --ingest`` consumes, with the same URLs as the server's (see docs/QUEUES.md).
+
+Each event is one message (its JSON, ``Content-Type: application/json``) carrying the event's
+id — ``Nats-Msg-Id`` for JetStream, whose duplicate window then drops a retried publish, and
+the message key for Kafka — and counts as delivered once the queue acknowledged it. Any
+failure is a RETRY: the logger keeps the events (in the spool) and sends them again, and the
+log stores a resent event once.
+
+* ``nats://HOST:PORT/STREAM[?subject=S]`` needs ``nats-py`` (``pip install 'mlaudit[nats]'``);
+  the events go to ``subject`` (default ``mlaudit.events``).
+* ``kafka://HOST:PORT[,HOST:PORT...]/TOPIC`` needs ``confluent-kafka``
+  (``pip install 'mlaudit[kafka]'``); the producer is idempotent with ``acks=all``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any, Dict, List, Optional, Tuple
+from urllib.parse import parse_qs
+
+from ._http import DELIVERED, RETRY, Outcome
+
+CONTENT_TYPE = "application/json"
+
+
+def is_queue_url(url: str) -> bool:
+    return url.startswith(("nats://", "kafka://"))
+
+
+def _parts(url: str) -> Tuple[str, str, str, Dict[str, List[str]]]:
+    scheme, _, rest = url.partition("://")
+    authority, _, path = rest.partition("/")
+    name, _, query = path.partition("?")
+    if not authority or not name:
+        raise ValueError(f"{scheme}:// URL needs a host and a stream or topic: {url!r}")
+    return scheme, authority, name, parse_qs(query)
+
+
+def _event_id(body: bytes) -> str:
+    try:
+        value = json.loads(body).get("id")
+        return value if isinstance(value, str) else ""
+    except (ValueError, AttributeError):
+        return ""
+
+
+def queue_transport(url: str, timeout: float, kafka_config: Optional[Dict[str, Any]] = None):
+    scheme, authority, name, query = _parts(url)
+    if scheme == "nats":
+        subject = query.get("subject", ["mlaudit.events"])[0]
+        return NatsTransport(f"nats://{authority}", subject, timeout)
+    return KafkaTransport(authority, name, timeout, kafka_config or {})
+
+
+class _QueueTransport:
+    """What the logger asks of any transport beside ``post_events``."""
+
+    def redact(self, text: str) -> str:
+        return text
+
+    def get_json(self, path: str) -> Tuple[Optional[int], Any, str]:
+        # A queue gives no receipts, hence no checkpoints to check: never asked in practice.
+        return None, None, "a queue transport has no proofs"
+
+
+class NatsTransport(_QueueTransport):
+    """JetStream publishes from a private asyncio loop on a daemon thread (nats-py is
+    asyncio-only; the logger's sender thread waits on each batch's acknowledgements)."""
+
+    def __init__(self, server: str, subject: str, timeout: float) -> None:
+        try:
+            import nats  # noqa: F401
+        except ImportError as e:
+            raise ValueError("nats:// needs nats-py: pip install 'mlaudit[nats]'") from e
+        self.server, self.subject, self.timeout = server, subject, timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="mlaudit-nats",
+                                        daemon=True)
+        self._thread.start()
+        self._nc: Any = None
+        self._js: Any = None
+
+    async def _connect(self) -> Any:
+        import nats
+        if self._nc is None or self._nc.is_closed:
+            self._nc = await nats.connect(self.server, connect_timeout=min(self.timeout, 5.0),
+                                          max_reconnect_attempts=-1, allow_reconnect=True,
+                                          name="mlaudit-python")
+            self._js = self._nc.jetstream(timeout=self.timeout)
+        return self._js
+
+    async def _publish(self, bodies: List[bytes]) -> int:
+        js = await self._connect()
+        acks = await asyncio.gather(*(
+            js.publish(self.subject, body, headers={"Nats-Msg-Id": _event_id(body),
+                                                    "Content-Type": CONTENT_TYPE})
+            for body in bodies))
+        return sum(1 for a in acks if getattr(a, "duplicate", False))
+
+    def post_events(self, bodies: List[bytes]) -> Outcome:
+        future = asyncio.run_coroutine_threadsafe(self._publish(bodies), self._loop)
+        try:
+            duplicates = future.result(self.timeout + 1.0)
+        except Exception as e:  # no server, no stream (no responders), a timeout
+            future.cancel()
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if "NoRespondersError" in why:
+                why += f" (no JetStream stream takes subject {self.subject}: start the " \
+                       "server's consumer, mlaudit serve --ingest, once to create it)"
+            return Outcome(RETRY, reason=f"NATS: {why}")
+        receipts = [{"duplicate": i < duplicates} for i in range(len(bodies))]
+        return Outcome(DELIVERED, doc={"events": receipts})
+
+
+class KafkaTransport(_QueueTransport):
+    """An idempotent confluent-kafka producer with ``acks=all``."""
+
+    def __init__(self, brokers: str, topic: str, timeout: float,
+                 extra: Dict[str, Any]) -> None:
+        try:
+            from confluent_kafka import Producer
+        except ImportError as e:
+            raise ValueError("kafka:// needs confluent-kafka: pip install 'mlaudit[kafka]'") from e
+        config = {"bootstrap.servers": brokers, "client.id": "mlaudit-python", "acks": "all",
+                  "enable.idempotence": True,
+                  "message.timeout.ms": int(max(timeout, 1.0) * 1000)}
+        config.update(extra)
+        self.topic, self.timeout = topic, timeout
+        self._producer = Producer(config)
+
+    def post_events(self, bodies: List[bytes]) -> Outcome:
+        failures: List[str] = []
+        acked = [0]
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+            else:
+                acked[0] += 1
+
+        try:
+            for body in bodies:
+                self._producer.produce(self.topic, value=body, key=_event_id(body),
+                                       headers=[("content-type", CONTENT_TYPE.encode())],
+                                       on_delivery=delivered)
+            self._producer.flush(self.timeout)
+        except Exception as e:  # BufferError (queue full), KafkaException
+            return Outcome(RETRY, reason=f"Kafka: {type(e).__name__}: {e}")
+        if failures or acked[0] != len(bodies):
+            why = failures[0] if failures else f"{acked[0]} of {len(bodies)} acknowledged"
+            return Outcome(RETRY, reason=f"Kafka: {why}")
+        return Outcome(DELIVERED, doc={"events": [{"duplicate": False}] * len(bodies)})
