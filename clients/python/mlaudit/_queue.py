@@ -76,12 +76,18 @@ class NatsTransport(_QueueTransport):
         except ImportError as e:
             raise ValueError("nats:// needs nats-py: pip install 'mlaudit[nats]'") from e
         self.server, self.subject, self.timeout = server, subject, timeout
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="mlaudit-nats",
-                                        daemon=True)
-        self._thread.start()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._nc: Any = None
         self._js: Any = None
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        """The private loop, started at the first send (a logger whose delivery is another
+        process never sends from this one)."""
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="mlaudit-nats", daemon=True).start()
+            self._loop = loop
+        return self._loop
 
     async def _connect(self) -> Any:
         import nats
@@ -101,7 +107,7 @@ class NatsTransport(_QueueTransport):
         return sum(1 for a in acks if getattr(a, "duplicate", False))
 
     def post_events(self, bodies: List[bytes]) -> Outcome:
-        future = asyncio.run_coroutine_threadsafe(self._publish(bodies), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._publish(bodies), self._running_loop())
         try:
             duplicates = future.result(self.timeout + 1.0)
         except Exception as e:  # no server, no stream (no responders), a timeout
@@ -129,7 +135,9 @@ class KafkaTransport(_QueueTransport):
                   "message.timeout.ms": int(max(timeout, 1.0) * 1000)}
         config.update(extra)
         self.topic, self.timeout = topic, timeout
-        self._producer = Producer(config)
+        self._config = config
+        self._new_producer = Producer
+        self._producer: Any = None
 
     def post_events(self, bodies: List[bytes]) -> Outcome:
         failures: List[str] = []
@@ -142,6 +150,8 @@ class KafkaTransport(_QueueTransport):
                 acked[0] += 1
 
         try:
+            if self._producer is None:  # at the first send, as for NATS
+                self._producer = self._new_producer(self._config)
             for body in bodies:
                 self._producer.produce(self.topic, value=body, key=_event_id(body),
                                        headers=[("content-type", CONTENT_TYPE.encode())],

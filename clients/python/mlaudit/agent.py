@@ -60,7 +60,7 @@ MAX_FRAME = 1 << 30
 #: default actor are applied in the serving process, before an event is queued.
 _AGENT_SETTINGS = ("queue_size", "batch_size", "linger_s", "timeout_s", "max_attempts",
                    "backoff_base_s", "backoff_cap_s", "spool_max_bytes", "spool_batch_size",
-                   "cursor_interval_s")
+                   "cursor_interval_s", "kafka_config")
 #: How long the serving process waits for the agent to start (it imports this package and
 #: takes the spool's lock) and for an answer to ``stats()``.
 _START_TIMEOUT_S = 30.0

@@ -33,6 +33,14 @@ def _wait(what, limit, done):
         time.sleep(0.05)
 
 
+def _ready(server):
+    """Whether /readyz answers 200 (503 while the queue consumer is not connected)."""
+    try:
+        return server.get("/readyz", token=None)["status"] == "ready"
+    except OSError:  # urllib's HTTPError for the 503
+        return False
+
+
 def test_nats_events_reach_the_log_once_and_spool_until_the_stream_exists(tmp_path):
     tag = uuid.uuid4().hex[:12]
     url = f"{NATS}/PY_{tag}?subject=py.{tag}.events"
@@ -83,3 +91,20 @@ def test_kafka_unreachable_spools(tmp_path):
     stats = logger.stats()
     assert stats["sent"] == 0 and stats["dropped"] == 0, stats
     assert stats["spooled"] >= 5, stats
+
+
+def test_nats_with_process_delivery(tmp_path):
+    tag = uuid.uuid4().hex[:12]
+    url = f"{NATS}/PYP_{tag}?subject=pyp.{tag}.events"
+    (tmp_path / "data").mkdir()
+    server = Server(str(tmp_path / "data")).start("--ingest", url)
+    try:
+        _wait("the consumer", 20, lambda: _ready(server))
+        logger = _logger(url, tmp_path / "spool", timeout_s=5.0, delivery="process")
+        for n in range(10):
+            logger.log({"kind": "x.py_process", "attributes": {"n": n}})
+        assert logger.flush(timeout=30)
+        assert logger.close(timeout=10)
+        _wait("10 events", 30, lambda: len(server.query(kind="x.py_process")) == 10)
+    finally:
+        server.stop()
