@@ -1,7 +1,8 @@
 """The logger's queue side: publishing to the NATS JetStream stream or the Kafka topic that
 ``mlaudit serve --ingest`` consumes, with the same URLs as the server's (see docs/QUEUES.md).
 
-Each event is one message (its JSON, ``Content-Type: application/json``) carrying the event's
+Each event is one message (its JSON, ``Content-Type: application/json``; the Rust SDK sends
+a Protobuf batch of one) carrying the event's
 id — ``Nats-Msg-Id`` for JetStream, whose duplicate window then drops a retried publish, and
 the message key for Kafka — and counts as delivered once the queue acknowledged it. Any
 failure is a RETRY: the logger keeps the events (in the spool) and sends them again, and the
@@ -21,7 +22,7 @@ import threading
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs
 
-from ._http import DELIVERED, RETRY, Outcome
+from ._http import DELIVERED, RETRY, SPLIT, Outcome
 
 CONTENT_TYPE = "application/json"
 
@@ -45,6 +46,10 @@ def _event_id(body: bytes) -> str:
         return value if isinstance(value, str) else ""
     except (ValueError, AttributeError):
         return ""
+
+
+async def _quiet(e: Exception) -> None:
+    """nats-py's error callback: the logger reports failed sends itself."""
 
 
 def queue_transport(url: str, timeout: float, kafka_config: Optional[Dict[str, Any]] = None):
@@ -92,9 +97,13 @@ class NatsTransport(_QueueTransport):
     async def _connect(self) -> Any:
         import nats
         if self._nc is None or self._nc.is_closed:
+            # A bounded number of reconnections: with none left the connection closes and
+            # the next send connects afresh (an unbounded number would keep the first
+            # connect from ever returning while the server is down).
             self._nc = await nats.connect(self.server, connect_timeout=min(self.timeout, 5.0),
-                                          max_reconnect_attempts=-1, allow_reconnect=True,
-                                          name="mlaudit-python")
+                                          max_reconnect_attempts=3, reconnect_time_wait=0.5,
+                                          allow_reconnect=True, name="mlaudit-python",
+                                          error_cb=_quiet)
             self._js = self._nc.jetstream(timeout=self.timeout)
         return self._js
 
@@ -113,6 +122,8 @@ class NatsTransport(_QueueTransport):
         except Exception as e:  # no server, no stream (no responders), a timeout
             future.cancel()
             why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if "MaxPayload" in why:  # over the server's max_payload: like an HTTP 413
+                return Outcome(SPLIT, reason=f"NATS: {why}")
             if "NoRespondersError" in why:
                 why += f" (no JetStream stream takes subject {self.subject}: start the " \
                        "server's consumer, mlaudit serve --ingest, once to create it)"
@@ -158,8 +169,12 @@ class KafkaTransport(_QueueTransport):
                                        on_delivery=delivered)
             self._producer.flush(self.timeout)
         except Exception as e:  # BufferError (queue full), KafkaException
+            if "MSG_SIZE_TOO_LARGE" in str(e):  # over the message size limit: like a 413
+                return Outcome(SPLIT, reason=f"Kafka: {e}")
             return Outcome(RETRY, reason=f"Kafka: {type(e).__name__}: {e}")
         if failures or acked[0] != len(bodies):
             why = failures[0] if failures else f"{acked[0]} of {len(bodies)} acknowledged"
+            if "MSG_SIZE_TOO_LARGE" in why:
+                return Outcome(SPLIT, reason=f"Kafka: {why}")
             return Outcome(RETRY, reason=f"Kafka: {why}")
         return Outcome(DELIVERED, doc={"events": [{"duplicate": False}] * len(bodies)})

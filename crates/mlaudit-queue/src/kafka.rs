@@ -13,13 +13,14 @@
 //! * A poison message goes to the dead-letter topic and is settled; it never stalls its
 //!   partition.
 
-use crate::sink::{store_messages, Fate};
+use crate::sink::{decode_all, store_messages, Fate};
 use crate::stats::Stats;
 use crate::url::KafkaSource;
 use crate::{decode, QueueError, Settings};
 use futures_util::FutureExt;
 use mlaudit_store::Store;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset};
@@ -30,6 +31,8 @@ use tokio::sync::watch;
 
 /// Longest pause between attempts to reconnect or to store again.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Most payload bytes taken into one batch (besides [`Settings::batch`] messages).
+const MAX_BATCH_BYTES: usize = 16 << 20;
 /// How often the consumer checks the brokers and the lag.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
@@ -77,7 +80,9 @@ pub fn consumer_config(source: &KafkaSource) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
-        .set("session.timeout.ms", "10000");
+        .set("session.timeout.ms", "10000")
+        // What librdkafka prefetches per partition, in KiB (its default is 64 MiB).
+        .set("queued.max.messages.kbytes", "16384");
     config
 }
 
@@ -143,17 +148,21 @@ async fn session(
                 continue;
             }
         };
+        let mut bytes = first.payload().map_or(0, <[u8]>::len);
         let mut taken = vec![first];
-        while taken.len() < batch {
+        while taken.len() < batch && bytes < MAX_BATCH_BYTES {
             match consumer.recv().now_or_never() {
-                Some(Ok(m)) => taken.push(m.detach()),
+                Some(Ok(m)) => {
+                    bytes += m.payload().map_or(0, <[u8]>::len);
+                    taken.push(m.detach());
+                }
                 Some(Err(_)) | None => break,
             }
         }
         handle(
             &consumer, &producer, source, store, stats, settings, &principal, &taken,
         )
-        .await;
+        .await?;
     }
 }
 
@@ -207,19 +216,19 @@ fn content_type(message: &OwnedMessage) -> Option<&str> {
     })
 }
 
-/// Rewinds `message`'s partition to it, so that it and what follows are consumed again.
-fn rewind(consumer: &StreamConsumer, message: &OwnedMessage) {
+/// Rewinds `message`'s partition to it, so that it and what follows are consumed again. If
+/// that fails the session ends: the consumer leaves the group and its successor starts from
+/// the committed offsets, which never passed `message`.
+fn rewind(consumer: &StreamConsumer, message: &OwnedMessage) -> Result<(), QueueError> {
     let offset = Offset::Offset(message.offset());
-    if let Err(e) = consumer.seek(
-        message.topic(),
-        message.partition(),
-        offset,
-        Duration::from_secs(5),
-    ) {
-        // A partition no longer ours (a rebalance): its new owner starts from the last
-        // committed offset, which this batch never moved.
-        tracing::debug!(error = %e, "seek");
-    }
+    consumer
+        .seek(
+            message.topic(),
+            message.partition(),
+            offset,
+            Duration::from_secs(5),
+        )
+        .map_err(|e| kafka_error(&format!("rewinding partition {}", message.partition()), e))
 }
 
 #[allow(
@@ -235,17 +244,33 @@ async fn handle(
     settings: &Settings,
     principal: &str,
     messages: &[OwnedMessage],
-) {
+) -> Result<(), QueueError> {
+    let max_events = settings.max_events_per_message;
     let decode = |i: usize| {
         let m = &messages[i];
         decode::events(
             m.payload().unwrap_or_default(),
             content_type(m),
             principal,
-            settings.max_events_per_message,
+            max_events,
         )
     };
-    let decoded = (0..messages.len()).map(decode).collect();
+    // Validation is CPU work: on a blocking thread.
+    let owned: Vec<(Vec<u8>, Option<String>)> = messages
+        .iter()
+        .map(|m| {
+            (
+                m.payload().unwrap_or_default().to_vec(),
+                content_type(m).map(str::to_owned),
+            )
+        })
+        .collect();
+    let who: Arc<str> = principal.into();
+    let decoded = decode_all(messages.len(), move |i| {
+        let (bytes, ct) = &owned[i];
+        decode::events(bytes, ct.as_deref(), &who, max_events)
+    })
+    .await;
     let fates = match store_messages(store, decoded, decode).await {
         Ok(fates) => fates,
         Err(e) => {
@@ -254,11 +279,11 @@ async fn handle(
             let mut seen = BTreeSet::new();
             for m in messages {
                 if seen.insert(m.partition()) {
-                    rewind(consumer, m);
+                    rewind(consumer, m)?;
                 }
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            return;
+            return Ok(());
         }
     };
     let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
@@ -273,7 +298,7 @@ async fn handle(
                 if let Err(e) = dead_letter(producer, source, stats, message, &reason).await {
                     stats.error();
                     tracing::warn!(source = %stats.source(), error = %e, "cannot write a dead letter; the partition is consumed again from it");
-                    rewind(consumer, message);
+                    rewind(consumer, message)?;
                     blocked.insert(message.partition());
                     continue;
                 }
@@ -292,6 +317,7 @@ async fn handle(
             tracing::debug!(error = %e, "store_offset");
         }
     }
+    Ok(())
 }
 
 /// Most bytes of a reason in the dead-letter header.
@@ -333,15 +359,43 @@ async fn dead_letter(
             value: Some(ct),
         });
     }
-    let mut record = FutureRecord::<[u8], [u8]>::to(&source.dead_letter)
-        .payload(message.payload().unwrap_or_default())
+    let payload = message.payload().unwrap_or_default();
+    let (topic, key) = (source.dead_letter.as_str(), message.key());
+    match produce(producer, topic, key, headers.clone(), payload).await {
+        Ok(()) => Ok(()),
+        // The original with the headers is over the brokers' message size limit: the dead
+        // letter keeps the reason, where the message was, and what its bytes were.
+        Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            let omitted = crate::omitted(payload);
+            let headers = headers.insert(Header {
+                key: "mlaudit-original-omitted",
+                value: Some(omitted.as_str()),
+            });
+            produce(producer, topic, key, headers, &[])
+                .await
+                .map_err(|e| kafka_error("producing a dead letter", e))
+        }
+        Err(e) => Err(kafka_error("producing a dead letter", e)),
+    }
+}
+
+/// Produces one message and waits for the brokers' acknowledgement.
+async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: Option<&[u8]>,
+    headers: OwnedHeaders,
+    payload: &[u8],
+) -> Result<(), rdkafka::error::KafkaError> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+        .payload(payload)
         .headers(headers);
-    if let Some(key) = message.key() {
+    if let Some(key) = key {
         record = record.key(key);
     }
     producer
         .send(record, Duration::from_secs(30))
         .await
-        .map_err(|(e, _)| kafka_error("producing a dead letter", e))?;
-    Ok(())
+        .map(|_| ())
+        .map_err(|(e, _)| e)
 }

@@ -143,3 +143,12 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
     }
     line
 }
+
+/// What a dead letter says of original bytes it cannot carry (over the queue's message size
+/// limit once the headers are added): their length and SHA-256.
+pub(crate) fn omitted(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{} bytes, sha256 {hex}", bytes.len())
+}

@@ -77,14 +77,21 @@ async fn session(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), QueueError> {
     let watcher = stats.clone();
+    // A reconnection makes the source ready again only once this session set up its consumer.
+    let set_up = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consuming = set_up.clone();
     let client = async_nats::ConnectOptions::new()
         .name("mlaudit")
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |event| {
-            let stats = watcher.clone();
+            let (stats, consuming) = (watcher.clone(), consuming.clone());
             async move {
                 match event {
-                    async_nats::Event::Connected => stats.set_connected(true),
+                    async_nats::Event::Connected
+                        if consuming.load(std::sync::atomic::Ordering::Acquire) =>
+                    {
+                        stats.set_connected(true)
+                    }
                     async_nats::Event::Disconnected | async_nats::Event::Closed => {
                         stats.set_connected(false)
                     }
@@ -115,7 +122,7 @@ async fn session(
                 filter_subject: source.subject.clone(),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: ACK_WAIT,
-                max_ack_pending: i64::try_from(batch * 4).unwrap_or(i64::MAX),
+                max_ack_pending: i64::try_from(batch * 2).unwrap_or(i64::MAX),
                 ..Default::default()
             },
         )
@@ -124,10 +131,12 @@ async fn session(
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(batch)
+        .max_bytes_per_batch(MAX_BATCH_BYTES)
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
         .map_err(|e| nats_error("pulling messages", e))?;
+    set_up.store(true, std::sync::atomic::Ordering::Release);
     stats.set_connected(true);
     tracing::info!(source = %stats.source(), consumer = %source.consumer, subject = %source.subject, "consuming");
     let principal: Arc<str> = format!("nats:{}", source.stream).into();
@@ -159,8 +168,12 @@ async fn session(
     outcome
 }
 
-/// Most payload bytes taken into one batch (besides [`Settings::batch`] messages).
+/// Most payload bytes taken into one batch (besides [`Settings::batch`] messages), and asked
+/// of JetStream in one pull.
 const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Missed idle heartbeats in a row after which the session starts again.
+const MAX_MISSED_HEARTBEATS: u32 = 3;
 
 /// A batch of messages and their decoded events.
 struct Batch {
@@ -177,13 +190,33 @@ async fn take_batches(
     ready: &tokio::sync::mpsc::Sender<Batch>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), QueueError> {
+    // Missed idle heartbeats in a row: the stream reports one whenever it was not polled for
+    // two heartbeats (while a slow batch was stored), so only several in a row mean the
+    // consumer is gone.
+    let mut missed = 0;
     loop {
+        // Pull only once the storer can take the batch: at most one batch waits decoded.
+        let permit = tokio::select! {
+            p = ready.reserve() => p.map_err(|_| QueueError::Queue("the storing task ended".into()))?,
+            _ = stop.changed() => return Ok(()),
+        };
         let first = tokio::select! {
             m = messages.next() => m,
             _ = stop.changed() => return Ok(()),
         };
-        let first = first.ok_or_else(|| QueueError::Queue("the message stream ended".into()))?;
-        let first = first.map_err(|e| nats_error("pulling messages", e))?;
+        let first = match first {
+            None => return Err(QueueError::Queue("the message stream ended".into())),
+            Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat => {
+                missed += 1;
+                if missed >= MAX_MISSED_HEARTBEATS {
+                    return Err(nats_error("pulling messages", e));
+                }
+                continue;
+            }
+            Some(Err(e)) => return Err(nats_error("pulling messages", e)),
+            Some(Ok(m)) => m,
+        };
+        missed = 0;
         let mut bytes = first.payload.len();
         let mut taken = vec![first];
         // Whatever else has already arrived joins this batch: while one batch is made
@@ -194,6 +227,11 @@ async fn take_batches(
                 Some(Some(Ok(m))) => {
                     bytes += m.payload.len();
                     taken.push(m);
+                }
+                Some(Some(Err(e)))
+                    if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat =>
+                {
+                    break
                 }
                 Some(Some(Err(e))) => {
                     failed = Some(nats_error("pulling messages", e));
@@ -212,13 +250,10 @@ async fn take_batches(
             decode::events(bytes, ct.as_deref(), &principal, max_events)
         })
         .await;
-        let batch = Batch {
+        permit.send(Batch {
             messages: taken,
             decoded,
-        };
-        if ready.send(batch).await.is_err() {
-            return Err(QueueError::Queue("the storing task ended".into()));
-        }
+        });
         if let Some(e) = failed {
             return Err(e);
         }
@@ -333,12 +368,26 @@ async fn dead_letter(
     if let Some(ct) = content_type(message) {
         headers.insert("Content-Type", ct);
     }
-    js.publish_with_headers(source.dead_letter.clone(), headers, message.payload.clone())
-        .await
-        .map_err(|e| nats_error("publishing a dead letter", e))?
-        .await
-        .map_err(|e| nats_error("publishing a dead letter", e))?;
-    Ok(())
+    let publish = |headers, payload| async move {
+        js.publish_with_headers(source.dead_letter.clone(), headers, payload)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match publish(headers.clone(), message.payload.clone()).await {
+        Ok(_) => Ok(()),
+        // The original with the headers is over the server's max_payload: the dead letter
+        // keeps the reason, where the message was, and what its bytes were.
+        Err(e) if e.contains("max payload") => {
+            headers.insert("Mlaudit-Original-Omitted", crate::omitted(&message.payload));
+            publish(headers, bytes::Bytes::new())
+                .await
+                .map(|_| ())
+                .map_err(|e| nats_error("publishing a dead letter", e))
+        }
+        Err(e) => Err(nats_error("publishing a dead letter", e)),
+    }
 }
 
 /// Makes sure a stream keeps the dead letters: one whose subjects cover the dead-letter

@@ -54,40 +54,41 @@ pub async fn decode_all(
 }
 
 /// Stores the events of the messages of `decoded` (one entry per message); `decode(i)` gives
-/// message `i`'s events again for the messages still to store after one turned out poison.
+/// message `i`'s events again when they must be appended a second time.
+///
+/// The store refuses a batch as a whole and names the first event at fault, so when message
+/// `m` turns out poison the messages before it are appended alone (they passed), then the
+/// ones after it: each message is appended at most twice, however many are poison.
 pub async fn store_messages(
     store: &Arc<dyn Store>,
     decoded: Vec<Decoded>,
     decode: impl Fn(usize) -> Decoded,
 ) -> Result<Vec<Fate>, StoreError> {
-    let mut fates: Vec<Option<Fate>> = vec![None; decoded.len()];
-    let mut first = Some(decoded);
-    loop {
-        // The events of every message not yet known poison, and each one's message.
+    let count = decoded.len();
+    let mut fates: Vec<Option<Fate>> = vec![None; count];
+    let mut first: Vec<Option<Decoded>> = decoded.into_iter().map(Some).collect();
+    // Messages `start..end` are appended together next.
+    let (mut start, mut end) = (0, count);
+    while start < count {
         let mut events = Vec::new();
         let mut owner = Vec::new();
-        let mut ready = first.take().map(Vec::into_iter);
-        for (i, fate) in fates.iter_mut().enumerate() {
-            let this = match ready.as_mut().and_then(Iterator::next) {
-                Some(decoded) => decoded,
-                None if fate.is_some() => continue,
-                None => decode(i),
-            };
-            if fate.is_some() {
+        for i in start..end {
+            if fates[i].is_some() {
                 continue;
             }
-            match this {
+            match first[i].take().unwrap_or_else(|| decode(i)) {
                 Ok(mut e) => {
                     owner.extend(std::iter::repeat_n(i, e.len()));
                     events.append(&mut e);
                 }
-                Err(reason) => *fate = Some(Fate::Poison(reason)),
+                Err(reason) => fates[i] = Some(Fate::Poison(reason)),
             }
         }
         if events.is_empty() {
-            return Ok(fates.into_iter().flatten().collect());
+            (start, end) = (end, count);
+            continue;
         }
-        let refused = match append(store, events).await {
+        let (index, problem) = match append(store, events).await {
             Ok(receipt) => {
                 for (appended, &i) in receipt.events.iter().zip(&owner) {
                     let fate = fates[i].get_or_insert(Fate::Stored {
@@ -102,7 +103,8 @@ pub async fn store_messages(
                         }
                     }
                 }
-                return Ok(fates.into_iter().flatten().collect());
+                (start, end) = (end, count);
+                continue;
             }
             Err(StoreError::Rejected { index, problem }) => {
                 (index, format!("cannot be stored: {problem}"))
@@ -115,14 +117,69 @@ pub async fn store_messages(
             ),
             Err(other) => return Err(other),
         };
-        let (index, problem) = refused;
-        let Some(&i) = owner.get(index) else {
+        let Some(&m) = owner.get(index) else {
             return Err(StoreError::Unavailable(format!(
                 "the store refused event {index} of a batch of {}",
                 owner.len()
             )));
         };
-        let local = index - owner.iter().position(|&o| o == i).unwrap_or(index);
-        fates[i] = Some(Fate::Poison(format!("event {local} {problem}")));
+        let local = index - owner.iter().position(|&o| o == m).unwrap_or(index);
+        fates[m] = Some(Fate::Poison(format!("event {local} {problem}")));
+        if m > start {
+            // The messages before `m` passed: append them alone, then go on after `m`.
+            end = m;
+        } else {
+            (start, end) = (m + 1, count);
+        }
+    }
+    Ok(fates
+        .into_iter()
+        .map(|f| f.unwrap_or(Fate::Poison("not stored (internal error)".into())))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mlaudit_core::note::NoteSigner;
+    use mlaudit_embedded::EmbeddedStore;
+
+    fn event(id: usize, n: &str) -> String {
+        format!(
+            r#"{{"id":"00000000-0000-4000-8000-{id:012x}","kind":"x.q","actor":{{"id":"s","type":"service"}},"attributes":{{"n":"{n}"}}}}"#
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn poison_messages_are_isolated_and_the_rest_stored_once() {
+        let dir = std::env::temp_dir().join(format!("mlaudit-sink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let signer = NoteSigner::from_seed("test.mlaudit/sink", [3; 32]).expect("signer");
+        let (store, _) = EmbeddedStore::open(&dir, Some(signer)).expect("open");
+        let store: Arc<dyn Store> = Arc::new(store);
+        // Message 1 reuses message 0's id with another payload; message 3 too; 4 is not JSON.
+        let texts = [
+            event(1, "a"),
+            event(1, "b"),
+            event(2, "c"),
+            format!("{}\n{}", event(3, "d"), event(1, "e")),
+            "{".to_owned(),
+            event(4, "f"),
+        ];
+        let decode = |i: usize| crate::decode::events(texts[i].as_bytes(), None, "t", 10);
+        let decoded = (0..texts.len()).map(decode).collect();
+        let fates = store_messages(&store, decoded, decode)
+            .await
+            .expect("store");
+        let poison: Vec<usize> = (0..fates.len())
+            .filter(|&i| matches!(fates[i], Fate::Poison(_)))
+            .collect();
+        assert_eq!(poison, [1, 3, 4], "{fates:?}");
+        assert!(
+            matches!(&fates[3], Fate::Poison(r) if r.starts_with("event 1 reuses id")),
+            "{fates:?}"
+        );
+        assert_eq!(store.tree_size(), 3);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

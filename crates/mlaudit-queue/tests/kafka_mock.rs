@@ -85,10 +85,10 @@ async fn produce(producer: &FutureProducer, topic: &str, messages: &[(String, St
             .key(key)
             .payload(body)
             .headers(headers);
-        pending.push(producer.send(record, Duration::from_secs(10)));
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
     }
     for p in pending {
-        p.await.map_err(|(e, _)| e).unwrap();
+        p.await.unwrap().map_err(|(e, _)| e).unwrap();
     }
 }
 

@@ -6,6 +6,7 @@
 use super::{parse, CONTENT_TYPE};
 use crate::encode::{batch_body, encoded_id};
 use crate::transport::Outcome;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -67,12 +68,19 @@ impl Publisher {
                     .key(id.as_str())
                     .payload(body.as_slice())
                     .headers(headers);
-                pending.push(self.producer.send(message, timeout));
+                // Enqueued at once (librdkafka batches them); the acknowledgements are
+                // awaited together below.
+                let delivery = self.producer.send_result(message).map_err(|(e, _)| e)?;
+                pending.push(delivery);
             }
             for delivery in pending {
-                delivery.await.map_err(|(e, _)| e.to_string())?;
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => return Err(e),
+                    Err(_) => return Err(KafkaError::Canceled),
+                }
             }
-            Ok::<(), String>(())
+            Ok::<(), KafkaError>(())
         };
         match self
             .runtime
@@ -82,6 +90,11 @@ impl Publisher {
                 duplicates: 0,
                 checkpoint: None,
             },
+            // Over the brokers' message size limit: the sender splits the batch and rejects
+            // the event alone at fault, as for an HTTP 413.
+            Ok(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                Outcome::TooLarge
+            }
             Ok(Err(e)) => Outcome::Retry {
                 reason: format!("Kafka: {e}"),
                 config: false,

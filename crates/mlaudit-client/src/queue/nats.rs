@@ -6,7 +6,8 @@
 use super::{parse, CONTENT_TYPE};
 use crate::encode::{batch_body, encoded_id};
 use crate::transport::Outcome;
-use async_nats::jetstream::{self, context::Publish};
+use async_nats::jetstream::context::{Publish, PublishError, PublishErrorKind};
+use async_nats::jetstream::{self};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -77,18 +78,13 @@ impl Publisher {
                     .payload(batch_body(std::iter::once(record.as_slice())).into())
                     .message_id(encoded_id(record))
                     .headers(headers);
-                let ack = context
-                    .send_publish(subject.clone(), message)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                acks.push(ack);
+                acks.push(context.send_publish(subject.clone(), message).await?);
             }
             let mut duplicates = 0;
             for ack in acks {
-                let ack = ack.await.map_err(|e| e.to_string())?;
-                duplicates += u64::from(ack.duplicate);
+                duplicates += u64::from(ack.await?.duplicate);
             }
-            Ok::<u64, String>(duplicates)
+            Ok::<u64, PublishError>(duplicates)
         };
         match self
             .runtime
@@ -98,10 +94,13 @@ impl Publisher {
                 duplicates,
                 checkpoint: None,
             },
-            Ok(Err(e)) if e.contains("no responders") => retry(
-                format!("no JetStream stream takes subject {}: start the server's consumer (mlaudit serve --ingest) once to create it ({e})", self.subject),
+            Ok(Err(e)) if e.kind() == PublishErrorKind::StreamNotFound => retry(
+                format!("no JetStream stream takes subject {}: start the server's consumer (mlaudit serve --ingest) once to create it", self.subject),
                 true,
             ),
+            // Over the server's max_payload: the sender splits the batch and rejects the event
+            // alone at fault, as for an HTTP 413.
+            Ok(Err(e)) if e.to_string().contains("max payload") => Outcome::TooLarge,
             Ok(Err(e)) => retry(format!("NATS: {e}"), false),
             Err(_) => retry(
                 format!("JetStream did not acknowledge within {} s", timeout.as_secs_f64()),
