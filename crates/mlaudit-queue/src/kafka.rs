@@ -29,43 +29,24 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Longest pause between attempts to reconnect or to store again.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Most payload bytes taken into one batch (besides [`Settings::batch`] messages).
 const MAX_BATCH_BYTES: usize = 16 << 20;
 /// How often the consumer checks the brokers and the lag.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
-fn kafka_error(what: &str, e: impl std::fmt::Display) -> QueueError {
-    QueueError::Queue(format!("{what}: {e}"))
-}
-
-/// Consumes `source` until `stop` turns true, starting over (with a growing pause) after a
-/// failure to set up.
+/// Consumes `source` until `stop` turns true, starting again (with a growing pause) after any
+/// failure.
 pub(crate) async fn run(
     source: KafkaSource,
     store: Arc<dyn Store>,
     stats: Arc<Stats>,
     settings: Settings,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let outcome = session(&source, &store, &stats, &settings, stop.clone()).await;
-        stats.set_connected(false);
-        match outcome {
-            Ok(()) => return,
-            Err(e) => {
-                stats.error();
-                tracing::warn!(source = %stats.source(), error = %e, retry_in_s = backoff.as_secs_f64(), "queue consumer failed; starting again");
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            _ = stop.changed() => return,
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    crate::keep_running(&stats, stop, |stop| {
+        session(&source, &store, &stats, &settings, stop)
+    })
+    .await
 }
 
 /// The consumer's librdkafka settings.
@@ -117,14 +98,14 @@ async fn session(
     let consumer: Arc<StreamConsumer> = Arc::new(
         consumer_config(source)
             .create()
-            .map_err(|e| kafka_error("creating the consumer", e))?,
+            .map_err(|e| crate::queue_error("creating the consumer", e))?,
     );
     consumer
         .subscribe(&[&source.topic])
-        .map_err(|e| kafka_error(&format!("subscribing to {}", source.topic), e))?;
+        .map_err(|e| crate::queue_error(&format!("subscribing to {}", source.topic), e))?;
     let producer: FutureProducer = producer_config(source)
         .create()
-        .map_err(|e| kafka_error("creating the dead-letter producer", e))?;
+        .map_err(|e| crate::queue_error("creating the dead-letter producer", e))?;
     let _health = AbortOnDrop(tokio::spawn(watch_health(
         consumer.clone(),
         source.topic.clone(),
@@ -228,7 +209,7 @@ fn rewind(consumer: &StreamConsumer, message: &OwnedMessage) -> Result<(), Queue
             offset,
             Duration::from_secs(5),
         )
-        .map_err(|e| kafka_error(&format!("rewinding partition {}", message.partition()), e))
+        .map_err(|e| crate::queue_error(&format!("rewinding partition {}", message.partition()), e))
 }
 
 #[allow(
@@ -373,9 +354,9 @@ async fn dead_letter(
             });
             produce(producer, topic, key, headers, &[])
                 .await
-                .map_err(|e| kafka_error("producing a dead letter", e))
+                .map_err(|e| crate::queue_error("producing a dead letter", e))
         }
-        Err(e) => Err(kafka_error("producing a dead letter", e)),
+        Err(e) => Err(crate::queue_error("producing a dead letter", e)),
     }
 }
 

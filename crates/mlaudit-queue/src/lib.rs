@@ -152,3 +152,46 @@ pub(crate) fn omitted(bytes: &[u8]) -> String {
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("{} bytes, sha256 {hex}", bytes.len())
 }
+
+/// A failure of the queue client, saying what was being done.
+pub(crate) fn queue_error(what: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError::Queue(format!("{what}: {e}"))
+}
+
+/// The first pause before a consumer starts again after a failure; it doubles up to
+/// [`MAX_BACKOFF`], and starts over after a session that lasted a while.
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Runs `session` until it ends cleanly (`stop` turned true), starting it again after each
+/// failure: a consumer never stops for good.
+pub(crate) async fn keep_running<F, Fut>(
+    stats: &Stats,
+    mut stop: watch::Receiver<bool>,
+    mut session: F,
+) where
+    F: FnMut(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), QueueError>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let started = std::time::Instant::now();
+        let outcome = session(stop.clone()).await;
+        stats.set_connected(false);
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                stats.error();
+                tracing::warn!(source = %stats.source(), error = %e, retry_in_s = backoff.as_secs_f64(), "queue consumer failed; starting again");
+            }
+        }
+        if started.elapsed() > MAX_BACKOFF * 6 {
+            backoff = FIRST_BACKOFF;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}

@@ -28,43 +28,19 @@ use tokio::sync::watch;
 /// crash, the messages the dead process held come back this much later.
 const ACK_WAIT: Duration = Duration::from_secs(15);
 
-/// Longest pause between attempts to reconnect or to store again.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// Consumes `source` until `stop` turns true, reconnecting (with a growing pause) after any
+/// Consumes `source` until `stop` turns true, starting again (with a growing pause) after any
 /// failure.
 pub(crate) async fn run(
     source: NatsSource,
     store: Arc<dyn Store>,
     stats: Arc<Stats>,
     settings: Settings,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let started = std::time::Instant::now();
-        let outcome = session(&source, &store, &stats, &settings, stop.clone()).await;
-        stats.set_connected(false);
-        match outcome {
-            Ok(()) => return,
-            Err(e) => {
-                stats.error();
-                tracing::warn!(source = %stats.source(), error = %e, retry_in_s = backoff.as_secs_f64(), "queue consumer failed; reconnecting");
-            }
-        }
-        if started.elapsed() > MAX_BACKOFF * 6 {
-            backoff = Duration::from_millis(200);
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            _ = stop.changed() => return,
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-fn nats_error(what: &str, e: impl std::fmt::Display) -> QueueError {
-    QueueError::Queue(format!("{what}: {e}"))
+    crate::keep_running(&stats, stop, |stop| {
+        session(&source, &store, &stats, &settings, stop)
+    })
+    .await
 }
 
 /// One connection: sets up the stream, the dead-letter stream and the consumer, then stores
@@ -101,7 +77,7 @@ async fn session(
         })
         .connect(source.server.as_str())
         .await
-        .map_err(|e| nats_error(&format!("connecting to {}", stats.source()), e))?;
+        .map_err(|e| crate::queue_error(&format!("connecting to {}", stats.source()), e))?;
     let js = jetstream::new(client);
     let stream = js
         .get_or_create_stream(stream::Config {
@@ -111,7 +87,7 @@ async fn session(
             ..Default::default()
         })
         .await
-        .map_err(|e| nats_error(&format!("opening stream {}", source.stream), e))?;
+        .map_err(|e| crate::queue_error(&format!("opening stream {}", source.stream), e))?;
     dead_letter_stream(&js, source).await?;
     let batch = settings.batch.max(1);
     let consumer: consumer::PullConsumer = stream
@@ -127,7 +103,7 @@ async fn session(
             },
         )
         .await
-        .map_err(|e| nats_error(&format!("opening consumer {}", source.consumer), e))?;
+        .map_err(|e| crate::queue_error(&format!("opening consumer {}", source.consumer), e))?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(batch)
@@ -135,7 +111,7 @@ async fn session(
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
-        .map_err(|e| nats_error("pulling messages", e))?;
+        .map_err(|e| crate::queue_error("pulling messages", e))?;
     set_up.store(true, std::sync::atomic::Ordering::Release);
     stats.set_connected(true);
     tracing::info!(source = %stats.source(), consumer = %source.consumer, subject = %source.subject, "consuming");
@@ -209,11 +185,11 @@ async fn take_batches(
             Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat => {
                 missed += 1;
                 if missed >= MAX_MISSED_HEARTBEATS {
-                    return Err(nats_error("pulling messages", e));
+                    return Err(crate::queue_error("pulling messages", e));
                 }
                 continue;
             }
-            Some(Err(e)) => return Err(nats_error("pulling messages", e)),
+            Some(Err(e)) => return Err(crate::queue_error("pulling messages", e)),
             Some(Ok(m)) => m,
         };
         missed = 0;
@@ -234,7 +210,7 @@ async fn take_batches(
                     break
                 }
                 Some(Some(Err(e))) => {
-                    failed = Some(nats_error("pulling messages", e));
+                    failed = Some(crate::queue_error("pulling messages", e));
                     break;
                 }
                 Some(None) | None => break,
@@ -384,9 +360,9 @@ async fn dead_letter(
             publish(headers, bytes::Bytes::new())
                 .await
                 .map(|_| ())
-                .map_err(|e| nats_error("publishing a dead letter", e))
+                .map_err(|e| crate::queue_error("publishing a dead letter", e))
         }
-        Err(e) => Err(nats_error("publishing a dead letter", e)),
+        Err(e) => Err(crate::queue_error("publishing a dead letter", e)),
     }
 }
 
@@ -411,6 +387,6 @@ async fn dead_letter_stream(
         ..Default::default()
     })
     .await
-    .map_err(|e| nats_error(&format!("opening the dead-letter stream {name}"), e))?;
+    .map_err(|e| crate::queue_error(&format!("opening the dead-letter stream {name}"), e))?;
     Ok(())
 }
