@@ -29,25 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Most payload bytes taken into one batch (besides [`Settings::batch`] messages).
-const MAX_BATCH_BYTES: usize = 16 << 20;
 /// How often the consumer checks the brokers and the lag.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
-
-/// Consumes `source` until `stop` turns true, starting again (with a growing pause) after any
-/// failure.
-pub(crate) async fn run(
-    source: KafkaSource,
-    store: Arc<dyn Store>,
-    stats: Arc<Stats>,
-    settings: Settings,
-    stop: watch::Receiver<bool>,
-) {
-    crate::keep_running(&stats, stop, |stop| {
-        session(&source, &store, &stats, &settings, stop)
-    })
-    .await
-}
 
 /// The consumer's librdkafka settings.
 pub fn consumer_config(source: &KafkaSource) -> ClientConfig {
@@ -88,7 +71,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn session(
+pub(crate) async fn session(
     source: &KafkaSource,
     store: &Arc<dyn Store>,
     stats: &Arc<Stats>,
@@ -131,7 +114,7 @@ async fn session(
         };
         let mut bytes = first.payload().map_or(0, <[u8]>::len);
         let mut taken = vec![first];
-        while taken.len() < batch && bytes < MAX_BATCH_BYTES {
+        while taken.len() < batch && bytes < crate::MAX_BATCH_BYTES {
             match consumer.recv().now_or_never() {
                 Some(Ok(m)) => {
                     bytes += m.payload().map_or(0, <[u8]>::len);
@@ -301,9 +284,6 @@ async fn handle(
     Ok(())
 }
 
-/// Most bytes of a reason in the dead-letter header.
-const MAX_REASON: usize = 2000;
-
 /// Produces a poison message to the dead-letter topic with why, and waits for the brokers to
 /// acknowledge it.
 async fn dead_letter(
@@ -313,7 +293,7 @@ async fn dead_letter(
     message: &OwnedMessage,
     reason: &str,
 ) -> Result<(), QueueError> {
-    let reason = crate::one_line(reason, MAX_REASON);
+    let reason = crate::one_line(reason, crate::MAX_REASON);
     tracing::info!(source = %stats.source(), partition = message.partition(), offset = message.offset(), %reason, "dead letter");
     let partition = message.partition().to_string();
     let offset = message.offset().to_string();

@@ -89,22 +89,21 @@ impl Consumers {
         for source in sources {
             let counters = Arc::new(Stats::new(source.to_string()));
             stats.push(counters.clone());
+            let (store, stop) = (store.clone(), watch.clone());
             let task = match source.clone() {
-                IngestUrl::Nats(nats) => tokio::spawn(nats::run(
-                    nats,
-                    store.clone(),
-                    counters,
-                    settings,
-                    watch.clone(),
-                )),
+                IngestUrl::Nats(nats) => tokio::spawn(async move {
+                    keep_running(&counters, stop, |stop| {
+                        nats::session(&nats, &store, &counters, &settings, stop)
+                    })
+                    .await
+                }),
                 #[cfg(feature = "kafka")]
-                IngestUrl::Kafka(kafka) => tokio::spawn(kafka::run(
-                    kafka,
-                    store.clone(),
-                    counters,
-                    settings,
-                    watch.clone(),
-                )),
+                IngestUrl::Kafka(kafka) => tokio::spawn(async move {
+                    keep_running(&counters, stop, |stop| {
+                        kafka::session(&kafka, &store, &counters, &settings, stop)
+                    })
+                    .await
+                }),
                 #[cfg(not(feature = "kafka"))]
                 IngestUrl::Kafka(_) => return Err(QueueError::KafkaNotBuilt),
             };
@@ -152,6 +151,13 @@ pub(crate) fn omitted(bytes: &[u8]) -> String {
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     format!("{} bytes, sha256 {hex}", bytes.len())
 }
+
+/// Most payload bytes a consumer takes into one batch (besides [`Settings::batch`] messages);
+/// also what the NATS consumer asks of JetStream in one pull.
+pub(crate) const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Most bytes of a reason in a dead-letter header.
+pub(crate) const MAX_REASON: usize = 2000;
 
 /// A failure of the queue client, saying what was being done.
 pub(crate) fn queue_error(what: &str, e: impl std::fmt::Display) -> QueueError {

@@ -28,24 +28,9 @@ use tokio::sync::watch;
 /// crash, the messages the dead process held come back this much later.
 const ACK_WAIT: Duration = Duration::from_secs(15);
 
-/// Consumes `source` until `stop` turns true, starting again (with a growing pause) after any
-/// failure.
-pub(crate) async fn run(
-    source: NatsSource,
-    store: Arc<dyn Store>,
-    stats: Arc<Stats>,
-    settings: Settings,
-    stop: watch::Receiver<bool>,
-) {
-    crate::keep_running(&stats, stop, |stop| {
-        session(&source, &store, &stats, &settings, stop)
-    })
-    .await
-}
-
 /// One connection: sets up the stream, the dead-letter stream and the consumer, then stores
 /// batches until `stop` or a failure.
-async fn session(
+pub(crate) async fn session(
     source: &NatsSource,
     store: &Arc<dyn Store>,
     stats: &Arc<Stats>,
@@ -107,7 +92,7 @@ async fn session(
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(batch)
-        .max_bytes_per_batch(MAX_BATCH_BYTES)
+        .max_bytes_per_batch(crate::MAX_BATCH_BYTES)
         .heartbeat(Duration::from_secs(5))
         .messages()
         .await
@@ -143,10 +128,6 @@ async fn session(
     let _ = storer.await;
     outcome
 }
-
-/// Most payload bytes taken into one batch (besides [`Settings::batch`] messages), and asked
-/// of JetStream in one pull.
-const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Missed idle heartbeats in a row after which the session starts again.
 const MAX_MISSED_HEARTBEATS: u32 = 3;
@@ -198,7 +179,7 @@ async fn take_batches(
         // Whatever else has already arrived joins this batch: while one batch is made
         // durable the next accumulates, so batches grow with the load.
         let mut failed = None;
-        while taken.len() < batch && bytes < MAX_BATCH_BYTES {
+        while taken.len() < batch && bytes < crate::MAX_BATCH_BYTES {
             match messages.next().now_or_never() {
                 Some(Some(Ok(m))) => {
                     bytes += m.payload.len();
@@ -317,9 +298,6 @@ async fn handle(
     }
 }
 
-/// Most bytes of a reason in the dead-letter header.
-const MAX_REASON: usize = 2000;
-
 /// Publishes a poison message to the dead-letter subject with why, and waits for JetStream to
 /// have it.
 async fn dead_letter(
@@ -329,7 +307,7 @@ async fn dead_letter(
     message: &jetstream::Message,
     reason: &str,
 ) -> Result<(), QueueError> {
-    let reason = crate::one_line(reason, MAX_REASON);
+    let reason = crate::one_line(reason, crate::MAX_REASON);
     tracing::info!(source = %stats.source(), subject = %message.subject, %reason, "dead letter");
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Mlaudit-Dead-Letter-Reason", reason);
