@@ -30,12 +30,7 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     pub(crate) fn new(url: &str, timeout: Duration) -> Result<Publisher, String> {
         let parts = parse(url)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("mlaudit-kafka")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the Kafka client's runtime: {e}"))?;
+        let runtime = super::runtime("Kafka")?;
         let timeout_ms = timeout.as_millis().clamp(1000, 300_000).to_string();
         let producer = ClientConfig::new()
             .set("bootstrap.servers", &parts.authority)

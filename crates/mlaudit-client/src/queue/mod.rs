@@ -46,6 +46,18 @@ pub(crate) fn parse(url: &str) -> Result<QueueUrl, String> {
     })
 }
 
+/// The queue client's own runtime: one worker thread, so that the client's connection tasks
+/// run between the sender thread's sends, which block on it.
+#[cfg(any(feature = "nats", feature = "kafka"))]
+pub(crate) fn runtime(queue: &str) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("mlaudit-{}", queue.to_ascii_lowercase()))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the {queue} client's runtime: {e}"))
+}
+
 /// The Content-Type every queued message carries.
 #[allow(dead_code, reason = "each queue uses it")]
 pub(crate) const CONTENT_TYPE: &str = "application/x-protobuf";

@@ -30,12 +30,7 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     pub(crate) fn new(url: &str, _timeout: Duration) -> Result<Publisher, String> {
         let parts = parse(url)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("mlaudit-nats")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the NATS client's runtime: {e}"))?;
+        let runtime = super::runtime("NATS")?;
         Ok(Publisher {
             runtime,
             server: format!("nats://{}", parts.authority),
