@@ -34,18 +34,34 @@ pub fn format(content_type: Option<&str>, bytes: &[u8]) -> Result<Format, String
     let Some(ct) = content_type else {
         return Ok(sniff(bytes));
     };
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    let is = |name: &str| mime.eq_ignore_ascii_case(name);
-    if is("application/json") {
-        Ok(Format::Json)
-    } else if is("application/x-ndjson") || is("application/ndjson") {
-        Ok(Format::Ndjson)
-    } else if is("application/x-protobuf") || is("application/protobuf") {
-        Ok(Format::Protobuf)
-    } else {
-        Err(format!(
-            "unsupported content type {mime:?}: use application/json, application/x-ndjson or application/x-protobuf"
-        ))
+    Format::of_content_type(ct).ok_or_else(|| {
+        format!(
+            "unsupported content type {:?}: use application/json, application/x-ndjson or application/x-protobuf",
+            mime(ct)
+        )
+    })
+}
+
+/// A content type's media type: what comes before any `;` parameter, trimmed.
+pub fn mime(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
+impl Format {
+    /// The format a `Content-Type` names (case-insensitive, parameters ignored), also for
+    /// HTTP bodies.
+    pub fn of_content_type(content_type: &str) -> Option<Format> {
+        let mime = mime(content_type);
+        let is = |name: &str| mime.eq_ignore_ascii_case(name);
+        if is("application/json") {
+            Some(Format::Json)
+        } else if is("application/x-ndjson") || is("application/ndjson") {
+            Some(Format::Ndjson)
+        } else if is("application/x-protobuf") || is("application/protobuf") {
+            Some(Format::Protobuf)
+        } else {
+            None
+        }
     }
 }
 

@@ -15,31 +15,22 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mlaudit_core::event::{prepare, PreparedEvent};
+use mlaudit_queue::decode::{mime, Format};
 use mlaudit_store::AppendReceipt;
 use serde_json::json;
 use serde_json::value::RawValue;
 use std::io::Read;
 
-/// The body's shape, from its content type.
-enum Shape {
-    Json,
-    Ndjson,
-    Protobuf,
-}
-
-fn shape(headers: &HeaderMap) -> Result<Shape, ApiError> {
+/// The body's format, from its content type. `Json` is one event or an array of them.
+fn shape(headers: &HeaderMap) -> Result<Format, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = ct.split(';').next().unwrap_or("").trim();
-    let is = |name: &str| mime.eq_ignore_ascii_case(name);
-    match mime {
-        _ if is("application/json") => Ok(Shape::Json),
-        _ if is("application/x-ndjson") || is("application/ndjson") => Ok(Shape::Ndjson),
-        _ if is("application/x-protobuf") || is("application/protobuf") => Ok(Shape::Protobuf),
-        "" => Err(ApiError::UnsupportedMediaType("a Content-Type is required: application/json, application/x-ndjson or application/x-protobuf".into())),
-        other => Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Type {other:?}: use application/json, application/x-ndjson or application/x-protobuf"))),
+    match Format::of_content_type(ct) {
+        Some(format) => Ok(format),
+        None if mime(ct).is_empty() => Err(ApiError::UnsupportedMediaType("a Content-Type is required: application/json, application/x-ndjson or application/x-protobuf".into())),
+        None => Err(ApiError::UnsupportedMediaType(format!("unsupported Content-Type {:?}: use application/json, application/x-ndjson or application/x-protobuf", mime(ct)))),
     }
 }
 
@@ -62,17 +53,17 @@ pub(crate) fn gunzip(body: &[u8], max: u64) -> Result<Vec<u8>, ApiError> {
 
 /// The body's event texts, in order, refusing more than `max` as soon as the count is passed
 /// (before the rest is parsed).
-fn split<'a>(shape: &Shape, text: &'a str, max: usize) -> Result<Vec<&'a str>, ApiError> {
+fn split<'a>(shape: &Format, text: &'a str, max: usize) -> Result<Vec<&'a str>, ApiError> {
     let too_many = || ApiError::TooLarge {
         limit: "max_events_per_batch",
         max: max as u64,
         message: format!("more than {max} events in one batch (the limit)"),
     };
     match shape {
-        Shape::Protobuf => Err(ApiError::Internal(
+        Format::Protobuf => Err(ApiError::Internal(
             "protobuf bodies are decoded before splitting".into(),
         )),
-        Shape::Ndjson => {
+        Format::Ndjson => {
             let mut out = Vec::new();
             for line in text.lines().filter(|l| !l.trim().is_empty()) {
                 if out.len() == max {
@@ -82,7 +73,7 @@ fn split<'a>(shape: &Shape, text: &'a str, max: usize) -> Result<Vec<&'a str>, A
             }
             Ok(out)
         }
-        Shape::Json => {
+        Format::Json => {
             if !text.trim_start().starts_with('[') {
                 return Ok(vec![text]);
             }
@@ -227,7 +218,7 @@ const INLINE_PARSE_MAX_BYTES: usize = 16 << 10;
 fn parse_batch(
     state: &AppState,
     principal: &str,
-    shape: &Shape,
+    shape: &Format,
     gzip: bool,
     body: &[u8],
 ) -> Result<Vec<PreparedEvent>, ApiError> {
@@ -241,7 +232,7 @@ fn parse_batch(
     };
     let decoded: Vec<String>;
     let texts: Vec<&str> = match shape {
-        Shape::Protobuf => {
+        Format::Protobuf => {
             decoded = crate::protobuf::decode_batch_limited(raw, limits.max_events_per_batch)
                 .map_err(|e| match e {
                     crate::protobuf::ProtoError::TooMany { max, .. } => ApiError::TooLarge {
