@@ -10,7 +10,8 @@
 )]
 
 use mlaudit_embedded::record::{
-    self, FrameError, Header, CHECKPOINT, EVENT, HEADER_LEN, MAX_PART, REMOVED, TRAILER_LEN,
+    self, FrameError, Header, CHECKPOINT, EVENT, HEADER_LEN, IN_ARCHIVE, MAX_PART, REMOVED,
+    TRAILER_LEN,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -26,6 +27,12 @@ fn config(cases: u32) -> Config {
 
 /// The largest record a header may declare: what a reader allocates for it at most.
 const MAX_RECORD: u64 = HEADER_LEN as u64 + 2 * MAX_PART as u64 + TRAILER_LEN as u64;
+
+/// Whether a record type is one the frame knows: events (whole, payload removed, payload in
+/// the archive) and checkpoints.
+fn known(kind: u8) -> bool {
+    matches!(kind, EVENT | CHECKPOINT | REMOVED | IN_ARCHIVE)
+}
 
 /// A 13-byte header with a correct checksum, whatever its fields.
 fn header(kind: u8, len_a: u32, len_b: u32) -> [u8; HEADER_LEN] {
@@ -116,7 +123,7 @@ proptest! {
     #[test]
     fn parse_header_never_panics_on_arbitrary_headers(bytes in any::<[u8; HEADER_LEN]>()) {
         if let Ok(h) = record::parse_header(&bytes) {
-            prop_assert!(h.kind == EVENT || h.kind == CHECKPOINT || h.kind == REMOVED);
+            prop_assert!(known(h.kind));
             prop_assert!(h.len_a <= MAX_PART && h.len_b <= MAX_PART);
             prop_assert!(h.total_len() <= MAX_RECORD);
         }
@@ -131,7 +138,7 @@ proptest! {
         len_b in prop_oneof![any::<u32>(), 0..=MAX_PART, Just(u32::MAX)],
     ) {
         let got = record::parse_header(&header(kind, len_a, len_b));
-        let valid = (kind == EVENT || kind == CHECKPOINT || kind == REMOVED) && len_a <= MAX_PART && len_b <= MAX_PART;
+        let valid = known(kind) && len_a <= MAX_PART && len_b <= MAX_PART;
         match got {
             Ok(h) => {
                 prop_assert!(valid);
@@ -149,7 +156,7 @@ proptest! {
     /// parts the header delimits.
     #[test]
     fn check_record_never_panics_on_records_of_the_declared_length(
-        kind in prop_oneof![Just(EVENT), Just(CHECKPOINT), Just(REMOVED)],
+        kind in prop_oneof![Just(EVENT), Just(CHECKPOINT), Just(REMOVED), Just(IN_ARCHIVE)],
         a in vec(any::<u8>(), 0..64),
         b in vec(any::<u8>(), 0..64),
         checksummed in any::<bool>(),
@@ -182,7 +189,7 @@ proptest! {
     /// bytes with probability 2^-32).
     #[test]
     fn mutated_records_are_refused_or_read_back_unchanged(
-        kind in prop_oneof![Just(EVENT), Just(CHECKPOINT), Just(REMOVED)],
+        kind in prop_oneof![Just(EVENT), Just(CHECKPOINT), Just(REMOVED), Just(IN_ARCHIVE)],
         a in vec(any::<u8>(), 0..100),
         b in vec(any::<u8>(), 0..100),
         edits in vec(mutation(), 1..4),
@@ -210,6 +217,28 @@ proptest! {
     }
 }
 
+/// Every one of the 256 type bytes, not a random sample of them: exactly the known types are
+/// accepted, and each with its fields unchanged.
+#[test]
+fn parse_header_accepts_exactly_the_known_types() {
+    for kind in 0..=u8::MAX {
+        let got = record::parse_header(&header(kind, 3, 5));
+        if known(kind) {
+            assert_eq!(
+                got,
+                Ok(Header {
+                    kind,
+                    len_a: 3,
+                    len_b: 5
+                }),
+                "type {kind}"
+            );
+        } else {
+            assert_eq!(got, Err(FrameError::UnknownType(kind)), "type {kind}");
+        }
+    }
+}
+
 #[test]
 fn lengths_claiming_huge_records_are_refused_before_anything_is_allocated() {
     for (len_a, len_b) in [
@@ -219,7 +248,7 @@ fn lengths_claiming_huge_records_are_refused_before_anything_is_allocated() {
         (MAX_PART + 1, 0),
         (0, MAX_PART + 1),
     ] {
-        for kind in [EVENT, CHECKPOINT, REMOVED] {
+        for kind in [EVENT, CHECKPOINT, REMOVED, IN_ARCHIVE] {
             let got = record::parse_header(&header(kind, len_a, len_b));
             assert!(
                 matches!(got, Err(FrameError::TooLong(n)) if n == len_a.max(len_b)),
