@@ -10,8 +10,8 @@
     reason = "a test fails loudly on any unexpected error"
 )]
 
-use mlaudit_core::note::NoteSigner;
-use mlaudit_embedded::EmbeddedStore;
+mod support;
+
 use mlaudit_queue::{Consumers, IngestUrl, Settings};
 use mlaudit_store::{LogReader, Store};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -20,59 +20,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message};
-use std::collections::BTreeSet;
-use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct Dir(PathBuf);
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_store(name: &str) -> (Dir, Arc<EmbeddedStore>) {
-    let dir = std::env::temp_dir().join(format!(
-        "mlaudit-queue-{name}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    let signer = NoteSigner::from_seed("test.mlaudit/kafka", [7; 32]).unwrap();
-    let (store, _) = EmbeddedStore::open(&dir, Some(signer)).unwrap();
-    (Dir(dir), Arc::new(store))
-}
-
-fn id(i: usize) -> String {
-    format!("00000000-0000-4000-8000-{i:012x}")
-}
-
-fn event(i: usize) -> String {
-    format!(
-        r#"{{"id":"{}","kind":"x.queued","actor":{{"id":"scorer","type":"service"}},"attributes":{{"n":{i}}}}}"#,
-        id(i)
-    )
-}
-
-/// Every event id in the log, in seq order.
-fn ids(store: &EmbeddedStore) -> Vec<String> {
-    let mut out = Vec::new();
-    store
-        .scan(0, &mut |ev| {
-            out.push(
-                mlaudit_core::entry::decode(&ev.entry)
-                    .unwrap()
-                    .id
-                    .to_string(),
-            );
-            ControlFlow::Continue(())
-        })
-        .unwrap();
-    out
-}
+use support::{assert_each_once, event, temp_store, wait_for, FailingStore, Next};
 
 async fn produce(producer: &FutureProducer, topic: &str, messages: &[(String, String)]) {
     let mut pending = Vec::new();
@@ -89,14 +39,6 @@ async fn produce(producer: &FutureProducer, topic: &str, messages: &[(String, St
     }
     for p in pending {
         p.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
-}
-
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -202,11 +144,7 @@ async fn every_event_once_through_rebalances_broker_errors_and_dead_letters() {
     let stats = b.stats()[0].snapshot();
     b.stop(Duration::from_secs(10)).await;
 
-    let got = ids(&store);
-    let unique: BTreeSet<&String> = got.iter().collect();
-    assert_eq!(unique.len(), got.len(), "an event was stored twice");
-    let expected: Vec<String> = (0..5000).map(id).collect();
-    assert_eq!(unique, expected.iter().collect::<BTreeSet<_>>());
+    assert_each_once(&*store, 5000);
     assert!(stats.events > 0, "{stats:?}");
 
     let dead = dead_letters(&bootstrap, "audit.events.dead", 2);
@@ -227,6 +165,69 @@ async fn every_event_once_through_rebalances_broker_errors_and_dead_letters() {
     let replay = c.stats()[0].snapshot();
     c.stop(Duration::from_secs(10)).await;
     assert_eq!(store.tree_size(), 5000);
+    assert_eq!(replay.messages, 0, "{replay:?}");
+    assert!(replay.connected, "{replay:?}");
+}
+
+/// Appends refused before anything is written, and appends written whose confirmation is
+/// lost: neither is the messages' fault. Each rewinds its partitions to the first message not
+/// stored, none goes to the dead letters, and every event is in the log exactly once with
+/// every offset committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_failures_rewind_their_partitions_and_lose_nothing() {
+    const TOPIC: &str = "audit.failing";
+    const EVENTS: usize = 1500;
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 3, 1).unwrap();
+    cluster.create_topic("audit.failing.dead", 1, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let messages: Vec<(String, String)> = (0..EVENTS).map(|i| (i.to_string(), event(i))).collect();
+    produce(&producer, TOPIC, &messages).await;
+
+    let (_dir, inner) = temp_store("kafka-failing");
+    let script = [
+        Next::FailBefore,
+        Next::FailAfter,
+        Next::FailBefore,
+        Next::FailBefore,
+        Next::FailAfter,
+    ];
+    let store = Arc::new(FailingStore::new(inner.clone(), &script));
+    let url = IngestUrl::parse(&format!("kafka://{bootstrap}/{TOPIC}?group=failing")).unwrap();
+    let settings = Settings {
+        batch: 50,
+        ..Settings::default()
+    };
+    let consumers = Consumers::start(std::slice::from_ref(&url), store.clone(), settings).unwrap();
+    wait_for("every event", Duration::from_secs(120), || {
+        inner.tree_size() >= EVENTS as u64
+    })
+    .await;
+    let stats = consumers.stats()[0].snapshot();
+    consumers.stop(Duration::from_secs(10)).await;
+
+    assert_eq!(store.left(), 0, "the store's failures were not all played");
+    assert_eq!(store.failed(), script.len() as u64);
+    assert_each_once(&*inner, EVENTS);
+    assert_eq!(stats.dead_letters, 0, "{stats:?}");
+    assert!(stats.errors >= script.len() as u64, "{stats:?}");
+    assert!(stats.duplicates >= 1, "{stats:?}");
+    assert!(
+        stats.events + stats.duplicates >= EVENTS as u64,
+        "{stats:?}"
+    );
+
+    // Every offset was committed: a new member of the group finds nothing to replay.
+    let dyn_store: Arc<dyn Store> = inner.clone();
+    let again = Consumers::start(std::slice::from_ref(&url), dyn_store, settings).unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let replay = again.stats()[0].snapshot();
+    again.stop(Duration::from_secs(10)).await;
     assert_eq!(replay.messages, 0, "{replay:?}");
     assert!(replay.connected, "{replay:?}");
 }
