@@ -73,6 +73,10 @@ pub(crate) async fn session(
         })
         .await
         .map_err(|e| crate::queue_error(&format!("opening stream {}", source.stream), e))?;
+    let replicas = stream.cached_info().config.num_replicas;
+    if replicas < 3 {
+        tracing::warn!(stream = %source.stream, replicas, "an acknowledged publish to this stream is on disk only after the server's sync_interval (2 minutes by default) unless the server syncs always; three replicas or sync_interval: always are needed for no acknowledged event lost (docs/QUEUES.md)");
+    }
     dead_letter_stream(&js, source).await?;
     let batch = settings.batch.max(1);
     let consumer: consumer::PullConsumer = stream
