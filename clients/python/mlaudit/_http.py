@@ -64,6 +64,9 @@ class Transport:
         self._secrets = _forms(token) if token else []
         self._opener = urllib.request.build_opener(_NoRedirects())
 
+    def close(self) -> None:
+        """Nothing to release: each request opens and closes its own connection."""
+
     def redact(self, text: str) -> str:
         """``text`` with every spelling of the token (plain, escaped as by ``repr``)
         replaced by ``<token>``."""

@@ -70,6 +70,9 @@ class _QueueTransport:
         # A queue gives no receipts, hence no checkpoints to check: never asked in practice.
         return None, None, "a queue transport has no proofs"
 
+    def close(self) -> None:
+        """Releases the connection (the logger calls it once its sender has stopped)."""
+
 
 class NatsTransport(_QueueTransport):
     """JetStream publishes from a private asyncio loop on a daemon thread (nats-py is
@@ -82,6 +85,7 @@ class NatsTransport(_QueueTransport):
             raise ValueError("nats:// needs nats-py: pip install 'mlaudit[nats]'") from e
         self.server, self.subject, self.timeout = server, subject, timeout
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
         self._nc: Any = None
         self._js: Any = None
 
@@ -90,9 +94,31 @@ class NatsTransport(_QueueTransport):
         process never sends from this one)."""
         if self._loop is None:
             loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="mlaudit-nats", daemon=True).start()
+            self._thread = threading.Thread(target=loop.run_forever, name="mlaudit-nats",
+                                            daemon=True)
+            self._thread.start()
             self._loop = loop
         return self._loop
+
+    async def _disconnect(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+
+    def close(self) -> None:
+        """Closes the connection and stops the private loop and its thread (every publish
+        has been acknowledged or spooled by then)."""
+        loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._disconnect(), loop).result(self.timeout + 1.0)
+        except Exception:  # a server already gone: the connection is dropped with the loop
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5.0)
+        if not thread.is_alive():
+            loop.close()
+        self._nc = self._js = None
 
     async def _connect(self) -> Any:
         import nats
@@ -178,3 +204,7 @@ class KafkaTransport(_QueueTransport):
                 return Outcome(SPLIT, reason=f"Kafka: {why}")
             return Outcome(RETRY, reason=f"Kafka: {why}")
         return Outcome(DELIVERED, doc={"events": [{"duplicate": False}] * len(bodies)})
+
+    def close(self) -> None:
+        """Drops the producer: every send was flushed (acknowledged or spooled) already."""
+        self._producer = None

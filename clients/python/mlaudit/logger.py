@@ -360,6 +360,8 @@ class AuditLogger:
                 self._spool_items(items, pause=False)
             self.spool.persist_cursor(self.spool.cursor_snapshot())
             self.spool.close()
+        if not self._thread.is_alive():
+            self._transport.close()
         if self._atexit is not None:
             atexit.unregister(self._atexit)
         return ok

@@ -4,6 +4,7 @@ librdkafka's mock cluster (no Kafka broker can be installed on the test machine)
 
 import os
 import subprocess
+import threading
 import time
 import uuid
 
@@ -62,6 +63,8 @@ def test_nats_events_reach_the_log_once_and_spool_until_the_stream_exists(tmp_pa
         assert logger.flush(timeout=20)
         assert logger.close(timeout=10)
         assert logger.stats()["dropped"] == 0
+        # close() released the connection and the publishing loop's thread.
+        assert not [t for t in threading.enumerate() if t.name == "mlaudit-nats"]
         events = server.query(kind="x.py_queued")
         assert sorted(e["event"]["attributes"]["n"] for e in events) == list(range(40))
         assert {e["event"]["principal"] for e in events} == {f"nats:PY_{tag}"}
