@@ -59,6 +59,9 @@ impl Publisher {
 
     pub(crate) fn send(&self, records: &[Vec<u8>], timeout: Duration) -> Outcome {
         let retry = |reason: String, config: bool| Outcome::Retry { reason, config };
+        // Connecting (at the first send, or after the connection was lost) counts against
+        // the same timeout as the acknowledgements.
+        let deadline = tokio::time::Instant::now() + timeout;
         let context = match self.context(timeout) {
             Ok(c) => c,
             Err(reason) => return retry(reason, false),
@@ -83,7 +86,7 @@ impl Publisher {
         };
         match self
             .runtime
-            .block_on(async { tokio::time::timeout(timeout, publish_all).await })
+            .block_on(async { tokio::time::timeout_at(deadline, publish_all).await })
         {
             Ok(Ok(duplicates)) => Outcome::Delivered {
                 duplicates,
