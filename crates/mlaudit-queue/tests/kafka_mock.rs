@@ -42,7 +42,10 @@ async fn produce(producer: &FutureProducer, topic: &str, messages: &[(String, St
     }
 }
 
-/// Every message of the dead-letter topic: (reason header, bytes).
+/// The distinct messages of the dead-letter topic: (reason header, bytes), read until
+/// `expected` distinct ones are in or 30 s passed. A dead letter is written at least once (a
+/// partition replayed after a commit failed dead-letters its poison message again), so
+/// repeats — the same source partition and offset — count once.
 fn dead_letters(bootstrap: &str, topic: &str, expected: usize) -> Vec<(String, Vec<u8>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -51,21 +54,31 @@ fn dead_letters(bootstrap: &str, topic: &str, expected: usize) -> Vec<(String, V
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
-    let mut out = Vec::new();
+    let mut out = std::collections::BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while out.len() < expected && Instant::now() < deadline {
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
             let headers = m.headers().unwrap();
-            let reason = (0..headers.count())
-                .map(|i| headers.get(i))
-                .find(|h| h.key == "mlaudit-dead-letter-reason")
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            out.push((reason, m.payload().unwrap_or_default().to_vec()));
+            let header = |key: &str| {
+                (0..headers.count())
+                    .map(|i| headers.get(i))
+                    .find(|h| h.key == key)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            let source = (
+                header("mlaudit-source-partition"),
+                header("mlaudit-source-offset"),
+            );
+            let letter = (
+                header("mlaudit-dead-letter-reason"),
+                m.payload().unwrap_or_default().to_vec(),
+            );
+            out.insert(source, letter);
         }
     }
-    out
+    out.into_values().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
