@@ -19,8 +19,19 @@ use support::Log;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mlaudit");
 const FUTURE: &str = "2040-01-01T00:00:00Z";
-/// Two years on: the low-risk rule (1y) makes payloads due, the high-risk one (7y) does not.
-const LATER: &str = "2029-01-01T00:00:00Z";
+/// The first of January three years from now (two to three years after the events, which
+/// are appended now): the low-risk rule (1y) makes payloads due, the high-risk one (7y) does
+/// not.
+fn two_years_on() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // In mean Gregorian years: around New Year the year may be off by one, which leaves the
+    // date between one and seven years on all the same.
+    let year = 1970 + secs / 31_556_952;
+    format!("{}-01-01T00:00:00Z", year + 3)
+}
 
 /// `n` predictions of two models, as NDJSON.
 fn predictions(n: usize) -> String {
@@ -127,7 +138,7 @@ fn plan_and_apply_archive_what_is_due_and_the_archive_verifies_alone() {
             "--config",
             &config,
             "--now",
-            LATER,
+            &two_years_on(),
             "--archive",
             &url,
         ])
@@ -159,7 +170,14 @@ fn plan_and_apply_archive_what_is_due_and_the_archive_verifies_alone() {
     assert!(credit["event"]["attributes"].is_object(), "{credit}");
     // The data directory remembers its archive; the same policy is not recorded twice.
     let again = log
-        .run(&["retention", "apply", "--config", &config, "--now", LATER])
+        .run(&[
+            "retention",
+            "apply",
+            "--config",
+            &config,
+            "--now",
+            &two_years_on(),
+        ])
         .ok();
     assert!(
         !again.stdout.contains("recorded the retention policy"),
@@ -561,7 +579,14 @@ fn a_held_event_survives_a_policy_that_would_expire_it() {
     let hold = placed.stdout.split_whitespace().next().unwrap().to_owned();
     assert!(hold.starts_with("hold-"), "{}", placed.stdout);
     let plan = log
-        .run(&["retention", "plan", "--config", &config, "--now", LATER])
+        .run(&[
+            "retention",
+            "plan",
+            "--config",
+            &config,
+            "--now",
+            &two_years_on(),
+        ])
         .ok();
     assert!(
         plan.stdout
@@ -574,7 +599,14 @@ fn a_held_event_survives_a_policy_that_would_expire_it() {
     assert_eq!(listed[0]["scope"]["model"], "churn");
     // Applied while the hold is in force: the held payloads stay.
     let kept = log
-        .run(&["retention", "apply", "--config", &config, "--now", LATER])
+        .run(&[
+            "retention",
+            "apply",
+            "--config",
+            &config,
+            "--now",
+            &two_years_on(),
+        ])
         .ok();
     assert!(!kept.stdout.contains("payloads removed"), "{}", kept.stdout);
     let churn = log.run(&["get", "1"]).ok().json();
@@ -584,7 +616,14 @@ fn a_held_event_survives_a_policy_that_would_expire_it() {
         .ok();
     log.run(&["hold", "release", &hold]).code(2);
     let plan = log
-        .run(&["retention", "plan", "--config", &config, "--now", LATER])
+        .run(&[
+            "retention",
+            "plan",
+            "--config",
+            &config,
+            "--now",
+            &two_years_on(),
+        ])
         .ok();
     assert!(
         plan.stdout.contains("expire 1y): 50 payloads due, 0 kept"),
@@ -592,7 +631,14 @@ fn a_held_event_survives_a_policy_that_would_expire_it() {
         plan.stdout
     );
     let expired = log
-        .run(&["retention", "apply", "--config", &config, "--now", LATER])
+        .run(&[
+            "retention",
+            "apply",
+            "--config",
+            &config,
+            "--now",
+            &two_years_on(),
+        ])
         .ok();
     assert!(
         expired.stdout.contains("50 payloads removed"),

@@ -569,7 +569,7 @@ fn ingest_every_shape_over_tcp_retry_read_back_and_verify() {
 #[test]
 fn sigterm_mid_load_keeps_every_acknowledged_event_and_exits_zero() {
     const CLIENTS: u64 = 8;
-    const PER_CLIENT: u64 = 30;
+    const PER_CLIENT: u64 = 300;
     const TERM_AFTER: usize = 100;
     let (log, t) = setup("sigterm");
     let mut server = Server::start(&log.data, &[]);
