@@ -27,6 +27,10 @@ pub mod sink;
 pub mod stats;
 pub mod url;
 
+/// The librdkafka binding this build consumes Kafka through, for programs that configure
+/// clients or stand up librdkafka's mock cluster to match it.
+#[cfg(feature = "kafka")]
+pub use rdkafka;
 pub use stats::{Snapshot, Stats};
 pub use url::{IngestUrl, KafkaSource, NatsSource, UrlError};
 

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::serve::{free_port, Server};
+use support::serve::{free_port, wait_for, Server};
 use support::Log;
 
 const NATS: &str = "nats://127.0.0.1:4222";
@@ -195,25 +195,6 @@ fn size(server: &Server) -> u64 {
     r.text().lines().nth(1).unwrap().parse().unwrap()
 }
 
-#[track_caller]
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn metric(server: &Server, name: &str) -> f64 {
-    let text = server.request("GET", "/metrics", &[], b"").unwrap().text();
-    text.lines()
-        .find(|l| l.starts_with(&format!("{name}{{")))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 fn serve(log: &Log, url: &str) -> Server {
     Server::start(&log.data, &["--danger-no-auth", "--ingest", url])
 }
@@ -278,12 +259,12 @@ fn stores_every_format_once_and_acks() {
     wait_for("every message acked", Duration::from_secs(10), || {
         q.consumer_backlog() == (0, 0)
     });
-    assert_eq!(metric(&server, "mlaudit_queue_events_total"), 7.0);
-    assert_eq!(metric(&server, "mlaudit_queue_duplicates_total"), 3.0);
-    assert_eq!(metric(&server, "mlaudit_queue_messages_total"), 6.0);
-    assert_eq!(metric(&server, "mlaudit_queue_dead_letters_total"), 0.0);
-    assert_eq!(metric(&server, "mlaudit_queue_connected"), 1.0);
-    assert!(metric(&server, "mlaudit_queue_lag_seconds_count") >= 6.0);
+    assert_eq!(server.metric("mlaudit_queue_events_total"), 7.0);
+    assert_eq!(server.metric("mlaudit_queue_duplicates_total"), 3.0);
+    assert_eq!(server.metric("mlaudit_queue_messages_total"), 6.0);
+    assert_eq!(server.metric("mlaudit_queue_dead_letters_total"), 0.0);
+    assert_eq!(server.metric("mlaudit_queue_connected"), 1.0);
+    assert!(server.metric("mlaudit_queue_lag_seconds_count") >= 6.0);
     server.stop();
     let ids: BTreeSet<String> = ids_in_log(&log).into_iter().collect();
     assert_eq!(ids, (0..7).map(id).collect::<BTreeSet<_>>());
@@ -325,7 +306,7 @@ fn poison_messages_go_to_dead_letters_and_never_stall() {
     wait_for("every message acked", Duration::from_secs(10), || {
         q.consumer_backlog() == (0, 0)
     });
-    assert_eq!(metric(&server, "mlaudit_queue_dead_letters_total"), 4.0);
+    assert_eq!(server.metric("mlaudit_queue_dead_letters_total"), 4.0);
     let dead = q.dead_letters(4);
     assert_eq!(dead.len(), 4, "{dead:?}");
     let reason_of = |bytes: &[u8]| {
@@ -373,8 +354,8 @@ fn a_dead_letter_that_cannot_be_written_is_retried_without_stalling() {
         size(&server) == 2
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(metric(&server, "mlaudit_queue_dead_letters_total"), 0.0);
-    assert!(metric(&server, "mlaudit_queue_errors_total") >= 1.0);
+    assert_eq!(server.metric("mlaudit_queue_dead_letters_total"), 0.0);
+    assert!(server.metric("mlaudit_queue_errors_total") >= 1.0);
     let (pending, ack_pending) = q.consumer_backlog();
     assert_eq!(
         pending + ack_pending as u64,
@@ -389,7 +370,7 @@ fn a_dead_letter_that_cannot_be_written_is_retried_without_stalling() {
     }))
     .unwrap();
     wait_for("the dead letter", Duration::from_secs(20), || {
-        metric(&server, "mlaudit_queue_dead_letters_total") == 1.0
+        server.metric("mlaudit_queue_dead_letters_total") == 1.0
     });
     wait_for("every message acked", Duration::from_secs(10), || {
         q.consumer_backlog() == (0, 0)
@@ -502,7 +483,7 @@ fn readyz_fails_while_the_queue_is_away_and_recovers() {
             .contains(&format!("127.0.0.1:{port}")),
         "{r}"
     );
-    assert_eq!(metric(&server, "mlaudit_queue_connected"), 0.0);
+    assert_eq!(server.metric("mlaudit_queue_connected"), 0.0);
     // HTTP ingest and reads go on meanwhile.
     server.assert_healthy();
     let nats = OwnNats::start(dir, port);

@@ -29,6 +29,16 @@ pub struct Server {
     exited: Option<ExitStatus>,
 }
 
+/// Waits until `done`, checking every 50 ms; fails the test after `limit`.
+#[track_caller]
+pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A port that was free a moment ago (the listener is closed again at once).
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -241,6 +251,18 @@ impl Server {
         r.json()["tree_size"]
             .as_u64()
             .unwrap_or_else(|| panic!("no tree_size in {}", r.text()))
+    }
+
+    /// The value of the first sample of metric `name` in `/metrics` (a metric with labels).
+    #[track_caller]
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = self.request("GET", "/metrics", &[], b"").unwrap().text();
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+            .parse()
+            .unwrap()
     }
 
     /// Asserts that `/healthz` answers 200.
