@@ -95,7 +95,7 @@ pub(crate) async fn session(
         stats.clone(),
     )));
     tracing::info!(source = %stats.source(), group = %source.group, "consuming");
-    let principal = format!("kafka:{}", source.topic);
+    let principal: Arc<str> = format!("kafka:{}", source.topic).into();
     let batch = settings.batch.max(1);
     loop {
         let first = tokio::select! {
@@ -124,7 +124,14 @@ pub(crate) async fn session(
             }
         }
         handle(
-            &consumer, &producer, source, store, stats, settings, &principal, &taken,
+            &consumer,
+            &producer,
+            source,
+            store,
+            stats,
+            settings,
+            &principal,
+            taken.into(),
         )
         .await?;
     }
@@ -206,35 +213,24 @@ async fn handle(
     store: &Arc<dyn Store>,
     stats: &Arc<Stats>,
     settings: &Settings,
-    principal: &str,
-    messages: &[OwnedMessage],
+    principal: &Arc<str>,
+    batch: Arc<[OwnedMessage]>,
 ) -> Result<(), QueueError> {
     let max_events = settings.max_events_per_message;
-    let decode = |i: usize| {
+    let decode_one = move |messages: &[OwnedMessage], who: &str, i: usize| {
         let m = &messages[i];
         decode::events(
             m.payload().unwrap_or_default(),
             content_type(m),
-            principal,
+            who,
             max_events,
         )
     };
-    // Validation is CPU work: on a blocking thread.
-    let owned: Vec<(Vec<u8>, Option<String>)> = messages
-        .iter()
-        .map(|m| {
-            (
-                m.payload().unwrap_or_default().to_vec(),
-                content_type(m).map(str::to_owned),
-            )
-        })
-        .collect();
-    let who: Arc<str> = principal.into();
-    let decoded = decode_all(messages.len(), move |i| {
-        let (bytes, ct) = &owned[i];
-        decode::events(bytes, ct.as_deref(), &who, max_events)
-    })
-    .await;
+    // Validation is CPU work: on a blocking thread, which shares the batch.
+    let (shared, who) = (batch.clone(), principal.clone());
+    let decoded = decode_all(batch.len(), move |i| decode_one(&shared, &who, i)).await;
+    let messages = &batch[..];
+    let decode = |i: usize| decode_one(messages, principal, i);
     let fates = match store_messages(store, decoded, decode).await {
         Ok(fates) => fates,
         Err(e) => {
