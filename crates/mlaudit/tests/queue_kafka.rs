@@ -80,7 +80,10 @@ fn serve_consumes_a_topic_dead_letters_poison_and_is_unready_without_brokers() {
     wait_for("the dead letter", Duration::from_secs(30), || {
         server.metric("mlaudit_queue_dead_letters_total") == 1.0
     });
-    assert_eq!(server.metric("mlaudit_queue_events_total"), EVENTS as f64);
+    // Counted once each message's fate is settled, which may be after the append.
+    wait_for("every event counted", Duration::from_secs(30), || {
+        server.metric("mlaudit_queue_events_total") == EVENTS as f64
+    });
     assert_eq!(server.metric("mlaudit_queue_connected"), 1.0);
 
     // The brokers go away: the server is not ready, naming the source; back, it is again.
