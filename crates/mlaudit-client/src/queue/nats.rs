@@ -59,8 +59,8 @@ impl Publisher {
 
     pub(crate) fn send(&self, records: &[Vec<u8>], timeout: Duration) -> Outcome {
         let retry = |reason: String, config: bool| Outcome::Retry { reason, config };
-        // Connecting (at the first send, or after the connection was lost) counts against
-        // the same timeout as the acknowledgements.
+        // Connecting (at the first send; async-nats reconnects by itself after that) counts
+        // against the same timeout as the acknowledgements.
         let deadline = tokio::time::Instant::now() + timeout;
         let context = match self.context(timeout) {
             Ok(c) => c,
