@@ -101,6 +101,7 @@ pub enum Next {
 pub struct FailingStore {
     inner: Arc<EmbeddedStore>,
     script: Mutex<VecDeque<Next>>,
+    scripted: u64,
     failed: AtomicU64,
 }
 
@@ -109,8 +110,25 @@ impl FailingStore {
         FailingStore {
             inner,
             script: Mutex::new(script.iter().copied().collect()),
+            scripted: script.len() as u64,
             failed: AtomicU64::new(0),
         }
+    }
+
+    /// Asserts what a consumer must have made of the script, given its final counters: every
+    /// failure played and counted, none dead-lettered, and the test events `0..events` each
+    /// in the log once.
+    #[track_caller]
+    pub fn assert_survived(&self, stats: &mlaudit_queue::Snapshot, events: usize) {
+        assert_eq!(self.left(), 0, "the store's failures were not all played");
+        assert_eq!(self.failed(), self.scripted);
+        assert_each_once(&*self.inner, events);
+        assert_eq!(stats.dead_letters, 0, "{stats:?}");
+        assert!(stats.errors >= self.scripted, "{stats:?}");
+        assert!(
+            stats.events + stats.duplicates >= events as u64,
+            "{stats:?}"
+        );
     }
 
     /// Appends that reported a failure so far.
